@@ -1,0 +1,21 @@
+"""Triton kernels with plain PyTorch references (installed as ``minilisten.kernels``).
+
+Public API (the rest of minilisten calls only these; which path runs is decided here):
+- ``nearest_code(z (N, d), codebook (K, d)) -> (idx (N,) int64, dist (N,) fp32)``
+- ``quantize(z (N, d), codebook (K, d)) -> (idx, dist, z_q (N, d))``
+- ``norm_act(x (B, C, T), scale, shift, residual=None, relu=True, eps=1e-5) -> (B, C, T)``:
+  instance norm over T, then ``(1 + scale) * x_hat + shift`` with scale/shift of shape (C,)
+  (learned IN affine) or (B, C) (AdaIN from beta), then ReLU, then ``+ residual``.
+- ``code_stats(idx (N,), z (N, d), K) -> (counts (K,), sums (K, d))``: the batch histogram and
+  per-code sums that the EMA codebook update needs (fp32).
+
+Dispatch (``dispatch.py``): the Triton path runs on CUDA tensors, and on CPU when
+``TRITON_INTERPRET=1`` was set before triton was imported (tests); the torch reference runs
+otherwise, or everywhere when ``MINILISTEN_KERNELS=torch`` is set or ``use_triton=False`` is
+passed; ``use_triton=True`` forces Triton (error if it cannot run). float64 inputs and code traced
+by ``torch.compile`` always take the reference. Both paths have the same autograd semantics.
+Each op file holds its Triton kernels, its torch reference (``*_ref``) and its autograd.Function.
+"""
+from .dispatch import triton_available  # noqa: F401
+from .nearest_code import code_stats, nearest_code, nearest_code_ref, quantize, quantize_ref  # noqa: F401
+from .norm_act import norm_act, norm_act_ref  # noqa: F401

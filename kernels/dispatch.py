@@ -1,0 +1,80 @@
+"""Which path runs: Triton or the torch reference (one rule, shared by every op).
+
+- ``use_triton=False`` or env ``MINILISTEN_KERNELS=torch`` -> torch reference.
+- ``use_triton=True`` -> Triton, or a RuntimeError saying why it cannot run.
+- ``use_triton=None`` (default) -> Triton when it can run on the tensor's device (CUDA, or CPU
+  when ``TRITON_INTERPRET=1`` was set before triton was imported), the reference otherwise.
+  Inside ``torch.compile`` tracing and for float64 tensors the reference always runs: Inductor fuses
+  the reference itself, and float64 exists for gradcheck.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # triton is optional at runtime (e.g. macOS wheels of torch ship without it)
+    import triton  # noqa: F401
+    import triton.language as tl  # noqa: F401
+
+    @triton.jit
+    def _probe_kernel(X):  # never launched: its type tells whether triton.jit is interpreted
+        pass
+
+    HAS_TRITON = True
+    INTERPRET = type(_probe_kernel).__name__ == "InterpretedFunction"
+except ImportError:  # pragma: no cover - exercised only where triton is missing
+    triton = tl = None
+    HAS_TRITON = False
+    INTERPRET = False
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def triton_available(t: torch.Tensor | None = None) -> bool:
+    """True when the Triton path can run on ``t``'s device (any device of this process if None)."""
+    if not HAS_TRITON:
+        return False
+    if t is None:
+        return INTERPRET or torch.cuda.is_available()
+    if t.device.type == "cuda":
+        return True
+    return t.device.type == "cpu" and INTERPRET
+
+
+def forced_reference() -> bool:
+    return os.environ.get("MINILISTEN_KERNELS", "").strip().lower() == "torch"
+
+
+def use_triton_for(t: torch.Tensor, use_triton: bool | None, op: str) -> bool:
+    """Apply the dispatch rule of this module's docstring to tensor ``t`` for ``op``."""
+    if use_triton is False:
+        return False
+    if use_triton is True:
+        if not triton_available(t):
+            why = "triton is not installed" if not HAS_TRITON else (
+                f"tensors are on {t.device} (Triton needs CUDA, or CPU with TRITON_INTERPRET=1 set "
+                "before triton is imported)")
+            raise RuntimeError(f"{op}: use_triton=True but {why}")
+        if t.dtype not in TRITON_DTYPES:
+            raise RuntimeError(f"{op}: use_triton=True but the Triton path supports "
+                               f"{[str(d) for d in TRITON_DTYPES]}, got {t.dtype}")
+        return True
+    if forced_reference() or t.dtype not in TRITON_DTYPES:
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return triton_available(t)
+
+
+def check_float(name: str, t: torch.Tensor, op: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must have a floating dtype in "
+                        f"{[str(d) for d in FLOAT_DTYPES]}, got {t.dtype}")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())

@@ -1,0 +1,255 @@
+"""Fused nearest-codebook search (paper Eq. 5): ``argmin_k ||z_n - c_k||^2`` without the (N, K) matrix.
+
+Each program owns BLOCK_N rows of ``z`` and walks the codebook in BLOCK_K tiles; per tile it
+accumulates ``z . c`` over d with ``tl.dot`` (BLOCK_D at a time, zero-padded by masking, so any d
+works, d < 16 included) and ``||c||^2`` on the side, scores ``||c||^2 - 2 z . c`` (``||z||^2`` is
+constant per row and dropped) and keeps a running minimum with a strict ``<`` so the lowest index
+wins ties, as ``torch.argmin`` does. An epilogue gathers the chosen code, writes it (``quantize``)
+and the exact squared distance ``sum_d (z - c_idx)^2`` in fp32.
+
+Rules: z and codebook share one float dtype (fp32, bf16, fp16; float64 runs the reference);
+products accumulate in fp32; ``precision`` picks the fp32 ``tl.dot`` mode: ``"ieee"`` (default,
+parity with the reference), ``"tf32x3"`` (near-fp32, tensor cores) or ``"tf32"`` (fastest, may flip
+near-ties). Inputs are read through their strides; an input whose last dim is not unit-stride is
+first copied with ``.contiguous()`` so loads stay coalesced. Outputs are fresh contiguous tensors.
+
+Gradients (both paths): ``idx`` has none; ``dist`` is differentiable w.r.t. z and the codebook
+(``d dist / dz = 2 (z - c_idx)``); ``z_q`` w.r.t. the codebook only (a gather). The straight-through
+estimator is the caller's: ``z + (z_q - z).detach()``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .dispatch import HAS_TRITON, INTERPRET, check_float, next_pow2, use_triton_for
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+# ------------------------------------------------------------------------------------------------
+# torch reference
+
+
+def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24):
+    """Reference: ``(idx (N,) int64, dist (N,) fp32)``; fp64 inputs give fp64 distances.
+
+    The score ``||c||^2 - 2 z.c`` is computed in fp32 (fp64 for fp64 inputs) in row chunks of at
+    most ``chunk_elems`` scores; ``dist`` is the exact ``sum_d (z - c_idx)^2`` and carries autograd.
+    """
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    zf, cf = z.to(acc), codebook.to(acc)
+    with torch.no_grad():
+        cn = (cf * cf).sum(1)
+        rows = max(1, chunk_elems // max(1, codebook.shape[0]))
+        idx = torch.cat([(cn[None] - 2.0 * zf[i:i + rows] @ cf.t()).argmin(1)
+                         for i in range(0, z.shape[0], rows)])
+    dist = (zf - cf[idx]).pow(2).sum(1)
+    return idx, dist
+
+
+def quantize_ref(z: torch.Tensor, codebook: torch.Tensor):
+    """Reference: ``(idx, dist, z_q (N, d))`` with ``z_q = codebook[idx]``."""
+    idx, dist = nearest_code_ref(z, codebook)
+    return idx, dist, codebook[idx]
+
+
+# ------------------------------------------------------------------------------------------------
+# Triton kernel
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _nearest_code_kernel(
+        Z,  # (N, D) rows to quantize
+        CB,  # (K, D) codebook, same dtype as Z
+        IDX,  # (N,) int64 out: index of the nearest code
+        DIST,  # (N,) fp32 out: exact squared distance to that code
+        ZQ,  # (N, D) contiguous out, Z's dtype: the chosen code (written when WRITE_ZQ)
+        N, K, D,  # sizes
+        stride_zn, stride_zd,  # strides of Z (elements)
+        stride_ck, stride_cd,  # strides of CB (elements)
+        PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 ("ieee", "tf32x3", "tf32") or None
+        WRITE_ZQ: tl.constexpr,  # also write the gathered codes
+        BLOCK_N: tl.constexpr,  # rows of Z per program (>= 16 for tl.dot)
+        BLOCK_K: tl.constexpr,  # codes per tile (>= 16)
+        BLOCK_D: tl.constexpr,  # features per tl.dot step (>= 16)
+    ):
+        pid = tl.program_id(0)
+        offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows_z = offs_n.to(tl.int64) * stride_zn
+        offs_d0 = tl.arange(0, BLOCK_D)
+        offs_k0 = tl.arange(0, BLOCK_K)
+
+        best = tl.full([BLOCK_N], float("inf"), tl.float32)
+        best_idx = tl.zeros([BLOCK_N], tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + offs_k0
+            mask_k = offs_k < K
+            rows_c = offs_k.to(tl.int64) * stride_ck
+            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)  # z . c
+            cn = tl.zeros([BLOCK_K], tl.float32)  # ||c||^2
+            for d0 in range(0, D, BLOCK_D):
+                offs_d = d0 + offs_d0
+                mask_d = offs_d < D
+                zt = tl.load(Z + rows_z[:, None] + offs_d[None, :] * stride_zd,
+                             mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                ct = tl.load(CB + rows_c[:, None] + offs_d[None, :] * stride_cd,
+                             mask=mask_k[:, None] & mask_d[None, :], other=0.0)
+                acc = tl.dot(zt, tl.trans(ct), acc, input_precision=PRECISION)
+                cf = ct.to(tl.float32)
+                cn += tl.sum(cf * cf, axis=1)
+            score = cn[None, :] - 2.0 * acc
+            score = tl.where(mask_k[None, :], score, float("inf"))
+            tile_min, tile_arg = tl.min(score, axis=1, return_indices=True)  # ties -> lowest index
+            better = tile_min < best  # strict: an earlier tile keeps its ties
+            best = tl.where(better, tile_min, best)
+            best_idx = tl.where(better, tile_arg + k0, best_idx)
+
+        # epilogue: gather the chosen code, exact distance, optional z_q
+        rows_q = best_idx.to(tl.int64) * stride_ck
+        dist = tl.zeros([BLOCK_N], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + offs_d0
+            mask = mask_n[:, None] & (offs_d < D)[None, :]
+            zt = tl.load(Z + rows_z[:, None] + offs_d[None, :] * stride_zd, mask=mask, other=0.0)
+            cq = tl.load(CB + rows_q[:, None] + offs_d[None, :] * stride_cd, mask=mask, other=0.0)
+            diff = zt.to(tl.float32) - cq.to(tl.float32)
+            dist += tl.sum(diff * diff, axis=1)
+            if WRITE_ZQ:
+                tl.store(ZQ + offs_n.to(tl.int64)[:, None] * D + offs_d[None, :], cq, mask=mask)
+        tl.store(IDX + offs_n, best_idx.to(tl.int64), mask=mask_n)
+        tl.store(DIST + offs_n, dist, mask=mask_n)
+
+
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _SM_COUNT:
+        _SM_COUNT[key] = torch.cuda.get_device_properties(key).multi_processor_count
+    return _SM_COUNT[key]
+
+
+def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """Launch configuration (block sizes are powers of two >= 16, as tl.dot requires)."""
+    low = dtype in (torch.bfloat16, torch.float16)
+    block_d = min(64, max(16, next_pow2(D)))
+    block_k = min(128 if low else 64, max(16, next_pow2(K)))
+    block_n = 128 if low else 64
+    sms = _sm_count(device)
+    while block_n > 16 and triton.cdiv(N, block_n) < sms:  # at least one program per SM
+        block_n //= 2
+    block_n = min(block_n, max(16, next_pow2(N)))
+    num_warps = 8 if block_n * block_k >= 128 * 128 else 4
+    return dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=num_warps,
+                num_stages=3)
+
+
+def _nearest_code_triton(z, codebook, precision, write_zq, config=None):
+    if z.stride(-1) != 1:
+        z = z.contiguous()
+    if codebook.stride(-1) != 1:
+        codebook = codebook.contiguous()
+    N, D = z.shape
+    K = codebook.shape[0]
+    idx = torch.empty(N, dtype=torch.int64, device=z.device)
+    dist = torch.empty(N, dtype=torch.float32, device=z.device)
+    zq = torch.empty((N, D), dtype=z.dtype, device=z.device) if write_zq else dist
+    cfg = dict(config or nearest_code_config(N, K, D, z.dtype, z.device))
+    if INTERPRET:  # the interpreter ignores warps/stages
+        cfg.pop("num_warps", None), cfg.pop("num_stages", None)
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
+    _nearest_code_kernel[grid](
+        z, codebook, idx, dist, zq, N, K, D,
+        z.stride(0), z.stride(1), codebook.stride(0), codebook.stride(1),
+        PRECISION=precision if z.dtype == torch.float32 else None, WRITE_ZQ=write_zq, **cfg)
+    return idx, dist, (zq if write_zq else None)
+
+
+class NearestCodeFunction(torch.autograd.Function):
+    """Triton forward; backward for ``dist`` (z and codebook) and ``z_q`` (codebook), as the reference."""
+
+    @staticmethod
+    def forward(ctx, z, codebook, precision, write_zq):
+        idx, dist, zq = _nearest_code_triton(z, codebook, precision, write_zq)
+        ctx.save_for_backward(z, codebook, idx)
+        ctx.mark_non_differentiable(idx)
+        return idx, dist, zq
+
+    @staticmethod
+    def backward(ctx, g_idx, g_dist, g_zq):
+        z, codebook, idx = ctx.saved_tensors
+        need_z, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_z = grad_c = None
+        rows = None  # (N, d) fp32 gradient w.r.t. the gathered code of each row
+        if g_dist is not None:
+            diff = (z.float() - codebook[idx].float()) * (2.0 * g_dist.float()[:, None])
+            if need_z:
+                grad_z = diff.to(z.dtype)
+            rows = -diff
+        if g_zq is not None:
+            rows = g_zq.float() if rows is None else rows + g_zq.float()
+        if need_c and rows is not None:
+            grad_c = torch.zeros(codebook.shape, dtype=torch.float32, device=codebook.device)
+            grad_c = grad_c.index_add_(0, idx, rows).to(codebook.dtype)
+        return grad_z, grad_c, None, None
+
+
+# ------------------------------------------------------------------------------------------------
+# public API
+
+
+def _check(z, codebook, op, precision):
+    check_float("z", z, op)
+    check_float("codebook", codebook, op)
+    if z.dim() != 2:
+        raise ValueError(f"{op}: z must be 2-D (N, d), got shape {tuple(z.shape)}")
+    if codebook.dim() != 2:
+        raise ValueError(f"{op}: codebook must be 2-D (K, d), got shape {tuple(codebook.shape)}")
+    if codebook.shape[1] != z.shape[1]:
+        raise ValueError(f"{op}: codebook has d={codebook.shape[1]} but z has d={z.shape[1]} "
+                         f"(z {tuple(z.shape)}, codebook {tuple(codebook.shape)})")
+    for name, t, what in (("z", z, "N"), ("codebook", codebook, "K")):
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"{op}: {name} is empty ({what}={t.shape[0]}, d={t.shape[1]}); "
+                             "need at least one row and one feature")
+    if z.dtype != codebook.dtype:
+        raise TypeError(f"{op}: z and codebook must share a dtype, got z {z.dtype} and codebook "
+                        f"{codebook.dtype} (cast one explicitly)")
+    if z.device != codebook.device:
+        raise ValueError(f"{op}: z is on {z.device} but codebook is on {codebook.device}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"{op}: precision must be one of {PRECISIONS} or None, got {precision!r}")
+
+
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
+                 precision: str | None = None):
+    """Nearest code by squared L2: ``z (N, d), codebook (K, d) -> (idx (N,) int64, dist (N,) fp32)``.
+
+    ``dist`` is the exact ``||z - codebook[idx]||^2``; ties go to the lowest index.
+    ``precision`` (fp32 inputs, Triton path): "ieee" (default), "tf32x3" or "tf32".
+    """
+    _check(z, codebook, "nearest_code", precision)
+    if not use_triton_for(z, use_triton, "nearest_code"):
+        return nearest_code_ref(z, codebook)
+    idx, dist, _ = NearestCodeFunction.apply(z, codebook, precision or "ieee", False)
+    return idx, dist
+
+
+def quantize(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
+             precision: str | None = None):
+    """``nearest_code`` plus the gathered codes: ``-> (idx (N,), dist (N,), z_q (N, d))``.
+
+    ``z_q = codebook[idx]`` in the codebook's dtype, differentiable w.r.t. the codebook.
+    """
+    _check(z, codebook, "quantize", precision)
+    if not use_triton_for(z, use_triton, "quantize"):
+        return quantize_ref(z, codebook)
+    return NearestCodeFunction.apply(z, codebook, precision or "ieee", True)

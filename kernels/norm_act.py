@@ -1,0 +1,343 @@
+"""Fused InstanceNorm / AdaIN + affine + ReLU + residual (the VQ-VAE ResBlock normalization).
+
+For ``x: (B, C, T)`` and each row (b, c), over t:
+    mean = E[x],  var = E[(x - mean)^2] (two-pass, biased),  rstd = 1 / sqrt(var + eps)
+    x_hat = (x - mean) * rstd
+    a = (1 + scale[b, c]) * x_hat + shift[b, c]        scale/shift: (C,) learned IN, (B, C) AdaIN
+    y = relu(a) + residual                              (relu and residual optional)
+T = 1: var = 0, so x_hat = 0 and y = relu(shift) + residual; dx = 0.
+
+Forward stores mean and rstd (fp32) per row; backward (Triton layer-norm tutorial):
+    da = dy * [a > 0],  g = 1 + scale,  dx_hat = da * g
+    dx = rstd * (dx_hat - mean_t(dx_hat) - x_hat * mean_t(dx_hat * x_hat))
+    dscale[b, c] = sum_t da * x_hat,  dshift[b, c] = sum_t da  (summed over b for (C,) params)
+    dresidual = dy
+Dtypes: y and dx have x's dtype (fp32, bf16, fp16; float64 runs the reference); statistics and
+accumulation are fp32; scale/shift may have another float dtype (e.g. fp32 parameters with bf16
+activations) and get gradients in their own dtype; residual must match x's dtype and shape.
+Any strides are read as they are (outputs are contiguous). Each program normalizes ROWS rows of
+BLOCK_T >= T elements kept in registers; rows longer than MAX_BLOCK_T are streamed in chunks.
+"""
+from __future__ import annotations
+
+import torch
+
+from .dispatch import HAS_TRITON, INTERPRET, check_float, next_pow2, use_triton_for
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+MAX_BLOCK_T = 4096  # longer rows are processed in chunks (three passes over x instead of one)
+TILE = 4096  # elements per program (ROWS * BLOCK_T) when rows are short
+
+# ------------------------------------------------------------------------------------------------
+# torch reference
+
+
+def norm_act_ref(x, scale, shift, residual=None, relu=True, eps=1e-5, upcast=True):
+    """Reference (autograd through torch ops). ``upcast=False`` computes in x's own dtype, which
+    the tests use to measure torch's own low-precision error."""
+    dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
+    xf = x.to(dt)
+    mean = xf.mean(-1, keepdim=True)
+    xc = xf - mean
+    var = (xc * xc).mean(-1, keepdim=True)
+    x_hat = xc * torch.rsqrt(var + eps)
+    s, h = scale.to(dt), shift.to(dt)
+    if s.dim() == 1:
+        s, h = s[None], h[None]
+    y = (1 + s[..., None]) * x_hat + h[..., None]
+    if relu:
+        y = torch.relu(y)
+    y = y.to(x.dtype)
+    return y if residual is None else y + residual
+
+
+# ------------------------------------------------------------------------------------------------
+# Triton kernels
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _norm_act_fwd_kernel(
+        X,  # (B, C, T) input, any strides
+        S,  # scale (C,) or (B, C): read as S[b * stride_sb + c * stride_sc]
+        H,  # shift, same addressing as S with its own strides
+        R,  # residual (B, C, T) or dummy when not HAS_RES
+        Y,  # (B*C, T) contiguous output, X's dtype
+        MEAN,  # (B*C,) fp32 out
+        RSTD,  # (B*C,) fp32 out
+        n_rows, C, T,  # sizes (n_rows = B*C)
+        stride_xb, stride_xc, stride_xt,
+        stride_sb, stride_sc,
+        stride_hb, stride_hc,
+        stride_rb, stride_rc, stride_rt,
+        eps,
+        HAS_RES: tl.constexpr,  # add the residual
+        RELU: tl.constexpr,  # apply ReLU before the residual
+        ROWS: tl.constexpr,  # rows per program
+        BLOCK_T: tl.constexpr,  # elements per row per step (power of two)
+        ONE_TILE: tl.constexpr,  # T <= BLOCK_T: the row stays in registers
+    ):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        mask_r = rows < n_rows
+        b = (rows // C).to(tl.int64)
+        c = (rows % C).to(tl.int64)
+        x_row = b * stride_xb + c * stride_xc
+        r_row = b * stride_rb + c * stride_rc
+        y_row = rows.to(tl.int64) * T
+        g = 1.0 + tl.load(S + b * stride_sb + c * stride_sc, mask=mask_r, other=0.0).to(tl.float32)
+        h = tl.load(H + b * stride_hb + c * stride_hc, mask=mask_r, other=0.0).to(tl.float32)
+        offs0 = tl.arange(0, BLOCK_T)
+        if ONE_TILE:
+            mask = mask_r[:, None] & (offs0 < T)[None, :]
+            x = tl.load(X + x_row[:, None] + offs0[None, :] * stride_xt, mask=mask, other=0.0)
+            x = x.to(tl.float32)
+            mean = tl.sum(x, axis=1) / T
+            xc = tl.where(mask, x - mean[:, None], 0.0)
+            var = tl.sum(xc * xc, axis=1) / T
+            rstd = 1.0 / tl.sqrt(var + eps)
+            a = (xc * rstd[:, None]) * g[:, None] + h[:, None]
+            if RELU:
+                a = tl.where(a < 0.0, 0.0, a)
+            if HAS_RES:
+                res = tl.load(R + r_row[:, None] + offs0[None, :] * stride_rt, mask=mask, other=0.0)
+                a += res.to(tl.float32)
+            tl.store(Y + y_row[:, None] + offs0[None, :], a.to(Y.dtype.element_ty), mask=mask)
+            tl.store(MEAN + rows, mean, mask=mask_r)
+            tl.store(RSTD + rows, rstd, mask=mask_r)
+        else:
+            acc = tl.zeros([ROWS, BLOCK_T], tl.float32)
+            for t0 in range(0, T, BLOCK_T):
+                offs = t0 + offs0
+                mask = mask_r[:, None] & (offs < T)[None, :]
+                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
+                acc += x.to(tl.float32)
+            mean = tl.sum(acc, axis=1) / T
+            acc = tl.zeros([ROWS, BLOCK_T], tl.float32)
+            for t0 in range(0, T, BLOCK_T):
+                offs = t0 + offs0
+                mask = mask_r[:, None] & (offs < T)[None, :]
+                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
+                xc = tl.where(mask, x.to(tl.float32) - mean[:, None], 0.0)
+                acc += xc * xc
+            var = tl.sum(acc, axis=1) / T
+            rstd = 1.0 / tl.sqrt(var + eps)
+            for t0 in range(0, T, BLOCK_T):
+                offs = t0 + offs0
+                mask = mask_r[:, None] & (offs < T)[None, :]
+                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
+                a = ((x.to(tl.float32) - mean[:, None]) * rstd[:, None]) * g[:, None] + h[:, None]
+                if RELU:
+                    a = tl.where(a < 0.0, 0.0, a)
+                if HAS_RES:
+                    res = tl.load(R + r_row[:, None] + offs[None, :] * stride_rt, mask=mask,
+                                  other=0.0)
+                    a += res.to(tl.float32)
+                tl.store(Y + y_row[:, None] + offs[None, :], a.to(Y.dtype.element_ty), mask=mask)
+            tl.store(MEAN + rows, mean, mask=mask_r)
+            tl.store(RSTD + rows, rstd, mask=mask_r)
+
+    @triton.jit
+    def _norm_act_bwd_kernel(
+        X,  # (B, C, T) forward input, any strides
+        DY,  # (B, C, T) upstream gradient, any strides
+        S,  # scale, addressed as in the forward
+        H,  # shift (only read when RELU, to recompute the pre-activation sign)
+        MEAN,  # (B*C,) fp32 from the forward
+        RSTD,  # (B*C,) fp32 from the forward
+        DX,  # (B*C, T) contiguous out, X's dtype
+        DS,  # (B*C,) fp32 out: sum_t da * x_hat
+        DH,  # (B*C,) fp32 out: sum_t da
+        n_rows, C, T,
+        stride_xb, stride_xc, stride_xt,
+        stride_db, stride_dc, stride_dt,
+        stride_sb, stride_sc,
+        stride_hb, stride_hc,
+        RELU: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        ONE_TILE: tl.constexpr,
+    ):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        mask_r = rows < n_rows
+        b = (rows // C).to(tl.int64)
+        c = (rows % C).to(tl.int64)
+        x_row = b * stride_xb + c * stride_xc
+        d_row = b * stride_db + c * stride_dc
+        o_row = rows.to(tl.int64) * T
+        g = 1.0 + tl.load(S + b * stride_sb + c * stride_sc, mask=mask_r, other=0.0).to(tl.float32)
+        h = tl.load(H + b * stride_hb + c * stride_hc, mask=mask_r, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + rows, mask=mask_r, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=mask_r, other=0.0)
+        offs0 = tl.arange(0, BLOCK_T)
+        if ONE_TILE:
+            mask = mask_r[:, None] & (offs0 < T)[None, :]
+            x = tl.load(X + x_row[:, None] + offs0[None, :] * stride_xt, mask=mask, other=0.0)
+            dy = tl.load(DY + d_row[:, None] + offs0[None, :] * stride_dt, mask=mask, other=0.0)
+            x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
+            da = dy.to(tl.float32)
+            if RELU:
+                da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+            ds = tl.sum(da * x_hat, axis=1)
+            dh = tl.sum(da, axis=1)
+            # dx_hat = da * g, so mean(dx_hat * x_hat) = g * ds / T and mean(dx_hat) = g * dh / T
+            dx = (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None]))
+            dx = dx * rstd[:, None]
+            tl.store(DX + o_row[:, None] + offs0[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+            tl.store(DS + rows, ds, mask=mask_r)
+            tl.store(DH + rows, dh, mask=mask_r)
+        else:
+            acc_s = tl.zeros([ROWS, BLOCK_T], tl.float32)
+            acc_h = tl.zeros([ROWS, BLOCK_T], tl.float32)
+            for t0 in range(0, T, BLOCK_T):
+                offs = t0 + offs0
+                mask = mask_r[:, None] & (offs < T)[None, :]
+                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
+                dy = tl.load(DY + d_row[:, None] + offs[None, :] * stride_dt, mask=mask, other=0.0)
+                x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
+                da = dy.to(tl.float32)
+                if RELU:
+                    da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+                acc_s += da * x_hat
+                acc_h += da
+            ds = tl.sum(acc_s, axis=1)
+            dh = tl.sum(acc_h, axis=1)
+            for t0 in range(0, T, BLOCK_T):
+                offs = t0 + offs0
+                mask = mask_r[:, None] & (offs < T)[None, :]
+                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
+                dy = tl.load(DY + d_row[:, None] + offs[None, :] * stride_dt, mask=mask, other=0.0)
+                x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
+                da = dy.to(tl.float32)
+                if RELU:
+                    da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+                dx = (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None]))
+                dx = dx * rstd[:, None]
+                tl.store(DX + o_row[:, None] + offs[None, :], dx.to(DX.dtype.element_ty),
+                         mask=mask)
+            tl.store(DS + rows, ds, mask=mask_r)
+            tl.store(DH + rows, dh, mask=mask_r)
+
+
+def norm_act_config(T: int) -> dict:
+    """ROWS x BLOCK_T tile per program: about TILE elements, whole rows when T <= MAX_BLOCK_T."""
+    block_t = min(next_pow2(T), MAX_BLOCK_T)
+    rows = max(1, min(128, TILE // block_t))
+    num_warps = 8 if rows * block_t >= 4096 else 4
+    return dict(ROWS=rows, BLOCK_T=block_t, ONE_TILE=T <= block_t, num_warps=num_warps)
+
+
+def _param_strides(p: torch.Tensor):
+    """(stride over b, stride over c) for a (C,) or (B, C) parameter; (C,) broadcasts over b."""
+    return (0, p.stride(0)) if p.dim() == 1 else (p.stride(0), p.stride(1))
+
+
+def _launch_cfg(T):
+    cfg = norm_act_config(T)
+    if INTERPRET:
+        cfg.pop("num_warps")
+    return cfg
+
+
+def _norm_act_fwd(x, scale, shift, residual, relu, eps):
+    B, C, T = x.shape
+    n_rows = B * C
+    y = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
+    mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    r = residual if residual is not None else x
+    cfg = _launch_cfg(T)
+    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
+    _norm_act_fwd_kernel[grid](
+        x, scale, shift, r, y, mean, rstd, n_rows, C, T,
+        *x.stride(), *_param_strides(scale), *_param_strides(shift), *r.stride(), eps,
+        HAS_RES=residual is not None, RELU=relu, **cfg)
+    return y, mean, rstd
+
+
+def _norm_act_bwd(dy, x, scale, shift, mean, rstd, relu):
+    B, C, T = x.shape
+    n_rows = B * C
+    dx = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
+    ds = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    dh = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    cfg = _launch_cfg(T)
+    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
+    _norm_act_bwd_kernel[grid](
+        x, dy, scale, shift, mean, rstd, dx, ds, dh, n_rows, C, T,
+        *x.stride(), *dy.stride(), *_param_strides(scale), *_param_strides(shift),
+        RELU=relu, **cfg)
+    return dx, ds.view(B, C), dh.view(B, C)
+
+
+class NormActFunction(torch.autograd.Function):
+    """Triton forward and backward of ``norm_act`` (grads for x, scale, shift, residual)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift, residual, relu, eps):
+        y, mean, rstd = _norm_act_fwd(x, scale, shift, residual, relu, eps)
+        ctx.save_for_backward(x, scale, shift, mean, rstd)
+        ctx.relu = relu
+        ctx.has_res = residual is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, scale, shift, mean, rstd = ctx.saved_tensors
+        dx, ds, dh = _norm_act_bwd(dy, x, scale, shift, mean, rstd, ctx.relu)
+        if scale.dim() == 1:
+            ds, dh = ds.sum(0), dh.sum(0)
+        need = ctx.needs_input_grad
+        return (dx if need[0] else None, ds.to(scale.dtype) if need[1] else None,
+                dh.to(shift.dtype) if need[2] else None,
+                dy if (ctx.has_res and need[3]) else None, None, None)
+
+
+# ------------------------------------------------------------------------------------------------
+# public API
+
+
+def _check(x, scale, shift, residual, eps):
+    op = "norm_act"
+    check_float("x", x, op)
+    check_float("scale", scale, op)
+    check_float("shift", shift, op)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be 3-D (B, C, T), got shape {tuple(x.shape)}")
+    B, C, T = x.shape
+    if x.numel() == 0:
+        raise ValueError(f"{op}: x is empty (B={B}, C={C}, T={T}); every dim must be >= 1")
+    for name, p in (("scale", scale), ("shift", shift)):
+        if tuple(p.shape) not in ((C,), (B, C)):
+            raise ValueError(f"{op}: {name} must have shape (C,)=({C},) or (B, C)=({B}, {C}) for "
+                             f"x of shape {tuple(x.shape)}, got {tuple(p.shape)}")
+        if p.device != x.device:
+            raise ValueError(f"{op}: {name} is on {p.device} but x is on {x.device}")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"{op}: residual must be a torch.Tensor or None, got "
+                            f"{type(residual).__name__}")
+        if residual.shape != x.shape:
+            raise ValueError(f"{op}: residual must have x's shape {tuple(x.shape)}, "
+                             f"got {tuple(residual.shape)}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"{op}: residual must have x's dtype {x.dtype}, got {residual.dtype}")
+        if residual.device != x.device:
+            raise ValueError(f"{op}: residual is on {residual.device} but x is on {x.device}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"{op}: eps must be a positive number, got {eps!r}")
+
+
+def norm_act(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+             residual: torch.Tensor | None = None, relu: bool = True, eps: float = 1e-5,
+             use_triton: bool | None = None) -> torch.Tensor:
+    """``relu((1 + scale) * instance_norm_T(x) + shift) + residual``: x (B, C, T) -> (B, C, T).
+
+    scale/shift: (C,) (learned IN affine) or (B, C) (AdaIN); residual: (B, C, T) or None.
+    """
+    _check(x, scale, shift, residual, eps)
+    if not use_triton_for(x, use_triton, "norm_act"):
+        return norm_act_ref(x, scale, shift, residual, relu, eps)
+    return NormActFunction.apply(x, scale, shift, residual, bool(relu), float(eps))

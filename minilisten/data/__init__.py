@@ -1,0 +1,3 @@
+"""Data: the ``Segment`` type, the synthetic dyadic corpus, peer-format readers, windows."""
+from .segment import D_MOTION, EMOTIONS, EXP, N_EMOTIONS, N_EXP, N_POSE, N_SHAPE, POSE, Segment, Word  # noqa: F401
+from .synthetic import RESPONSES, SyntheticCorpus, identity_style, synthetic_corpus  # noqa: F401

@@ -1,0 +1,180 @@
+"""The one data type: a dyadic ``Segment`` (speaker + listener, time-aligned).
+
+Conventions used everywhere in minilisten:
+- a motion frame is 56 numbers: expression ``[0:50]`` then pose ``[50:56]`` (3 global head
+  rotation + 3 jaw), as LM-listener and Learning2Listen store them (``EXP``, ``POSE`` below);
+- ``beta`` is the 100-d FLAME shape of a person, constant over a segment, not part of a frame;
+- times are seconds relative to the segment's first frame: ``words`` end in ``(0, T / fps]``,
+  ``history_words`` (speech before the first frame, W^h in the paper) end at or before 0;
+- ``emotion`` holds per-frame probabilities over EMOCA's 8 classes in ``EMOTIONS`` order;
+- ``sa_tokens`` are speaker acoustic tokens at ``sa_rate`` tokens/s (SpeechTokenizer: 50/s).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+N_EXP, N_POSE, N_SHAPE = 50, 6, 100
+D_MOTION = N_EXP + N_POSE  # 56
+EXP = slice(0, N_EXP)
+POSE = slice(N_EXP, D_MOTION)
+EMOTIONS = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+N_EMOTIONS = len(EMOTIONS)
+
+
+@dataclass(frozen=True)
+class Word:
+    """One spoken word with its start and end time in seconds (relative to the segment)."""
+    text: str
+    start: float
+    end: float
+
+
+def _check_array(name: str, x, shape: tuple, dtype=np.float32, finite: bool = True) -> np.ndarray:
+    """Return ``x`` as a numpy array of ``dtype`` after checking its shape (None = any size)."""
+    if x is None:
+        raise ValueError(f"{name}: expected an array of shape {_fmt(shape)}, got None")
+    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+        raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(a.shape)}")
+    if np.issubdtype(dtype, np.floating):
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"{name}: expected a float array, got dtype {a.dtype}")
+        a = a.astype(dtype, copy=False)
+        if finite and a.size and not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))[0]
+            raise ValueError(f"{name}: expected finite values, got {a[tuple(bad)]} at index {tuple(int(i) for i in bad)}")
+    else:
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name}: expected an integer array, got dtype {a.dtype}")
+        a = a.astype(dtype, copy=False)
+    return a
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join("T" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+@dataclass
+class Segment:
+    """A dyadic sample. Shapes: motion ``(T, 56)``, beta ``(100,)``, emotion ``(T, 8)``,
+    valence ``(T,)``, sa_tokens ``(M,)`` int64. Optional fields are ``None`` when a source lacks
+    them (Learning2Listen has no words and no beta; see the readers).
+
+    Construction validates every field and raises ``ValueError`` naming the field, the expected
+    and the actual value; nothing is truncated or coerced silently.
+    """
+    speaker_motion: np.ndarray
+    listener_motion: np.ndarray
+    fps: float
+    listener_id: str = "listener"
+    listener_beta: np.ndarray | None = None
+    speaker_beta: np.ndarray | None = None
+    words: list[Word] = field(default_factory=list)
+    history_words: list[Word] = field(default_factory=list)
+    sa_tokens: np.ndarray | None = None
+    sa_rate: float = 50.0
+    emotion: np.ndarray | None = None
+    valence: np.ndarray | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps: expected a positive number, got {self.fps!r}")
+        self.fps = float(self.fps)
+        self.speaker_motion = _check_array("speaker_motion", self.speaker_motion, (None, D_MOTION))
+        T = self.speaker_motion.shape[0]
+        if T == 0:
+            raise ValueError("speaker_motion: expected at least 1 frame, got 0")
+        self.listener_motion = _check_array("listener_motion", self.listener_motion, (None, D_MOTION))
+        if self.listener_motion.shape[0] != T:
+            raise ValueError(f"listener_motion: expected {T} frames (as speaker_motion), got {self.listener_motion.shape[0]}")
+        for name in ("listener_beta", "speaker_beta"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _check_array(name, getattr(self, name), (N_SHAPE,)))
+        if self.emotion is not None:
+            self.emotion = _check_array("emotion", self.emotion, (T, N_EMOTIONS))
+            if (self.emotion < -1e-6).any():
+                raise ValueError(f"emotion: expected probabilities >= 0, got min {self.emotion.min():.4g}")
+            sums = self.emotion.sum(1)
+            if not np.allclose(sums, 1.0, atol=1e-3):
+                i = int(np.argmax(np.abs(sums - 1)))
+                raise ValueError(f"emotion: expected rows summing to 1, got {sums[i]:.4g} at frame {i}")
+        if self.valence is not None:
+            self.valence = _check_array("valence", self.valence, (T,))
+        if self.sa_tokens is not None:
+            self.sa_tokens = _check_array("sa_tokens", self.sa_tokens, (None,), dtype=np.int64)
+            if self.sa_tokens.size and self.sa_tokens.min() < 0:
+                raise ValueError(f"sa_tokens: expected non-negative token ids, got {self.sa_tokens.min()}")
+            if not (self.sa_rate > 0):
+                raise ValueError(f"sa_rate: expected a positive rate, got {self.sa_rate!r}")
+        self.words = [self._check_word("words", i, w, self.duration) for i, w in enumerate(self.words)]
+        self.history_words = [self._check_word("history_words", i, w, 0.0)
+                              for i, w in enumerate(self.history_words)]
+        self.listener_id = str(self.listener_id)
+
+    @staticmethod
+    def _check_word(field_name: str, i: int, w, hi: float) -> Word:
+        if isinstance(w, dict):
+            w = Word(str(w["text"]), float(w["start"]), float(w["end"]))
+        elif not isinstance(w, Word):
+            w = Word(str(w[0]), float(w[1]), float(w[2]))
+        where = f"{field_name}[{i}] ({w.text!r})"
+        if not (math.isfinite(w.start) and math.isfinite(w.end)):
+            raise ValueError(f"{where}: expected finite start/end, got start={w.start}, end={w.end}")
+        if w.end < w.start:
+            raise ValueError(f"{where}: expected start <= end, got start={w.start:.3f} > end={w.end:.3f}")
+        eps = 1e-6
+        if field_name == "words":
+            if w.start < -eps:
+                raise ValueError(f"{where}: expected start >= 0 s, got start={w.start:.3f} (speech before the clip belongs in history_words)")
+            if w.end > hi + eps:
+                raise ValueError(f"{where}: expected end <= {hi:.3f} s (clip end), got end={w.end:.3f}")
+        elif w.end > eps:
+            raise ValueError(f"{where}: expected end <= 0 s (before the first frame), got end={w.end:.3f}")
+        return w
+
+    # ------------------------------------------------------------------ views
+    @property
+    def T(self) -> int:
+        return int(self.speaker_motion.shape[0])
+
+    @property
+    def duration(self) -> float:
+        return self.T / self.fps
+
+    def window(self, start: int, length: int, history_seconds: float = 3.0) -> "Segment":
+        """Frames ``[start, start + length)`` as a new Segment with times re-based to its first
+        frame. Words ending inside the window are kept (a word straddling the start keeps its end
+        and is clipped to start at 0); words that end before the window and less than
+        ``history_seconds`` earlier become ``history_words`` (LM-listener uses 3 s)."""
+        if not (0 <= start and length >= 1 and start + length <= self.T):
+            raise ValueError(f"window: expected 0 <= start and start + length <= T={self.T}, got start={start}, length={length}")
+        t0, t1 = start / self.fps, (start + length) / self.fps
+        words, hist = [], []
+        for w in self.history_words + self.words:
+            if t0 < w.end <= t1 + 1e-9:
+                words.append(Word(w.text, max(w.start, t0) - t0, min(w.end, t1) - t0))
+            elif t0 - history_seconds < w.end <= t0:
+                hist.append(Word(w.text, w.start - t0, w.end - t0))
+        sl = slice(start, start + length)
+        sa = None
+        if self.sa_tokens is not None:
+            a, b = int(round(t0 * self.sa_rate)), int(round(t1 * self.sa_rate))
+            sa = self.sa_tokens[a:b]
+        return replace(
+            self,
+            speaker_motion=self.speaker_motion[sl], listener_motion=self.listener_motion[sl],
+            words=words, history_words=hist, sa_tokens=sa,
+            emotion=None if self.emotion is None else self.emotion[sl],
+            valence=None if self.valence is None else self.valence[sl],
+            name=f"{self.name}[{start}:{start + length}]",
+        )
+
+    def windows(self, length: int = 240, stride: int | None = None, start: int = 0) -> list["Segment"]:
+        """Non-padded windows of exactly ``length`` frames every ``stride`` (default ``length``)
+        frames from ``start``; a tail shorter than ``length`` is dropped (documented, not padded)."""
+        stride = stride or length
+        return [self.window(s, length) for s in range(start, self.T - length + 1, stride)]

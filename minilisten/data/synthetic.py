@@ -1,0 +1,353 @@
+"""The embedded synthetic dyadic corpus: minilisten's default data and the ground truth of its tests.
+
+Real listener datasets (L2L-trevor, RealTalk) cannot be downloaded here, so minilisten generates
+conversations whose causal structure is the one the paper's claims are about. Everything below is
+a deterministic function of ``seed``.
+
+Generative process (one "world" per seed, then one conversation per segment)
+------------------------------------------------------------------------------
+World:
+- 7 listener response atoms ``RESPONSES`` (idle, nod, smile, laugh, concern, surprise, frown).
+  Each has an expression direction ``u_a`` (50,) (about 8 active coefficients of size ~0.8), a
+  pose pattern (nod = 2.5 Hz pitch oscillation, laugh = jaw open + head bob, surprise = head back
+  + jaw, concern = head roll, frown = slight head down) and a valence (laugh +0.9 ... frown -0.7).
+- 8 speaker emotions ``EMOTIONS`` with expression prototypes ``e_c`` (50,), a pitch shift and an
+  energy level (happy/surprise/anger high energy, sad low, ...).
+- 6 phrase types (statement, question, joke, bad_news, good_news, story) with word templates.
+- ``n_identities`` listeners. Identity k has beta_k ~ N(0, I_100) and a style that is a fixed
+  function of beta (random projections drawn once per world): an expression offset
+  ``o_k = 0.6 tanh(M_o beta_k / 10)`` (the resting face), a per-coefficient expression gain
+  ``g_k = exp(0.5 tanh(M_g beta_k / 10))`` (how strongly a response shows), a pose gain
+  ``p_k = exp(0.4 tanh(M_p beta_k / 10))`` and a pose offset ``0.08 tanh(M_q beta_k / 10)``.
+  So the same response looks different per identity, and beta alone predicts how.
+
+Conversation (segment of ``seconds`` s, simulated from 3 s before its first frame):
+- The speaker alternates utterances and pauses (0.3-1.2 s). An utterance has a phrase type, a
+  template's words (0.18-0.40 s each) and an emotion drawn INDEPENDENTLY of the phrase type
+  (neutral .30, happy .22, sad .14, surprise .10, anger .10, contempt .06, fear .04, disgust .04).
+- Speaker motion: expression = intensity(t) * e_emotion + slow noise; the jaw opens and closes at
+  ~4.5 Hz inside words; small head motion.
+- Emotion probabilities (T, 8): an EMOCA-like recogniser on the speaker's expression: softmax of
+  ``4 <expr, e_c> / |e_c|^2`` plus per-frame noise, smoothed over 5 frames.
+- Acoustic tokens at 50/s (vocabulary ``N_SA`` = 1024 as SpeechTokenizer; ids < 129 are used):
+  0 = silence; inside words ``1 + 8 * pitch_bin + energy_bin`` with pitch (16 bins) = speaker
+  base + emotion shift + contour (questions rise at the end, sarcastic jokes exaggerate) + noise
+  and energy (8 bins) = emotion level + syllable modulation + noise.
+- Listener response to an utterance: the atom ``RESPONSE_RULE[(phrase, emotion)]`` (see the
+  table) starts after the utterance's last word ends plus a lag of 0.25-0.6 s (causal), with an
+  amplitude in [0.7, 1.2], lasting 0.8-2.0 s (rise 0.2 s, decay 0.4 s). Words alone are
+  ambiguous: the same joke said happily gets a laugh, said with contempt (sarcasm) a frown, said
+  sadly concern; a question said neutrally gets a nod, said fearfully concern. Emotion alone is
+  ambiguous too (a neutral joke gets a smile, a neutral statement a small nod).
+- Backchannel: at each pause longer than 0.5 s without another response, a small nod with p=0.5.
+- Emotional contagion: the listener's expression also follows 0.25 * the speaker's emotional
+  expression low-passed and delayed by 0.5 s.
+- Listener motion = identity offset + identity gain * (sum of atom responses + contagion)
+  + smooth noise (AR(1), 0.03) + white noise (0.01); pose likewise with the pose gain/offset.
+- Valence (T,): sum over active atoms of envelope * atom valence + 0.3 * speaker valence (delayed),
+  clipped to [-1, 1]. It is the ground truth of L2 Affect.
+
+Splits are by segment (every identity appears in every split); ``speaker_beta`` is random per
+segment. Generating the default corpus (300 segments x 64 s = 2,400 windows of 8 s) takes a few
+seconds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+from scipy.signal import lfilter
+
+from .segment import EMOTIONS, N_EMOTIONS, N_EXP, N_POSE, N_SHAPE, Segment, Word
+
+N_SA = 1024
+RESPONSES = ("idle", "nod", "smile", "laugh", "concern", "surprise", "frown")
+RESPONSE_VALENCE = {"idle": 0.0, "nod": 0.1, "smile": 0.6, "laugh": 0.9, "concern": -0.5, "surprise": 0.2, "frown": -0.7}
+EMOTION_PRIOR = {"neutral": .30, "happy": .22, "sad": .14, "surprise": .10, "fear": .04, "disgust": .04, "anger": .10, "contempt": .06}
+EMOTION_VALENCE = {"neutral": 0.0, "happy": 0.8, "sad": -0.6, "surprise": 0.3, "fear": -0.5, "disgust": -0.6, "anger": -0.8, "contempt": -0.5}
+EMOTION_PITCH = {"neutral": 0, "happy": 3, "sad": -3, "surprise": 4, "fear": 2, "disgust": -1, "anger": 1, "contempt": -2}
+EMOTION_ENERGY = {"neutral": 3, "happy": 5, "sad": 1.5, "surprise": 5, "fear": 3.5, "disgust": 2.5, "anger": 6.5, "contempt": 2.5}
+
+PHRASES = {
+    "statement": ["i went to the store yesterday", "we moved the meeting to friday", "the train was on time today",
+                  "my brother called me this morning", "they painted the house blue"],
+    "question": ["do you know what i mean", "can you believe that", "have you ever been there",
+                 "would you do the same thing", "did you hear about it"],
+    "joke": ["so the dog ate my homework again", "he said he would be on time", "what a great idea that was",
+             "of course the printer broke again", "i just love waiting in line"],
+    "bad_news": ["my flight got cancelled last night", "i lost my wallet on the bus", "the results came back today",
+                 "we did not get the contract"],
+    "good_news": ["i finally got the job", "we are having a baby", "the project was approved",
+                  "i passed the exam"],
+    "story": ["and then she opened the door", "so we drove all night long", "and nobody was there at all",
+              "then the lights went out"],
+}
+_FILLERS = ["so", "well", "um", "and", "like", "you", "know"]
+
+_DEFAULT_BY_EMOTION = {"neutral": "nod", "happy": "smile", "sad": "concern", "surprise": "surprise",
+                       "fear": "concern", "disgust": "frown", "anger": "frown", "contempt": "frown"}
+
+
+def _response_rule() -> dict[tuple[str, str], str]:
+    """The ground-truth response atom for each (phrase type, speaker emotion)."""
+    rule = {(p, e): _DEFAULT_BY_EMOTION[e] for p in PHRASES for e in EMOTIONS}
+    rule.update({
+        ("joke", "neutral"): "smile", ("joke", "happy"): "laugh", ("joke", "surprise"): "laugh",
+        ("joke", "sad"): "concern", ("joke", "contempt"): "frown", ("joke", "anger"): "frown",
+        ("question", "neutral"): "nod", ("question", "happy"): "nod", ("question", "surprise"): "surprise",
+        ("statement", "neutral"): "idle", ("statement", "happy"): "nod",
+        ("good_news", "neutral"): "smile", ("good_news", "happy"): "laugh", ("good_news", "sad"): "smile",
+        ("bad_news", "neutral"): "concern", ("bad_news", "happy"): "surprise",
+        ("story", "neutral"): "nod", ("story", "surprise"): "surprise",
+    })
+    return rule
+
+
+RESPONSE_RULE = _response_rule()
+
+
+@dataclass
+class SyntheticCorpus:
+    """Splits of Segments plus the world they were drawn from (ground truth for tests)."""
+    train: list[Segment]
+    val: list[Segment]
+    test: list[Segment]
+    identities: dict[str, np.ndarray]          # listener_id -> beta (100,)
+    fps: float
+    n_sa: int = N_SA
+    info: dict = field(default_factory=dict)   # the world's parameters (styles, prototypes, ...)
+
+    @property
+    def splits(self) -> dict[str, list[Segment]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def _smooth(x: np.ndarray, n: int) -> np.ndarray:
+    """Moving average over axis 0 with window n (same length, edges repeated)."""
+    return uniform_filter1d(x, size=n, axis=0, mode="nearest") if n > 1 else x
+
+
+def _ar1(rng, T: int, d: int, rho: float, sigma: float) -> np.ndarray:
+    """Smooth noise: AR(1) ``x_t = rho x_{t-1} + e_t`` with stationary std ``sigma``."""
+    e = rng.normal(0, sigma * np.sqrt(1 - rho ** 2), (T, d))
+    e[0] = rng.normal(0, sigma, d)
+    return lfilter([1.0], [1.0, -rho], e, axis=0)
+
+
+def _envelope(t: np.ndarray, t_on: float, dur: float, rise: float = 0.2, decay: float = 0.4) -> np.ndarray:
+    up = np.clip((t - t_on) / rise, 0, 1)
+    down = np.clip(1 - (t - (t_on + dur)) / decay, 0, 1)
+    e = np.minimum(up, down)
+    return e * e * (3 - 2 * e)  # smoothstep
+
+
+def _make_world(rng: np.random.Generator, n_identities: int) -> dict:
+    def sparse_dirs(n, k=8, scale=0.8):
+        out = np.zeros((n, N_EXP))
+        for i in range(n):
+            idx = rng.choice(N_EXP, k, replace=False)
+            out[i, idx] = rng.normal(0, scale, k)
+        return out
+
+    world = {
+        "response_exp": sparse_dirs(len(RESPONSES)),
+        "emotion_exp": sparse_dirs(N_EMOTIONS, k=10, scale=0.7),
+        "M_o": rng.normal(size=(N_EXP, N_SHAPE)), "M_g": rng.normal(size=(N_EXP, N_SHAPE)),
+        "M_p": rng.normal(size=(N_POSE, N_SHAPE)), "M_q": rng.normal(size=(N_POSE, N_SHAPE)),
+    }
+    world["response_exp"][RESPONSES.index("idle")] = 0.0
+    world["emotion_exp"][EMOTIONS.index("neutral")] *= 0.2
+    betas = rng.normal(size=(n_identities, N_SHAPE))
+    world["betas"] = betas
+    world["styles"] = [identity_style(world, b) for b in betas]
+    return world
+
+
+def identity_style(world: dict, beta: np.ndarray) -> dict:
+    """The identity style as a function of beta: expression offset/gain, pose gain/offset."""
+    return {
+        "exp_offset": 0.6 * np.tanh(world["M_o"] @ beta / 10),
+        "exp_gain": np.exp(0.5 * np.tanh(world["M_g"] @ beta / 10)),
+        "pose_gain": np.exp(0.4 * np.tanh(world["M_p"] @ beta / 10)),
+        "pose_offset": 0.08 * np.tanh(world["M_q"] @ beta / 10),
+    }
+
+
+def _response_pose(name: str, t: np.ndarray, env: np.ndarray, phase: float) -> np.ndarray:
+    """Pose pattern (T, 6) of a response atom: [pitch, yaw, roll, jaw x3]."""
+    p = np.zeros((len(t), N_POSE))
+    if name == "nod":
+        p[:, 0] = 0.08 * np.sin(2 * np.pi * 2.5 * t + phase) * env
+    elif name == "laugh":
+        p[:, 3] = 0.15 * env
+        p[:, 0] = 0.04 * np.sin(2 * np.pi * 4.0 * t + phase) * env
+    elif name == "surprise":
+        p[:, 0] = -0.05 * env
+        p[:, 3] = 0.08 * env
+    elif name == "concern":
+        p[:, 2] = 0.06 * env
+        p[:, 0] = 0.02 * env
+    elif name == "frown":
+        p[:, 0] = 0.03 * env
+    elif name == "smile":
+        p[:, 3] = 0.02 * env
+    return p
+
+
+def _conversation(rng, world, style, T: int, fps: float, pre: float) -> dict:
+    """Simulate one conversation of T frames (plus ``pre`` seconds of lead-in); see module doc."""
+    n_all = T + int(round(pre * fps))
+    t = np.arange(n_all) / fps - pre                 # seconds, 0 = first frame of the segment
+    end_time = T / fps
+    emotions, probs = list(EMOTION_PRIOR), np.array(list(EMOTION_PRIOR.values()))
+    words, utterances = [], []
+    cur = -pre + rng.uniform(0, 0.5)
+    while cur < end_time:
+        phrase = rng.choice(list(PHRASES))
+        emo = emotions[rng.choice(len(emotions), p=probs / probs.sum())]
+        text = list(PHRASES[phrase][rng.integers(len(PHRASES[phrase]))].split())
+        if rng.random() < 0.3:
+            text.insert(0, _FILLERS[rng.integers(len(_FILLERS))])
+        u_start = cur
+        for w in text:
+            d = rng.uniform(0.18, 0.40)
+            words.append(Word(w, cur, cur + d))
+            cur += d + rng.uniform(0.02, 0.08)
+        utterances.append((phrase, emo, u_start, words[-1].end))
+        cur = words[-1].end + rng.uniform(0.3, 1.2)
+
+    # ---- speaker: expression, jaw, emotion probabilities, acoustic tokens
+    emo_exp = world["emotion_exp"]
+    speaking = np.zeros(n_all, bool)
+    in_word = np.zeros(n_all, bool)
+    intensity = np.zeros((n_all, N_EMOTIONS))
+    for phrase, emo, a, b in utterances:
+        c = EMOTIONS.index(emo)
+        intensity[:, c] += _envelope(t, a - 0.1, b - a + 0.3, rise=0.3, decay=0.8) * rng.uniform(0.7, 1.2)
+        speaking |= (t >= a) & (t < b)
+    for w in words:
+        in_word |= (t >= w.start) & (t < w.end)
+    spk_exp = intensity @ emo_exp + _ar1(rng, n_all, N_EXP, 0.95, 0.05)
+    spk_pose = _ar1(rng, n_all, N_POSE, 0.97, 0.02)
+    spk_pose[:, 3] += in_word * 0.1 * (0.5 + 0.5 * np.sin(2 * np.pi * 4.5 * t))
+    spk = np.concatenate([spk_exp, spk_pose], 1)
+
+    proto = emo_exp / (np.square(emo_exp).sum(1, keepdims=True))
+    logits = 4 * spk_exp @ proto.T + rng.normal(0, 0.7, (n_all, N_EMOTIONS))
+    logits[:, EMOTIONS.index("neutral")] += 1.5              # the recogniser's neutral bias
+    logits = _smooth(logits, 5)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    emotion = p / p.sum(1, keepdims=True)
+
+    n_sa = int(np.floor((end_time + pre) * 50))
+    ts = np.arange(n_sa) / 50 - pre
+    sa = np.zeros(n_sa, np.int64)
+    base = rng.uniform(5, 9)
+    for phrase, emo, a, b in utterances:
+        m = (ts >= a) & (ts < b)
+        rel = (ts[m] - a) / max(b - a, 1e-3)
+        pitch = base + EMOTION_PITCH[emo] + rng.normal(0, 0.8, m.sum())
+        if phrase == "question":
+            pitch += 4 * np.clip((rel - 0.7) / 0.3, 0, 1)
+        if phrase == "joke" and emo in ("contempt", "anger", "disgust"):
+            pitch += 2.5 * np.sin(2 * np.pi * 3 * rel)
+        energy = EMOTION_ENERGY[emo] + 1.0 * np.sin(2 * np.pi * 4.5 * ts[m]) + rng.normal(0, 0.6, m.sum())
+        voiced = np.interp(ts[m], t, in_word.astype(float)) > 0.5
+        tok = 1 + 8 * np.clip(np.round(pitch), 0, 15).astype(np.int64) + np.clip(np.round(energy), 0, 7).astype(np.int64)
+        sa[m] = np.where(voiced, tok, 0)
+
+    # ---- listener: responses to utterances, backchannel nods, contagion
+    resp_exp = np.zeros((n_all, N_EXP))
+    resp_pose = np.zeros((n_all, N_POSE))
+    valence = np.zeros(n_all)
+    busy_until = -np.inf
+    responses = []
+
+    def respond(name, t_on, amp, dur):
+        env = _envelope(t, t_on, dur) * amp
+        resp_exp[:] += env[:, None] * world["response_exp"][RESPONSES.index(name)]
+        resp_pose[:] += _response_pose(name, t, env, rng.uniform(0, 2 * np.pi))
+        valence[:] += env * RESPONSE_VALENCE[name]
+        responses.append((name, t_on, dur))
+
+    for k, (phrase, emo, a, b) in enumerate(utterances):
+        name = RESPONSE_RULE[(phrase, emo)]
+        t_on = b + rng.uniform(0.25, 0.6)
+        dur = rng.uniform(0.8, 2.0)
+        if name != "idle":
+            respond(name, t_on, rng.uniform(0.7, 1.2), dur)
+            busy_until = t_on + dur
+        nxt = utterances[k + 1][2] if k + 1 < len(utterances) else np.inf
+        if nxt - b > 0.5 and busy_until < b and rng.random() < 0.5:
+            respond("nod", b + rng.uniform(0.2, 0.4), 0.4, 0.6)
+
+    spk_val = intensity @ np.array([EMOTION_VALENCE[e] for e in EMOTIONS])
+    lag = int(round(0.5 * fps))
+    delayed_exp = np.concatenate([np.zeros((lag, N_EXP)), _smooth(spk_exp, int(fps // 3))[:-lag]])
+    delayed_val = np.concatenate([np.zeros(lag), spk_val[:-lag]])
+    lis_exp = style["exp_offset"] + style["exp_gain"] * (resp_exp + 0.25 * delayed_exp)
+    lis_exp += _ar1(rng, n_all, N_EXP, 0.95, 0.03) + rng.normal(0, 0.01, (n_all, N_EXP))
+    lis_pose = style["pose_offset"] + style["pose_gain"] * resp_pose
+    lis_pose += _ar1(rng, n_all, N_POSE, 0.95, 0.01) + rng.normal(0, 0.003, (n_all, N_POSE))
+    lis = np.concatenate([lis_exp, lis_pose], 1)
+    valence = np.clip(_smooth(valence + 0.3 * delayed_val, 5), -1, 1)
+
+    s = n_all - T   # crop the lead-in
+    return dict(
+        speaker=spk[s:], listener=lis[s:], emotion=emotion[s:], valence=valence[s:],
+        sa=sa[int(round(pre * 50)):], words=words, utterances=utterances, responses=responses,
+    )
+
+
+def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300, seconds: float = 64.0,
+                     fps: float = 30.0, split: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> SyntheticCorpus:
+    """Generate the corpus (see the module docstring for the generative process).
+
+    Returns a :class:`SyntheticCorpus` with ``train``/``val``/``test`` lists of Segments of
+    ``round(seconds * fps)`` frames; ``corpus.info`` holds the world (styles, utterances and the
+    listener responses per segment) for tests. Same seed -> identical arrays.
+    """
+    for name, v in (("n_identities", n_identities), ("n_segments", n_segments)):
+        if not (isinstance(v, (int, np.integer)) and v >= 1):
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    if not (seconds > 0 and fps > 0):
+        raise ValueError(f"seconds/fps: expected positive values, got seconds={seconds!r}, fps={fps!r}")
+    if len(split) != 3 or abs(sum(split) - 1) > 1e-6 or min(split) < 0:
+        raise ValueError(f"split: expected 3 non-negative fractions summing to 1, got {split!r}")
+    rng = np.random.default_rng(seed)
+    world = _make_world(rng, n_identities)
+    T = int(round(seconds * fps))
+    pre = 3.0
+    segments, events = [], []
+    for i in range(n_segments):
+        k = i % n_identities
+        srng = np.random.default_rng([seed, i])
+        c = _conversation(srng, world, world["styles"][k], T, fps, pre)
+        words = [w for w in c["words"] if w.end > 0 and w.start >= 0 and w.end <= T / fps]
+        hist = [w for w in c["words"] if w.end <= 0]
+        segments.append(Segment(
+            speaker_motion=c["speaker"], listener_motion=c["listener"], fps=fps,
+            listener_id=f"id{k}", listener_beta=world["betas"][k], speaker_beta=srng.normal(size=N_SHAPE),
+            words=words, history_words=hist, sa_tokens=c["sa"], sa_rate=50.0,
+            emotion=c["emotion"], valence=c["valence"], name=f"synthetic{seed}_{i:04d}",
+        ))
+        events.append({"utterances": c["utterances"], "responses": c["responses"]})
+    # split by segment, stratified by identity so that every identity is in every split
+    prng = np.random.default_rng([seed, 10**6])
+    idx = {"train": [], "val": [], "test": []}
+    for k in range(n_identities):
+        mine = prng.permutation(np.arange(k, n_segments, n_identities))
+        n_va = int(round(split[1] * len(mine)))
+        n_te = int(round(split[2] * len(mine)))
+        idx["val"] += mine[:n_va].tolist()
+        idx["test"] += mine[n_va:n_va + n_te].tolist()
+        idx["train"] += mine[n_va + n_te:].tolist()
+    idx = {k: sorted(v) for k, v in idx.items()}
+    info = {"world": world, "events": events, "split_index": idx, "seed": seed}
+    return SyntheticCorpus(
+        train=[segments[j] for j in idx["train"]], val=[segments[j] for j in idx["val"]],
+        test=[segments[j] for j in idx["test"]],
+        identities={f"id{k}": world["betas"][k].astype(np.float32) for k in range(n_identities)},
+        fps=fps, info=info,
+    )
