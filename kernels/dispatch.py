@@ -61,9 +61,9 @@ def use_triton_for(t: torch.Tensor, use_triton: bool | None, op: str) -> bool:
             raise RuntimeError(f"{op}: use_triton=True but the Triton path supports "
                                f"{[str(d) for d in TRITON_DTYPES]}, got {t.dtype}")
         return True
-    if forced_reference() or t.dtype not in TRITON_DTYPES:
-        return False
     if torch.compiler.is_compiling():
+        return False
+    if forced_reference() or t.dtype not in TRITON_DTYPES:
         return False
     return triton_available(t)
 

@@ -73,6 +73,7 @@ if HAS_TRITON:
         stride_ck, stride_cd,  # strides of CB (elements)
         PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 ("ieee", "tf32x3", "tf32") or None
         WRITE_ZQ: tl.constexpr,  # also write the gathered codes
+        DOT_FP32: tl.constexpr,  # upcast tiles before tl.dot (interpreter: its bf16 dot is broken)
         BLOCK_N: tl.constexpr,  # rows of Z per program (>= 16 for tl.dot)
         BLOCK_K: tl.constexpr,  # codes per tile (>= 16)
         BLOCK_D: tl.constexpr,  # features per tl.dot step (>= 16)
@@ -99,8 +100,11 @@ if HAS_TRITON:
                              mask=mask_n[:, None] & mask_d[None, :], other=0.0)
                 ct = tl.load(CB + rows_c[:, None] + offs_d[None, :] * stride_cd,
                              mask=mask_k[:, None] & mask_d[None, :], other=0.0)
-                acc = tl.dot(zt, tl.trans(ct), acc, input_precision=PRECISION)
                 cf = ct.to(tl.float32)
+                if DOT_FP32:  # bf16/fp16 products are exact in fp32: same result as a bf16 dot
+                    acc = tl.dot(zt.to(tl.float32), tl.trans(cf), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(zt, tl.trans(ct), acc, input_precision=PRECISION)
                 cn += tl.sum(cf * cf, axis=1)
             score = cn[None, :] - 2.0 * acc
             score = tl.where(mask_k[None, :], score, float("inf"))
@@ -139,7 +143,7 @@ def _sm_count(device: torch.device) -> int:
 
 def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torch.device) -> dict:
     """Launch configuration (block sizes are powers of two >= 16, as tl.dot requires)."""
-    low = dtype in (torch.bfloat16, torch.float16)
+    low = dtype in (torch.bfloat16, torch.float16) or INTERPRET  # interpreter: fewer, larger steps
     block_d = min(64, max(16, next_pow2(D)))
     block_k = min(128 if low else 64, max(16, next_pow2(K)))
     block_n = 128 if low else 64
@@ -169,7 +173,8 @@ def _nearest_code_triton(z, codebook, precision, write_zq, config=None):
     _nearest_code_kernel[grid](
         z, codebook, idx, dist, zq, N, K, D,
         z.stride(0), z.stride(1), codebook.stride(0), codebook.stride(1),
-        PRECISION=precision if z.dtype == torch.float32 else None, WRITE_ZQ=write_zq, **cfg)
+        PRECISION=precision if z.dtype == torch.float32 else None, WRITE_ZQ=write_zq,
+        DOT_FP32=INTERPRET and z.dtype != torch.float32, **cfg)
     return idx, dist, (zq if write_zq else None)
 
 
@@ -253,3 +258,27 @@ def quantize(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = 
     if not use_triton_for(z, use_triton, "quantize"):
         return quantize_ref(z, codebook)
     return NearestCodeFunction.apply(z, codebook, precision or "ieee", True)
+
+
+def code_stats(idx: torch.Tensor, z: torch.Tensor, K: int):
+    """Batch statistics for the EMA codebook update: ``idx (N,), z (N, d) -> (counts (K,), sums (K, d))``.
+
+    ``counts[k] = #{n: idx[n] = k}`` and ``sums[k] = sum_{n: idx[n] = k} z[n]``, both fp32
+    (``onehot(idx)^T z`` without the one-hot matrix; no host sync). Not differentiable.
+    """
+    if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1:
+        raise TypeError("code_stats: idx must be a 1-D int64 tensor, got "
+                        f"{getattr(idx, 'dtype', type(idx).__name__)} of shape "
+                        f"{tuple(getattr(idx, 'shape', ()))}")
+    check_float("z", z, "code_stats")
+    if z.dim() != 2 or z.shape[0] != idx.shape[0]:
+        raise ValueError(f"code_stats: z must be (N, d) with N = len(idx) = {idx.shape[0]}, "
+                         f"got {tuple(z.shape)}")
+    if not isinstance(K, int) or K < 1:
+        raise ValueError(f"code_stats: K must be a positive int, got {K!r}")
+    with torch.no_grad():
+        counts = torch.zeros(K, dtype=torch.float32, device=z.device)
+        counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+        sums = torch.zeros((K, z.shape[1]), dtype=torch.float32, device=z.device)
+        sums.index_add_(0, idx, z.float())
+    return counts, sums

@@ -50,8 +50,9 @@ def norm_act_ref(x, scale, shift, residual=None, relu=True, eps=1e-5, upcast=Tru
     y = (1 + s[..., None]) * x_hat + h[..., None]
     if relu:
         y = torch.relu(y)
-    y = y.to(x.dtype)
-    return y if residual is None else y + residual
+    if residual is not None:
+        y = y + residual.to(dt)
+    return y.to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -69,9 +69,9 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data.segment import D_MOTION, N_SHAPE
 
 try:  # installed layout: top-level kernels/ is the subpackage minilisten.kernels (setup.py)
-    from .kernels import norm_act, quantize
+    from .kernels import code_stats, norm_act, quantize
 except ImportError:  # source checkout without install: kernels/ sits next to minilisten/
-    from kernels import norm_act, quantize
+    from kernels import code_stats, norm_act, quantize
 
 MODEL_TYPE = "minilisten.vqvae"
 ENC_NORMS = ("none", "in", "ln")
@@ -269,20 +269,16 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        """One EMA step on the batch assignment, then reset the dead codes."""
-        counts = torch.bincount(idx, minlength=self.size).to(z.dtype)              # (K,)
-        sums = torch.zeros_like(self.embed_avg).index_add_(0, idx, z)              # (K, d)
+        """One EMA step on the batch assignment, then reset the dead codes (no host sync)."""
+        counts, sums = code_stats(idx, z, self.size)                               # (K,), (K, d)
         self.cluster_size.lerp_(counts, 1 - self.decay)
         self.embed_avg.lerp_(sums, 1 - self.decay)
-        dead = self.cluster_size < self.dead_threshold                              # (K,)
-        live = ~dead
-        self.embed[live] = self.embed_avg[live] / self.cluster_size[live, None]
-        n_dead = int(dead.sum())
-        if n_dead:
-            rows = self.sample_rows(z, n_dead)
-            self.embed[dead] = rows
-            self.embed_avg[dead] = rows * self.dead_threshold
-            self.cluster_size[dead] = self.dead_threshold
+        dead = (self.cluster_size < self.dead_threshold)[:, None]                  # (K, 1)
+        rows = self.sample_rows(z, self.size)                                      # candidates (K, d)
+        thr = torch.full_like(self.cluster_size, self.dead_threshold)
+        self.embed.copy_(torch.where(dead, rows, self.embed_avg / self.cluster_size[:, None].clamp_min(1e-12)))
+        self.embed_avg.copy_(torch.where(dead, rows * self.dead_threshold, self.embed_avg))
+        self.cluster_size.copy_(torch.where(dead[:, 0], thr, self.cluster_size))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training and not bool(self.initted):

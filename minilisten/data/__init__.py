@@ -1,3 +1,6 @@
 """Data: the ``Segment`` type, the synthetic dyadic corpus, peer-format readers, windows."""
 from .segment import D_MOTION, EMOTIONS, EXP, N_EMOTIONS, N_EXP, N_POSE, N_SHAPE, POSE, Segment, Word  # noqa: F401
 from .synthetic import RESPONSES, SyntheticCorpus, identity_style, synthetic_corpus  # noqa: F401
+from .formats import (Corpus, detect_layout, load_corpus, load_dataset, load_learning2listen,  # noqa: F401
+                      load_lm_listener, save_corpus)
+from .windows import WindowDataset, collate_windows, lm_listener_eval_clips, motion_stats, training_windows  # noqa: F401

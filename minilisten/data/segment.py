@@ -36,7 +36,14 @@ def _check_array(name: str, x, shape: tuple, dtype=np.float32, finite: bool = Tr
     """Return ``x`` as a numpy array of ``dtype`` after checking its shape (None = any size)."""
     if x is None:
         raise ValueError(f"{name}: expected an array of shape {_fmt(shape)}, got None")
-    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if hasattr(x, "detach"):  # torch tensor (bf16 has no numpy dtype)
+        x = x.detach().cpu()
+        a = (x.float() if x.dtype == torch_bf16() else x).numpy()
+    else:
+        try:
+            a = np.asarray(x)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"{name}: expected an array of shape {_fmt(shape)}, got {e}") from None
     if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
         raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(a.shape)}")
     if np.issubdtype(dtype, np.floating):
@@ -53,11 +60,16 @@ def _check_array(name: str, x, shape: tuple, dtype=np.float32, finite: bool = Tr
     return a
 
 
+def torch_bf16():
+    import torch  # only reached when a torch tensor was passed
+    return torch.bfloat16
+
+
 def _fmt(shape) -> str:
     return "(" + ", ".join("T" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-@dataclass
+@dataclass(eq=False)
 class Segment:
     """A dyadic sample. Shapes: motion ``(T, 56)``, beta ``(100,)``, emotion ``(T, 8)``,
     valence ``(T,)``, sa_tokens ``(M,)`` int64. Optional fields are ``None`` when a source lacks
@@ -81,7 +93,8 @@ class Segment:
     name: str = ""
 
     def __post_init__(self):
-        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
+        if isinstance(self.fps, bool) or not (isinstance(self.fps, (int, float, np.integer, np.floating))
+                                              and math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps: expected a positive number, got {self.fps!r}")
         self.fps = float(self.fps)
         self.speaker_motion = _check_array("speaker_motion", self.speaker_motion, (None, D_MOTION))
@@ -118,6 +131,8 @@ class Segment:
     @staticmethod
     def _check_word(field_name: str, i: int, w, hi: float) -> Word:
         if isinstance(w, dict):
+            if not {"text", "start", "end"} <= set(w):
+                raise ValueError(f"{field_name}[{i}]: expected keys text/start/end, got {sorted(w)}")
             w = Word(str(w["text"]), float(w["start"]), float(w["end"]))
         elif not isinstance(w, Word):
             w = Word(str(w[0]), float(w[1]), float(w[2]))

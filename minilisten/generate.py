@@ -1,0 +1,585 @@
+"""Fast greedy decoding of LR tokens (gpt-fast style): static KV cache, compact forward, torch.compile.
+
+The interleaved sequence of a window is ``history + steps[0] + [lr(c_0)] + steps[1] + [lr(c_1)] + ...``
+where ``steps[i]`` are the speaker tokens (W, SA, emo) of LR step i, and ``c_i`` is the argmax of
+the LM's LR head at the position just before ``lr(c_i)``. Decoding therefore costs one forward per
+LR token (8 motion frames): a prefill of ``history + steps[0]`` gives ``c_0``, then each step feeds
+``[lr(c_{i-1})] + steps[i]`` at once and reads the last position.
+
+Two decoders with the same interface (``prefill``, ``step``, ``codes``, ``generate``):
+
+- :class:`Decoder`, the fast path for GPT-2 and LLaMA-family backbones: :class:`FastTransformer`
+  is a compact inference-only copy of the backbone (+ LR head) in our own ~150 lines (fused QKV,
+  fused gate/up, SDPA; no 50k-word head), with KV cache buffers ``(B, n_kv, max_seq + 1, D)``
+  allocated once and written by index. One function, :meth:`FastTransformer.forward`, runs prefill
+  chunks and decode steps alike and is what ``torch.compile`` compiles (CUDA: ``mode=
+  "reduce-overhead"``, i.e. CUDA graphs; CPU: inductor's C++ code).
+- :class:`HFDecoder`, the generic path for any HF causal LM: the HF model itself with its
+  ``DynamicCache`` or ``StaticCache``, eager, streams decoded in lock step.
+
+Variable numbers of speaker tokens per step (the scheme): every forward takes a right-padded token
+block ``(B, S)`` with ``S`` the smallest of a few bucket sizes (default 8, 16, 24, 32, 48, 64) that
+holds the longest row; longer inputs (prefills) are split into chunks of the largest bucket. Each
+stream (row) keeps its own position counter ``pos`` on the device; row b's valid tokens are written
+to cache slots ``pos[b] .. pos[b] + n_b - 1`` and its padding to a trash slot ``max_seq`` that no
+valid query can see (keys are masked by ``key <= query position``); ``pos += n`` in the graph. So
+the compiled graph depends only on ``(B, S)``: at most one graph per bucket, whatever the lengths,
+and streams at different positions (or one re-prefilling while the others step) share a forward.
+The previous LR token is substituted on the device (``lr(codes)``), so the loop never reads a
+value back to the host: :meth:`Decoder.generate` syncs once, at the end.
+
+Memory is fixed at construction: ``2 * n_layer * B * n_kv * (max_seq + 1) * D`` cache elements.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BUCKETS = (8, 16, 24, 32, 48, 64)
+FAST_ARCHS = ("gpt2", "llama")
+
+
+class ContextFullError(ValueError):
+    """A stream's tokens would exceed the decoder's ``max_seq`` (slide the window and re-prefill)."""
+
+
+# ----------------------------------------------------------------------------------- the model
+@dataclass
+class FastConfig:
+    """Shape of the backbone, read from the HF config by :meth:`FastTransformer.from_lm`."""
+    arch: str                   # "gpt2" (LayerNorm, learned positions, GELU MLP) | "llama" (RMSNorm, rotary, SwiGLU, GQA)
+    n_layer: int
+    n_head: int
+    n_kv_head: int              # < n_head: grouped-query attention (LLaMA)
+    head_dim: int
+    d_model: int
+    d_ff: int
+    n_lr: int                   # width of the LR head
+    eps: float                  # norm epsilon
+    act: str                    # HF activation name (ACT2FN)
+    attn_scale: tuple[float, ...]  # softmax scale per layer (GPT-2 may scale by 1/(layer+1))
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    n_positions: int            # learned (GPT-2) or trained (rotary) context length
+
+
+class RMSNorm(nn.Module):
+    """LLaMA RMSNorm, computed in fp32 and cast back like HF's ``LlamaRMSNorm``."""
+
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def _norm(cfg: FastConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.d_model, eps=cfg.eps) if cfg.arch == "gpt2" else RMSNorm(cfg.d_model, cfg.eps)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    """Causal self-attention over a static KV cache ``k_cache, v_cache: (B, n_kv, max_seq + 1, D)``."""
+
+    def __init__(self, cfg: FastConfig, layer: int):
+        super().__init__()
+        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.o_bias)
+        self.scale = cfg.attn_scale[layer]
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, x, rows, write_idx, mask, rope):
+        """x: (B, S, d); rows: (B, 1); write_idx: (B, S) cache slot per token; mask: (B, 1, S, L + 1)
+        bool (True = attend); rope: (cos, sin) each (B, 1, S, D) or None."""
+        B, S, _ = x.shape
+        H, KV, D = self.n_head, self.n_kv, self.hd
+        q, k, v = self.wqkv(x).split([H * D, KV * D, KV * D], dim=-1)
+        q = q.view(B, S, H, D).transpose(1, 2)      # (B, H, S, D)
+        k = k.view(B, S, KV, D).transpose(1, 2)     # (B, KV, S, D)
+        v = v.view(B, S, KV, D)                     # (B, S, KV, D)
+        if rope is not None:
+            cos, sin = rope
+            q = (q * cos + rotate_half(q) * sin).to(x.dtype)
+            k = (k * cos + rotate_half(k) * sin).to(x.dtype)
+        self.k_cache[rows, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
+        self.v_cache[rows, :, write_idx] = v
+        if KV != H:  # GQA: fold the G query heads of a KV head into the query axis (no KV copy)
+            G = H // KV
+            q = q.reshape(B, KV, G * S, D)
+            mask = mask.repeat(1, 1, G, 1)
+        y = F.scaled_dot_product_attention(q, self.k_cache, self.v_cache, attn_mask=mask, scale=self.scale)
+        y = y.reshape(B, H, S, D).transpose(1, 2).reshape(B, S, H * D)
+        return self.wo(y)
+
+
+class MLP(nn.Module):
+    """GPT-2: ``proj(act(fc(x)))``; LLaMA (SwiGLU, fused gate|up): ``proj(act(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: FastConfig):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        self.gated = cfg.arch == "llama"
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff * (2 if self.gated else 1), bias=cfg.mlp_bias)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
+        self.act = ACT2FN[cfg.act]
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.gated:
+            g, u = h.chunk(2, dim=-1)
+            return self.proj(self.act(g) * u)
+        return self.proj(self.act(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: FastConfig, layer: int):
+        super().__init__()
+        self.norm1, self.attn = _norm(cfg), Attention(cfg, layer)
+        self.norm2, self.mlp = _norm(cfg), MLP(cfg)
+
+    def forward(self, x, rows, write_idx, mask, rope):
+        x = x + self.attn(self.norm1(x), rows, write_idx, mask, rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class FastTransformer(nn.Module):
+    """Inference-only copy of a ListenerLM's backbone + LR head with a static KV cache.
+
+    State (buffers, allocated by :meth:`setup_caches`): per layer ``k_cache, v_cache (B, n_kv, L + 1, D)``
+    (slot ``L = max_seq`` is the trash slot for padding), ``pos (B,)`` tokens held per stream,
+    ``codes (B,)`` latest LR code per stream, ``logits (B, n_lr)`` its LR-head logits (fp32).
+    """
+
+    def __init__(self, cfg: FastConfig, vocab_size: int, lr_offset: int):
+        super().__init__()
+        self.cfg, self.lr_offset = cfg, lr_offset
+        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.n_positions, cfg.d_model) if cfg.arch == "gpt2" else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm_f = _norm(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.n_lr)
+        self.max_batch = self.max_seq = 0
+        self.rope_cos = self.rope_sin = None
+
+    # -------------------------------------------------------------- construction from HF
+    @classmethod
+    @torch.no_grad()
+    def from_lm(cls, lm, dtype: torch.dtype | None = None, device=None) -> "FastTransformer":
+        """Copy the weights of ``lm.backbone`` (GPT-2 or LLaMA family) and ``lm.lr_head``: a snapshot,
+        rebuild it after further training. ``dtype``/``device`` default to the LM's."""
+        bb, head = lm.backbone, lm.lr_head
+        c = bb.config
+        arch = c.model_type
+        if arch not in FAST_ARCHS:
+            raise ValueError(f"backbone: expected model_type in {FAST_ARCHS} for the fast path, got {arch!r} (use HFDecoder)")
+        p = next(bb.parameters())
+        dtype, device = dtype or p.dtype, device or p.device
+        base = bb.base_model
+        emb = bb.get_input_embeddings().weight
+        lr_offset = int(lm.vocab.lr(0))
+        n_lr = head.out_features
+        if any(int(lm.vocab.lr(i)) != lr_offset + i for i in (1, n_lr - 1)):
+            raise ValueError("vocab.lr: expected a contiguous block of LR token ids")
+        if arch == "gpt2":
+            H = c.n_head
+            scale = [(c.n_embd // H) ** -0.5 if c.scale_attn_weights else 1.0] * c.n_layer
+            if c.scale_attn_by_inverse_layer_idx:
+                scale = [s / (i + 1) for i, s in enumerate(scale)]
+            cfg = FastConfig("gpt2", c.n_layer, H, H, c.n_embd // H, c.n_embd, c.n_inner or 4 * c.n_embd, n_lr,
+                             c.layer_norm_epsilon, c.activation_function, tuple(scale), True, True, True, c.n_positions)
+        else:
+            H, KV = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
+            hd = getattr(c, "head_dim", None) or c.hidden_size // H
+            a = base.layers[0]
+            cfg = FastConfig("llama", c.num_hidden_layers, H, KV, hd, c.hidden_size, c.intermediate_size, n_lr,
+                             c.rms_norm_eps, c.hidden_act, (hd ** -0.5,) * c.num_hidden_layers,
+                             a.self_attn.q_proj.bias is not None, a.self_attn.o_proj.bias is not None,
+                             a.mlp.gate_proj.bias is not None, c.max_position_embeddings)
+        m = cls(cfg, emb.shape[0], lr_offset)
+        m.tok_emb.weight.copy_(emb)
+        m.head.load_state_dict(head.state_dict())
+        if arch == "gpt2":
+            m.pos_emb.weight.copy_(base.wpe.weight)
+            m.norm_f.load_state_dict(base.ln_f.state_dict())
+            for blk, h in zip(m.blocks, base.h):   # HF Conv1D stores (in, out): transpose to Linear's (out, in)
+                blk.norm1.load_state_dict(h.ln_1.state_dict())
+                blk.norm2.load_state_dict(h.ln_2.state_dict())
+                for dst, src in ((blk.attn.wqkv, h.attn.c_attn), (blk.attn.wo, h.attn.c_proj),
+                                 (blk.mlp.fc, h.mlp.c_fc), (blk.mlp.proj, h.mlp.c_proj)):
+                    dst.weight.copy_(src.weight.t())
+                    dst.bias.copy_(src.bias)
+        else:
+            m.norm_f.weight.copy_(base.norm.weight)
+            for blk, h in zip(m.blocks, base.layers):
+                at, mlp = h.self_attn, h.mlp
+                blk.norm1.weight.copy_(h.input_layernorm.weight)
+                blk.norm2.weight.copy_(h.post_attention_layernorm.weight)
+                blk.attn.wqkv.weight.copy_(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight]))
+                blk.attn.wo.weight.copy_(at.o_proj.weight)
+                blk.mlp.fc.weight.copy_(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+                blk.mlp.proj.weight.copy_(mlp.down_proj.weight)
+                if cfg.qkv_bias:
+                    blk.attn.wqkv.bias.copy_(torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]))
+                if cfg.o_bias:
+                    blk.attn.wo.bias.copy_(at.o_proj.bias)
+                if cfg.mlp_bias:
+                    blk.mlp.fc.bias.copy_(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]))
+                    blk.mlp.proj.bias.copy_(mlp.down_proj.bias)
+            m._rotary = base.rotary_emb   # HF's own rotary module: any rope type it supports
+        m.requires_grad_(False)
+        return m.to(device=device, dtype=dtype).eval()
+
+    @torch.no_grad()
+    def setup_caches(self, max_batch: int, max_seq: int) -> None:
+        """Allocate the KV caches and per-stream state once: ``(max_batch, n_kv, max_seq + 1, D)``."""
+        c = self.cfg
+        if not 1 <= max_seq <= c.n_positions:
+            raise ValueError(f"max_seq: expected 1..{c.n_positions} (the backbone's context), got {max_seq}")
+        p = self.tok_emb.weight
+        self.max_batch, self.max_seq = max_batch, max_seq
+        for b in self.blocks:
+            shape = (max_batch, c.n_kv_head, max_seq + 1, c.head_dim)
+            b.attn.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            b.attn.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        self.pos = torch.zeros(max_batch, dtype=torch.long, device=p.device)
+        self.codes = torch.zeros(max_batch, dtype=torch.long, device=p.device)
+        self.logits = torch.zeros(max_batch, c.n_lr, dtype=torch.float32, device=p.device)
+        if c.arch == "llama":
+            ids = torch.arange(max_seq, device=p.device)[None]
+            cos, sin = self._rotary.to(p.device)(torch.zeros(1, dtype=torch.float32, device=p.device), ids)
+            self.rope_cos, self.rope_sin = cos[0].to(p.dtype), sin[0].to(p.dtype)   # (L, D)
+        for t in self.state_tensors():
+            torch._dynamo.mark_static_address(t)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor of decoding state (for memory accounting and CUDA-graph static addresses)."""
+        out = [t for b in self.blocks for t in (b.attn.k_cache, b.attn.v_cache)] + [self.pos, self.codes, self.logits]
+        return out + ([self.rope_cos, self.rope_sin] if self.rope_cos is not None else [])
+
+    # -------------------------------------------------------------- the one compiled function
+    def forward(self, inp: torch.Tensor) -> None:
+        """One forward over a right-padded token block; updates caches, ``pos``, ``codes``, ``logits``.
+
+        inp: (B, S + 3) int64 = ``[tokens (S) | n_valid | lead | emit]`` per stream. ``n_valid`` of
+        the S tokens are real (0 = stream idle); ``lead`` = replace token 0 by ``lr(codes)`` (the
+        previous LR token); ``emit`` = this block ends the stream's input: store the argmax of the
+        LR head at its last valid token in ``codes``.
+        """
+        B, S = inp.shape[0], inp.shape[1] - 3
+        L = self.max_seq
+        tokens, n_valid = inp[:, :S], inp[:, S]
+        lead, emit = inp[:, S + 1].bool(), inp[:, S + 2].bool()
+        ar = torch.arange(S, device=inp.device)
+        tokens = torch.where(lead[:, None] & (ar == 0), self.codes[:B, None] + self.lr_offset, tokens)
+        positions = self.pos[:B, None] + ar                                           # (B, S)
+        valid = ar < n_valid[:, None]
+        write_idx = torch.where(valid, positions, L)                                  # padding -> trash slot L
+        mask = (torch.arange(L + 1, device=inp.device) <= positions[:, :, None])[:, None]  # (B, 1, S, L+1)
+        rows = torch.arange(B, device=inp.device)[:, None]
+        pclip = positions.clamp(max=L - 1)
+        x = self.tok_emb(tokens)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pclip)
+        else:
+            rope = (self.rope_cos[pclip][:, None], self.rope_sin[pclip][:, None])       # (B, 1, S, D)
+        for blk in self.blocks:
+            x = blk(x, rows, write_idx, mask, rope)
+        last = x[rows[:, 0], (n_valid - 1).clamp(min=0)]                              # (B, d)
+        logits = self.head(self.norm_f(last)).float()                                 # (B, n_lr)
+        self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), self.codes[:B]))
+        self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
+        self.pos[:B].add_(n_valid)
+
+
+# ----------------------------------------------------------------------------------- decoders
+def _check_ids(name: str, ids, vocab_size: int) -> list[int]:
+    ids = [int(t) for t in ids]
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"{name}: expected token ids in [0, {vocab_size}), got {bad[0]}")
+    return ids
+
+
+def _check_batch(history, steps, batch: int):
+    if len(history) != len(steps):
+        raise ValueError(f"steps: expected one list of steps per stream ({len(history)} histories), got {len(steps)}")
+    if not 1 <= len(history) <= batch:
+        raise ValueError(f"history: expected 1..{batch} streams (allocated), got {len(history)}")
+    n = {len(s) for s in steps}
+    if len(n) != 1 or 0 in n:
+        raise ValueError(f"steps: expected the same number (>= 1) of steps for every stream, got {sorted(n)}")
+    return n.pop()
+
+
+class Decoder:
+    """Greedy LR-token decoding of up to ``batch`` independent streams with :class:`FastTransformer`.
+
+    ``compile``: ``torch.compile`` the forward (``fullgraph``, static shapes; on CUDA with CUDA graphs
+    unless ``cudagraphs=False``). ``max_seq`` defaults to the backbone's context. ``buckets`` are the
+    padded block widths (prefill chunks use the largest).
+    """
+
+    def __init__(self, lm, batch: int = 1, max_seq: int | None = None, dtype: torch.dtype | None = None,
+                 device=None, compile: bool = False, cudagraphs: bool | None = None,
+                 buckets: Sequence[int] = BUCKETS):
+        if batch < 1:
+            raise ValueError(f"batch: expected >= 1, got {batch}")
+        self.lm = lm
+        self.model = FastTransformer.from_lm(lm, dtype=dtype, device=device)
+        self.device = self.model.tok_emb.weight.device
+        self.batch, self.vocab_size = batch, self.model.tok_emb.num_embeddings
+        self.model.setup_caches(batch, max_seq or self.model.cfg.n_positions)
+        self.max_seq = self.model.max_seq
+        self.buckets = tuple(sorted(set(int(b) for b in buckets)))
+        self.host_pos = [0] * batch           # mirror of model.pos, known without a device sync
+        self._fwd = self.model.forward
+        if compile:
+            cudagraphs = self.device.type == "cuda" if cudagraphs is None else cudagraphs
+            self._fwd = torch.compile(self.model.forward, fullgraph=True, dynamic=False,
+                                      mode="reduce-overhead" if cudagraphs else None)
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(self.buckets))
+        self._pin = self.device.type == "cuda"
+
+    # ------------------------------------------------------------------ state
+    @property
+    def codes(self) -> torch.Tensor:
+        """(batch,) int64 on the device: the latest LR code of each stream."""
+        return self.model.codes
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(batch, n_lr) fp32: the LR-head logits behind :attr:`codes`."""
+        return self.model.logits
+
+    def reset(self, streams: Sequence[int] | None = None) -> None:
+        """Forget the context of ``streams`` (default all); the cache memory stays allocated."""
+        streams = range(self.batch) if streams is None else streams
+        for b in streams:
+            self._check_stream(b)
+            self.host_pos[b] = 0
+        idx = torch.as_tensor(list(streams), dtype=torch.long, device=self.device)
+        self.model.pos.index_fill_(0, idx, 0)
+        self.model.codes.index_fill_(0, idx, 0)
+
+    def _check_stream(self, b) -> None:
+        if not (isinstance(b, int) and 0 <= b < self.batch):
+            raise ValueError(f"stream: expected an index in [0, {self.batch}) (streams allocated), got {b!r}")
+
+    # ------------------------------------------------------------------ feeding
+    @torch.no_grad()
+    def advance(self, prefill: Mapping[int, Sequence[int]] | None = None,
+                step: Mapping[int, Sequence[int]] | None = None) -> None:
+        """Feed several streams in shared forwards. ``prefill[b]``: reset stream b and feed these
+        tokens (e.g. ``history + steps[0]``); ``step[b]``: feed ``[lr(codes[b])] + tokens``. Afterwards
+        ``codes[b]`` holds the next LR code of every fed stream. Raises before any state changes."""
+        prefill, step = dict(prefill or {}), dict(step or {})
+        rows: dict[int, tuple[list[int], bool]] = {}
+        for b, ids in prefill.items():
+            self._check_stream(b)
+            ids = _check_ids(f"prefill[{b}]", ids, self.vocab_size)
+            if not ids:
+                raise ValueError(f"prefill[{b}]: expected at least 1 token, got 0")
+            rows[b] = (ids, False)
+        for b, ids in step.items():
+            self._check_stream(b)
+            if b in rows:
+                raise ValueError(f"step: stream {b} is also in prefill")
+            if self.host_pos[b] == 0:
+                raise ValueError(f"step[{b}]: stream {b} has no context yet: prefill it first")
+            rows[b] = (_check_ids(f"step[{b}]", ids, self.vocab_size), True)
+        for b, (ids, lead) in rows.items():
+            start = self.host_pos[b] if lead else 0
+            need = start + len(ids) + lead
+            if need > self.max_seq:
+                raise ContextFullError(f"stream {b}: expected at most max_seq={self.max_seq} tokens in context, "
+                                       f"got {need} ({start} held + {len(ids) + lead} new): slide the window")
+        if prefill:
+            self.reset(list(prefill))
+        # per stream, the pending tokens; -1 marks the LR token substituted on the device
+        pending = {b: ([-1] if lead else []) + ids for b, (ids, lead) in rows.items()}
+        chunk = self.buckets[-1]
+        first = True
+        while pending:
+            n = max(min(len(p), chunk) for p in pending.values())
+            S = next(s for s in self.buckets if s >= n)
+            inp = torch.zeros(self.batch, S + 3, dtype=torch.long)
+            for b, p in list(pending.items()):
+                part, rest = p[:chunk], p[chunk:]
+                inp[b, :len(part)] = torch.tensor(part)
+                inp[b, S] = len(part)
+                inp[b, S + 1] = int(first and rows[b][1])
+                inp[b, S + 2] = int(not rest)
+                inp[b, :len(part)].clamp_(min=0)
+                self.host_pos[b] += len(part)
+                if rest:
+                    pending[b] = rest
+                else:
+                    del pending[b]
+            first = False
+            if self._pin:
+                inp = inp.pin_memory()
+            self._fwd(inp.to(self.device, non_blocking=True))
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Reset streams ``0..len(prompts)-1`` and feed their prompts."""
+        self.advance(prefill=dict(enumerate(prompts)))
+
+    def step(self, steps: Sequence[Sequence[int]]) -> None:
+        """Feed ``[lr(codes[b])] + steps[b]`` to streams ``0..len(steps)-1``."""
+        self.advance(step=dict(enumerate(steps)))
+
+    @torch.no_grad()
+    def generate(self, history: Sequence[Sequence[int]], steps: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+        """Greedy codes ``(B, n_steps)`` (on the device) for B streams: ``history[b]`` (W^h ids) and
+        ``steps[b][i]`` (speaker token ids of step i). One forward per step, one host sync at the end."""
+        n = _check_batch(history, steps, self.batch)
+        out = torch.empty(len(history), n, dtype=torch.long, device=self.device)
+        self.prefill([list(h) + list(s[0]) for h, s in zip(history, steps)])
+        out[:, 0] = self.codes[:len(history)]
+        for i in range(1, n):
+            self.step([s[i] for s in steps])
+            out[:, i] = self.codes[:len(history)]
+        return out
+
+    def cache_bytes(self) -> int:
+        """Bytes of all decoding state (constant after construction)."""
+        return sum(t.numel() * t.element_size() for t in self.model.state_tensors())
+
+
+def _cache_kwarg(model) -> str:
+    import inspect
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class HFDecoder:
+    """Generic path: the HF backbone itself with its ``DynamicCache`` (``cache="dynamic"``, what
+    ``model.generate`` uses) or ``StaticCache`` (``cache="static"``), eager, one forward per step.
+    Streams advance in lock step; a step is right-padded to its longest row, with a 2-D attention mask
+    and per-stream ``position_ids`` so each stream sees exactly its own tokens."""
+
+    def __init__(self, lm, batch: int = 1, cache: str = "dynamic", max_seq: int | None = None):
+        if cache not in ("dynamic", "static"):
+            raise ValueError(f"cache: expected 'dynamic' or 'static', got {cache!r}")
+        self.lm, self.batch, self.kind = lm, batch, cache
+        bb = lm.backbone
+        self.base = bb.base_model
+        self.device = next(bb.parameters()).device
+        self.vocab_size = bb.get_input_embeddings().weight.shape[0]
+        self.max_seq = max_seq or getattr(bb.config, "n_positions", None) or bb.config.max_position_embeddings
+        self.lr_offset = int(lm.vocab.lr(0))
+        self._kw = _cache_kwarg(self.base)
+        self.codes = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(batch, lm.lr_head.out_features, device=self.device)
+        self.cache = None
+
+    def _new_cache(self):
+        from transformers import DynamicCache, StaticCache
+
+        cfg = self.lm.backbone.config
+        if self.kind == "static":
+            return StaticCache(config=cfg, max_cache_len=self.timeline)
+        try:
+            return DynamicCache(config=cfg)
+        except TypeError:  # transformers < 4.56
+            return DynamicCache()
+
+    @torch.no_grad()
+    def _feed(self, rows: list[list[int]], lead: bool) -> None:
+        B = len(rows)
+        lens = [len(r) + lead for r in rows]
+        S = max(lens)
+        if self.t + S > self.timeline:
+            raise ContextFullError(f"HFDecoder: expected at most {self.timeline} padded positions, got {self.t + S}")
+        ids = torch.zeros(B, S, dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, int(lead):lens[b]] = torch.tensor(_check_ids(f"step[{b}]", r, self.vocab_size), dtype=torch.long)
+        ids = ids.to(self.device)
+        if lead:
+            ids[:, 0] = self.codes[:B] + self.lr_offset
+        n = torch.tensor(lens, device=self.device)
+        ar = torch.arange(S, device=self.device)
+        self.mask[:B, self.t:self.t + S] = (ar < n[:, None]).long()
+        pos = (self.pos[:B, None] + ar).clamp(max=self.max_seq - 1)
+        out = self.base(input_ids=ids, attention_mask=self.mask[:B, :self.t + S], position_ids=pos,
+                        use_cache=True, **{self._kw: self.cache})
+        h = out.last_hidden_state[torch.arange(B, device=self.device), n - 1]
+        self.logits[:B] = self.lm.lr_head(h).float()
+        self.codes[:B] = self.logits[:B].argmax(-1)
+        self.pos[:B] += n
+        self.t += S
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> None:
+        if not 1 <= len(prompts) <= self.batch:
+            raise ValueError(f"prompts: expected 1..{self.batch} streams (allocated), got {len(prompts)}")
+        self.timeline = self.max_seq
+        self.cache = self._new_cache()
+        self.mask = torch.zeros(len(prompts), self.timeline, dtype=torch.long, device=self.device)
+        self.pos = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
+        self.t = 0
+        self._feed([list(p) for p in prompts], lead=False)
+
+    def step(self, steps: Sequence[Sequence[int]]) -> None:
+        if self.cache is None or len(steps) != self.pos.shape[0]:
+            raise ValueError(f"steps: expected one row per prefilled stream, got {len(steps)}")
+        self._feed([list(s) for s in steps], lead=True)
+
+    @torch.no_grad()
+    def generate(self, history, steps) -> torch.Tensor:
+        """Same contract as :meth:`Decoder.generate`."""
+        n = _check_batch(history, steps, self.batch)
+        out = torch.empty(len(history), n, dtype=torch.long, device=self.device)
+        self.prefill([list(h) + list(s[0]) for h, s in zip(history, steps)])
+        out[:, 0] = self.codes[:len(history)]
+        for i in range(1, n):
+            self.step([s[i] for s in steps])
+            out[:, i] = self.codes[:len(history)]
+        return out
+
+
+@torch.no_grad()
+def generate_nocache(lm, history, steps) -> torch.Tensor:
+    """LM-listener's way, batched: for every LR token, recompute the whole prefix with the HF model
+    (no cache; right padding + attention mask). Returns codes ``(B, n_steps)``. The baseline (a)."""
+    n = _check_batch(history, steps, len(history))
+    device = next(lm.backbone.parameters()).device
+    seqs = [list(h) for h in history]
+    out = torch.empty(len(history), n, dtype=torch.long, device=device)
+    for i in range(n):
+        prev = out[:, i - 1].tolist() if i else None   # host sync every step, as LM-listener does
+        for b, s in enumerate(steps):
+            seqs[b] += ([int(lm.vocab.lr(prev[b]))] if i else []) + list(s[i])
+        lens = torch.tensor([len(s) for s in seqs], device=device)
+        ids = torch.zeros(len(seqs), int(lens.max()), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, :len(s)] = torch.tensor(s)
+        ids = ids.to(device)
+        mask = (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
+        logits = lm.lr_logits(ids, attention_mask=mask)
+        out[:, i] = logits[torch.arange(len(seqs), device=device), lens - 1].argmax(-1)
+    return out
+
+
+def make_decoder(lm, batch: int = 1, **kw):
+    """The fast :class:`Decoder` for GPT-2/LLaMA backbones, else :class:`HFDecoder` (static cache)."""
+    if lm.backbone.config.model_type in FAST_ARCHS:
+        return Decoder(lm, batch=batch, **kw)
+    return HFDecoder(lm, batch=batch, cache="static", max_seq=kw.get("max_seq"))
