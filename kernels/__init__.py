@@ -16,6 +16,9 @@ passed; ``use_triton=True`` forces Triton (error if it cannot run). float64 inpu
 by ``torch.compile`` always take the reference. Both paths have the same autograd semantics.
 Each op file holds its Triton kernels, its torch reference (``*_ref``) and its autograd.Function.
 """
-from .dispatch import triton_available  # noqa: F401
-from .nearest_code import code_stats, nearest_code, nearest_code_ref, quantize, quantize_ref  # noqa: F401
-from .norm_act import norm_act, norm_act_ref  # noqa: F401
+from .dispatch import triton_available
+from .nearest_code import code_stats, nearest_code, nearest_code_ref, quantize, quantize_ref
+from .norm_act import norm_act, norm_act_ref
+
+__all__ = ["nearest_code", "quantize", "norm_act", "code_stats", "triton_available",
+           "nearest_code_ref", "quantize_ref", "norm_act_ref"]

@@ -1,17 +1,18 @@
 """Fused nearest-codebook search (paper Eq. 5): ``argmin_k ||z_n - c_k||^2`` without the (N, K) matrix.
 
-Each program owns BLOCK_N rows of ``z`` and walks the codebook in BLOCK_K tiles; per tile it
-accumulates ``z . c`` over d with ``tl.dot`` (BLOCK_D at a time, zero-padded by masking, so any d
-works, d < 16 included) and ``||c||^2`` on the side, scores ``||c||^2 - 2 z . c`` (``||z||^2`` is
-constant per row and dropped) and keeps a running minimum with a strict ``<`` so the lowest index
-wins ties, as ``torch.argmin`` does. An epilogue gathers the chosen code, writes it (``quantize``)
-and the exact squared distance ``sum_d (z - c_idx)^2`` in fp32.
+A prologue kernel computes ``||c_k||^2`` (fp32). Each program of the main kernel owns BLOCK_N rows
+of ``z`` and walks the codebook in BLOCK_K tiles; per tile it accumulates ``z . c`` over d with
+``tl.dot`` (BLOCK_D at a time, zero-padded by masking, so any d works, d < 16 included), scores
+``||c||^2 - 2 z . c`` (``||z||^2`` is constant per row and dropped) and keeps a running minimum
+with a strict ``<`` so the lowest index wins ties, as ``torch.argmin`` does. An epilogue gathers
+the chosen code, writes it (``quantize``) and the exact squared distance ``sum_d (z - c_idx)^2``.
 
 Rules: z and codebook share one float dtype (fp32, bf16, fp16; float64 runs the reference);
 products accumulate in fp32; ``precision`` picks the fp32 ``tl.dot`` mode: ``"ieee"`` (default,
 parity with the reference), ``"tf32x3"`` (near-fp32, tensor cores) or ``"tf32"`` (fastest, may flip
-near-ties). Inputs are read through their strides; an input whose last dim is not unit-stride is
-first copied with ``.contiguous()`` so loads stay coalesced. Outputs are fresh contiguous tensors.
+near-ties). Any row stride is read as is; an input whose last dim is not unit-stride is first
+copied with ``.contiguous()`` (the kernel assumes unit stride along d so loads coalesce).
+Outputs are fresh contiguous tensors: idx int64, dist fp32, z_q in the codebook's dtype.
 
 Gradients (both paths): ``idx`` has none; ``dist`` is differentiable w.r.t. z and the codebook
 (``d dist / dz = 2 (z - c_idx)``); ``z_q`` w.r.t. the codebook only (a gather). The straight-through
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import HAS_TRITON, INTERPRET, check_float, next_pow2, use_triton_for
+from .dispatch import HAS_TRITON, INTERPRET, check_float, device_guard, next_pow2, use_triton_for
 
 if HAS_TRITON:
     import triton
@@ -33,11 +34,15 @@ PRECISIONS = ("ieee", "tf32x3", "tf32")
 # torch reference
 
 
-def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24):
+def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24,
+                     first_of_duplicates: bool = True):
     """Reference: ``(idx (N,) int64, dist (N,) fp32)``; fp64 inputs give fp64 distances.
 
     The score ``||c||^2 - 2 z.c`` is computed in fp32 (fp64 for fp64 inputs) in row chunks of at
     most ``chunk_elems`` scores; ``dist`` is the exact ``sum_d (z - c_idx)^2`` and carries autograd.
+    A BLAS matmul may round identical codebook columns differently, so a choice among exact
+    duplicate codes is mapped to the first of them (the kernel scores duplicates identically);
+    ``first_of_duplicates=False`` skips that (a sort of the codebook) for benchmarks.
     """
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
     zf, cf = z.to(acc), codebook.to(acc)
@@ -46,13 +51,18 @@ def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int =
         rows = max(1, chunk_elems // max(1, codebook.shape[0]))
         idx = torch.cat([(cn[None] - 2.0 * zf[i:i + rows] @ cf.t()).argmin(1)
                          for i in range(0, z.shape[0], rows)])
+        if first_of_duplicates:
+            _, inv = torch.unique(codebook, dim=0, return_inverse=True)  # (K,) duplicate class
+            ar = torch.arange(codebook.shape[0], device=idx.device)
+            first = torch.full_like(ar, codebook.shape[0]).scatter_reduce(0, inv, ar, "amin")
+            idx = first[inv[idx]]
     dist = (zf - cf[idx]).pow(2).sum(1)
     return idx, dist
 
 
-def quantize_ref(z: torch.Tensor, codebook: torch.Tensor):
+def quantize_ref(z: torch.Tensor, codebook: torch.Tensor, first_of_duplicates: bool = True):
     """Reference: ``(idx, dist, z_q (N, d))`` with ``z_q = codebook[idx]``."""
-    idx, dist = nearest_code_ref(z, codebook)
+    idx, dist = nearest_code_ref(z, codebook, first_of_duplicates=first_of_duplicates)
     return idx, dist, codebook[idx]
 
 
@@ -62,15 +72,35 @@ def quantize_ref(z: torch.Tensor, codebook: torch.Tensor):
 if HAS_TRITON:
 
     @triton.jit
+    def _sqnorm_kernel(
+        CB,  # (K, D) codebook, unit stride along D
+        CN,  # (K,) fp32 out: ||c_k||^2
+        K, D,
+        stride_ck,  # row stride of CB (elements)
+        BLOCK_R: tl.constexpr,  # rows per program
+        BLOCK_D: tl.constexpr,  # features per step
+    ):
+        offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < K
+        acc = tl.zeros([BLOCK_R], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            c = tl.load(CB + offs_r.to(tl.int64)[:, None] * stride_ck + offs_d[None, :],
+                        mask=mask_r[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(c * c, axis=1)
+        tl.store(CN + offs_r, acc, mask=mask_r)
+
+    @triton.jit
     def _nearest_code_kernel(
-        Z,  # (N, D) rows to quantize
-        CB,  # (K, D) codebook, same dtype as Z
+        Z,  # (N, D) rows to quantize, unit stride along D
+        CB,  # (K, D) codebook, same dtype as Z, unit stride along D
+        CN,  # (K,) fp32 squared norms of the codes
         IDX,  # (N,) int64 out: index of the nearest code
         DIST,  # (N,) fp32 out: exact squared distance to that code
         ZQ,  # (N, D) contiguous out, Z's dtype: the chosen code (written when WRITE_ZQ)
         N, K, D,  # sizes
-        stride_zn, stride_zd,  # strides of Z (elements)
-        stride_ck, stride_cd,  # strides of CB (elements)
+        stride_zn,  # row stride of Z (elements)
+        stride_ck,  # row stride of CB (elements)
         PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 ("ieee", "tf32x3", "tf32") or None
         WRITE_ZQ: tl.constexpr,  # also write the gathered codes
         DOT_FP32: tl.constexpr,  # upcast tiles before tl.dot (interpreter: its bf16 dot is broken)
@@ -92,22 +122,20 @@ if HAS_TRITON:
             mask_k = offs_k < K
             rows_c = offs_k.to(tl.int64) * stride_ck
             acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)  # z . c
-            cn = tl.zeros([BLOCK_K], tl.float32)  # ||c||^2
             for d0 in range(0, D, BLOCK_D):
                 offs_d = d0 + offs_d0
                 mask_d = offs_d < D
-                zt = tl.load(Z + rows_z[:, None] + offs_d[None, :] * stride_zd,
+                zt = tl.load(Z + rows_z[:, None] + offs_d[None, :],
                              mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-                ct = tl.load(CB + rows_c[:, None] + offs_d[None, :] * stride_cd,
+                ct = tl.load(CB + rows_c[:, None] + offs_d[None, :],
                              mask=mask_k[:, None] & mask_d[None, :], other=0.0)
-                cf = ct.to(tl.float32)
                 if DOT_FP32:  # bf16/fp16 products are exact in fp32: same result as a bf16 dot
-                    acc = tl.dot(zt.to(tl.float32), tl.trans(cf), acc, input_precision="ieee")
+                    acc = tl.dot(zt.to(tl.float32), tl.trans(ct.to(tl.float32)), acc,
+                                 input_precision="ieee")
                 else:
                     acc = tl.dot(zt, tl.trans(ct), acc, input_precision=PRECISION)
-                cn += tl.sum(cf * cf, axis=1)
+            cn = tl.load(CN + offs_k, mask=mask_k, other=float("inf"))  # padding never wins
             score = cn[None, :] - 2.0 * acc
-            score = tl.where(mask_k[None, :], score, float("inf"))
             tile_min, tile_arg = tl.min(score, axis=1, return_indices=True)  # ties -> lowest index
             better = tile_min < best  # strict: an earlier tile keeps its ties
             best = tl.where(better, tile_min, best)
@@ -119,8 +147,8 @@ if HAS_TRITON:
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + offs_d0
             mask = mask_n[:, None] & (offs_d < D)[None, :]
-            zt = tl.load(Z + rows_z[:, None] + offs_d[None, :] * stride_zd, mask=mask, other=0.0)
-            cq = tl.load(CB + rows_q[:, None] + offs_d[None, :] * stride_cd, mask=mask, other=0.0)
+            zt = tl.load(Z + rows_z[:, None] + offs_d[None, :], mask=mask, other=0.0)
+            cq = tl.load(CB + rows_q[:, None] + offs_d[None, :], mask=mask, other=0.0)
             diff = zt.to(tl.float32) - cq.to(tl.float32)
             dist += tl.sum(diff * diff, axis=1)
             if WRITE_ZQ:
@@ -129,52 +157,65 @@ if HAS_TRITON:
         tl.store(DIST + offs_n, dist, mask=mask_n)
 
 
-_SM_COUNT: dict = {}
+_DEVICE_INFO: dict = {}
 
 
-def _sm_count(device: torch.device) -> int:
+def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
+    """(multiprocessor count, compute capability); (1, (9, 0)) off CUDA."""
     if device.type != "cuda":
-        return 1
+        return 1, (9, 0)
     key = device.index if device.index is not None else torch.cuda.current_device()
-    if key not in _SM_COUNT:
-        _SM_COUNT[key] = torch.cuda.get_device_properties(key).multi_processor_count
-    return _SM_COUNT[key]
+    if key not in _DEVICE_INFO:
+        p = torch.cuda.get_device_properties(key)
+        _DEVICE_INFO[key] = (p.multi_processor_count, (p.major, p.minor))
+    return _DEVICE_INFO[key]
 
 
-def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """Launch configuration (block sizes are powers of two >= 16, as tl.dot requires)."""
-    low = dtype in (torch.bfloat16, torch.float16) or INTERPRET  # interpreter: fewer, larger steps
-    block_d = min(64, max(16, next_pow2(D)))
-    block_k = min(128 if low else 64, max(16, next_pow2(K)))
-    block_n = 128 if low else 64
-    sms = _sm_count(device)
-    while block_n > 16 and triton.cdiv(N, block_n) < sms:  # at least one program per SM
+def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torch.device,
+                        capability: tuple[int, int] | None = None) -> dict:
+    """Launch configuration. Block sizes are powers of two >= 16 (tl.dot). The tiles were chosen
+    so that ptxas (Triton 3.9) reports no register spills at d = 512 on sm_90 and sm_80; fp32
+    "ieee" runs on the FMA units, where registers grow with BLOCK_D."""
+    if INTERPRET:  # the interpreter's cost is per operation: few, large steps
+        return dict(BLOCK_N=128, BLOCK_K=min(128, max(16, next_pow2(K))),
+                    BLOCK_D=min(64, max(16, next_pow2(D))))
+    sms, cap = _device_info(device)
+    cap = capability or cap
+    low = dtype in (torch.bfloat16, torch.float16)
+    if cap >= (9, 0):  # Hopper: wgmma for bf16
+        block_n, block_k, block_d, warps = (128, 128, 64, 8) if low else (64, 64, 32, 8)
+    else:  # Ampere and older: mma.sync / FMA need smaller k-steps to stay under 255 registers
+        block_n, block_k, block_d, warps = (128, 128, 32, 8) if low else (64, 64, 16, 8)
+    block_k = min(block_k, max(16, next_pow2(K)))
+    block_d = min(block_d, max(16, next_pow2(D)))
+    while block_n > 64 and triton.cdiv(N, block_n) < sms:  # about one program per SM at least
         block_n //= 2
     block_n = min(block_n, max(16, next_pow2(N)))
-    num_warps = 8 if block_n * block_k >= 128 * 128 else 4
-    return dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=num_warps,
-                num_stages=3)
+    return dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps, num_stages=3)
 
 
 def _nearest_code_triton(z, codebook, precision, write_zq, config=None):
-    if z.stride(-1) != 1:
+    if z.stride(-1) != 1:  # the kernel assumes unit stride along d (coalesced, vectorized loads)
         z = z.contiguous()
     if codebook.stride(-1) != 1:
         codebook = codebook.contiguous()
     N, D = z.shape
     K = codebook.shape[0]
-    idx = torch.empty(N, dtype=torch.int64, device=z.device)
-    dist = torch.empty(N, dtype=torch.float32, device=z.device)
-    zq = torch.empty((N, D), dtype=z.dtype, device=z.device) if write_zq else dist
-    cfg = dict(config or nearest_code_config(N, K, D, z.dtype, z.device))
+    dev = z.device
+    cn = torch.empty(K, dtype=torch.float32, device=dev)
+    idx = torch.empty(N, dtype=torch.int64, device=dev)
+    dist = torch.empty(N, dtype=torch.float32, device=dev)
+    zq = torch.empty((N, D), dtype=z.dtype, device=dev) if write_zq else dist
+    cfg = dict(config or nearest_code_config(N, K, D, z.dtype, dev))
     if INTERPRET:  # the interpreter ignores warps/stages
         cfg.pop("num_warps", None), cfg.pop("num_stages", None)
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
-    _nearest_code_kernel[grid](
-        z, codebook, idx, dist, zq, N, K, D,
-        z.stride(0), z.stride(1), codebook.stride(0), codebook.stride(1),
-        PRECISION=precision if z.dtype == torch.float32 else None, WRITE_ZQ=write_zq,
-        DOT_FP32=INTERPRET and z.dtype != torch.float32, **cfg)
+    with device_guard(z):
+        _sqnorm_kernel[(triton.cdiv(K, 32),)](codebook, cn, K, D, codebook.stride(0),
+                                              BLOCK_R=32, BLOCK_D=cfg["BLOCK_D"])
+        _nearest_code_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
+            z, codebook, cn, idx, dist, zq, N, K, D, z.stride(0), codebook.stride(0),
+            PRECISION=precision if z.dtype == torch.float32 else None, WRITE_ZQ=write_zq,
+            DOT_FP32=INTERPRET and z.dtype != torch.float32, **cfg)
     return idx, dist, (zq if write_zq else None)
 
 

@@ -58,8 +58,11 @@ def window_text(segment: Segment) -> str:
 
 
 def predict_all(model, segments, desc: str | None = None) -> list[np.ndarray]:
-    """``[model.predict(s) for s in segments]`` with a progress bar."""
+    """``[model.predict(s) for s in segments]`` with a progress bar (``model.predict_many`` when
+    the model has one: NN facial motion scores clips in batches)."""
     segments = _check_segments("segments", segments)
+    if hasattr(model, "predict_many"):
+        return model.predict_many(segments)
     return [model.predict(s) for s in tqdm(segments, desc=desc or type(model).__name__, leave=False)]
 
 
@@ -128,8 +131,9 @@ class _WindowIndex:
 class NNFacialMotion(_WindowIndex):
     """NN facial motion: cosine similarity between flattened speaker-motion windows, after
     standardizing each of the 56 coefficients with the training mean/std (raw coefficients would
-    make the cosine mostly compare the mean face). Scores are computed per training segment on a
-    strided view, so memory stays at the size of the training set."""
+    make the cosine mostly compare the mean face). ``predict_many`` scores all test clips of one
+    length together, one training segment at a time (a GEMM per segment), so memory stays near
+    the size of the training set."""
     name = "NN facial motion"
 
     def __init__(self, window: int = 240, stride: int = 30, seed: int = 0):
@@ -142,21 +146,34 @@ class NNFacialMotion(_WindowIndex):
         self.speaker = [((s.speaker_motion - self.mean) / self.std).astype(np.float32) for s in self.segments]
         return self
 
-    def scores(self, segment: Segment) -> np.ndarray:
-        """Cosine similarity of ``segment``'s speaker motion to every training window (first T frames)."""
-        T = self._check_query(segment)
-        q = ((segment.speaker_motion - self.mean) / self.std).astype(np.float32)   # (T, 56)
-        qn = float(np.linalg.norm(q))
+    def scores(self, segments: list[Segment], progress: bool = False) -> np.ndarray:
+        """Cosine similarity of each clip's speaker motion (all of one length T) to the first T
+        frames of every training window: ``(len(segments), n_windows)``."""
+        Ts = {self._check_query(s) for s in segments}
+        if len(Ts) != 1:
+            raise ValueError(f"segments: expected clips of one length, got lengths {sorted(Ts)}")
+        T = Ts.pop()
+        q = np.stack([((s.speaker_motion - self.mean) / self.std).reshape(-1) for s in segments]).astype(np.float32)
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)           # (B, T*56)
         out = []
-        for x, starts in zip(self.speaker, self.starts):
-            view = np.lib.stride_tricks.sliding_window_view(x, T, axis=0)[starts]   # (n, 56, T)
-            dots = np.einsum("ndt,td->n", view, q)
-            norms = np.sqrt(np.einsum("ndt,ndt->n", view, view))
-            out.append(dots / np.maximum(norms * qn, 1e-12))
-        return np.concatenate(out)
+        for x, starts in tqdm(list(zip(self.speaker, self.starts)), desc=self.name, leave=False, disable=not progress):
+            w = np.lib.stride_tricks.sliding_window_view(x, T, axis=0)[starts]      # (n, 56, T) view
+            w = np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(len(starts), -1)  # (n, T*56)
+            out.append((q @ w.T) / np.maximum(np.linalg.norm(w, axis=1), 1e-12))
+        return np.concatenate(out, axis=1)
+
+    def predict_many(self, segments, progress: bool = True) -> list[np.ndarray]:
+        """``[predict(s) for s in segments]``, batched by clip length (same results and rng use)."""
+        segments = _check_segments("segments", segments)
+        best = [0] * len(segments)
+        for T in sorted({s.T for s in segments}):
+            idx = [i for i, s in enumerate(segments) if s.T == T]
+            for i, row in zip(idx, self.scores([segments[i] for i in idx], progress)):
+                best[i] = row
+        return [self._listener(_pick_max(best[i], self.rng), s.T) for i, s in enumerate(segments)]
 
     def predict(self, segment: Segment) -> np.ndarray:
-        return self._listener(_pick_max(self.scores(segment), self.rng), segment.T)
+        return self.predict_many([segment], progress=False)[0]
 
 
 class NNSpeechContent(_WindowIndex):
@@ -198,15 +215,21 @@ class NNSpeechContent(_WindowIndex):
         self.embeddings = _unit_rows(self.embedder.encode(texts))          # (N, d)
         return self
 
-    def scores(self, segment: Segment) -> np.ndarray:
-        """Cosine similarity of ``segment``'s text to every training window's text.
-        (A test clip shorter than ``window`` is matched on its own words against whole windows.)"""
-        self._check_query(segment)
-        q = _unit_rows(self.embedder.encode([window_text(segment)]))[0]
-        return self.embeddings @ q
+    def scores(self, segments: list[Segment]) -> np.ndarray:
+        """Cosine similarity of each clip's text to every training window's text,
+        ``(len(segments), n_windows)``. (A clip shorter than ``window`` is matched on its own words
+        against whole windows.)"""
+        for s in segments:
+            self._check_query(s)
+        return _unit_rows(self.embedder.encode([window_text(s) for s in segments])) @ self.embeddings.T
+
+    def predict_many(self, segments) -> list[np.ndarray]:
+        """``[predict(s) for s in segments]`` with one batched embedding call."""
+        segments = _check_segments("segments", segments)
+        return [self._listener(_pick_max(row, self.rng), s.T) for row, s in zip(self.scores(segments), segments)]
 
     def predict(self, segment: Segment) -> np.ndarray:
-        return self._listener(_pick_max(self.scores(segment), self.rng), segment.T)
+        return self.predict_many([segment])[0]
 
 
 def _unit_rows(x) -> np.ndarray:

@@ -8,9 +8,9 @@ LR token (8 motion frames): a prefill of ``history + steps[0]`` gives ``c_0``, t
 
 Two decoders with the same interface (``prefill``, ``step``, ``codes``, ``generate``):
 
-- :class:`Decoder`, the fast path for GPT-2 and LLaMA-family backbones: :class:`FastTransformer`
+- :class:`Generator`, the fast path for GPT-2 and LLaMA-family backbones: :class:`FastTransformer`
   is a compact inference-only copy of the backbone (+ LR head) in our own ~150 lines (fused QKV,
-  fused gate/up, SDPA; no 50k-word head), with KV cache buffers ``(B, n_kv, max_seq + 1, D)``
+  fused gate/up, SDPA; no 50k-word head), with KV cache buffers ``(B, n_kv, max_len + 1, D)``
   allocated once and written by index. One function, :meth:`FastTransformer.forward`, runs prefill
   chunks and decode steps alike and is what ``torch.compile`` compiles (CUDA: ``mode=
   "reduce-overhead"``, i.e. CUDA graphs; CPU: inductor's C++ code).
@@ -21,14 +21,15 @@ Variable numbers of speaker tokens per step (the scheme): every forward takes a 
 block ``(B, S)`` with ``S`` the smallest of a few bucket sizes (default 8, 16, 24, 32, 48, 64) that
 holds the longest row; longer inputs (prefills) are split into chunks of the largest bucket. Each
 stream (row) keeps its own position counter ``pos`` on the device; row b's valid tokens are written
-to cache slots ``pos[b] .. pos[b] + n_b - 1`` and its padding to a trash slot ``max_seq`` that no
+to cache slots ``pos[b] .. pos[b] + n_b - 1`` and its padding to a trash slot ``max_len`` that no
 valid query can see (keys are masked by ``key <= query position``); ``pos += n`` in the graph. So
 the compiled graph depends only on ``(B, S)``: at most one graph per bucket, whatever the lengths,
 and streams at different positions (or one re-prefilling while the others step) share a forward.
 The previous LR token is substituted on the device (``lr(codes)``), so the loop never reads a
-value back to the host: :meth:`Decoder.generate` syncs once, at the end.
+value back to the host: :meth:`Generator.generate` syncs once at the end (and once per context
+jump of the LM's sliding-window policy, ``ListenerLM.context_plan``, to rebuild the context).
 
-Memory is fixed at construction: ``2 * n_layer * B * n_kv * (max_seq + 1) * D`` cache elements.
+Memory is fixed at construction: ``2 * n_layer * B * n_kv * (max_len + 1) * D`` cache elements.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ FAST_ARCHS = ("gpt2", "llama")
 
 
 class ContextFullError(ValueError):
-    """A stream's tokens would exceed the decoder's ``max_seq`` (slide the window and re-prefill)."""
+    """A stream's tokens would exceed the decoder's ``max_len`` (slide the window and re-prefill)."""
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -105,9 +106,10 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, x, rows, write_idx, mask, rope):
-        """x: (B, S, d); rows: (B, 1); write_idx: (B, S) cache slot per token; mask: (B, 1, S, L + 1)
-        bool (True = attend); rope: (cos, sin) each (B, 1, S, D) or None."""
+    def forward(self, x, rows, write_idx, mask, rope, K, last=None):
+        """x: (B, S, d); rows: (B, 1); write_idx: (B, S) cache slot per token; mask: (B, 1, S, K)
+        bool (True = attend) over the key window ``[0, K)``; rope: (cos, sin) each (B, 1, S, D) or
+        None; last: (B, 1) or None: attend from that position only (the last layer), -> (B, 1, d)."""
         B, S, _ = x.shape
         H, KV, D = self.n_head, self.n_kv, self.hd
         q, k, v = self.wqkv(x).split([H * D, KV * D, KV * D], dim=-1)
@@ -120,11 +122,16 @@ class Attention(nn.Module):
             k = (k * cos + rotate_half(k) * sin).to(x.dtype)
         self.k_cache[rows, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
         self.v_cache[rows, :, write_idx] = v
+        if last is not None:                        # only one query per stream is needed
+            q = q[rows, :, last].transpose(1, 2)    # (B, H, 1, D)
+            mask = mask[rows, :, last].transpose(1, 2)
+            S = 1
         if KV != H:  # GQA: fold the G query heads of a KV head into the query axis (no KV copy)
             G = H // KV
             q = q.reshape(B, KV, G * S, D)
             mask = mask.repeat(1, 1, G, 1)
-        y = F.scaled_dot_product_attention(q, self.k_cache, self.v_cache, attn_mask=mask, scale=self.scale)
+        y = F.scaled_dot_product_attention(q, self.k_cache[:B, :, :K], self.v_cache[:B, :, :K], attn_mask=mask,
+                                           scale=self.scale)
         y = y.reshape(B, H, S, D).transpose(1, 2).reshape(B, S, H * D)
         return self.wo(y)
 
@@ -155,8 +162,10 @@ class Block(nn.Module):
         self.norm1, self.attn = _norm(cfg), Attention(cfg, layer)
         self.norm2, self.mlp = _norm(cfg), MLP(cfg)
 
-    def forward(self, x, rows, write_idx, mask, rope):
-        x = x + self.attn(self.norm1(x), rows, write_idx, mask, rope)
+    def forward(self, x, rows, write_idx, mask, rope, K, last=None):
+        """x: (B, S, d) -> (B, S, d); with ``last`` (B, 1): -> (B, 1, d) at that position only."""
+        y = self.attn(self.norm1(x), rows, write_idx, mask, rope, K, last)
+        x = (x if last is None else x[rows, last]) + y
         return x + self.mlp(self.norm2(x))
 
 
@@ -184,8 +193,9 @@ class FastTransformer(nn.Module):
     @torch.no_grad()
     def from_lm(cls, lm, dtype: torch.dtype | None = None, device=None) -> "FastTransformer":
         """Copy the weights of ``lm.backbone`` (GPT-2 or LLaMA family) and ``lm.lr_head``: a snapshot,
-        rebuild it after further training. ``dtype``/``device`` default to the LM's."""
-        bb, head = lm.backbone, lm.lr_head
+        rebuild it after further training (LoRA adapters are merged). ``dtype``/``device`` default to the LM's."""
+        bb = lm.merged_backbone() if hasattr(lm, "merged_backbone") else lm.backbone
+        head = lm.lr_head
         c = bb.config
         arch = c.model_type
         if arch not in FAST_ARCHS:
@@ -275,24 +285,25 @@ class FastTransformer(nn.Module):
         return out + ([self.rope_cos, self.rope_sin] if self.rope_cos is not None else [])
 
     # -------------------------------------------------------------- the one compiled function
-    def forward(self, inp: torch.Tensor) -> None:
+    def forward(self, inp: torch.Tensor, key_pos: torch.Tensor) -> None:
         """One forward over a right-padded token block; updates caches, ``pos``, ``codes``, ``logits``.
 
         inp: (B, S + 3) int64 = ``[tokens (S) | n_valid | lead | emit]`` per stream. ``n_valid`` of
         the S tokens are real (0 = stream idle); ``lead`` = replace token 0 by ``lr(codes)`` (the
         previous LR token); ``emit`` = this block ends the stream's input: store the argmax of the
         LR head at its last valid token in ``codes``.
+        key_pos: (K,) = ``arange(K)``, the key window: cache slots ``[0, K)`` are attended
+        (K <= max_seq covers every stream's positions after this block; its size is the only use).
         """
-        B, S = inp.shape[0], inp.shape[1] - 3
+        B, S, K = inp.shape[0], inp.shape[1] - 3, key_pos.shape[0]
         L = self.max_seq
-        tokens, n_valid = inp[:, :S], inp[:, S]
-        lead, emit = inp[:, S + 1].bool(), inp[:, S + 2].bool()
+        tokens, n_valid = inp[:, :-3], inp[:, -3]      # negative indices: S stays a dynamic size
+        lead, emit = inp[:, -2].bool(), inp[:, -1].bool()
         ar = torch.arange(S, device=inp.device)
         tokens = torch.where(lead[:, None] & (ar == 0), self.codes[:B, None] + self.lr_offset, tokens)
-        positions = self.pos[:B, None] + ar                                           # (B, S)
-        valid = ar < n_valid[:, None]
-        write_idx = torch.where(valid, positions, L)                                  # padding -> trash slot L
-        mask = (torch.arange(L + 1, device=inp.device) <= positions[:, :, None])[:, None]  # (B, 1, S, L+1)
+        positions = self.pos[:B, None] + ar                                   # (B, S)
+        write_idx = torch.where(ar < n_valid[:, None], positions, L)          # padding -> trash slot L
+        mask = (key_pos <= positions[:, :, None])[:, None]                    # (B, 1, S, K)
         rows = torch.arange(B, device=inp.device)[:, None]
         pclip = positions.clamp(max=L - 1)
         x = self.tok_emb(tokens)
@@ -300,11 +311,12 @@ class FastTransformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(pclip)
         else:
-            rope = (self.rope_cos[pclip][:, None], self.rope_sin[pclip][:, None])       # (B, 1, S, D)
-        for blk in self.blocks:
-            x = blk(x, rows, write_idx, mask, rope)
-        last = x[rows[:, 0], (n_valid - 1).clamp(min=0)]                              # (B, d)
-        logits = self.head(self.norm_f(last)).float()                                 # (B, n_lr)
+            rope = (self.rope_cos[pclip][:, None], self.rope_sin[pclip][:, None])  # (B, 1, S, D)
+        last = (n_valid - 1).clamp(min=0)[:, None]                            # (B, 1)
+        for blk in self.blocks[:-1]:
+            x = blk(x, rows, write_idx, mask, rope, K)
+        x = self.blocks[-1](x, rows, write_idx, mask, rope, K, last)          # (B, 1, d): the last layer
+        logits = self.head(self.norm_f(x[:, 0])).float()                      # only needs one position
         self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), self.codes[:B]))
         self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
         self.pos[:B].add_(n_valid)
@@ -319,7 +331,7 @@ def _check_ids(name: str, ids, vocab_size: int) -> list[int]:
     return ids
 
 
-def _check_batch(history, steps, batch: int):
+def _check_batch(history, steps, batch: int) -> int:
     if len(history) != len(steps):
         raise ValueError(f"steps: expected one list of steps per stream ({len(history)} histories), got {len(steps)}")
     if not 1 <= len(history) <= batch:
@@ -330,34 +342,98 @@ def _check_batch(history, steps, batch: int):
     return n.pop()
 
 
-class Decoder:
-    """Greedy LR-token decoding of up to ``batch`` independent streams with :class:`FastTransformer`.
+def _plans(lm, history, steps, max_len: int) -> list[list[int]]:
+    """Per stream, the start step of the context of every step (``ListenerLM.context_plan``)."""
+    return [lm.context_plan(list(h), [list(x) for x in s], with_lr=True, max_len=max_len) for h, s in zip(history, steps)]
 
-    ``compile``: ``torch.compile`` the forward (``fullgraph``, static shapes; on CUDA with CUDA graphs
-    unless ``cudagraphs=False``). ``max_seq`` defaults to the backbone's context. ``buckets`` are the
-    padded block widths (prefill chunks use the largest).
+
+class _Greedy:
+    """The decoding loop shared by :class:`Generator` and :class:`HFDecoder` (``advance`` differs)."""
+    lm: object
+    max_len: int
+    device: torch.device
+
+    @torch.no_grad()
+    def generate(self, history: Sequence[Sequence[int]], steps: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+        """Greedy LR codes ``(B, n_steps)`` (on the device) for B streams given ``history[b]``
+        (``[<bos>] + W^h`` ids) and ``steps[b][i]`` (speaker token ids of step i), as
+        ``ListenerLM.speaker_steps`` returns them. Equals ``lm.generate_reference(history[b], steps[b],
+        max_len)`` per stream, including its sliding context (``lm.context_plan``): within a context
+        one forward per step; where a stream's context jumps it is re-prefilled, after one host sync
+        to read its codes. Otherwise no sync until the end."""
+        n = _check_batch(history, steps, self.batch)
+        history = [list(h) for h in history]
+        steps = [[list(x) for x in s] for s in steps]
+        plans = _plans(self.lm, history, steps, self.max_len)
+        out = torch.empty(len(history), n, dtype=torch.long, device=self.device)
+        for i in range(n):
+            jumps = [b for b in range(len(steps)) if i == 0 or plans[b][i] != plans[b][i - 1]]
+            codes = out[:, :i].tolist() if (jumps and i) else None       # host sync only at context jumps
+            pre = {b: self.lm.context_ids(history[b], steps[b], codes[b] if codes else [], i, plans[b][i])
+                   for b in jumps}
+            self.advance(prefill=pre, step={b: steps[b][i] for b in range(len(steps)) if b not in pre})
+            out[:, i] = self.codes[:len(history)]
+        return out
+
+    def generate_segments(self, segments, n_steps: int | None = None) -> list:
+        """Greedy LR codes ``(n_steps,)`` int64 numpy per Segment (default ``T // r`` steps), decoding
+        ``batch`` segments at a time (grouped by step count)."""
+        import numpy as np
+        todo = [(k, *self.lm.speaker_steps(seg, n_steps)) for k, seg in enumerate(segments)]
+        out: list = [None] * len(todo)
+        groups: dict[int, list] = {}
+        for item in todo:
+            groups.setdefault(len(item[2]), []).append(item)
+        for n, items in groups.items():
+            if n == 0:
+                for k, _, _ in items:
+                    out[k] = np.zeros(0, np.int64)
+                continue
+            for s in range(0, len(items), self.batch):
+                part = items[s:s + self.batch]
+                codes = self.generate([h for _, h, _ in part], [st for _, _, st in part]).cpu().numpy()
+                for (k, _, _), c in zip(part, codes):
+                    out[k] = c
+        return out
+
+
+class Generator(_Greedy):
+    """Fast greedy LR-token decoding of up to ``batch`` independent streams (:class:`FastTransformer`).
+
+    ``max_len``: context length per stream, default ``lm.max_len`` (the LM's sliding-window policy
+    uses the same number). ``compile``: ``torch.compile`` the forward (``fullgraph``; the block width
+    S and the key window K are dynamic sizes, so one compilation serves every length; on CUDA with
+    CUDA graphs, ``mode="reduce-overhead"``, unless ``cudagraphs=False``: one graph is recorded per
+    (S, K) pair). ``buckets``: block widths a step is padded to; default ``BUCKETS`` on CUDA (padding
+    is nearly free there and bounds the number of CUDA graphs), ``None`` = no padding beyond the
+    longest row (CPU, where compute scales with S). ``chunk``: prefills are fed in blocks of at most
+    this many tokens. ``kv_block``: the key window grows in multiples of this (default 128 on CUDA,
+    32 on CPU). ``dtype``/``device``: of the weight copy (default the LM's; bf16 on GPU is typical).
     """
 
-    def __init__(self, lm, batch: int = 1, max_seq: int | None = None, dtype: torch.dtype | None = None,
+    def __init__(self, lm, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None,
                  device=None, compile: bool = False, cudagraphs: bool | None = None,
-                 buckets: Sequence[int] = BUCKETS):
-        if batch < 1:
-            raise ValueError(f"batch: expected >= 1, got {batch}")
+                 buckets: Sequence[int] | None | str = "auto", chunk: int = 64, kv_block: int | None = None):
+        if not (isinstance(batch, int) and batch >= 1):
+            raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
         self.lm = lm
         self.model = FastTransformer.from_lm(lm, dtype=dtype, device=device)
         self.device = self.model.tok_emb.weight.device
+        cuda = self.device.type == "cuda"
         self.batch, self.vocab_size = batch, self.model.tok_emb.num_embeddings
-        self.model.setup_caches(batch, max_seq or self.model.cfg.n_positions)
-        self.max_seq = self.model.max_seq
-        self.buckets = tuple(sorted(set(int(b) for b in buckets)))
+        self.max_len = int(max_len or getattr(lm, "max_len", 0) or self.model.cfg.n_positions)
+        self.model.setup_caches(batch, self.max_len)
+        if buckets == "auto":
+            buckets = BUCKETS if cuda else None
+        self.buckets = tuple(sorted({int(b) for b in buckets} | {chunk})) if buckets else None
+        self.chunk, self.kv_block = chunk, kv_block or (128 if cuda else 32)
+        self.key_pos = torch.arange(self.max_len, device=self.device)
         self.host_pos = [0] * batch           # mirror of model.pos, known without a device sync
-        self._fwd = self.model.forward
+        self._fwd, self._pin, self.compiled = self.model.forward, cuda, compile
         if compile:
-            cudagraphs = self.device.type == "cuda" if cudagraphs is None else cudagraphs
-            self._fwd = torch.compile(self.model.forward, fullgraph=True, dynamic=False,
+            cudagraphs = cuda if cudagraphs is None else cudagraphs
+            self._fwd = torch.compile(self.model.forward, fullgraph=True,
                                       mode="reduce-overhead" if cudagraphs else None)
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(self.buckets))
-        self._pin = self.device.type == "cuda"
 
     # ------------------------------------------------------------------ state
     @property
@@ -372,13 +448,17 @@ class Decoder:
 
     def reset(self, streams: Sequence[int] | None = None) -> None:
         """Forget the context of ``streams`` (default all); the cache memory stays allocated."""
-        streams = range(self.batch) if streams is None else streams
+        streams = list(range(self.batch) if streams is None else streams)
         for b in streams:
             self._check_stream(b)
             self.host_pos[b] = 0
-        idx = torch.as_tensor(list(streams), dtype=torch.long, device=self.device)
+        idx = torch.as_tensor(streams, dtype=torch.long, device=self.device)
         self.model.pos.index_fill_(0, idx, 0)
         self.model.codes.index_fill_(0, idx, 0)
+
+    def state_bytes(self) -> int:
+        """Bytes of all decoding state on the device (fixed at construction)."""
+        return sum(t.numel() * t.element_size() for t in self.model.state_tensors())
 
     def _check_stream(self, b) -> None:
         if not (isinstance(b, int) and 0 <= b < self.batch):
@@ -389,80 +469,58 @@ class Decoder:
     def advance(self, prefill: Mapping[int, Sequence[int]] | None = None,
                 step: Mapping[int, Sequence[int]] | None = None) -> None:
         """Feed several streams in shared forwards. ``prefill[b]``: reset stream b and feed these
-        tokens (e.g. ``history + steps[0]``); ``step[b]``: feed ``[lr(codes[b])] + tokens``. Afterwards
-        ``codes[b]`` holds the next LR code of every fed stream. Raises before any state changes."""
+        tokens (a whole context, e.g. ``history + steps[0]``); ``step[b]``: feed ``[lr(codes[b])] +
+        tokens``. Afterwards ``codes[b]`` holds the next LR code of every fed stream. Everything is
+        checked before any state changes, so a stream stays usable after an error."""
         prefill, step = dict(prefill or {}), dict(step or {})
-        rows: dict[int, tuple[list[int], bool]] = {}
+        rows: dict[int, list[int]] = {}    # per stream, the pending tokens; -1 = LR token put in on the device
         for b, ids in prefill.items():
             self._check_stream(b)
-            ids = _check_ids(f"prefill[{b}]", ids, self.vocab_size)
-            if not ids:
+            rows[b] = _check_ids(f"prefill[{b}]", ids, self.vocab_size)
+            if not rows[b]:
                 raise ValueError(f"prefill[{b}]: expected at least 1 token, got 0")
-            rows[b] = (ids, False)
         for b, ids in step.items():
             self._check_stream(b)
             if b in rows:
                 raise ValueError(f"step: stream {b} is also in prefill")
             if self.host_pos[b] == 0:
                 raise ValueError(f"step[{b}]: stream {b} has no context yet: prefill it first")
-            rows[b] = (_check_ids(f"step[{b}]", ids, self.vocab_size), True)
-        for b, (ids, lead) in rows.items():
-            start = self.host_pos[b] if lead else 0
-            need = start + len(ids) + lead
-            if need > self.max_seq:
-                raise ContextFullError(f"stream {b}: expected at most max_seq={self.max_seq} tokens in context, "
-                                       f"got {need} ({start} held + {len(ids) + lead} new): slide the window")
+            rows[b] = [-1] + _check_ids(f"step[{b}]", ids, self.vocab_size)
+        pos = {b: 0 if b in prefill else self.host_pos[b] for b in rows}
+        for b, r in rows.items():
+            if pos[b] + len(r) > self.max_len:
+                raise ContextFullError(f"stream {b}: expected at most max_len={self.max_len} tokens in context, "
+                                       f"got {pos[b] + len(r)} ({pos[b]} held + {len(r)} new): slide the window")
         if prefill:
             self.reset(list(prefill))
-        # per stream, the pending tokens; -1 marks the LR token substituted on the device
-        pending = {b: ([-1] if lead else []) + ids for b, (ids, lead) in rows.items()}
-        chunk = self.buckets[-1]
         first = True
-        while pending:
-            n = max(min(len(p), chunk) for p in pending.values())
-            S = next(s for s in self.buckets if s >= n)
-            inp = torch.zeros(self.batch, S + 3, dtype=torch.long)
-            for b, p in list(pending.items()):
-                part, rest = p[:chunk], p[chunk:]
-                inp[b, :len(part)] = torch.tensor(part)
-                inp[b, S] = len(part)
-                inp[b, S + 1] = int(first and rows[b][1])
-                inp[b, S + 2] = int(not rest)
-                inp[b, :len(part)].clamp_(min=0)
-                self.host_pos[b] += len(part)
+        while rows:
+            n = max(min(len(r), self.chunk) for r in rows.values())
+            S = next(s for s in self.buckets if s >= n) if self.buckets else n
+            inp = [[0] * (S + 3) for _ in range(self.batch)]
+            for b in list(rows):
+                part, rest = rows[b][:self.chunk], rows[b][self.chunk:]
+                row = inp[b]
+                row[:len(part)] = part
+                row[S:] = [len(part), int(first and part[0] == -1), int(not rest)]
+                pos[b] += len(part)
                 if rest:
-                    pending[b] = rest
+                    rows[b] = rest
                 else:
-                    del pending[b]
+                    del rows[b]
             first = False
+            K = min(self.max_len, -(-max(pos.values()) // self.kv_block) * self.kv_block)
+            t = torch.tensor(inp, dtype=torch.long).clamp_(min=0)
             if self._pin:
-                inp = inp.pin_memory()
-            self._fwd(inp.to(self.device, non_blocking=True))
-
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> None:
-        """Reset streams ``0..len(prompts)-1`` and feed their prompts."""
-        self.advance(prefill=dict(enumerate(prompts)))
-
-    def step(self, steps: Sequence[Sequence[int]]) -> None:
-        """Feed ``[lr(codes[b])] + steps[b]`` to streams ``0..len(steps)-1``."""
-        self.advance(step=dict(enumerate(steps)))
-
-    @torch.no_grad()
-    def generate(self, history: Sequence[Sequence[int]], steps: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
-        """Greedy codes ``(B, n_steps)`` (on the device) for B streams: ``history[b]`` (W^h ids) and
-        ``steps[b][i]`` (speaker token ids of step i). One forward per step, one host sync at the end."""
-        n = _check_batch(history, steps, self.batch)
-        out = torch.empty(len(history), n, dtype=torch.long, device=self.device)
-        self.prefill([list(h) + list(s[0]) for h, s in zip(history, steps)])
-        out[:, 0] = self.codes[:len(history)]
-        for i in range(1, n):
-            self.step([s[i] for s in steps])
-            out[:, i] = self.codes[:len(history)]
-        return out
-
-    def cache_bytes(self) -> int:
-        """Bytes of all decoding state (constant after construction)."""
-        return sum(t.numel() * t.element_size() for t in self.model.state_tensors())
+                t = t.pin_memory()
+            t = t.to(self.device, non_blocking=True)
+            key_pos = self.key_pos[:K]
+            if self.compiled:
+                torch._dynamo.mark_dynamic(t, 1)
+                torch._dynamo.mark_dynamic(key_pos, 0)
+            self._fwd(t, key_pos)
+        for b, p in pos.items():
+            self.host_pos[b] = p
 
 
 def _cache_kwarg(model) -> str:
@@ -470,21 +528,22 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-class HFDecoder:
-    """Generic path: the HF backbone itself with its ``DynamicCache`` (``cache="dynamic"``, what
-    ``model.generate`` uses) or ``StaticCache`` (``cache="static"``), eager, one forward per step.
-    Streams advance in lock step; a step is right-padded to its longest row, with a 2-D attention mask
-    and per-stream ``position_ids`` so each stream sees exactly its own tokens."""
+class HFDecoder(_Greedy):
+    """Generic path for any HF causal LM: the backbone itself with its ``DynamicCache``
+    (``cache="dynamic"``, what ``model.generate`` uses; the baseline (b) of the benchmark) or
+    ``StaticCache`` (``cache="static"``), eager, one forward per step. Streams advance in lock step:
+    a block is right-padded to its longest row, with a 2-D attention mask and per-stream
+    ``position_ids`` so each stream sees exactly its own tokens; a prefill (re)starts all streams."""
 
-    def __init__(self, lm, batch: int = 1, cache: str = "dynamic", max_seq: int | None = None):
+    def __init__(self, lm, batch: int = 1, cache: str = "dynamic", max_len: int | None = None):
         if cache not in ("dynamic", "static"):
             raise ValueError(f"cache: expected 'dynamic' or 'static', got {cache!r}")
         self.lm, self.batch, self.kind = lm, batch, cache
         bb = lm.backbone
-        self.base = bb.base_model
+        self.base = lm._decoder() if hasattr(lm, "_decoder") else bb.base_model
         self.device = next(bb.parameters()).device
         self.vocab_size = bb.get_input_embeddings().weight.shape[0]
-        self.max_seq = max_seq or getattr(bb.config, "n_positions", None) or bb.config.max_position_embeddings
+        self.max_len = int(max_len or getattr(lm, "max_len", 0) or bb.config.n_positions)
         self.lr_offset = int(lm.vocab.lr(0))
         self._kw = _cache_kwarg(self.base)
         self.codes = torch.zeros(batch, dtype=torch.long, device=self.device)
@@ -503,11 +562,35 @@ class HFDecoder:
             return DynamicCache()
 
     @torch.no_grad()
+    def advance(self, prefill: Mapping[int, Sequence[int]] | None = None,
+                step: Mapping[int, Sequence[int]] | None = None) -> None:
+        """As :meth:`Generator.advance`, in lock step: either ``prefill`` names streams ``0..B-1``
+        (a prefill of some re-prefills all, the others with ``step`` appended to their context
+        is not possible here: pass whole contexts) or ``step`` does."""
+        prefill, step = dict(prefill or {}), dict(step or {})
+        if prefill:
+            if step:   # a jump of some streams: restart all (the others' contexts are rebuilt by generate)
+                raise ValueError("HFDecoder.advance: streams advance in lock step; prefill all or step all")
+            B = len(prefill)
+            if sorted(prefill) != list(range(B)) or B > self.batch:
+                raise ValueError(f"prefill: expected streams 0..B-1 with B <= {self.batch}, got {sorted(prefill)}")
+            self.timeline = self.max_len + 64 * 2
+            self.cache = self._new_cache()
+            self.mask = torch.zeros(B, self.timeline, dtype=torch.long, device=self.device)
+            self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
+            self.t = 0
+            self._feed([list(prefill[b]) for b in range(B)], lead=False)
+        elif step:
+            if self.cache is None or sorted(step) != list(range(self.pos.shape[0])):
+                raise ValueError(f"step: expected every prefilled stream 0..{0 if self.cache is None else self.pos.shape[0] - 1}, "
+                                 f"got {sorted(step)}")
+            self._feed([list(step[b]) for b in range(len(step))], lead=True)
+
     def _feed(self, rows: list[list[int]], lead: bool) -> None:
         B = len(rows)
         lens = [len(r) + lead for r in rows]
         S = max(lens)
-        if self.t + S > self.timeline:
+        if self.t + S > self.timeline:   # padding used up the timeline: restart with whole contexts
             raise ContextFullError(f"HFDecoder: expected at most {self.timeline} padded positions, got {self.t + S}")
         ids = torch.zeros(B, S, dtype=torch.long)
         for b, r in enumerate(rows):
@@ -518,7 +601,7 @@ class HFDecoder:
         n = torch.tensor(lens, device=self.device)
         ar = torch.arange(S, device=self.device)
         self.mask[:B, self.t:self.t + S] = (ar < n[:, None]).long()
-        pos = (self.pos[:B, None] + ar).clamp(max=self.max_seq - 1)
+        pos = (self.pos[:B, None] + ar).clamp(max=self.max_len - 1)
         out = self.base(input_ids=ids, attention_mask=self.mask[:B, :self.t + S], position_ids=pos,
                         use_cache=True, **{self._kw: self.cache})
         h = out.last_hidden_state[torch.arange(B, device=self.device), n - 1]
@@ -527,46 +610,42 @@ class HFDecoder:
         self.pos[:B] += n
         self.t += S
 
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> None:
-        if not 1 <= len(prompts) <= self.batch:
-            raise ValueError(f"prompts: expected 1..{self.batch} streams (allocated), got {len(prompts)}")
-        self.timeline = self.max_seq
-        self.cache = self._new_cache()
-        self.mask = torch.zeros(len(prompts), self.timeline, dtype=torch.long, device=self.device)
-        self.pos = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
-        self.t = 0
-        self._feed([list(p) for p in prompts], lead=False)
-
-    def step(self, steps: Sequence[Sequence[int]]) -> None:
-        if self.cache is None or len(steps) != self.pos.shape[0]:
-            raise ValueError(f"steps: expected one row per prefilled stream, got {len(steps)}")
-        self._feed([list(s) for s in steps], lead=True)
-
     @torch.no_grad()
     def generate(self, history, steps) -> torch.Tensor:
-        """Same contract as :meth:`Decoder.generate`."""
+        """As :meth:`Generator.generate`; where any stream's context jumps, all are re-prefilled."""
         n = _check_batch(history, steps, self.batch)
+        history = [list(h) for h in history]
+        steps = [[list(x) for x in s] for s in steps]
+        plans = _plans(self.lm, history, steps, self.max_len)
         out = torch.empty(len(history), n, dtype=torch.long, device=self.device)
-        self.prefill([list(h) + list(s[0]) for h, s in zip(history, steps)])
-        out[:, 0] = self.codes[:len(history)]
-        for i in range(1, n):
-            self.step([s[i] for s in steps])
-            out[:, i] = self.codes[:len(history)]
+        B = len(history)
+        for i in range(n):
+            jump = i == 0 or any(p[i] != p[i - 1] for p in plans)
+            if not jump and self.t + max(len(s[i]) for s in steps) + 1 > self.timeline:
+                jump = True      # lock-step padding filled the timeline: rebuild the contexts
+            if jump:
+                codes = out[:, :i].tolist() if i else [[] for _ in range(B)]
+                self.advance(prefill={b: self.lm.context_ids(history[b], steps[b], codes[b], i, plans[b][i])
+                                      for b in range(B)})
+            else:
+                self.advance(step={b: steps[b][i] for b in range(B)})
+            out[:, i] = self.codes[:B]
         return out
 
 
 @torch.no_grad()
-def generate_nocache(lm, history, steps) -> torch.Tensor:
-    """LM-listener's way, batched: for every LR token, recompute the whole prefix with the HF model
-    (no cache; right padding + attention mask). Returns codes ``(B, n_steps)``. The baseline (a)."""
+def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Tensor:
+    """LM-listener's way, batched: for every LR token, recompute the whole context with the HF model
+    (no cache; right padding + attention mask), reading the codes back to the host every step.
+    Returns codes ``(B, n_steps)``. The baseline (a) of the benchmark."""
     n = _check_batch(history, steps, len(history))
-    device = next(lm.backbone.parameters()).device
-    seqs = [list(h) for h in history]
-    out = torch.empty(len(history), n, dtype=torch.long, device=device)
+    device = lm.lr_head.weight.device
+    history = [list(h) for h in history]
+    steps = [[list(x) for x in s] for s in steps]
+    plans = _plans(lm, history, steps, max_len or lm.max_len)
+    codes: list[list[int]] = [[] for _ in history]
     for i in range(n):
-        prev = out[:, i - 1].tolist() if i else None   # host sync every step, as LM-listener does
-        for b, s in enumerate(steps):
-            seqs[b] += ([int(lm.vocab.lr(prev[b]))] if i else []) + list(s[i])
+        seqs = [lm.context_ids(h, s, c, i, p[i]) for h, s, c, p in zip(history, steps, codes, plans)]
         lens = torch.tensor([len(s) for s in seqs], device=device)
         ids = torch.zeros(len(seqs), int(lens.max()), dtype=torch.long)
         for b, s in enumerate(seqs):
@@ -574,12 +653,14 @@ def generate_nocache(lm, history, steps) -> torch.Tensor:
         ids = ids.to(device)
         mask = (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
         logits = lm.lr_logits(ids, attention_mask=mask)
-        out[:, i] = logits[torch.arange(len(seqs), device=device), lens - 1].argmax(-1)
-    return out
+        new = logits[torch.arange(len(seqs), device=device), lens - 1].argmax(-1).tolist()
+        for c, x in zip(codes, new):
+            c.append(x)
+    return torch.tensor(codes, dtype=torch.long, device=device)
 
 
-def make_decoder(lm, batch: int = 1, **kw):
-    """The fast :class:`Decoder` for GPT-2/LLaMA backbones, else :class:`HFDecoder` (static cache)."""
+def make_generator(lm, batch: int = 1, **kw):
+    """:class:`Generator` for GPT-2/LLaMA backbones, else :class:`HFDecoder` with a static cache."""
     if lm.backbone.config.model_type in FAST_ARCHS:
-        return Decoder(lm, batch=batch, **kw)
-    return HFDecoder(lm, batch=batch, cache="static", max_seq=kw.get("max_seq"))
+        return Generator(lm, batch=batch, **kw)
+    return HFDecoder(lm, batch=batch, cache="static", max_len=kw.get("max_len"))

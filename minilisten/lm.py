@@ -240,7 +240,7 @@ def train_word_tokenizer(texts, vocab_size: int = 1024):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
 
 
-def default_backbone(texts, n_layer: int = 4, n_embd: int = 256, n_head: int = 4, n_positions: int = 1024,
+def default_backbone(texts, n_layer: int = 2, n_embd: int = 128, n_head: int = 4, n_positions: int = 1024,
                      vocab_size: int = 1024, seed: int = 0):
     """The offline default: a small GPT-2 from scratch + a BPE tokenizer trained on ``texts``
     (the corpus's words). Returns ``(model, tokenizer)``."""
@@ -248,7 +248,7 @@ def default_backbone(texts, n_layer: int = 4, n_embd: int = 256, n_head: int = 4
     tok = train_word_tokenizer(texts, vocab_size)
     cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, resid_pdrop=0.1, embd_pdrop=0.1,
-                     attn_pdrop=0.1)
+                     attn_pdrop=0.0)  # no attention dropout: lets SDPA use its fused causal kernel
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(cfg)
@@ -518,7 +518,9 @@ class ListenerLM(nn.Module):
         if stage == 2 and lr_noise > 0:
             ids = self.noise_lr_inputs(ids, lr_noise, generator)
         tgt = batch["targets"].to(dev)
-        h = self.hidden_states(ids, batch["attention_mask"].to(dev))
+        # Right padding + causal attention: no real position attends to a pad, so no mask is
+        # needed (and without one SDPA takes its fused causal path instead of an (L, L) mask).
+        h = self.hidden_states(ids)
         sel = tgt != IGNORE
         hs, ts = h[sel], tgt[sel]
         if stage == 2:

@@ -341,7 +341,13 @@ def acoustic_features(wav, sample_rate: int = SA_SAMPLE_RATE) -> np.ndarray:
     ac_win = np.fft.irfft(np.abs(np.fft.rfft(win, n=2 * _WIN)) ** 2)[:_WIN]
     ac = ac / np.maximum(ac_win[None], 1e-8)                                  # unbias the window taper
     lo, hi = SA_SAMPLE_RATE // 400, SA_SAMPLE_RATE // 60
-    lag = lo + np.argmax(ac[:, lo:hi + 1], axis=1)
+    seg = ac[:, lo:hi + 1]
+    # shortest period whose correlation is within 90% of the best (avoids sub-octave errors:
+    # a periodic signal correlates as well at 2 and 3 periods), refined to its local peak
+    first = np.argmax(seg >= 0.9 * seg.max(1, keepdims=True), axis=1)
+    span = np.arange(seg.shape[1])[None]
+    near = (span >= first[:, None]) & (span <= (first + (first + lo) // 2)[:, None])
+    lag = lo + np.argmax(np.where(near, seg, -np.inf), axis=1)
     voicing = np.clip(ac[np.arange(M), lag] / np.maximum(ac[:, 0], 1e-10), 0, 1)
     voiced = (voicing > 0.45) & (log_e > np.log(1e-6))
     log_f0 = np.where(voiced, np.log(SA_SAMPLE_RATE / lag), 0.0)
@@ -461,7 +467,8 @@ def _check_emotion_probs(probs, name: str = "emotion") -> np.ndarray:
     if p.size and not np.isfinite(p).all():
         raise ValueError(f"{name}: expected finite probabilities, got NaN/inf")
     if p.size and p.min() < -1e-6:
-        raise ValueError(f"{name}: expected probabilities >= 0, got min {p.min():.4g}")
+        raise ValueError(f"{name}: expected probabilities >= 0, got min {p.min():.4g} "
+                         "(pass logits=True if these are EMOCA's expr_classification logits)")
     sums = p.sum(1)
     if p.size and not np.allclose(sums, 1.0, atol=1e-3):
         i = int(np.argmax(np.abs(sums - 1)))

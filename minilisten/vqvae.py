@@ -430,14 +430,14 @@ class VQVAE(nn.Module):
         return self.encoder(x.transpose(1, 2)).transpose(1, 2)            # (B, L, d_c)
 
     def _decode_latents(self, zq: torch.Tensor, beta) -> torch.Tensor:
-        y = self.decoder(zq.transpose(1, 2), beta).transpose(1, 2)        # (B, T, 56) normalised
-        return y
+        return self.decoder(zq.transpose(1, 2), beta).transpose(1, 2)     # (B, T, 56) normalised
 
     def encode(self, motion, beta=None) -> torch.Tensor:
         """motion (B, T, 56) raw -> LR codes (B, T / 8) int64. The encoder has no identity input;
         ``beta`` is accepted for symmetry with ``decode`` and only shape-checked."""
         m = self._check_motion(motion)
-        self._check_beta(beta, m.shape[0]) if beta is not None else None
+        if beta is not None:
+            self._check_beta(beta, m.shape[0])
         with torch.no_grad():
             z = self._encode_latents(m)
             B, L, d = z.shape

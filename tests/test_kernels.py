@@ -24,6 +24,11 @@ HYP = dict(deadline=None, derandomize=True, database=None,
            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+def _examples(n_cpu: int) -> int:
+    # on CUDA most new shapes compile a new kernel specialization (~1 s each): fewer examples
+    return n_cpu if DEV == "cpu" else max(8, n_cpu // 2)
+
+
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -65,7 +70,10 @@ def _check_nearest(z, cb, idx, dist, zq=None, rel=1e-5):
     chosen = d64.gather(1, idx[:, None])[:, 0]
     best, best_idx = d64.min(1)
     assert torch.all(chosen <= best + tol), (chosen - best - tol).max()
-    clear = d64.sort(1).values[:, 1] - best > 2 * tol if cb.shape[0] > 1 else torch.ones_like(best, dtype=torch.bool)
+    if cb.shape[0] > 1:  # rows whose runner-up is clearly farther: the index itself must match
+        clear = d64.sort(1).values[:, 1] - best > 2 * tol
+    else:
+        clear = torch.ones_like(best, dtype=torch.bool)
     assert torch.equal(idx[clear], best_idx[clear])
     torch.testing.assert_close(dist.double(), chosen, atol=1e-5, rtol=1e-5)
     if zq is not None:
@@ -73,7 +81,7 @@ def _check_nearest(z, cb, idx, dist, zq=None, rel=1e-5):
 
 
 @needs_triton
-@settings(max_examples=20, **HYP)
+@settings(max_examples=_examples(20), **HYP)
 @given(N=st.integers(1, 300), Kc=st.integers(1, 300), d=st.integers(1, 96),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]),
        layout=st.sampled_from(["contiguous", "strided", "transposed"]),
@@ -267,7 +275,7 @@ def _compare_norm(x, scale, shift, r, dy, relu, what=""):
 
 
 @needs_triton
-@settings(max_examples=25, **HYP)
+@settings(max_examples=_examples(25), **HYP)
 @given(B=st.integers(1, 4), C=st.integers(1, 12), T=st.integers(1, 300),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), ada=st.booleans(),
        res=st.booleans(), relu=st.booleans(),
@@ -415,7 +423,8 @@ def test_cuda_paper_sizes_nearest(dtype, precision, N, Kc):
     idx, dist, zq = K.quantize(z, cb, precision=precision)
     # fp64 check on a subset of rows (the full (N, K, d) difference tensor is too big)
     rows = torch.arange(0, N, 97, device=DEV)
-    _check_nearest(z[rows], cb, idx[rows], dist[rows], zq[rows], rel=1e-5 if precision != "tf32x3" else 1e-4)
+    rel = 1e-5 if precision != "tf32x3" else 1e-4
+    _check_nearest(z[rows], cb, idx[rows], dist[rows], zq[rows], rel=rel)
     ir, _ = K.nearest_code(z, cb, use_triton=False)
     assert (idx == ir).float().mean().item() > 0.999
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One-shot GPU check for a bare CUDA machine (no network needed when torch/triton are preinstalled):
+# install minilisten, run the kernel tests on the real compiled Triton kernels (no interpreter),
+# run the kernel benchmark, print everything. Budget: well under 10 minutes.
+#   bash bench/gpu_check.sh            # results JSON and log go to $OUT if set, else bench/results
+#   FULL=1 bash bench/gpu_check.sh     # full benchmark sizes instead of --quick
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 MINILISTEN_GPU_TESTS=1
+unset TRITON_INTERPRET MINILISTEN_KERNELS
+RES="${OUT:-bench/results}"
+mkdir -p "$RES"
+status=0  # later sections set status=1 on failure; the exit trap reports it
+trap 'echo; echo "=== gpu_check done: status $status ($(date -u +%H:%M:%S)) ==="; exit $status' EXIT
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S)) ==="; }
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi unavailable"
+python3 --version
+if ! python3 -c 'import torch' 2>/dev/null; then
+  echo "torch missing: pip install torch triton"
+  python3 -m pip install -q torch triton || { echo "FATAL: cannot install torch"; exit 1; }
+fi
+python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "| gpu:", torch.cuda.is_available() and torch.cuda.get_device_name())'
+
+step "install minilisten (editable, no deps: the machine may be offline)"
+if ! python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3 \
+   || ! (cd /tmp && python3 -c 'import minilisten.kernels'); then
+  echo "pip install -e . failed: falling back to a copied package on PYTHONPATH"
+  site=$(mktemp -d); mkdir -p "$site/minilisten"
+  cp -r minilisten/. "$site/minilisten/"; cp -r kernels "$site/minilisten/kernels"
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -c 'import minilisten.kernels as K, torch; x = torch.zeros(1, device="cuda"); print("minilisten.kernels from", K.__file__, "| triton path on cuda:", K.triton_available(x))' || status=1
+python3 -m pip list 2>/dev/null | grep -iE '^(pytest|hypothesis) ' || echo "pytest/hypothesis missing: tests may not run"
+
+step "kernel tests on the compiled Triton kernels (no TRITON_INTERPRET)"
+timeout 300 python3 -m pytest tests/test_kernels.py -q -rs --durations=8 -p no:cacheprovider 2>&1 | tee "$RES/gpu_tests.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "KERNEL TESTS FAILED"; status=1; }
+
+step "kernel benchmark"
+bench_args=--quick; [ -n "${FULL:-}" ] && bench_args=
+timeout 360 python3 bench/bench_kernels.py $bench_args --out "$RES" 2>&1 | tee "$RES/bench_kernels.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "KERNEL BENCHMARK FAILED"; status=1; }
+
+# --- decode benchmark (issue 6) ---

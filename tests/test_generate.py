@@ -1,0 +1,182 @@
+"""Fast LR decoding (minilisten.generate) against the reference decoder of ListenerLM.
+
+Every test uses the real ``ListenerLM`` on tiny random GPT-2 / LLaMA backbones and random speaker
+streams with realistic token counts (``minilisten.bench.speaker_segment``).
+"""
+import pytest
+import torch
+
+from minilisten.bench import WORDS, speaker_segment
+from minilisten.generate import BUCKETS, ContextFullError, Generator, HFDecoder, generate_nocache
+from minilisten.lm import ListenerLM, LMConfig, train_word_tokenizer
+
+
+def tiny_lm(arch: str = "gpt2", max_len: int = 0, n_positions: int = 256, seed: int = 0, **cfg) -> ListenerLM:
+    """A random tiny ListenerLM: GPT-2 (2 layers, 32 wide) or LLaMA (GQA 4/2 heads, SwiGLU, rotary)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    tok = _tokenizer()
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        bb = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=n_positions,
+                                        initializer_range=0.2))
+    else:
+        bb = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, intermediate_size=48, max_position_embeddings=n_positions,
+                                          initializer_range=0.2))
+    lm = ListenerLM(bb, tok, LMConfig(max_len=max_len, **cfg))
+    torch.nn.init.normal_(lm.lr_head.weight, std=0.5)   # spread the logits: no near-ties in argmax
+    return lm.eval()
+
+
+_TOK = []
+
+
+def _tokenizer():
+    if not _TOK:
+        _TOK.append(train_word_tokenizer(list(WORDS) * 3, vocab_size=300))
+    return _TOK[0]
+
+
+def streams(lm, n: int, seconds: float = 4.0, seed: int = 0):
+    hs, ss = [], []
+    for k in range(n):
+        h, s = lm.speaker_steps(speaker_segment(seconds, seed=seed + k))
+        hs.append(h)
+        ss.append(s)
+    return hs, ss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is fastest, and far faster on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def lm(request):
+    return tiny_lm(request.param)
+
+
+def test_equals_reference(lm):
+    hs, ss = streams(lm, 3)
+    ref = [lm.generate_reference(h, s) for h, s in zip(hs, ss)]
+    assert len(set(map(tuple, ref))) == 3 and len(set(ref[0])) > 3     # non-trivial codes
+    assert Generator(lm, batch=3).generate(hs, ss).tolist() == ref
+    assert HFDecoder(lm, batch=3).generate(hs, ss).tolist() == ref
+    assert HFDecoder(lm, batch=3, cache="static").generate(hs, ss).tolist() == ref
+    assert generate_nocache(lm, hs, ss).tolist() == ref
+
+
+def test_logits_match_hf(lm):
+    """The compact forward reproduces the HF model's LR logits (fp32)."""
+    hs, ss = streams(lm, 1)
+    g = Generator(lm)
+    g.advance(prefill={0: hs[0] + ss[0][0]})
+    ref = lm.lr_logits(torch.tensor([hs[0] + ss[0][0]]))[0, -1]
+    torch.testing.assert_close(g.logits[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_context_equals_reference(lm):
+    """Streams several times longer than the context: the LM's sliding policy, re-prefills."""
+    hs, ss = streams(lm, 2, seconds=12.0, seed=5)
+    max_len = 96
+    plan = lm.context_plan(hs[0], ss[0], max_len=max_len)
+    assert len(set(plan)) >= 4, plan
+    ref = [lm.generate_reference(h, s, max_len=max_len) for h, s in zip(hs, ss)]
+    g = Generator(lm, batch=2, max_len=max_len)
+    assert g.generate(hs, ss).tolist() == ref
+    assert HFDecoder(lm, batch=2, max_len=max_len).generate(hs, ss).tolist() == ref
+    assert generate_nocache(lm, hs, ss, max_len=max_len).tolist() == ref
+
+
+def test_batch_equals_per_stream(lm):
+    hs, ss = streams(lm, 4, seed=10)
+    single = [Generator(lm).generate([h], [s])[0].tolist() for h, s in zip(hs, ss)]
+    g = Generator(lm, batch=6)
+    assert g.generate(hs, ss).tolist() == single
+    # streams at different points share forwards: 0 and 2 restart while 1 steps on
+    g.generate(hs[:2], ss[:2])
+    g.advance(prefill={0: hs[2] + ss[2][0], 2: hs[3] + ss[3][0]}, step={1: []})
+    assert g.codes[[0, 2]].tolist() == [single[2][0], single[3][0]]
+
+
+@pytest.mark.parametrize("buckets, chunk", [(BUCKETS, 64), ((4, 8), 8)])
+def test_buckets_and_chunked_prefill(lm, buckets, chunk):
+    """Padded blocks (the CUDA default) and prefills split into chunks give the same codes."""
+    hs, ss = streams(lm, 2, seed=3)
+    ref = [lm.generate_reference(h, s) for h, s in zip(hs, ss)]
+    assert Generator(lm, batch=2, buckets=buckets, chunk=chunk).generate(hs, ss).tolist() == ref
+
+
+def test_generate_segments(lm):
+    segs = [speaker_segment(s, seed=20 + k) for k, s in enumerate((2.0, 3.0, 2.0))]
+    out = Generator(lm, batch=2).generate_segments(segs)
+    assert [o.tolist() for o in out] == [lm.generate(seg).tolist() for seg in segs]
+
+
+def test_errors_leave_state_usable():
+    lm = tiny_lm("gpt2")
+    hs, ss = streams(lm, 2, seconds=2.0, seed=7)
+    ref = lm.generate_reference(hs[0], ss[0])
+    g = Generator(lm, batch=2)
+    g.advance(prefill={0: hs[0] + ss[0][0]})
+    bad = [
+        (dict(step={2: ss[0][1]}), r"stream: expected an index in \[0, 2\).*got 2"),
+        (dict(step={0: [lm.vocab.size]}), r"step\[0\]: expected token ids in \[0, %d\), got %d" % (lm.vocab.size, lm.vocab.size)),
+        (dict(step={1: ss[0][1]}), r"step\[1\]: stream 1 has no context yet"),
+        (dict(prefill={1: []}), r"prefill\[1\]: expected at least 1 token, got 0"),
+        (dict(step={0: [5] * 250}), r"stream 0: expected at most max_len=256 tokens"),
+        (dict(step={0: ss[0][1]}, prefill={0: ss[0][1]}), r"stream 0 is also in prefill"),
+    ]
+    for kw, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            g.advance(**kw)
+    with pytest.raises(ContextFullError):
+        g.advance(step={0: [5] * 250})
+    with pytest.raises(ValueError, match=r"history: expected 1..2 streams \(allocated\), got 3"):
+        g.generate(hs + hs[:1], ss + ss[:1])
+    with pytest.raises(ValueError, match=r"same number .* of steps"):
+        g.generate(hs, [ss[0], ss[1][:-1]])
+    codes = [int(g.codes[0])]
+    for s in ss[0][1:]:
+        g.advance(step={0: s})
+        codes.append(int(g.codes[0]))
+    assert codes == ref
+    with pytest.raises(ValueError, match="batch: expected an int >= 1"):
+        Generator(lm, batch=0)
+    with pytest.raises(ValueError, match=r"max_seq: expected 1..256"):
+        Generator(lm, max_len=1000)
+
+
+def test_state_is_fixed():
+    """Decoding allocates its caches once: same tensors, same bytes after a long sliding decode."""
+    lm = tiny_lm("llama")
+    g = Generator(lm, batch=2, max_len=96)
+    before = [(t.data_ptr(), t.shape) for t in g.model.state_tensors()]
+    nbytes = g.state_bytes()
+    hs, ss = streams(lm, 2, seconds=10.0, seed=30)
+    assert len(set(lm.context_plan(hs[0], ss[0], max_len=96))) >= 4
+    g.generate(hs, ss)
+    assert [(t.data_ptr(), t.shape) for t in g.model.state_tensors()] == before
+    # 2 layers x (k, v) x (B=2, n_kv=2, 96 + 1 slots, D=8) fp32 + pos, codes, logits + rotary tables
+    assert g.state_bytes() == nbytes == 2 * 2 * (2 * 2 * 97 * 8) * 4 + 2 * 8 + 2 * 8 + 2 * 256 * 4 + 2 * 96 * 8 * 4
+
+
+@pytest.mark.compile
+def test_compiled_equals_reference_one_graph():
+    """torch.compile path (inductor on CPU): same codes; one graph for every step length."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    lm = tiny_lm("gpt2")
+    hs, ss = streams(lm, 2, seconds=3.0, seed=40)
+    ref = [lm.generate_reference(h, s) for h, s in zip(hs, ss)]
+    assert len({len(x) for s in ss for x in s}) > 3                     # several step lengths
+    from torch._dynamo.utils import counters
+    counters.clear()
+    g = Generator(lm, batch=2, compile=True)
+    assert g.generate(hs, ss).tolist() == ref
+    assert g.generate(hs, ss).tolist() == ref
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

@@ -1,0 +1,410 @@
+"""The listener LM: vocabulary layout, Eq. 1 / Eq. 2 sequences, loss masks, backbones (GPT-2,
+LLaMA + LoRA) loaded by path, save/load, reference decoding, sliding context, training."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from minilisten.data.segment import Segment, Word
+from minilisten.lm import (IGNORE, SPECIALS, ListenerLM, LMConfig, Vocab, collate, default_backbone,
+                           train_word_tokenizer)
+
+FPS = 30.0
+WORDS = ["well", "hi", "there", "friend", "do", "you", "know", "what", "i", "mean", "so", "great"]
+
+
+def _probs(T, cls, strength=0.9):
+    p = np.full((T, 8), (1 - strength) / 7, np.float32)
+    p[np.arange(T), cls] = strength
+    return p
+
+
+def hand_segment(T=24):
+    """3 LR steps at 30 fps: step spans (end times) (0, .267], (.267, .533], (.533, .8]."""
+    return Segment(
+        speaker_motion=np.zeros((T, 56)), listener_motion=np.zeros((T, 56)), fps=FPS,
+        words=[Word("hi", 0.0, 0.1), Word("there", 0.1, 8 / FPS),       # both end in step 0
+               Word("friend", 0.3, 0.5)],                              # step 1
+        history_words=[Word("well", -0.9, -0.5)],
+        sa_tokens=np.arange(40) % 9,                                   # 0.8 s at 50/s: 13 + 13 + 14
+        emotion=_probs(T, np.repeat([1, 2, 0], 8)), name="hand")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_word_tokenizer(WORDS * 3, vocab_size=300)
+
+
+def tiny_gpt2(tok, **lm):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    bb = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    return ListenerLM(bb, tok, LMConfig(**{"n_lr": 16, "n_sa": 32, **lm}))
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_gpt2(tok).eval()
+
+
+# ----------------------------------------------------------------------------- vocabulary
+def test_vocab_layout():
+    v = Vocab(n_words=100, n_lr=16, n_sa=32, n_emo=8)
+    assert (v.bos, v.pad, v.sa_start, v.sa_end, v.emo_start, v.emo_end) == (100, 101, 102, 103, 104, 105)
+    assert (v.lr(0), v.lr(15), v.sa(0), v.sa(31), v.emo(0), v.emo(7)) == (106, 121, 122, 153, 154, 161)
+    assert v.size == 162 and v.lr_code(v.lr(5)) == 5
+    assert torch.equal(v.lr(torch.tensor([0, 3])), torch.tensor([106, 109]))
+    assert v.kinds([5, 100, 102, 106, 122, 154, 105]) == ["W", "<bos>", "<sa>", "LR", "SA", "emo", "</emo>"]
+    with pytest.raises(ValueError, match=r"LR code: expected a value in \[0, 16\), got 16"):
+        v.lr(16)
+    with pytest.raises(ValueError, match=r"SA codes: expected values in \[0, 32\), got 40"):
+        v.sa(np.array([1, 40]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        v.kind(162)
+    with pytest.raises(ValueError, match="n_lr"):
+        Vocab(100, n_lr=0)
+
+
+def test_embedding_extension_keeps_word_rows(tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    bb = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    before = bb.get_input_embeddings().weight.detach().clone()
+    m = ListenerLM(bb, tok, LMConfig(n_lr=16, n_sa=32))
+    after = m.backbone.get_input_embeddings().weight
+    assert after.shape == (m.vocab.size, 32) and m.vocab.n_words == len(tok)
+    assert torch.equal(after[:len(tok)], before)
+    assert m.backbone.get_output_embeddings().weight.shape[0] == m.vocab.size
+    assert tuple(m.lr_head.weight.shape) == (16, 32)
+    assert m.vocab.size == len(tok) + len(SPECIALS) + 16 + 32 + 8
+
+
+# ----------------------------------------------------------------------------- sequences
+def test_interleaving_exact_tokens(model):
+    v, w = model.vocab, model.word_ids
+    seg = hand_segment()
+    codes = np.array([3, 7, 11])
+    sa = [list(range(0, 13)), list(range(13, 26)), list(range(26, 40))]
+    sa = [[t % 9 for t in s] for s in sa]
+    step = [w("hi") + w("there") + [v.sa_start] + [v.sa(t) for t in sa[0]] + [v.sa_end, v.emo_start, v.emo(1), v.emo_end],
+            w("friend") + [v.sa_start] + [v.sa(t) for t in sa[1]] + [v.sa_end, v.emo_start, v.emo(2), v.emo_end],
+            [v.sa_start] + [v.sa(t) for t in sa[2]] + [v.sa_end, v.emo_start, v.emo(0), v.emo_end]]
+    history = [v.bos] + w("well")
+    h, steps = model.speaker_steps(seg)
+    assert h == history and steps == step
+    S = model.build_sequence(seg, codes)
+    want = history + step[0] + [v.lr(3)] + step[1] + [v.lr(7)] + step[2] + [v.lr(11)]
+    assert S.ids.tolist() == want and S.stage == 2 and S.n_prefix == len(history)
+    S1 = model.build_sequence(seg)                         # S' (Eq. 2): no LR tokens
+    assert S1.ids.tolist() == history + step[0] + step[1] + step[2] and S1.stage == 1
+    kinds = v.kinds(S.ids)
+    assert kinds[:len(history)] == ["<bos>", "W"] and kinds.count("LR") == 3 and kinds.count("emo") == 3
+    assert kinds.count("SA") == 40 and kinds[-1] == "LR"
+    # the LR token of step i comes after all speaker tokens of step i (Eq. 1 ordering)
+    lr_pos = [i for i, k in enumerate(kinds) if k == "LR"]
+    assert lr_pos[0] == len(history) + len(step[0]) and lr_pos[1] == lr_pos[0] + 1 + len(step[1])
+
+
+def test_modality_ablations(tok):
+    seg = hand_segment()
+    v = None
+    for mods, want in [("W", {"W"}), ("W+emo", {"W", "<emo>", "emo", "</emo>"}),
+                       ("W+SA", {"W", "<sa>", "SA", "</sa>"}), ("SA+emo", {"<sa>", "SA", "</sa>", "<emo>", "emo", "</emo>"})]:
+        m = tiny_gpt2(tok, modalities=mods)
+        v = m.vocab
+        _, steps = m.speaker_steps(seg)
+        assert set(v.kinds([t for s in steps for t in s])) == want, mods
+    m = tiny_gpt2(tok, modalities="W")
+    _, steps = m.speaker_steps(seg)
+    assert steps == [m.word_ids("hi") + m.word_ids("there"), m.word_ids("friend"), []]
+    assert m.build_sequence(seg, [1, 2, 3]).ids.tolist() == (
+        [v.bos] + m.word_ids("well") + steps[0] + [v.lr(1)] + steps[1] + [v.lr(2)] + [v.lr(3)])
+
+
+def test_word_placement_lm_listener(tok):
+    m = tiny_gpt2(tok, modalities="W", word_placement="lm_listener")
+    _, steps = m.speaker_steps(hand_segment())
+    # "hi" (frame 3) -> before LR_1; "there" (frame 8) and "friend" (frame 15) -> before LR_2
+    assert steps == [[], m.word_ids("hi"), m.word_ids("there") + m.word_ids("friend")]
+    with pytest.raises(ValueError, match="word_placement"):
+        LMConfig(word_placement="late")
+
+
+def test_history_budget_keeps_recent_whole_words(tok):
+    m = tiny_gpt2(tok, modalities="W", history_tokens=2)
+    seg = hand_segment()
+    seg.history_words = [Word("do", -2.5, -2.2), Word("you", -2.0, -1.8), Word("know", -1.0, -0.5)]
+    assert all(len(m.word_ids(x)) == 1 for x in ("do", "you", "know"))
+    h, _ = m.speaker_steps(seg)
+    assert h == [m.vocab.bos] + m.word_ids("you") + m.word_ids("know")
+
+
+def test_loss_masks(model):
+    v = model.vocab
+    seg = hand_segment()
+    codes = np.array([3, 7, 11])
+    S = model.build_sequence(seg, codes)
+    pos = np.nonzero(S.loss_mask)[0]
+    # stage 2 (Eq. 4): exactly the positions just before an LR token, target = its code
+    assert np.array_equal(pos + 1, np.array([i for i, t in enumerate(S.ids) if v.kind(t) == "LR"]))
+    assert S.targets[pos].tolist() == [3, 7, 11]
+    S1 = model.build_sequence(seg)
+    pos1 = np.nonzero(S1.loss_mask)[0]
+    nxt = [v.kind(t) for t in S1.ids[pos1 + 1]]
+    # stage 1 (Eq. 3): every W/SA/emo token of the steps is a target (not history, not markers)
+    assert set(nxt) == {"W", "SA", "emo"}
+    n_words = len(model.word_ids("hi") + model.word_ids("there") + model.word_ids("friend"))
+    assert len(pos1) == n_words + 40 + 3                        # W of the steps + 40 SA + 3 emo
+    assert np.array_equal(S1.targets[pos1], S1.ids[pos1 + 1])
+    assert pos1.min() >= S1.n_prefix - 1 and not S1.loss_mask[:S1.n_prefix - 1].any()
+    b = collate([S, S1], v.pad)
+    assert b["input_ids"].shape == (2, len(S.ids)) and (b["targets"][1, len(S1.ids):] == IGNORE).all()
+    assert b["attention_mask"].sum().item() == len(S.ids) + len(S1.ids)
+
+
+def test_bad_inputs(model, tok):
+    seg = hand_segment()
+    with pytest.raises(ValueError, match=r"lr_codes: expected codes in \[0, V_LR=16\), got 16"):
+        model.build_sequence(seg, [1, 16, 2])
+    with pytest.raises(ValueError, match=r"lr_codes: expected at most T // r = 24 // 8 = 3 codes"):
+        model.build_sequence(seg, [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="1-D integer"):
+        model.build_sequence(seg, np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="unknown modality 'audio'"):
+        tiny_gpt2(tok, modalities="W+audio")
+    bad = hand_segment()
+    bad.sa_tokens = np.full(40, 32)                   # outside the SA codebook (n_sa = 32)
+    with pytest.raises(ValueError, match=r"sa_tokens: expected token ids in \[0, 32\).*got 32"):
+        model.build_sequence(bad)
+    bad = hand_segment()
+    bad.emotion = np.full((24, 7), 1 / 7)
+    with pytest.raises(ValueError, match=r"emotion: expected per-frame probabilities of shape \(T, 8\).*got \(24, 7\)"):
+        model.build_sequence(bad)
+    bad.emotion = np.full((24, 8), 0.2)
+    with pytest.raises(ValueError, match="rows summing to 1"):
+        model.build_sequence(bad)
+    bad = hand_segment()
+    bad.words = [Word("hi", 0.0, 2.0)]
+    with pytest.raises(ValueError, match=r"words\[0\] \('hi'\): expected end in \[0, 0.800\]"):
+        model.build_sequence(bad)
+
+
+# ----------------------------------------------------------------------------- decoding
+def _codes_by_teacher_forcing(model, history, steps, codes, max_len=None):
+    """argmax of the LR head at every LR slot of the chunked full sequences built with ``codes``."""
+    plan = model.context_plan(history, steps, max_len=max_len)
+    out = []
+    for i in range(len(steps)):
+        ids = model.context_ids(history, steps, codes, i, plan[i])
+        out.append(int(model.lr_logits(torch.tensor([ids]))[0, -1].argmax()))
+    return out
+
+
+def test_generate_reference_is_causal_and_consistent(model):
+    history, steps = model.speaker_steps(hand_segment())
+    codes = model.generate_reference(history, steps)
+    assert len(codes) == 3 and all(0 <= c < 16 for c in codes)
+    # one full forward over S built from the generated codes gives the same argmaxes at LR slots
+    # (the output at each slot only depends on earlier tokens)
+    S = model.build_sequence(hand_segment(), codes)
+    with torch.no_grad():
+        logits = model.lr_logits(torch.from_numpy(S.ids)[None])[0]
+    assert logits[torch.from_numpy(S.loss_mask)].argmax(-1).tolist() == codes
+    assert model.generate(hand_segment()).tolist() == codes
+
+
+def test_sliding_context_policy(tok):
+    m = tiny_gpt2(tok, max_len=60).eval()               # each step is ~20 tokens: forces sliding
+    seg = Segment(np.zeros((96, 56)), np.zeros((96, 56)), FPS, name="long",
+                  words=[Word(WORDS[i % len(WORDS)], 0.2 * i, 0.2 * i + 0.1) for i in range(15)],
+                  history_words=[Word("well", -1.0, -0.5)], sa_tokens=np.arange(160) % 9,
+                  emotion=_probs(96, np.arange(96) // 8 % 8))
+    history, steps = m.speaker_steps(seg)
+    plan = m.context_plan(history, steps)
+    assert plan[0] == 0 and all(a <= b for a, b in zip(plan, plan[1:])) and plan[-1] > 0
+    codes = list(range(12))
+    for i, j in enumerate(plan):
+        assert len(m.context_ids(history, steps, codes, i, j)) + 1 <= 60
+    # a later context starts with <bos> + the words of the dropped steps as history
+    j = plan[-1]
+    pre = m._prefix(history, steps, j)
+    dropped_words = [t for s in steps[:j] for t in s if m.vocab.kind(t) == "W"]
+    assert pre[0] == m.vocab.bos and pre[1:] == (history[1:] + dropped_words)[-m.config.history_tokens:]
+    # training chunks: every step predicted exactly once, with the context inference uses
+    seqs = m.build_sequences(seg, codes)
+    assert len(seqs) == len(set(plan)) > 1
+    assert sum((s.targets != IGNORE).sum() for s in seqs) == 12
+    for s in seqs:
+        assert len(s.ids) <= 60
+    with pytest.raises(ValueError, match="exceeds the context"):
+        m.build_sequence(seg, codes)
+    gen = m.generate_reference(history, steps)
+    assert gen == _codes_by_teacher_forcing(m, history, steps, gen)
+    with pytest.raises(ValueError, match="do not fit the context"):
+        m.context_plan(history, steps, max_len=10)
+
+
+def test_lr_noise_only_touches_lr_inputs(model):
+    S = model.build_sequence(hand_segment(), [3, 7, 11])
+    ids = torch.from_numpy(np.tile(S.ids, (64, 1)))
+    noisy = model.noise_lr_inputs(ids, 0.5, torch.Generator().manual_seed(0))
+    changed = noisy != ids
+    is_lr = (ids >= model.vocab.lr_offset) & (ids < model.vocab.sa_offset)
+    assert not changed[~is_lr].any()
+    assert 0.3 < changed[is_lr].float().mean() < 0.6        # ~0.5 * (1 - 1/16)
+    assert ((noisy[is_lr] >= model.vocab.lr_offset) & (noisy[is_lr] < model.vocab.sa_offset)).all()
+    assert torch.equal(model.noise_lr_inputs(ids, 0.0), ids)
+
+
+# ----------------------------------------------------------------------------- persistence
+def test_save_load_roundtrip(model, tmp_path):
+    model.save_pretrained(tmp_path / "ck")
+    assert {p.name for p in (tmp_path / "ck").iterdir()} >= {"config.json", "model.safetensors", "tokenizer"}
+    m2 = ListenerLM.from_pretrained(tmp_path / "ck").eval()
+    assert m2.vocab == model.vocab and m2.config == model.config
+    S = model.build_sequence(hand_segment(), [1, 2, 3])
+    x = torch.from_numpy(S.ids)[None]
+    with torch.no_grad():
+        assert torch.allclose(model.lr_logits(x), m2.lr_logits(x), atol=1e-6)
+    assert m2.build_sequence(hand_segment(), [1, 2, 3]).ids.tolist() == S.ids.tolist()
+
+
+def test_checkpoint_tokenizer_mismatch(model, tmp_path):
+    model.save_pretrained(tmp_path / "ck")
+    other = train_word_tokenizer(WORDS + ["extra", "words", "here", "zebra", "quartz"], vocab_size=400)
+    shutil.rmtree(tmp_path / "ck" / "tokenizer")
+    other.save_pretrained(str(tmp_path / "ck" / "tokenizer"))
+    with pytest.raises(ValueError, match="tokenizer has .* tokens but the checkpoint's vocabulary was built for"):
+        ListenerLM.from_pretrained(tmp_path / "ck")
+    with pytest.raises(FileNotFoundError, match="missing config.json"):
+        ListenerLM.from_pretrained(tmp_path / "nothing")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["format"] = "something-else"
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="expected a minilisten.ListenerLM checkpoint"):
+        ListenerLM.from_pretrained(tmp_path / "ck")
+
+
+def test_gpt2_backbone_by_path(tok, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    bb = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=1, n_head=2))
+    bb.save_pretrained(tmp_path / "gpt2-tiny")
+    tok.save_pretrained(str(tmp_path / "gpt2-tiny"))
+    m = ListenerLM.from_backbone(str(tmp_path / "gpt2-tiny"), modalities="W+emo", n_lr=16, n_sa=32)
+    assert m.max_len == 128 and m.modalities == ("W", "emo")
+    assert torch.equal(m.backbone.get_input_embeddings().weight[:len(tok)], bb.get_input_embeddings().weight)
+    with pytest.raises(OSError, match="could not load a causal LM"):
+        ListenerLM.from_backbone(str(tmp_path / "no-such-model"))
+
+
+def test_llama_lora(tok, tmp_path):
+    pytest.importorskip("peft")
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    bb = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256))
+    bb.save_pretrained(tmp_path / "llama-tiny")
+    tok.save_pretrained(str(tmp_path / "llama-tiny"))
+    m = ListenerLM.from_backbone(str(tmp_path / "llama-tiny"), lora=True, lora_r=4, n_lr=16, n_sa=32)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and "lr_head.weight" in trainable
+    assert any("trainable_tokens_delta" in n for n in trainable)
+    assert not any(n.endswith("q_proj.base_layer.weight") or "embed_tokens.token_adapter.base_layer" in n for n in trainable)
+    emb_before = m.backbone.get_input_embeddings()(torch.arange(len(tok))).detach().clone()
+    seqs = [m.build_sequence(hand_segment(), [1, 2, 3])]
+    batch = collate(seqs, m.vocab.pad)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss, _ = m.loss(batch, 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    new_rows = torch.arange(m.vocab.n_words, m.vocab.size)
+    assert torch.equal(m.backbone.get_input_embeddings()(torch.arange(len(tok))), emb_before)   # words frozen
+    l1, _ = m.loss(collate([m.build_sequence(hand_segment())], m.vocab.pad), 1)  # stage 1 through lm_head
+    assert torch.isfinite(l1)
+    assert m.backbone.get_input_embeddings()(new_rows).shape == (len(new_rows), 32)
+    m.eval()
+    m.save_pretrained(tmp_path / "ck")
+    m2 = ListenerLM.from_pretrained(tmp_path / "ck").eval()
+    x = torch.from_numpy(seqs[0].ids)[None]
+    with torch.no_grad():
+        ref = m.lr_logits(x)
+        assert torch.allclose(ref, m2.lr_logits(x), atol=1e-5)
+        merged = m.merged_backbone()
+        h = getattr(merged, merged.base_model_prefix)(input_ids=x).last_hidden_state
+        assert torch.allclose(m.lr_head(h), ref, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- training
+def _tiny_corpus():
+    from minilisten.data import synthetic_corpus
+    return synthetic_corpus(seed=0, n_identities=2, n_segments=12, seconds=8)
+
+
+def test_training_loss_decreases(tok):
+    c = _tiny_corpus()
+    bb, t = default_backbone([w.text for s in c.train for w in s.words + s.history_words], n_layer=1, n_embd=32,
+                             n_head=2, n_positions=512)
+    m = ListenerLM(bb, t, LMConfig(n_lr=16))
+    codes = [np.arange(s.T // 8) % 16 for s in c.train]       # a learnable pattern
+    seqs = [m.build_sequence(s.window(0, 96), c_[:12]) for s, c_ in zip(c.train[:4], codes)]
+    batch = collate(seqs, m.vocab.pad)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, betas=(0.5, 0.99))
+    losses = []
+    for _ in range(15):
+        loss, _ = m.loss(batch, 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    s1 = collate([m.build_sequence(s.window(0, 96)) for s in c.train[:4]], m.vocab.pad)
+    l0 = m.loss(s1, 1)[0].item()
+    for _ in range(10):
+        loss, _ = m.loss(s1, 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < l0
+
+
+def test_train_lm_function_and_cli(tmp_path):
+    from minilisten.train_lm import lr_accuracy, main, motion_kmeans_codes, train_lm
+    c = _tiny_corpus()
+    tr, (va,) = motion_kmeans_codes(c.train, [c.val], k=16, iters=3)
+    m = train_lm(c.train, c.val, tr, va, stage=2, modalities="W+emo", steps=4, window=48, eval_every=2,
+                 val_windows=4, progress=False, n_lr=16, backbone=dict(n_layer=1, n_embd=32, n_head=2),
+                 out_dir=tmp_path / "fn", log=None)
+    assert m.modalities == ("W", "emo") and len(m.train_log) == 2
+    acc = lr_accuracy(m, c.val, va, window=48, max_windows=4)
+    assert 0.0 <= acc <= 1.0 and acc == pytest.approx(m.train_log[-1]["acc"])
+    with pytest.raises(ValueError, match=r"lr_codes_train\[0\] .*expected shape \(T // r,\)"):
+        train_lm(c.train, c.val, [x[:-1] for x in tr], va, stage=2, steps=1, model=m, progress=False)
+    with pytest.raises(ValueError, match="stage 2: expected LR codes"):
+        train_lm(c.train, c.val, None, None, stage=2, steps=1, model=m, progress=False)
+    with pytest.raises(ValueError, match=r"expected codes < V_LR = 16"):
+        train_lm(c.train, c.val, [x + 16 for x in tr], va, stage=2, steps=1, model=m, progress=False)
+    def args(steps, eval_every=1):
+        return ["--identities", "2", "--segments", "12", "--seconds", "8", "--steps", str(steps), "--window", "48",
+                "--eval-every", str(eval_every), "--val-windows", "2", "--n-layer", "1", "--n-embd", "32",
+                "--n-head", "2", "--n-lr", "16", "--no-progress"]
+    assert main(["--stage", "1", "--out", str(tmp_path / "s1"), *args(2)]) == 0
+    assert main(["--stage", "2", "--init", str(tmp_path / "s1"), "--out", str(tmp_path / "s2"), *args(2)]) == 0
+    s1 = ListenerLM.from_pretrained(tmp_path / "s1")
+    s2 = ListenerLM.from_pretrained(tmp_path / "s2")
+    assert s2.vocab == s1.vocab and s2.vocab.n_lr == 16
+    # resume: continue the stage-2 run to 4 steps
+    assert main(["--stage", "2", "--out", str(tmp_path / "s2"), "--resume", *args(4, eval_every=2)]) == 0
+    st = json.loads((tmp_path / "s2" / "train_state.json").read_text())
+    assert st["info"]["step"] == 4 and st["info"]["stage"] == 2
+    with pytest.raises(ValueError, match="holds a stage-2 run"):
+        main(["--stage", "1", "--out", str(tmp_path / "s2"), "--resume", *args(4)])
+    with pytest.raises(ValueError, match="V_LR = 16 but the LR codes come from a codebook of 32"):
+        main(["--stage", "2", "--init", str(tmp_path / "s1"), "--out", str(tmp_path / "s3"), *args(1)[:-3],
+              "--n-lr", "32", "--no-progress"])
