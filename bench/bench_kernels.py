@@ -7,7 +7,8 @@ Also ``run(quick, device) -> list[dict]`` (called by ``python -m minilisten.benc
 Providers, in one run, forward and forward+backward where the op has a backward:
 - nearest_code (fwd: idx, squared distance and z_q): eager ``torch.cdist`` + ``min`` + gather;
   ``torch.compile`` of the reference (fp32 ``||c||^2 - 2 z.c`` + argmin + gather); Triton
-  (fp32: "ieee", the parity default, and "tf32x3").
+  (fp32: "ieee", the parity default, and "tf32x3"); Triton + ``code_stats`` (the EMA histogram,
+  unfused: its extra time bounds what fusing it could save); a few other Triton tile configs.
 - norm_act (AdaIN (B, C) scale/shift, ReLU, residual): eager unfused ``F.instance_norm`` + affine +
   ReLU + add; ``torch.compile`` of the reference; Triton.
 Sizes on CUDA are the paper's (d = 512, K = 256 / 1024, N up to 65,536; C = 512, B = 256,
@@ -16,12 +17,18 @@ GB/s counts the bytes an ideal kernel must move (inputs read once, outputs writt
 memory bound is those bytes at the copy bandwidth measured in the same run. On CPU the Triton
 timings need CUDA, so only the reference paths run, at reduced sizes (quick: ~30 s).
 Results are written as JSON under bench/results/ with the device name, date and versions.
+
+    python3 bench/bench_kernels.py --aot 90,80 [--full]
+
+compiles every kernel for those NVIDIA archs on any machine (no GPU) at the launch configs the host
+code picks, and prints ptxas registers / spill bytes / shared memory (``aot_check``).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import json
+import os
 import platform
 import statistics
 import sys
@@ -129,6 +136,9 @@ def bench_nearest(device, quick, bw, compile_ok):
                 providers.append(("compile", lambda: compiled(z, cb)))
             if device.type == "cuda":
                 providers.append(("triton", lambda: K.quantize(z, cb, use_triton=True)))
+                # + the unfused EMA histogram (code_stats): what a fused one could save at most
+                providers.append(("triton+stats", lambda: K.code_stats(
+                    K.quantize(z, cb, use_triton=True)[0], z, Kc)))
                 if dtype == torch.float32:
                     providers.append(("triton-tf32x3",
                                       lambda: K.quantize(z, cb, use_triton=True, precision="tf32x3")))
@@ -205,6 +215,104 @@ def bench_norm(device, quick, bw, compile_ok):
 
 
 # ------------------------------------------------------------------------------------------------
+# ahead-of-time compile check (no GPU needed)
+
+
+def aot_check(archs=(90,), full: bool = False) -> list[dict]:
+    """Compile the kernels for NVIDIA ``archs`` (e.g. 90 = H100, 80 = A100) on any machine, with
+    the launch configs the host code picks at the paper's sizes, and report ptxas registers and
+    spill bytes. Catches what the CPU interpreter tolerates but the GPU compiler rejects. Mirrors
+    the JIT's specialization (ints == 1 -> constexpr, ints and pointers % 16 == 0 -> divisibility).
+    Needs a process without TRITON_INTERPRET (the kernels must be real JIT functions)."""
+    import importlib
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    NC = importlib.import_module("minilisten.kernels.nearest_code")
+    NA = importlib.import_module("minilisten.kernels.norm_act")
+    if type(NC._nearest_code_kernel).__name__ != "JITFunction":
+        raise RuntimeError("aot_check: kernels are interpreted; run without TRITON_INTERPRET=1")
+    tt = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+    def compile_one(fn, args, consts, arch, num_warps, num_stages=3):
+        sig, cx, div = {}, dict(consts), []
+        for name, v in args.items():
+            if isinstance(v, str):  # a pointer: torch allocations are 16-byte aligned
+                sig[name] = v
+                div.append(name)
+            elif isinstance(v, float):
+                sig[name] = "fp32"
+            elif v == 1:
+                cx[name] = 1
+            else:
+                sig[name] = "i32"
+                div += [name] if v % 16 == 0 else []
+        sig.update({k: "constexpr" for k in cx})
+        sig = {n: sig[n] for n in fn.arg_names if n in sig}
+        attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div}
+        k = triton.compile(ASTSource(fn, sig, cx, attrs), target=GPUTarget("cuda", arch, 32),
+                           options=dict(num_warps=num_warps, num_stages=num_stages))
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(k.asm["ptx"])
+        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        out = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", f.name, "-o",
+                              os.devnull], capture_output=True, text=True).stderr
+        os.unlink(f.name)
+        regs = re.search(r"Used (\d+) registers", out)
+        spill = re.search(r"(\d+) bytes spill stores", out)
+        return dict(regs=int(regs.group(1)) if regs else None,
+                    spill_bytes=int(spill.group(1)) if spill else None, smem=k.metadata.shared)
+
+    rows = []
+    dtypes = [(torch.float32, "ieee"), (torch.bfloat16, None)]
+    if full:
+        dtypes.insert(1, (torch.float32, "tf32x3"))
+    for arch in archs:
+        for dtype, prec in dtypes:
+            t = tt[dtype]
+            for N, Kc, D in ([(65536, 1024, 512), (300, 37, 5)] if full else [(65536, 1024, 512)]):
+                cfg = NC.nearest_code_config(N, Kc, D, dtype, torch.device("cpu"), (arch // 10, arch % 10))
+                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+                r = compile_one(NC._sqnorm_kernel, dict(CB="*" + t, CN="*fp32", K=Kc, D=D, stride_ck=D),
+                                dict(BLOCK_R=32, BLOCK_D=cfg["BLOCK_D"]), arch, 4)
+                rows.append(dict(arch=arch, kernel="sqnorm", dtype=t, shape=f"K={Kc} d={D}", **r))
+                args = dict(Z="*" + t, CB="*" + t, CN="*fp32", IDX="*i64", DIST="*fp32", ZQ="*" + t,
+                            N=N, K=Kc, D=D, stride_zn=D, stride_ck=D)
+                consts = dict(PRECISION=prec, WRITE_ZQ=True, DOT_FP32=False, **cfg)
+                r = compile_one(NC._nearest_code_kernel, args, consts, arch, nw, ns)
+                rows.append(dict(arch=arch, kernel=f"nearest_code[{prec or t}]", dtype=t,
+                                 shape=f"N={N} K={Kc} d={D}", config=f"{cfg} w={nw}", **r))
+            norm_shapes = [(256, 512, 240), (256, 512, 30), (2, 3, 5000)] if full else [(256, 512, 30)]
+            for B, C, T in norm_shapes if prec != "tf32x3" else []:  # norm_act: once per dtype
+                cfg = NA.norm_act_config(T)
+                nw = cfg.pop("num_warps")
+                common = dict(n_rows=B * C, C=C, T=T, stride_xb=C * T, stride_xc=T, stride_xt=1,
+                              stride_sb=C, stride_sc=1, stride_hb=C, stride_hc=1)
+                fwd = dict(X="*" + t, S="*fp32", H="*fp32", R="*" + t, Y="*" + t, MEAN="*fp32",
+                           RSTD="*fp32", **common, stride_rb=C * T, stride_rc=T, stride_rt=1, eps=1e-5)
+                r = compile_one(NA._norm_act_fwd_kernel, fwd, dict(HAS_RES=True, RELU=True, **cfg), arch, nw)
+                rows.append(dict(arch=arch, kernel="norm_act_fwd", dtype=t, shape=f"B={B} C={C} T={T}",
+                                 config=f"{cfg} w={nw}", **r))
+                bwd = dict(X="*" + t, DY="*" + t, S="*fp32", H="*fp32", MEAN="*fp32", RSTD="*fp32",
+                           DX="*" + t, DS="*fp32", DH="*fp32", **common, stride_db=C * T,
+                           stride_dc=T, stride_dt=1)
+                bwd = {n: bwd[n] for n in NA._norm_act_bwd_kernel.arg_names if n in bwd}
+                r = compile_one(NA._norm_act_bwd_kernel, bwd, dict(RELU=True, **cfg), arch, nw)
+                rows.append(dict(arch=arch, kernel="norm_act_bwd", dtype=t, shape=f"B={B} C={C} T={T}",
+                                 config=f"{cfg} w={nw}", **r))
+    for r in rows:
+        print(f"sm_{r['arch']} {r['kernel']:22} {r['dtype']:5} {r['shape']:22} regs {r['regs']} "
+              f"spill {r['spill_bytes']} B smem {r['smem']} B {r.get('config', '')}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
 # report
 
 
@@ -251,6 +359,12 @@ def environment(device) -> dict:
         info["cuda"] = torch.version.cuda
     else:
         info["device"] = platform.processor() or platform.machine()
+        try:  # Linux: the CPU's model name
+            with open("/proc/cpuinfo") as f:
+                info["device"] = next(ln.split(":", 1)[1].strip() for ln in f
+                                      if ln.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
         info["cpu_threads"] = torch.get_num_threads()
     return info
 
@@ -296,7 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer sizes, shorter timing")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ap.add_argument("--out", default=str(RESULTS), help="folder for the JSON results")
+    ap.add_argument("--aot", default=None, metavar="ARCHS",
+                    help="only compile the kernels for these NVIDIA archs (e.g. 90,80; no GPU "
+                         "needed) and print ptxas registers/spills; with --full, more variants")
+    ap.add_argument("--full", action="store_true", help="with --aot: more shapes and precisions")
     args = ap.parse_args(argv)
+    if args.aot:
+        aot_check([int(a) for a in args.aot.replace("sm_", "").split(",")], full=args.full)
+        return 0
     rows = run(args.quick, args.device)
     print(f"# results: {save(rows, args.out)}")
     return 0

@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 python3 --version
 if ! python3 -c 'import torch' 2>/dev/null; then
   echo "torch missing: pip install torch triton"
-  python3 -m pip install -q torch triton || { echo "FATAL: cannot install torch"; exit 1; }
+  python3 -m pip install -q torch triton || { echo "FATAL: cannot install torch"; status=1; exit 1; }
 fi
 python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "| gpu:", torch.cuda.is_available() and torch.cuda.get_device_name())'
 

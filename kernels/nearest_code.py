@@ -49,7 +49,7 @@ def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int =
     with torch.no_grad():
         cn = (cf * cf).sum(1)
         rows = max(1, chunk_elems // max(1, codebook.shape[0]))
-        idx = torch.cat([(cn[None] - 2.0 * zf[i:i + rows] @ cf.t()).argmin(1)
+        idx = torch.cat([torch.addmm(cn[None], zf[i:i + rows], cf.t(), alpha=-2.0).argmin(1)
                          for i in range(0, z.shape[0], rows)])
         if first_of_duplicates:
             _, inv = torch.unique(codebook, dim=0, return_inverse=True)  # (K,) duplicate class
@@ -176,9 +176,9 @@ def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torc
     """Launch configuration. Block sizes are powers of two >= 16 (tl.dot). The tiles were chosen
     so that ptxas (Triton 3.9) reports no register spills at d = 512 on sm_90 and sm_80; fp32
     "ieee" runs on the FMA units, where registers grow with BLOCK_D."""
-    if INTERPRET:  # the interpreter's cost is per operation: few, large steps
-        return dict(BLOCK_N=128, BLOCK_K=min(128, max(16, next_pow2(K))),
-                    BLOCK_D=min(64, max(16, next_pow2(D))))
+    if INTERPRET:  # the interpreter's cost is per operation: few, large programs
+        return dict(BLOCK_N=min(2048, max(128, next_pow2(triton.cdiv(N, 4)))),
+                    BLOCK_K=min(128, max(16, next_pow2(K))), BLOCK_D=min(64, max(16, next_pow2(D))))
     sms, cap = _device_info(device)
     cap = capability or cap
     low = dtype in (torch.bfloat16, torch.float16)
@@ -207,11 +207,12 @@ def _nearest_code_triton(z, codebook, precision, write_zq, config=None):
     dist = torch.empty(N, dtype=torch.float32, device=dev)
     zq = torch.empty((N, D), dtype=z.dtype, device=dev) if write_zq else dist
     cfg = dict(config or nearest_code_config(N, K, D, z.dtype, dev))
-    if INTERPRET:  # the interpreter ignores warps/stages
+    if INTERPRET:  # the interpreter takes no warps/stages
         cfg.pop("num_warps", None), cfg.pop("num_stages", None)
     with device_guard(z):
-        _sqnorm_kernel[(triton.cdiv(K, 32),)](codebook, cn, K, D, codebook.stride(0),
-                                              BLOCK_R=32, BLOCK_D=cfg["BLOCK_D"])
+        block_r = min(1024, next_pow2(K)) if INTERPRET else 32
+        _sqnorm_kernel[(triton.cdiv(K, block_r),)](codebook, cn, K, D, codebook.stride(0),
+                                                   BLOCK_R=block_r, BLOCK_D=cfg["BLOCK_D"])
         _nearest_code_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
             z, codebook, cn, idx, dist, zq, N, K, D, z.stride(0), codebook.stride(0),
             PRECISION=precision if z.dtype == torch.float32 else None, WRITE_ZQ=write_zq,

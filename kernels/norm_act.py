@@ -30,6 +30,7 @@ if HAS_TRITON:
 
 MAX_BLOCK_T = 4096  # longer rows are processed in chunks (three passes over x instead of one)
 TILE = 2048  # elements per program (ROWS * BLOCK_T) when rows are short: 8 per thread at 8 warps
+TILE_INTERPRET = 1 << 15  # the interpreter's cost is per operation: few, large programs
 
 # ------------------------------------------------------------------------------------------------
 # torch reference
@@ -225,6 +226,8 @@ if HAS_TRITON:
 def norm_act_config(T: int) -> dict:
     """ROWS x BLOCK_T tile per program: about TILE elements, whole rows when T <= MAX_BLOCK_T."""
     block_t = min(next_pow2(T), MAX_BLOCK_T)
+    if INTERPRET:
+        return dict(ROWS=max(1, TILE_INTERPRET // block_t), BLOCK_T=block_t, ONE_TILE=T <= block_t)
     rows = max(1, min(128, TILE // block_t))
     num_warps = 8 if rows * block_t >= 2048 else 4  # ptxas: <= 80 registers, no spills (sm_90)
     return dict(ROWS=rows, BLOCK_T=block_t, ONE_TILE=T <= block_t, num_warps=num_warps)
@@ -235,13 +238,6 @@ def _param_strides(p: torch.Tensor):
     return (0, p.stride(0)) if p.dim() == 1 else (p.stride(0), p.stride(1))
 
 
-def _launch_cfg(T):
-    cfg = norm_act_config(T)
-    if INTERPRET:
-        cfg.pop("num_warps")
-    return cfg
-
-
 def _norm_act_fwd(x, scale, shift, residual, relu, eps):
     B, C, T = x.shape
     n_rows = B * C
@@ -249,7 +245,7 @@ def _norm_act_fwd(x, scale, shift, residual, relu, eps):
     mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     r = residual if residual is not None else x
-    cfg = _launch_cfg(T)
+    cfg = norm_act_config(T)
     grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
     with device_guard(x):
         _norm_act_fwd_kernel[grid](
@@ -265,7 +261,7 @@ def _norm_act_bwd(dy, x, scale, shift, mean, rstd, relu):
     dx = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
     ds = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     dh = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    cfg = _launch_cfg(T)
+    cfg = norm_act_config(T)
     grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
     with device_guard(x):
         _norm_act_bwd_kernel[grid](
@@ -287,6 +283,7 @@ class NormActFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward through the kernels
     def backward(ctx, dy):
         x, scale, shift, mean, rstd = ctx.saved_tensors
         dx, ds, dh = _norm_act_bwd(dy, x, scale, shift, mean, rstd, ctx.relu)

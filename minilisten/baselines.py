@@ -299,7 +299,8 @@ class SentenceEmbedder:
         order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths share a batch
         out = []
         with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
+            for i in tqdm(range(0, len(texts), self.batch_size), desc=f"embedding ({self.path.name})",
+                          leave=False, disable=len(texts) <= self.batch_size):
                 batch = [texts[j] for j in order[i:i + self.batch_size]]
                 b = self.tokenizer(batch, padding=True, truncation=True,
                                    max_length=self.max_len, return_tensors="pt").to(self.device)

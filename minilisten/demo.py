@@ -183,7 +183,7 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
 # ----------------------------------------------------------------------------- demo
 def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool = True) -> dict:
     """Run the whole pipeline; returns (and writes) the tables as a dict."""
-    from .baselines import NNFacialMotion, NNSpeechContent, RandomListener, RandomWalk
+    from .baselines import NNFacialMotion, NNSpeechContent, RandomListener, RandomWalk, predict_all
     from .data import synthetic_corpus
     from .metrics import ValenceRegressor
     from .train_lm import train_lm, vqvae_codes
@@ -256,11 +256,10 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
         "NN speech content": NNSpeechContent(seed=cfg.seed),
     }
     for name, b in baselines.items():
-        b.fit(corpus.train)
-        preds[name] = [b.predict(c) for c in clips]
+        preds[name] = predict_all(b.fit(corpus.train), clips)
     emb = baselines["NN speech content"].embedding_name
-    preds["Naive random walk"] = [RandomWalk(vq["naive"], seed=cfg.seed).predict(c) for c in clips]
-    preds["Ours random walk"] = [RandomWalk(vq["disentangled"], seed=cfg.seed).predict(c) for c in clips]
+    preds["Naive random walk"] = predict_all(RandomWalk(vq["naive"], seed=cfg.seed), clips)
+    preds["Ours random walk"] = predict_all(RandomWalk(vq["disentangled"], seed=cfg.seed), clips)
     gen_codes = {}
     for name, (m, p) in combos.items():
         gen_codes[name], preds[name] = generate_motion(lms[name], vq[p], clips, cfg.decode_batch)
@@ -355,7 +354,7 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--out", help="write results JSON here")
     a = p.parse_args(argv)
-    from .baselines import NNFacialMotion, RandomListener
+    from .baselines import NNFacialMotion, RandomListener, predict_all
     from .data import load_dataset, synthetic_corpus
     from .lm import ListenerLM
     from .metrics import ValenceRegressor
@@ -372,8 +371,8 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     have_val = all(c.valence is not None for c in clips) and all(s.valence is not None for s in ds.train)
     valence = ValenceRegressor().fit([s.listener_motion for s in ds.train], [s.valence for s in ds.train]) \
         if have_val else None
-    preds = {"Random": [RandomListener(seed=a.seed).fit(ds.train).predict(c) for c in clips],
-             "NN facial motion": [NNFacialMotion(seed=a.seed).fit(ds.train).predict(c) for c in clips]}
+    preds = {"Random": predict_all(RandomListener(seed=a.seed).fit(ds.train), clips),
+             "NN facial motion": predict_all(NNFacialMotion(seed=a.seed).fit(ds.train), clips)}
     preds["model"] = generate_motion(lm, vq, clips, a.batch)[1]
     from .metrics import evaluate_clips
     rows = {}

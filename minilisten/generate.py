@@ -402,9 +402,11 @@ class Generator(_Greedy):
 
     ``max_len``: context length per stream, default ``lm.max_len`` (the LM's sliding-window policy
     uses the same number). ``compile``: ``torch.compile`` the forward (``fullgraph``; the block width
-    S and the key window K are dynamic sizes, so one compilation serves every length; on CUDA with
-    CUDA graphs, ``mode="reduce-overhead"``, unless ``cudagraphs=False``: one graph is recorded per
-    (S, K) pair). ``buckets``: block widths a step is padded to; default ``BUCKETS`` on CUDA (padding
+    S and the key window K are dynamic sizes, so one compilation serves every length). ``True``: on
+    CUDA ``mode="reduce-overhead"`` (CUDA graphs, one recorded per (S, K) pair; ``cudagraphs=False``
+    turns them off), on CPU inductor with frozen weights; ``"max-autotune"``: also autotune the
+    matmuls (on CPU: inductor's C++ GEMM templates, which beat MKL at these small row counts; longer
+    compile). ``buckets``: block widths a step is padded to; default ``BUCKETS`` on CUDA (padding
     is nearly free there and bounds the number of CUDA graphs), ``None`` = no padding beyond the
     longest row (CPU, where compute scales with S). ``chunk``: prefills are fed in blocks of at most
     this many tokens. ``kv_block``: the key window grows in multiples of this (default 128 on CUDA,
@@ -412,7 +414,7 @@ class Generator(_Greedy):
     """
 
     def __init__(self, lm, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None,
-                 device=None, compile: bool = False, cudagraphs: bool | None = None,
+                 device=None, compile: bool | str = False, cudagraphs: bool | None = None,
                  buckets: Sequence[int] | None | str = "auto", chunk: int = 64, kv_block: int | None = None):
         if not (isinstance(batch, int) and batch >= 1):
             raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
@@ -429,11 +431,19 @@ class Generator(_Greedy):
         self.chunk, self.kv_block = chunk, kv_block or (128 if cuda else 32)
         self.key_pos = torch.arange(self.max_len, device=self.device)
         self.host_pos = [0] * batch           # mirror of model.pos, known without a device sync
-        self._fwd, self._pin, self.compiled = self.model.forward, cuda, compile
+        self._fwd, self._pin, self.compiled = self.model.forward, cuda, bool(compile)
+        if compile not in (False, True, "max-autotune"):
+            raise ValueError(f"compile: expected False, True or 'max-autotune', got {compile!r}")
         if compile:
-            cudagraphs = cuda if cudagraphs is None else cudagraphs
-            self._fwd = torch.compile(self.model.forward, fullgraph=True,
-                                      mode="reduce-overhead" if cudagraphs else None)
+            auto = compile == "max-autotune"
+            if cuda:
+                graphs = cudagraphs is not False
+                mode = ("max-autotune" if graphs else "max-autotune-no-cudagraphs") if auto else \
+                    ("reduce-overhead" if graphs else None)
+                self._fwd = torch.compile(self.model.forward, fullgraph=True, mode=mode)
+            else:   # weights are a frozen snapshot: let inductor fold/prepack them
+                self._fwd = torch.compile(self.model.forward, fullgraph=True,
+                                          options={"freezing": True, "max_autotune": auto})
 
     # ------------------------------------------------------------------ state
     @property

@@ -46,7 +46,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -445,6 +445,8 @@ class ListenerLM(nn.Module):
                 raise ValueError(f"n_steps: expected len(lr_codes) = {codes.size}, got {n_steps}")
             n_steps = codes.size
         history, steps = self.speaker_steps(seg, n_steps)
+        if not steps:
+            raise ValueError(f"segment {seg.name!r}: T={seg.T} frames holds no LR step of r={self.config.r} frames")
         stage = 1 if codes is None else 2
         plan = self.context_plan(history, steps, with_lr=codes is not None)
         out = []

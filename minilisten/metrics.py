@@ -40,7 +40,7 @@ import numpy as np
 
 from .data.segment import D_MOTION, EXP, POSE
 
-__all__ = ["l2", "fd", "fd_split", "pfd", "variation", "diversity", "l2_affect", "perplexity",
+__all__ = ["l2", "fd", "fd_split", "pfd", "variation", "diversity", "diversity_pairs", "l2_affect", "perplexity",
            "vq_rec", "vq_commit", "clip_metrics", "evaluate_clips", "ValenceRegressor"]
 
 

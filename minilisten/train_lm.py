@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -155,21 +154,37 @@ def lr_accuracy(model: ListenerLM, segments: list[Segment], codes, window: int =
     return evaluate_lm(model, segments, codes, 2, window, max_windows)["acc"]
 
 
+@torch.no_grad()
+def free_running_accuracy(model: ListenerLM, segments: list[Segment], codes, window: int = 240,
+                          max_windows: int = 16) -> float:
+    """Greedy decoding from the speaker tokens alone (``generate_reference``; the model's own LR
+    tokens are fed back): fraction of generated codes equal to the ground truth."""
+    codes = _check_codes(segments, codes, model.config.r, "lr_codes")
+    r, hit, tot = model.config.r, 0, 0
+    for i, s0 in val_items(segments, window, r, max_windows):
+        gen = model.generate(segments[i].window(s0, window))
+        ref = codes[i][s0 // r: (s0 + window) // r]
+        hit += int((gen == ref).sum())
+        tot += ref.size
+    return hit / max(tot, 1)
+
+
 # ----------------------------------------------------------------------------- LR codes
 def motion_kmeans_codes(train_segments: list[Segment], other: list[list[Segment]] = (), k: int = 256, r: int = 8,
                         seed: int = 0, iters: int = 15) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """A VQ-VAE-free LR tokenization for experiments: the listener motion of each segment is
-    instance-normalized (per-coefficient mean/std over the segment, which removes the identity's
-    resting face and gain as the IN encoder does), then each group of ``r`` frames -> features
-    ``[mean (56), last - first (56)]`` standardized on the training set -> nearest of ``k``
-    k-means centroids. Returns ``(train_codes, [codes of each list in other])``."""
+    """A VQ-VAE-free LR tokenization for experiments: each segment's listener motion minus its
+    per-coefficient mean over the segment (removes the identity's resting face), in units of the
+    training set's per-coefficient std; each group of ``r`` frames -> features ``[mean (56),
+    last - first (56)]`` standardized on the training set -> nearest of ``k`` k-means centroids.
+    Returns ``(train_codes, [codes of each list in other])``."""
     from .speaker import _nearest_code, kmeans
 
+    centered = lambda s: torch.from_numpy(s.listener_motion[:s.T // r * r]).double()  # noqa: E731
+    scale = torch.cat([centered(s) - centered(s).mean(0) for s in train_segments]).std(0).clamp_min(1e-6)
+
     def feats(s: Segment) -> torch.Tensor:
-        n = s.T // r
-        m = torch.from_numpy(s.listener_motion[:n * r]).double()
-        m = (m - m.mean(0)) / m.std(0).clamp_min(1e-6)
-        g = m.view(n, r, -1)
+        m = centered(s)
+        g = ((m - m.mean(0)) / scale).view(m.shape[0] // r, r, -1)
         return torch.cat([g.mean(1), g[:, -1] - g[:, 0]], 1)
 
     tr = [feats(s) for s in train_segments]

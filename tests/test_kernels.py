@@ -124,6 +124,19 @@ def test_ties_resolve_to_lowest_index(dtype, use_triton):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nearest_small_blocks_many_tiles(dtype):
+    # the smallest legal tiles: 4 programs x 5 code tiles x 3 feature steps, all with masked tails
+    z, cb = _rand((50, 40), dtype, 30), _rand((70, 40), dtype, 31)
+    cb[65] = cb[3]  # a duplicate four tiles later
+    z[7] = cb[3]
+    cfg = dict(BLOCK_N=16, BLOCK_K=16, BLOCK_D=16)
+    idx, dist, zq = NC._nearest_code_triton(z, cb, "ieee", True, config=cfg)
+    _check_nearest(z, cb, idx, dist, zq)
+    assert idx[7].item() == 3
+
+
+@needs_triton
 def test_precision_modes_and_single_code():
     z, cb = _rand((50, 33), torch.float32, 1), _rand((70, 33), torch.float32, 2)
     for p in NC.PRECISIONS:
@@ -297,6 +310,15 @@ def test_norm_act_long_rows_chunked(dtype, shape, max_block):
         _compare_norm(*_norm_case(*shape, dtype, True, True, 11), True, f"chunked {shape}")
 
 
+@needs_triton
+def test_norm_act_many_programs():
+    # tiny tiles: 11 programs of 2 rows, the last one half empty
+    with mock.patch.object(NA, "TILE", 64), mock.patch.object(NA, "TILE_INTERPRET", 64):
+        assert NA.norm_act_config(20)["ROWS"] == 2
+        for ada in (True, False):
+            _compare_norm(*_norm_case(3, 7, 20, torch.float32, ada, True, 15), True, "many programs")
+
+
 @pytest.mark.parametrize("use_triton", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_norm_act_T1_edge(use_triton, dtype):
@@ -340,6 +362,11 @@ def test_norm_act_triton_fp32_finite_differences():
         f = lambda t: K.norm_act(t.view_as(x), scale, shift, relu=False, use_triton=True).pow(2).sum()
         num.view(-1)[idx] = (f(xp) - f(xm)) / (2 * eps)
     torch.testing.assert_close(gx, num, atol=2e-2, rtol=2e-2)
+    # the Triton backward is not differentiable again: double backward must fail loudly
+    y = K.norm_act(x, scale, shift, use_triton=True)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()
 
 
 @pytest.mark.parametrize("use_triton", [None, False])
@@ -408,6 +435,28 @@ def test_compile_traces_reference():
     torch.testing.assert_close(f(x, s, h, r), NA.norm_act_ref(x, s, h, r))
     q = torch.compile(lambda a, b: K.quantize(a, b), backend="eager", fullgraph=True)
     assert torch.equal(q(z, cb)[0], NC.quantize_ref(z, cb)[0])
+
+
+# ================================================================================================
+# GPU compiler without a GPU: what the interpreter tolerates but the compiler rejects
+
+
+def test_kernels_compile_for_sm90():
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("triton.backends.nvidia") is None:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
+    out = subprocess.run([sys.executable, str(script), "--aot", "90"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("sm_90")]
+    assert len(lines) == 8 and all(" regs " in ln for ln in lines), out.stdout
 
 
 # ================================================================================================
