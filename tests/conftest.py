@@ -11,6 +11,9 @@ import torch
 
 if os.environ.get("MINILISTEN_GPU_TESTS") != "1" and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Model tests (VQ-VAE, demo, ...) use the torch reference on CPU: the interpreter is ~100x
+    # slower. Kernel tests ask for the Triton path explicitly (use_triton=True).
+    os.environ.setdefault("MINILISTEN_KERNELS", "torch")
 
 torch.set_num_threads(2)
 
