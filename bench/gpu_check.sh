@@ -44,3 +44,12 @@ timeout 360 python3 bench/bench_kernels.py $bench_args --out "$RES" 2>&1 | tee "
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "KERNEL BENCHMARK FAILED"; status=1; }
 
 # --- decode benchmark (issue 6) ---
+# Fast decoding + streaming (minilisten/generate.py, streaming.py, bench.py). Budget: ~6 min.
+step "decode: CUDA-graph generator equals the reference decoder (fp32, tiny GPT-2 / LLaMA)"
+timeout 240 python3 -m pytest tests/test_generate.py -k cuda -q -rs -p no:cacheprovider 2>&1 | tee "$RES/gpu_decode_tests.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "DECODE TESTS FAILED"; status=1; }
+
+step "decode benchmark: GPT-2 Medium shape, random weights, bf16, batch 1 and 64 (python -m minilisten.bench)"
+decode_args=--quick; [ -n "${FULL:-}" ] && decode_args=
+timeout 480 python3 -m minilisten.bench --device cuda $decode_args --skip kernels --out "$RES" 2>&1 | tee "$RES/bench_decode.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "DECODE BENCHMARK FAILED"; status=1; }

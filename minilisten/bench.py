@@ -9,10 +9,13 @@ counts (words ~2.5/s, SA 50/s, emotion: ~20 speaker tokens per step), timed side
                  (``generate.HFDecoder``)
   (c) ours-eager ``generate.Generator``: compact forward + static KV cache, eager
   (d) ours-compiled  the same under ``torch.compile`` (CUDA: CUDA graphs, ``reduce-overhead``;
-                 CPU: inductor with frozen weights and its C++ GEMM templates, ``max-autotune``)
+                 CPU: inductor's C++ code with frozen weights). On CPU the full run adds
+                 "(d) compiled bf16": the same with bf16 weights (AMX where the CPU has it), a
+                 different dtype than (a)-(c), shown with its agreement with their codes
 
 Scenarios: a full 8-s window (30 LR tokens) at batch 1 and at a large batch (64 on GPU, 4 on CPU),
-and a long stream (several context jumps of the LM's sliding window) at batch 1. Reported: LR
+a long stream (several context jumps of the LM's sliding window) at batch 1, and "W+emo": the
+8-s window at batch 1 without SA tokens (~5 tokens per step instead of ~20: a words + emotion LM). Reported: LR
 tokens/s (all streams), listener FPS (= 8 x LR tokens/s; frames produced per second of compute,
 all streams together), ms per step, and the speed-ups over (a) and (b). Then the step latency of
 ``StreamingListener.push`` (LM step + incremental VQ decode), and the kernel benchmark of
@@ -110,10 +113,15 @@ def build_vq(device="cpu", seed: int = 0, width: int = 512):
     return vq.to(device).eval()
 
 
-def streams(lm, batch: int, seconds: float, seed: int = 0):
+def streams(lm, batch: int, seconds: float, seed: int = 0, sa: bool = True):
+    """``batch`` random speaker streams as ``(histories, steps)`` (``lm.speaker_steps``), cut to the
+    same number of steps; ``sa=False`` drops the SA tokens (a words + emotion LM's steps)."""
+    v = lm.vocab
     hs, ss = [], []
     for k in range(batch):
         h, s = lm.speaker_steps(speaker_segment(seconds, seed=seed + k))
+        if not sa:
+            s = [[t for t in x if not (v.sa_start <= t <= v.sa_end or v.sa_offset <= t < v.emo_offset)] for x in s]
         hs.append(h)
         ss.append(s)
     n = min(len(s) for s in ss)
@@ -126,31 +134,46 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _rounds(fns: dict, reps: int, device) -> dict:
-    """Interleaved timing: warm-up once each, then ``reps`` rounds of every fn; seconds per call."""
+def _rounds(fns: dict, reps: int, device, warm=("b", "c", "d", "e"), progress=print) -> dict:
+    """Interleaved timing: one warm-up call of the fns in ``warm`` (compilation, caches; (a) needs
+    none), then ``reps`` rounds of every fn; seconds per call. A fn that raises is reported and dropped."""
     out = {k: [] for k in fns}
-    for k, f in fns.items():
-        f()
-    for _ in range(reps):
-        for k, f in fns.items():
+
+    def call(k):
+        try:
             _sync(device)
             t = time.perf_counter()
-            f()
+            fns[k]()
             _sync(device)
-            out[k].append(time.perf_counter() - t)
+            return time.perf_counter() - t
+        except Exception as e:   # e.g. out of memory: keep the other methods' numbers
+            progress(f"  {METHODS[k]} failed: {type(e).__name__}: {e}")
+            return None
+    for k in [k for k in fns if k in warm]:
+        if call(k) is None:
+            del fns[k], out[k]
+    for _ in range(reps):
+        for k in list(fns):
+            t = call(k)
+            if t is None:
+                del fns[k], out[k]
+            else:
+                out[k].append(t)
     return out
 
 
 def bench_decode(lm, device, batches=(1,), window_seconds: float = 8.0, long_seconds: float = 60.0,
                  long_batch: int = 1, reps: int = 3, dtype=None, compile_mode: str | bool = True,
-                 methods=("a", "b", "c", "d"), progress=print) -> list[dict]:
-    """Rows of the decode table: one per (scenario, method)."""
+                 methods=("a", "b", "c", "d"), progress=print, gens: dict | None = None) -> list[dict]:
+    """Rows of the decode table: one per (scenario, method). ``gens`` caches the compiled
+    generators by ``(batch, method)`` (shared with :func:`bench_streaming`)."""
     from .generate import Generator, HFDecoder, generate_nocache
     rows = []
-    scenarios = [("window", b, window_seconds) for b in batches] + [("long", long_batch, long_seconds)]
-    gens: dict[tuple, Generator] = {}
+    scenarios = [("window", b, window_seconds) for b in batches] + [("long", long_batch, long_seconds),
+                                                                     ("W+emo", 1, window_seconds)]
+    gens = {} if gens is None else gens
     for name, B, sec in scenarios:
-        hs, ss = streams(lm, B, sec, seed=100 * B + len(rows))
+        hs, ss = streams(lm, B, sec, seed=100 * B + len(rows), sa=name != "W+emo")
         n = len(ss[0])
         plan = lm.context_plan(hs[0], ss[0])
         fns, outs = {}, {}
@@ -167,17 +190,26 @@ def bench_decode(lm, device, batches=(1,), window_seconds: float = 8.0, long_sec
         if "c" in methods:
             gc = Generator(lm, batch=B, dtype=dtype)
             fns["c"] = wrap("c", lambda: gc.generate(hs, ss))
-        if "d" in methods:
-            if (B, "d") not in gens:
+        for m, dt in (("d", dtype), ("e", torch.bfloat16)):
+            if m not in methods:
+                continue
+            if (B, m) not in gens:
                 t0 = time.perf_counter()
-                gens[(B, "d")] = Generator(lm, batch=B, dtype=dtype, compile=compile_mode)
-                gens[(B, "d")].generate(hs, ss)
-                progress(f"  compiled batch {B} in {time.perf_counter() - t0:.0f} s")
-            gd = gens[(B, "d")]
-            fns["d"] = wrap("d", lambda: gd.generate(hs, ss))
+                try:
+                    gens[(B, m)] = Generator(lm, batch=B, dtype=dt, compile=compile_mode)
+                    with torch.inference_mode():
+                        gens[(B, m)].generate(hs, ss)
+                except Exception as e:   # report, keep the other methods' numbers
+                    progress(f"  {METHODS[m]} failed: {type(e).__name__}: {e}")
+                    gens[(B, m)] = None
+                    continue
+                progress(f"  {METHODS[m]}: compiled for batch {B} in {time.perf_counter() - t0:.0f} s")
+            if gens[(B, m)] is not None:
+                fns[m] = wrap(m, lambda g=gens[(B, m)]: g.generate(hs, ss))
         progress(f"{name}: batch {B}, {n} LR steps, {sum(len(x) for x in ss[0]) / n:.1f} speaker tokens/step, "
                  f"{len(set(plan))} context(s)")
-        times = _rounds(fns, reps, device)
+        with torch.inference_mode():
+            times = _rounds(fns, reps, device, progress=progress)
         ref = outs.get("a", outs.get("b"))
         base = {k: statistics.median(v) for k, v in times.items()}
         for k, ts in times.items():
@@ -192,16 +224,16 @@ def bench_decode(lm, device, batches=(1,), window_seconds: float = 8.0, long_sec
     return rows
 
 
-METHODS = {"a": "(a) nocache", "b": "(b) hf-dynamic", "c": "(c) ours-eager", "d": "(d) ours-compiled"}
+METHODS = {"a": "(a) nocache", "b": "(b) hf-dynamic", "c": "(c) ours-eager", "d": "(d) ours-compiled",
+           "e": "(d) compiled bf16"}
 
 
-def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, compile_mode: str | bool = True,
-                    lookahead: int = 0) -> dict:
-    """Latency of ``StreamingListener.push`` with one LR step (8 frames) of speaker input per push."""
+def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, generator=None) -> dict:
+    """Latency of ``StreamingListener.push`` with one LR step (8 frames) of speaker input per push
+    (``generator``: a compiled one to reuse; else eager)."""
     from .streaming import StreamingListener
     seg = speaker_segment(seconds, seed=7)
-    sl = StreamingListener(lm, vq, seg.listener_beta, dtype=dtype, compile=compile_mode, lookahead=lookahead,
-                           history_words=seg.history_words)
+    sl = StreamingListener(lm, vq, seg.listener_beta, dtype=dtype, history_words=seg.history_words, generator=generator)
     r, fps = 8, seg.fps
 
     def run_once():
@@ -218,10 +250,12 @@ def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, compile_m
             lat.append(time.perf_counter() - t)
             frames += len(out)
         return lat, frames
-    run_once()
-    lat, frames = run_once()
+    with torch.inference_mode():
+        run_once()
+        lat, frames = run_once()
     lat_ms = np.asarray(lat[2:]) * 1e3
-    return dict(pushes=len(lat), frames=frames, lookahead=lookahead, median_ms=float(np.median(lat_ms)),
+    return dict(pushes=len(lat), frames=frames, lookahead=sl.lookahead, compiled=bool(generator and generator.compiled),
+                median_ms=float(np.median(lat_ms)),
                 p90_ms=float(np.percentile(lat_ms, 90)), max_ms=float(lat_ms.max()),
                 realtime_factor=float((r / fps) / np.median(lat_ms / 1e3)))
 
@@ -252,10 +286,20 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device) -> dict:
     import transformers
     dev = torch.device(device)
-    info = dict(device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine()),
+    info = dict(device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
                 device_type=dev.type, torch=torch.__version__, transformers=transformers.__version__,
                 python=platform.python_version(), threads=torch.get_num_threads(), cpus=os.cpu_count(),
                 date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -276,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="default: gpt2-medium on GPU, tiny on CPU")
     p.add_argument("--batch", type=int, default=None, help="the large batch (default 64 on GPU, 4 on CPU)")
-    p.add_argument("--reps", type=int, default=None, help="timed rounds per scenario (default 3 quick, 5 full)")
+    p.add_argument("--reps", type=int, default=None, help="timed rounds per scenario (default 2 quick, 5 full)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    p.add_argument("--compile", default="default", choices=("default", "max-autotune"),
+                   help="torch.compile setting of (d): default (CUDA graphs on GPU) or max-autotune (longer compile)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: decode, streaming, kernels")
     p.add_argument("--out", default=str(RESULTS), help="directory for the JSON results")
     args = p.parse_args(argv)
@@ -290,24 +336,30 @@ def main(argv: list[str] | None = None) -> int:
     config = args.config or ("gpt2-medium" if cuda else "tiny")
     dtype = torch.bfloat16 if cuda else torch.float32
     big = args.batch or (64 if cuda else 4)
-    reps = args.reps or (3 if args.quick else 5)
+    reps = args.reps or (2 if args.quick else 5)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     env = environment(device)
     print(f"# minilisten decode benchmark: {env['device']} ({device.type}), torch {env['torch']}, "
           f"transformers {env['transformers']}, {config} GPT-2, {str(dtype).split('.')[-1]}, threads {env['threads']}", flush=True)
-    result = dict(env=env, config=dict(name=config, **CONFIGS[config], dtype=str(dtype), big_batch=big, reps=reps,
-                                       quick=args.quick))
+    result = dict(env=env, command="python -m minilisten.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+                  config=dict(name=config, **CONFIGS[config], dtype=str(dtype), big_batch=big, reps=reps,
+                              quick=args.quick, compile=args.compile))
     lm = build_lm(config, device, dtype)
+    gens: dict = {}
     if "decode" not in skip:
-        long_s = (30.0 if args.quick else 60.0) if not cuda else (60.0 if args.quick else 120.0)
+        long_s = (20.0 if args.quick else 60.0) if not cuda else (60.0 if args.quick else 120.0)
+        methods = ("a", "b", "c", "d") if (cuda or args.quick) else ("a", "b", "c", "d", "e")
         rows = bench_decode(lm, device, batches=(1, big), long_seconds=long_s, reps=reps, dtype=dtype,
-                            progress=lambda s: print("# " + s, flush=True))
+                            methods=methods, progress=lambda s: print("# " + s, flush=True), gens=gens,
+                            compile_mode=True if args.compile == "default" else args.compile)
         print(format_table(rows), flush=True)
         result["decode"] = rows
     if "streaming" not in skip:
         vq = build_vq(device)
-        result["streaming"] = s = bench_streaming(lm, vq, device, dtype=dtype, seconds=8.0 if args.quick else 20.0)
-        print(f"# streaming push latency (1 LR step = 8 frames per push, LM + VQ decode, {s['pushes']} pushes): "
+        result["streaming"] = s = bench_streaming(lm, vq, device, dtype=dtype, seconds=8.0 if args.quick else 20.0,
+                                                  generator=gens.get((1, "d")))
+        print(f"# streaming push latency ({'compiled' if s['compiled'] else 'eager'} LM step + VQ decode, 8 frames per "
+              f"push, lookahead {s['lookahead']}, {s['pushes']} pushes): "
               f"median {s['median_ms']:.2f} ms, p90 {s['p90_ms']:.2f} ms, max {s['max_ms']:.2f} ms; "
               f"{s['realtime_factor']:.0f}x faster than real time at 30 fps", flush=True)
     if "kernels" not in skip:

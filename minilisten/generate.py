@@ -6,37 +6,41 @@ the LM's LR head at the position just before ``lr(c_i)``. Decoding therefore cos
 LR token (8 motion frames): a prefill of ``history + steps[0]`` gives ``c_0``, then each step feeds
 ``[lr(c_{i-1})] + steps[i]`` at once and reads the last position.
 
-Two decoders with the same interface (``prefill``, ``step``, ``codes``, ``generate``):
+Two decoders with the same interface (``advance``, ``codes``, ``generate``, ``generate_segments``):
 
-- :class:`Generator`, the fast path for GPT-2 and LLaMA-family backbones: :class:`FastTransformer`
-  is a compact inference-only copy of the backbone (+ LR head) in our own ~150 lines (fused QKV,
-  fused gate/up, SDPA; no 50k-word head), with KV cache buffers ``(B, n_kv, max_len + 1, D)``
-  allocated once and written by index. One function, :meth:`FastTransformer.forward`, runs prefill
-  chunks and decode steps alike and is what ``torch.compile`` compiles (CUDA: ``mode=
-  "reduce-overhead"``, i.e. CUDA graphs; CPU: inductor's C++ code).
+- :class:`Generator`, the fast path for GPT-2 and LLaMA-family backbones (LoRA merged):
+  :class:`FastTransformer` is a compact inference-only copy of the backbone + LR head in our own
+  ~200 lines (fused QKV, fused gate/up, SDPA, GQA without copying K/V; no 50k-word head; the last
+  layer runs attention and MLP for the one position the LR head reads), with KV cache buffers
+  ``(B, n_kv, max_len + 1, D)`` allocated once and written by index. One function,
+  :meth:`FastTransformer.forward`, runs prefill chunks and decode steps alike and is what
+  ``torch.compile`` compiles (CUDA: ``mode="reduce-overhead"``, i.e. CUDA graphs; CPU: inductor's C++).
 - :class:`HFDecoder`, the generic path for any HF causal LM: the HF model itself with its
   ``DynamicCache`` or ``StaticCache``, eager, streams decoded in lock step.
+- :func:`generate_nocache`: LM-listener's way (whole context recomputed per LR token), the baseline.
 
 Variable numbers of speaker tokens per step (the scheme): every forward takes a right-padded token
-block ``(B, S)`` with ``S`` the smallest of a few bucket sizes (default 8, 16, 24, 32, 48, 64) that
-holds the longest row; longer inputs (prefills) are split into chunks of the largest bucket. Each
-stream (row) keeps its own position counter ``pos`` on the device; row b's valid tokens are written
-to cache slots ``pos[b] .. pos[b] + n_b - 1`` and its padding to a trash slot ``max_len`` that no
-valid query can see (keys are masked by ``key <= query position``); ``pos += n`` in the graph. So
-the compiled graph depends only on ``(B, S)``: at most one graph per bucket, whatever the lengths,
-and streams at different positions (or one re-prefilling while the others step) share a forward.
-The previous LR token is substituted on the device (``lr(codes)``), so the loop never reads a
-value back to the host: :meth:`Generator.generate` syncs once at the end (and once per context
-jump of the LM's sliding-window policy, ``ListenerLM.context_plan``, to rebuild the context).
+block ``(B, S)`` holding the longest row (on CUDA padded up to one of a few bucket sizes, 8, 16,
+24, 32, 48, 64; prefills are fed in chunks of at most 64). Each stream (row) keeps its own position
+counter ``pos`` on the device; row b's valid tokens are written to cache slots ``pos[b] .. pos[b] +
+n_b - 1`` and its padding to a trash slot ``max_len`` that no valid query can see (keys are masked
+by ``key <= query position``); ``pos += n`` in the graph. Queries attend to the key window
+``[0, K)``, K the smallest multiple of ``kv_block`` covering every stream. S and K are dynamic sizes
+of the compiled graph: one compilation serves every step length, and on CUDA one CUDA graph is
+recorded per (bucket, K) pair, a bounded number. Streams at different positions (or one
+re-prefilling while the others step) share a forward. The previous LR token is substituted on the
+device (``lr(codes)``), so the loop never reads a value back to the host: :meth:`Generator.generate`
+syncs once at the end (and once per context jump of the LM's sliding-window policy,
+``ListenerLM.context_plan``, to rebuild the context).
 
 Memory is fixed at construction: ``2 * n_layer * B * n_kv * (max_len + 1) * D`` cache elements.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -108,7 +112,7 @@ class Attention(nn.Module):
 
     def forward(self, x, rows, write_idx, mask, rope, K, last=None):
         """x: (B, S, d); rows: (B, 1); write_idx: (B, S) cache slot per token; mask: (B, 1, S, K)
-        bool (True = attend) over the key window ``[0, K)``; rope: (cos, sin) each (B, 1, S, D) or
+        additive (0 = attend, -inf = not) over the key window ``[0, K)``; rope: (cos, sin) each (B, 1, S, D) or
         None; last: (B, 1) or None: attend from that position only (the last layer), -> (B, 1, d)."""
         B, S, _ = x.shape
         H, KV, D = self.n_head, self.n_kv, self.hd
@@ -253,7 +257,7 @@ class FastTransformer(nn.Module):
                 if cfg.mlp_bias:
                     blk.mlp.fc.bias.copy_(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]))
                     blk.mlp.proj.bias.copy_(mlp.down_proj.bias)
-            m._rotary = base.rotary_emb   # HF's own rotary module: any rope type it supports
+            m.__dict__["_rotary"] = base.rotary_emb   # HF's rotary module (any rope type it supports), not a submodule
         m.requires_grad_(False)
         return m.to(device=device, dtype=dtype).eval()
 
@@ -272,10 +276,11 @@ class FastTransformer(nn.Module):
         self.pos = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.codes = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.logits = torch.zeros(max_batch, c.n_lr, dtype=torch.float32, device=p.device)
-        if c.arch == "llama":
-            ids = torch.arange(max_seq, device=p.device)[None]
-            cos, sin = self._rotary.to(p.device)(torch.zeros(1, dtype=torch.float32, device=p.device), ids)
-            self.rope_cos, self.rope_sin = cos[0].to(p.dtype), sin[0].to(p.dtype)   # (L, D)
+        if c.arch == "llama":   # tables from HF's own module, on its device, in fp32, then cast like HF
+            dev = next(self._rotary.buffers()).device
+            ids = torch.arange(max_seq, device=dev)[None]
+            cos, sin = self._rotary(torch.zeros(1, dtype=torch.float32, device=dev), ids)
+            self.rope_cos, self.rope_sin = (t[0].to(p.device, p.dtype) for t in (cos, sin))   # (L, D)
         for t in self.state_tensors():
             torch._dynamo.mark_static_address(t)
 
@@ -303,10 +308,11 @@ class FastTransformer(nn.Module):
         tokens = torch.where(lead[:, None] & (ar == 0), self.codes[:B, None] + self.lr_offset, tokens)
         positions = self.pos[:B, None] + ar                                   # (B, S)
         write_idx = torch.where(ar < n_valid[:, None], positions, L)          # padding -> trash slot L
-        mask = (key_pos <= positions[:, :, None])[:, None]                    # (B, 1, S, K)
+        x = self.tok_emb(tokens)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)                 # additive mask, (B, 1, S, K)
+        mask = torch.where(key_pos <= positions[:, :, None], zero, float("-inf"))[:, None]
         rows = torch.arange(B, device=inp.device)[:, None]
         pclip = positions.clamp(max=L - 1)
-        x = self.tok_emb(tokens)
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(pclip)
@@ -378,7 +384,6 @@ class _Greedy:
     def generate_segments(self, segments, n_steps: int | None = None) -> list:
         """Greedy LR codes ``(n_steps,)`` int64 numpy per Segment (default ``T // r`` steps), decoding
         ``batch`` segments at a time (grouped by step count)."""
-        import numpy as np
         todo = [(k, *self.lm.speaker_steps(seg, n_steps)) for k, seg in enumerate(segments)]
         out: list = [None] * len(todo)
         groups: dict[int, list] = {}
@@ -404,9 +409,8 @@ class Generator(_Greedy):
     uses the same number). ``compile``: ``torch.compile`` the forward (``fullgraph``; the block width
     S and the key window K are dynamic sizes, so one compilation serves every length). ``True``: on
     CUDA ``mode="reduce-overhead"`` (CUDA graphs, one recorded per (S, K) pair; ``cudagraphs=False``
-    turns them off), on CPU inductor with frozen weights; ``"max-autotune"``: also autotune the
-    matmuls (on CPU: inductor's C++ GEMM templates, which beat MKL at these small row counts; longer
-    compile). ``buckets``: block widths a step is padded to; default ``BUCKETS`` on CUDA (padding
+    turns them off), on CPU inductor's C++ code; ``"max-autotune"``: also autotune the matmuls
+    (longer compile; on CPU inductor may then use its C++ GEMM templates instead of MKL). ``buckets``: block widths a step is padded to; default ``BUCKETS`` on CUDA (padding
     is nearly free there and bounds the number of CUDA graphs), ``None`` = no padding beyond the
     longest row (CPU, where compute scales with S). ``chunk``: prefills are fed in blocks of at most
     this many tokens. ``kv_block``: the key window grows in multiples of this (default 128 on CUDA,
@@ -441,9 +445,8 @@ class Generator(_Greedy):
                 mode = ("max-autotune" if graphs else "max-autotune-no-cudagraphs") if auto else \
                     ("reduce-overhead" if graphs else None)
                 self._fwd = torch.compile(self.model.forward, fullgraph=True, mode=mode)
-            else:   # weights are a frozen snapshot: let inductor fold/prepack them
-                self._fwd = torch.compile(self.model.forward, fullgraph=True,
-                                          options={"freezing": True, "max_autotune": auto})
+            else:
+                self._fwd = torch.compile(self.model.forward, fullgraph=True, options={"max_autotune": auto})
 
     # ------------------------------------------------------------------ state
     @property
@@ -602,10 +605,8 @@ class HFDecoder(_Greedy):
         S = max(lens)
         if self.t + S > self.timeline:   # padding used up the timeline: restart with whole contexts
             raise ContextFullError(f"HFDecoder: expected at most {self.timeline} padded positions, got {self.t + S}")
-        ids = torch.zeros(B, S, dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, int(lead):lens[b]] = torch.tensor(_check_ids(f"step[{b}]", r, self.vocab_size), dtype=torch.long)
-        ids = ids.to(self.device)
+        ids = torch.tensor([[0] * lead + _check_ids(f"step[{b}]", r, self.vocab_size) + [0] * (S - lens[b])
+                            for b, r in enumerate(rows)], dtype=torch.long).to(self.device)
         if lead:
             ids[:, 0] = self.codes[:B] + self.lr_offset
         n = torch.tensor(lens, device=self.device)
@@ -656,11 +657,9 @@ def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Te
     codes: list[list[int]] = [[] for _ in history]
     for i in range(n):
         seqs = [lm.context_ids(h, s, c, i, p[i]) for h, s, c, p in zip(history, steps, codes, plans)]
+        n_max = max(len(s) for s in seqs)
         lens = torch.tensor([len(s) for s in seqs], device=device)
-        ids = torch.zeros(len(seqs), int(lens.max()), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, :len(s)] = torch.tensor(s)
-        ids = ids.to(device)
+        ids = torch.tensor([s + [0] * (n_max - len(s)) for s in seqs], dtype=torch.long).to(device)
         mask = (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
         logits = lm.lr_logits(ids, attention_mask=mask)
         new = logits[torch.arange(len(seqs), device=device), lens - 1].argmax(-1).tolist()

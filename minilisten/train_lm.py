@@ -55,6 +55,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     lr_noise: float = 0.5             # stage 2: fraction of input LR tokens replaced by random codes
+    position_jitter: float = 0.5      # learned absolute positions (GPT-2): probability that a training
+                                      # sequence starts at a random position instead of 0, so windows
+                                      # shorter than the inference context train every position row
     eval_every: int = 100
     val_windows: int = 64             # validation windows (0 = all)
     save_every: int = 0               # 0 = at evaluations and at the end
@@ -261,6 +264,7 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
         start, history = int(info["step"]), list(info.get("history", []))
     items = _windows(train_segments, tc.window, r, r)
     n_val = tc.val_windows
+    jitter = tc.position_jitter > 0 and model.absolute_positions
 
     def validate(step):
         if not val_segments:
@@ -290,7 +294,13 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
         for g in opt.param_groups:
             g["lr"] = tc.lr_at(step)
-        loss, st = model.loss(collate(seqs, model.vocab.pad), tc.stage, tc.lr_noise if tc.stage == 2 else 0.0, gen)
+        batch = collate(seqs, model.vocab.pad)
+        offset = None
+        if jitter:
+            room = max(0, model.max_len - batch["input_ids"].shape[1])
+            offset = torch.randint(0, room + 1, (len(seqs),), generator=gen)
+            offset[torch.rand(len(seqs), generator=gen) >= tc.position_jitter] = 0
+        loss, st = model.loss(batch, tc.stage, tc.lr_noise if tc.stage == 2 else 0.0, gen, offset)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train-lm: loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -360,6 +370,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-after", type=float, default=None)
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--lr-noise", type=float, default=0.5, help="stage 2: fraction of input LR tokens made random")
+    g.add_argument("--position-jitter", type=float, default=0.5,
+                   help="probability that a training sequence starts at a random position (learned absolute positions)")
     g.add_argument("--paper-schedule", action="store_true",
                    help="paper's steps/lr/decay/batch for the stage (overrides those options)")
     g.add_argument("--eval-every", type=int, default=100)
@@ -402,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     tc_kw = dict(stage=a.stage, steps=a.steps, batch_size=a.batch_size, window=a.window, lr=a.lr, warmup=a.warmup,
                  lr_decay_step=a.lr_decay_step, lr_after=a.lr_after, weight_decay=a.weight_decay, lr_noise=a.lr_noise,
+                 position_jitter=a.position_jitter,
                  eval_every=a.eval_every, val_windows=a.val_windows, seed=a.seed, device=a.device,
                  progress=not a.no_progress)
     if a.paper_schedule:

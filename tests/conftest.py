@@ -15,7 +15,7 @@ if os.environ.get("MINILISTEN_GPU_TESTS") != "1" and not torch.cuda.is_available
     # slower. Kernel tests ask for the Triton path explicitly (use_triton=True).
     os.environ.setdefault("MINILISTEN_KERNELS", "torch")
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # 2 threads on a loaded 2-core box was 10-50x slower in our measurements
 
 
 def pytest_configure(config):

@@ -12,13 +12,19 @@ from minilisten.lm import ListenerLM, LMConfig, train_word_tokenizer
 
 
 def tiny_lm(arch: str = "gpt2", max_len: int = 0, n_positions: int = 256, seed: int = 0, **cfg) -> ListenerLM:
-    """A random tiny ListenerLM: GPT-2 (2 layers, 32 wide) or LLaMA (GQA 4/2 heads, SwiGLU, rotary)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    """A random tiny ListenerLM: GPT-2 (2 layers, 32 wide), LLaMA (GQA 4/2 heads, SwiGLU, rotary) or
+    GPT-NeoX (no fast path: the generic HF decoder)."""
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                              LlamaForCausalLM)
     tok = _tokenizer()
     torch.manual_seed(seed)
     if arch == "gpt2":
         bb = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=n_positions,
                                         initializer_range=0.2))
+    elif arch == "neox":
+        bb = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                              intermediate_size=64, max_position_embeddings=n_positions,
+                                              initializer_range=0.2))
     else:
         bb = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           num_key_value_heads=2, intermediate_size=48, max_position_embeddings=n_positions,
@@ -117,6 +123,19 @@ def test_generate_segments(lm):
     assert [o.tolist() for o in out] == [lm.generate(seg).tolist() for seg in segs]
 
 
+def test_generic_path():
+    """Backbones without a fast path (GPT-NeoX) decode through HF + StaticCache, sliding included."""
+    from minilisten.generate import make_generator
+    lm = tiny_lm("neox")
+    hs, ss = streams(lm, 2, seconds=6.0, seed=0)
+    ref = [lm.generate_reference(h, s, max_len=96) for h, s in zip(hs, ss)]
+    g = make_generator(lm, batch=2, max_len=96)
+    assert isinstance(g, HFDecoder) and len(set(ref[0])) > 3
+    assert g.generate(hs, ss).tolist() == ref
+    with pytest.raises(ValueError, match="expected model_type in"):
+        Generator(lm)
+
+
 def test_errors_leave_state_usable():
     lm = tiny_lm("gpt2")
     hs, ss = streams(lm, 2, seconds=2.0, seed=7)
@@ -165,6 +184,33 @@ def test_state_is_fixed():
     assert g.state_bytes() == nbytes == 2 * 2 * (2 * 2 * 97 * 8) * 4 + 2 * 8 + 2 * 8 + 2 * 256 * 4 + 2 * 96 * 8 * 4
 
 
+def test_lm_untouched_and_bf16():
+    """The fast copy leaves the ListenerLM as it was (dtype, device, HF rotary buffers); a bf16 copy
+    still decodes the tiny models' codes."""
+    lm = tiny_lm("llama")
+    rot = lm.backbone.model.rotary_emb.inv_freq.clone()
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    hs, ss = streams(lm, 2)
+    out = Generator(lm, batch=2, dtype=torch.bfloat16).generate(hs, ss)
+    assert torch.equal(lm.backbone.model.rotary_emb.inv_freq, rot) and rot.dtype == torch.float32
+    assert all(torch.equal(v, lm.state_dict()[k]) for k, v in before.items())
+    ref = torch.tensor([lm.generate_reference(h, s) for h, s in zip(hs, ss)])
+    assert (out == ref).float().mean() > 0.9
+
+
+def test_lora_is_merged():
+    """LoRA (peft) LLaMA: the generator decodes with the adapters merged, like the reference."""
+    pytest.importorskip("peft")
+    lm = tiny_lm("llama", lora=True, lora_r=4)
+    torch.manual_seed(1)
+    for n, p in lm.backbone.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    hs, ss = streams(lm, 2, seed=60)
+    ref = [lm.generate_reference(h, s) for h, s in zip(hs, ss)]
+    assert Generator(lm, batch=2).generate(hs, ss).tolist() == ref
+
+
 @pytest.mark.compile
 def test_compiled_equals_reference_one_graph():
     """torch.compile path (inductor on CPU): same codes; one graph for every step length."""
@@ -180,3 +226,18 @@ def test_compiled_equals_reference_one_graph():
     assert g.generate(hs, ss).tolist() == ref
     assert g.generate(hs, ss).tolist() == ref
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+@pytest.mark.compile
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh runs it)")
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cuda_graphs_equal_reference(arch):
+    """On CUDA: the CUDA-graph path (reduce-overhead, bucketed blocks, several batch rows at different
+    positions, a sliding context) gives the reference codes in fp32."""
+    lm = tiny_lm(arch).cuda()
+    hs, ss = streams(lm, 3, seconds=8.0, seed=50)
+    ref = [lm.generate_reference(h, s, max_len=128) for h, s in zip(hs, ss)]
+    g = Generator(lm, batch=4, max_len=128, compile=True)
+    assert g.generate(hs, ss).tolist() == ref
+    assert g.generate(hs, ss).tolist() == ref          # replays of the recorded graphs
+    assert g.generate(hs[:1], ss[:1]).tolist() == ref[:1]
