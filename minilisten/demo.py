@@ -18,7 +18,8 @@ demo, from nothing, on the embedded synthetic corpus:
 from __future__ import annotations
 
 import argparse
-import copy
+import functools
+import os
 import json
 import math
 import platform
@@ -44,10 +45,10 @@ class DemoConfig:
     n_segments: int = 300
     seconds: float = 64.0
     # VQ-VAE (CPU-sized; the paper's sizes are VQConfig's defaults)
-    vq_steps: int = 1200
+    vq_steps: int = 1000
     vq_batch: int = 32
-    vq_width: int = 128
-    vq_code_dim: int = 128
+    vq_width: int = 64
+    vq_code_dim: int = 64
     vq_lr: float = 1e-3
     # LM (small GPT-2 from scratch; paper: GPT-2 Medium)
     lm_layers: int = 4
@@ -60,7 +61,8 @@ class DemoConfig:
     lm_lr: float = 1e-3
     table3: bool = False
     decode_batch: int = 16
-    max_test_clips: int = 0      # 0 = all of LM-listener's clips of the test split
+    max_test_clips: int = 128    # 0 = all of LM-listener's clips of the test split (256 by default)
+    workers: int = min(2, os.cpu_count() or 1)   # parallel training processes (1 thread each)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -180,14 +182,72 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
     return files
 
 
+# ----------------------------------------------------------------------------- training jobs
+def _slug(modalities: str) -> str:
+    return modalities.replace("+", "_").lower()
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus(seed, n_identities, n_segments, seconds):
+    from .data import synthetic_corpus
+    return synthetic_corpus(seed=seed, n_identities=n_identities, n_segments=n_segments, seconds=seconds)
+
+
+def _vq_job(corpus_kw: dict, preset: str, out_dir: str, kw: dict) -> str:
+    """Train one VQ-VAE into ``out_dir`` (runs in a worker process; the corpus is regenerated
+    there from its seed, identical to the parent's)."""
+    from .train_vq import train_vq
+    c = _corpus(**corpus_kw)
+    train_vq(c.train, c.val, preset=preset, out_dir=out_dir, progress=False, log=None, **kw)
+    return out_dir
+
+
+def _lm_job(corpus_kw: dict, init_dir: str | None, out_dir: str, kw: dict) -> str:
+    """Train one LM stage into ``out_dir``, starting from ``init_dir`` (stage 1 result) if given."""
+    from .lm import ListenerLM
+    from .train_lm import train_lm
+    c = _corpus(**corpus_kw)
+    model = ListenerLM.from_pretrained(init_dir) if init_dir else None
+    codes_tr, codes_va = kw.pop("lr_codes_train", None), kw.pop("lr_codes_val", None)
+    train_lm(c.train, c.val, codes_tr, codes_va, model=model, out_dir=out_dir, progress=False, log=None, **kw)
+    return out_dir
+
+
+def _init_worker():
+    torch.set_num_threads(1)
+
+
+def _run_jobs(jobs: list, workers: int, progress: bool = True) -> list:
+    """Run ``(fn, args)`` jobs in ``workers`` processes (1 thread each; 1 = in this process)."""
+    from tqdm.auto import tqdm
+    names = [Path(args[2]).name for _, args in jobs]
+    bar = tqdm(total=len(jobs), desc="training " + ", ".join(names), disable=not progress, dynamic_ncols=True)
+    results = []
+    if workers <= 1:
+        for fn, args in jobs:
+            results.append(fn(*args))
+            bar.update()
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as ex:
+            futures = [ex.submit(fn, *args) for fn, args in jobs]
+            for f in futures:
+                results.append(f.result())
+                bar.update()
+    bar.close()
+    return results
+
+
 # ----------------------------------------------------------------------------- demo
 def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool = True) -> dict:
     """Run the whole pipeline; returns (and writes) the tables as a dict."""
     from .baselines import NNFacialMotion, NNSpeechContent, RandomListener, RandomWalk, predict_all
-    from .data import synthetic_corpus
     from .metrics import ValenceRegressor
-    from .train_lm import train_lm, vqvae_codes
-    from .train_vq import evaluate_vq, train_vq
+    from .lm import ListenerLM
+    from .train_lm import lr_accuracy, vqvae_codes
+    from .train_vq import evaluate_vq
+    from .vqvae import VQVAE
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,50 +260,55 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
         _log(f"[{name}: {timings[name]:.0f} s]")
 
     t0 = time.perf_counter()
-    corpus = synthetic_corpus(seed=cfg.seed, n_identities=cfg.n_identities, n_segments=cfg.n_segments,
-                              seconds=cfg.seconds)
+    torch.set_num_threads(1)   # measured: 1 thread per process beats 2 on a 2-core box under any load
+    corpus = _corpus(cfg.seed, cfg.n_identities, cfg.n_segments, cfg.seconds)
     _log(f"corpus: {len(corpus.train)}/{len(corpus.val)}/{len(corpus.test)} segments of {cfg.seconds:.0f} s, "
          f"{cfg.n_identities} listener identities")
     tick("corpus", t0)
 
-    # ---- VQ-VAEs (Table 5)
-    vq, table5 = {}, {}
-    for preset, label in (("naive", "(∅, ∅) naive"), ("disentangled", "(IN, AdaIN) ours")):
-        t0 = time.perf_counter()
-        vq[preset] = train_vq(corpus.train, corpus.val, preset=preset, steps=cfg.vq_steps, batch_size=cfg.vq_batch,
-                              lr=cfg.vq_lr, out_dir=out / f"vq_{preset}", seed=cfg.seed, progress=progress,
-                              eval_every=0, width=cfg.vq_width, code_dim=cfg.vq_code_dim, log=None)
-        table5[label] = evaluate_vq(vq[preset], corpus.val)
-        tick(f"vq_{preset}", t0)
+    # ---- VQ-VAEs (Table 5); independent trainings run in `workers` processes of 1 thread each
+    corpus_kw = dict(seed=cfg.seed, n_identities=cfg.n_identities, n_segments=cfg.n_segments, seconds=cfg.seconds)
+    presets = {"naive": "(∅, ∅) naive", "disentangled": "(IN, AdaIN) ours"}
+    vq_kw = dict(steps=cfg.vq_steps, batch_size=cfg.vq_batch, lr=cfg.vq_lr, seed=cfg.seed, eval_every=0,
+                 width=cfg.vq_width, code_dim=cfg.vq_code_dim)
+    t0 = time.perf_counter()
+    _run_jobs([(_vq_job, (corpus_kw, p, str(out / f"vq_{p}"), vq_kw)) for p in presets], cfg.workers, progress)
+    vq = {p: VQVAE.from_pretrained(out / f"vq_{p}").eval() for p in presets}
+    table5 = {label: evaluate_vq(vq[p], corpus.val) for p, label in presets.items()}
+    tick("vq_training", t0)
     codes = {p: {s: vqvae_codes(vq[p], getattr(corpus, s)) for s in ("train", "val")} for p in vq}
 
     # ---- LMs: stage 1 per modality set, stage 2 per (modalities, VQ-VAE)
-    mods = {"W": "W", "W+SA+emo": "W+SA+emo"}
-    if cfg.table3:
-        mods.update({"W+SA": "W+SA", "W+emo": "W+emo"})
-    backbone = dict(n_layer=cfg.lm_layers, n_embd=cfg.lm_width, n_head=cfg.lm_heads)
-    common = dict(batch_size=cfg.lm_batch, window=cfg.lm_window, lr=cfg.lm_lr, seed=cfg.seed, progress=progress,
-                  n_sa=corpus.n_sa, n_lr=vq["naive"].config.codebook_size)
-    stage1 = {}
-    for m in mods:
-        t0 = time.perf_counter()
-        stage1[m] = train_lm(corpus.train, corpus.val, stage=1, modalities=m, steps=cfg.stage1_steps,
-                             backbone=backbone, log=None, eval_every=0, **common)
-        tick(f"lm_stage1_{m}", t0)
+    mods = ["W", "W+SA+emo"] + (["W+SA", "W+emo"] if cfg.table3 else [])
+    lm_kw = dict(batch_size=cfg.lm_batch, window=cfg.lm_window, lr=cfg.lm_lr, seed=cfg.seed, eval_every=0,
+                 n_sa=corpus.n_sa, n_lr=vq["naive"].config.codebook_size,
+                 backbone=dict(n_layer=cfg.lm_layers, n_embd=cfg.lm_width, n_head=cfg.lm_heads))
+    t0 = time.perf_counter()
+    _run_jobs([(_lm_job, (corpus_kw, None, str(out / f"stage1_{_slug(m)}"), dict(lm_kw, stage=1, modalities=m,
+                                                                               steps=cfg.stage1_steps)))
+               for m in mods], cfg.workers, progress)
+    tick("lm_stage1", t0)
     combos = {"LM-listener (W, naive VQ)": ("W", "naive"), "MM only (W+SA+emo, naive VQ)": ("W+SA+emo", "naive"),
               "ID only (W, IN/AdaIN VQ)": ("W", "disentangled"), "Full (W+SA+emo, IN/AdaIN VQ)": ("W+SA+emo", "disentangled")}
     if cfg.table3:
         combos.update({"W+SA (IN/AdaIN VQ)": ("W+SA", "disentangled"), "W+emo (IN/AdaIN VQ)": ("W+emo", "disentangled")})
-    lms, lr_acc = {}, {}
-    from .train_lm import lr_accuracy
-    for name, (m, p) in combos.items():
-        t0 = time.perf_counter()
-        lms[name] = train_lm(corpus.train, corpus.val, codes[p]["train"], codes[p]["val"], stage=2,
-                             model=copy.deepcopy(stage1[m]), steps=cfg.stage2_steps, log=None, eval_every=0,
-                             **common)
-        lr_acc[name] = lr_accuracy(lms[name], corpus.val, codes[p]["val"])
-        tick(f"lm_stage2 {name}", t0)
-        _log(f"  validation LR-token accuracy: {lr_acc[name]:.3f}")
+    slugs = {"LM-listener (W, naive VQ)": "lm_listener", "MM only (W+SA+emo, naive VQ)": "lm_mm_only",
+             "ID only (W, IN/AdaIN VQ)": "lm_id_only", "Full (W+SA+emo, IN/AdaIN VQ)": "lm_full",
+             "W+SA (IN/AdaIN VQ)": "lm_w_sa", "W+emo (IN/AdaIN VQ)": "lm_w_emo"}
+    t0 = time.perf_counter()
+    jobs = []
+    # the multimodal runs are the long ones: start them first so the two workers finish together
+    for name, (m, p) in sorted(combos.items(), key=lambda kv: kv[1][0] == "W"):
+        kw = {k: v for k, v in lm_kw.items() if k != "backbone"}
+        jobs.append((_lm_job, (corpus_kw, str(out / f"stage1_{_slug(m)}"), str(out / slugs[name]),
+                               dict(kw, stage=2, steps=cfg.stage2_steps, lr_codes_train=codes[p]["train"],
+                                    lr_codes_val=codes[p]["val"]))))
+    _run_jobs(jobs, cfg.workers, progress)
+    tick("lm_stage2", t0)
+    lms = {name: ListenerLM.from_pretrained(out / slugs[name]).eval() for name in combos}
+    lr_acc = {name: lr_accuracy(lms[name], corpus.val, codes[p]["val"]) for name, (m, p) in combos.items()}
+    for name, acc in lr_acc.items():
+        _log(f"  validation LR-token accuracy {name}: {acc:.3f}")
 
     # ---- evaluation on the test clips
     t0 = time.perf_counter()

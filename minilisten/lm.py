@@ -496,11 +496,6 @@ class ListenerLM(nn.Module):
         out = self._decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
         return out.last_hidden_state
 
-    @property
-    def absolute_positions(self) -> bool:
-        """Whether the backbone has learned absolute position embeddings (GPT-2's ``wpe``)."""
-        dec = self._decoder()
-        return any(hasattr(dec, n) for n in ("wpe", "embed_positions", "position_embeddings"))
 
     def lr_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L, n_lr)`` LR-head logits at every position."""
@@ -521,23 +516,17 @@ class ListenerLM(nn.Module):
         return torch.where(is_lr & (u < fraction), rnd, input_ids)
 
     def loss(self, batch: dict[str, torch.Tensor], stage: int, lr_noise: float = 0.0,
-             generator: torch.Generator | None = None, position_offset: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, dict]:
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy over the positions with a target (stage 1: LM head over the whole
-        vocabulary; stage 2: LR head). ``position_offset`` (B,) shifts each sequence's positions
-        (training-time jitter so that short training windows also train the position embeddings
-        that longer inference contexts use). Returns ``(loss, {"correct", "count"})``."""
+        vocabulary; stage 2: LR head). Returns ``(loss, {"correct", "count"})``."""
         dev = self.device
         ids = batch["input_ids"].to(dev)
         if stage == 2 and lr_noise > 0:
             ids = self.noise_lr_inputs(ids, lr_noise, generator)
         tgt = batch["targets"].to(dev)
-        pos = None
-        if position_offset is not None:
-            pos = torch.arange(ids.shape[1], device=dev)[None] + position_offset.to(dev)[:, None]
         # Right padding + causal attention: no real position attends to a pad, so no mask is
         # needed (and without one SDPA takes its fused causal path instead of an (L, L) mask).
-        h = self.hidden_states(ids, position_ids=pos)
+        h = self.hidden_states(ids)
         sel = tgt != IGNORE
         hs, ts = h[sel], tgt[sel]
         if stage == 2:

@@ -55,9 +55,6 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     lr_noise: float = 0.5             # stage 2: fraction of input LR tokens replaced by random codes
-    position_jitter: float = 0.5      # learned absolute positions (GPT-2): probability that a training
-                                      # sequence starts at a random position instead of 0, so windows
-                                      # shorter than the inference context train every position row
     eval_every: int = 100
     val_windows: int = 64             # validation windows (0 = all)
     save_every: int = 0               # 0 = at evaluations and at the end
@@ -217,7 +214,7 @@ def corpus_words(segments: list[Segment]) -> list[str]:
 
 
 def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_codes_train=None, lr_codes_val=None,
-             stage: int = 2, modalities=None, model: ListenerLM | None = None, steps: int | None = None,
+             stage: int | None = None, modalities=None, model: ListenerLM | None = None, steps: int | None = None,
              config: TrainConfig | None = None, out_dir=None, resume: bool = False, n_sa: int = 1024,
              n_lr: int = 256, backbone: dict | None = None, lm_config: dict | None = None, log=print,
              **overrides) -> ListenerLM:
@@ -225,13 +222,13 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
     words, sized by ``backbone`` kwargs of :func:`~minilisten.lm.default_backbone`) for one stage.
 
     ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2). ``modalities``: ``"W+SA+emo"``
-    etc. (default: the model's, or all three). ``overrides`` go to :class:`TrainConfig`. With
+    etc. (default: the model's, or all three). ``stage`` / ``steps`` / ``overrides`` set the fields of
+    :class:`TrainConfig` (on top of ``config`` when given; default stage 2). With
     ``out_dir`` the model + optimizer are saved at evaluations and at the end; ``resume=True``
     continues from there. Returns the model in eval mode; ``model.train_log`` holds the history.
     """
-    tc = config or TrainConfig(stage=stage, **({"steps": steps} if steps else {}), **overrides)
-    if config is not None and (overrides or steps):
-        tc = TrainConfig(**{**asdict(config), **overrides, **({"steps": steps} if steps else {})})
+    given = {k: v for k, v in (("stage", stage), ("steps", steps)) if v is not None}
+    tc = TrainConfig(**{**(asdict(config) if config is not None else {}), **overrides, **given})
     torch.manual_seed(tc.seed)
     start, history, opt_state_dir = 0, [], None
     if resume:
@@ -264,7 +261,6 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
         start, history = int(info["step"]), list(info.get("history", []))
     items = _windows(train_segments, tc.window, r, r)
     n_val = tc.val_windows
-    jitter = tc.position_jitter > 0 and model.absolute_positions
 
     def validate(step):
         if not val_segments:
@@ -294,13 +290,7 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
         for g in opt.param_groups:
             g["lr"] = tc.lr_at(step)
-        batch = collate(seqs, model.vocab.pad)
-        offset = None
-        if jitter:
-            room = max(0, model.max_len - batch["input_ids"].shape[1])
-            offset = torch.randint(0, room + 1, (len(seqs),), generator=gen)
-            offset[torch.rand(len(seqs), generator=gen) >= tc.position_jitter] = 0
-        loss, st = model.loss(batch, tc.stage, tc.lr_noise if tc.stage == 2 else 0.0, gen, offset)
+        loss, st = model.loss(collate(seqs, model.vocab.pad), tc.stage, tc.lr_noise if tc.stage == 2 else 0.0, gen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train-lm: loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -370,8 +360,6 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-after", type=float, default=None)
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--lr-noise", type=float, default=0.5, help="stage 2: fraction of input LR tokens made random")
-    g.add_argument("--position-jitter", type=float, default=0.5,
-                   help="probability that a training sequence starts at a random position (learned absolute positions)")
     g.add_argument("--paper-schedule", action="store_true",
                    help="paper's steps/lr/decay/batch for the stage (overrides those options)")
     g.add_argument("--eval-every", type=int, default=100)
@@ -414,7 +402,6 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     tc_kw = dict(stage=a.stage, steps=a.steps, batch_size=a.batch_size, window=a.window, lr=a.lr, warmup=a.warmup,
                  lr_decay_step=a.lr_decay_step, lr_after=a.lr_after, weight_decay=a.weight_decay, lr_noise=a.lr_noise,
-                 position_jitter=a.position_jitter,
                  eval_every=a.eval_every, val_windows=a.val_windows, seed=a.seed, device=a.device,
                  progress=not a.no_progress)
     if a.paper_schedule:

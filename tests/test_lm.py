@@ -258,17 +258,6 @@ def test_lr_noise_only_touches_lr_inputs(model):
     assert torch.equal(model.noise_lr_inputs(ids, 0.0), ids)
 
 
-def test_position_offsets(model):
-    assert model.absolute_positions                       # GPT-2: learned wpe rows
-    S = model.build_sequence(hand_segment(), [3, 7, 11])
-    batch = collate([S, S], model.vocab.pad)
-    with torch.no_grad():
-        l0, _ = model.loss(batch, 2)
-        l0b, _ = model.loss(batch, 2, position_offset=torch.zeros(2, dtype=torch.long))
-        l1, _ = model.loss(batch, 2, position_offset=torch.tensor([0, 50]))
-    assert torch.allclose(l0, l0b) and not torch.allclose(l0, l1)
-
-
 # ----------------------------------------------------------------------------- persistence
 def test_save_load_roundtrip(model, tmp_path):
     model.save_pretrained(tmp_path / "ck")
@@ -319,7 +308,6 @@ def test_llama_lora(tok, tmp_path):
     bb.save_pretrained(tmp_path / "llama-tiny")
     tok.save_pretrained(str(tmp_path / "llama-tiny"))
     m = ListenerLM.from_backbone(str(tmp_path / "llama-tiny"), lora=True, lora_r=4, n_lr=16, n_sa=32)
-    assert not m.absolute_positions                       # RoPE
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and "lr_head.weight" in trainable
     assert any("trainable_tokens_delta" in n for n in trainable)
@@ -398,6 +386,10 @@ def test_train_lm_function_and_cli(tmp_path):
     assert 0.0 <= acc <= 1.0 and acc == pytest.approx(m.train_log[-1]["acc"])
     with pytest.raises(ValueError, match=r"lr_codes_train\[0\] .*expected shape \(T // r,\)"):
         train_lm(c.train, c.val, [x[:-1] for x in tr], va, stage=2, steps=1, model=m, progress=False)
+    with pytest.raises(ValueError, match="steps: expected a positive int, got 0"):
+        train_lm(c.train, c.val, tr, va, stage=2, steps=0, model=m, progress=False)
+    with pytest.raises(ValueError, match="stage: expected 1 or 2, got 3"):
+        train_lm(c.train, c.val, tr, va, stage=3, steps=1, model=m, progress=False)
     with pytest.raises(ValueError, match="stage 2: expected LR codes"):
         train_lm(c.train, c.val, None, None, stage=2, steps=1, model=m, progress=False)
     with pytest.raises(ValueError, match=r"expected codes < V_LR = 16"):

@@ -1,0 +1,30 @@
+"""The main job end to end, CI-sized: `python -m minilisten demo --quick` produces finite tables."""
+import json
+import math
+
+from minilisten.__main__ import main
+
+
+def test_demo_quick_produces_finite_tables(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    t1 = report["table1"]
+    assert list(t1) == ["GT", "Random", "NN facial motion", "NN speech content", "Naive random walk",
+                        "LM-listener (words only)", "Ours random walk", "Ours"]
+    for name, row in t1.items():
+        keys = ("variation", "diversity") if name == "GT" else ("l2", "fd", "variation", "diversity", "pfd", "l2_affect")
+        for k in keys:
+            assert math.isfinite(row[k]) and row[k] >= 0, (name, k, row[k])
+    assert list(report["table4"]) == ["Naive", "MM only", "ID only", "Full"]
+    for row in report["table5"].values():
+        assert math.isfinite(row["rec"]) and row["ppl"] > 1
+    text = (out / "tables.md").read_text()
+    assert "Table 1" in text and "Table 4" in text and "Table 5" in text
+    for png in report["plots"]:
+        assert (tmp_path / "demo" / png.split("/")[-1]).stat().st_size > 10_000
+    # checkpoints of the two VQ-VAEs and the full LM are loadable
+    from minilisten.lm import ListenerLM
+    from minilisten.vqvae import VQVAE
+    VQVAE.from_pretrained(out / "vq_disentangled")
+    ListenerLM.from_pretrained(out / "lm_full")
