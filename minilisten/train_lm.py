@@ -328,8 +328,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="DIR", help="start from a saved ListenerLM (e.g. the stage-1 checkpoint)")
     p.add_argument("--backbone", default="default",
                    help="'default' (small GPT-2 from scratch + BPE on the corpus words), a hub name or a local directory")
-    p.add_argument("--modalities", default="W+SA+emo", help="speaker modalities, e.g. W, W+emo, W+SA+emo")
-    p.add_argument("--word-placement", choices=("eq1", "lm_listener"), default="eq1")
+    p.add_argument("--modalities", default=None,
+                   help="speaker modalities, e.g. W, W+emo, W+SA+emo (default: those of --init / --resume, else W+SA+emo)")
+    p.add_argument("--word-placement", choices=("eq1", "lm_listener"), default=None,
+                   help="word-to-step rule (default: that of --init, else eq1)")
     p.add_argument("--history-tokens", type=int, default=48, help="W^h budget in tokens")
     p.add_argument("--max-len", type=int, default=0, help="context limit (0 = the backbone's)")
     g = p.add_argument_group("default backbone size")
@@ -412,22 +414,25 @@ def main(argv: list[str] | None = None) -> int:
     n_lr = a.n_lr
     if a.stage == 2:
         codes_tr, codes_va, n_lr = _load_codes(a.codes, train, val, a.n_lr, a.seed, a.device)
-    lm_kw = dict(word_placement=a.word_placement, history_tokens=a.history_tokens, max_len=a.max_len)
+    lm_kw = dict(word_placement=a.word_placement or "eq1", history_tokens=a.history_tokens, max_len=a.max_len)
     model = None
     if a.resume:
         pass
     elif a.init:
         model = ListenerLM.from_pretrained(a.init)
-        model.config.word_placement = a.word_placement
+        if a.word_placement:
+            model.config.word_placement = a.word_placement
         if a.stage == 2 and model.vocab.n_lr != n_lr:
             raise ValueError(f"--init {a.init}: the model has V_LR = {model.vocab.n_lr} but the LR codes come from a "
                              f"codebook of {n_lr}; train stage 1 with --n-lr {n_lr}")
     elif a.backbone != "default":
         bb, tok = load_backbone(a.backbone)
         lora = a.lora if a.lora is not None else bb.config.model_type in ("llama", "mistral", "qwen2", "gemma")
-        model = ListenerLM(bb, tok, LMConfig(modalities=check_modalities(a.modalities), n_sa=n_sa, n_lr=n_lr,
-                                             lora=lora, lora_r=a.lora_r, **lm_kw))
-    modalities = None if a.resume else a.modalities
+        model = ListenerLM(bb, tok, LMConfig(modalities=check_modalities(a.modalities or "W+SA+emo"), n_sa=n_sa,
+                                             n_lr=n_lr, lora=lora, lora_r=a.lora_r, **lm_kw))
+    if a.resume and a.modalities:
+        raise ValueError("--resume continues the saved run with its modalities; drop --modalities")
+    modalities = a.modalities if (a.modalities or model is not None or a.resume) else "W+SA+emo"
     t0 = time.time()
     model = train_lm(train, val, codes_tr, codes_va, stage=a.stage, modalities=modalities, model=model, config=tc,
                      out_dir=a.out, resume=a.resume, n_sa=n_sa, n_lr=n_lr, lm_config=lm_kw,

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import atomic_write_text, load_train_state, save_train_state
-from .data.segment import D_MOTION, N_SHAPE
+from .data.segment import N_SHAPE
+from .data.windows import motion_stats
 from .vqvae import PRESETS, VQConfig, VQVAE, perplexity
 
 CPU_DEFAULTS = dict(width=64, code_dim=64, batch_size=32, steps=1000, lr=1e-3, crop=96)
@@ -48,18 +49,6 @@ PAPER_DEFAULTS = dict(width=512, code_dim=512, batch_size=256, steps=300_000, lr
 
 
 # ----------------------------------------------------------------------------- data
-def motion_stats(segments) -> tuple[np.ndarray, np.ndarray]:
-    """Dataset mean and std (56,) of the listener motion over all frames of ``segments``."""
-    if not segments:
-        raise ValueError("segments: expected at least one Segment to compute motion statistics, got none")
-    n, s, ss = 0, np.zeros(D_MOTION), np.zeros(D_MOTION)
-    for seg in segments:
-        m = seg.listener_motion.astype(np.float64)
-        n, s, ss = n + len(m), s + m.sum(0), ss + (m * m).sum(0)
-    mean = s / n
-    return mean.astype(np.float32), np.sqrt(np.maximum(ss / n - mean * mean, 0)).astype(np.float32)
-
-
 def _beta_of(seg, needs_beta: bool) -> np.ndarray:
     if seg.listener_beta is None:
         if needs_beta:

@@ -28,3 +28,20 @@ def test_demo_quick_produces_finite_tables(tmp_path):
     from minilisten.vqvae import VQVAE
     VQVAE.from_pretrained(out / "vq_disentangled")
     ListenerLM.from_pretrained(out / "lm_full")
+
+
+def test_readme_python_api_runs_on_demo_checkpoints(tmp_path):
+    """The README's Python API block, run against the quick demo's checkpoints."""
+    import re
+    from pathlib import Path
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--stage2-steps", "5",
+                 "--stage1-steps", "2", "--vq-steps", "10", "--max-test-clips", "4"]) == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Python API\n+```python\n(.*?)```", readme, re.S).group(1)
+    code = code.replace("runs/demo", str(out)).replace("synthetic_corpus(seed=0)",
+                                                        "synthetic_corpus(seed=0, n_identities=2, n_segments=20, seconds=16.0)")
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert tuple(ns["motion"].shape) == (1, 240, 56) and ns["codes"].shape == (30,)
+    assert ns["out"].ndim == 2 and ns["out"].shape[1] == 56

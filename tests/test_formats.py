@@ -1,7 +1,6 @@
 """Peer formats (LM-listener, Learning2Listen) built in their exact layouts, our own format, detection."""
 import json
 import logging
-import math
 
 import numpy as np
 import pytest

@@ -398,15 +398,18 @@ def test_train_lm_function_and_cli(tmp_path):
         return ["--identities", "2", "--segments", "12", "--seconds", "8", "--steps", str(steps), "--window", "48",
                 "--eval-every", str(eval_every), "--val-windows", "2", "--n-layer", "1", "--n-embd", "32",
                 "--n-head", "2", "--n-lr", "16", "--no-progress"]
-    assert main(["--stage", "1", "--out", str(tmp_path / "s1"), *args(2)]) == 0
+    assert main(["--stage", "1", "--out", str(tmp_path / "s1"), "--modalities", "W+emo", *args(2)]) == 0
     assert main(["--stage", "2", "--init", str(tmp_path / "s1"), "--out", str(tmp_path / "s2"), *args(2)]) == 0
     s1 = ListenerLM.from_pretrained(tmp_path / "s1")
     s2 = ListenerLM.from_pretrained(tmp_path / "s2")
     assert s2.vocab == s1.vocab and s2.vocab.n_lr == 16
+    assert s1.modalities == s2.modalities == ("W", "emo")          # stage 2 keeps the --init model's modalities
     # resume: continue the stage-2 run to 4 steps
     assert main(["--stage", "2", "--out", str(tmp_path / "s2"), "--resume", *args(4, eval_every=2)]) == 0
     st = json.loads((tmp_path / "s2" / "train_state.json").read_text())
     assert st["info"]["step"] == 4 and st["info"]["stage"] == 2
+    with pytest.raises(ValueError, match="drop --modalities"):
+        main(["--stage", "2", "--out", str(tmp_path / "s2"), "--resume", "--modalities", "W", *args(4)])
     with pytest.raises(ValueError, match="holds a stage-2 run"):
         main(["--stage", "1", "--out", str(tmp_path / "s2"), "--resume", *args(4)])
     with pytest.raises(ValueError, match="V_LR = 16 but the LR codes come from a codebook of 32"):
