@@ -284,7 +284,9 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
                desc=f"train-lm stage {tc.stage} {'+'.join(model.modalities)}", dynamic_ncols=True)
     ema, t0 = None, time.time()
     for step in bar:
-        rng = np.random.default_rng([tc.seed, step])        # data order is a function of (seed, step): exact resume
+        # data order, LR noise and dropout are functions of (seed, step): --resume continues exactly
+        rng = np.random.default_rng([tc.seed, step])
+        torch.manual_seed(tc.seed * 1_000_003 + step)
         batch_items = [items[k] for k in rng.integers(0, len(items), tc.batch_size)]
         seqs = _sequences(model, train_segments, codes_tr, batch_items, tc.window, tc.stage)
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)

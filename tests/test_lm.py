@@ -415,3 +415,17 @@ def test_train_lm_function_and_cli(tmp_path):
     with pytest.raises(ValueError, match="V_LR = 16 but the LR codes come from a codebook of 32"):
         main(["--stage", "2", "--init", str(tmp_path / "s1"), "--out", str(tmp_path / "s3"), *args(1)[:-3],
               "--n-lr", "32", "--no-progress"])
+
+
+def test_resume_is_exact(tmp_path):
+    from minilisten.train_lm import motion_kmeans_codes, train_lm
+    c = _tiny_corpus()
+    tr, (va,) = motion_kmeans_codes(c.train, [c.val], k=16, iters=2)
+    kw = dict(stage=2, modalities="W+SA+emo", window=48, eval_every=2, val_windows=2, progress=False, n_lr=16,
+              backbone=dict(n_layer=1, n_embd=32, n_head=2), log=None)
+    full = train_lm(c.train, c.val, tr, va, steps=4, out_dir=tmp_path / "full", **kw)
+    train_lm(c.train, c.val, tr, va, steps=2, out_dir=tmp_path / "part", **kw)
+    resumed = train_lm(c.train, c.val, tr, va, steps=4, out_dir=tmp_path / "part", resume=True,
+                       **{k: v for k, v in kw.items() if k not in ("modalities", "backbone")})
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -224,10 +224,11 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float) -> dict:
     intensity = np.zeros((n_all, N_EMOTIONS))
     for phrase, emo, a, b in utterances:
         c = EMOTIONS.index(emo)
-        intensity[:, c] += _envelope(t, a - 0.1, b - a + 0.3, rise=0.3, decay=0.8) * rng.uniform(0.7, 1.2)
-        speaking |= (t >= a) & (t < b)
+        w = slice(*np.searchsorted(t, [a - 0.1, b + 0.2 + 0.8]))   # where the envelope is non-zero
+        intensity[w, c] += _envelope(t[w], a - 0.1, b - a + 0.3, rise=0.3, decay=0.8) * rng.uniform(0.7, 1.2)
+        speaking[slice(*np.searchsorted(t, [a, b]))] = True
     for w in words:
-        in_word |= (t >= w.start) & (t < w.end)
+        in_word[slice(*np.searchsorted(t, [w.start, w.end]))] = True
     spk_exp = intensity @ emo_exp + _ar1(rng, n_all, N_EXP, 0.95, 0.05)
     spk_pose = _ar1(rng, n_all, N_POSE, 0.97, 0.02)
     spk_pose[:, 3] += in_word * 0.1 * (0.5 + 0.5 * np.sin(2 * np.pi * 4.5 * t))
@@ -265,10 +266,11 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float) -> dict:
     responses = []
 
     def respond(name, t_on, amp, dur):
-        env = _envelope(t, t_on, dur) * amp
-        resp_exp[:] += env[:, None] * world["response_exp"][RESPONSES.index(name)]
-        resp_pose[:] += _response_pose(name, t, env, rng.uniform(0, 2 * np.pi))
-        valence[:] += env * RESPONSE_VALENCE[name]
+        w = slice(*np.searchsorted(t, [t_on, t_on + dur + 0.4]))   # where the envelope is non-zero
+        env = _envelope(t[w], t_on, dur) * amp
+        resp_exp[w] += env[:, None] * world["response_exp"][RESPONSES.index(name)]
+        resp_pose[w] += _response_pose(name, t[w], env, rng.uniform(0, 2 * np.pi))
+        valence[w] += env * RESPONSE_VALENCE[name]
         responses.append((name, t_on, dur))
 
     for k, (phrase, emo, a, b) in enumerate(utterances):
