@@ -236,6 +236,9 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
             raise FileNotFoundError(f"resume: no training state in {str(out_dir)!r} (expected train_state.json)")
         model = ListenerLM.from_pretrained(out_dir)
         opt_state_dir = out_dir
+        if modalities is not None and check_modalities(modalities) != model.modalities:
+            raise ValueError(f"resume: {str(out_dir)!r} was trained with modalities {'+'.join(model.modalities)}, "
+                             f"got {modalities!r}")
     elif model is None:
         bb, tok = default_backbone(corpus_words(train_segments), seed=tc.seed, **(backbone or {}))
         mods = check_modalities(modalities) if modalities is not None else LMConfig().modalities
