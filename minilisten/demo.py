@@ -51,13 +51,14 @@ class DemoConfig:
     vq_code_dim: int = 64
     vq_lr: float = 1e-3
     # LM (small GPT-2 from scratch; paper: GPT-2 Medium)
-    lm_layers: int = 4
-    lm_width: int = 192
+    lm_layers: int = 2
+    lm_width: int = 128
     lm_heads: int = 4
-    lm_window: int = 96          # training window in frames (12 LR steps); evaluation uses 240
+    lm_window: int = 240         # training window in frames (30 LR steps), as evaluated: shorter windows
+                                 # leave the late positions of multimodal sequences untrained
     stage1_steps: int = 150
-    stage2_steps: int = 500
-    lm_batch: int = 16
+    stage2_steps: int = 800
+    lm_batch: int = 8
     lm_lr: float = 1e-3
     table3: bool = False
     decode_batch: int = 16
