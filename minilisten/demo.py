@@ -24,7 +24,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,6 @@ class DemoConfig:
     decode_batch: int = 16
     max_test_clips: int = 128    # 0 = all of LM-listener's clips of the test split (256 by default)
     workers: int = min(2, os.cpu_count() or 1)   # parallel training processes (1 thread each)
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls, **kw) -> "DemoConfig":
