@@ -414,7 +414,8 @@ def test_synthetic_corpus_round_trip(tmp_path):
         from minilisten.data.synthetic import synthetic_corpus
     except ImportError:
         pytest.skip("minilisten.data.synthetic not written yet")
-    c = synthetic_corpus(seed=0, n_identities=2, n_segments=4, seconds=4, fps=30)
+    c = synthetic_corpus(seed=0, n_identities=2, n_segments=20, seconds=4, fps=30)   # 1 val + 1 test per identity
+    assert c.val and c.test
     save_corpus(c, tmp_path / "syn", progress=False)
     back = load_corpus(tmp_path / "syn")
     for split in ("train", "val", "test"):

@@ -105,3 +105,7 @@ def test_bad_parameters():
         synthetic_corpus(n_identities=0)
     with pytest.raises(ValueError, match="split"):
         synthetic_corpus(n_segments=4, split=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match=r"n_segments: expected enough segments per identity .* got 2 .*val/test split"):
+        synthetic_corpus(n_identities=2, n_segments=4, seconds=4)   # 2 per identity: no val/test segment
+    c = synthetic_corpus(n_identities=2, n_segments=4, seconds=4, split=(0.5, 0.5, 0.0))
+    assert len(c.train) == len(c.val) == 2 and c.test == []

@@ -342,6 +342,12 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
         mine = prng.permutation(np.arange(k, n_segments, n_identities))
         n_va = int(round(split[1] * len(mine)))
         n_te = int(round(split[2] * len(mine)))
+        short = [name for name, f, n in (("val", split[1], n_va), ("test", split[2], n_te),
+                                          ("train", split[0], len(mine) - n_va - n_te)) if f > 0 and n < 1]
+        if short:
+            raise ValueError(f"n_segments: expected enough segments per identity for every split, got {len(mine)} "
+                             f"for identity {k} ({n_segments} segments / {n_identities} identities) and split "
+                             f"{tuple(split)}: the {'/'.join(short)} split would have none of its segments")
         idx["val"] += mine[:n_va].tolist()
         idx["test"] += mine[n_va:n_va + n_te].tolist()
         idx["train"] += mine[n_va + n_te:].tolist()
