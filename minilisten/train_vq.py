@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import atomic_write_text, load_train_state, save_train_state
+from .data.cli import add_data_args, load_data
 from .data.segment import N_SHAPE
 from .data.windows import motion_stats
 from .vqvae import PRESETS, VQConfig, VQVAE, perplexity
@@ -248,25 +249,12 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", steps: 
 
 # ----------------------------------------------------------------------------- CLI
 def _load_splits(a):
-    if a.data:
-        try:
-            from .data.formats import load_dataset
-        except ImportError as e:
-            raise SystemExit(f"--data {a.data}: minilisten.data.formats.load_dataset is not available ({e})")
-        ds = load_dataset(a.data)
-        return ds.train, ds.val, ds.test, f"dataset {a.data}"
-    from .data.synthetic import synthetic_corpus
-    ds = synthetic_corpus(seed=a.corpus_seed, n_identities=a.identities, n_segments=a.segments, seconds=a.seconds)
-    return ds.train, ds.val, ds.test, f"synthetic corpus (seed {a.corpus_seed}, {a.identities} identities)"
+    ds, what = load_data(a)
+    return ds.train, ds.val, ds.test, what
 
 
 def _data_args(p):
-    g = p.add_argument_group("data (synthetic corpus unless --data)")
-    g.add_argument("--data", metavar="DIR", help="dataset directory (read with minilisten.data.formats.load_dataset)")
-    g.add_argument("--corpus-seed", type=int, default=0)
-    g.add_argument("--identities", type=int, default=8)
-    g.add_argument("--segments", type=int, default=300)
-    g.add_argument("--seconds", type=float, default=64.0)
+    g = add_data_args(p)
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
 
 

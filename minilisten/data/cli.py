@@ -23,6 +23,29 @@ def summary(splits: dict, fps: float) -> str:
     return "\n".join(lines)
 
 
+def add_data_args(p: argparse.ArgumentParser):
+    """The dataset options shared by ``train-vq``, ``evaluate-vq`` and ``train-lm``: ``--data DIR``
+    or the synthetic corpus's ``--corpus-seed/--identities/--segments/--seconds``."""
+    g = p.add_argument_group("data (synthetic corpus unless --data)")
+    g.add_argument("--data", metavar="DIR", help="dataset directory (read with minilisten.data.formats.load_dataset)")
+    g.add_argument("--corpus-seed", type=int, default=0)
+    g.add_argument("--identities", type=int, default=8)
+    g.add_argument("--segments", type=int, default=300)
+    g.add_argument("--seconds", type=float, default=64.0)
+    return g
+
+
+def load_data(a: argparse.Namespace):
+    """``(dataset, description)`` for the options of :func:`add_data_args`; the dataset has
+    ``.train/.val/.test`` and, for the synthetic corpus and our format, ``.n_sa``."""
+    if a.data:
+        from .formats import load_dataset
+        return load_dataset(a.data), f"dataset {a.data}"
+    from .synthetic import synthetic_corpus
+    ds = synthetic_corpus(seed=a.corpus_seed, n_identities=a.identities, n_segments=a.segments, seconds=a.seconds)
+    return ds, f"synthetic corpus (seed {a.corpus_seed}, {a.identities} identities)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m minilisten data", description=__doc__)
     src = p.add_mutually_exclusive_group()
