@@ -9,7 +9,7 @@ counts (words ~2.5/s, SA 50/s, emotion: ~20 speaker tokens per step), timed side
                  (``generate.HFDecoder``)
   (c) ours-eager ``generate.Generator``: compact forward + static KV cache, eager
   (d) ours-compiled  the same under ``torch.compile`` (CUDA: CUDA graphs, ``reduce-overhead``;
-                 CPU: inductor's C++ code with frozen weights). On CPU the full run adds
+                 CPU: inductor's C++ code around MKL matmuls). On CPU the full run adds
                  "(d) compiled bf16": the same with bf16 weights (AMX where the CPU has it), a
                  different dtype than (a)-(c), shown with its agreement with their codes
 
