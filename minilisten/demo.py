@@ -50,7 +50,8 @@ class DemoConfig:
     vq_width: int = 64
     vq_code_dim: int = 64
     vq_lr: float = 1e-3
-    # LM (small GPT-2 from scratch; paper: GPT-2 Medium)
+    # LM (small LM from scratch, LLaMA layout = rotary positions, see lm.default_backbone; paper: GPT-2 Medium)
+    lm_arch: str = "llama"
     lm_layers: int = 2
     lm_width: int = 128
     lm_heads: int = 4
@@ -282,7 +283,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
     mods = ["W", "W+SA+emo"] + (["W+SA", "W+emo"] if cfg.table3 else [])
     lm_kw = dict(batch_size=cfg.lm_batch, window=cfg.lm_window, lr=cfg.lm_lr, seed=cfg.seed, eval_every=0,
                  n_sa=corpus.n_sa, n_lr=vq["naive"].config.codebook_size,
-                 backbone=dict(n_layer=cfg.lm_layers, n_embd=cfg.lm_width, n_head=cfg.lm_heads))
+                 backbone=dict(n_layer=cfg.lm_layers, n_embd=cfg.lm_width, n_head=cfg.lm_heads, arch=cfg.lm_arch))
     t0 = time.perf_counter()
     _run_jobs([(_lm_job, (corpus_kw, None, str(out / f"stage1_{_slug(m)}"), dict(lm_kw, stage=1, modalities=m,
                                                                                steps=cfg.stage1_steps)))
@@ -393,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table3", action="store_true", help="also train W+SA and W+emo LMs (paper Table 3)")
+    p.add_argument("--lm-arch", choices=("llama", "gpt2"), default=None,
+                   help="layout of the from-scratch LMs (default llama: rotary positions)")
     p.add_argument("--no-progress", action="store_true")
     for f in ("vq_steps", "stage1_steps", "stage2_steps", "n_segments", "n_identities", "max_test_clips"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=None)
@@ -400,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     over = {f: getattr(a, f) for f in ("vq_steps", "stage1_steps", "stage2_steps", "n_segments", "n_identities",
                                        "max_test_clips") if getattr(a, f) is not None}
     over.update(seed=a.seed, table3=a.table3)
+    if a.lm_arch:
+        over["lm_arch"] = a.lm_arch
     cfg = DemoConfig.quick(**over) if a.quick else DemoConfig(**over)
     run_demo(cfg, a.out, progress=not a.no_progress)
     return 0

@@ -6,7 +6,8 @@ LM-listener) of input LR tokens is replaced by random codes.
 
 Paper schedule (``--paper-schedule``): AdamW (0.5, 0.99), batch 8; stage 1 60K it at 5e-5;
 stage 2 150K it at 5e-5 then 50K at 2.5e-6 (GPT-2 medium). The CPU defaults train the small
-from-scratch GPT-2 for a few hundred steps at 1e-3 with warm-up.
+from-scratch default backbone (``--arch llama``: rotary positions; ``--arch gpt2``) for a few
+hundred steps at 1e-3 with warm-up.
 
 Data: random training windows of ``window`` frames (a multiple of r = 8) from the training
 segments, with the LR codes of the whole segment sliced to the window. Shorter windows (e.g.
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write_text, load_train_state, save_train_state
+from .data.cli import add_data_args, load_data
 from .data.segment import Segment
 from .lm import ListenerLM, LMConfig, collate, default_backbone, load_backbone
 from .speaker import check_modalities
@@ -218,7 +220,7 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
              config: TrainConfig | None = None, out_dir=None, resume: bool = False, n_sa: int = 1024,
              n_lr: int = 256, backbone: dict | None = None, lm_config: dict | None = None, log=print,
              **overrides) -> ListenerLM:
-    """Train ``model`` (or a fresh default: small GPT-2 + BPE tokenizer trained on the training
+    """Train ``model`` (or a fresh default: small LLaMA-layout LM + BPE tokenizer trained on the training
     words, sized by ``backbone`` kwargs of :func:`~minilisten.lm.default_backbone`) for one stage.
 
     ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2). ``modalities``: ``"W+SA+emo"``
@@ -332,7 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--init", metavar="DIR", help="start from a saved ListenerLM (e.g. the stage-1 checkpoint)")
     p.add_argument("--backbone", default="default",
-                   help="'default' (small GPT-2 from scratch + BPE on the corpus words), a hub name or a local directory")
+                   help="'default' (a small LM from scratch, see --arch, + BPE on the corpus words), a hub name or a local directory")
     p.add_argument("--modalities", default=None,
                    help="speaker modalities, e.g. W, W+emo, W+SA+emo (default: those of --init / --resume, else W+SA+emo)")
     p.add_argument("--word-placement", choices=("eq1", "lm_listener"), default=None,
@@ -340,6 +342,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--history-tokens", type=int, default=48, help="W^h budget in tokens")
     p.add_argument("--max-len", type=int, default=0, help="context limit (0 = the backbone's)")
     g = p.add_argument_group("default backbone size")
+    g.add_argument("--arch", choices=("llama", "gpt2"), default="llama",
+                   help="layout of the from-scratch default: llama (rotary positions; learns the interleaved "
+                        "sequences faster from scratch) or gpt2 (learned absolute positions)")
     g.add_argument("--n-layer", type=int, default=2)
     g.add_argument("--n-embd", type=int, default=128)
     g.add_argument("--n-head", type=int, default=4)
@@ -347,12 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on for llama/mistral/qwen backbones, off otherwise")
     g.add_argument("--lora-r", type=int, default=16)
-    g = p.add_argument_group("data (synthetic corpus unless --data)")
-    g.add_argument("--data", metavar="DIR", help="dataset directory (minilisten.data.formats.load_dataset)")
-    g.add_argument("--corpus-seed", type=int, default=0)
-    g.add_argument("--identities", type=int, default=8)
-    g.add_argument("--segments", type=int, default=300)
-    g.add_argument("--seconds", type=float, default=64.0)
+    g = add_data_args(p)
     g.add_argument("--codes", default="kmeans",
                    help="LR codes for stage 2: 'vqvae:DIR' (a trained VQ-VAE), 'kmeans' (k-means of listener motion "
                         "groups, no VQ-VAE) or an .npz file with one array per segment name")
@@ -378,13 +378,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_data(a):
-    if a.data:
-        from .data.formats import load_dataset
-        ds = load_dataset(a.data)
-        return ds.train, ds.val, getattr(ds, "n_sa", 1024)
-    from .data.synthetic import synthetic_corpus
-    ds = synthetic_corpus(seed=a.corpus_seed, n_identities=a.identities, n_segments=a.segments, seconds=a.seconds)
-    return ds.train, ds.val, ds.n_sa
+    ds, _ = load_data(a)
+    return ds.train, ds.val, getattr(ds, "n_sa", 1024)
 
 
 def _load_codes(spec: str, train, val, n_lr: int, seed: int, device: str):
@@ -441,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model = train_lm(train, val, codes_tr, codes_va, stage=a.stage, modalities=modalities, model=model, config=tc,
                      out_dir=a.out, resume=a.resume, n_sa=n_sa, n_lr=n_lr, lm_config=lm_kw,
-                     backbone=dict(n_layer=a.n_layer, n_embd=a.n_embd, n_head=a.n_head))
+                     backbone=dict(n_layer=a.n_layer, n_embd=a.n_embd, n_head=a.n_head, arch=a.arch))
     last = model.train_log[-1] if model.train_log else {}
     print(json.dumps({"out": a.out, "stage": a.stage, "modalities": "+".join(model.modalities),
                       "val_loss": last.get("loss"), "val_acc": last.get("acc"), "seconds": round(time.time() - t0, 1)}))

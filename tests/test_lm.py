@@ -347,17 +347,20 @@ def _tiny_corpus():
     return synthetic_corpus(seed=0, n_identities=2, n_segments=12, seconds=8)
 
 
-def test_training_loss_decreases(tok):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_training_loss_decreases(tok, arch):
     c = _tiny_corpus()
     bb, t = default_backbone([w.text for s in c.train for w in s.words + s.history_words], n_layer=1, n_embd=32,
-                             n_head=2, n_positions=512)
+                             n_head=2, n_positions=512, arch=arch)
+    assert bb.config.model_type == arch
+    torch.manual_seed(0)
     m = ListenerLM(bb, t, LMConfig(n_lr=16))
     codes = [np.arange(s.T // 8) % 16 for s in c.train]       # a learnable pattern
     seqs = [m.build_sequence(s.window(0, 96), c_[:12]) for s, c_ in zip(c.train[:4], codes)]
     batch = collate(seqs, m.vocab.pad)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3, betas=(0.5, 0.99))
     losses = []
-    for _ in range(15):
+    for _ in range(25):
         loss, _ = m.loss(batch, 2)
         opt.zero_grad()
         loss.backward()
@@ -372,6 +375,18 @@ def test_training_loss_decreases(tok):
         loss.backward()
         opt.step()
     assert loss.item() < l0
+
+
+def test_default_backbone_arch(tmp_path):
+    with pytest.raises(ValueError, match="arch: expected one of .*got 'bert'"):
+        default_backbone(["a", "b"], arch="bert")
+    bb, t = default_backbone(["yes no maybe"] * 4, n_layer=1, n_embd=32, n_head=2, n_positions=128)
+    assert bb.config.model_type == "llama" and bb.config.max_position_embeddings == 128
+    m = ListenerLM(bb, t, LMConfig(n_lr=16, n_sa=32)).eval()
+    m.save_pretrained(tmp_path / "lm")
+    m2 = ListenerLM.from_pretrained(tmp_path / "lm").eval()
+    x = torch.randint(0, m.vocab.size, (2, 40))
+    assert torch.equal(m.lr_logits(x), m2.lr_logits(x))
 
 
 def test_train_lm_function_and_cli(tmp_path):
