@@ -49,9 +49,10 @@ WORDS = ("the a yes no really what why okay so and but you i we they think know 
          "well oh hmm that this was is it not just like about people work home today tomorrow").split()
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-CONFIGS = {   # GPT-2 shapes: (n_layer, n_embd, n_head, n_positions, word vocabulary)
-    "tiny": dict(n_layer=4, n_embd=256, n_head=4, n_positions=1024, vocab_size=None),
-    "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, vocab_size=50257),
+CONFIGS = {   # layout, shape (n_layer, n_embd, n_head, n_positions) and word vocabulary (None: a small BPE's)
+    "tiny": dict(arch="gpt2", n_layer=4, n_embd=256, n_head=4, n_positions=1024, vocab_size=None),
+    "tiny-llama": dict(arch="llama", n_layer=4, n_embd=256, n_head=4, n_positions=1024, vocab_size=None),
+    "gpt2-medium": dict(arch="gpt2", n_layer=24, n_embd=1024, n_head=16, n_positions=1024, vocab_size=50257),
 }
 
 
@@ -82,17 +83,25 @@ def speaker_segment(seconds: float, fps: float = 30.0, seed: int = 0, words_per_
 
 
 def build_lm(config: str = "tiny", device="cpu", dtype=torch.float32, seed: int = 0):
-    """A random-weight ``ListenerLM`` with a GPT-2 backbone of the ``CONFIGS[config]`` shape (the
-    word tokenizer is a small BPE trained on ``WORDS``; the backbone keeps its full word vocabulary)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A random-weight ``ListenerLM`` with a backbone of the ``CONFIGS[config]`` layout and shape
+    (GPT-2, or LLaMA = the from-scratch default's layout, SwiGLU width 4 x n_embd; the word
+    tokenizer is a small BPE trained on ``WORDS``; the backbone keeps its full word vocabulary)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from .lm import ListenerLM, LMConfig, train_word_tokenizer
     c = dict(CONFIGS[config])
+    arch = c.pop("arch")
     tok = train_word_tokenizer(list(WORDS) * 3, vocab_size=300)
     c["vocab_size"] = c["vocab_size"] or len(tok)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        bb = GPT2LMHeadModel(GPT2Config(**c))
+        if arch == "gpt2":
+            bb = GPT2LMHeadModel(GPT2Config(**c))
+        else:
+            bb = LlamaForCausalLM(LlamaConfig(
+                vocab_size=c["vocab_size"], hidden_size=c["n_embd"], intermediate_size=4 * c["n_embd"],
+                num_hidden_layers=c["n_layer"], num_attention_heads=c["n_head"], num_key_value_heads=c["n_head"],
+                max_position_embeddings=c["n_positions"], tie_word_embeddings=True))
         lm = ListenerLM(bb, tok, LMConfig())
         torch.nn.init.normal_(lm.lr_head.weight, std=0.2)
     return lm.to(device=device, dtype=dtype).eval()
@@ -318,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes: about a minute on a CPU")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="default: gpt2-medium on GPU, tiny on CPU")
+    p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="default: gpt2-medium on GPU, tiny (GPT-2) on CPU; tiny-llama: the default LM's layout")
     p.add_argument("--batch", type=int, default=None, help="the large batch (default 64 on GPU, 4 on CPU)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds per scenario (default 2 quick, 5 full)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
@@ -340,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     env = environment(device)
     print(f"# minilisten decode benchmark: {env['device']} ({device.type}), torch {env['torch']}, "
-          f"transformers {env['transformers']}, {config} GPT-2, {str(dtype).split('.')[-1]}, threads {env['threads']}", flush=True)
+          f"transformers {env['transformers']}, {config} ({CONFIGS[config]['arch']}), {str(dtype).split('.')[-1]}, threads {env['threads']}", flush=True)
     result = dict(env=env, command="python -m minilisten.bench " + " ".join(sys.argv[1:] if argv is None else argv),
                   config=dict(name=config, **CONFIGS[config], dtype=str(dtype), big_batch=big, reps=reps,
                               quick=args.quick, compile=args.compile))

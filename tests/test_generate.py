@@ -241,3 +241,19 @@ def test_cuda_graphs_equal_reference(arch):
     assert g.generate(hs, ss).tolist() == ref
     assert g.generate(hs, ss).tolist() == ref          # replays of the recorded graphs
     assert g.generate(hs[:1], ss[:1]).tolist() == ref[:1]
+
+
+@pytest.mark.parametrize("config", ["tiny", "tiny-llama"])
+def test_bench_decode_rows(config):
+    """The benchmark's own decode table on short streams: every method's codes equal the no-cache
+    reference (the GPT-2 and the default LLaMA layout), and the rows carry the reported fields."""
+    from minilisten.bench import CONFIGS, bench_decode, build_lm
+    lm = build_lm(config)
+    assert lm.backbone.config.model_type == CONFIGS[config]["arch"]
+    rows = bench_decode(lm, "cpu", batches=(1, 2), window_seconds=2.0, long_seconds=2.0, reps=1,
+                        methods=("a", "b", "c"), progress=lambda s: None)
+    assert {r["scenario"] for r in rows} == {"window", "long", "W+emo"}
+    assert {r["method"] for r in rows} == {"(a) nocache", "(b) hf-dynamic", "(c) ours-eager"}
+    for r in rows:
+        assert r["agreement_vs_ref"] == 1.0, r
+        assert r["lr_tokens_per_s"] > 0 and r["fps"] == pytest.approx(8 * r["lr_tokens_per_s"])
