@@ -250,11 +250,11 @@ def default_backbone(texts, n_layer: int = 2, n_embd: int = 128, n_head: int = 4
 
     ``arch="llama"`` (default): LLaMA layout (rotary positions, RMSNorm, SwiGLU of width 4 x
     ``n_embd``, tied embeddings); ``arch="gpt2"``: GPT-2 (learned absolute positions). Measured on
-    the synthetic corpus (README, "Why the default backbone is rotary"): trained from scratch, the
-    rotary model learns the interleaved multimodal sequences several times faster, because the LR
-    token of step i sits ~20 tokens after the previous one at positions that vary, and learned
-    absolute positions must first be learned one by one (a pretrained GPT-2, as in the paper, has
-    them already: pass it by ``--backbone``)."""
+    the synthetic corpus (README, "Why the default from-scratch backbone is rotary"): trained from
+    scratch, the rotary model learns the interleaved multimodal sequences much faster (LR accuracy
+    0.073 vs 0.041 after 400 stage-2 steps), because the LR token of step i sits ~20 tokens after
+    the previous one at positions that vary, and learned absolute positions must first be learned
+    one by one (a pretrained GPT-2, as in the paper, has them already: pass it by ``--backbone``)."""
     tok = train_word_tokenizer(texts, vocab_size)
     if arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
