@@ -69,7 +69,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **kw) -> "DemoConfig":
         base = dict(n_identities=4, n_segments=40, seconds=32.0, vq_steps=150, vq_batch=16, vq_width=64,
-                    vq_code_dim=64, lm_layers=2, lm_width=96, lm_heads=4, lm_window=64, stage1_steps=20,
+                    vq_code_dim=64, lm_layers=2, lm_width=96, lm_heads=4, lm_window=240, stage1_steps=20,
                     stage2_steps=60, lm_batch=8, max_test_clips=12)
         return cls(**{**base, **kw})
 
