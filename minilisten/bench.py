@@ -84,24 +84,15 @@ def speaker_segment(seconds: float, fps: float = 30.0, seed: int = 0, words_per_
 
 def build_lm(config: str = "tiny", device="cpu", dtype=torch.float32, seed: int = 0):
     """A random-weight ``ListenerLM`` with a backbone of the ``CONFIGS[config]`` layout and shape
-    (GPT-2, or LLaMA = the from-scratch default's layout, SwiGLU width 4 x n_embd; the word
+    (``lm.scratch_backbone``: GPT-2, or LLaMA = the from-scratch default's layout; the word
     tokenizer is a small BPE trained on ``WORDS``; the backbone keeps its full word vocabulary)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    from .lm import ListenerLM, LMConfig, train_word_tokenizer
+    from .lm import ListenerLM, LMConfig, scratch_backbone, train_word_tokenizer
     c = dict(CONFIGS[config])
-    arch = c.pop("arch")
     tok = train_word_tokenizer(list(WORDS) * 3, vocab_size=300)
     c["vocab_size"] = c["vocab_size"] or len(tok)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if arch == "gpt2":
-            bb = GPT2LMHeadModel(GPT2Config(**c))
-        else:
-            bb = LlamaForCausalLM(LlamaConfig(
-                vocab_size=c["vocab_size"], hidden_size=c["n_embd"], intermediate_size=4 * c["n_embd"],
-                num_hidden_layers=c["n_layer"], num_attention_heads=c["n_head"], num_key_value_heads=c["n_head"],
-                max_position_embeddings=c["n_positions"], tie_word_embeddings=True))
+        bb = scratch_backbone(**c, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         lm = ListenerLM(bb, tok, LMConfig())
         torch.nn.init.normal_(lm.lr_head.weight, std=0.2)
     return lm.to(device=device, dtype=dtype).eval()

@@ -388,13 +388,14 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .lm import DEFAULT_ARCHS
     p = argparse.ArgumentParser(prog="python -m minilisten demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI-sized run (~3 min on 2 CPU cores)")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table3", action="store_true", help="also train W+SA and W+emo LMs (paper Table 3)")
-    p.add_argument("--lm-arch", choices=("llama", "gpt2"), default=None,
+    p.add_argument("--lm-arch", choices=DEFAULT_ARCHS, default=None,
                    help="layout of the from-scratch LMs (default llama: rotary positions)")
     p.add_argument("--no-progress", action="store_true")
     for f in ("vq_steps", "stage1_steps", "stage2_steps", "n_segments", "n_identities", "max_test_clips"):

@@ -243,6 +243,25 @@ def train_word_tokenizer(texts, vocab_size: int = 1024):
 DEFAULT_ARCHS = ("llama", "gpt2")
 
 
+def scratch_backbone(arch: str, vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_positions: int,
+                     bos_token_id: int | None = None, eos_token_id: int | None = None):
+    """A randomly initialised causal LM of the from-scratch layouts of :func:`default_backbone`
+    (``arch`` in ``DEFAULT_ARCHS``; the benchmark builds its models with it too)."""
+    if arch == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+            bos_token_id=bos_token_id, eos_token_id=eos_token_id, resid_pdrop=0.1, embd_pdrop=0.1,
+            attn_pdrop=0.0))  # no attention dropout: lets SDPA use its fused causal kernel
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=vocab_size, hidden_size=n_embd, intermediate_size=4 * n_embd, num_hidden_layers=n_layer,
+            num_attention_heads=n_head, num_key_value_heads=n_head, max_position_embeddings=n_positions,
+            bos_token_id=bos_token_id, eos_token_id=eos_token_id, tie_word_embeddings=True, attention_dropout=0.0))
+    raise ValueError(f"arch: expected one of {DEFAULT_ARCHS}, got {arch!r}")
+
+
 def default_backbone(texts, n_layer: int = 2, n_embd: int = 128, n_head: int = 4, n_positions: int = 1024,
                      vocab_size: int = 1024, seed: int = 0, arch: str = "llama"):
     """The offline default: a small causal LM from scratch + a BPE tokenizer trained on ``texts``
@@ -256,24 +275,9 @@ def default_backbone(texts, n_layer: int = 2, n_embd: int = 128, n_head: int = 4
     the previous one at positions that vary, and learned absolute positions must first be learned
     one by one (a pretrained GPT-2, as in the paper, has them already: pass it by ``--backbone``)."""
     tok = train_word_tokenizer(texts, vocab_size)
-    if arch == "gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
-        cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, resid_pdrop=0.1,
-                         embd_pdrop=0.1, attn_pdrop=0.0)  # no attention dropout: lets SDPA use its fused causal kernel
-        cls = GPT2LMHeadModel
-    elif arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=n_embd, intermediate_size=4 * n_embd,
-                          num_hidden_layers=n_layer, num_attention_heads=n_head, num_key_value_heads=n_head,
-                          max_position_embeddings=n_positions, bos_token_id=tok.bos_token_id,
-                          eos_token_id=tok.eos_token_id, tie_word_embeddings=True, attention_dropout=0.0)
-        cls = LlamaForCausalLM
-    else:
-        raise ValueError(f"arch: expected one of {DEFAULT_ARCHS}, got {arch!r}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = cls(cfg)
+        model = scratch_backbone(arch, len(tok), n_layer, n_embd, n_head, n_positions, tok.bos_token_id, tok.eos_token_id)
     return model, tok
 
 

@@ -36,7 +36,7 @@ import torch
 from .checkpoint import atomic_write_text, load_train_state, save_train_state
 from .data.cli import add_data_args, load_data
 from .data.segment import Segment
-from .lm import ListenerLM, LMConfig, collate, default_backbone, load_backbone
+from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, collate, default_backbone, load_backbone
 from .speaker import check_modalities
 
 PAPER_SCHEDULE = {1: dict(steps=60_000, lr=5e-5, warmup=0, batch_size=8),
@@ -342,7 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--history-tokens", type=int, default=48, help="W^h budget in tokens")
     p.add_argument("--max-len", type=int, default=0, help="context limit (0 = the backbone's)")
     g = p.add_argument_group("default backbone size")
-    g.add_argument("--arch", choices=("llama", "gpt2"), default="llama",
+    g.add_argument("--arch", choices=DEFAULT_ARCHS, default="llama",
                    help="layout of the from-scratch default: llama (rotary positions; learns the interleaved "
                         "sequences faster from scratch) or gpt2 (learned absolute positions)")
     g.add_argument("--n-layer", type=int, default=2)

@@ -316,13 +316,7 @@ def test_llama_lora(tok, tmp_path):
     seqs = [m.build_sequence(hand_segment(), [1, 2, 3])]
     batch = collate(seqs, m.vocab.pad)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss, _ = m.loss(batch, 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _fit(m, batch, 2, opt, 8)
     assert losses[-1] < losses[0]
     new_rows = torch.arange(m.vocab.n_words, m.vocab.size)
     assert torch.equal(m.backbone.get_input_embeddings()(torch.arange(len(tok))), emb_before)   # words frozen
@@ -342,6 +336,18 @@ def test_llama_lora(tok, tmp_path):
 
 
 # ----------------------------------------------------------------------------- training
+def _fit(m, batch, stage: int, opt, steps: int) -> list[float]:
+    """``steps`` optimizer steps on one batch; the loss before each step."""
+    losses = []
+    for _ in range(steps):
+        loss, _ = m.loss(batch, stage)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def _tiny_corpus():
     from minilisten.data import synthetic_corpus
     return synthetic_corpus(seed=0, n_identities=2, n_segments=12, seconds=8)
@@ -359,22 +365,11 @@ def test_training_loss_decreases(tok, arch):
     seqs = [m.build_sequence(s.window(0, 96), c_[:12]) for s, c_ in zip(c.train[:4], codes)]
     batch = collate(seqs, m.vocab.pad)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3, betas=(0.5, 0.99))
-    losses = []
-    for _ in range(25):
-        loss, _ = m.loss(batch, 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _fit(m, batch, 2, opt, 25)
     assert losses[-1] < 0.7 * losses[0], losses
     s1 = collate([m.build_sequence(s.window(0, 96)) for s in c.train[:4]], m.vocab.pad)
     l0 = m.loss(s1, 1)[0].item()
-    for _ in range(10):
-        loss, _ = m.loss(s1, 1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < l0
+    assert _fit(m, s1, 1, opt, 10)[-1] < l0
 
 
 def test_default_backbone_arch(tmp_path):
