@@ -74,10 +74,10 @@ class Vocab:
     n_emo: int = N_EMOTIONS
 
     def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not (isinstance(v, (int, np.integer)) and v > 0):
-                raise ValueError(f"Vocab.{f.name}: expected a positive integer, got {v!r}")
+        for f in fields(self):   # V_SA / V_emo may be empty (0): data without SA tokens or emotion
+            v, low = getattr(self, f.name), (0 if f.name in ("n_sa", "n_emo") else 1)
+            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low):
+                raise ValueError(f"Vocab.{f.name}: expected an integer >= {low}, got {v!r}")
 
     bos = property(lambda self: self.n_words + 0)
     pad = property(lambda self: self.n_words + 1)
@@ -147,8 +147,8 @@ class Vocab:
 class LMConfig:
     modalities: tuple[str, ...] = MODALITIES  # subset of ("W", "SA", "emo"); words-only = LM-listener
     n_lr: int = 256                  # V_LR: VQ-VAE codebook size
-    n_sa: int = 1024                 # V_SA: SpeechTokenizer codebook size
-    n_emo: int = N_EMOTIONS          # V_emo: EMOCA classes
+    n_sa: int = 1024                 # V_SA: SpeechTokenizer codebook size (0: no SA block, e.g. words-only data)
+    n_emo: int = N_EMOTIONS          # V_emo: EMOCA classes (0: no emo block)
     r: int = 8                       # frames per LR token
     word_placement: str = "eq1"      # "eq1" (paper) | "lm_listener" (one step later, SYSTEM.md §8)
     history_tokens: int = 48         # budget of W^h word tokens (most recent kept)
@@ -162,6 +162,9 @@ class LMConfig:
 
     def __post_init__(self):
         self.modalities = check_modalities(self.modalities)
+        for m, n, what in (("SA", self.n_sa, "n_sa"), ("emo", self.n_emo, "n_emo")):
+            if m in self.modalities and not (isinstance(n, int) and n >= 1):
+                raise ValueError(f"LMConfig.{what}: modality {m!r} needs a vocabulary of >= 1 token, got {n!r}")
         if self.word_placement not in PLACEMENTS:
             raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {self.word_placement!r}")
         if not 0 < self.window_keep <= 1:

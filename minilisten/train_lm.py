@@ -35,9 +35,10 @@ import torch
 
 from .checkpoint import atomic_write_text, load_train_state, save_train_state
 from .data.cli import add_data_args, load_data
+from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
 from .data.segment import Segment
 from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, collate, default_backbone, load_backbone
-from .speaker import check_modalities
+from .speaker import MODALITIES, check_modalities
 
 PAPER_SCHEDULE = {1: dict(steps=60_000, lr=5e-5, warmup=0, batch_size=8),
                   2: dict(steps=200_000, lr=5e-5, lr_decay_step=150_000, lr_after=2.5e-6, warmup=0, batch_size=8)}
@@ -336,7 +337,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="default",
                    help="'default' (a small LM from scratch, see --arch, + BPE on the corpus words), a hub name or a local directory")
     p.add_argument("--modalities", default=None,
-                   help="speaker modalities, e.g. W, W+emo, W+SA+emo (default: those of --init / --resume, else W+SA+emo)")
+                   help="speaker modalities, e.g. W, W+emo, W+SA+emo (default: those of --init / --resume, else all "
+                        "that the data has)")
     p.add_argument("--word-placement", choices=("eq1", "lm_listener"), default=None,
                    help="word-to-step rule (default: that of --init, else eq1)")
     p.add_argument("--history-tokens", type=int, default=48, help="W^h budget in tokens")
@@ -378,8 +380,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_data(a):
-    ds, _ = load_data(a)
-    return ds.train, ds.val, getattr(ds, "n_sa", 1024)
+    ds, what = load_data(a)
+    return ds, what, ds.train, ds.val
 
 
 def _load_codes(spec: str, train, val, n_lr: int, seed: int, device: str):
@@ -409,7 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.paper_schedule:
         tc_kw.update(PAPER_SCHEDULE[a.stage])
     tc = TrainConfig(**tc_kw)
-    train, val, n_sa = _load_data(a)
+    ds, what, train, val = _load_data(a)
+    have = available_modalities(train + val)
+    if a.modalities:
+        want = check_modalities(a.modalities)
+        lacking = [m for m in want if m not in have]
+        if lacking:
+            raise ValueError(f"--modalities {a.modalities}: {what} has no {', '.join(MODALITY_FIELD[m] for m in lacking)} "
+                             f"in every train/val segment; expected a subset of its modalities {'+'.join(have) or 'none'}")
+    elif not (a.resume or a.init) and have != MODALITIES:
+        print(f"{what}: training on the speaker modalities it has, {'+'.join(have)}")
+    n_sa = resolve_n_sa(ds, train + val)
     codes_tr = codes_va = None
     n_lr = a.n_lr
     if a.stage == 2:
@@ -428,11 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     elif a.backbone != "default":
         bb, tok = load_backbone(a.backbone)
         lora = a.lora if a.lora is not None else bb.config.model_type in ("llama", "mistral", "qwen2", "gemma")
-        model = ListenerLM(bb, tok, LMConfig(modalities=check_modalities(a.modalities or "W+SA+emo"), n_sa=n_sa,
+        model = ListenerLM(bb, tok, LMConfig(modalities=check_modalities(a.modalities or "+".join(have)), n_sa=n_sa,
                                              n_lr=n_lr, lora=lora, lora_r=a.lora_r, **lm_kw))
     if a.resume and a.modalities:
         raise ValueError("--resume continues the saved run with its modalities; drop --modalities")
-    modalities = a.modalities if (a.modalities or model is not None or a.resume) else "W+SA+emo"
+    modalities = a.modalities if (a.modalities or model is not None or a.resume) else "+".join(have)
     t0 = time.time()
     model = train_lm(train, val, codes_tr, codes_va, stage=a.stage, modalities=modalities, model=model, config=tc,
                      out_dir=a.out, resume=a.resume, n_sa=n_sa, n_lr=n_lr, lm_config=lm_kw,

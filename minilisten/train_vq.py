@@ -103,11 +103,12 @@ def eval_windows(segments, window: int = 240, needs_beta: bool = True):
 def evaluate_vq(model: VQVAE, segments, window: int = 240, batch_size: int = 64) -> dict:
     """Table 5 metrics on the ``window``-frame windows of ``segments`` (see the module docstring):
     ``dict(rec, commit, ppl, entropy, used, rec_swap, rec_mean, rec_clip_mean, n_windows)``."""
-    mot, beta, ids = eval_windows(segments, window, model.needs_beta)
-    # identity swap: each window gets the beta of the next identity (sorted ids, cyclic)
-    uniq = sorted(set(ids))
-    beta_of = {i: beta[ids.index(i)] for i in uniq}
-    swap = torch.stack([beta_of[uniq[(uniq.index(i) + 1) % len(uniq)]] for i in ids])
+    mot, beta, _ = eval_windows(segments, window, model.needs_beta)
+    # identity swap: each window gets the next distinct beta (cyclic over the sorted distinct betas).
+    # Identities are told apart by beta, not listener_id: LM-listener's layout names one listener per
+    # directory however many people it holds.
+    uniq, inv = np.unique(beta.numpy().round(5), axis=0, return_inverse=True)
+    swap = torch.from_numpy(uniq[(inv.reshape(-1) + 1) % len(uniq)].astype(np.float32))
     was_training = model.training
     model.eval()
     dev = model.motion_mean.device

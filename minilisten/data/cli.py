@@ -24,53 +24,61 @@ def summary(splits: dict, fps: float) -> str:
 
 
 def add_data_args(p: argparse.ArgumentParser):
-    """The dataset options shared by ``train-vq``, ``evaluate-vq`` and ``train-lm``: ``--data DIR``
-    or the synthetic corpus's ``--corpus-seed/--identities/--segments/--seconds``."""
-    g = p.add_argument_group("data (synthetic corpus unless --data)")
-    g.add_argument("--data", metavar="DIR", help="dataset directory (read with minilisten.data.formats.load_dataset)")
-    g.add_argument("--corpus-seed", type=int, default=0)
-    g.add_argument("--identities", type=int, default=8)
-    g.add_argument("--segments", type=int, default=300)
-    g.add_argument("--seconds", type=float, default=64.0)
+    """The dataset options shared by every command that reads data: ``--data DIR``, or a synthetic
+    corpus ``--corpus NAME`` (a variant of :data:`~minilisten.data.synthetic.CORPORA`) with
+    ``--corpus-seed`` and optional size overrides ``--identities/--segments/--seconds``."""
+    from .synthetic import CORPORA
+    g = p.add_argument_group("data (a synthetic corpus unless --data)")
+    g.add_argument("--data", metavar="DIR", help="dataset directory: ours, LM-listener or Learning2Listen layout")
+    g.add_argument("--corpus", choices=list(CORPORA), default="default",
+                   help="synthetic corpus variant (README 'Synthetic corpora'; default: %(default)s)")
+    g.add_argument("--corpus-seed", type=int, default=0, help="seed of the synthetic corpus (default: %(default)s)")
+    g.add_argument("--identities", type=int, help="override the variant's number of listener identities")
+    g.add_argument("--segments", type=int, help="override the variant's number of segments")
+    g.add_argument("--seconds", type=float, help="override the variant's segment length in seconds")
     return g
+
+
+def corpus_overrides(a: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("n_identities", a.identities), ("n_segments", a.segments), ("seconds", a.seconds))
+            if v is not None}
 
 
 def load_data(a: argparse.Namespace):
     """``(dataset, description)`` for the options of :func:`add_data_args`; the dataset has
-    ``.train/.val/.test`` and, for the synthetic corpus and our format, ``.n_sa``."""
+    ``.train/.val/.test`` and ``.n_sa`` (None when unknown)."""
     if a.data:
         from .formats import load_dataset
         return load_dataset(a.data), f"dataset {a.data}"
-    from .synthetic import synthetic_corpus
-    ds = synthetic_corpus(seed=a.corpus_seed, n_identities=a.identities, n_segments=a.segments, seconds=a.seconds)
-    return ds, f"synthetic corpus (seed {a.corpus_seed}, {a.identities} identities)"
+    from .synthetic import named_corpus
+    over = corpus_overrides(a)
+    ds = named_corpus(a.corpus, seed=a.corpus_seed, **over)
+    extra = "".join(f", {k}={v}" for k, v in over.items())
+    return ds, f"synthetic corpus {a.corpus!r} (seed {a.corpus_seed}{extra})"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minilisten data", description=__doc__)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--synthetic", action="store_true", help="generate the embedded synthetic corpus (default)")
-    src.add_argument("--data", metavar="DIR", help="read a dataset directory (ours, LM-listener or Learning2Listen)")
+    from .synthetic import CORPORA, CORPUS_DOC
+    p = argparse.ArgumentParser(prog="python -m minilisten data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="synthetic corpora (--corpus):\n" + "\n".join(
+                                    f"  {k:<12} {CORPUS_DOC[k]}" for k in CORPORA))
+    add_data_args(p)
     p.add_argument("--out", metavar="DIR", help="write the corpus/dataset here in minilisten's format")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--identities", type=int, default=8)
-    p.add_argument("--segments", type=int, default=300)
-    p.add_argument("--seconds", type=float, default=64.0)
-    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--layout", choices=("minilisten", "lm-listener"), default="minilisten",
+                   help="layout written by --out (lm-listener keeps what its layout holds: words, motion, beta)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    if a.data:
-        from .formats import load_dataset
-        ds = load_dataset(a.data)
-        splits = {"train": ds.train, "val": ds.val, "test": ds.test}
-        fps, what = next(s for v in splits.values() for s in v).fps, f"dataset {a.data}"
-    else:
-        from .synthetic import synthetic_corpus
-        ds = synthetic_corpus(seed=a.seed, n_identities=a.identities, n_segments=a.segments, seconds=a.seconds, fps=a.fps)
-        splits, fps, what = ds.splits, ds.fps, f"synthetic corpus (seed {a.seed})"
+    ds, what = load_data(a)
+    splits = {"train": ds.train, "val": ds.val, "test": ds.test}
+    fps = next(s for v in splits.values() for s in v).fps
     print(f"{what}: loaded in {time.perf_counter() - t0:.1f} s")
     print(summary(splits, fps))
-    if a.out:
+    if a.out and a.layout == "lm-listener":
+        from .export import save_lm_listener
+        save_lm_listener(ds, a.out)
+        print(f"wrote {a.out} in LM-listener's layout")
+    elif a.out:
         from .formats import load_corpus, save_corpus
         save_corpus(ds, a.out)
         back = load_corpus(a.out)

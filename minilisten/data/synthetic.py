@@ -63,6 +63,9 @@ from .segment import EMOTIONS, N_EMOTIONS, N_EXP, N_POSE, N_SHAPE, Segment, Word
 
 N_SA = 1024
 RESPONSES = ("idle", "nod", "smile", "laugh", "concern", "surprise", "frown")
+#: How listener identity enters the motion / how the listener responds (the variants of CORPORA).
+IDENTITY_MODES = ("offset_gain", "gain", "rhythm")
+RESPONSE_MODES = ("cue", "contagion", "backchannel")
 RESPONSE_VALENCE = {"idle": 0.0, "nod": 0.1, "smile": 0.6, "laugh": 0.9, "concern": -0.5, "surprise": 0.2, "frown": -0.7}
 EMOTION_PRIOR = {"neutral": .30, "happy": .22, "sad": .14, "surprise": .10, "fear": .04, "disgust": .04, "anger": .10, "contempt": .06}
 EMOTION_VALENCE = {"neutral": 0.0, "happy": 0.8, "sad": -0.6, "surprise": 0.3, "fear": -0.5, "disgust": -0.6, "anger": -0.8, "contempt": -0.5}
@@ -142,7 +145,7 @@ def _envelope(t: np.ndarray, t_on: float, dur: float, rise: float = 0.2, decay: 
     return e * e * (3 - 2 * e)  # smoothstep
 
 
-def _make_world(rng: np.random.Generator, n_identities: int) -> dict:
+def _make_world(rng: np.random.Generator, n_identities: int, identity: str = "offset_gain") -> dict:
     def sparse_dirs(n, k=8, scale=0.8):
         out = np.zeros((n, N_EXP))
         for i in range(n):
@@ -160,25 +163,35 @@ def _make_world(rng: np.random.Generator, n_identities: int) -> dict:
     world["emotion_exp"][EMOTIONS.index("neutral")] *= 0.2
     betas = rng.normal(size=(n_identities, N_SHAPE))
     world["betas"] = betas
-    world["styles"] = [identity_style(world, b) for b in betas]
+    world["M_r"] = rng.normal(size=(3, N_SHAPE))   # drawn last: the default world stays as it was
+    world["styles"] = [identity_style(world, b, identity) for b in betas]
     return world
 
 
-def identity_style(world: dict, beta: np.ndarray) -> dict:
-    """The identity style as a function of beta: expression offset/gain, pose gain/offset."""
-    return {
-        "exp_offset": 0.6 * np.tanh(world["M_o"] @ beta / 10),
-        "exp_gain": np.exp(0.5 * np.tanh(world["M_g"] @ beta / 10)),
-        "pose_gain": np.exp(0.4 * np.tanh(world["M_p"] @ beta / 10)),
-        "pose_offset": 0.08 * np.tanh(world["M_q"] @ beta / 10),
-    }
+def identity_style(world: dict, beta: np.ndarray, identity: str = "offset_gain") -> dict:
+    """The identity style as a function of beta (see :data:`IDENTITY_MODES`)."""
+    u = lambda M: np.tanh(M @ beta / 10)  # noqa: E731  (values in (-1, 1), one per row of M)
+    if identity == "offset_gain":
+        return {"exp_offset": 0.6 * u(world["M_o"]), "exp_gain": np.exp(0.5 * u(world["M_g"])),
+                "pose_gain": np.exp(0.4 * u(world["M_p"])), "pose_offset": 0.08 * u(world["M_q"]),
+                "nod_hz": 2.5, "lag_scale": 1.0}
+    if identity == "gain":
+        return {"exp_offset": np.zeros(N_EXP), "exp_gain": np.exp(0.8 * u(world["M_g"])),
+                "pose_gain": np.exp(0.6 * u(world["M_p"])), "pose_offset": np.zeros(N_POSE),
+                "nod_hz": 2.5, "lag_scale": 1.0}
+    if identity == "rhythm":
+        r = u(world["M_r"])   # (3,): nod rate, response lag, pose amplitude
+        return {"exp_offset": np.zeros(N_EXP), "exp_gain": np.ones(N_EXP),
+                "pose_gain": np.full(N_POSE, np.exp(0.7 * r[2])), "pose_offset": np.zeros(N_POSE),
+                "nod_hz": 2.5 * np.exp(0.35 * r[0]), "lag_scale": np.exp(0.5 * r[1])}
+    raise ValueError(f"identity: expected one of {IDENTITY_MODES}, got {identity!r}")
 
 
-def _response_pose(name: str, t: np.ndarray, env: np.ndarray, phase: float) -> np.ndarray:
+def _response_pose(name: str, t: np.ndarray, env: np.ndarray, phase: float, nod_hz: float = 2.5) -> np.ndarray:
     """Pose pattern (T, 6) of a response atom: [pitch, yaw, roll, jaw x3]."""
     p = np.zeros((len(t), N_POSE))
     if name == "nod":
-        p[:, 0] = 0.08 * np.sin(2 * np.pi * 2.5 * t + phase) * env
+        p[:, 0] = 0.08 * np.sin(2 * np.pi * nod_hz * t + phase) * env
     elif name == "laugh":
         p[:, 3] = 0.15 * env
         p[:, 0] = 0.04 * np.sin(2 * np.pi * 4.0 * t + phase) * env
@@ -195,7 +208,8 @@ def _response_pose(name: str, t: np.ndarray, env: np.ndarray, phase: float) -> n
     return p
 
 
-def _conversation(rng, world, style, T: int, fps: float, pre: float) -> dict:
+def _conversation(rng, world, style, T: int, fps: float, pre: float, response: str = "cue", drift: float = 0.0,
+                  drift_seconds: float = 6.0) -> dict:
     """Simulate one conversation of T frames (plus ``pre`` seconds of lead-in); see module doc."""
     n_all = T + int(round(pre * fps))
     t = np.arange(n_all) / fps - pre                 # seconds, 0 = first frame of the segment
@@ -269,29 +283,55 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float) -> dict:
         w = slice(*np.searchsorted(t, [t_on, t_on + dur + 0.4]))   # where the envelope is non-zero
         env = _envelope(t[w], t_on, dur) * amp
         resp_exp[w] += env[:, None] * world["response_exp"][RESPONSES.index(name)]
-        resp_pose[w] += _response_pose(name, t[w], env, rng.uniform(0, 2 * np.pi))
+        resp_pose[w] += _response_pose(name, t[w], env, rng.uniform(0, 2 * np.pi), style["nod_hz"])
         valence[w] += env * RESPONSE_VALENCE[name]
         responses.append((name, t_on, dur))
 
+    lag = style["lag_scale"]
     for k, (phrase, emo, a, b) in enumerate(utterances):
         name = RESPONSE_RULE[(phrase, emo)]
-        t_on = b + rng.uniform(0.25, 0.6)
+        t_on = b + lag * rng.uniform(0.25, 0.6)
         dur = rng.uniform(0.8, 2.0)
-        if name != "idle":
-            respond(name, t_on, rng.uniform(0.7, 1.2), dur)
-            busy_until = t_on + dur
         nxt = utterances[k + 1][2] if k + 1 < len(utterances) else np.inf
-        if nxt - b > 0.5 and busy_until < b and rng.random() < 0.5:
-            respond("nod", b + rng.uniform(0.2, 0.4), 0.4, 0.6)
+        if response == "cue":
+            if name != "idle":
+                respond(name, t_on, rng.uniform(0.7, 1.2), dur)
+                busy_until = t_on + dur
+            if nxt - b > 0.5 and busy_until < b and rng.random() < 0.5:
+                respond("nod", b + lag * rng.uniform(0.2, 0.4), 0.4, 0.6)
+        elif response == "backchannel":   # only pauses matter: a nod, or a smile after a happy utterance
+            if nxt - b > 0.4 and rng.random() < 0.8:
+                respond("smile" if emo == "happy" else "nod", b + lag * rng.uniform(0.2, 0.4), rng.uniform(0.7, 1.2),
+                        0.5 + 0.4 * dur)
+        elif response != "contagion":
+            raise ValueError(f"response: expected one of {RESPONSE_MODES}, got {response!r}")
 
     spk_val = intensity @ np.array([EMOTION_VALENCE[e] for e in EMOTIONS])
-    lag = int(round(0.5 * fps))
-    delayed_exp = np.concatenate([np.zeros((lag, N_EXP)), _smooth(spk_exp, int(fps // 3))[:-lag]])
-    delayed_val = np.concatenate([np.zeros(lag), spk_val[:-lag]])
-    lis_exp = style["exp_offset"] + style["exp_gain"] * (resp_exp + 0.25 * delayed_exp)
+    n_lag = int(round(0.5 * lag * fps))
+    delayed_exp = np.concatenate([np.zeros((n_lag, N_EXP)), _smooth(spk_exp, int(fps // 3))[:len(spk_exp) - n_lag]])
+    delayed_val = np.concatenate([np.zeros(n_lag), spk_val[:len(spk_val) - n_lag]])
+    contagion = 0.25
+    if response == "contagion":
+        # the listener answers the speaker's emotion (not the words) after the lag: the emotion's
+        # default response atom, weighted by the delayed, smoothed emotion intensity
+        n_lag2 = int(round(0.8 * lag * fps))
+        inten = np.concatenate([np.zeros((n_lag2, N_EMOTIONS)), _smooth(intensity, int(fps // 2))[:n_all - n_lag2]])
+        atom = np.array([RESPONSES.index(_DEFAULT_BY_EMOTION[e]) for e in EMOTIONS])
+        resp_exp += inten @ world["response_exp"][atom]
+        for c, e in enumerate(EMOTIONS):
+            env = np.clip(inten[:, c], 0, 1.5)
+            resp_pose += _response_pose(_DEFAULT_BY_EMOTION[e], t, env, rng.uniform(0, 2 * np.pi), style["nod_hz"])
+        valence = inten @ np.array([RESPONSE_VALENCE[_DEFAULT_BY_EMOTION[e]] for e in EMOTIONS])
+        contagion = 0.5
+    lis_exp = style["exp_offset"] + style["exp_gain"] * (resp_exp + contagion * delayed_exp)
     lis_exp += _ar1(rng, n_all, N_EXP, 0.95, 0.03) + rng.normal(0, 0.01, (n_all, N_EXP))
     lis_pose = style["pose_offset"] + style["pose_gain"] * resp_pose
     lis_pose += _ar1(rng, n_all, N_POSE, 0.95, 0.01) + rng.normal(0, 0.003, (n_all, N_POSE))
+    if drift:   # slow per-clip nuisance (tracking drift, posture), unrelated to identity and speaker
+        drng = np.random.default_rng(rng.integers(2**32))
+        rho = np.exp(-1.0 / (drift_seconds * fps))
+        lis_exp += drng.normal(0, drift, N_EXP) + _ar1(drng, n_all, N_EXP, rho, drift)
+        lis_pose += drng.normal(0, drift / 8, N_POSE) + _ar1(drng, n_all, N_POSE, rho, drift / 8)
     lis = np.concatenate([lis_exp, lis_pose], 1)
     valence = np.clip(_smooth(valence + 0.3 * delayed_val, 5), -1, 1)
 
@@ -303,13 +343,23 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float) -> dict:
 
 
 def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300, seconds: float = 64.0,
-                     fps: float = 30.0, split: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> SyntheticCorpus:
+                     fps: float = 30.0, split: tuple[float, float, float] = (0.8, 0.1, 0.1), *,
+                     identity: str = "offset_gain", response: str = "cue", modalities: str = "all",
+                     beta: str = "identity", drift: float = 0.0) -> SyntheticCorpus:
     """Generate the corpus (see the module docstring for the generative process).
 
     Returns a :class:`SyntheticCorpus` with ``train``/``val``/``test`` lists of Segments of
     ``round(seconds * fps)`` frames; ``corpus.info`` holds the world (styles, utterances and the
-    listener responses per segment) for tests. Same seed -> identical arrays.
+    listener responses per segment) for tests. Same seed -> identical arrays. The keyword-only
+    options select the generative assumptions (:data:`IDENTITY_MODES`, :data:`RESPONSE_MODES`,
+    ``modalities`` "all" | "words", ``beta`` "identity" | "random", ``drift``: std of a slow
+    per-clip drift of the listener's expression, time constant 6 s); :data:`CORPORA` names the
+    variants and :func:`named_corpus` builds one by name.
     """
+    for name, v, allowed in (("identity", identity, IDENTITY_MODES), ("response", response, RESPONSE_MODES),
+                             ("modalities", modalities, ("all", "words")), ("beta", beta, ("identity", "random"))):
+        if v not in allowed:
+            raise ValueError(f"{name}: expected one of {allowed}, got {v!r}")
     for name, v in (("n_identities", n_identities), ("n_segments", n_segments)):
         if not (isinstance(v, (int, np.integer)) and v >= 1):
             raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
@@ -318,21 +368,25 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
     if len(split) != 3 or abs(sum(split) - 1) > 1e-6 or min(split) < 0:
         raise ValueError(f"split: expected 3 non-negative fractions summing to 1, got {split!r}")
     rng = np.random.default_rng(seed)
-    world = _make_world(rng, n_identities)
+    world = _make_world(rng, n_identities, identity)
     T = int(round(seconds * fps))
     pre = 3.0
     segments, events = [], []
     for i in range(n_segments):
         k = i % n_identities
         srng = np.random.default_rng([seed, i])
-        c = _conversation(srng, world, world["styles"][k], T, fps, pre)
+        c = _conversation(srng, world, world["styles"][k], T, fps, pre, response, drift)
         words = [w for w in c["words"] if w.end > 0 and w.start >= 0 and w.end <= T / fps]
         hist = [w for w in c["words"] if w.end <= 0]
+        spk_beta = srng.normal(size=N_SHAPE)
+        lis_beta = world["betas"][k] if beta == "identity" else np.random.default_rng([seed, i, 7]).normal(size=N_SHAPE)
+        full = modalities == "all"
         segments.append(Segment(
             speaker_motion=c["speaker"], listener_motion=c["listener"], fps=fps,
-            listener_id=f"id{k}", listener_beta=world["betas"][k], speaker_beta=srng.normal(size=N_SHAPE),
-            words=words, history_words=hist, sa_tokens=c["sa"], sa_rate=50.0,
-            emotion=c["emotion"], valence=c["valence"], name=f"synthetic{seed}_{i:04d}",
+            listener_id=f"id{k}", listener_beta=lis_beta, speaker_beta=spk_beta,
+            words=words, history_words=hist, sa_tokens=c["sa"] if full else None, sa_rate=50.0,
+            emotion=c["emotion"] if full else None, valence=c["valence"] if full else None,
+            name=f"synthetic{seed}_{i:04d}",
         ))
         events.append({"utterances": c["utterances"], "responses": c["responses"]})
     # split by segment, stratified by identity so that every identity is in every split
@@ -352,10 +406,47 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
         idx["test"] += mine[n_va:n_va + n_te].tolist()
         idx["train"] += mine[n_va + n_te:].tolist()
     idx = {k: sorted(v) for k, v in idx.items()}
-    info = {"world": world, "events": events, "split_index": idx, "seed": seed}
+    info = {"world": world, "events": events, "split_index": idx, "seed": seed,
+            "assumptions": dict(identity=identity, response=response, modalities=modalities, beta=beta, drift=drift)}
     return SyntheticCorpus(
         train=[segments[j] for j in idx["train"]], val=[segments[j] for j in idx["val"]],
         test=[segments[j] for j in idx["test"]],
         identities={f"id{k}": world["betas"][k].astype(np.float32) for k in range(n_identities)},
-        fps=fps, info=info,
+        fps=fps, n_sa=N_SA if modalities == "all" else None, info=info,
     )
+
+
+#: The family of synthetic corpora (``--corpus NAME``): one generated world cannot show that a
+#: method works, so the variants differ in how identity enters the motion, how the listener
+#: responds, which modalities exist, the frame rate and the size. README "Synthetic corpora".
+CORPORA: dict[str, dict] = {
+    "default": dict(),
+    "gain": dict(identity="gain"),
+    "rhythm": dict(identity="rhythm"),
+    "contagion": dict(response="contagion"),
+    "backchannel": dict(response="backchannel"),
+    "words-only": dict(modalities="words"),
+    "realtalk25": dict(fps=25.0),
+    "small": dict(n_identities=5, n_segments=35),
+    "beta-random": dict(beta="random"),
+}
+CORPUS_DOC = {
+    "default": "identity = expression offset + per-dim gain + pose gain/offset of beta; responses to cue words x "
+               "speaker emotion (lag 0.25-0.6 s), backchannel nods, 0.25 contagion; all modalities; 30 fps; "
+               "8 ids, 300 x 64 s (256 min train)",
+    "gain": "identity = per-dim expression and pose GAIN only (no offsets): same resting face for everyone",
+    "rhythm": "identity = nod rate, response lag and pose amplitude; identical expression for everyone",
+    "contagion": "no cue-word rule: the listener answers the speaker's emotion after a 0.4 s lag (+0.5 mimicry)",
+    "backchannel": "listener reacts only at pauses (nod, smile after happy speech); words/emotion matter little",
+    "words-only": "default world without SA tokens, emotion and valence (LM-listener's public release)",
+    "realtalk25": "default world at 25 fps (RealTalk)",
+    "small": "default world, 5 ids, 35 x 64 s (30 min train), the size of a small real dataset",
+    "beta-random": "control: beta drawn per segment, unrelated to the identity's style (identity NOT in beta)",
+}
+
+
+def named_corpus(name: str = "default", seed: int = 0, **overrides) -> SyntheticCorpus:
+    """The variant ``name`` of :data:`CORPORA` (``overrides`` go to :func:`synthetic_corpus`)."""
+    if name not in CORPORA:
+        raise ValueError(f"corpus: expected one of {tuple(CORPORA)}, got {name!r}")
+    return synthetic_corpus(seed=seed, **{**CORPORA[name], **overrides})

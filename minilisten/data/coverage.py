@@ -1,0 +1,133 @@
+"""What a dataset has, and what each stage can therefore do with it (the one home of that rule).
+
+A reader accepts data that lacks optional fields: LM-listener's public release has words but no
+SA tokens, emotion or valence; Learning2Listen has no words and no beta. Every stage asks this
+module instead of assuming the synthetic corpus's full set:
+
+- :func:`available_modalities`: the speaker modalities (W, SA, emo) present in EVERY segment of
+  the given splits (a modality present in some segments only cannot be trained on uniformly);
+- :func:`resolve_n_sa`: V_SA for the LM (0 when there are no SA tokens);
+- :func:`Coverage`: one summary with the missing pieces named once, as a person reads them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .segment import Segment
+
+MODALITY_FIELD = {"W": "words", "SA": "sa_tokens", "emo": "emotion"}
+#: V_SA when a dataset has SA tokens but does not say its codebook size (SpeechTokenizer RVQ-1).
+DEFAULT_N_SA = 1024
+
+
+def _has(seg: Segment, modality: str) -> bool:
+    if modality == "W":
+        return bool(seg.words or seg.history_words)
+    return getattr(seg, MODALITY_FIELD[modality]) is not None
+
+
+def available_modalities(segments: Iterable[Segment]) -> tuple[str, ...]:
+    """Modalities in canonical order (W, SA, emo) that the segments have: SA and emo when every
+    segment has them, W when any segment has words (a clip in which the speaker is silent has
+    no words but still belongs to a words dataset)."""
+    segs = list(segments)
+    if not segs:
+        return ()
+    out = []
+    for m in ("W", "SA", "emo"):
+        has = [_has(s, m) for s in segs]
+        if (m == "W" and any(has)) or (m != "W" and all(has)):
+            out.append(m)
+    return tuple(out)
+
+
+def resolve_n_sa(corpus, segments: Sequence[Segment]) -> int:
+    """V_SA for an LM on this data: the corpus's ``n_sa`` when it states one, 0 when no segment
+    has SA tokens, else :data:`DEFAULT_N_SA`; token ids beyond it raise (naming the segment)."""
+    n_sa = getattr(corpus, "n_sa", None)
+    with_sa = [s for s in segments if s.sa_tokens is not None]
+    if not with_sa:
+        return 0 if n_sa is None else int(n_sa)
+    n = DEFAULT_N_SA if n_sa is None else int(n_sa)
+    for s in with_sa:
+        if s.sa_tokens.size and int(s.sa_tokens.max()) >= n:
+            raise ValueError(f"segment {s.name!r}: sa_tokens: expected ids in [0, {n}) "
+                             f"({'the dataset n_sa' if n_sa is not None else 'SpeechTokenizer default'}), "
+                             f"got {int(s.sa_tokens.max())}")
+    return n
+
+
+@dataclass
+class Coverage:
+    """What the train/val/test segments of a dataset support. ``missing``: one line per missing
+    piece, saying what is left out because of it."""
+    modalities: tuple[str, ...]
+    has_beta: bool
+    has_valence: bool
+    fps: float
+    n_identities: int
+    missing: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, splits: dict[str, list[Segment]]) -> "Coverage":
+        segs = [s for v in splits.values() for s in v]
+        if not segs:
+            raise ValueError("dataset: expected segments in at least one split, got none")
+        mods = available_modalities(segs)
+        has_beta = all(s.listener_beta is not None for s in segs)
+        has_val = all(s.valence is not None for s in segs)
+        rates = sorted({float(s.fps) for s in segs})
+        if len(rates) != 1:
+            raise ValueError(f"dataset: expected one frame rate for all segments, got {rates}")
+        betas = {tuple(np.round(s.listener_beta, 4)) for s in segs if s.listener_beta is not None}
+        n_ids = max(len({s.listener_id for s in segs}), len(betas))
+        missing = []
+        if "W" not in mods:
+            missing.append("no words: W left out of the LM inputs (the LM conditions on SA/emo only)")
+        if "SA" not in mods:
+            missing.append("no SA tokens (sa_tokens): SA left out of the LM inputs")
+        if "emo" not in mods:
+            missing.append("no speaker emotion: emo left out of the LM inputs")
+        if not has_beta:
+            missing.append("no listener shape beta: the identity-disentangled (IN, AdaIN) VQ-VAE needs beta (100,) per "
+                           "segment (FLAME/EMOCA shape of the listener); only the naive VQ-VAE is trained")
+        if not has_val:
+            missing.append("no valence: L2 Affect left out (it compares valence, which the data lacks)")
+        if not mods:
+            raise ValueError("dataset: expected at least one speaker modality (words, sa_tokens or emotion) in every "
+                             "segment, got none: the LM has nothing to condition on")
+        return cls(mods, has_beta, has_val, rates[0], n_ids, missing)
+
+    def describe(self) -> str:
+        head = (f"{self.fps:g} fps, {self.n_identities} listener identit{'y' if self.n_identities == 1 else 'ies'}, "
+                f"speaker modalities {'+'.join(self.modalities)}, beta {'yes' if self.has_beta else 'no'}, "
+                f"valence {'yes' if self.has_valence else 'no'}")
+        return "\n".join([head] + [f"  - {m}" for m in self.missing])
+
+
+def fit_window(segments: Sequence[Segment], want: int, r: int = 8) -> int:
+    """``want`` frames when some segment is that long, else the longest segment cut to a multiple
+    of ``r`` (Learning2Listen's 64-frame segments cannot hold LM-listener's 240-frame windows)."""
+    longest = max((s.T for s in segments), default=0) // r * r
+    if longest < r:
+        raise ValueError(f"segments: expected at least one segment of >= {r} frames, got the longest with "
+                         f"{max((s.T for s in segments), default=0)}")
+    return min(want, longest)
+
+
+def with_val_split(corpus, fraction: float = 0.1, seed: int = 0):
+    """``(train, val, note)``: the corpus's own validation split, or, when it has none
+    (Learning2Listen), every ``1 / fraction``-th training segment in a seeded order held out, with a
+    note saying so. The test split is never touched."""
+    if corpus.val:
+        return list(corpus.train), list(corpus.val), None
+    train = list(corpus.train)
+    if len(train) < 2:
+        raise ValueError(f"dataset: no val split and {len(train)} training segment(s): expected >= 2 to hold one out")
+    n_val = max(1, int(round(fraction * len(train))))
+    pick = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
+    note = f"no val split: {n_val} of {len(train)} training segments held out for validation"
+    return [s for i, s in enumerate(train) if i not in pick], [s for i, s in enumerate(train) if i in pick], note

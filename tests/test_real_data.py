@@ -1,0 +1,188 @@
+"""Real dataset layouts end to end (issue 13): what a researcher does first with LM-listener's or
+Learning2Listen's data must work through the CLI, with each missing piece named once."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from minilisten.__main__ import main
+from minilisten.data import load_dataset
+from minilisten.data.coverage import Coverage, available_modalities, fit_window, resolve_n_sa, with_val_split
+from minilisten.data.export import save_lm_listener
+from minilisten.data.synthetic import CORPORA, CORPUS_DOC, named_corpus, synthetic_corpus
+from minilisten.lm import LMConfig, Vocab
+
+TINY_VQ = ["--width", "16", "--code-dim", "16", "--codebook-size", "32", "--batch-size", "8", "--crop", "48",
+           "--no-progress"]
+TINY_LM = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--batch-size", "4", "--no-progress",
+           "--val-windows", "4", "--eval-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    """A words-only corpus of 3 listeners with distinct betas, in LM-listener's exact layout."""
+    d = tmp_path_factory.mktemp("lm_listener")
+    save_lm_listener(named_corpus("words-only", n_identities=3, n_segments=18, seconds=20.0), d)
+    return d
+
+
+def test_lm_listener_words_only_fixture_reads_back(lm_dir):
+    c = load_dataset(lm_dir)
+    assert c.source == "lm-listener" and c.n_sa is None
+    assert set(c.missing_fields) == {"sa_tokens", "emotion", "valence"}
+    cov = Coverage.of(c.splits)
+    assert cov.modalities == ("W",) and cov.has_beta and not cov.has_valence
+    assert cov.n_identities == 3          # told apart by beta, although the layout names one listener
+    assert len({s.listener_id for s in c.train}) == 1
+    assert resolve_n_sa(c, c.train) == 0
+
+
+def test_words_only_pipeline_through_the_cli(lm_dir, tmp_path, capsys):
+    """train-vq -> train-lm --modalities W -> evaluate on LM-listener's layout (was: Vocab.n_sa traceback)."""
+    vq, lm = tmp_path / "vq", tmp_path / "lm"
+    assert main(["train-vq", "--data", str(lm_dir), "--steps", "6", "--out", str(vq), *TINY_VQ]) == 0
+    assert main(["train-lm", "--stage", "2", "--data", str(lm_dir), "--modalities", "W", "--codes", f"vqvae:{vq}",
+                 "--steps", "3", "--out", str(lm), *TINY_LM]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["modalities"] == "W" and np.isfinite(last["val_loss"])
+    assert main(["evaluate", "--data", str(lm_dir), "--vq", str(vq), "--lm", str(lm), "--max-clips", "4",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    text = capsys.readouterr().out
+    assert "L2 Affect: left out, the data has no valence" in text and "L2 Affect ×1e2" not in text
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    assert np.isfinite(rows["model"]["l2"]) and "l2_affect" not in rows["model"]
+
+
+def test_train_lm_defaults_to_the_modalities_the_data_has(lm_dir, tmp_path, capsys):
+    assert main(["train-lm", "--stage", "1", "--data", str(lm_dir), "--steps", "2", "--out", str(tmp_path / "s1"),
+                 *TINY_LM]) == 0
+    out = capsys.readouterr().out
+    assert "training on the speaker modalities it has, W" in out
+    assert json.loads(out.strip().splitlines()[-1])["modalities"] == "W"
+
+
+def test_train_lm_refuses_modalities_the_data_lacks(lm_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"--modalities W\+SA: .* has no sa_tokens .* expected a subset of its "
+                                         r"modalities W"):
+        main(["train-lm", "--stage", "1", "--data", str(lm_dir), "--modalities", "W+SA", "--steps", "1",
+              "--out", str(tmp_path / "x"), *TINY_LM])
+
+
+def test_demo_on_an_lm_listener_directory(lm_dir, tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--data", str(lm_dir), "--out", str(out), "--no-progress", "--vq-steps", "8",
+                 "--stage1-steps", "2", "--stage2-steps", "2", "--max-test-clips", "4"]) == 0
+    rep = json.loads((out / "results.json").read_text())
+    assert list(rep["table4"]) == ["Naive", "MM only", "ID only", "Full"]
+    assert rep["table4"]["MM only"]["l2"] == rep["table4"]["Naive"]["l2"]   # words only: the same model
+    assert all("l2_affect" not in r for r in rep["table1"].values())
+    text = (out / "tables.md").read_text()
+    for piece in ("no SA tokens", "no speaker emotion", "no valence"):
+        assert text.count(piece) == 1, piece                               # each missing piece named once
+    assert "L2 Affect" not in text.split("Table 1")[1]                     # the column is left out
+
+
+def _write_l2l(root, n=(6, 3), T=64, seed=0):
+    """Learning2Listen's layout (data/<speaker>/{train,test}/p{0,1}_*_clean_deca.npy): no words, no beta."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(T)[None, :, None] / 30.0
+    for split, N in zip(("train", "test"), n):
+        sd = root / "data" / "trevor" / split
+        sd.mkdir(parents=True)
+        for p in (0, 1):
+            faces = 0.3 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0, (N, 1, 184)) * t + rng.uniform(0, 6, (N, 1, 184)))
+            np.save(sd / f"p{p}_list_faces_clean_deca.npy", faces.astype(np.float32))
+            np.save(sd / f"p{p}_speak_faces_clean_deca.npy", np.roll(faces, 3, 1).astype(np.float32))
+            np.save(sd / f"p{p}_speak_audio_clean_deca.npy", rng.standard_normal((N, 4 * T, 128)).astype(np.float32))
+            files = np.stack([np.full((N, T), 7), np.zeros((N, T), int), np.arange(T)[None].repeat(N, 0)], -1)
+            np.save(sd / f"p{p}_speak_files_clean_deca.npy", files)
+
+
+def test_demo_on_a_learning2listen_directory_without_words_or_beta(tmp_path):
+    """No words, no beta, no val split, 64-frame segments: the demo runs what the data supports."""
+    _write_l2l(tmp_path / "l2l")
+    c = load_dataset(tmp_path / "l2l")
+    assert available_modalities(c.train) == ()      # no speaker modality the LM can read
+    # our format with a per-frame speaker emotion added, so that the LM has an input
+    from minilisten.data.formats import save_corpus
+    for s in c.train + c.test:
+        s.emotion = np.full((s.T, 8), 1 / 8, np.float32)
+    save_corpus(c, tmp_path / "ours", progress=False)
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--data", str(tmp_path / "ours"), "--out", str(out), "--no-progress",
+                 "--vq-steps", "4", "--stage1-steps", "1", "--stage2-steps", "1", "--max-test-clips", "3"]) == 0
+    rep = json.loads((out / "results.json").read_text())
+    assert list(rep["table4"]) == ["MM only"] and list(rep["table5"]) == ["(∅, ∅) naive"]
+    text = (out / "tables.md").read_text()
+    for piece in ("no words", "no listener shape beta", "no val split", "64-frame windows"):
+        assert piece in text, piece
+    assert "NN speech content" not in text.split("Table 1")[1].split("Table 4")[0]
+
+
+def test_demo_refuses_data_without_any_speaker_modality(tmp_path):
+    _write_l2l(tmp_path / "l2l")
+    with pytest.raises(ValueError, match="expected at least one speaker modality"):
+        main(["demo", "--quick", "--data", str(tmp_path / "l2l"), "--out", str(tmp_path / "d"), "--no-progress"])
+
+
+# ----------------------------------------------------------------------------- coverage rules
+def test_available_modalities_and_coverage_notes():
+    c = synthetic_corpus(n_identities=2, n_segments=20, seconds=8.0)
+    assert available_modalities(c.train) == ("W", "SA", "emo")
+    segs = c.train[:3]
+    segs[1].sa_tokens = None                                  # SA in some segments only: not trainable
+    assert available_modalities(segs) == ("W", "emo")
+    segs[0].emotion = None
+    cov = Coverage.of({"train": segs})
+    assert cov.modalities == ("W",) and sum("no SA" in m for m in cov.missing) == 1
+
+
+def test_vocab_without_sa_or_emo_blocks():
+    v = Vocab(100, n_lr=16, n_sa=0, n_emo=0)
+    assert v.sa_offset == v.emo_offset == v.size == 100 + 6 + 16
+    with pytest.raises(ValueError, match=r"Vocab.n_sa: expected an integer >= 0, got -1"):
+        Vocab(100, n_sa=-1)
+    with pytest.raises(ValueError, match=r"Vocab.n_lr: expected an integer >= 1, got 0"):
+        Vocab(100, n_lr=0)
+    with pytest.raises(ValueError, match=r"LMConfig.n_sa: modality 'SA' needs a vocabulary of >= 1 token, got 0"):
+        LMConfig(modalities="W+SA", n_sa=0)
+    LMConfig(modalities="W", n_sa=0, n_emo=0)
+
+
+def test_fit_window_and_held_out_validation():
+    c = synthetic_corpus(n_identities=2, n_segments=20, seconds=4.0)   # 120 frames
+    assert fit_window(c.train, 240) == 120 and fit_window(c.train, 96) == 96
+    c.val = []
+    train, val, note = with_val_split(c)
+    assert len(val) >= 1 and len(train) + len(val) == 16 and "held out" in note
+    assert {s.name for s in train}.isdisjoint(s.name for s in val)
+
+
+def test_corpus_family_documented_and_distinct():
+    assert set(CORPUS_DOC) == set(CORPORA) and "default" in CORPORA and len(CORPORA) >= 4
+    base = named_corpus("default", n_identities=2, n_segments=20, seconds=8.0)
+    ref = synthetic_corpus(n_identities=2, n_segments=20, seconds=8.0)
+    assert np.array_equal(base.train[0].listener_motion, ref.train[0].listener_motion)   # default = the old corpus
+    for name in CORPORA:
+        over = dict(n_identities=2, n_segments=20, seconds=8.0)
+        c = named_corpus(name, **over)
+        if name in ("default", "small"):
+            continue
+        diff = (c.train[0].fps != base.train[0].fps or c.train[0].sa_tokens is None
+                or not np.array_equal(c.train[0].listener_motion, base.train[0].listener_motion)
+                or not np.array_equal(c.train[0].listener_beta, base.train[0].listener_beta))
+        assert diff, name
+    wo = named_corpus("words-only", n_identities=2, n_segments=20, seconds=8.0)
+    assert all(s.sa_tokens is None and s.emotion is None and s.valence is None for s in wo.train)
+    assert named_corpus("realtalk25", n_identities=2, n_segments=20, seconds=8.0).train[0].T == 200
+    with pytest.raises(ValueError, match="corpus: expected one of"):
+        named_corpus("bogus")
+
+
+def test_data_cli_writes_lm_listener_layout(tmp_path, capsys):
+    assert main(["data", "--corpus", "words-only", "--identities", "2", "--segments", "20", "--seconds", "8",
+                 "--out", str(tmp_path / "lm"), "--layout", "lm-listener"]) == 0
+    c = load_dataset(tmp_path / "lm")
+    assert c.source == "lm-listener" and len(c.train) == 16
+    assert "synthetic corpus 'words-only'" in capsys.readouterr().out
