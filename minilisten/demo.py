@@ -55,7 +55,7 @@ class DemoConfig:
     vq_width: int = 64
     vq_code_dim: int = 64
     vq_lr: float = 1e-3
-    vq_crop: int = 96            # training crop in frames (multiple of 8)
+    vq_crop: int = 240           # training crop in frames: the evaluation window (IN statistics; issue 13)
     # LM (small LM from scratch, LLaMA layout = rotary positions, see lm.default_backbone; paper: GPT-2 Medium)
     lm_arch: str = "llama"
     lm_layers: int = 2

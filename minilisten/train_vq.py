@@ -1,13 +1,13 @@
 """Train and evaluate the listener-motion VQ-VAE (``python -m minilisten train-vq`` / ``evaluate-vq``).
 
-Training samples random crops (default 96 frames, a multiple of 8) of the listener motion with the
-listener's beta; validation uses the 240-frame windows of the validation segments
+Training samples random crops (default: as long as the evaluation window, 240 frames) of the
+listener motion with the listener's beta; validation uses the 240-frame windows of the validation segments
 (``Segment.windows(240)``, LM-listener's clip length). AdamW (0.9, 0.99); the learning rate warms
 up linearly, stays at ``lr`` and drops to ``lr_final`` after ``decay_at`` steps (paper: 2e-4 for
 200K steps, then 1e-5 for 100K; by default the same 2/3 : 1/3 split and /20 drop at any length).
 ``--paper`` selects the paper's sizes and schedule (width 512, d_c 512, batch 256, 300K steps); the
 CLI's own defaults are sized for a few minutes on a 2-core CPU (width 64, d_c 64, batch 32,
-crops of 96 frames, 1000 steps at lr 1e-3; K = 256 as the paper) and use one CPU thread: on the
+crops of 240 frames, 1000 steps at lr 1e-3; K = 256 as the paper) and use one CPU thread: on the
 shared 2-core box one thread measured ~10x faster than two (170 vs 1700 ms per step under load,
 OpenMP threads spin-waiting); pass ``--threads 2`` on an idle machine. The Python defaults of
 :class:`~minilisten.vqvae.VQConfig` are the paper's.
@@ -44,9 +44,11 @@ from .data.segment import N_SHAPE
 from .data.windows import motion_stats
 from .vqvae import PRESETS, VQConfig, VQVAE, perplexity
 
-CPU_DEFAULTS = dict(width=64, code_dim=64, batch_size=32, steps=1000, lr=1e-3, crop=96)
+# crop None = the evaluation window (240): instance norm takes its statistics over the whole input, so
+# an IN/AdaIN model trained on short crops sees other statistics at 240 frames (issue 13; README Table 5)
+CPU_DEFAULTS = dict(width=64, code_dim=64, batch_size=32, steps=1000, lr=1e-3, crop=None)
 PAPER_DEFAULTS = dict(width=512, code_dim=512, batch_size=256, steps=300_000, lr=2e-4, lr_final=1e-5,
-                      decay_at=200_000, crop=64)
+                      decay_at=200_000, crop=None)
 
 
 # ----------------------------------------------------------------------------- data
@@ -150,7 +152,7 @@ def lr_at(step: int, lr: float, lr_final: float, warmup: int, decay_at: int) -> 
 
 
 def train_vq(train_segments, val_segments, preset: str = "disentangled", steps: int = 1000, batch_size: int = 32,
-             lr: float = 1e-3, out_dir=None, seed: int = 0, progress: bool = True, *, crop: int = 96,
+             lr: float = 1e-3, out_dir=None, seed: int = 0, progress: bool = True, *, crop: int | None = None,
              lr_final: float | None = None, decay_at: int | None = None, warmup: int = 100,
              weight_decay: float = 0.0, eval_every: int = 500, save_every: int = 500, resume: bool = False,
              device: str = "cpu", eval_window: int = 240, log=print, **config_overrides) -> VQVAE:
@@ -160,6 +162,7 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", steps: 
     (e.g. ``width=64, enc_norm="ln", dec_norm="adaln"``). With ``out_dir`` the model and training
     state are saved every ``save_every`` steps and at the end; ``resume=True`` continues from there.
     """
+    crop = eval_window if crop is None else crop
     if crop % 8 or crop < 8:
         raise ValueError(f"crop: expected a positive multiple of 8, got {crop}")
     for name, v in (("steps", steps), ("batch_size", batch_size)):
@@ -278,10 +281,11 @@ def _model_args(p):
 def _train_args(p):
     g = p.add_argument_group("training (CPU defaults; --paper for the paper's)")
     g.add_argument("--paper", action="store_true", help="paper sizes/schedule: width 512, d_c 512, batch 256, "
-                   "300K steps, lr 2e-4 then 1e-5 after 200K, crops of 64 frames")
+                   "300K steps, lr 2e-4 then 1e-5 after 200K")
     g.add_argument("--steps", type=int)
     g.add_argument("--batch-size", type=int)
-    g.add_argument("--crop", type=int, help="training crop length in frames (multiple of 8)")
+    g.add_argument("--crop", type=int, help="training crop length in frames (multiple of 8; default 240, the "
+                   "evaluation window: IN statistics of shorter crops differ from those at 240 frames)")
     g.add_argument("--lr", type=float)
     g.add_argument("--lr-final", type=float, help="lr after --decay-at (default lr / 20)")
     g.add_argument("--decay-at", type=int, help="step of the lr drop (default 2/3 of --steps)")
