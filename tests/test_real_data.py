@@ -186,3 +186,12 @@ def test_data_cli_writes_lm_listener_layout(tmp_path, capsys):
     c = load_dataset(tmp_path / "lm")
     assert c.source == "lm-listener" and len(c.train) == 16
     assert "synthetic corpus 'words-only'" in capsys.readouterr().out
+
+
+def test_identity_groups_tolerate_per_segment_beta_noise():
+    from minilisten.data.coverage import identity_groups
+    rng = np.random.default_rng(0)
+    people = rng.normal(size=(3, 100))
+    rows = np.concatenate([people[[0, 1, 2, 1, 0]], people[[2]]]) + rng.normal(0, 1e-3, (6, 100))
+    assert identity_groups(rows).tolist() == [0, 1, 2, 1, 0, 2]
+    assert identity_groups(people[[0, 0]] + [[0.0] * 99 + [0.2], [0.0] * 100]).tolist() == [0, 1]

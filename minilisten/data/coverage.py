@@ -82,8 +82,9 @@ class Coverage:
         rates = sorted({float(s.fps) for s in segs})
         if len(rates) != 1:
             raise ValueError(f"dataset: expected one frame rate for all segments, got {rates}")
-        betas = {tuple(np.round(s.listener_beta, 4)) for s in segs if s.listener_beta is not None}
-        n_ids = max(len({s.listener_id for s in segs}), len(betas))
+        betas = [s.listener_beta for s in segs if s.listener_beta is not None]
+        n_beta = int(identity_groups(np.stack(betas)).max()) + 1 if betas else 0
+        n_ids = max(len({s.listener_id for s in segs}), n_beta)
         missing = []
         if "W" not in mods:
             missing.append("no words: W left out of the LM inputs (the LM conditions on SA/emo only)")
@@ -131,3 +132,25 @@ def with_val_split(corpus, fraction: float = 0.1, seed: int = 0):
     pick = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
     note = f"no val split: {n_val} of {len(train)} training segments held out for validation"
     return [s for i, s in enumerate(train) if i not in pick], [s for i, s in enumerate(train) if i in pick], note
+
+
+#: Two listener betas closer than this (max-abs difference) are taken as the same person: per-frame
+#: shape estimates (EMOCA) averaged over a segment differ by ~1e-3 between segments of one person.
+BETA_SAME_PERSON = 0.05
+
+
+def identity_groups(betas: np.ndarray, tol: float = BETA_SAME_PERSON) -> np.ndarray:
+    """Person index per row of ``betas (N, 100)``: greedy grouping, a row joins the first group
+    whose first member is within ``tol`` (max-abs); groups are numbered in order of appearance."""
+    b = np.asarray(betas, np.float64)
+    heads: list[np.ndarray] = []
+    out = np.empty(len(b), np.int64)
+    for i, row in enumerate(b):
+        for k, h in enumerate(heads):
+            if np.abs(row - h).max() <= tol:
+                out[i] = k
+                break
+        else:
+            heads.append(row)
+            out[i] = len(heads) - 1
+    return out
