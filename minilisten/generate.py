@@ -420,8 +420,13 @@ class Generator(_Greedy):
     def __init__(self, lm, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None,
                  device=None, compile: bool | str = False, cudagraphs: bool | None = None,
                  buckets: Sequence[int] | None | str = "auto", chunk: int = 64, kv_block: int | None = None):
-        if not (isinstance(batch, int) and batch >= 1):
+        if not all(hasattr(lm, a) for a in ("vocab", "backbone", "config")):
+            raise ValueError(f"lm: expected a ListenerLM (with .vocab, .backbone, .config), got {type(lm).__name__}; "
+                             f"for live input use StreamingListener(lm, vq, beta)")
+        if isinstance(batch, bool) or not (isinstance(batch, int) and batch >= 1):
             raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0):
+            raise ValueError(f"max_len: expected None or an int >= 0 (0: the LM's), got {max_len!r}")
         self.lm = lm
         self.model = FastTransformer.from_lm(lm, dtype=dtype, device=device)
         self.device = self.model.tok_emb.weight.device

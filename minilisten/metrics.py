@@ -139,6 +139,8 @@ def variation(x) -> float:
 def diversity_pairs(T: int, n_pairs: int | None = None, seed=0) -> tuple[np.ndarray, np.ndarray]:
     """The frame pairs ``diversity`` uses: two index lists of ``n_pairs`` (default 30, or 10 when
     ``T <= 30``), each drawn without replacement from ``range(T)``; needs ``T > n_pairs``."""
+    if n_pairs is not None and (isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1):
+        raise ValueError(f"diversity: n_pairs: expected None or an int >= 1, got {n_pairs!r}")
     n = n_pairs if n_pairs is not None else (30 if T > 30 else 10)
     if not T > n:
         raise ValueError(f"diversity: expected more than {n} frames for {n} random pairs, got {T}")
@@ -151,6 +153,8 @@ def diversity(x, n_pairs: int | None = None, seed=0, pairs=None) -> float:
     ``pairs=(i, j)`` (index arrays) overrides the seeded draw of ``diversity_pairs``."""
     a = _array("motion", x, 2)
     i, j = pairs if pairs is not None else diversity_pairs(a.shape[0], n_pairs, seed)
+    if len(i) == 0 or len(i) != len(j):
+        raise ValueError(f"diversity: pairs: expected two index lists of the same length >= 1, got {len(i)} and {len(j)}")
     return float(np.linalg.norm(a[np.asarray(i)] - a[np.asarray(j)], axis=1).mean())
 
 

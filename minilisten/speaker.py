@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,20 +196,21 @@ def read_sa_tokens(path, layer: int = 1, n_sa: int | None = None) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"sa tokens: no file {str(p)!r}")
+    from . import safe_pickle
     suf = p.suffix.lower()
     if suf == ".npy":
-        a = np.load(p)
+        a = safe_pickle.load_npy(p)
     elif suf == ".npz":
-        z = np.load(p)
-        keys = [k for k in ("codes", "sa_tokens", "tokens") if k in z.files]
+        z = safe_pickle.load_npz(p)
+        keys = [k for k in ("codes", "sa_tokens", "tokens") if k in z]
         if keys:
             a = z[keys[0]]
-        elif len(z.files) == 1:
-            a = z[z.files[0]]
+        elif len(z) == 1:
+            a = next(iter(z.values()))
         else:
-            raise ValueError(f"sa tokens {str(p)!r}: expected one array or a 'codes'/'sa_tokens' entry, got {z.files}")
+            raise ValueError(f"sa tokens {str(p)!r}: expected one array or a 'codes'/'sa_tokens' entry, got {sorted(z)}")
     elif suf in (".pt", ".pth"):
-        a = torch.load(p, map_location="cpu", weights_only=True)
+        a = safe_pickle.load_torch(p)
         if isinstance(a, dict):
             key = next((k for k in ("codes", "sa_tokens", "tokens") if k in a), None)
             if key is None:
@@ -492,17 +492,18 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _load_any(p: Path):
+    """An emotion file; every pickle (``.pkl``, ``.npy`` object arrays, ``.pt``) goes through the
+    restricted unpickler of :mod:`minilisten.safe_pickle` (numpy arrays / plain values only)."""
+    from . import safe_pickle
     suf = p.suffix.lower()
     if suf == ".npy":
-        return np.load(p)
+        return safe_pickle.load_npy(p)
     if suf == ".npz":
-        z = np.load(p)
-        return {k: z[k] for k in z.files}
+        return safe_pickle.load_npz(p)
     if suf in (".pt", ".pth"):
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return safe_pickle.load_torch(p)
     if suf in (".pkl", ".pickle"):
-        with open(p, "rb") as f:
-            return pickle.load(f)  # noqa: S301 -- user-provided EMOCA output, as EMOCA writes it
+        return safe_pickle.load_pickle(p)   # EMOCA writes dicts of numpy arrays
     raise ValueError(f"emotion file {str(p)!r}: unsupported extension {suf!r} (.npy, .npz, .pt, .pkl)")
 
 

@@ -43,11 +43,20 @@ offline evaluation decodes. ``flush()`` emits the last ``lookahead`` codes' fram
 sequence end as their right edge, as offline decoding does.
 
 Bad input (out-of-order words, empty pushes, audio at another sample rate, a wrong beta shape, a
-stream index beyond those allocated, ...) raises ``ValueError`` naming the field, the expected and
-the actual value; everything is checked before any state changes, so the stream stays usable.
+stream index beyond those allocated, a step too long for the LM context, ...) raises ``ValueError``
+naming the field, the stream, the expected and the actual value. Pushes are transactional: a chunk
+is checked, then applied to a copy of the stream and every step it completes is planned (token
+lengths, context jumps) before anything changes, so a push that raises leaves the stream exactly
+as it was: the next outputs are those of a stream that never saw the bad chunk.
+
+Bounded buffers: the SA token stream may run ahead of the frame clock, and (when the LM uses SA)
+fall behind it, by at most ``max_skew`` seconds (default 4 s); a push beyond that raises, naming
+the stream. So the SA, emotion and word buffers hold at most ``max_skew`` s of input plus a step.
+``fps`` must be the model's frame rate when the LM or VQ config records one (``config.fps``).
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -95,17 +104,27 @@ class StreamingListener:
     at 50 tokens/s (needed for ``audio``). ``max_len``: LM context (default ``lm.max_len``).
     ``compile``/``dtype``/``device``: of the :class:`~minilisten.generate.Generator`; or pass
     ``generator``, an existing one for ``lm`` with ``batch >= n_streams`` (e.g. already compiled).
+    ``max_skew``: seconds the SA stream may run ahead of / behind the frame clock (module docstring).
     """
 
     def __init__(self, lm, vq, beta=None, *, n_streams: int = 1, fps: float = 30.0, lookahead: int | None = None,
                  vq_context: int | None = None, history_words=(), sa_tokenizer=None,
                  sample_rate: int = SA_SAMPLE_RATE, sa_rate: float = SA_RATE, max_len: int | None = None,
                  compile: bool | str = False, dtype: torch.dtype | None = None, device=None,
-                 generator: Generator | None = None):
+                 generator: Generator | None = None, max_skew: float = 4.0):
         if not (isinstance(n_streams, int) and n_streams >= 1):
             raise ValueError(f"n_streams: expected an int >= 1, got {n_streams!r}")
-        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        if isinstance(fps, bool) or not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps: expected a positive number, got {fps!r}")
+        for what, cfg in (("lm", getattr(lm, "config", None)), ("vq", getattr(vq, "config", None))):
+            model_fps = getattr(cfg, "fps", None)
+            if model_fps is not None and abs(float(model_fps) - fps) > 1e-6:
+                raise ValueError(f"fps: expected {model_fps:g} (the frame rate {what}.config.fps was trained at), got "
+                                 f"{fps:g}; resample the speaker stream")
+        for name, v in (("sa_rate", sa_rate), ("max_skew", max_skew)):
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: expected a positive number, got {v!r}")
+        self.max_skew = float(max_skew)
         self.r = int(lm.config.r)
         if vq.rate != self.r:
             raise ValueError(f"vq: expected {self.r} frames per code (lm.config.r), got vq.rate={vq.rate}")
@@ -196,11 +215,24 @@ class StreamingListener:
         frames (n, 56)}``; the streams' LM steps share forward passes."""
         if not isinstance(chunks, dict) or not chunks:
             raise ValueError(f"chunks: expected a non-empty dict {{stream: chunk}}, got {chunks!r}")
-        parsed = {self._check_stream(b): self._parse(b, **c) for b, c in chunks.items()}
-        for b, p in parsed.items():   # everything is valid: apply
-            self._apply(self.streams[b], p)
-        self._decode(list(parsed))
-        return {b: self._emit(b, final=False) for b in parsed}
+        for b, c in chunks.items():
+            self._check_stream(b)
+            if not isinstance(c, dict):
+                raise ValueError(f"chunks[{b}]: expected a dict of push arguments, got {type(c).__name__}")
+        parsed = {int(b): self._parse(int(b), **c) for b, c in chunks.items()}
+        snap = {b: copy.deepcopy(self.streams[b]) for b in parsed}
+        for b, p in parsed.items():   # plan on copies: whatever decoding would raise, raise it now
+            self._plan(b, copy.deepcopy(snap[b]), p)
+        try:
+            for b, p in parsed.items():   # everything is valid: apply
+                self._apply(self.streams[b], p)
+            self._decode(list(parsed))
+            return {b: self._emit(b, final=False) for b in parsed}
+        except BaseException:   # not reachable by bad input (planned above); keep the streams usable
+            for b, s in snap.items():
+                s.win, s.win_codes = [], []   # the decoder may have advanced: re-prefill the next step
+                self.streams[b] = s
+            raise
 
     def flush(self, stream: int = 0) -> np.ndarray:
         """End of ``stream``'s input: return the frames still held back by ``lookahead``, decoded
@@ -317,7 +349,35 @@ class StreamingListener:
         if not (n or ws or (sa is not None and sa.size)) and (new_audio is None or new_audio.size == 0):
             raise ValueError(f"push ({where}): empty chunk: expected frames (emotion or frames=), words, sa_tokens or "
                              "audio, got none")
+        n_sa_total = s.sa_base + len(s.sa) + (0 if sa is None else sa.size)
+        lead = n_sa_total / self.sa_rate - clock
+        if lead > self.max_skew and sa is not None and sa.size:   # a push that catches up is never refused
+            raise ValueError(f"sa_tokens ({where}): expected the SA stream at most max_skew={self.max_skew:g} s ahead of "
+                             f"the frames pushed ({clock:.3f} s), got {n_sa_total} tokens = {lead:.3f} s ahead; push the "
+                             f"frames (emotion or frames=) too")
+        if "SA" in self.modalities and -lead > self.max_skew and n:
+            raise ValueError(f"sa_tokens ({where}): the LM uses SA, expected the SA stream at most max_skew="
+                             f"{self.max_skew:g} s behind the frames pushed ({clock:.3f} s), got {n_sa_total} tokens = "
+                             f"{-lead:.3f} s behind; push sa_tokens or audio with the frames")
         return dict(frames=n, emo=emo, words=ws, sa=sa, audio=new_audio)
+
+    def _plan(self, b: int, s: _Stream, p: dict) -> None:
+        """Apply chunk ``p`` to ``s`` (a copy of stream b) and build every step it completes, with
+        placeholder LR codes: raises what decoding the chunk would raise (a step that does not fit
+        the LM context, ...) before the stream changes."""
+        self._apply(s, p)
+        while self._ready(s):
+            ids = self._take_step(s)
+            try:
+                self._context(s, ids)
+            except ValueError as e:   # lm.context_plan: the step does not fit the context
+                raise ValueError(f"push (stream {b}): {e}") from e
+            held = len(s.hist) + sum(len(x) + 1 for x in s.win)   # context tokens incl. the next LR token
+            if held > self.max_len:
+                raise ValueError(f"push (stream {b}): step {s.steps - 1} expected a context of at most max_len="
+                                 f"{self.max_len} tokens, got {held}")
+            s.win_codes.append(0)
+            s.codes.append(0)
 
     # ------------------------------------------------------------------ state updates
     _HOP = 320        # audio samples per SA token at 16 kHz (50/s)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text, load_train_state, save_train_state
+from .checkpoint import atomic_write_text, checkpoint_transaction, load_train_state, save_train_state
 from .data.cli import add_data_args, load_data
 from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
 from .data.segment import Segment
@@ -265,6 +265,8 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
         if info.get("stage") != tc.stage:
             raise ValueError(f"resume: {str(out_dir)!r} holds a stage-{info.get('stage')} run, --stage {tc.stage} requested")
         start, history = int(info["step"]), list(info.get("history", []))
+        if tc.steps < start:
+            raise ValueError(f"--steps ({out_dir}): expected >= the saved step {start} to resume, got {tc.steps}")
     items = _windows(train_segments, tc.window, r, r)
     n_val = tc.val_windows
 
@@ -281,8 +283,9 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
     def save(step):
         if out_dir is None:
             return
-        model.save_pretrained(out_dir)
-        save_train_state(out_dir, opt, {"step": step, "stage": tc.stage, "history": history, "config": asdict(tc)})
+        with checkpoint_transaction(out_dir, step) as stage:   # model + train state: one atomic set
+            model.save_pretrained(stage)
+            save_train_state(stage, opt, {"step": step, "stage": tc.stage, "history": history, "config": asdict(tc)})
         atomic_write_text(Path(out_dir) / "train_log.json", json.dumps(history, indent=1))
 
     from tqdm.auto import tqdm

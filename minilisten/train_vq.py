@@ -38,8 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write_text, load_train_state, save_train_state
+from .checkpoint import atomic_write_text, checkpoint_transaction, load_train_state, save_train_state
 from .data.cli import add_data_args, load_data
+from .data.coverage import identity_groups
 from .data.segment import N_SHAPE
 from .data.windows import motion_stats
 from .vqvae import PRESETS, VQConfig, VQVAE, perplexity
@@ -106,11 +107,12 @@ def evaluate_vq(model: VQVAE, segments, window: int = 240, batch_size: int = 64)
     """Table 5 metrics on the ``window``-frame windows of ``segments`` (see the module docstring):
     ``dict(rec, commit, ppl, entropy, used, rec_swap, rec_mean, rec_clip_mean, n_windows)``."""
     mot, beta, _ = eval_windows(segments, window, model.needs_beta)
-    # identity swap: each window gets the next distinct beta (cyclic over the sorted distinct betas).
-    # Identities are told apart by beta, not listener_id: LM-listener's layout names one listener per
-    # directory however many people it holds.
-    uniq, inv = np.unique(beta.numpy().round(5), axis=0, return_inverse=True)
-    swap = torch.from_numpy(uniq[(inv.reshape(-1) + 1) % len(uniq)].astype(np.float32))
+    # identity swap: each window gets the beta of the next person (cyclic). Persons are told apart by
+    # beta (data.coverage.identity_groups), not listener_id: LM-listener's layout names one listener
+    # per directory however many people it holds.
+    group = identity_groups(beta.numpy())
+    first = [int(np.flatnonzero(group == g)[0]) for g in range(int(group.max()) + 1)]
+    swap = beta[[first[(g + 1) % len(first)] for g in group]]
     was_training = model.training
     model.eval()
     dev = model.motion_mean.device
@@ -192,6 +194,8 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", steps: 
     if resume:
         info = load_train_state(out_dir, opt)
         start = int(info["step"])
+        if steps < start:
+            raise ValueError(f"--steps ({out_dir}): expected >= the saved step {start} to resume, got {steps}")
         rng.bit_generator.state = info["numpy_rng"]
         torch.set_rng_state(torch.tensor(info["torch_rng"], dtype=torch.uint8))
     sampler = CropSampler(train_segments, crop, model.needs_beta, rng)
@@ -201,9 +205,10 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", steps: 
     def save(step):
         if out_dir is None:
             return
-        model.save_pretrained(out_dir)
-        save_train_state(out_dir, opt, dict(step=step, numpy_rng=rng.bit_generator.state,
-                                            torch_rng=torch.get_rng_state().tolist(), hparams=hparams))
+        with checkpoint_transaction(out_dir, step) as stage:   # model + train state: one atomic set
+            model.save_pretrained(stage)
+            save_train_state(stage, opt, dict(step=step, numpy_rng=rng.bit_generator.state,
+                                              torch_rng=torch.get_rng_state().tolist(), hparams=hparams))
 
     def validate(step):
         if not val_segments:

@@ -114,6 +114,11 @@ class VQConfig:
                 raise ValueError(f"VQConfig.{f}: expected a positive int, got {v!r}")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"VQConfig.decay: expected 0 <= decay < 1, got {self.decay!r}")
+        for f in ("w_embed", "w_commit", "w_veloc", "dead_threshold", "eps"):   # NaN fails every comparison
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 if f == "eps" else v >= 0) \
+                    or v == float("inf"):
+                raise ValueError(f"VQConfig.{f}: expected a finite number {'> 0' if f == 'eps' else '>= 0'}, got {v!r}")
 
     @property
     def rate(self) -> int:

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import safe_pickle
 from ..checkpoint import atomic_write_text
 from .segment import D_MOTION, N_EMOTIONS, N_EXP, N_POSE, N_SHAPE, Segment, Word
 from .windows import motion_stats
@@ -192,41 +192,8 @@ def _read_stats(directory: Path, pairs) -> tuple[np.ndarray | None, np.ndarray |
 
 
 # ---------------------------------------------------------------------------------- LM-listener
-def _numpy_safe_globals() -> list:
-    """numpy arrays and scalars for ``torch.load(weights_only=True)``: reconstructing them runs no
-    user code (object arrays' elements still go through the restricted unpickler)."""
-    try:
-        from numpy._core import multiarray  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
-    out = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return out
-
-
 def _torch_load(path: Path, allow_pickle: bool):
-    if allow_pickle:
-        log.warning("%s: loading with full unpickling (allow_pickle=True): only for files you trust", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # pragma: no cover - diagnostic only
-            unsafe = []
-        what = f" (it pickles {', '.join(unsafe)})" if unsafe else ""
-        raise ValueError(
-            f"{path}: could not be read with torch.load(weights_only=True): it contains pickled "
-            f"objects other than tensors, numpy arrays and plain Python values{what}. minilisten does "
-            f"not unpickle arbitrary objects silently; if you trust this file, pass allow_pickle=True "
-            f"(full unpickling, can run arbitrary code)."
-        ) from e
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable torch.save file: {e}") from e
+    return safe_pickle.load_torch(path, allow_pickle)
 
 
 def _word_list(where: str, key: str, v) -> list[tuple[str, float | None, float]]:
@@ -415,13 +382,9 @@ def _l2l_speaker_dirs(d: Path) -> list[Path]:
 
 
 def _np_load(path: Path, allow_pickle: bool, mmap: bool = False) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=allow_pickle, mmap_mode="r" if mmap and not allow_pickle else None)
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise ValueError(f"{path}: holds pickled Python objects (an object array); minilisten does not "
-                             f"unpickle them silently: pass allow_pickle=True if you trust this file") from e
-        raise ValueError(f"{path}: not a readable .npy file: {e}") from e
+    """``.npy`` through :mod:`minilisten.safe_pickle`: object arrays are unpickled with the
+    restricted unpickler (numpy arrays / plain values only), never with code execution."""
+    return safe_pickle.load_npy(path, allow_pickle, mmap)
 
 
 def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | None = None,
@@ -656,6 +619,13 @@ def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) 
         if tmp.exists():
             tmp.unlink()
     n_sa = extra.get("n_sa")
+    if n_sa is not None:
+        if isinstance(n_sa, bool) or not isinstance(n_sa, (int, np.integer)) or n_sa < 0:
+            raise ValueError(f"corpus.n_sa: expected None or an int >= 0 (the SA vocabulary size), got {n_sa!r}")
+        for split in SPLITS:
+            sa = arrays[f"{split}/sa_tokens"]
+            if sa.size and sa.max() >= n_sa:
+                raise ValueError(f"corpus.{split}: sa_tokens: expected ids in [0, {n_sa}) (corpus.n_sa), got {sa.max()}")
     meta = {
         "format": FORMAT_TAG, "version": FORMAT_VERSION, "arrays": ARRAYS_FILE,
         "fps": None if extra.get("fps") is None else float(extra["fps"]),
@@ -684,8 +654,18 @@ def _read_meta(d: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_TAG:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{mp}: field 'format': expected {FORMAT_TAG!r}, got {got!r}")
-    if not isinstance(meta.get("version"), int) or meta["version"] > FORMAT_VERSION:
-        raise ValueError(f"{mp}: field 'version': expected an int <= {FORMAT_VERSION}, got {meta.get('version')!r}")
+    v = meta.get("version")
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= FORMAT_VERSION:
+        raise ValueError(f"{mp}: field 'version': expected an int in [1, {FORMAT_VERSION}], got {v!r}")
+    if meta.get("info") is not None and not isinstance(meta["info"], dict):
+        raise ValueError(f"{mp}: field 'info': expected a JSON object or null, got {type(meta['info']).__name__}")
+    n_sa = meta.get("n_sa")
+    if n_sa is not None and (not isinstance(n_sa, int) or isinstance(n_sa, bool) or n_sa < 0):
+        raise ValueError(f"{mp}: field 'n_sa': expected null or an int >= 0 (the SA vocabulary size), got {n_sa!r}")
+    arrays = meta.get("arrays", ARRAYS_FILE)
+    if not isinstance(arrays, str) or Path(arrays).name != arrays or arrays in ("", ".", ".."):
+        raise ValueError(f"{mp}: field 'arrays': expected a file name inside the corpus directory "
+                         f"(e.g. {ARRAYS_FILE!r}), got {arrays!r}")
     if not isinstance(meta.get("splits"), dict):
         raise ValueError(f"{mp}: field 'splits': expected a dict of split -> segment list, "
                          f"got {type(meta.get('splits')).__name__}")
@@ -705,7 +685,17 @@ def _meta_words(where: str, key: str, v) -> list[Word]:
 
 
 def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpus:
-    """Read a directory written by :func:`save_corpus` (see there for the layout)."""
+    """Read a directory written by :func:`save_corpus` (see there for the layout). Every bad file
+    raises ``ValueError`` / ``FileNotFoundError`` naming it (a value of the wrong JSON type too)."""
+    try:
+        return _load_corpus(directory, progress)
+    except (TypeError, KeyError, AttributeError, IndexError) as e:
+        what = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{Path(directory) / META_FILE}: expected the layout save_corpus writes, got a malformed "
+                         f"value ({what})") from e
+
+
+def _load_corpus(directory, progress: bool) -> Corpus:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -714,6 +704,9 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
         raise FileNotFoundError(f"{d}: corpus directory not found (expected {META_FILE} + {ARRAYS_FILE})")
     meta = _read_meta(d)
     mp, ap = d / META_FILE, d / str(meta.get("arrays", ARRAYS_FILE))
+    if ap.exists() and not ap.resolve().is_relative_to(d.resolve()):
+        raise ValueError(f"{mp}: field 'arrays': expected a file inside the corpus directory {d}, "
+                         f"got {meta['arrays']!r} resolving to {ap.resolve()}")
     if not ap.is_file():
         raise FileNotFoundError(f"{ap}: missing (named by {mp})")
     try:
@@ -773,6 +766,11 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
                                     history_words=_meta_words(where, "history_words", r["history_words"]), **kw))
             except ValueError as e:
                 raise ValueError(f"{where} / {ap.name}: {e}") from e
+        if corpus.n_sa is not None:
+            sa = arrays[f"{split}/sa_tokens"]
+            if sa.size and sa.max() >= corpus.n_sa:
+                raise ValueError(f"{ap}: array '{split}/sa_tokens': expected ids in [0, {corpus.n_sa}) "
+                                 f"(n_sa of {mp.name}), got {sa.max()}")
         setattr(corpus, split, segs)
     if "mean" in arrays or "std" in arrays:
         for k in ("mean", "std"):
@@ -780,6 +778,9 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
                 got = tuple(arrays[k].shape) if k in arrays else "missing"
                 raise ValueError(f"{ap}: array {k!r}: expected shape ({D_MOTION},) (mean and std go together), got {got}")
             _check_finite(str(ap), k, arrays[k])
+        if (arrays["std"] <= 0).any():
+            i = int(np.argmin(arrays["std"]))
+            raise ValueError(f"{ap}: array 'std': expected std > 0 in every dimension, got {arrays['std'][i]} at index {i}")
         corpus.mean, corpus.std = arrays["mean"], arrays["std"]
     return _finish(corpus, d, warn_missing=False)
 
@@ -789,9 +790,9 @@ def detect_layout(path: str | os.PathLike) -> str:
     """``"minilisten"``, ``"lm-listener"`` or ``"learning2listen"``; raises when none matches."""
     d = Path(path)
     if not d.exists():
-        raise FileNotFoundError(f"{d}: not found")
+        raise FileNotFoundError(f"dataset ({d}): expected a dataset directory, got nothing there (not found)")
     if not d.is_dir():
-        raise ValueError(f"{d}: expected a dataset directory, got a file")
+        raise ValueError(f"dataset ({d}): expected a dataset directory, got a file")
     if (d / META_FILE).is_file():
         return "minilisten"
     if any(d.glob("segments_*.pth")):

@@ -97,6 +97,9 @@ class Segment:
                                               and math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps: expected a positive number, got {self.fps!r}")
         self.fps = float(self.fps)
+        if isinstance(self.sa_rate, bool) or not (isinstance(self.sa_rate, (int, float, np.integer, np.floating))
+                                                  and math.isfinite(self.sa_rate) and self.sa_rate > 0):
+            raise ValueError(f"sa_rate: expected a positive rate, got {self.sa_rate!r}")
         self.speaker_motion = _check_array("speaker_motion", self.speaker_motion, (None, D_MOTION))
         T = self.speaker_motion.shape[0]
         if T == 0:
@@ -121,21 +124,36 @@ class Segment:
             self.sa_tokens = _check_array("sa_tokens", self.sa_tokens, (None,), dtype=np.int64)
             if self.sa_tokens.size and self.sa_tokens.min() < 0:
                 raise ValueError(f"sa_tokens: expected non-negative token ids, got {self.sa_tokens.min()}")
-            if not (self.sa_rate > 0):
-                raise ValueError(f"sa_rate: expected a positive rate, got {self.sa_rate!r}")
-        self.words = [self._check_word("words", i, w, self.duration) for i, w in enumerate(self.words)]
-        self.history_words = [self._check_word("history_words", i, w, 0.0)
-                              for i, w in enumerate(self.history_words)]
+        for name, hi in (("words", self.duration), ("history_words", 0.0)):
+            ws = getattr(self, name)
+            if isinstance(ws, (str, bytes)) or not isinstance(ws, (list, tuple)):
+                raise ValueError(f"{name}: expected a list of Word(text, start, end), got {type(ws).__name__} {ws!r:.60}")
+            ws = [self._check_word(name, i, w, hi) for i, w in enumerate(ws)]
+            for i in range(1, len(ws)):   # in time order, not overlapping (a word may start where the last ended)
+                a, b = ws[i - 1], ws[i]
+                if b.start < a.end - 1e-6:
+                    raise ValueError(f"{name}[{i}] ({b.text!r}): expected words in time order, not overlapping: start >= "
+                                     f"{a.end:.3f} s (the end of {name}[{i - 1}] {a.text!r}), got start={b.start:.3f}")
+            setattr(self, name, ws)
         self.listener_id = str(self.listener_id)
 
     @staticmethod
     def _check_word(field_name: str, i: int, w, hi: float) -> Word:
+        expect = f"{field_name}[{i}]: expected Word(text, start, end), a (text, start, end) tuple or a dict"
         if isinstance(w, dict):
             if not {"text", "start", "end"} <= set(w):
                 raise ValueError(f"{field_name}[{i}]: expected keys text/start/end, got {sorted(w)}")
-            w = Word(str(w["text"]), float(w["start"]), float(w["end"]))
-        elif not isinstance(w, Word):
-            w = Word(str(w[0]), float(w[1]), float(w[2]))
+            w = (w["text"], w["start"], w["end"])
+        if isinstance(w, Word):
+            w = (w.text, w.start, w.end)
+        if isinstance(w, (str, bytes)) or not isinstance(w, (tuple, list)) or len(w) != 3:
+            raise ValueError(f"{expect}, got {type(w).__name__} {w!r:.60}")
+        text, start, end = w
+        if not isinstance(text, str) or any(isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating))
+                                            for t in (start, end)):
+            raise ValueError(f"{expect} of (str, number, number), got ({type(text).__name__}, {type(start).__name__}, "
+                             f"{type(end).__name__}) {w!r:.60}")
+        w = Word(text, float(start), float(end))
         where = f"{field_name}[{i}] ({w.text!r})"
         if not (math.isfinite(w.start) and math.isfinite(w.end)):
             raise ValueError(f"{where}: expected finite start/end, got start={w.start}, end={w.end}")
@@ -191,5 +209,8 @@ class Segment:
     def windows(self, length: int = 240, stride: int | None = None, start: int = 0) -> list["Segment"]:
         """Non-padded windows of exactly ``length`` frames every ``stride`` (default ``length``)
         frames from ``start``; a tail shorter than ``length`` is dropped (documented, not padded)."""
-        stride = stride or length
+        for name, v in (("length", length), ("stride", stride), ("start", start)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "start" else 1)):
+                raise ValueError(f"windows: {name}: expected an int >= {0 if name == 'start' else 1}, got {v!r}")
+        stride = length if stride is None else stride
         return [self.window(s, length) for s in range(start, self.T - length + 1, stride)]
