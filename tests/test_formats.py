@@ -77,7 +77,8 @@ def test_lm_listener_reads_exact_layout(tmp_path, caplog):
         c = load_lm_listener(d)
     assert isinstance(c, Corpus) and c.source == "lm-listener" and c.fps == FPS
     assert [len(c.train), len(c.val), len(c.test)] == [3, 2, 2]
-    np.testing.assert_array_equal(c.mean, np.arange(56)) and np.testing.assert_array_equal(c.std, 2.0)
+    np.testing.assert_array_equal(c.mean, np.arange(56))
+    np.testing.assert_array_equal(c.std, 2.0)
     assert c.info["stats"] == "mean.npy, std.npy"
     assert set(c.missing_fields) == {"sa_tokens", "emotion", "valence"} and "sa_tokens" in caplog.text
     for split in ("train", "val", "test"):
@@ -119,7 +120,8 @@ def test_lm_listener_stats_fallbacks(tmp_path):
     write_lm(d, mean=False)
     c = load_lm_listener(d)
     m, s = motion_stats(c.train)
-    np.testing.assert_array_equal(c.mean, m) and np.testing.assert_array_equal(c.std, s)
+    np.testing.assert_array_equal(c.mean, m)
+    np.testing.assert_array_equal(c.std, s)
     assert c.info["stats"].startswith("computed")
     np.save(d / "p0_mean.npy", np.ones(56, np.float32))
     np.save(d / "p0_std.npy", np.full(56, 3.0, np.float32))
