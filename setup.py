@@ -28,11 +28,13 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.6"],
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.6", "websockets>=13", "peft>=0.10", "imageio-ffmpeg>=0.4"],   # peft: the LoRA tests
         "plot": ["matplotlib>=3.6"],
         "lora": ["peft>=0.10"],
         "audio": ["soundfile>=0.12"],
-        "all": ["matplotlib>=3.6", "peft>=0.10", "soundfile>=0.12", "pytest>=7", "hypothesis>=6"],
+        "serve": ["websockets>=13"],
+        "video": ["imageio-ffmpeg>=0.4"],
+        "all": ["matplotlib>=3.6", "peft>=0.10", "soundfile>=0.12", "pytest>=7", "hypothesis>=6", "websockets>=13", "imageio-ffmpeg>=0.4"],
     },
     entry_points={"console_scripts": ["minilisten=minilisten.__main__:main"]},
 )

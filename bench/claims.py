@@ -41,7 +41,7 @@ def _ms(xs) -> dict:
 
 def cell(variant: str, seed: int, sizes: dict, workers: int) -> dict:
     from minilisten.demo import DemoConfig, run_demo
-    cfg = DemoConfig(corpus=variant, seed=seed, workers=workers, **sizes)
+    cfg = DemoConfig(corpus=variant, seed=seed, workers=workers, video=False, **sizes)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         rep = run_demo(cfg, d, progress=False)

@@ -49,7 +49,47 @@ step "decode: CUDA-graph generator equals the reference decoder (fp32, tiny GPT-
 timeout 240 python3 -m pytest tests/test_generate.py -k cuda -q -rs -p no:cacheprovider 2>&1 | tee "$RES/gpu_decode_tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "DECODE TESTS FAILED"; status=1; }
 
-step "decode benchmark: GPT-2 Medium shape, random weights, bf16, batch 1 and 64 (python -m minilisten.bench)"
+step "decode benchmark: GPT-2 Medium shape + ARIG paper size, random weights, bf16, batch 1 and 64 (python -m minilisten.bench)"
 decode_args=--quick; [ -n "${FULL:-}" ] && decode_args=
 timeout 480 python3 -m minilisten.bench --device cuda $decode_args --skip kernels --out "$RES" 2>&1 | tee "$RES/bench_decode.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "DECODE BENCHMARK FAILED"; status=1; }
+
+# --- ARIG-style continuous listener (issue 17) ---
+# Speed: the decode benchmark above already ran minilisten.bench's ARIG part (rows "ARIG cached step" /
+# "ARIG recompute window": appendix sizes, bf16 autocast, eager, batch 1 and 64, 4 and 8 Euler steps, FPS
+# as ratios of the LR-token decoders' in the same run; JSON key "arig" in $RES/decode_*.json). This
+# section only checks correctness on the GPU: a tiny model's cached step on cuda vs cpu, and the server's
+# batched multi-stream path (MultiStreamARIG, 3 streams in one ARIG.step per frame) vs solo streams. ~1 min.
+step "ARIG: cuda vs cpu step, batched multi-stream vs solo streams (tiny model)"
+timeout 120 python3 - <<'PY' 2>&1 | tee "$RES/arig_gpu.log"
+import copy, numpy as np, torch
+from minilisten.arig import ARIG, ARIGConfig, MultiStreamARIG, StreamingARIG
+torch.manual_seed(0)
+cpu = ARIG(ARIGConfig(d_model=32, n_head=4, d_ff=64, window=8, diff_width=32, n_sa=64)).eval()
+with torch.no_grad():
+    for p in cpu.parameters():
+        p.add_(0.1 * torch.randn_like(p))
+gpu = copy.deepcopy(cpu).to("cuda")
+K = cpu.config.sa_slots
+x = {"spk": torch.randn(2, 56), "sa": torch.randint(0, 64, (2, K)), "emo": torch.full((2, 8), 1 / 8),
+     "word": torch.randint(0, 4096, (2,)), "since": torch.randint(0, 17, (2,)), "beta": torch.randn(2, 100)}
+with torch.no_grad():
+    zc, _ = cpu.step(cpu.init_state(x), x)
+    xg = {k: v.cuda() for k, v in x.items()}
+    zg, _ = gpu.step(gpu.init_state(xg), xg)
+d = float((zg.cpu() - zc).abs().max())
+print(f"tiny model: max |z_cuda - z_cpu| = {d:.2e}")
+rng = np.random.default_rng(0)
+T = 60
+push = [dict(motion=rng.normal(0, .5, (T, 56)).astype(np.float32), sa_tokens=rng.integers(0, 64, 100),
+             emotion=np.full((T, 8), 1 / 8, np.float32)) for _ in range(3)]
+ms = MultiStreamARIG(gpu, np.zeros(100), n_streams=3)
+for b in range(3):
+    ms.reset(b, seed=b)
+out = ms.push_many(dict(enumerate(push)))
+worst = max(float(np.abs(out[b] - StreamingARIG(gpu, np.zeros(100), seed=b).push(**push[b])).max()) for b in range(3))
+print(f"MultiStreamARIG on cuda: {ms.stats['ticks']} ticks for {ms.stats['frames']} frames; "
+      f"max |batched - solo| over {T} frames = {worst:.2e}")
+assert d < 1e-3 and worst < 1e-3, (d, worst)
+PY
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "ARIG GPU CHECK FAILED"; status=1; }

@@ -3,9 +3,9 @@
 Public API (the rest of minilisten calls only these; which path runs is decided here):
 - ``nearest_code(z (N, d), codebook (K, d)) -> (idx (N,) int64, dist (N,) fp32)``
 - ``quantize(z (N, d), codebook (K, d)) -> (idx, dist, z_q (N, d))``
-- ``norm_act(x (B, C, T), scale, shift, residual=None, relu=True, eps=1e-5) -> (B, C, T)``:
+- ``norm_act(x (B, C, T), scale, shift, *, relu=True, eps=1e-5) -> (B, C, T)``:
   instance norm over T, then ``(1 + scale) * x_hat + shift`` with scale/shift of shape (C,)
-  (learned IN affine) or (B, C) (AdaIN from beta), then ReLU, then ``+ residual``.
+  (learned IN affine) or (B, C) (AdaIN from beta), then ReLU.
 - ``code_stats(idx (N,), z (N, d), K) -> (counts (K,), sums (K, d))``: the batch histogram and
   per-code sums that the EMA codebook update needs (fp32).
 

@@ -1,20 +1,20 @@
-"""Fused InstanceNorm / AdaIN + affine + ReLU + residual (the VQ-VAE ResBlock normalization).
+"""Fused InstanceNorm / AdaIN + affine + ReLU (the VQ-VAE ResBlock normalization).
 
 For ``x: (B, C, T)`` and each row (b, c), over t:
     mean = E[x],  var = E[(x - mean)^2] (two-pass, biased),  rstd = 1 / sqrt(var + eps)
     x_hat = (x - mean) * rstd
     a = (1 + scale[b, c]) * x_hat + shift[b, c]        scale/shift: (C,) learned IN, (B, C) AdaIN
-    y = relu(a) + residual                              (relu and residual optional)
-T = 1: var = 0, so x_hat = 0 and y = relu(shift) + residual; dx = 0.
+    y = relu(a)                                         (relu optional)
+T = 1: var = 0, so x_hat = 0 and y = relu(shift); dx = 0.
+The ResBlock adds its skip after conv2 (``x + conv2(...)``), so there is no fused residual add.
 
 Forward stores mean and rstd (fp32) per row; backward (Triton layer-norm tutorial):
     da = dy * [a > 0],  g = 1 + scale,  dx_hat = da * g
     dx = rstd * (dx_hat - mean_t(dx_hat) - x_hat * mean_t(dx_hat * x_hat))
     dscale[b, c] = sum_t da * x_hat,  dshift[b, c] = sum_t da  (summed over b for (C,) params)
-    dresidual = dy
 Dtypes: y and dx have x's dtype (fp32, bf16, fp16; float64 runs the reference); statistics and
 accumulation are fp32; scale/shift may have another float dtype (e.g. fp32 parameters with bf16
-activations) and get gradients in their own dtype; residual must match x's dtype and shape.
+activations) and get gradients in their own dtype.
 Any strides are read as they are (outputs are contiguous). Each program normalizes ROWS rows of
 BLOCK_T >= T elements kept in registers; rows longer than MAX_BLOCK_T are streamed in chunks.
 """
@@ -36,7 +36,7 @@ TILE_INTERPRET = 1 << 15  # the interpreter's cost is per operation: few, large 
 # torch reference
 
 
-def norm_act_ref(x, scale, shift, residual=None, relu=True, eps=1e-5, upcast=True):
+def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
     """Reference (autograd through torch ops). ``upcast=False`` computes in x's own dtype, which
     the tests use to measure torch's own low-precision error."""
     dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
@@ -51,8 +51,6 @@ def norm_act_ref(x, scale, shift, residual=None, relu=True, eps=1e-5, upcast=Tru
     y = (1 + s[..., None]) * x_hat + h[..., None]
     if relu:
         y = torch.relu(y)
-    if residual is not None:
-        y = y + residual.to(dt)
     return y.to(x.dtype)
 
 
@@ -66,7 +64,6 @@ if HAS_TRITON:
         X,  # (B, C, T) input, any strides
         S,  # scale (C,) or (B, C): read as S[b * stride_sb + c * stride_sc]
         H,  # shift, same addressing as S with its own strides
-        R,  # residual (B, C, T) or dummy when not HAS_RES
         Y,  # (B*C, T) contiguous output, X's dtype
         MEAN,  # (B*C,) fp32 out
         RSTD,  # (B*C,) fp32 out
@@ -74,10 +71,8 @@ if HAS_TRITON:
         stride_xb, stride_xc, stride_xt,
         stride_sb, stride_sc,
         stride_hb, stride_hc,
-        stride_rb, stride_rc, stride_rt,
         eps,
-        HAS_RES: tl.constexpr,  # add the residual
-        RELU: tl.constexpr,  # apply ReLU before the residual
+        RELU: tl.constexpr,  # apply ReLU
         ROWS: tl.constexpr,  # rows per program
         BLOCK_T: tl.constexpr,  # elements per row per step (power of two)
         ONE_TILE: tl.constexpr,  # T <= BLOCK_T: the row stays in registers
@@ -87,7 +82,6 @@ if HAS_TRITON:
         b = (rows // C).to(tl.int64)
         c = (rows % C).to(tl.int64)
         x_row = b * stride_xb + c * stride_xc
-        r_row = b * stride_rb + c * stride_rc
         y_row = rows.to(tl.int64) * T
         g = 1.0 + tl.load(S + b * stride_sb + c * stride_sc, mask=mask_r, other=0.0).to(tl.float32)
         h = tl.load(H + b * stride_hb + c * stride_hc, mask=mask_r, other=0.0).to(tl.float32)
@@ -103,9 +97,6 @@ if HAS_TRITON:
             a = (xc * rstd[:, None]) * g[:, None] + h[:, None]
             if RELU:
                 a = tl.where(a < 0.0, 0.0, a)
-            if HAS_RES:
-                res = tl.load(R + r_row[:, None] + offs0[None, :] * stride_rt, mask=mask, other=0.0)
-                a += res.to(tl.float32)
             tl.store(Y + y_row[:, None] + offs0[None, :], a.to(Y.dtype.element_ty), mask=mask)
             tl.store(MEAN + rows, mean, mask=mask_r)
             tl.store(RSTD + rows, rstd, mask=mask_r)
@@ -133,10 +124,6 @@ if HAS_TRITON:
                 a = ((x.to(tl.float32) - mean[:, None]) * rstd[:, None]) * g[:, None] + h[:, None]
                 if RELU:
                     a = tl.where(a < 0.0, 0.0, a)
-                if HAS_RES:
-                    res = tl.load(R + r_row[:, None] + offs[None, :] * stride_rt, mask=mask,
-                                  other=0.0)
-                    a += res.to(tl.float32)
                 tl.store(Y + y_row[:, None] + offs[None, :], a.to(Y.dtype.element_ty), mask=mask)
             tl.store(MEAN + rows, mean, mask=mask_r)
             tl.store(RSTD + rows, rstd, mask=mask_r)
@@ -238,20 +225,18 @@ def _param_strides(p: torch.Tensor):
     return (0, p.stride(0)) if p.dim() == 1 else (p.stride(0), p.stride(1))
 
 
-def _norm_act_fwd(x, scale, shift, residual, relu, eps):
+def _norm_act_fwd(x, scale, shift, relu, eps):
     B, C, T = x.shape
     n_rows = B * C
     y = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
     mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    r = residual if residual is not None else x
     cfg = norm_act_config(T)
     grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
     with device_guard(x):
         _norm_act_fwd_kernel[grid](
-            x, scale, shift, r, y, mean, rstd, n_rows, C, T,
-            *x.stride(), *_param_strides(scale), *_param_strides(shift), *r.stride(), eps,
-            HAS_RES=residual is not None, RELU=relu, **cfg)
+            x, scale, shift, y, mean, rstd, n_rows, C, T,
+            *x.stride(), *_param_strides(scale), *_param_strides(shift), eps, RELU=relu, **cfg)
     return y, mean, rstd
 
 
@@ -272,14 +257,13 @@ def _norm_act_bwd(dy, x, scale, shift, mean, rstd, relu):
 
 
 class NormActFunction(torch.autograd.Function):
-    """Triton forward and backward of ``norm_act`` (grads for x, scale, shift, residual)."""
+    """Triton forward and backward of ``norm_act`` (grads for x, scale, shift)."""
 
     @staticmethod
-    def forward(ctx, x, scale, shift, residual, relu, eps):
-        y, mean, rstd = _norm_act_fwd(x, scale, shift, residual, relu, eps)
+    def forward(ctx, x, scale, shift, relu, eps):
+        y, mean, rstd = _norm_act_fwd(x, scale, shift, relu, eps)
         ctx.save_for_backward(x, scale, shift, mean, rstd)
         ctx.relu = relu
-        ctx.has_res = residual is not None
         return y
 
     @staticmethod
@@ -291,15 +275,14 @@ class NormActFunction(torch.autograd.Function):
             ds, dh = ds.sum(0), dh.sum(0)
         need = ctx.needs_input_grad
         return (dx if need[0] else None, ds.to(scale.dtype) if need[1] else None,
-                dh.to(shift.dtype) if need[2] else None,
-                dy if (ctx.has_res and need[3]) else None, None, None)
+                dh.to(shift.dtype) if need[2] else None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------
 # public API
 
 
-def _check(x, scale, shift, residual, eps):
+def _check(x, scale, shift, eps):
     op = "norm_act"
     check_float("x", x, op)
     check_float("scale", scale, op)
@@ -315,29 +298,17 @@ def _check(x, scale, shift, residual, eps):
                              f"x of shape {tuple(x.shape)}, got {tuple(p.shape)}")
         if p.device != x.device:
             raise ValueError(f"{op}: {name} is on {p.device} but x is on {x.device}")
-    if residual is not None:
-        if not isinstance(residual, torch.Tensor):
-            raise TypeError(f"{op}: residual must be a torch.Tensor or None, got "
-                            f"{type(residual).__name__}")
-        if residual.shape != x.shape:
-            raise ValueError(f"{op}: residual must have x's shape {tuple(x.shape)}, "
-                             f"got {tuple(residual.shape)}")
-        if residual.dtype != x.dtype:
-            raise TypeError(f"{op}: residual must have x's dtype {x.dtype}, got {residual.dtype}")
-        if residual.device != x.device:
-            raise ValueError(f"{op}: residual is on {residual.device} but x is on {x.device}")
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"{op}: eps must be a positive number, got {eps!r}")
 
 
 def norm_act(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-             residual: torch.Tensor | None = None, relu: bool = True, eps: float = 1e-5,
-             use_triton: bool | None = None) -> torch.Tensor:
-    """``relu((1 + scale) * instance_norm_T(x) + shift) + residual``: x (B, C, T) -> (B, C, T).
+             *, relu: bool = True, eps: float = 1e-5, use_triton: bool | None = None) -> torch.Tensor:
+    """``relu((1 + scale) * instance_norm_T(x) + shift)``: x (B, C, T) -> (B, C, T).
 
-    scale/shift: (C,) (learned IN affine) or (B, C) (AdaIN); residual: (B, C, T) or None.
+    scale/shift: (C,) (learned IN affine) or (B, C) (AdaIN). relu, eps, use_triton: keyword-only.
     """
-    _check(x, scale, shift, residual, eps)
+    _check(x, scale, shift, eps)
     if not use_triton_for(x, use_triton, "norm_act"):
-        return norm_act_ref(x, scale, shift, residual, relu, eps)
-    return NormActFunction.apply(x, scale, shift, residual, bool(relu), float(eps))
+        return norm_act_ref(x, scale, shift, relu=relu, eps=eps)
+    return NormActFunction.apply(x, scale, shift, bool(relu), float(eps))

@@ -1,4 +1,5 @@
-"""``python -m minilisten <command>``: data, train-vq, evaluate-vq, train-lm, demo, evaluate."""
+"""``python -m minilisten <command>``: data, train-vq, evaluate-vq, train-lm, train-arig, demo, evaluate,
+render, serve."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,11 @@ COMMANDS = {
     "train-vq": ("minilisten.train_vq", "main", "train a listener-motion VQ-VAE (naive or identity-disentangled)"),
     "evaluate-vq": ("minilisten.train_vq", "main_evaluate", "VQ Rec / Commit / PPL of checkpoints (paper Table 5)"),
     "train-lm": ("minilisten.train_lm", "main", "train the multimodal listener LM (stage 1 or 2)"),
-    "demo": ("minilisten.demo", "main", "the whole pipeline on the synthetic corpus; prints Tables 1, 4, 5"),
+    "train-arig": ("minilisten.train_arig", "main", "train the ARIG-style continuous listener (diffusion MLP head)"),
+    "demo": ("minilisten.demo", "main", "the whole pipeline (synthetic corpus or --data DIR): Tables 1, 4, 5, plots, clip.mp4"),
     "evaluate": ("minilisten.demo", "main_evaluate", "evaluate saved VQ + LM checkpoints on a dataset"),
+    "render": ("minilisten.render", "main", "mp4 of speaker | generated | ground-truth listener heads with subtitles"),
+    "serve": ("minilisten.server", "main", "WebSocket server streaming listener frames to avatar/robot clients"),
 }
 
 

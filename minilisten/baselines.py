@@ -397,7 +397,7 @@ class RandomWalk:
             if segment.listener_beta is None:
                 raise ValueError(f"segment.listener_beta: expected shape (100,) for {self.name} "
                                  f"(its VQ-VAE decodes with beta), got None")
-            beta = torch.as_tensor(segment.listener_beta, dtype=torch.float32)[None]
+            beta = torch.tensor(segment.listener_beta, dtype=torch.float32)[None]
         dev = self.vqvae.codebook.device if hasattr(self.vqvae.codebook, "device") else "cpu"
         with torch.no_grad():
             out = self.vqvae.decode(codes.to(dev), None if beta is None else beta.to(dev))

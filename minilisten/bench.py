@@ -18,20 +18,22 @@ a long stream (several context jumps of the LM's sliding window) at batch 1, and
 8-s window at batch 1 without SA tokens (~5 tokens per step instead of ~20: a words + emotion LM). Reported: LR
 tokens/s (all streams), listener FPS (= 8 x LR tokens/s; frames produced per second of compute,
 all streams together), ms per step, and the speed-ups over (a) and (b). Then the step latency of
-``StreamingListener.push`` (LM step + incremental VQ decode), and the kernel benchmark of
-``bench/bench_kernels.py`` when present.
+``StreamingListener.push`` (LM step + incremental VQ decode), the ARIG-style model's frame-by-frame
+decode (:func:`bench_arig`: cached ``ARIG.step`` vs recomputing the history window every frame, 4
+and 8 Euler steps, batch 1 and the large batch, with its FPS as a ratio of the LR-token decoders'
+measured in the same run), and the kernel benchmark (:mod:`minilisten.bench_kernels`).
 
 Model: GPT-2 Medium shape with random weights in bf16 on GPU (speed does not depend on the
 weights), a 4-layer 256-wide GPT-2 in fp32 on CPU. Timings: each method runs once to warm up
 (compilation), then ``reps`` rounds in which every method runs once (interleaved, so a busy
 machine slows all alike); the median round time is reported. The table is printed and a JSON
-file (device, versions, config, date, rows) is written under ``bench/results/``.
+file (device, versions, config, date, rows) is written into ``--out`` (default ``./bench_results``,
+relative to the working directory, so it runs from an installed package anywhere).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
@@ -47,8 +49,7 @@ from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment, Word
 
 WORDS = ("the a yes no really what why okay so and but you i we they think know right good great sure maybe "
          "well oh hmm that this was is it not just like about people work home today tomorrow").split()
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path("bench_results")   # default --out, relative to the working directory
 CONFIGS = {   # layout, shape (n_layer, n_embd, n_head, n_positions) and word vocabulary (None: a small BPE's)
     "tiny": dict(arch="gpt2", n_layer=4, n_embd=256, n_head=4, n_positions=1024, vocab_size=None),
     "tiny-llama": dict(arch="llama", n_layer=4, n_embd=256, n_head=4, n_positions=1024, vocab_size=None),
@@ -105,8 +106,7 @@ def build_vq(device="cpu", seed: int = 0, width: int = 512):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vq = VQVAE.from_preset("disentangled", width=width)
-        vq.quantizer.embed.normal_()
-        vq.quantizer.initted.fill_(True)
+        vq.set_codebook(torch.randn(vq.config.codebook_size, vq.config.code_dim))
         for m in vq.decoder.modules():
             if hasattr(m, "to_affine"):
                 torch.nn.init.normal_(m.to_affine.weight, std=0.05)
@@ -242,7 +242,7 @@ def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, generator
         for i in range(seg.T // r):
             t0, t1 = i * r / fps, (i + 1) * r / fps
             words = [w for w in seg.words if t0 < w.end <= t1 + 1e-9]
-            a, b = int(np.floor(i * r * 50 / fps + 1e-6)), int(np.floor((i + 1) * r * 50 / fps + 1e-6))
+            a, b = sl.sa_range(i)
             _sync(device)
             t = time.perf_counter()
             out = sl.push(words=words, sa_tokens=seg.sa_tokens[a:b], emotion=seg.emotion[i * r:(i + 1) * r])
@@ -260,17 +260,115 @@ def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, generator
                 realtime_factor=float((r / fps) / np.median(lat_ms / 1e3)))
 
 
-def run_kernel_bench(quick: bool, device) -> list | None:
-    """``bench/bench_kernels.py``'s ``run(quick, device)`` (kernels issue), or None when absent."""
-    path = ROOT / "bench" / "bench_kernels.py"
-    if not path.is_file():
-        print("# kernel benchmark: bench/bench_kernels.py not found, skipped")
-        return None
-    spec = importlib.util.spec_from_file_location("bench_kernels", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_kernels", mod)
-    spec.loader.exec_module(mod)
-    return mod.run(quick, torch.device(device))
+def build_arig(device="cpu", paper: bool = False, seed: int = 0):
+    """A random-weight ARIG model: the CPU/demo size (``ARIGConfig()``) or the appendix's
+    (``ARIGConfig.paper()``), 1024 SA tokens, words, emotion, beta (speed does not depend on the weights)."""
+    from .arig import ARIG, ARIGConfig
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = ARIG(ARIGConfig.paper(n_sa=1024) if paper else ARIGConfig(n_sa=1024))
+    return m.to(device).eval()
+
+
+def _arig_inputs(m, B: int, T: int, device, seed: int = 0) -> dict:
+    """Random per-frame ARIG inputs for ``B`` streams and ``T`` frames (a :func:`minilisten.arig.collate` batch)."""
+    c = m.config
+    g = torch.Generator().manual_seed(seed)
+    x = {"spk": torch.randn(B, T, D_MOTION, generator=g), "lis": torch.randn(B, T, D_MOTION, generator=g),
+         "sa": torch.randint(0, c.n_sa, (B, T, c.sa_slots), generator=g),
+         "emo": torch.softmax(torch.randn(B, T, N_EMOTIONS, generator=g), -1),
+         "word": torch.randint(0, c.word_buckets, (B, T), generator=g),
+         "since": torch.randint(0, c.since_max + 1, (B, T), generator=g), "beta": torch.randn(B, N_SHAPE, generator=g)}
+    return {k: v.to(device) for k, v in x.items()}
+
+
+ARIG_METHODS = {"cached": "ARIG cached step", "recompute": "ARIG recompute window"}
+
+
+def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute_frames: int = 12, reps: int = 2,
+               paper: bool = False, autocast_bf16: bool = False, progress=print, model=None) -> list[dict]:
+    """Frame-by-frame ARIG decode: per (batch, Euler steps) the cached path (``ARIG.step`` with its
+    fixed caches + ``sample`` + ``commit``; what :class:`~minilisten.arig.StreamingARIG` runs) and the
+    reference that recomputes the whole ``window``-frame history through the sequence path
+    (``ARIG.features``) every frame. Interleaved rounds (``reps``), each frame timed (synchronised):
+    rows with p50 / p95 ms per frame, FPS (frames of all streams per second at the p50) and the
+    cached path's speed-up over the recomputing one."""
+    m = model if model is not None else build_arig(device, paper)
+    c, W = m.config, m.config.window
+    rows = []
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if autocast_bf16 else torch.autocast("cpu", enabled=False)
+    for B in batches:
+        x = _arig_inputs(m, B, W + frames + 1, device, seed=B)
+        frame = lambda t: {k: (v if k == "beta" else v[:, t]) for k, v in x.items() if k != "lis"}
+        noise = torch.randn(B, D_MOTION, device=device)
+        for n_steps in steps:
+            times = {"cached": [], "recompute": []}
+            with torch.inference_mode(), amp:
+                st = m.init_state(frame(0))
+
+                def cached(t):
+                    z, _ = m.step(st, frame(t))
+                    m.commit(st, m.sample(z, noise, n_steps).float())
+
+                def recompute(t):
+                    win = {k: (v if k == "beta" else v[:, t:t + W]) for k, v in x.items()}
+                    z, _ = m.features(win)
+                    m.sample(z[:, -1], noise, n_steps)
+                for r in range(reps + 1):   # round 0 warms up
+                    for name, fn, n in (("cached", cached, frames), ("recompute", recompute, recompute_frames)):
+                        for t in range(n):
+                            _sync(device)
+                            t0 = time.perf_counter()
+                            fn(t)
+                            _sync(device)
+                            if r:
+                                times[name].append(time.perf_counter() - t0)
+            p50 = {k: float(np.median(v)) for k, v in times.items()}
+            for name, ts in times.items():
+                ms = np.asarray(ts) * 1e3
+                rows.append(dict(scenario="ARIG frame", batch=B, sample_steps=n_steps, method=ARIG_METHODS[name],
+                                 frames_timed=len(ts), p50_ms=float(np.median(ms)), p95_ms=float(np.percentile(ms, 95)),
+                                 fps=B / p50[name], fps_per_stream=1.0 / p50[name],
+                                 speedup_vs_recompute=p50["recompute"] / p50[name],
+                                 config=dict(d_model=c.d_model, d_ff=c.d_ff, window=W, paper=paper,
+                                             dtype="bf16 autocast" if autocast_bf16 else "float32")))
+            progress(f"ARIG batch {B}, {n_steps} Euler steps: cached p50 {1e3 * p50['cached']:.2f} ms, recompute "
+                     f"{1e3 * p50['recompute']:.2f} ms ({p50['recompute'] / p50['cached']:.1f}x)")
+    return rows
+
+
+def arig_vs_lr(arig_rows: list[dict], decode_rows: list[dict] | None, streaming: dict | None) -> None:
+    """Add, in place, the ratios of each ARIG row's FPS to the LR-token decoders' FPS at the same
+    batch (the 8-s window scenario, same run): ``fps_vs_lr`` {method: ratio} (LR FPS = 8 x LR
+    tokens/s, the LM only, no VQ decode) and, at batch 1, ``fps_vs_lr_streaming`` (StreamingListener
+    push: LM step + VQ decode, 8 frames per push)."""
+    lr = {}
+    for r in decode_rows or []:
+        if r["scenario"] == "window":
+            lr.setdefault(r["batch"], {})[r["method"]] = r["fps"]
+    for r in arig_rows:
+        r["fps_vs_lr"] = {k: r["fps"] / v for k, v in lr.get(r["batch"], {}).items()}
+        if streaming and r["batch"] == 1:
+            r["fps_vs_lr_streaming"] = r["fps"] / (8 / (streaming["median_ms"] / 1e3))
+
+
+def format_arig_table(rows: list[dict]) -> str:
+    lr_names = sorted({k for r in rows for k in r.get("fps_vs_lr", {})})
+    head = f"{'method':<22} {'B':>3} {'Euler':>5} {'p50 ms':>8} {'p95 ms':>8} {'FPS':>9} {'vs recomp':>9}" + \
+        "".join(f" {'vs ' + k.split(' ')[0] + ('bf16' if 'bf16' in k else ''):>8}" for k in lr_names) + f" {'vs stream':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lrs = "".join(f" {r['fps_vs_lr'][k]:>7.2f}x" if k in r.get("fps_vs_lr", {}) else f" {'-':>8}" for k in lr_names)
+        vs = f"{r['fps_vs_lr_streaming']:.2f}x" if r.get("fps_vs_lr_streaming") else "-"
+        lines.append(f"{r['method']:<22} {r['batch']:>3} {r['sample_steps']:>5} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
+                     f"{r['fps']:>9.0f} {r['speedup_vs_recompute']:>8.1f}x{lrs} {vs:>9}")
+    return "\n".join(lines)
+
+
+def run_kernel_bench(quick: bool, device) -> list:
+    """:func:`minilisten.bench_kernels.run` (Triton kernels vs eager / compiled references)."""
+    from .bench_kernels import run
+    return run(quick, torch.device(device))
 
 
 # ----------------------------------------------------------------------------------- report
@@ -324,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
     p.add_argument("--compile", default="default", choices=("default", "max-autotune"),
                    help="torch.compile setting of (d): default (CUDA graphs on GPU) or max-autotune (longer compile)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: decode, streaming, kernels")
-    p.add_argument("--out", default=str(RESULTS), help="directory for the JSON results")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: decode, streaming, arig, kernels")
+    p.add_argument("--out", default=str(RESULTS), help="directory for the JSON results (default: %(default)s)")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -362,6 +460,15 @@ def main(argv: list[str] | None = None) -> int:
               f"push, lookahead {s['lookahead']}, {s['pushes']} pushes): "
               f"median {s['median_ms']:.2f} ms, p90 {s['p90_ms']:.2f} ms, max {s['max_ms']:.2f} ms; "
               f"{s['realtime_factor']:.0f}x faster than real time at 30 fps", flush=True)
+    if "arig" not in skip:
+        # ARIG at the appendix's size on GPU (bf16 autocast), the demo's size on CPU (float32)
+        arig_frames = 30 if args.quick else (120 if cuda else 90)
+        rows = bench_arig(device, batches=(1, big), steps=(4, 8), frames=arig_frames,
+                          recompute_frames=8 if args.quick else 20, reps=reps, paper=cuda, autocast_bf16=cuda,
+                          progress=lambda s: print("# " + s, flush=True))
+        arig_vs_lr(rows, result.get("decode"), result.get("streaming"))
+        print(format_arig_table(rows), flush=True)
+        result["arig"] = rows
     if "kernels" not in skip:
         try:
             result["kernels"] = run_kernel_bench(args.quick, device)

@@ -54,7 +54,10 @@ from pathlib import Path
 import torch
 
 CURRENT, SETS, MANIFEST = ".current", ".sets", "manifest.json"
-SET_FORMAT = "minilisten-checkpoint-set"
+#: every file minilisten writes is tagged ``{"format": "minilisten.<Kind>", "version": N}``
+#: (:func:`check_format`); older tags are still read
+SET_FORMAT = "minilisten.CheckpointSet"
+OLD_SET_FORMATS = ("minilisten-checkpoint-set",)
 _crash_counts: dict[str, int] = {}
 
 
@@ -292,7 +295,7 @@ def verify_checkpoint(directory: str | os.PathLike, names=None) -> dict | None:
                          f"got a dangling link to {os.readlink(d / CURRENT)!r}")
     manifest = read_json(cur / MANIFEST, "checkpoint manifest")
     files = manifest.get("files")
-    if manifest.get("format") != SET_FORMAT or not isinstance(files, dict):
+    if manifest.get("format") not in (SET_FORMAT, *OLD_SET_FORMATS) or not isinstance(files, dict):
         raise ValueError(f"checkpoint manifest ({cur / MANIFEST}): expected format {SET_FORMAT!r} with a 'files' "
                          f"dict, got format {manifest.get('format')!r}")
     for rel, want in sorted(files.items()):
@@ -313,6 +316,48 @@ def verify_checkpoint(directory: str | os.PathLike, names=None) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- model files
+def check_format(cfg: dict, want: str, where, old: dict | None = None, max_version: int = 1) -> dict:
+    """Check the tag of a config dict, ``{"format": want, "version": <= max_version}``; an old tag
+    (``old``: ``{key: value}``, e.g. ``{"model_type": "minilisten.vqvae"}``) is accepted too.
+    Returns ``cfg`` without the tag keys; ValueError naming ``where`` otherwise."""
+    cfg = dict(cfg)
+    fmt, version = cfg.pop("format", None), cfg.pop("version", 1)
+    olds = {k: cfg.pop(k, None) for k in (old or {})}
+    if fmt is None and old and any(olds[k] == v for k, v in old.items()):
+        return cfg
+    if fmt != want:
+        got = fmt if fmt is not None else next((f"{k}={v!r}" for k, v in olds.items() if v is not None), None)
+        raise ValueError(f"{where}: expected format {want!r}, got {got!r}")
+    if not (isinstance(version, int) and 1 <= version <= max_version):
+        raise ValueError(f"{where}: expected version 1..{max_version} of {want}, got {version!r}")
+    return cfg
+
+
+def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, old: dict | None = None,
+               map_location="cpu"):
+    """``model_cls(config_cls(**config.json))`` with the weights of ``model.safetensors``, in eval
+    mode on ``map_location``: the tag checked (:func:`check_format`), unknown config fields,
+    missing/unexpected weights and shape mismatches refused with a ValueError naming the checkpoint."""
+    from dataclasses import fields
+    cfg, state = load_checkpoint(directory)
+    where = f"checkpoint {str(Path(directory))!r}"
+    cfg = check_format(cfg, fmt, where, old=old)
+    unknown = sorted(set(cfg) - {f.name for f in fields(config_cls)})
+    if unknown:
+        raise ValueError(f"{where}: config.json has unknown {config_cls.__name__} fields {unknown}")
+    model = model_cls(config_cls(**cfg))
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{where}: weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise ValueError(f"{where}: weight {k!r}: expected shape {tuple(own[k].shape)} from config.json, "
+                             f"got {tuple(v.shape)}")
+    model.load_state_dict(state)
+    return model.to(map_location).eval()
+
+
 def save_checkpoint(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> None:
     """Write ``config.json`` + ``model.safetensors`` into ``directory``: file by file (each
     atomic, config last) into a plain directory, as one transaction into a managed one."""

@@ -17,7 +17,8 @@ Two decoders with the same interface (``advance``, ``codes``, ``generate``, ``ge
   ``torch.compile`` compiles (CUDA: ``mode="reduce-overhead"``, i.e. CUDA graphs; CPU: inductor's C++).
 - :class:`HFDecoder`, the generic path for any HF causal LM: the HF model itself with its
   ``DynamicCache`` or ``StaticCache``, eager, streams decoded in lock step.
-- :func:`generate_nocache`: LM-listener's way (whole context recomputed per LR token), the baseline.
+- :func:`generate_nocache`: LM-listener's way (whole context recomputed per LR token): the one
+  reference decoder, the baseline the others are tested against.
 
 Variable numbers of speaker tokens per step (the scheme): every forward takes a right-padded token
 block ``(B, S)`` holding the longest row (on CUDA padded up to one of a few bucket sizes, 8, 16,
@@ -98,6 +99,17 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
+class KVCache(nn.Module):
+    """Static KV cache of one layer (gpt-fast style): buffers ``k_cache, v_cache (B, n_kv, L + 1, D)``
+    (slot ``L`` is the trash slot for padding), so ``.to()`` moves and casts them with the model."""
+
+    def __init__(self, max_batch: int, n_kv: int, max_seq: int, head_dim: int, dtype: torch.dtype, device=None):
+        super().__init__()
+        shape = (max_batch, n_kv, max_seq + 1, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+
 class Attention(nn.Module):
     """Causal self-attention over a static KV cache ``k_cache, v_cache: (B, n_kv, max_seq + 1, D)``."""
 
@@ -107,8 +119,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.o_bias)
         self.scale = cfg.attn_scale[layer]
-        self.k_cache: torch.Tensor | None = None
-        self.v_cache: torch.Tensor | None = None
+        self.kv_cache: KVCache | None = None     # set by FastTransformer.setup_caches
 
     def forward(self, x, rows, write_idx, mask, rope, K, last=None):
         """x: (B, S, d); rows: (B, 1); write_idx: (B, S) cache slot per token; mask: (B, 1, S, K)
@@ -124,8 +135,9 @@ class Attention(nn.Module):
             cos, sin = rope
             q = (q * cos + rotate_half(q) * sin).to(x.dtype)
             k = (k * cos + rotate_half(k) * sin).to(x.dtype)
-        self.k_cache[rows, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
-        self.v_cache[rows, :, write_idx] = v
+        k_cache, v_cache = self.kv_cache.k_cache, self.kv_cache.v_cache
+        k_cache[rows, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
+        v_cache[rows, :, write_idx] = v
         if last is not None:                        # only one query per stream is needed
             q = q[rows, :, last].transpose(1, 2)    # (B, H, 1, D)
             mask = mask[rows, :, last].transpose(1, 2)
@@ -134,7 +146,7 @@ class Attention(nn.Module):
             G = H // KV
             q = q.reshape(B, KV, G * S, D)
             mask = mask.repeat(1, 1, G, 1)
-        y = F.scaled_dot_product_attention(q, self.k_cache[:B, :, :K], self.v_cache[:B, :, :K], attn_mask=mask,
+        y = F.scaled_dot_product_attention(q, k_cache[:B, :, :K], v_cache[:B, :, :K], attn_mask=mask,
                                            scale=self.scale)
         y = y.reshape(B, H, S, D).transpose(1, 2).reshape(B, S, H * D)
         return self.wo(y)
@@ -176,9 +188,10 @@ class Block(nn.Module):
 class FastTransformer(nn.Module):
     """Inference-only copy of a ListenerLM's backbone + LR head with a static KV cache.
 
-    State (buffers, allocated by :meth:`setup_caches`): per layer ``k_cache, v_cache (B, n_kv, L + 1, D)``
-    (slot ``L = max_seq`` is the trash slot for padding), ``pos (B,)`` tokens held per stream,
-    ``codes (B,)`` latest LR code per stream, ``logits (B, n_lr)`` its LR-head logits (fp32).
+    State (non-persistent buffers, allocated by :meth:`setup_caches`, moved by ``.to()``): per layer
+    a :class:`KVCache` ``blocks[i].attn.kv_cache`` (slot ``L = max_seq`` is the trash slot for
+    padding), ``pos (B,)`` tokens held per stream, ``codes (B,)`` latest LR code per stream,
+    ``logits (B, n_lr)`` its LR-head logits (fp32), and for rotary layouts ``rope_cos, rope_sin (L, D)``.
     """
 
     def __init__(self, cfg: FastConfig, vocab_size: int, lr_offset: int):
@@ -190,7 +203,8 @@ class FastTransformer(nn.Module):
         self.norm_f = _norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.n_lr)
         self.max_batch = self.max_seq = 0
-        self.rope_cos = self.rope_sin = None
+        for name in ("pos", "codes", "logits", "rope_cos", "rope_sin"):
+            self.register_buffer(name, None, persistent=False)
 
     # -------------------------------------------------------------- construction from HF
     @classmethod
@@ -270,9 +284,7 @@ class FastTransformer(nn.Module):
         p = self.tok_emb.weight
         self.max_batch, self.max_seq = max_batch, max_seq
         for b in self.blocks:
-            shape = (max_batch, c.n_kv_head, max_seq + 1, c.head_dim)
-            b.attn.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            b.attn.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            b.attn.kv_cache = KVCache(max_batch, c.n_kv_head, max_seq, c.head_dim, p.dtype, p.device)
         self.pos = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.codes = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.logits = torch.zeros(max_batch, c.n_lr, dtype=torch.float32, device=p.device)
@@ -286,7 +298,8 @@ class FastTransformer(nn.Module):
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Every tensor of decoding state (for memory accounting and CUDA-graph static addresses)."""
-        out = [t for b in self.blocks for t in (b.attn.k_cache, b.attn.v_cache)] + [self.pos, self.codes, self.logits]
+        out = [t for b in self.blocks for t in (b.attn.kv_cache.k_cache, b.attn.kv_cache.v_cache)]
+        out += [self.pos, self.codes, self.logits]
         return out + ([self.rope_cos, self.rope_sin] if self.rope_cos is not None else [])
 
     # -------------------------------------------------------------- the one compiled function
@@ -354,26 +367,31 @@ def _plans(lm, history, steps, max_len: int) -> list[list[int]]:
 
 
 class _Greedy:
-    """The decoding loop shared by :class:`Generator` and :class:`HFDecoder` (``advance`` differs)."""
+    """The one greedy decoding loop, shared by :class:`Generator` and :class:`HFDecoder` (they
+    differ in ``advance`` and in which streams a step re-prefills, :meth:`_restarts`)."""
     lm: object
     max_len: int
     device: torch.device
+
+    def _restarts(self, i: int, plans: list[list[int]], steps) -> list[int]:
+        """Streams whose context is (re)built at step ``i``: the first step and context jumps."""
+        return [b for b in range(len(steps)) if i == 0 or plans[b][i] != plans[b][i - 1]]
 
     @torch.no_grad()
     def generate(self, history: Sequence[Sequence[int]], steps: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
         """Greedy LR codes ``(B, n_steps)`` (on the device) for B streams given ``history[b]``
         (``[<bos>] + W^h`` ids) and ``steps[b][i]`` (speaker token ids of step i), as
-        ``ListenerLM.speaker_steps`` returns them. Equals ``lm.generate_reference(history[b], steps[b],
-        max_len)`` per stream, including its sliding context (``lm.context_plan``): within a context
-        one forward per step; where a stream's context jumps it is re-prefilled, after one host sync
-        to read its codes. Otherwise no sync until the end."""
+        ``ListenerLM.speaker_steps`` returns them. Equals :func:`generate_nocache` (the reference),
+        including the LM's sliding context (``lm.context_plan``): within a context one forward per
+        step; where a stream's context jumps it is re-prefilled, after one host sync to read its
+        codes. Otherwise no sync until the end."""
         n = _check_batch(history, steps, self.batch)
         history = [list(h) for h in history]
         steps = [[list(x) for x in s] for s in steps]
         plans = _plans(self.lm, history, steps, self.max_len)
         out = torch.empty(len(history), n, dtype=torch.long, device=self.device)
         for i in range(n):
-            jumps = [b for b in range(len(steps)) if i == 0 or plans[b][i] != plans[b][i - 1]]
+            jumps = self._restarts(i, plans, steps)
             codes = out[:, :i].tolist() if (jumps and i) else None       # host sync only at context jumps
             pre = {b: self.lm.context_ids(history[b], steps[b], codes[b] if codes else [], i, plans[b][i])
                    for b in jumps}
@@ -626,55 +644,43 @@ class HFDecoder(_Greedy):
         self.pos[:B] += n
         self.t += S
 
-    @torch.no_grad()
-    def generate(self, history, steps) -> torch.Tensor:
-        """As :meth:`Generator.generate`; where any stream's context jumps, all are re-prefilled."""
-        n = _check_batch(history, steps, self.batch)
-        history = [list(h) for h in history]
-        steps = [[list(x) for x in s] for s in steps]
-        plans = _plans(self.lm, history, steps, self.max_len)
-        out = torch.empty(len(history), n, dtype=torch.long, device=self.device)
-        B = len(history)
-        for i in range(n):
-            jump = i == 0 or any(p[i] != p[i - 1] for p in plans)
-            if not jump and self.t + max(len(s[i]) for s in steps) + 1 > self.timeline:
-                jump = True      # lock-step padding filled the timeline: rebuild the contexts
-            if jump:
-                codes = out[:, :i].tolist() if i else [[] for _ in range(B)]
-                self.advance(prefill={b: self.lm.context_ids(history[b], steps[b], codes[b], i, plans[b][i])
-                                      for b in range(B)})
-            else:
-                self.advance(step={b: steps[b][i] for b in range(B)})
-            out[:, i] = self.codes[:B]
-        return out
+    def _restarts(self, i: int, plans: list[list[int]], steps) -> list[int]:
+        """Lock step: where any stream's context jumps, or the padded timeline would overflow, all
+        streams are re-prefilled."""
+        jump = i == 0 or any(p[i] != p[i - 1] for p in plans)
+        if not jump and self.t + max(len(s[i]) for s in steps) + 1 > self.timeline:
+            jump = True      # lock-step padding filled the timeline: rebuild the contexts
+        return list(range(len(steps))) if jump else []
 
 
 @torch.no_grad()
 def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Tensor:
-    """LM-listener's way, batched: for every LR token, recompute the whole context with the HF model
-    (no cache; right padding + attention mask), reading the codes back to the host every step.
-    Returns codes ``(B, n_steps)``. The baseline (a) of the benchmark."""
+    """The reference decoder (LM-listener's way), batched: for every LR token recompute the whole
+    context (``lm.context_ids`` with the LM's sliding policy, ``lm.context_plan``) with the HF
+    model, no cache (right padding + attention mask when lengths differ), and take the argmax of
+    the LR head at its last position; codes are read back to the host every step. ``history[b]``,
+    ``steps[b]`` as ``ListenerLM.speaker_steps`` returns them. Returns codes ``(B, n_steps)``. The
+    baseline (a) of the benchmark and what every faster decoder is tested against."""
     n = _check_batch(history, steps, len(history))
     device = lm.lr_head.weight.device
     history = [list(h) for h in history]
     steps = [[list(x) for x in s] for s in steps]
     plans = _plans(lm, history, steps, max_len or lm.max_len)
     codes: list[list[int]] = [[] for _ in history]
-    for i in range(n):
-        seqs = [lm.context_ids(h, s, c, i, p[i]) for h, s, c, p in zip(history, steps, codes, plans)]
-        n_max = max(len(s) for s in seqs)
-        lens = torch.tensor([len(s) for s in seqs], device=device)
-        ids = torch.tensor([s + [0] * (n_max - len(s)) for s in seqs], dtype=torch.long).to(device)
-        mask = (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
-        logits = lm.lr_logits(ids, attention_mask=mask)
-        new = logits[torch.arange(len(seqs), device=device), lens - 1].argmax(-1).tolist()
-        for c, x in zip(codes, new):
-            c.append(x)
+    was = lm.training
+    lm.eval()
+    try:
+        for i in range(n):
+            seqs = [lm.context_ids(h, s, c, i, p[i]) for h, s, c, p in zip(history, steps, codes, plans)]
+            n_max = max(len(s) for s in seqs)
+            lens = torch.tensor([len(s) for s in seqs], device=device)
+            ids = torch.tensor([s + [0] * (n_max - len(s)) for s in seqs], dtype=torch.long).to(device)
+            mask = None if all(len(s) == n_max for s in seqs) else \
+                (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
+            logits = lm.lr_logits(ids, attention_mask=mask)
+            new = logits[torch.arange(len(seqs), device=device), lens - 1].argmax(-1).tolist()
+            for c, x in zip(codes, new):
+                c.append(x)
+    finally:
+        lm.train(was)
     return torch.tensor(codes, dtype=torch.long, device=device)
-
-
-def make_generator(lm, batch: int = 1, **kw):
-    """:class:`Generator` for GPT-2/LLaMA backbones, else :class:`HFDecoder` with a static cache."""
-    if lm.backbone.config.model_type in FAST_ARCHS:
-        return Generator(lm, batch=batch, **kw)
-    return HFDecoder(lm, batch=batch, cache="static", max_len=kw.get("max_len"))

@@ -1,43 +1,19 @@
 """The multimodal listener LM (paper §3.1): any HF causal LM + E_MM embeddings + an LR head.
 
-Token-id layout (``Vocab``; the one place it is defined)::
-
-    [0, n_words)                            backbone word tokens (its tokenizer; rows unchanged)
-    n_words + 0 .. n_words + 5              specials <bos> <pad> <sa> </sa> <emo> </emo>
-    lr_offset  = n_words + 6                V_LR:  LR code c    -> lr_offset + c    (n_lr = 256)
-    sa_offset  = lr_offset + n_lr           V_SA:  SA token t   -> sa_offset + t    (n_sa = 1024)
-    emo_offset = sa_offset + n_sa           V_emo: emotion e    -> emo_offset + e   (n_emo = 8)
-    size       = emo_offset + n_emo
-
-``n_words`` is the backbone's embedding rows (>= ``len(tokenizer)``; a padded vocabulary keeps
-its unused rows). The appended rows are E_MM (specials + V_LR + V_SA + V_emo), initialised by
-``resize_token_embeddings`` (mean/covariance of the word rows); the word rows are not touched.
-
-Sequences (Eq. 1 / Eq. 2). For a clip with ``n`` LR steps of ``r = 8`` frames::
-
-    history = [<bos>] + W^h                    (most recent ``history_tokens`` word tokens)
-    steps[i] = W_i + [<sa>] + SA_i + [</sa>] + [<emo>, emo_i, </emo>]      (enabled modalities)
-    S  = history + steps[0] + [LR_0] + steps[1] + [LR_1] + ... + steps[n-1] + [LR_{n-1}]
-    S' = history + steps[0] + steps[1] + ... + steps[n-1]                   (stage 1)
-
-``LR_i`` is predicted by ``lr_head`` at the position just before it (the last token of
-``steps[i]``), so it sees all speaker tokens up to step i and ``LR_<i`` (causality). Which word
-goes to which step: :mod:`minilisten.speaker` (``word_placement`` "eq1" | "lm_listener").
+The token layout, the time -> step rules (Eq. 1) and the interleaved sequences with their
+sliding context policy live in :mod:`minilisten.tokens` (``Vocab``, ``IGNORE``, ``LMSequence``
+and ``collate`` are importable from here too). This module holds the model: a backbone whose
+embeddings are extended with E_MM (specials + V_LR + V_SA + V_emo rows, initialised by
+``resize_token_embeddings`` from the mean/covariance of the word rows; word rows untouched) and
+the affine ``lr_head``; :class:`ListenerLM` binds the tokens rules to its tokenizer and config
+(``speaker_steps``, ``context_plan``, ``context_ids``, ``build_sequences``).
 
 Losses: stage 1 (Eq. 3) next-token cross-entropy through the backbone's LM head where the next
 token is a W, SA or emo token of the steps (not history, not the special markers); stage 2
 (Eq. 4) cross-entropy of ``lr_head`` where the next token is an LR token. During stage 2 training
 a fraction ``lr_noise`` (LM-listener: 0.5) of *input* LR tokens is replaced by random codes.
-
-Context policy (windows longer than the backbone's context ``max_len``): sliding windows with
-history. The context for ``LR_i`` starts at step ``j_i`` (:meth:`ListenerLM.context_plan`,
-non-decreasing): ``[<bos>] + H_j + steps[j] + [LR_j] + ... + steps[i]``, where ``H_j`` is the
-last ``history_tokens`` word tokens of W^h followed by the words of steps ``< j`` (SA, emo and
-LR of dropped steps are discarded). ``j`` stays put while the context (plus ``LR_i``) fits in
-``max_len``; on overflow it jumps to the smallest ``j`` whose context fits in ``window_keep *
-max_len`` (0.5), so an incremental decoder re-fills its cache once per jump, not every step.
-Training (:meth:`ListenerLM.build_sequences`) cuts the same chunks, so training and inference see
-identical contexts. A single step longer than ``max_len`` raises.
+Decoding: :mod:`minilisten.generate` (the no-cache reference ``generate_nocache`` and the fast
+decoders).
 """
 from __future__ import annotations
 
@@ -46,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,102 +30,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.segment import N_EMOTIONS, Segment
-from .speaker import MODALITIES, PLACEMENTS, check_modalities, speaker_tokens
+from . import tokens
+from .data.segment import N_EMOTIONS, Segment, Word
+from .tokens import IGNORE, MODALITIES, PLACEMENTS, SPECIALS, LMSequence, Vocab, check_modalities, collate  # noqa: F401
 
-SPECIALS = ("<bos>", "<pad>", "<sa>", "</sa>", "<emo>", "</emo>")
-IGNORE = -100
 FORMAT = "minilisten.ListenerLM"
-
-
-# ----------------------------------------------------------------------------- vocabulary
-@dataclass(frozen=True)
-class Vocab:
-    """Token-id layout (see the module docstring). ``lr/sa/emo(code)`` map a code (int or
-    tensor) to its token id; ints are range-checked, tensors are offset without a check (no
-    host sync in decoding loops: validate codes before)."""
-    n_words: int
-    n_lr: int = 256
-    n_sa: int = 1024
-    n_emo: int = N_EMOTIONS
-
-    def __post_init__(self):
-        for f in fields(self):   # V_SA / V_emo may be empty (0): data without SA tokens or emotion
-            v, low = getattr(self, f.name), (0 if f.name in ("n_sa", "n_emo") else 1)
-            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low):
-                raise ValueError(f"Vocab.{f.name}: expected an integer >= {low}, got {v!r}")
-
-    bos = property(lambda self: self.n_words + 0)
-    pad = property(lambda self: self.n_words + 1)
-    sa_start = property(lambda self: self.n_words + 2)
-    sa_end = property(lambda self: self.n_words + 3)
-    emo_start = property(lambda self: self.n_words + 4)
-    emo_end = property(lambda self: self.n_words + 5)
-    lr_offset = property(lambda self: self.n_words + len(SPECIALS))
-    sa_offset = property(lambda self: self.lr_offset + self.n_lr)
-    emo_offset = property(lambda self: self.sa_offset + self.n_sa)
-    size = property(lambda self: self.emo_offset + self.n_emo)
-
-    def _map(self, code, offset: int, n: int, name: str):
-        if torch.is_tensor(code):
-            return code + offset
-        if isinstance(code, np.ndarray):
-            if code.size and (code.min() < 0 or code.max() >= n):
-                bad = code.min() if code.min() < 0 else code.max()
-                raise ValueError(f"{name} codes: expected values in [0, {n}), got {bad}")
-            return code.astype(np.int64) + offset
-        c = int(code)
-        if not 0 <= c < n:
-            raise ValueError(f"{name} code: expected a value in [0, {n}), got {code}")
-        return offset + c
-
-    def lr(self, code):
-        """LR code(s) in ``[0, n_lr)`` -> token id(s)."""
-        return self._map(code, self.lr_offset, self.n_lr, "LR")
-
-    def sa(self, code):
-        return self._map(code, self.sa_offset, self.n_sa, "SA")
-
-    def emo(self, code):
-        return self._map(code, self.emo_offset, self.n_emo, "emo")
-
-    def lr_code(self, token_id: int) -> int:
-        """Inverse of :meth:`lr`."""
-        if not self.lr_offset <= token_id < self.sa_offset:
-            raise ValueError(f"token {token_id}: expected an LR token id in [{self.lr_offset}, {self.sa_offset})")
-        return token_id - self.lr_offset
-
-    def is_word(self, token_id: int) -> bool:
-        return 0 <= token_id < self.n_words
-
-    def kind(self, token_id: int) -> str:
-        """``"W"``, ``"SA"``, ``"emo"``, ``"LR"`` or the special's name (``"<sa>"``, ...)."""
-        t = int(token_id)
-        if 0 <= t < self.n_words:
-            return "W"
-        if t < self.lr_offset and t >= 0:
-            return SPECIALS[t - self.n_words]
-        if t < self.sa_offset and t >= 0:
-            return "LR"
-        if t < self.emo_offset and t >= 0:
-            return "SA"
-        if t < self.size and t >= 0:
-            return "emo"
-        raise ValueError(f"token {token_id}: outside the vocabulary [0, {self.size})")
-
-    def kinds(self, ids) -> list[str]:
-        """Map a sequence back to its modalities (debugging and tests)."""
-        return [self.kind(t) for t in (ids.tolist() if hasattr(ids, "tolist") else ids)]
 
 
 # ----------------------------------------------------------------------------- config, sequences
 @dataclass
 class LMConfig:
+    """The listener LM's options. ``r`` (frames per LR token) is not a free choice: its source is
+    the VQ-VAE that made the LR codes (``VQConfig.rate``, ``VQVAE.rate``); it is recorded here so a
+    checkpoint decodes without its VQ-VAE, and where both meet (``StreamingListener``) a
+    mismatch is refused. ``fps`` is the motion frame rate of the training data; the streaming
+    API refuses streams at another rate."""
     modalities: tuple[str, ...] = MODALITIES  # subset of ("W", "SA", "emo"); words-only = LM-listener
     n_lr: int = 256                  # V_LR: VQ-VAE codebook size
     n_sa: int = 1024                 # V_SA: SpeechTokenizer codebook size (0: no SA block, e.g. words-only data)
     n_emo: int = N_EMOTIONS          # V_emo: EMOCA classes (0: no emo block)
-    r: int = 8                       # frames per LR token
+    r: int = 8                       # frames per LR token = VQConfig.rate of the codes' VQ-VAE (see above)
+    fps: float = 30.0                # motion frame rate the model is trained at (checkpoints without it: 30)
     word_placement: str = "eq1"      # "eq1" (paper) | "lm_listener" (one step later, SYSTEM.md §8)
     history_tokens: int = 48         # budget of W^h word tokens (most recent kept)
     max_len: int = 0                 # context limit in tokens; 0 = the backbone's n_positions
@@ -169,38 +70,14 @@ class LMConfig:
             raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {self.word_placement!r}")
         if not 0 < self.window_keep <= 1:
             raise ValueError(f"window_keep: expected a value in (0, 1], got {self.window_keep}")
+        if isinstance(self.r, bool) or not (isinstance(self.r, (int, np.integer)) and self.r >= 1):
+            raise ValueError(f"LMConfig.r: expected an int >= 1 (frames per LR token), got {self.r!r}")
+        if isinstance(self.fps, bool) or not (isinstance(self.fps, (int, float, np.integer, np.floating))
+                                              and np.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"LMConfig.fps: expected a positive frame rate, got {self.fps!r}")
+        self.fps = float(self.fps)
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
-
-
-@dataclass
-class LMSequence:
-    """One training/eval sequence. ``targets[p]`` is what position ``p`` must predict (stage 2:
-    the LR code of the next token; stage 1: the next token id), ``IGNORE`` where no loss counts."""
-    ids: np.ndarray        # (L,) int64 token ids
-    targets: np.ndarray    # (L,) int64
-    stage: int             # 1 = S' (Eq. 2/3), 2 = S (Eq. 1/4)
-    n_prefix: int          # length of [<bos>] + W^h
-    first_step: int        # steps [first_step, last_step] are predicted in this sequence
-    last_step: int
-
-    @property
-    def loss_mask(self) -> np.ndarray:
-        return self.targets != IGNORE
-
-
-def collate(seqs: list[LMSequence], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest: ``input_ids``, ``attention_mask``, ``targets`` of shape (B, L)."""
-    L = max(len(s.ids) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    tgt = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        n = len(s.ids)
-        ids[b, :n] = torch.from_numpy(s.ids)
-        tgt[b, :n] = torch.from_numpy(s.targets)
-        mask[b, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "targets": tgt}
 
 
 # ----------------------------------------------------------------------------- backbones
@@ -324,14 +201,6 @@ class ListenerLM(nn.Module):
         probe = tokenizer.convert_ids_to_tokens(tokenizer.encode("hello", add_special_tokens=False))
         self._space_prefix = not (probe and probe[0].startswith("\u2581"))  # sentencepiece adds its own "▁"
 
-    # -- construction helpers
-    @classmethod
-    def from_backbone(cls, backbone: str, config: LMConfig | None = None, **overrides) -> "ListenerLM":
-        """Load a hub name or local directory (``load_backbone``) and extend it."""
-        config = config or LMConfig(**overrides)
-        model, tok = load_backbone(backbone)
-        return cls(model, tok, config)
-
     def _apply_lora(self, backbone):
         try:
             from peft import LoraConfig, get_peft_model
@@ -380,31 +249,22 @@ class ListenerLM(nn.Module):
             self._word_cache[text] = ids
         return ids
 
+    def history_ids(self, history_words: list[Word]) -> list[int]:
+        """``[<bos>] + W^h`` ids of ``history_words`` (the most recent whole words within
+        ``config.history_tokens``)."""
+        words = [self.word_ids(w.text) for w in sorted(history_words, key=lambda w: w.end)]
+        return tokens.history_ids(self.vocab, words, self.config.history_tokens)
+
     def speaker_steps(self, seg: Segment, n_steps: int | None = None) -> tuple[list[int], list[list[int]]]:
         """``(history, steps)``: ``history = [<bos>] + W^h`` ids; ``steps[i]`` = ids of step i's
         words, ``<sa> ... </sa>`` and ``<emo> e </emo>`` (enabled modalities), ``i < n_steps``
-        (default ``T // r``)."""
+        (default ``T // r``). Rules: :mod:`minilisten.tokens`."""
         v = self.vocab
-        st = speaker_tokens(seg, self.modalities, n_steps, self.config.r, self.word_placement, v.n_sa)
-        hist_words = [self.word_ids(w.text) for w in st.history]
-        kept, total = [], 0
-        for ids in reversed(hist_words):          # whole words, most recent first, within the budget
-            if total + len(ids) > self.config.history_tokens:
-                break
-            kept.append(ids)
-            total += len(ids)
-        history = [v.bos] + [t for ids in reversed(kept) for t in ids]
-        steps = []
-        for i in range(st.n_steps):
-            s: list[int] = []
-            if st.words is not None:
-                for w in st.words[i]:
-                    s += self.word_ids(w.text)
-            if st.sa is not None:
-                s += [v.sa_start, *(st.sa[i] + v.sa_offset).tolist(), v.sa_end]
-            if st.emo is not None:
-                s += [v.emo_start, v.emo(int(st.emo[i])), v.emo_end]
-            steps.append(s)
+        st = tokens.speaker_tokens(seg, self.modalities, n_steps, self.config.r, self.word_placement, v.n_sa)
+        history = self.history_ids(st.history)
+        steps = [tokens.step_ids(v, None if st.words is None else [self.word_ids(w.text) for w in st.words[i]],
+                                 None if st.sa is None else st.sa[i], None if st.emo is None else st.emo[i])
+                 for i in range(st.n_steps)]
         return history, steps
 
     def _check_codes(self, seg: Segment, lr_codes) -> np.ndarray:
@@ -419,48 +279,17 @@ class ListenerLM(nn.Module):
                              f"codes for segment {seg.name!r}, got {c.size}")
         return c.astype(np.int64)
 
-    # -- context policy
-    def _prefix(self, history: list[int], steps: list[list[int]], j: int) -> list[int]:
-        """``[<bos>] + H_j``: W^h then the words of steps < j, last ``history_tokens`` tokens."""
-        if j == 0:
-            return list(history)
-        words = history[1:] + [t for s in steps[:j] for t in s if 0 <= t < self.vocab.n_words]
-        return history[:1] + words[len(words) - min(len(words), self.config.history_tokens):]
-
+    # -- context policy (tokens.context_plan / context_ids with this model's config)
     def context_plan(self, history: list[int], steps: list[list[int]], with_lr: bool = True,
                      max_len: int | None = None) -> list[int]:
-        """Start step ``j_i`` of the context of each step ``i`` (the sliding policy in the module
-        docstring). All zeros when the whole sequence fits."""
-        L = max_len or self.max_len
-        lens = [len(s) + (1 if with_lr else 0) for s in steps]   # step i's tokens + LR_i
-        cum = np.concatenate([[0], np.cumsum(lens)]) if lens else np.zeros(1, np.int64)
+        """Start step ``j_i`` of the context of each step ``i`` (:func:`minilisten.tokens.context_plan`;
+        ``max_len`` defaults to the model's)."""
+        return tokens.context_plan(self.vocab, history, steps, max_len or self.max_len, self.config.history_tokens,
+                                   self.config.window_keep, with_lr)
 
-        def length(j: int, i: int) -> int:   # context up to and including LR_i (or step i for S')
-            return len(self._prefix(history, steps, j)) + int(cum[i + 1] - cum[j]) + (0 if with_lr else 1)
-
-        plan, j = [], 0
-        for i in range(len(steps)):
-            if length(j, i) > L:
-                budget = max(1, int(self.config.window_keep * L))
-                j2 = next((k for k in range(j + 1, i + 1) if length(k, i) <= budget), None)
-                if j2 is None:
-                    j2 = i
-                    if length(i, i) > L:
-                        raise ValueError(f"step {i}: {lens[i]} tokens plus the history do not fit the context of "
-                                         f"{L} tokens; raise max_len or lower history_tokens")
-                j = j2
-            plan.append(j)
-        return plan
-
-    def context_ids(self, history: list[int], steps: list[list[int]], codes: list[int], i: int, j: int) -> list[int]:
-        """``[<bos>] + H_j + steps[j] + [LR_j] + ... + steps[i]``: the input whose last position
-        predicts ``LR_i`` (``codes`` holds at least ``LR_0 .. LR_{i-1}``)."""
-        ids = self._prefix(history, steps, j)
-        for k in range(j, i):
-            ids += steps[k]
-            ids.append(self.vocab.lr(int(codes[k])))
-        ids += steps[i]
-        return ids
+    def context_ids(self, history: list[int], steps: list[list[int]], codes, i: int, j: int) -> list[int]:
+        """``[<bos>] + H_j + steps[j] + [LR_j] + ... + steps[i]`` (:func:`minilisten.tokens.context_ids`)."""
+        return tokens.context_ids(self.vocab, history, steps, codes, i, j, self.config.history_tokens)
 
     # -- sequences
     def build_sequences(self, seg: Segment, lr_codes=None, n_steps: int | None = None) -> list[LMSequence]:
@@ -476,14 +305,8 @@ class ListenerLM(nn.Module):
         history, steps = self.speaker_steps(seg, n_steps)
         if not steps:
             raise ValueError(f"segment {seg.name!r}: T={seg.T} frames holds no LR step of r={self.config.r} frames")
-        stage = 1 if codes is None else 2
         plan = self.context_plan(history, steps, with_lr=codes is not None)
-        out = []
-        for j in sorted(set(plan)):
-            first = plan.index(j)
-            last = len(plan) - 1 - plan[::-1].index(j)
-            out.append(self._chunk(history, steps, codes, j, first, last, stage))
-        return out
+        return tokens.pack_sequences(self.vocab, history, steps, codes, plan, self.config.history_tokens)
 
     def build_sequence(self, seg: Segment, lr_codes=None, n_steps: int | None = None) -> LMSequence:
         """As :meth:`build_sequences` for a clip that fits the context (raises otherwise)."""
@@ -492,29 +315,6 @@ class ListenerLM(nn.Module):
             raise ValueError(f"segment {seg.name!r}: the sequence exceeds the context of {self.max_len} tokens; use "
                              "build_sequences (sliding windows with history) or shorter windows")
         return seqs[0]
-
-    def _chunk(self, history, steps, codes, j, first, last, stage) -> LMSequence:
-        v = self.vocab
-        ids = self._prefix(history, steps, j)
-        n_prefix = len(ids)
-        tg: list[int] = [IGNORE] * n_prefix
-        for k in range(j, last + 1):
-            s = steps[k]
-            if stage == 1:
-                # Eq. 3: the position before each W / SA / emo token of a predicted step counts
-                for t in s:
-                    kind = v.kind(t)
-                    tg[-1] = t if (k >= first and kind in ("W", "SA", "emo")) else tg[-1]
-                    ids.append(t)
-                    tg.append(IGNORE)
-            else:
-                ids += s
-                tg += [IGNORE] * len(s)
-                if k >= first:
-                    tg[-1] = int(codes[k])        # Eq. 4: predicts LR_k, the next token
-                ids.append(v.lr(int(codes[k])))
-                tg.append(IGNORE)
-        return LMSequence(np.asarray(ids, np.int64), np.asarray(tg, np.int64), stage, n_prefix, first, last)
 
     # -- forward
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -533,25 +333,25 @@ class ListenerLM(nn.Module):
     def forward(self, input_ids, attention_mask=None):
         return self.lr_logits(input_ids, attention_mask)
 
-    def noise_lr_inputs(self, input_ids: torch.Tensor, fraction: float, generator: torch.Generator | None = None):
+    def noise_lr_inputs(self, input_ids: torch.Tensor, fraction: float, rng: torch.Generator | None = None):
         """LM-listener's robustness trick: each input LR token is replaced, with probability
         ``fraction``, by a uniformly random LR token (targets are unchanged)."""
         if fraction <= 0:
             return input_ids
         v = self.vocab
         is_lr = (input_ids >= v.lr_offset) & (input_ids < v.sa_offset)
-        u = torch.rand(input_ids.shape, generator=generator).to(input_ids.device)
-        rnd = torch.randint(0, v.n_lr, input_ids.shape, generator=generator).to(input_ids.device) + v.lr_offset
+        u = torch.rand(input_ids.shape, generator=rng).to(input_ids.device)
+        rnd = torch.randint(0, v.n_lr, input_ids.shape, generator=rng).to(input_ids.device) + v.lr_offset
         return torch.where(is_lr & (u < fraction), rnd, input_ids)
 
     def loss(self, batch: dict[str, torch.Tensor], stage: int, lr_noise: float = 0.0,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+             rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy over the positions with a target (stage 1: LM head over the whole
         vocabulary; stage 2: LR head). Returns ``(loss, {"correct", "count"})``."""
         dev = self.device
         ids = batch["input_ids"].to(dev)
         if stage == 2 and lr_noise > 0:
-            ids = self.noise_lr_inputs(ids, lr_noise, generator)
+            ids = self.noise_lr_inputs(ids, lr_noise, rng)
         tgt = batch["targets"].to(dev)
         # Right padding + causal attention: no real position attends to a pad, so no mask is
         # needed (and without one SDPA takes its fused causal path instead of an (L, L) mask).
@@ -569,28 +369,6 @@ class ListenerLM(nn.Module):
             correct = (logits.argmax(-1) == ts).sum()
         return loss, {"correct": int(correct), "count": int(ts.numel())}
 
-    # -- decoding (reference)
-    @torch.no_grad()
-    def generate_reference(self, history: list[int], steps: list[list[int]], max_len: int | None = None) -> list[int]:
-        """LM-listener's way: for each step, recompute the whole context (no cache) and take the
-        argmax of the LR head at its last position. Returns the LR codes ``(len(steps),)``."""
-        was = self.training
-        self.eval()
-        try:
-            plan = self.context_plan(history, steps, with_lr=True, max_len=max_len)
-            codes: list[int] = []
-            for i in range(len(steps)):
-                ctx = torch.tensor([self.context_ids(history, steps, codes, i, plan[i])], device=self.device)
-                codes.append(int(self.lr_logits(ctx)[0, -1].argmax()))
-        finally:
-            self.train(was)
-        return codes
-
-    def generate(self, seg: Segment, n_steps: int | None = None) -> np.ndarray:
-        """Greedy LR codes ``(n_steps,)`` for a clip (reference decoder)."""
-        history, steps = self.speaker_steps(seg, n_steps)
-        return np.asarray(self.generate_reference(history, steps), np.int64)
-
     def merged_backbone(self):
         """A plain transformers model with LoRA (and trainable-token deltas) merged in; the
         backbone itself when LoRA is off. For fast decoders that read HF weights."""
@@ -600,10 +378,15 @@ class ListenerLM(nn.Module):
 
     # -- persistence
     def save_pretrained(self, directory) -> None:
-        """``config.json`` + ``model.safetensors`` + ``tokenizer/``, each file written atomically
-        (``config.json`` last, so a directory with a config is complete)."""
-        from .checkpoint import atomic_save_tensors, atomic_write_text
+        """``config.json`` + ``model.safetensors`` + ``tokenizer/``: file by file (each atomic,
+        ``config.json`` last) into a plain directory, as one transaction into a managed one
+        (:mod:`minilisten.checkpoint`)."""
+        from .checkpoint import atomic_save_tensors, atomic_write_text, checkpoint_transaction, is_managed
         d = Path(directory)
+        if is_managed(d):
+            with checkpoint_transaction(d) as stage:
+                self.save_pretrained(stage)
+            return
         d.mkdir(parents=True, exist_ok=True)
         base_cfg = self._base().config.to_dict()
         cfg = {"format": FORMAT, "version": 1, "lm": asdict(self.config), "vocab": asdict(self.vocab),
@@ -621,30 +404,47 @@ class ListenerLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, map_location: str | torch.device = "cpu") -> "ListenerLM":
-        """Everything needed for inference from a :meth:`save_pretrained` directory."""
-        from safetensors.torch import load_file
+        """Everything needed for inference from a :meth:`save_pretrained` directory. Files are read
+        through :mod:`minilisten.checkpoint` (a managed set is verified; a missing, corrupt or
+        mismatched file raises naming it). Configs saved before ``LMConfig.fps`` existed load as 30 fps."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from .checkpoint import load_checkpoint, verify_checkpoint
         d = Path(directory)
-        for name in ("config.json", "model.safetensors", "tokenizer"):
-            if not (d / name).exists():
-                raise FileNotFoundError(f"ListenerLM checkpoint {str(d)!r}: missing {name}")
-        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        cfg, sd = load_checkpoint(d)
+        cfg_path = d / "config.json"
         if cfg.get("format") != FORMAT:
-            raise ValueError(f"{str(d)!r}: expected a {FORMAT} checkpoint, got format {cfg.get('format')!r}")
-        tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"))
-        vocab = Vocab(**cfg["vocab"])
-        if len(tok) != cfg["tokenizer_len"] or len(tok) > vocab.n_words:
+            raise ValueError(f"{str(d)!r}: expected a {FORMAT} checkpoint, got format {cfg.get('format')!r} ({cfg_path})")
+        if not (d / "tokenizer").is_dir():
+            raise FileNotFoundError(f"ListenerLM checkpoint {str(d)!r}: missing tokenizer ({d / 'tokenizer'})")
+        verify_checkpoint(d, names=("tokenizer",))
+        try:
+            tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"))
+            vocab = Vocab(**cfg["vocab"])
+            known = {f for f in LMConfig.__dataclass_fields__}
+            unknown = sorted(set(cfg["lm"]) - known)
+            if unknown:
+                raise ValueError(f"unknown LMConfig fields {unknown}")
+            lm_cfg = LMConfig(**cfg["lm"])
+            bc = dict(cfg["backbone_config"])
+            bconf = AutoConfig.for_model(bc.pop("model_type"), **bc)
+            tok_len = cfg["tokenizer_len"]
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            what = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            raise ValueError(f"ListenerLM config ({cfg_path}): expected a {FORMAT} config with lm, vocab, "
+                             f"tokenizer_len and backbone_config, got {what}") from e
+        if len(tok) != tok_len or len(tok) > vocab.n_words:
             raise ValueError(f"{str(d)!r}: the tokenizer has {len(tok)} tokens but the checkpoint's vocabulary was built "
-                             f"for {cfg['tokenizer_len']} (word block {vocab.n_words}); tokenizer and weights do not match")
-        bc = dict(cfg["backbone_config"])
-        bconf = AutoConfig.for_model(bc.pop("model_type"), **bc)
+                             f"for {tok_len} (word block {vocab.n_words}); tokenizer and weights do not match")
         if bconf.get_text_config().vocab_size != vocab.size:
-            raise ValueError(f"{str(d)!r}: backbone vocab_size {bconf.get_text_config().vocab_size} != vocabulary size {vocab.size}")
-        lm_cfg = LMConfig(**cfg["lm"])
+            raise ValueError(f"{str(d)!r}: backbone vocab_size {bconf.get_text_config().vocab_size} != vocabulary size "
+                             f"{vocab.size} ({cfg_path})")
         backbone = AutoModelForCausalLM.from_config(bconf)
         model = cls(backbone, tok, lm_cfg, vocab=vocab)
-        sd = load_file(str(d / "model.safetensors"))
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{str(d)!r}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        own = model.state_dict()
+        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+        bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+        if missing or unexpected or bad:
+            raise ValueError(f"ListenerLM weights ({d / 'model.safetensors'}): expected the tensors of config.json's "
+                             f"model, got missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {bad[:5]}")
+        model.load_state_dict(sd, strict=False)
         return model.to(map_location)

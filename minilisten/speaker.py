@@ -1,33 +1,18 @@
-"""Speaker tokens for the listener LM: words (W), speech acoustics (SA) and emotion (emo).
+"""Speaker inputs for the listener LM: words (W), speech acoustics (SA) and emotion (emo).
 
-Paper §3.1 and supplement §3. Everything here is tokenizer-agnostic (word *text* per step; the
-LM's tokenizer turns it into ids in :mod:`minilisten.lm`).
+Paper §3.1 and supplement §3. This module reads and makes the raw per-modality inputs; the
+rules that assign them to LR steps (Eq. 1: word-to-step, SA step bounds, emotion tokens, the
+per-segment :func:`speaker_tokens`) live in :mod:`minilisten.tokens` and are re-exported here.
 
-Time convention (one rule for every modality): LR token ``i`` covers frames ``[r i, r (i + 1))``,
-i.e. the time interval ``(r i / fps, r (i + 1) / fps]`` for *end times*. A speaker token belongs
-to the step that contains its **end time** -- a word when it has been spoken completely, an
-acoustic token when its 20 ms of audio are over -- so the step's speaker tokens are all
-available before ``LR_i`` is predicted (causality). ``step(t) = ceil(t fps / r) - 1`` (0 for t=0).
-
-- **W** -- :func:`word_steps` with ``placement``:
-  ``"eq1"`` (default, paper Eq. 1): a word goes to the step containing its end time and precedes
-  ``LR_i``. ``"lm_listener"``: LM-listener's rule (SYSTEM.md §8): frame ``f = ceil(end fps)``,
-  the word precedes the first LR token ``j`` with ``r j > f``, i.e. one step later than Eq. 1
-  (two when ``end fps`` is an exact multiple of ``r``); no word precedes token 0 and words whose
-  ``j`` is past the last token are dropped, as the peer does. Whisper's ``word_timestamps=True``
-  JSON is read by :func:`read_whisper_words`.
+- **W** -- Whisper's ``word_timestamps=True`` JSON is read by :func:`read_whisper_words`.
 - **SA** -- SpeechTokenizer's second RVQ layer, 50 tokens/s (:class:`SpeechTokenizerSA`, needs
   the ``speechtokenizer`` package and a local checkpoint), precomputed token files
   (:func:`read_sa_tokens`), or the built-in :class:`AcousticTokenizer` (prosody + spectral
   features at 50 Hz from 16 kHz audio, k-means codebook quantized with
-  ``minilisten.kernels.nearest_code``; no external weights). :func:`sa_steps` splits a token
-  stream into LR steps.
-- **emo** -- :func:`emotion_tokens`: per group of ``r`` frames, mean of the per-frame emotion
-  probabilities (8 EMOCA classes), then argmax (supplement Eq. 7-9). :func:`read_emoca_emotions`
-  reads EMOCA-style per-frame outputs (probabilities, or ``expr_classification`` logits).
-
-A tail of ``T % r`` frames forms no step (it has no LR token either); speaker tokens that end in
-it, or after ``n_steps``, have no LR token to precede and are not part of the sequence.
+  ``minilisten.kernels.nearest_code``; no external weights).
+- **emo** -- :func:`read_emoca_emotions` reads EMOCA-style per-frame outputs (probabilities, or
+  ``expr_classification`` logits); :func:`~minilisten.tokens.emotion_tokens` turns them into
+  one class per step.
 """
 from __future__ import annotations
 
@@ -40,67 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.segment import EMOTIONS, N_EMOTIONS, Segment, Word
+from .data.segment import N_EMOTIONS, Word, check_emotion_probs
+from .tokens import (MODALITIES, PLACEMENTS, SA_RATE, SpeakerSteps, check_modalities, emotion_tokens,  # noqa: F401
+                     sa_step_bounds, sa_steps, speaker_tokens, word_step, word_steps)
 
-MODALITIES = ("W", "SA", "emo")
-PLACEMENTS = ("eq1", "lm_listener")
-SA_RATE = 50.0          # SpeechTokenizer tokens per second
 SA_SAMPLE_RATE = 16000  # SpeechTokenizer / AcousticTokenizer input sample rate
-_EPS = 1e-6             # tolerance on times expressed in frames
 
 
 def _nearest_code(z: torch.Tensor, codebook: torch.Tensor):
-    try:
-        from .kernels import nearest_code
-    except ImportError:  # source checkout: kernels/ is installed as minilisten.kernels by setup.py
-        from kernels import nearest_code
+    from .kernels import nearest_code   # kernels/ is installed as minilisten.kernels (setup.py)
     return nearest_code(z, codebook)
 
 
-def check_modalities(modalities) -> tuple[str, ...]:
-    """Normalize ``"W+SA+emo"`` / ``("W", "emo")`` to a tuple in canonical order; errors name
-    the unknown entry. Order and duplicates do not matter; at least one modality is needed."""
-    if isinstance(modalities, str):
-        modalities = [m for m in modalities.replace(",", "+").split("+") if m]
-    mods = list(modalities)
-    for m in mods:
-        if m not in MODALITIES:
-            raise ValueError(f"modalities: unknown modality {m!r}, expected a subset of {MODALITIES} (e.g. 'W+SA+emo')")
-    if not mods:
-        raise ValueError(f"modalities: expected at least one of {MODALITIES}, got none")
-    return tuple(m for m in MODALITIES if m in mods)
-
-
 # ----------------------------------------------------------------------------- words (W)
-def word_step(end: float, fps: float, r: int = 8) -> int:
-    """Eq. 1 step of a word ending at ``end`` seconds: the step whose span contains it."""
-    return max(0, math.ceil(end * fps / r - _EPS) - 1)
-
-
-def word_steps(words: list[Word], n_steps: int, fps: float, r: int = 8, placement: str = "eq1") -> list[list[Word]]:
-    """Words of each step, in time order: ``out[i]`` precede ``LR_i``.
-
-    ``placement="eq1"``: step containing the end time; ``"lm_listener"``: LM-listener's rule (see
-    the module docstring). Words whose step is ``>= n_steps`` are not returned (nothing follows
-    them). Words must end inside the clip (``0 <= end``; Segment checks ``end <= T / fps``).
-    """
-    if placement not in PLACEMENTS:
-        raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {placement!r}")
-    out: list[list[Word]] = [[] for _ in range(n_steps)]
-    for k, w in enumerate(sorted(words, key=lambda w: (w.end, w.start))):
-        if w.end < -_EPS:
-            raise ValueError(f"words[{k}] ({w.text!r}): expected end >= 0 s (inside the clip), got end={w.end:.3f}; "
-                             "speech before the first frame belongs in history_words")
-        if placement == "eq1":
-            j = word_step(w.end, fps, r)
-        else:
-            f = math.ceil(w.end * fps - _EPS)
-            j = f // r + 1
-        if j < n_steps:
-            out[j].append(w)
-    return out
-
-
 def read_whisper_words(src, clip_start: float = 0.0, clip_end: float | None = None,
                        history_seconds: float = 3.0) -> tuple[list[Word], list[Word]]:
     """Words of a Whisper transcript made with ``word_timestamps=True``.
@@ -158,33 +95,6 @@ def read_whisper_words(src, clip_start: float = 0.0, clip_end: float | None = No
 
 
 # ----------------------------------------------------------------------------- acoustics (SA)
-def sa_step_bounds(n_steps: int, fps: float, r: int = 8, rate: float = SA_RATE) -> np.ndarray:
-    """``(n_steps + 1,)`` token indices: step ``i`` holds tokens ``[b[i], b[i+1])``, the tokens
-    whose end time ``(k + 1) / rate`` lies in the step's span ``(r i / fps, r (i+1) / fps]``."""
-    i = np.arange(n_steps + 1, dtype=np.float64)
-    return np.floor(i * r * rate / fps + _EPS).astype(np.int64)
-
-
-def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, rate: float = SA_RATE,
-             n_sa: int | None = None) -> list[np.ndarray]:
-    """Split an SA token stream (token 0 starts at the clip's first frame) into LR steps.
-
-    Errors: tokens outside ``[0, n_sa)``; a stream too short to cover ``n_steps`` steps, or more
-    than one token longer than the steps' duration allows (a wrong rate or clip).
-    """
-    sa = np.asarray(sa_tokens)
-    if sa.ndim != 1 or not np.issubdtype(sa.dtype, np.integer):
-        raise ValueError(f"sa_tokens: expected a 1-D integer array, got shape {sa.shape} dtype {sa.dtype}")
-    if n_sa is not None and sa.size and (sa.min() < 0 or sa.max() >= n_sa):
-        bad = int(sa.min()) if sa.min() < 0 else int(sa.max())
-        raise ValueError(f"sa_tokens: expected token ids in [0, {n_sa}) (the SA codebook), got {bad}")
-    b = sa_step_bounds(n_steps, fps, r, rate)
-    if sa.size < b[-1]:
-        raise ValueError(f"sa_tokens: expected at least {b[-1]} tokens for {n_steps} steps of {r} frames at {fps:g} fps "
-                         f"and {rate:g} tokens/s, got {sa.size}")
-    return [sa[b[i]:b[i + 1]] for i in range(n_steps)]
-
-
 def read_sa_tokens(path, layer: int = 1, n_sa: int | None = None) -> np.ndarray:
     """Precomputed acoustic tokens of one clip: ``.npy`` / ``.npz`` / ``.pt`` / ``.txt``.
 
@@ -458,33 +368,6 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator 
 
 
 # ----------------------------------------------------------------------------- emotion (emo)
-def _check_emotion_probs(probs, name: str = "emotion") -> np.ndarray:
-    p = probs.detach().cpu().numpy() if torch.is_tensor(probs) else np.asarray(probs)
-    if p.ndim != 2 or p.shape[1] != N_EMOTIONS:
-        raise ValueError(f"{name}: expected per-frame probabilities of shape (T, {N_EMOTIONS}) "
-                         f"({', '.join(EMOTIONS)}), got {p.shape}")
-    p = p.astype(np.float64)
-    if p.size and not np.isfinite(p).all():
-        raise ValueError(f"{name}: expected finite probabilities, got NaN/inf")
-    if p.size and p.min() < -1e-6:
-        raise ValueError(f"{name}: expected probabilities >= 0, got min {p.min():.4g} "
-                         "(pass logits=True if these are EMOCA's expr_classification logits)")
-    sums = p.sum(1)
-    if p.size and not np.allclose(sums, 1.0, atol=1e-3):
-        i = int(np.argmax(np.abs(sums - 1)))
-        raise ValueError(f"{name}: expected rows summing to 1, got {sums[i]:.4g} at frame {i} "
-                         "(pass logits=True if these are EMOCA's expr_classification logits)")
-    return p
-
-
-def emotion_tokens(probs, r: int = 8) -> np.ndarray:
-    """Supplement Eq. 7-9: ``probs (T, 8)`` -> ``(T // r,)`` int64 tokens, the argmax of the mean
-    probability over each group of ``r`` frames (a tail of ``T % r`` frames forms no group)."""
-    p = _check_emotion_probs(probs)
-    n = p.shape[0] // r
-    return p[:n * r].reshape(n, r, N_EMOTIONS).mean(1).argmax(1).astype(np.int64)
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(-1, keepdims=True)
     e = np.exp(x)
@@ -557,47 +440,5 @@ def read_emoca_emotions(path, logits: bool | None = None) -> np.ndarray:
         probs = _softmax(a) if is_logits else a
     else:
         raise FileNotFoundError(f"emotion: no file or directory {str(p)!r}")
-    return _check_emotion_probs(probs, name=f"emotion ({p.name})").astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- per-segment
-@dataclass
-class SpeakerSteps:
-    """Speaker tokens of a clip, split into LR steps (text/ids before LM tokenization).
-
-    ``history``: W^h words; ``words[i]``: words preceding ``LR_i``; ``sa[i]``: SA token ids of
-    step i; ``emo[i]``: emotion class of step i. Absent modalities are ``None``.
-    """
-    history: list[Word]
-    words: list[list[Word]] | None
-    sa: list[np.ndarray] | None
-    emo: np.ndarray | None
-    n_steps: int
-
-
-def speaker_tokens(seg: Segment, modalities=MODALITIES, n_steps: int | None = None, r: int = 8,
-                   placement: str = "eq1", n_sa: int | None = None) -> SpeakerSteps:
-    """Assign a Segment's words, SA tokens and emotion to ``n_steps`` (default ``T // r``) steps."""
-    mods = check_modalities(modalities)
-    max_steps = seg.T // r
-    n = max_steps if n_steps is None else int(n_steps)
-    if not 0 <= n <= max_steps:
-        raise ValueError(f"n_steps: expected 0 <= n_steps <= T // r = {seg.T} // {r} = {max_steps}, got {n}")
-    words = hist = None
-    if "W" in mods:
-        for i, w in enumerate(seg.words):
-            if w.end > seg.duration + _EPS / seg.fps or w.end < -_EPS:
-                raise ValueError(f"words[{i}] ({w.text!r}): expected end in [0, {seg.duration:.3f}] s (the clip), got {w.end:.3f}")
-        words = word_steps(seg.words, n, seg.fps, r, placement)
-    hist = sorted(seg.history_words, key=lambda w: w.end) if "W" in mods else []
-    sa = None
-    if "SA" in mods:
-        if seg.sa_tokens is None:
-            raise ValueError(f"modality 'SA' requested but segment {seg.name!r} has sa_tokens=None")
-        sa = sa_steps(seg.sa_tokens, n, seg.fps, r, seg.sa_rate, n_sa)
-    emo = None
-    if "emo" in mods:
-        if seg.emotion is None:
-            raise ValueError(f"modality 'emo' requested but segment {seg.name!r} has emotion=None")
-        emo = emotion_tokens(seg.emotion, r)[:n]
-    return SpeakerSteps(hist, words, sa, emo, n)
+    hint = " (pass logits=True if these are EMOCA's expr_classification logits)"
+    return check_emotion_probs(probs, f"emotion ({p.name})", hint=hint).astype(np.float32)

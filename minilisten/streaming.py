@@ -17,8 +17,9 @@ Speaker input, in time order (times in seconds since the stream started, frames 
 
 LR step i (frames ``[8i, 8i+8)``) is decoded as soon as all its speaker tokens are in: the frames
 are pushed, and the SA tokens up to the step's end. Its tokens are built exactly as
-``ListenerLM.speaker_steps`` builds them offline (same word-to-step rule, SA bounds, emotion
-tokens), so streaming a segment gives the same LR codes as ``lm.generate_reference`` on it,
+``ListenerLM.speaker_steps`` builds them offline (the same rules of :mod:`minilisten.tokens`:
+word-to-step rule, SA bounds, emotion tokens, step assembly), so streaming a segment gives the
+same LR codes as the reference decoder ``generate.generate_nocache`` on it,
 including the LM's sliding context (``ListenerLM.context_plan``): when the context would exceed
 ``max_len`` tokens, the stream keeps the history words and the last steps and re-prefills. Memory
 stays constant: fixed KV caches, and per stream only the current context, unconsumed input and a
@@ -52,7 +53,11 @@ as it was: the next outputs are those of a stream that never saw the bad chunk.
 Bounded buffers: the SA token stream may run ahead of the frame clock, and (when the LM uses SA)
 fall behind it, by at most ``max_skew`` seconds (default 4 s); a push beyond that raises, naming
 the stream. So the SA, emotion and word buffers hold at most ``max_skew`` s of input plus a step.
-``fps`` must be the model's frame rate when the LM or VQ config records one (``config.fps``).
+``fps`` defaults to the LM's frame rate (``lm.config.fps``); a stream at another rate (or a VQ
+config recording another) is refused with an error: resample the speaker stream first.
+
+Reading a stream's state: ``progress(stream)`` (frames, steps, SA tokens received, ...),
+``codes(stream, since)`` (the LR codes still held), ``state_sizes(stream)`` (buffer sizes).
 """
 from __future__ import annotations
 
@@ -63,11 +68,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment, Word
+from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
 from .generate import FAST_ARCHS, Generator, HFDecoder
-from .speaker import SA_RATE, SA_SAMPLE_RATE, emotion_tokens, word_step
-
-_EPS = 1e-6   # as minilisten.speaker: tolerance on times expressed in frames
+from .speaker import SA_SAMPLE_RATE
+from .tokens import EPS as _EPS
+from .tokens import SA_RATE, check_sa_tokens, emotion_tokens, sa_bounds, step_ids, word_step
 
 
 @dataclass
@@ -105,15 +110,18 @@ class StreamingListener:
     ``compile``/``dtype``/``device``: of the :class:`~minilisten.generate.Generator`; or pass
     ``generator``, an existing one for ``lm`` with ``batch >= n_streams`` (e.g. already compiled).
     ``max_skew``: seconds the SA stream may run ahead of / behind the frame clock (module docstring).
+    ``fps``: the speaker stream's frame rate, default and only accepted value ``lm.config.fps``.
     """
 
-    def __init__(self, lm, vq, beta=None, *, n_streams: int = 1, fps: float = 30.0, lookahead: int | None = None,
+    def __init__(self, lm, vq, beta=None, *, n_streams: int = 1, fps: float | None = None, lookahead: int | None = None,
                  vq_context: int | None = None, history_words=(), sa_tokenizer=None,
                  sample_rate: int = SA_SAMPLE_RATE, sa_rate: float = SA_RATE, max_len: int | None = None,
                  compile: bool | str = False, dtype: torch.dtype | None = None, device=None,
                  generator: Generator | None = None, max_skew: float = 4.0):
         if not (isinstance(n_streams, int) and n_streams >= 1):
             raise ValueError(f"n_streams: expected an int >= 1, got {n_streams!r}")
+        if fps is None:
+            fps = float(getattr(lm.config, "fps", 30.0))
         if isinstance(fps, bool) or not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps: expected a positive number, got {fps!r}")
         for what, cfg in (("lm", getattr(lm, "config", None)), ("vq", getattr(vq, "config", None))):
@@ -144,12 +152,12 @@ class StreamingListener:
             if generator.lm is not lm or generator.batch < n_streams or generator.max_len != self.max_len:
                 raise ValueError(f"generator: expected a Generator of this lm with batch >= {n_streams} and max_len "
                                  f"{self.max_len}, got batch {generator.batch}, max_len {generator.max_len}")
-            self.gen, self.hf = generator, None
+            self.decoder, self.hf_decoders = generator, None
         elif lm.backbone.config.model_type in FAST_ARCHS:
-            self.gen = Generator(lm, batch=n_streams, max_len=self.max_len, dtype=dtype, device=device, compile=compile)
-            self.hf = None
+            self.decoder = Generator(lm, batch=n_streams, max_len=self.max_len, dtype=dtype, device=device, compile=compile)
+            self.hf_decoders = None
         else:   # generic path: one HF static-cache decoder per stream
-            self.gen, self.hf = None, [HFDecoder(lm, 1, "static", self.max_len) for _ in range(n_streams)]
+            self.decoder, self.hf_decoders = None, [HFDecoder(lm, 1, "static", self.max_len) for _ in range(n_streams)]
         self.vq_device = vq.motion_mean.device
         self.history_words = self._check_history(history_words)
         self.betas: list[torch.Tensor | None] = [None] * n_streams
@@ -188,19 +196,40 @@ class StreamingListener:
         streams = list(range(self.n_streams)) if stream is None else [self._check_stream(stream)]
         if history_words is not None:
             self.history_words = self._check_history(history_words)
-        hist, _ = self.lm.speaker_steps(self._history_segment(), n_steps=0)
+        hist = self.lm.history_ids(self.history_words)
         for b in streams:
             self.streams[b] = _Stream(hist=list(hist))
-        if self.gen is not None:
-            self.gen.reset(streams)
+        if self.decoder is not None:
+            self.decoder.reset(streams)
 
     def state_sizes(self, stream: int = 0) -> dict:
         """Sizes of everything a stream holds (constant over a long stream) + the decoder's bytes."""
         s = self.streams[self._check_stream(stream)]
-        dec = self.gen.state_bytes() if self.gen is not None else None
+        dec = self.decoder.state_bytes() if self.decoder is not None else None
         return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo), audio_buffer=len(s.audio),
                     context_tokens=len(s.hist) + sum(len(x) + 1 for x in s.win), window_steps=len(s.win),
                     vq_codes=len(s.codes), decoder_state_bytes=dec)
+
+    def progress(self, stream: int = 0) -> dict:
+        """Where ``stream`` stands: ``frames`` (speaker frames received), ``steps`` (LR steps
+        decoded), ``sa_tokens`` (SA tokens received or made from audio), ``last_word_end`` (end
+        time of the latest word, s), ``emitted`` (LR steps whose frames were returned)."""
+        s = self.streams[self._check_stream(stream)]
+        return dict(frames=s.frames, steps=s.steps, sa_tokens=s.sa_base + len(s.sa), last_word_end=s.last_end,
+                    emitted=s.emitted)
+
+    def codes(self, stream: int = 0, since: int = 0) -> list[int]:
+        """LR codes of ``stream`` from step index ``since`` on. The stream keeps only the last
+        ``vq_context + lookahead`` or so (for VQ decoding): read them after each push."""
+        s = self.streams[self._check_stream(stream)]
+        if not (isinstance(since, (int, np.integer)) and s.codes_base <= since <= s.codes_base + len(s.codes)):
+            raise ValueError(f"since (stream {stream}): expected a step index in [{s.codes_base}, "
+                             f"{s.codes_base + len(s.codes)}] (codes still held), got {since!r}")
+        return list(s.codes[since - s.codes_base:])
+
+    def sa_range(self, step: int) -> tuple[int, int]:
+        """SA token indices ``[a, b)`` of LR step ``step`` (the tokens a push must bring for it)."""
+        return sa_bounds(step, self.fps, self.r, self.sa_rate), sa_bounds(step + 1, self.fps, self.r, self.sa_rate)
 
     # ------------------------------------------------------------------ pushing
     def push(self, words=(), sa_tokens=None, emotion=None, *, frames: int | None = None, audio=None,
@@ -246,38 +275,15 @@ class StreamingListener:
                              f"got {b!r}")
         return int(b)
 
-    @staticmethod
-    def _as_word(w, where: str) -> Word:
-        try:
-            if isinstance(w, Word):
-                pass
-            elif isinstance(w, dict):
-                w = Word(str(w["text"]), float(w["start"]), float(w["end"]))
-            else:
-                w = Word(str(w[0]), float(w[1]), float(w[2]))
-        except (KeyError, IndexError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: expected Word(text, start, end), a (text, start, end) tuple or a dict, got {w!r}") from e
-        if not (math.isfinite(w.start) and math.isfinite(w.end) and w.start <= w.end):
-            raise ValueError(f"{where} ({w.text!r}): expected finite start <= end, got start={w.start}, end={w.end}")
-        return w
-
     def _check_history(self, words) -> list[Word]:
-        out = [self._as_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
+        out = [as_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
         for i, w in enumerate(out):
             if w.end > _EPS:
                 raise ValueError(f"history_words[{i}] ({w.text!r}): expected end <= 0 s (before the stream), got {w.end:.3f}")
         return out
 
-    def _history_segment(self) -> Segment:
-        z = np.zeros((self.r, D_MOTION), np.float32)
-        return Segment(z, z, self.fps, history_words=self.history_words, sa_tokens=np.zeros(0, np.int64),
-                       emotion=np.full((self.r, N_EMOTIONS), 1.0 / N_EMOTIONS, np.float32))
-
     def _word_step(self, end: float) -> int:
-        """The step a word ending at ``end`` belongs to (``speaker.word_steps``' rule)."""
-        if self.lm.word_placement == "eq1":
-            return word_step(end, self.fps, self.r)
-        return math.ceil(end * self.fps - _EPS) // self.r + 1   # LM-listener: one step later
+        return word_step(end, self.fps, self.r, self.lm.word_placement)
 
     def _parse(self, b: int, words=(), sa_tokens=None, emotion=None, frames=None, audio=None, sample_rate=None) -> dict:
         """Check one chunk against the stream's state; returns the parsed chunk. No state changes."""
@@ -285,15 +291,7 @@ class StreamingListener:
         where = f"stream {b}"
         emo = None
         if emotion is not None:
-            emo = np.asarray(emotion.detach().cpu() if torch.is_tensor(emotion) else emotion)
-            if emo.ndim != 2 or emo.shape[1] != N_EMOTIONS or not np.issubdtype(emo.dtype, np.number):
-                raise ValueError(f"emotion ({where}): expected per-frame probabilities of shape (n, {N_EMOTIONS}), "
-                                 f"got {emo.shape} {emo.dtype}")
-            emo = emo.astype(np.float64)
-            if emo.size and (not np.isfinite(emo).all() or emo.min() < -1e-6
-                             or not np.allclose(emo.sum(1), 1.0, atol=1e-3)):
-                raise ValueError(f"emotion ({where}): expected finite probabilities >= 0 with rows summing to 1, got "
-                                 f"row sums in [{emo.sum(1).min():.4g}, {emo.sum(1).max():.4g}], min {emo.min():.4g}")
+            emo = check_emotion_probs(emotion, f"emotion ({where})", rows="n")
         n = 0 if emo is None else emo.shape[0]
         if frames is not None:
             if not (isinstance(frames, (int, np.integer)) and frames >= 0):
@@ -305,7 +303,7 @@ class StreamingListener:
             raise ValueError(f"emotion ({where}): the LM uses the 'emo' modality, expected ({n}, {N_EMOTIONS}) "
                              f"probabilities for the {n} frames pushed, got None")
         clock = (s.frames + n) / self.fps
-        ws = [self._as_word(w, f"words[{i}] ({where})") for i, w in enumerate(words or ())]
+        ws = [as_word(w, f"words[{i}] ({where})") for i, w in enumerate(words or ())]
         last = s.last_end
         for i, w in enumerate(ws):
             if w.end < last - _EPS / self.fps:
@@ -326,14 +324,7 @@ class StreamingListener:
         if sa_tokens is not None and audio is not None:
             raise ValueError(f"sa_tokens/audio ({where}): expected one of them, got both")
         if sa_tokens is not None:
-            sa = np.asarray(sa_tokens.detach().cpu() if torch.is_tensor(sa_tokens) else sa_tokens)
-            if sa.ndim != 1 or not (np.issubdtype(sa.dtype, np.integer) or sa.size == 0):
-                raise ValueError(f"sa_tokens ({where}): expected a 1-D integer array, got shape {sa.shape} dtype {sa.dtype}")
-            sa = sa.astype(np.int64)
-            n_sa = self.lm.vocab.n_sa
-            if sa.size and (sa.min() < 0 or sa.max() >= n_sa):
-                bad = sa.min() if sa.min() < 0 else sa.max()
-                raise ValueError(f"sa_tokens ({where}): expected token ids in [0, {n_sa}), got {bad}")
+            sa = check_sa_tokens(sa_tokens, self.lm.vocab.n_sa, f"sa_tokens ({where})")
         new_audio = None
         if audio is not None:
             if self.sa_tokenizer is None:
@@ -414,8 +405,7 @@ class StreamingListener:
             s.audio, s.audio_base = buf[cut:], s.audio_base + cut
 
     def _sa_bound(self, i: int) -> int:
-        """First SA token of step i (``speaker.sa_step_bounds``)."""
-        return int(np.floor(i * self.r * self.sa_rate / self.fps + _EPS))
+        return sa_bounds(i, self.fps, self.r, self.sa_rate)
 
     def _ready(self, s: _Stream) -> bool:
         i = s.steps
@@ -426,29 +416,28 @@ class StreamingListener:
         return True
 
     def _take_step(self, s: _Stream) -> list[int]:
-        """Speaker token ids of the stream's next step (as ``ListenerLM.speaker_steps``); consumes input."""
-        v, i, r = self.lm.vocab, s.steps, self.r
-        ids: list[int] = []
+        """Speaker token ids of the stream's next step (the rules of :mod:`minilisten.tokens`, as
+        ``ListenerLM.speaker_steps`` applies them offline); consumes input."""
+        i, r = s.steps, self.r
+        words = sa = emo = None
         if "W" in self.modalities:
             k = 0
             while k < len(s.words) and self._word_step(s.words[k].end) <= i:
-                ids += self.lm.word_ids(s.words[k].text)
                 k += 1
-            s.words = s.words[k:]
+            words, s.words = [self.lm.word_ids(w.text) for w in s.words[:k]], s.words[k:]
         else:
             s.words = []
         if "SA" in self.modalities:
             a, b = self._sa_bound(i) - s.sa_base, self._sa_bound(i + 1) - s.sa_base
-            ids += [v.sa_start, *(s.sa[a:b] + v.sa_offset).tolist(), v.sa_end]
-            s.sa, s.sa_base = s.sa[b:], s.sa_base + b
+            sa, s.sa, s.sa_base = s.sa[a:b], s.sa[b:], s.sa_base + b
         else:
             s.sa, s.sa_base = s.sa[:0], s.sa_base + len(s.sa)
         if "emo" in self.modalities:
             a = r * i - s.emo_base
-            ids += [v.emo_start, v.emo(int(emotion_tokens(s.emo[a:a + r], r)[0])), v.emo_end]
+            emo = int(emotion_tokens(s.emo[a:a + r], r)[0])
         s.emo, s.emo_base = s.emo[r * (i + 1) - s.emo_base:], r * (i + 1)
         s.steps += 1
-        return ids
+        return step_ids(self.lm.vocab, words, sa, emo)
 
     def _context(self, s: _Stream, step: list[int]) -> list[int] | None:
         """Add ``step`` to the stream's LM context; None when it continues the cached context, else
@@ -478,14 +467,14 @@ class StreamingListener:
                     (step.__setitem__(b, ids) if ctx is None else pre.__setitem__(b, ctx))
             if not pre and not step:
                 return
-            if self.gen is not None:
-                self.gen.advance(prefill=pre, step=step)
-                codes = self.gen.codes.tolist()
+            if self.decoder is not None:
+                self.decoder.advance(prefill=pre, step=step)
+                codes = self.decoder.codes.tolist()
             else:
                 codes = [0] * self.n_streams
                 for b in list(pre) + list(step):
-                    self.hf[b].advance(prefill={0: pre[b]} if b in pre else None, step={0: step[b]} if b in step else None)
-                    codes[b] = int(self.hf[b].codes[0])
+                    self.hf_decoders[b].advance(prefill={0: pre[b]} if b in pre else None, step={0: step[b]} if b in step else None)
+                    codes[b] = int(self.hf_decoders[b].codes[0])
             for b in list(pre) + list(step):
                 s = self.streams[b]
                 s.win_codes.append(codes[b])

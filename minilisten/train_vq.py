@@ -3,18 +3,18 @@
 Training samples random crops (default: as long as the evaluation window, 240 frames) of the
 listener motion with the listener's beta; validation uses the 240-frame windows of the validation segments
 (``Segment.windows(240)``, LM-listener's clip length). AdamW (0.9, 0.99); the learning rate warms
-up linearly, stays at ``lr`` and drops to ``lr_final`` after ``decay_at`` steps (paper: 2e-4 for
+up linearly, stays at ``learning_rate`` and drops to ``final_learning_rate`` at ``decay_step`` (paper: 2e-4 for
 200K steps, then 1e-5 for 100K; by default the same 2/3 : 1/3 split and /20 drop at any length).
 ``--paper`` selects the paper's sizes and schedule (width 512, d_c 512, batch 256, 300K steps); the
 CLI's own defaults are sized for a few minutes on a 2-core CPU (width 64, d_c 64, batch 32,
-crops of 240 frames, 1000 steps at lr 1e-3; K = 256 as the paper) and use one CPU thread: on the
+crops of 240 frames, 1000 steps at learning rate 1e-3; K = 256 as the paper) and use one CPU thread: on the
 shared 2-core box one thread measured ~10x faster than two (170 vs 1700 ms per step under load,
 OpenMP threads spin-waiting); pass ``--threads 2`` on an idle machine. The Python defaults of
 :class:`~minilisten.vqvae.VQConfig` are the paper's.
 
 Checkpoints (``--out DIR``): ``config.json`` + ``model.safetensors`` (``VQVAE.from_pretrained``),
-``train_state.*`` (optimizer, step, RNG states) for ``--resume``, ``log.jsonl`` (one line per
-validation). Everything is written atomically.
+``train_state.*`` (optimizer, scheduler, step, RNG states) for ``--resume``, ``log.jsonl`` (one line
+per validation). Everything is written atomically (:class:`~minilisten.training.TrainLoop`).
 
 Evaluation (paper Table 5, supplement §7), on raw (de-normalised) coefficients of the windows:
 ``rec`` = MSE of the reconstruction, ``commit`` = MSE between encoder outputs and their codes,
@@ -28,28 +28,26 @@ static offset but none of its motion).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .checkpoint import atomic_write_text, checkpoint_transaction, load_train_state, save_train_state
+from . import distributed
+from .cli_config import add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import identity_groups
 from .data.segment import N_SHAPE
 from .data.windows import motion_stats
-from .vqvae import PRESETS, VQConfig, VQVAE, perplexity
+from .metrics import perplexity, vq_commit, vq_rec
+from .training import TrainLoop, append_jsonl, renamed_kwargs, step_decay
+from .vqvae import DEC_NORMS, ENC_NORMS, PRESETS, VQConfig, VQVAE
 
 # crop None = the evaluation window (240): instance norm takes its statistics over the whole input, so
 # an IN/AdaIN model trained on short crops sees other statistics at 240 frames (issue 13; README Table 5)
-CPU_DEFAULTS = dict(width=64, code_dim=64, batch_size=32, steps=1000, lr=1e-3, crop=None)
-PAPER_DEFAULTS = dict(width=512, code_dim=512, batch_size=256, steps=300_000, lr=2e-4, lr_final=1e-5,
-                      decay_at=200_000, crop=None)
 
 
 # ----------------------------------------------------------------------------- data
@@ -80,7 +78,14 @@ class CropSampler:
         self.seg_of = np.repeat(np.arange(len(usable)), n_starts)
 
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        j = self.rng.integers(0, len(self.first), size=batch)
+        return self.take(self.draw(batch))
+
+    def draw(self, batch: int) -> np.ndarray:
+        """Crop ids (batch,) of the next batch (the RNG's only use: the same on every rank)."""
+        return self.rng.integers(0, len(self.first), size=batch)
+
+    def take(self, j: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crops ``j``: motion (len(j), crop, 56), beta (len(j), 100)."""
         frames = self.first[j][:, None] + np.arange(self.crop)[None]
         return torch.from_numpy(self.motion[frames]), torch.from_numpy(self.beta[self.seg_of[j]])
 
@@ -105,7 +110,10 @@ def eval_windows(segments, window: int = 240, needs_beta: bool = True):
 @torch.no_grad()
 def evaluate_vq(model: VQVAE, segments, window: int = 240, batch_size: int = 64) -> dict:
     """Table 5 metrics on the ``window``-frame windows of ``segments`` (see the module docstring):
-    ``dict(rec, commit, ppl, entropy, used, rec_swap, rec_mean, rec_clip_mean, n_windows)``."""
+    ``dict(rec, commit, ppl, entropy, used, rec_swap, rec_mean, rec_clip_mean, n_windows)``.
+    Rec / Commit / PPL are :func:`minilisten.metrics.vq_rec` / ``vq_commit`` / ``perplexity``
+    (per batch, weighted by its size). Under torchrun each rank evaluates its shard of the windows
+    and the sums and codes are gathered (call it on every rank; every rank gets the result)."""
     mot, beta, _ = eval_windows(segments, window, model.needs_beta)
     # identity swap: each window gets the beta of the next person (cyclic). Persons are told apart by
     # beta (data.coverage.identity_groups), not listener_id: LM-listener's layout names one listener
@@ -116,143 +124,178 @@ def evaluate_vq(model: VQVAE, segments, window: int = 240, batch_size: int = 64)
     was_training = model.training
     model.eval()
     dev = model.motion_mean.device
-    se = se_swap = se_mean = se_clip = se_commit = 0.0
+    sums = dict(rec=0.0, rec_swap=0.0, rec_mean=0.0, rec_clip_mean=0.0, commit=0.0)
     codes = []
+    lo, hi = distributed.shard_bounds(len(mot))
     try:
-        for a in range(0, len(mot), batch_size):
-            m, b, bs = mot[a:a + batch_size].to(dev), beta[a:a + batch_size].to(dev), swap[a:a + batch_size].to(dev)
-            m = model._check_motion(m)
-            z = model._encode_latents(m)                                           # (B, L, d_c)
-            B, L, d = z.shape
-            idx, zq = model._lookup(z.reshape(B * L, d))
-            se_commit += F.mse_loss(z.reshape(B * L, d).float(), zq, reduction="sum").item()
-            zq = zq.view(B, L, d).to(z.dtype)
-            std, mean = model.motion_std, model.motion_mean
-            nb = b if model.needs_beta else None
-            y = model._decode_latents(zq, nb) * std + mean
-            se += (y - m).pow(2).sum().item()
-            ys = model._decode_latents(zq, bs if model.needs_beta else None) * std + mean
-            se_swap += (ys - m).pow(2).sum().item()
-            se_mean += (m - mean).pow(2).sum().item()
-            se_clip += (m - m.mean(1, keepdim=True)).pow(2).sum().item()
+        for a in range(lo, hi, batch_size):
+            e = min(a + batch_size, hi)
+            m, b, bs = mot[a:e].to(dev), beta[a:e].to(dev), swap[a:e].to(dev)
+            z = model.encode_latents(m)                                            # (B, L, d_c)
+            idx, zq = model.nearest_codes(z)                                       # (B, L), (B, L, d_c)
+            zq = zq.to(z.dtype)
+            n = m.numel()
+            sums["commit"] += vq_commit(z, zq) * zq.numel()
+            sums["rec"] += vq_rec(model.decode_latents(zq, b if model.needs_beta else None), m) * n
+            sums["rec_swap"] += vq_rec(model.decode_latents(zq, bs if model.needs_beta else None), m) * n
+            sums["rec_mean"] += vq_rec(model.motion_mean.expand_as(m), m) * n
+            sums["rec_clip_mean"] += vq_rec(m.mean(1, keepdim=True).expand_as(m), m) * n
             codes.append(idx.cpu())
     finally:
         model.train(was_training)
-    codes = torch.cat(codes)
+    codes = torch.cat([c.reshape(-1) for c in codes]) if codes else torch.zeros(0, dtype=torch.long)
+    if distributed.get_env().distributed:
+        sums = distributed.all_reduce_sums(sums)
+        codes = distributed.all_gather_rows(codes.to(distributed.collective_device())).cpu()
     n_el = mot.numel()
-    ppl = perplexity(codes, model.config.codebook_size).item()
-    return dict(rec=se / n_el, commit=se_commit / (codes.numel() * model.config.code_dim), ppl=ppl,
-                entropy=math.log(ppl), used=int(codes.unique().numel()), rec_swap=se_swap / n_el,
-                rec_mean=se_mean / n_el, rec_clip_mean=se_clip / n_el, n_windows=len(mot))
+    ppl = perplexity(codes, model.config.codebook_size)
+    return dict(rec=sums["rec"] / n_el, commit=sums["commit"] / (codes.numel() * model.config.code_dim), ppl=ppl,
+                entropy=math.log(ppl), used=int(codes.unique().numel()), rec_swap=sums["rec_swap"] / n_el,
+                rec_mean=sums["rec_mean"] / n_el, rec_clip_mean=sums["rec_clip_mean"] / n_el, n_windows=len(mot))
 
 
 # ----------------------------------------------------------------------------- training
-def lr_at(step: int, lr: float, lr_final: float, warmup: int, decay_at: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr if step < decay_at else lr_final
+@dataclass
+class VQTrainConfig:
+    """How :func:`train_vq` trains (CPU-sized defaults; :data:`PAPER_DEFAULTS` the paper's)."""
+    steps: int = 1000                       # optimisation steps
+    batch_size: int = 32                    # crops per step
+    crop: int | None = None                 # training crop in frames, a multiple of 8 (None: the evaluation window, 240)
+    learning_rate: float = 1e-3             # AdamW (0.9, 0.99) learning rate after warm-up
+    final_learning_rate: float | None = None  # learning rate from decay_step on (None: learning_rate / 20)
+    decay_step: int | None = None           # step of the learning-rate drop (None: 2/3 of steps)
+    warmup: int = 100                       # linear learning-rate warm-up steps
+    weight_decay: float = 0.0               # AdamW weight decay
+    eval_every: int = 500                   # validate every N steps (0: only at the end)
+    save_every: int = 500                   # save every N steps (0: only at the end)
+    seed: int = 0                           # seed of the initialisation and the crops
+    device: str = "cpu"                     # torch device
+    precision: str = "fp32"                 # fp32 | bf16 | fp16 (autocast; the VQ maths stays fp32)
+    grad_accum: int = 1                     # micro-batches per step (batch_size: the global batch, all processes)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        for name in ("warmup", "eval_every", "save_every"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+        check_scale(self.precision, self.grad_accum, self.batch_size)
 
 
-def train_vq(train_segments, val_segments, preset: str = "disentangled", steps: int = 1000, batch_size: int = 32,
-             lr: float = 1e-3, out_dir=None, seed: int = 0, progress: bool = True, *, crop: int | None = None,
-             lr_final: float | None = None, decay_at: int | None = None, warmup: int = 100,
-             weight_decay: float = 0.0, eval_every: int = 500, save_every: int = 500, resume: bool = False,
-             device: str = "cpu", eval_window: int = 240, log=print, **config_overrides) -> VQVAE:
+def check_scale(precision: str, grad_accum: int, batch_size: int) -> None:
+    """``precision`` in PRECISIONS; ``batch_size`` split into ``grad_accum`` micro-batches, each split
+    over the processes of a torchrun launch (ValueError naming the option)."""
+    if precision not in distributed.PRECISIONS:
+        raise ValueError(f"--precision: expected one of {distributed.PRECISIONS}, got {precision!r}")
+    if not (isinstance(grad_accum, int) and not isinstance(grad_accum, bool) and grad_accum >= 1):
+        raise ValueError(f"--grad-accum: expected a positive int, got {grad_accum!r}")
+    if batch_size % grad_accum:
+        raise ValueError(f"--batch-size: expected a multiple of --grad-accum {grad_accum}, got {batch_size}")
+    distributed.rank_slice(batch_size // grad_accum, what=f"--batch-size / --grad-accum ({batch_size} / {grad_accum})")
+
+
+#: old keyword / train-state names -> new (learning rate is never "lr": LR means listener response)
+VQ_RENAMED = {"lr": "learning_rate", "lr_final": "final_learning_rate", "decay_at": "decay_step"}
+PAPER_DEFAULTS = dict(width=512, code_dim=512, batch_size=256, steps=300_000, learning_rate=2e-4,
+                      final_learning_rate=1e-5, decay_step=200_000, crop=None)
+CPU_MODEL = dict(width=64, code_dim=64)   # the CLI's model size (VQConfig's defaults are the paper's)
+
+
+def data_fps(segments) -> float:
+    """The one frame rate of ``segments`` (ValueError when they mix rates)."""
+    rates = sorted({float(s.fps) for s in segments})
+    if len(rates) != 1:
+        raise ValueError(f"segments: expected one frame rate, got {rates}")
+    return rates[0]
+
+
+def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_dir=None, progress: bool = True,
+             resume: bool = False, eval_window: int = 240, log=print, config: VQTrainConfig | None = None,
+             **kwargs) -> VQVAE:
     """Train a VQ-VAE on the listener motion of ``train_segments``; returns the model (eval mode).
 
-    ``preset`` is ``naive`` or ``disentangled``; ``config_overrides`` go to :class:`VQConfig`
-    (e.g. ``width=64, enc_norm="ln", dec_norm="adaln"``). With ``out_dir`` the model and training
-    state are saved every ``save_every`` steps and at the end; ``resume=True`` continues from there.
+    ``preset`` is ``naive`` or ``disentangled``. ``kwargs``: fields of :class:`VQTrainConfig`
+    (on top of ``config``; old names ``lr``, ``lr_final``, ``decay_at`` are accepted) and of
+    :class:`VQConfig` (e.g. ``width=64, enc_norm="ln", dec_norm="adaln"``). ``VQConfig.fps`` is
+    set from the data. With ``out_dir`` the model and training state are saved every
+    ``save_every`` steps and at the end (:class:`~minilisten.training.TrainLoop`); ``resume=True``
+    continues from there.
     """
-    crop = eval_window if crop is None else crop
+    kwargs = renamed_kwargs(kwargs, VQ_RENAMED, "train_vq")
+    train_names = {f.name for f in fields(VQTrainConfig)}
+    model_names = {f.name for f in fields(VQConfig)}
+    unknown = sorted(set(kwargs) - train_names - model_names)
+    if unknown:
+        raise TypeError(f"train_vq: unexpected keyword arguments {unknown}")
+    tc = VQTrainConfig(**{**(asdict(config) if config is not None else {}),
+                          **{k: v for k, v in kwargs.items() if k in train_names}})
+    config_overrides = {k: v for k, v in kwargs.items() if k in model_names}
+    config_overrides.setdefault("fps", data_fps(train_segments))
+    crop = eval_window if tc.crop is None else tc.crop
     if crop % 8 or crop < 8:
         raise ValueError(f"crop: expected a positive multiple of 8, got {crop}")
-    for name, v in (("steps", steps), ("batch_size", batch_size)):
-        if not (isinstance(v, int) and v >= 1):
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    lr_final = lr / 20 if lr_final is None else lr_final
-    decay_at = (2 * steps) // 3 if decay_at is None else decay_at
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    start = 0
+    final_lr = tc.learning_rate / 20 if tc.final_learning_rate is None else tc.final_learning_rate
+    decay_step = (2 * tc.steps) // 3 if tc.decay_step is None else tc.decay_step
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
     if resume:
         if out_dir is None:
             raise ValueError("resume: needs out_dir (the directory to resume from)")
-        model = VQVAE.from_pretrained(out_dir).to(device)
+        model = VQVAE.from_pretrained(out_dir).to(tc.device)
         want = VQVAE.from_preset(preset, **config_overrides).config
-        diff = {f.name: (getattr(model.config, f.name), getattr(want, f.name)) for f in dataclasses.fields(VQConfig)
+        diff = {f.name: (getattr(model.config, f.name), getattr(want, f.name)) for f in fields(VQConfig)
                 if getattr(model.config, f.name) != getattr(want, f.name)}
         if diff:
             raise ValueError(f"resume from {str(out_dir)!r}: checkpoint config differs from the requested one "
                              f"(field: (checkpoint, requested)): {diff}")
     else:
-        model = VQVAE.from_preset(preset, **config_overrides).to(device)
+        model = VQVAE.from_preset(preset, **config_overrides).to(tc.device)
         mean, std = motion_stats(train_segments)
         model.set_motion_stats(mean, std)
+    distributed.broadcast_tensors(list(model.state_dict().values()))   # every rank starts from rank 0's weights
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
-    if resume:
-        info = load_train_state(out_dir, opt)
-        start = int(info["step"])
-        if steps < start:
-            raise ValueError(f"--steps ({out_dir}): expected >= the saved step {start} to resume, got {steps}")
-        rng.bit_generator.state = info["numpy_rng"]
-        torch.set_rng_state(torch.tensor(info["torch_rng"], dtype=torch.uint8))
-    sampler = CropSampler(train_segments, crop, model.needs_beta, rng)
-    hparams = dict(preset=preset, steps=steps, batch_size=batch_size, lr=lr, lr_final=lr_final, decay_at=decay_at,
-                   warmup=warmup, weight_decay=weight_decay, crop=crop, seed=seed)
-
-    def save(step):
-        if out_dir is None:
-            return
-        with checkpoint_transaction(out_dir, step) as stage:   # model + train state: one atomic set
-            model.save_pretrained(stage)
-            save_train_state(stage, opt, dict(step=step, numpy_rng=rng.bit_generator.state,
-                                              torch_rng=torch.get_rng_state().tolist(), hparams=hparams))
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+    hparams = dict(asdict(tc), preset=preset, final_learning_rate=final_lr, decay_step=decay_step, crop=crop)
+    main = distributed.is_main()
 
     def validate(step):
         if not val_segments:
             return None
-        r = evaluate_vq(model, val_segments, window=eval_window)
-        r["step"] = step
-        if out_dir is not None:
-            path = Path(out_dir) / "log.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            old = path.read_text() if path.exists() else ""
-            atomic_write_text(path, old + json.dumps(r) + "\n")
+        r = evaluate_vq(model, val_segments, window=eval_window)   # sharded over the ranks
+        if out_dir is not None and main:
+            append_jsonl(Path(out_dir) / "log.jsonl", dict(r, step=step))
+        if log is not None and main and step < tc.steps:
+            log(f"[val step {step}] rec {r['rec']:.4f} commit {r['commit']:.4f} ppl {r['ppl']:.1f} used {r['used']}")
         return r
 
-    from tqdm.auto import tqdm
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=f"train-vq {preset}",
-               dynamic_ncols=True)
-    ema = None
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr, lr_final, warmup, decay_at)
-        motion, beta = sampler.sample(batch_size)
-        out = model(motion.to(device), beta.to(device))
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"train-vq: loss became {out.loss.item()} at step {step}")
-        cur = {k: v.item() for k, v in out.losses.items()} | {"ppl": out.perplexity.item()}
-        ema = cur if ema is None else {k: 0.95 * ema[k] + 0.05 * cur[k] for k in cur}
-        if progress and step % 10 == 0:
-            bar.set_postfix(rec=f"{ema['rec']:.4f}", vel=f"{ema['veloc']:.4f}", emb=f"{ema['embed']:.3f}",
-                            ppl=f"{ema['ppl']:.0f}")
-        done = step + 1
-        if eval_every and done % eval_every == 0 and done < steps:
-            r = validate(done)
-            if r is not None and log is not None:
-                log(f"[val step {done}] rec {r['rec']:.4f} commit {r['commit']:.4f} ppl {r['ppl']:.1f} used {r['used']}")
-            model.train()
-        if save_every and done % save_every == 0 and done < steps:
-            save(done)
-    bar.close()
-    if out_dir is not None:
-        validate(steps)
-        save(steps)
+    loop = TrainLoop(model, opt, steps=tc.steps, out_dir=out_dir, eval_every=tc.eval_every,
+                     save_every=tc.save_every, validate=validate, validate_at_end=out_dir is not None,
+                     schedule=step_decay(tc.learning_rate, tc.warmup, decay_step, final_lr),
+                     save_model=model.save_pretrained, extra_state=lambda: {"hparams": hparams}, numpy_rng=rng,
+                     desc=f"train-vq {preset}", progress=progress, ema=0.95, postfix_every=10,
+                     postfix=dict(rec=".4f", veloc=".4f", embed=".3f", ppl=".0f"), precision=tc.precision,
+                     grad_accum=tc.grad_accum, device=tc.device, samples_per_step=tc.batch_size,
+                     log=log if main else None)
+    if resume:
+        loop.resume()
+    sampler = CropSampler(train_segments, crop, model.needs_beta, rng)
+    micro = tc.batch_size // tc.grad_accum
+    mine = distributed.rank_slice(micro, what="--batch-size / --grad-accum")
+    drawn = {}
+
+    def step_fn(step, k=0):
+        # every rank draws the same global batch (same RNG state) and takes its slice of micro-batch k:
+        # the order of crops does not depend on the number of processes (--resume on another count)
+        if k == 0:
+            drawn["j"] = sampler.draw(tc.batch_size)
+        motion, beta = sampler.take(drawn["j"][k * micro:(k + 1) * micro][mine])
+        out = model(motion.to(tc.device), beta.to(tc.device))
+        return out.loss, {k: v.item() for k, v in out.losses.items()} | {"ppl": out.perplexity.item()}
+
+    loop.run(step_fn)
     return model.eval()
 
 
@@ -264,61 +307,44 @@ def _load_splits(a):
 
 def _data_args(p):
     g = add_data_args(p)
-    g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; 0 = torch's default)")
 
 
-def _model_args(p):
-    g = p.add_argument_group("model (VQConfig)")
-    g.add_argument("--preset", choices=list(PRESETS), default="disentangled")
-    g.add_argument("--enc-norm", choices=["none", "in", "ln"], help="override the preset's encoder norm")
-    g.add_argument("--dec-norm", choices=["none", "in", "ln", "adain", "adaln"], help="override the decoder norm")
-    g.add_argument("--width", type=int)
-    g.add_argument("--code-dim", type=int)
-    g.add_argument("--codebook-size", type=int, default=256)
-    g.add_argument("--res-depth", type=int, default=1)
-    g.add_argument("--w-embed", type=float, default=1.0)
-    g.add_argument("--w-commit", type=float, default=0.02)
-    g.add_argument("--w-veloc", type=float, default=0.5)
-    g.add_argument("--decay", type=float, default=0.99, help="EMA decay of the codebook")
-    g.add_argument("--dead-threshold", type=float, default=1.0, help="EMA count below which a code is reset")
+#: VQConfig fields on the command line (the rest: the paper's values; fps: from the data)
+MODEL_FIELDS = ("enc_norm", "dec_norm", "width", "code_dim", "codebook_size", "res_depth", "w_embed", "w_commit",
+                "w_veloc", "decay", "dead_threshold")
 
 
-def _train_args(p):
-    g = p.add_argument_group("training (CPU defaults; --paper for the paper's)")
+def _model_args(p) -> list[str]:
+    g = p.add_argument_group("model (VQConfig; CPU-sized width, --paper for the paper's)")
+    g.add_argument("--preset", choices=list(PRESETS), default="disentangled",
+                   help="naive = (none, none), disentangled = (in, adain) (default: %(default)s)")
+    return add_dataclass_args(g, VQConfig, only=MODEL_FIELDS, choices={"enc_norm": ENC_NORMS, "dec_norm": DEC_NORMS},
+                              defaults={"enc_norm": "the preset's", "dec_norm": "the preset's", **CPU_MODEL},
+                              alt_defaults={"--paper": PAPER_DEFAULTS})
+
+
+def _train_args(p) -> list[str]:
+    g = p.add_argument_group("training (VQTrainConfig; CPU defaults, --paper for the paper's)")
     g.add_argument("--paper", action="store_true", help="paper sizes/schedule: width 512, d_c 512, batch 256, "
-                   "300K steps, lr 2e-4 then 1e-5 after 200K")
-    g.add_argument("--steps", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--crop", type=int, help="training crop length in frames (multiple of 8; default 240, the "
-                   "evaluation window: IN statistics of shorter crops differ from those at 240 frames)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--lr-final", type=float, help="lr after --decay-at (default lr / 20)")
-    g.add_argument("--decay-at", type=int, help="step of the lr drop (default 2/3 of --steps)")
-    g.add_argument("--warmup", type=int, default=100)
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--eval-every", type=int, default=500)
-    g.add_argument("--save-every", type=int, default=500)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--no-progress", action="store_true")
+                   "300K steps, learning rate 2e-4 then 1e-5 after 200K")
+    names = add_dataclass_args(g, VQTrainConfig, skip=("device",), alt_defaults={"--paper": PAPER_DEFAULTS},
+                               choices={"precision": distributed.PRECISIONS},
+                               aliases={"learning_rate": ["--lr"], "final_learning_rate": ["--lr-final"],
+                                        "decay_step": ["--decay-at"]})
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: %(default)s)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return names
 
 
-def _resolve(a) -> tuple[dict, dict]:
-    """(train kwargs, config overrides) from parsed args, CPU or paper defaults filling the gaps."""
-    base = PAPER_DEFAULTS if a.paper else CPU_DEFAULTS
-    pick = lambda k: getattr(a, k) if getattr(a, k) is not None else base.get(k)  # noqa: E731
-    cfg = dict(width=pick("width"), code_dim=pick("code_dim"), codebook_size=a.codebook_size, res_depth=a.res_depth,
-               w_embed=a.w_embed, w_commit=a.w_commit, w_veloc=a.w_veloc, decay=a.decay,
-               dead_threshold=a.dead_threshold)
-    if getattr(a, "enc_norm", None):
-        cfg["enc_norm"] = a.enc_norm
-    if getattr(a, "dec_norm", None):
-        cfg["dec_norm"] = a.dec_norm
-    kw = dict(steps=pick("steps"), batch_size=pick("batch_size"), crop=pick("crop"), lr=pick("lr"),
-              lr_final=pick("lr_final"), decay_at=pick("decay_at"), warmup=a.warmup, weight_decay=a.weight_decay,
-              eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, device=a.device,
-              progress=not a.no_progress)
-    return kw, cfg
+def _resolve(a, model_names, train_names) -> dict:
+    """train_vq keywords from parsed args: the given options over the --paper or CPU defaults."""
+    base = {**CPU_MODEL, **(PAPER_DEFAULTS if a.paper else {})}
+    kw = {k: v for k, v in base.items() if k in set(model_names) | set(train_names)}
+    kw.update(dataclass_kwargs(a, model_names))
+    kw.update(dataclass_kwargs(a, train_names))
+    return dict(kw, device=a.device, progress=not a.no_progress)
 
 
 def _fmt_row(name, r) -> str:
@@ -335,22 +361,34 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m minilisten train-vq", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _data_args(p)
-    _model_args(p)
-    _train_args(p)
-    p.add_argument("--out", metavar="DIR", help="checkpoint directory (default runs/vq-PRESET)")
+    model_names, train_names = _model_args(p), _train_args(p)
+    p.add_argument("--out", metavar="DIR", help="checkpoint directory (default: runs/vq-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     out = a.out or f"runs/vq-{a.preset}"
-    kw, cfg = _resolve(a)
+    kw = _resolve(a, model_names, train_names)
+    env, kw["device"] = distributed.init_distributed(kw["device"])   # torchrun: one process per GPU / CPU slot
+    try:
+        code = _main_train(a, kw, out, env)
+    finally:
+        distributed.shutdown()
+    return distributed.finish(code, env)
+
+
+def _main_train(a, kw, out, env) -> int:
+    say = print if env.is_main else (lambda *x, **y: None)
     t0 = time.perf_counter()
     train, val, _, what = _load_splits(a)
-    print(f"{what}: {len(train)} train / {len(val)} val segments ({time.perf_counter() - t0:.1f} s)")
+    say(f"{what}: {len(train)} train / {len(val)} val segments ({time.perf_counter() - t0:.1f} s)"
+        + (f"; {env.world_size} processes ({env.backend})" if env.distributed else ""))
     t0 = time.perf_counter()
-    model = train_vq(train, val, a.preset, out_dir=out, resume=a.resume, **kw, **cfg)
+    model = train_vq(train, val, a.preset, out_dir=out, resume=a.resume, **kw)
     dt = time.perf_counter() - t0
     r = evaluate_vq(model, val)
+    if not env.is_main:
+        return 0
     c = model.config
     print(f"trained in {dt:.0f} s; saved to {out}")
     print(TABLE_HEAD)
@@ -372,8 +410,7 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["val", "test"], default="val")
     p.add_argument("--out", metavar="DIR", help="with --variants: save each model in DIR/ENC-DEC")
     _data_args(p)
-    _model_args(p)
-    _train_args(p)
+    model_names, train_names = _model_args(p), _train_args(p)
     a = p.parse_args(argv)
     if bool(a.checkpoints) == bool(a.variants):
         p.error("pass checkpoint directories or --variants (one of the two)")
@@ -387,16 +424,16 @@ def main_evaluate(argv: list[str] | None = None) -> int:
             m = VQVAE.from_pretrained(d)
             rows.append((f"{m.config.enc_norm}, {m.config.dec_norm} ({d})", evaluate_vq(m, segs)))
     else:
-        kw, cfg = _resolve(a)
+        kw = _resolve(a, model_names, train_names)
         for v in a.variants:
             parts = v.split(",")
             if len(parts) != 2:
                 p.error(f"--variants: expected ENC,DEC like in,adain, got {v!r}")
             enc, dec = parts
-            cfg_v = dict(cfg, enc_norm=enc, dec_norm=dec)
+            kw_v = dict(kw, enc_norm=enc, dec_norm=dec)
             out = None if a.out is None else str(Path(a.out) / f"{enc}-{dec}")
             t0 = time.perf_counter()
-            m = train_vq(train, val, "naive", out_dir=out, **kw, **cfg_v)
+            m = train_vq(train, val, "naive", out_dir=out, **kw_v)
             print(f"[{enc}, {dec}] trained in {time.perf_counter() - t0:.0f} s")
             rows.append((f"{enc}, {dec}", evaluate_vq(m, segs)))
     print(f"\n{what}, {a.split} split, {rows[0][1]['n_windows']} windows of 240 frames; raw coefficients")

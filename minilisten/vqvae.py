@@ -38,6 +38,9 @@ row * threshold, as lucidrains' ``expire_codes_``), so a revived code that then 
 stabilises at once instead of being re-randomised until its stale count recovers. All VQ math is
 fp32. State lives in registered buffers (``initted``, ``cluster_size``, ``embed_avg``, ``embed``)
 and survives ``state_dict`` / checkpoints / ``--resume``.
+Under ``torchrun`` (several processes) the EMA statistics are all-reduced and rank 0 (seeing the
+global batch's latents) initialises the codebook and decides the resets, then broadcasts it, so
+every rank holds the same codebook (:mod:`minilisten.distributed`).
 
 Losses (supplement Eq. 2-6), means instead of the paper's sums (independent of T and B):
     L = w_embed * |z - sg[z_q]|^2 + w_commit * |sg[z] - z_q|^2 + smoothL1(x^, x) + w_veloc * smoothL1(dx^, dx)
@@ -50,30 +53,30 @@ Padding rule: T must be a positive multiple of r = 8 (crop first: ``T - T % 8``)
 raises ``ValueError`` — nothing is padded or truncated silently.
 
 Streaming: the convolutions are non-causal, so a decoded frame depends on ``receptive_field``
-codes on each side. With an IN/AdaIN/LN-free decoder (``dec_norm`` none/ln/adaln)
-``decode_frames(codes, beta, context)`` with ``context >= receptive_field`` left codes (and as many
-right codes, or the sequence end) is exact. An ``in``/``adain`` decoder normalises over the whole
+codes on each side. With an IN/AdaIN-free decoder (``dec_norm`` none/ln/adaln), decoding a
+window with ``receptive_field`` codes of context on each side (or the sequence end) gives the
+window's frames exactly (``StreamingListener`` decodes so). An ``in``/``adain`` decoder normalises over the whole
 decoded window, so incremental decoding is an approximation whose error shrinks with the window.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import distributed
+from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_SHAPE
 
-try:  # installed layout: top-level kernels/ is the subpackage minilisten.kernels (setup.py)
-    from .kernels import code_stats, norm_act, quantize
-except ImportError:  # source checkout without install: kernels/ sits next to minilisten/
-    from kernels import code_stats, norm_act, quantize
+# kernels/ is installed as the subpackage minilisten.kernels (setup.py; a top-level ``kernels``
+# would be an unrelated PyPI project): run from an install, e.g. ``pip install -e .``
+from .kernels import code_stats, norm_act, quantize
 
-MODEL_TYPE = "minilisten.vqvae"
+FORMAT = "minilisten.VQVAE"                      # config.json tag (minilisten.checkpoint.check_format)
+OLD_TAG = {"model_type": "minilisten.vqvae"}     # the tag of checkpoints written before
 ENC_NORMS = ("none", "in", "ln")
 DEC_NORMS = ("none", "in", "ln", "adain", "adaln")
 PRESETS = {
@@ -101,6 +104,7 @@ class VQConfig:
     w_commit: float = 0.02        # |sg[z] - z_q|^2           (Eq. 3, lambda_commit)
     w_veloc: float = 0.5          # smooth L1 on frame deltas (Eq. 5, lambda_veloc)
     eps: float = 1e-5             # norm epsilon
+    fps: float = 30.0             # frame rate of the motion it was trained on (train-vq sets it from the data)
 
     def __post_init__(self):
         if self.enc_norm not in ENC_NORMS:
@@ -114,11 +118,11 @@ class VQConfig:
                 raise ValueError(f"VQConfig.{f}: expected a positive int, got {v!r}")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"VQConfig.decay: expected 0 <= decay < 1, got {self.decay!r}")
-        for f in ("w_embed", "w_commit", "w_veloc", "dead_threshold", "eps"):   # NaN fails every comparison
+        for f in ("w_embed", "w_commit", "w_veloc", "dead_threshold", "eps", "fps"):   # NaN fails every comparison
             v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 if f == "eps" else v >= 0) \
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 if f in ("eps", "fps") else v >= 0) \
                     or v == float("inf"):
-                raise ValueError(f"VQConfig.{f}: expected a finite number {'> 0' if f == 'eps' else '>= 0'}, got {v!r}")
+                raise ValueError(f"VQConfig.{f}: expected a finite number {'> 0' if f in ('eps', 'fps') else '>= 0'}, got {v!r}")
 
     @property
     def rate(self) -> int:
@@ -276,6 +280,13 @@ class Codebook(nn.Module):
     def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
         """One EMA step on the batch assignment, then reset the dead codes (no host sync)."""
         counts, sums = code_stats(idx, z, self.size)                               # (K,), (K, d)
+        self.apply_stats(counts, sums, z)
+
+    @torch.no_grad()
+    def apply_stats(self, counts: torch.Tensor, sums: torch.Tensor, z: torch.Tensor) -> None:
+        """The EMA step given batch statistics ``counts (K,)``, ``sums (K, d)``, then the dead-code
+        reset with random rows of ``z (N, d)``. Several processes: ``distributed.codebook_update``
+        all-reduces the statistics and calls this on rank 0 with the global batch's ``z``."""
         self.cluster_size.lerp_(counts, 1 - self.decay)
         self.embed_avg.lerp_(sums, 1 - self.decay)
         dead = (self.cluster_size < self.dead_threshold)[:, None]                  # (K, 1)
@@ -286,14 +297,16 @@ class Codebook(nn.Module):
         self.cluster_size.copy_(torch.where(dead[:, 0], thr, self.cluster_size))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # under torchrun every rank's update sees the global batch and ends with rank 0's codebook
+        many = self.training and distributed.get_env().distributed
         if self.training and not bool(self.initted):
-            self.init_from(z)
+            distributed.codebook_init(self, z) if many else self.init_from(z)
         if not bool(self.initted):
             raise RuntimeError("Codebook: not initialised; train the model (the first training batch "
                                "initialises it) or load a checkpoint with VQVAE.from_pretrained")
         idx, _, zq = quantize(z, self.embed)
         if self.training:
-            self.update(z, idx)
+            distributed.codebook_update(self, z, idx) if many else self.update(z, idx)
         return idx, zq
 
 
@@ -366,29 +379,11 @@ class VQVAE(nn.Module):
 
     def save_pretrained(self, directory) -> None:
         """``config.json`` + ``model.safetensors`` (atomic)."""
-        save_checkpoint(directory, {"model_type": MODEL_TYPE, **asdict(self.config)}, self.state_dict())
+        save_checkpoint(directory, {"format": FORMAT, "version": 1, **asdict(self.config)}, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, directory, map_location="cpu") -> "VQVAE":
-        cfg, state = load_checkpoint(directory)
-        where = f"checkpoint {str(Path(directory))!r}"
-        if cfg.get("model_type") != MODEL_TYPE:
-            raise ValueError(f"{where}: expected model_type {MODEL_TYPE!r}, got {cfg.get('model_type')!r}")
-        cfg = {k: v for k, v in cfg.items() if k != "model_type"}
-        known = {f.name for f in fields(VQConfig)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"{where}: config.json has unknown VQConfig fields {unknown}")
-        model = cls(VQConfig(**cfg))
-        own = model.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"{where}: weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        for k, v in state.items():
-            if v.shape != own[k].shape:
-                raise ValueError(f"{where}: weight {k!r}: expected shape {tuple(own[k].shape)} from config.json, got {tuple(v.shape)}")
-        model.load_state_dict(state)
-        return model.to(map_location).eval()
+        return load_model(directory, cls, VQConfig, FORMAT, old=OLD_TAG, map_location=map_location)
 
     # ------------------------------------------------------------------ input checks
     def _check_motion(self, motion) -> torch.Tensor:
@@ -429,13 +424,59 @@ class VQVAE(nn.Module):
             raise ValueError(f"codes: expected values in [0, {K}), got min {int(c.min())}, max {int(c.max())}")
         return c.to(self.motion_mean.device, torch.long)
 
-    # ------------------------------------------------------------------ the three uses
-    def _encode_latents(self, m: torch.Tensor) -> torch.Tensor:
-        x = (m - self.motion_mean) / self.motion_std                      # (B, T, 56)
-        return self.encoder(x.transpose(1, 2)).transpose(1, 2)            # (B, L, d_c)
+    # ------------------------------------------------------------------ codebook
+    @property
+    def initialised(self) -> bool:
+        """Whether the codebook holds codes (the first training batch, a checkpoint or :meth:`set_codebook`)."""
+        return bool(self.quantizer.initted)
+
+    @torch.no_grad()
+    def set_codebook(self, embed) -> None:
+        """Use ``embed`` (K, d_c) as the codebook (EMA statistics restart from it: count 1 per code),
+        e.g. random codes for a benchmark or a test."""
+        e = torch.as_tensor(embed)
+        K, d = self.config.codebook_size, self.config.code_dim
+        if e.shape != (K, d) or not e.is_floating_point() or not torch.isfinite(e).all():
+            raise ValueError(f"codebook: expected finite float values of shape ({K}, {d}), got shape "
+                             f"{tuple(e.shape)} dtype {e.dtype}")
+        q = self.quantizer
+        q.embed.copy_(e)
+        q.embed_avg.copy_(e)
+        q.cluster_size.fill_(1.0)
+        q.initted.fill_(True)
+
+    # ------------------------------------------------------------------ the steps of encode / decode
+    def _normalise(self, m: torch.Tensor) -> torch.Tensor:
+        return (m - self.motion_mean) / self.motion_std                   # (B, T, 56)
 
     def _decode_latents(self, zq: torch.Tensor, beta) -> torch.Tensor:
         return self.decoder(zq.transpose(1, 2), beta).transpose(1, 2)     # (B, T, 56) normalised
+
+    def encode_latents(self, motion) -> torch.Tensor:
+        """motion (B, T, 56) raw (T a multiple of 8) -> encoder outputs z (B, T / 8, d_c), before quantization."""
+        x = self._normalise(self._check_motion(motion))
+        return self.encoder(x.transpose(1, 2)).transpose(1, 2)            # (B, L, d_c)
+
+    def nearest_codes(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantize without updating the codebook: z (..., d_c) -> (codes (...) int64, z_q (..., d_c) fp32),
+        the nearest code by squared L2 (Eq. 5)."""
+        if not self.initialised:
+            raise RuntimeError("VQVAE: codebook not initialised; train the model first or load it with from_pretrained")
+        z = torch.as_tensor(z)
+        if z.shape[-1:] != (self.config.code_dim,):
+            raise ValueError(f"z: expected shape (..., {self.config.code_dim}), got {tuple(z.shape)}")
+        flat = z.reshape(-1, z.shape[-1]).float()
+        idx, _, zq = quantize(flat, self.quantizer.embed)
+        return idx.view(z.shape[:-1]), zq.view(*z.shape[:-1], -1)
+
+    def decode_latents(self, zq: torch.Tensor, beta=None) -> torch.Tensor:
+        """Quantized latents z_q (B, L, d_c) + beta (B, 100) (required for AdaIN/AdaLN models) ->
+        motion (B, 8L, 56) in raw coefficient space."""
+        zq = torch.as_tensor(zq)
+        if zq.dim() != 3 or zq.shape[-1] != self.config.code_dim:
+            raise ValueError(f"zq: expected shape (B, L, {self.config.code_dim}), got {tuple(zq.shape)}")
+        b = self._check_beta(beta, zq.shape[0])
+        return self._decode_latents(zq, b) * self.motion_std + self.motion_mean
 
     def encode(self, motion, beta=None) -> torch.Tensor:
         """motion (B, T, 56) raw -> LR codes (B, T / 8) int64. The encoder has no identity input;
@@ -444,39 +485,19 @@ class VQVAE(nn.Module):
         if beta is not None:
             self._check_beta(beta, m.shape[0])
         with torch.no_grad():
-            z = self._encode_latents(m)
-            B, L, d = z.shape
-            idx, _ = self._lookup(z.reshape(B * L, d))
-        return idx.view(B, L)
-
-    def _lookup(self, z):
-        if not bool(self.quantizer.initted):
-            raise RuntimeError("VQVAE: codebook not initialised; train the model first or load it with from_pretrained")
-        idx, _, zq = quantize(z.float(), self.quantizer.embed)
-        return idx, zq
+            return self.nearest_codes(self.encode_latents(m))[0]
 
     def decode(self, codes, beta=None) -> torch.Tensor:
         """codes (B, L) int64 in [0, K) + beta (B, 100) (required for AdaIN/AdaLN models) ->
         motion (B, 8L, 56) in raw coefficient space."""
         c = self._check_codes(codes)
-        b = self._check_beta(beta, c.shape[0])
-        zq = F.embedding(c, self.quantizer.embed)                          # (B, L, d_c)
-        return self._decode_latents(zq, b) * self.motion_std + self.motion_mean
-
-    def decode_frames(self, codes, beta=None, context: int = 0) -> torch.Tensor:
-        """Streaming helper: decode ``codes`` (B, L) whose first ``context`` codes were already
-        rendered, and return only the frames of the new codes, (B, 8 (L - context), 56). Pass
-        ``context >= receptive_field`` left codes for exact results with a local decoder."""
-        c = self._check_codes(codes)
-        if not (isinstance(context, int) and 0 <= context < c.shape[1]):
-            raise ValueError(f"context: expected an int in [0, L={c.shape[1]}), got {context!r}")
-        return self.decode(c, beta)[:, context * self.rate:]
+        return self.decode_latents(F.embedding(c, self.quantizer.embed), beta)   # (B, L, d_c) -> motion
 
     def forward(self, motion, beta=None) -> VQOutput:
         """Reconstruct motion (B, T, 56) raw; in training mode also updates the EMA codebook."""
         m = self._check_motion(motion)
         b = self._check_beta(beta, m.shape[0])
-        x = (m - self.motion_mean) / self.motion_std                       # (B, T, 56) normalised
+        x = self._normalise(m)                                            # (B, T, 56) normalised
         z = self.encoder(x.transpose(1, 2)).transpose(1, 2)               # (B, L, d_c)
         B, L, d = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -484,7 +505,7 @@ class VQVAE(nn.Module):
             if self.training:
                 idx, zq = self.quantizer(zf.detach())
             else:
-                idx, zq = self._lookup(zf)
+                idx, zq = self.nearest_codes(zf)
             embed = F.mse_loss(zf, zq.detach())                           # Eq. 2: encoder -> code
             commit = F.mse_loss(zf.detach(), zq)                          # Eq. 3: no grad with EMA
             zq = zf + (zq - zf).detach()                                  # straight-through

@@ -61,7 +61,7 @@ def test_nn_facial_motion_finds_the_matching_speaker_window():
     assert np.array_equal(m.predict(q), train[1].listener_motion[30:150])
     # cosine after standardization: scaling the standardized query does not change the match
     scaled = seg(240, 5)
-    scaled.speaker_motion = (m.mean + 2.5 * (train[0].speaker_motion[120:360] - m.mean)).astype(np.float32)
+    scaled = scaled.replace(speaker_motion=(m.mean + 2.5 * (train[0].speaker_motion[120:360] - m.mean)).astype(np.float32))
     assert np.array_equal(m.predict(scaled), train[0].listener_motion[120:360])
     s = m.scores([train[0].window(60, 240), train[1].window(0, 240)])
     assert s.shape == (2, 12) and s.max(1) == pytest.approx([1.0, 1.0], abs=1e-5) and s.argmax(1).tolist() == [2, 9]
@@ -242,7 +242,7 @@ def test_random_walk_beta_and_errors():
     vq = StandInVQ(needs_beta=True)
     s = seg(64, 0)
     RandomWalk(vq, k=2, name="Ours random walk").predict(s)
-    assert torch.equal(vq.betas[0], torch.as_tensor(s.listener_beta, dtype=torch.float32)[None])
+    assert torch.equal(vq.betas[0], torch.tensor(s.listener_beta, dtype=torch.float32)[None])
     with pytest.raises(ValueError, match=r"segment.listener_beta: expected shape \(100,\) for Ours random walk"):
         RandomWalk(vq, name="Ours random walk").predict(seg(64, 0, beta=False))
     assert RandomWalk(vq, use_beta=False).predict(seg(64, 0, beta=False)).shape == (64, 56)
@@ -256,7 +256,6 @@ def test_random_walk_on_the_real_vqvae():
     from minilisten.vqvae import VQVAE
     for preset in ("naive", "disentangled"):
         vq = VQVAE.from_preset(preset, width=16, code_dim=8, codebook_size=16, id_hidden=8).eval()
-        with torch.no_grad():
-            vq.quantizer.embed.copy_(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)))
+        vq.set_codebook(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)))
         outs = predict_all(RandomWalk(vq, k=4, seed=0), [seg(40, 0), seg(48, 1)])
         assert [o.shape for o in outs] == [(40, 56), (48, 56)] and all(np.isfinite(o).all() for o in outs)

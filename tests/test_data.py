@@ -1,4 +1,7 @@
-"""Segment validation (every "Bad input" case of issue 3), windows, statistics, WindowDataset."""
+"""Segment validation (every "Bad input" case of issue 3), immutability, windows, statistics."""
+import copy
+import dataclasses
+import pickle
 import re
 
 import numpy as np
@@ -8,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minilisten.data.segment import D_MOTION, N_SHAPE, Segment, Word
-from minilisten.data.windows import (WindowDataset, collate_windows, lm_listener_eval_clips, motion_stats,
-                                     training_windows)
+from minilisten.data.windows import lm_listener_eval_clips, motion_stats
 
 FPS = 30.0
 
@@ -62,6 +64,131 @@ def test_segment_window_rebases_words_and_history():
     assert w.history_words[1].end == pytest.approx(-0.8)
     assert np.array_equal(w.sa_tokens, np.arange(50, 100))
     raises(["window", "start=80", "length=30"], lambda: s.window(80, 30))
+
+
+# ------------------------------------------------------------------------ Segment: immutability
+ARRAYS = ("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "sa_tokens", "emotion", "valence")
+
+
+def full_segment(T=60):
+    return make_segment(T, words=[Word("hi", 0.1, 0.4)], history_words=[Word("so", -1.0, -0.2)],
+                        emotion=emotion_probs(T), valence=np.zeros(T), sa_tokens=np.arange(100),
+                        speaker_beta=np.ones(N_SHAPE))
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Segment)])
+def test_segment_fields_cannot_be_assigned(name):
+    s = full_segment()
+    before = getattr(s, name)
+    with pytest.raises(dataclasses.FrozenInstanceError, match=name):
+        setattr(s, name, before)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del s.fps
+    assert getattr(s, name) is before
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_segment_arrays_are_read_only(name):
+    s = full_segment()
+    a = getattr(s, name)
+    before = a.copy()
+    assert not a.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        a[0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        a += 1
+    with pytest.raises(ValueError, match="read-only"):
+        a.sort()
+    with pytest.raises(ValueError, match="read-only"):
+        np.copyto(a, 0)
+    assert np.array_equal(a, before)
+    w = s.window(15, 30)                      # windows share their segment's memory, read-only too
+    v = getattr(w, name)
+    assert not v.flags.writeable and np.shares_memory(v, a)
+    with pytest.raises(ValueError, match="read-only"):
+        v[0] = 1
+
+
+def test_segment_word_lists_are_tuples():
+    s = make_segment(30, words=[Word("a", 0.0, 0.1), ("b", 0.2, 0.3)], history_words=[{"text": "h", "start": -1, "end": -0.5}])
+    assert s.words == (Word("a", 0.0, 0.1), Word("b", 0.2, 0.3)) and s.history_words == (Word("h", -1.0, -0.5),)
+    assert make_segment(30).words == () and make_segment(30).history_words == ()
+    with pytest.raises(AttributeError):
+        s.words.append(Word("c", 0.5, 0.6))
+    with pytest.raises(TypeError):
+        s.words[0] = Word("c", 0.5, 0.6)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.words[0].end = 5.0                  # Word is frozen too
+
+
+def test_segment_owns_its_arrays():
+    """The caller's arrays are not frozen under them, and their later writes do not reach the Segment;
+    new arrays made by the coercion and already read-only arrays are not copied."""
+    T = 20
+    lis = np.random.default_rng(0).standard_normal((T, D_MOTION)).astype(np.float32)   # float32: no coercion
+    spk64 = np.random.default_rng(1).standard_normal((T, D_MOTION))                     # float64: converted
+    beta = torch.ones(N_SHAPE)                                                          # torch: shares storage
+    sa = np.arange(50)
+    s = Segment(spk64, lis, FPS, listener_beta=beta, sa_tokens=sa[10:])
+    assert lis.flags.writeable and spk64.flags.writeable and sa.flags.writeable
+    lis[0, 0] = 99.0
+    spk64[0, 0] = 99.0
+    beta[0] = 99.0
+    sa[10] = 99
+    assert s.listener_motion[0, 0] != 99.0 and s.speaker_motion[0, 0] != 99.0
+    assert s.listener_beta[0] == 1.0 and s.sa_tokens[0] == 10
+    assert not any(np.shares_memory(getattr(s, k), x) for k, x in
+                   (("listener_motion", lis), ("speaker_motion", spk64), ("listener_beta", beta.numpy()), ("sa_tokens", sa)))
+    frozen = np.zeros((T, D_MOTION), np.float32)
+    frozen.flags.writeable = False
+    assert Segment(frozen, frozen, FPS).listener_motion is frozen                     # read-only: shared
+    view = lis.view()
+    view.flags.writeable = False                                                      # read-only view of a writeable array
+    assert not np.shares_memory(Segment(view, view, FPS).listener_motion, lis)        # copied
+
+
+def test_segment_replace_revalidates():
+    s = full_segment()
+    r = s.replace(fps=15, words=[("late", 1.0, 3.9)])
+    assert r.fps == 15.0 and isinstance(r.fps, float) and r.words == (Word("late", 1.0, 3.9),)
+    assert r.listener_motion is s.listener_motion and s.fps == FPS and s.words[0].text == "hi"  # s unchanged, arrays shared
+    raises(["fps", "positive number", "-1"], lambda: s.replace(fps=-1))
+    raises(["words[0] ('late')", "end <= 2.000 s", "end=2.500"], lambda: s.replace(words=[Word("late", 1.0, 2.5)]))
+    raises(["listener_motion", "expected 60 frames", "got 59"], lambda: s.replace(listener_motion=np.zeros((59, D_MOTION))))
+    raises(["emotion", "summing to 1", "frame 0"], lambda: s.replace(emotion=np.full((60, 8), 0.5)))
+    raises(["sa_tokens", "non-negative", "-3"], lambda: dataclasses.replace(s, sa_tokens=np.array([-3])))
+    raises(["replace", "expected Segment fields", "listener_motion", "got motion"], lambda: s.replace(motion=None))
+    # a change of T re-checks the fields that depend on it
+    raises(["emotion", "(30, 8)", "(60, 8)"],
+           lambda: s.replace(speaker_motion=np.zeros((30, D_MOTION)), listener_motion=np.zeros((30, D_MOTION))))
+
+
+def test_segment_equality_is_identity_and_hash_works():
+    """eq=False on purpose: element-wise array equality has no single truth value, so == is
+    identity and hash is id-based (Segments work in sets / as dict keys)."""
+    s = full_segment()
+    twin = s.replace()
+    assert s == s and s != twin and not (s == twin)
+    assert hash(s) == hash(s) and len({s, twin, s}) == 2 and {s: 1}[s] == 1
+    assert all(np.array_equal(getattr(s, k), getattr(twin, k)) for k in ARRAYS)
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy", "copy"])
+def test_segment_copies_are_validated_and_frozen(how):
+    s = full_segment()
+    c = {"pickle": lambda x: pickle.loads(pickle.dumps(x)), "deepcopy": copy.deepcopy, "copy": copy.copy}[how](s)
+    assert type(c) is Segment and c is not s
+    for k in ARRAYS:
+        assert np.array_equal(getattr(c, k), getattr(s, k)) and not getattr(c, k).flags.writeable
+        assert getattr(c, k).dtype == getattr(s, k).dtype
+        assert np.shares_memory(getattr(c, k), getattr(s, k)) == (how == "copy")
+    assert c.words == s.words and c.history_words == s.history_words and c.name == s.name and c.fps == s.fps
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.fps = 1.0
+    # copies go through the constructor: invalid fields (here set by bypassing it on purpose) are refused
+    object.__setattr__(s, "fps", -1.0)
+    raises(["fps", "positive number", "-1.0"], lambda: {"pickle": lambda x: pickle.loads(pickle.dumps(x)),
+                                                       "deepcopy": copy.deepcopy, "copy": copy.copy}[how](s))
 
 
 # --------------------------------------------------------------------- Segment: the bad input list
@@ -165,7 +292,9 @@ def test_motion_stats_matches_numpy():
 
 def test_motion_stats_constant_dim_and_errors(caplog):
     s = make_segment(20)
-    s.listener_motion[:, 3] = 2.5
+    m = s.listener_motion.copy()
+    m[:, 3] = 2.5
+    s = s.replace(listener_motion=m)
     with caplog.at_level("WARNING", logger="minilisten.data"):
         mean, std = motion_stats([s])
     assert mean[3] == pytest.approx(2.5) and std[3] == 1.0 and (std > 0).all()
@@ -177,7 +306,7 @@ def test_motion_stats_constant_dim_and_errors(caplog):
 def test_motion_stats_large_offset_is_accurate():
     # float32 data with a large mean: naive E[x^2] - E[x]^2 in float32 would lose the variance
     s = make_segment(500)
-    s.listener_motion[:] = 1000.0 + np.random.default_rng(1).standard_normal((500, D_MOTION)).astype(np.float32) * 1e-2
+    s = s.replace(listener_motion=1000.0 + np.random.default_rng(1).standard_normal((500, D_MOTION)).astype(np.float32) * 1e-2)
     _, std = motion_stats([s])
     np.testing.assert_allclose(std, s.listener_motion.astype(np.float64).std(0), rtol=1e-4)
 
@@ -215,73 +344,9 @@ def test_lm_listener_eval_clips_properties(T):
     assert len(clips) == sum(1 for a in range(96, T, 240) if min(T - a, 240) >= 24)
 
 
-def test_training_windows():
-    segs = [make_segment(100, seed=0, words=[Word("x", 1.0, 1.2)]), make_segment(30, seed=1), make_segment(64, seed=2)]
-    w = training_windows(segs, length=32, stride=16, progress=False)
-    # 100 -> starts 0,16,...,64 (5); 30 -> none; 64 -> 0,16,32 (3)
-    assert len(w) == 8 and all(x.T == 32 for x in w)
-    assert np.array_equal(w[2].listener_motion, segs[0].listener_motion[32:64])
-    assert w[1].words == [Word("x", pytest.approx(1.0 - 16 / FPS), pytest.approx(1.2 - 16 / FPS))]
-    assert len(training_windows(segs, length=32, progress=False)) == 3 + 2  # default stride = length
-    raises(["at least start + length = 240", "got at most 100"], lambda: training_windows(segs, 240, progress=False))
-    raises(["length >= 1"], lambda: training_windows(segs, 0))
-
-
-# -------------------------------------------------------------------------------- WindowDataset
-def test_window_dataset_items_and_collate():
-    T = 100
-    segs = [make_segment(T, seed=i, emotion=emotion_probs(T, i), valence=np.linspace(-1, 1, T),
-                         listener_id=f"id{i % 2}") for i in range(3)]
-    segs.append(make_segment(20, seed=9, emotion=emotion_probs(20), valence=np.zeros(20), listener_id="id0"))  # too short: skipped
-    ds = WindowDataset(segs, length=40, stride=30)
-    assert len(ds) == 3 * 3  # starts 0, 30, 60
-    assert ds.fields == ["listener_beta", "emotion", "valence"] and ds.listener_ids == ["id0", "id1"]
-    item = ds[4]  # segment 1, start 30
-    assert item["segment"].item() == 1 and item["start"].item() == 30 and item["index"].item() == 4
-    assert item["listener"].item() == 1
-    assert torch.equal(item["listener_motion"], torch.from_numpy(segs[1].listener_motion[30:70]))
-    assert torch.equal(item["speaker_motion"], torch.from_numpy(segs[1].speaker_motion[30:70]))
-    assert torch.equal(item["listener_beta"], torch.from_numpy(segs[1].listener_beta))
-    assert item["emotion"].shape == (40, 8) and item["valence"].shape == (40,)
-    batch = collate_windows([ds[i] for i in range(5)])
-    assert batch["listener_motion"].shape == (5, 40, D_MOTION) and batch["listener_motion"].dtype == torch.float32
-    assert batch["listener_beta"].shape == (5, N_SHAPE) and batch["index"].tolist() == [0, 1, 2, 3, 4]
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, collate_fn=collate_windows)
-    b = next(iter(loader))
-    assert b["speaker_motion"].shape == (4, 40, D_MOTION) and b["emotion"].shape == (4, 40, 8)
-
-
-def test_window_dataset_random_crop_covers_all_starts_and_is_seeded():
-    s = make_segment(50)
-    ds = WindowDataset([s], length=20, stride=10, random_crop=True)
-    assert len(ds) == 4  # cells [0..9], [10..19], [20..29], [30..30]
-    torch.manual_seed(0)
-    starts = {int(ds[i]["start"]) for _ in range(60) for i in range(len(ds))}
-    assert starts == set(range(0, 31))
-    torch.manual_seed(1)
-    a = [int(ds[i]["start"]) for i in range(4)]
-    torch.manual_seed(1)
-    assert a == [int(ds[i]["start"]) for i in range(4)]
-    item = ds[0]
-    st0 = int(item["start"])
-    assert torch.equal(item["listener_motion"], torch.from_numpy(s.listener_motion[st0:st0 + 20]))
-
-
-def test_window_dataset_normalization_and_errors():
+def test_motion_stats_normalise_to_zero_mean_unit_std():
     segs = [make_segment(64, seed=i) for i in range(2)]
     mean, std = motion_stats(segs)
-    ds = WindowDataset(segs, length=64, mean=mean, std=std)
-    x = torch.cat([ds[i]["listener_motion"] for i in range(2)])
-    torch.testing.assert_close(x.mean(0), torch.zeros(D_MOTION), atol=1e-5, rtol=0)
-    torch.testing.assert_close(x.std(0, unbiased=False), torch.ones(D_MOTION), atol=1e-5, rtol=0)
-    raises(["mean/std", "both"], lambda: WindowDataset(segs, 64, mean=mean))
-    raises(["std", "(56,)", "(55,)"], lambda: WindowDataset(segs, 64, mean=mean, std=std[:55]))
-    raises(["std", "> 0"], lambda: WindowDataset(segs, 64, mean=mean, std=np.zeros(56)))
-    # a field that only some segments have is an error, not zero-filled
-    mixed = [make_segment(64, valence=np.zeros(64)), make_segment(64)]
-    raises(["segments[1].valence", "got None"], lambda: WindowDataset(mixed, 32))
-    no_beta = WindowDataset([make_segment(64, listener_beta=None)], 32)
-    assert "listener_beta" not in no_beta[0] and no_beta.fields == []
-    raises(["length=80", "at most 64"], lambda: WindowDataset(segs, 80))
-    raises(["keys"], lambda: collate_windows([ds[0], no_beta[0]]))
-    raises(["empty"], lambda: collate_windows([]))
+    x = (np.concatenate([s.listener_motion for s in segs]).astype(np.float64) - mean) / std
+    np.testing.assert_allclose(x.mean(0), np.zeros(D_MOTION), atol=1e-5)
+    np.testing.assert_allclose(x.std(0), np.ones(D_MOTION), atol=1e-5)

@@ -11,7 +11,7 @@ def test_demo_quick_produces_finite_tables(tmp_path):
     report = json.loads((out / "results.json").read_text())
     t1 = report["table1"]
     assert list(t1) == ["GT", "Random", "NN facial motion", "NN speech content", "Naive random walk",
-                        "LM-listener (words only)", "Ours random walk", "Ours"]
+                        "LM-listener (words only)", "Ours random walk", "Ours", "ARIG-style (continuous)"]
     for name, row in t1.items():
         keys = ("variation", "diversity") if name == "GT" else ("l2", "fd", "variation", "diversity", "pfd", "l2_affect")
         for k in keys:
@@ -23,6 +23,14 @@ def test_demo_quick_produces_finite_tables(tmp_path):
     assert "Table 1" in text and "Table 4" in text and "Table 5" in text
     for png in report["plots"]:
         assert (tmp_path / "demo" / png.split("/")[-1]).stat().st_size > 10_000
+    # the plotted clip as a video: speaker | Ours | LM-listener | ground truth, one frame per motion frame
+    from minilisten.render import read_mp4
+    assert {"clip.mp4", "clip.png", "trajectories.png"} <= {p.split("/")[-1] for p in report["plots"]}
+    frames, fps = read_mp4(out / "clip.mp4")
+    from minilisten.pipeline import DemoConfig, data_spec, demo_data, test_clips
+    cfg = DemoConfig.quick()
+    lengths = {c.T for c in test_clips(demo_data(data_spec(cfg)).test, cfg.max_test_clips)}
+    assert len(frames) in lengths and frames.shape[1:] == (256 + 80, 4 * 256, 3) and fps == 30
     # checkpoints of the two VQ-VAEs and the full LM are loadable
     from minilisten.lm import ListenerLM
     from minilisten.vqvae import VQVAE

@@ -240,7 +240,7 @@ def test_l2l_reads_exact_layout_and_pairing(tmp_path, caplog, speaker, o):
     assert [len(c.train), len(c.test)] == [3, 2]
     for split in ("train", "test"):
         for i, s in enumerate(getattr(c, split)):
-            assert s.T == 64 and s.listener_id == speaker and s.listener_beta is None and s.words == []
+            assert s.T == 64 and s.listener_id == speaker and s.listener_beta is None and s.words == ()
             assert np.array_equal(s.listener_motion, arr[split, o, "list_faces"][i, :, :56])
             assert np.array_equal(s.speaker_motion, arr[split, 1 - o, "speak_faces"][i, :, :56])
             assert s.name == f"{speaker}/{split}/{i}:{7 + 1 - o}@{100 * i}"
@@ -353,6 +353,33 @@ def test_own_format_round_trips_exactly(tmp_path):
     save_corpus(back, tmp_path / "c2", progress=False)
     assert (tmp_path / "c" / "meta.json").read_bytes() == (tmp_path / "c2" / "meta.json").read_bytes()
     assert (tmp_path / "c" / "arrays.safetensors").read_bytes() == (tmp_path / "c2" / "arrays.safetensors").read_bytes()
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def test_readers_return_read_only_segments_without_copies(tmp_path):
+    """Every reader's Segments are read-only; our format and Learning2Listen hand the Segments views
+    of one array per split and field (no copy per segment, as before Segments were frozen)."""
+    save_corpus(rich_corpus(), tmp_path / "c", progress=False)
+    write_l2l(tmp_path / "l2l")
+    write_lm(tmp_path / "lm")
+    ours, l2l, lm = load_corpus(tmp_path / "c"), load_learning2listen(tmp_path / "l2l"), load_lm_listener(tmp_path / "lm")
+    for corpus in (ours, l2l, lm):
+        for s in corpus.train + corpus.test:
+            for k in ("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "sa_tokens", "emotion", "valence"):
+                a = getattr(s, k)
+                if a is not None:
+                    assert not a.flags.writeable, (corpus.source, k)
+                    with pytest.raises(ValueError, match="read-only"):
+                        a[0] = 0
+    for corpus in (ours, l2l):
+        for k in ("speaker_motion", "listener_motion"):
+            roots = {id(_root(getattr(s, k))) for s in corpus.train}
+            assert len(corpus.train) > 1 and len(roots) == 1, (corpus.source, k)
 
 
 def test_own_format_accepts_other_corpus_objects(tmp_path):

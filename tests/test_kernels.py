@@ -242,47 +242,43 @@ def test_nearest_code_bad_input(fn, use_triton):
 # norm_act
 
 
-def _norm_case(B, C, T, dtype, ada, res, seed, layout="contiguous"):
+def _norm_case(B, C, T, dtype, ada, seed, layout="contiguous"):
     x = _rand((B, C, T), dtype, seed, scale=3.0, layout=layout) + 0.5
     pshape = (B, C) if ada else (C,)
     scale = _rand(pshape, torch.float32, seed + 1, scale=0.5)
     shift = _rand(pshape, torch.float32, seed + 2, scale=0.5)
-    r = _rand((B, C, T), dtype, seed + 3) if res else None
     dy = _rand((B, C, T), dtype, seed + 4)
-    return x, scale, shift, r, dy
+    return x, scale, shift, dy
 
 
-def _norm_run(x, scale, shift, r, dy, relu, use_triton=None, upcast=True, as_fp32=False):
-    """Output and grads (x, scale, shift[, residual]) of one path. ``as_fp32``: fp32 reference on
-    upcast inputs; ``upcast=False``: the reference computed in x's dtype (torch's own error)."""
+def _norm_run(x, scale, shift, dy, relu, use_triton=None, upcast=True, as_fp32=False):
+    """Output and grads (x, scale, shift) of one path. ``as_fp32``: fp32 reference on upcast
+    inputs; ``upcast=False``: the reference computed in x's dtype (torch's own error)."""
     cast = (lambda t: t.float()) if as_fp32 else (lambda t: t)
     leaves = [cast(x).detach().requires_grad_(), scale.detach().requires_grad_(),
               shift.detach().requires_grad_()]
-    if r is not None:
-        leaves.append(cast(r).detach().requires_grad_())
-    args = leaves + ([None] if r is None else [])
     if upcast:
-        y = K.norm_act(*args[:4], relu=relu, use_triton=use_triton)
+        y = K.norm_act(*leaves, relu=relu, use_triton=use_triton)
     else:
-        y = NA.norm_act_ref(*args[:4], relu=relu, upcast=False)
+        y = NA.norm_act_ref(*leaves, relu=relu, upcast=False)
     grads = torch.autograd.grad(y, leaves, cast(dy))
     return [y, *grads]
 
 
-def _compare_norm(x, scale, shift, r, dy, relu, what=""):
-    out = _norm_run(x, scale, shift, r, dy, relu, use_triton=True)
-    names = ["y", "dx", "dscale", "dshift", "dresidual"]
+def _compare_norm(x, scale, shift, dy, relu, what=""):
+    out = _norm_run(x, scale, shift, dy, relu, use_triton=True)
+    names = ["y", "dx", "dscale", "dshift"]
     assert out[0].dtype == x.dtype and out[0].shape == x.shape and out[1].dtype == x.dtype
     assert out[2].dtype == scale.dtype and out[2].shape == scale.shape
     if x.dtype == torch.float32:
-        ref = _norm_run(x, scale, shift, r, dy, relu, use_triton=False)
+        ref = _norm_run(x, scale, shift, dy, relu, use_triton=False)
         for a, b, n in zip(out, ref, names):
             T = x.shape[-1]
             tol = 1e-5 * max(1.0, T ** 0.5) if n in ("dscale", "dshift") else 1e-5
             torch.testing.assert_close(a, b, atol=tol, rtol=1e-5, msg=f"{what} {n}")
     else:
-        ref32 = _norm_run(x, scale, shift, r, dy, relu, use_triton=False, as_fp32=True)
-        low = _norm_run(x, scale, shift, r, dy, relu, upcast=False)
+        ref32 = _norm_run(x, scale, shift, dy, relu, use_triton=False, as_fp32=True)
+        low = _norm_run(x, scale, shift, dy, relu, upcast=False)
         for a, b, c, n in zip(out, ref32, low, names):
             _flash_rule(a, b, c, f"{what} {n}")
 
@@ -290,11 +286,10 @@ def _compare_norm(x, scale, shift, r, dy, relu, what=""):
 @needs_triton
 @settings(max_examples=_examples(25), **HYP)
 @given(B=st.integers(1, 4), C=st.integers(1, 12), T=st.integers(1, 300),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), ada=st.booleans(),
-       res=st.booleans(), relu=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), ada=st.booleans(), relu=st.booleans(),
        layout=st.sampled_from(["contiguous", "strided", "transposed"]), seed=st.integers(0, 2 ** 16))
-def test_norm_act_matches_reference(B, C, T, dtype, ada, res, relu, layout, seed):
-    _compare_norm(*_norm_case(B, C, T, dtype, ada, res, seed, layout), relu, f"{B, C, T}")
+def test_norm_act_matches_reference(B, C, T, dtype, ada, relu, layout, seed):
+    _compare_norm(*_norm_case(B, C, T, dtype, ada, seed, layout), relu, f"{B, C, T}")
 
 
 @needs_triton
@@ -307,7 +302,7 @@ def test_norm_act_matches_reference(B, C, T, dtype, ada, res, relu, layout, seed
 def test_norm_act_long_rows_chunked(dtype, shape, max_block):
     with mock.patch.object(NA, "MAX_BLOCK_T", max_block):
         assert not NA.norm_act_config(shape[-1])["ONE_TILE"]
-        _compare_norm(*_norm_case(*shape, dtype, True, True, 11), True, f"chunked {shape}")
+        _compare_norm(*_norm_case(*shape, dtype, True, 11), True, f"chunked {shape}")
 
 
 @needs_triton
@@ -316,7 +311,7 @@ def test_norm_act_many_programs():
     with mock.patch.object(NA, "TILE", 64), mock.patch.object(NA, "TILE_INTERPRET", 64):
         assert NA.norm_act_config(20)["ROWS"] == 2
         for ada in (True, False):
-            _compare_norm(*_norm_case(3, 7, 20, torch.float32, ada, True, 15), True, "many programs")
+            _compare_norm(*_norm_case(3, 7, 20, torch.float32, ada, 15), True, "many programs")
 
 
 @pytest.mark.parametrize("use_triton", [True, False])
@@ -324,16 +319,15 @@ def test_norm_act_many_programs():
 def test_norm_act_T1_edge(use_triton, dtype):
     if use_triton and not TRITON:
         pytest.skip("Triton path unavailable")
-    # T = 1: var = 0 -> x_hat = 0, y = relu(shift) + residual, and dx = 0
-    x, scale, shift, r, dy = _norm_case(3, 4, 1, dtype, True, True, 12)
-    y, dx, ds, dh, dr = _norm_run(x, scale, shift, r, dy, True, use_triton=use_triton)
-    expect = (torch.relu(shift)[..., None] + r.float()).to(dtype)
+    # T = 1: var = 0 -> x_hat = 0, y = relu(shift), and dx = 0
+    x, scale, shift, dy = _norm_case(3, 4, 1, dtype, True, 12)
+    y, dx, ds, dh = _norm_run(x, scale, shift, dy, True, use_triton=use_triton)
+    expect = torch.relu(shift)[..., None].to(dtype)
     # bf16: one ulp (the Triton interpreter truncates fp32 -> bf16 where the GPU rounds to nearest)
     rtol = 0 if dtype == torch.float32 else 2.0 ** -7
     torch.testing.assert_close(y, expect, atol=0, rtol=rtol)
     assert torch.equal(dx, torch.zeros_like(dx)) and torch.equal(ds, torch.zeros_like(ds))
     torch.testing.assert_close(dh, (dy.float()[..., 0] * (shift > 0)), atol=0, rtol=0)
-    assert torch.equal(dr, dy)
 
 
 def test_norm_act_gradcheck_reference():
@@ -342,15 +336,14 @@ def test_norm_act_gradcheck_reference():
         x = torch.randn(2, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
         s = (0.5 * torch.randn(pshape, generator=g, dtype=torch.float64)).requires_grad_()
         h = (0.5 * torch.randn(pshape, generator=g, dtype=torch.float64)).requires_grad_()
-        r = torch.randn(2, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(lambda *a: K.norm_act(*a), (x, s, h, r))
-        assert torch.autograd.gradgradcheck(lambda *a: K.norm_act(*a, relu=False), (x, s, h, r))
+        assert torch.autograd.gradcheck(lambda *a: K.norm_act(*a), (x, s, h))
+        assert torch.autograd.gradgradcheck(lambda *a: K.norm_act(*a, relu=False), (x, s, h))
 
 
 @needs_triton
 def test_norm_act_triton_fp32_finite_differences():
     # the Triton backward against central differences of the Triton forward (fp32)
-    x, scale, shift, r, _ = _norm_case(1, 2, 5, torch.float32, True, False, 14)
+    x, scale, shift, _ = _norm_case(1, 2, 5, torch.float32, True, 14)
     x.requires_grad_()
     (gx,) = torch.autograd.grad(K.norm_act(x, scale, shift, relu=False, use_triton=True).pow(2).sum(), x)
     num = torch.zeros_like(x)
@@ -380,8 +373,9 @@ def test_norm_act_bad_input(use_triton):
         ((x, torch.randn(4), s), {}, ValueError, r"scale must have shape \(C,\)=\(3,\) or \(B, C\)=\(2, 3\)"),
         ((x, s, torch.randn(3, 2)), {}, ValueError, "shift must have shape"),
         ((x, torch.randn(2, 3, 1), s), {}, ValueError, "scale must have shape"),
-        ((x, s, s, torch.randn(2, 3, 4)), {}, ValueError, "residual must have x's shape"),
-        ((x, s, s, torch.randn(2, 3, 5).double()), {}, TypeError, "residual must have x's dtype"),
+        # no fused residual: a 4th positional argument (the old residual slot) is an error,
+        # never silently taken as relu
+        ((x, s, s, torch.randn(2, 3, 5)), {}, TypeError, "positional argument"),
         ((x.long(), s, s), {}, TypeError, "x must have a floating dtype"),
         ((x, s.int(), s), {}, TypeError, "scale must have a floating dtype"),
         ((x, s, s), {"eps": 0.0}, ValueError, "eps must be a positive number"),
@@ -400,7 +394,7 @@ def test_dispatch_rule(monkeypatch):
     monkeypatch.delenv("MINILISTEN_KERNELS", raising=False)  # conftest sets it for model tests
     z = _rand((10, 4), torch.float32, 0).requires_grad_()
     cb = _rand((6, 4), torch.float32, 1)
-    x, s, h, _, _ = _norm_case(2, 3, 8, torch.float32, False, False, 2)
+    x, s, h, _ = _norm_case(2, 3, 8, torch.float32, False, 2)
     x.requires_grad_()
     path = lambda t: "triton" if "Function" in type(t.grad_fn).__name__ else "torch"
     assert path(K.nearest_code(z, cb)[1]) == "triton" and path(K.norm_act(x, s, h)) == "triton"
@@ -430,10 +424,10 @@ def test_dispatch_cpu_without_interpreter(monkeypatch):
 @pytest.mark.compile
 def test_compile_traces_reference():
     # inside torch.compile the reference is traced (no graph break): Inductor fuses it itself
-    x, s, h, r, _ = _norm_case(2, 3, 8, torch.float32, True, True, 3)
+    x, s, h, _ = _norm_case(2, 3, 8, torch.float32, True, 3)
     z, cb = _rand((10, 4), torch.float32, 0), _rand((6, 4), torch.float32, 1)
     f = torch.compile(lambda *a: K.norm_act(*a), backend="eager", fullgraph=True)
-    torch.testing.assert_close(f(x, s, h, r), NA.norm_act_ref(x, s, h, r))
+    torch.testing.assert_close(f(x, s, h), NA.norm_act_ref(x, s, h))
     q = torch.compile(lambda a, b: K.quantize(a, b), backend="eager", fullgraph=True)
     assert torch.equal(q(z, cb)[0], NC.quantize_ref(z, cb)[0])
 
@@ -484,4 +478,4 @@ def test_cuda_paper_sizes_nearest(dtype, precision, N, Kc):
 @pytest.mark.parametrize("T", [30, 240, 5000])
 def test_cuda_paper_sizes_norm(dtype, T):
     B = 64 if T <= 240 else 2
-    _compare_norm(*_norm_case(B, 512, T, dtype, True, True, 22), True, f"cuda T={T}")
+    _compare_norm(*_norm_case(B, 512, T, dtype, True, 22), True, f"cuda T={T}")

@@ -7,18 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import emotion_probs as _probs
+
 from minilisten.data.segment import Segment, Word
-from minilisten.lm import (IGNORE, SPECIALS, ListenerLM, LMConfig, Vocab, collate, default_backbone,
+from minilisten.generate import generate_nocache
+from minilisten.lm import (IGNORE, SPECIALS, ListenerLM, LMConfig, Vocab, collate, default_backbone, load_backbone,
                            train_word_tokenizer)
+from minilisten.tokens import prefix_ids
 
 FPS = 30.0
 WORDS = ["well", "hi", "there", "friend", "do", "you", "know", "what", "i", "mean", "so", "great"]
-
-
-def _probs(T, cls, strength=0.9):
-    p = np.full((T, 8), (1 - strength) / 7, np.float32)
-    p[np.arange(T), cls] = strength
-    return p
 
 
 def hand_segment(T=24):
@@ -55,7 +53,7 @@ def test_vocab_layout():
     v = Vocab(n_words=100, n_lr=16, n_sa=32, n_emo=8)
     assert (v.bos, v.pad, v.sa_start, v.sa_end, v.emo_start, v.emo_end) == (100, 101, 102, 103, 104, 105)
     assert (v.lr(0), v.lr(15), v.sa(0), v.sa(31), v.emo(0), v.emo(7)) == (106, 121, 122, 153, 154, 161)
-    assert v.size == 162 and v.lr_code(v.lr(5)) == 5
+    assert v.size == 162 and v.kind(v.lr(5)) == "LR" and v.kind(v.lr(0) - 1) == "</emo>"
     assert torch.equal(v.lr(torch.tensor([0, 3])), torch.tensor([106, 109]))
     assert v.kinds([5, 100, 102, 106, 122, 154, 105]) == ["W", "<bos>", "<sa>", "LR", "SA", "emo", "</emo>"]
     with pytest.raises(ValueError, match=r"LR code: expected a value in \[0, 16\), got 16"):
@@ -135,7 +133,7 @@ def test_word_placement_lm_listener(tok):
 def test_history_budget_keeps_recent_whole_words(tok):
     m = tiny_gpt2(tok, modalities="W", history_tokens=2)
     seg = hand_segment()
-    seg.history_words = [Word("do", -2.5, -2.2), Word("you", -2.0, -1.8), Word("know", -1.0, -0.5)]
+    seg = seg.replace(history_words=[Word("do", -2.5, -2.2), Word("you", -2.0, -1.8), Word("know", -1.0, -0.5)])
     assert all(len(m.word_ids(x)) == 1 for x in ("do", "you", "know"))
     h, _ = m.speaker_steps(seg)
     assert h == [m.vocab.bos] + m.word_ids("you") + m.word_ids("know")
@@ -175,36 +173,36 @@ def test_bad_inputs(model, tok):
     with pytest.raises(ValueError, match="unknown modality 'audio'"):
         tiny_gpt2(tok, modalities="W+audio")
     bad = hand_segment()
-    bad.sa_tokens = np.full(40, 32)                   # outside the SA codebook (n_sa = 32)
+    bad = bad.replace(sa_tokens=np.full(40, 32))      # outside the SA codebook (n_sa = 32)
     with pytest.raises(ValueError, match=r"sa_tokens: expected token ids in \[0, 32\).*got 32"):
         model.build_sequence(bad)
     bad = hand_segment()
-    bad.emotion = np.full((24, 7), 1 / 7)
+    object.__setattr__(bad, "emotion", np.full((24, 7), 1 / 7))   # bypasses Segment's validation on purpose
     with pytest.raises(ValueError, match=r"emotion: expected per-frame probabilities of shape \(T, 8\).*got \(24, 7\)"):
         model.build_sequence(bad)
-    bad.emotion = np.full((24, 8), 0.2)
+    object.__setattr__(bad, "emotion", np.full((24, 8), 0.2))     # bypasses Segment's validation on purpose
     with pytest.raises(ValueError, match="rows summing to 1"):
         model.build_sequence(bad)
     bad = hand_segment()
-    bad.words = [Word("hi", 0.0, 2.0)]
+    object.__setattr__(bad, "words", (Word("hi", 0.0, 2.0),))    # bypasses Segment's validation on purpose
     with pytest.raises(ValueError, match=r"words\[0\] \('hi'\): expected end in \[0, 0.800\]"):
         model.build_sequence(bad)
 
 
 # ----------------------------------------------------------------------------- decoding
-def _codes_by_teacher_forcing(model, history, steps, codes, max_len=None):
-    """argmax of the LR head at every LR slot of the chunked full sequences built with ``codes``."""
-    plan = model.context_plan(history, steps, max_len=max_len)
-    out = []
-    for i in range(len(steps)):
-        ids = model.context_ids(history, steps, codes, i, plan[i])
-        out.append(int(model.lr_logits(torch.tensor([ids]))[0, -1].argmax()))
-    return out
+def hand_context(m, history, steps, codes, i, j):
+    """The context of LR_i starting at step j, concatenated here: <bos>, the last history_tokens
+    word tokens of W^h + the words of steps < j, then steps j..i with the LR tokens between."""
+    words = history[1:] + [t for s in steps[:j] for t in s if t < m.vocab.n_words]
+    ids = [m.vocab.bos] + (words[-m.config.history_tokens:] if j else history[1:])
+    for k in range(j, i):
+        ids += steps[k] + [m.vocab.lr_offset + codes[k]]
+    return ids + steps[i]
 
 
-def test_generate_reference_is_causal_and_consistent(model):
+def test_reference_decoding_is_causal_and_consistent(model):
     history, steps = model.speaker_steps(hand_segment())
-    codes = model.generate_reference(history, steps)
+    codes = generate_nocache(model, [history], [steps])[0].tolist()
     assert len(codes) == 3 and all(0 <= c < 16 for c in codes)
     # one full forward over S built from the generated codes gives the same argmaxes at LR slots
     # (the output at each slot only depends on earlier tokens)
@@ -212,11 +210,10 @@ def test_generate_reference_is_causal_and_consistent(model):
     with torch.no_grad():
         logits = model.lr_logits(torch.from_numpy(S.ids)[None])[0]
     assert logits[torch.from_numpy(S.loss_mask)].argmax(-1).tolist() == codes
-    assert model.generate(hand_segment()).tolist() == codes
 
 
 def test_sliding_context_policy(tok):
-    m = tiny_gpt2(tok, max_len=60).eval()               # each step is ~20 tokens: forces sliding
+    m = tiny_gpt2(tok, max_len=60, history_tokens=4).eval()   # each step is ~20 tokens: forces sliding
     seg = Segment(np.zeros((96, 56)), np.zeros((96, 56)), FPS, name="long",
                   words=[Word(WORDS[i % len(WORDS)], 0.2 * i, 0.2 * i + 0.1) for i in range(15)],
                   history_words=[Word("well", -1.0, -0.5)], sa_tokens=np.arange(160) % 9,
@@ -229,9 +226,10 @@ def test_sliding_context_policy(tok):
         assert len(m.context_ids(history, steps, codes, i, j)) + 1 <= 60
     # a later context starts with <bos> + the words of the dropped steps as history
     j = plan[-1]
-    pre = m._prefix(history, steps, j)
+    pre = prefix_ids(m.vocab, history, steps, j, m.config.history_tokens)
     dropped_words = [t for s in steps[:j] for t in s if m.vocab.kind(t) == "W"]
     assert pre[0] == m.vocab.bos and pre[1:] == (history[1:] + dropped_words)[-m.config.history_tokens:]
+    assert len(history[1:] + dropped_words) > 4 and len(pre) == 1 + 4          # the budget cuts
     # training chunks: every step predicted exactly once, with the context inference uses
     seqs = m.build_sequences(seg, codes)
     assert len(seqs) == len(set(plan)) > 1
@@ -240,8 +238,12 @@ def test_sliding_context_policy(tok):
         assert len(s.ids) <= 60
     with pytest.raises(ValueError, match="exceeds the context"):
         m.build_sequence(seg, codes)
-    gen = m.generate_reference(history, steps)
-    assert gen == _codes_by_teacher_forcing(m, history, steps, gen)
+    gen = generate_nocache(m, [history], [steps])[0].tolist()
+    with torch.no_grad():   # each code is the argmax over its hand-built context
+        assert gen == [int(m.lr_logits(torch.tensor([hand_context(m, history, steps, gen, i, j)]))[0, -1].argmax())
+                       for i, j in enumerate(plan)]
+    assert [m.context_ids(history, steps, gen, i, j) for i, j in enumerate(plan)] == \
+        [hand_context(m, history, steps, gen, i, j) for i, j in enumerate(plan)]
     with pytest.raises(ValueError, match="do not fit the context"):
         m.context_plan(history, steps, max_len=10)
 
@@ -287,16 +289,62 @@ def test_checkpoint_tokenizer_mismatch(model, tmp_path):
         ListenerLM.from_pretrained(tmp_path / "ck")
 
 
+def test_fps_in_config_and_old_checkpoints(tok, tmp_path):
+    m = tiny_gpt2(tok, fps=25)
+    assert m.config.fps == 25.0 and LMConfig().fps == 30.0
+    m.save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["lm"]["fps"] == 25.0
+    assert ListenerLM.from_pretrained(tmp_path / "ck").config.fps == 25.0
+    del cfg["lm"]["fps"]                                   # a checkpoint from before LMConfig.fps
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    assert ListenerLM.from_pretrained(tmp_path / "ck").config.fps == 30.0
+    for bad in (0, -25, float("nan"), True, "30"):
+        with pytest.raises(ValueError, match="LMConfig.fps: expected a positive frame rate"):
+            LMConfig(fps=bad)
+    with pytest.raises(ValueError, match="LMConfig.r: expected an int >= 1"):
+        LMConfig(r=0)
+
+
+def test_corrupt_checkpoint_files_are_named(model, tmp_path):
+    d = tmp_path / "ck"
+    model.save_pretrained(d)
+    good = (d / "config.json").read_text()
+    (d / "config.json").write_text(good[:-20])                    # truncated JSON
+    with pytest.raises(ValueError, match=r"config \(.*ck/config.json\): expected valid JSON"):
+        ListenerLM.from_pretrained(d)
+    cfg = json.loads(good)
+    del cfg["vocab"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"ListenerLM config \(.*ck/config.json\): .*missing field 'vocab'"):
+        ListenerLM.from_pretrained(d)
+    cfg = json.loads(good)
+    cfg["lm"]["bogus"] = 1
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config.json\): .*unknown LMConfig fields \['bogus'\]"):
+        ListenerLM.from_pretrained(d)
+    (d / "config.json").write_text(good)
+    w = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(w[:len(w) // 2])       # truncated weights
+    with pytest.raises(ValueError, match=r"weights \(.*ck/model.safetensors\): expected a readable safetensors file"):
+        ListenerLM.from_pretrained(d)
+    other = tmp_path / "other"
+    tiny_gpt2(train_word_tokenizer(WORDS * 3, vocab_size=300), n_lr=8).save_pretrained(other)
+    (d / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())   # another model's weights
+    with pytest.raises(ValueError, match=r"ListenerLM weights \(.*ck/model.safetensors\): .*wrong shape"):
+        ListenerLM.from_pretrained(d)
+
+
 def test_gpt2_backbone_by_path(tok, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
     bb = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=1, n_head=2))
     bb.save_pretrained(tmp_path / "gpt2-tiny")
     tok.save_pretrained(str(tmp_path / "gpt2-tiny"))
-    m = ListenerLM.from_backbone(str(tmp_path / "gpt2-tiny"), modalities="W+emo", n_lr=16, n_sa=32)
+    m = ListenerLM(*load_backbone(str(tmp_path / "gpt2-tiny")), LMConfig(modalities="W+emo", n_lr=16, n_sa=32))
     assert m.max_len == 128 and m.modalities == ("W", "emo")
     assert torch.equal(m.backbone.get_input_embeddings().weight[:len(tok)], bb.get_input_embeddings().weight)
     with pytest.raises(OSError, match="could not load a causal LM"):
-        ListenerLM.from_backbone(str(tmp_path / "no-such-model"))
+        load_backbone(str(tmp_path / "no-such-model"))
 
 
 def test_llama_lora(tok, tmp_path):
@@ -307,7 +355,7 @@ def test_llama_lora(tok, tmp_path):
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256))
     bb.save_pretrained(tmp_path / "llama-tiny")
     tok.save_pretrained(str(tmp_path / "llama-tiny"))
-    m = ListenerLM.from_backbone(str(tmp_path / "llama-tiny"), lora=True, lora_r=4, n_lr=16, n_sa=32)
+    m = ListenerLM(*load_backbone(str(tmp_path / "llama-tiny")), LMConfig(lora=True, lora_r=4, n_lr=16, n_sa=32))
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and "lr_head.weight" in trainable
     assert any("trainable_tokens_delta" in n for n in trainable)
@@ -393,7 +441,20 @@ def test_train_lm_function_and_cli(tmp_path):
                  out_dir=tmp_path / "fn", log=None)
     assert m.modalities == ("W", "emo") and len(m.train_log) == 2
     acc = lr_accuracy(m, c.val, va, window=48, max_windows=4)
-    assert 0.0 <= acc <= 1.0 and acc == pytest.approx(m.train_log[-1]["acc"])
+    # independent count: the first 4 windows of 48 frames taken round-robin over the segments (one
+    # per segment at offset 0 first), one forward each, argmax of the LR head at the LR slots
+    wins = [(i, o) for o in range(0, 10 ** 6, 48) for i, s in enumerate(c.val) if o + 48 <= s.T][:4]
+    hit = tot = 0
+    m.eval()
+    with torch.no_grad():
+        for i, o in wins:
+            S = m.build_sequence(c.val[i].window(o, 48), va[i][o // 8:o // 8 + 6])
+            logits = m.lr_logits(torch.from_numpy(S.ids)[None])[0]
+            sel = torch.from_numpy(S.loss_mask)
+            hit += int((logits[sel].argmax(-1) == torch.from_numpy(S.targets)[sel]).sum())
+            tot += int(sel.sum())
+    assert tot == 4 * 6 and acc == pytest.approx(hit / tot)
+    assert m.train_log[-1]["acc"] == pytest.approx(acc)
     with pytest.raises(ValueError, match=r"lr_codes_train\[0\] .*expected shape \(T // r,\)"):
         train_lm(c.train, c.val, [x[:-1] for x in tr], va, stage=2, steps=1, model=m, progress=False)
     with pytest.raises(ValueError, match="steps: expected a positive int, got 0"):

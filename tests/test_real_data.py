@@ -108,8 +108,7 @@ def test_demo_on_a_learning2listen_directory_without_words_or_beta(tmp_path):
     assert available_modalities(c.train) == ()      # no speaker modality the LM can read
     # our format with a per-frame speaker emotion added, so that the LM has an input
     from minilisten.data.formats import save_corpus
-    for s in c.train + c.test:
-        s.emotion = np.full((s.T, 8), 1 / 8, np.float32)
+    c.train, c.test = ([s.replace(emotion=np.full((s.T, 8), 1 / 8, np.float32)) for s in segs] for segs in (c.train, c.test))
     save_corpus(c, tmp_path / "ours", progress=False)
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--data", str(tmp_path / "ours"), "--out", str(out), "--no-progress",
@@ -133,9 +132,9 @@ def test_available_modalities_and_coverage_notes():
     c = synthetic_corpus(n_identities=2, n_segments=20, seconds=8.0)
     assert available_modalities(c.train) == ("W", "SA", "emo")
     segs = c.train[:3]
-    segs[1].sa_tokens = None                                  # SA in some segments only: not trainable
+    segs[1] = segs[1].replace(sa_tokens=None)                 # SA in some segments only: not trainable
     assert available_modalities(segs) == ("W", "emo")
-    segs[0].emotion = None
+    segs[0] = segs[0].replace(emotion=None)
     cov = Coverage.of({"train": segs})
     assert cov.modalities == ("W",) and sum("no SA" in m for m in cov.missing) == 1
 
@@ -197,3 +196,29 @@ def test_identity_groups_tolerate_per_segment_beta_noise():
     rows = np.concatenate([people[[0, 1, 2, 1, 0]], people[[2]]]) + rng.normal(0, 1e-3, (6, 100))
     assert identity_groups(rows).tolist() == [0, 1, 2, 1, 0, 2]
     assert identity_groups(people[[0, 0]] + [[0.0] * 99 + [0.2], [0.0] * 100]).tolist() == [0, 1]
+
+
+def test_arig_on_an_lm_listener_directory_and_evaluate(lm_dir, tmp_path, capsys):
+    """train-arig --data DIR (words only, no SA/emotion/valence) -> evaluate --arig; --vq without --lm refused."""
+    run = tmp_path / "arig"
+    assert main(["train-arig", "--data", str(lm_dir), "--out", str(run), "--steps", "2", "--crop", "24",
+                 "--batch-size", "2", "--eval-every", "0", "--no-progress", "--d-model", "16", "--n-head", "2",
+                 "--d-ff", "32", "--window", "6", "--diff-width", "16"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(lm_dir), "--arig", str(run), "--max-clips", "3",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    assert list(rows) == ["GT", "Random", "NN facial motion", "ARIG-style (continuous)"]
+    assert np.isfinite(rows["ARIG-style (continuous)"]["l2"]) and "l2_affect" not in rows["Random"]
+    assert main(["evaluate", "--data", str(lm_dir), "--vq", str(run)]) == 2
+    assert "expected --vq DIR --lm DIR, --arig DIR or all three, got --vq" in capsys.readouterr().err
+
+
+def test_train_lm_records_the_data_frame_rate(tmp_path):
+    """A model trained on 25-fps data says so (LMConfig.fps), and its stream runs at that rate."""
+    from minilisten.lm import ListenerLM
+    out = tmp_path / "lm25"
+    assert main(["train-lm", "--stage", "1", "--corpus", "realtalk25", "--identities", "2", "--segments", "20",
+                 "--seconds", "12", "--steps", "1", "--out", str(out), *TINY_LM]) == 0
+    lm = ListenerLM.from_pretrained(out)
+    assert lm.config.fps == 25.0

@@ -189,7 +189,7 @@ def corpus_dir(tmp_path_factory):
     segs = []
     for i in range(3):
         s = speaker_segment(1.0, seed=i)
-        s.listener_motion = np.random.default_rng(i).standard_normal((s.T, D_MOTION)).astype(np.float32)
+        s = s.replace(listener_motion=np.random.default_rng(i).standard_normal((s.T, D_MOTION)).astype(np.float32))
         segs.append(s)
     save_corpus({"train": segs[:2], "val": segs[2:], "test": []}, d, progress=False)
     return d
@@ -357,8 +357,8 @@ def stream_setup():
 
 def _bad_chunk(kind: str, x: float, n: int, sl):
     """A chunk that must raise (``kind``), with generated numbers ``x`` in [0, 1) and ``n`` in [1, 40)."""
-    s = sl.streams[0]
-    clock = s.frames / sl.fps
+    prog = sl.progress()
+    clock, n_sa = prog["frames"] / sl.fps, prog["sa_tokens"]
     emo = np.full((n, 8), 1 / 8)
     return {
         "emotion shape": dict(emotion=np.full((n, 7 + (n % 3 == 0) * 2), 1 / 7)),
@@ -371,14 +371,14 @@ def _bad_chunk(kind: str, x: float, n: int, sl):
         "sa negative": dict(sa_tokens=[-1 - int(x * 100)], emotion=emo),
         "sa 2-D": dict(sa_tokens=np.zeros((2, n), int)),
         "sa float": dict(sa_tokens=np.full(n, 0.5 + x)),
-        "sa far ahead": dict(sa_tokens=np.zeros(int((clock + sl.max_skew + 0.1 + x) * 50) - s.sa_base - len(s.sa), int)),
+        "sa far ahead": dict(sa_tokens=np.zeros(int((clock + sl.max_skew + 0.1 + x) * 50) - n_sa, int)),
         "frames far ahead of sa": dict(emotion=np.full((int((sl.max_skew + 1 + x) * sl.fps) + n, 8), 1 / 8)),
         "word beyond clock": dict(words=[Word("w", clock, clock + 1 + x)], emotion=emo),
         "words out of order": dict(words=[("b", clock, clock + 0.03), ("a", clock, clock + 0.01)], emotion=np.full((4, 8), 1 / 8)),
         "word as string": dict(words=["hello"], emotion=emo),
         "word too long for the context": dict(words=[Word("lorem ipsum " * (20 + n), clock, clock + 0.01)],
                                               emotion=np.full((sl.r * 2, 8), 1 / 8),
-                                              sa_tokens=np.zeros(max(0, int((clock + 0.6) * 50) - s.sa_base - len(s.sa)), int)),
+                                              sa_tokens=np.zeros(max(0, int((clock + 0.6) * 50) - n_sa), int)),
         "audio without tokenizer": dict(audio=np.zeros(320 * n), sample_rate=16000),
         "empty": dict(),
         "bad stream index": dict(emotion=emo, stream=1 + n),
@@ -416,10 +416,10 @@ def test_streaming_context_error_mid_stream_keeps_timing(stream_setup):
     k = len(pushes) // 2
     out = [sl.push(**p) for p in pushes[:k]]
     before = sl.state_sizes()
-    steps = sl.streams[0].steps
+    steps = sl.progress()["steps"]
     with pytest.raises(ValueError, match=r"do not fit the context of 96 tokens"):
         sl.push(**_bad_chunk("word too long for the context", 0.0, 5, sl))
-    assert sl.state_sizes() == before and sl.streams[0].steps == steps
+    assert sl.state_sizes() == before and sl.progress()["steps"] == steps
     out += [sl.push(**p) for p in pushes[k:]] + [sl.flush()]
     assert all(np.array_equal(a, b) for a, b in zip(out, ref))
 

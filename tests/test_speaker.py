@@ -1,4 +1,6 @@
-"""Speaker tokens: word-to-step rule, SA steps and tokenizers, emotion tokens, readers, errors."""
+"""Speaker inputs: SA tokenizers, readers (Whisper words, SA token files, EMOCA emotions), errors.
+
+The rules that assign them to LR steps are tested in test_tokens.py."""
 import json
 import shutil
 import subprocess
@@ -9,87 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from minilisten.data.segment import Segment, Word
-from minilisten.speaker import (FEATURES, AcousticTokenizer, SpeechTokenizerSA, acoustic_features, check_modalities,
-                                emotion_tokens, read_emoca_emotions, read_sa_tokens, read_whisper_words, sa_step_bounds,
-                                sa_steps, speaker_tokens, word_step, word_steps)
+from conftest import emotion_probs as _probs
 
-FPS, R = 30.0, 8
-
-
-def _probs(T, cls, strength=0.9):
-    p = np.full((T, 8), (1 - strength) / 7, np.float32)
-    p[np.arange(T), cls] = strength
-    return p
-
-
-# ----------------------------------------------------------------------------- modalities
-@pytest.mark.parametrize("spec, want", [
-    ("W", ("W",)), ("W+SA+emo", ("W", "SA", "emo")), ("emo+W", ("W", "emo")), (["SA", "W"], ("W", "SA")),
-])
-def test_check_modalities(spec, want):
-    assert check_modalities(spec) == want
-
-
-@pytest.mark.parametrize("spec", ["W+audio", "", ["W", "iSC"]])
-def test_check_modalities_errors(spec):
-    with pytest.raises(ValueError, match="modalit"):
-        check_modalities(spec)
-
-
-# ----------------------------------------------------------------------------- words
-@pytest.mark.parametrize("end, step", [
-    (0.0, 0), (0.1, 0),
-    (8 / FPS, 0),            # exactly at the end of step 0's span: spoken completely during step 0
-    (8 / FPS + 1e-3, 1),     # just after: step 1
-    (15.5 / FPS, 1), (16 / FPS, 1), (16.01 / FPS, 2),
-])
-def test_word_step_boundaries(end, step):
-    assert word_step(end, FPS, R) == step
-
-
-def test_word_steps_eq1_vs_lm_listener():
-    words = [Word("a", 0.0, 0.1),            # frame 3        -> eq1 step 0, LM-listener token 1
-             Word("b", 0.2, 8 / FPS),        # frame 8 exact  -> eq1 step 0, LM-listener token 2 (ceil rule)
-             Word("c", 0.3, 9.5 / FPS),      # frame 9.5 -> 10 -> eq1 step 1, LM-listener token 2
-             Word("d", 0.5, 31 / FPS)]       # last step (3)  -> eq1 step 3, LM-listener: dropped (token 4)
-    eq1 = word_steps(words, 4, FPS, R, "eq1")
-    assert [[w.text for w in s] for s in eq1] == [["a", "b"], ["c"], [], ["d"]]
-    lml = word_steps(words, 4, FPS, R, "lm_listener")
-    assert [[w.text for w in s] for s in lml] == [[], ["a"], ["b", "c"], []]
-    # n_steps smaller than the clip: words after the last step have no LR token to precede
-    assert [[w.text for w in s] for s in word_steps(words, 2, FPS, R)] == [["a", "b"], ["c"]]
-    with pytest.raises(ValueError, match="word_placement"):
-        word_steps(words, 4, FPS, R, "late")
-
-
-def test_word_steps_orders_by_end_time():
-    words = [Word("late", 0.05, 0.2), Word("early", 0.0, 0.1)]
-    assert [w.text for w in word_steps(words, 1, FPS)[0]] == ["early", "late"]
+from minilisten.data.segment import Segment
+from minilisten.speaker import (FEATURES, AcousticTokenizer, SpeechTokenizerSA, acoustic_features, read_emoca_emotions,
+                                read_sa_tokens, read_whisper_words)
+from minilisten.tokens import speaker_tokens
 
 
 # ----------------------------------------------------------------------------- SA
-def test_sa_steps_partition_by_end_time():
-    b = sa_step_bounds(30, FPS, R, 50.0)
-    assert b[0] == 0 and b[-1] == 400
-    sizes = np.diff(b)
-    assert set(sizes.tolist()) <= {13, 14} and sizes.sum() == 400
-    for i in range(30):                       # every token ends inside its step's span (a, b]
-        for k in range(b[i], b[i + 1]):
-            assert i * R / FPS < (k + 1) / 50 <= (i + 1) * R / FPS + 1e-9
-    parts = sa_steps(np.arange(400) % 7, 30, FPS)
-    assert np.array_equal(np.concatenate(parts), np.arange(400) % 7)
-
-
-def test_sa_steps_errors():
-    with pytest.raises(ValueError, match=r"sa_tokens: expected at least 400 tokens.*got 399"):
-        sa_steps(np.zeros(399, np.int64), 30, FPS)
-    with pytest.raises(ValueError, match=r"sa_tokens: expected token ids in \[0, 16\).*got 16"):
-        sa_steps(np.full(400, 16), 30, FPS, n_sa=16)
-    with pytest.raises(ValueError, match="1-D integer"):
-        sa_steps(np.zeros(400, np.float32), 30, FPS)
-
-
 def test_read_sa_tokens_formats(tmp_path):
     codes = np.arange(24).reshape(8, 3) % 5              # SpeechTokenizer-like (n_q, M)
     np.save(tmp_path / "c.npy", codes)
@@ -205,31 +135,6 @@ def test_speechtokenizer_adapter_with_fake_package(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- emotion
-def test_emotion_tokens_group_mean_argmax():
-    p = np.zeros((16, 8), np.float32)
-    # group 0: 5 frames weakly "neutral" (0.4) and 3 frames strongly "happy" (0.9): a majority
-    # vote of per-frame argmaxes says neutral, the mean of probabilities (Eq. 9) says happy
-    p[:5] = 0.6 / 7
-    p[:5, 0] = 0.4
-    p[5:8] = 0.1 / 7
-    p[5:8, 1] = 0.9
-    p[8:] = _probs(8, 6)           # group 1: anger
-    assert np.allclose(p.sum(1), 1, atol=1e-5)
-    assert emotion_tokens(p).tolist() == [1, 6]
-    assert emotion_tokens(p[:15]).tolist() == [1]          # a tail of T % r frames forms no group
-    assert emotion_tokens(torch.from_numpy(p), r=4).tolist() == [0, 1, 6, 6]
-
-
-@pytest.mark.parametrize("bad, msg", [
-    (np.full((8, 7), 1 / 7), r"shape \(T, 8\).*got \(8, 7\)"),
-    (np.full((8, 8), 0.2), "rows summing to 1, got 1.6"),
-    (np.full((8, 8), np.nan), "finite"),
-])
-def test_emotion_tokens_errors(bad, msg):
-    with pytest.raises(ValueError, match=msg):
-        emotion_tokens(bad)
-
-
 def test_read_emoca_emotions(tmp_path):
     p = _probs(10, np.arange(10) % 8)
     np.save(tmp_path / "p.npy", p)
@@ -289,41 +194,3 @@ def test_read_whisper_words_errors():
         read_whisper_words({"segments": [{"text": "hi"}]})
     with pytest.raises(ValueError, match="'segments'"):
         read_whisper_words({"text": "hi"})
-
-
-# ----------------------------------------------------------------------------- per segment
-def _segment(T=24, **kw):
-    base = dict(speaker_motion=np.zeros((T, 56)), listener_motion=np.zeros((T, 56)), fps=FPS,
-                words=[Word("hi", 0.0, 0.1)], sa_tokens=np.arange(T * 50 // 30) % 5,
-                emotion=_probs(T, np.arange(T) // 8))
-    base.update(kw)
-    return Segment(**base)
-
-
-def test_speaker_tokens_per_segment():
-    st = speaker_tokens(_segment(), "W+SA+emo")
-    assert st.n_steps == 3 and [w.text for w in st.words[0]] == ["hi"]
-    assert [len(s) for s in st.sa] == [13, 13, 14] and st.emo.tolist() == [0, 1, 2]
-    st = speaker_tokens(_segment(), "W", n_steps=2)
-    assert st.sa is None and st.emo is None and len(st.words) == 2
-
-
-def test_speaker_tokens_errors():
-    with pytest.raises(ValueError, match="modality 'SA' requested but segment .* sa_tokens=None"):
-        speaker_tokens(_segment(sa_tokens=None), "W+SA")
-    with pytest.raises(ValueError, match="modality 'emo' requested"):
-        speaker_tokens(_segment(emotion=None), "emo")
-    with pytest.raises(ValueError, match=r"n_steps: expected 0 <= n_steps <= T // r = 24 // 8 = 3, got 4"):
-        speaker_tokens(_segment(), "W", n_steps=4)
-    seg = _segment()
-    seg.words = [Word("late", 0.5, 1.5)]          # mutated after validation: ends after the clip (0.8 s)
-    with pytest.raises(ValueError, match=r"words\[0\] \('late'\): expected end in \[0, 0.800\]"):
-        speaker_tokens(seg, "W")
-    with pytest.raises(ValueError, match=r"expected end <= 0.800 s \(clip end\)"):
-        _segment(words=[Word("late", 0.5, 1.5)])   # Segment itself rejects it at construction
-    with pytest.raises(ValueError, match=r"sa_tokens: expected token ids in \[0, 4\)"):
-        speaker_tokens(_segment(), "SA", n_sa=4)
-    seg = _segment()
-    seg.emotion = np.full((24, 8), 0.5, np.float32)
-    with pytest.raises(ValueError, match="rows summing to 1"):
-        speaker_tokens(seg, "emo")

@@ -3,25 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import chunks, tiny_lm, tiny_vq
 
 from minilisten.bench import speaker_segment
 from minilisten.data.segment import Word
+from minilisten.generate import generate_nocache
 from minilisten.streaming import StreamingListener
-from minilisten.vqvae import VQConfig, VQVAE
-from test_generate import one_thread, tiny_lm  # noqa: F401  (fixture + builder shared with the generator tests)
 
 R = 8  # frames per LR code
-
-
-def tiny_vq(dec_norm: str = "adaln", seed: int = 0) -> VQVAE:
-    torch.manual_seed(seed)
-    vq = VQVAE(VQConfig(enc_norm="in", dec_norm=dec_norm, width=32, code_dim=16, id_hidden=16))
-    vq.quantizer.embed.normal_()
-    vq.quantizer.initted.fill_(True)
-    for m in vq.decoder.modules():
-        if hasattr(m, "to_affine"):
-            torch.nn.init.normal_(m.to_affine.weight, std=0.3)
-    return vq.eval()
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +18,9 @@ def lm():
     return tiny_lm("gpt2")
 
 
-def chunks(seg, seed=0, max_frames=20, sa_lag=0.0):
-    """Split a Segment into pushes of random sizes: frames + emotion, the words ending in them,
-    the SA tokens up to (clock - sa_lag)."""
-    rng = np.random.default_rng(seed)
-    f, sa_done, out = 0, 0, []
-    while f < seg.T:
-        n = int(min(seg.T - f, rng.integers(1, max_frames + 1)))
-        t0, t1 = f / seg.fps, (f + n) / seg.fps
-        words = [w for w in seg.words if t0 < w.end <= t1 + 1e-9]
-        sa_to = seg.sa_tokens.size if f + n == seg.T else max(sa_done, int((t1 - sa_lag) * 50))
-        out.append(dict(words=words, sa_tokens=seg.sa_tokens[sa_done:sa_to], emotion=seg.emotion[f:f + n]))
-        sa_done, f = sa_to, f + n
-    return out
+def new_codes(sl, got: list, stream: int = 0) -> None:
+    """Append the codes ``stream`` decoded since ``len(got)`` (public API: ``sl.codes``)."""
+    got += sl.codes(stream, since=len(got))
 
 
 def run_stream(sl, pushes, stream=0):
@@ -50,8 +29,7 @@ def run_stream(sl, pushes, stream=0):
     frames, codes = [], []
     for p in pushes:
         frames.append(sl.push(stream=stream, **p))
-        s = sl.streams[stream]
-        codes += s.codes[len(codes) - s.codes_base:]
+        new_codes(sl, codes, stream)
     frames.append(sl.flush(stream))
     return np.concatenate(frames), codes
 
@@ -63,7 +41,7 @@ def offline_motion(vq, codes, beta):
 
 def offline_codes(lm, seg, max_len=None):
     h, s = lm.speaker_steps(seg)
-    return lm.generate_reference(h, s, max_len=max_len)
+    return generate_nocache(lm, [h], [s], max_len)[0].tolist()
 
 
 def test_stream_equals_offline(lm):
@@ -113,10 +91,9 @@ def test_sliding_window_constant_memory(lm):
     sizes, codes = [], []
     for p in chunks(seg, seed=3):
         sl.push(**p)
-        st = sl.streams[0]
-        codes += st.codes[len(codes) - st.codes_base:]
+        new_codes(sl, codes)
         sizes.append(sl.state_sizes())
-    assert codes == lm.generate_reference(h, s, max_len=max_len)
+    assert codes == offline_codes(lm, seg, max_len=max_len)
     assert len({z["decoder_state_bytes"] for z in sizes}) == 1
     late = sizes[len(sizes) // 4:]
     for key, bound in (("context_tokens", max_len), ("window_steps", max_len // 15), ("vq_codes", sl.vq_context + sl.lookahead + 3),
@@ -128,8 +105,7 @@ def test_streams_batched(lm):
     """Three streams, each with its own chunking, pushed together (shared forwards) or alone (stream
     1 every other round, then catching up): each equals its offline codes."""
     segs = [speaker_segment(4.0, seed=10 + k) for k in range(3)]
-    for seg in segs[1:]:
-        seg.history_words = segs[0].history_words
+    segs[1:] = [seg.replace(history_words=segs[0].history_words) for seg in segs[1:]]
     vq = tiny_vq("adaln")
     sl = StreamingListener(lm, vq, np.stack([s.listener_beta for s in segs]), n_streams=3,
                            history_words=segs[0].history_words)
@@ -137,8 +113,7 @@ def test_streams_batched(lm):
     nxt, codes = [0, 0, 0], [[], [], []]
 
     def collect(b):
-        st = sl.streams[b]
-        codes[b] += st.codes[len(codes[b]) - st.codes_base:]
+        new_codes(sl, codes[b], b)
     for rnd in range(max(map(len, pushes))):
         batch = {}
         for b in range(3):
@@ -162,7 +137,7 @@ def test_generic_path_streaming():
     lm = tiny_lm("neox")
     seg = speaker_segment(4.0, seed=8)
     sl = StreamingListener(lm, tiny_vq("adaln"), seg.listener_beta, max_len=96, history_words=seg.history_words)
-    assert sl.gen is None
+    assert sl.decoder is None
     assert run_stream(sl, chunks(seg, seed=8))[1] == offline_codes(lm, seg, max_len=96)
 
 
@@ -194,11 +169,11 @@ def test_bad_input_keeps_stream_usable(lm):
     bad = [
         (dict(), r"empty chunk"),
         (dict(words=[], sa_tokens=[], emotion=np.zeros((0, 8))), r"empty chunk"),
-        (dict(emotion=np.full((4, 7), 1 / 7)), r"emotion \(stream 0\): expected per-frame probabilities of shape \(n, 8\), got \(4, 7\)"),
+        (dict(emotion=np.full((4, 7), 1 / 7)), r"emotion \(stream 0\): expected per-frame probabilities of shape \(n, 8\).*got \(4, 7\)"),
         (dict(emotion=np.full((4, 8), 0.2)), r"rows summing to 1"),
         (dict(frames=4), r"the LM uses the 'emo' modality"),
         (dict(emotion=np.full((4, 8), 1 / 8), frames=5), r"frames \(stream 0\): expected 4"),
-        (dict(sa_tokens=[3, 5000]), r"sa_tokens \(stream 0\): expected token ids in \[0, 1024\), got 5000"),
+        (dict(sa_tokens=[3, 5000]), r"sa_tokens \(stream 0\): expected token ids in \[0, 1024\).*got 5000"),
         (dict(sa_tokens=np.zeros((2, 2), int)), r"expected a 1-D integer array"),
         (dict(audio=np.zeros(320), sample_rate=16000), r"audio \(stream 0\): expected sa_tokens, or an sa_tokenizer"),
         (dict(words=[Word("yes", 0.0, 1e6)], emotion=np.full((4, 8), 1 / 8)), r"expected end <= 0.133 s"),
@@ -222,14 +197,15 @@ def test_bad_input_keeps_stream_usable(lm):
     k = len(pushes) // 2
     for i, p in enumerate(pushes):
         if i == k:   # mid-stream: a word from an already decoded step, out-of-order words
-            st = sl.streams[0]
+            last_end = sl.progress()["last_word_end"]
             with pytest.raises(ValueError, match=r"already decoded|expected words in time order"):
                 sl.push(words=[Word("late", 0.0, 0.05)], emotion=np.full((1, 8), 1 / 8))
             with pytest.raises(ValueError, match="expected words in time order"):
-                sl.push(words=[Word("late", 0.0, st.last_end - 0.2)], emotion=np.full((1, 8), 1 / 8))
+                sl.push(words=[Word("late", 0.0, last_end - 0.2)], emotion=np.full((1, 8), 1 / 8))
+            with pytest.raises(ValueError, match=r"since \(stream 0\): expected a step index in"):
+                sl.codes(0, since=-1)
         sl.push(**p)
-        st = sl.streams[0]
-        codes += st.codes[len(codes) - st.codes_base:]
+        new_codes(sl, codes)
     assert codes == offline_codes(lm, seg)
 
 
@@ -245,7 +221,7 @@ def test_audio_input_matches_offline_tokens(lm):
     tok = AcousticTokenizer.fit([wav], k=32, iters=5)
     seg = speaker_segment(sec, seed=6)
     full = tok.encode(wav, sr)
-    seg.sa_tokens = full
+    seg = seg.replace(sa_tokens=full)
     vq = tiny_vq("adaln")
     sl = StreamingListener(lm, vq, seg.listener_beta, sa_tokenizer=tok, history_words=seg.history_words,
                            vq_context=10_000)   # keeps every code: late audio decodes many steps in one push
@@ -256,10 +232,41 @@ def test_audio_input_matches_offline_tokens(lm):
         b = min(wav.size, a + int(rng.integers(100, 3000)))
         sl.push(words=p["words"], emotion=p["emotion"], audio=wav[a:b], sample_rate=sr)
         a = b
-        st = sl.streams[0]
-        codes += st.codes[len(codes) - st.codes_base:]
+        new_codes(sl, codes)
     sl.push(audio=wav[a:], sample_rate=sr)
-    st = sl.streams[0]
-    codes += st.codes[len(codes) - st.codes_base:]
-    assert st.sa_base + len(st.sa) == full.size
+    new_codes(sl, codes)
+    assert sl.progress()["sa_tokens"] == full.size
     assert codes == offline_codes(lm, seg)
+
+
+def test_fps_is_the_models(lm):
+    """The stream's frame rate defaults to ``lm.config.fps``; another rate is refused, naming both."""
+    vq = tiny_vq("adaln")
+    beta = np.zeros(100)
+    assert StreamingListener(lm, vq, beta).fps == lm.config.fps == 30.0
+    with pytest.raises(ValueError, match=r"fps: expected 30 \(the frame rate lm.config.fps was trained at\), got 25"):
+        StreamingListener(lm, vq, beta, fps=25.0)
+    lm25 = tiny_lm("gpt2", fps=25.0)
+    with pytest.raises(ValueError, match=r"fps: expected 30 \(the frame rate vq.config.fps was trained at\), got 25"):
+        StreamingListener(lm25, vq, beta)
+    vq = tiny_vq("adaln", fps=25.0)
+    sl = StreamingListener(lm25, vq, beta)
+    assert sl.fps == 25.0
+    # 25 fps: step i spans (8 i / 25, 8 (i + 1) / 25] s, so SA tokens [16 i, 16 (i + 1)) at 50/s
+    assert [sl.sa_range(i) for i in range(3)] == [(0, 16), (16, 32), (32, 48)]
+    with pytest.raises(ValueError, match=r"fps: expected 25 .* got 30"):
+        StreamingListener(lm25, vq, beta, fps=30.0)
+
+
+def test_progress_and_codes(lm):
+    seg = speaker_segment(2.0, seed=9)
+    sl = StreamingListener(lm, tiny_vq("adaln"), seg.listener_beta, history_words=seg.history_words)
+    assert sl.progress() == dict(frames=0, steps=0, sa_tokens=0, last_word_end=0.0, emitted=0)
+    assert [sl.sa_range(i) for i in range(3)] == [(0, 13), (13, 26), (26, 40)]   # 30 fps: 13.33 tokens/step
+    sl.push(emotion=seg.emotion[:20], sa_tokens=seg.sa_tokens[:30],
+            words=[w for w in seg.words if w.end <= 20 / 30])
+    p = sl.progress()
+    assert (p["frames"], p["steps"], p["sa_tokens"]) == (20, 2, 30)     # 20 frames: 2 whole steps of 8
+    assert len(sl.codes()) == 2 and sl.codes(since=1) == sl.codes()[1:]
+    with pytest.raises(ValueError, match=r"since \(stream 0\): expected a step index in \[0, 2\]"):
+        sl.codes(since=3)

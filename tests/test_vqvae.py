@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from minilisten.data.segment import Segment
 from minilisten.train_vq import evaluate_vq, main, main_evaluate, train_vq
@@ -41,16 +40,23 @@ def smooth_motion(B, T, seed=0):
     return torch.sin(f * t + ph) + 0.1 * torch.randn(B, 1, 56, generator=g)
 
 
-def make_segments(n=4, T=256, n_ids=2, seed=0, beta=True):
+def make_segments(n=4, T=256, n_ids=2, seed=0, beta=True, fps=30.0):
     rng = np.random.default_rng(seed)
     betas = rng.normal(size=(n_ids, 100)).astype(np.float32)
     segs = []
     for i in range(n):
         k = i % n_ids
         m = smooth_motion(1, T, seed + i)[0].numpy() + 0.5 * k
-        segs.append(Segment(speaker_motion=np.zeros((T, 56), np.float32), listener_motion=m, fps=30.0,
+        segs.append(Segment(speaker_motion=np.zeros((T, 56), np.float32), listener_motion=m, fps=fps,
                             listener_id=f"id{k}", listener_beta=betas[k] if beta else None, name=f"s{i}"))
     return segs
+
+
+def numpy_perplexity(codes, K):
+    """exp(-sum p log(p + 1e-7)) of the histogram of ``codes``, in numpy (independent of torch)."""
+    c = np.asarray(codes).ravel()
+    p = np.bincount(c, minlength=K) / c.size
+    return float(np.exp(-(p * np.log(p + 1e-7)).sum()))
 
 
 def initted(model, B=4, T=64):
@@ -70,7 +76,7 @@ def test_shapes_and_downsampling(enc, dec, B, T):
     assert out.recon.shape == (B, T, 56)
     assert out.codes.shape == (B, T // 8) and out.codes.dtype == torch.int64
     assert set(out.losses) == {"embed", "commit", "rec", "veloc"} and out.loss.dim() == 0
-    assert 1.0 <= out.perplexity.item() <= 16.0
+    assert out.perplexity.item() == pytest.approx(numpy_perplexity(out.codes, 16), rel=1e-5)
     m.eval()
     codes = m.encode(x, beta)
     assert codes.shape == (B, T // 8) and codes.dtype == torch.int64
@@ -145,8 +151,6 @@ def test_bad_codes():
         m.decode(torch.zeros(2, 3), beta)
     with pytest.raises(ValueError, match=r"codes: expected shape \(B, L\)"):
         m.decode(torch.zeros(6, dtype=torch.long), beta)
-    with pytest.raises(ValueError, match="context"):
-        m.decode_frames(torch.zeros(2, 3, dtype=torch.long), beta, context=3)
 
 
 def test_untrained_codebook_is_an_error():
@@ -223,6 +227,8 @@ def test_eval_mode_does_not_update_codebook():
 def test_perplexity_formula():
     assert perplexity(torch.tensor([0, 1, 2, 3]), 8).item() == pytest.approx(4.0, rel=1e-5)
     assert perplexity(torch.tensor([5, 5, 5]), 8).item() == pytest.approx(1.0, abs=1e-5)
+    # hand-built histogram p = (1/4, 1/2, 1/4): entropy 1.5 ln 2 -> PPL 2^1.5
+    assert perplexity(torch.tensor([0, 0, 1, 1, 1, 1, 2, 2]), 8).item() == pytest.approx(2 ** 1.5, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- gradients and losses
@@ -234,7 +240,7 @@ def test_straight_through_gradient_reaches_encoder(preset):
     out.losses["rec"].backward()  # the reconstruction alone: only the straight-through path reaches it
     g = m.encoder.conv_in.weight.grad
     assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
-    assert m.quantizer.embed.grad is None  # the EMA codebook is a buffer
+    assert m.codebook.grad is None  # the EMA codebook is a buffer
 
 
 def test_beta_reaches_adain_heads():
@@ -295,10 +301,7 @@ def test_adain_decoder_uses_identity():
 
 
 def test_triton_path_matches(monkeypatch):
-    try:
-        from minilisten.kernels import triton_available
-    except ImportError:  # source checkout without install (as in minilisten.vqvae)
-        from kernels import triton_available
+    from minilisten.kernels import triton_available
     if not triton_available(torch.zeros(1)):
         pytest.skip("Triton cannot run here (no CUDA and TRITON_INTERPRET unset)")
     m = initted(tiny(width=16, code_dim=16))
@@ -340,9 +343,9 @@ def test_receptive_field_bounds_local_decoders(dec):
     hit = torch.nonzero(changed).flatten()
     assert hit.min() >= j - rf and hit.max() <= j + rf, (hit.tolist(), rf)
     assert hit.min() == j - rf and hit.max() == j + rf  # the bound is tight
-    # decode_frames with rf codes of left context is exact on the suffix
+    # decoding with rf codes of left context (and the sequence end on the right) is exact on the suffix
     s = 10
-    part = m.decode_frames(codes[:, s - rf:], beta, context=rf)
+    part = m.decode(codes[:, s - rf:], beta)[:, 8 * rf:]
     assert part.shape == (1, 8 * (L - s), 56)
     assert torch.allclose(part, base[:, 8 * s:], atol=1e-5)
 
@@ -350,6 +353,63 @@ def test_receptive_field_bounds_local_decoders(dec):
 def test_receptive_field_value():
     assert tiny().receptive_field == 4  # default: conv_in 1 + ResBlocks 1.75 + up-convs .875 + out .25
     assert tiny(res_depth=2).receptive_field == math.ceil(1 + 4 * 1.75 + 0.875 + 0.25)
+
+
+# ----------------------------------------------------------------------------- public steps
+def test_public_steps_compose_to_encode_and_decode():
+    """encode = nearest_codes(encode_latents); decode = decode_latents(codebook[codes]); checked
+    against a brute-force nearest code and the model's own forward."""
+    m = initted(tiny())
+    x, beta = smooth_motion(2, 48), torch.randn(2, 100)
+    z = m.encode_latents(x)
+    assert z.shape == (2, 6, 8)
+    idx, zq = m.nearest_codes(z)
+    brute = torch.cdist(z.double().reshape(-1, 8), m.codebook.double()).argmin(-1).view(2, 6)
+    assert torch.equal(idx, brute) and torch.equal(zq, m.codebook[idx])
+    assert torch.equal(m.encode(x), idx)
+    y = m.decode_latents(zq, beta)
+    assert torch.allclose(y, m(x, beta).recon, atol=1e-5) and torch.equal(y, m.decode(idx, beta))
+    with pytest.raises(ValueError, match=r"z: expected shape \(\.\.\., 8\), got \(2, 6, 7\)"):
+        m.nearest_codes(z[..., :7])
+    with pytest.raises(ValueError, match=r"zq: expected shape \(B, L, 8\), got \(6, 8\)"):
+        m.decode_latents(zq[0], beta)
+    with pytest.raises(ValueError, match="beta: this model"):
+        m.decode_latents(zq, None)
+
+
+def test_set_codebook():
+    m = tiny()
+    assert not m.initialised
+    cb = torch.randn(16, 8, generator=torch.Generator().manual_seed(3))
+    m.set_codebook(cb)
+    assert m.initialised and torch.equal(m.codebook, cb)
+    z = cb[[4, 9]] + 1e-3
+    assert m.nearest_codes(z)[0].tolist() == [4, 9]
+    with pytest.raises(ValueError, match=r"codebook: expected finite float values of shape \(16, 8\), got shape \(16, 7\)"):
+        m.set_codebook(cb[:, :7])
+    with pytest.raises(ValueError, match="codebook: expected finite"):
+        m.set_codebook(torch.full((16, 8), float("nan")))
+
+
+def test_fps_is_saved_and_old_checkpoints_load_as_30(tmp_path):
+    m = initted(tiny(fps=25.0))
+    m.save_pretrained(tmp_path / "new")
+    assert VQVAE.from_pretrained(tmp_path / "new").config.fps == 25.0
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    del cfg["fps"]                                          # a checkpoint from before the field
+    (tmp_path / "new" / "config.json").write_text(json.dumps(cfg))
+    assert VQVAE.from_pretrained(tmp_path / "new").config.fps == 30.0
+    with pytest.raises(ValueError, match="VQConfig.fps: expected a finite number > 0, got 0"):
+        VQConfig(fps=0)
+
+
+def test_train_vq_takes_fps_from_the_data():
+    segs = make_segments(2, T=64, fps=25.0)
+    m = train_vq(segs, [], "naive", steps=1, batch_size=2, crop=32, progress=False, log=None, **TINY)
+    assert m.config.fps == 25.0
+    segs = segs[:1] + make_segments(1, T=64, fps=30.0)
+    with pytest.raises(ValueError, match=r"segments: expected one frame rate, got \[25.0, 30.0\]"):
+        train_vq(segs, [], "naive", steps=1, batch_size=2, crop=32, progress=False, log=None, **TINY)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -366,7 +426,7 @@ def test_save_load_round_trip(tmp_path, preset):
     assert torch.equal(back.decode(codes, beta), m.decode(codes, beta))
     for k, v in m.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
-    assert bool(back.quantizer.initted)
+    assert back.initialised
 
 
 def test_checkpoint_mismatch_errors(tmp_path):
@@ -387,10 +447,20 @@ def test_checkpoint_mismatch_errors(tmp_path):
     with pytest.raises(ValueError, match=r"unknown VQConfig fields \['n_heads'\]"):
         VQVAE.from_pretrained(tmp_path)
     del cfg["n_heads"]
-    cfg["model_type"] = "gpt2"
+    assert cfg["format"] == "minilisten.VQVAE" and cfg["version"] == 1
+    cfg["format"] = "gpt2"
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="expected model_type 'minilisten.vqvae', got 'gpt2'"):
+    with pytest.raises(ValueError, match="expected format 'minilisten.VQVAE', got 'gpt2'"):
         VQVAE.from_pretrained(tmp_path)
+    del cfg["format"], cfg["version"]
+    cfg_path.write_text(json.dumps(dict(cfg, model_type="gpt2")))
+    with pytest.raises(ValueError, match="expected format 'minilisten.VQVAE', got \"model_type='gpt2'\""):
+        VQVAE.from_pretrained(tmp_path)
+    cfg_path.write_text(json.dumps(dict(cfg, format="minilisten.VQVAE", version=2)))
+    with pytest.raises(ValueError, match="expected version 1..1 of minilisten.VQVAE, got 2"):
+        VQVAE.from_pretrained(tmp_path)
+    cfg_path.write_text(json.dumps(dict(cfg, model_type="minilisten.vqvae")))    # the old tag still loads
+    assert VQVAE.from_pretrained(tmp_path).config.dec_norm == "adain"
     with pytest.raises(FileNotFoundError, match="missing config.json"):
         VQVAE.from_pretrained(tmp_path / "nowhere")
 
@@ -414,7 +484,8 @@ def test_training_loss_goes_down():
 
 def test_train_vq_resume_is_exact(tmp_path):
     segs = make_segments(4, T=256)
-    kw = dict(steps=12, batch_size=4, lr=2e-3, decay_at=8, crop=32, warmup=2, eval_every=0, progress=False, log=None, **TINY)
+    kw = dict(steps=12, batch_size=4, learning_rate=2e-3, decay_step=8, crop=32, warmup=2, eval_every=0, progress=False,
+              log=None, **TINY)
     full = train_vq(segs, segs[:1], "disentangled", out_dir=tmp_path / "a", save_every=0, **kw)
     part = train_vq(segs, segs[:1], "disentangled", out_dir=tmp_path / "b", save_every=6, **dict(kw, steps=6))
     assert json.loads((tmp_path / "b" / "train_state.json").read_text())["info"]["step"] == 6
@@ -422,6 +493,12 @@ def test_train_vq_resume_is_exact(tmp_path):
     for k, v in full.state_dict().items():
         assert torch.allclose(res.state_dict()[k], v, atol=1e-6), k
     assert part is not None and (tmp_path / "a" / "log.jsonl").exists()
+    # the old keyword names (lr, decay_at) are the same run
+    old = {k: v for k, v in kw.items() if k not in ("learning_rate", "decay_step")}
+    same = train_vq(segs, segs[:1], "disentangled", save_every=0, lr=2e-3, decay_at=8, **old)
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in full.state_dict().items())
+    with pytest.raises(ValueError, match="got both 'lr'"):
+        train_vq(segs, segs[:1], "disentangled", lr=1e-3, **kw)
     with pytest.raises(ValueError, match=r"checkpoint config differs .*'width': \(16, 32\)"):
         train_vq(segs, segs[:1], "disentangled", out_dir=tmp_path / "b", resume=True, **dict(kw, width=32))
 
@@ -445,10 +522,21 @@ def test_evaluate_vq_metrics():
     r = evaluate_vq(m, segs)
     assert set(r) >= {"rec", "commit", "ppl", "entropy", "used", "rec_swap", "rec_mean", "rec_clip_mean"}
     assert r["n_windows"] == 4 and r["rec_swap"] == r["rec"]  # naive: beta has no effect
-    assert 1 <= r["ppl"] <= 16 and r["entropy"] == pytest.approx(math.log(r["ppl"]))
-    # rec by hand
-    x = torch.from_numpy(np.stack([s.listener_motion for s in segs]))
-    assert r["rec"] == pytest.approx(F.mse_loss(m.decode(m.encode(x)), x).item(), rel=1e-4)
+    # by hand from the model's parts: normalise -> encoder -> nearest code by brute force -> decoder -> de-normalise
+    x = torch.from_numpy(np.stack([s.listener_motion for s in segs])).double()
+    mean, std = m.motion_mean.double(), m.motion_std.double()
+    with torch.no_grad():
+        z = m.encoder(((x - mean) / std).float().transpose(1, 2)).transpose(1, 2).double()   # (4, 30, 8)
+        cb = m.codebook.double()
+        idx = ((z[:, :, None] - cb) ** 2).sum(-1).argmin(-1)                               # (4, 30)
+        zq = cb[idx]
+        y = m.decoder(zq.float().transpose(1, 2)).transpose(1, 2).double() * std + mean
+    assert r["rec"] == pytest.approx(((y - x) ** 2).mean().item(), rel=1e-4)
+    assert r["commit"] == pytest.approx(((z - zq) ** 2).mean().item(), rel=1e-4)
+    assert r["ppl"] == pytest.approx(numpy_perplexity(idx, 16), rel=1e-9)
+    assert r["used"] == len(np.unique(idx)) and r["entropy"] == pytest.approx(math.log(r["ppl"]))
+    assert r["rec_mean"] == pytest.approx(((x - mean) ** 2).mean().item(), rel=1e-5)
+    assert r["rec_clip_mean"] == pytest.approx(((x - x.mean(1, keepdim=True)) ** 2).mean().item(), rel=1e-5)
 
 
 def test_cli_train_and_evaluate(tmp_path, capsys):
@@ -489,7 +577,7 @@ def test_identity_disentangled_vq_beats_naive(variant):
     from minilisten.data.synthetic import named_corpus
     torch.set_num_threads(1)
     c = named_corpus(variant, seed=1, n_identities=4, n_segments=40, seconds=24)
-    kw = dict(steps=250, batch_size=16, lr=2e-3, progress=False, width=48, code_dim=48, codebook_size=64)
+    kw = dict(steps=250, batch_size=16, learning_rate=2e-3, progress=False, width=48, code_dim=48, codebook_size=64)
     dis = evaluate_vq(train_vq(c.train, [], "disentangled", **kw), c.val)
     nai = evaluate_vq(train_vq(c.train, [], "naive", **kw), c.val)
     assert dis["rec"] < nai["rec"], (dis, nai)

@@ -3,4 +3,4 @@ from .segment import D_MOTION, EMOTIONS, EXP, N_EMOTIONS, N_EXP, N_POSE, N_SHAPE
 from .synthetic import RESPONSES, SyntheticCorpus, identity_style, synthetic_corpus  # noqa: F401
 from .formats import (Corpus, detect_layout, load_corpus, load_dataset, load_learning2listen,  # noqa: F401
                       load_lm_listener, save_corpus)
-from .windows import WindowDataset, collate_windows, lm_listener_eval_clips, motion_stats, training_windows  # noqa: F401
+from .windows import lm_listener_eval_clips, motion_stats  # noqa: F401

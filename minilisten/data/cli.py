@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -23,38 +24,58 @@ def summary(splits: dict, fps: float) -> str:
     return "\n".join(lines)
 
 
-def add_data_args(p: argparse.ArgumentParser):
-    """The dataset options shared by every command that reads data: ``--data DIR``, or a synthetic
-    corpus ``--corpus NAME`` (a variant of :data:`~minilisten.data.synthetic.CORPORA`) with
-    ``--corpus-seed`` and optional size overrides ``--identities/--segments/--seconds``."""
+@dataclass
+class DataConfig:
+    """Which data a command reads: a dataset directory, or a synthetic corpus variant + seed + sizes."""
+    data: str | None = None             # dataset directory: ours, LM-listener or Learning2Listen layout
+    corpus: str = "default"             # synthetic corpus variant (README 'Synthetic corpora')
+    corpus_seed: int = 0                # seed of the synthetic corpus
+    n_identities: int | None = None     # override the variant's number of listener identities
+    n_segments: int | None = None       # override the variant's number of segments
+    seconds: float | None = None        # override the variant's segment length in seconds
+
+    def overrides(self) -> dict:
+        """The corpus size overrides that are set (keywords of ``named_corpus``)."""
+        from .source import OVERRIDES
+        return {k: getattr(self, k) for k in OVERRIDES if getattr(self, k) is not None}
+
+
+#: readable flags of DataConfig fields (the rest are ``--field-name``)
+DATA_FLAGS = {"data": "--data", "n_identities": "--identities", "n_segments": "--segments", "seconds": "--seconds"}
+
+
+def add_data_args(p: argparse.ArgumentParser, skip=()) -> argparse._ArgumentGroup:
+    """The dataset options of every command that reads data, derived from :class:`DataConfig`:
+    ``--data DIR``, or a synthetic corpus ``--corpus NAME`` (a variant of
+    :data:`~minilisten.data.synthetic.CORPORA`) with ``--corpus-seed`` and optional size overrides
+    ``--identities/--segments/--seconds``. ``skip``: fields to leave out (e.g. ``corpus_seed`` when
+    the command's own ``--seed`` seeds the corpus). Returns the group (callers add to it)."""
+    from ..cli_config import add_dataclass_args
     from .synthetic import CORPORA
     g = p.add_argument_group("data (a synthetic corpus unless --data)")
-    g.add_argument("--data", metavar="DIR", help="dataset directory: ours, LM-listener or Learning2Listen layout")
-    g.add_argument("--corpus", choices=list(CORPORA), default="default",
-                   help="synthetic corpus variant (README 'Synthetic corpora'; default: %(default)s)")
-    g.add_argument("--corpus-seed", type=int, default=0, help="seed of the synthetic corpus (default: %(default)s)")
-    g.add_argument("--identities", type=int, help="override the variant's number of listener identities")
-    g.add_argument("--segments", type=int, help="override the variant's number of segments")
-    g.add_argument("--seconds", type=float, help="override the variant's segment length in seconds")
+    add_dataclass_args(g, DataConfig, skip=skip, flags=DATA_FLAGS, choices={"corpus": list(CORPORA)},
+                       defaults={"data": "a synthetic corpus"}, metavars={"data": "DIR", "corpus": "NAME"})
     return g
 
 
+def data_config(a: argparse.Namespace, **fixed) -> DataConfig:
+    """The :class:`DataConfig` of parsed :func:`add_data_args` options (``fixed``: values of
+    skipped fields, e.g. ``corpus_seed=a.seed``)."""
+    from ..cli_config import dataclass_kwargs
+    names = [f.name for f in fields(DataConfig)]
+    return DataConfig(**{**dataclass_kwargs(a, names), **fixed})
+
+
 def corpus_overrides(a: argparse.Namespace) -> dict:
-    return {k: v for k, v in (("n_identities", a.identities), ("n_segments", a.segments), ("seconds", a.seconds))
-            if v is not None}
+    return data_config(a).overrides()
 
 
-def load_data(a: argparse.Namespace):
-    """``(dataset, description)`` for the options of :func:`add_data_args`; the dataset has
-    ``.train/.val/.test`` and ``.n_sa`` (None when unknown)."""
-    if a.data:
-        from .formats import load_dataset
-        return load_dataset(a.data), f"dataset {a.data}"
-    from .synthetic import named_corpus
-    over = corpus_overrides(a)
-    ds = named_corpus(a.corpus, seed=a.corpus_seed, **over)
-    extra = "".join(f", {k}={v}" for k, v in over.items())
-    return ds, f"synthetic corpus {a.corpus!r} (seed {a.corpus_seed}{extra})"
+def load_data(a: argparse.Namespace | DataConfig, **fixed):
+    """``(dataset, description)`` for a :class:`DataConfig` or the options of :func:`add_data_args`;
+    the dataset has ``.train/.val/.test`` and ``.n_sa`` (None when unknown)."""
+    from .source import open_data
+    c = a if isinstance(a, DataConfig) else data_config(a, **fixed)
+    return open_data(c.data, c.corpus, c.corpus_seed, **c.overrides())
 
 
 def main(argv: list[str] | None = None) -> int:

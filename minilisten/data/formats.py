@@ -102,7 +102,7 @@ def _missing_fields(segments: Iterable[Segment]) -> tuple[str, ...]:
     for s in segments:
         for f in OPTIONAL_FIELDS:
             v = getattr(s, f)
-            if v is not None and not (isinstance(v, list) and not v):
+            if v is not None and not (isinstance(v, tuple) and not v):   # words are tuples, () = none
                 present.add(f)
     return tuple(f for f in OPTIONAL_FIELDS if f not in present)
 
@@ -442,6 +442,7 @@ def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | N
             N, T = lis.shape[:2]
             lis = lis[:, :, :D_MOTION].astype(np.float32)
             spk = spk[:, :, :D_MOTION].astype(np.float32)
+            lis.flags.writeable = spk.flags.writeable = False   # ours alone: the Segments share rows, no copy
             _check_finite(str(lf), "faces[:, :, :56]", lis)
             _check_finite(str(sf), "faces[:, :, :56]", spk)
             files = None
@@ -749,6 +750,8 @@ def _load_corpus(directory, progress: bool) -> Corpus:
                                  f"got {tuple(a.shape)}")
             if a.dtype != dt:
                 raise ValueError(f"{ap}: array {key!r}: expected dtype {np.dtype(dt)}, got {a.dtype}")
+            # read-only view of memory only we hold: the Segments share its slices instead of copying them
+            arrays[key] = np.frombuffer(memoryview(np.ascontiguousarray(a)).toreadonly(), a.dtype).reshape(a.shape)
         pos = {k: 0 for k in _ARRAY_FIELDS}
         segs = []
         for i, r in enumerate(_progress(recs, f"load {split}", progress)):

@@ -1,0 +1,1093 @@
+"""ARIG-style continuous listener: frame-by-frame head motion with a diffusion MLP head.
+
+After Guo et al., "ARIG: Autoregressive Interactive Head Generation for Real-time Conversations"
+(ICCV 2025; only its appendix is available, ``shared/seeds/004``). No codebook: every listener
+frame (56,) is sampled as a continuous vector, conditioned on everything up to that frame, so the
+listener reacts within one frame.
+
+Per frame t (30 fps), from a :class:`~minilisten.data.segment.Segment` (:func:`frame_inputs`):
+
+    speaker motion (56,) ----------------------------------------------> user token   u_t
+    SA tokens starting in frame t (embedding mean) + emotion (8,) + last
+      ended word (hashed id) + frames since it ended ---------------> "audio"      a_t
+    listener frame t-1 (teacher forcing / the previous sample) ------> agent token  g_t
+    listener beta (100,) --MLP--> b (identity; adaLN conditions, as the VQ decoder's AdaIN)
+
+    Interactive behaviour understanding (IBU), causal, over a sliding history of ``window`` frames:
+      Bidirectional learning x depth: agent and user each with their own parameters (adaLN
+        modulation, qkv, MLP), one shared (joint) attention over both streams; modulation
+        (shift, scale, gate as in DiT) from the audio of each frame (+ b for the agent);
+      Integrated learning: both streams' tokens in one sequence, audio injected again,
+        attention and MLP in parallel (one adaLN modulation); agent token at t = cis-token c_t.
+    Conversational state understanding: one causal context block over the integrated tokens;
+      the state feature s_t (d,) -> logits over STATES (speaking / pause / silence, own CE loss).
+    Progressive motion prediction (PMP):
+      coarse = CrossAttn(query(b), [a_{t-2}, a_{t-1}, a_t]) + FF     (latest 3 audio frames)
+      fine   = CondBlock(coarse, [c_t, s_t, a_t]) (cross-attention + FF)
+      z_t    = Temporal(fine, [m_{t-5} .. m_{t-1}]) (attention over the last 5 listener frames)
+    DiffusionMLP (3 MLP blocks, adaLN on z_t + the diffusion time) samples m_t.
+
+Shapes: B clips, T frames, d = ``d_model``. Motion enters in units of the training data's
+mean/std (buffers ``lis_mean``/``lis_std``/``spk_mean``/``spk_std``) and leaves raw.
+
+Causality: the attention of position t sees positions ``(t - window, t]``; the agent token of
+position t holds listener frame t-1, the user/audio tokens speaker frame t; PMP uses audio
+``<= t`` and listener frames ``< t``. So listener frame t depends on speaker input up to t only
+(``tests/test_arig.py`` checks it on the whole model).
+
+Caches: a clip starts with ``window`` pad positions (reference listener motion as agent input,
+the first speaker/audio frame as user input), as the appendix initialises its caches by
+repeating the reference motion and the first audio frame. Training sees every window that way
+(a fresh start), :meth:`ARIG.step` holds per attention layer a fixed key/value cache of
+``window - 1`` positions, plus rings of the last 3 audio and 5 listener frames: constant memory
+for unbounded streams. :meth:`ARIG.features` (all frames at once, teacher forcing) and
+:meth:`ARIG.step` (one frame, caches) compute the same function.
+
+Diffusion (MAR-style per-token loss, flow matching): ``x_s = (1 - s) x_0 + s eps``, the MLP
+predicts the velocity ``v = eps - x_0``; loss ``mean |v_hat - v|^2`` over ``diff_mul`` draws of
+(s, eps) per frame. Sampling: Euler from s = 1 to 0 in ``steps`` uniform steps (1 step = the
+conditional mean, i.e. a regression; more steps = samples of the distribution).
+Ablations (``head="regression"``: an MLP on z_t with MSE instead of the diffusion head;
+``ibu="linear"``: bidirectional + integrated learning replaced by per-frame linear layers).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import load_model, save_checkpoint
+from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment, Word
+
+FORMAT = "minilisten.ARIG"       # config.json tag (minilisten.checkpoint.check_format)
+MODEL_TYPE = "minilisten.arig"   # the tag of checkpoints written before
+#: conversational states derived from the speaker's word timings (:func:`state_labels`)
+STATES = ("speaking", "pause", "silence")
+HEADS = ("diffusion", "regression")
+IBUS = ("full", "linear")
+IGNORE = -1   # state label of frames whose state the data cannot tell (no words)
+
+
+@dataclass
+class ARIGConfig:
+    """CPU-sized defaults; :meth:`paper` gives the appendix's sizes (512 / 2048)."""
+    d_model: int = 96            # embeddings of every stream (appendix: 512)
+    n_head: int = 4
+    d_ff: int = 384              # feed-forward width (appendix: 2048)
+    depth: int = 2               # bidirectional-learning blocks (appendix: 2)
+    window: int = 32             # history cache in frames (appendix: silent; ~1 s at 30 fps)
+    coarse_frames: int = 3       # latest audio frames of the coarse outline (appendix: 3)
+    temporal_frames: int = 5     # listener frames of the temporal layer (appendix: 5)
+    diff_width: int = 192        # DiffusionMLP width (appendix: "lightweight")
+    diff_blocks: int = 3         # DiffusionMLP blocks (appendix: 3)
+    diff_cond: int = D_MOTION    # DiffusionMLP condition projected to this dim (appendix: the motion dim)
+    diff_mul: int = 4            # (s, eps) draws per frame in the diffusion loss (MAR: 4)
+    sample_steps: int = 8        # default Euler steps at inference
+    head: str = "diffusion"      # "diffusion" | "regression" (ablation: deterministic head)
+    ibu: str = "full"            # "full" | "linear" (ablation: no bidirectional-integrated learning)
+    w_state: float = 0.2         # weight of the state cross-entropy
+    hist_noise: float = 0.1      # training: Gaussian noise (normalised units) on the listener history
+    word_buckets: int = 4096     # hashed word ids (0 = no word yet)
+    since_max: int = 16          # frames-since-last-word buckets (the last one = ">= since_max")
+    # set from the data (train-arig does it; not options)
+    n_sa: int = 1024             # SA vocabulary (0 = the data has no SA tokens)
+    use_emotion: bool = True
+    use_words: bool = True
+    use_beta: bool = True
+    fps: float = 30.0
+    sa_rate: float = 50.0
+
+    DATA_FIELDS = ("n_sa", "use_emotion", "use_words", "use_beta", "fps", "sa_rate")
+
+    def __post_init__(self):
+        for name in ("d_model", "n_head", "d_ff", "depth", "window", "coarse_frames", "temporal_frames",
+                     "diff_width", "diff_blocks", "diff_cond", "diff_mul", "sample_steps", "word_buckets", "since_max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
+        if self.window < max(self.coarse_frames, self.temporal_frames):
+            raise ValueError(f"window: expected >= coarse_frames and temporal_frames "
+                             f"({max(self.coarse_frames, self.temporal_frames)}), got {self.window}")
+        if self.head not in HEADS:
+            raise ValueError(f"head: expected one of {HEADS}, got {self.head!r}")
+        if self.ibu not in IBUS:
+            raise ValueError(f"ibu: expected one of {IBUS}, got {self.ibu!r}")
+        if isinstance(self.n_sa, bool) or not isinstance(self.n_sa, int) or self.n_sa < 0:
+            raise ValueError(f"n_sa: expected an int >= 0, got {self.n_sa!r}")
+        for name in ("fps", "sa_rate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: expected a positive number, got {v!r}")
+        for name in ("w_state", "hist_noise"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
+
+    @classmethod
+    def paper(cls, **kw) -> "ARIGConfig":
+        """The appendix's sizes: embeddings 512, feed-forward 2048, depth 2, 3 + 5 frames, 3 MLP blocks."""
+        return cls(**{**dict(d_model=512, n_head=8, d_ff=2048, depth=2, window=64, diff_width=512), **kw})
+
+    @property
+    def sa_slots(self) -> int:
+        """Most SA tokens that start inside one frame."""
+        return max(1, math.ceil(self.sa_rate / self.fps - 1e-9))
+
+
+# ----------------------------------------------------------------------------- per-frame inputs
+def _end_frame(end: float, fps: float) -> int:
+    """The frame whose span contains time ``end`` (a word is known from that frame on)."""
+    return int(math.ceil(end * fps - 1e-6)) - 1
+
+
+def word_id(text: str, buckets: int) -> int:
+    """Hashed word id in ``[1, buckets)`` (0 = no word); deterministic across runs (crc32)."""
+    return 1 + zlib.crc32(text.lower().encode("utf-8")) % (buckets - 1) if buckets > 1 else 0
+
+
+def state_labels(seg: Segment, gap: float = 0.25, pause: float = 0.5) -> np.ndarray:
+    """Conversational state per frame ``(T,)`` int64 in ``STATES`` order, from the word timings at
+    the frame's centre ``c = (t + 0.5) / fps``: *speaking* inside a word or a gap shorter than
+    ``gap`` s between two words; otherwise *pause* when the last word ended at most ``pause`` s
+    before c, *silence* when longer ago or no word yet (history words count as earlier words)."""
+    ws = sorted(seg.history_words + seg.words, key=lambda w: w.end)
+    c = (np.arange(seg.T) + 0.5) / seg.fps
+    out = np.full(seg.T, 2, np.int64)
+    last_end = np.full(seg.T, -np.inf)
+    for i, w in enumerate(ws):
+        inside = (c >= w.start) & (c < w.end)
+        if i + 1 < len(ws) and ws[i + 1].start - w.end < gap:
+            inside |= (c >= w.end) & (c < ws[i + 1].start)
+        out[inside] = 0
+        last_end = np.where(c >= w.end, np.maximum(last_end, w.end), last_end)
+    out[(out != 0) & (c - last_end <= pause)] = 1
+    return out
+
+
+def _sa_bounds(T: int, fps: float, rate: float) -> np.ndarray:
+    """``(T + 1,)`` token indices: frame t holds the SA tokens starting in it, ``[b[t], b[t+1])``."""
+    return np.ceil(np.arange(T + 1) * rate / fps - 1e-9).astype(np.int64)
+
+
+def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dict[str, np.ndarray]:
+    """The model's per-frame inputs of a segment (numpy): ``spk (T, 56)``, ``lis (T, 56)``, ``sa (T,
+    K)`` int (-1 = empty slot; a frame without a new token repeats the last one), ``emo (T, 8)``,
+    ``word (T,)`` / ``since (T,)`` int, ``state (T,)`` int (-1 = unknown), ``beta (100,)``. Fields
+    the model does not use are zeros. Raises ``ValueError`` naming the field the model needs and
+    the segment lacks."""
+    T, where = seg.T, f"segment {seg.name!r}"
+    if abs(seg.fps - cfg.fps) > 1e-6:
+        raise ValueError(f"{where}: fps: expected {cfg.fps:g} (the model's), got {seg.fps:g}")
+    out = {"spk": seg.speaker_motion.astype(np.float32), "lis": seg.listener_motion.astype(np.float32)}
+    K = cfg.sa_slots
+    sa = np.full((T, K), -1, np.int64)
+    if cfg.n_sa:
+        if seg.sa_tokens is None:
+            raise ValueError(f"{where}: sa_tokens: expected SA tokens (the model has n_sa={cfg.n_sa}), got None")
+        if abs(seg.sa_rate - cfg.sa_rate) > 1e-6:
+            raise ValueError(f"{where}: sa_rate: expected {cfg.sa_rate:g} (the model's), got {seg.sa_rate:g}")
+        tok = seg.sa_tokens
+        if tok.size and tok.max() >= cfg.n_sa:
+            raise ValueError(f"{where}: sa_tokens: expected ids < n_sa = {cfg.n_sa}, got {int(tok.max())}")
+        b = np.minimum(_sa_bounds(T, cfg.fps, cfg.sa_rate), tok.size)
+        last = -1
+        for t in range(T):
+            n = b[t + 1] - b[t]
+            if n:
+                sa[t, :n] = tok[b[t]:b[t + 1]][:K]
+                last = tok[b[t + 1] - 1]
+            elif last >= 0:
+                sa[t, 0] = last
+    out["sa"] = sa
+    if cfg.use_emotion:
+        if seg.emotion is None:
+            raise ValueError(f"{where}: emotion: expected ({T}, {N_EMOTIONS}) probabilities (the model uses emotion), got None")
+        out["emo"] = seg.emotion.astype(np.float32)
+    else:
+        out["emo"] = np.zeros((T, N_EMOTIONS), np.float32)
+    word, since = np.zeros(T, np.int64), np.full(T, cfg.since_max, np.int64)
+    if cfg.use_words:
+        for w in sorted(seg.history_words + seg.words, key=lambda w: w.end):
+            e = max(_end_frame(w.end, seg.fps), -10 ** 6)
+            a = max(e, 0)
+            word[a:] = word_id(w.text, cfg.word_buckets)
+            since[a:] = np.minimum(np.arange(a, T) - e, cfg.since_max)
+    out["word"], out["since"] = word, since
+    if cfg.use_beta:
+        if seg.listener_beta is None:
+            raise ValueError(f"{where}: listener_beta: expected the listener's shape ({N_SHAPE},) (the model uses "
+                             f"beta), got None")
+        out["beta"] = seg.listener_beta.astype(np.float32)
+    else:
+        out["beta"] = np.zeros(N_SHAPE, np.float32)
+    # a words dataset whose speaker is silent in this segment: silence throughout (state_labels gives it)
+    out["state"] = state_labels(seg) if (with_states and cfg.use_words) else np.full(T, IGNORE, np.int64)
+    return out
+
+
+def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack per-frame inputs of equal length into a batch: ``spk (B, T, 56)``, ``beta (B, 100)``, ..."""
+    return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+
+
+# ----------------------------------------------------------------------------- building blocks
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN as in DiT: ``x * (1 + scale) + shift``."""
+    return x * (1 + scale) + shift
+
+
+def _zero(m: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(m.weight)
+    nn.init.zeros_(m.bias)
+    return m
+
+
+class AdaLN(nn.Module):
+    """cond (..., d) -> n chunks of (..., d) (shift, scale, gate, ...), zero-initialised as DiT."""
+
+    def __init__(self, d: int, n: int):
+        super().__init__()
+        self.n, self.lin = n, _zero(nn.Linear(d, n * d))
+
+    def forward(self, c):
+        return self.lin(F.silu(c)).chunk(self.n, dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, d_ff: int, d_out: int | None = None):
+        super().__init__()
+        self.fc, self.proj = nn.Linear(d, d_ff), nn.Linear(d_ff, d_out or d)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class SlidingAttention(nn.Module):
+    """Multi-head attention over positions ``(t - window, t]``, S tokens per position (one per
+    stream), with a learned relative-position bias (n_head, window) (no absolute positions, so a
+    ring cache serves unbounded streams). q, k, v come from the caller (per-stream projections)."""
+
+    def __init__(self, d: int, n_head: int, window: int):
+        super().__init__()
+        self.nh, self.window = n_head, window
+        self.rel_bias = nn.Parameter(torch.zeros(n_head, window))
+
+    def _heads(self, x):   # (B, L, d) -> (B, nh, L, hd)
+        B, L, d = x.shape
+        return x.view(B, L, self.nh, d // self.nh).transpose(1, 2)
+
+    def seq(self, q, k, v, S: int) -> torch.Tensor:
+        """q, k, v: (B, N*S, d), token n*S + s = stream s at position n -> (B, N*S, d)."""
+        B, L, d = q.shape
+        pos = torch.arange(L // S, device=q.device).repeat_interleave(S)
+        rel = pos[:, None] - pos[None, :]                                   # (L, L) query - key
+        ok = (rel >= 0) & (rel < self.window)
+        bias = self.rel_bias[:, rel.clamp(0, self.window - 1)].masked_fill(~ok, float("-inf"))   # (nh, L, L)
+        y = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=bias)
+        return y.transpose(1, 2).reshape(B, L, d)
+
+    def step(self, q, k, v, cache: dict, name: str) -> torch.Tensor:
+        """One new position: q, k, v (B, S, d) -> (B, S, d); ``cache[name]`` holds keys/values
+        (B, nh, (window-1)*S, hd) of the previous positions (oldest first) and ``valid`` (int)."""
+        B, S, d = q.shape
+        W = self.window
+        kh, vh = self._heads(k), self._heads(v)
+        if name not in cache:
+            z = kh.new_zeros(B, self.nh, (W - 1) * S, d // self.nh)
+            cache[name] = {"k": z, "v": z.clone(), "valid": 0}
+        c = cache[name]
+        K, V = torch.cat([c["k"], kh], 2), torch.cat([c["v"], vh], 2)      # (B, nh, W*S, hd)
+        off = torch.arange(W - 1, -1, -1, device=q.device).repeat_interleave(S)   # offsets of the keys
+        bias = self.rel_bias[:, off]                                        # (nh, W*S)
+        bias = bias.masked_fill(off > c["valid"], float("-inf"))[None, :, None, :]
+        y = F.scaled_dot_product_attention(self._heads(q), K, V, attn_mask=bias)
+        cache[name] = {"k": K[:, :, S:], "v": V[:, :, S:], "valid": min(c["valid"] + 1, W - 1)}
+        return y.transpose(1, 2).reshape(B, S, d)
+
+
+class BidirectionalBlock(nn.Module):
+    """Agent and user streams with their own adaLN / qkv / MLP, one joint attention.
+    x: (B, N, 2, d) (stream 0 = agent, 1 = user), cond: (B, N, 2, d) -> (B, N, 2, d)."""
+
+    def __init__(self, c: ARIGConfig):
+        super().__init__()
+        d = c.d_model
+        self.mod = nn.ModuleList(AdaLN(d, 6) for _ in range(2))
+        self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(2))
+        self.out = nn.ModuleList(nn.Linear(d, d) for _ in range(2))
+        self.mlp = nn.ModuleList(MLP(d, c.d_ff) for _ in range(2))
+        self.attn = SlidingAttention(d, c.n_head, c.window)
+
+    def _mods(self, cond):
+        return [m(cond[..., s, :]) for s, m in enumerate(self.mod)]   # per stream: 6 x (..., d)
+
+    def _qkv(self, x, mods):
+        q, k, v = zip(*[self.qkv[s](modulate(F.layer_norm(x[..., s, :], x.shape[-1:]), mods[s][0], mods[s][1]))
+                        .chunk(3, -1) for s in range(2)])
+        return [torch.stack(t, -2) for t in (q, k, v)]                # 3 x (..., 2, d)
+
+    def _finish(self, x, y, mods):
+        outs = []
+        for s in range(2):
+            sh1, sc1, g1, sh2, sc2, g2 = mods[s]
+            h = x[..., s, :] + g1 * self.out[s](y[..., s, :])
+            h = h + g2 * self.mlp[s](modulate(F.layer_norm(h, h.shape[-1:]), sh2, sc2))
+            outs.append(h)
+        return torch.stack(outs, -2)
+
+    def forward(self, x, cond):
+        B, N, S, d = x.shape
+        mods = self._mods(cond)
+        q, k, v = self._qkv(x, mods)
+        y = self.attn.seq(q.reshape(B, N * S, d), k.reshape(B, N * S, d), v.reshape(B, N * S, d), S)
+        return self._finish(x, y.view(B, N, S, d), mods)
+
+    def step(self, x, cond, cache, name):   # x, cond: (B, 2, d)
+        mods = self._mods(cond)
+        q, k, v = self._qkv(x, mods)
+        return self._finish(x, self.attn.step(q, k, v, cache, name), mods)
+
+
+class IntegratedBlock(nn.Module):
+    """Both streams in one sequence, shared parameters, attention and MLP in parallel on one
+    adaLN-modulated input: ``x + g_a * Attn(h) + g_m * MLP(h)``. x, cond: (B, N, S, d)."""
+
+    def __init__(self, c: ARIGConfig, adaptive: bool = True):
+        super().__init__()
+        d = c.d_model
+        self.adaptive = adaptive
+        self.mod = AdaLN(d, 4) if adaptive else None
+        self.qkv, self.out, self.mlp = nn.Linear(d, 3 * d), nn.Linear(d, d), MLP(d, c.d_ff)
+        self.attn = SlidingAttention(d, c.n_head, c.window)
+
+    def _h(self, x, cond):
+        h = F.layer_norm(x, x.shape[-1:])
+        if not self.adaptive:
+            return h, 1.0, 1.0
+        sh, sc, ga, gm = self.mod(cond)
+        return modulate(h, sh, sc), ga, gm
+
+    def forward(self, x, cond=None):
+        B, N, S, d = x.shape
+        h, ga, gm = self._h(x, cond)
+        q, k, v = self.qkv(h).reshape(B, N * S, 3 * d).chunk(3, -1)
+        y = self.out(self.attn.seq(q, k, v, S)).view(B, N, S, d)
+        return x + ga * y + gm * self.mlp(h)
+
+    def step(self, x, cond, cache, name):   # (B, S, d)
+        h, ga, gm = self._h(x, cond)
+        q, k, v = self.qkv(h).chunk(3, -1)
+        return x + ga * self.out(self.attn.step(q, k, v, cache, name)) + gm * self.mlp(h)
+
+
+class CrossBlock(nn.Module):
+    """query (M, d) attends a few memory tokens (M, n, d), then a feed-forward; pre-LN residual."""
+
+    def __init__(self, d: int, n_head: int, d_ff: int):
+        super().__init__()
+        self.ln_q, self.ln_m, self.ln_f = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, n_head, batch_first=True)
+        self.ff = MLP(d, d_ff)
+
+    def forward(self, q, mem):
+        m = self.ln_m(mem)
+        x = q + self.attn(self.ln_q(q)[:, None], m, m, need_weights=False)[0][:, 0]
+        return x + self.ff(self.ln_f(x))
+
+
+class TimestepEmbedder(nn.Module):
+    """Diffusion time s in [0, 1] (M,) -> (M, w): sinusoid of 1000 s, then an MLP (DiT)."""
+
+    def __init__(self, w: int, freq: int = 128):
+        super().__init__()
+        self.freq, self.mlp = freq, nn.Sequential(nn.Linear(freq, w), nn.SiLU(), nn.Linear(w, w))
+
+    def forward(self, s):
+        half = self.freq // 2
+        f = torch.exp(-math.log(10000.0) * torch.arange(half, device=s.device, dtype=torch.float32) / half)
+        a = 1000.0 * s[:, None].float() * f[None]
+        return self.mlp(torch.cat([torch.cos(a), torch.sin(a)], -1))
+
+
+class DiffusionMLP(nn.Module):
+    """MAR's SimpleMLPAdaLN: x_s (M, 56), s (M,), cond (M, d_z) -> velocity (M, 56).
+    ``blocks`` residual MLP blocks with adaLN (shift, scale, gate) on ``time_emb(s) + cond``."""
+
+    def __init__(self, d_z: int, c: ARIGConfig):
+        super().__init__()
+        w = c.diff_width
+        self.cond = nn.Sequential(nn.Linear(d_z, c.diff_cond), nn.Linear(c.diff_cond, w))   # projected to 56 first
+        self.time, self.inp = TimestepEmbedder(w), nn.Linear(D_MOTION, w)
+        self.mods = nn.ModuleList(AdaLN(w, 3) for _ in range(c.diff_blocks))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) for _ in range(c.diff_blocks))
+        self.final_mod, self.final = AdaLN(w, 2), _zero(nn.Linear(w, D_MOTION))
+
+    def forward(self, x, s, cond):
+        h, c = self.inp(x), self.time(s) + self.cond(cond)
+        for mod, mlp in zip(self.mods, self.mlps):
+            sh, sc, g = mod(c)
+            h = h + g * mlp(modulate(F.layer_norm(h, h.shape[-1:]), sh, sc))
+        sh, sc = self.final_mod(c)
+        return self.final(modulate(F.layer_norm(h, h.shape[-1:]), sh, sc))
+
+
+def flow_loss(net, x0: torch.Tensor, cond: torch.Tensor, s: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Per-token flow-matching loss: ``x_s = (1 - s) x0 + s eps``, ``mean |net(x_s, s, cond) - (eps - x0)|^2``.
+    x0, eps: (M, 56); s: (M,); cond: (M, d_z)."""
+    xs = (1 - s[:, None]) * x0 + s[:, None] * eps
+    return ((net(xs, s, cond) - (eps - x0)) ** 2).mean()
+
+
+def euler_sample(net, cond: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrate dx/ds = v from s = 1 (x = noise (M, 56)) to s = 0 in ``steps`` uniform Euler steps."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+    x = noise
+    for k in range(steps, 0, -1):
+        s = torch.full((x.shape[0],), k / steps, device=x.device, dtype=x.dtype)
+        x = x - (1.0 / steps) * net(x, s, cond)
+    return x
+
+
+# ----------------------------------------------------------------------------- the model
+class ARIG(nn.Module):
+    """See the module docstring. ``features(batch)`` (teacher forcing) and ``step`` (one frame,
+    caches) give the condition z (d,) and the state logits; ``loss`` trains; ``generate`` samples."""
+
+    def __init__(self, config: ARIGConfig | None = None):
+        super().__init__()
+        self.config = c = config or ARIGConfig()
+        d = c.d_model
+        for name in ("lis_mean", "spk_mean"):
+            self.register_buffer(name, torch.zeros(D_MOTION))
+        for name in ("lis_std", "spk_std"):
+            self.register_buffer(name, torch.ones(D_MOTION))
+        # input embeddings
+        self.emb_agent, self.emb_user = nn.Linear(D_MOTION, d), nn.Linear(D_MOTION, d)
+        self.emb_sa = nn.Embedding(max(c.n_sa, 1), d)
+        self.emb_emo = nn.Linear(N_EMOTIONS, d)
+        self.emb_word, self.emb_since = nn.Embedding(c.word_buckets, d), nn.Embedding(c.since_max + 1, d)
+        self.audio_bias = nn.Parameter(torch.zeros(d))
+        self.emb_beta = nn.Sequential(nn.Linear(N_SHAPE, d), nn.SiLU(), nn.Linear(d, d))
+        # interactive behaviour understanding
+        if c.ibu == "full":
+            self.bidir = nn.ModuleList(BidirectionalBlock(c) for _ in range(c.depth))
+            self.integrated = IntegratedBlock(c)
+        else:   # ablation: per-frame linear layers instead of bidirectional + integrated learning
+            self.linear_ibu = nn.ModuleList(nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, d))
+                                            for _ in range(2))
+        # conversational state understanding
+        self.context = IntegratedBlock(c, adaptive=False)
+        self.state_feat = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d), nn.GELU())
+        self.state_head = nn.Linear(d, len(STATES))
+        # progressive motion prediction
+        self.coarse_query = nn.Linear(d, d)
+        self.coarse = CrossBlock(d, c.n_head, c.d_ff)
+        self.fine = CrossBlock(d, c.n_head, c.d_ff)
+        self.emb_temporal = nn.Linear(D_MOTION, d)
+        self.temporal_pos = nn.Parameter(torch.zeros(c.temporal_frames + 1, d))
+        self.temporal = nn.TransformerEncoderLayer(d, c.n_head, c.d_ff, dropout=0.0, activation="gelu",
+                                                   batch_first=True, norm_first=True)
+        self.ln_z = nn.LayerNorm(d)
+        if c.head == "diffusion":
+            self.diffusion = DiffusionMLP(d, c)
+        else:
+            self.regressor = MLP(d, c.d_ff, D_MOTION)
+
+    # ------------------------------------------------------------------ statistics / io
+    def set_motion_stats(self, lis_mean, lis_std, spk_mean, spk_std, min_std: float = 1e-4) -> None:
+        """Normalisation of listener and speaker motion (each (56,)); std floored at ``min_std``."""
+        for name, v in (("lis_mean", lis_mean), ("lis_std", lis_std), ("spk_mean", spk_mean), ("spk_std", spk_std)):
+            t = torch.as_tensor(np.asarray(v, np.float32))
+            if t.shape != (D_MOTION,) or not torch.isfinite(t).all():
+                raise ValueError(f"{name}: expected finite values of shape ({D_MOTION},), got {tuple(t.shape)}")
+            getattr(self, name).copy_(t.clamp_min(min_std) if name.endswith("std") else t)
+
+    def save_pretrained(self, directory) -> None:
+        """``config.json`` + ``model.safetensors`` (atomic; see minilisten.checkpoint)."""
+        cfg = {k: v for k, v in asdict(self.config).items()}
+        save_checkpoint(directory, {"format": FORMAT, "version": 1, **cfg}, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory, map_location="cpu") -> "ARIG":
+        return load_model(directory, cls, ARIGConfig, FORMAT, old={"model_type": MODEL_TYPE},
+                          map_location=map_location)
+
+    # ------------------------------------------------------------------ embeddings
+    def _audio(self, sa, emo, word, since):
+        """Per-frame speaker speech: sa (..., K) int (-1 empty), emo (..., 8), word/since (...) -> (..., d)."""
+        a = self.audio_bias + self.emb_emo(emo) * float(self.config.use_emotion)
+        if self.config.n_sa:
+            m = (sa >= 0).float()
+            e = self.emb_sa(sa.clamp_min(0)) * m[..., None]
+            a = a + e.sum(-2) / m.sum(-1, keepdim=True).clamp_min(1)
+        if self.config.use_words:
+            a = a + self.emb_word(word) + self.emb_since(since)
+        return a
+
+    def _beta(self, beta):
+        return self.emb_beta(beta) if self.config.use_beta else self.emb_beta(torch.zeros_like(beta)) * 0
+
+    def _norm_lis(self, m):
+        return (m - self.lis_mean) / self.lis_std
+
+    def _ibu(self, g, u, a, b, blocks_seq: bool, cache=None):
+        """Tokens -> (cis (.., d), tokens (.., 2, d)) through IBU; g, u, a: (B, N, d) or (B, d)."""
+        x = torch.stack([g, u + a], -2)                                   # (..., 2, d) agent, user
+        if self.config.ibu == "linear":
+            return torch.stack([self.linear_ibu[0](torch.cat([g, a + b], -1)),
+                                self.linear_ibu[1](torch.cat([u, a], -1))], -2)
+        cond = torch.stack([a + b, a], -2)
+        for i, blk in enumerate(self.bidir):
+            x = blk(x, cond) if blocks_seq else blk.step(x, cond, cache, f"bidir{i}")
+        cond_i = (a + b)[..., None, :].expand_as(x)
+        return self.integrated(x, cond_i) if blocks_seq else self.integrated.step(x, cond_i, cache, "integrated")
+
+    def _pmp(self, cis, state, a_last, a_hist, m_hist, b):
+        """cis, state, a_last, b: (M, d); a_hist: (M, 3, d) latest audio; m_hist: (M, 5, 56) normalised
+        listener frames t-5..t-1 -> z (M, d)."""
+        coarse = self.coarse(self.coarse_query(b), a_hist)
+        fine = self.fine(coarse, torch.stack([cis, state, a_last], 1))
+        seq = torch.cat([self.emb_temporal(m_hist), fine[:, None]], 1) + self.temporal_pos
+        return self.ln_z(self.temporal(seq)[:, -1])
+
+    def _check_batch(self, batch: dict, need_lis: bool = True) -> int:
+        B, T = batch["spk"].shape[:2]
+        want = {"spk": (B, T, D_MOTION), "sa": (B, T, self.config.sa_slots), "emo": (B, T, N_EMOTIONS),
+                "word": (B, T), "since": (B, T), "beta": (B, N_SHAPE)}
+        if need_lis:
+            want["lis"] = (B, T, D_MOTION)
+        for k, shape in want.items():
+            if k not in batch:
+                raise ValueError(f"batch: expected key {k!r} of shape {shape}, got keys {sorted(batch)}")
+            if tuple(batch[k].shape) != shape:
+                raise ValueError(f"batch[{k!r}]: expected shape {shape}, got {tuple(batch[k].shape)}")
+        return T
+
+    # ------------------------------------------------------------------ all frames (teacher forcing)
+    def features(self, batch: dict, ref: torch.Tensor | None = None, hist_noise: float = 0.0,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced conditions for every frame: batch of :func:`collate` (``lis`` = ground
+        truth, used as history only), ``ref (B, 56)`` raw reference motion (default: the mean) ->
+        ``z (B, T, d)``, state logits ``(B, T, n_states)``. Frame t sees speaker frames <= t and
+        listener frames < t."""
+        c, P = self.config, self.config.window
+        T = self._check_batch(batch)
+        spk = (batch["spk"] - self.spk_mean) / self.spk_std
+        lis = self._norm_lis(batch["lis"])
+        if hist_noise:
+            lis = lis + hist_noise * torch.randn(lis.shape, generator=generator, device=lis.device)
+        B = spk.shape[0]
+        r = torch.zeros(B, D_MOTION, device=spk.device) if ref is None else self._norm_lis(ref)
+        pad = lambda x: torch.cat([x[:, :1].expand(-1, P, *x.shape[2:]), x], 1)   # repeat frame 0 P times
+        a = self._audio(pad(batch["sa"]), pad(batch["emo"]), pad(batch["word"]), pad(batch["since"]))   # (B, P+T, d)
+        u = self.emb_user(pad(spk))
+        lis_in = torch.cat([r[:, None].expand(-1, P + 1, -1), lis[:, :-1]], 1)    # agent input: frame i-1
+        g = self.emb_agent(lis_in)
+        b = self._beta(batch["beta"])[:, None].expand(-1, P + T, -1)
+        x = self._ibu(g, u, a, b, blocks_seq=True)
+        x = self.context(x)                                                # (B, P+T, 2, d)
+        cis = x[:, P:, 0]
+        state = self.state_feat(x[:, P:].reshape(B, T, -1))
+        n_c, n_t = c.coarse_frames, c.temporal_frames
+        a_hist = a.unfold(1, n_c, 1)[:, P - n_c + 1:].transpose(-1, -2)  # (B, T, 3, d): frames t-2..t
+        m_hist = lis_in.unfold(1, n_t, 1)[:, P - n_t + 1:].transpose(-1, -2)   # (B, T, 5, 56): t-5..t-1
+        M = B * T
+        z = self._pmp(cis.reshape(M, -1), state.reshape(M, -1), a[:, P:].reshape(M, -1),
+                      a_hist.reshape(M, n_c, -1), m_hist.reshape(M, n_t, -1), b[:, P:].reshape(M, -1))
+        return z.view(B, T, -1), self.state_head(state)
+
+    def loss(self, batch: dict, ref=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Training loss on a batch: motion (diffusion or regression) + ``w_state`` x state CE."""
+        c = self.config
+        z, logits = self.features(batch, ref, c.hist_noise if self.training else 0.0, generator)
+        x0 = self._norm_lis(batch["lis"]).reshape(-1, D_MOTION)
+        zf = z.reshape(x0.shape[0], -1)
+        if c.head == "diffusion":
+            n = c.diff_mul
+            s = torch.rand(n * x0.shape[0], generator=generator, device=x0.device)
+            eps = torch.randn((n * x0.shape[0], D_MOTION), generator=generator, device=x0.device)
+            motion = flow_loss(self.diffusion, x0.repeat(n, 1), zf.repeat(n, 1), s, eps)
+        else:
+            motion = F.mse_loss(self.regressor(zf), x0)
+        labels = batch["state"].reshape(-1)
+        known = labels != IGNORE
+        state = F.cross_entropy(logits.reshape(-1, len(STATES))[known], labels[known]) if known.any() \
+            else logits.sum() * 0
+        acc = (logits.reshape(-1, len(STATES)).argmax(-1)[known] == labels[known]).float().mean() if known.any() \
+            else torch.tensor(float("nan"))
+        total = motion + c.w_state * state
+        return total, {"motion": float(motion.detach()), "state": float(state.detach()), "state_acc": float(acc)}
+
+    # ------------------------------------------------------------------ one frame (caches)
+    def init_state(self, first: dict, ref: torch.Tensor | None = None) -> dict:
+        """Caches for B streams, filled with the ``window`` pad positions: ``first`` = inputs of
+        speaker frame 0 (``spk (B, 56)``, ``sa (B, K)``, ``emo (B, 8)``, ``word``/``since (B,)``,
+        ``beta (B, 100)``), ``ref (B, 56)`` raw reference listener motion (default: the mean)."""
+        c = self.config
+        B = first["spk"].shape[0]
+        r = torch.zeros(B, D_MOTION, device=first["spk"].device) if ref is None else self._norm_lis(ref)
+        a = self._audio(first["sa"], first["emo"], first["word"], first["since"])
+        st = {"kv": {}, "beta": self._beta(first["beta"]), "m_hist": r[:, None].repeat(1, c.temporal_frames, 1),
+              "a_hist": a[:, None].repeat(1, c.coarse_frames - 1, 1)}
+        for _ in range(c.window):
+            self._advance(st, first, r)
+        return st
+
+    def _advance(self, st: dict, inp: dict, agent_in: torch.Tensor):
+        """One position through IBU + context with the caches -> (cis, state feature, audio)."""
+        a = self._audio(inp["sa"], inp["emo"], inp["word"], inp["since"])
+        u = self.emb_user((inp["spk"] - self.spk_mean) / self.spk_std)
+        x = self._ibu(self.emb_agent(agent_in), u, a, st["beta"], blocks_seq=False, cache=st["kv"])
+        x = self.context.step(x, None, st["kv"], "context")               # (B, 2, d)
+        return x[:, 0], self.state_feat(x.reshape(x.shape[0], -1)), a
+
+    def step(self, st: dict, inp: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame t for B streams: ``inp`` = speaker inputs of frame t (as :meth:`init_state`'s
+        ``first``) -> ``z (B, d)``, state logits ``(B, n_states)``. The listener frame t-1 is the
+        last one given to :meth:`commit` (or the reference)."""
+        cis, state, a = self._advance(st, inp, st["m_hist"][:, -1])
+        a_hist = torch.cat([st["a_hist"], a[:, None]], 1)
+        st["a_hist"] = a_hist[:, 1:]
+        z = self._pmp(cis, state, a, a_hist, st["m_hist"], st["beta"])
+        return z, self.state_head(state)
+
+    @staticmethod
+    def commit(st: dict, frame_norm: torch.Tensor) -> None:
+        """Append listener frame t (normalised, (B, 56)) to the history of ``st``."""
+        st["m_hist"] = torch.cat([st["m_hist"][:, 1:], frame_norm[:, None]], 1)
+
+    def sample(self, z: torch.Tensor, noise: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Normalised listener frames (M, 56) from conditions z (M, d) and noise (M, 56)."""
+        if self.config.head == "regression":
+            return self.regressor(z)
+        return euler_sample(self.diffusion, z, noise, self.config.sample_steps if steps is None else steps)
+
+    @torch.no_grad()
+    def generate(self, batch: dict, ref=None, steps: int | None = None, temperature: float = 1.0,
+                 generators: list[torch.Generator] | None = None, teacher_forcing: bool = False) -> torch.Tensor:
+        """Sample listener motion frame by frame: batch of :func:`collate` (``lis`` not needed unless
+        ``teacher_forcing``) -> raw motion ``(B, T, 56)``. ``generators``: one per stream (its noise
+        is drawn (1, 56) per frame, so a stream's output does not depend on the batch)."""
+        T = self._check_batch(batch, need_lis=teacher_forcing)
+        B = batch["spk"].shape[0]
+        gens = generators or [None] * B
+        if len(gens) != B:
+            raise ValueError(f"generators: expected {B} (one per stream), got {len(gens)}")
+        frame = lambda t: {k: (v if k == "beta" else v[:, t]) for k, v in batch.items() if k in _STEP_KEYS}
+        st = self.init_state(frame(0), ref)
+        out = []
+        for t in range(T):
+            z, _ = self.step(st, frame(t))
+            noise = torch.cat([torch.randn((1, D_MOTION), generator=g, device=z.device) for g in gens]) * temperature
+            x = self.sample(z, noise, steps)
+            self.commit(st, self._norm_lis(batch["lis"][:, t]) if teacher_forcing else x)
+            out.append(x * self.lis_std + self.lis_mean)
+        return torch.stack(out, 1)
+
+
+_STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
+
+
+# ----------------------------------------------------------------------------- evaluation helper
+def clip_reference(clip: Segment, model: ARIG, reference: str = "mean") -> np.ndarray:
+    """Reference listener motion (56,) of a clip: ``"mean"`` (the training mean: identity from beta
+    only, as the LR-token model gets) or ``"first"`` (the clip's first listener frame, as ARIG's
+    reference image)."""
+    if reference == "mean":
+        return model.lis_mean.cpu().numpy()
+    if reference == "first":
+        return clip.listener_motion[0]
+    raise ValueError(f"reference: expected 'mean' or 'first', got {reference!r}")
+
+
+@torch.no_grad()
+def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, seed: int = 0,
+                  reference: str = "mean", temperature: float = 1.0, batch: int = 64) -> list[np.ndarray]:
+    """Listener motion ``(T, 56)`` float32 per clip (e.g. the demo's ``test_clips``), sampled with
+    ``steps`` Euler steps (default ``config.sample_steps``). Clip i draws its noise from a generator
+    seeded ``seed + i``: the same frames as a :class:`StreamingARIG` with ``seed=seed + i``."""
+    model.eval()
+    dev = model.lis_mean.device
+    out: list = [None] * len(clips)
+    by_len: dict[int, list[int]] = {}
+    for i, c in enumerate(clips):
+        by_len.setdefault(c.T, []).append(i)
+    for T, ids in by_len.items():
+        for s in range(0, len(ids), batch):
+            part = ids[s:s + batch]
+            b = {k: v.to(dev) for k, v in collate([frame_inputs(clips[i], model.config, with_states=False)
+                                                   for i in part]).items()}
+            ref = torch.as_tensor(np.stack([clip_reference(clips[i], model, reference) for i in part]), device=dev)
+            gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]
+            m = model.generate(b, ref, steps, temperature, gens).float().cpu().numpy()
+            for i, mi in zip(part, m):
+                out[i] = mi
+    return out
+
+
+# ----------------------------------------------------------------------------- streaming
+class StreamingARIG:
+    """Listener frames from a live speaker stream, one per speaker frame (latency: the frame).
+
+        sa = StreamingARIG(model, beta, seed=0)
+        for chunk in speaker:                     # any number of frames per push
+            motion = sa.push(motion=spk_frames, words=new_words, sa_tokens=new_sa, emotion=new_emo)
+            render(motion)                        # (n, 56): one listener frame per new speaker frame
+        sa.flush()                                # nothing is held back: returns (0, 56)
+
+    Same protocol as :class:`~minilisten.streaming.StreamingListener` (``push``, ``flush``,
+    ``reset``, ``set_beta``), plus the speaker's ``motion (n, 56)``, which advances the clock.
+    Listener frame t is returned by the push that completes speaker frame t: its motion, its
+    emotion row and SA tokens through the end of frame t (``ceil((t + 1) * sa_rate / fps)``
+    tokens). ``words``: ``Word(text, start, end)`` in time order, each pushed no later than the
+    push whose frames reach its end (a word ending in a frame already returned raises). History:
+    fixed caches (``window`` positions) -> constant memory. Bad input raises ``ValueError``
+    naming the field and leaves the stream unchanged. Equal to :func:`arig_generate` with the
+    same seed, reference and steps.
+    """
+
+    def __init__(self, model: ARIG, beta=None, *, seed: int = 0, steps: int | None = None,
+                 reference=None, temperature: float = 1.0, history_words=()):
+        self.model, self.cfg = model.eval(), model.config
+        self.seed, self.steps, self.temperature = seed, steps, float(temperature)
+        self.history_words = [Segment._check_word("history_words", i, w, 0.0) for i, w in enumerate(history_words)]
+        self.dev = model.lis_mean.device
+        self.set_beta(beta)
+        self.set_reference(reference)
+        self.reset()
+
+    def set_beta(self, beta) -> None:
+        """Listener identity ``(100,)`` (required when the model uses beta); applies from the next reset
+        or, for a running stream, from the next frame."""
+        if beta is None:
+            if self.cfg.use_beta:
+                raise ValueError(f"beta: this model uses the listener's shape beta, expected shape ({N_SHAPE},), got None")
+            b = np.zeros(N_SHAPE, np.float32)
+        else:
+            b = np.array(beta.detach().cpu() if torch.is_tensor(beta) else beta, dtype=np.float32)
+            if b.shape != (N_SHAPE,) or not np.isfinite(b).all():
+                raise ValueError(f"beta: expected finite values of shape ({N_SHAPE},), got shape {b.shape}")
+        self.beta = torch.as_tensor(b, device=self.dev)[None]
+        if getattr(self, "st", None) is not None:
+            self.st["beta"] = self.model._beta(self.beta)
+
+    def set_reference(self, reference) -> None:
+        """Reference listener motion ``(56,)`` raw (default: the model's mean), used at reset."""
+        r = self.model.lis_mean.cpu().numpy() if reference is None else np.asarray(reference, np.float32)
+        if r.shape != (D_MOTION,) or not np.isfinite(r).all():
+            raise ValueError(f"reference: expected finite values of shape ({D_MOTION},), got shape {r.shape}")
+        self.ref = torch.as_tensor(r, device=self.dev)[None]
+
+    def reset(self, history_words=None) -> None:
+        """A new stream: clock 0, fresh caches (filled from the next push's first frame), generator reseeded."""
+        if history_words is not None:
+            self.history_words = [Segment._check_word("history_words", i, w, 0.0) for i, w in enumerate(history_words)]
+        self.frames, self.st = 0, None
+        self.words: list[Word] = list(self.history_words)   # only the last one matters for the inputs
+        self.sa = np.zeros(0, np.int64)                      # tokens not yet consumed, from index sa_base
+        self.sa_base, self.sa_last = 0, -1
+        self.emo = np.zeros((0, N_EMOTIONS), np.float32)
+        self.gen = torch.Generator(device=self.dev).manual_seed(self.seed)
+        self._pending: list[np.ndarray] = []             # speaker frames waiting for their SA tokens
+
+    def state_sizes(self) -> dict:
+        kv = 0 if self.st is None else sum(v["k"].numel() + v["v"].numel() for v in self.st["kv"].values())
+        return {"words": len(self.words), "sa_buffer": int(self.sa.size), "emotion_buffer": len(self.emo),
+                "kv_floats": kv}
+
+    def flush(self) -> np.ndarray:
+        """End of the input: the frames still waiting for SA tokens, made with the tokens there are
+        (as :func:`frame_inputs` does for a short token array); usually ``(0, 56)``."""
+        out = [self._frame(self._pending.pop(0)) for _ in range(len(self._pending))]
+        return np.stack(out) if out else np.zeros((0, D_MOTION), np.float32)
+
+    def push(self, motion=None, words=(), sa_tokens=None, emotion=None) -> np.ndarray:
+        """Feed speaker frames ``motion (n, 56)`` with the words that ended by their end, the SA
+        tokens and ``emotion (n, 8)`` rows -> listener frames ``(k, 56)`` float32 (k = frames whose
+        inputs are complete; SA tokens may lag, then their frames come with a later push)."""
+        self._accept(self._check(motion, words, sa_tokens, emotion))
+        out = []
+        while self._pending and self._ready():
+            out.append(self._frame(self._pending.pop(0)))
+        return np.stack(out) if out else np.zeros((0, D_MOTION), np.float32)
+
+    def _check(self, motion=None, words=(), sa_tokens=None, emotion=None) -> tuple:
+        """Validate one push against the stream's state (no state changes): ``(motion, words, sa, emotion)``."""
+        c = self.cfg
+        # a copy: the buffered frames stay ours (and writable)
+        m = np.zeros((0, D_MOTION), np.float32) if motion is None else np.array(motion, np.float32)
+        if m.ndim != 2 or m.shape[1] != D_MOTION or not np.isfinite(m).all():
+            raise ValueError(f"motion: expected finite speaker frames of shape (n, {D_MOTION}), got shape {m.shape}")
+        clock = self.frames + len(self._pending) + len(m)
+        ws = []
+        last = self.words[-1].end if self.words else -math.inf
+        for i, w in enumerate(words):
+            w = Segment._check_word("words", i, w, clock / c.fps)
+            if w.end < last - 1e-6:
+                raise ValueError(f"words[{i}] ({w.text!r}): expected end >= {last:.3f} s (the previous word's), got {w.end:.3f}")
+            if _end_frame(w.end, c.fps) < self.frames:
+                raise ValueError(f"words[{i}] ({w.text!r}): expected a word ending in frame >= {self.frames} (frames "
+                                 f"already returned), got end={w.end:.3f} s (frame {_end_frame(w.end, c.fps)})")
+            ws.append(w)
+            last = w.end
+        e = np.zeros((0, N_EMOTIONS), np.float32)
+        if c.use_emotion:
+            if emotion is None and len(m):
+                raise ValueError(f"emotion: expected ({len(m)}, {N_EMOTIONS}) probabilities with the frames, got None")
+            if emotion is not None:
+                e = np.asarray(emotion, np.float32)
+                if e.shape != (len(m), N_EMOTIONS) or not np.isfinite(e).all():
+                    raise ValueError(f"emotion: expected shape ({len(m)}, {N_EMOTIONS}) (one row per frame), got {e.shape}")
+        sa = np.zeros(0, np.int64)
+        if c.n_sa and sa_tokens is not None:
+            sa = np.asarray(sa_tokens)
+            if sa.ndim != 1 or (sa.size and (not np.issubdtype(sa.dtype, np.integer) or sa.min() < 0 or sa.max() >= c.n_sa)):
+                raise ValueError(f"sa_tokens: expected a 1-d int array of ids in [0, {c.n_sa}), got shape {sa.shape}, "
+                                 f"dtype {sa.dtype}" + (f", range [{sa.min()}, {sa.max()}]" if sa.size else ""))
+        return m, ws, sa.astype(np.int64), e
+
+    def _accept(self, checked: tuple) -> None:
+        """Append a push checked by :meth:`_check` to the stream's buffers (no model call)."""
+        m, ws, sa, e = checked
+        self.words += ws
+        self._pending += list(m)
+        self.emo = np.concatenate([self.emo, e]) if self.cfg.use_emotion else self.emo
+        self.sa = np.concatenate([self.sa, sa])
+
+    def _snapshot(self) -> dict:
+        """The stream's mutable state (buffers, caches, generator), for :meth:`_restore`. The model
+        replaces cache tensors (never writes them in place), so copying the dicts is enough."""
+        st = None if self.st is None else {**self.st, "kv": {k: dict(v) for k, v in self.st["kv"].items()}}
+        return {"frames": self.frames, "st": st, "words": list(self.words), "sa": self.sa, "sa_base": self.sa_base,
+                "sa_last": self.sa_last, "emo": self.emo, "_pending": list(self._pending), "gen": self.gen.get_state()}
+
+    def _restore(self, snap: dict) -> None:
+        for k, v in snap.items():
+            if k == "gen":
+                self.gen.set_state(v)
+            else:
+                setattr(self, k, v)
+
+    def _ready(self) -> bool:
+        if not self.cfg.n_sa:
+            return True
+        need = int(np.ceil((self.frames + 1) * self.cfg.sa_rate / self.cfg.fps - 1e-9))
+        return self.sa_base + self.sa.size >= need
+
+    def _frame(self, spk: np.ndarray) -> np.ndarray:
+        inp = self._input(spk)
+        with torch.no_grad():
+            if self.st is None:
+                self.st = self.model.init_state(inp, self.ref)
+            z, _ = self.model.step(self.st, inp)
+            noise = torch.randn((1, D_MOTION), generator=self.gen, device=self.dev) * self.temperature
+            x = self.model.sample(z, noise, self.steps)
+            self.model.commit(self.st, x)
+            out = (x * self.model.lis_std + self.model.lis_mean)[0].float().cpu().numpy()
+        self.frames += 1
+        return out
+
+    def _input(self, spk: np.ndarray) -> dict:
+        """The model inputs of the next frame (batch of 1), consuming the buffered SA / words / emotion."""
+        c, t = self.cfg, self.frames
+        K = c.sa_slots
+        slots = np.full(K, -1, np.int64)
+        if c.n_sa:
+            b0, b1 = (int(np.ceil(x * c.sa_rate / c.fps - 1e-9)) for x in (t, t + 1))
+            tok = self.sa[b0 - self.sa_base:b1 - self.sa_base]
+            if tok.size:
+                slots[:tok.size] = tok[:K]
+                self.sa_last = int(tok[-1])
+            elif self.sa_last >= 0:
+                slots[0] = self.sa_last
+            self.sa, self.sa_base = self.sa[b1 - self.sa_base:], b1
+        word, since = 0, c.since_max
+        if c.use_words:
+            known = [w for w in self.words if _end_frame(w.end, c.fps) <= t]
+            if known:
+                w = known[-1]
+                word, since = word_id(w.text, c.word_buckets), min(t - _end_frame(w.end, c.fps), c.since_max)
+                self.words = self.words[len(known) - 1:]
+        emo = np.zeros(N_EMOTIONS, np.float32)
+        if c.use_emotion:
+            emo, self.emo = self.emo[0], self.emo[1:]
+        T = lambda x, dt=None: torch.as_tensor(np.asarray(x)[None], dtype=dt, device=self.dev)
+        return {"spk": T(spk, torch.float32), "sa": T(slots), "emo": T(emo, torch.float32),
+                "word": T(word), "since": T(since), "beta": self.beta}
+
+
+# ----------------------------------------------------------------------------- many streams, batched steps
+def stack_states(states: list[dict]) -> dict:
+    """Step states of streams (each from :meth:`ARIG.init_state`, batch ``B_i``) -> one state of
+    batch ``sum B_i`` (rows in order). Every cache must be full (``valid`` equal), as after init_state."""
+    kv = {}
+    for name in states[0]["kv"]:
+        valid = {s["kv"][name]["valid"] for s in states}
+        if len(valid) != 1:
+            raise ValueError(f"states: expected caches of equal fill, got valid={sorted(valid)} for {name!r}")
+        kv[name] = {"k": torch.cat([s["kv"][name]["k"] for s in states]),
+                    "v": torch.cat([s["kv"][name]["v"] for s in states]), "valid": valid.pop()}
+    return {"kv": kv, **{k: torch.cat([s[k] for s in states]) for k in ("beta", "m_hist", "a_hist")}}
+
+
+def split_state(st: dict, sizes: list[int]) -> list[dict]:
+    """Inverse of :func:`stack_states`: one state of batch ``sum(sizes)`` -> states of those batches."""
+    cuts = np.cumsum([0, *sizes]).tolist()
+    return [{"kv": {n: {"k": c["k"][a:b], "v": c["v"][a:b], "valid": c["valid"]} for n, c in st["kv"].items()},
+             **{k: st[k][a:b] for k in ("beta", "m_hist", "a_hist")}} for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class MultiStreamARIG:
+    """``n_streams`` independent :class:`StreamingARIG` streams whose frames share batched model
+    calls: :meth:`push_many` runs, per frame tick, one :meth:`ARIG.step` (and one sampler call)
+    over every stream with a frame whose inputs are complete.
+
+        ms = MultiStreamARIG(model, beta, n_streams=8, seed=0)
+        out = ms.push_many({0: dict(motion=m0, words=w0, sa_tokens=s0, emotion=e0), 3: dict(motion=m3, ...)})
+        # out[b]: listener frames (k_b, 56) of stream b, as StreamingARIG.push returns them
+
+    Stream b is a ``StreamingARIG`` (``ms.streams[b]``): the same inputs give the same frames as a
+    solo ``StreamingARIG`` with the same seed, bit for bit when the stream is stepped alone and to
+    float rounding (~1e-6) when it shares a batch (batched matmuls may round differently).
+    Per-stream noise comes from the stream's own generator, so a stream's frames do not depend on
+    which streams share its batch beyond that rounding. ``push_many`` is transactional: when any
+    chunk is bad, ``ValueError`` (``"FIELD (stream b): expected X, got Y"``) and no stream changes.
+    Methods take the stream index like :class:`~minilisten.streaming.StreamingListener`:
+    ``reset(stream, history_words, seed)``, ``set_beta(beta, stream)``, ``flush(stream)``.
+    ``max_skew`` (s, None = unbounded): SA tokens may run at most that far ahead of the speaker
+    motion or lag behind it (frames waiting for their tokens), so a stream's buffers stay bounded.
+    """
+
+    def __init__(self, model: ARIG, beta=None, *, n_streams: int = 1, seed: int = 0, steps: int | None = None,
+                 reference=None, temperature: float = 1.0, max_skew: float | None = 2.0):
+        if isinstance(n_streams, bool) or not isinstance(n_streams, int) or n_streams < 1:
+            raise ValueError(f"n_streams: expected an int >= 1, got {n_streams!r}")
+        if max_skew is not None and not (isinstance(max_skew, (int, float)) and not isinstance(max_skew, bool)
+                                         and math.isfinite(max_skew) and max_skew > 0):
+            raise ValueError(f"max_skew: expected a positive number of seconds or None, got {max_skew!r}")
+        self.max_skew = max_skew
+        self.model, self.cfg, self.n_streams, self.fps = model.eval(), model.config, n_streams, float(model.config.fps)
+        self.steps = steps
+        self.streams = [StreamingARIG(model, beta, seed=seed, steps=steps, reference=reference, temperature=temperature)
+                        for _ in range(n_streams)]
+        self.stats = {"ticks": 0, "frames": 0, "max_batch": 0}
+
+    def _check_stream(self, b) -> int:
+        if not (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 0 <= b < self.n_streams):
+            raise ValueError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
+                             f"got {b!r}")
+        return int(b)
+
+    def reset(self, stream: int, history_words=None, seed: int | None = None) -> None:
+        """A new stream in slot ``stream`` (see :meth:`StreamingARIG.reset`); ``seed``: its new seed (else kept)."""
+        s = self.streams[self._check_stream(stream)]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+        if history_words is not None:   # checked before anything changes
+            history_words = [Segment._check_word("history_words", i, w, 0.0) for i, w in enumerate(history_words)]
+        if seed is not None:
+            s.seed = int(seed)
+        s.reset(history_words)
+
+    def set_beta(self, beta, stream: int) -> None:
+        self.streams[self._check_stream(stream)].set_beta(beta)
+
+    def flush(self, stream: int) -> np.ndarray:
+        """End of ``stream``'s input (:meth:`StreamingARIG.flush`): its frames still waiting for SA tokens."""
+        s = self.streams[self._check_stream(stream)]
+        return self._run({self._check_stream(stream): len(s._pending)})[stream]
+
+    def push_many(self, chunks: dict) -> dict:
+        """``{stream: dict(motion=, words=, sa_tokens=, emotion=)}`` -> ``{stream: frames (k, 56)}``."""
+        if not isinstance(chunks, dict) or not chunks:
+            raise ValueError(f"chunks: expected a non-empty dict {{stream: chunk}}, got {chunks!r}")
+        checked = {}
+        for b, c in chunks.items():
+            b = self._check_stream(b)
+            if not isinstance(c, dict):
+                raise ValueError(f"chunks[{b}]: expected a dict of push arguments, got {type(c).__name__}")
+            try:
+                checked[b] = self.streams[b]._check(**c)
+                self._check_skew(self.streams[b], checked[b])
+            except TypeError as e:   # an unknown keyword
+                raise ValueError(f"chunks[{b}]: expected the push arguments motion, words, sa_tokens, emotion, "
+                                 f"got {sorted(c)}") from e
+            except ValueError as e:
+                head, sep, rest = str(e).partition(":")
+                raise ValueError(f"{head} (stream {b}){sep}{rest}" if sep else f"{e} (stream {b})") from e
+        for b, c in checked.items():
+            self.streams[b]._accept(c)
+        return self._run({b: None for b in checked})
+
+    MAX_WORDS = 256   # words buffered per stream (waiting for their frames): a bound on memory
+
+    def _check_skew(self, s: StreamingARIG, checked: tuple) -> None:
+        c = self.cfg
+        m, ws, sa, _ = checked
+        if len(s.words) + len(ws) > self.MAX_WORDS:
+            raise ValueError(f"words: expected at most {self.MAX_WORDS} words waiting for their frames, got "
+                             f"{len(s.words) + len(ws)}")
+        if self.max_skew is None or not c.n_sa:
+            return
+        frames = s.frames + len(s._pending) + len(m)                  # speaker frames received
+        need = int(np.ceil(frames * c.sa_rate / c.fps - 1e-9))        # SA tokens those frames need
+        have = s.sa_base + s.sa.size + sa.size
+        lag, ahead = need - have, have - need
+        if lag / c.sa_rate > self.max_skew + 1e-9:
+            raise ValueError(f"sa_tokens: expected SA tokens at most max_skew={self.max_skew:g} s behind the speaker "
+                             f"motion, got {lag} tokens ({lag / c.sa_rate:.2f} s) missing")
+        if ahead / c.sa_rate > self.max_skew + 1e-9:
+            raise ValueError(f"sa_tokens: expected SA tokens at most max_skew={self.max_skew:g} s ahead of the speaker "
+                             f"motion, got {ahead} tokens ({ahead / c.sa_rate:.2f} s) ahead")
+
+    def _run(self, want: dict) -> dict:
+        """Step the streams of ``want`` ({stream: frames to force (flush) or None: the ready ones}) in
+        ticks of one batched step; on an internal error every stream is restored and it re-raises."""
+        snap = {b: self.streams[b]._snapshot() for b in want}
+        out = {b: [] for b in want}
+        try:
+            with torch.no_grad():
+                while True:
+                    ready = [b for b, n in want.items() if self.streams[b]._pending and
+                             (self.streams[b]._ready() if n is None else len(out[b]) < n)]
+                    if not ready:
+                        break
+                    for b, x in zip(ready, self._tick(ready)):
+                        out[b].append(x)
+        except BaseException:
+            for b, sn in snap.items():
+                self.streams[b]._restore(sn)
+            raise
+        return {b: np.stack(v) if v else np.zeros((0, D_MOTION), np.float32) for b, v in out.items()}
+
+    def _tick(self, ready: list[int]) -> np.ndarray:
+        """One frame of every stream in ``ready``: one ``ARIG.step`` and one sampler call -> (len(ready), 56) raw."""
+        m, ss = self.model, [self.streams[b] for b in ready]
+        inps = [s._input(s._pending.pop(0)) for s in ss]
+        for s, inp in zip(ss, inps):
+            if s.st is None:
+                s.st = m.init_state(inp, s.ref)
+        if len(ss) == 1:   # alone: exactly StreamingARIG's computation
+            st, inp = ss[0].st, inps[0]
+        else:
+            st, inp = stack_states([s.st for s in ss]), {k: torch.cat([i[k] for i in inps]) for k in inps[0]}
+        z, _ = m.step(st, inp)
+        noise = torch.cat([torch.randn((1, D_MOTION), generator=s.gen, device=s.dev) * s.temperature for s in ss])
+        x = m.sample(z, noise, self.steps)
+        m.commit(st, x)
+        if len(ss) > 1:
+            for s, part in zip(ss, split_state(st, [1] * len(ss))):
+                s.st = part
+        for s in ss:
+            s.frames += 1
+        self.stats["ticks"] += 1
+        self.stats["frames"] += len(ss)
+        self.stats["max_batch"] = max(self.stats["max_batch"], len(ss))
+        return (x * m.lis_std + m.lis_mean).float().cpu().numpy()

@@ -1,0 +1,136 @@
+"""What a person reads of a run: Markdown tables, trajectory plots, the demo's report files.
+Nothing here trains or scores; the numbers come from :mod:`minilisten.pipeline`."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write_text
+
+#: Table 1 columns: (metric key, header, scale)
+METRIC_COLUMNS = [("l2", "L2 ↓", 1.0), ("fd", "FD ↓", 1.0), ("variation", "Variation", 1.0),
+                  ("diversity", "Diversity", 1.0), ("pfd", "P-FD ↓", 1.0), ("l2_affect", "L2 Affect ×1e2 ↓", 100.0)]
+TABLE5_COLUMNS = [("rec", "Rec ↓", 1.0), ("commit", "Commit ↓", 1.0), ("ppl", "PPL ↑", 1.0),
+                  ("rec_swap", "Rec, swapped beta", 1.0)]
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def markdown_table(rows: dict[str, dict], columns, title: str = "") -> str:
+    """``rows``: name -> metrics dict; ``columns``: (key, header, scale) triples."""
+    head = "| method | " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|---|" + "---|" * len(columns)
+    lines = ([f"**{title}**", ""] if title else []) + [head, sep]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k) * s if r.get(k) is not None else None)
+                                                 for k, _, s in columns) + " |")
+    return "\n".join(lines)
+
+
+def metric_columns(has_valence: bool) -> list:
+    """Table 1's columns; L2 Affect only when the data has valence."""
+    return [c for c in METRIC_COLUMNS if has_valence or c[0] != "l2_affect"]
+
+
+def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | None) -> list[str]:
+    """GT vs generated trajectories of a few coefficients; one response with two identities.
+    ``series``: name -> motion ``(T, 56)``; ``swap``: ``((label, motion), (label, motion))`` or None."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install 'minilisten[plot]')", flush=True)
+        return []
+    files = []
+    dims = [(0, "exp 0"), (1, "exp 1"), (50, "pose pitch"), (53, "jaw open")]
+    t = np.arange(clip.T) / clip.fps
+    fig, axes = plt.subplots(len(dims), 1, figsize=(10, 2.2 * len(dims)), sharex=True)
+    for ax, (d, label) in zip(axes, dims):
+        for name, m in series.items():
+            ax.plot(t, m[:, d], label=name, lw=2.0 if name == "GT" else 1.2, alpha=1.0 if name == "GT" else 0.85)
+        ax.set_ylabel(label)
+    axes[0].legend(loc="upper right", ncol=len(series), fontsize=8)
+    axes[-1].set_xlabel("seconds")
+    fig.suptitle(f"test clip {clip.name} (listener {clip.listener_id}): ground truth vs generated")
+    fig.tight_layout()
+    files.append(str(out / "trajectories.png"))
+    fig.savefig(files[-1], dpi=110)
+    plt.close(fig)
+    if swap is not None:
+        (id_a, m_a), (id_b, m_b) = swap
+        fig, axes = plt.subplots(2, 1, figsize=(10, 4.4), sharex=True)
+        for ax, (d, label) in zip(axes, [(0, "exp 0"), (50, "pose pitch")]):
+            ax.plot(t[:len(m_a)], m_a[:, d], label=f"identity {id_a}")
+            ax.plot(t[:len(m_b)], m_b[:, d], label=f"identity {id_b}")
+            ax.set_ylabel(label)
+        axes[0].legend(fontsize=8)
+        axes[-1].set_xlabel("seconds")
+        fig.suptitle("the same LR codes decoded with two listener identities (identity-disentangled VQ-VAE)")
+        fig.tight_layout()
+        files.append(str(out / "identity_swap.png"))
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    return files
+
+
+def demo_markdown(res) -> str:
+    """The demo's ``tables.md`` for a :class:`~minilisten.pipeline.PipelineResult`."""
+    cols = metric_columns(res.has_valence)
+    cols4 = [c for c in cols if c[0] not in ("variation", "diversity")] + [("lr_acc", "val LR acc ↑", 1.0)]
+    emb = res.nn_speech_embedding
+    md = [f"# minilisten demo ({res.data.what}, seed {res.cfg.seed})", "",
+          f"{len(res.clips)} test clips (LM-listener's evaluation windows of the test split)"
+          + (f"; NN speech content uses {emb}" if emb else "")
+          + ("; L2 Affect compares valence predicted from motion by a ridge regressor fitted on the training "
+             "split (`minilisten.metrics.ValenceRegressor`)" if res.has_valence else "") + ".", ""]
+    if res.notes:
+        md += ["What the data lacks, and what was left out because of it:", ""] + [f"- {n}" for n in res.notes] + [""]
+    md += [markdown_table(res.table1, cols, "Table 1 — baselines and ours"), "",
+           markdown_table(res.table4, cols4, "Table 4 — ablation (multimodal LM, identity-disentangled VQ-VAE)"), ""]
+    if res.table3 is not None:
+        md += [markdown_table(res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"), ""]
+    md += [markdown_table(res.table5, TABLE5_COLUMNS, "Table 5 — VQ-VAE normalization (validation split)"), "",
+           "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items())]
+    return "\n".join(md)
+
+
+def demo_report(res, plots: list[str], extra: dict | None = None) -> dict:
+    """The demo's ``results.json`` content (tables, notes, timings, environment)."""
+    return {"config": asdict(res.cfg), "data": res.data.what, "coverage": res.data.coverage.describe(),
+            "notes": res.notes, "table1": res.table1, "table3": res.table3, "table4": res.table4,
+            "table5": res.table5, "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
+            "all_results": res.results, "timings_s": res.timings, "plots": plots,
+            "nn_speech_embedding": res.nn_speech_embedding, "n_test_clips": len(res.clips),
+            "versions": environment(), **(extra or {})}
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "cpu": cpu_name(), "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_demo_report(res, out: Path, plots: list[str], extra: dict | None = None) -> str:
+    """Write ``tables.md`` and ``results.json`` into ``out`` atomically; returns the Markdown."""
+    text = demo_markdown(res)
+    atomic_write_text(out / "tables.md", text + "\n")
+    atomic_write_text(out / "results.json", json.dumps(demo_report(res, plots, extra), indent=2, default=float))
+    return text

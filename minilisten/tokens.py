@@ -1,0 +1,401 @@
+"""Tokens: the vocabulary, the time -> step rules of Eq. 1 and the interleaved sequences.
+
+One home for every rule of the paper's token layout; training (:mod:`minilisten.lm`), batch
+decoding (:mod:`minilisten.generate`) and streaming (:mod:`minilisten.streaming`) all call it.
+Tokenizer-agnostic: words enter as *text* per step (:func:`speaker_tokens`) or as id lists
+(:func:`step_ids` and below; the LM's tokenizer turns text into ids, ``ListenerLM.word_ids``).
+
+**Vocabulary** (:class:`Vocab`)::
+
+    [0, n_words)                            backbone word tokens (its tokenizer; rows unchanged)
+    n_words + 0 .. n_words + 5              specials <bos> <pad> <sa> </sa> <emo> </emo>
+    lr_offset  = n_words + 6                V_LR:  LR code c    -> lr_offset + c    (n_lr = 256)
+    sa_offset  = lr_offset + n_lr           V_SA:  SA token t   -> sa_offset + t    (n_sa = 1024)
+    emo_offset = sa_offset + n_sa           V_emo: emotion e    -> emo_offset + e   (n_emo = 8)
+    size       = emo_offset + n_emo
+
+**Time -> step** (one rule for every modality). LR token ``i`` covers frames ``[r i, r (i + 1))``
+(``r`` frames per LR token, the VQ-VAE's ``VQConfig.rate``), i.e. the interval ``(r i / fps,
+r (i + 1) / fps]`` for *end times*. A speaker token belongs to the step that contains its **end
+time** -- a word once it has been spoken completely, an acoustic token once its audio is over --
+so all of a step's speaker tokens are available before ``LR_i`` is predicted (causality):
+
+- W: :func:`word_step` ``= ceil(end fps / r) - 1`` (0 for end 0; ``placement="eq1"``, paper Eq. 1);
+  ``placement="lm_listener"``: LM-listener's rule (SYSTEM.md §8), frame ``f = ceil(end fps)``, the
+  word precedes the first LR token ``j`` with ``r j > f``, one step later than Eq. 1 (two when
+  ``end fps`` is a multiple of ``r``); no word precedes token 0. Words whose step is past the
+  last are dropped (nothing follows them).
+- SA (``sa_rate`` tokens/s, SpeechTokenizer: 50): step ``i`` holds tokens ``[b_i, b_{i+1})``,
+  ``b_i = floor(i r sa_rate / fps)`` (:func:`sa_bounds`): the tokens whose end ``(k + 1) / sa_rate``
+  lies in the step's span.
+- emo: :func:`emotion_tokens`, per group of ``r`` frames the argmax of the mean per-frame
+  probability (supplement Eq. 7-9).
+
+A tail of ``T % r`` frames forms no step (no LR token either).
+
+**Sequences** (Eq. 1 / Eq. 2). For ``n`` LR steps::
+
+    history  = [<bos>] + W^h                     (most recent ``history_tokens`` word tokens, whole words)
+    steps[i] = W_i + [<sa>] + SA_i + [</sa>] + [<emo>, emo_i, </emo>]      (enabled modalities)
+    S  = history + steps[0] + [LR_0] + steps[1] + [LR_1] + ... + steps[n-1] + [LR_{n-1}]
+    S' = history + steps[0] + steps[1] + ... + steps[n-1]                   (stage 1)
+
+``LR_i`` is predicted at the position just before it (the last token of ``steps[i]``). Losses:
+stage 1 (Eq. 3) where the next token is a W, SA or emo token of a predicted step; stage 2 (Eq. 4)
+where the next token is an LR token (:func:`pack_sequences`, ``LMSequence.targets``).
+
+**Context policy** (sequences longer than the context ``max_len``): the context for ``LR_i``
+starts at step ``j_i`` (:func:`context_plan`, non-decreasing): ``[<bos>] + H_j + steps[j] +
+[LR_j] + ... + steps[i]`` (:func:`context_ids`), ``H_j`` the last ``history_tokens`` word tokens of
+W^h followed by the words of steps ``< j`` (:func:`prefix_ids`; SA, emo and LR of dropped steps are
+discarded). ``j`` stays while the context (plus ``LR_i``) fits in ``max_len``; on overflow it jumps
+to the smallest ``j`` whose context fits in ``window_keep * max_len``, so an incremental decoder
+re-fills its cache once per jump. Training cuts the same chunks, so training and inference see
+identical contexts. A single step longer than ``max_len`` raises.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from .data.segment import N_EMOTIONS, Word, check_emotion_probs
+
+MODALITIES = ("W", "SA", "emo")
+PLACEMENTS = ("eq1", "lm_listener")
+SPECIALS = ("<bos>", "<pad>", "<sa>", "</sa>", "<emo>", "</emo>")
+IGNORE = -100            # target of positions without a loss
+SA_RATE = 50.0           # SpeechTokenizer tokens per second
+EPS = 1e-6               # tolerance on times expressed in frames
+
+
+# ----------------------------------------------------------------------------- vocabulary
+@dataclass(frozen=True)
+class Vocab:
+    """Token-id layout (module docstring). ``lr/sa/emo(code)`` map a code (int, numpy array or
+    tensor) to its token id; ints and arrays are range-checked, tensors are offset without a check
+    (no host sync in decoding loops: validate codes before)."""
+    n_words: int
+    n_lr: int = 256
+    n_sa: int = 1024
+    n_emo: int = N_EMOTIONS
+
+    def __post_init__(self):
+        for f in fields(self):   # V_SA / V_emo may be empty (0): data without SA tokens or emotion
+            v, low = getattr(self, f.name), (0 if f.name in ("n_sa", "n_emo") else 1)
+            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low):
+                raise ValueError(f"Vocab.{f.name}: expected an integer >= {low}, got {v!r}")
+
+    bos = property(lambda self: self.n_words + 0)
+    pad = property(lambda self: self.n_words + 1)
+    sa_start = property(lambda self: self.n_words + 2)
+    sa_end = property(lambda self: self.n_words + 3)
+    emo_start = property(lambda self: self.n_words + 4)
+    emo_end = property(lambda self: self.n_words + 5)
+    lr_offset = property(lambda self: self.n_words + len(SPECIALS))
+    sa_offset = property(lambda self: self.lr_offset + self.n_lr)
+    emo_offset = property(lambda self: self.sa_offset + self.n_sa)
+    size = property(lambda self: self.emo_offset + self.n_emo)
+
+    def _map(self, code, offset: int, n: int, name: str):
+        if torch.is_tensor(code):
+            return code + offset
+        if isinstance(code, np.ndarray):
+            if code.size and (code.min() < 0 or code.max() >= n):
+                bad = code.min() if code.min() < 0 else code.max()
+                raise ValueError(f"{name} codes: expected values in [0, {n}), got {bad}")
+            return code.astype(np.int64) + offset
+        c = int(code)
+        if not 0 <= c < n:
+            raise ValueError(f"{name} code: expected a value in [0, {n}), got {code}")
+        return offset + c
+
+    def lr(self, code):
+        """LR code(s) in ``[0, n_lr)`` -> token id(s)."""
+        return self._map(code, self.lr_offset, self.n_lr, "LR")
+
+    def sa(self, code):
+        """SA token(s) in ``[0, n_sa)`` -> token id(s)."""
+        return self._map(code, self.sa_offset, self.n_sa, "SA")
+
+    def emo(self, code):
+        """Emotion class(es) in ``[0, n_emo)`` -> token id(s)."""
+        return self._map(code, self.emo_offset, self.n_emo, "emo")
+
+    def kind(self, token_id: int) -> str:
+        """``"W"``, ``"SA"``, ``"emo"``, ``"LR"`` or the special's name (``"<sa>"``, ...)."""
+        t = int(token_id)
+        if 0 <= t < self.n_words:
+            return "W"
+        if 0 <= t < self.lr_offset:
+            return SPECIALS[t - self.n_words]
+        if 0 <= t < self.sa_offset:
+            return "LR"
+        if 0 <= t < self.emo_offset:
+            return "SA"
+        if 0 <= t < self.size:
+            return "emo"
+        raise ValueError(f"token {token_id}: outside the vocabulary [0, {self.size})")
+
+    def kinds(self, ids) -> list[str]:
+        """Map a sequence back to its modalities (debugging and tests)."""
+        return [self.kind(t) for t in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+
+
+def check_modalities(modalities) -> tuple[str, ...]:
+    """Normalize ``"W+SA+emo"`` / ``("W", "emo")`` to a tuple in canonical order; errors name
+    the unknown entry. Order and duplicates do not matter; at least one modality is needed."""
+    if isinstance(modalities, str):
+        modalities = [m for m in modalities.replace(",", "+").split("+") if m]
+    mods = list(modalities)
+    for m in mods:
+        if m not in MODALITIES:
+            raise ValueError(f"modalities: unknown modality {m!r}, expected a subset of {MODALITIES} (e.g. 'W+SA+emo')")
+    if not mods:
+        raise ValueError(f"modalities: expected at least one of {MODALITIES}, got none")
+    return tuple(m for m in MODALITIES if m in mods)
+
+
+# ----------------------------------------------------------------------------- time -> step
+def word_step(end: float, fps: float, r: int = 8, placement: str = "eq1") -> int:
+    """Step of a word ending at ``end`` seconds: Eq. 1 (``"eq1"``: the step whose span holds the
+    end) or LM-listener's rule (``"lm_listener"``, module docstring). May be ``>= n_steps``."""
+    if placement == "eq1":
+        return max(0, math.ceil(end * fps / r - EPS) - 1)
+    if placement == "lm_listener":
+        return math.ceil(end * fps - EPS) // r + 1
+    raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {placement!r}")
+
+
+def word_steps(words: list[Word], n_steps: int, fps: float, r: int = 8, placement: str = "eq1") -> list[list[Word]]:
+    """Words of each step, in time order (by end, then start): ``out[i]`` precede ``LR_i``.
+    Words whose step is ``>= n_steps`` are not returned. Words must end at ``>= 0`` s (earlier
+    speech is history)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {placement!r}")
+    out: list[list[Word]] = [[] for _ in range(n_steps)]
+    for k, w in enumerate(sorted(words, key=lambda w: (w.end, w.start))):
+        if w.end < -EPS:
+            raise ValueError(f"words[{k}] ({w.text!r}): expected end >= 0 s (inside the clip), got end={w.end:.3f}; "
+                             "speech before the first frame belongs in history_words")
+        j = word_step(w.end, fps, r, placement)
+        if j < n_steps:
+            out[j].append(w)
+    return out
+
+
+def sa_bounds(steps, fps: float, r: int = 8, sa_rate: float = SA_RATE):
+    """First SA token index of step(s) ``steps`` (int -> int, array -> int64 array):
+    ``floor(i r sa_rate / fps)``; step ``i`` holds tokens ``[sa_bounds(i), sa_bounds(i + 1))``."""
+    b = np.floor(np.asarray(steps, dtype=np.float64) * r * sa_rate / fps + EPS).astype(np.int64)
+    return int(b) if b.ndim == 0 else b
+
+
+def sa_step_bounds(n_steps: int, fps: float, r: int = 8, sa_rate: float = SA_RATE) -> np.ndarray:
+    """``(n_steps + 1,)`` token indices ``b``: step ``i`` holds tokens ``[b[i], b[i+1])``."""
+    return sa_bounds(np.arange(n_steps + 1), fps, r, sa_rate)
+
+
+def check_sa_tokens(sa_tokens, n_sa: int | None = None, name: str = "sa_tokens") -> np.ndarray:
+    """``(M,)`` integer token ids (an empty array of any dtype passes) in ``[0, n_sa)`` -> int64."""
+    sa = np.asarray(sa_tokens.detach().cpu() if torch.is_tensor(sa_tokens) else sa_tokens)
+    if sa.ndim != 1 or not (np.issubdtype(sa.dtype, np.integer) or sa.size == 0):
+        raise ValueError(f"{name}: expected a 1-D integer array, got shape {sa.shape} dtype {sa.dtype}")
+    sa = sa.astype(np.int64)
+    if n_sa is not None and sa.size and (sa.min() < 0 or sa.max() >= n_sa):
+        bad = int(sa.min()) if sa.min() < 0 else int(sa.max())
+        raise ValueError(f"{name}: expected token ids in [0, {n_sa}) (the SA codebook), got {bad}")
+    return sa
+
+
+def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, sa_rate: float = SA_RATE,
+             n_sa: int | None = None) -> list[np.ndarray]:
+    """Split an SA token stream (token 0 starts at the clip's first frame) into ``n_steps`` steps.
+    Errors: not 1-D integer, tokens outside ``[0, n_sa)``, a stream too short for the steps."""
+    sa = check_sa_tokens(sa_tokens, n_sa)
+    b = sa_step_bounds(n_steps, fps, r, sa_rate)
+    if sa.size < b[-1]:
+        raise ValueError(f"sa_tokens: expected at least {b[-1]} tokens for {n_steps} steps of {r} frames at {fps:g} fps "
+                         f"and {sa_rate:g} tokens/s, got {sa.size}")
+    return [sa[b[i]:b[i + 1]] for i in range(n_steps)]
+
+
+def emotion_tokens(probs, r: int = 8) -> np.ndarray:
+    """Supplement Eq. 7-9: ``probs (T, 8)`` -> ``(T // r,)`` int64 tokens, the argmax of the mean
+    probability over each group of ``r`` frames (a tail of ``T % r`` frames forms no group)."""
+    p = check_emotion_probs(probs, "emotion")
+    n = p.shape[0] // r
+    return p[:n * r].reshape(n, r, N_EMOTIONS).mean(1).argmax(1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- per segment
+@dataclass
+class SpeakerSteps:
+    """Speaker tokens of a clip split into LR steps (text, before LM tokenization).
+    ``history``: W^h words (by end time); ``words[i]``: words preceding ``LR_i``; ``sa[i]``: SA
+    token ids of step i; ``emo[i]``: emotion class of step i. Absent modalities are ``None``."""
+    history: list[Word]
+    words: list[list[Word]] | None
+    sa: list[np.ndarray] | None
+    emo: np.ndarray | None
+    n_steps: int
+
+
+def speaker_tokens(seg, modalities=MODALITIES, n_steps: int | None = None, r: int = 8,
+                   placement: str = "eq1", n_sa: int | None = None) -> SpeakerSteps:
+    """Assign a Segment's words, SA tokens and emotion to ``n_steps`` (default ``T // r``) steps."""
+    mods = check_modalities(modalities)
+    max_steps = seg.T // r
+    n = max_steps if n_steps is None else int(n_steps)
+    if not 0 <= n <= max_steps:
+        raise ValueError(f"n_steps: expected 0 <= n_steps <= T // r = {seg.T} // {r} = {max_steps}, got {n}")
+    words = None
+    if "W" in mods:
+        for i, w in enumerate(seg.words):
+            if w.end > seg.duration + EPS / seg.fps or w.end < -EPS:
+                raise ValueError(f"words[{i}] ({w.text!r}): expected end in [0, {seg.duration:.3f}] s (the clip), got {w.end:.3f}")
+        words = word_steps(seg.words, n, seg.fps, r, placement)
+    hist = sorted(seg.history_words, key=lambda w: w.end) if "W" in mods else []
+    sa = None
+    if "SA" in mods:
+        if seg.sa_tokens is None:
+            raise ValueError(f"modality 'SA' requested but segment {seg.name!r} has sa_tokens=None")
+        sa = sa_steps(seg.sa_tokens, n, seg.fps, r, seg.sa_rate, n_sa)
+    emo = None
+    if "emo" in mods:
+        if seg.emotion is None:
+            raise ValueError(f"modality 'emo' requested but segment {seg.name!r} has emotion=None")
+        emo = emotion_tokens(seg.emotion, r)[:n]
+    return SpeakerSteps(hist, words, sa, emo, n)
+
+
+# ----------------------------------------------------------------------------- token ids
+def history_ids(vocab: Vocab, words: list[list[int]], budget: int) -> list[int]:
+    """``[<bos>] + W^h``: the most recent whole words (id lists, oldest first) within ``budget`` tokens."""
+    kept, total = [], 0
+    for ids in reversed(words):
+        if total + len(ids) > budget:
+            break
+        kept.append(ids)
+        total += len(ids)
+    return [vocab.bos] + [t for ids in reversed(kept) for t in ids]
+
+
+def step_ids(vocab: Vocab, words: list[list[int]] | None = None, sa=None, emo: int | None = None) -> list[int]:
+    """One step's speaker tokens: ``W_i + [<sa>] + SA_i + [</sa>] + [<emo>, emo_i, </emo>]``;
+    ``words``: id lists of the step's words, ``sa``: ``(m,)`` SA token ids, ``emo``: the class;
+    ``None`` leaves the modality out."""
+    s = [t for ids in words for t in ids] if words is not None else []
+    if sa is not None:
+        s += [vocab.sa_start, *vocab.sa(np.asarray(sa, np.int64)).tolist(), vocab.sa_end]
+    if emo is not None:
+        s += [vocab.emo_start, vocab.emo(int(emo)), vocab.emo_end]
+    return s
+
+
+def prefix_ids(vocab: Vocab, history: list[int], steps: list[list[int]], j: int, history_tokens: int) -> list[int]:
+    """``[<bos>] + H_j``: W^h then the words of steps ``< j``, the last ``history_tokens`` tokens."""
+    if j == 0:
+        return list(history)
+    words = history[1:] + [t for s in steps[:j] for t in s if 0 <= t < vocab.n_words]
+    return history[:1] + words[len(words) - min(len(words), history_tokens):]
+
+
+def context_plan(vocab: Vocab, history: list[int], steps: list[list[int]], max_len: int, history_tokens: int,
+                 window_keep: float, with_lr: bool = True) -> list[int]:
+    """Start step ``j_i`` of the context of each step ``i`` (module docstring, context policy);
+    all zeros when the whole sequence fits ``max_len``."""
+    lens = [len(s) + (1 if with_lr else 0) for s in steps]   # step i's tokens + LR_i
+    cum = np.concatenate([[0], np.cumsum(lens)]) if lens else np.zeros(1, np.int64)
+
+    def length(j: int, i: int) -> int:   # context up to and including LR_i (or step i for S')
+        return len(prefix_ids(vocab, history, steps, j, history_tokens)) + int(cum[i + 1] - cum[j]) + (0 if with_lr else 1)
+
+    plan, j = [], 0
+    for i in range(len(steps)):
+        if length(j, i) > max_len:
+            budget = max(1, int(window_keep * max_len))
+            j2 = next((k for k in range(j + 1, i + 1) if length(k, i) <= budget), None)
+            if j2 is None:
+                j2 = i
+                if length(i, i) > max_len:
+                    raise ValueError(f"step {i}: {lens[i]} tokens plus the history do not fit the context of "
+                                     f"{max_len} tokens; raise max_len or lower history_tokens")
+            j = j2
+        plan.append(j)
+    return plan
+
+
+def context_ids(vocab: Vocab, history: list[int], steps: list[list[int]], codes, i: int, j: int,
+                history_tokens: int) -> list[int]:
+    """``[<bos>] + H_j + steps[j] + [LR_j] + ... + steps[i]``: the input whose last position
+    predicts ``LR_i`` (``codes`` holds at least ``LR_0 .. LR_{i-1}``)."""
+    ids = prefix_ids(vocab, history, steps, j, history_tokens)
+    for k in range(j, i):
+        ids += steps[k]
+        ids.append(vocab.lr(int(codes[k])))
+    ids += steps[i]
+    return ids
+
+
+# ----------------------------------------------------------------------------- packing
+@dataclass
+class LMSequence:
+    """One training/eval sequence. ``targets[p]`` is what position ``p`` must predict (stage 2:
+    the LR code of the next token; stage 1: the next token id), ``IGNORE`` where no loss counts."""
+    ids: np.ndarray        # (L,) int64 token ids
+    targets: np.ndarray    # (L,) int64
+    stage: int             # 1 = S' (Eq. 2/3), 2 = S (Eq. 1/4)
+    n_prefix: int          # length of [<bos>] + H_j
+    first_step: int        # steps [first_step, last_step] are predicted in this sequence
+    last_step: int
+
+    @property
+    def loss_mask(self) -> np.ndarray:
+        return self.targets != IGNORE
+
+
+def pack_sequences(vocab: Vocab, history: list[int], steps: list[list[int]], codes, plan: list[int],
+                   history_tokens: int) -> list[LMSequence]:
+    """One :class:`LMSequence` per context chunk of ``plan`` (:func:`context_plan`): S (stage 2)
+    with ``codes`` ``(n_steps,)``, S' (stage 1) with ``codes=None``. Each step is predicted in
+    exactly one chunk, with the context inference uses."""
+    out = []
+    for j in sorted(set(plan)):
+        first, last = plan.index(j), len(plan) - 1 - plan[::-1].index(j)
+        ids = prefix_ids(vocab, history, steps, j, history_tokens)
+        n_prefix = len(ids)
+        tg: list[int] = [IGNORE] * n_prefix
+        for k in range(j, last + 1):
+            if codes is None:   # Eq. 3: the position before each W / SA / emo token of a predicted step
+                for t in steps[k]:
+                    if k >= first and vocab.kind(t) in ("W", "SA", "emo"):
+                        tg[-1] = t
+                    ids.append(t)
+                    tg.append(IGNORE)
+            else:
+                ids += steps[k]
+                tg += [IGNORE] * len(steps[k])
+                if k >= first:
+                    tg[-1] = int(codes[k])        # Eq. 4: predicts LR_k, the next token
+                ids.append(vocab.lr(int(codes[k])))
+                tg.append(IGNORE)
+        out.append(LMSequence(np.asarray(ids, np.int64), np.asarray(tg, np.int64), 1 if codes is None else 2,
+                              n_prefix, first, last))
+    return out
+
+
+def collate(seqs: list[LMSequence], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest: ``input_ids``, ``attention_mask``, ``targets`` of shape (B, L)."""
+    L = max(len(s.ids) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    tgt = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        n = len(s.ids)
+        ids[b, :n] = torch.from_numpy(s.ids)
+        tgt[b, :n] = torch.from_numpy(s.targets)
+        mask[b, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "targets": tgt}

@@ -1,0 +1,877 @@
+"""minilisten.server: the WebSocket protocol against direct StreamingListener runs (tiny random models)."""
+import asyncio
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("websockets")
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
+from minilisten.bench import speaker_segment  # noqa: E402
+from minilisten.data.segment import N_SHAPE  # noqa: E402
+from minilisten.server import PROTOCOL, ListenerServer, parser, robot_angles  # noqa: E402
+from minilisten.streaming import StreamingListener  # noqa: E402
+from conftest import chunks, tiny_lm, tiny_vq  # noqa: E402
+
+R, LOOKAHEAD = 8, 4
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_lm("gpt2"), tiny_vq("adaln")
+
+
+def wire(push: dict) -> dict:
+    """A StreamingListener push (test_streaming.chunks) as a protocol message."""
+    return {"type": "push", "words": [[w.text, w.start, w.end] for w in push["words"]],
+            "sa_tokens": [int(t) for t in push["sa_tokens"]], "emotion": push["emotion"].tolist()}
+
+
+def direct(lm, vq, seg, pushes, beta=None):
+    """Reference: a solo StreamingListener; per push frames (n, 56), then flush."""
+    sl = StreamingListener(lm, vq, np.zeros(N_SHAPE) if beta is None else beta, history_words=seg.history_words)
+    return [sl.push(**p) for p in pushes] + [sl.flush()]
+
+
+def motion_of(msg) -> np.ndarray:
+    assert msg["type"] == "frames", msg
+    if msg["n"] == 0:
+        return np.zeros((0, 56), np.float32)
+    return np.concatenate([np.array(msg["expression"], np.float32), np.array(msg["pose"], np.float32)], 1)
+
+
+async def recv(ws):
+    return json.loads(await asyncio.wait_for(ws.recv(), 60))
+
+
+async def stream_session(ws, seg, pushes, beta=None):
+    """reset with the segment's history words (+ set_beta), every push, end: the replies."""
+    out = []
+    if beta is not None:
+        await ws.send(json.dumps({"type": "set_beta", "beta": [float(x) for x in beta], "id": "b"}))
+        out.append(await recv(ws))
+    await ws.send(json.dumps({"type": "reset", "id": "r",
+                              "history_words": [[w.text, w.start, w.end] for w in seg.history_words]}))
+    out.append(await recv(ws))
+    for k, p in enumerate(pushes):
+        await ws.send(json.dumps({**wire(p), "id": k}))
+        out.append(await recv(ws))
+    await ws.send(json.dumps({"type": "end", "id": "end"}))
+    out.append(await recv(ws))
+    return out
+
+
+def run_server(models, body, **kw):
+    """Start a server on an ephemeral port, run ``await body(server, url)``, stop it."""
+    lm, vq = models
+
+    async def main():
+        server = ListenerServer(lm, vq, **kw)
+        async with server.run(port=0):
+            return await body(server, f"ws://127.0.0.1:{server.port}")
+    return asyncio.run(main())
+
+
+def check_frames(replies, ref, pushes):
+    """Frame replies (one per push, then the final one) equal the direct run push by push."""
+    frames = [m for m in replies if m["type"] == "frames"]
+    assert [m["id"] for m in frames] == list(range(len(pushes))) + ["end"]
+    assert [m["n"] for m in frames] == [len(r) for r in ref]
+    start = 0
+    for m, r in zip(frames, ref):
+        assert m["start"] == start and m["t0"] == start / 30.0
+        np.testing.assert_array_equal(motion_of(m), r)
+        start += m["n"]
+    assert frames[-1]["final"] and not any(m["final"] for m in frames[:-1])
+
+
+def test_hello(models):
+    lm, vq = models
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            return await recv(ws)
+    h = run_server(models, body, max_sessions=3)
+    assert h["type"] == "hello" and h["protocol"] == PROTOCOL == 2 and h["kind"] == "lr-token"
+    assert h["min_client_protocol"] == 1   # LR-token sessions: every version-1 message and reply unchanged
+    assert h["fps"] == 30.0 and h["frames_per_step"] == R and h["lookahead_steps"] == LOOKAHEAD
+    assert h["max_delay_s"] == pytest.approx(R * (LOOKAHEAD + 1) / 30)
+    assert h["identity"]["beta"] == [0.0] * N_SHAPE and "zeros" in h["identity"]["source"]
+    assert h["model"]["modalities"] == list(lm.modalities) == h["input"]["modalities"]
+    assert h["model"]["lm"]["parameters"] == sum(p.numel() for p in lm.parameters())
+    assert h["model"]["vq"]["parameters"] == sum(p.numel() for p in vq.parameters())
+    assert h["model"]["vq"]["codebook"] == vq.config.codebook_size and h["model"]["lm"]["backbone"] == "gpt2"
+    assert h["limits"]["max_sessions"] == 3 and h["input"]["sa_vocab"] == lm.vocab.n_sa
+    assert h["output"] == {"expression": 50, "pose": 6, "head_rpy_deg": 3, "jaw_open_deg": 1, "encoding": "json"}
+
+
+def test_session_equals_direct_run(models):
+    """Words + SA + emotion in irregular chunks: one reply per push, frames identical to a direct
+    StreamingListener run, released at the times the lookahead implies."""
+    lm, vq = models
+    seg = speaker_segment(5.0, seed=1)
+    pushes = chunks(seg, seed=3)
+    ref = direct(lm, vq, seg, pushes)
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            assert (await recv(ws))["type"] == "hello"
+            return await stream_session(ws, seg, pushes)
+    replies = run_server(models, body, max_sessions=2)
+    assert replies[0] == {"type": "ok", "op": "reset", "id": "r"}
+    check_frames(replies, ref, pushes)
+    # independently of the reference: after F speaker frames (SA in step), 8 * (F // 8 - lookahead) frames are out
+    F, out = 0, 0
+    for p, m in zip(pushes, replies[1:]):
+        F += len(p["emotion"])
+        out += m["n"]
+        assert out == R * max(0, F // R - LOOKAHEAD), (F, out)
+    assert out + replies[-1]["n"] == R * (seg.T // R)
+    # robot angles: derived from the pose dims of the same frames
+    m = next(x for x in replies if x["type"] == "frames" and x["n"])
+    head, jaw = robot_angles(motion_of(m))
+    np.testing.assert_allclose(m["head_rpy_deg"], head, atol=1e-9)
+    np.testing.assert_allclose(m["jaw_open_deg"], jaw, atol=1e-9)
+
+
+def test_concurrent_sessions_isolated(models):
+    """Two sessions streaming at once (their pushes share push_many batches), with different
+    betas: each equals its solo run."""
+    lm, vq = models
+    segs = [speaker_segment(4.0, seed=20 + k) for k in range(2)]
+    pushes = [chunks(s, seed=30 + k) for k, s in enumerate(segs)]
+    betas = [None, np.random.default_rng(0).normal(size=N_SHAPE)]
+    refs = [direct(lm, vq, s, p, b) for s, p, b in zip(segs, pushes, betas)]
+    assert not np.array_equal(np.concatenate(refs[0]), np.concatenate(direct(lm, vq, segs[0], pushes[0], betas[1])))
+
+    async def body(server, url):
+        async def one(k):
+            async with connect(url) as ws:
+                await recv(ws)
+                return await stream_session(ws, segs[k], pushes[k], betas[k])
+        out = await asyncio.gather(one(0), one(1))
+        return out, dict(server.stats)
+    (r0, r1), stats = run_server(models, body, max_sessions=3)
+    check_frames(r0, refs[0], pushes[0])
+    check_frames(r1, refs[1], pushes[1])
+    assert stats["max_batch"] == 2 and stats["ticks"] < stats["pushes"]   # batched decode steps happened
+
+
+def test_set_beta_and_reset(models):
+    """set_beta mid-stream equals StreamingListener.set_beta at the same point; set_beta null goes
+    back to the default; reset restarts the clock (frame index 0) with a fresh stream."""
+    lm, vq = models
+    seg = speaker_segment(4.0, seed=5)
+    pushes = chunks(seg, seed=6)
+    half = len(pushes) // 2
+    beta = np.random.default_rng(1).normal(size=N_SHAPE)
+    sl = StreamingListener(lm, vq, np.zeros(N_SHAPE), history_words=seg.history_words)
+    ref = [sl.push(**p) for p in pushes[:half]]
+    sl.set_beta(beta)
+    ref += [sl.push(**p) for p in pushes[half:]] + [sl.flush()]
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            h = await recv(ws)
+            await ws.send(json.dumps({"type": "reset", "history_words": [[w.text, w.start, w.end]
+                                                                         for w in seg.history_words]}))
+            out = [await recv(ws)]
+            for k, p in enumerate(pushes):
+                if k == half:
+                    await ws.send(json.dumps({"type": "set_beta", "beta": beta.tolist(), "id": "b"}))
+                    out.append(await recv(ws))
+                await ws.send(json.dumps({**wire(p), "id": k}))
+                out.append(await recv(ws))
+            await ws.send(json.dumps({"type": "flush", "id": "end"}))
+            out.append(await recv(ws))
+            # reset mid-stream, then the first pushes again with the default beta: a fresh stream
+            await ws.send(json.dumps({"type": "set_beta", "beta": None}))
+            out2 = [await recv(ws)]
+            for k, p in enumerate(pushes[:3]):
+                await ws.send(json.dumps({**wire(p), "id": k}))
+                out2.append(await recv(ws))
+            await ws.send(json.dumps({"type": "reset", "history_words": [[w.text, w.start, w.end]
+                                                                         for w in seg.history_words]}))
+            out2.append(await recv(ws))
+            for k, p in enumerate(pushes):
+                await ws.send(json.dumps({**wire(p), "id": k}))
+                out2.append(await recv(ws))
+            await ws.send(json.dumps({"type": "end", "id": "end"}))
+            out2.append(await recv(ws))
+            return h, out, out2
+    h, out, out2 = run_server(models, body, max_sessions=1)
+    assert {"type": "ok", "op": "set_beta", "id": "b"} in out
+    check_frames(out, ref, pushes)
+    assert out2[0]["type"] == "ok" and out2[4] == {"type": "ok", "op": "reset", "id": None}
+    check_frames(out2[5:], direct(lm, vq, seg, pushes), pushes)
+
+
+def test_bad_messages_get_errors_and_session_continues(models):
+    lm, vq = models
+    seg = speaker_segment(3.0, seed=7)
+    pushes = chunks(seg, seed=8)
+    ref = direct(lm, vq, seg, pushes)
+    late = next(k for k, p in enumerate(pushes) if p["words"])
+    w = pushes[late]["words"][0]
+    bad = [
+        ("{not json", "message", None),
+        ("[1, 2]", "message", None),
+        (json.dumps({"type": "dance"}), "type", "dance"),
+        (json.dumps({"type": "push", "sa_tokens": ["a"]}), "sa_tokens", None),
+        (json.dumps({"type": "push", "emotion": [[0.5, 0.5]]}), "emotion", None),
+        (json.dumps({"type": "push", "emotion": [[1, 0, 0, 0, 0, 0, 0, 0], [1]]}), "emotion", None),
+        (json.dumps({"type": "push", "speed": 2}), "speed", "speed"),
+        (json.dumps({"type": "push", "frames": 1.5}), "frames", "1.5"),
+        (json.dumps({"type": "push", "audio": [0.0] * 320, "sample_rate": 16000}), "audio", None),
+        (json.dumps({"type": "set_beta", "beta": [0.0] * 3}), "beta", "3 numbers"),
+        (json.dumps({"type": "push"}), "push", None),                                    # empty chunk
+        (json.dumps({"type": "push", "sa_tokens": [10 ** 6]}), "sa_tokens", "1000000"),   # out of vocabulary
+        (json.dumps({"type": "push", "frames": 3}), "emotion", None),                     # LM needs emotion rows
+        (b"\x00\x01", "message", None),
+    ]
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            await ws.send(json.dumps({"type": "reset", "history_words": [[x.text, x.start, x.end]
+                                                                         for x in seg.history_words]}))
+            replies = [await recv(ws)]
+            errors = []
+            for k, p in enumerate(pushes):
+                if k == late:   # the word again, out of order, after a later one: refused, nothing changes
+                    m = wire(p)
+                    m["words"] = m["words"] + [[w.text, w.start, w.end]] if len(p["words"]) > 1 else \
+                        [[w.text, w.start, w.end + 0.01], [w.text, w.start, w.end]]
+                    await ws.send(json.dumps({**m, "id": "ooo"}))
+                    errors.append(("ooo", await recv(ws)))
+                if k == 1:
+                    for raw, fld, actual in bad:
+                        await ws.send(raw)
+                        errors.append(((fld, actual), await recv(ws)))
+                await ws.send(json.dumps({**wire(p), "id": k}))
+                replies.append(await recv(ws))
+            await ws.send(json.dumps({"type": "end", "id": "end"}))
+            replies.append(await recv(ws))
+            return errors, replies
+    errors, replies = run_server(models, body, max_sessions=1)
+    check_frames(replies, ref, pushes)
+    assert len(errors) == len(bad) + 1
+    for want, e in errors:
+        assert e["type"] == "error" and e["message"], e
+        assert not re.search(r"stream \d", e["message"]), e   # the server's internal slot is not shown
+        if want == "ooo":
+            assert e["id"] == "ooo" and e["field"] == "words[1]" and "time order" in e["expected"], e
+            continue
+        fld, actual = want
+        assert e["field"] == fld, (want, e)
+        assert e["expected"], e
+        if actual is not None:
+            assert actual in e["actual"], (want, e)
+
+
+def test_max_sessions_refused_then_free_again(models):
+    async def body(server, url):
+        a, b = await connect(url), await connect(url)
+        assert (await recv(a))["type"] == (await recv(b))["type"] == "hello"
+        c = await connect(url)
+        err = await recv(c)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(c.recv(), 30)
+        code = c.close_code
+        await a.close()
+        for _ in range(200):   # the slot is freed by the next tick after the disconnect
+            d = await connect(url)
+            h = json.loads(await d.recv())
+            if h["type"] == "hello":
+                break
+            await d.close()
+            await asyncio.sleep(0.02)
+        await b.close()
+        await d.close()
+        return err, code, h, dict(server.stats)
+    err, code, h, stats = run_server(models, body, max_sessions=2)
+    assert err["type"] == "error" and err["field"] == "session" and "max_sessions=2" in err["expected"]
+    assert err["actual"] == "3" and code == 1013
+    assert h["type"] == "hello" and stats["refused"] >= 1
+
+
+def test_faults_oversized_and_disconnect_mid_step(models):
+    """An oversized message closes that connection (1009); a client vanishing right after a push
+    is cleaned up; the other session's stream is unaffected, and a reused slot starts fresh."""
+    lm, vq = models
+    seg = speaker_segment(4.0, seed=11)
+    pushes = chunks(seg, seed=12)
+    ref = direct(lm, vq, seg, pushes)
+
+    async def body(server, url):
+        async def victim_big():
+            async with connect(url, max_size=None) as ws:
+                await recv(ws)
+                await ws.send(json.dumps({"type": "push", "sa_tokens": [1] * 5000}))   # > max_message
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 30)
+                return ws.close_code
+
+        async def victim_gone():
+            ws = await connect(url)
+            await recv(ws)
+            for p in pushes[:6]:
+                await ws.send(json.dumps(wire(p)))
+            ws.transport.abort()   # no close handshake, replies unread
+
+        async def good():
+            async with connect(url) as ws:
+                await recv(ws)
+                return await stream_session(ws, seg, pushes)
+        code, _, replies = await asyncio.gather(victim_big(), victim_gone(), good())
+        for _ in range(200):
+            if not server.sessions and not server._release and len(server.free) == server.max_sessions:
+                break
+            await asyncio.sleep(0.02)
+        free = len(server.free)
+        async with connect(url) as ws:   # reuses a freed slot: equals a fresh direct run
+            await recv(ws)
+            again = await stream_session(ws, seg, pushes)
+        return code, replies, again, free
+    code, replies, again, free = run_server(models, body, max_sessions=3, max_message=4096)
+    assert code == 1009 and free == 3
+    check_frames(replies, ref, pushes)
+    check_frames(again, ref, pushes)
+
+
+def test_binds_localhost_by_default(models):
+    a = parser().parse_args(["--vq", "v", "--lm", "l"])
+    assert a.host == "127.0.0.1" and a.port == 8765 and a.max_sessions == 8
+
+    async def body(server, url):
+        return server.host
+    assert run_server(models, body) == "127.0.0.1"
+
+
+def test_robot_angles_against_scipy():
+    """roll/pitch/yaw = scipy's intrinsic Y-X-Z Euler angles of the axis-angle head rotation;
+    small rotations: pitch ~ pose[50], yaw ~ pose[51], roll ~ pose[52]; jaw = jaw pitch."""
+    from scipy.spatial.transform import Rotation
+    rng = np.random.default_rng(0)
+    m = np.zeros((64, 56), np.float32)
+    m[:, 50:56] = rng.normal(0, 0.5, (64, 6))
+    head, jaw = robot_angles(m)
+    yaw, pitch, roll = Rotation.from_rotvec(m[:, 50:53].astype(np.float64)).as_euler("YXZ", degrees=True).T
+    np.testing.assert_allclose(head, np.stack([roll, pitch, yaw], 1), atol=1e-6)
+    np.testing.assert_allclose(jaw, Rotation.from_rotvec(m[:, 53:56].astype(np.float64)).as_euler("YXZ", degrees=True)[:, 1],
+                               atol=1e-6)
+    small = np.zeros((1, 56), np.float32)
+    small[0, 50:56] = [0.01, -0.02, 0.03, 0.2, 0, 0]
+    head, jaw = robot_angles(small)
+    np.testing.assert_allclose(head[0], np.degrees([0.03, 0.01, -0.02]), atol=0.03)
+    assert jaw[0] == pytest.approx(np.degrees(0.2), rel=1e-6)
+
+
+def test_reused_slot_starts_fresh(models):
+    """One slot: a session sets a beta, pushes half a stream and vanishes mid-step; the next
+    session (same slot, no reset sent) gets the default identity and equals a fresh direct run."""
+    lm, vq = models
+    seg = speaker_segment(3.0, seed=13)
+    seg = seg.replace(history_words=[])
+    pushes = chunks(seg, seed=14)
+    ref = direct(lm, vq, seg, pushes)
+
+    async def body(server, url):
+        ws = await connect(url)
+        await recv(ws)
+        await ws.send(json.dumps({"type": "set_beta", "beta": [1.0] * N_SHAPE}))
+        await recv(ws)
+        for p in pushes[:len(pushes) // 2]:
+            await ws.send(json.dumps(wire(p)))
+            assert (await recv(ws))["type"] == "frames"   # processed
+        await ws.send(json.dumps(wire(pushes[len(pushes) // 2])))
+        await asyncio.sleep(0)
+        ws.transport.abort()   # mid-step: that push may be decoding now
+        for _ in range(500):
+            async with connect(url) as ws:
+                h = await recv(ws)
+                if h["type"] != "hello":
+                    await asyncio.sleep(0.02)
+                    continue
+                out = []
+                for k, p in enumerate(pushes):
+                    await ws.send(json.dumps({**wire(p), "id": k}))
+                    out.append(await recv(ws))
+                await ws.send(json.dumps({"type": "end", "id": "end"}))
+                out.append(await recv(ws))
+                return h, out
+    h, out = run_server(models, body, max_sessions=1)
+    assert h["identity"]["beta"] == [0.0] * N_SHAPE
+    check_frames(out, ref, pushes)
+
+
+def test_slow_client_closed_others_continue(models):
+    """A client that sends but never reads: its replies pile up to max_queue, then it is closed
+    (1008) and its slot freed; the server's queues never exceed max_queue; a concurrent session
+    streams on unaffected."""
+    import socket
+    lm, vq = models
+    seg = speaker_segment(3.0, seed=15)
+    pushes = chunks(seg, seed=16)
+    long = speaker_segment(48.0, seed=17)
+    big = [dict(words=[w for w in long.words if 8 * k < w.end <= 8 * (k + 1)],
+                sa_tokens=long.sa_tokens[400 * k:400 * (k + 1)], emotion=long.emotion[240 * k:240 * (k + 1)])
+           for k in range(6)]   # 8-s pushes: ~30 steps, 240 frames (~300 kB) per reply
+
+    async def body(server, url):
+        async def slow():
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            ws = await connect(url, sock=sock, max_queue=1, max_size=None)
+            for _ in range(4):
+                for p in big:
+                    await ws.send(json.dumps(wire(p)))
+                await ws.send(json.dumps({"type": "end"}))
+            for _ in range(500):
+                if server.stats["slow_closed"]:
+                    break
+                await asyncio.sleep(0.02)
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+            except ConnectionClosed:
+                pass
+            return ws.close_code
+
+        async def good():
+            async with connect(url) as ws:
+                await recv(ws)
+                return await stream_session(ws, seg, pushes)
+        code, replies = await asyncio.gather(slow(), good())
+        for _ in range(500):
+            if len(server.free) == server.max_sessions:
+                break
+            await asyncio.sleep(0.02)
+        return code, replies, dict(server.stats), len(server.free)
+    code, replies, stats, free = run_server(models, body, max_sessions=2, max_queue=3, lookahead=0, close_timeout=1.0)
+    assert stats["slow_closed"] == 1 and code in (1008, 1006) and free == 2
+    assert stats["max_outbox"] <= 3
+    check_frames(replies, direct_la0(lm, vq, seg, pushes), pushes)
+
+
+def direct_la0(lm, vq, seg, pushes):
+    sl = StreamingListener(lm, vq, np.zeros(N_SHAPE), history_words=seg.history_words, lookahead=0)
+    return [sl.push(**p) for p in pushes] + [sl.flush()]
+
+
+def test_batch_with_one_bad_chunk(models):
+    """Pushes of two sessions in one tick, one of them invalid: the valid one is decoded (equal
+    to its solo run), the invalid one gets its error, and neither stream changes otherwise."""
+    from minilisten.server import _Session, parse_push
+    lm, vq = models
+    seg = speaker_segment(2.0, seed=18)
+    seg = seg.replace(history_words=[])
+    pushes = chunks(seg, seed=19)
+    ref = direct(lm, vq, seg, pushes)
+    server = ListenerServer(lm, vq, max_sessions=2)
+    ss = [_Session(b, None, None, None) for b in range(2)]
+    bad = parse_push({"type": "push", "frames": 5, "emotion": [[0.125] * 8] * 5, "sa_tokens": [10 ** 6]})
+    got = []
+    for k, p in enumerate(pushes):
+        work = {0: (ss[0], ("push", parse_push(wire(p)), k, 0.0)), 1: (ss[1], ("push", bad, "bad", 0.0))}
+        out = server._run_tick(work, [])
+        assert out[1][0]["type"] == "error" and out[1][0]["field"] == "sa_tokens" and out[1][0]["id"] == "bad"
+        got.append(motion_of(out[0][0]))
+        assert server.listener.progress(1)["frames"] == 0 and server.listener.progress(0)["frames"] > 0
+    got.append(server.listener.flush(0))
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g, r)
+
+
+def test_shared_token(models):
+    """With a token: no or a wrong token -> HTTP 401 and no session; header or query token -> hello."""
+    from websockets.exceptions import InvalidStatus
+
+    async def body(server, url):
+        codes = []
+        for kw, u in (({}, url), ({"additional_headers": {"Authorization": "Bearer nope"}}, url), ({}, url + "/?token=no")):
+            with pytest.raises(InvalidStatus) as e:
+                async with connect(u, **kw):
+                    pass
+            codes.append(e.value.response.status_code)
+        async with connect(url, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            h1 = await recv(ws)
+        async with connect(url + "/?token=s3cret") as ws:
+            h2 = await recv(ws)
+        return codes, h1["type"], h2["type"], dict(server.stats)
+    codes, t1, t2, stats = run_server(models, body, max_sessions=1, token="s3cret")
+    assert codes == [401, 401, 401] and t1 == t2 == "hello" and stats["unauthorized"] == 3
+
+
+def test_internal_error_answered_and_serving_continues(models, monkeypatch):
+    """A bug inside decoding (here: a RuntimeError from push_many) becomes an error reply with
+    field "server"; the session's stream is unchanged and it goes on equal to the direct run."""
+    lm, vq = models
+    seg = speaker_segment(2.0, seed=21)
+    seg = seg.replace(history_words=[])
+    pushes = chunks(seg, seed=22)
+    ref = direct(lm, vq, seg, pushes)
+
+    async def body(server, url):
+        real = server.listener.push_many
+        calls = []
+
+        def flaky(chunks):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("boom")
+            return real(chunks)
+        monkeypatch.setattr(server.listener, "push_many", flaky)
+        async with connect(url) as ws:
+            await recv(ws)
+            out, errs = [], []
+            for k, p in enumerate(pushes):
+                await ws.send(json.dumps({**wire(p), "id": k}))
+                m = await recv(ws)
+                if m["type"] == "error":
+                    errs.append(m)
+                    await ws.send(json.dumps({**wire(p), "id": k}))   # the same push again
+                    m = await recv(ws)
+                out.append(m)
+            await ws.send(json.dumps({"type": "end", "id": "end"}))
+            out.append(await recv(ws))
+            return out, errs
+    out, errs = run_server(models, body, max_sessions=1)
+    assert len(errs) == 1 and errs[0]["field"] == "server" and errs[0]["actual"] == "RuntimeError" and errs[0]["id"] == 2
+    check_frames(out, ref, pushes)
+
+
+def test_audio_pcm16_and_float_audio(models):
+    """16 kHz audio instead of SA tokens (server with an AcousticTokenizer): base64 int16 PCM and
+    float lists give the frames of a direct StreamingListener run on the same samples; the wrong
+    sample rate is an error naming sample_rate."""
+    import base64
+    from minilisten.speaker import AcousticTokenizer
+    _, vq = models
+    lm = tiny_lm("gpt2", seed=1)
+    with torch.no_grad():   # distinct SA token embeddings: the codes depend on which SA tokens came
+        torch.manual_seed(1)
+        lm.backbone.get_input_embeddings().weight[lm.vocab.sa_offset:lm.vocab.sa_offset + lm.vocab.n_sa].normal_(0, 1)
+    rng = np.random.default_rng(0)
+    sec, sr = 3.0, 16000
+    t = np.arange(int(sec * sr)) / sr
+    wav = 0.3 * np.sin(2 * np.pi * (120 + 40 * np.sin(2 * np.pi * 0.7 * t)) * t) + 0.02 * rng.normal(size=t.size)
+    pcm = np.round(wav * 32767).astype("<i2")
+    wav32 = pcm.astype(np.float32) / 32768.0          # what the server decodes from the PCM
+    tok = AcousticTokenizer.fit([wav32], k=32, iters=5)
+    seg = speaker_segment(sec, seed=23)
+    seg = seg.replace(history_words=[])
+    pushes, a = [], 0
+    for p in chunks(seg, seed=24, max_frames=10):
+        b = wav.size if len(pushes) % 7 == 6 else min(wav.size, a + int(rng.integers(100, 3000)))
+        pushes.append(dict(words=p["words"], emotion=p["emotion"], a=a, b=b))
+        a = b
+    sl = StreamingListener(lm, vq, np.zeros(N_SHAPE), sa_tokenizer=tok)
+    ref = [sl.push(words=p["words"], emotion=p["emotion"], audio=wav32[p["a"]:p["b"]], sample_rate=sr) for p in pushes]
+    ref.append(sl.flush())
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            h = await recv(ws)
+            await ws.send(json.dumps({"type": "push", "audio": [0.0] * 320, "sample_rate": 44100, "id": "sr"}))
+            err = await recv(ws)
+            out = []
+            for k, p in enumerate(pushes):
+                m = {"type": "push", "id": k, "words": [[w.text, w.start, w.end] for w in p["words"]],
+                     "emotion": p["emotion"].tolist(), "sample_rate": sr}
+                if k % 2:
+                    m["audio"] = wav32[p["a"]:p["b"]].tolist()
+                else:
+                    m["audio_pcm16"] = base64.b64encode(pcm[p["a"]:p["b"]].tobytes()).decode()
+                await ws.send(json.dumps(m))
+                out.append(await recv(ws))
+            await ws.send(json.dumps({"type": "end", "id": "end"}))
+            out.append(await recv(ws))
+            return h, err, out
+    h, err, out = run_server((lm, vq), body, max_sessions=1, sa_tokenizer=tok)
+    assert h["input"]["audio"] is True and h["input"]["sample_rate"] == 16000
+    assert err["field"] == "sample_rate" and err["id"] == "sr" and "44100" in err["actual"]
+    assert sum(len(r) for r in ref[:-1]) >= 40
+    check_frames(out, ref, pushes)
+
+
+# ----------------------------------------------------------------------------- ARIG model kind
+from minilisten.arig import ARIG, ARIGConfig, MultiStreamARIG, StreamingARIG  # noqa: E402
+
+ARIG_TINY = dict(d_model=16, n_head=2, d_ff=32, depth=2, window=6, diff_width=16, word_buckets=64, sample_steps=2,
+                 n_sa=1024)
+
+
+@pytest.fixture(scope="module")
+def arig_model():
+    torch.manual_seed(0)
+    m = ARIG(ARIGConfig(**ARIG_TINY))
+    with torch.no_grad():   # DiT-style zero inits make many paths identity: perturb all weights (0.1: a tame
+        for p in m.parameters():   # feedback loop, so batched-matmul rounding stays at float32 ulps over 60 frames)
+            p.add_(0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+def arig_input(seconds: float, seed: int, sizes_seed: int):
+    """A speaker stream (words, SA, emotion from speaker_segment; random motion) cut into pushes of
+    1-9 frames: [dict(motion, words, sa_tokens, emotion)], history words, beta."""
+    seg = speaker_segment(seconds, seed=seed)
+    rng = np.random.default_rng(sizes_seed)
+    motion = rng.normal(0, 0.5, (seg.T, 56)).astype(np.float32)
+    pushes, t, wi = [], 0, 0
+    while t < seg.T:
+        t1 = min(seg.T, t + int(rng.integers(1, 10)))
+        ws = []
+        while wi < len(seg.words) and int(np.ceil(seg.words[wi].end * 30 - 1e-6)) - 1 < t1:
+            ws.append(seg.words[wi])
+            wi += 1
+        a, b = (int(np.ceil(x * 50 / 30 - 1e-9)) for x in (t, t1))
+        pushes.append(dict(motion=motion[t:t1], words=ws, sa_tokens=seg.sa_tokens[a:b], emotion=seg.emotion[t:t1]))
+        t = t1
+    return pushes, seg.history_words, seg.listener_beta
+
+
+def arig_wire(p: dict) -> dict:
+    return {"type": "push", "motion": p["motion"].tolist(), "words": [[w.text, w.start, w.end] for w in p["words"]],
+            "sa_tokens": [int(x) for x in p["sa_tokens"]], "emotion": p["emotion"].tolist()}
+
+
+def arig_direct(model, pushes, history, beta, seed=0):
+    """Reference: a solo StreamingARIG; per push frames (n, 56), then flush."""
+    sa = StreamingARIG(model, beta, seed=seed, history_words=history)
+    return [sa.push(**p) for p in pushes] + [sa.flush()]
+
+
+async def arig_session(ws, pushes, history, beta, seed=None):
+    out = []
+    await ws.send(json.dumps({"type": "set_beta", "beta": [float(x) for x in beta], "id": "b"}))
+    out.append(await recv(ws))
+    await ws.send(json.dumps({"type": "reset", "id": "r", "history_words": [[w.text, w.start, w.end] for w in history],
+                              **({} if seed is None else {"seed": seed})}))
+    out.append(await recv(ws))
+    for k, p in enumerate(pushes):
+        await ws.send(json.dumps({**arig_wire(p), "id": k}))
+        out.append(await recv(ws))
+    await ws.send(json.dumps({"type": "end", "id": "end"}))
+    out.append(await recv(ws))
+    return out
+
+
+def run_arig_server(model, body, **kw):
+    async def main():
+        server = ListenerServer(arig=model, **kw)
+        async with server.run(port=0):
+            return await body(server, f"ws://127.0.0.1:{server.port}")
+    return asyncio.run(main())
+
+
+def check_arig_frames(replies, ref, pushes, exact=True):
+    frames = [m for m in replies if m["type"] == "frames"]
+    assert [m["id"] for m in frames] == list(range(len(pushes))) + ["end"]
+    assert [m["n"] for m in frames] == [len(r) for r in ref]
+    start = 0
+    for m, r in zip(frames, ref):
+        assert m["start"] == start
+        if exact:
+            np.testing.assert_array_equal(motion_of(m), r)
+        else:
+            np.testing.assert_allclose(motion_of(m), r, atol=1e-5)
+        start += m["n"]
+    return np.concatenate(ref)
+
+
+def test_arig_hello(arig_model):
+    async def body(server, url):
+        async with connect(url) as ws:
+            return await recv(ws)
+    h = run_arig_server(arig_model, body, max_sessions=2, seed=5)
+    assert h["protocol"] == PROTOCOL == 2 and h["kind"] == "arig" and h["min_client_protocol"] == 2
+    assert h["frames_per_step"] == 1 and h["lookahead_steps"] == 0 and h["max_delay_s"] == 0.0 and h["fps"] == 30.0
+    assert h["input"]["required"] == ["motion", "sa_tokens", "emotion"] and h["input"]["motion"] == 56
+    assert h["input"]["sa_vocab"] == 1024 and h["input"]["audio"] is False and h["input"]["max_skew_s"] == 2.0
+    assert h["sampling"] == {"seed": 5, "steps": 2, "temperature": 1.0}
+    assert h["model"]["arig"]["parameters"] == sum(p.numel() for p in arig_model.parameters())
+    assert h["identity"]["beta"] == [0.0] * N_SHAPE and "zeros" in h["identity"]["source"]
+
+
+def test_arig_session_equals_direct_run(arig_model):
+    """Irregular pushes over 4 s (20 x the history window): one listener frame per speaker frame,
+    bit-identical to a solo StreamingARIG with the same seed; the robot angles follow the pose."""
+    pushes, hist, beta = arig_input(4.0, seed=1, sizes_seed=2)
+    ref = arig_direct(arig_model, pushes, hist, beta, seed=7)
+    assert len(ref[-1]) == 0 and [len(r) for r in ref[:-1]] == [len(p["motion"]) for p in pushes]
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            return await arig_session(ws, pushes, hist, beta, seed=7)
+    replies = run_arig_server(arig_model, body, max_sessions=2)
+    assert replies[:2] == [{"type": "ok", "op": "set_beta", "id": "b"}, {"type": "ok", "op": "reset", "id": "r"}]
+    check_arig_frames(replies, ref, pushes)
+    m = next(x for x in replies if x["type"] == "frames" and x["n"])
+    head, jaw = robot_angles(motion_of(m))
+    np.testing.assert_allclose(m["head_rpy_deg"], head, atol=1e-9)
+    # another seed gives other frames (the seed reaches the sampler)
+    assert not np.array_equal(np.concatenate(ref), np.concatenate(arig_direct(arig_model, pushes, hist, beta, seed=8)))
+
+
+def test_arig_concurrent_sessions_isolated(arig_model):
+    """Two sessions at once, different speakers / betas / seeds, sharing batched ARIG steps: each
+    equals its solo StreamingARIG run (to float rounding of the batched matmuls)."""
+    ins = [arig_input(2.0, seed=10 + k, sizes_seed=20 + k) for k in range(2)]
+    refs = [arig_direct(arig_model, p, h, b, seed=k) for k, (p, h, b) in enumerate(ins)]
+
+    async def body(server, url):
+        async def one(k):
+            async with connect(url) as ws:
+                await recv(ws)
+                return await arig_session(ws, *ins[k], seed=k)
+        return await asyncio.gather(one(0), one(1)), dict(server.listener.stats), dict(server.stats)
+    (r0, r1), ms_stats, stats = run_arig_server(arig_model, body, max_sessions=3)
+    check_arig_frames(r0, refs[0], ins[0][0], exact=False)
+    check_arig_frames(r1, refs[1], ins[1][0], exact=False)
+    assert ms_stats["max_batch"] == 2 and ms_stats["ticks"] < ms_stats["frames"]   # batched steps happened
+    assert stats["max_batch"] == 2
+
+
+def test_multistream_arig_batched_equals_solo(arig_model):
+    """MultiStreamARIG directly: 3 streams pushed together (one step per tick over all three) equal
+    their solo StreamingARIG runs; a stream stepped alone is bit-identical."""
+    ins = [arig_input(1.5, seed=40 + k, sizes_seed=50 + k) for k in range(3)]
+    ms = MultiStreamARIG(arig_model, np.zeros(N_SHAPE), n_streams=4, seed=0)
+    for b, (p, h, beta) in enumerate(ins):
+        ms.reset(b, h, seed=b)
+        ms.set_beta(beta, b)
+    n = min(len(p) for p, _, _ in ins)
+    got = [[] for _ in ins]
+    for i in range(n):
+        out = ms.push_many({b: ins[b][0][i] for b in range(3)})
+        for b in range(3):
+            got[b].append(out[b])
+    ticks = ms.stats["ticks"]
+    assert ms.stats["max_batch"] == 3 and ticks < ms.stats["frames"]
+    for b in range(3):   # the rest alone: stream by stream
+        for p in ins[b][0][n:]:
+            got[b].append(ms.push_many({b: p})[b])
+        got[b].append(ms.flush(b))
+        ref = arig_direct(arig_model, ins[b][0], ins[b][1], ins[b][2], seed=b)
+        np.testing.assert_allclose(np.concatenate(got[b]), np.concatenate(ref), atol=1e-5)
+    solo = MultiStreamARIG(arig_model, ins[0][2], n_streams=2, seed=3)
+    solo.reset(1, ins[0][1])
+    alone = np.concatenate([solo.push_many({1: p})[1] for p in ins[0][0]])
+    np.testing.assert_array_equal(alone, np.concatenate(arig_direct(arig_model, ins[0][0], ins[0][1], ins[0][2], seed=3)))
+    # transactional: one bad chunk in a batch -> ValueError naming field and stream, no stream changed
+    ms.reset(0, ins[0][1])
+    ms.reset(1, ins[1][1])
+    before = [ms.streams[b]._snapshot() for b in (0, 1)]
+    with pytest.raises(ValueError, match=r"motion \(stream 1\): expected finite speaker frames of shape \(n, 56\)"):
+        ms.push_many({0: ins[0][0][0], 1: {**ins[1][0][0], "motion": np.zeros((2, 55))}})
+    assert [ms.streams[b].frames for b in (0, 1)] == [0, 0] and ms.streams[0]._pending == before[0]["_pending"]
+    with pytest.raises(ValueError, match="stream: expected an index in \\[0, 4\\)"):
+        ms.push_many({4: ins[0][0][0]})
+    with pytest.raises(ValueError, match="sa_tokens \\(stream 0\\): expected SA tokens at most max_skew=2 s ahead"):
+        ms.push_many({0: dict(sa_tokens=np.zeros(200, np.int64))})
+    with pytest.raises(ValueError, match="seed: expected an int >= 0"):
+        ms.reset(0, seed=-1)
+
+
+def test_arig_bad_messages_set_beta_reset(arig_model):
+    """Bad ARIG messages get an error naming the field and change nothing (the session's frames
+    still equal the direct run); set_beta mid-stream equals StreamingARIG.set_beta at that point;
+    reset restarts at frame 0 with the session's seed."""
+    pushes, hist, beta = arig_input(1.5, seed=3, sizes_seed=4)
+    beta2 = np.random.default_rng(1).normal(size=N_SHAPE)
+    k_switch = len(pushes) // 2
+    sa = StreamingARIG(arig_model, beta, seed=0, history_words=hist)
+    ref = []
+    for k, p in enumerate(pushes):
+        if k == k_switch:
+            sa.set_beta(beta2)
+        ref.append(sa.push(**p))
+    bad = [
+        ({"type": "push", "motion": [[0.0] * 55]}, "motion", "a list of rows of 56 numbers"),
+        ({"type": "push", "frames": 3}, "frames", "one of the push fields of the arig model"),
+        ({"type": "push", "audio": [0.0], "sample_rate": 16000}, "audio", "one of the push fields of the arig model"),
+        ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8] * 2}, "emotion", "shape (1, 8)"),
+        ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8], "sa_tokens": [5000]}, "sa_tokens",
+         "ids in [0, 1024)"),
+        ({"type": "push", "words": [["late", 0.0, 0.01]]}, "words[0]", None),
+        ({"type": "reset", "seed": -3}, "seed", "an integer in [0, 2**63)"),
+        ({"type": "reset", "history_words": [["x", 0.5, 1.0]]}, "history_words[0]", "end <= 0 s"),
+        ({"type": "set_beta", "beta": [1.0] * 3}, "beta", "100 finite numbers"),
+    ]
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            out, errs = [], []
+            await ws.send(json.dumps({"type": "set_beta", "beta": [float(x) for x in beta]}))
+            await recv(ws)
+            await ws.send(json.dumps({"type": "reset", "history_words": [[w.text, w.start, w.end] for w in hist]}))
+            await recv(ws)
+            for k, p in enumerate(pushes):
+                if k == k_switch:
+                    await ws.send(json.dumps({"type": "set_beta", "beta": [float(x) for x in beta2]}))
+                    assert (await recv(ws))["type"] == "ok"
+                if k == 2:   # after some frames: every bad message, then the stream goes on
+                    for msg, _, _ in bad:
+                        await ws.send(json.dumps({**msg, "id": "bad"}))
+                        errs.append(await recv(ws))
+                await ws.send(json.dumps({**arig_wire(p), "id": k}))
+                out.append(await recv(ws))
+            await ws.send(json.dumps({"type": "reset", "id": "r2", "seed": 0}))   # a fresh stream: frame 0 again
+            assert (await recv(ws))["type"] == "ok"
+            await ws.send(json.dumps({**arig_wire(pushes[0]), "id": "again"}))
+            again = await recv(ws)
+            return out, errs, again
+    out, errs, again = run_arig_server(arig_model, body, max_sessions=1)
+    for e, (_, fld, exp) in zip(errs, bad):
+        assert e["type"] == "error" and e["field"] == fld and e["id"] == "bad", e
+        assert exp is None or exp in (e["expected"] or "") + e["message"], e
+    assert "stream" not in errs[3]["message"]   # the internal slot is not shown
+    for m, r in zip(out, ref):
+        np.testing.assert_array_equal(motion_of(m), r)
+    # after reset: the identity (beta2) is kept, the clock and the noise restart
+    sa2 = StreamingARIG(arig_model, beta2, seed=0)
+    assert again["start"] == 0
+    np.testing.assert_array_equal(motion_of(again), sa2.push(**pushes[0]))
+
+
+def test_arig_cli_args():
+    a = parser().parse_args(["--arig", "x", "--seed", "3", "--sample-steps", "4"])
+    assert a.arig == "x" and a.seed == 3 and a.sample_steps == 4 and a.vq is None
+    with pytest.raises(ValueError, match="models: expected lm and vq"):
+        ListenerServer(lm=None, vq=None)
+    from minilisten.server import main
+    for argv in (["--vq", "a"], ["--arig", "a", "--lm", "b"], []):
+        with pytest.raises(SystemExit):   # argparse error: --vq with --lm, or --arig alone
+            main(argv)
+
+
+def test_arig_batch_with_one_bad_chunk(arig_model):
+    """ARIG pushes of two sessions in one tick, one invalid: the valid one is decoded (bit-equal to
+    its solo run: it is stepped alone after the batch is refused), the invalid one gets its error."""
+    from minilisten.server import _Session, parse_push
+    pushes, hist, beta = arig_input(1.0, seed=60, sizes_seed=61)
+    ref = arig_direct(arig_model, pushes, [], np.zeros(N_SHAPE), seed=0)
+    server = ListenerServer(arig=arig_model, max_sessions=2)
+    ss = [_Session(b, None, None, None) for b in range(2)]
+    bad = parse_push({"type": "push", "motion": [[0.0] * 56] * 2, "emotion": [[0.125] * 8] * 2, "sa_tokens": [5000]},
+                     "arig")
+    got = []
+    for k, p in enumerate(pushes):
+        work = {0: (ss[0], ("push", parse_push(arig_wire(p), "arig"), k, 0.0)), 1: (ss[1], ("push", bad, "bad", 0.0))}
+        out = server._run_tick(work, [])
+        assert out[1][0]["type"] == "error" and out[1][0]["field"] == "sa_tokens" and out[1][0]["id"] == "bad"
+        got.append(motion_of(out[0][0]))
+        assert server.listener.streams[1].frames == 0 and not server.listener.streams[1]._pending
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g, r)
+    with pytest.raises(Exception, match="push fields of the lr-token model"):
+        parse_push(arig_wire(pushes[0]))   # motion is not an LR-token push field

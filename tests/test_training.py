@@ -1,0 +1,253 @@
+"""The training loop (minilisten.training) and CLI options derived from dataclasses (minilisten.cli_config)."""
+import argparse
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from minilisten.cli_config import add_dataclass_args, dataclass_kwargs, field_docs
+from minilisten.training import FunctionLR, TrainLoop, renamed_kwargs, step_decay
+
+
+# ----------------------------------------------------------------------------- schedule
+def test_step_decay_values():
+    f = step_decay(1e-3, warmup=3, decay_step=6, final_learning_rate=1e-5)
+    want = [1e-3 * 1 / 3, 1e-3 * 2 / 3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-5, 1e-5]
+    assert [f(s) for s in range(8)] == pytest.approx(want, rel=1e-12)
+    assert [step_decay(2.0)(s) for s in (0, 10**6)] == [2.0, 2.0]           # no warm-up, no decay
+    assert step_decay(2.0, decay_step=1)(5) == 2.0                          # no final value: unchanged
+    with pytest.raises(ValueError, match="warmup: expected an int >= 0, got -1"):
+        step_decay(1.0, warmup=-1)
+    with pytest.raises(ValueError, match="learning_rate: expected a finite number >= 0, got nan"):
+        step_decay(float("nan"))
+
+
+def test_function_lr_drives_the_update():
+    """SGD on loss = w (gradient 1): after n steps w = -sum of the learning rates used, the
+    schedule's values exactly (the lr is set by the torch LRScheduler, not by hand)."""
+    w = torch.nn.Parameter(torch.zeros(()))
+    opt = torch.optim.SGD([w], lr=123.0)
+    f = step_decay(0.1, warmup=4, decay_step=6, final_learning_rate=0.01)
+    sched = FunctionLR(opt, f)
+    assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+    used = []
+    for _ in range(9):
+        used.append(opt.param_groups[0]["lr"])
+        opt.zero_grad()
+        w.backward()
+        opt.step()
+        sched.step()
+    assert used == [f(s) for s in range(9)]
+    assert w.item() == pytest.approx(-sum(f(s) for s in range(9)), rel=1e-6)
+    sched.set_step(2)
+    assert opt.param_groups[0]["lr"] == f(2) and sched.state_dict() == {"last_epoch": 2}
+
+
+# ----------------------------------------------------------------------------- the loop
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 1)
+        self.drop = torch.nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.lin(self.drop(x))
+
+    def save_pretrained(self, d):
+        torch.save(self.state_dict(), f"{d}/toy.pt")
+
+
+SCHEDULE = step_decay(0.05, warmup=3, decay_step=7, final_learning_rate=0.005)
+
+
+def toy_run(out_dir, steps, *, resume=False, save_every=0, eval_every=0, restore_rng=True, **kw):
+    """A loop whose data come from a numpy generator and whose dropout uses torch's RNG, so an
+    exact resume needs both RNG states, the optimizer and the scheduler."""
+    model = Toy()
+    if resume and out_dir is not None:      # the trainer loads the model; the loop restores the rest
+        model.load_state_dict(torch.load(f"{out_dir}/toy.pt"))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.01)
+    rng = np.random.default_rng(0)
+    val_x = torch.ones(3, 4)
+    loop = TrainLoop(model, opt, steps=steps, schedule=SCHEDULE, out_dir=out_dir, save_every=save_every,
+                     eval_every=eval_every,
+                     numpy_rng=rng if restore_rng else None,
+                     validate=lambda step: {"val": model.eval()(val_x).sum().item()}, save_model=model.save_pretrained,
+                     progress=False, **kw)
+    if resume:
+        loop.resume()
+    seen = []
+
+    def step_fn(step):
+        x = torch.from_numpy(rng.normal(size=(8, 4)).astype(np.float32))
+        seen.append((step, opt.param_groups[0]["lr"]))
+        return ((model(x) - x.sum(1, keepdim=True)) ** 2).mean(), {"loss": 0.0}
+    history = loop.run(step_fn)
+    return model, history, seen
+
+
+def test_resume_is_exact(tmp_path):
+    full, hist_full, seen_full = toy_run(tmp_path / "full", 10, eval_every=3)
+    part, _, _ = toy_run(tmp_path / "part", 4, eval_every=3)
+    assert json.loads((tmp_path / "part" / "train_state.json").read_text())["info"]["step"] == 4
+    res, hist_res, seen_res = toy_run(tmp_path / "part", 10, resume=True, eval_every=3)
+    for k, v in full.state_dict().items():
+        assert torch.equal(res.state_dict()[k], v), k
+    assert seen_full == [(s, SCHEDULE(s)) for s in range(10)]   # the loop applies the schedule
+    assert seen_res == seen_full[4:]                       # the same learning rates from step 4 on
+    assert [h["step"] for h in hist_full] == [3, 6, 9, 10]
+    assert [h["step"] for h in hist_res] == [3, 4, 6, 9, 10]   # + the end of the first part
+    assert [h for h in hist_res if h["step"] != 4] == hist_full
+    # a second resume at the end trains nothing and does not validate again
+    again, hist, seen = toy_run(tmp_path / "part", 10, resume=True, eval_every=3)
+    assert seen == [] and hist == hist_res
+
+
+def test_resume_without_the_data_rng_differs(tmp_path):
+    """The control of test_resume_is_exact: not restoring the data sampler's RNG changes the result."""
+    full, _, _ = toy_run(tmp_path / "full", 8)
+    toy_run(tmp_path / "part", 4)
+    res, _, _ = toy_run(tmp_path / "part", 8, resume=True, restore_rng=False)
+    assert not torch.equal(res.lin.weight, full.lin.weight)
+
+
+def test_resume_from_an_old_train_state(tmp_path):
+    """A train state written before the loop (no scheduler / torch RNG / history in ``info``) resumes
+    at its step with the schedule's learning rate."""
+    from minilisten.checkpoint import checkpoint_transaction, save_train_state
+    model = Toy()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    with checkpoint_transaction(tmp_path, 5) as stage:
+        model.save_pretrained(stage)
+        save_train_state(stage, opt, {"step": 5, "numpy_rng": np.random.default_rng(0).bit_generator.state})
+    _, hist, seen = toy_run(tmp_path, 7, resume=True)
+    assert seen == [(5, SCHEDULE(5)), (6, SCHEDULE(6))] and [h["step"] for h in hist] == [7]
+
+
+def test_resume_refuses_fewer_steps(tmp_path):
+    toy_run(tmp_path, 6)
+    with pytest.raises(ValueError, match=r"--steps .*expected >= the saved step 6 to resume, got 3"):
+        toy_run(tmp_path, 3, resume=True)
+    with pytest.raises(ValueError, match="resume: needs out_dir"):
+        toy_run(None, 3, resume=True)
+
+
+def test_save_points_and_atomic_sets(tmp_path):
+    saved = []
+    toy_run(tmp_path, 7, save_every=3, after_save=saved.append)
+    assert saved == [3, 6, 7]
+    from minilisten.checkpoint import verify_checkpoint
+    assert verify_checkpoint(tmp_path)["step"] == 7
+    saved.clear()
+    toy_run(tmp_path / "b", 7, eval_every=2, save_at_eval=True, after_save=saved.append)
+    assert saved == [2, 4, 6, 7]
+
+
+def test_nan_loss_is_an_error():
+    model = Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loop = TrainLoop(model, opt, steps=3, schedule=step_decay(0.1), progress=False, desc="toy")
+    with pytest.raises(FloatingPointError, match="toy: loss became nan at step 0"):
+        loop.run(lambda step: (torch.tensor(float("nan"), requires_grad=True), {}))
+    with pytest.raises(ValueError, match="steps: expected an int >= 1, got 0"):
+        TrainLoop(model, opt, steps=0, schedule=step_decay(0.1))
+
+
+def test_hooks_see_every_step():
+    model = Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = []
+    loop = TrainLoop(model, opt, steps=4, schedule=step_decay(0.1), progress=False,
+                     hooks=[lambda step, loss, stats: steps.append((step, stats["n"]))])
+    loop.run(lambda step: (model(torch.ones(2, 4)).sum(), {"n": step * 2}))
+    assert steps == [(0, 0), (1, 2), (2, 4), (3, 6)]
+    assert loop.ema["n"] == pytest.approx(((0 * 0.9 + 0.1 * 2) * 0.9 + 0.1 * 4) * 0.9 + 0.1 * 6)
+
+
+def test_renamed_kwargs():
+    assert renamed_kwargs({"lr": 1, "x": 2}, {"lr": "learning_rate"}, "f") == {"learning_rate": 1, "x": 2}
+    with pytest.raises(ValueError, match="f: got both 'lr' .* and 'learning_rate'"):
+        renamed_kwargs({"lr": 1, "learning_rate": 2}, {"lr": "learning_rate"}, "f")
+
+
+def test_old_train_config_names_load():
+    from minilisten.train_lm import TrainConfig
+    old = {"stage": 2, "lr": 5e-5, "lr_decay_step": 150, "lr_after": 2.5e-6, "lr_noise": 0.25}
+    tc = TrainConfig.from_dict(old)
+    assert (tc.learning_rate, tc.decay_step, tc.final_learning_rate, tc.lr_noise) == (5e-5, 150, 2.5e-6, 0.25)
+    f = tc.schedule()
+    assert f(200) == 2.5e-6 and f(tc.warmup) == 5e-5
+
+
+# ----------------------------------------------------------------------------- CLI from dataclasses
+@dataclass
+class Opts:
+    steps: int = 10               # optimisation steps
+    rate: float = 0.5             # a rate in % of something
+    name: str = "x"
+    maybe: int | None = None      # None: decided later
+    pair: tuple[float, float] = (0.5, 0.99)
+    flag: bool = False            # switch it on
+
+
+def _parser(**kw):
+    p = argparse.ArgumentParser(prog="t")
+    names = add_dataclass_args(p, Opts, **kw)
+    return p, names
+
+
+def test_dataclass_args_types_and_only_given_values():
+    p, names = _parser()
+    assert names == ["steps", "rate", "name", "maybe", "pair", "flag"]
+    assert dataclass_kwargs(p.parse_args([]), names) == {}
+    a = p.parse_args(["--steps", "3", "--rate", "0.25", "--maybe", "4", "--pair", "0.1", "0.2", "--flag"])
+    assert dataclass_kwargs(a, names) == {"steps": 3, "rate": 0.25, "maybe": 4, "pair": (0.1, 0.2), "flag": True}
+    assert Opts(**dataclass_kwargs(a, names)).pair == (0.1, 0.2)
+    assert dataclass_kwargs(p.parse_args(["--no-flag"]), names) == {"flag": False}
+    with pytest.raises(SystemExit):
+        p.parse_args(["--steps", "x"])
+
+
+def test_dataclass_args_help_prints_each_default_once():
+    assert field_docs(Opts)["steps"] == "optimisation steps" and "name" not in field_docs(Opts)
+    p, _ = _parser(skip=("name",), defaults={"steps": 64}, alt_defaults={"--paper": {"steps": 300, "rate": 0.5}},
+                   flags={"rate": "--the-rate"}, aliases={"rate": ["--old-rate"]}, metavars={"steps": "N"})
+    helps = {}
+    for a in p._actions:
+        helps.setdefault(a.dest, a.help)     # the shown option, not its hidden alias
+    assert helps["steps"] == "optimisation steps (default: 64; --paper: 300)"
+    assert helps["rate"] == "a rate in %% of something (default: 0.5)"     # same --paper value: not repeated
+    assert helps["maybe"] == "None: decided later"                         # None is not shown as a default
+    assert helps["pair"] == "(default: 0.5 0.99)"
+    assert "name" not in helps
+    text = p.format_help()
+    assert "--the-rate" in text and "--old-rate" not in text and "--steps N" in text
+    assert dataclass_kwargs(p.parse_args(["--old-rate", "2"]), ["rate"]) == {"rate": 2.0}
+    with pytest.raises(ValueError, match=r"expected field names of Opts, got \['nope'\]"):
+        _parser(skip=("nope",))
+
+
+@pytest.mark.parametrize("module", ["minilisten.train_vq", "minilisten.train_lm", "minilisten.data.cli"])
+def test_command_help_shows_each_default_once(module, capsys):
+    import importlib
+    mod = importlib.import_module(module)
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    text = capsys.readouterr().out
+    blocks = text.split("\n  -")            # one block per option
+    assert all(b.count("(default:") <= 1 and b.count("default: ") <= 1 for b in blocks), \
+        [b for b in blocks if b.count("default: ") > 1]
+
+
+def test_cli_defaults_are_the_dataclass_defaults(capsys):
+    from minilisten.train_lm import TrainConfig, main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())   # past the usage line
+    c = TrainConfig()
+    for flag, v in (("--warmup", c.warmup), ("--weight-decay", c.weight_decay), ("--val-windows", c.val_windows),
+                    ("--lr-noise", c.lr_noise)):
+        assert f"(default: {v})" in text.split(flag, 1)[1].split(" --", 1)[0], flag
