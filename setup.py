@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.6", "websockets>=13", "peft>=0.10", "imageio-ffmpeg>=0.4"],   # peft: the LoRA tests
-        "plot": ["matplotlib>=3.6"],
+        "plot": ["matplotlib>=3.6", "imageio-ffmpeg>=0.4"],   # plots and the demo's clip.mp4
         "lora": ["peft>=0.10"],
         "audio": ["soundfile>=0.12"],
         "serve": ["websockets>=13"],
