@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=["minilisten", "minilisten.data", "minilisten.kernels"],
     package_dir={"minilisten": "minilisten", "minilisten.kernels": "kernels"},
+    package_data={"minilisten": ["web/*.html"]},   # the serve command's web page
     install_requires=[
         # <2.14: on machines whose pip index serves a local CPU build of 2.13 (our CI), a wider range
         # would pull a multi-GB CUDA build. Widen it freely on a GPU machine.

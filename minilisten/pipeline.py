@@ -70,6 +70,7 @@ class DemoConfig:
     max_test_clips: int = 128    # 0 = all of LM-listener's clips of the test split (256 by default)
     workers: int = min(2, os.cpu_count() or 1)   # parallel training processes (1 thread each)
     arig_steps: int = 300        # the ARIG-style continuous listener (0 = leave it out)
+    arig_ablation: bool = True   # also train its two ablations (regression head; linear instead of IBU)
     video: bool = True           # render one test clip to clip.mp4 (minilisten.render)
     video_ssaa: int = 2          # its supersampling (1 = ~4x cheaper)
 
@@ -187,6 +188,12 @@ TABLE4 = {"Naive": ("W", "naive"), "MM only": ("MM", "naive"), "ID only": ("W", 
           "Full": ("MM", "disentangled")}
 #: Table 1 row of the ARIG-style continuous listener (Guo et al., ICCV 2025; not in Lai et al.'s tables)
 ARIG_ROW = "ARIG-style (continuous)"
+#: the appendix's ablations: Table 1 name -> (checkpoint directory, ARIGConfig fields)
+ARIG_ABLATIONS = {"ARIG w/o diffusion head": ("arig_regression", {"head": "regression"}),
+                  "ARIG w/o bidirectional-integrated learning": ("arig_linear", {"ibu": "linear"})}
+ARIG_ABLATION_LABEL = {ARIG_ROW: "Full (diffusion head, bidirectional-integrated learning)",
+                       "ARIG w/o diffusion head": "w/o diffusion head (regression head)",
+                       "ARIG w/o bidirectional-integrated learning": "w/o bidirectional-integrated learning (linear layers)"}
 PRESET_LABEL = {"naive": "naive VQ", "disentangled": "IN/AdaIN VQ"}
 #: checkpoint directory of each row's LM (a model shared by two rows lives in the first one's)
 ROW_DIR = {"Naive": "lm_listener", "MM only": "lm_mm_only", "ID only": "lm_id_only", "Full": "lm_full",
@@ -304,6 +311,7 @@ class PipelineResult:
     notes: list
     timings: dict
     has_valence: bool
+    arig_ablation: dict | None = None
     nn_speech_embedding: str | None = None
     all_train: list = field(default_factory=list)
 
@@ -378,8 +386,12 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     tick("lm_stage1", t0)
     t0 = time.perf_counter()
     jobs = []
-    if cfg.arig_steps:   # the longest job first, so that the workers finish together
-        jobs.append((_arig_job, (spec, str(out / "arig"), dict(steps=cfg.arig_steps, seed=cfg.seed, eval_every=0))))
+    arig_runs = {ARIG_ROW: ("arig", {})} if cfg.arig_steps else {}
+    if cfg.arig_steps and cfg.arig_ablation:
+        arig_runs.update(ARIG_ABLATIONS)
+    for name, (sub, model_config) in arig_runs.items():   # the longest jobs first: the workers finish together
+        jobs.append((_arig_job, (spec, str(out / sub), dict(model_config=model_config, steps=cfg.arig_steps,
+                                                           seed=cfg.seed, eval_every=0))))
     # the multimodal runs are the long ones: start them first so the two workers finish together
     for m, p in sorted(models, key=lambda k: k[0] == "W"):
         kw = {k: v for k, v in lm_kw.items() if k != "backbone"}
@@ -415,9 +427,10 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     gen_codes = {}
     for k in models:
         gen_codes[k], preds[models[k]] = generate_motion(lms[k], vq[k[1]], clips, cfg.decode_batch)
-    if cfg.arig_steps:
+    if arig_runs:
         from .arig import ARIG, arig_generate
-        preds[ARIG_ROW] = arig_generate(ARIG.from_pretrained(out / "arig"), clips, seed=cfg.seed)
+        for name, (sub, _) in arig_runs.items():
+            preds[name] = arig_generate(ARIG.from_pretrained(out / sub), clips, seed=cfg.seed)
     results = {name: score(pr, clips, valence, cfg.seed) for name, pr in preds.items()}
     tick("evaluation", t0)
 
@@ -436,6 +449,9 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
         table1[ARIG_ROW] = results[ARIG_ROW]
     notes.append(f"Ours = the LM on {models[ours]}")
     table4 = {row: {**results[models[k]], "lr_acc": lr_acc[k]} for row, k in rows.items() if row in TABLE4}
+    arig_ablation = None
+    if len(arig_runs) > 1:
+        arig_ablation = {ARIG_ABLATION_LABEL.get(name, name): results[name] for name in arig_runs}
     table3 = None
     if "W+SA" in rows:
         table3 = {m: {**results[models[k]], "lr_acc": lr_acc[k]} for m, k in
@@ -444,7 +460,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     return PipelineResult(cfg=cfg, data=data, out=out, clips=clips, rows=rows, models=models, vq=vq, lms=lms,
                           preds=preds, gen_codes=gen_codes, results=results, lr_acc=lr_acc, table1=table1,
                           table3=table3, table4=table4, table5=table5, notes=notes, timings=timings,
-                          has_valence=valence is not None, nn_speech_embedding=emb, all_train=all_train)
+                          has_valence=valence is not None, arig_ablation=arig_ablation, nn_speech_embedding=emb, all_train=all_train)
 
 
 def identity_swap(res: PipelineResult, k: int):

@@ -98,6 +98,9 @@ def demo_markdown(res) -> str:
            markdown_table(res.table4, cols4, "Table 4 — ablation (multimodal LM, identity-disentangled VQ-VAE)"), ""]
     if res.table3 is not None:
         md += [markdown_table(res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"), ""]
+    if res.arig_ablation:
+        colsa = [c for c in cols if c[0] not in ("variation", "diversity")]
+        md += [markdown_table(res.arig_ablation, colsa, "ARIG-style ablation (appendix; test clips)"), ""]
     md += [markdown_table(res.table5, TABLE5_COLUMNS, "Table 5 — VQ-VAE normalization (validation split)"), "",
            "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items())]
     return "\n".join(md)
@@ -107,7 +110,7 @@ def demo_report(res, plots: list[str], extra: dict | None = None) -> dict:
     """The demo's ``results.json`` content (tables, notes, timings, environment)."""
     return {"config": asdict(res.cfg), "data": res.data.what, "coverage": res.data.coverage.describe(),
             "notes": res.notes, "table1": res.table1, "table3": res.table3, "table4": res.table4,
-            "table5": res.table5, "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
+            "table5": res.table5, "arig_ablation": res.arig_ablation, "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
             "all_results": res.results, "timings_s": res.timings, "plots": plots,
             "nn_speech_embedding": res.nn_speech_embedding, "n_test_clips": len(res.clips),
             "versions": environment(), **(extra or {})}

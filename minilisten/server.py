@@ -240,7 +240,9 @@ class ListenerServer:
     ``sample_steps`` (Euler steps, default the model's), ``temperature``, ``max_skew`` (s));
     ``max_queue``: messages buffered per session each way;
     ``max_message``: bytes per client message; ``token``: a shared secret every client must send
-    (``Authorization: Bearer TOKEN`` header or ``?token=TOKEN`` in the URL; else HTTP 401).
+    (``Authorization: Bearer TOKEN`` header or ``?token=TOKEN`` in the URL; else HTTP 401);
+    ``web``: answer plain HTTP GETs on the same port (``/``: the web page, ``/clip.json``: a test
+    clip, :meth:`clip`; other paths 404; WebSocket upgrades on any path are sessions).
     Use as ``async with server.run(host, port): ...`` or
     :meth:`serve_forever`.
     """
@@ -249,7 +251,7 @@ class ListenerServer:
                  lookahead: int | None = None, sa_tokenizer=None, max_len: int | None = None, max_queue: int = 64,
                  max_message: int = 1 << 20, close_timeout: float = 5.0, token: str | None = None,
                  model_info: dict | None = None, seed: int = 0, sample_steps: int | None = None,
-                 temperature: float = 1.0, max_skew: float = 2.0):
+                 temperature: float = 1.0, max_skew: float = 2.0, web: bool = True):
         for name, v in (("max_sessions", max_sessions), ("max_queue", max_queue), ("max_message", max_message)):
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
@@ -288,6 +290,8 @@ class ListenerServer:
         if token is not None and not (isinstance(token, str) and token):
             raise ValueError(f"token: expected a non-empty string or None, got {token!r}")
         self.token = token
+        self.web = bool(web)
+        self._clips: dict = {}                 # (seconds, seed) -> /clip.json body
         self.free = collections.deque(range(max_sessions))
         self.sessions: dict[int, _Session] = {}
         self._release: list[int] = []
@@ -425,6 +429,78 @@ class ListenerServer:
         self.stats["unauthorized"] += 1
         return connection.respond(HTTPStatus.UNAUTHORIZED, "token: expected the server's shared token "
                                   "(Authorization: Bearer TOKEN or ?token=TOKEN), got none or another\n")
+
+    def _process_request(self, connection, request):
+        """websockets ``process_request``: the shared token (if any), then plain HTTP GETs (no
+        ``Upgrade: websocket`` header) of the web page and the test clip; upgrades go on to sessions."""
+        from http import HTTPStatus
+        from urllib.parse import parse_qs, urlsplit
+        if self.token:
+            refused = self._authorize(connection, request)
+            if refused is not None:
+                return refused
+        if not self.web or request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        url = urlsplit(request.path)
+        if url.path in ("/", "/index.html"):
+            self.stats["http_page"] += 1
+            return _respond(connection, HTTPStatus.OK, web_page(), "text/html; charset=utf-8")
+        if url.path == "/clip.json":
+            q = parse_qs(url.query)
+            try:
+                seconds = _query_num(q, "seconds", 10.0, float, 0.5, 120.0)
+                seed = _query_num(q, "seed", 0, int, 0, 2 ** 31 - 1)
+            except ValueError as e:
+                return _respond(connection, HTTPStatus.BAD_REQUEST, f"{e}\n", "text/plain; charset=utf-8")
+            key = (seconds, seed)
+            if key not in self._clips:
+                if len(self._clips) >= 16:   # bounded cache
+                    self._clips.pop(next(iter(self._clips)))
+                self._clips[key] = json.dumps(self.clip(seconds, seed), separators=(",", ":"))
+            self.stats["http_clip"] += 1
+            return _respond(connection, HTTPStatus.OK, self._clips[key], "application/json")
+        return _respond(connection, HTTPStatus.NOT_FOUND, f"path: expected /, /clip.json or a WebSocket upgrade, "
+                        f"got {url.path[:200]}\n", "text/plain; charset=utf-8")
+
+    def clip(self, seconds: float = 10.0, seed: int = 0) -> dict:
+        """A test clip of speaker input for this server's model (the web page replays it): a random
+        speaker stream (:func:`minilisten.bench.speaker_segment`, ``seconds`` long) cut into pushes
+        of one decode step (``frames_per_step`` frames; ARIG: 0.1 s). Returns ``{"fps", "seconds",
+        "seed", "kind", "history_words": [[text, start, end]], "words": [...], "pushes": [{"t",
+        "msg"}]}``: ``msg`` is the protocol's ``push`` message, to be sent at clip time ``t`` (s)
+        = the end of its frames; only the fields of the model's modalities are present."""
+        from .bench import speaker_segment
+        sl = self.listener
+        if self.kind == "arig":
+            c = sl.cfg
+            fps, step, sa_rate, n_sa = float(sl.fps), max(1, int(round(sl.fps / 10))), float(c.sa_rate), int(c.n_sa)
+            use_w, use_sa, use_e = bool(c.use_words), n_sa > 0, bool(c.use_emotion)
+        else:
+            fps, step, sa_rate, n_sa = float(sl.fps), int(sl.r), float(sl.sa_rate), int(sl.lm.vocab.n_sa)
+            use_w, use_sa, use_e = "W" in sl.modalities, "SA" in sl.modalities, "emo" in sl.modalities
+        seg = speaker_segment(seconds, fps=fps, seed=seed, n_sa=max(n_sa, 1))
+        wl = lambda ws: [[w.text, round(w.start, 4), round(w.end, 4)] for w in ws]   # noqa: E731
+        pushes, f, sa_done, T = [], 0, 0, seg.T
+        while f < T:
+            n = min(step, T - f)
+            t0, t1 = f / fps, (f + n) / fps
+            msg = {"type": "push", "id": len(pushes)}
+            if use_w:
+                msg["words"] = wl([w for w in seg.words if t0 < w.end <= t1 + 1e-9])
+            if use_sa:
+                sa_to = seg.sa_tokens.size if f + n == T else min(seg.sa_tokens.size, int(t1 * sa_rate))
+                msg["sa_tokens"] = [int(t) for t in seg.sa_tokens[sa_done:sa_to]]
+                sa_done = sa_to
+            if use_e:
+                msg["emotion"] = np.round(seg.emotion[f:f + n], 5).tolist()
+            if self.kind == "arig":
+                msg["motion"] = seg.speaker_motion[f:f + n].tolist()
+            elif not use_e:
+                msg["frames"] = n
+            pushes.append({"t": t1, "msg": msg})
+            f += n
+        return {"fps": fps, "seconds": T / fps, "seed": seed, "kind": self.kind,
+                "history_words": wl(seg.history_words) if use_w else [], "words": wl(seg.words), "pushes": pushes}
 
     def _parse(self, raw) -> tuple[str, dict | None, object]:
         if isinstance(raw, (bytes, bytearray)):
@@ -590,7 +666,8 @@ class ListenerServer:
 
     async def serve_forever(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
         async with self.run(host, port) as srv:
-            print(f"minilisten serve: ws://{host}:{self.port} ({self.kind} model, protocol {PROTOCOL}, "
+            page = f"; web page http://{host}:{self.port}/" if self.web else ""
+            print(f"minilisten serve: ws://{host}:{self.port}{page} ({self.kind} model, protocol {PROTOCOL}, "
                   f"{self.max_sessions} sessions, "
                   f"{self.listener.fps:g} fps); Ctrl-C stops", flush=True)
             await srv.serve_forever()
@@ -607,7 +684,7 @@ class _Running:
         self.loop_task = asyncio.create_task(srv._tick_loop())
         self.ws = await serve(srv.handler, self.host, self.port, max_size=srv.max_message, max_queue=srv.max_queue,
                               close_timeout=srv.close_timeout, compression=None,
-                              process_request=srv._authorize if srv.token else None).__aenter__()
+                              process_request=srv._process_request if (srv.token or srv.web) else None).__aenter__()
         srv.port = self.ws.sockets[0].getsockname()[1]
         srv.host = self.ws.sockets[0].getsockname()[0]
         return self.ws
@@ -629,6 +706,35 @@ def _websockets_serve():
         raise ValueError("serve: expected the websockets package (>= 13), got none installed; "
                          "pip install 'minilisten[serve]' (or pip install websockets)") from e
     return serve
+
+
+def web_page() -> str:
+    """The web page (``minilisten/web/index.html``, installed as package data)."""
+    from importlib.resources import files
+    return files("minilisten").joinpath("web", "index.html").read_text(encoding="utf-8")
+
+
+def _respond(connection, status, body: str, content_type: str):
+    """A plain HTTP response (websockets ``connection.respond``, with this content type)."""
+    r = connection.respond(status, body)
+    del r.headers["Content-Type"]
+    r.headers["Content-Type"] = content_type
+    r.headers["Cache-Control"] = "no-store"
+    return r
+
+
+def _query_num(q: dict, name: str, default, kind, lo, hi):
+    """A number from a parsed query string (``?name=value``) in ``[lo, hi]``, else ValueError."""
+    if name not in q:
+        return default
+    v = q[name][-1]
+    try:
+        x = kind(v)
+    except ValueError:
+        x = None
+    if x is None or not (lo <= x <= hi) or (kind is float and not np.isfinite(x)):
+        raise ValueError(f"{name}: expected {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], got {v[:60]!r}")
+    return x
 
 
 def _msg_id(raw):
@@ -697,6 +803,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lookahead", type=int, help="VQ lookahead in codes (default: exact, the receptive field)")
     p.add_argument("--max-message", type=int, default=1 << 20, help="bytes per client message (default 1 MiB)")
     p.add_argument("--max-queue", type=int, default=64, help="messages buffered per session each way")
+    p.add_argument("--no-web", action="store_true", help="do not serve the web page (/) and test clip (/clip.json) "
+                   "on the same port")
     p.add_argument("--token-file", help="file holding a shared token clients must send (Authorization: Bearer "
                    "TOKEN or ?token=TOKEN); default: no authentication")
     return p
@@ -733,11 +841,12 @@ def main(argv: list[str] | None = None) -> int:
         arig = ARIG.from_pretrained(a.arig).eval()
         server = ListenerServer(beta=beta, arig=arig, max_sessions=a.max_sessions, fps=a.fps, lookahead=a.lookahead,
                                 sa_tokenizer=tok, max_queue=a.max_queue, max_message=a.max_message, token=token,
-                                seed=a.seed, sample_steps=a.sample_steps, max_skew=a.max_skew)
+                                seed=a.seed, sample_steps=a.sample_steps, max_skew=a.max_skew, web=not a.no_web)
     else:
         vq, lm = VQVAE.from_pretrained(a.vq).eval(), ListenerLM.from_pretrained(a.lm).eval()
         server = ListenerServer(lm, vq, beta, max_sessions=a.max_sessions, fps=a.fps, lookahead=a.lookahead,
-                                sa_tokenizer=tok, max_queue=a.max_queue, max_message=a.max_message, token=token)
+                                sa_tokenizer=tok, max_queue=a.max_queue, max_message=a.max_message, token=token,
+                                web=not a.no_web)
     if beta is not None:
         server.beta_source = f"--beta {a.beta}"
     try:

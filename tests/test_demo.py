@@ -17,6 +17,9 @@ def test_demo_quick_produces_finite_tables(tmp_path):
         for k in keys:
             assert math.isfinite(row[k]) and row[k] >= 0, (name, k, row[k])
     assert list(report["table4"]) == ["Naive", "MM only", "ID only", "Full"]
+    abl = report["arig_ablation"]                                 # the appendix's ablation table
+    assert len(abl) == 3 and all(math.isfinite(r["l2"]) for r in abl.values())
+    assert abl["Full (diffusion head, bidirectional-integrated learning)"]["l2"] == t1["ARIG-style (continuous)"]["l2"]
     for row in report["table5"].values():
         assert math.isfinite(row["rec"]) and row["ppl"] > 1
     text = (out / "tables.md").read_text()

@@ -1,0 +1,205 @@
+"""The web page served by ``minilisten serve`` (``/``, ``/clip.json``): HTTP answers, and the page in a
+real headless Chromium against tiny random models (screenshot shows a head, frames arrive)."""
+import asyncio
+import base64
+import contextlib
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("websockets")
+from minilisten.server import ListenerServer  # noqa: E402
+from minilisten.render import SKIN  # noqa: E402
+from conftest import tiny_lm, tiny_vq  # noqa: E402
+
+SHOT = Path(__file__).resolve().parent.parent / "runs" / "test_web" / "page.png"
+
+
+@contextlib.contextmanager
+def running(**kw):
+    """A ListenerServer (tiny models, ``kw``) running in a background thread on an ephemeral port."""
+    srv = ListenerServer(tiny_lm("gpt2"), tiny_vq("adaln"), max_sessions=2, **kw)
+    ready, box = threading.Event(), {}
+
+    async def main():
+        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        async with srv.run(port=0):
+            ready.set()
+            await box["stop"].wait()
+    th = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    th.start()
+    assert ready.wait(60), "server did not start"
+    try:
+        yield srv
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        th.join(30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running() as srv:
+        yield srv
+
+
+def get(srv, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=30) as r:
+            return r.status, r.headers.get("Content-Type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read().decode()
+
+
+def test_http_page_and_clip(server):
+    st, ct, body = get(server, "/")
+    assert st == 200 and ct.startswith("text/html") and "<canvas" in body and "new WebSocket" in body
+    assert "http" not in body.replace("http://", "").split("<script>")[1].split("location.protocol")[0]  # no CDN
+    st, ct, body = get(server, "/clip.json?seconds=3&seed=4")
+    assert st == 200 and ct == "application/json"
+    clip = json.loads(body)
+    from minilisten.bench import speaker_segment
+    seg = speaker_segment(3.0, seed=4, n_sa=server.listener.lm.vocab.n_sa)
+    pushes = [p["msg"] for p in clip["pushes"]]
+    # the pushes are the segment cut in steps of r frames: every frame, word and SA token once, in order
+    assert [len(m["emotion"]) for m in pushes] == [8] * (seg.T // 8) + ([seg.T % 8] if seg.T % 8 else [])
+    np.testing.assert_allclose(np.concatenate([m["emotion"] for m in pushes]), seg.emotion, atol=1e-5)
+    assert [w[0] for m in pushes for w in m["words"]] == [w.text for w in seg.words]
+    assert [t for m in pushes for t in m["sa_tokens"]] == seg.sa_tokens.tolist()
+    assert [p["t"] for p in clip["pushes"]] == pytest.approx([min(8 * (k + 1), seg.T) / 30 for k in range(len(pushes))])
+    assert clip["fps"] == 30.0 and [m["id"] for m in pushes] == list(range(len(pushes)))
+    for q, field in (("seconds=abc", "seconds"), ("seconds=0", "seconds"), ("seed=-1", "seed"), ("seconds=nan", "seconds")):
+        st, _, body = get(server, "/clip.json?" + q)
+        assert st == 400 and body.startswith(field + ": expected"), (q, body)
+    st, _, body = get(server, "/nope")
+    assert st == 404 and "path: expected" in body
+
+
+def test_http_token_and_no_web():
+    """With a shared token the page and clip need it too (401 without); ``web=False``: no page."""
+    with running(token="s3cret") as srv:
+        assert get(srv, "/")[0] == 401 and get(srv, "/clip.json")[0] == 401
+        st, _, body = get(srv, "/?token=s3cret")
+        assert st == 200 and "<canvas" in body
+        assert get(srv, "/clip.json?seconds=1&token=s3cret")[0] == 200
+    with running(web=False) as srv:
+        st, _, body = get(srv, "/")
+        assert st == 426 and "<canvas" not in body   # websockets' own answer to a plain GET
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.fail("chromium: expected a Chromium binary on PATH (Debian: apt-get install chromium; .ci/run "
+                    "installs it), got none")
+    return exe
+
+
+class Browser:
+    """A headless Chromium driven over the DevTools protocol (``--remote-debugging-port``): the
+    page runs in real time (``--screenshot``/``--dump-dom`` would read it at its load event, before
+    any WebSocket traffic; ``--virtual-time-budget`` runs the page's timers ahead of the network)."""
+
+    def __init__(self, url, profile: Path):
+        self.proc = subprocess.Popen([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                      "--no-first-run", "--window-size=800,700", "--remote-debugging-port=0",
+                                      f"--user-data-dir={profile}", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 60
+        while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise AssertionError(f"chromium did not start its DevTools endpoint: {self.proc.stderr.read()[-1500:]}")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        while True:   # the page target (the URL given on the command line)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as r:
+                pages = [t for t in json.load(r) if t["type"] == "page"]
+            if pages or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert pages, "chromium: expected a page target, got none"
+        from websockets.sync.client import connect
+        self.ws, self.n = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 << 20), 0
+
+    def call(self, method, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            m = json.loads(self.ws.recv(timeout=60))
+            if m.get("id") == self.n:
+                assert "error" not in m, m
+                return m["result"]
+
+    def eval(self, expr):
+        return self.call("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
+
+    def close(self):
+        if getattr(self, "ws", None) is not None:
+            self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def direct(server, seconds, seed=0) -> np.ndarray:
+    """Reference: the clip's pushes through a solo StreamingListener, then flush: ``(T', 56)``."""
+    from minilisten.streaming import StreamingListener
+    from minilisten.data.segment import N_SHAPE
+    clip = server.clip(seconds, seed)
+    sl = StreamingListener(server.listener.lm, server.listener.vq, np.zeros(N_SHAPE), history_words=clip["history_words"])
+    out = [sl.push(words=m["words"], sa_tokens=np.array(m["sa_tokens"], np.int64), emotion=np.array(m["emotion"]))
+           for m in (p["msg"] for p in clip["pushes"])]
+    return np.concatenate(out + [sl.flush()])
+
+
+def test_page_in_headless_chromium(server, tmp_path):
+    """The page connects, replays a 3 s clip at real time and draws the head: its status reports
+    the end and as many frames as a direct StreamingListener run of the clip (and the same
+    values), the screenshot's canvas holds the head's skin colours and the mouth."""
+    b = Browser(f"http://127.0.0.1:{server.port}/?seconds=3", tmp_path / "profile")
+    try:
+        deadline, status = time.monotonic() + 45, ""
+        while time.monotonic() < deadline and "(done)" not in (status or ""):
+            time.sleep(0.25)
+            status = b.eval("document.getElementById('status') && document.getElementById('status').textContent")
+        ref = direct(server, 3.0)
+        assert status == f"frames: {len(ref)} (done)", status
+        assert b.eval("document.title") == f"minilisten - frames: {len(ref)} (done)"
+        got = np.array(json.loads(b.eval("JSON.stringify(frames.map(f => f[0].concat(f[1])))")), np.float32)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)   # the head drawn is the model's output
+        time.sleep(0.5)   # a few playback ticks after the last frame
+        png = base64.b64decode(b.call("Page.captureScreenshot", format="png")["data"])
+        rect = b.eval("JSON.stringify(document.getElementById('head').getBoundingClientRect())")
+    finally:
+        b.close()
+    shot = tmp_path / "page.png"
+    shot.write_bytes(png)
+    SHOT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, SHOT)
+    import matplotlib.image as mpimg
+    img = (mpimg.imread(shot)[..., :3] * 255).round()
+    r = json.loads(rect)
+    x0, y0 = int(round(r["x"])), int(round(r["y"]))
+    w, h = int(r["width"]), int(r["height"])
+    canvas = img[y0:y0 + h, x0:x0 + w]
+    skin = np.asarray(SKIN) * 255
+    lit = np.linspace(0.35, 1.0, 27)[:, None] * skin   # Lambert-shaded skin tones
+    d = np.abs(canvas[:, :, None, :] - lit[None, None]).max(-1).min(-1)
+    top = d[: int(h * 0.7)]   # the head (neck and shoulders are lower): ~30% of the upper 70% of the canvas
+    skin_frac = float((top < 8).mean())
+    assert skin_frac > 0.15, f"skin pixels: expected > 15% of the canvas' upper 70%, got {skin_frac:.3f}"
+    dark = float((np.abs(canvas - [56, 13, 18]).max(-1) < 8).mean())   # the mouth's opening
+    assert dark > 0.0005, f"mouth pixels: expected some, got {dark:.4f}"
+    outside = img[y0 + h + 60:, x0 + w + 20:]
+    assert (np.abs(outside - [32, 34, 38]).max(-1) < 3).mean() > 0.9   # the page background, no head
