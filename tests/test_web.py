@@ -203,3 +203,19 @@ def test_page_in_headless_chromium(server, tmp_path):
     assert dark > 0.0005, f"mouth pixels: expected some, got {dark:.4f}"
     outside = img[y0 + h + 60:, x0 + w + 20:]
     assert (np.abs(outside - [32, 34, 38]).max(-1) < 3).mean() > 0.9   # the page background, no head
+
+
+def test_clip_for_arig_server():
+    """The ARIG kind's clip: pushes of 0.1 s with the speaker motion, accepted by the server's parser
+    and its MultiStreamARIG (one listener frame per speaker frame)."""
+    import torch
+    from minilisten.arig import ARIG, ARIGConfig
+    from minilisten.server import parse_push
+    from test_server import ARIG_TINY
+    torch.manual_seed(0)
+    srv = ListenerServer(arig=ARIG(ARIGConfig(**ARIG_TINY)).eval(), max_sessions=1)
+    clip = srv.clip(1.0, 2)
+    assert clip["kind"] == "arig" and [len(p["msg"]["motion"]) for p in clip["pushes"]] == [3] * 10
+    srv.listener.reset(0, history_words=clip["history_words"])
+    n = sum(len(srv.listener.push_many({0: parse_push(p["msg"], "arig")})[0]) for p in clip["pushes"])
+    assert n == 30
