@@ -50,15 +50,22 @@ async def recv(ws):
 
 async def stream_session(ws, seg, pushes, beta=None):
     """reset with the segment's history words (+ set_beta), every push, end: the replies."""
+    return await session(ws, seg.history_words, pushes, beta)
+
+
+async def session(ws, history, pushes, beta=None, seed=None, encode=None):
+    """set_beta (when ``beta``), reset with ``history`` (+ ``seed``), every push (``encode``d for the
+    wire; default :func:`wire`), end: the replies in order."""
+    encode = encode or wire
     out = []
     if beta is not None:
         await ws.send(json.dumps({"type": "set_beta", "beta": [float(x) for x in beta], "id": "b"}))
         out.append(await recv(ws))
-    await ws.send(json.dumps({"type": "reset", "id": "r",
-                              "history_words": [[w.text, w.start, w.end] for w in seg.history_words]}))
+    await ws.send(json.dumps({"type": "reset", "id": "r", "history_words": [[w.text, w.start, w.end] for w in history],
+                              **({} if seed is None else {"seed": seed})}))
     out.append(await recv(ws))
     for k, p in enumerate(pushes):
-        await ws.send(json.dumps({**wire(p), "id": k}))
+        await ws.send(json.dumps({**encode(p), "id": k}))
         out.append(await recv(ws))
     await ws.send(json.dumps({"type": "end", "id": "end"}))
     out.append(await recv(ws))
@@ -649,18 +656,7 @@ def arig_direct(model, pushes, history, beta, seed=0):
 
 
 async def arig_session(ws, pushes, history, beta, seed=None):
-    out = []
-    await ws.send(json.dumps({"type": "set_beta", "beta": [float(x) for x in beta], "id": "b"}))
-    out.append(await recv(ws))
-    await ws.send(json.dumps({"type": "reset", "id": "r", "history_words": [[w.text, w.start, w.end] for w in history],
-                              **({} if seed is None else {"seed": seed})}))
-    out.append(await recv(ws))
-    for k, p in enumerate(pushes):
-        await ws.send(json.dumps({**arig_wire(p), "id": k}))
-        out.append(await recv(ws))
-    await ws.send(json.dumps({"type": "end", "id": "end"}))
-    out.append(await recv(ws))
-    return out
+    return await session(ws, history, pushes, beta, seed, encode=arig_wire)
 
 
 def run_arig_server(model, body, **kw):
