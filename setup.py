@@ -21,7 +21,10 @@ setup(
         # would pull a multi-GB CUDA build. Widen it freely on a GPU machine.
         "torch>=2.4,<2.14",
         "triton>=3.0",
-        "transformers>=4.46",
+        # <5.25: transformers 5.25 depends on Hugging Face's `kernels` package, which our top-level
+        # kernels/ directory shadows whenever the repository root is on sys.path (python -m from a
+        # checkout): `from kernels import CUDAProperties` then fails. Measured 2026-12-03.
+        "transformers>=4.46,<5.25",
         "numpy>=1.24",
         "scipy>=1.10",
         "safetensors>=0.4",
