@@ -1,7 +1,8 @@
 """minilisten: LLM-driven multimodal, multi-identity listening head generation.
 
 The top-level ``kernels/`` directory is installed as the subpackage ``minilisten.kernels``
-(a top-level package called ``kernels`` would clash with an unrelated PyPI project).
+(a top-level package called ``kernels`` would clash with Hugging Face's ``kernels``, which
+transformers >= 5.25 depends on; imported under that name from a checkout, ours steps aside).
 """
 from setuptools import setup
 
@@ -21,10 +22,9 @@ setup(
         # would pull a multi-GB CUDA build. Widen it freely on a GPU machine.
         "torch>=2.4,<2.14",
         "triton>=3.0",
-        # <5.25: transformers 5.25 depends on Hugging Face's `kernels` package, which our top-level
-        # kernels/ directory shadows whenever the repository root is on sys.path (python -m from a
-        # checkout): `from kernels import CUDAProperties` then fails. Measured 2026-12-03.
-        "transformers>=4.46,<5.25",
+        # transformers >= 5.25 imports Hugging Face's `kernels` package; from a checkout's root our
+        # kernels/ directory would shadow it, so kernels/__init__.py steps aside for it (tested).
+        "transformers>=4.46",
         "numpy>=1.24",
         "scipy>=1.10",
         "safetensors>=0.4",

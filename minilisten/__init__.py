@@ -6,6 +6,8 @@
 - ``minilisten.ListenerLM``: multimodal causal LM over speaker + LR tokens (``minilisten.lm``)
 - ``minilisten.Generator``: fast static-cache greedy LR decoding (``minilisten.generate``)
 - ``minilisten.StreamingListener``: chunk-by-chunk listener motion (``minilisten.streaming``)
+- ``minilisten.StreamingARIG``: the ARIG-style continuous listener, frame by frame (``minilisten.arig``)
+- ``minilisten.ListenerStream``: the protocol both streams implement (``push``/``flush``/``reset``/``set_beta``)
 - ``minilisten.data``: ``Segment``, ``synthetic_corpus``, peer-format readers
 - ``minilisten.metrics``, ``minilisten.baselines``, ``minilisten.kernels``
 """
@@ -17,7 +19,8 @@ _LAZY = {
     "VQVAE": "minilisten.vqvae", "VQConfig": "minilisten.vqvae",
     "ListenerLM": "minilisten.lm", "Vocab": "minilisten.lm",
     "Generator": "minilisten.generate",
-    "StreamingListener": "minilisten.streaming",
+    "StreamingListener": "minilisten.streaming", "ListenerStream": "minilisten.streaming",
+    "StreamingARIG": "minilisten.arig",
     "Segment": "minilisten.data", "Word": "minilisten.data", "synthetic_corpus": "minilisten.data",
 }
 __all__ = list(_LAZY)

@@ -742,8 +742,9 @@ class StreamingARIG:
             render(motion)                        # (n, 56): one listener frame per new speaker frame
         sa.flush()                                # nothing is held back: returns (0, 56)
 
-    Same protocol as :class:`~minilisten.streaming.StreamingListener` (``push``, ``flush``,
-    ``reset``, ``set_beta``), plus the speaker's ``motion (n, 56)``, which advances the clock.
+    Implements :class:`~minilisten.streaming.ListenerStream`, as
+    :class:`~minilisten.streaming.StreamingListener` does (``push``, ``flush``, ``reset``,
+    ``set_beta``, ``fps``); here the speaker's ``motion (n, 56)`` is required: it advances the clock.
     Listener frame t is returned by the push that completes speaker frame t: its motion, its
     emotion row and SA tokens through the end of frame t (``ceil((t + 1) * sa_rate / fps)``
     tokens). ``words``: ``Word(text, start, end)`` in time order, each pushed no later than the
@@ -755,7 +756,7 @@ class StreamingARIG:
 
     def __init__(self, model: ARIG, beta=None, *, seed: int = 0, steps: int | None = None,
                  reference=None, temperature: float = 1.0, history_words=()):
-        self.model, self.cfg = model.eval(), model.config
+        self.model, self.cfg, self.fps = model.eval(), model.config, float(model.config.fps)
         self.seed, self.steps, self.temperature = seed, steps, float(temperature)
         self.history_words = [Segment._check_word("history_words", i, w, 0.0) for i, w in enumerate(history_words)]
         self.dev = model.lis_mean.device
@@ -838,19 +839,24 @@ class StreamingARIG:
             ws.append(w)
             last = w.end
         e = np.zeros((0, N_EMOTIONS), np.float32)
-        if c.use_emotion:
-            if emotion is None and len(m):
-                raise ValueError(f"emotion: expected ({len(m)}, {N_EMOTIONS}) probabilities with the frames, got None")
-            if emotion is not None:
-                e = np.asarray(emotion, np.float32)
-                if e.shape != (len(m), N_EMOTIONS) or not np.isfinite(e).all():
-                    raise ValueError(f"emotion: expected shape ({len(m)}, {N_EMOTIONS}) (one row per frame), got {e.shape}")
+        if c.use_emotion and emotion is None and len(m):
+            raise ValueError(f"emotion: expected ({len(m)}, {N_EMOTIONS}) probabilities with the frames, got None")
+        if emotion is not None:   # checked even when the model does not use it (ListenerStream)
+            e = np.asarray(emotion, np.float32)
+            if e.shape != (len(m), N_EMOTIONS) or not np.isfinite(e).all():
+                raise ValueError(f"emotion: expected shape ({len(m)}, {N_EMOTIONS}) (one row per frame), got {e.shape}")
         sa = np.zeros(0, np.int64)
-        if c.n_sa and sa_tokens is not None:
+        if sa_tokens is not None:
             sa = np.asarray(sa_tokens)
-            if sa.ndim != 1 or (sa.size and (not np.issubdtype(sa.dtype, np.integer) or sa.min() < 0 or sa.max() >= c.n_sa)):
-                raise ValueError(f"sa_tokens: expected a 1-d int array of ids in [0, {c.n_sa}), got shape {sa.shape}, "
-                                 f"dtype {sa.dtype}" + (f", range [{sa.min()}, {sa.max()}]" if sa.size else ""))
+            n_sa = c.n_sa or None   # a model without SA: the ids are checked for shape and type only
+            if sa.ndim != 1 or (sa.size and (not np.issubdtype(sa.dtype, np.integer) or sa.min() < 0
+                                             or (n_sa and sa.max() >= n_sa))):
+                raise ValueError(f"sa_tokens: expected a 1-d int array of ids in [0, {n_sa or 'inf'}), got shape "
+                                 f"{sa.shape}, dtype {sa.dtype}" + (f", range [{sa.min()}, {sa.max()}]" if sa.size else ""))
+            if not c.n_sa:
+                sa = np.zeros(0, np.int64)
+        if not c.use_emotion:
+            e = np.zeros((0, N_EMOTIONS), np.float32)
         return m, ws, sa.astype(np.int64), e
 
     def _accept(self, checked: tuple) -> None:

@@ -64,7 +64,7 @@ from .streaming import StreamingListener
 PROTOCOL = 2
 KINDS = ("lr-token", "arig")
 CLIENT_TYPES = ("push", "set_beta", "reset", "flush", "end")
-PUSH_FIELDS = ("type", "id", "words", "sa_tokens", "emotion", "frames", "audio", "audio_pcm16", "sample_rate")
+PUSH_FIELDS = ("type", "id", "words", "sa_tokens", "emotion", "motion", "frames", "audio", "audio_pcm16", "sample_rate")
 ARIG_PUSH_FIELDS = ("type", "id", "words", "sa_tokens", "emotion", "motion")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 
@@ -159,8 +159,10 @@ def _num_array(name: str, v, ndim: int, dtype, width: int | None = None) -> np.n
 
 def parse_push(msg: dict, kind: str = "lr-token") -> dict:
     """A ``push`` message -> ``StreamingListener.push`` keyword arguments (``kind="lr-token"``) or
-    ``StreamingARIG.push`` ones (``"arig"``: ``motion``, no ``frames`` / audio). Types and shapes
-    are checked here; times, orders and vocabularies by the streaming listener."""
+    ``StreamingARIG.push`` ones (``"arig"``: ``motion`` required, no ``frames`` / audio). ``motion``
+    is accepted by both kinds (for the LR-token model only its row count, the clock, counts), so one
+    client drives either. Types and shapes are checked here; times, orders and vocabularies by the
+    streaming listener."""
     allowed = PUSH_FIELDS if kind == "lr-token" else ARIG_PUSH_FIELDS
     unknown = sorted(set(msg) - set(allowed))
     if unknown:

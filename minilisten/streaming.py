@@ -7,8 +7,12 @@
     render(sl.flush())                                      # end of the stream: the frames held back
 
 Speaker input, in time order (times in seconds since the stream started, frames at ``fps``):
-- ``emotion (n, 8)``: per-frame emotion probabilities of the next n speaker frames; they advance the
-  stream's clock (without the ``emo`` modality, ``frames=n`` does);
+- ``motion (n, 56)``, ``emotion (n, 8)`` or ``frames=n``: the next n speaker frames, which advance
+  the stream's clock (any of them; given together they must agree on n). The LR-token model is
+  conditioned on words, SA and emotion only (Lai et al.), so of ``motion`` only its length counts;
+  it is accepted so that this class and ``arig.StreamingARIG`` (which needs the speaker's motion)
+  take the same pushes (:class:`ListenerStream`). ``emotion``: per-frame emotion probabilities,
+  required with the ``emo`` modality;
 - ``words``: ``Word(text, start, end)`` (or ``(text, start, end)``/dicts) that ended since the last
   push (Whisper-style word timings); each must end after the previous word and by the clock;
 - ``sa_tokens``: the next acoustic tokens of the 50/s stream, or ``audio`` (mono float samples at
@@ -64,6 +68,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -94,6 +99,38 @@ class _Stream:
     codes: list = field(default_factory=list)           # LR codes kept for VQ decoding ...
     codes_base: int = 0                 # ... from this code index
     emitted: int = 0                    # codes whose frames were returned
+
+
+@runtime_checkable
+class ListenerStream(Protocol):
+    """What both live generators implement, so an integrator can swap one for the other:
+    :class:`StreamingListener` (LR tokens + VQ decoding, frames in steps of 8) and
+    :class:`minilisten.arig.StreamingARIG` (continuous, one frame per speaker frame).
+
+        def listen(stream: ListenerStream, chunks):           # chunks: what the speaker did since the last call
+            for motion, words, sa_tokens, emotion in chunks:
+                yield stream.push(motion=motion, words=words, sa_tokens=sa_tokens, emotion=emotion)
+            yield stream.flush()
+
+    - ``push(*, motion (n, 56), words, sa_tokens (m,), emotion (n, 8))`` -> the listener frames
+      ``(k, 56)`` float32 that became available. ``motion`` advances the clock by n frames at
+      ``fps``; ``words`` are ``Word(text, start, end)`` that ended since the last push; SA tokens
+      run at 50/s. Each input is checked even where the model does not use it (then it is ignored).
+      Bad input raises ``ValueError`` naming the field and leaves the stream as it was.
+    - ``flush()`` -> the frames still held back (end of the input).
+    - ``reset()``: a new stream (clock 0); ``set_beta(beta (100,))``: the listener's identity.
+    - ``fps``: the frame rate of the speaker input and of the listener output.
+    """
+
+    fps: float
+
+    def push(self, *, motion=None, words=(), sa_tokens=None, emotion=None) -> np.ndarray: ...
+
+    def flush(self) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+    def set_beta(self, beta) -> None: ...
 
 
 class StreamingListener:
@@ -232,16 +269,16 @@ class StreamingListener:
         return sa_bounds(step, self.fps, self.r, self.sa_rate), sa_bounds(step + 1, self.fps, self.r, self.sa_rate)
 
     # ------------------------------------------------------------------ pushing
-    def push(self, words=(), sa_tokens=None, emotion=None, *, frames: int | None = None, audio=None,
+    def push(self, words=(), sa_tokens=None, emotion=None, *, motion=None, frames: int | None = None, audio=None,
              sample_rate: int | None = None, stream: int = 0) -> np.ndarray:
         """Feed the next chunk of ``stream``; returns the listener motion frames ``(n, 56)`` float32
         that became available (n is a multiple of 8; often 0). See the module docstring."""
-        return self.push_many({stream: dict(words=words, sa_tokens=sa_tokens, emotion=emotion, frames=frames,
-                                            audio=audio, sample_rate=sample_rate)})[stream]
+        return self.push_many({stream: dict(words=words, sa_tokens=sa_tokens, emotion=emotion, motion=motion,
+                                            frames=frames, audio=audio, sample_rate=sample_rate)})[stream]
 
     def push_many(self, chunks: dict) -> dict:
-        """``{stream: dict(words=, sa_tokens=, emotion=, frames=, audio=, sample_rate=)}`` -> ``{stream:
-        frames (n, 56)}``; the streams' LM steps share forward passes."""
+        """``{stream: dict(words=, sa_tokens=, emotion=, motion=, frames=, audio=, sample_rate=)}`` ->
+        ``{stream: frames (n, 56)}``; the streams' LM steps share forward passes."""
         if not isinstance(chunks, dict) or not chunks:
             raise ValueError(f"chunks: expected a non-empty dict {{stream: chunk}}, got {chunks!r}")
         for b, c in chunks.items():
@@ -285,20 +322,32 @@ class StreamingListener:
     def _word_step(self, end: float) -> int:
         return word_step(end, self.fps, self.r, self.lm.word_placement)
 
-    def _parse(self, b: int, words=(), sa_tokens=None, emotion=None, frames=None, audio=None, sample_rate=None) -> dict:
+    def _parse(self, b: int, words=(), sa_tokens=None, emotion=None, motion=None, frames=None, audio=None,
+               sample_rate=None) -> dict:
         """Check one chunk against the stream's state; returns the parsed chunk. No state changes."""
         s = self.streams[b]
         where = f"stream {b}"
+        counts = []   # (what, n): every input that says how many frames this push brings
+        if motion is not None:
+            m = np.asarray(motion)
+            if m.ndim != 2 or m.shape[1] != D_MOTION or not np.issubdtype(m.dtype, np.number) \
+                    or not np.isfinite(m).all():
+                raise ValueError(f"motion ({where}): expected finite speaker frames of shape (n, {D_MOTION}), got "
+                                 f"shape {m.shape}, dtype {m.dtype}")
+            counts.append(("the motion rows pushed", m.shape[0]))
         emo = None
         if emotion is not None:
             emo = check_emotion_probs(emotion, f"emotion ({where})", rows="n")
-        n = 0 if emo is None else emo.shape[0]
+            counts.append(("the emotion rows pushed", emo.shape[0]))
         if frames is not None:
-            if not (isinstance(frames, (int, np.integer)) and frames >= 0):
+            if isinstance(frames, bool) or not (isinstance(frames, (int, np.integer)) and frames >= 0):
                 raise ValueError(f"frames ({where}): expected an int >= 0, got {frames!r}")
-            if emo is not None and frames != n:
-                raise ValueError(f"frames ({where}): expected {n} (the emotion rows pushed), got {frames}")
-            n = int(frames)
+            counts.append(("frames=", int(frames)))
+        n = counts[0][1] if counts else 0
+        for what, k in counts[1:]:
+            if k != n:
+                field_ = "frames" if what == "frames=" else "emotion"
+                raise ValueError(f"{field_} ({where}): expected {n} ({counts[0][0]}), got {k}")
         if n and emo is None and "emo" in self.modalities:
             raise ValueError(f"emotion ({where}): the LM uses the 'emo' modality, expected ({n}, {N_EMOTIONS}) "
                              f"probabilities for the {n} frames pushed, got None")
@@ -338,14 +387,14 @@ class StreamingListener:
                                  f"{new_audio.dtype}")
             sa = self._audio_tokens(s, new_audio)
         if not (n or ws or (sa is not None and sa.size)) and (new_audio is None or new_audio.size == 0):
-            raise ValueError(f"push ({where}): empty chunk: expected frames (emotion or frames=), words, sa_tokens or "
+            raise ValueError(f"push ({where}): empty chunk: expected frames (motion, emotion or frames=), words, sa_tokens or "
                              "audio, got none")
         n_sa_total = s.sa_base + len(s.sa) + (0 if sa is None else sa.size)
         lead = n_sa_total / self.sa_rate - clock
         if lead > self.max_skew and sa is not None and sa.size:   # a push that catches up is never refused
             raise ValueError(f"sa_tokens ({where}): expected the SA stream at most max_skew={self.max_skew:g} s ahead of "
                              f"the frames pushed ({clock:.3f} s), got {n_sa_total} tokens = {lead:.3f} s ahead; push the "
-                             f"frames (emotion or frames=) too")
+                             f"frames (motion, emotion or frames=) too")
         if "SA" in self.modalities and -lead > self.max_skew and n:
             raise ValueError(f"sa_tokens ({where}): the LM uses SA, expected the SA stream at most max_skew="
                              f"{self.max_skew:g} s behind the frames pushed ({clock:.3f} s), got {n_sa_total} tokens = "

@@ -479,3 +479,41 @@ def test_cuda_paper_sizes_nearest(dtype, precision, N, Kc):
 def test_cuda_paper_sizes_norm(dtype, T):
     B = 64 if T <= 240 else 2
     _compare_norm(*_norm_case(B, 512, T, dtype, True, 22), True, f"cuda T={T}")
+
+
+# --- the top-level name `kernels` ------------------------------------------------------------
+# From a checkout's root (python -m ..., python -m pytest) the repository root is on sys.path, so
+# `import kernels` finds our kernels/ directory. transformers >= 5.25 imports Hugging Face's
+# `kernels` package under that name; ours must step aside for it, and never pose as it.
+
+def _import_kernels_from_root(*flags, pythonpath=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
+    code = "import kernels; print(kernels.CUDAProperties, kernels.__file__)"
+    return subprocess.run([sys.executable, *flags, "-c", code], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_checkout_kernels_dir_steps_aside_for_another_installed_kernels(tmp_path):
+    other = tmp_path / "site" / "kernels"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("from .props import CUDAProperties\n")
+    (other / "props.py").write_text("CUDAProperties = 'the-other-kernels'\n")
+    r = _import_kernels_from_root(pythonpath=tmp_path / "site")   # '' (the root) comes first
+    assert r.returncode == 0, r.stderr
+    name, path = r.stdout.split()
+    assert name == "the-other-kernels" and path == str(other / "__init__.py")
+
+
+def test_checkout_kernels_dir_is_not_importable_as_kernels():
+    r = _import_kernels_from_root("-S")                            # no site-packages: no other
+    assert r.returncode != 0
+    assert "ModuleNotFoundError: No module named 'kernels'" in r.stderr
+    assert "importable only as minilisten.kernels" in r.stderr

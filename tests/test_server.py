@@ -869,5 +869,7 @@ def test_arig_batch_with_one_bad_chunk(arig_model):
         assert server.listener.streams[1].frames == 0 and not server.listener.streams[1]._pending
     for g, r in zip(got, ref):
         np.testing.assert_array_equal(g, r)
-    with pytest.raises(Exception, match="push fields of the lr-token model"):
-        parse_push(arig_wire(pushes[0]))   # motion is not an LR-token push field
+    kw = parse_push(arig_wire(pushes[0]))   # one client drives either kind: motion is an LR-token field too
+    assert kw["motion"].shape == (len(pushes[0]["motion"]), 56)
+    with pytest.raises(Exception, match="push fields of the arig model"):
+        parse_push({"type": "push", "frames": 3, "motion": [[0.0] * 56] * 3}, "arig")

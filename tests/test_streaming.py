@@ -270,3 +270,49 @@ def test_progress_and_codes(lm):
     assert len(sl.codes()) == 2 and sl.codes(since=1) == sl.codes()[1:]
     with pytest.raises(ValueError, match=r"since \(stream 0\): expected a step index in \[0, 2\]"):
         sl.codes(since=3)
+
+
+def test_one_protocol_for_both_generators(lm):
+    """StreamingListener and StreamingARIG take the same pushes (``ListenerStream``): one driver
+    runs either; ``motion`` advances StreamingListener's clock exactly as the emotion rows do."""
+    from minilisten.arig import ARIG, ARIGConfig, StreamingARIG, arig_generate
+    from minilisten.streaming import ListenerStream
+
+    seg = speaker_segment(3.0, seed=2)
+    seg = seg.replace(speaker_motion=np.random.default_rng(0).normal(0, 0.3, seg.speaker_motion.shape))
+    pushes, f = [], 0
+    for p in chunks(seg, seed=2):
+        n = len(p["emotion"])
+        pushes.append(dict(p, motion=seg.speaker_motion[f:f + n]))
+        f += n
+
+    def listen(stream: ListenerStream, pushes) -> np.ndarray:
+        out = [stream.push(**p) for p in pushes]
+        return np.concatenate(out + [stream.flush()])
+
+    torch.manual_seed(0)
+    arig = ARIG(ARIGConfig(d_model=16, n_head=2, d_ff=32, depth=2, window=6, diff_width=16, word_buckets=64,
+                           sample_steps=2, diff_mul=2, n_sa=lm.vocab.n_sa)).eval()
+    streams = {"lr": StreamingListener(lm, tiny_vq("adaln"), seg.listener_beta, history_words=seg.history_words),
+               "arig": StreamingARIG(arig, seg.listener_beta, seed=5, history_words=seg.history_words)}
+    for name, s in streams.items():
+        assert isinstance(s, ListenerStream) and s.fps == seg.fps, name
+        # rows that disagree: refused, naming the field, and the stream stays as it was
+        with pytest.raises(ValueError, match="emotion"):
+            s.push(motion=seg.speaker_motion[:5], emotion=seg.emotion[:4])
+        with pytest.raises(ValueError, match="motion"):
+            s.push(motion=np.zeros((3, 55)), emotion=seg.emotion[:3])
+        got = listen(s, pushes)
+        assert got.shape[1] == 56 and np.isfinite(got).all(), name
+        s.reset()
+        np.testing.assert_array_equal(listen(s, pushes), got)   # reset: a new, identical stream
+    # the LR-token model: motion= is only the clock, so the frames equal the emotion-driven stream's
+    streams["lr"].reset()
+    lr = listen(streams["lr"], pushes)
+    streams["lr"].reset()
+    np.testing.assert_array_equal(listen(streams["lr"], [{k: v for k, v in p.items() if k != "motion"}
+                                                         for p in pushes]), lr)
+    assert len(lr) == R * (seg.T // R)
+    # ARIG: one frame per speaker frame, equal to offline generation with the same seed
+    streams["arig"].reset()
+    np.testing.assert_allclose(listen(streams["arig"], pushes), arig_generate(arig, [seg], seed=5)[0], atol=1e-5)
