@@ -2,7 +2,7 @@
 
 Paper §3.1 and supplement §3. This module reads and makes the raw per-modality inputs; the
 rules that assign them to LR steps (Eq. 1: word-to-step, SA step bounds, emotion tokens, the
-per-segment :func:`speaker_tokens`) live in :mod:`minilisten.tokens` and are re-exported here.
+per-segment :func:`speaker_tokens`) live in :mod:`minilisten.tokens` (their one home).
 
 - **W** -- Whisper's ``word_timestamps=True`` JSON is read by :func:`read_whisper_words`.
 - **SA** -- SpeechTokenizer's second RVQ layer, 50 tokens/s (:class:`SpeechTokenizerSA`, needs
@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from .data.segment import N_EMOTIONS, Word, check_emotion_probs
-from .tokens import (MODALITIES, PLACEMENTS, SA_RATE, SpeakerSteps, check_modalities, emotion_tokens,  # noqa: F401
-                     sa_step_bounds, sa_steps, speaker_tokens, word_step, word_steps)
+from .tokens import SA_RATE
 
 SA_SAMPLE_RATE = 16000  # SpeechTokenizer / AcousticTokenizer input sample rate
 

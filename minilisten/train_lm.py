@@ -40,8 +40,7 @@ from .data.cli import add_data_args, load_data
 from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
 from .data.segment import Segment
 from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, collate, default_backbone, load_backbone
-from .speaker import MODALITIES, check_modalities
-from .tokens import IGNORE
+from .tokens import IGNORE, MODALITIES, check_modalities
 from .training import TrainLoop, renamed_kwargs, step_decay
 from .train_vq import check_scale
 

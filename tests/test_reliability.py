@@ -312,7 +312,7 @@ def test_fuzz_segment(T, T2, d, fps, beta, emotion, sa, words, hist):
        ends=st.lists(st.floats(0, 2.5), max_size=6), placement=st.sampled_from(["eq1", "lm_listener", "bogus"]))
 def test_fuzz_token_rules(n_tok, n_steps, fps, r, n_sa, ends, placement):
     """sa_steps / word_steps: a ValueError, or steps that partition the tokens and words by time."""
-    from minilisten.speaker import sa_step_bounds, sa_steps, word_steps
+    from minilisten.tokens import sa_step_bounds, sa_steps, word_steps
     _count("token rules")
     sa = np.random.default_rng(n_tok).integers(0, 40, n_tok)
     try:
@@ -515,7 +515,7 @@ def test_vqconfig_rejects_bad_numbers(field, value):
 
 def test_vocab_n_sa_and_sa_ids():
     from minilisten.lm import Vocab
-    from minilisten.speaker import sa_steps
+    from minilisten.tokens import sa_steps
     with pytest.raises(ValueError, match=r"Vocab.n_sa: expected an integer >= 0, got -4"):
         Vocab(n_words=10, n_sa=-4)
     assert Vocab(n_words=10, n_sa=0).n_sa == 0        # words-only data
