@@ -56,7 +56,8 @@ timeout 480 python3 -m minilisten.bench --device cuda $decode_args --skip kernel
 
 # --- ARIG-style continuous listener (issue 17) ---
 # Speed: the decode benchmark above already ran minilisten.bench's ARIG part (rows "ARIG cached step" /
-# "ARIG recompute window": appendix sizes, bf16 autocast, eager, batch 1 and 64, 4 and 8 Euler steps, FPS
+# "ARIG cached, compiled" (torch.compile, no CUDA graphs; batch 1 with --quick) / "ARIG recompute window":
+# appendix sizes, bf16 autocast, batch 1 and 64, 4 and 8 Euler steps, FPS
 # as ratios of the LR-token decoders' in the same run; JSON key "arig" in $RES/decode_*.json). This
 # section only checks correctness on the GPU: a tiny model's cached step on cuda vs cpu, and the server's
 # batched multi-stream path (MultiStreamARIG, 3 streams in one ARIG.step per frame) vs solo streams. ~1 min.

@@ -429,12 +429,27 @@ class DiffusionMLP(nn.Module):
         self.final_mod, self.final = AdaLN(w, 2), _zero(nn.Linear(w, D_MOTION))
 
     def forward(self, x, s, cond):
-        h, c = self.inp(x), self.time(s) + self.cond(cond)
+        return self.velocity(x, self.time(s) + self.cond(cond))
+
+    def velocity(self, x, c):
+        """x_s (M, 56), c = time_emb(s) + cond projection (M or 1, w) -> velocity (M, 56)."""
+        h = self.inp(x)
         for mod, mlp in zip(self.mods, self.mlps):
             sh, sc, g = mod(c)
             h = h + g * mlp(modulate(F.layer_norm(h, h.shape[-1:]), sh, sc))
         sh, sc = self.final_mod(c)
         return self.final(modulate(F.layer_norm(h, h.shape[-1:]), sh, sc))
+
+    def sample(self, cond, noise, steps: int):
+        """:func:`euler_sample` of this net, with what does not change between steps computed once:
+        the condition projection of ``cond (M, d_z)``, and each step's time embedding for one row
+        (every row has the same s). -> x (M, 56)."""
+        _check_steps(steps)
+        cz, x = self.cond(cond), noise
+        for k in range(steps, 0, -1):
+            s = torch.full((1,), k / steps, device=x.device, dtype=x.dtype)
+            x = x - (1.0 / steps) * self.velocity(x, self.time(s) + cz)
+        return x
 
 
 def flow_loss(net, x0: torch.Tensor, cond: torch.Tensor, s: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -444,10 +459,15 @@ def flow_loss(net, x0: torch.Tensor, cond: torch.Tensor, s: torch.Tensor, eps: t
     return ((net(xs, s, cond) - (eps - x0)) ** 2).mean()
 
 
-def euler_sample(net, cond: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """Integrate dx/ds = v from s = 1 (x = noise (M, 56)) to s = 0 in ``steps`` uniform Euler steps."""
+def _check_steps(steps) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+
+
+def euler_sample(net, cond: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrate dx/ds = v from s = 1 (x = noise (M, 56)) to s = 0 in ``steps`` uniform Euler steps
+    (any ``net(x, s, cond)``; :meth:`DiffusionMLP.sample` is the same loop, faster)."""
+    _check_steps(steps)
     x = noise
     for k in range(steps, 0, -1):
         s = torch.full((x.shape[0],), k / steps, device=x.device, dtype=x.dtype)
@@ -555,7 +575,15 @@ class ARIG(nn.Module):
         coarse = self.coarse(self.coarse_query(b), a_hist)
         fine = self.fine(coarse, torch.stack([cis, state, a_last], 1))
         seq = torch.cat([self.emb_temporal(m_hist), fine[:, None]], 1) + self.temporal_pos
-        return self.ln_z(self.temporal(seq)[:, -1])
+        return self.ln_z(self._temporal_last(seq))
+
+    def _temporal_last(self, seq):
+        """``self.temporal(seq)[:, -1]`` computed for the last position only (the others' outputs are
+        never used): seq (M, L, d) -> (M, d). The layer is pre-norm: x + SA(LN1 x), then + FF(LN2 .)."""
+        t = self.temporal
+        h = t.norm1(seq)
+        x = seq[:, -1] + t.self_attn(h[:, -1:], h, h, need_weights=False)[0][:, 0]
+        return x + t.linear2(t.activation(t.linear1(t.norm2(x))))
 
     def _check_batch(self, batch: dict, need_lis: bool = True) -> int:
         B, T = batch["spk"].shape[:2]
@@ -667,7 +695,7 @@ class ARIG(nn.Module):
         """Normalised listener frames (M, 56) from conditions z (M, d) and noise (M, 56)."""
         if self.config.head == "regression":
             return self.regressor(z)
-        return euler_sample(self.diffusion, z, noise, self.config.sample_steps if steps is None else steps)
+        return self.diffusion.sample(z, noise, self.config.sample_steps if steps is None else steps)
 
     @torch.no_grad()
     def generate(self, batch: dict, ref=None, steps: int | None = None, temperature: float = 1.0,
@@ -693,6 +721,30 @@ class ARIG(nn.Module):
 
 
 _STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
+
+
+def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """One frame for B streams, as every streaming path runs it: :meth:`ARIG.step` (the caches in
+    ``st`` advance), :meth:`ARIG.sample` with ``noise (B, 56)`` and ``steps`` Euler steps,
+    :meth:`ARIG.commit` -> the normalised listener frame ``(B, 56)``. :func:`compiled_decode_frame`
+    is this function under ``torch.compile``."""
+    z, _ = model.step(st, inp)
+    x = model.sample(z, noise, steps)
+    model.commit(st, x)
+    return x
+
+
+_COMPILED: dict = {}
+
+
+def compiled_decode_frame(device_type: str = "cpu"):
+    """:func:`decode_frame` under ``torch.compile`` (one graph per model, batch size and step count:
+    20-60 s to compile each on this project's CPU; on CPU with inductor's C++ wrapper, which cut
+    the per-frame time by ~15% there). Same outputs as the eager function to float rounding (tested)."""
+    if device_type not in _COMPILED:
+        opts = {"options": {"cpp_wrapper": True}} if device_type == "cpu" else {}
+        _COMPILED[device_type] = torch.compile(decode_frame, dynamic=False, **opts)
+    return _COMPILED[device_type]
 
 
 # ----------------------------------------------------------------------------- evaluation helper
@@ -751,13 +803,17 @@ class StreamingARIG:
     push whose frames reach its end (a word ending in a frame already returned raises). History:
     fixed caches (``window`` positions) -> constant memory. Bad input raises ``ValueError``
     naming the field and leaves the stream unchanged. Equal to :func:`arig_generate` with the
-    same seed, reference and steps.
+    same seed, reference and steps. ``compile=True``: each frame runs :func:`compiled_decode_frame`
+    (torch.compile; the first frame compiles, 20-60 s on CPU; same frames to float rounding).
     """
 
     def __init__(self, model: ARIG, beta=None, *, seed: int = 0, steps: int | None = None,
-                 reference=None, temperature: float = 1.0, history_words=()):
+                 reference=None, temperature: float = 1.0, history_words=(), compile: bool = False):
         self.model, self.cfg, self.fps = model.eval(), model.config, float(model.config.fps)
         self.seed, self.steps, self.temperature = seed, steps, float(temperature)
+        if steps is not None:
+            _check_steps(steps)
+        self._decode = compiled_decode_frame(model.lis_mean.device.type) if compile else decode_frame
         self.history_words = [Segment._check_word("history_words", i, w, 0.0) for i, w in enumerate(history_words)]
         self.dev = model.lis_mean.device
         self.set_beta(beta)
@@ -892,10 +948,8 @@ class StreamingARIG:
         with torch.no_grad():
             if self.st is None:
                 self.st = self.model.init_state(inp, self.ref)
-            z, _ = self.model.step(self.st, inp)
             noise = torch.randn((1, D_MOTION), generator=self.gen, device=self.dev) * self.temperature
-            x = self.model.sample(z, noise, self.steps)
-            self.model.commit(self.st, x)
+            x = self._decode(self.model, self.st, inp, noise, self.steps or self.cfg.sample_steps)
             out = (x * self.model.lis_std + self.model.lis_mean)[0].float().cpu().numpy()
         self.frames += 1
         return out
@@ -1084,10 +1138,8 @@ class MultiStreamARIG:
             st, inp = ss[0].st, inps[0]
         else:
             st, inp = stack_states([s.st for s in ss]), {k: torch.cat([i[k] for i in inps]) for k in inps[0]}
-        z, _ = m.step(st, inp)
         noise = torch.cat([torch.randn((1, D_MOTION), generator=s.gen, device=s.dev) * s.temperature for s in ss])
-        x = m.sample(z, noise, self.steps)
-        m.commit(st, x)
+        x = decode_frame(m, st, inp, noise, self.steps or self.cfg.sample_steps)   # eager: the batch varies per tick
         if len(ss) > 1:
             for s, part in zip(ss, split_state(st, [1] * len(ss))):
                 s.st = part

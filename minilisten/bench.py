@@ -19,7 +19,7 @@ a long stream (several context jumps of the LM's sliding window) at batch 1, and
 tokens/s (all streams), listener FPS (= 8 x LR tokens/s; frames produced per second of compute,
 all streams together), ms per step, and the speed-ups over (a) and (b). Then the step latency of
 ``StreamingListener.push`` (LM step + incremental VQ decode), the ARIG-style model's frame-by-frame
-decode (:func:`bench_arig`: cached ``ARIG.step`` vs recomputing the history window every frame, 4
+decode (:func:`bench_arig`: cached ``ARIG.step``, eager and compiled, vs recomputing the history window every frame, 4
 and 8 Euler steps, batch 1 and the large batch, with its FPS as a ratio of the LR-token decoders'
 measured in the same run), and the kernel benchmark (:mod:`minilisten.bench_kernels`).
 
@@ -282,17 +282,22 @@ def _arig_inputs(m, B: int, T: int, device, seed: int = 0) -> dict:
     return {k: v.to(device) for k, v in x.items()}
 
 
-ARIG_METHODS = {"cached": "ARIG cached step", "recompute": "ARIG recompute window"}
+ARIG_METHODS = {"cached": "ARIG cached step", "compiled": "ARIG cached, compiled", "recompute": "ARIG recompute window"}
 
 
 def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute_frames: int = 12, reps: int = 2,
-               paper: bool = False, autocast_bf16: bool = False, progress=print, model=None) -> list[dict]:
-    """Frame-by-frame ARIG decode: per (batch, Euler steps) the cached path (``ARIG.step`` with its
-    fixed caches + ``sample`` + ``commit``; what :class:`~minilisten.arig.StreamingARIG` runs) and the
-    reference that recomputes the whole ``window``-frame history through the sequence path
-    (``ARIG.features``) every frame. Interleaved rounds (``reps``), each frame timed (synchronised):
-    rows with p50 / p95 ms per frame, FPS (frames of all streams per second at the p50) and the
-    cached path's speed-up over the recomputing one."""
+               paper: bool = False, autocast_bf16: bool = False, progress=print, model=None,
+               compile_batches=None) -> list[dict]:
+    """Frame-by-frame ARIG decode: per (batch, Euler steps) the cached path
+    (:func:`~minilisten.arig.decode_frame`: ``ARIG.step`` with its fixed caches + ``sample`` +
+    ``commit``; what :class:`~minilisten.arig.StreamingARIG` runs), the same under torch.compile
+    (:func:`~minilisten.arig.compiled_decode_frame`, for the batches in ``compile_batches``, default
+    all; each (batch, steps) compiles once in the warm-up round) and the eager reference that
+    recomputes the whole ``window``-frame history through the sequence path (``ARIG.features``)
+    every frame. Interleaved rounds (``reps``), each frame timed (synchronised): rows with p50 / p95
+    ms per frame, FPS (frames of all streams per second at the p50) and the speed-up over the
+    recomputing path."""
+    from .arig import compiled_decode_frame, decode_frame
     m = model if model is not None else build_arig(device, paper)
     c, W = m.config, m.config.window
     rows = []
@@ -301,21 +306,27 @@ def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute
         x = _arig_inputs(m, B, W + frames + 1, device, seed=B)
         frame = lambda t: {k: (v if k == "beta" else v[:, t]) for k, v in x.items() if k != "lis"}
         noise = torch.randn(B, D_MOTION, device=device)
+        methods = ["cached"] + (["compiled"] if compile_batches is None or B in compile_batches else []) + ["recompute"]
         for n_steps in steps:
-            times = {"cached": [], "recompute": []}
+            times = {k: [] for k in methods}
             with torch.inference_mode(), amp:
-                st = m.init_state(frame(0))
+                st = {k: m.init_state(frame(0)) for k in ("cached", "compiled")}
+                fast = compiled_decode_frame(torch.device(device).type)
 
                 def cached(t):
-                    z, _ = m.step(st, frame(t))
-                    m.commit(st, m.sample(z, noise, n_steps).float())
+                    decode_frame(m, st["cached"], frame(t), noise, n_steps)
+
+                def compiled(t):
+                    fast(m, st["compiled"], frame(t), noise, n_steps)
 
                 def recompute(t):
                     win = {k: (v if k == "beta" else v[:, t:t + W]) for k, v in x.items()}
                     z, _ = m.features(win)
                     m.sample(z[:, -1], noise, n_steps)
-                for r in range(reps + 1):   # round 0 warms up
-                    for name, fn, n in (("cached", cached, frames), ("recompute", recompute, recompute_frames)):
+                fns = {"cached": (cached, frames), "compiled": (compiled, frames), "recompute": (recompute, recompute_frames)}
+                for r in range(reps + 1):   # round 0 warms up (and compiles)
+                    for name in methods:
+                        fn, n = fns[name]
                         for t in range(n):
                             _sync(device)
                             t0 = time.perf_counter()
@@ -332,8 +343,8 @@ def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute
                                  speedup_vs_recompute=p50["recompute"] / p50[name],
                                  config=dict(d_model=c.d_model, d_ff=c.d_ff, window=W, paper=paper,
                                              dtype="bf16 autocast" if autocast_bf16 else "float32")))
-            progress(f"ARIG batch {B}, {n_steps} Euler steps: cached p50 {1e3 * p50['cached']:.2f} ms, recompute "
-                     f"{1e3 * p50['recompute']:.2f} ms ({p50['recompute'] / p50['cached']:.1f}x)")
+            progress(f"ARIG batch {B}, {n_steps} Euler steps: recompute {1e3 * p50['recompute']:.2f} ms, " +
+                     ", ".join(f"{k} {1e3 * p50[k]:.2f} ms ({p50['recompute'] / p50[k]:.1f}x)" for k in methods[:-1]))
     return rows
 
 
@@ -465,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         arig_frames = 30 if args.quick else (120 if cuda else 90)
         rows = bench_arig(device, batches=(1, big), steps=(4, 8), frames=arig_frames,
                           recompute_frames=8 if args.quick else 20, reps=reps, paper=cuda, autocast_bf16=cuda,
-                          progress=lambda s: print("# " + s, flush=True))
+                          progress=lambda s: print("# " + s, flush=True),
+                          compile_batches=(1,) if args.quick else None)   # each compile costs 20-60 s
         arig_vs_lr(rows, result.get("decode"), result.get("streaming"))
         print(format_arig_table(rows), flush=True)
         result["arig"] = rows
