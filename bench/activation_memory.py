@@ -1,4 +1,4 @@
-"""Activation-memory estimate at the paper's sizes (CPU is enough): bytes of the tensors autograd saves
+"""Activation-memory estimate at the paper's sizes (CPU is enough), without and with --grad-checkpointing: bytes of the tensors autograd saves
 for backward in one training forward (``torch.autograd.graph.saved_tensors_hooks``, each storage counted
 once), at a small batch, scaled linearly to the paper's batch. fp32; the LM on CPU's attention path
 (which keeps the attention matrix), so an upper bound for bf16 with fused attention on a GPU.
@@ -43,3 +43,12 @@ n = sum(p.numel() for p in model.parameters())
 by, _ = saved_bytes(lambda: model.loss(batch, 2)[0])
 L = len(seqs[0].ids)
 print(f"LM params {n/1e6:.1f}M; seq len {L}; saved activations batch 1: {by/2**30:.3f} GiB -> batch 8: {8*by/2**30:.1f} GiB")
+
+# --grad-checkpointing (train-lm): the forward keeps only each layer's input; backward recomputes one
+# layer at a time, so the peak is about that plus one layer's activations (plain / n_layer)
+model.enable_gradient_checkpointing()
+by_ck, _ = saved_bytes(lambda: model.loss(batch, 2)[0])
+layer = by / model.backbone.config.num_hidden_layers
+print(f"LM with --grad-checkpointing: saved in the forward batch 1: {by_ck/2**30:.3f} GiB (+ one layer recomputed in "
+      f"backward ~{layer/2**30:.3f} GiB) -> batch 8: ~{8*(by_ck + layer)/2**30:.1f} GiB "
+      f"({(by_ck + layer) / by:.2f}x the plain forward's)")

@@ -45,6 +45,9 @@ def bench_vq(a, env, device, prec) -> dict:
     model = VQVAE.from_preset("disentangled", width=a.vq_width, code_dim=a.vq_width, codebook_size=256).to(device)
     D.broadcast_tensors(list(model.state_dict().values()), 0, env)
     model.train()   # the codebook all-reduces its EMA statistics under a process group by itself
+    if a.compile:   # as train-vq --compile
+        model.encoder.compile()
+        model.decoder.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
     g = torch.Generator(device=device).manual_seed(0)
     pool = torch.randn(a.vq_pool, a.crop, 56, device=device, generator=g)
@@ -94,6 +97,10 @@ def bench_lm(a, env, device, prec) -> dict:
     torch.manual_seed(0)
     model, seqs = _lm_pool(a)
     model.to(device).train()
+    if a.grad_checkpointing:   # as train-lm --grad-checkpointing / --compile
+        model.enable_gradient_checkpointing()
+    if a.compile:
+        model.compile_transformer()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-5, betas=(0.5, 0.99), weight_decay=0.01)
     D.broadcast_tensors([p.data for p in model.parameters()], 0, env)
@@ -138,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=D.PRECISIONS, default="bf16")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--compile", action="store_true", help="as train-vq/train-lm --compile (warm-up steps compile)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="LM: as train-lm --grad-checkpointing")
     p.add_argument("--vq-batch", type=int, default=PAPER["vq_batch"])
     p.add_argument("--vq-width", type=int, default=512)
     p.add_argument("--vq-pool", type=int, default=1024, help="random crops held on the device")
@@ -163,7 +172,8 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "torch": torch.__version__,
            "python": platform.python_version(), "processes": env.world_size, "precision": a.precision,
-           "grad_accum": a.grad_accum, "cpu_smoke": a.cpu_smoke, "paper_schedule": PAPER,
+           "grad_accum": a.grad_accum, "compile": a.compile, "grad_checkpointing": a.grad_checkpointing,
+           "cpu_smoke": a.cpu_smoke, "paper_schedule": PAPER,
            "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"}
     try:
         for what in a.what.split(","):

@@ -6,6 +6,7 @@
 #   bash bench/train_gpu.sh                 # GPUs
 #   bash bench/train_gpu.sh --cpu-smoke     # dry path on CPU: tiny sizes, 1 and 2 gloo processes
 #   STEPS=50 PRECISION=fp16 bash bench/train_gpu.sh
+#   VARIANTS=1 bash bench/train_gpu.sh      # + 1-process runs with --compile and --grad-checkpointing
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -40,3 +41,17 @@ for k in $counts; do
     | grep -v '^\[transformers\]' | tee "$RES/train_${tag}_${stamp}_${k}proc.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "RUN FAILED ($k processes)"; status=1; }
 done
+
+# VARIANTS=1: one process again with --compile, then the LM with --grad-checkpointing (step time and
+# peak memory side by side with the plain 1-process run above)
+if [ -n "${VARIANTS:-}" ]; then
+  for v in "--compile" "--grad-checkpointing --what lm"; do
+    name=$(echo "$v" | tr -d '-' | tr ' ' '_')
+    out="$RES/train_${tag}_${stamp}_1proc_${name}.json"
+    echo "=== 1 process $v -> $out ($(date -u +%H:%M:%S)) ==="
+    # shellcheck disable=SC2086
+    timeout 900 python3 bench/train_gpu.py --steps "$STEPS" "${extra[@]}" $v --out "$out" 2>&1 \
+      | grep -v '^\[transformers\]' | tee "$RES/train_${tag}_${stamp}_1proc_${name}.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "RUN FAILED ($v)"; status=1; }
+  done
+fi

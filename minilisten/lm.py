@@ -217,6 +217,25 @@ class ListenerLM(nn.Module):
                           target_modules=list(c.lora_targets) if c.lora_targets else None, trainable_token_indices=tti)
         return get_peft_model(backbone, lcfg)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each transformer layer's activations in backward instead of keeping them
+        (transformers' gradient checkpointing, non-reentrant): saved activations shrink to about one
+        layer's plus the layer inputs, for ~1/3 more compute. Same gradients (tested)."""
+        base = self._base()
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ValueError(f"grad_checkpointing: expected a backbone that supports gradient checkpointing, got "
+                             f"{type(base).__name__}")
+        kw = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):   # transformers >= 5.25's name
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+    def compile_transformer(self, **kw) -> None:
+        """``torch.compile`` (``kw``: its options) the transformer that every forward runs
+        (:meth:`hidden_states`), in place: parameter names, and so checkpoints, stay the same."""
+        self._decoder().compile(**kw)
+
     def _base(self):
         """The transformers model (inside the peft wrapper when LoRA is on)."""
         return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone

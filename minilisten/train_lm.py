@@ -75,6 +75,8 @@ class TrainConfig:
     progress: bool = True             # progress bar
     precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
     grad_accum: int = 1               # micro-batches per step (batch_size: the global batch, all processes)
+    grad_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
+    compile: bool = False             # torch.compile the transformer's forward/backward (compiles on the first steps)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -281,6 +283,10 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
             if c.size and c.max() >= model.vocab.n_lr:
                 raise ValueError(f"{name}: expected codes < V_LR = {model.vocab.n_lr}, got {c.max()}")
     model.to(tc.device).train()
+    if tc.grad_checkpointing:
+        model.enable_gradient_checkpointing()
+    if tc.compile:
+        model.compile_transformer()
     distributed.broadcast_tensors(list(model.state_dict().values()))   # every rank starts from rank 0's weights
     main = distributed.is_main()
     params = [p for p in model.parameters() if p.requires_grad]

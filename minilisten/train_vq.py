@@ -172,6 +172,7 @@ class VQTrainConfig:
     device: str = "cpu"                     # torch device
     precision: str = "fp32"                 # fp32 | bf16 | fp16 (autocast; the VQ maths stays fp32)
     grad_accum: int = 1                     # micro-batches per step (batch_size: the global batch, all processes)
+    compile: bool = False                   # torch.compile the encoder and decoder (the codebook stays eager)
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -257,6 +258,9 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_
         model.set_motion_stats(mean, std)
     distributed.broadcast_tensors(list(model.state_dict().values()))   # every rank starts from rank 0's weights
     model.train()
+    if tc.compile:   # in place: parameter names (and so checkpoints) stay as they are
+        model.encoder.compile()
+        model.decoder.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
     hparams = dict(asdict(tc), preset=preset, final_learning_rate=final_lr, decay_step=decay_step, crop=crop)
     main = distributed.is_main()

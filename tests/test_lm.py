@@ -381,6 +381,20 @@ def test_llama_lora(tok, tmp_path):
         merged = m.merged_backbone()
         h = getattr(merged, merged.base_model_prefix)(input_ids=x).last_hidden_state
         assert torch.allclose(m.lr_head(h), ref, atol=1e-4)
+    # --grad-checkpointing with LoRA (the recipe for LLaMA-size backbones): the same gradients
+    m.train()
+
+    def grads():
+        m.zero_grad()
+        torch.manual_seed(5)   # the same LoRA dropout masks
+        m.loss(batch, 2)[0].backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    plain = grads()
+    m.enable_gradient_checkpointing()
+    ckpt = grads()
+    assert plain.keys() == ckpt.keys() and any("lora_A" in n for n in plain)
+    for n, g in plain.items():
+        torch.testing.assert_close(ckpt[n], g, atol=1e-6, rtol=1e-5, msg=lambda msg: f"{n}: {msg}")
 
 
 # ----------------------------------------------------------------------------- training
@@ -500,3 +514,55 @@ def test_resume_is_exact(tmp_path):
                        **{k: v for k, v in kw.items() if k not in ("modalities", "backbone")})
     for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_gradient_checkpointing_same_training_less_memory():
+    """--grad-checkpointing: the same parameters after training (recomputation, not approximation),
+    and fewer bytes saved for backward in one training forward (counted by saved_tensors_hooks)."""
+    from minilisten.train_lm import motion_kmeans_codes, train_lm
+    c = _tiny_corpus()
+    tr, (va,) = motion_kmeans_codes(c.train, [c.val], k=16, iters=2)
+    kw = dict(stage=2, modalities="W+SA+emo", window=48, eval_every=0, val_windows=2, progress=False, n_lr=16,
+              backbone=dict(n_layer=3, n_embd=32, n_head=2), log=None, steps=3)
+    plain = train_lm(c.train, c.val, tr, va, **kw)
+    ckpt = train_lm(c.train, c.val, tr, va, grad_checkpointing=True, **kw)
+    for (n, a), (_, b) in zip(plain.state_dict().items(), ckpt.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=n)
+
+    from minilisten.lm import collate
+    from minilisten.train_lm import _sequences, _windows
+    batch = collate(_sequences(plain, c.train, tr, _windows(c.train, 48, 8, 8)[:4], 48, 2), plain.vocab.pad)
+
+    def saved_bytes(model):
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+        model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.loss(batch, 2, 0.0)[0].backward()
+        return total[0]
+    without = saved_bytes(plain)
+    with_ckpt = saved_bytes(ckpt)   # train_lm enabled checkpointing on this model
+    assert with_ckpt < 0.6 * without, (with_ckpt, without)
+
+
+@pytest.mark.compile
+def test_compiled_training_step_matches_eager():
+    """--compile (the backbone under torch.compile, in place): the same training to float rounding,
+    and the checkpoint's parameter names unchanged."""
+    from minilisten.train_lm import motion_kmeans_codes, train_lm
+    c = _tiny_corpus()
+    tr, (va,) = motion_kmeans_codes(c.train, [c.val], k=16, iters=2)
+    kw = dict(stage=2, modalities="W+SA+emo", window=48, eval_every=0, val_windows=2, progress=False, n_lr=16,
+              backbone=dict(n_layer=1, n_embd=32, n_head=2), log=None, steps=2)
+    from torch._dynamo.utils import counters
+    eager = train_lm(c.train, c.val, tr, va, **kw)
+    counters.clear()
+    compiled = train_lm(c.train, c.val, tr, va, compile=True, **kw)
+    assert counters["stats"]["unique_graphs"] >= 1   # it did compile
+    a, b = eager.state_dict(), compiled.state_dict()
+    assert list(a) == list(b)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=1e-5, rtol=1e-4, msg=n)
