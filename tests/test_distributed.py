@@ -103,6 +103,13 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: dict):
             torch.save(res, out)
     finally:
         D.shutdown()
+    # as minilisten.distributed.finish does for torchrun workers: with gloo (torch 2.13, CPU) a
+    # worker sometimes aborts in interpreter finalization ("terminate called without an active
+    # exception") after a clean destroy_process_group; the results are on disk, so leave now
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _spawn(tmp_path, world: int, jobs: dict) -> dict:
