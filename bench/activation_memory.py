@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))          # train_gpu
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # a source checkout without install
 from minilisten.vqvae import VQVAE  # noqa: E402
 
+
 def saved_bytes(fn):
     seen, tot = set(), [0]
     def pack(t):
@@ -33,11 +34,14 @@ x, b = torch.randn(B, 240, 56), torch.randn(B, 100)
 by, _ = saved_bytes(lambda: vq(x, b).loss)
 print(f"VQ params {n/1e6:.2f}M; saved activations batch {B}: {by/2**30:.3f} GiB -> batch 256: {by*256/B/2**30:.1f} GiB")
 
-import train_gpu  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
+
+import train_gpu  # noqa: E402
+
 model, seqs = train_gpu._lm_pool(SimpleNamespace(window=240, lm_layers=24, lm_width=1024, lm_heads=16))
 model.train()
 from minilisten.tokens import collate  # noqa: E402
+
 batch = collate(seqs[:1], model.vocab.pad)
 n = sum(p.numel() for p in model.parameters())
 by, _ = saved_bytes(lambda: model.loss(batch, 2)[0])

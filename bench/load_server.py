@@ -10,7 +10,7 @@ with ``--max-sessions`` as given (default: N, and once N = 1 on a 32-slot server
 decoder runs all its slots every step, busy or not). Speed does not depend on the weights; the
 frames are meaningless.
 
-Each client replays its own random speaker stream (``minilisten.bench.speaker_segment``: words
+Each client replays its own random speaker stream (``minilisten.data.synthetic.speaker_segment``: words
 ~2.5/s, SA tokens 50/s, emotion per frame) in real time, one push every ``--chunk-ms`` (100 ms = 3
 frames), without waiting for replies. Measured per run: latency from sending a push to receiving
 the frames it released (p50/p95/max over every push that released frames, all clients), the
@@ -73,7 +73,7 @@ def start_server(directory: Path, max_sessions: int, env: dict) -> tuple[subproc
 
 def plan(seconds: float, seed: int, chunk_ms: float, fps: float = 30.0) -> list[tuple[float, dict]]:
     """(send time s, push message) of one client's real-time replay."""
-    from minilisten.bench import speaker_segment
+    from minilisten.data.synthetic import speaker_segment
     seg = speaker_segment(seconds, seed=seed, fps=fps)
     step = max(1, int(round(chunk_ms / 1000 * fps)))
     out, f, sa = [], 0, 0
@@ -184,7 +184,8 @@ def decode_bound(directory: Path, n_streams: list[int], steps: int = 20) -> dict
     of n streams bringing one LR step (the batched decode a full server does per step), and of
     ``push`` of one stream on an n-stream listener (one busy session on an n-slot server)."""
     import torch
-    from minilisten.bench import speaker_segment
+
+    from minilisten.data.synthetic import speaker_segment
     from minilisten.lm import ListenerLM
     from minilisten.streaming import StreamingListener
     from minilisten.vqvae import VQVAE

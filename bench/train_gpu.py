@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # a source checkout without install
 
-from minilisten import distributed as D   # noqa: E402
+from minilisten import distributed as D  # noqa: E402
 
 PAPER = {"vq_steps": 300_000, "lm_steps": 260_000, "vq_batch": 256, "lm_batch": 8}
 
@@ -78,7 +78,7 @@ def bench_vq(a, env, device, prec) -> dict:
 
 def _lm_pool(a):
     from minilisten.data.synthetic import named_corpus
-    from minilisten.lm import LMConfig, ListenerLM, default_backbone
+    from minilisten.lm import ListenerLM, LMConfig, default_backbone
     from minilisten.train_lm import corpus_words
     ds = named_corpus("small", n_segments=30, seconds=max(16.0, a.window / 30 + 1))
     bb, tok = default_backbone(corpus_words(ds.train), n_layer=a.lm_layers, n_embd=a.lm_width, n_head=a.lm_heads,

@@ -427,6 +427,7 @@ class ListenerLM(nn.Module):
         through :mod:`minilisten.checkpoint` (a managed set is verified; a missing, corrupt or
         mismatched file raises naming it). Configs saved before ``LMConfig.fps`` existed load as 30 fps."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
         from .checkpoint import load_checkpoint, verify_checkpoint
         d = Path(directory)
         cfg, sd = load_checkpoint(d)

@@ -325,8 +325,8 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     """Train and evaluate everything (steps 1-6 above); checkpoints go to ``out_dir``."""
     from .baselines import NNFacialMotion, NNSpeechContent, RandomListener, RandomWalk, predict_all
     from .data.coverage import fit_window
-    from .metrics import ValenceRegressor
     from .lm import ListenerLM
+    from .metrics import ValenceRegressor
     from .train_lm import lr_accuracy, vqvae_codes
     from .train_vq import evaluate_vq
     from .vqvae import VQVAE

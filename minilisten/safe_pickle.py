@@ -44,7 +44,7 @@ class UnsafePickleError(ValueError, pickle.UnpicklingError):
 
 
 def _allowed(module: str, name: str) -> bool:
-    import _compat_pickle   # protocol < 3 names: __builtin__.set -> builtins.set (as pickle itself maps them)
+    import _compat_pickle  # protocol < 3 names: __builtin__.set -> builtins.set (as pickle itself maps them)
     module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
     module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     # numpy's per-dtype classes (numpy.dtypes.Float32DType, ...) are plain dtype types

@@ -466,12 +466,12 @@ class ListenerServer:
 
     def clip(self, seconds: float = 10.0, seed: int = 0) -> dict:
         """A test clip of speaker input for this server's model (the web page replays it): a random
-        speaker stream (:func:`minilisten.bench.speaker_segment`, ``seconds`` long) cut into pushes
+        speaker stream (:func:`minilisten.data.synthetic.speaker_segment`, ``seconds`` long) cut into pushes
         of one decode step (``frames_per_step`` frames; ARIG: 0.1 s). Returns ``{"fps", "seconds",
         "seed", "kind", "history_words": [[text, start, end]], "words": [...], "pushes": [{"t",
         "msg"}]}``: ``msg`` is the protocol's ``push`` message, to be sent at clip time ``t`` (s)
         = the end of its frames; only the fields of the model's modalities are present."""
-        from .bench import speaker_segment
+        from .data.synthetic import speaker_segment
         sl = self.listener
         if self.kind == "arig":
             c = sl.cfg

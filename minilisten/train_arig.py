@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from .arig import ARIG, HEADS, IBUS, ARIGConfig, IGNORE, STATES, arig_generate, collate, frame_inputs
+from .arig import ARIG, HEADS, IBUS, IGNORE, STATES, ARIGConfig, arig_generate, collate, frame_inputs
 from .data.cli import add_data_args, load_data
 from .data.coverage import available_modalities, resolve_n_sa
 from .data.segment import Segment
@@ -140,8 +140,9 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment], model
         if out_dir is None:
             raise ValueError("resume: needs out_dir (the directory to resume from)")
         model = ARIG.from_pretrained(out_dir)
-        from .checkpoint import read_json
         from pathlib import Path
+
+        from .checkpoint import read_json
         saved = read_json(Path(out_dir) / "train_state.json", "train state").get("info", {}).get("config")
         if isinstance(saved, dict):   # the saved run's configuration; only steps/progress/device from now
             tc = ARIGTrainConfig(**{**saved, "steps": tc.steps, "progress": tc.progress, "device": tc.device})

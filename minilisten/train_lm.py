@@ -41,8 +41,8 @@ from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
 from .data.segment import Segment
 from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, collate, default_backbone, load_backbone
 from .tokens import IGNORE, MODALITIES, check_modalities
-from .training import TrainLoop, renamed_kwargs, step_decay
 from .train_vq import check_scale
+from .training import TrainLoop, renamed_kwargs, step_decay
 
 PAPER_SCHEDULE = {1: dict(steps=60_000, learning_rate=5e-5, warmup=0, batch_size=8),
                   2: dict(steps=200_000, learning_rate=5e-5, decay_step=150_000, final_learning_rate=2.5e-6, warmup=0,

@@ -44,7 +44,7 @@ from .data.segment import N_SHAPE
 from .data.windows import motion_stats
 from .metrics import perplexity, vq_commit, vq_rec
 from .training import TrainLoop, append_jsonl, renamed_kwargs, step_decay
-from .vqvae import DEC_NORMS, ENC_NORMS, PRESETS, VQConfig, VQVAE
+from .vqvae import DEC_NORMS, ENC_NORMS, PRESETS, VQVAE, VQConfig
 
 # crop None = the evaluation window (240): instance norm takes its statistics over the whole input, so
 # an IN/AdaIN model trained on short crops sees other statistics at 240 frames (issue 13; README Table 5)

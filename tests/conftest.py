@@ -48,8 +48,15 @@ def word_tokenizer():
 def tiny_lm(arch: str = "gpt2", max_len: int = 0, n_positions: int = 256, seed: int = 0, **cfg):
     """A random tiny ``ListenerLM`` in eval mode: GPT-2 (2 layers, 32 wide), LLaMA (GQA 4/2 heads,
     SwiGLU, rotary) or GPT-NeoX (no fast path: the generic HF decoder). ``cfg`` goes to LMConfig."""
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
     from minilisten.lm import ListenerLM, LMConfig
     tok = word_tokenizer()
     torch.manual_seed(seed)
@@ -72,7 +79,7 @@ def tiny_lm(arch: str = "gpt2", max_len: int = 0, n_positions: int = 256, seed: 
 def tiny_vq(dec_norm: str = "adaln", seed: int = 0, **cfg):
     """A random tiny VQ-VAE in eval mode (IN encoder, ``dec_norm`` decoder, random codebook,
     AdaLN/AdaIN affine maps with visible effect); ``cfg`` goes to VQConfig."""
-    from minilisten.vqvae import VQConfig, VQVAE
+    from minilisten.vqvae import VQVAE, VQConfig
     torch.manual_seed(seed)
     vq = VQVAE(VQConfig(enc_norm="in", dec_norm=dec_norm, width=32, code_dim=16, id_hidden=16, **cfg))
     vq.set_codebook(torch.randn(vq.config.codebook_size, vq.config.code_dim))

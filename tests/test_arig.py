@@ -5,10 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from minilisten.arig import (ARIG, ARIGConfig, STATES, StreamingARIG, arig_generate, collate, euler_sample,
-                             flow_loss, frame_inputs, state_labels, word_id)
+from minilisten.arig import (
+    ARIG,
+    STATES,
+    ARIGConfig,
+    StreamingARIG,
+    arig_generate,
+    collate,
+    euler_sample,
+    flow_loss,
+    frame_inputs,
+    state_labels,
+    word_id,
+)
 from minilisten.data.segment import Segment, Word
-from minilisten.train_arig import ARIGTrainConfig, evaluate_arig_loss, train_arig, _windows
+from minilisten.train_arig import ARIGTrainConfig, _windows, evaluate_arig_loss, train_arig
 
 TINY = dict(d_model=16, n_head=2, d_ff=32, depth=2, window=6, diff_width=16, word_buckets=64, sample_steps=2,
             diff_mul=2)

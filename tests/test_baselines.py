@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from minilisten.baselines import (NNFacialMotion, NNSpeechContent, RandomListener, RandomWalk, SentenceEmbedder,
-                                  TfidfEmbedder, find_sentence_model, predict_all, window_text)
+from minilisten.baselines import (
+    NNFacialMotion,
+    NNSpeechContent,
+    RandomListener,
+    RandomWalk,
+    SentenceEmbedder,
+    TfidfEmbedder,
+    find_sentence_model,
+    predict_all,
+    window_text,
+)
 from minilisten.data.segment import Segment, Word
 
 

@@ -15,8 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from minilisten.checkpoint import (checkpoint_transaction, is_managed, load_checkpoint, load_train_state,
-                                   read_tensors, recover, save_checkpoint, save_train_state, verify_checkpoint)
+from minilisten.checkpoint import (
+    checkpoint_transaction,
+    is_managed,
+    load_checkpoint,
+    load_train_state,
+    read_tensors,
+    recover,
+    save_checkpoint,
+    save_train_state,
+    verify_checkpoint,
+)
 
 
 def _opt():

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from minilisten.data.formats import (WORD_SECONDS, Corpus, detect_layout, load_corpus, load_dataset,
-                                     load_learning2listen, load_lm_listener, save_corpus)
+from minilisten.data.formats import (
+    WORD_SECONDS,
+    Corpus,
+    detect_layout,
+    load_corpus,
+    load_dataset,
+    load_learning2listen,
+    load_lm_listener,
+    save_corpus,
+)
 from minilisten.data.segment import D_MOTION, N_SHAPE, Segment, Word
 from minilisten.data.windows import motion_stats
 

@@ -2,14 +2,22 @@
 decoder against contexts built by hand.
 
 Every test uses the real ``ListenerLM`` on tiny random GPT-2 / LLaMA backbones and random speaker
-streams with realistic token counts (``minilisten.bench.speaker_segment``).
+streams with realistic token counts (``minilisten.data.synthetic.speaker_segment``).
 """
 import pytest
 import torch
 from conftest import tiny_lm
 
-from minilisten.bench import speaker_segment
-from minilisten.generate import BUCKETS, ContextFullError, FastTransformer, Generator, HFDecoder, KVCache, generate_nocache
+from minilisten.data.synthetic import speaker_segment
+from minilisten.generate import (
+    BUCKETS,
+    ContextFullError,
+    FastTransformer,
+    Generator,
+    HFDecoder,
+    KVCache,
+    generate_nocache,
+)
 
 
 def streams(lm, n: int, seconds: float = 4.0, seed: int = 0):

@@ -6,13 +6,21 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import emotion_probs as _probs
 
 from minilisten.data.segment import Segment, Word
 from minilisten.generate import generate_nocache
-from minilisten.lm import (IGNORE, SPECIALS, ListenerLM, LMConfig, Vocab, collate, default_backbone, load_backbone,
-                           train_word_tokenizer)
+from minilisten.lm import (
+    IGNORE,
+    SPECIALS,
+    ListenerLM,
+    LMConfig,
+    Vocab,
+    collate,
+    default_backbone,
+    load_backbone,
+    train_word_tokenizer,
+)
 from minilisten.tokens import prefix_ids
 
 FPS = 30.0

@@ -5,11 +5,26 @@ import warnings
 import numpy as np
 import pytest
 import scipy.linalg
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from minilisten.metrics import (ValenceRegressor, clip_metrics, diversity, diversity_pairs, evaluate_clips,
-                                fd, fd_split, l2, l2_affect, perplexity, pfd, variation, vq_commit, vq_rec)
+from minilisten.metrics import (
+    ValenceRegressor,
+    clip_metrics,
+    diversity,
+    diversity_pairs,
+    evaluate_clips,
+    fd,
+    fd_split,
+    l2,
+    l2_affect,
+    perplexity,
+    pfd,
+    variation,
+    vq_commit,
+    vq_rec,
+)
 
 
 def fd_scipy(x, y, eps=0.0):

@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from minilisten.__main__ import main
 from minilisten.data import load_dataset

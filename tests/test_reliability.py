@@ -6,7 +6,6 @@ The README's Reliability table reports these tests.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -19,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minilisten import safe_pickle
 from minilisten.data import Segment, Word, load_corpus, load_learning2listen, load_lm_listener, save_corpus
@@ -184,7 +184,7 @@ def _count(key: str) -> None:
 # ============================================================================ readers
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
-    from minilisten.bench import speaker_segment
+    from minilisten.data.synthetic import speaker_segment
     d = tmp_path_factory.mktemp("corpus") / "c"
     segs = []
     for i in range(3):
@@ -342,10 +342,11 @@ def test_fuzz_token_rules(n_tok, n_steps, fps, r, n_sa, ends, placement):
 # ============================================================================ streaming
 @pytest.fixture(scope="module")
 def stream_setup():
-    from minilisten.bench import speaker_segment
-    from minilisten.streaming import StreamingListener
     from test_generate import tiny_lm
     from test_streaming import chunks, tiny_vq
+
+    from minilisten.data.synthetic import speaker_segment
+    from minilisten.streaming import StreamingListener
     torch.set_num_threads(1)
     lm, vq = tiny_lm("gpt2"), tiny_vq("adaln")
     seg = speaker_segment(2.0, seed=5)
@@ -473,8 +474,9 @@ def test_load_corpus_bad_numbers(corpus_dir, tmp_path, field, value, msg):
 
 
 def test_stats_std_must_be_positive(corpus_dir, tmp_path):
-    from minilisten.data.formats import _read_stats
     from safetensors.numpy import load_file, save_file
+
+    from minilisten.data.formats import _read_stats
     d = tmp_path / "c"
     shutil.copytree(corpus_dir, d)
     arrays = load_file(str(d / "arrays.safetensors"))
@@ -490,7 +492,7 @@ def test_stats_std_must_be_positive(corpus_dir, tmp_path):
 
 
 def test_checkpoint_nan_codebook_and_zero_std(tmp_path):
-    from minilisten.vqvae import VQConfig, VQVAE
+    from minilisten.vqvae import VQVAE, VQConfig
     m = VQVAE(VQConfig(width=8, code_dim=8, codebook_size=16))
     with torch.no_grad():
         m.quantizer.embed[3, 1] = float("nan")
@@ -557,7 +559,7 @@ def _cli(argv, capsys):
 @pytest.fixture(scope="module")
 def bad_files(corpus_dir, tmp_path_factory):
     from minilisten.checkpoint import save_train_state
-    from minilisten.vqvae import VQConfig, VQVAE
+    from minilisten.vqvae import VQVAE, VQConfig
     d = tmp_path_factory.mktemp("bad")
     vq = VQVAE(VQConfig(width=8, code_dim=8, codebook_size=16))
     vq.save_pretrained(d / "vq")

@@ -392,6 +392,7 @@ def test_cli_from_saved_arrays(tmp_path, capsys):
 @needs_ffmpeg
 def test_cli_from_models(tmp_path, capsys):
     from conftest import tiny_lm, tiny_vq
+
     from minilisten.__main__ import main
     vq, lm = tiny_vq("none"), tiny_lm("gpt2", n_lr=tiny_vq("none").config.codebook_size, n_sa=129, n_positions=1024)
     vq.save_pretrained(tmp_path / "vq")

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 pytest.importorskip("websockets")
+from conftest import chunks, tiny_lm, tiny_vq  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from minilisten.bench import speaker_segment  # noqa: E402
 from minilisten.data.segment import N_SHAPE  # noqa: E402
+from minilisten.data.synthetic import speaker_segment  # noqa: E402
 from minilisten.server import PROTOCOL, ListenerServer, parser, robot_angles  # noqa: E402
 from minilisten.streaming import StreamingListener  # noqa: E402
-from conftest import chunks, tiny_lm, tiny_vq  # noqa: E402
 
 R, LOOKAHEAD = 8, 4
 
@@ -559,6 +559,7 @@ def test_audio_pcm16_and_float_audio(models):
     float lists give the frames of a direct StreamingListener run on the same samples; the wrong
     sample rate is an error naming sample_rate."""
     import base64
+
     from minilisten.speaker import AcousticTokenizer
     _, vq = models
     lm = tiny_lm("gpt2", seed=1)

@@ -10,12 +10,18 @@ import types
 import numpy as np
 import pytest
 import torch
-
 from conftest import emotion_probs as _probs
 
 from minilisten.data.segment import Segment
-from minilisten.speaker import (FEATURES, AcousticTokenizer, SpeechTokenizerSA, acoustic_features, read_emoca_emotions,
-                                read_sa_tokens, read_whisper_words)
+from minilisten.speaker import (
+    FEATURES,
+    AcousticTokenizer,
+    SpeechTokenizerSA,
+    acoustic_features,
+    read_emoca_emotions,
+    read_sa_tokens,
+    read_whisper_words,
+)
 from minilisten.tokens import speaker_tokens
 
 

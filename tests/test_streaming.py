@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import chunks, tiny_lm, tiny_vq
 
-from minilisten.bench import speaker_segment
 from minilisten.data.segment import Word
+from minilisten.data.synthetic import speaker_segment
 from minilisten.generate import generate_nocache
 from minilisten.streaming import StreamingListener
 

@@ -6,14 +6,29 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings, strategies as st
-
 from conftest import emotion_probs as _probs
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from minilisten.data.segment import Segment, Word, as_word, check_emotion_probs
-from minilisten.tokens import (IGNORE, Vocab, check_modalities, context_ids, context_plan, emotion_tokens, history_ids,
-                               pack_sequences, prefix_ids, sa_bounds, sa_step_bounds, sa_steps, speaker_tokens, step_ids,
-                               word_step, word_steps)
+from minilisten.tokens import (
+    IGNORE,
+    Vocab,
+    check_modalities,
+    context_ids,
+    context_plan,
+    emotion_tokens,
+    history_ids,
+    pack_sequences,
+    prefix_ids,
+    sa_bounds,
+    sa_step_bounds,
+    sa_steps,
+    speaker_tokens,
+    step_ids,
+    word_step,
+    word_steps,
+)
 
 FPS, R = 30.0, 8
 

@@ -8,7 +8,7 @@ import torch
 
 from minilisten.data.segment import Segment
 from minilisten.train_vq import evaluate_vq, main, main_evaluate, train_vq
-from minilisten.vqvae import Codebook, VQConfig, VQVAE, perplexity
+from minilisten.vqvae import VQVAE, Codebook, VQConfig, perplexity
 
 TINY = dict(width=16, code_dim=8, codebook_size=16, id_hidden=8)
 VARIANTS = [("none", "none"), ("in", "adain"), ("in", "in"), ("ln", "ln"), ("ln", "adaln"), ("none", "adain")]

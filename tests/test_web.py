@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("websockets")
-from minilisten.server import ListenerServer  # noqa: E402
-from minilisten.render import SKIN  # noqa: E402
 from conftest import tiny_lm, tiny_vq  # noqa: E402
+
+from minilisten.render import SKIN  # noqa: E402
+from minilisten.server import ListenerServer  # noqa: E402
 
 SHOT = Path(__file__).resolve().parent.parent / "runs" / "test_web" / "page.png"
 
@@ -65,7 +66,7 @@ def test_http_page_and_clip(server):
     st, ct, body = get(server, "/clip.json?seconds=3&seed=4")
     assert st == 200 and ct == "application/json"
     clip = json.loads(body)
-    from minilisten.bench import speaker_segment
+    from minilisten.data.synthetic import speaker_segment
     seg = speaker_segment(3.0, seed=4, n_sa=server.listener.lm.vocab.n_sa)
     pushes = [p["msg"] for p in clip["pushes"]]
     # the pushes are the segment cut in steps of r frames: every frame, word and SA token once, in order
@@ -154,8 +155,8 @@ class Browser:
 
 def direct(server, seconds, seed=0) -> np.ndarray:
     """Reference: the clip's pushes through a solo StreamingListener, then flush: ``(T', 56)``."""
-    from minilisten.streaming import StreamingListener
     from minilisten.data.segment import N_SHAPE
+    from minilisten.streaming import StreamingListener
     clip = server.clip(seconds, seed)
     sl = StreamingListener(server.listener.lm, server.listener.vq, np.zeros(N_SHAPE), history_words=clip["history_words"])
     out = [sl.push(words=m["words"], sa_tokens=np.array(m["sa_tokens"], np.int64), emotion=np.array(m["emotion"]))
@@ -209,9 +210,10 @@ def test_clip_for_arig_server():
     """The ARIG kind's clip: pushes of 0.1 s with the speaker motion, accepted by the server's parser
     and its MultiStreamARIG (one listener frame per speaker frame)."""
     import torch
+    from test_server import ARIG_TINY
+
     from minilisten.arig import ARIG, ARIGConfig
     from minilisten.server import parse_push
-    from test_server import ARIG_TINY
     torch.manual_seed(0)
     srv = ListenerServer(arig=ARIG(ARIGConfig(**ARIG_TINY)).eval(), max_sessions=1)
     clip = srv.clip(1.0, 2)
