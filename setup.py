@@ -32,7 +32,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.6", "websockets>=13", "peft>=0.10", "imageio-ffmpeg>=0.4"],   # peft: the LoRA tests
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.6", "websockets>=13", "peft>=0.10", "imageio-ffmpeg>=0.4",
+                 "ruff>=0.6"],   # peft: the LoRA tests; ruff: the linter CI runs
         "plot": ["matplotlib>=3.6", "imageio-ffmpeg>=0.4"],   # plots and the demo's clip.mp4
         "lora": ["peft>=0.10"],
         "audio": ["soundfile>=0.12"],
