@@ -20,7 +20,7 @@ from .safe_pickle import RestrictedUnpickler, UnsafePickleError, _run
 
 N_EXP_MODEL = 100   # FLAME's expression components (the last 100 of shapedirs)
 N_JOINTS = 5        # root (global), neck, jaw, left eye, right eye
-ROOT, NECK, JAW = 0, 1, 2
+ROOT, JAW = 0, 2
 SPARSE = ("csc", "csr", "coo")
 
 
@@ -166,14 +166,9 @@ class FlameModel:
                    a["posedirs"].astype(np.float64), a["J_regressor"].astype(np.float64),
                    a["weights"].astype(np.float64), parents, f.astype(np.int64), where)
 
-    @property
-    def n_shape(self) -> int:
-        return int(self.shapedirs.shape[2])
-
-    def vertices(self, exp: np.ndarray, pose: np.ndarray, beta: np.ndarray | None = None,
-                 neck: np.ndarray | None = None) -> np.ndarray:
+    def vertices(self, exp: np.ndarray, pose: np.ndarray, beta: np.ndarray | None = None) -> np.ndarray:
         """Posed vertices ``(T, V, 3)`` of expression ``(T, E <= 100)``, pose ``(T, 6)`` (global | jaw,
-        axis-angle), shape ``beta (B <= S,)`` (None: mean shape) and neck rotation ``(T, 3)`` (None: 0)."""
+        axis-angle) and shape ``beta (B <= S,)`` (None: mean shape); neck and eyes stay at rest."""
         exp, pose = np.asarray(exp, np.float64), np.asarray(pose, np.float64)
         T = pose.shape[0]
         if exp.ndim != 2 or exp.shape[0] != T or exp.shape[1] > N_EXP_MODEL:
@@ -183,16 +178,14 @@ class FlameModel:
         v = self.v_template[None].repeat(T, 0)                                   # (T, V, 3)
         if beta is not None:
             beta = np.asarray(beta, np.float64)
-            if beta.ndim != 1 or beta.shape[0] > self.n_shape:
-                raise UserError(f"beta: expected shape (<= {self.n_shape},), got {beta.shape}")
+            if beta.ndim != 1 or beta.shape[0] > self.shapedirs.shape[2]:
+                raise UserError(f"beta: expected shape (<= {self.shapedirs.shape[2]},), got {beta.shape}")
             v = v + np.einsum("vcs,s->vc", self.shapedirs[:, :, :len(beta)], beta)[None]
         v = v + np.einsum("vce,te->tvc", self.expdirs[:, :, :exp.shape[1]], exp)
         J = self.J_regressor.shape[0]
         joints = np.einsum("jv,tvc->tjc", self.J_regressor, v)                  # (T, J, 3)
         aa = np.zeros((T, J, 3))
         aa[:, ROOT], aa[:, JAW] = pose[:, :3], pose[:, 3:]
-        if neck is not None:
-            aa[:, NECK] = np.asarray(neck, np.float64).reshape(T, 3)
         R = rodrigues(aa)                                                        # (T, J, 3, 3)
         feat = (R[:, 1:] - np.eye(3)).reshape(T, -1)                             # (T, 9 (J - 1))
         v = v + np.einsum("vcp,tp->tvc", self.posedirs, feat)

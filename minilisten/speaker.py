@@ -20,7 +20,7 @@ import torch
 
 from .data.segment import N_EMOTIONS, Word, check_emotion_probs
 from .errors import UserError
-from .tokens import SA_RATE, sa_bounds, word_step
+from .tokens import SA_RATE, check_sa_tokens, sa_bounds, word_step
 
 SA_SAMPLE_RATE = 16000  # SpeechTokenizer / AcousticTokenizer input sample rate
 MEL_PER_FRAME = 4       # Learning2Listen: mel frames per video frame
@@ -33,30 +33,22 @@ def _nearest_code(z: torch.Tensor, codebook: torch.Tensor):
 
 
 # ----------------------------------------------------------------------------- words (W)
-def read_whisper_words(src, clip_start: float = 0.0, clip_end: float | None = None,
-                       history_seconds: float = 3.0) -> tuple[list[Word], list[Word]]:
-    """``(words, history_words)`` of a Whisper ``word_timestamps=True`` transcript (a path, a JSON string
-    or the decoded dict; WhisperX's ``word_segments`` too), re-based to ``clip_start``: words ending in
-    ``(clip_start, clip_end]`` and those ending in ``(clip_start - history_seconds, clip_start]``."""
-    if isinstance(src, str) and src.lstrip().startswith(("{", "[")):
-        data = json.loads(src)
-    elif isinstance(src, (str, os.PathLike)):
+def read_whisper_words(src) -> list[Word]:
+    """The words of a Whisper ``word_timestamps=True`` transcript (a JSON file, or its decoded dict or list of
+    segments; WhisperX's ``word_segments`` too) at the transcript's times (``Segment.window`` clips them)."""
+    data = src
+    if isinstance(src, (str, os.PathLike)):
         if not Path(src).is_file():
             raise UserError(f"whisper transcript: expected a JSON file, got no file {str(src)!r}")
         data = json.loads(Path(src).read_text(encoding="utf-8"))
-    else:
-        data = src
-    if isinstance(data, dict) and "segments" in data:
-        segs = data["segments"]
-    elif isinstance(data, dict) and "word_segments" in data:
-        segs = [{"words": data["word_segments"]}]
-    elif isinstance(data, list):
-        segs = data
-    else:
+    if isinstance(data, dict) and "segments" not in data and "word_segments" in data:
+        data = [{"words": data["word_segments"]}]
+    segs = data.get("segments") if isinstance(data, dict) else data
+    if not isinstance(segs, list):
         keys = sorted(data)[:8] if isinstance(data, dict) else "-"
         raise UserError("whisper transcript: expected a dict with 'segments' (Whisper) or 'word_segments' (WhisperX), "
                         f"got {type(data).__name__} with keys {keys}")
-    words, hist = [], []
+    words = []
     for si, seg in enumerate(segs):
         if not isinstance(seg, dict) or "words" not in seg:
             raise UserError(f"whisper transcript: segments[{si}]: expected a 'words' list (transcribe with "
@@ -69,15 +61,9 @@ def read_whisper_words(src, clip_start: float = 0.0, clip_end: float | None = No
             start, end = (math.nan if w.get(k) is None else float(w[k]) for k in ("start", "end"))
             if not (math.isfinite(start) and start <= end < math.inf):
                 raise UserError(f"{where} ({text!r}): expected finite 'start' <= 'end' times, got {start}, {end}")
-            text = text.strip()
-            s_rel, e_rel = start - clip_start, end - clip_start
-            if not text:
-                continue
-            if e_rel > 0 and (clip_end is None or end <= clip_end + 1e-9):
-                words.append(Word(text, max(s_rel, 0.0), e_rel))      # a word straddling the start keeps its end
-            elif -history_seconds < e_rel <= 0:
-                hist.append(Word(text, s_rel, e_rel))
-    return words, hist
+            if text.strip():
+                words.append(Word(text.strip(), start, end))
+    return words
 
 
 # ----------------------------------------------------------------------------- files
@@ -126,15 +112,9 @@ def read_sa_tokens(path, layer: int = 1, n_sa: int | None = None) -> np.ndarray:
         if not 0 <= layer < a.shape[0]:
             raise UserError(f"{where}: layer {layer} requested, the file has {a.shape[0]} RVQ layers")
         a = a[layer]
-    if a.ndim != 1:
-        raise UserError(f"{where}: expected shape (M,), (n_q, M) or (n_q, 1, M), got {a.shape}")
     if np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)):
         a = a.astype(np.int64)
-    if not np.issubdtype(a.dtype, np.integer):
-        raise UserError(f"{where}: expected integer token ids, got dtype {a.dtype}")
-    if n_sa is not None and a.size and (a.min() < 0 or a.max() >= n_sa):
-        raise UserError(f"{where}: expected ids in [0, {n_sa}), got range [{a.min()}, {a.max()}]")
-    return a.astype(np.int64)
+    return check_sa_tokens(a, n_sa, where + " (shapes (M,), (n_q, M), (n_q, 1, M))")
 
 
 # ----------------------------------------------------------------------------- audio

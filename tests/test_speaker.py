@@ -43,11 +43,14 @@ def test_read_sa_tokens_formats(tmp_path):
     assert read_sa_tokens(tmp_path / "c.npz").tolist() == [7, 8]
     with pytest.raises(ValueError, match="layer 9 requested, the file has 8 RVQ layers"):
         read_sa_tokens(tmp_path / "c.npy", layer=9)
-    with pytest.raises(ValueError, match=r"expected ids in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"expected token ids in \[0, 3\)"):
         read_sa_tokens(tmp_path / "c.npy", n_sa=3)
     np.save(tmp_path / "f.npy", np.array([0.5, 1.0]))
-    with pytest.raises(ValueError, match="integer token ids"):
+    with pytest.raises(ValueError, match="expected a 1-D integer array"):
         read_sa_tokens(tmp_path / "f.npy")
+    np.save(tmp_path / "4d.npy", np.zeros((2, 2, 2, 2), np.int64))
+    with pytest.raises(ValueError, match=r"expected a 1-D integer array, got shape \(2, 2, 2, 2\)"):
+        read_sa_tokens(tmp_path / "4d.npy")
     with pytest.raises(UserError, match="no file"):
         read_sa_tokens(tmp_path / "missing.npy")
     (tmp_path / "c.wav").write_bytes(b"RIFF")
@@ -187,13 +190,16 @@ WHISPER = {"text": " Hello there. Do you know?", "segments": [
 
 def test_read_whisper_words(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(WHISPER))
-    words, hist = read_whisper_words(tmp_path / "t.json", clip_start=10.0, clip_end=11.0)
-    assert [(w.text, round(w.start, 3), round(w.end, 3)) for w in words] == [
+    words = read_whisper_words(tmp_path / "t.json")
+    assert [(w.text, w.start, w.end) for w in words] == [
+        ("Hello", 9.0, 9.4), ("there.", 9.5, 10.2), ("Do", 10.4, 10.6), ("you", 10.6, 10.9), ("know?", 11.0, 11.6)]
+    assert read_whisper_words(WHISPER) == words == read_whisper_words(WHISPER["segments"])
+    assert read_whisper_words({"word_segments": WHISPER["segments"][1]["words"]}) == words[2:]    # WhisperX
+    # the clip [10 s, 11 s) of a 12 s recording: Segment.window re-bases and splits words and history
+    seg = Segment(np.zeros((360, 56)), np.zeros((360, 56)), 30.0, words=words).window(300, 30)
+    assert [(w.text, round(w.start, 3), round(w.end, 3)) for w in seg.words] == [
         ("there.", 0.0, 0.2), ("Do", 0.4, 0.6), ("you", 0.6, 0.9)]          # "there." straddles the start
-    assert [(w.text, round(w.end, 3)) for w in hist] == [("Hello", -0.6)]
-    all_words, none = read_whisper_words(WHISPER)
-    assert [w.text for w in all_words] == ["Hello", "there.", "Do", "you", "know?"] and none == []
-    seg = Segment(np.zeros((30, 56)), np.zeros((30, 56)), 30.0, words=words, history_words=hist)
+    assert [(w.text, round(w.end, 3)) for w in seg.history_words] == [("Hello", -0.6)]
     assert speaker_tokens(seg, "W").words[0][0].text == "there."
 
 
