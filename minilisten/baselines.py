@@ -79,7 +79,7 @@ class RandomListener:
 class _WindowIndex:
     """Training windows of ``window`` frames every ``stride`` frames: ``(segment, start)`` pairs."""
 
-    def __init__(self, window: int, stride: int, seed: int):
+    def __init__(self, window: int = 240, stride: int = 30, seed: int = 0):
         for n, v in (("window", window), ("stride", stride)):
             if not (isinstance(v, (int, np.integer)) and v >= 1):
                 raise UserError(f"{n}: expected an integer >= 1, got {v!r}")
@@ -106,6 +106,16 @@ class _WindowIndex:
     def predict(self, segment: Segment) -> np.ndarray:
         return self.predict_many([segment])[0]
 
+    def predict_many(self, segments, progress: bool = False) -> list[np.ndarray]:
+        """``[predict(s) for s in segments]``, scored in batches of one clip length (same results and rng use)."""
+        segments = _check_segments("segments", segments)
+        best = [0] * len(segments)
+        for T in sorted({s.T for s in segments}):
+            idx = [i for i, s in enumerate(segments) if s.T == T]
+            for i, row in zip(idx, self.scores([segments[i] for i in idx], progress)):
+                best[i] = row
+        return [self._listener(_pick_max(best[i], self.rng), s.T) for i, s in enumerate(segments)]
+
     def _listener(self, flat_index: int, T: int) -> np.ndarray:
         counts = np.cumsum([len(s) for s in self.starts])
         k = int(np.searchsorted(counts, flat_index, side="right"))
@@ -117,9 +127,6 @@ class NNFacialMotion(_WindowIndex):
     """Cosine similarity of flattened speaker-motion windows, each coefficient standardized with the
     training mean/std (else the cosine mostly compares the mean face)."""
     name = "NN facial motion"
-
-    def __init__(self, window: int = 240, stride: int = 30, seed: int = 0):
-        super().__init__(window, stride, seed)
 
     def fit(self, train_segments) -> "NNFacialMotion":
         self._index(train_segments)
@@ -143,16 +150,6 @@ class NNFacialMotion(_WindowIndex):
             w = np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(len(starts), -1)  # (n, T*56)
             out.append((q @ w.T) / np.maximum(np.linalg.norm(w, axis=1), 1e-12))
         return np.concatenate(out, axis=1)
-
-    def predict_many(self, segments, progress: bool = False) -> list[np.ndarray]:
-        """``[predict(s) for s in segments]``, batched by clip length (same results and rng use)."""
-        segments = _check_segments("segments", segments)
-        best = [0] * len(segments)
-        for T in sorted({s.T for s in segments}):
-            idx = [i for i, s in enumerate(segments) if s.T == T]
-            for i, row in zip(idx, self.scores([segments[i] for i in idx], progress)):
-                best[i] = row
-        return [self._listener(_pick_max(best[i], self.rng), s.T) for i, s in enumerate(segments)]
 
 
 class NNSpeechContent(_WindowIndex):
@@ -191,16 +188,11 @@ class NNSpeechContent(_WindowIndex):
         self.embeddings = _unit_rows(self.embedder.encode(texts))          # (N, d)
         return self
 
-    def scores(self, segments: list[Segment]) -> np.ndarray:
+    def scores(self, segments: list[Segment], progress: bool = False) -> np.ndarray:
         """Cosine similarity of each clip's text to every (whole) training window's: ``(len(segments), n)``."""
         for s in segments:
             self._check_query(s)
         return _unit_rows(self.embedder.encode([window_text(s) for s in segments])) @ self.embeddings.T
-
-    def predict_many(self, segments, progress: bool = False) -> list[np.ndarray]:
-        """``[predict(s) for s in segments]`` with one batched embedding call."""
-        segments = _check_segments("segments", segments)
-        return [self._listener(_pick_max(row, self.rng), s.T) for row, s in zip(self.scores(segments), segments)]
 
 
 def _unit_rows(x) -> np.ndarray:

@@ -69,15 +69,6 @@ class LMConfig:
 
 
 # ----------------------------------------------------------------------------- backbones
-def _context_length(config) -> int:
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
-        v = getattr(config, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    raise UserError(f"backbone config {type(config).__name__}: expected a context length (n_positions / "
-                    "max_position_embeddings), got none; set LMConfig.max_len")
-
-
 def load_backbone(name_or_path: str, dtype: torch.dtype | None = None):
     """``(model, tokenizer)`` of a transformers causal LM from a local directory or a hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -163,7 +154,10 @@ class ListenerLM(nn.Module):
                 raise UserError(f"vocab: expected n_lr, n_sa, n_emo of the config, the backbone's embedding rows and a "
                                 f"tokenizer within the word block = {want}, got {got}")
         self.vocab = vocab
-        self.max_len = config.max_len or _context_length(backbone.config)
+        self.max_len = config.max_len or getattr(backbone.config.get_text_config(), "max_position_embeddings", 0)
+        if not self.max_len:   # GPT-2's n_positions is max_position_embeddings through its attribute_map
+            raise UserError(f"backbone config {type(backbone.config).__name__}: expected max_position_embeddings, "
+                            "got none; set LMConfig.max_len")
         if config.lora:
             backbone = self._apply_lora(backbone)
         self.backbone = backbone
