@@ -18,13 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.segment import N_EMOTIONS, Word, check_emotion_probs
+from . import safe_pickle
+from .data.segment import Word, check_emotion_probs
 from .errors import UserError
 from .tokens import SA_RATE, check_sa_tokens, sa_bounds, word_step
 
 SA_SAMPLE_RATE = 16000  # SpeechTokenizer / AcousticTokenizer input sample rate
 MEL_PER_FRAME = 4       # Learning2Listen: mel frames per video frame
-SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".pkl", ".pickle", ".txt")
+LOADERS = {".npy": safe_pickle.load_npy, ".npz": safe_pickle.load_npz, ".pt": safe_pickle.load_torch,
+           ".pth": safe_pickle.load_torch, ".pkl": safe_pickle.load_pickle, ".pickle": safe_pickle.load_pickle,
+           ".txt": lambda p: np.array(Path(p).read_text().split(), dtype=np.int64)}   # pickles: restricted
 
 
 def _nearest_code(z: torch.Tensor, codebook: torch.Tensor):
@@ -68,23 +71,13 @@ def read_whisper_words(src) -> list[Word]:
 
 # ----------------------------------------------------------------------------- files
 def _load(path, what: str):
-    """The object in a ``SUFFIXES`` file; every pickle goes through :mod:`minilisten.safe_pickle`."""
-    from . import safe_pickle
+    """The object in a ``LOADERS`` file."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{what}: expected a file, got no file {str(p)!r}")
-    suf = p.suffix.lower()
-    if suf == ".npy":
-        return safe_pickle.load_npy(p)
-    if suf == ".npz":
-        return safe_pickle.load_npz(p)
-    if suf in (".pt", ".pth"):
-        return safe_pickle.load_torch(p)
-    if suf in (".pkl", ".pickle"):
-        return safe_pickle.load_pickle(p)   # EMOCA writes dicts of numpy arrays
-    if suf == ".txt":
-        return np.array(p.read_text().split(), dtype=np.int64)
-    raise UserError(f"{what} {str(p)!r}: expected one of {', '.join(SUFFIXES)}, got extension {suf!r}")
+    if p.suffix.lower() not in LOADERS:
+        raise UserError(f"{what} {str(p)!r}: expected one of {', '.join(LOADERS)}, got extension {p.suffix!r}")
+    return LOADERS[p.suffix.lower()](p)
 
 
 def _entry(obj, keys: tuple[str, ...], where: str):
@@ -102,7 +95,7 @@ def _as_np(a) -> np.ndarray:
 
 
 def read_sa_tokens(path, layer: int = 1, n_sa: int | None = None) -> np.ndarray:
-    """``(M,)`` int64 acoustic tokens of one clip from a ``SUFFIXES`` file holding ``(M,)`` or
+    """``(M,)`` int64 acoustic tokens of one clip from a ``LOADERS`` file holding ``(M,)`` or
     SpeechTokenizer's ``(n_q, M)`` / ``(n_q, 1, M)`` codes (row ``layer``; 1 = the paper's)."""
     where = f"sa tokens {str(path)!r}"
     a = _as_np(_entry(_load(path, "sa tokens"), ("codes", "sa_tokens", "tokens"), where))
@@ -378,24 +371,15 @@ def read_emoca_emotions(path, logits: bool | None = None) -> np.ndarray:
     """Per-frame emotion probabilities ``(T, 8)`` (``EMOTIONS`` order) from one file holding ``(T, 8)`` or
     a directory of per-frame files (numeric name order); EMOCA's ``expr_classification`` logits are
     softmaxed, plain arrays only when ``logits=True``."""
-    p = Path(path)
+    p, hint = Path(path), " (pass logits=True if these are EMOCA's expr_classification logits)"
     if p.is_dir():
-        files = [f for f in p.iterdir() if f.suffix.lower() in SUFFIXES[:-1]]
+        files = [f for f in p.iterdir() if f.suffix.lower() in LOADERS and f.suffix != ".txt"]
         if not files:
-            raise UserError(f"emotion directory {str(p)!r}: expected per-frame {SUFFIXES[:-1]} files, got none")
-        key = lambda f: (int(m.group()) if (m := re.search(r"\d+", f.stem)) else -1, f.name)  # noqa: E731
-        rows = []
-        for f in sorted(files, key=key):
-            a = _emotion_probs(_load(f, "emotion"), str(f), logits).reshape(-1)
-            if a.size != N_EMOTIONS:
-                raise UserError(f"emotion file {str(f)!r}: expected {N_EMOTIONS} values (one frame), got {a.shape}")
-            rows.append(a)
-        probs = np.stack(rows)
+            raise UserError(f"emotion directory {str(p)!r}: expected per-frame {tuple(LOADERS)} files, got none")
+        files.sort(key=lambda f: (int(m.group()) if (m := re.search(r"\d+", f.stem)) else -1, f.name))
+        rows = [(f, _emotion_probs(_load(f, "emotion"), str(f), logits).reshape(1, -1)) for f in files]
+        probs = np.concatenate([check_emotion_probs(r, f"emotion file {str(f)!r}", 1, hint) for f, r in rows])
     else:
         probs = _emotion_probs(_load(p, "emotion"), str(p), logits)
-        if probs.ndim == 3 and probs.shape[1] == 1:
-            probs = probs[:, 0]
-        if probs.ndim != 2 or probs.shape[1] != N_EMOTIONS:
-            raise UserError(f"emotion file {str(p)!r}: expected shape (T, {N_EMOTIONS}), got {probs.shape}")
-    hint = " (pass logits=True if these are EMOCA's expr_classification logits)"
+        probs = probs[:, 0] if probs.ndim == 3 and probs.shape[1] == 1 else probs
     return check_emotion_probs(probs, f"emotion ({p.name})", hint=hint).astype(np.float32)

@@ -161,7 +161,7 @@ def test_read_emoca_emotions(tmp_path):
     with pytest.raises(ValueError, match="probabilities >= 0.*logits=True"):
         read_emoca_emotions(tmp_path / "l.npy")
     np.save(tmp_path / "w.npy", np.full((4, 6), 1 / 6))
-    with pytest.raises(ValueError, match=r"expected shape \(T, 8\), got \(4, 6\)"):
+    with pytest.raises(ValueError, match=r"of shape \(T, 8\).*got \(4, 6\)"):
         read_emoca_emotions(tmp_path / "w.npy")
     with pytest.raises(UserError, match="no file"):
         read_emoca_emotions(tmp_path / "nothing")
