@@ -79,19 +79,16 @@ def _to_array(key: str, obj, where: str) -> np.ndarray:
         if not isinstance(st, dict) or not isinstance(st.get("x"), np.ndarray):
             raise UserError(f"{where}: expected a chumpy.ch.Ch holding an array 'x', got state {type(st).__name__}")
         return np.asarray(st["x"])
-    if isinstance(obj, _Placeholder):
+    if isinstance(obj, _Placeholder):   # a scipy.sparse csc / csr / coo matrix
         import scipy.sparse as sp
         fmt = obj.source
-        parts = ("data", "row", "col") if fmt == "coo" else ("data", "indices", "indptr")
-        if not isinstance(st, dict) or any(not isinstance(st.get(k), np.ndarray) for k in parts):
-            raise UserError(f"{where}: expected a {fmt} matrix state with _shape and {', '.join(parts)}, got "
-                            f"{sorted(st) if isinstance(st, dict) else type(st).__name__}")
-        arrays = (st["data"], (st["row"], st["col"])) if fmt == "coo" else tuple(st[k] for k in parts)
         try:
-            shape = tuple(int(s) for s in st.get("_shape", st.get("shape")))
-            return getattr(sp, f"{fmt}_matrix")(arrays, shape=shape).toarray().astype(np.float64)
-        except (TypeError, IndexError, ValueError) as e:
-            raise UserError(f"{where}: expected a consistent {fmt} sparse matrix, got {e}") from None
+            parts = (st["data"], (st["row"], st["col"])) if fmt == "coo" else (st["data"], st["indices"], st["indptr"])
+            shape = tuple(int(n) for n in st.get("_shape", st.get("shape")))
+            return getattr(sp, f"{fmt}_matrix")(parts, shape=shape).toarray().astype(np.float64)
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            raise UserError(f"{where}: expected a consistent {fmt} matrix state (data, indices/indptr or row/col, "
+                            f"_shape), got {type(e).__name__}: {e}") from None
     a = np.asarray(obj)
     if a.dtype == object:
         raise UserError(f"{where}: expected a numeric array, got an object array of {type(obj).__name__}")

@@ -252,17 +252,11 @@ class ListenerLM(nn.Module):
         return history, steps
 
     def _check_codes(self, seg: Segment, lr_codes) -> np.ndarray:
-        c = lr_codes.detach().cpu().numpy() if torch.is_tensor(lr_codes) else np.asarray(lr_codes)
-        if c.ndim != 1 or not np.issubdtype(c.dtype, np.integer):
-            raise UserError(f"lr_codes: expected a 1-D integer array (T // r,), got shape {c.shape} dtype {c.dtype}")
-        if c.size and (c.min() < 0 or c.max() >= self.vocab.n_lr):
-            bad = c.min() if c.min() < 0 else c.max()
-            raise UserError(f"lr_codes: expected codes in [0, V_LR={self.vocab.n_lr}), got {bad}")
-        if c.size > seg.T // self.config.r:
-            n = seg.T // self.config.r
-            raise UserError(f"lr_codes: expected at most T // r = {seg.T} // {self.config.r} = {n} codes for segment "
-                            f"{seg.name!r}, got {c.size}")
-        return c.astype(np.int64)
+        c = np.asarray(lr_codes.detach().cpu() if torch.is_tensor(lr_codes) else lr_codes)
+        if c.ndim != 1 or not np.issubdtype(c.dtype, np.integer) or c.size > seg.T // self.config.r:
+            raise UserError(f"lr_codes: expected at most T // r = {seg.T // self.config.r} integer codes (1-D) for "
+                            f"segment {seg.name!r}, got shape {c.shape} dtype {c.dtype}")
+        return self.vocab.lr(c) - self.vocab.lr_offset   # checks the range [0, n_lr)
 
     def context_plan(self, history: list[int], steps: list[list[int]], with_lr: bool = True,
                      max_len: int | None = None) -> list[int]:

@@ -163,11 +163,13 @@ def test_loss_masks(model):
 
 def test_bad_inputs(model, tok):
     seg = hand_segment()
-    with pytest.raises(ValueError, match=r"lr_codes: expected codes in \[0, V_LR=16\), got 16"):
+    with pytest.raises(ValueError, match=r"LR codes: expected values in \[0, 16\), got 16"):
         model.build_sequence(seg, [1, 16, 2])
-    with pytest.raises(ValueError, match=r"lr_codes: expected at most T // r = 24 // 8 = 3 codes"):
+    with pytest.raises(ValueError, match=r"LR codes: expected values in \[0, 16\), got -1"):
+        model.build_sequence(seg, [1, -1, 2])
+    with pytest.raises(ValueError, match=r"lr_codes: expected at most T // r = 3 integer codes.*got shape \(4,\)"):
         model.build_sequence(seg, [1, 2, 3, 4])
-    with pytest.raises(ValueError, match="1-D integer"):
+    with pytest.raises(ValueError, match=r"integer codes \(1-D\).*dtype float64"):
         model.build_sequence(seg, np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="unknown modality 'audio'"):
         tiny_gpt2(tok, modalities="W+audio")
