@@ -121,7 +121,7 @@ def scratch_backbone(arch: str, vocab_size: int, n_layer: int, n_embd: int, n_he
 def default_backbone(texts, n_layer: int = 2, n_embd: int = 128, n_head: int = 4, n_positions: int = 1024,
                      vocab_size: int = 1024, seed: int = 0, arch: str = "llama"):
     """``(model, tokenizer)``: a small causal LM from scratch (LLaMA layout by default: rotary positions
-    learn the interleaved sequences faster, docs/models.md) + a BPE tokenizer trained on ``texts``."""
+    learn the interleaved sequences faster, docs/results.md) + a BPE tokenizer trained on ``texts``."""
     tok = train_word_tokenizer(texts, vocab_size)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
