@@ -15,6 +15,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .data.segment import D_MOTION, Segment
@@ -212,18 +213,14 @@ class TfidfEmbedder:
     def fit(self, texts: list[str]) -> "TfidfEmbedder":
         docs = [set(self._tokens(t)) for t in texts]
         self.vocab = {w: i for i, w in enumerate(sorted(set().union(*docs)))}
-        df = np.zeros(len(self.vocab))
-        for d in docs:
-            df[[self.vocab[w] for w in d]] += 1
+        df = np.bincount([self.vocab[w] for d in docs for w in d], minlength=len(self.vocab))
         self.idf = np.log((1 + len(docs)) / (1 + df)) + 1
         return self
 
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), len(self.vocab)), np.float32)
         for i, t in enumerate(texts):
-            for w in self._tokens(t):
-                if w in self.vocab:
-                    out[i, self.vocab[w]] += 1
+            np.add.at(out[i], [self.vocab[w] for w in self._tokens(t) if w in self.vocab], 1)
         return _unit_rows(out * self.idf)
 
 
@@ -254,7 +251,6 @@ class SentenceEmbedder:
         return json.loads(p.read_text()) if p.is_file() else default
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        import torch
         texts = list(texts)
         order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths share a batch
         out = []
@@ -323,8 +319,7 @@ class RandomWalk:
         self.use_beta = bool(getattr(vqvae, "needs_beta", False)) if use_beta is None else use_beta
         self.r = int(getattr(vqvae, "rate", 8))
         self.rng = np.random.default_rng(seed)
-        cb = vqvae.codebook.detach().cpu().double().numpy() if hasattr(vqvae.codebook, "detach") \
-            else np.asarray(vqvae.codebook, np.float64)
+        cb = torch.as_tensor(vqvae.codebook).detach().cpu().double().numpy()
         d2 = (cb ** 2).sum(1)[:, None] - 2 * cb @ cb.T + (cb ** 2).sum(1)[None]
         np.fill_diagonal(d2, -np.inf)                                   # the code itself first
         self.neighbours = np.argsort(d2, axis=1, kind="stable")[:, :self.k]   # (K, k)
@@ -342,18 +337,14 @@ class RandomWalk:
         return codes
 
     def predict(self, segment: Segment) -> np.ndarray:
-        import torch
-        T = segment.T
-        codes = torch.from_numpy(self.walk(math.ceil(T / self.r)))[None]       # (1, L)
-        beta = None
-        if self.use_beta:
-            if segment.listener_beta is None:
-                raise UserError(f"segment.listener_beta: expected shape (100,) for {self.name} "
-                                f"(its VQ-VAE decodes with beta), got None")
-            beta = torch.tensor(segment.listener_beta, dtype=torch.float32)[None]
-        dev = self.vqvae.codebook.device if hasattr(self.vqvae.codebook, "device") else "cpu"
+        T, dev = segment.T, torch.as_tensor(self.vqvae.codebook).device
+        codes = torch.from_numpy(self.walk(math.ceil(T / self.r)))[None].to(dev)       # (1, L)
+        if self.use_beta and segment.listener_beta is None:
+            raise UserError(f"segment.listener_beta: expected shape (100,) for {self.name} "
+                            f"(its VQ-VAE decodes with beta), got None")
+        beta = torch.tensor(segment.listener_beta, dtype=torch.float32, device=dev)[None] if self.use_beta else None
         with torch.no_grad():
-            out = self.vqvae.decode(codes.to(dev), None if beta is None else beta.to(dev))
+            out = self.vqvae.decode(codes, beta)
         want = (1, codes.shape[1] * self.r, D_MOTION)
         if tuple(out.shape) != want:
             raise ValueError(f"vqvae.decode: expected output shape {want}, got {tuple(out.shape)}")
