@@ -395,12 +395,9 @@ class ListenerLM(nn.Module):
         vocab, lm_cfg = Vocab(**cfg["vocab"]), LMConfig(**cfg["lm"])
         bc = dict(cfg["backbone_config"])
         bconf = AutoConfig.for_model(bc.pop("model_type"), **bc)
-        if len(tok) != cfg["tokenizer_len"] or len(tok) > vocab.n_words:
+        if len(tok) != cfg["tokenizer_len"]:
             raise UserError(f"{str(d)!r}: the tokenizer has {len(tok)} tokens but the checkpoint's vocabulary was "
-                            f"built for {cfg['tokenizer_len']} (word block {vocab.n_words}); they do not match")
-        if bconf.get_text_config().vocab_size != vocab.size:
-            raise UserError(f"{where}: expected backbone vocab_size = vocabulary size {vocab.size}, got "
-                            f"{bconf.get_text_config().vocab_size}")
+                            f"built for {cfg['tokenizer_len']}; they do not match")
         model = cls(AutoModelForCausalLM.from_config(bconf), tok, lm_cfg, vocab=vocab)
         own = model.state_dict()
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))

@@ -257,14 +257,20 @@ class _Units:
         return int(self.codebook.shape[0])
 
     @classmethod
-    def _fit(cls, feats: np.ndarray, k: int, iters: int, seed: int, max_points: int, progress: bool, what: str):
-        if feats.shape[0] < k:
-            raise UserError(f"{cls.__name__}.fit: expected at least k={k} {what}, got {feats.shape[0]}; "
+    def _fit(cls, feats: list[np.ndarray], k: int, iters: int, seed: int, max_points: int, progress: bool,
+             what: str):
+        """Units of the rows of ``feats`` (a list of ``(N_i, F)`` arrays), at most ``max_points`` sampled ones."""
+        starts = np.cumsum([0] + [len(f) for f in feats])
+        if starts[-1] < k:
+            raise UserError(f"{cls.__name__}.fit: expected at least k={k} {what}, got {starts[-1]}; "
                             "pass more data or a smaller k")
         g = torch.Generator().manual_seed(seed)
-        x = torch.from_numpy(feats).double()
-        if x.shape[0] > max_points:
-            x = x[torch.randperm(x.shape[0], generator=g)[:max_points]]
+        rows = torch.randperm(int(starts[-1]), generator=g)[:max_points].numpy() if starts[-1] > max_points else None
+        if rows is None:
+            x = torch.from_numpy(np.concatenate(feats)).double()
+        else:   # gathered from the list, never concatenated whole (Learning2Listen's mel frames are many)
+            which = np.searchsorted(starts, rows, side="right") - 1
+            x = torch.from_numpy(np.stack([feats[w][i - starts[w]] for w, i in zip(which, rows)])).double()
         mean, std = x.mean(0), x.std(0).nan_to_num(1.0).clamp_min(1e-3)
         cb = kmeans(((x - mean) / std).float(), k, iters=iters, generator=g, progress=progress)
         return cls(cb, mean.float(), std.float())
@@ -306,7 +312,6 @@ class AcousticTokenizer(_Units):
     def fit(cls, waves: list, sample_rate: int = SA_SAMPLE_RATE, k: int = 1024, iters: int = 20,
             seed: int = 0, max_points: int = 200_000, progress: bool = False) -> "AcousticTokenizer":
         feats = [acoustic_features(w, sample_rate) for w in waves]
-        feats = np.concatenate(feats) if feats else np.zeros((0, len(FEATURES)), np.float32)
         return cls._fit(feats, k, iters, seed, max_points, progress, "feature frames (20 ms each)")
 
     def encode(self, wav, sample_rate: int = SA_SAMPLE_RATE) -> np.ndarray:
@@ -332,7 +337,7 @@ class MelUnits(_Units):
             raise UserError("MelUnits.fit: mels: expected at least one (N, n_mels) array, got none")
         if len({m.shape[1] for m in mels}) != 1:
             raise UserError(f"MelUnits.fit: mels: expected one n_mels, got {sorted({m.shape[1] for m in mels})}")
-        return cls._fit(np.concatenate(mels), n_units, iters, seed, max_points, progress, "mel frames")
+        return cls._fit(mels, n_units, iters, seed, max_points, progress, "mel frames")
 
     def tokens(self, mel: np.ndarray, fps: float) -> np.ndarray:
         """``mel (N, n_mels)`` of a clip at ``fps`` video frames/s -> int64 unit ids at the SA rate (50/s)."""
@@ -350,7 +355,7 @@ def _check_mel(mel, name: str) -> np.ndarray:
     m = _as_np(mel)
     if m.ndim != 2 or not np.issubdtype(m.dtype, np.floating) or not np.isfinite(m).all():
         raise UserError(f"{name}: expected finite float mel frames (N, n_mels), got shape {m.shape} dtype {m.dtype}")
-    return m.astype(np.float32)
+    return m.astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------- emotion (emo)

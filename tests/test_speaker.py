@@ -240,6 +240,8 @@ def test_mel_units_recover_scipy_kmeans_partition():
     assert _same_partition(got, ref) and _same_partition(got, labels)
     again = MelUnits.fit([mel[:100], mel[100:]], n_units=4, seed=0)        # deterministic for a seed
     assert torch.equal(again.codebook, units.codebook)
+    sampled = MelUnits.fit([mel[:100], mel[100:]], n_units=4, seed=0, max_points=120)   # a sample of the frames
+    assert _same_partition(sampled.units(mel), labels)
 
 
 def test_mel_units_token_rate_by_hand():
