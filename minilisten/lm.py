@@ -291,11 +291,9 @@ class ListenerLM(nn.Module):
                              "build_sequences (sliding windows with history) or shorter windows")
         return seqs[0]
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """HF forward without cache: ``(B, L)`` ids -> ``(B, L, hidden)``; positions default to ``0 .. L-1``."""
-        kw = {} if position_ids is None else {"position_ids": position_ids}
-        out = self._decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """HF forward without cache: ``(B, L)`` ids -> ``(B, L, hidden)`` last hidden states."""
+        out = self._decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
     def lr_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
