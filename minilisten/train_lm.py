@@ -39,8 +39,8 @@ from .cli_config import add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
 from .data.segment import Segment
-from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, collate, default_backbone, load_backbone
-from .tokens import IGNORE, MODALITIES, check_modalities
+from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, default_backbone, load_backbone
+from .tokens import IGNORE, MODALITIES, check_modalities, collate
 from .train_vq import check_scale
 from .training import TrainLoop, renamed_kwargs, step_decay
 

@@ -19,6 +19,7 @@ from minilisten.baselines import (
     window_text,
 )
 from minilisten.data.segment import Segment, Word
+from minilisten.errors import UserError
 
 
 def seg(T, seed, words=(), beta=True):
@@ -49,7 +50,7 @@ def test_random_listener():
     assert len({o.tobytes() for o in outs}) > 1 and any(is_window_of(o, train[0].listener_motion) for o in outs)
     again = RandomListener(seed=3).fit(train)
     assert np.array_equal(again.predict(seg(60, 9)), out)
-    with pytest.raises(ValueError, match=r"segment: expected at most 80 frames \(the longest training segment\), got 100"):
+    with pytest.raises(UserError, match=r"expected at most 80 frames \(the longest training segment\), got 100$"):
         m.predict(seg(100, 9))
     with pytest.raises(ValueError, match="unfitted"):
         RandomListener().predict(seg(10, 0))
@@ -70,7 +71,8 @@ def test_nn_facial_motion_finds_the_matching_speaker_window():
     assert np.array_equal(m.predict(q), train[1].listener_motion[30:150])
     # cosine after standardization: scaling the standardized query does not change the match
     scaled = seg(240, 5)
-    scaled = scaled.replace(speaker_motion=(m.mean + 2.5 * (train[0].speaker_motion[120:360] - m.mean)).astype(np.float32))
+    stretched = m.mean + 2.5 * (train[0].speaker_motion[120:360] - m.mean)
+    scaled = scaled.replace(speaker_motion=stretched.astype(np.float32))
     assert np.array_equal(m.predict(scaled), train[0].listener_motion[120:360])
     s = m.scores([train[0].window(60, 240), train[1].window(0, 240)])
     assert s.shape == (2, 12) and s.max(1) == pytest.approx([1.0, 1.0], abs=1e-5) and s.argmax(1).tolist() == [2, 9]
@@ -82,7 +84,8 @@ def test_nn_facial_motion_finds_the_matching_speaker_window():
         m.scores(qs[:2])
     with pytest.raises(ValueError, match=r"segment: expected at most 240 frames \(window\), got 300"):
         m.predict(train[1])
-    with pytest.raises(ValueError, match=r"train_segments: expected at least one segment of >= 240 frames \(window\), got the longest with 100"):
+    with pytest.raises(UserError, match=r"train_segments: expected at least one segment of >= 240 frames \(window\), "
+                                        r"got the longest with 100"):
         NNFacialMotion().fit([train[2]])
     with pytest.raises(ValueError, match=r"stride: expected an integer >= 1, got 0"):
         NNFacialMotion(stride=0)
@@ -144,11 +147,13 @@ def make_tiny_sentence_model(path, pooling="mean", normalize=True):
     """A sentence-transformers directory layout around a 1-layer 16-wide BERT."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "why did the chicken cross road terrible news about market today".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += "why did the chicken cross road terrible news about market today".split()
     tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                             sep_token="[SEP]", mask_token="[MASK]").save_pretrained(path)
     torch.manual_seed(0)

@@ -13,9 +13,11 @@ import torch
 from conftest import emotion_probs as _probs
 
 from minilisten.data.segment import Segment
+from minilisten.errors import UserError
 from minilisten.speaker import (
     FEATURES,
     AcousticTokenizer,
+    MelUnits,
     SpeechTokenizerSA,
     acoustic_features,
     read_emoca_emotions,
@@ -41,13 +43,19 @@ def test_read_sa_tokens_formats(tmp_path):
     assert read_sa_tokens(tmp_path / "c.npz").tolist() == [7, 8]
     with pytest.raises(ValueError, match="layer 9 requested, the file has 8 RVQ layers"):
         read_sa_tokens(tmp_path / "c.npy", layer=9)
-    with pytest.raises(ValueError, match=r"expected ids in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"expected token ids in \[0, 3\)"):
         read_sa_tokens(tmp_path / "c.npy", n_sa=3)
     np.save(tmp_path / "f.npy", np.array([0.5, 1.0]))
-    with pytest.raises(ValueError, match="integer token ids"):
+    with pytest.raises(ValueError, match="expected a 1-D integer array"):
         read_sa_tokens(tmp_path / "f.npy")
-    with pytest.raises(FileNotFoundError):
+    np.save(tmp_path / "4d.npy", np.zeros((2, 2, 2, 2), np.int64))
+    with pytest.raises(ValueError, match=r"expected a 1-D integer array, got shape \(2, 2, 2, 2\)"):
+        read_sa_tokens(tmp_path / "4d.npy")
+    with pytest.raises(UserError, match="no file"):
         read_sa_tokens(tmp_path / "missing.npy")
+    (tmp_path / "c.wav").write_bytes(b"RIFF")
+    with pytest.raises(UserError, match="expected one of .npy"):
+        read_sa_tokens(tmp_path / "c.wav")
 
 
 def _tone(f0, seconds=1.0, sr=16000, harmonics=4, amp=0.3):
@@ -136,7 +144,7 @@ def test_speechtokenizer_adapter_with_fake_package(monkeypatch, tmp_path):
     st = SpeechTokenizerSA(tmp_path / "config.json", tmp_path / "ckpt.pt")
     codes = st.encode(np.zeros(16000 * 3, np.float32), 48000)   # resampled to 16 kHz first
     assert codes.tolist() == (10 + np.arange(50) % 3).tolist()
-    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+    with pytest.raises(UserError, match="ckpt_path"):
         SpeechTokenizerSA(tmp_path / "config.json", tmp_path / "nope.pt")
 
 
@@ -153,9 +161,9 @@ def test_read_emoca_emotions(tmp_path):
     with pytest.raises(ValueError, match="probabilities >= 0.*logits=True"):
         read_emoca_emotions(tmp_path / "l.npy")
     np.save(tmp_path / "w.npy", np.full((4, 6), 1 / 6))
-    with pytest.raises(ValueError, match=r"expected shape \(T, 8\), got \(4, 6\)"):
+    with pytest.raises(ValueError, match=r"of shape \(T, 8\).*got \(4, 6\)"):
         read_emoca_emotions(tmp_path / "w.npy")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="no file"):
         read_emoca_emotions(tmp_path / "nothing")
 
 
@@ -182,21 +190,93 @@ WHISPER = {"text": " Hello there. Do you know?", "segments": [
 
 def test_read_whisper_words(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(WHISPER))
-    words, hist = read_whisper_words(tmp_path / "t.json", clip_start=10.0, clip_end=11.0)
-    assert [(w.text, round(w.start, 3), round(w.end, 3)) for w in words] == [
+    words = read_whisper_words(tmp_path / "t.json")
+    assert [(w.text, w.start, w.end) for w in words] == [
+        ("Hello", 9.0, 9.4), ("there.", 9.5, 10.2), ("Do", 10.4, 10.6), ("you", 10.6, 10.9), ("know?", 11.0, 11.6)]
+    assert read_whisper_words(WHISPER) == words == read_whisper_words(WHISPER["segments"])
+    assert read_whisper_words({"word_segments": WHISPER["segments"][1]["words"]}) == words[2:]    # WhisperX
+    # the clip [10 s, 11 s) of a 12 s recording: Segment.window re-bases and splits words and history
+    seg = Segment(np.zeros((360, 56)), np.zeros((360, 56)), 30.0, words=words).window(300, 30)
+    assert [(w.text, round(w.start, 3), round(w.end, 3)) for w in seg.words] == [
         ("there.", 0.0, 0.2), ("Do", 0.4, 0.6), ("you", 0.6, 0.9)]          # "there." straddles the start
-    assert [(w.text, round(w.end, 3)) for w in hist] == [("Hello", -0.6)]
-    all_words, none = read_whisper_words(WHISPER)
-    assert [w.text for w in all_words] == ["Hello", "there.", "Do", "you", "know?"] and none == []
-    seg = Segment(np.zeros((30, 56)), np.zeros((30, 56)), 30.0, words=words, history_words=hist)
+    assert [(w.text, round(w.end, 3)) for w in seg.history_words] == [("Hello", -0.6)]
     assert speaker_tokens(seg, "W").words[0][0].text == "there."
 
 
 def test_read_whisper_words_errors():
     bad = {"segments": [{"words": [{"word": " hi", "start": 1.0, "end": None}]}]}
-    with pytest.raises(ValueError, match=r"segments\[0\].words\[0\] \(' hi'\): expected 'start' and 'end'"):
+    with pytest.raises(UserError, match=r"segments\[0\].words\[0\] \(' hi'\): expected finite 'start' <= 'end'"):
         read_whisper_words(bad)
+    for start, end in ((1.0, 0.5), (float("nan"), 1.0), (0.0, float("inf"))):
+        with pytest.raises(UserError, match="expected finite 'start' <= 'end'"):
+            read_whisper_words({"segments": [{"words": [{"word": "hi", "start": start, "end": end}]}]})
     with pytest.raises(ValueError, match="word_timestamps=True"):
         read_whisper_words({"segments": [{"text": "hi"}]})
     with pytest.raises(ValueError, match="'segments'"):
         read_whisper_words({"text": "hi"})
+
+
+# ----------------------------------------------------------------------------- MelUnits (Learning2Listen mel)
+def _mel_clusters(n_per=60, n_mels=8, seed=0):
+    """Four well-separated clusters of mel frames (centres ~N(0, 10) in every bin, noise 0.3) and their labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (4, n_mels))
+    labels = np.repeat(np.arange(4), n_per)
+    rng.shuffle(labels)
+    return (centres[labels] + rng.normal(0, 0.3, (len(labels), n_mels))).astype(np.float32), labels
+
+
+def _same_partition(a, b):
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_mel_units_recover_scipy_kmeans_partition():
+    from scipy.cluster.vq import kmeans2
+    mel, labels = _mel_clusters()
+    units = MelUnits.fit([mel[:100], mel[100:]], n_units=4, seed=0)
+    got = units.units(mel)
+    _, ref = kmeans2(mel.astype(np.float64), 4, minit="++", seed=1)
+    assert _same_partition(got, ref) and _same_partition(got, labels)
+    again = MelUnits.fit([mel[:100], mel[100:]], n_units=4, seed=0)        # deterministic for a seed
+    assert torch.equal(again.codebook, units.codebook)
+    sampled = MelUnits.fit([mel[:100], mel[100:]], n_units=4, seed=0, max_points=120)   # a sample of the frames
+    assert _same_partition(sampled.units(mel), labels)
+
+
+def test_mel_units_token_rate_by_hand():
+    rng = np.random.default_rng(0)
+    frames = 10.0 * np.eye(20, dtype=np.float32)                          # 20 frames, each its own cluster
+    units = MelUnits.fit([frames + rng.normal(0, 0.1, frames.shape).astype(np.float32) for _ in range(10)], n_units=20)
+    per_frame = units.units(frames)
+    assert len(set(per_frame.tolist())) == 20
+    # 3 video frames at 30 fps = 12 mel frames at 120/s = 0.1 s -> floor(0.1 * 50) = 5 SA tokens; token k ends at
+    # t = (k + 1) / 50 s and takes the mel frame j whose span (j/120, (j+1)/120] holds t: j = 2, 4, 7, 9, 11
+    assert units.tokens(frames[:12], fps=30).tolist() == per_frame[[2, 4, 7, 9, 11]].tolist()
+    # 25 fps: 100 mel frames/s, 2 per token: the second of each pair
+    assert units.tokens(frames, fps=25).tolist() == per_frame[1:20:2].tolist()
+    # 64 frames at 30 fps (a Learning2Listen row): 256 mel frames, floor(64 / 30 * 50) = 106 tokens
+    assert units.tokens(np.zeros((256, 20), np.float32), fps=30).shape == (106,)
+    assert units.tokens(frames[:2], fps=30).shape == (0,) and units.tokens(frames[:2], fps=30).dtype == np.int64
+
+
+def test_mel_units_save_load_and_errors(tmp_path):
+    mel, _ = _mel_clusters()
+    units = MelUnits.fit([mel], n_units=4, seed=3)
+    units.save(tmp_path / "mel_units")
+    assert sorted(p.name for p in (tmp_path / "mel_units").iterdir()) == ["config.json", "model.safetensors"]
+    cfg = json.loads((tmp_path / "mel_units" / "config.json").read_text())
+    assert cfg["format"] == "minilisten.MelUnits" and cfg["n_mels"] == 8 and cfg["mel_per_frame"] == 4
+    back = MelUnits.load(tmp_path / "mel_units")
+    assert np.array_equal(back.tokens(mel, 30), units.tokens(mel, 30))
+    AcousticTokenizer.fit([_tone(110.0), _tone(320.0)], k=4, iters=2).save(tmp_path / "acoustic")
+    with pytest.raises(UserError, match="expected a MelUnits"):
+        MelUnits.load(tmp_path / "acoustic")
+    with pytest.raises(UserError, match=r"features: expected shape \(M, 8\)"):
+        units.tokens(mel[:, :5], 30)
+    with pytest.raises(UserError, match="mels\\[1\\]: expected finite float mel frames"):
+        MelUnits.fit([mel, np.full((4, 8), np.nan, np.float32)], n_units=4)
+    with pytest.raises(UserError, match="expected one n_mels"):
+        MelUnits.fit([mel, mel[:, :5]], n_units=4)
+    with pytest.raises(UserError, match="at least k=500 mel frames"):
+        MelUnits.fit([mel], n_units=500)
