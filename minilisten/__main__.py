@@ -16,7 +16,7 @@ COMMANDS = {
     "evaluate-vq": ("minilisten.train_vq", "main_evaluate", "VQ Rec / Commit / PPL of checkpoints (paper Table 5)"),
     "train-lm": ("minilisten.train_lm", "main", "train the multimodal listener LM (stage 1 or 2)"),
     "train-arig": ("minilisten.train_arig", "main", "train the ARIG-style continuous listener (diffusion MLP head)"),
-    "demo": ("minilisten.demo", "main", "the whole pipeline (synthetic corpus or --data DIR): Tables 1, 4, 5, plots, clip"),
+    "demo": ("minilisten.demo", "main", "the whole pipeline (synthetic corpus or --data DIR): tables, plots, clip"),
     "evaluate": ("minilisten.demo", "main_evaluate", "evaluate saved VQ + LM checkpoints on a dataset"),
     "render": ("minilisten.render", "main", "mp4 of speaker | generated | ground-truth listener heads with subtitles"),
     "serve": ("minilisten.server", "main", "WebSocket server streaming listener frames to avatar/robot clients"),
@@ -49,11 +49,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("error: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

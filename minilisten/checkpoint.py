@@ -1,10 +1,6 @@
-"""Checkpoints: ``config.json`` + ``model.safetensors`` (+ ``train_state.*`` for ``--resume``).
-
-Training saves go through :func:`checkpoint_transaction`: the set is staged in ``.sets/``, then one
-atomic rename of the ``.current`` symlink switches to it, so a reader (or a resume after SIGKILL)
-sees the old set or the new one, never a mixture. Layout and guarantees: docs/vqvae.md. Loaders
-raise :class:`~minilisten.errors.UserError` naming the file.
-"""
+"""Checkpoints: ``config.json`` + ``model.safetensors`` (+ ``train_state.*`` for ``--resume``), saved as
+atomic sets (:func:`checkpoint_transaction`: a reader sees the old set or the new one, never a mixture).
+Layout and guarantees: docs/vqvae.md. Loaders raise UserError naming the file."""
 from __future__ import annotations
 
 import hashlib
@@ -58,7 +54,6 @@ def _need_file(p: Path, what: str) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
-    """A JSON object from ``path``; errors name the file."""
     p = Path(path)
     _need_file(p, what)
     try:
@@ -71,7 +66,6 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
 
 
 def read_tensors(path: str | os.PathLike, what: str = "safetensors file") -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; a missing, truncated or corrupt file names the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     p = Path(path)
@@ -112,18 +106,15 @@ def _current_set(d: Path) -> Path | None:
 
 def _link(d: Path, name: str, target: str) -> None:
     """Make ``d/name`` a symlink to ``target`` with one ``os.replace`` (a real directory in the way,
-    e.g. a plain save's ``tokenizer/``, is moved aside first)."""
+    e.g. a plain save's ``tokenizer/``, is deleted first: the new set holds its replacement)."""
     dst = d / name
     if os.path.islink(dst) and os.readlink(dst) == target:
         return
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
     tmp = _tmp_name(dst)
     os.symlink(target, tmp)
-    aside = _tmp_name(dst) if dst.is_dir() and not dst.is_symlink() else None
-    if aside:
-        os.rename(dst, aside)
     os.replace(tmp, dst)
-    if aside:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _remove(p: Path) -> None:
@@ -231,9 +222,8 @@ def verify_checkpoint(directory: str | os.PathLike, names=None) -> dict | None:
 
 
 def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, map_location="cpu"):
-    """``model_cls(config_cls(**config.json))`` with the weights of ``model.safetensors``, in eval mode; a
-    wrong tag ``{"format": fmt, "version": 1}``, unknown config fields, missing/unexpected weights or shapes
-    raise UserError."""
+    """``model_cls(config_cls(**config.json))`` in eval mode, with the weights; the tag ``{"format": fmt,
+    "version": 1}``, config fields and weight names/shapes are checked."""
     cfg, state = load_checkpoint(directory)
     where = f"checkpoint {str(Path(directory))!r}"
     tag, version = cfg.pop("format", None), cfg.pop("version", 1)
@@ -259,8 +249,7 @@ def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, ma
 
 
 def save_checkpoint(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> None:
-    """``config.json`` + ``model.safetensors``: file by file (each atomic, config last) into a plain
-    directory, as one transaction into a managed one."""
+    """Each file atomic, config last, into a plain directory; one transaction into a managed one."""
     d = Path(directory)
     if is_managed(d):
         with checkpoint_transaction(d) as stage:
@@ -271,7 +260,6 @@ def save_checkpoint(directory: str | os.PathLike, config: dict, state_dict: dict
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read ``config.json`` + ``model.safetensors`` (verified against the set's manifest when managed)."""
     d = Path(directory)
     for name in ("config.json", "model.safetensors"):
         if not (d / name).is_file():

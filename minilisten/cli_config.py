@@ -1,12 +1,5 @@
-"""Command-line options derived from config dataclasses (one definition of each option), and the
-CLI's argument parser.
-
-    names = add_dataclass_args(group, VQConfig, only=("width",), defaults={"width": 64})
-    overrides = dataclass_kwargs(parser.parse_args(argv), names)   # only the options the user gave
-
-One ``--field-name`` per field; its type comes from the annotation, its help from ``metadata["help"]``
-or the field's trailing ``# comment``. More in docs/vqvae.md (CLI section).
-"""
+"""Command-line options from config dataclasses (one ``--field-name`` per field, typed by its annotation,
+helped by its trailing ``# comment``) and the CLI's argument parser. Usage: docs/vqvae.md (command line)."""
 from __future__ import annotations
 
 import argparse

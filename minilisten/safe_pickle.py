@@ -1,9 +1,5 @@
-"""The one place minilisten unpickles user files: an allowlist of globals that run no user code.
-
-:class:`RestrictedUnpickler` resolves only :data:`ALLOWED` (numpy arrays, scalars, dtypes, plain
-containers); :func:`load_pickle`, :func:`load_npy`, :func:`load_npz` and :func:`load_torch` use it.
-``allow_pickle=True`` is the explicit opt-in to full unpickling. Errors are UserErrors naming the file.
-"""
+"""The one place minilisten unpickles user files: only :data:`ALLOWED` globals (numpy arrays, scalars,
+dtypes, plain containers) are resolved; ``allow_pickle=True`` opts in to full unpickling. docs/vqvae.md."""
 from __future__ import annotations
 
 import importlib
@@ -20,10 +16,9 @@ from .errors import MissingFileError, UserError
 
 log = logging.getLogger("minilisten")
 
-_NUMPY_CORE = ("numpy._core.multiarray", "numpy.core.multiarray")
 #: (module, name) pairs the restricted unpickler resolves: constructing them runs no user code.
 ALLOWED = frozenset(
-    [(m, n) for m in _NUMPY_CORE for n in ("_reconstruct", "scalar")]
+    [(m, n) for m in ("numpy._core.multiarray", "numpy.core.multiarray") for n in ("_reconstruct", "scalar")]
     + [(m, "_frombuffer") for m in ("numpy._core.numeric", "numpy.core.numeric")]
     + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("collections", "OrderedDict")]
     + [("builtins", n) for n in ("set", "frozenset", "complex", "slice", "bytearray", "bytes", "range")]
