@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .arig import ARIG, HEADS, IBUS, IGNORE, STATES, ARIGConfig, arig_generate, collate, frame_inputs
+from .cli_config import ArgumentParser
 from .data.cli import add_data_args, load_data
 from .data.coverage import available_modalities, resolve_n_sa
 from .data.segment import Segment
@@ -245,7 +246,7 @@ def _add_fields(g, cls, skip, defaults: dict | None = None):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m minilisten train-arig", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m minilisten train-arig", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1])
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model + train state)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out (its model and options; "

@@ -35,7 +35,7 @@ import torch
 
 from . import distributed
 from .checkpoint import atomic_write_text
-from .cli_config import add_dataclass_args, dataclass_kwargs
+from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
 from .data.segment import Segment
@@ -358,7 +358,7 @@ TRAIN_SKIP = ("stage", "progress")
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     """The parser, the LMConfig option names and the TrainConfig option names."""
-    p = argparse.ArgumentParser(prog="python -m minilisten train-lm", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m minilisten train-lm", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: speaker tokens only; 2: LR tokens")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model, tokenizer, train state)")
@@ -390,9 +390,7 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     g = p.add_argument_group("optimisation (TrainConfig)")
     g.add_argument("--paper-schedule", action="store_true",
                    help="paper's steps/learning rate/decay/batch for the stage (overrides those options)")
-    train_names = add_dataclass_args(g, TrainConfig, skip=TRAIN_SKIP, choices={"precision": distributed.PRECISIONS},
-                                     aliases={"learning_rate": ["--lr"], "decay_step": ["--lr-decay-step"],
-                                              "final_learning_rate": ["--lr-after"]})
+    train_names = add_dataclass_args(g, TrainConfig, skip=TRAIN_SKIP, choices={"precision": distributed.PRECISIONS})
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p, lm_names, train_names
 

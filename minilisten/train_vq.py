@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .cli_config import add_dataclass_args, dataclass_kwargs
+from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import identity_groups
 from .data.segment import N_SHAPE
@@ -333,9 +333,7 @@ def _train_args(p) -> list[str]:
     g.add_argument("--paper", action="store_true", help="paper sizes/schedule: width 512, d_c 512, batch 256, "
                    "300K steps, learning rate 2e-4 then 1e-5 after 200K")
     names = add_dataclass_args(g, VQTrainConfig, skip=("device",), alt_defaults={"--paper": PAPER_DEFAULTS},
-                               choices={"precision": distributed.PRECISIONS},
-                               aliases={"learning_rate": ["--lr"], "final_learning_rate": ["--lr-final"],
-                                        "decay_step": ["--decay-at"]})
+                               choices={"precision": distributed.PRECISIONS})
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -362,7 +360,7 @@ TABLE_HEAD = ("| (enc, dec) | Rec (MSE) | Commit | PPL | entropy (nats) | codes 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m minilisten train-vq``: train one VQ-VAE and print its validation metrics."""
-    p = argparse.ArgumentParser(prog="python -m minilisten train-vq", description=__doc__,
+    p = ArgumentParser(prog="python -m minilisten train-vq", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _data_args(p)
     model_names, train_names = _model_args(p), _train_args(p)
@@ -404,7 +402,7 @@ def _main_train(a, kw, out, env) -> int:
 
 def main_evaluate(argv: list[str] | None = None) -> int:
     """``python -m minilisten evaluate-vq``: Table 5 for saved checkpoints, or train the variants first."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m minilisten evaluate-vq", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Rec / Commit / PPL of VQ-VAEs on a split (paper Table 5). Either pass checkpoint "
         "directories, or --variants to train each (enc,dec) norm pair with the train-vq options first.")
