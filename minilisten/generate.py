@@ -39,6 +39,7 @@ Memory is fixed at construction: ``2 * n_layer * B * n_kv * (max_len + 1) * D`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -203,6 +204,7 @@ class FastTransformer(nn.Module):
         self.norm_f = _norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.n_lr)
         self.max_batch = self.max_seq = 0
+        self.rope = None   # LLaMA: n -> (cos, sin) (n, D) fp32 tables from HF's own rotary module
         for name in ("pos", "codes", "logits", "rope_cos", "rope_sin"):
             self.register_buffer(name, None, persistent=False)
 
@@ -271,7 +273,7 @@ class FastTransformer(nn.Module):
                 if cfg.mlp_bias:
                     blk.mlp.fc.bias.copy_(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]))
                     blk.mlp.proj.bias.copy_(mlp.down_proj.bias)
-            m.__dict__["_rotary"] = base.rotary_emb   # HF's rotary module (any rope type it supports), not a submodule
+            m.rope = partial(_hf_rope, base.rotary_emb)   # a plain callable: .to(dtype) leaves HF's fp32 module alone
         m.requires_grad_(False)
         return m.to(device=device, dtype=dtype).eval()
 
@@ -289,10 +291,7 @@ class FastTransformer(nn.Module):
         self.codes = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.logits = torch.zeros(max_batch, c.n_lr, dtype=torch.float32, device=p.device)
         if c.arch == "llama":   # tables from HF's own module, on its device, in fp32, then cast like HF
-            dev = next(self._rotary.buffers()).device
-            ids = torch.arange(max_seq, device=dev)[None]
-            cos, sin = self._rotary(torch.zeros(1, dtype=torch.float32, device=dev), ids)
-            self.rope_cos, self.rope_sin = (t[0].to(p.device, p.dtype) for t in (cos, sin))   # (L, D)
+            self.rope_cos, self.rope_sin = (t.to(p.device, p.dtype) for t in self.rope(max_seq))   # (L, D)
         for t in self.state_tensors():
             torch._dynamo.mark_static_address(t)
 
@@ -339,6 +338,13 @@ class FastTransformer(nn.Module):
         self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), self.codes[:B]))
         self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
         self.pos[:B].add_(n_valid)
+
+
+def _hf_rope(rotary: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin ``(n, D)`` of positions ``0..n-1`` from HF's rotary module (any rope type), in fp32 on its device."""
+    dev = next(rotary.buffers()).device
+    cos, sin = rotary(torch.zeros(1, dtype=torch.float32, device=dev), torch.arange(n, device=dev)[None])
+    return cos[0], sin[0]
 
 
 # ----------------------------------------------------------------------------------- decoders
@@ -684,3 +690,33 @@ def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Te
     finally:
         lm.train(was)
     return torch.tensor(codes, dtype=torch.long, device=device)
+
+
+# ----------------------------------------------------------------------------------- codes -> motion
+def decode_codes(vq, codes: list[np.ndarray], clips, batch: int = 64) -> list[np.ndarray]:
+    """LR codes ``(L,)`` per clip -> raw motion ``(T, 56)`` with the clip's listener beta."""
+    out: list = [None] * len(clips)
+    order = sorted(range(len(clips)), key=lambda i: len(codes[i]))
+    dev = vq.codebook.device
+    with torch.no_grad():
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            groups: dict[int, list[int]] = {}
+            for i in idx:
+                groups.setdefault(len(codes[i]), []).append(i)
+            for L, ids in groups.items():
+                c = torch.as_tensor(np.stack([codes[i] for i in ids]), dtype=torch.long, device=dev)
+                beta = None
+                if vq.needs_beta:
+                    beta = torch.as_tensor(np.stack([clips[i].listener_beta for i in ids]), device=dev)
+                m = vq.decode(c, beta).float().cpu().numpy()
+                for i, mi in zip(ids, m):
+                    out[i] = mi[:clips[i].T]
+    return out
+
+
+def generate_motion(lm, vq, clips, batch: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Greedy LR codes for each clip (fast static-cache decoder) and their decoded motion."""
+    gen = Generator(lm, batch=min(batch, len(clips)))
+    codes = gen.generate_segments(clips)
+    return codes, decode_codes(vq, codes, clips)

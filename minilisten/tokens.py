@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from .data.segment import N_EMOTIONS, Word, check_emotion_probs
+from .errors import UserError
 
 MODALITIES = ("W", "SA", "emo")
 PLACEMENTS = ("eq1", "lm_listener")
@@ -163,10 +164,16 @@ def word_step(end: float, fps: float, r: int = 8, placement: str = "eq1") -> int
     """Step of a word ending at ``end`` seconds: Eq. 1 (``"eq1"``: the step whose span holds the
     end) or LM-listener's rule (``"lm_listener"``, module docstring). May be ``>= n_steps``."""
     if placement == "eq1":
-        return max(0, math.ceil(end * fps / r - EPS) - 1)
+        return max(0, word_frame(end, fps, r))
     if placement == "lm_listener":
         return math.ceil(end * fps - EPS) // r + 1
     raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {placement!r}")
+
+
+def word_frame(end: float, fps: float, r: int = 1) -> int:
+    """The frame (or step of ``r`` frames) whose span ``(k r / fps, (k + 1) r / fps]`` holds time
+    ``end``: a word is known from there on. Unclamped: speech before 0 s gets a negative index."""
+    return math.ceil(end * fps / r - EPS) - 1
 
 
 def word_steps(words: list[Word], n_steps: int, fps: float, r: int = 8, placement: str = "eq1") -> list[list[Word]]:
@@ -193,6 +200,14 @@ def sa_bounds(steps, fps: float, r: int = 8, sa_rate: float = SA_RATE):
     return int(b) if b.ndim == 0 else b
 
 
+def sa_frame_bounds(frames, fps: float, sa_rate: float = SA_RATE):
+    """First SA token index of frame(s) ``frames`` for the ARIG-style model: ``ceil(t sa_rate / fps)``.
+    Frame t takes the tokens that *start* in it (the appendix's per-frame audio), so it waits for
+    at most one token past its end; LR steps take the tokens that *end* in them (:func:`sa_bounds`)."""
+    b = np.ceil(np.asarray(frames, dtype=np.float64) * sa_rate / fps - EPS).astype(np.int64)
+    return int(b) if b.ndim == 0 else b
+
+
 def sa_step_bounds(n_steps: int, fps: float, r: int = 8, sa_rate: float = SA_RATE) -> np.ndarray:
     """``(n_steps + 1,)`` token indices ``b``: step ``i`` holds tokens ``[b[i], b[i+1])``."""
     return sa_bounds(np.arange(n_steps + 1), fps, r, sa_rate)
@@ -202,12 +217,12 @@ def check_sa_tokens(sa_tokens, n_sa: int | None = None, name: str = "sa_tokens")
     """``(M,)`` integer token ids (an empty array of any dtype passes) in ``[0, n_sa)`` -> int64."""
     sa = np.asarray(sa_tokens.detach().cpu() if torch.is_tensor(sa_tokens) else sa_tokens)
     if sa.ndim != 1 or not (np.issubdtype(sa.dtype, np.integer) or sa.size == 0):
-        raise ValueError(f"{name}: expected a 1-D integer array, got shape {sa.shape} dtype {sa.dtype}")
-    sa = sa.astype(np.int64)
-    if n_sa is not None and sa.size and (sa.min() < 0 or sa.max() >= n_sa):
+        raise UserError(f"{name}: expected a 1-D integer array, got shape {sa.shape} dtype {sa.dtype}")
+    hi = (2 ** 63 - 1) if n_sa is None else n_sa - 1
+    if sa.size and (sa.min() < 0 or sa.max() > hi):   # checked before the cast: uint64 ids may not fit int64
         bad = int(sa.min()) if sa.min() < 0 else int(sa.max())
-        raise ValueError(f"{name}: expected token ids in [0, {n_sa}) (the SA codebook), got {bad}")
-    return sa
+        raise UserError(f"{name}: expected token ids in [0, {hi + 1}) (the SA codebook), got {bad}")
+    return sa.astype(np.int64)
 
 
 def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, sa_rate: float = SA_RATE,
@@ -217,8 +232,8 @@ def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, sa_rat
     sa = check_sa_tokens(sa_tokens, n_sa)
     b = sa_step_bounds(n_steps, fps, r, sa_rate)
     if sa.size < b[-1]:
-        raise ValueError(f"sa_tokens: expected at least {b[-1]} tokens for {n_steps} steps of {r} frames at {fps:g} fps "
-                         f"and {sa_rate:g} tokens/s, got {sa.size}")
+        raise ValueError(f"sa_tokens: expected at least {b[-1]} tokens for {n_steps} steps of {r} frames at "
+                         f"{fps:g} fps and {sa_rate:g} tokens/s, got {sa.size}")
     return [sa[b[i]:b[i + 1]] for i in range(n_steps)]
 
 
@@ -255,7 +270,8 @@ def speaker_tokens(seg, modalities=MODALITIES, n_steps: int | None = None, r: in
     if "W" in mods:
         for i, w in enumerate(seg.words):
             if w.end > seg.duration + EPS / seg.fps or w.end < -EPS:
-                raise ValueError(f"words[{i}] ({w.text!r}): expected end in [0, {seg.duration:.3f}] s (the clip), got {w.end:.3f}")
+                raise ValueError(f"words[{i}] ({w.text!r}): expected end in [0, {seg.duration:.3f}] s (the clip), "
+                                 f"got {w.end:.3f}")
         words = word_steps(seg.words, n, seg.fps, r, placement)
     hist = sorted(seg.history_words, key=lambda w: w.end) if "W" in mods else []
     sa = None
@@ -311,7 +327,8 @@ def context_plan(vocab: Vocab, history: list[int], steps: list[list[int]], max_l
     cum = np.concatenate([[0], np.cumsum(lens)]) if lens else np.zeros(1, np.int64)
 
     def length(j: int, i: int) -> int:   # context up to and including LR_i (or step i for S')
-        return len(prefix_ids(vocab, history, steps, j, history_tokens)) + int(cum[i + 1] - cum[j]) + (0 if with_lr else 1)
+        prefix = len(prefix_ids(vocab, history, steps, j, history_tokens))
+        return prefix + int(cum[i + 1] - cum[j]) + (0 if with_lr else 1)
 
     plan, j = [], 0
     for i in range(len(steps)):
