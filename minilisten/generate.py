@@ -1,40 +1,11 @@
-"""Fast greedy decoding of LR tokens (gpt-fast style): static KV cache, compact forward, torch.compile.
+"""Greedy LR-token decoding (gpt-fast style) and codes -> motion.
 
-The interleaved sequence of a window is ``history + steps[0] + [lr(c_0)] + steps[1] + [lr(c_1)] + ...``
-where ``steps[i]`` are the speaker tokens (W, SA, emo) of LR step i, and ``c_i`` is the argmax of
-the LM's LR head at the position just before ``lr(c_i)``. Decoding therefore costs one forward per
-LR token (8 motion frames): a prefill of ``history + steps[0]`` gives ``c_0``, then each step feeds
-``[lr(c_{i-1})] + steps[i]`` at once and reads the last position.
-
-Two decoders with the same interface (``advance``, ``codes``, ``generate``, ``generate_segments``):
-
-- :class:`Generator`, the fast path for GPT-2 and LLaMA-family backbones (LoRA merged):
-  :class:`FastTransformer` is a compact inference-only copy of the backbone + LR head in our own
-  ~200 lines (fused QKV, fused gate/up, SDPA, GQA without copying K/V; no 50k-word head; the last
-  layer runs attention and MLP for the one position the LR head reads), with KV cache buffers
-  ``(B, n_kv, max_len + 1, D)`` allocated once and written by index. One function,
-  :meth:`FastTransformer.forward`, runs prefill chunks and decode steps alike and is what
-  ``torch.compile`` compiles (CUDA: ``mode="reduce-overhead"``, i.e. CUDA graphs; CPU: inductor's C++).
-- :class:`HFDecoder`, the generic path for any HF causal LM: the HF model itself with its
-  ``DynamicCache`` or ``StaticCache``, eager, streams decoded in lock step.
-- :func:`generate_nocache`: LM-listener's way (whole context recomputed per LR token): the one
-  reference decoder, the baseline the others are tested against.
-
-Variable numbers of speaker tokens per step (the scheme): every forward takes a right-padded token
-block ``(B, S)`` holding the longest row (on CUDA padded up to one of a few bucket sizes, 8, 16,
-24, 32, 48, 64; prefills are fed in chunks of at most 64). Each stream (row) keeps its own position
-counter ``pos`` on the device; row b's valid tokens are written to cache slots ``pos[b] .. pos[b] +
-n_b - 1`` and its padding to a trash slot ``max_len`` that no valid query can see (keys are masked
-by ``key <= query position``); ``pos += n`` in the graph. Queries attend to the key window
-``[0, K)``, K the smallest multiple of ``kv_block`` covering every stream. S and K are dynamic sizes
-of the compiled graph: one compilation serves every step length, and on CUDA one CUDA graph is
-recorded per (bucket, K) pair, a bounded number. Streams at different positions (or one
-re-prefilling while the others step) share a forward. The previous LR token is substituted on the
-device (``lr(codes)``), so the loop never reads a value back to the host: :meth:`Generator.generate`
-syncs once at the end (and once per context jump of the LM's sliding-window policy,
-``ListenerLM.context_plan``, to rebuild the context).
-
-Memory is fixed at construction: ``2 * n_layer * B * n_kv * (max_len + 1) * D`` cache elements.
+- :class:`Generator`: the fast path for GPT-2 / LLaMA backbones: :class:`FastTransformer`, a compact
+  copy of the backbone + LR head with static KV caches ``(B, n_kv, max_len + 1, D)``, one forward
+  (:meth:`FastTransformer.forward`) for prefills and steps alike, optionally under torch.compile.
+- :class:`HFDecoder`: any HF causal LM with its own Dynamic/StaticCache, streams in lock step.
+- :func:`generate_nocache`: the reference (LM-listener's way: whole context per LR token).
+Design (padding, trash slot, key window, host syncs): docs/streaming.md.
 """
 from __future__ import annotations
 

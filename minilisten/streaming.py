@@ -338,7 +338,6 @@ class ListenerStream:
             raise UserError(f"sa_tokens ({where}): the model uses SA, expected the SA stream at most max_skew="
                             f"{self.max_skew:g} s behind the frames pushed ({clock:.3f} s), got {-lead:.3f} s behind; "
                             "push sa_tokens (or audio) with the frames")
-        self._plan(b, p)
         return p
 
     @staticmethod
@@ -402,9 +401,6 @@ class ListenerStream:
         return word_frame(end, self.fps)
 
     def _parse_extra(self, s, p: dict, chunk: dict, where: str) -> None:
-        pass
-
-    def _plan(self, b: int, p: dict) -> None:
         pass
 
     def _advance(self, todo: dict, final: bool) -> dict:
@@ -584,22 +580,6 @@ class StreamingListener(ListenerStream):
             cut = max(0, keep_from - s.audio_base)
             s.audio, s.audio_base = buf[cut:], s.audio_base + cut
 
-    def _plan(self, b: int, p: dict) -> None:
-        """Build every step the chunk completes on a copy of the stream, so that a step that does not
-        fit the LM context is refused before anything changes."""
-        s = copy.deepcopy(self.streams[b])
-        self._apply(s, p)
-        while self._ready(s):
-            try:
-                self._context(s, self._take_step(s))
-            except ValueError as e:   # lm.context_plan: the step does not fit the context
-                raise UserError(f"push (stream {b}): {e}") from None
-            held = len(s.hist) + sum(len(x) + 1 for x in s.win)   # context tokens incl. the next LR token
-            if held > self.max_len:
-                raise UserError(f"push (stream {b}): step {s.done - 1} expected a context of at most max_len="
-                                f"{self.max_len} tokens, got {held}")
-            s.win_codes.append(0)
-
     def _ready(self, s: _LRState) -> bool:
         i = s.done
         return s.frames >= self.r * (i + 1) and not (self.uses_sa and s.sa_base + len(s.sa) < self._sa_bound(i + 1))
@@ -630,16 +610,13 @@ class StreamingListener(ListenerStream):
     def _context(self, s: _LRState, step: list[int]) -> list[int] | None:
         """Add ``step`` to the stream's LM context: None when the decoder continues its cached
         context, else the whole context to prefill (first step, a context jump, or a refill)."""
-        if not s.win:
-            s.win, s.refill = [step], False
-            return s.hist + step
         j = self.lm.context_plan(s.hist, s.win + [step], with_lr=True, max_len=self.max_len)[-1]
         s.win.append(step)
         if j:
             head = self.lm.context_ids(s.hist, s.win, s.win_codes, j, j)    # [<bos>] + H_j + steps[j]
             s.hist = head[:len(head) - len(s.win[j])]
             s.win, s.win_codes = s.win[j:], s.win_codes[j:]
-        elif not s.refill:
+        elif len(s.win) > 1 and not s.refill:
             return None
         s.refill = False
         return self.lm.context_ids(s.hist, s.win, s.win_codes, len(s.win) - 1, 0)
@@ -655,7 +632,10 @@ class StreamingListener(ListenerStream):
                 s = self.streams[b]
                 if self._ready(s):
                     ids = self._take_step(s)
-                    ctx = self._context(s, ids)
+                    try:
+                        ctx = self._context(s, ids)
+                    except ValueError as e:   # lm.context_plan: the step does not fit the LM context
+                        raise UserError(f"push (stream {b}): {e}") from None
                     (step.__setitem__(b, ids) if ctx is None else pre.__setitem__(b, ctx))
             if not pre and not step:
                 break

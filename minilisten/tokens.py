@@ -1,57 +1,7 @@
-"""Tokens: the vocabulary, the time -> step rules of Eq. 1 and the interleaved sequences.
+"""Tokens: the vocabulary, every time -> step/frame rule and the interleaved sequences (Lai et al. Eq. 1-4).
 
-One home for every rule of the paper's token layout; training (:mod:`minilisten.lm`), batch
-decoding (:mod:`minilisten.generate`) and streaming (:mod:`minilisten.streaming`) all call it.
-Tokenizer-agnostic: words enter as *text* per step (:func:`speaker_tokens`) or as id lists
-(:func:`step_ids` and below; the LM's tokenizer turns text into ids, ``ListenerLM.word_ids``).
-
-**Vocabulary** (:class:`Vocab`)::
-
-    [0, n_words)                            backbone word tokens (its tokenizer; rows unchanged)
-    n_words + 0 .. n_words + 5              specials <bos> <pad> <sa> </sa> <emo> </emo>
-    lr_offset  = n_words + 6                V_LR:  LR code c    -> lr_offset + c    (n_lr = 256)
-    sa_offset  = lr_offset + n_lr           V_SA:  SA token t   -> sa_offset + t    (n_sa = 1024)
-    emo_offset = sa_offset + n_sa           V_emo: emotion e    -> emo_offset + e   (n_emo = 8)
-    size       = emo_offset + n_emo
-
-**Time -> step** (one rule for every modality). LR token ``i`` covers frames ``[r i, r (i + 1))``
-(``r`` frames per LR token, the VQ-VAE's ``VQConfig.rate``), i.e. the interval ``(r i / fps,
-r (i + 1) / fps]`` for *end times*. A speaker token belongs to the step that contains its **end
-time** -- a word once it has been spoken completely, an acoustic token once its audio is over --
-so all of a step's speaker tokens are available before ``LR_i`` is predicted (causality):
-
-- W: :func:`word_step` ``= ceil(end fps / r) - 1`` (0 for end 0; ``placement="eq1"``, paper Eq. 1);
-  ``placement="lm_listener"``: LM-listener's rule (SYSTEM.md §8), frame ``f = ceil(end fps)``, the
-  word precedes the first LR token ``j`` with ``r j > f``, one step later than Eq. 1 (two when
-  ``end fps`` is a multiple of ``r``); no word precedes token 0. Words whose step is past the
-  last are dropped (nothing follows them).
-- SA (``sa_rate`` tokens/s, SpeechTokenizer: 50): step ``i`` holds tokens ``[b_i, b_{i+1})``,
-  ``b_i = floor(i r sa_rate / fps)`` (:func:`sa_bounds`): the tokens whose end ``(k + 1) / sa_rate``
-  lies in the step's span.
-- emo: :func:`emotion_tokens`, per group of ``r`` frames the argmax of the mean per-frame
-  probability (supplement Eq. 7-9).
-
-A tail of ``T % r`` frames forms no step (no LR token either).
-
-**Sequences** (Eq. 1 / Eq. 2). For ``n`` LR steps::
-
-    history  = [<bos>] + W^h                     (most recent ``history_tokens`` word tokens, whole words)
-    steps[i] = W_i + [<sa>] + SA_i + [</sa>] + [<emo>, emo_i, </emo>]      (enabled modalities)
-    S  = history + steps[0] + [LR_0] + steps[1] + [LR_1] + ... + steps[n-1] + [LR_{n-1}]
-    S' = history + steps[0] + steps[1] + ... + steps[n-1]                   (stage 1)
-
-``LR_i`` is predicted at the position just before it (the last token of ``steps[i]``). Losses:
-stage 1 (Eq. 3) where the next token is a W, SA or emo token of a predicted step; stage 2 (Eq. 4)
-where the next token is an LR token (:func:`pack_sequences`, ``LMSequence.targets``).
-
-**Context policy** (sequences longer than the context ``max_len``): the context for ``LR_i``
-starts at step ``j_i`` (:func:`context_plan`, non-decreasing): ``[<bos>] + H_j + steps[j] +
-[LR_j] + ... + steps[i]`` (:func:`context_ids`), ``H_j`` the last ``history_tokens`` word tokens of
-W^h followed by the words of steps ``< j`` (:func:`prefix_ids`; SA, emo and LR of dropped steps are
-discarded). ``j`` stays while the context (plus ``LR_i``) fits in ``max_len``; on overflow it jumps
-to the smallest ``j`` whose context fits in ``window_keep * max_len``, so an incremental decoder
-re-fills its cache once per jump. Training cuts the same chunks, so training and inference see
-identical contexts. A single step longer than ``max_len`` raises.
+One home for the rules of the token layout: training (``lm``), decoding (``generate``), streaming and
+the ARIG-style model's per-frame inputs call them. Layout, rules and the context policy: docs/streaming.md.
 """
 from __future__ import annotations
 

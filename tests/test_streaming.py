@@ -492,3 +492,27 @@ def test_arig_streams_batched_equal_solo():
     np.testing.assert_array_equal(alone, solo(0, seed=3))
     with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*63\)"):
         ms.reset(0, seed=-1)
+
+
+def test_step_too_long_for_the_context_is_refused_alone(lm):
+    """A chunk whose step cannot fit the LM context is refused (UserError naming the stream), its stream
+    unchanged; the other stream of the same push_many still equals its solo run."""
+    from minilisten.errors import UserError
+    seg = speaker_segment(2.0, seed=30)
+    pushes = chunks(seg, seed=30, max_frames=12)
+    make = lambda n: StreamingListener(lm, tiny_vq("adaln"), seg.listener_beta, n_streams=n, max_len=48,  # noqa: E731
+                                       history_words=seg.history_words)
+    solo = make(1)
+    want = np.concatenate([solo.push(**p) for p in pushes] + [solo.flush()])
+    sl = make(2)
+    flood = dict(emotion=seg.emotion[:8], sa_tokens=seg.sa_tokens[:14],
+                 words=[Word(f"w{k}", 0.0, 0.01 * k) for k in range(1, 26)])
+    got = []
+    for i, p in enumerate(pushes):
+        out = sl.push_many({0: p, 1: flood} if i == 0 else {0: p})
+        got.append(out[0])
+        if i == 0:
+            assert isinstance(out[1], UserError) and re.search(r"push \(stream 1\): step 0", str(out[1])), out[1]
+            assert sl.progress(1)["frames"] == 0
+    got.append(sl.flush(0))
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
