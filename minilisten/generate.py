@@ -93,10 +93,11 @@ class Attention(nn.Module):
         self.scale = cfg.attn_scale[layer]
         self.kv_cache: KVCache | None = None     # set by FastTransformer.setup_caches
 
-    def forward(self, x, rows, write_idx, mask, rope, K, last=None):
+    def forward(self, x, rows, write_idx, mask, rope, K, last=None, slots=None):
         """x: (B, S, d); rows: (B, 1); write_idx: (B, S) cache slot per token; mask: (B, 1, S, K)
         additive (0 = attend, -inf = not) over the key window ``[0, K)``; rope: (cos, sin) each (B, 1, S, D) or
-        None; last: (B, 1) or None: attend from that position only (the last layer), -> (B, 1, d)."""
+        None; last: (B, 1) or None: attend from that position only (the last layer), -> (B, 1, d);
+        slots: (B,) the cache rows of the B streams (None: rows 0..B-1)."""
         B, S, _ = x.shape
         H, KV, D = self.n_head, self.n_kv, self.hd
         q, k, v = self.wqkv(x).split([H * D, KV * D, KV * D], dim=-1)
@@ -108,8 +109,13 @@ class Attention(nn.Module):
             q = (q * cos + rotate_half(q) * sin).to(x.dtype)
             k = (k * cos + rotate_half(k) * sin).to(x.dtype)
         k_cache, v_cache = self.kv_cache.k_cache, self.kv_cache.v_cache
-        k_cache[rows, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
-        v_cache[rows, :, write_idx] = v
+        crow = rows if slots is None else slots[:, None]
+        k_cache[crow, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
+        v_cache[crow, :, write_idx] = v
+        if slots is None:
+            k_cache, v_cache = k_cache[:B, :, :K], v_cache[:B, :, :K]
+        else:   # the busy streams' rows only: idle slots cost nothing
+            k_cache, v_cache = k_cache[slots, :, :K], v_cache[slots, :, :K]
         if last is not None:                        # only one query per stream is needed
             q = q[rows, :, last].transpose(1, 2)    # (B, H, 1, D)
             mask = mask[rows, :, last].transpose(1, 2)
@@ -118,8 +124,7 @@ class Attention(nn.Module):
             G = H // KV
             q = q.reshape(B, KV, G * S, D)
             mask = mask.repeat(1, 1, G, 1)
-        y = F.scaled_dot_product_attention(q, k_cache[:B, :, :K], v_cache[:B, :, :K], attn_mask=mask,
-                                           scale=self.scale)
+        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=self.scale)
         y = y.reshape(B, H, S, D).transpose(1, 2).reshape(B, S, H * D)
         return self.wo(y)
 
@@ -150,9 +155,9 @@ class Block(nn.Module):
         self.norm1, self.attn = _norm(cfg), Attention(cfg, layer)
         self.norm2, self.mlp = _norm(cfg), MLP(cfg)
 
-    def forward(self, x, rows, write_idx, mask, rope, K, last=None):
+    def forward(self, x, rows, write_idx, mask, rope, K, last=None, slots=None):
         """x: (B, S, d) -> (B, S, d); with ``last`` (B, 1): -> (B, 1, d) at that position only."""
-        y = self.attn(self.norm1(x), rows, write_idx, mask, rope, K, last)
+        y = self.attn(self.norm1(x), rows, write_idx, mask, rope, K, last, slots)
         x = (x if last is None else x[rows, last]) + y
         return x + self.mlp(self.norm2(x))
 
@@ -273,7 +278,7 @@ class FastTransformer(nn.Module):
         return out + ([self.rope_cos, self.rope_sin] if self.rope_cos is not None else [])
 
     # -------------------------------------------------------------- the one compiled function
-    def forward(self, inp: torch.Tensor, key_pos: torch.Tensor) -> None:
+    def forward(self, inp: torch.Tensor, key_pos: torch.Tensor, slots: torch.Tensor | None = None) -> None:
         """One forward over a right-padded token block; updates caches, ``pos``, ``codes``, ``logits``.
 
         inp: (B, S + 3) int64 = ``[tokens (S) | n_valid | lead | emit]`` per stream. ``n_valid`` of
@@ -282,14 +287,16 @@ class FastTransformer(nn.Module):
         LR head at its last valid token in ``codes``.
         key_pos: (K,) = ``arange(K)``, the key window: cache slots ``[0, K)`` are attended
         (K <= max_seq covers every stream's positions after this block; its size is the only use).
+        slots: (B,) the streams (cache rows) of the B rows of ``inp``; None: streams 0..B-1.
         """
         B, S, K = inp.shape[0], inp.shape[1] - 3, key_pos.shape[0]
         L = self.max_seq
         tokens, n_valid = inp[:, :-3], inp[:, -3]      # negative indices: S stays a dynamic size
         lead, emit = inp[:, -2].bool(), inp[:, -1].bool()
         ar = torch.arange(S, device=inp.device)
-        tokens = torch.where(lead[:, None] & (ar == 0), self.codes[:B, None] + self.lr_offset, tokens)
-        positions = self.pos[:B, None] + ar                                   # (B, S)
+        codes, pos = (self.codes[:B], self.pos[:B]) if slots is None else (self.codes[slots], self.pos[slots])
+        tokens = torch.where(lead[:, None] & (ar == 0), codes[:, None] + self.lr_offset, tokens)
+        positions = pos[:, None] + ar                                         # (B, S)
         write_idx = torch.where(ar < n_valid[:, None], positions, L)          # padding -> trash slot L
         x = self.tok_emb(tokens)
         zero = torch.zeros((), dtype=x.dtype, device=x.device)                 # additive mask, (B, 1, S, K)
@@ -303,12 +310,17 @@ class FastTransformer(nn.Module):
             rope = (self.rope_cos[pclip][:, None], self.rope_sin[pclip][:, None])  # (B, 1, S, D)
         last = (n_valid - 1).clamp(min=0)[:, None]                            # (B, 1)
         for blk in self.blocks[:-1]:
-            x = blk(x, rows, write_idx, mask, rope, K)
-        x = self.blocks[-1](x, rows, write_idx, mask, rope, K, last)          # (B, 1, d): the last layer
+            x = blk(x, rows, write_idx, mask, rope, K, None, slots)
+        x = self.blocks[-1](x, rows, write_idx, mask, rope, K, last, slots)   # (B, 1, d): the last layer
         logits = self.head(self.norm_f(x[:, 0])).float()                      # only needs one position
-        self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), self.codes[:B]))
-        self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
-        self.pos[:B].add_(n_valid)
+        if slots is None:
+            self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), codes))
+            self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
+            self.pos[:B].add_(n_valid)
+        else:
+            self.codes.index_copy_(0, slots, torch.where(emit, logits.argmax(-1), codes))
+            self.logits.index_copy_(0, slots, torch.where(emit[:, None], logits, self.logits[slots]))
+            self.pos.index_add_(0, slots, n_valid)
 
 
 def _hf_rope(rotary: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -510,10 +522,10 @@ class Generator(_Greedy):
         while rows:
             n = max(min(len(r), self.chunk) for r in rows.values())
             S = next(s for s in self.buckets if s >= n) if self.buckets else n
-            inp = [[0] * (S + 3) for _ in range(self.batch)]
-            for b in list(rows):
+            busy = sorted(rows)               # only the streams with tokens: idle slots cost nothing
+            inp = [[0] * (S + 3) for _ in busy]
+            for row, b in zip(inp, busy):
                 part, rest = rows[b][:self.chunk], rows[b][self.chunk:]
-                row = inp[b]
                 row[:len(part)] = part
                 row[S:] = [len(part), int(first and part[0] == -1), int(not rest)]
                 pos[b] += len(part)
@@ -528,10 +540,12 @@ class Generator(_Greedy):
                 t = t.pin_memory()
             t = t.to(self.device, non_blocking=True)
             key_pos = self.key_pos[:K]
+            slots = None if busy == list(range(self.batch)) else torch.tensor(busy, device=self.device)
             if self.compiled:
                 torch._dynamo.mark_dynamic(t, 1)
                 torch._dynamo.mark_dynamic(key_pos, 0)
-            self._fwd(t, key_pos)
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+            self._fwd(t, key_pos, slots)
         for b, p in pos.items():
             self.host_pos[b] = p
 

@@ -103,6 +103,30 @@ def test_batch_equals_per_stream(lm):
     assert g.codes[[0, 2]].tolist() == [single[2][0], single[3][0]]
 
 
+def test_idle_slots_are_not_computed(lm, monkeypatch):
+    """A step of some streams runs the forward on their rows only (idle slots cost nothing); the busy
+    streams' codes equal a one-stream generator's, and the idle streams' state is untouched."""
+    hs, ss = streams(lm, 2, seconds=1.5, seed=30)   # fits the context: no sliding
+    want = [reference(lm, h, s) for h, s in zip(hs, ss)]
+    g = Generator(lm, batch=8)
+    seen, fwd = [], g._fwd
+    monkeypatch.setattr(g, "_fwd", lambda t, key_pos, slots: seen.append(t.shape[0]) or fwd(t, key_pos, slots))
+    got = {5: [], 2: []}
+    g.advance(prefill={5: hs[0] + ss[0][0]})
+    got[5].append(int(g.codes[5]))
+    g.advance(prefill={2: hs[1] + ss[1][0]})
+    got[2].append(int(g.codes[2]))
+    for i in range(1, len(ss[0])):
+        before = g.model.pos.clone()
+        g.advance(step={5: ss[0][i]} if i % 2 else {5: ss[0][i], 2: ss[1][(i + 1) // 2]})
+        got[5].append(int(g.codes[5]))
+        if not i % 2:
+            got[2].append(int(g.codes[2]))
+        idle = [b for b in range(8) if b not in (5, 2) or (b == 2 and i % 2)]
+        assert g.model.pos[idle].tolist() == before[idle].tolist()
+    assert set(seen) == {1, 2} and got[5] == want[0] and got[2] == want[1][:len(got[2])]
+
+
 @pytest.mark.parametrize("buckets, chunk", [(BUCKETS, 64), ((4, 8), 8)])
 def test_buckets_and_chunked_prefill(lm, buckets, chunk):
     """Padded blocks (the CUDA default) and prefills split into chunks give the same codes."""
