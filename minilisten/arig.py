@@ -390,15 +390,9 @@ class DiffusionMLP(nn.Module):
         return self.final(modulate(F.layer_norm(h, h.shape[-1:]), sh, sc))
 
     def sample(self, cond, noise, steps: int):
-        """:func:`euler_sample` of this net, with what does not change between steps computed once:
-        the condition projection of ``cond (M, d_z)``, and each step's time embedding for one row
-        (every row has the same s). -> x (M, 56)."""
-        check_steps(steps)
-        cz, x = self.cond(cond), noise
-        for k in range(steps, 0, -1):
-            s = torch.full((1,), k / steps, device=x.device, dtype=x.dtype)
-            x = x - (1.0 / steps) * self.velocity(x, self.time(s) + cz)
-        return x
+        """:func:`euler_sample` of this net (the projection of ``cond (M, d_z)`` computed once) -> x (M, 56)."""
+        cz = self.cond(cond)
+        return euler_sample(lambda x, s: self.velocity(x, self.time(s) + cz), noise, steps)
 
 
 def flow_loss(net, x0: torch.Tensor, cond: torch.Tensor, s: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -413,14 +407,13 @@ def check_steps(steps) -> None:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
 
 
-def euler_sample(net, cond: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """Integrate dx/ds = v from s = 1 (x = noise (M, 56)) to s = 0 in ``steps`` uniform Euler steps
-    (any ``net(x, s, cond)``; :meth:`DiffusionMLP.sample` is the same loop, faster)."""
+def euler_sample(velocity, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrate dx/ds = velocity(x, s) from s = 1 (x = noise (M, 56)) to s = 0 in ``steps`` uniform
+    Euler steps; s is passed as a (1,) tensor (every row has the same s)."""
     check_steps(steps)
     x = noise
     for k in range(steps, 0, -1):
-        s = torch.full((x.shape[0],), k / steps, device=x.device, dtype=x.dtype)
-        x = x - (1.0 / steps) * net(x, s, cond)
+        x = x - (1.0 / steps) * velocity(x, torch.full((1,), k / steps, device=x.device, dtype=x.dtype))
     return x
 
 

@@ -175,11 +175,11 @@ def test_flow_loss_hand_computed():
 def test_euler_sampler_recovers_a_delta(steps):
     """The exact velocity of data concentrated at x*: v(x, s) = (x - x*) / s; any step count lands on x*."""
     x_star = torch.tensor([[0.3, -1.2, 2.0], [5.0, 0.0, -0.5]])
-    net = lambda x, s, c: (x - x_star) / s[:, None]
+    velocity = lambda x, s: (x - x_star) / s[:, None]
     noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(euler_sample(net, None, noise, steps), x_star, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(euler_sample(velocity, noise, steps), x_star, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="steps: expected an int >= 1"):
-        euler_sample(net, None, noise, 0)
+        euler_sample(velocity, noise, 0)
 
 
 def test_seeded_sampling_is_deterministic():
@@ -328,14 +328,16 @@ def test_state_head_beats_the_majority_class_on_the_synthetic_corpus():
 
 
 def test_fast_paths_equal_their_references():
-    """DiffusionMLP.sample == euler_sample of the same net; the last-position temporal layer ==
-    the whole nn.TransformerEncoderLayer's last row (train mode: no fused fast path)."""
+    """DiffusionMLP.sample == Euler steps of the net's full forward written out here; the last-position
+    temporal layer == the whole nn.TransformerEncoderLayer's last row (train mode: no fused fast path)."""
     m = _model(3)
     g = torch.Generator().manual_seed(0)
     z, noise = torch.randn(5, m.config.d_model, generator=g), torch.randn(5, 56, generator=g)
     for steps in (1, 3, 8):
-        torch.testing.assert_close(m.diffusion.sample(z, noise, steps), euler_sample(m.diffusion, z, noise, steps),
-                                   atol=1e-5, rtol=1e-5)
+        x = noise
+        for k in range(steps, 0, -1):   # dx/ds = v(x, s, z) from s = 1 to 0, every row's s given
+            x = x - m.diffusion(x, torch.full((5,), k / steps), z) / steps
+        torch.testing.assert_close(m.diffusion.sample(z, noise, steps), x, atol=1e-5, rtol=1e-5)
     seq = torch.randn(7, m.config.temporal_frames + 1, m.config.d_model, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(m._temporal_last(seq), m.temporal.train()(seq)[:, -1], atol=1e-5, rtol=1e-5)
