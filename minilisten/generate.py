@@ -30,7 +30,7 @@ class ContextFullError(ValueError):
 @dataclass
 class FastConfig:
     """Shape of the backbone, read from the HF config by :meth:`FastTransformer.from_lm`."""
-    arch: str                   # "gpt2" (LayerNorm, learned positions, GELU MLP) | "llama" (RMSNorm, rotary, SwiGLU, GQA)
+    arch: str                   # "gpt2" (LayerNorm, learned positions, GELU) | "llama" (RMSNorm, rotary, SwiGLU, GQA)
     n_layer: int
     n_head: int
     n_kv_head: int              # < n_head: grouped-query attention (LLaMA)
@@ -163,13 +163,9 @@ class Block(nn.Module):
 
 
 class FastTransformer(nn.Module):
-    """Inference-only copy of a ListenerLM's backbone + LR head with a static KV cache.
-
-    State (non-persistent buffers, allocated by :meth:`setup_caches`, moved by ``.to()``): per layer
-    a :class:`KVCache` ``blocks[i].attn.kv_cache`` (slot ``L = max_seq`` is the trash slot for
-    padding), ``pos (B,)`` tokens held per stream, ``codes (B,)`` latest LR code per stream,
-    ``logits (B, n_lr)`` its LR-head logits (fp32), and for rotary layouts ``rope_cos, rope_sin (L, D)``.
-    """
+    """Inference-only copy of a ListenerLM's backbone + LR head. State (non-persistent buffers from
+    :meth:`setup_caches`): a :class:`KVCache` per layer, ``pos (B,)`` tokens held, ``codes (B,)`` latest
+    LR code and ``logits (B, n_lr)`` per stream, rotary tables ``rope_cos, rope_sin (L, D)``."""
 
     def __init__(self, cfg: FastConfig, vocab_size: int, lr_offset: int):
         super().__init__()
@@ -195,7 +191,8 @@ class FastTransformer(nn.Module):
         c = bb.config
         arch = c.model_type
         if arch not in FAST_ARCHS:
-            raise ValueError(f"backbone: expected model_type in {FAST_ARCHS} for the fast path, got {arch!r} (use HFDecoder)")
+            raise ValueError(f"backbone: expected model_type in {FAST_ARCHS} for the fast path, got {arch!r} "
+                             "(use HFDecoder)")
         p = next(bb.parameters())
         dtype, device = dtype or p.dtype, device or p.device
         base = bb.base_model
@@ -352,7 +349,8 @@ def _check_batch(history, steps, batch: int) -> int:
 
 def _plans(lm, history, steps, max_len: int) -> list[list[int]]:
     """Per stream, the start step of the context of every step (``ListenerLM.context_plan``)."""
-    return [lm.context_plan(list(h), [list(x) for x in s], with_lr=True, max_len=max_len) for h, s in zip(history, steps)]
+    return [lm.context_plan(list(h), [list(x) for x in s], with_lr=True, max_len=max_len)
+            for h, s in zip(history, steps)]
 
 
 class _Greedy:
@@ -368,12 +366,8 @@ class _Greedy:
 
     @torch.no_grad()
     def generate(self, history: Sequence[Sequence[int]], steps: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
-        """Greedy LR codes ``(B, n_steps)`` (on the device) for B streams given ``history[b]``
-        (``[<bos>] + W^h`` ids) and ``steps[b][i]`` (speaker token ids of step i), as
-        ``ListenerLM.speaker_steps`` returns them. Equals :func:`generate_nocache` (the reference),
-        including the LM's sliding context (``lm.context_plan``): within a context one forward per
-        step; where a stream's context jumps it is re-prefilled, after one host sync to read its
-        codes. Otherwise no sync until the end."""
+        """Greedy LR codes ``(B, n_steps)`` from ``history[b]`` and ``steps[b][i]`` (``ListenerLM.speaker_steps``),
+        equal to :func:`generate_nocache`; a host sync only where a stream's context jumps."""
         n = _check_batch(history, steps, self.batch)
         history = [list(h) for h in history]
         steps = [[list(x) for x in s] for s in steps]
@@ -410,19 +404,11 @@ class _Greedy:
 
 
 class Generator(_Greedy):
-    """Fast greedy LR-token decoding of up to ``batch`` independent streams (:class:`FastTransformer`).
-
-    ``max_len``: context length per stream, default ``lm.max_len`` (the LM's sliding-window policy
-    uses the same number). ``compile``: ``torch.compile`` the forward (``fullgraph``; the block width
-    S and the key window K are dynamic sizes, so one compilation serves every length). ``True``: on
-    CUDA ``mode="reduce-overhead"`` (CUDA graphs, one recorded per (S, K) pair; ``cudagraphs=False``
-    turns them off), on CPU inductor's C++ code; ``"max-autotune"``: also autotune the matmuls
-    (longer compile; on CPU inductor may then use its C++ GEMM templates instead of MKL). ``buckets``: block widths a step is padded to; default ``BUCKETS`` on CUDA (padding
-    is nearly free there and bounds the number of CUDA graphs), ``None`` = no padding beyond the
-    longest row (CPU, where compute scales with S). ``chunk``: prefills are fed in blocks of at most
-    this many tokens. ``kv_block``: the key window grows in multiples of this (default 128 on CUDA,
-    32 on CPU). ``dtype``/``device``: of the weight copy (default the LM's; bf16 on GPU is typical).
-    """
+    """Fast greedy LR-token decoding of up to ``batch`` streams (:class:`FastTransformer`). ``max_len``:
+    context per stream (default ``lm.max_len``). ``compile``: True (CUDA: CUDA graphs unless
+    ``cudagraphs=False``; CPU: inductor) or "max-autotune". ``buckets``: block widths a step is padded
+    to (default ``BUCKETS`` on CUDA, none on CPU); ``chunk``: prefill block size; ``kv_block``: key
+    window granularity (128 CUDA, 32 CPU); ``dtype``/``device``: of the weight copy."""
 
     def __init__(self, lm, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None,
                  device=None, compile: bool | str = False, cudagraphs: bool | None = None,
@@ -556,11 +542,8 @@ def _cache_kwarg(model) -> str:
 
 
 class HFDecoder(_Greedy):
-    """Generic path for any HF causal LM: the backbone itself with its ``DynamicCache``
-    (``cache="dynamic"``, what ``model.generate`` uses; the baseline (b) of the benchmark) or
-    ``StaticCache`` (``cache="static"``), eager, one forward per step. Streams advance in lock step:
-    a block is right-padded to its longest row, with a 2-D attention mask and per-stream
-    ``position_ids`` so each stream sees exactly its own tokens; a prefill (re)starts all streams."""
+    """Any HF causal LM with its ``DynamicCache`` (benchmark baseline (b)) or ``StaticCache``, eager; streams
+    advance in lock step (right-padded blocks, 2-D mask, per-stream positions); a prefill restarts all."""
 
     def __init__(self, lm, batch: int = 1, cache: str = "dynamic", max_len: int | None = None):
         if cache not in ("dynamic", "static"):
@@ -609,8 +592,8 @@ class HFDecoder(_Greedy):
             self._feed([list(prefill[b]) for b in range(B)], lead=False)
         elif step:
             if self.cache is None or sorted(step) != list(range(self.pos.shape[0])):
-                raise ValueError(f"step: expected every prefilled stream 0..{0 if self.cache is None else self.pos.shape[0] - 1}, "
-                                 f"got {sorted(step)}")
+                last = 0 if self.cache is None else self.pos.shape[0] - 1
+                raise ValueError(f"step: expected every prefilled stream 0..{last}, got {sorted(step)}")
             self._feed([list(step[b]) for b in range(len(step))], lead=True)
 
     def _feed(self, rows: list[list[int]], lead: bool) -> None:
@@ -646,12 +629,8 @@ class HFDecoder(_Greedy):
 
 @torch.no_grad()
 def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Tensor:
-    """The reference decoder (LM-listener's way), batched: for every LR token recompute the whole
-    context (``lm.context_ids`` with the LM's sliding policy, ``lm.context_plan``) with the HF
-    model, no cache (right padding + attention mask when lengths differ), and take the argmax of
-    the LR head at its last position; codes are read back to the host every step. ``history[b]``,
-    ``steps[b]`` as ``ListenerLM.speaker_steps`` returns them. Returns codes ``(B, n_steps)``. The
-    baseline (a) of the benchmark and what every faster decoder is tested against."""
+    """The reference (LM-listener's way, benchmark baseline (a)): every LR token recomputes its whole
+    context (``lm.context_ids`` / ``context_plan``) with the HF model, no cache -> codes ``(B, n_steps)``."""
     n = _check_batch(history, steps, len(history))
     device = lm.lr_head.weight.device
     history = [list(h) for h in history]

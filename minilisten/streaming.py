@@ -184,18 +184,9 @@ class _State:
 
 
 class ListenerStream:
-    """The stream core both generators share (``n_streams`` independent streams):
-
-    - ``push(*, motion (n, 56), words, sa_tokens (m,), emotion (n, 8), stream=0)`` -> listener
-      frames ``(k, 56)`` float32; ``push_many({stream: kwargs}) -> {stream: frames | exception}``:
-      each stream's chunk is checked and applied on its own, and a refused chunk leaves its stream
-      exactly as it was; no stream's error reaches another stream.
-    - ``flush(stream)``, ``reset(stream, history_words, seed)``, ``set_beta(beta, stream)``; ``fps``.
-
-    Words ``Word(text, start, end)`` (or tuples/dicts) end after the previous word, by the clock,
-    and no later than the push whose frames reach their end; SA tokens (50/s) may lead or lag the
-    frames by at most ``max_skew`` s; a push brings at most ``max_push_frames`` frames.
-    """
+    """The stream core of both generators (``n_streams`` streams; rules in docs/streaming.md): ``push``,
+    ``push_many`` (per-stream results and transactions), ``flush``, ``reset``, ``set_beta``, ``fps``.
+    A generator provides ``_fresh``, ``_advance`` (its batched model step) and optional parse hooks."""
 
     EXTRA: tuple = ()          # push arguments beyond motion, words, sa_tokens, emotion
     UNIT = "frame"             # what a word's end selects (LR: "LR step")
@@ -423,18 +414,12 @@ class _LRState(_State):
 
 
 class StreamingListener(ListenerStream):
-    """Lai et al.'s listener from a live speaker (:class:`ListenerStream`): LR step i (frames
-    ``[8i, 8i+8)``) is decoded once its frames and SA tokens are in, with exactly the tokens and
-    context ``ListenerLM.speaker_steps`` / ``context_plan`` build offline; frames of code k are
-    returned once code ``k + lookahead`` is known (``lookahead = vq.receptive_field``: equal to
-    offline ``vq.decode`` for a local decoder), decoded from ``vq_context`` codes of left context.
-
-    ``beta (100,)`` or ``(n_streams, 100)``; ``history_words``: W^h; ``sa_tokenizer``: ``encode(wav,
-    sample_rate)`` at 50/s for ``audio`` pushes; ``max_len``: LM context; ``compile``/``dtype``/
-    ``device`` of the :class:`~minilisten.generate.Generator`, or an existing ``generator``.
-    ``motion`` pushes count only as the clock (the model reads words, SA and emotion); ``frames=n``
-    does the same without motion.
-    """
+    """Lai et al.'s listener, live: LR step i (frames ``[8i, 8i+8)``) is decoded once its frames and
+    SA tokens are in, exactly as offline; frames of code k come once code ``k + lookahead`` is known
+    (default ``vq.receptive_field``: exact for a local VQ decoder). ``beta (100,)`` or ``(n_streams,
+    100)``; ``sa_tokenizer.encode(wav, sample_rate)`` for ``audio``; ``compile``/``dtype``/``device``
+    of the :class:`~minilisten.generate.Generator` (or pass ``generator``). ``motion`` or ``frames=n``
+    advance the clock only."""
 
     EXTRA = ("frames", "audio", "sample_rate")
     UNIT = "LR step"
@@ -682,14 +667,10 @@ class _ARIGState(_State):
 
 
 class StreamingARIG(ListenerStream):
-    """The ARIG-style listener from a live speaker (:class:`ListenerStream`): listener frame t comes
-    with the push that completes speaker frame t (its ``motion``, required: it is the clock; its
-    emotion row; SA tokens through ``sa_frame_bounds(t + 1)``). Streams with a frame to make share
-    one :func:`~minilisten.arig.decode_frame` per tick; each draws noise from its own generator, so
-    a stream equals :func:`~minilisten.arig.arig_generate` with its seed (bit for bit alone, to
-    float rounding in a batch). ``steps``: Euler steps; ``reference (56,)``: raw motion filling the
-    history at start (default the model's mean); ``compile``: the frame under torch.compile.
-    """
+    """The ARIG-style listener, live: frame t comes with the push that completes speaker frame t (its
+    ``motion``, required; its emotion row; SA tokens through ``sa_frame_bounds(t + 1)``), equal to
+    :func:`~minilisten.arig.arig_generate` with the stream's seed. ``steps``: Euler steps;
+    ``reference (56,)``: raw start motion (default the mean); ``compile``: the frame under torch.compile."""
 
     def __init__(self, model: ARIG, beta=None, *, n_streams: int = 1, seed: int = 0, steps: int | None = None,
                  reference=None, temperature: float = 1.0, history_words=(), compile: bool = False,
