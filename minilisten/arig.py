@@ -419,7 +419,7 @@ def euler_sample(velocity, noise: torch.Tensor, steps: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the model
 class ARIG(nn.Module):
-    """See the module docstring. ``features(batch)`` (teacher forcing) and ``step`` (one frame,
+    """The model (docs/arig.md). ``features(batch)`` (teacher forcing) and ``step`` (one frame,
     caches) give the condition z (d,) and the state logits; ``loss`` trains; ``generate`` samples."""
 
     def __init__(self, config: ARIGConfig | None = None):

@@ -191,13 +191,14 @@ class ListenerStream:
     EXTRA: tuple = ()          # push arguments beyond motion, words, sa_tokens, emotion
     UNIT = "frame"             # what a word's end selects (LR: "LR step")
 
-    def _setup(self, n_streams, fps, max_skew, max_push_frames, uses_sa: bool, needs_emotion: bool, n_sa):
+    def _setup(self, n_streams, fps, sa_rate, max_skew, max_push_frames, uses_sa: bool, needs_emotion: bool, n_sa):
         if isinstance(n_streams, bool) or not (isinstance(n_streams, int) and n_streams >= 1):
             raise UserError(f"n_streams: expected an int >= 1, got {n_streams!r}")
-        for name, v in (("max_skew", max_skew), ("max_push_frames", max_push_frames)):
+        for name, v in (("sa_rate", sa_rate), ("max_skew", max_skew), ("max_push_frames", max_push_frames)):
             if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf):
                 raise UserError(f"{name}: expected a positive number or None, got {v!r}")
-        self.n_streams, self.fps, self.max_skew, self.max_push_frames = n_streams, float(fps), max_skew, max_push_frames
+        self.n_streams, self.fps, self.sa_rate = n_streams, float(fps), float(sa_rate)
+        self.max_skew, self.max_push_frames = max_skew, max_push_frames
         self.uses_sa, self.needs_emotion, self.n_sa = uses_sa, needs_emotion, n_sa
 
     # ------------------------------------------------------------------ public API
@@ -321,7 +322,7 @@ class ListenerStream:
         if not (n or p["words"] or new_sa or p["audio"] is not None):
             raise UserError(f"push ({where}): empty chunk: expected frames (motion, emotion or frames=), words, "
                             "sa_tokens or audio, got none")
-        lead = (s.sa_base + len(s.sa) + new_sa) / SA_RATE - clock
+        lead = (s.sa_base + len(s.sa) + new_sa) / self.sa_rate - clock
         if self.max_skew is not None and lead > self.max_skew and new_sa:   # a push that catches up is never refused
             raise UserError(f"sa_tokens ({where}): expected the SA stream at most max_skew={self.max_skew:g} s ahead "
                             f"of the frames pushed ({clock:.3f} s), got {lead:.3f} s ahead; push the frames too")
@@ -427,9 +428,9 @@ class StreamingListener(ListenerStream):
 
     def __init__(self, lm, vq, beta=None, *, n_streams: int = 1, fps: float | None = None, lookahead: int | None = None,
                  vq_context: int | None = None, history_words=(), sa_tokenizer=None,
-                 sample_rate: int = SA_SAMPLE_RATE, max_len: int | None = None, compile: bool | str = False,
-                 dtype: torch.dtype | None = None, device=None, generator: Generator | None = None,
-                 max_skew: float | None = 4.0, max_push_frames: int | None = None):
+                 sample_rate: int = SA_SAMPLE_RATE, sa_rate: float = SA_RATE, max_len: int | None = None,
+                 compile: bool | str = False, dtype: torch.dtype | None = None, device=None,
+                 generator: Generator | None = None, max_skew: float | None = 4.0, max_push_frames: int | None = None):
         fps = float(getattr(lm.config, "fps", 30.0)) if fps is None else fps
         for what, cfg in (("lm", lm.config), ("vq", vq.config)):
             model_fps = getattr(cfg, "fps", None)
@@ -437,8 +438,8 @@ class StreamingListener(ListenerStream):
                 raise UserError(f"fps: expected {model_fps:g} (the frame rate {what}.config.fps was trained at), got "
                                 f"{fps:g}; resample the speaker stream")
         self.modalities = tuple(lm.modalities)
-        self._setup(n_streams, fps, max_skew, max_push_frames, "SA" in self.modalities, "emo" in self.modalities,
-                    lm.vocab.n_sa)
+        self._setup(n_streams, fps, sa_rate, max_skew, max_push_frames, "SA" in self.modalities,
+                    "emo" in self.modalities, lm.vocab.n_sa)
         self.r = int(lm.config.r)
         if vq.rate != self.r:
             raise UserError(f"vq: expected {self.r} frames per code (lm.config.r), got vq.rate={vq.rate}")
@@ -520,7 +521,7 @@ class StreamingListener(ListenerStream):
         return word_step(end, self.fps, self.r, self.lm.word_placement)
 
     def _sa_bound(self, i: int) -> int:
-        return sa_bounds(i, self.fps, self.r, SA_RATE)
+        return sa_bounds(i, self.fps, self.r, self.sa_rate)
 
     def _parse_extra(self, s: _LRState, p: dict, chunk: dict, where: str) -> None:
         audio = chunk.get("audio")
@@ -546,7 +547,7 @@ class StreamingListener(ListenerStream):
         """SA tokens of the complete 20 ms hops in (kept + new) audio, excluding those already made;
         the kept audio starts ``_AUDIO_CONTEXT`` hops early, so a causal tokenizer gives the tokens
         of the whole recording."""
-        hop = int(round(self.sample_rate / SA_RATE))
+        hop = int(round(self.sample_rate / self.sa_rate))
         buf = np.concatenate([s.audio, new])
         made, total = s.sa_base + len(s.sa), (s.audio_base + len(buf)) // hop
         if total <= made:
@@ -559,7 +560,7 @@ class StreamingListener(ListenerStream):
         super()._apply(s, p)
         s.words.sort(key=lambda w: (w.end, w.start))
         if p["audio"] is not None:
-            hop = int(round(self.sample_rate / SA_RATE))
+            hop = int(round(self.sample_rate / self.sa_rate))
             buf = np.concatenate([s.audio, p["audio"]])
             keep_from = max(0, (s.sa_base + len(s.sa) - self._AUDIO_CONTEXT) * hop)   # absolute sample
             cut = max(0, keep_from - s.audio_base)
@@ -676,7 +677,7 @@ class StreamingARIG(ListenerStream):
                  reference=None, temperature: float = 1.0, history_words=(), compile: bool = False,
                  max_skew: float | None = 2.0, max_push_frames: int | None = None):
         c = model.config
-        self._setup(n_streams, c.fps, max_skew, max_push_frames, bool(c.n_sa), c.use_emotion, c.n_sa or None)
+        self._setup(n_streams, c.fps, c.sa_rate, max_skew, max_push_frames, bool(c.n_sa), c.use_emotion, c.n_sa or None)
         if steps is not None:
             check_steps(steps)
         self.model, self.cfg, self.temperature = model.eval(), c, float(temperature)
@@ -700,7 +701,8 @@ class StreamingARIG(ListenerStream):
         row = np.zeros(N_SHAPE, np.float32) if beta is None else _beta_row(beta, "beta")
         s.beta = torch.as_tensor(row, device=self.dev)[None]
         if s.st is not None:
-            s.st["beta"] = self.model._beta(s.beta)
+            with torch.no_grad():
+                s.st["beta"] = self.model._beta(s.beta)
 
     def _fresh(self, b: int, history: list, seed: int) -> _ARIGState:
         old = self.streams[b]
