@@ -286,7 +286,7 @@ class ListenerStream:
         n = p["frames"] = counts[0][1] if counts else 0
         for name, k in counts[1:]:
             if k != n:
-                raise UserError(f"{name} ({where}): expected {n} rows (the {counts[0][0]} pushed), got {k}")
+                raise UserError(f"{name} ({where}): expected {n} frames, as {counts[0][0]} gives, got {k}")
         if self.max_push_frames is not None and n > self.max_push_frames:
             raise UserError(f"{counts[0][0]} ({where}): expected at most max_push_frames={self.max_push_frames} "
                             f"speaker frames per push, got {n}")

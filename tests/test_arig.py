@@ -301,7 +301,7 @@ def test_streaming_equals_offline_and_stays_bounded():
         assert len(got[-1]) == len(ch["motion"])       # one listener frame per speaker frame
         sizes.append(sl.state_sizes())
         if i == 2:   # bad input raises, names the field, and leaves the stream as it was
-            with pytest.raises(ValueError, match=r"emotion \(stream 0\): expected 2 rows"):
+            with pytest.raises(ValueError, match=r"emotion \(stream 0\): expected 2 frames, as motion gives, got 3"):
                 sl.push(motion=seg.speaker_motion[:2], emotion=np.ones((3, 8)) / 8)
             with pytest.raises(ValueError, match="words\\[0\\]"):
                 sl.push(motion=seg.speaker_motion[:1], words=[Word("late", 0.0, 0.01)], emotion=np.ones((1, 8)) / 8)

@@ -161,7 +161,8 @@ def test_errors_leave_state_usable():
     g.advance(prefill={0: hs[0] + ss[0][0]})
     bad = [
         (dict(step={2: ss[0][1]}), r"stream: expected an index in \[0, 2\).*got 2"),
-        (dict(step={0: [lm.vocab.size]}), r"step\[0\]: expected token ids in \[0, %d\), got %d" % (lm.vocab.size, lm.vocab.size)),
+        (dict(step={0: [lm.vocab.size]}),
+         r"step\[0\]: expected token ids in \[0, %d\), got %d" % (lm.vocab.size, lm.vocab.size)),
         (dict(step={1: ss[0][1]}), r"step\[1\]: stream 1 has no context yet"),
         (dict(prefill={1: []}), r"prefill\[1\]: expected at least 1 token, got 0"),
         (dict(step={0: [5] * 250}), r"stream 0: expected at most max_len=256 tokens"),

@@ -99,8 +99,9 @@ def test_sliding_window_constant_memory(lm):
     assert codes == offline_codes(lm, seg, max_len=max_len)
     assert len({z["decoder_state_bytes"] for z in sizes}) == 1
     late = sizes[len(sizes) // 4:]
-    for key, bound in (("context_tokens", max_len), ("window_steps", max_len // 15), ("vq_codes", sl.vq_context + sl.lookahead + 3),
-                       ("sa_buffer", 40), ("emotion_buffer", 2 * 20), ("pending_words", 10)):
+    for key, bound in (("context_tokens", max_len), ("window_steps", max_len // 15),
+                       ("vq_codes", sl.vq_context + sl.lookahead + 3), ("sa_buffer", 40), ("emotion_buffer", 2 * 20),
+                       ("pending_words", 10)):
         assert max(z[key] for z in late) <= bound, (key, max(z[key] for z in late))
 
 
@@ -172,7 +173,8 @@ def test_bad_input_keeps_stream_usable(lm):
     bad = [
         (dict(), r"empty chunk"),
         (dict(words=[], sa_tokens=[], emotion=np.zeros((0, 8))), r"empty chunk"),
-        (dict(emotion=np.full((4, 7), 1 / 7)), r"emotion \(stream 0\): expected per-frame probabilities of shape \(n, 8\).*got \(4, 7\)"),
+        (dict(emotion=np.full((4, 7), 1 / 7)),
+         r"emotion \(stream 0\): expected per-frame probabilities of shape \(n, 8\).*got \(4, 7\)"),
         (dict(emotion=np.full((4, 8), 0.2)), r"rows summing to 1"),
         (dict(frames=4), r"emotion \(stream 0\): the model uses emotion"),
         (dict(emotion=np.full((4, 8), 1 / 8), frames=5), r"frames \(stream 0\): expected 4"),
@@ -180,7 +182,8 @@ def test_bad_input_keeps_stream_usable(lm):
         (dict(sa_tokens=np.zeros((2, 2), int)), r"expected a 1-D integer array"),
         (dict(audio=np.zeros(320), sample_rate=16000), r"audio \(stream 0\): expected sa_tokens, or an sa_tokenizer"),
         (dict(words=[Word("yes", 0.0, 1e6)], emotion=np.full((4, 8), 1 / 8)), r"expected end <= 0.133 s"),
-        (dict(words=[("b", 0.0, 0.05), ("a", 0.0, 0.02)], emotion=np.full((4, 8), 1 / 8)), r"expected words in time order"),
+        (dict(words=[("b", 0.0, 0.05), ("a", 0.0, 0.02)], emotion=np.full((4, 8), 1 / 8)),
+         r"expected words in time order"),
         (dict(words=[("a", 0.0, "x")], emotion=np.full((4, 8), 1 / 8)), r"expected Word\(text, start, end\)"),
     ]
     for kw, msg in bad:
