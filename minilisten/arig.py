@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment
-from .tokens import sa_frame_bounds, word_frame
+from .tokens import check_sa_tokens, sa_frame_bounds, word_frame
 
 FORMAT = "minilisten.ARIG"       # config.json tag (minilisten.checkpoint.check_format)
 #: conversational states derived from the speaker's word timings (:func:`state_labels`)
@@ -139,9 +139,7 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
             raise ValueError(f"{where}: sa_tokens: expected SA tokens (the model has n_sa={cfg.n_sa}), got None")
         if abs(seg.sa_rate - cfg.sa_rate) > 1e-6:
             raise ValueError(f"{where}: sa_rate: expected {cfg.sa_rate:g} (the model's), got {seg.sa_rate:g}")
-        tok = seg.sa_tokens
-        if tok.size and tok.max() >= cfg.n_sa:
-            raise ValueError(f"{where}: sa_tokens: expected ids < n_sa = {cfg.n_sa}, got {int(tok.max())}")
+        tok = check_sa_tokens(seg.sa_tokens, cfg.n_sa, f"{where}: sa_tokens")
         b = np.minimum(sa_frame_bounds(np.arange(T + 1), cfg.fps, cfg.sa_rate), tok.size)
         last = -1
         for t in range(T):

@@ -87,7 +87,7 @@ def test_frame_inputs_hand_built():
     assert fi["since"].tolist() == [2, 3, 4, 5, 0, 1, 2, 3, 0, 1]
     assert fi["sa"][:4].tolist() == [[0, 1], [2, -1], [3, 4], [5, -1]]   # tokens starting in each frame
     assert fi["sa"][9].tolist() == [13, -1]                                # 14 tokens: frame 9 gets token 13
-    with pytest.raises(ValueError, match="sa_tokens: expected ids < n_sa = 32"):
+    with pytest.raises(ValueError, match=r"sa_tokens: expected token ids in \[0, 32\) \(the SA codebook\), got 40"):
         frame_inputs(Segment(np.zeros((10, 56)), np.zeros((10, 56)), 10.0, sa_tokens=np.array([40]), sa_rate=15.0,
                              emotion=np.full((10, 8), 1 / 8), listener_beta=np.ones(100)), cfg)
     with pytest.raises(ValueError, match="listener_beta"):
