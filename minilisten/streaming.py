@@ -294,8 +294,11 @@ class ListenerStream:
             raise UserError(f"emotion ({where}): the model uses emotion, expected ({n}, {N_EMOTIONS}) probabilities "
                             f"for the {n} frames pushed, got None")
         clock = (s.frames + n) / self.fps
-        last = s.last_end
-        for i, w in enumerate(chunk.get("words") or ()):
+        last, words = s.last_end, list(chunk.get("words") or ())
+        if len(s.words) + len(words) > MAX_WORDS:
+            raise UserError(f"words ({where}): expected at most {MAX_WORDS} words waiting for their {self.UNIT}, "
+                            f"got {len(s.words) + len(words)}")
+        for i, w in enumerate(words):
             w = _word(w, f"words[{i}] ({where})")
             at = f"words[{i}] ({w.text!r}, {where})"
             if w.end < last - EPS / self.fps:
@@ -312,9 +315,6 @@ class ListenerStream:
                                 f"0..{s.done - 1}); push words no later than the frames their {self.UNIT} ends with")
             p["words"].append(w)
             last = w.end
-        if len(s.words) + len(p["words"]) > MAX_WORDS:
-            raise UserError(f"words ({where}): expected at most {MAX_WORDS} words waiting for their {self.UNIT}, "
-                            f"got {len(s.words) + len(p['words'])}")
         if chunk.get("sa_tokens") is not None:
             p["sa"] = check_sa_tokens(chunk["sa_tokens"], self.n_sa, f"sa_tokens ({where})")
         self._parse_extra(s, p, chunk, where)
