@@ -508,9 +508,13 @@ class Generator(_Greedy):
         while rows:
             n = max(min(len(r), self.chunk) for r in rows.values())
             S = next(s for s in self.buckets if s >= n) if self.buckets else n
-            busy = sorted(rows)               # only the streams with tokens: idle slots cost nothing
+            real = sorted(rows)               # only the streams with tokens: idle slots cost nothing
+            busy = list(real)
+            if self.buckets:                  # CUDA: widths in powers of two (idle rows pad them), so few CUDA graphs
+                width = min(self.batch, 1 << (len(real) - 1).bit_length())
+                busy += [b for b in range(self.batch) if b not in rows][:width - len(real)]
             inp = [[0] * (S + 3) for _ in busy]
-            for row, b in zip(inp, busy):
+            for row, b in zip(inp, real):
                 part, rest = rows[b][:self.chunk], rows[b][self.chunk:]
                 row[:len(part)] = part
                 row[S:] = [len(part), int(first and part[0] == -1), int(not rest)]

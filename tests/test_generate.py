@@ -103,28 +103,32 @@ def test_batch_equals_per_stream(lm):
     assert g.codes[[0, 2]].tolist() == [single[2][0], single[3][0]]
 
 
-def test_idle_slots_are_not_computed(lm, monkeypatch):
-    """A step of some streams runs the forward on their rows only (idle slots cost nothing); the busy
-    streams' codes equal a one-stream generator's, and the idle streams' state is untouched."""
-    hs, ss = streams(lm, 2, seconds=1.5, seed=30)   # fits the context: no sliding
+@pytest.mark.parametrize("buckets, widths", [(None, {1, 3}), (BUCKETS, {1, 4})])
+def test_idle_slots_are_not_computed(lm, monkeypatch, buckets, widths):
+    """A step of some streams runs the forward on their rows only (idle slots cost nothing; with
+    buckets, row counts are padded to powers of two with idle rows); the busy streams' codes equal
+    the reference, and the idle streams' state is untouched."""
+    hs, ss = streams(lm, 3, seconds=1.5, seed=30)   # fits the context: no sliding
     want = [reference(lm, h, s) for h, s in zip(hs, ss)]
-    g = Generator(lm, batch=8)
+    g = Generator(lm, batch=8, buckets=buckets)
     seen, fwd = [], g._fwd
     monkeypatch.setattr(g, "_fwd", lambda t, key_pos, slots: seen.append(t.shape[0]) or fwd(t, key_pos, slots))
-    got = {5: [], 2: []}
-    g.advance(prefill={5: hs[0] + ss[0][0]})
-    got[5].append(int(g.codes[5]))
-    g.advance(prefill={2: hs[1] + ss[1][0]})
-    got[2].append(int(g.codes[2]))
-    for i in range(1, len(ss[0])):
+    slot = {0: 5, 1: 2, 2: 7}
+    got = {k: [] for k in slot}
+    for k, b in slot.items():
+        g.advance(prefill={b: hs[k] + ss[k][0]})
+        got[k].append(int(g.codes[b]))
+    n = min(map(len, ss))
+    for i in range(1, n):
         before = g.model.pos.clone()
-        g.advance(step={5: ss[0][i]} if i % 2 else {5: ss[0][i], 2: ss[1][(i + 1) // 2]})
-        got[5].append(int(g.codes[5]))
-        if not i % 2:
-            got[2].append(int(g.codes[2]))
-        idle = [b for b in range(8) if b not in (5, 2) or (b == 2 and i % 2)]
+        fed = [0] if i % 2 else [0, 1, 2]
+        g.advance(step={slot[k]: ss[k][len(got[k])] for k in fed})
+        for k in fed:
+            got[k].append(int(g.codes[slot[k]]))
+        idle = [b for b in range(8) if b not in [slot[k] for k in fed]]
         assert g.model.pos[idle].tolist() == before[idle].tolist()
-    assert set(seen) == {1, 2} and got[5] == want[0] and got[2] == want[1][:len(got[2])]
+    assert set(seen) == widths
+    assert all(got[k] == want[k][:len(got[k])] for k in slot) and len(got[0]) == n
 
 
 @pytest.mark.parametrize("buckets, chunk", [(BUCKETS, 64), ((4, 8), 8)])
