@@ -68,22 +68,39 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and -INT64 <= v < INT64
 
 
-def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
-    """A JSON list -> float32 array of ``ndim`` dims, every value finite with ``|x| <= limit``."""
-    want = "a list of numbers" if ndim == 1 else f"a list of rows of {width} numbers"
-    if not isinstance(v, list):
-        raise ProtocolError(name, want, type(v).__name__)
+def _floats(x, shape: tuple, limit: float = F32_MAX):
+    """The one bound on the floats a push carries: numbers of ``shape`` (None: any length), finite, ``|x| <=
+    limit`` -> ``(float32 array, None)``, else ``(None, (expected, actual))``."""
+    want = f"numbers of shape ({', '.join('n' if d is None else str(d) for d in shape)}{',' * (len(shape) == 1)})"
     try:
-        a = np.asarray(v, dtype=np.float64)
+        a = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
     except (TypeError, ValueError, OverflowError, RecursionError):
-        raise ProtocolError(name, want, v) from None
-    if a.size == 0:
-        return a.reshape((0,) if ndim == 1 else (0, width)).astype(np.float32)
-    if a.ndim != ndim or (width is not None and a.shape[1:] != (width,)):
-        raise ProtocolError(name, want, f"an array of shape {list(a.shape)}")
-    if not (np.isfinite(a).all() and np.abs(a).max() <= limit):
-        raise ProtocolError(name, f"finite numbers with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
-    return a.astype(np.float32)
+        return None, (want, type(x).__name__)
+    if a.size == 0 and shape[0] is None:
+        a = a.reshape((0, *shape[1:]))
+    if a.ndim != len(shape) or any(d is not None and d != k for d, k in zip(shape, a.shape)):
+        return None, (want, f"shape {a.shape}")
+    if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
+        return None, (f"finite values with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
+    return a.astype(np.float32), None
+
+
+def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
+    """:func:`_floats` raising a UserError naming ``name``."""
+    a, bad = _floats(x, shape, limit)
+    if bad:
+        raise UserError(f"{name}: expected {bad[0]}, got {bad[1]}")
+    return a
+
+
+def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
+    """A JSON list -> float32 array (``ndim`` 1: ``(n,)``, 2: ``(n, width)``), bounded by :func:`_floats`."""
+    if not isinstance(v, list):
+        raise ProtocolError(name, "a list of numbers", type(v).__name__)
+    a, bad = _floats(v, (None,) if ndim == 1 else (None, width), limit)
+    if bad:
+        raise ProtocolError(name, *bad)
+    return a
 
 
 def parse_words(name: str, v) -> list[Word]:
@@ -153,19 +170,6 @@ def _word(w, where: str) -> Word:
         raise UserError(f"{where}: expected start/end times in seconds, got a number beyond float range") from None
     except ValueError as e:
         raise UserError(str(e)) from None
-
-
-def _beta_row(beta, where: str) -> np.ndarray:
-    """``beta (100,)`` -> float32, finite and representable in float32."""
-    try:
-        b = np.asarray(beta.detach().cpu() if torch.is_tensor(beta) else beta, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"{where}: expected {N_SHAPE} numbers (FLAME shape), got {type(beta).__name__}") from None
-    if b.shape != (N_SHAPE,):
-        raise UserError(f"{where}: expected shape ({N_SHAPE},), got {b.shape}")
-    if not (np.isfinite(b).all() and np.abs(b).max() <= F32_MAX):
-        raise UserError(f"{where}: expected finite float32 values, got max |beta| = {np.abs(b).max():.4g}")
-    return b.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- the stream core
@@ -269,7 +273,7 @@ class ListenerStream:
         p = dict(motion=None, emo=None, words=[], sa=None, frames=0, audio=None)
         counts = []   # (field, n): every input that says how many frames this push brings
         if chunk.get("motion") is not None:
-            m = self._array(chunk["motion"], f"motion ({where})", (D_MOTION,), MOTION_LIMIT)
+            m = floats(chunk["motion"], f"motion ({where})", (None, D_MOTION), MOTION_LIMIT)
             p["motion"] = m
             counts.append(("motion", len(m)))
         if chunk.get("emotion") is not None:
@@ -331,21 +335,6 @@ class ListenerStream:
                             f"{self.max_skew:g} s behind the frames pushed ({clock:.3f} s), got {-lead:.3f} s behind; "
                             "push sa_tokens (or audio) with the frames")
         return p
-
-    @staticmethod
-    def _array(x, name: str, row: tuple, limit: float) -> np.ndarray:
-        """Numbers of shape ``(n, *row)`` -> float32, finite, ``|x| <= limit``."""
-        try:
-            a = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
-        except (TypeError, ValueError, OverflowError):
-            raise UserError(f"{name}: expected numbers of shape (n, {', '.join(map(str, row))}), got "
-                            f"{type(x).__name__}") from None
-        if a.ndim != 1 + len(row) or a.shape[1:] != row:
-            raise UserError(f"{name}: expected shape (n, {', '.join(map(str, row))}), got {a.shape}")
-        if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
-            raise UserError(f"{name}: expected finite values with |x| <= {limit:g}, got max |x| = "
-                            f"{np.abs(a).max():.4g}")
-        return a.astype(np.float32)
 
     def _apply(self, s: _State, p: dict) -> None:
         """Add a parsed chunk to the stream's buffers."""
@@ -478,7 +467,8 @@ class StreamingListener(ListenerStream):
         if beta is None and self.vq.needs_beta:
             raise UserError(f"beta: this VQ-VAE (dec_norm={self.vq.config.dec_norm!r}) needs the listener's shape "
                             f"beta of shape ({N_SHAPE},), got None")
-        self.betas[b] = None if beta is None else torch.as_tensor(_beta_row(beta, "beta"), device=self.vq_device)
+        self.betas[b] = None if beta is None else torch.as_tensor(floats(beta, "beta", (N_SHAPE,)),
+                                                                  device=self.vq_device)
 
     def _fresh(self, b: int, history: list, seed: int) -> _LRState:
         if self.decoder is not None:
@@ -535,13 +525,14 @@ class StreamingListener(ListenerStream):
             raise UserError(f"sample_rate ({where}): expected {self.sample_rate} Hz audio (the tokenizer's rate; "
                             f"resample the whole recording first), got {chunk.get('sample_rate')!r:.40}")
         a = np.asarray(audio.detach().cpu() if torch.is_tensor(audio) else audio)
-        if a.ndim != 1 or not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
-            raise UserError(f"audio ({where}): expected finite mono float samples of shape (N,), got {a.shape} "
-                            f"{a.dtype}")
+        if not np.issubdtype(a.dtype, np.floating):   # int PCM would need scaling: refuse it
+            raise UserError(f"audio ({where}): expected mono float samples, got dtype {a.dtype}")
+        a = floats(a, f"audio ({where})", (None,))
         limit = None if self.max_push_frames is None else math.ceil(self.max_push_frames / self.fps * self.sample_rate)
         if limit is not None and a.size > limit:
             raise UserError(f"audio ({where}): expected at most {limit} samples (max_push_frames), got {a.size}")
-        p["audio"], p["sa"] = a.astype(np.float64), self._audio_tokens(s, a.astype(np.float64))
+        p["audio"] = a.astype(np.float64)
+        p["sa"] = self._audio_tokens(s, p["audio"])
 
     def _audio_tokens(self, s: _LRState, new: np.ndarray) -> np.ndarray:
         """SA tokens of the complete 20 ms hops in (kept + new) audio, excluding those already made;
@@ -685,8 +676,7 @@ class StreamingARIG(ListenerStream):
         self.dev = model.lis_mean.device
         self._frame = compiled_decode_frame(self.dev.type) if compile else decode_frame
         ref = model.lis_mean.cpu().numpy() if reference is None else reference
-        self.ref = torch.as_tensor(self._array(np.reshape(ref, (1, -1)), "reference", (D_MOTION,), MOTION_LIMIT),
-                                   device=self.dev)
+        self.ref = torch.as_tensor(floats(ref, "reference", (D_MOTION,), MOTION_LIMIT), device=self.dev)[None]
         hist = self._check_history(history_words)
         self.streams: list[_ARIGState] = [None] * n_streams
         for b in range(n_streams):
@@ -698,7 +688,7 @@ class StreamingARIG(ListenerStream):
         s = self.streams[self._check_stream(stream)]
         if beta is None and self.cfg.use_beta:
             raise UserError(f"beta: this model uses the listener's shape beta, expected shape ({N_SHAPE},), got None")
-        row = np.zeros(N_SHAPE, np.float32) if beta is None else _beta_row(beta, "beta")
+        row = np.zeros(N_SHAPE, np.float32) if beta is None else floats(beta, "beta", (N_SHAPE,))
         s.beta = torch.as_tensor(row, device=self.dev)[None]
         if s.st is not None:
             with torch.no_grad():

@@ -315,7 +315,7 @@ def test_streaming_equals_offline_and_stays_bounded():
     assert len(first) == 3        # 5 tokens complete frames 0-2 (frame t needs ceil(5 (t + 1) / 3))
     rest = sl.push(**{**ch[1], "sa_tokens": np.concatenate([ch[0]["sa_tokens"][5:], ch[1]["sa_tokens"]])})
     np.testing.assert_allclose(np.concatenate([first, rest]), want, atol=1e-5)
-    with pytest.raises(ValueError, match=r"beta: expected shape \(100,\), got \(5,\)"):
+    with pytest.raises(ValueError, match=r"beta: expected numbers of shape \(100,\), got shape \(5,\)"):
         sl.set_beta(np.ones(5))
 
 
