@@ -484,6 +484,8 @@ def test_arig_streams_batched_equal_solo():
         sa = StreamingARIG(model, segs[k].listener_beta, seed=seed, history_words=segs[k].history_words)
         return np.concatenate([sa.push(**p) for p in pushes[k]] + [sa.flush()])
     ms = StreamingARIG(model, np.zeros(100), n_streams=4, seed=0)
+    widths, frame = [], ms._frame
+    ms._frame = lambda m, st, inp, noise, steps: widths.append(len(noise)) or frame(m, st, inp, noise, steps)
     for b, s in enumerate(segs):
         ms.reset(b, s.history_words, seed=b)
         ms.set_beta(s.listener_beta, b)
@@ -493,6 +495,7 @@ def test_arig_streams_batched_equal_solo():
         out = ms.push_many({b: pushes[b][i] for b in range(3)})
         for b in range(3):
             got[b].append(out[b])
+    assert max(widths) == 3 and len(widths) < sum(widths)   # the streams' frames shared forwards
     for b in range(3):   # the rest stream by stream
         got[b] += [ms.push(stream=b, **p) for p in pushes[b][n:]] + [ms.flush(b)]
         want = solo(b, seed=b)   # batched matmuls round differently: ~1e-6 relative, growing through the history
