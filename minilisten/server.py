@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import collections
 import json
 import logging
@@ -58,15 +56,13 @@ except ImportError:   # the optional extra is missing: ListenerServer.run / main
 
 from .cli_config import ArgumentParser
 from .data.segment import D_MOTION, EMOTIONS, N_EXP, N_SHAPE
-from .streaming import StreamingListener
+from .streaming import ProtocolError, StreamingARIG, StreamingListener, num_array, parse_push, parse_words
 
 #: 2 = 1 + hello ``kind`` / ``min_client_protocol`` / ``input.required`` and the ARIG model kind
 #: (push ``motion``, reset ``seed``); every version-1 message and reply of the LR-token kind is unchanged
 PROTOCOL = 2
 KINDS = ("lr-token", "arig")
 CLIENT_TYPES = ("push", "set_beta", "reset", "flush", "end")
-PUSH_FIELDS = ("type", "id", "words", "sa_tokens", "emotion", "motion", "frames", "audio", "audio_pcm16", "sample_rate")
-ARIG_PUSH_FIELDS = ("type", "id", "words", "sa_tokens", "emotion", "motion")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 
 
@@ -100,27 +96,6 @@ def robot_angles(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- protocol errors
-class ProtocolError(ValueError):
-    """A client message the server cannot use: ``field``, ``expected`` and ``actual`` value."""
-
-    def __init__(self, field: str, expected: str, actual):
-        self.field, self.expected, self.actual = field, expected, _short(actual)
-        super().__init__(f"{field}: expected {expected}, got {self.actual}")
-
-
-def _short(v, n: int = 120) -> str:
-    s = v if isinstance(v, str) else json.dumps(v) if _jsonable(v) else repr(v)
-    return s if len(s) <= n else s[:n] + f"... ({len(s)} chars)"
-
-
-def _jsonable(v) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
 _STREAM_REF = re.compile(r",\s*stream \d+|\s*\(stream \d+\)")
 
 
@@ -140,83 +115,6 @@ def error_message(e: ValueError, op: str | None = None, msg_id=None) -> dict:
     if msg_id is not None:
         out["id"] = msg_id
     return out
-
-
-def _num_array(name: str, v, ndim: int, dtype, width: int | None = None) -> np.ndarray:
-    """A JSON list -> numpy array of ``ndim`` dims (ragged / non-numeric -> ProtocolError)."""
-    want = "a list of numbers" if ndim == 1 else f"a list of rows of {width} numbers"
-    if not isinstance(v, list):
-        raise ProtocolError(name, want, type(v).__name__)
-    try:
-        a = np.asarray(v, dtype=dtype)
-    except (TypeError, ValueError, OverflowError):
-        raise ProtocolError(name, want, v) from None
-    if a.size == 0:
-        return a.reshape((0,) if ndim == 1 else (0, width))
-    if a.ndim != ndim or (width is not None and a.shape[1:] != (width,)):
-        raise ProtocolError(name, want, f"an array of shape {list(a.shape)}")
-    return a
-
-
-def parse_push(msg: dict, kind: str = "lr-token") -> dict:
-    """A ``push`` message -> ``StreamingListener.push`` keyword arguments (``kind="lr-token"``) or
-    ``StreamingARIG.push`` ones (``"arig"``: ``motion`` required, no ``frames`` / audio). ``motion``
-    is accepted by both kinds (for the LR-token model only its row count, the clock, counts), so one
-    client drives either. Types and shapes are checked here; times, orders and vocabularies by the
-    streaming listener."""
-    allowed = PUSH_FIELDS if kind == "lr-token" else ARIG_PUSH_FIELDS
-    unknown = sorted(set(msg) - set(allowed))
-    if unknown:
-        raise ProtocolError(unknown[0], f"one of the push fields of the {kind} model " + ", ".join(allowed[1:]),
-                            unknown[0])
-    kw = {}
-    if msg.get("motion") is not None:
-        kw["motion"] = _num_array("motion", msg["motion"], 2, np.float32, D_MOTION)
-    if msg.get("words") is not None:
-        w = msg["words"]
-        if not isinstance(w, list):
-            raise ProtocolError("words", "a list of [text, start, end] or {text, start, end}", type(w).__name__)
-        kw["words"] = w
-    if msg.get("sa_tokens") is not None:
-        sa = msg["sa_tokens"]
-        if not isinstance(sa, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in sa):
-            raise ProtocolError("sa_tokens", "a list of integer token ids", sa)
-        kw["sa_tokens"] = np.asarray(sa, np.int64).reshape(-1)
-    if msg.get("emotion") is not None:
-        kw["emotion"] = _num_array("emotion", msg["emotion"], 2, np.float64, len(EMOTIONS))
-    if msg.get("frames") is not None:
-        fr = msg["frames"]
-        if not (isinstance(fr, int) and not isinstance(fr, bool)):
-            raise ProtocolError("frames", "an integer number of speaker frames", fr)
-        kw["frames"] = fr
-    if msg.get("audio") is not None and msg.get("audio_pcm16") is not None:
-        raise ProtocolError("audio", "one of audio (floats) and audio_pcm16 (base64), not both", "both")
-    if msg.get("audio") is not None:
-        kw["audio"] = _num_array("audio", msg["audio"], 1, np.float32)
-    if msg.get("audio_pcm16") is not None:
-        b = msg["audio_pcm16"]
-        try:
-            raw = base64.b64decode(b, validate=True) if isinstance(b, str) else None
-        except (binascii.Error, ValueError):
-            raw = None
-        if raw is None or len(raw) % 2:
-            raise ProtocolError("audio_pcm16", "base64 of little-endian int16 mono samples (an even byte count)",
-                                b if raw is None else f"{len(raw)} bytes")
-        kw["audio"] = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    if "audio" in kw:
-        sr = msg.get("sample_rate")
-        if not (isinstance(sr, int) and not isinstance(sr, bool)):
-            raise ProtocolError("sample_rate", "the audio's sample rate in Hz (an integer, 16000)", sr)
-        kw["sample_rate"] = sr
-    return kw
-
-
-def _words(name: str, v) -> list:
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        raise ProtocolError(name, "a list of [text, start, end] or {text, start, end}", type(v).__name__)
-    return v
 
 
 # ----------------------------------------------------------------------------- the server
@@ -271,7 +169,6 @@ class ListenerServer:
         if self.default_beta is not None and self.default_beta.shape != (N_SHAPE,):
             raise ValueError(f"beta: expected shape ({N_SHAPE},), got {self.default_beta.shape}")
         if arig is not None:
-            from .arig import MultiStreamARIG
             if fps is not None and abs(fps - arig.config.fps) > 1e-6:
                 raise ValueError(f"fps: expected {arig.config.fps:g} (the ARIG model's), got {fps}")
             if sa_tokenizer is not None or lookahead is not None:
@@ -283,7 +180,7 @@ class ListenerServer:
                                              or sample_steps < 1):
                 raise ValueError(f"sample_steps: expected an int >= 1 or None, got {sample_steps!r}")
             self.seed, self.sample_steps, self.temperature = seed, sample_steps, float(temperature)
-            self.listener = MultiStreamARIG(arig, self.default_beta, n_streams=max_sessions, seed=seed,
+            self.listener = StreamingARIG(arig, self.default_beta, n_streams=max_sessions, seed=seed,
                                             steps=sample_steps, temperature=temperature, max_skew=max_skew)
         else:
             self.listener = StreamingListener(lm, vq, self.default_beta, n_streams=max_sessions, fps=fps,
@@ -529,13 +426,13 @@ class ListenerServer:
         if op == "set_beta":
             b = msg.get("beta")
             if b is not None:
-                b = _num_array("beta", b, 1, np.float64)
+                b = num_array("beta", b, 1)
                 if b.shape != (N_SHAPE,) or not np.isfinite(b).all():
                     raise ProtocolError("beta", f"{N_SHAPE} finite numbers (FLAME shape) or null (the default)",
                                         f"{b.size} numbers" if b.shape != (N_SHAPE,) else "NaN/inf")
             return op, {"beta": b}, msg_id
         if op == "reset":
-            kw = {"history_words": _words("history_words", msg.get("history_words"))}
+            kw = {"history_words": parse_words("history_words", msg.get("history_words"))}
             if msg.get("seed") is not None:
                 sd = msg["seed"]
                 if not (isinstance(sd, int) and not isinstance(sd, bool) and 0 <= sd < 2 ** 63):
@@ -629,7 +526,8 @@ class ListenerServer:
             self.stats["pushes"] += len(pushes)
             self.stats["max_batch"] = max(self.stats["max_batch"], len(pushes))
             try:
-                res = {b: (r, None) for b, r in sl.push_many({b: kw for b, (kw, _) in pushes.items()}).items()}
+                res = {b: (None, r) if isinstance(r, Exception) else (r, None)
+                       for b, r in sl.push_many({b: kw for b, (kw, _) in pushes.items()}).items()}
             except ValueError:   # transactional: nothing changed; find the bad chunk(s) one by one
                 res = {}
                 for b, (kw, _) in pushes.items():

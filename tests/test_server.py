@@ -610,7 +610,8 @@ def test_audio_pcm16_and_float_audio(models):
 
 
 # ----------------------------------------------------------------------------- ARIG model kind
-from minilisten.arig import ARIG, ARIGConfig, MultiStreamARIG, StreamingARIG  # noqa: E402
+from minilisten.arig import ARIG, ARIGConfig  # noqa: E402
+from minilisten.streaming import StreamingARIG  # noqa: E402
 
 ARIG_TINY = dict(d_model=16, n_head=2, d_ff=32, depth=2, window=6, diff_width=16, word_buckets=64, sample_steps=2,
                  n_sa=1024)
@@ -741,7 +742,7 @@ def test_multistream_arig_batched_equals_solo(arig_model):
     """MultiStreamARIG directly: 3 streams pushed together (one step per tick over all three) equal
     their solo StreamingARIG runs; a stream stepped alone is bit-identical."""
     ins = [arig_input(1.5, seed=40 + k, sizes_seed=50 + k) for k in range(3)]
-    ms = MultiStreamARIG(arig_model, np.zeros(N_SHAPE), n_streams=4, seed=0)
+    ms = StreamingARIG(arig_model, np.zeros(N_SHAPE), n_streams=4, seed=0)
     for b, (p, h, beta) in enumerate(ins):
         ms.reset(b, h, seed=b)
         ms.set_beta(beta, b)
@@ -759,7 +760,7 @@ def test_multistream_arig_batched_equals_solo(arig_model):
         got[b].append(ms.flush(b))
         ref = arig_direct(arig_model, ins[b][0], ins[b][1], ins[b][2], seed=b)
         np.testing.assert_allclose(np.concatenate(got[b]), np.concatenate(ref), atol=1e-5)
-    solo = MultiStreamARIG(arig_model, ins[0][2], n_streams=2, seed=3)
+    solo = StreamingARIG(arig_model, ins[0][2], n_streams=2, seed=3)
     solo.reset(1, ins[0][1])
     alone = np.concatenate([solo.push_many({1: p})[1] for p in ins[0][0]])
     np.testing.assert_array_equal(alone, np.concatenate(arig_direct(arig_model, ins[0][0], ins[0][1], ins[0][2], seed=3)))
