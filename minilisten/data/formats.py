@@ -20,20 +20,7 @@ from tqdm import tqdm
 
 from .. import safe_pickle
 from ..errors import UserError
-from .segment import (
-    D_MOTION,
-    MEL_PER_FRAME,
-    N_EMOTIONS,
-    N_EXP,
-    N_POSE,
-    N_SHAPE,
-    Segment,
-    Word,
-    _check_array,
-    _fmt,
-    repair_words,
-    seconds,
-)
+from .segment import D_MOTION, MEL_PER_FRAME, N_EXP, N_POSE, N_SHAPE, Segment, Word, _check_array, repair_words, seconds
 from .windows import motion_stats
 
 log = logging.getLogger("minilisten.data")
@@ -42,8 +29,9 @@ SPLITS = ("train", "val", "test")
 FPS = 30.0                # LM-listener's and Learning2Listen's frame rate
 WORD_SECONDS = 0.3        # LM-listener stores a word's end only: its start is estimated as end - WORD_SECONDS
 OPTIONAL_FIELDS = ("listener_beta", "speaker_beta", "words", "history_words", "sa_tokens", "emotion", "valence")
-FORMAT_TAG, FORMAT_VERSION = "minilisten-corpus", 1
+FORMAT_TAG, FORMAT_VERSION = "minilisten-corpus", 2
 META_FILE, ARRAYS_FILE = "meta.json", "arrays.safetensors"
+_MISSING = object()
 
 
 @dataclass
@@ -372,18 +360,9 @@ def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | N
 
 
 # ------------------------------------------------------------------------------ our own format
-_ARRAYS = {  # Segment field -> (trailing shape, None = any size; dtype); rows per segment: _rows
-    "speaker_motion": ((D_MOTION,), np.float32), "listener_motion": ((D_MOTION,), np.float32),
-    "emotion": ((N_EMOTIONS,), np.float32), "valence": ((), np.float32),
-    "listener_beta": ((N_SHAPE,), np.float32), "speaker_beta": ((N_SHAPE,), np.float32),
-    "sa_tokens": ((), np.int64), "mel": ((None,), np.float32),
-}
-_OPTIONAL_ARRAYS = tuple(_ARRAYS)[2:]
-_MISSING = object()
-
-
-def _rows(key: str, T: int, n_sa: int | None) -> int:
-    return {"listener_beta": 1, "speaker_beta": 1, "sa_tokens": n_sa, "mel": MEL_PER_FRAME * T}.get(key, T)
+#: Segment array fields -> dtype; arrays.safetensors holds ``{split}/{i}/{field}`` for those a segment has
+_ARRAYS = dict.fromkeys(("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "emotion", "valence",
+                         "mel"), np.float32) | {"sa_tokens": np.int64}
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -445,42 +424,30 @@ def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) 
     if not all(hasattr(corpus, k) for k in SPLITS):
         raise UserError(f"corpus: expected a Corpus, an object with .train/.val/.test, a dict of splits or a list of "
                         f"Segments, got {type(corpus).__name__}")
-    arrays, meta_splits = {}, {}
+    n_sa = getattr(corpus, "n_sa", None)
+    if n_sa is not None and (isinstance(n_sa, bool) or not isinstance(n_sa, (int, np.integer)) or n_sa < 0):
+        raise UserError(f"corpus.n_sa: expected None or an int >= 0 (the SA vocabulary size), got {n_sa!r}")
+    arrays, splits = {}, {}
     for split in SPLITS:
-        chunks, recs = {k: [] for k in _ARRAYS}, []
+        splits[split] = []
         for i, s in enumerate(_progress(getattr(corpus, split), f"save {split}", progress)):
             if not isinstance(s, Segment):
                 raise UserError(f"corpus.{split}[{i}]: expected a Segment, got {type(s).__name__}")
-            has = [k for k in _OPTIONAL_ARRAYS if getattr(s, k) is not None]
-            for k in ("speaker_motion", "listener_motion", *has):
-                chunks[k].append(getattr(s, k).reshape(1, -1) if k.endswith("_beta") else getattr(s, k))
-            recs.append({"name": s.name, "listener_id": s.listener_id, "fps": s.fps, "T": s.T, "sa_rate": s.sa_rate,
-                         "n_sa_tokens": None if s.sa_tokens is None else len(s.sa_tokens), "has": has,
-                         "words": [[w.text, w.start, w.end] for w in s.words],
-                         "history_words": [[w.text, w.start, w.end] for w in s.history_words]})
-        for k, (trail, dt) in _ARRAYS.items():
-            widths = sorted({c.shape[1:] for c in chunks[k]})
-            if len(widths) > 1:
-                raise UserError(f"corpus.{split}: {k}: expected one shape per frame in a split, got {widths}")
-            empty = np.zeros((0, *(0 if t is None else t for t in trail)), dt)
-            arrays[f"{split}/{k}"] = np.concatenate(chunks[k]).astype(dt, copy=False) if chunks[k] else empty
-        meta_splits[split] = recs
+            if n_sa is not None and s.sa_tokens is not None and s.sa_tokens.size and s.sa_tokens.max() >= n_sa:
+                raise UserError(f"corpus.{split}[{i}]: sa_tokens: expected ids in [0, {n_sa}) (corpus.n_sa), "
+                                f"got {s.sa_tokens.max()}")
+            arrays.update({f"{split}/{i}/{k}": getattr(s, k) for k in _ARRAYS if getattr(s, k) is not None})
+            splits[split].append({"name": s.name, "listener_id": s.listener_id, "fps": s.fps, "sa_rate": s.sa_rate,
+                                  "words": [[w.text, w.start, w.end] for w in s.words],
+                                  "history_words": [[w.text, w.start, w.end] for w in s.history_words]})
     for k in ("mean", "std"):
         if getattr(corpus, k, None) is not None:
             arrays[k] = _check_array(f"corpus.{k}", np.reshape(getattr(corpus, k), -1), (D_MOTION,))
     info = _encode_info(dict(getattr(corpus, "info", None) or {}), "info", arrays)
-    n_sa = getattr(corpus, "n_sa", None)
-    if n_sa is not None and (isinstance(n_sa, bool) or not isinstance(n_sa, (int, np.integer)) or n_sa < 0):
-        raise UserError(f"corpus.n_sa: expected None or an int >= 0 (the SA vocabulary size), got {n_sa!r}")
-    for split in SPLITS:
-        sa = arrays[f"{split}/sa_tokens"]
-        if n_sa is not None and sa.size and sa.max() >= n_sa:
-            raise UserError(f"corpus.{split}: sa_tokens: expected ids in [0, {n_sa}) (corpus.n_sa), got {sa.max()}")
     fps = getattr(corpus, "fps", None)
     meta = {"format": FORMAT_TAG, "version": FORMAT_VERSION, "arrays": ARRAYS_FILE,
             "fps": None if fps is None else float(fps), "n_sa": None if n_sa is None else int(n_sa),
-            "source": str(getattr(corpus, "source", "minilisten")), "info": info,
-            "n_frames": {k: sum(r["T"] for r in v) for k, v in meta_splits.items()}, "splits": meta_splits}
+            "source": str(getattr(corpus, "source", "minilisten")), "info": info, "splits": splits}
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     _write(d / ARRAYS_FILE, save({k: np.asarray(v, order="C") for k, v in arrays.items()}))
@@ -511,8 +478,8 @@ def _read_meta(mp: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_TAG:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise UserError(f"{mp}: field 'format': expected {FORMAT_TAG!r}, got {got!r}")
-    if not 1 <= _get(str(mp), meta, "version", "int") <= FORMAT_VERSION:
-        raise UserError(f"{mp}: field 'version': expected an int in [1, {FORMAT_VERSION}], got {meta['version']!r}")
+    if _get(str(mp), meta, "version", "int") != FORMAT_VERSION:
+        raise UserError(f"{mp}: field 'version': expected {FORMAT_VERSION}, got {meta['version']!r}")
     if (_get(str(mp), meta, "n_sa", "int", None) or 0) < 0:
         raise UserError(f"{mp}: field 'n_sa': expected null or an int >= 0 (SA vocabulary size), got {meta['n_sa']}")
     arrays = _get(str(mp), meta, "arrays", "str", ARRAYS_FILE)
@@ -563,56 +530,30 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
     corpus = Corpus(source=str(meta.get("source", "minilisten")), fps=meta.get("fps"), n_sa=meta.get("n_sa"),
                     info=_decode_info(dict(meta.get("info") or {}), arrays, str(ap)))
     repaired = 0
-    for split, raw in meta["splits"].items():
-        recs = []
-        for i, r in enumerate(raw):
-            where = f"{mp}: splits.{split}[{i}]"
-            has = _get(where, r, "has", "list")
-            if [h for h in has if h not in _OPTIONAL_ARRAYS]:
-                raise UserError(f"{where}: field 'has': expected names from {_OPTIONAL_ARRAYS}, got {has}")
-            rec = dict(T=_get(where, r, "T", "int"), has=has, n_sa=_get(where, r, "n_sa_tokens", "int", None),
-                       fps=_get(where, r, "fps", "number"), name=_get(where, r, "name", "str", ""),
-                       listener_id=_get(where, r, "listener_id", "str", "listener"),
-                       sa_rate=_get(where, r, "sa_rate", "number", 50.0), where=f"{where} ({r.get('name', '')!r})",
-                       words=_get(where, r, "words", "list"), history_words=_get(where, r, "history_words", "list"))
-            if rec["T"] < 1:
-                raise UserError(f"{where}: field 'T': expected a positive int, got {rec['T']}")
-            if ("sa_tokens" in has) != (rec["n_sa"] is not None) or (rec["n_sa"] or 0) < 0:
-                raise UserError(f"{where}: field 'n_sa_tokens': expected an int >= 0 exactly when 'has' lists "
-                                f"sa_tokens, got {rec['n_sa']!r} with has={has}")
-            recs.append(rec)
-        need = {k: sum(_rows(k, r["T"], r["n_sa"]) for r in recs if k in ("speaker_motion", "listener_motion",
-                                                                          *r["has"])) for k in _ARRAYS}
-        for k, (trail, dt) in _ARRAYS.items():
-            key = f"{split}/{k}"
-            if key not in arrays:
-                raise UserError(f"{ap}: missing array {key!r} (written by save_corpus for every split)")
-            a = arrays[key]
-            want = (need[k], *trail)
-            if a.ndim != len(want) or any(w is not None and w != n for w, n in zip(want, a.shape)):
-                raise UserError(f"{ap}: array {key!r}: expected shape {_fmt(want)} (from {mp.name}), "
-                                f"got {tuple(a.shape)}")
-            if a.dtype != dt:
-                raise UserError(f"{ap}: array {key!r}: expected dtype {np.dtype(dt)}, got {a.dtype}")
-            if k == "sa_tokens" and corpus.n_sa is not None and a.size and a.max() >= corpus.n_sa:
-                raise UserError(f"{ap}: array {key!r}: expected ids in [0, {corpus.n_sa}) (n_sa of {mp.name}), "
-                                f"got {a.max()}")
-            arrays[key] = _frozen(a)
-        pos = dict.fromkeys(_ARRAYS, 0)
-        for r in _progress(recs, f"load {split}", progress):
-            kw = {}
-            for k in ("speaker_motion", "listener_motion", *r["has"]):
-                n = _rows(k, r["T"], r["n_sa"])
-                a = arrays[f"{split}/{k}"][pos[k]:pos[k] + n]
-                kw[k], pos[k] = (a[0] if k.endswith("_beta") else a), pos[k] + n
-            words, n1 = _meta_words(r["where"], "words", r["words"])
-            hist, n2 = _meta_words(r["where"], "history_words", r["history_words"])
+    for split, recs in meta["splits"].items():
+        for i, r in enumerate(_progress(recs, f"load {split}", progress)):
+            where = f"{mp}: splits.{split}[{i}] ({r.get('name', '')!r})"
+            kw = {k: arrays[f"{split}/{i}/{k}"] for k in _ARRAYS if f"{split}/{i}/{k}" in arrays}
+            for k, dt in _ARRAYS.items():
+                if k in kw and kw[k].dtype != dt:
+                    raise UserError(f"{ap}: array '{split}/{i}/{k}': expected dtype {np.dtype(dt)}, got {kw[k].dtype}")
+                if k.endswith("_motion") and k not in kw:
+                    raise UserError(f"{ap}: missing array '{split}/{i}/{k}' (segment {i} of {split} in {mp.name})")
+            sa = kw.get("sa_tokens")
+            if corpus.n_sa is not None and sa is not None and sa.size and sa.max() >= corpus.n_sa:
+                raise UserError(f"{ap}: array '{split}/{i}/sa_tokens': expected ids in [0, {corpus.n_sa}) (n_sa of "
+                                f"{mp.name}), got {sa.max()}")
+            words, n1 = _meta_words(where, "words", _get(where, r, "words", "list"))
+            hist, n2 = _meta_words(where, "history_words", _get(where, r, "history_words", "list"))
             repaired += n1 + n2
             try:
-                getattr(corpus, split).append(Segment(fps=r["fps"], listener_id=r["listener_id"], name=r["name"],
-                                                      sa_rate=r["sa_rate"], words=words, history_words=hist, **kw))
+                seg = Segment(fps=_get(where, r, "fps", "number"), name=_get(where, r, "name", "str", ""),
+                              listener_id=_get(where, r, "listener_id", "str", "listener"),
+                              sa_rate=_get(where, r, "sa_rate", "number", 50.0), words=words, history_words=hist,
+                              **{k: _frozen(a) for k, a in kw.items()})
             except UserError as e:
-                raise UserError(f"{r['where']} / {ap.name}: {e}") from e
+                raise UserError(f"{where} / {ap.name}: {e}") from e
+            getattr(corpus, split).append(seg)
     if "mean" in arrays or "std" in arrays:
         for k in ("mean", "std"):
             if k not in arrays:
