@@ -20,24 +20,13 @@ MODALITY_FIELD = {"W": "words", "SA": "sa_tokens", "emo": "emotion"}
 DEFAULT_N_SA = 1024
 
 
-def _has(seg: Segment, modality: str) -> bool:
-    if modality == "W":
-        return bool(seg.words or seg.history_words)
-    return getattr(seg, MODALITY_FIELD[modality]) is not None
-
-
 def available_modalities(segments: Iterable[Segment]) -> tuple[str, ...]:
     """Modalities (W, SA, emo) the segments have: SA and emo when every segment has them, W when any
     has words (a clip in which the speaker is silent still belongs to a words dataset)."""
     segs = list(segments)
-    if not segs:
-        return ()
-    out = []
-    for m in ("W", "SA", "emo"):
-        has = [_has(s, m) for s in segs]
-        if (m == "W" and any(has)) or (m != "W" and all(has)):
-            out.append(m)
-    return tuple(out)
+    has = {"W": any(s.words or s.history_words for s in segs),
+           "SA": all(s.sa_tokens is not None for s in segs), "emo": all(s.emotion is not None for s in segs)}
+    return tuple(m for m in MODALITY_FIELD if segs and has[m])
 
 
 def resolve_n_sa(corpus, segments: Sequence[Segment]) -> int:
@@ -51,8 +40,8 @@ def resolve_n_sa(corpus, segments: Sequence[Segment]) -> int:
     for s in with_sa:
         if s.sa_tokens.size and int(s.sa_tokens.max()) >= n:
             raise UserError(f"segment {s.name!r}: sa_tokens: expected ids in [0, {n}) "
-                             f"({'the dataset n_sa' if n_sa is not None else 'SpeechTokenizer default'}), "
-                             f"got {int(s.sa_tokens.max())}")
+                            f"({'the dataset n_sa' if n_sa is not None else 'SpeechTokenizer default'}), "
+                            f"got {int(s.sa_tokens.max())}")
     return n
 
 
@@ -94,7 +83,7 @@ class Coverage:
             missing.append("no valence: L2 Affect left out (it compares valence, which the data lacks)")
         if not mods:
             raise UserError("dataset: expected at least one speaker modality (words, sa_tokens or emotion) in every "
-                             "segment, got none: the LM has nothing to condition on")
+                            "segment, got none: the LM has nothing to condition on")
         return cls(mods, has_beta, has_val, rates[0], n_ids, missing)
 
     def describe(self) -> str:
@@ -137,15 +126,10 @@ BETA_SAME_PERSON = 0.05
 def identity_groups(betas: np.ndarray, tol: float = BETA_SAME_PERSON) -> np.ndarray:
     """Person index per row of ``betas (N, 100)``: a row joins the first group whose first member is
     within ``tol`` (max-abs); groups are numbered in order of appearance."""
-    b = np.asarray(betas, np.float64)
-    heads: list[np.ndarray] = []
-    out = np.empty(len(b), np.int64)
-    for i, row in enumerate(b):
-        for k, h in enumerate(heads):
-            if np.abs(row - h).max() <= tol:
-                out[i] = k
-                break
-        else:
+    heads, out = [], []
+    for row in np.asarray(betas, np.float64):
+        k = next((k for k, h in enumerate(heads) if np.abs(row - h).max() <= tol), len(heads))
+        if k == len(heads):
             heads.append(row)
-            out[i] = len(heads) - 1
-    return out
+        out.append(k)
+    return np.array(out, np.int64)

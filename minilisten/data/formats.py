@@ -95,11 +95,13 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return np.frombuffer(memoryview(a).toreadonly(), a.dtype).reshape(a.shape)
 
 
-def _stats_file(path: Path) -> np.ndarray:
-    a = np.load(path, allow_pickle=False)
-    if a.size != D_MOTION or a.shape[-1] != D_MOTION:
-        raise UserError(f"{path}: expected shape ({D_MOTION},), got {tuple(a.shape)}")
-    return _check_array(str(path), a.reshape(D_MOTION), (D_MOTION,))
+def _mean_std(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``(where, array)`` pairs -> listener motion mean and std ``(56,)`` float32: finite, std > 0."""
+    m, s = (_check_array(str(w), None if a is None else np.reshape(a, -1), (D_MOTION,)) for w, a in (mean, std))
+    if (s <= 0).any():
+        i = int(np.argmin(s))
+        raise UserError(f"{std[0]}: expected std > 0 in every dimension, got {s[i]} at index {i}")
+    return m, s
 
 
 def _read_stats(directory: Path, pairs) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
@@ -110,11 +112,7 @@ def _read_stats(directory: Path, pairs) -> tuple[np.ndarray | None, np.ndarray |
             have, lack = (pm, ps) if pm.is_file() else (ps, pm)
             raise UserError(f"{lack}: missing (its pair {have.name} exists; expected both or neither)")
         if pm.is_file():
-            mean, std = _stats_file(pm), _stats_file(ps)
-            if (std <= 0).any():
-                i = int(np.argmin(std))
-                raise UserError(f"{ps}: expected std > 0 in every dimension, got {std[i]} at index {i}")
-            return mean, std, f"{m}, {s}"
+            return (*_mean_std((pm, np.load(pm)), (ps, np.load(ps))), f"{m}, {s}")
     return None, None, None
 
 
@@ -440,9 +438,8 @@ def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) 
             splits[split].append({"name": s.name, "listener_id": s.listener_id, "fps": s.fps, "sa_rate": s.sa_rate,
                                   "words": [[w.text, w.start, w.end] for w in s.words],
                                   "history_words": [[w.text, w.start, w.end] for w in s.history_words]})
-    for k in ("mean", "std"):
-        if getattr(corpus, k, None) is not None:
-            arrays[k] = _check_array(f"corpus.{k}", np.reshape(getattr(corpus, k), -1), (D_MOTION,))
+    if getattr(corpus, "mean", None) is not None:
+        arrays["mean"], arrays["std"] = _mean_std(("corpus.mean", corpus.mean), ("corpus.std", corpus.std))
     info = _encode_info(dict(getattr(corpus, "info", None) or {}), "info", arrays)
     fps = getattr(corpus, "fps", None)
     meta = {"format": FORMAT_TAG, "version": FORMAT_VERSION, "arrays": ARRAYS_FILE,
@@ -522,7 +519,8 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
     if not ap.is_file():
         raise UserError(f"{ap}: missing (named by {mp})")
     if not ap.resolve().is_relative_to(d.resolve()):
-        raise UserError(f"{mp}: field 'arrays': expected a file inside {d}, got one resolving to {ap.resolve()}")
+        raise UserError(f"{mp}: field 'arrays': expected a file inside the corpus directory {d}, got {ap.name!r} "
+                        f"resolving to {ap.resolve()}")
     try:
         arrays = load_file(str(ap))
     except (SafetensorError, OSError, ValueError) as e:
@@ -555,13 +553,7 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
                 raise UserError(f"{where} / {ap.name}: {e}") from e
             getattr(corpus, split).append(seg)
     if "mean" in arrays or "std" in arrays:
-        for k in ("mean", "std"):
-            if k not in arrays:
-                raise UserError(f"{ap}: array {k!r}: expected shape ({D_MOTION},) (mean and std go together), got none")
-            setattr(corpus, k, _check_array(f"{ap}: array {k!r}", arrays[k], (D_MOTION,)))
-        if (corpus.std <= 0).any():
-            i = int(np.argmin(corpus.std))
-            raise UserError(f"{ap}: array 'std': expected std > 0 in every dimension, got {corpus.std[i]} at index {i}")
+        corpus.mean, corpus.std = _mean_std(*((f"{ap}: array {k!r}", arrays.get(k)) for k in ("mean", "std")))
     return _finish(corpus, d, False, repaired)
 
 
