@@ -341,8 +341,8 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
                                           ("train", split[0], len(mine) - n_va - n_te)) if f > 0 and n < 1]
         if short:
             raise UserError(f"n_segments: expected enough segments per identity for every split, got {len(mine)} "
-                             f"for identity {k} ({n_segments} segments / {n_identities} identities) and split "
-                             f"{tuple(split)}: the {'/'.join(short)} split would have none of its segments")
+                            f"for identity {k} ({n_segments} segments / {n_identities} identities) and split "
+                            f"{tuple(split)}: the {'/'.join(short)} split would have none of its segments")
         idx["val"] += mine[:n_va].tolist()
         idx["test"] += mine[n_va:n_va + n_te].tolist()
         idx["train"] += mine[n_va + n_te:].tolist()
