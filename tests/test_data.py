@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilisten.data.segment import D_MOTION, N_SHAPE, Segment, Word
+from minilisten.data.segment import D_MOTION, N_SHAPE, Segment, Word, repair_words
 from minilisten.data.windows import lm_listener_eval_clips, motion_stats
+from minilisten.errors import UserError
 
 FPS = 30.0
 
@@ -30,7 +31,7 @@ def emotion_probs(T, seed=0):
     return e / e.sum(1, keepdims=True)
 
 
-def raises(match_parts, fn, exc=ValueError):
+def raises(match_parts, fn, exc=UserError):
     """``fn`` raises ``exc`` whose message contains every string in ``match_parts``."""
     with pytest.raises(exc) as info:
         fn()
@@ -67,13 +68,14 @@ def test_segment_window_rebases_words_and_history():
 
 
 # ------------------------------------------------------------------------ Segment: immutability
-ARRAYS = ("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "sa_tokens", "emotion", "valence")
+ARRAYS = ("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "sa_tokens", "emotion", "valence",
+          "mel")
 
 
 def full_segment(T=60):
     return make_segment(T, words=[Word("hi", 0.1, 0.4)], history_words=[Word("so", -1.0, -0.2)],
                         emotion=emotion_probs(T), valence=np.zeros(T), sa_tokens=np.arange(100),
-                        speaker_beta=np.ones(N_SHAPE))
+                        speaker_beta=np.ones(N_SHAPE), mel=np.arange(4 * T * 3, dtype=np.float32).reshape(4 * T, 3))
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Segment)])
@@ -110,7 +112,8 @@ def test_segment_arrays_are_read_only(name):
 
 
 def test_segment_word_lists_are_tuples():
-    s = make_segment(30, words=[Word("a", 0.0, 0.1), ("b", 0.2, 0.3)], history_words=[{"text": "h", "start": -1, "end": -0.5}])
+    s = make_segment(30, words=[Word("a", 0.0, 0.1), ("b", 0.2, 0.3)],
+                     history_words=[{"text": "h", "start": -1, "end": -0.5}])
     assert s.words == (Word("a", 0.0, 0.1), Word("b", 0.2, 0.3)) and s.history_words == (Word("h", -1.0, -0.5),)
     assert make_segment(30).words == () and make_segment(30).history_words == ()
     with pytest.raises(AttributeError):
@@ -137,13 +140,13 @@ def test_segment_owns_its_arrays():
     sa[10] = 99
     assert s.listener_motion[0, 0] != 99.0 and s.speaker_motion[0, 0] != 99.0
     assert s.listener_beta[0] == 1.0 and s.sa_tokens[0] == 10
-    assert not any(np.shares_memory(getattr(s, k), x) for k, x in
-                   (("listener_motion", lis), ("speaker_motion", spk64), ("listener_beta", beta.numpy()), ("sa_tokens", sa)))
+    assert not any(np.shares_memory(getattr(s, k), x) for k, x in (("listener_motion", lis), ("speaker_motion", spk64),
+                                                                    ("listener_beta", beta.numpy()), ("sa_tokens", sa)))
     frozen = np.zeros((T, D_MOTION), np.float32)
     frozen.flags.writeable = False
     assert Segment(frozen, frozen, FPS).listener_motion is frozen                     # read-only: shared
     view = lis.view()
-    view.flags.writeable = False                                                      # read-only view of a writeable array
+    view.flags.writeable = False                                                      # a read-only view of a writeable
     assert not np.shares_memory(Segment(view, view, FPS).listener_motion, lis)        # copied
 
 
@@ -151,10 +154,11 @@ def test_segment_replace_revalidates():
     s = full_segment()
     r = s.replace(fps=15, words=[("late", 1.0, 3.9)])
     assert r.fps == 15.0 and isinstance(r.fps, float) and r.words == (Word("late", 1.0, 3.9),)
-    assert r.listener_motion is s.listener_motion and s.fps == FPS and s.words[0].text == "hi"  # s unchanged, arrays shared
+    assert r.listener_motion is s.listener_motion and s.fps == FPS and s.words[0].text == "hi"  # s unchanged, shared
     raises(["fps", "positive number", "-1"], lambda: s.replace(fps=-1))
     raises(["words[0] ('late')", "end <= 2.000 s", "end=2.500"], lambda: s.replace(words=[Word("late", 1.0, 2.5)]))
-    raises(["listener_motion", "expected 60 frames", "got 59"], lambda: s.replace(listener_motion=np.zeros((59, D_MOTION))))
+    raises(["listener_motion", "expected 60 frames", "got 59"],
+           lambda: s.replace(listener_motion=np.zeros((59, D_MOTION))))
     raises(["emotion", "summing to 1", "frame 0"], lambda: s.replace(emotion=np.full((60, 8), 0.5)))
     raises(["sa_tokens", "non-negative", "-3"], lambda: dataclasses.replace(s, sa_tokens=np.array([-3])))
     raises(["replace", "expected Segment fields", "listener_motion", "got motion"], lambda: s.replace(motion=None))
@@ -236,8 +240,10 @@ def test_beta_nan(field):
     (Word("neg", -0.2, 0.1), ["words[0] ('neg')", "start >= 0", "start=-0.200", "history_words"]),
     (Word("rev", 0.5, 0.3), ["words[0] ('rev')", "start <= end", "start=0.500 > end=0.300"]),
     (Word("late", 0.9, 1.2), ["words[0] ('late')", "end <= 1.000 s", "end=1.200"]),
-    (Word("nan", float("nan"), 0.5), ["words[0] ('nan')", "finite", "start=nan"]),
-    (Word("inf", 0.1, float("inf")), ["words[0] ('inf')", "finite", "end=inf"]),
+    (Word("nan", float("nan"), 0.5), ["words[0] ('nan'): start", "finite", "nan"]),
+    (Word("inf", 0.1, float("inf")), ["words[0] ('inf'): end", "finite", "inf"]),
+    (("huge", 0.1, 10 ** 400), ["words[0] ('huge'): end", "finite", "1000000"]),        # no OverflowError
+    (("str", "0.1", 0.2), ["words[0]", "(str, number, number)", "(str, str, float)"]),
 ])
 def test_word_timings_bad(word, parts):
     raises(parts, lambda: make_segment(30, words=[Word("ok", 0.0, 0.1), word][1:]))
@@ -271,6 +277,32 @@ def test_optional_arrays_bad():
     raises(["sa_tokens", "integer", "float"], lambda: make_segment(T, sa_tokens=np.zeros(4)))
     raises(["sa_tokens", "non-negative", "-1"], lambda: make_segment(T, sa_tokens=np.array([0, -1])))
     raises(["sa_rate", "positive", "0"], lambda: make_segment(T, sa_tokens=np.array([0]), sa_rate=0))
+    raises(["mel", f"({4 * T}, n)", f"({4 * T - 1}, 128)"], lambda: make_segment(T, mel=np.zeros((4 * T - 1, 128))))
+    raises(["mel", "at least 1 mel band", "0"], lambda: make_segment(T, mel=np.zeros((4 * T, 0))))
+    m = np.zeros((4 * T, 2))
+    m[7, 1] = np.nan
+    raises(["mel", "finite", "(7, 1)"], lambda: make_segment(T, mel=m))
+
+
+def test_mel_follows_windows():
+    """mel holds 4 rows per frame: a window of frames [a, b) holds mel rows [4a, 4b)."""
+    s = full_segment(60)
+    w = s.window(15, 30)
+    assert np.array_equal(w.mel, np.arange(4 * 60 * 3).reshape(240, 3)[60:180])
+    assert all(x.mel.shape == (40, 3) for x in s.windows(10))
+
+
+def test_repair_words_by_hand():
+    """ASR-style input: overlap, zero length, out of order, start after end, missing start (estimated)."""
+    items = [("a", 0.0, 0.5), ("b", 0.4, 0.9), ("z", 0.9, 0.9), ("d", 1.5, 1.7), ("c", 1.0, 1.2),
+             ("e", None, 2.0), ("f", 2.5, 2.1)]
+    words, n = repair_words(items, word_seconds=0.3)
+    assert [(w.text, w.start, w.end) for w in words] == [
+        ("a", 0.0, 0.5), ("b", 0.5, 0.9), ("z", 0.9, 0.9), ("c", 1.0, 1.2), ("d", 1.5, 1.7), ("e", 1.7, 2.0),
+        ("f", 2.1, 2.1)]
+    assert n == 3                                      # b clamped, c out of order, f start after end
+    assert repair_words([("x", None, 1.0)]) == ([Word("x", 0.7, 1.0)], 0)
+    assert repair_words([]) == ([], 0)
 
 
 @pytest.mark.parametrize("fps", [0, -30, float("nan"), float("inf"), "30"])
@@ -299,14 +331,15 @@ def test_motion_stats_constant_dim_and_errors(caplog):
         mean, std = motion_stats([s])
     assert mean[3] == pytest.approx(2.5) and std[3] == 1.0 and (std > 0).all()
     assert "[3]" in caplog.text
-    raises(["segments", "at least one", "got 0"], lambda: motion_stats([]))
-    raises(["which", "'listener'", "'face'"], lambda: motion_stats([s], "face"))
+    raises(["segments", "at least one", "got 0"], lambda: motion_stats([]), ValueError)
+    raises(["which", "'listener'", "'face'"], lambda: motion_stats([s], "face"), ValueError)
 
 
 def test_motion_stats_large_offset_is_accurate():
     # float32 data with a large mean: naive E[x^2] - E[x]^2 in float32 would lose the variance
     s = make_segment(500)
-    s = s.replace(listener_motion=1000.0 + np.random.default_rng(1).standard_normal((500, D_MOTION)).astype(np.float32) * 1e-2)
+    noise = np.random.default_rng(1).standard_normal((500, D_MOTION)).astype(np.float32)
+    s = s.replace(listener_motion=1000.0 + noise * 1e-2)
     _, std = motion_stats([s])
     np.testing.assert_allclose(std, s.listener_motion.astype(np.float64).std(0), rtol=1e-4)
 

@@ -1,10 +1,13 @@
-"""Peer formats (LM-listener, Learning2Listen) built in their exact layouts, our own format, detection."""
+"""Peer formats (LM-listener, Learning2Listen) built in their exact layouts, our own format, detection,
+and the one word repair through every reader."""
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
 import torch
+from l2l_fixture import write_l2l
 
 from minilisten.data.formats import (
     WORD_SECONDS,
@@ -18,11 +21,12 @@ from minilisten.data.formats import (
 )
 from minilisten.data.segment import D_MOTION, N_SHAPE, Segment, Word
 from minilisten.data.windows import motion_stats
+from minilisten.errors import UserError
 
 FPS = 30
 
 
-def raises(match_parts, fn, exc=ValueError):
+def raises(match_parts, fn, exc=UserError):
     with pytest.raises(exc) as info:
         fn()
     msg = str(info.value)
@@ -32,7 +36,8 @@ def raises(match_parts, fn, exc=ValueError):
 
 
 def assert_segments_equal(a: Segment, b: Segment):
-    for k in ("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "sa_tokens", "emotion", "valence"):
+    for k in ("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "sa_tokens", "emotion", "valence",
+              "mel"):
         x, y = getattr(a, k), getattr(b, k)
         assert (x is None) == (y is None), k
         if x is not None:
@@ -107,7 +112,7 @@ def test_lm_listener_reads_exact_layout(tmp_path, caplog):
             assert s.history_words[0].end == pytest.approx(-2.0)
             assert s.history_words[0].start == pytest.approx(-2.0 - WORD_SECONDS)
             assert all(w.start <= w.end for w in s.history_words)
-    assert c.info["dropped_words"] == 7  # one "late" word per segment
+    assert c.info["dropped_words"] == 7 and "repaired_words" not in c.info  # one "late" word per segment
     assert 0 < c.info["listener_beta_max_std"] < 0.05
 
 
@@ -136,7 +141,7 @@ def test_lm_listener_stats_fallbacks(tmp_path):
     c = load_lm_listener(d)
     assert c.info["stats"] == "p0_mean.npy, p0_std.npy" and c.std[0] == 3.0
     np.save(d / "mean.npy", np.zeros(56, np.float32))  # mean.npy without std.npy
-    raises(["std.npy", "missing", "mean.npy"], lambda: load_lm_listener(d), FileNotFoundError)
+    raises(["std.npy", "missing", "mean.npy"], lambda: load_lm_listener(d))
     np.save(d / "std.npy", np.zeros(55, np.float32))
     raises(["std.npy", "(56,)", "(55,)"], lambda: load_lm_listener(d))
     np.save(d / "std.npy", np.zeros(56, np.float32))
@@ -172,7 +177,8 @@ def test_lm_listener_refuses_arbitrary_pickles(tmp_path):
     r["extra"] = Opaque()
     for s in ("train", "val", "test"):
         torch.save([r], d / f"segments_{s}.pth")
-    raises(["segments_train.pth", "weights_only=True", "allow_pickle=True", "Opaque"], lambda: load_lm_listener(d))
+    raises(["segments_train.pth", "weights_only=True", "allow_pickle=True", "Opaque"], lambda: load_lm_listener(d),
+           ValueError)
     c = load_lm_listener(d, allow_pickle=True)  # explicit opt-in works; unknown key ignored
     assert len(c.train) == 1
 
@@ -186,11 +192,18 @@ def test_lm_listener_refuses_arbitrary_pickles(tmp_path):
     (lambda r: r["p0_pose"].__setitem__((2, 1), float("inf")), ["'p0_pose'", "finite", "(2, 1)"]),
     (lambda r: r.pop("p1_pose"), ["missing field 'p1_pose'"]),
     (lambda r: r.update(p0_exp="oops"), ["'p0_exp'", "tensor or array", "str"]),
-    (lambda r: r.update(split_end_frame=r["split_start_frame"] + 41), ["'split_end_frame'", "300 + 40 = 340", "got 341"]),
+    (lambda r: r.update(split_end_frame=r["split_start_frame"] + 41),
+     ["'split_end_frame'", "300 + 40 = 340", "got 341"]),
     (lambda r: r["during_words"].append({"text": "x"}), ["'during_words'[5]", "'text' and 'end'", "['text']"]),
-    (lambda r: r["during_words"].append({"text": "x", "end": float("nan")}), ["'during_words'[5]", "finite"]),
-    (lambda r: r["during_words"].append({"text": "rev", "start": 10.5, "end": 10.2}), ["words[3] ('rev')", "start <= end"]),
-    (lambda r: r["before_words"].append({"text": "b", "end": 10.5}), ["'before_words'[2] ('b')", "end <= the segment start", "10.500"]),
+    (lambda r: r["during_words"].append({"text": "x", "end": float("nan")}),
+     ["'during_words'[5] ('x'): end", "finite"]),
+    (lambda r: r["during_words"].append({"text": "x", "end": 10 ** 400}), ["'during_words'[5] ('x'): end", "finite"]),
+    (lambda r: r["during_words"].append({"text": "x", "start": -10 ** 400, "end": 10.1}),
+     ["'during_words'[5] ('x'): start", "finite"]),
+    (lambda r: r["during_words"].append({"text": "x", "end": "10.2"}),
+     ["'during_words'[5] ('x'): end", "number", "str"]),
+    (lambda r: r["before_words"].append({"text": "b", "end": 10.5}),
+     ["'before_words'[2] ('b')", "end <= the segment start", "10.500"]),
     (lambda r: r.update(during_words="hello"), ["'during_words'", "list of dicts", "str"]),
 ])
 def test_lm_listener_bad_records(tmp_path, mutate, parts):
@@ -203,122 +216,140 @@ def test_lm_listener_bad_records(tmp_path, mutate, parts):
 
 
 def test_lm_listener_missing_and_wrong_layout(tmp_path):
-    raises(["nothere", "not found"], lambda: load_lm_listener(tmp_path / "nothere"), FileNotFoundError)
+    raises(["nothere", "not found"], lambda: load_lm_listener(tmp_path / "nothere"))
     d = tmp_path / "partial"
     write_lm(d)
     (d / "segments_val.pth").unlink()
-    raises(["segments_val.pth", "missing"], lambda: load_lm_listener(d), FileNotFoundError)
+    raises(["segments_val.pth", "missing"], lambda: load_lm_listener(d))
     assert len(load_lm_listener(d, splits=("train", "test")).val) == 0
     torch.save({"not": "a list"}, d / "segments_val.pth")
     raises(["segments_val.pth", "expected a list of dicts", "dict"], lambda: load_lm_listener(d))
     torch.save([torch.zeros(3)], d / "segments_val.pth")
     raises(["segments_val.pth[0]", "expected a dict", "Tensor"], lambda: load_lm_listener(d))
     (d / "segments_val.pth").write_bytes(b"not a torch file")
-    raises(["segments_val.pth"], lambda: load_lm_listener(d))
+    raises(["segments_val.pth"], lambda: load_lm_listener(d), ValueError)
     raises(["splits", "'dev'"], lambda: load_lm_listener(d, splits=("dev",)))
 
 
 # ============================================================================== Learning2Listen
-def write_l2l(root, speaker="trevor", N=(3, 2), T=64, seed=0):
-    """data/<speaker>/{train,test}/p{0,1}_{list,speak}_* exactly as Learning2Listen ships them.
-    Every one of the 8 arrays per split is distinct, so a wrong pairing is caught."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split, n in zip(("train", "test"), N):
-        sd = root / "data" / speaker / split
-        sd.mkdir(parents=True)
-        for p in (0, 1):
-            for kind, shape in (("list_faces", (n, T, 184)), ("speak_faces", (n, T, 184)),
-                                ("speak_audio", (n, 4 * T, 128))):
-                a = rng.standard_normal(shape).astype(np.float32)
-                np.save(sd / f"p{p}_{kind}_clean_deca.npy", a)
-                out[split, p, kind] = a
-            files = np.stack([np.full((n, T), 7 + p), np.zeros((n, T), int),
-                              np.arange(T)[None].repeat(n, 0) + 100 * np.arange(n)[:, None]], -1)
-            np.save(sd / f"p{p}_speak_files_clean_deca.npy", files)
-    return out
+#: the segments LAYOUT (tests/l2l_fixture.py) must give, by hand: (name, rows of the file in order)
+L2L_EXPECTED = {
+    ("fallon", "train"): [("vidD:10-138", [0, 1]), ("vidD:200-264", [2])],
+    ("fallon", "test"): [("vidE:0-64", [0])],
+    ("trevor", "train"): [("vidA:0-192", [0, 1, 2]), ("vidA:300-364", [4]), ("vidB:0-128", [3, 5])],
+    ("trevor", "test"): [("vidC:0-128", [0, 1])],
+}
 
 
-@pytest.mark.parametrize("speaker,o", [("trevor", 0), ("fallon", 1)])
-def test_l2l_reads_exact_layout_and_pairing(tmp_path, caplog, speaker, o):
-    arr = write_l2l(tmp_path, speaker)
-    with caplog.at_level(logging.WARNING, logger="minilisten.data"):
-        c = load_learning2listen(tmp_path)
-    assert c.source == "learning2listen" and c.fps == FPS and c.val == []
-    assert [len(c.train), len(c.test)] == [3, 2]
+def test_l2l_joins_contiguous_rows_of_one_video(tmp_path, caplog):
+    """64-frame rows of one video join into one segment where their frames are contiguous (rows stored apart
+    too); p1 is the listener for fallon; the speaker's mel (4 rows per frame) comes along."""
+    arr = write_l2l(tmp_path, smooth=False)
+    with caplog.at_level(logging.INFO, logger="minilisten.data"):
+        c = load_learning2listen(tmp_path, progress=False)
+    assert c.source == "learning2listen" and c.fps == FPS and c.val == [] and c.info["rows"] == 12
+    assert "joined 12 Learning2Listen rows into 7 segments" in caplog.text
     for split in ("train", "test"):
-        for i, s in enumerate(getattr(c, split)):
-            assert s.T == 64 and s.listener_id == speaker and s.listener_beta is None and s.words == ()
-            assert np.array_equal(s.listener_motion, arr[split, o, "list_faces"][i, :, :56])
-            assert np.array_equal(s.speaker_motion, arr[split, 1 - o, "speak_faces"][i, :, :56])
-            assert s.name == f"{speaker}/{split}/{i}:{7 + 1 - o}@{100 * i}"
+        want = [(sp, name, rows) for sp in ("fallon", "trevor") for name, rows in L2L_EXPECTED[sp, split]]
+        got = getattr(c, split)
+        assert [s.name for s in got] == [f"{sp}/{split}/{name}" for sp, name, _ in want]
+        for s, (sp, _, rows) in zip(got, want):
+            o = 1 if sp == "fallon" else 0
+            lis = np.concatenate([arr[sp, split, o, "list_faces"][i, :, :56] for i in rows])
+            spk = np.concatenate([arr[sp, split, 1 - o, "speak_faces"][i, :, :56] for i in rows])
+            mel = np.concatenate([arr[sp, split, 1 - o, "speak_audio"][i] for i in rows])
+            assert s.T == 64 * len(rows) and s.listener_id == sp and s.listener_beta is None and s.words == ()
+            assert np.array_equal(s.listener_motion, lis) and np.array_equal(s.speaker_motion, spk)
+            assert s.mel.shape == (4 * s.T, 128) and np.array_equal(s.mel, mel)
     assert set(c.missing_fields) == {"listener_beta", "speaker_beta", "words", "history_words", "sa_tokens",
                                      "emotion", "valence"}
     assert "listener_beta" in caplog.text and "words" in caplog.text
-    m, s = motion_stats(c.train)
-    np.testing.assert_array_equal(c.mean, m)
-    # the same data from data/ and from data/<speaker>
-    for p in (tmp_path / "data", tmp_path / "data" / speaker):
+    np.testing.assert_array_equal(c.mean, motion_stats(c.train)[0])
+    w = c.train[2].window(100, 64)      # trevor vidA:0-192: a window across two rows, mel with it
+    assert np.array_equal(w.mel, c.train[2].mel[400:656])
+    for p in (tmp_path / "data", tmp_path / "data" / "trevor"):   # the same data from data/ and from data/<speaker>
         c2 = load_learning2listen(p)
-        for a, b in zip(c.train + c.test, c2.train + c2.test):
+        mine = [s for s in c.train + c.test if s.listener_id == "trevor" or p.name == "data"]
+        for a, b in zip(mine, c2.train + c2.test, strict=True):
             assert_segments_equal(a, b)
 
 
-def test_l2l_several_speakers_and_round_trip(tmp_path):
-    write_l2l(tmp_path, "trevor", seed=1)
-    write_l2l(tmp_path, "fallon", N=(1, 1), seed=2)
+def test_l2l_without_files_or_audio_and_numeric_files(tmp_path):
+    arr = write_l2l(tmp_path, {"trevor": {"train": [("v", 0), ("v", 64)], "test": [("v", 200)]}})
+    sd = tmp_path / "data" / "trevor" / "train"
+    files = arr["trevor", "train", 1, "speak_files"]
+    numeric = np.stack([np.full((2, 64), 7), np.zeros((2, 64), int), files[:, :, 2].astype(int)], -1)
+    np.save(sd / "p1_speak_files_clean_deca.npy", numeric)       # numbers instead of strings: the same join
+    assert [s.name for s in load_learning2listen(tmp_path).train] == ["trevor/train/7:0-128"]
+    np.save(sd / "p1_speak_files_clean_deca.npy", numeric.astype(object))   # plain values: the restricted unpickler
+    assert [s.T for s in load_learning2listen(tmp_path).train] == [128]
+    (sd / "p1_speak_files_clean_deca.npy").unlink()               # no files: one segment per row
+    (sd / "p1_speak_audio_clean_deca.npy").unlink()               # no audio: no mel
     c = load_learning2listen(tmp_path)
-    assert c.info["speakers"] == ["fallon", "trevor"] and len(c.train) == 4
+    assert [s.name for s in c.train] == ["trevor/train/0", "trevor/train/1"] and c.train[0].mel is None
+    assert c.test[0].mel is not None
+
+
+def test_l2l_several_speakers_and_round_trip(tmp_path):
+    write_l2l(tmp_path)
+    c = load_learning2listen(tmp_path)
+    assert c.info["speakers"] == ["fallon", "trevor"] and len(c.train) == 5
     assert {s.listener_id for s in c.train} == {"fallon", "trevor"}
     assert len(load_learning2listen(tmp_path, speakers=["trevor"]).train) == 3
-    raises(["['conan']", "found"], lambda: load_learning2listen(tmp_path, speakers=["conan"]), FileNotFoundError)
+    raises(["['conan']", "found"], lambda: load_learning2listen(tmp_path, speakers=["conan"]))
     save_corpus(c, tmp_path / "ours", progress=False)
     back = load_corpus(tmp_path / "ours")
     assert back.missing_fields == c.missing_fields
-    for a, b in zip(c.train + c.test, back.train + back.test):
+    for a, b in zip(c.train + c.test, back.train + back.test, strict=True):
         assert_segments_equal(a, b)
 
 
 def test_l2l_bad_files(tmp_path):
-    write_l2l(tmp_path)
+    write_l2l(tmp_path, {"trevor": {"train": [("v", 0), ("v", 64), ("w", 0)], "test": [("v", 0)]}})
     sd = tmp_path / "data" / "trevor" / "train"
     good = np.load(sd / "p1_speak_faces_clean_deca.npy")
 
+    def load():
+        return load_learning2listen(tmp_path)
+
     np.save(sd / "p1_speak_faces_clean_deca.npy", good[:, :, :180])
-    raises(["p1_speak_faces_clean_deca.npy", "(N, 64, 184)", "(3, 64, 180)"], lambda: load_learning2listen(tmp_path))
+    raises(["p1_speak_faces_clean_deca.npy", "(N, 64, 184)", "(3, 64, 180)"], load)
     np.save(sd / "p1_speak_faces_clean_deca.npy", good[:2])
-    raises(["p1_speak_faces_clean_deca.npy", "(3, 64, 184)", "(2, 64, 184)"], lambda: load_learning2listen(tmp_path))
+    raises(["p1_speak_faces_clean_deca.npy", "(3, 64, 184)", "(2, 64, 184)"], load)
     bad = good.copy()
     bad[1, 10, 52] = np.nan  # a pose column
     np.save(sd / "p1_speak_faces_clean_deca.npy", bad)
-    raises(["p1_speak_faces_clean_deca.npy", "finite", "(1, 10, 52)"], lambda: load_learning2listen(tmp_path))
+    raises(["p1_speak_faces_clean_deca.npy", "finite", "(1, 10, 52)"], load)
     bad[1, 10, 52] = 0
     bad[1, 10, 100] = np.nan  # a detail column: not used, not an error
     np.save(sd / "p1_speak_faces_clean_deca.npy", bad)
-    assert len(load_learning2listen(tmp_path).train) == 3
+    assert len(load().train) == 2
     np.save(sd / "p1_speak_faces_clean_deca.npy", good.astype(np.int64))
-    raises(["p1_speak_faces_clean_deca.npy", "float", "int64"], lambda: load_learning2listen(tmp_path))
+    raises(["p1_speak_faces_clean_deca.npy", "float", "int64"], load)
     np.save(sd / "p1_speak_faces_clean_deca.npy", good)
 
     files = np.load(sd / "p1_speak_files_clean_deca.npy")
     np.save(sd / "p1_speak_files_clean_deca.npy", files[:, :10])
-    raises(["p1_speak_files_clean_deca.npy", "(3, 64, 3)", "(3, 10, 3)"], lambda: load_learning2listen(tmp_path))
-    np.save(sd / "p1_speak_files_clean_deca.npy", files.astype(object))  # plain values: the restricted unpickler reads them
-    assert len(load_learning2listen(tmp_path).train) == 3
-    assert len(load_learning2listen(tmp_path, allow_pickle=True).train) == 3
+    raises(["p1_speak_files_clean_deca.npy", "(3, 64, 3)", "(3, 10, 3)"], load)
+    odd = files.copy()
+    odd[0, 0, 2] = "frame-zero"
+    np.save(sd / "p1_speak_files_clean_deca.npy", odd)
+    raises(["p1_speak_files_clean_deca.npy", "'frame'", "integer frame numbers", "frame-zero"], load)
     np.save(sd / "p1_speak_files_clean_deca.npy", files)
 
-    np.save(sd / "p1_speak_audio_clean_deca.npy", np.zeros((3, 256, 80), np.float32))
-    raises(["p1_speak_audio_clean_deca.npy", "(3, 256, 128)", "(3, 256, 80)"], lambda: load_learning2listen(tmp_path))
-    (sd / "p1_speak_audio_clean_deca.npy").unlink()  # optional: only shape-checked
-    assert len(load_learning2listen(tmp_path).train) == 3
+    audio = np.load(sd / "p1_speak_audio_clean_deca.npy")
+    np.save(sd / "p1_speak_audio_clean_deca.npy", audio[:, :200])
+    raises(["p1_speak_audio_clean_deca.npy", "(3, 256, n)", "(3, 200, 128)"], load)
+    audio[2, 5, 3] = np.inf
+    np.save(sd / "p1_speak_audio_clean_deca.npy", audio)
+    raises(["p1_speak_audio_clean_deca.npy", "finite", "(2, 5, 3)"], load)
+    np.save(sd / "p1_speak_audio_clean_deca.npy", np.zeros((3, 256, 80), np.float32))   # any number of mel bands
+    assert load().train[0].mel.shape == (512, 80)
 
     (sd / "p1_speak_faces_clean_deca.npy").unlink()
-    raises(["p1_speak_faces_clean_deca.npy", "missing", "'trevor'", "'train'"],
-           lambda: load_learning2listen(tmp_path), FileNotFoundError)
-    raises(["no Learning2Listen data"], lambda: load_learning2listen(tmp_path / "data" / "trevor" / "train"),
-           FileNotFoundError)
-    raises(["not found"], lambda: load_learning2listen(tmp_path / "nope"), FileNotFoundError)
+    raises(["p1_speak_faces_clean_deca.npy", "missing", "'trevor'", "'train'"], load)
+    raises(["no Learning2Listen data"], lambda: load_learning2listen(tmp_path / "data" / "trevor" / "train"))
+    raises(["not found"], lambda: load_learning2listen(tmp_path / "nope"))
 
 
 # =================================================================================== our format
@@ -338,6 +369,7 @@ def rich_corpus():
             sa_tokens=rng.integers(0, 1024, int(T / 30 * 50) + i) if full else None, sa_rate=50.0,
             emotion=(e / e.sum(1, keepdims=True)) if full else None,
             valence=rng.uniform(-1, 1, T) if i % 2 == 0 else None,
+            mel=rng.standard_normal((4 * T, 5)) if i != 1 else None,
         )
     return Corpus(train=[seg(40, 0), seg(31, 1), seg(45, 2, full=False)], val=[seg(30, 3)], test=[],
                   mean=np.arange(56, dtype=np.float32), std=np.ones(56, np.float32), n_sa=1024,
@@ -363,6 +395,18 @@ def test_own_format_round_trips_exactly(tmp_path):
     assert (tmp_path / "c" / "arrays.safetensors").read_bytes() == (tmp_path / "c2" / "arrays.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o007, 0o660), (0o077, 0o600)])
+def test_saved_corpus_files_follow_the_umask(tmp_path, umask, mode):
+    """Both files get 0666 & ~umask, as open() gives (was: arrays.safetensors 0600 beside a 0644 meta.json)."""
+    old = os.umask(umask)
+    try:
+        save_corpus(rich_corpus(), tmp_path / "c", progress=False)
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "c").iterdir()} == \
+        {"meta.json": mode, "arrays.safetensors": mode}
+
+
 def _root(a: np.ndarray) -> np.ndarray:
     while isinstance(a.base, np.ndarray):
         a = a.base
@@ -370,37 +414,43 @@ def _root(a: np.ndarray) -> np.ndarray:
 
 
 def test_readers_return_read_only_segments_without_copies(tmp_path):
-    """Every reader's Segments are read-only; our format and Learning2Listen hand the Segments views
-    of one array per split and field (no copy per segment, as before Segments were frozen)."""
+    """Every reader's Segments are read-only and share the reader's memory: views of the loaded file (ours),
+    of one array per speaker, split and field (Learning2Listen); no copy per segment."""
     save_corpus(rich_corpus(), tmp_path / "c", progress=False)
     write_l2l(tmp_path / "l2l")
     write_lm(tmp_path / "lm")
-    ours, l2l, lm = load_corpus(tmp_path / "c"), load_learning2listen(tmp_path / "l2l"), load_lm_listener(tmp_path / "lm")
+    ours, l2l = load_corpus(tmp_path / "c"), load_learning2listen(tmp_path / "l2l")
+    lm = load_lm_listener(tmp_path / "lm")
     for corpus in (ours, l2l, lm):
         for s in corpus.train + corpus.test:
-            for k in ("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "sa_tokens", "emotion", "valence"):
+            for k in ("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "sa_tokens", "emotion",
+                      "valence", "mel"):
                 a = getattr(s, k)
                 if a is not None:
                     assert not a.flags.writeable, (corpus.source, k)
                     with pytest.raises(ValueError, match="read-only"):
                         a[0] = 0
-    for corpus in (ours, l2l):
-        for k in ("speaker_motion", "listener_motion"):
-            roots = {id(_root(getattr(s, k))) for s in corpus.train}
-            assert len(corpus.train) > 1 and len(roots) == 1, (corpus.source, k)
+    for s in ours.train + ours.test:     # shared with the loaded file (a read-only buffer), not copied
+        assert all(isinstance(_root(getattr(s, k)).base, memoryview) for k in ("listener_motion", "mel")
+                   if getattr(s, k) is not None)
+    for corpus in (l2l,):
+        for k in ("speaker_motion", "listener_motion", "mel"):
+            for who in {s.listener_id for s in corpus.train}:
+                segs = [s for s in corpus.train if who == s.listener_id]
+                assert len(segs) > 1 and len({id(_root(getattr(s, k))) for s in segs}) == 1, (corpus.source, k)
 
 
 def test_own_format_accepts_other_corpus_objects(tmp_path):
     c = rich_corpus()
 
-    class Synthetic:  # like the synthetic corpus: splits + scalar config attributes
+    class Splits:  # any object with splits; n_sa and info when it has them
         def __init__(self):
             self.train, self.val, self.test = c.train, c.val, c.test
-            self.n_sa, self.seed, self.n_identities, self.config_obj = 2048, 3, 8, object()
+            self.n_sa, self.info = 2048, {"seed": 3}
 
-    save_corpus(Synthetic(), tmp_path / "s", progress=False)
+    save_corpus(Splits(), tmp_path / "s", progress=False)
     back = load_corpus(tmp_path / "s")
-    assert back.n_sa == 2048 and back.info == {"seed": 3, "n_identities": 8, "stats": "computed from train listener motion"}
+    assert back.n_sa == 2048 and back.info == {"seed": 3, "stats": "computed from train listener motion"}
     np.testing.assert_array_equal(back.mean, motion_stats(c.train)[0])  # computed from train on load
     save_corpus(c.train, tmp_path / "l", progress=False)  # a plain list goes to train
     assert len(load_corpus(tmp_path / "l").train) == 3
@@ -488,8 +538,17 @@ def test_own_format_bad_files(tmp_path):
     _edit_meta(d, lambda m: m.update(version=99))
     raises(["meta.json", "'version'", "99"], lambda: load_corpus(d))
     restore()
-    _edit_meta(d, lambda m: m["splits"]["train"][0]["words"][1].__setitem__(1, 0.9))  # start 0.9 > end 0.7
-    raises(["splits.train[0]", "words[1] ('\"quoted\"')", "start <= end"], lambda: load_corpus(d))
+    _edit_meta(d, lambda m: m["splits"]["train"][0]["words"][1].__setitem__(1, float("nan")))   # JSON NaN
+    raises(["splits.train[0]", "'words'[1] ('\"quoted\"'): start", "finite", "nan"], lambda: load_corpus(d))
+    restore()
+    _edit_meta(d, lambda m: m["splits"]["train"][0]["history_words"][0].__setitem__(2, -10 ** 400))   # a huge int
+    raises(["splits.train[0]", "'history_words'[0] ('ah'): end", "finite"], lambda: load_corpus(d))
+    restore()
+    _edit_meta(d, lambda m: m["splits"]["train"][0].update(fps="30"))
+    raises(["splits.train[0]", "field 'fps'", "expected number", "str"], lambda: load_corpus(d))
+    restore()
+    _edit_meta(d, lambda m: m["splits"].update(train={"not": "a list"}))
+    raises(["meta.json", "'splits.train'", "list of segment records"], lambda: load_corpus(d))
     restore()
     _edit_meta(d, lambda m: m["splits"]["train"][0]["words"].append(["late", 0.1, 99.0]))
     raises(["splits.train[0]", "words[2] ('late')", "end <= 1.333 s", "99.000"], lambda: load_corpus(d))
@@ -497,51 +556,51 @@ def test_own_format_bad_files(tmp_path):
     _edit_meta(d, lambda m: m["splits"]["train"][0]["words"].append(["bad"]))
     raises(["splits.train[0]", "'words'[2]", "[text, start, end]"], lambda: load_corpus(d))
     restore()
-    _edit_meta(d, lambda m: m["splits"]["val"][0].update(T=31))
-    raises(["arrays.safetensors", "'val/speaker_motion'", "(31, 56)", "(30, 56)"], lambda: load_corpus(d))
-    restore()
-    _edit_meta(d, lambda m: m["splits"]["val"][0].pop("has"))
-    raises(["splits.val[0]", "missing field 'has'"], lambda: load_corpus(d))
+    _edit_meta(d, lambda m: m["splits"]["val"][0].pop("fps"))
+    raises(["splits.val[0]", "missing field 'fps'"], lambda: load_corpus(d))
     restore()
     (d / "meta.json").write_text("{not json")
     raises(["meta.json", "not valid JSON"], lambda: load_corpus(d))
     restore()
 
-    a = dict(arrays0)
-    a["train/listener_motion"] = a["train/listener_motion"][:-1].copy()
-    save_file(a, str(d / "arrays.safetensors"))
-    raises(["'train/listener_motion'", "(116, 56)", "(115, 56)"], lambda: load_corpus(d))
-    a = dict(arrays0)
-    a["train/valence"] = a["train/valence"].copy()
-    a["train/valence"][3] = np.nan
-    save_file(a, str(d / "arrays.safetensors"))
+    def arrays(**change):
+        a = dict(arrays0)
+        for k, v in change.items():
+            k = k.replace("__", "/")
+            if v is None:
+                del a[k]
+            else:
+                a[k] = v(a[k].copy())
+        save_file(a, str(d / "arrays.safetensors"))
+
+    arrays(val__0__listener_motion=lambda x: x[:-1])
+    raises(["splits.val[0]", "listener_motion", "expected 30 frames", "got 29"], lambda: load_corpus(d))
+    arrays(train__0__valence=lambda x: np.where(np.arange(len(x)) == 3, np.nan, x).astype(np.float32))
     raises(["splits.train[0]", "valence", "finite", "(3,)"], lambda: load_corpus(d))
-    a = dict(arrays0)
-    a["train/emotion"] = np.zeros_like(a["train/emotion"])  # rows no longer sum to 1
-    save_file(a, str(d / "arrays.safetensors"))
-    raises(["splits.train[0]", "emotion", "summing to 1"], lambda: load_corpus(d))
-    a = dict(arrays0)
-    del a["test/sa_tokens"]
-    save_file(a, str(d / "arrays.safetensors"))
-    raises(["missing array 'test/sa_tokens'"], lambda: load_corpus(d))
-    a = dict(arrays0)
-    a["train/sa_tokens"] = a["train/sa_tokens"].astype(np.int32)
-    save_file(a, str(d / "arrays.safetensors"))
-    raises(["'train/sa_tokens'", "int64", "int32"], lambda: load_corpus(d))
+    arrays(train__1__emotion=np.zeros_like)  # rows no longer sum to 1
+    raises(["splits.train[1]", "emotion", "summing to 1"], lambda: load_corpus(d))
+    arrays(val__0__speaker_motion=None)
+    raises(["missing array 'val/0/speaker_motion'"], lambda: load_corpus(d))
+    arrays(val__0__mel=lambda x: x[:-1])
+    raises(["splits.val[0]", "mel", "(120, n)", "(119, 5)"], lambda: load_corpus(d))
+    arrays(train__0__sa_tokens=lambda x: x.astype(np.int32))
+    raises(["'train/0/sa_tokens'", "int64", "int32"], lambda: load_corpus(d))
+    arrays(train__0__sa_tokens=lambda x: x + 1024)
+    raises(["'train/0/sa_tokens'", "[0, 1024)", "n_sa"], lambda: load_corpus(d))
     (d / "arrays.safetensors").write_bytes(b"garbage")
     raises(["arrays.safetensors", "not a readable safetensors"], lambda: load_corpus(d))
     (d / "arrays.safetensors").unlink()
-    raises(["arrays.safetensors", "missing"], lambda: load_corpus(d), FileNotFoundError)
+    raises(["arrays.safetensors", "missing"], lambda: load_corpus(d))
     (d / "meta.json").unlink()
-    raises(["meta.json", "missing"], lambda: load_corpus(d), FileNotFoundError)
-    raises(["not found"], lambda: load_corpus(tmp_path / "nope"), FileNotFoundError)
+    raises(["meta.json", "missing"], lambda: load_corpus(d))
+    raises(["not found"], lambda: load_corpus(tmp_path / "nope"))
 
 
 # ==================================================================================== detection
 def test_load_dataset_detects_all_layouts(tmp_path):
     save_corpus(rich_corpus(), tmp_path / "ours", progress=False)
     write_lm(tmp_path / "lm", n=(1, 1, 1))
-    write_l2l(tmp_path / "l2l", N=(1, 1))
+    write_l2l(tmp_path / "l2l", {"trevor": {"train": [("v", 0)], "test": [("v", 0)]}})
     assert detect_layout(tmp_path / "ours") == "minilisten"
     assert detect_layout(tmp_path / "lm") == "lm-listener"
     for p in (tmp_path / "l2l", tmp_path / "l2l" / "data", tmp_path / "l2l" / "data" / "trevor"):
@@ -554,5 +613,45 @@ def test_load_dataset_detects_all_layouts(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("x")
     raises(["no known dataset layout", "meta.json", "segments_{train,val,test}.pth", "p{0,1}_list_faces_clean_deca.npy",
             "readme.txt"], lambda: load_dataset(tmp_path / "empty"))
-    raises(["not found"], lambda: load_dataset(tmp_path / "missing"), FileNotFoundError)
+    raises(["not found"], lambda: load_dataset(tmp_path / "missing"))
     raises(["expected a dataset directory, got a file"], lambda: load_dataset(tmp_path / "empty" / "readme.txt"))
+
+
+# ==================================================================== ASR-style words, every reader
+def test_lm_listener_repairs_asr_words(tmp_path, caplog):
+    """Overlapping, zero-length and unsorted words (as ASR gives them) are put in order by end time, starts
+    clamped to the previous end, and counted; expected values worked out by hand."""
+    d = tmp_path / "asr"
+    d.mkdir()
+    r = lm_record(0, 60, 300)                       # t0 = 10 s, 2 s long
+    r["before_words"] = [{"text": "b1", "end": 9.0}, {"text": "b0", "end": 8.5}]           # b0 out of order
+    r["during_words"] = [{"text": "one", "start": 10.1, "end": 10.4},
+                         {"text": "two", "start": 10.3, "end": 10.6},     # overlaps 'one': start -> 10.4
+                         {"text": "zero", "start": 10.6, "end": 10.6},    # zero length: kept as is
+                         {"text": "four", "start": 11.0, "end": 11.2},
+                         {"text": "three", "start": 10.7, "end": 10.9}]   # out of order
+    for s in ("train", "val", "test"):
+        torch.save([r], d / f"segments_{s}.pth")
+    with caplog.at_level(logging.WARNING, logger="minilisten.data"):
+        c = load_lm_listener(d, splits=("train",))
+    seg = c.train[0]
+    want = [("one", 0.1, 0.4), ("two", 0.4, 0.6), ("zero", 0.6, 0.6), ("three", 0.7, 0.9), ("four", 1.0, 1.2)]
+    assert [w.text for w in seg.words] == [t for t, _, _ in want]
+    for w, (_, a, b) in zip(seg.words, want):
+        assert w.start == pytest.approx(a) and w.end == pytest.approx(b)
+    assert [(w.text, round(w.start, 6), round(w.end, 6)) for w in seg.history_words] == \
+        [("b0", -1.8, -1.5), ("b1", -1.3, -1.0)]           # starts estimated: end - 0.3, not before the last end
+    assert c.info["repaired_words"] == 3 and "repaired 3 word(s)" in caplog.text
+
+
+def test_own_format_repairs_asr_words(tmp_path):
+    d = tmp_path / "c"
+    save_corpus(rich_corpus(), d, progress=False)
+    asr = [["a", 0.1, 0.5], ["b", 0.3, 0.8], ["c", 0.9, 0.9], ["e", 1.1, 1.2], ["d", 0.95, 1.0], ["f", 1.3, 1.25]]
+    _edit_meta(d, lambda m: m["splits"]["train"][0].update(words=asr))
+    c = load_corpus(d)
+    got = [(w.text, w.start, w.end) for w in c.train[0].words]
+    # b overlaps a (start -> 0.5), d out of order, f starts after its end (start -> 1.25): 3 words changed
+    assert got == [("a", 0.1, 0.5), ("b", 0.5, 0.8), ("c", 0.9, 0.9), ("d", 0.95, 1.0), ("e", 1.1, 1.2),
+                   ("f", 1.25, 1.25)]
+    assert c.info["repaired_words"] == 3

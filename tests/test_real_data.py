@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from l2l_fixture import write_l2l
 
 from minilisten.__main__ import main
 from minilisten.data import load_dataset
@@ -84,30 +85,16 @@ def test_demo_on_an_lm_listener_directory(lm_dir, tmp_path):
     assert "L2 Affect" not in text.split("Table 1")[1]                     # the column is left out
 
 
-def _write_l2l(root, n=(6, 3), T=64, seed=0):
-    """Learning2Listen's layout (data/<speaker>/{train,test}/p{0,1}_*_clean_deca.npy): no words, no beta."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(T)[None, :, None] / 30.0
-    for split, N in zip(("train", "test"), n):
-        sd = root / "data" / "trevor" / split
-        sd.mkdir(parents=True)
-        for p in (0, 1):
-            faces = 0.3 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0, (N, 1, 184)) * t + rng.uniform(0, 6, (N, 1, 184)))
-            np.save(sd / f"p{p}_list_faces_clean_deca.npy", faces.astype(np.float32))
-            np.save(sd / f"p{p}_speak_faces_clean_deca.npy", np.roll(faces, 3, 1).astype(np.float32))
-            np.save(sd / f"p{p}_speak_audio_clean_deca.npy", rng.standard_normal((N, 4 * T, 128)).astype(np.float32))
-            files = np.stack([np.full((N, T), 7), np.zeros((N, T), int), np.arange(T)[None].repeat(N, 0)], -1)
-            np.save(sd / f"p{p}_speak_files_clean_deca.npy", files)
-
-
 def test_demo_on_a_learning2listen_directory_without_words_or_beta(tmp_path):
-    """No words, no beta, no val split, 64-frame segments: the demo runs what the data supports."""
-    _write_l2l(tmp_path / "l2l")
+    """No words, no beta, no val split, short segments: the demo runs what the data supports."""
+    pairs = [(v, f) for v in "abcdef" for f in (0, 64)]                   # 2 contiguous rows per video: 128 frames
+    write_l2l(tmp_path / "l2l", {"trevor": {"train": pairs[:8], "test": pairs[8:]}})
     c = load_dataset(tmp_path / "l2l")
     assert available_modalities(c.train) == ()      # no speaker modality the LM can read
     # our format with a per-frame speaker emotion added, so that the LM has an input
     from minilisten.data.formats import save_corpus
-    c.train, c.test = ([s.replace(emotion=np.full((s.T, 8), 1 / 8, np.float32)) for s in segs] for segs in (c.train, c.test))
+    c.train, c.test = ([s.replace(emotion=np.full((s.T, 8), 1 / 8, np.float32)) for s in segs]
+                       for segs in (c.train, c.test))
     save_corpus(c, tmp_path / "ours", progress=False)
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--data", str(tmp_path / "ours"), "--out", str(out), "--no-progress",
@@ -115,14 +102,18 @@ def test_demo_on_a_learning2listen_directory_without_words_or_beta(tmp_path):
     rep = json.loads((out / "results.json").read_text())
     assert list(rep["table4"]) == ["MM only"] and list(rep["table5"]) == ["(∅, ∅) naive"]
     text = (out / "tables.md").read_text()
-    for piece in ("no words", "no listener shape beta", "no val split", "64-frame windows"):
+    for piece in ("no words", "no listener shape beta", "no val split", "128-frame windows"):
         assert piece in text, piece
     assert "NN speech content" not in text.split("Table 1")[1].split("Table 4")[0]
 
 
 def test_demo_refuses_data_without_any_speaker_modality(tmp_path, capsys):
-    _write_l2l(tmp_path / "l2l")
-    assert main(["demo", "--quick", "--data", str(tmp_path / "l2l"), "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    """Learning2Listen without its mel files: nothing the LM can read of the speaker."""
+    write_l2l(tmp_path / "l2l")
+    for f in (tmp_path / "l2l").rglob("*_speak_audio_*.npy"):
+        f.unlink()
+    out = str(tmp_path / "d")
+    assert main(["demo", "--quick", "--data", str(tmp_path / "l2l"), "--out", out, "--no-progress"]) == 2
     assert "expected at least one speaker modality" in capsys.readouterr().err
 
 
@@ -150,9 +141,14 @@ def test_vocab_without_sa_or_emo_blocks():
     LMConfig(modalities="W", n_sa=0, n_emo=0)
 
 
-def test_fit_window_and_held_out_validation():
+def test_fit_window_and_held_out_validation(caplog):
     c = synthetic_corpus(n_identities=2, n_segments=20, seconds=4.0)   # 120 frames
-    assert fit_window(c.train, 240) == 120 and fit_window(c.train, 96) == 96
+    with caplog.at_level("INFO", logger="minilisten.data"):
+        assert fit_window(c.train, 240, what="VQ crop") == 120 and fit_window(c.train, 96) == 96
+    assert caplog.text.count("VQ crop: 120 frames") == 1 and "(not 240)" in caplog.text
+    assert fit_window([c.train[0].window(0, 61)], 240) == 56                  # the longest multiple of 8
+    with pytest.raises(ValueError, match="at least one segment of >= 8 frames, got the longest with 7"):
+        fit_window([c.train[0].window(0, 7)], 240)
     c.val = []
     train, val, note = with_val_split(c)
     assert len(val) >= 1 and len(train) + len(val) == 16 and "held out" in note

@@ -506,10 +506,10 @@ def test_load_corpus_arrays_outside_the_directory(corpus_dir, tmp_path):
 
 
 @pytest.mark.parametrize("field,value,msg", [
-    ("version", -1, r"field 'version': expected an int in \[1, 1\], got -1"),
-    ("version", 0, r"field 'version': expected an int in \[1, 1\], got 0"),
+    ("version", -1, r"field 'version': expected 2, got -1"),
+    ("version", 0, r"field 'version': expected 2, got 0"),
     ("n_sa", -4, r"field 'n_sa': expected null or an int >= 0 .*got -4"),
-    ("n_sa", 3, r"array 'train/sa_tokens': expected ids in \[0, 3\)"),
+    ("n_sa", 3, r"array 'train/0/sa_tokens': expected ids in \[0, 3\)"),
 ])
 def test_load_corpus_bad_numbers(corpus_dir, tmp_path, field, value, msg):
     d = tmp_path / "c"

@@ -4,6 +4,7 @@ import pytest
 
 from minilisten.data import EMOTIONS, identity_style, synthetic_corpus
 from minilisten.data.synthetic import PHRASES, RESPONSE_RULE
+from minilisten.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_bad_parameters():
         synthetic_corpus(n_identities=0)
     with pytest.raises(ValueError, match="split"):
         synthetic_corpus(n_segments=4, split=(0.5, 0.5, 0.5))
-    with pytest.raises(ValueError, match=r"n_segments: expected enough segments per identity .* got 2 .*val/test split"):
+    with pytest.raises(UserError, match=r"n_segments: expected enough segments per identity .* got 2 .*val/test"):
         synthetic_corpus(n_identities=2, n_segments=4, seconds=4)   # 2 per identity: no val/test segment
     c = synthetic_corpus(n_identities=2, n_segments=4, seconds=4, split=(0.5, 0.5, 0.0))
     assert len(c.train) == len(c.val) == 2 and c.test == []

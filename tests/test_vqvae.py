@@ -608,7 +608,7 @@ def test_cli_reads_a_dataset_directory(tmp_path, capsys):
             "--batch-size", "4", "--crop", "32", "--steps", "2", "--no-progress", "--out", str(tmp_path / "vq")]
     assert main(args) == 0
     assert f"dataset {tmp_path / 'ds'}" in capsys.readouterr().out
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="expected a dataset directory"):   # minilisten.errors.UserError
         main(["--data", str(tmp_path / "missing"), "--steps", "1", "--no-progress"])
 
 

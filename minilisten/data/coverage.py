@@ -1,52 +1,37 @@
-"""What a dataset has, and what each stage can therefore do with it (the one home of that rule).
-
-A reader accepts data that lacks optional fields: LM-listener's public release has words but no
-SA tokens, emotion or valence; Learning2Listen has no words and no beta. Every stage asks this
-module instead of assuming the synthetic corpus's full set:
-
-- :func:`available_modalities`: the speaker modalities (W, SA, emo) present in EVERY segment of
-  the given splits (a modality present in some segments only cannot be trained on uniformly);
-- :func:`resolve_n_sa`: V_SA for the LM (0 when there are no SA tokens);
-- :func:`Coverage`: one summary with the missing pieces named once, as a person reads them.
+"""What a dataset has, and what each stage can therefore do with it (the one home of that rule):
+speaker modalities, V_SA, beta, valence, identities, windows that fit, a held-out validation split.
+What each layout gives: docs/data.md.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..errors import UserError
 from .segment import Segment
+
+log = logging.getLogger("minilisten.data")
 
 MODALITY_FIELD = {"W": "words", "SA": "sa_tokens", "emo": "emotion"}
 #: V_SA when a dataset has SA tokens but does not say its codebook size (SpeechTokenizer RVQ-1).
 DEFAULT_N_SA = 1024
 
 
-def _has(seg: Segment, modality: str) -> bool:
-    if modality == "W":
-        return bool(seg.words or seg.history_words)
-    return getattr(seg, MODALITY_FIELD[modality]) is not None
-
-
 def available_modalities(segments: Iterable[Segment]) -> tuple[str, ...]:
-    """Modalities in canonical order (W, SA, emo) that the segments have: SA and emo when every
-    segment has them, W when any segment has words (a clip in which the speaker is silent has
-    no words but still belongs to a words dataset)."""
+    """Modalities (W, SA, emo) the segments have: SA and emo when every segment has them, W when any
+    has words (a clip in which the speaker is silent still belongs to a words dataset)."""
     segs = list(segments)
-    if not segs:
-        return ()
-    out = []
-    for m in ("W", "SA", "emo"):
-        has = [_has(s, m) for s in segs]
-        if (m == "W" and any(has)) or (m != "W" and all(has)):
-            out.append(m)
-    return tuple(out)
+    has = {"W": any(s.words or s.history_words for s in segs),
+           "SA": all(s.sa_tokens is not None for s in segs), "emo": all(s.emotion is not None for s in segs)}
+    return tuple(m for m in MODALITY_FIELD if segs and has[m])
 
 
 def resolve_n_sa(corpus, segments: Sequence[Segment]) -> int:
-    """V_SA for an LM on this data: the corpus's ``n_sa`` when it states one, 0 when no segment
-    has SA tokens, else :data:`DEFAULT_N_SA`; token ids beyond it raise (naming the segment)."""
+    """V_SA for an LM on this data: the corpus's ``n_sa`` when it states one, 0 when no segment has
+    SA tokens, else :data:`DEFAULT_N_SA`; token ids beyond it raise (naming the segment)."""
     n_sa = getattr(corpus, "n_sa", None)
     with_sa = [s for s in segments if s.sa_tokens is not None]
     if not with_sa:
@@ -54,16 +39,15 @@ def resolve_n_sa(corpus, segments: Sequence[Segment]) -> int:
     n = DEFAULT_N_SA if n_sa is None else int(n_sa)
     for s in with_sa:
         if s.sa_tokens.size and int(s.sa_tokens.max()) >= n:
-            raise ValueError(f"segment {s.name!r}: sa_tokens: expected ids in [0, {n}) "
-                             f"({'the dataset n_sa' if n_sa is not None else 'SpeechTokenizer default'}), "
-                             f"got {int(s.sa_tokens.max())}")
+            raise UserError(f"segment {s.name!r}: sa_tokens: expected ids in [0, {n}) "
+                            f"({'the dataset n_sa' if n_sa is not None else 'SpeechTokenizer default'}), "
+                            f"got {int(s.sa_tokens.max())}")
     return n
 
 
 @dataclass
 class Coverage:
-    """What the train/val/test segments of a dataset support. ``missing``: one line per missing
-    piece, saying what is left out because of it."""
+    """What a dataset's splits support; ``missing``: one line per missing piece and what it leaves out."""
     modalities: tuple[str, ...]
     has_beta: bool
     has_valence: bool
@@ -75,13 +59,13 @@ class Coverage:
     def of(cls, splits: dict[str, list[Segment]]) -> "Coverage":
         segs = [s for v in splits.values() for s in v]
         if not segs:
-            raise ValueError("dataset: expected segments in at least one split, got none")
+            raise UserError("dataset: expected segments in at least one split, got none")
         mods = available_modalities(segs)
         has_beta = all(s.listener_beta is not None for s in segs)
         has_val = all(s.valence is not None for s in segs)
         rates = sorted({float(s.fps) for s in segs})
         if len(rates) != 1:
-            raise ValueError(f"dataset: expected one frame rate for all segments, got {rates}")
+            raise UserError(f"dataset: expected one frame rate for all segments, got {rates}")
         betas = [s.listener_beta for s in segs if s.listener_beta is not None]
         n_beta = int(identity_groups(np.stack(betas)).max()) + 1 if betas else 0
         n_ids = max(len({s.listener_id for s in segs}), n_beta)
@@ -98,8 +82,8 @@ class Coverage:
         if not has_val:
             missing.append("no valence: L2 Affect left out (it compares valence, which the data lacks)")
         if not mods:
-            raise ValueError("dataset: expected at least one speaker modality (words, sa_tokens or emotion) in every "
-                             "segment, got none: the LM has nothing to condition on")
+            raise UserError("dataset: expected at least one speaker modality (words, sa_tokens or emotion) in every "
+                            "segment, got none: the LM has nothing to condition on")
         return cls(mods, has_beta, has_val, rates[0], n_ids, missing)
 
     def describe(self) -> str:
@@ -109,48 +93,43 @@ class Coverage:
         return "\n".join([head] + [f"  - {m}" for m in self.missing])
 
 
-def fit_window(segments: Sequence[Segment], want: int, r: int = 8) -> int:
-    """``want`` frames when some segment is that long, else the longest segment cut to a multiple
-    of ``r`` (Learning2Listen's 64-frame segments cannot hold LM-listener's 240-frame windows)."""
-    longest = max((s.T for s in segments), default=0) // r * r
+def fit_window(segments: Sequence[Segment], want: int, r: int = 8, what: str = "window") -> int:
+    """``want`` frames when some segment is that long, else the longest segment cut to a multiple of
+    ``r`` (the token rate), said once in a log line naming ``what``."""
+    longest = max((s.T for s in segments), default=0)
     if longest < r:
-        raise ValueError(f"segments: expected at least one segment of >= {r} frames, got the longest with "
-                         f"{max((s.T for s in segments), default=0)}")
-    return min(want, longest)
+        raise UserError(f"segments: expected at least one segment of >= {r} frames, got the longest with {longest}")
+    if longest // r * r < want:
+        log.info("%s: %d frames, the longest multiple of %d the segments allow (not %d)", what, longest // r * r,
+                 r, want)
+    return min(want, longest // r * r)
 
 
 def with_val_split(corpus, fraction: float = 0.1, seed: int = 0):
-    """``(train, val, note)``: the corpus's own validation split, or, when it has none
-    (Learning2Listen), every ``1 / fraction``-th training segment in a seeded order held out, with a
-    note saying so. The test split is never touched."""
+    """``(train, val, note)``: the corpus's own val split, or when it has none (Learning2Listen) a
+    seeded ``fraction`` of train held out, with a note saying so; test is never touched."""
     if corpus.val:
         return list(corpus.train), list(corpus.val), None
     train = list(corpus.train)
     if len(train) < 2:
-        raise ValueError(f"dataset: no val split and {len(train)} training segment(s): expected >= 2 to hold one out")
+        raise UserError(f"dataset: no val split and {len(train)} training segment(s): expected >= 2 to hold one out")
     n_val = max(1, int(round(fraction * len(train))))
     pick = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
     note = f"no val split: {n_val} of {len(train)} training segments held out for validation"
     return [s for i, s in enumerate(train) if i not in pick], [s for i, s in enumerate(train) if i in pick], note
 
 
-#: Two listener betas closer than this (max-abs difference) are taken as the same person: per-frame
-#: shape estimates (EMOCA) averaged over a segment differ by ~1e-3 between segments of one person.
+#: Betas closer than this (max-abs) are one person: EMOCA's per-segment means differ by ~1e-3 within one person.
 BETA_SAME_PERSON = 0.05
 
 
 def identity_groups(betas: np.ndarray, tol: float = BETA_SAME_PERSON) -> np.ndarray:
-    """Person index per row of ``betas (N, 100)``: greedy grouping, a row joins the first group
-    whose first member is within ``tol`` (max-abs); groups are numbered in order of appearance."""
-    b = np.asarray(betas, np.float64)
-    heads: list[np.ndarray] = []
-    out = np.empty(len(b), np.int64)
-    for i, row in enumerate(b):
-        for k, h in enumerate(heads):
-            if np.abs(row - h).max() <= tol:
-                out[i] = k
-                break
-        else:
+    """Person index per row of ``betas (N, 100)``: a row joins the first group whose first member is
+    within ``tol`` (max-abs); groups are numbered in order of appearance."""
+    heads, out = [], []
+    for row in np.asarray(betas, np.float64):
+        k = next((k for k, h in enumerate(heads) if np.abs(row - h).max() <= tol), len(heads))
+        if k == len(heads):
             heads.append(row)
-            out[i] = len(heads) - 1
-    return out
+        out.append(k)
+    return np.array(out, np.int64)

@@ -1,34 +1,8 @@
-"""Reading and writing corpora: LM-listener, Learning2Listen, and our own on-disk format.
+"""Reading and writing corpora: LM-listener, Learning2Listen and minilisten's own layout.
 
-Every reader returns a :class:`Corpus` (``.train`` / ``.val`` / ``.test`` lists of
-:class:`~minilisten.data.segment.Segment`, listener motion ``.mean`` / ``.std`` of shape
-``(56,)``, ``.missing_fields``), so the rest of minilisten never sees a peer's layout.
-
-Layouts (SYSTEM.md §8 has the facts read from the peers' code):
-
-- **LM-listener** (:func:`load_lm_listener`): a directory with ``segments_{train,val,test}.pth``,
-  each a ``list`` of ``dict`` (one per contiguous segment, p0 = LISTENER, p1 = speaker, 30 fps):
-  ``p{0,1}_exp (T, 50)``, ``p{0,1}_pose (T, 6)``, ``p{0,1}_shape (T, 100)``, ``fname``,
-  ``split_start_frame`` / ``split_end_frame`` (absolute frames, end exclusive), ``before_words`` /
-  ``during_words`` (dicts with ``text`` and ``end`` in absolute seconds of the video). Unknown
-  keys (``p0_detail``, ``p1_detail``, ``start``, ...) are ignored. Statistics come from
-  ``mean.npy`` / ``std.npy``, else ``p0_mean.npy`` / ``p0_std.npy``, else are computed from the
-  train listener motion. Files are read with ``torch.load(weights_only=True)`` plus an allowlist
-  of numpy arrays/scalars (still no arbitrary code); anything else raises and names
-  ``allow_pickle=True`` as the explicit way to unpickle a file you trust.
-- **Learning2Listen** (:func:`load_learning2listen`): ``data/<speaker>/{train,test}/``
-  ``p{0,1}_{list,speak}_faces_clean_deca.npy (N, 64, 184)`` (exp 50 | pose 6 | detail 128),
-  ``p{0,1}_speak_audio_clean_deca.npy (N, 256, 128)`` (mel), ``p{0,1}_speak_files_clean_deca.npy
-  (N, 64, 3)`` ([video id, unused, frame]). Row i of ``p{o}_list_faces`` (the listener) pairs with
-  row i of ``p{1-o}_speak_*`` (the speaker); o = 1 for fallon, else 0. Each row becomes one
-  64-frame Segment. No words, no beta, no val split.
-- **minilisten** (:func:`save_corpus` / :func:`load_corpus`): one directory with ``meta.json``
-  (format tag, fps, per-segment metadata and words, per split) and ``arrays.safetensors`` (per
-  split, every array field concatenated over segments in order). Round-trips exactly.
-
-:func:`load_dataset` detects which of the three a directory holds and dispatches.
-Every bad file raises ``FileNotFoundError`` / ``ValueError`` naming the file, the field, the
-expected and the actual value.
+Every reader returns a :class:`Corpus` (splits of Segments + listener motion mean/std ``(56,)``), so
+nothing else sees a peer's layout; words go through the one repair rule, ``segment.repair_words``.
+The layouts, what each gives and what the readers repair: docs/data.md.
 """
 from __future__ import annotations
 
@@ -45,37 +19,26 @@ import torch
 from tqdm import tqdm
 
 from .. import safe_pickle
-from ..checkpoint import atomic_write_text
-from .segment import D_MOTION, N_EMOTIONS, N_EXP, N_POSE, N_SHAPE, Segment, Word
+from ..errors import UserError
+from .segment import D_MOTION, MEL_PER_FRAME, N_EXP, N_POSE, N_SHAPE, Segment, Word, _check_array, repair_words, seconds
 from .windows import motion_stats
 
 log = logging.getLogger("minilisten.data")
 
 SPLITS = ("train", "val", "test")
-LM_LISTENER_FPS = 30.0
-L2L_FPS = 30.0
-#: LM-listener stores only a word's end time; its start is estimated as ``end - WORD_SECONDS``,
-#: but never before the previous word's end, nor before the segment start (for ``words``).
-WORD_SECONDS = 0.3
-#: Optional Segment fields that a source may lack (``missing_fields`` lists those absent everywhere).
+FPS = 30.0                # LM-listener's and Learning2Listen's frame rate
+WORD_SECONDS = 0.3        # LM-listener stores a word's end only: its start is estimated as end - WORD_SECONDS
 OPTIONAL_FIELDS = ("listener_beta", "speaker_beta", "words", "history_words", "sa_tokens", "emotion", "valence")
-
-FORMAT_TAG = "minilisten-corpus"
-FORMAT_VERSION = 1
+FORMAT_TAG, FORMAT_VERSION = "minilisten-corpus", 2
 META_FILE, ARRAYS_FILE = "meta.json", "arrays.safetensors"
+_MISSING = object()
 
 
-# ---------------------------------------------------------------------------------------- Corpus
 @dataclass
 class Corpus:
-    """Segments per split plus listener motion statistics.
-
-    ``mean`` / ``std``: ``(56,)`` float32 statistics of the listener motion (from the source's
-    files when it has them, else computed from ``train``; ``info["stats"]`` says which).
-    ``missing_fields``: Segment fields that are None/empty in every segment (the source lacks them).
-    ``n_sa``: acoustic-token vocabulary size when known. ``info``: extras kept by
-    :func:`save_corpus` (nested dicts/lists of JSON values and numpy arrays).
-    """
+    """Segments per split; ``mean``/``std``: ``(56,)`` float32 listener motion statistics (the source's,
+    else from train); ``missing_fields``: optional Segment fields empty everywhere; ``n_sa``: the SA
+    vocabulary size when known; ``info``: extras :func:`save_corpus` keeps (JSON values, numpy arrays)."""
     train: list[Segment] = field(default_factory=list)
     val: list[Segment] = field(default_factory=list)
     test: list[Segment] = field(default_factory=list)
@@ -93,727 +56,527 @@ class Corpus:
 
     def __repr__(self) -> str:
         n = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
-        return (f"Corpus(source={self.source!r}, {n}, fps={self.fps}, "
-                f"missing_fields={self.missing_fields})")
+        return f"Corpus(source={self.source!r}, {n}, fps={self.fps}, missing_fields={self.missing_fields})"
 
 
-def _missing_fields(segments: Iterable[Segment]) -> tuple[str, ...]:
-    present = set()
-    for s in segments:
-        for f in OPTIONAL_FIELDS:
-            v = getattr(s, f)
-            if v is not None and not (isinstance(v, tuple) and not v):   # words are tuples, () = none
-                present.add(f)
-    return tuple(f for f in OPTIONAL_FIELDS if f not in present)
+def _has(seg: Segment, name: str) -> bool:
+    v = getattr(seg, name)
+    return v is not None and not (isinstance(v, tuple) and not v)   # words are tuples: () = none
 
 
-def _common_fps(segments: list[Segment]) -> float | None:
-    rates = {s.fps for s in segments}
-    return rates.pop() if len(rates) == 1 else None
-
-
-def _finish(corpus: Corpus, path, warn_missing: bool) -> Corpus:
-    """Fill ``missing_fields``, ``fps`` and (when absent) ``mean``/``std`` from train."""
+def _finish(corpus: Corpus, path, warn_missing: bool, repaired: int = 0) -> Corpus:
+    """Fill ``missing_fields``, ``fps``, ``mean``/``std`` (from train when absent); count repaired words
+    in ``info["repaired_words"]`` (absent when none) and say so in one log line."""
     segs = corpus.train + corpus.val + corpus.test
-    corpus.missing_fields = _missing_fields(segs)
+    corpus.missing_fields = tuple(f for f in OPTIONAL_FIELDS if not any(_has(s, f) for s in segs))
     if corpus.fps is None:
-        corpus.fps = _common_fps(segs)
+        rates = {s.fps for s in segs}
+        corpus.fps = rates.pop() if len(rates) == 1 else None
     if corpus.mean is None and corpus.train:
         corpus.mean, corpus.std = motion_stats(corpus.train, "listener")
         corpus.info["stats"] = "computed from train listener motion"
     if warn_missing and corpus.missing_fields:
         log.warning("%s data at %s has no %s: those Segment fields are None/empty",
                     corpus.source, path, ", ".join(corpus.missing_fields))
+    if repaired:
+        corpus.info["repaired_words"] = repaired
+        log.warning("%s: repaired %d word(s): put in order by end time, starts clamped to the previous "
+                    "word's end (as the peers read words: by their end)", path, repaired)
     return corpus
 
 
-def _progress(it, desc: str, progress: bool, total=None):
-    # disable=None: shown on a terminal, silent in logs/CI; disable=True: never.
-    return tqdm(it, desc=desc, total=total, leave=False, disable=None if progress else True)
+def _progress(it, desc: str, progress: bool):
+    return tqdm(it, desc=desc, leave=False, disable=None if progress else True)   # None: only on a terminal
 
 
-# --------------------------------------------------------------------------------- checks/arrays
-def _as_array(where: str, key: str, v) -> np.ndarray:
-    if torch.is_tensor(v):
-        v = v.detach().cpu()
-        if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64, torch.float16):
-            v = v.float()  # bf16 and friends have no numpy dtype
-        return v.numpy()
-    if isinstance(v, np.ndarray):
-        return v
-    raise ValueError(f"{where}: field {key!r}: expected a tensor or array, got {type(v).__name__}")
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` (memory only the reader holds) as a view of a read-only buffer: Segments share its slices."""
+    a = np.asarray(a, order="C")
+    return np.frombuffer(memoryview(a).toreadonly(), a.dtype).reshape(a.shape)
 
 
-def _check_motion_part(where: str, key: str, a: np.ndarray, width: int, T: int | None) -> np.ndarray:
-    """``a`` must be ``(T, width)`` finite floats; returns float32."""
-    exp = f"(T, {width})" if T is None else f"({T}, {width})"
-    if a.ndim != 2 or a.shape[1] != width or (T is not None and a.shape[0] != T):
-        raise ValueError(f"{where}: field {key!r}: expected shape {exp}, got {tuple(a.shape)}")
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"{where}: field {key!r}: expected float values, got dtype {a.dtype}")
-    a = a.astype(np.float32, copy=False)
-    _check_finite(where, key, a)
-    return a
-
-
-def _check_finite(where: str, key: str, a: np.ndarray) -> None:
-    ok = np.isfinite(a)
-    if not ok.all():
-        bad = tuple(int(i) for i in np.argwhere(~ok)[0])
-        raise ValueError(f"{where}: field {key!r}: expected finite values, got {a[bad]} at index {bad}")
-
-
-def _load_stats_file(path: Path) -> np.ndarray:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{path}: expected a plain float array of shape ({D_MOTION},), could not read it: {e}") from e
-    a = np.asarray(a)
-    if a.size != D_MOTION or a.ndim not in (1, 2, 3) or a.shape[-1] != D_MOTION:
-        raise ValueError(f"{path}: expected shape ({D_MOTION},), got {tuple(a.shape)}")
-    a = a.reshape(D_MOTION).astype(np.float32)
-    _check_finite(str(path), path.stem, a)
-    return a
+def _mean_std(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``(where, array)`` pairs -> listener motion mean and std ``(56,)`` float32: finite, std > 0."""
+    m, s = (_check_array(str(w), None if a is None else np.reshape(a, -1), (D_MOTION,)) for w, a in (mean, std))
+    if (s <= 0).any():
+        i = int(np.argmin(s))
+        raise UserError(f"{std[0]}: expected std > 0 in every dimension, got {s[i]} at index {i}")
+    return m, s
 
 
 def _read_stats(directory: Path, pairs) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """The first pair of (mean, std) ``.npy`` files present in ``directory``; both or neither."""
     for m, s in pairs:
         pm, ps = directory / m, directory / s
-        if pm.is_file() and ps.is_file():
-            mean, std = _load_stats_file(pm), _load_stats_file(ps)
-            if (std <= 0).any():
-                i = int(np.argmin(std))
-                raise ValueError(f"{ps}: expected std > 0 in every dimension, got {std[i]} at index {i}")
-            return mean, std, f"{m}, {s}"
         if pm.is_file() != ps.is_file():
             have, lack = (pm, ps) if pm.is_file() else (ps, pm)
-            raise FileNotFoundError(f"{lack}: missing (its pair {have.name} exists; expected both or neither)")
+            raise UserError(f"{lack}: missing (its pair {have.name} exists; expected both or neither)")
+        if pm.is_file():
+            return (*_mean_std((pm, np.load(pm)), (ps, np.load(ps))), f"{m}, {s}")
     return None, None, None
 
 
 # ---------------------------------------------------------------------------------- LM-listener
-def _torch_load(path: Path, allow_pickle: bool):
-    return safe_pickle.load_torch(path, allow_pickle)
+LM_KEYS = ("p0_exp", "p0_pose", "p1_exp", "p1_pose")
 
 
-def _word_list(where: str, key: str, v) -> list[tuple[str, float | None, float]]:
-    """Peer words: list of dicts with ``text`` and ``end`` (``start`` when present)."""
+def _part(where: str, key: str, v, width: int, T: int | None = None) -> np.ndarray:
+    if not (torch.is_tensor(v) or isinstance(v, np.ndarray)):
+        raise UserError(f"{where}: field {key!r}: expected a tensor or array, got {type(v).__name__}")
+    return _check_array(f"{where}: field {key!r}", v, (T, width))
+
+
+def _frame(where: str, key: str, v) -> int | None:
+    if torch.is_tensor(v) and v.numel() == 1:
+        v = v.item()
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+        raise UserError(f"{where}: field {key!r}: expected an int frame index, got {v!r:.60}")
+    return None if v is None else int(v)
+
+
+def _peer_words(where: str, key: str, v) -> list[tuple[str, float | None, float]]:
+    """LM-listener words: dicts with ``text`` and ``end`` (``start`` when present), absolute seconds."""
     if v is None:
         return []
     if not isinstance(v, (list, tuple)):
-        raise ValueError(f"{where}: field {key!r}: expected a list of dicts with 'text' and 'end', got {type(v).__name__}")
+        raise UserError(f"{where}: field {key!r}: expected a list of dicts with 'text' and 'end', "
+                        f"got {type(v).__name__}")
     out = []
     for j, w in enumerate(v):
         if not isinstance(w, dict) or "text" not in w or "end" not in w:
-            got = sorted(w) if isinstance(w, dict) else type(w).__name__
-            raise ValueError(f"{where}: field {key!r}[{j}]: expected a dict with 'text' and 'end', got {got}")
-        try:
-            end = float(w["end"])
-            start = None if w.get("start") is None else float(w["start"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: field {key!r}[{j}]: expected numeric 'end'/'start', "
-                             f"got {w['end']!r}/{w.get('start')!r}") from e
-        if not math.isfinite(end) or (start is not None and not math.isfinite(start)):
-            raise ValueError(f"{where}: field {key!r}[{j}] ({w['text']!r}): expected finite times, "
-                             f"got start={start}, end={end}")
-        out.append((str(w["text"]), start, end))
+            got = sorted(map(str, w)) if isinstance(w, dict) else type(w).__name__
+            raise UserError(f"{where}: field {key!r}[{j}]: expected a dict with 'text' and 'end', got {got}")
+        at = f"{where}: field {key!r}[{j}] ({w['text']!r})"
+        start = None if w.get("start") is None else seconds(f"{at}: start", w["start"])
+        out.append((str(w["text"]), start, seconds(f"{at}: end", w["end"])))
     return out
 
 
-def _place_words(items, t0: float, duration: float, word_seconds: float):
-    """Absolute peer words -> (words, history, n_dropped), times relative to ``t0``.
-
-    Ends at or before the segment start become history (as the peer does); ends after the segment
-    are dropped (the peer drops them too; counted). A missing start is estimated as
-    ``end - word_seconds``, not before the previous word's end; a start before the segment is
-    clipped to 0 for ``words`` (as :meth:`Segment.window` does for a straddling word).
-    A given start after its end is kept as is, so Segment validation reports it.
-    """
-    words, hist, dropped, prev_end = [], [], 0, -math.inf
-    for text, start, end in items:
-        e = end - t0
-        if start is None:
-            s = min(max(e - word_seconds, prev_end), e)
-        else:
-            s = start - t0
-        prev_end = e
-        if e <= 0.0:
-            hist.append(Word(text, s, e))
-        elif e <= duration + 1e-6:
-            words.append(Word(text, max(s, 0.0) if s <= e else s, min(e, duration)))
-        else:
-            dropped += 1
-    return words, hist, dropped
-
-
 def _lm_segment(file: Path, i: int, rec, fps: float, listener_id, word_seconds: float):
+    """One LM-listener record -> (Segment, words dropped after its end, words repaired, beta spread)."""
     where = f"{file}[{i}]"
     if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected a dict (one segment), got {type(rec).__name__}")
-    for k in ("p0_exp", "p0_pose", "p1_exp", "p1_pose"):
+        raise UserError(f"{where}: expected a dict (one segment), got {type(rec).__name__}")
+    for k in LM_KEYS:
         if k not in rec:
-            raise ValueError(f"{where}: missing field {k!r} (LM-listener segment keys: p0_exp, p0_pose, "
-                             f"p0_shape, p1_exp, p1_pose, p1_shape, split_start_frame, split_end_frame, "
-                             f"before_words, during_words; got {sorted(map(str, rec))})")
-    p0_exp = _check_motion_part(where, "p0_exp", _as_array(where, "p0_exp", rec["p0_exp"]), N_EXP, None)
-    T = p0_exp.shape[0]
-    parts = {"p0_exp": p0_exp}
-    for k, w in (("p0_pose", N_POSE), ("p1_exp", N_EXP), ("p1_pose", N_POSE)):
-        parts[k] = _check_motion_part(where, k, _as_array(where, k, rec[k]), w, T)
+            raise UserError(f"{where}: missing field {k!r} (LM-listener segment keys: {', '.join(LM_KEYS)}, p0_shape, "
+                            f"p1_shape, split_start_frame, split_end_frame, before_words, during_words; "
+                            f"got {sorted(map(str, rec))})")
+    lis_exp = _part(where, "p0_exp", rec["p0_exp"], N_EXP)
+    T = len(lis_exp)
+    lis = np.concatenate([lis_exp, _part(where, "p0_pose", rec["p0_pose"], N_POSE, T)], 1)
+    spk = np.concatenate([_part(where, "p1_exp", rec["p1_exp"], N_EXP, T),
+                          _part(where, "p1_pose", rec["p1_pose"], N_POSE, T)], 1)
     betas, spread = {}, 0.0
     for k in ("p0_shape", "p1_shape"):
         if rec.get(k) is not None:
-            sh = _check_motion_part(where, k, _as_array(where, k, rec[k]), N_SHAPE, T)
-            betas[k] = sh.astype(np.float64).mean(0).astype(np.float32)
-            if k == "p0_shape":
-                spread = float(sh.std(0).max()) if T > 1 else 0.0
-    start_f = rec.get("split_start_frame")
-    end_f = rec.get("split_end_frame")
-    for k, v in (("split_start_frame", start_f), ("split_end_frame", end_f)):
-        if v is not None and not isinstance(v, (int, np.integer)) and not (torch.is_tensor(v) and v.numel() == 1):
-            raise ValueError(f"{where}: field {k!r}: expected an int frame index, got {v!r}")
-    start_f = None if start_f is None else int(start_f)
-    end_f = None if end_f is None else int(end_f)
+            sh = _part(where, k, rec[k], N_SHAPE, T)
+            betas[k] = sh.mean(0, dtype=np.float64).astype(np.float32)   # EMOCA estimates shape per frame
+            if k == "p0_shape" and T > 1:
+                spread = float(sh.std(0).max())
+    start_f = _frame(where, "split_start_frame", rec.get("split_start_frame"))
+    end_f = _frame(where, "split_end_frame", rec.get("split_end_frame"))
     if start_f is not None and end_f is not None and end_f - start_f != T:
-        raise ValueError(f"{where}: field 'split_end_frame': expected split_start_frame + T = "
-                         f"{start_f} + {T} = {start_f + T} (end exclusive), got {end_f}")
-    before = _word_list(where, "before_words", rec.get("before_words"))
-    during = _word_list(where, "during_words", rec.get("during_words"))
+        raise UserError(f"{where}: field 'split_end_frame': expected split_start_frame + T = {start_f} + {T} = "
+                        f"{start_f + T} (end exclusive), got {end_f}")
+    before = _peer_words(where, "before_words", rec.get("before_words"))
+    during = _peer_words(where, "during_words", rec.get("during_words"))
     if (before or during) and start_f is None:
-        raise ValueError(f"{where}: field 'split_start_frame': needed to place words (absolute times), got None")
-    t0 = 0.0 if start_f is None else start_f / fps
-    duration = T / fps
+        raise UserError(f"{where}: field 'split_start_frame': needed to place words (absolute times), got None")
+    t0, duration = (start_f or 0) / fps, T / fps
     for j, (text, _, end) in enumerate(before):
         if end - t0 > 1e-6:
-            raise ValueError(f"{where}: field 'before_words'[{j}] ({text!r}): expected end <= the segment start "
-                             f"{t0:.3f} s (split_start_frame / fps), got end={end:.3f} s")
-    _, hist_b, _ = _place_words(before, t0, duration, word_seconds)
-    words, hist_d, dropped = _place_words(during, t0, duration, word_seconds)
-    fname = str(rec.get("fname", ""))
-    name = f"{fname}:{start_f}-{end_f}" if start_f is not None else f"{file.stem}[{i}]"
-    lid = listener_id(rec) if callable(listener_id) else listener_id
+            raise UserError(f"{where}: field 'before_words'[{j}] ({text!r}): expected end <= the segment start "
+                            f"{t0:.3f} s (split_start_frame / fps), got end={end:.3f} s")
+    rel = [(text, None if s is None else s - t0, e - t0) for text, s, e in before + during]
+    words, repaired = repair_words(rel, word_seconds)
+    inside = [Word(w.text, max(w.start, 0.0), min(w.end, duration)) for w in words if 0 < w.end <= duration + 1e-6]
+    name = f"{rec.get('fname', '')}:{start_f}-{end_f}" if start_f is not None else f"{file.stem}[{i}]"
     try:
-        seg = Segment(
-            speaker_motion=np.concatenate([parts["p1_exp"], parts["p1_pose"]], 1),
-            listener_motion=np.concatenate([parts["p0_exp"], parts["p0_pose"]], 1),
-            fps=fps, listener_id=lid, listener_beta=betas.get("p0_shape"), speaker_beta=betas.get("p1_shape"),
-            words=words, history_words=hist_b + hist_d, name=name,
-        )
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
-    return seg, dropped, spread
+        seg = Segment(speaker_motion=spk, listener_motion=lis, fps=fps, listener_beta=betas.get("p0_shape"),
+                      listener_id=listener_id(rec) if callable(listener_id) else listener_id,
+                      speaker_beta=betas.get("p1_shape"), words=inside,
+                      history_words=[w for w in words if w.end <= 0], name=name)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from e
+    return seg, sum(w.end > duration + 1e-6 for w in words), repaired, spread
 
 
-def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS, fps: float = LM_LISTENER_FPS,
+def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS, fps: float = FPS,
                      listener_id: str | Callable[[dict], str] | None = None, allow_pickle: bool = False,
                      word_seconds: float = WORD_SECONDS, progress: bool = True) -> Corpus:
-    """Read an LM-listener dataset directory (``segments_{train,val,test}.pth`` + stats files).
-
-    Mapping: ``listener_motion = [p0_exp | p0_pose]``, ``speaker_motion = [p1_exp | p1_pose]``
-    ``(T, 56)``; ``listener_beta`` / ``speaker_beta`` = the mean over T of ``p0_shape`` /
-    ``p1_shape`` (EMOCA estimates shape per frame; the largest per-dimension std over time is
-    kept in ``info["listener_beta_max_std"]`` and logged when above 0.05). ``during_words`` ->
-    ``words`` and ``before_words`` -> ``history_words`` with times relative to
-    ``split_start_frame / fps``; a missing start is estimated (:data:`WORD_SECONDS`); during-words
-    ending at/before the start go to history and those ending after the segment are dropped (the
-    peer drops them too; ``info["dropped_words"]`` counts them). ``listener_id``: a string, a
-    function of the raw dict, or None for the directory name (LM-listener data has one listener).
-    ``allow_pickle=True`` unpickles objects other than tensors/arrays: only for files you trust.
-    """
+    """Read an LM-listener directory (``segments_{train,val,test}.pth`` + stats files; p0 = listener).
+    ``listener_id``: a string, a function of the raw record, or None for the directory name.
+    ``allow_pickle=True`` unpickles objects other than tensors/arrays: only for files you trust."""
     d = Path(path)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: LM-listener dataset directory not found "
-                                f"(expected segments_{{train,val,test}}.pth in it)")
+        raise UserError(f"{d}: LM-listener dataset directory not found (expected segments_{{train,val,test}}.pth)")
     splits = tuple(splits)
     for s in splits:
         if s not in SPLITS:
-            raise ValueError(f"splits: expected names from {SPLITS}, got {s!r}")
+            raise UserError(f"splits: expected names from {SPLITS}, got {s!r}")
     missing = [f"segments_{s}.pth" for s in splits if not (d / f"segments_{s}.pth").is_file()]
     if missing:
-        have = sorted(p.name for p in d.iterdir())
-        raise FileNotFoundError(f"{d}: missing {', '.join(missing)} (LM-listener layout: segments_{{train,val,test}}.pth, "
-                                f"mean.npy, std.npy); found {have[:20]}")
-    if listener_id is None:
-        listener_id = d.resolve().name
+        raise UserError(f"{d}: missing {', '.join(missing)} (LM-listener layout: segments_{{train,val,test}}.pth, "
+                        f"mean.npy, std.npy); found {sorted(p.name for p in d.iterdir())[:20]}")
+    listener_id = d.resolve().name if listener_id is None else listener_id
     corpus = Corpus(source="lm-listener", fps=float(fps))
-    dropped, spread = 0, 0.0
+    dropped = repaired = 0
+    spread = 0.0
     for s in splits:
         file = d / f"segments_{s}.pth"
-        data = _torch_load(file, allow_pickle)
+        data = safe_pickle.load_torch(file, allow_pickle)
         if not isinstance(data, (list, tuple)):
-            raise ValueError(f"{file}: expected a list of dicts (one per segment), got {type(data).__name__}")
-        segs = []
+            raise UserError(f"{file}: expected a list of dicts (one per segment), got {type(data).__name__}")
         for i, rec in enumerate(_progress(data, f"read {file.name}", progress)):
-            seg, n_drop, sp = _lm_segment(file, i, rec, float(fps), listener_id, word_seconds)
-            segs.append(seg)
-            dropped += n_drop
-            spread = max(spread, sp)
-        setattr(corpus, s, segs)
+            seg, n_drop, n_fix, sp = _lm_segment(file, i, rec, float(fps), listener_id, word_seconds)
+            getattr(corpus, s).append(seg)
+            dropped, repaired, spread = dropped + n_drop, repaired + n_fix, max(spread, sp)
     corpus.info.update(dropped_words=dropped, listener_beta_max_std=spread)
     if dropped:
         log.info("%s: dropped %d during_words ending after their segment (as LM-listener does)", d, dropped)
     if spread > 0.05:
-        log.warning("%s: p0_shape varies over time (largest per-dim std %.3g); listener_beta is its mean over T",
-                    d, spread)
+        log.warning("%s: p0_shape varies over time (largest per-dim std %.3g); listener_beta is its mean", d, spread)
     corpus.mean, corpus.std, src = _read_stats(d, (("mean.npy", "std.npy"), ("p0_mean.npy", "p0_std.npy")))
     if src:
         corpus.info["stats"] = src
-    return _finish(corpus, d, warn_missing=True)
+    return _finish(corpus, d, True, repaired)
 
 
 # ------------------------------------------------------------------------------ Learning2Listen
 L2L_WIDTH = 184  # exp 50 | pose 6 | detail 128
-L2L_MEL = 128
 
 
 def _l2l_file(split_dir: Path, person: int, kind: str) -> Path:
     return split_dir / f"p{person}_{kind}_clean_deca.npy"
 
 
-def _l2l_is_speaker_dir(d: Path) -> bool:
-    return any(_l2l_file(d / s, p, "list_faces").is_file() for s in ("train", "test") for p in (0, 1))
-
-
 def _l2l_speaker_dirs(d: Path) -> list[Path]:
-    if _l2l_is_speaker_dir(d):
+    def is_speaker(p):
+        return any(_l2l_file(p / s, o, "list_faces").is_file() for s in ("train", "test") for o in (0, 1))
+    if is_speaker(d):
         return [d]
     root = d / "data" if (d / "data").is_dir() else d
-    return sorted(p for p in root.iterdir() if p.is_dir() and _l2l_is_speaker_dir(p))
+    return sorted(p for p in root.iterdir() if p.is_dir() and is_speaker(p))
 
 
-def _np_load(path: Path, allow_pickle: bool, mmap: bool = False) -> np.ndarray:
-    """``.npy`` through :mod:`minilisten.safe_pickle`: object arrays are unpickled with the
-    restricted unpickler (numpy arrays / plain values only), never with code execution."""
-    return safe_pickle.load_npy(path, allow_pickle, mmap)
+def _l2l_runs(ff: Path, N: int, R: int, allow_pickle: bool):
+    """Rows grouped into runs of contiguous rows of one video (``*_files``: [video, _, frame] per frame),
+    ordered by (video, first frame), and each run's name; one run per row without a files array."""
+    if not ff.is_file():
+        return [[i] for i in range(N)], [str(i) for i in range(N)]
+    files = safe_pickle.load_npy(ff, allow_pickle)
+    if files.shape != (N, R, 3):
+        raise UserError(f"{ff}: expected shape ({N}, {R}, 3) ([video id, unused, frame] per frame), "
+                        f"got {tuple(files.shape)}")
+    vids = [str(v) for v in files[:, 0, 0]]
+    try:
+        frames = np.asarray(files[:, :, 2]).astype(np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise UserError(f"{ff}: field 'frame' ([:, :, 2]): expected integer frame numbers, "
+                        f"got {files[0, 0, 2]!r} ({e})") from None
+    runs = []
+    for i in sorted(range(N), key=lambda i: (vids[i], frames[i, 0])):
+        last = runs[-1][-1] if runs else None
+        if last is not None and vids[last] == vids[i] and frames[i, 0] == frames[last, -1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs, [f"{vids[r[0]]}:{frames[r[0], 0]}-{frames[r[-1], -1] + 1}" for r in runs]
+
+
+def _l2l_split(sd: Path, split: str, fps: float, allow_pickle: bool) -> tuple[list[Segment], int]:
+    """One speaker's split: p{o}_list_faces (the listener) with p{1-o}_speak_* (o = 1 for fallon)."""
+    o, d = (1 if sd.name == "fallon" else 0), sd / split
+    lf, sf, af, ff = (_l2l_file(d, p, k) for p, k in ((o, "list_faces"), (1 - o, "speak_faces"),
+                                                       (1 - o, "speak_audio"), (1 - o, "speak_files")))
+    for f in (lf, sf):
+        if not f.is_file():
+            raise UserError(f"{f}: missing (Learning2Listen pairs p{o}_list_faces with p{1 - o}_speak_faces for "
+                            f"speaker {sd.name!r}, split {split!r})")
+    lis, spk = (safe_pickle.load_npy(f, allow_pickle, mmap=True) for f in (lf, sf))
+    for f, a in ((lf, lis), (sf, spk)):
+        if a.ndim != 3 or a.shape[1] < 1 or a.shape[2] != L2L_WIDTH or not np.issubdtype(a.dtype, np.floating):
+            raise UserError(f"{f}: expected float faces of shape (N, 64, {L2L_WIDTH}) (exp 50 | pose 6 | detail 128), "
+                            f"got {tuple(a.shape)} {a.dtype}")
+    if spk.shape != lis.shape:
+        raise UserError(f"{sf}: expected shape {lis.shape} (rows/frames as {lf.name}), got {spk.shape}")
+    N, R = lis.shape[:2]
+    runs, names = _l2l_runs(ff, N, R, allow_pickle)
+    order = [i for r in runs for i in r]
+    lis, spk = (_frozen(_check_array(f"{f}: faces[:, :, :56]", a[:, :, :D_MOTION], (N, R, D_MOTION))[order])
+                .reshape(N * R, D_MOTION) for f, a in ((lf, lis), (sf, spk)))
+    mel = None
+    if af.is_file():
+        mel = _check_array(str(af), safe_pickle.load_npy(af, allow_pickle, mmap=True), (N, MEL_PER_FRAME * R, None))
+        mel = _frozen(mel[order]).reshape(N * R * MEL_PER_FRAME, -1)
+    segs, pos = [], 0
+    for run, name in zip(runs, names):
+        n = len(run) * R
+        segs.append(Segment(speaker_motion=spk[pos:pos + n], listener_motion=lis[pos:pos + n], fps=fps,
+                            listener_id=sd.name, name=f"{sd.name}/{split}/{name}",
+                            mel=None if mel is None else mel[MEL_PER_FRAME * pos:MEL_PER_FRAME * (pos + n)]))
+        pos += n
+    return segs, N
 
 
 def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | None = None,
-                         splits: Iterable[str] = ("train", "test"), fps: float = L2L_FPS,
+                         splits: Iterable[str] = ("train", "test"), fps: float = FPS,
                          allow_pickle: bool = False, progress: bool = True) -> Corpus:
-    """Read Learning2Listen ``.npy`` files: ``path`` is the repo root, its ``data/`` or one
-    ``data/<speaker>`` directory. Each row i becomes a Segment of N frames (64): listener =
-    ``p{o}_list_faces[i, :, :56]``, speaker = ``p{1-o}_speak_faces[i, :, :56]`` with o = 1 for
-    fallon else 0; ``listener_id`` = the speaker directory name (the show's host); the name
-    carries the video id and first frame from ``p{1-o}_speak_files`` when present. The 128 detail
-    columns are dropped; the mel audio is shape-checked but not mapped (it is not acoustic tokens).
-    The source has no words, no shape beta, no emotion/valence and no val split: those fields stay
-    None/empty, are listed in ``missing_fields`` and logged. Stats are computed from train."""
+    """Read Learning2Listen ``.npy`` files (``path``: the repo root, its ``data/`` or one speaker's
+    directory). Contiguous 64-frame rows of one video are joined into one Segment, with the speaker's
+    mel (4 per frame) when present; no words, beta, emotion, valence or val split."""
     d = Path(path)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: Learning2Listen directory not found "
-                                f"(expected data/<speaker>/{{train,test}}/p0_list_faces_clean_deca.npy)")
+        raise UserError(f"{d}: Learning2Listen directory not found "
+                        f"(expected data/<speaker>/{{train,test}}/p0_list_faces_clean_deca.npy)")
     dirs = _l2l_speaker_dirs(d)
     if speakers is not None:
-        want = list(speakers)
         by_name = {p.name: p for p in dirs}
-        lacking = [s for s in want if s not in by_name]
+        lacking = [s for s in speakers if s not in by_name]
         if lacking:
-            raise FileNotFoundError(f"{d}: no Learning2Listen speaker directories {lacking}; found {sorted(by_name)}")
-        dirs = [by_name[s] for s in want]
+            raise UserError(f"{d}: no Learning2Listen speaker directories {lacking}; found {sorted(by_name)}")
+        dirs = [by_name[s] for s in speakers]
     if not dirs:
-        raise FileNotFoundError(f"{d}: no Learning2Listen data: expected "
-                                f"<speaker>/{{train,test}}/p{{0,1}}_list_faces_clean_deca.npy "
-                                f"here or under data/")
+        raise UserError(f"{d}: no Learning2Listen data: expected <speaker>/{{train,test}}/"
+                        f"p{{0,1}}_list_faces_clean_deca.npy here or under data/")
     splits = tuple(splits)
     for s in splits:
         if s not in ("train", "test"):
-            raise ValueError(f"splits: Learning2Listen has train and test, got {s!r}")
+            raise UserError(f"splits: Learning2Listen has train and test, got {s!r}")
     corpus = Corpus(source="learning2listen", fps=float(fps))
-    for sd in dirs:
-        o = 1 if sd.name == "fallon" else 0
+    rows = 0
+    for sd in _progress(dirs, "read Learning2Listen", progress):
         for split in splits:
-            split_dir = sd / split
-            lf, sf = _l2l_file(split_dir, o, "list_faces"), _l2l_file(split_dir, 1 - o, "speak_faces")
-            af, ff = _l2l_file(split_dir, 1 - o, "speak_audio"), _l2l_file(split_dir, 1 - o, "speak_files")
-            for f in (lf, sf):
-                if not f.is_file():
-                    raise FileNotFoundError(f"{f}: missing (Learning2Listen pairs p{o}_list_faces with p{1 - o}_speak_faces "
-                                            f"for speaker {sd.name!r}, split {split!r})")
-            lis, spk = _np_load(lf, allow_pickle), _np_load(sf, allow_pickle)
-            for f, a in ((lf, lis), (sf, spk)):
-                if a.ndim != 3 or a.shape[2] != L2L_WIDTH or a.shape[1] < 1:
-                    raise ValueError(f"{f}: field 'faces': expected shape (N, 64, {L2L_WIDTH}) "
-                                     f"(exp 50 | pose 6 | detail 128), got {tuple(a.shape)}")
-                if not np.issubdtype(a.dtype, np.floating):
-                    raise ValueError(f"{f}: field 'faces': expected float values, got dtype {a.dtype}")
-            if spk.shape[:2] != lis.shape[:2]:
-                raise ValueError(f"{sf}: field 'faces': expected shape {lis.shape[:2] + (L2L_WIDTH,)} "
-                                 f"(rows/frames as {lf.name}), got {tuple(spk.shape)}")
-            N, T = lis.shape[:2]
-            lis = lis[:, :, :D_MOTION].astype(np.float32)
-            spk = spk[:, :, :D_MOTION].astype(np.float32)
-            lis.flags.writeable = spk.flags.writeable = False   # ours alone: the Segments share rows, no copy
-            _check_finite(str(lf), "faces[:, :, :56]", lis)
-            _check_finite(str(sf), "faces[:, :, :56]", spk)
-            files = None
-            if ff.is_file():
-                files = _np_load(ff, allow_pickle)
-                if files.ndim != 3 or files.shape != (N, T, 3):
-                    raise ValueError(f"{ff}: field 'files': expected shape ({N}, {T}, 3) "
-                                     f"([video id, unused, frame]), got {tuple(files.shape)}")
-            if af.is_file():
-                audio = _np_load(af, allow_pickle, mmap=True)
-                if audio.shape != (N, 4 * T, L2L_MEL):
-                    raise ValueError(f"{af}: field 'audio': expected shape ({N}, {4 * T}, {L2L_MEL}) "
-                                     f"(mel, 4 per frame), got {tuple(audio.shape)}")
-            segs = getattr(corpus, split)
-            for i in _progress(range(N), f"read {sd.name}/{split}", progress):
-                name = f"{sd.name}/{split}/{i}"
-                if files is not None:
-                    name += f":{files[i, 0, 0]}@{files[i, 0, 2]}"
-                segs.append(Segment(speaker_motion=spk[i], listener_motion=lis[i], fps=fps,
-                                    listener_id=sd.name, name=name))
-    corpus.info["speakers"] = [p.name for p in dirs]
-    return _finish(corpus, d, warn_missing=True)
+            segs, n = _l2l_split(sd, split, float(fps), allow_pickle)
+            getattr(corpus, split).extend(segs)
+            rows += n
+    n_segs = len(corpus.train) + len(corpus.test)
+    log.info("%s: joined %d Learning2Listen rows into %d segments (contiguous rows of one video)", d, rows, n_segs)
+    corpus.info.update(speakers=[p.name for p in dirs], rows=rows)
+    return _finish(corpus, d, True)
 
 
 # ------------------------------------------------------------------------------ our own format
-_ARRAY_FIELDS = {  # name -> (per-frame?, trailing shape, dtype)
-    "speaker_motion": (True, (D_MOTION,), np.float32),
-    "listener_motion": (True, (D_MOTION,), np.float32),
-    "emotion": (True, (N_EMOTIONS,), np.float32),
-    "valence": (True, (), np.float32),
-    "listener_beta": (False, (N_SHAPE,), np.float32),
-    "speaker_beta": (False, (N_SHAPE,), np.float32),
-    "sa_tokens": (None, (), np.int64),  # its own length per segment
-}
-_OPTIONAL_ARRAYS = ("emotion", "valence", "listener_beta", "speaker_beta", "sa_tokens")
+#: Segment array fields -> dtype; arrays.safetensors holds ``{split}/{i}/{field}`` for those a segment has
+_ARRAYS = dict.fromkeys(("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "emotion", "valence",
+                         "mel"), np.float32) | {"sa_tokens": np.int64}
 
 
-_CORPUS_FIELDS = (*SPLITS, "fps", "mean", "std", "source", "missing_fields", "n_sa", "info")
-
-
-def _json_scalar(v) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
-def _corpus_splits(corpus) -> tuple[dict[str, list[Segment]], dict]:
-    """Accept a Corpus, any object with .train/.val/.test, a {split: segments} dict or a list."""
-    if isinstance(corpus, dict):
-        splits, extra = {k: list(corpus.get(k, [])) for k in SPLITS}, {}
-        unknown = set(corpus) - set(SPLITS)
-        if unknown:
-            raise ValueError(f"corpus: expected split keys {SPLITS}, got extra {sorted(unknown)}")
-    elif isinstance(corpus, (list, tuple)):
-        splits, extra = {"train": list(corpus), "val": [], "test": []}, {}
-    elif all(hasattr(corpus, k) for k in SPLITS):
-        splits = {k: list(getattr(corpus, k)) for k in SPLITS}
-        extra = {}
-        for k in ("mean", "std", "n_sa", "source", "fps"):
-            if getattr(corpus, k, None) is not None:
-                extra[k] = getattr(corpus, k)
-        info = dict(getattr(corpus, "info", None) or {})
-        try:  # JSON-able scalar attributes of other corpus types (e.g. the synthetic corpus' config)
-            attrs = vars(corpus)
-        except TypeError:
-            attrs = {}
-        for k, v in attrs.items():
-            if k not in _CORPUS_FIELDS and _json_scalar(v):
-                info.setdefault(k, v)
-        extra["info"] = info
-    else:
-        raise ValueError(f"corpus: expected a Corpus, an object with .train/.val/.test, a dict of splits or a "
-                         f"list of Segments, got {type(corpus).__name__}")
-    for k, segs in splits.items():
-        for i, s in enumerate(segs):
-            if not isinstance(s, Segment):
-                raise ValueError(f"corpus.{k}[{i}]: expected a Segment, got {type(s).__name__}")
-    return splits, extra
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write (temporary file, then rename) with the mode ``open`` gives: 0666 & ~umask."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _encode_info(x, path: str, arrays: dict):
-    """JSON-able copy of ``info``: numpy arrays go to ``arrays`` (bit-exact) as
-    ``{"__array__": key}``, numpy scalars become Python numbers, tuples become lists."""
+    """JSON-able copy of ``info``: numpy arrays go to ``arrays`` as ``{"__array__": key}`` (bit-exact),
+    numpy scalars become Python numbers, tuples lists."""
     if isinstance(x, dict):
-        out = {}
-        for k, v in x.items():
-            if not isinstance(k, str):
-                raise ValueError(f"corpus.{path}: expected str keys (JSON), got {k!r} ({type(k).__name__})")
-            out[k] = _encode_info(v, f"{path}.{k}", arrays)
-        return out
+        bad = [k for k in x if not isinstance(k, str)]
+        if bad:
+            raise UserError(f"corpus.{path}: expected str keys (JSON), got {bad[0]!r} ({type(bad[0]).__name__})")
+        return {k: _encode_info(v, f"{path}.{k}", arrays) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_encode_info(v, f"{path}[{i}]", arrays) for i, v in enumerate(x)]
     if isinstance(x, np.ndarray):
         if x.dtype == object:
-            raise ValueError(f"corpus.{path}: expected a numeric array, got an object array")
-        key = f"{path}#{len(arrays)}"
-        arrays[key] = x
-        return {"__array__": key}
-    if isinstance(x, np.generic):
-        return x.item()
+            raise UserError(f"corpus.{path}: expected a numeric array, got an object array")
+        arrays[f"{path}#{len(arrays)}"] = x
+        return {"__array__": f"{path}#{len(arrays) - 1}"}
+    x = x.item() if isinstance(x, np.generic) else x
     if isinstance(x, float) and not math.isfinite(x):
-        raise ValueError(f"corpus.{path}: expected a finite number (JSON), got {x}")
+        raise UserError(f"corpus.{path}: expected a finite number (JSON), got {x}")
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
-    raise ValueError(f"corpus.{path}: expected JSON-able values or numpy arrays, got {type(x).__name__}")
+    raise UserError(f"corpus.{path}: expected JSON-able values or numpy arrays, got {type(x).__name__}")
 
 
 def _decode_info(x, arrays: dict, where: str):
+    if isinstance(x, dict) and set(x) == {"__array__"}:
+        if x["__array__"] not in arrays:
+            raise UserError(f"{where}: missing array {x['__array__']!r} referenced by meta.json info")
+        return arrays[x["__array__"]]
     if isinstance(x, dict):
-        if set(x) == {"__array__"}:
-            if x["__array__"] not in arrays:
-                raise ValueError(f"{where}: missing array {x['__array__']!r} referenced by meta.json info")
-            return arrays[x["__array__"]]
         return {k: _decode_info(v, arrays, where) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_decode_info(v, arrays, where) for v in x]
-    return x
-
-
-def _words_json(words: list[Word]) -> list:
-    return [[str(w.text), float(w.start), float(w.end)] for w in words]
+    return [_decode_info(v, arrays, where) for v in x] if isinstance(x, list) else x
 
 
 def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) -> Path:
-    """Write ``corpus`` to ``directory/meta.json`` + ``directory/arrays.safetensors``.
+    """Write ``corpus`` (a Corpus or any object with ``.train/.val/.test``, a dict of splits, or a list
+    of Segments = train) to ``directory/arrays.safetensors`` then ``meta.json`` (layout: docs/data.md),
+    each atomically with the umask's mode; :func:`load_corpus` returns identical Segments."""
+    from safetensors.numpy import save
 
-    ``arrays.safetensors`` holds, per split, every array field concatenated over its segments in
-    order (``train/listener_motion (sum T, 56)``, ``train/sa_tokens (sum M,)``, ``train/listener_beta
-    (n, 100)``, ...; optional fields only for the segments that have them) plus ``mean``/``std``.
-    ``meta.json`` holds the format tag, fps, n_sa, info and per segment: name, listener_id, fps,
-    T, sa_rate, number of acoustic tokens, which optional arrays it has, words and history words
-    as ``[text, start, end]``. Floats are written with full precision: :func:`load_corpus` returns
-    identical Segments. ``corpus.info`` is kept too: its numpy arrays go into the arrays file as
-    ``info...#n`` (bit-exact), the rest into meta.json (tuples come back as lists, numpy scalars
-    as Python numbers). Arrays are written first, meta.json last (each atomically).
-    """
-    from safetensors.numpy import save_file
-
-    splits, extra = _corpus_splits(corpus)
+    if isinstance(corpus, (list, tuple)):
+        corpus = Corpus(train=list(corpus))
+    elif isinstance(corpus, dict):
+        if set(corpus) - set(SPLITS):
+            raise UserError(f"corpus: expected split keys {SPLITS}, got extra {sorted(set(corpus) - set(SPLITS))}")
+        corpus = Corpus(**corpus)
+    if not all(hasattr(corpus, k) for k in SPLITS):
+        raise UserError(f"corpus: expected a Corpus, an object with .train/.val/.test, a dict of splits or a list of "
+                        f"Segments, got {type(corpus).__name__}")
+    n_sa = getattr(corpus, "n_sa", None)
+    if n_sa is not None and (isinstance(n_sa, bool) or not isinstance(n_sa, (int, np.integer)) or n_sa < 0):
+        raise UserError(f"corpus.n_sa: expected None or an int >= 0 (the SA vocabulary size), got {n_sa!r}")
+    arrays, splits = {}, {}
+    for split in SPLITS:
+        splits[split] = []
+        for i, s in enumerate(_progress(getattr(corpus, split), f"save {split}", progress)):
+            if not isinstance(s, Segment):
+                raise UserError(f"corpus.{split}[{i}]: expected a Segment, got {type(s).__name__}")
+            if n_sa is not None and s.sa_tokens is not None and s.sa_tokens.size and s.sa_tokens.max() >= n_sa:
+                raise UserError(f"corpus.{split}[{i}]: sa_tokens: expected ids in [0, {n_sa}) (corpus.n_sa), "
+                                f"got {s.sa_tokens.max()}")
+            arrays.update({f"{split}/{i}/{k}": getattr(s, k) for k in _ARRAYS if getattr(s, k) is not None})
+            splits[split].append({"name": s.name, "listener_id": s.listener_id, "fps": s.fps, "sa_rate": s.sa_rate,
+                                  "words": [[w.text, w.start, w.end] for w in s.words],
+                                  "history_words": [[w.text, w.start, w.end] for w in s.history_words]})
+    if getattr(corpus, "mean", None) is not None:
+        arrays["mean"], arrays["std"] = _mean_std(("corpus.mean", corpus.mean), ("corpus.std", corpus.std))
+    info = _encode_info(dict(getattr(corpus, "info", None) or {}), "info", arrays)
+    fps = getattr(corpus, "fps", None)
+    meta = {"format": FORMAT_TAG, "version": FORMAT_VERSION, "arrays": ARRAYS_FILE,
+            "fps": None if fps is None else float(fps), "n_sa": None if n_sa is None else int(n_sa),
+            "source": str(getattr(corpus, "source", "minilisten")), "info": info, "splits": splits}
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {}
-    meta_splits = {}
-    for split, segs in splits.items():
-        chunks = {k: [] for k in _ARRAY_FIELDS}
-        recs = []
-        for s in _progress(segs, f"save {split}", progress):
-            has = [k for k in _OPTIONAL_ARRAYS if getattr(s, k) is not None]
-            for k in ("speaker_motion", "listener_motion", *has):
-                chunks[k].append(getattr(s, k))
-            recs.append({
-                "name": s.name, "listener_id": s.listener_id, "fps": s.fps, "T": s.T,
-                "sa_rate": float(s.sa_rate), "n_sa_tokens": None if s.sa_tokens is None else int(s.sa_tokens.shape[0]),
-                "has": has, "words": _words_json(s.words), "history_words": _words_json(s.history_words),
-            })
-        for k, (per_frame, trail, dt) in _ARRAY_FIELDS.items():
-            if not chunks[k]:
-                arrays[f"{split}/{k}"] = np.zeros((0, *trail), dt)
-            else:
-                join = np.stack if per_frame is False else np.concatenate
-                arrays[f"{split}/{k}"] = join(chunks[k]).astype(dt, copy=False)
-        meta_splits[split] = recs
-    for k in ("mean", "std"):
-        if extra.get(k) is not None:
-            v = np.asarray(extra[k], dtype=np.float32).reshape(-1)
-            if v.shape != (D_MOTION,):
-                raise ValueError(f"corpus.{k}: expected shape ({D_MOTION},), got {np.shape(extra[k])}")
-            _check_finite("corpus", k, v)
-            arrays[k] = v
-    info = _encode_info(extra.get("info", {}), "info", arrays)
-    arrays = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in arrays.items()}
-    tmp = d / f".{ARRAYS_FILE}.{os.getpid()}.tmp"
-    try:
-        save_file(arrays, str(tmp))
-        os.replace(tmp, d / ARRAYS_FILE)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    n_sa = extra.get("n_sa")
-    if n_sa is not None:
-        if isinstance(n_sa, bool) or not isinstance(n_sa, (int, np.integer)) or n_sa < 0:
-            raise ValueError(f"corpus.n_sa: expected None or an int >= 0 (the SA vocabulary size), got {n_sa!r}")
-        for split in SPLITS:
-            sa = arrays[f"{split}/sa_tokens"]
-            if sa.size and sa.max() >= n_sa:
-                raise ValueError(f"corpus.{split}: sa_tokens: expected ids in [0, {n_sa}) (corpus.n_sa), got {sa.max()}")
-    meta = {
-        "format": FORMAT_TAG, "version": FORMAT_VERSION, "arrays": ARRAYS_FILE,
-        "fps": None if extra.get("fps") is None else float(extra["fps"]),
-        "n_sa": None if n_sa is None else int(n_sa),
-        "source": str(extra.get("source", "minilisten")),
-        "info": info,
-        "n_frames": {k: int(sum(r["T"] for r in v)) for k, v in meta_splits.items()},
-        "splits": meta_splits,
-    }
-    try:
-        text = json.dumps(meta, indent=1, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"corpus: metadata not JSON-serializable: {e}") from e
-    atomic_write_text(d / META_FILE, text)
+    _write(d / ARRAYS_FILE, save({k: np.asarray(v, order="C") for k, v in arrays.items()}))
+    _write(d / META_FILE, json.dumps(meta, indent=1, allow_nan=False).encode("utf-8"))
     return d
 
 
-def _read_meta(d: Path) -> dict:
-    mp = d / META_FILE
+def _get(where: str, obj: dict, key: str, kind: str, default=_MISSING):
+    """``obj[key]`` as a JSON ``kind`` (int, number, str, list, dict); None passes when it is the default."""
+    if key not in obj or (obj[key] is None and default is None):
+        if default is _MISSING:
+            raise UserError(f"{where}: missing field {key!r}")
+        return default
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, {"int": int, "number": (int, float), "str": str, "list": list,
+                                                 "dict": dict}[kind]):
+        raise UserError(f"{where}: field {key!r}: expected {kind}, got {type(v).__name__} {v!r:.60}")
+    return v
+
+
+def _read_meta(mp: Path) -> dict:
     if not mp.is_file():
-        raise FileNotFoundError(f"{mp}: missing (a minilisten corpus directory holds {META_FILE} + {ARRAYS_FILE})")
+        raise UserError(f"{mp}: missing (a minilisten corpus directory holds {META_FILE} + {ARRAYS_FILE})")
     try:
         meta = json.loads(mp.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{mp}: not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{mp}: not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_TAG:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{mp}: field 'format': expected {FORMAT_TAG!r}, got {got!r}")
-    v = meta.get("version")
-    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= FORMAT_VERSION:
-        raise ValueError(f"{mp}: field 'version': expected an int in [1, {FORMAT_VERSION}], got {v!r}")
-    if meta.get("info") is not None and not isinstance(meta["info"], dict):
-        raise ValueError(f"{mp}: field 'info': expected a JSON object or null, got {type(meta['info']).__name__}")
-    n_sa = meta.get("n_sa")
-    if n_sa is not None and (not isinstance(n_sa, int) or isinstance(n_sa, bool) or n_sa < 0):
-        raise ValueError(f"{mp}: field 'n_sa': expected null or an int >= 0 (the SA vocabulary size), got {n_sa!r}")
-    arrays = meta.get("arrays", ARRAYS_FILE)
-    if not isinstance(arrays, str) or Path(arrays).name != arrays or arrays in ("", ".", ".."):
-        raise ValueError(f"{mp}: field 'arrays': expected a file name inside the corpus directory "
-                         f"(e.g. {ARRAYS_FILE!r}), got {arrays!r}")
-    if not isinstance(meta.get("splits"), dict):
-        raise ValueError(f"{mp}: field 'splits': expected a dict of split -> segment list, "
-                         f"got {type(meta.get('splits')).__name__}")
+        raise UserError(f"{mp}: field 'format': expected {FORMAT_TAG!r}, got {got!r}")
+    if _get(str(mp), meta, "version", "int") != FORMAT_VERSION:
+        raise UserError(f"{mp}: field 'version': expected {FORMAT_VERSION}, got {meta['version']!r}")
+    if (_get(str(mp), meta, "n_sa", "int", None) or 0) < 0:
+        raise UserError(f"{mp}: field 'n_sa': expected null or an int >= 0 (SA vocabulary size), got {meta['n_sa']}")
+    arrays = _get(str(mp), meta, "arrays", "str", ARRAYS_FILE)
+    if Path(arrays).name != arrays or arrays in ("", ".", ".."):
+        raise UserError(f"{mp}: field 'arrays': expected a file name inside the corpus directory (e.g. "
+                        f"{ARRAYS_FILE!r}), got {arrays!r}")
+    _get(str(mp), meta, "info", "dict", None)
+    _get(str(mp), meta, "fps", "number", None)
+    splits = _get(str(mp), meta, "splits", "dict")
+    if set(splits) - set(SPLITS):
+        raise UserError(f"{mp}: field 'splits': expected keys from {SPLITS}, got {sorted(set(splits) - set(SPLITS))}")
+    for split, recs in splits.items():
+        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+            raise UserError(f"{mp}: field 'splits.{split}': expected a list of segment records (objects)")
     return meta
 
 
-def _meta_words(where: str, key: str, v) -> list[Word]:
-    if not isinstance(v, list):
-        raise ValueError(f"{where}: field {key!r}: expected a list of [text, start, end], got {type(v).__name__}")
-    out = []
+def _meta_words(where: str, key: str, v: list) -> tuple[list[Word], int]:
+    items = []
     for j, w in enumerate(v):
-        if not (isinstance(w, list) and len(w) == 3 and isinstance(w[0], str)
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in w[1:])):
-            raise ValueError(f"{where}: field {key!r}[{j}]: expected [text, start, end], got {w!r}")
-        out.append(Word(w[0], float(w[1]), float(w[2])))
-    return out
+        if not (isinstance(w, list) and len(w) == 3 and isinstance(w[0], str)):
+            raise UserError(f"{where}: field {key!r}[{j}]: expected [text, start, end], got {w!r:.60}")
+        at = f"{where}: field {key!r}[{j}] ({w[0]!r})"
+        items.append((w[0], seconds(f"{at}: start", w[1]), seconds(f"{at}: end", w[2])))
+    return repair_words(items)
 
 
 def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpus:
-    """Read a directory written by :func:`save_corpus` (see there for the layout). Every bad file
-    raises ``ValueError`` / ``FileNotFoundError`` naming it (a value of the wrong JSON type too)."""
-    try:
-        return _load_corpus(directory, progress)
-    except (TypeError, KeyError, AttributeError, IndexError) as e:
-        what = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
-        raise ValueError(f"{Path(directory) / META_FILE}: expected the layout save_corpus writes, got a malformed "
-                         f"value ({what})") from e
-
-
-def _load_corpus(directory, progress: bool) -> Corpus:
+    """Read a directory written by :func:`save_corpus` (or by hand in its layout); words are repaired by
+    the readers' one rule, anything else wrong raises UserError naming the file, record and field."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     d = Path(directory)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: corpus directory not found (expected {META_FILE} + {ARRAYS_FILE})")
-    meta = _read_meta(d)
-    mp, ap = d / META_FILE, d / str(meta.get("arrays", ARRAYS_FILE))
-    if ap.exists() and not ap.resolve().is_relative_to(d.resolve()):
-        raise ValueError(f"{mp}: field 'arrays': expected a file inside the corpus directory {d}, "
-                         f"got {meta['arrays']!r} resolving to {ap.resolve()}")
+        raise UserError(f"{d}: corpus directory not found (expected {META_FILE} + {ARRAYS_FILE})")
+    mp = d / META_FILE
+    meta = _read_meta(mp)
+    ap = d / meta.get("arrays", ARRAYS_FILE)
     if not ap.is_file():
-        raise FileNotFoundError(f"{ap}: missing (named by {mp})")
+        raise UserError(f"{ap}: missing (named by {mp})")
+    if not ap.resolve().is_relative_to(d.resolve()):
+        raise UserError(f"{mp}: field 'arrays': expected a file inside the corpus directory {d}, got {ap.name!r} "
+                        f"resolving to {ap.resolve()}")
     try:
         arrays = load_file(str(ap))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{ap}: not a readable safetensors file: {e}") from e
-    unknown = set(meta["splits"]) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"{mp}: field 'splits': expected keys from {SPLITS}, got {sorted(unknown)}")
+        raise UserError(f"{ap}: not a readable safetensors file: {e}") from e
     corpus = Corpus(source=str(meta.get("source", "minilisten")), fps=meta.get("fps"), n_sa=meta.get("n_sa"),
                     info=_decode_info(dict(meta.get("info") or {}), arrays, str(ap)))
+    repaired = 0
     for split, recs in meta["splits"].items():
-        if not isinstance(recs, list):
-            raise ValueError(f"{mp}: field 'splits.{split}': expected a list of segment records, got {type(recs).__name__}")
-        # expected sizes, then check the arrays before slicing
-        need = {k: 0 for k in _ARRAY_FIELDS}
-        for i, r in enumerate(recs):
-            where = f"{mp}: splits.{split}[{i}]"
-            for k in ("T", "fps", "has", "words", "history_words"):
-                if k not in r:
-                    raise ValueError(f"{where}: missing field {k!r}")
-            if not isinstance(r["T"], int) or r["T"] < 1:
-                raise ValueError(f"{where}: field 'T': expected a positive int, got {r['T']!r}")
-            bad = [h for h in r["has"] if h not in _OPTIONAL_ARRAYS]
-            if bad:
-                raise ValueError(f"{where}: field 'has': expected names from {_OPTIONAL_ARRAYS}, got {bad}")
-            if "sa_tokens" in r["has"] and not isinstance(r.get("n_sa_tokens"), int):
-                raise ValueError(f"{where}: field 'n_sa_tokens': expected an int (has sa_tokens), "
-                                 f"got {r.get('n_sa_tokens')!r}")
-            for k in ("speaker_motion", "listener_motion", *r["has"]):
-                per_frame = _ARRAY_FIELDS[k][0]
-                need[k] += r["T"] if per_frame else (r["n_sa_tokens"] if per_frame is None else 1)
-        for k, (_, trail, dt) in _ARRAY_FIELDS.items():
-            key = f"{split}/{k}"
-            if key not in arrays:
-                raise ValueError(f"{ap}: missing array {key!r} (written by save_corpus for every split)")
-            a = arrays[key]
-            if a.shape != (need[k], *trail):
-                raise ValueError(f"{ap}: array {key!r}: expected shape {(need[k], *trail)} (from {mp.name}), "
-                                 f"got {tuple(a.shape)}")
-            if a.dtype != dt:
-                raise ValueError(f"{ap}: array {key!r}: expected dtype {np.dtype(dt)}, got {a.dtype}")
-            # read-only view of memory only we hold: the Segments share its slices instead of copying them
-            arrays[key] = np.frombuffer(memoryview(np.ascontiguousarray(a)).toreadonly(), a.dtype).reshape(a.shape)
-        pos = {k: 0 for k in _ARRAY_FIELDS}
-        segs = []
         for i, r in enumerate(_progress(recs, f"load {split}", progress)):
             where = f"{mp}: splits.{split}[{i}] ({r.get('name', '')!r})"
-            kw = {}
-            for k in ("speaker_motion", "listener_motion", *r["has"]):
-                per_frame = _ARRAY_FIELDS[k][0]
-                n = r["T"] if per_frame else (r["n_sa_tokens"] if per_frame is None else 1)
-                a = arrays[f"{split}/{k}"][pos[k]:pos[k] + n]
-                pos[k] += n
-                kw[k] = a[0] if per_frame is False else a
+            kw = {k: arrays[f"{split}/{i}/{k}"] for k in _ARRAYS if f"{split}/{i}/{k}" in arrays}
+            for k, dt in _ARRAYS.items():
+                if k in kw and kw[k].dtype != dt:
+                    raise UserError(f"{ap}: array '{split}/{i}/{k}': expected dtype {np.dtype(dt)}, got {kw[k].dtype}")
+                if k.endswith("_motion") and k not in kw:
+                    raise UserError(f"{ap}: missing array '{split}/{i}/{k}' (segment {i} of {split} in {mp.name})")
+            sa = kw.get("sa_tokens")
+            if corpus.n_sa is not None and sa is not None and sa.size and sa.max() >= corpus.n_sa:
+                raise UserError(f"{ap}: array '{split}/{i}/sa_tokens': expected ids in [0, {corpus.n_sa}) (n_sa of "
+                                f"{mp.name}), got {sa.max()}")
+            words, n1 = _meta_words(where, "words", _get(where, r, "words", "list"))
+            hist, n2 = _meta_words(where, "history_words", _get(where, r, "history_words", "list"))
+            repaired += n1 + n2
             try:
-                segs.append(Segment(fps=r["fps"], listener_id=r.get("listener_id", "listener"), name=r.get("name", ""),
-                                    sa_rate=r.get("sa_rate", 50.0), words=_meta_words(where, "words", r["words"]),
-                                    history_words=_meta_words(where, "history_words", r["history_words"]), **kw))
-            except ValueError as e:
-                raise ValueError(f"{where} / {ap.name}: {e}") from e
-        if corpus.n_sa is not None:
-            sa = arrays[f"{split}/sa_tokens"]
-            if sa.size and sa.max() >= corpus.n_sa:
-                raise ValueError(f"{ap}: array '{split}/sa_tokens': expected ids in [0, {corpus.n_sa}) "
-                                 f"(n_sa of {mp.name}), got {sa.max()}")
-        setattr(corpus, split, segs)
+                seg = Segment(fps=_get(where, r, "fps", "number"), name=_get(where, r, "name", "str", ""),
+                              listener_id=_get(where, r, "listener_id", "str", "listener"),
+                              sa_rate=_get(where, r, "sa_rate", "number", 50.0), words=words, history_words=hist,
+                              **{k: _frozen(a) for k, a in kw.items()})
+            except UserError as e:
+                raise UserError(f"{where} / {ap.name}: {e}") from e
+            getattr(corpus, split).append(seg)
     if "mean" in arrays or "std" in arrays:
-        for k in ("mean", "std"):
-            if k not in arrays or arrays[k].shape != (D_MOTION,):
-                got = tuple(arrays[k].shape) if k in arrays else "missing"
-                raise ValueError(f"{ap}: array {k!r}: expected shape ({D_MOTION},) (mean and std go together), got {got}")
-            _check_finite(str(ap), k, arrays[k])
-        if (arrays["std"] <= 0).any():
-            i = int(np.argmin(arrays["std"]))
-            raise ValueError(f"{ap}: array 'std': expected std > 0 in every dimension, got {arrays['std'][i]} at index {i}")
-        corpus.mean, corpus.std = arrays["mean"], arrays["std"]
-    return _finish(corpus, d, warn_missing=False)
+        corpus.mean, corpus.std = _mean_std(*((f"{ap}: array {k!r}", arrays.get(k)) for k in ("mean", "std")))
+    return _finish(corpus, d, False, repaired)
 
 
 # ----------------------------------------------------------------------------------- detection
 def detect_layout(path: str | os.PathLike) -> str:
-    """``"minilisten"``, ``"lm-listener"`` or ``"learning2listen"``; raises when none matches."""
+    """``"minilisten"``, ``"lm-listener"`` or ``"learning2listen"``; UserError when none matches."""
     d = Path(path)
-    if not d.exists():
-        raise FileNotFoundError(f"dataset ({d}): expected a dataset directory, got nothing there (not found)")
     if not d.is_dir():
-        raise ValueError(f"dataset ({d}): expected a dataset directory, got a file")
+        got = "a file" if d.exists() else "nothing there (not found)"
+        raise UserError(f"dataset ({d}): expected a dataset directory, got {got}")
     if (d / META_FILE).is_file():
         return "minilisten"
     if any(d.glob("segments_*.pth")):
         return "lm-listener"
-    try:
-        if _l2l_speaker_dirs(d):
-            return "learning2listen"
-    except OSError:  # pragma: no cover
-        pass
-    have = sorted(p.name for p in d.iterdir())[:20]
-    raise ValueError(
+    if _l2l_speaker_dirs(d):
+        return "learning2listen"
+    raise UserError(
         f"{d}: no known dataset layout. Looked for: {META_FILE} + {ARRAYS_FILE} (minilisten, save_corpus); "
-        f"segments_{{train,val,test}}.pth (LM-listener); [data/]<speaker>/{{train,test}}/p{{0,1}}_list_faces_clean_deca.npy "
-        f"or {{train,test}}/p{{0,1}}_list_faces_clean_deca.npy (Learning2Listen). Found: {have}")
+        f"segments_{{train,val,test}}.pth (LM-listener); [data/]<speaker>/{{train,test}}/"
+        f"p{{0,1}}_list_faces_clean_deca.npy (Learning2Listen). Found: {sorted(p.name for p in d.iterdir())[:20]}")
 
 
 def load_dataset(path: str | os.PathLike, **kwargs) -> Corpus:
     """Load any supported layout (see :func:`detect_layout`); ``kwargs`` go to the reader."""
-    layout = detect_layout(path)
-    reader = {"minilisten": load_corpus, "lm-listener": load_lm_listener, "learning2listen": load_learning2listen}[layout]
-    return reader(path, **kwargs)
+    reader = {"minilisten": load_corpus, "lm-listener": load_lm_listener, "learning2listen": load_learning2listen}
+    return reader[detect_layout(path)](path, **kwargs)

@@ -1,55 +1,8 @@
-"""The embedded synthetic dyadic corpus: minilisten's default data and the ground truth of its tests.
+"""The synthetic dyadic corpus: minilisten's default data and the ground truth of its tests.
 
-Real listener datasets (L2L-trevor, RealTalk) cannot be downloaded here, so minilisten generates
-conversations whose causal structure is the one the paper's claims are about. Everything below is
-a deterministic function of ``seed``.
-
-Generative process (one "world" per seed, then one conversation per segment)
-------------------------------------------------------------------------------
-World:
-- 7 listener response atoms ``RESPONSES`` (idle, nod, smile, laugh, concern, surprise, frown).
-  Each has an expression direction ``u_a`` (50,) (about 8 active coefficients of size ~0.8), a
-  pose pattern (nod = 2.5 Hz pitch oscillation, laugh = jaw open + head bob, surprise = head back
-  + jaw, concern = head roll, frown = slight head down) and a valence (laugh +0.9 ... frown -0.7).
-- 8 speaker emotions ``EMOTIONS`` with expression prototypes ``e_c`` (50,), a pitch shift and an
-  energy level (happy/surprise/anger high energy, sad low, ...).
-- 6 phrase types (statement, question, joke, bad_news, good_news, story) with word templates.
-- ``n_identities`` listeners. Identity k has beta_k ~ N(0, I_100) and a style that is a fixed
-  function of beta (random projections drawn once per world): an expression offset
-  ``o_k = 0.6 tanh(M_o beta_k / 10)`` (the resting face), a per-coefficient expression gain
-  ``g_k = exp(0.5 tanh(M_g beta_k / 10))`` (how strongly a response shows), a pose gain
-  ``p_k = exp(0.4 tanh(M_p beta_k / 10))`` and a pose offset ``0.08 tanh(M_q beta_k / 10)``.
-  So the same response looks different per identity, and beta alone predicts how.
-
-Conversation (segment of ``seconds`` s, simulated from 3 s before its first frame):
-- The speaker alternates utterances and pauses (0.3-1.2 s). An utterance has a phrase type, a
-  template's words (0.18-0.40 s each) and an emotion drawn INDEPENDENTLY of the phrase type
-  (neutral .30, happy .22, sad .14, surprise .10, anger .10, contempt .06, fear .04, disgust .04).
-- Speaker motion: expression = intensity(t) * e_emotion + slow noise; the jaw opens and closes at
-  ~4.5 Hz inside words; small head motion.
-- Emotion probabilities (T, 8): an EMOCA-like recogniser on the speaker's expression: softmax of
-  ``4 <expr, e_c> / |e_c|^2`` plus per-frame noise, smoothed over 5 frames.
-- Acoustic tokens at 50/s (vocabulary ``N_SA`` = 1024 as SpeechTokenizer; ids < 129 are used):
-  0 = silence; inside words ``1 + 8 * pitch_bin + energy_bin`` with pitch (16 bins) = speaker
-  base + emotion shift + contour (questions rise at the end, sarcastic jokes exaggerate) + noise
-  and energy (8 bins) = emotion level + syllable modulation + noise.
-- Listener response to an utterance: the atom ``RESPONSE_RULE[(phrase, emotion)]`` (see the
-  table) starts after the utterance's last word ends plus a lag of 0.25-0.6 s (causal), with an
-  amplitude in [0.7, 1.2], lasting 0.8-2.0 s (rise 0.2 s, decay 0.4 s). Words alone are
-  ambiguous: the same joke said happily gets a laugh, said with contempt (sarcasm) a frown, said
-  sadly concern; a question said neutrally gets a nod, said fearfully concern. Emotion alone is
-  ambiguous too (a neutral joke gets a smile, a neutral statement a small nod).
-- Backchannel: at each pause longer than 0.5 s without another response, a small nod with p=0.5.
-- Emotional contagion: the listener's expression also follows 0.25 * the speaker's emotional
-  expression low-passed and delayed by 0.5 s.
-- Listener motion = identity offset + identity gain * (sum of atom responses + contagion)
-  + smooth noise (AR(1), 0.03) + white noise (0.01); pose likewise with the pose gain/offset.
-- Valence (T,): sum over active atoms of envelope * atom valence + 0.3 * speaker valence (delayed),
-  clipped to [-1, 1]. It is the ground truth of L2 Affect.
-
-Splits are by segment (every identity appears in every split); ``speaker_beta`` is random per
-segment. Generating the default corpus (300 segments x 64 s = 2,400 windows of 8 s) takes a few
-seconds.
+One world per seed (listener response atoms, speaker emotions, phrase types, identities whose style is
+a function of beta), then one conversation per segment; every array is a deterministic function of
+``seed``. The generative process, the response rule and the corpus family: docs/data.md.
 """
 from __future__ import annotations
 
@@ -59,6 +12,8 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import lfilter
 
+from ..errors import UserError
+from .formats import Corpus
 from .segment import D_MOTION, EMOTIONS, N_EMOTIONS, N_EXP, N_POSE, N_SHAPE, Segment, Word
 
 N_SA = 1024
@@ -66,11 +21,12 @@ RESPONSES = ("idle", "nod", "smile", "laugh", "concern", "surprise", "frown")
 #: How listener identity enters the motion / how the listener responds (the variants of CORPORA).
 IDENTITY_MODES = ("offset_gain", "gain", "rhythm")
 RESPONSE_MODES = ("cue", "contagion", "backchannel")
-RESPONSE_VALENCE = {"idle": 0.0, "nod": 0.1, "smile": 0.6, "laugh": 0.9, "concern": -0.5, "surprise": 0.2, "frown": -0.7}
-EMOTION_PRIOR = {"neutral": .30, "happy": .22, "sad": .14, "surprise": .10, "fear": .04, "disgust": .04, "anger": .10, "contempt": .06}
-EMOTION_VALENCE = {"neutral": 0.0, "happy": 0.8, "sad": -0.6, "surprise": 0.3, "fear": -0.5, "disgust": -0.6, "anger": -0.8, "contempt": -0.5}
-EMOTION_PITCH = {"neutral": 0, "happy": 3, "sad": -3, "surprise": 4, "fear": 2, "disgust": -1, "anger": 1, "contempt": -2}
-EMOTION_ENERGY = {"neutral": 3, "happy": 5, "sad": 1.5, "surprise": 5, "fear": 3.5, "disgust": 2.5, "anger": 6.5, "contempt": 2.5}
+RESPONSE_VALENCE = dict(zip(RESPONSES, (0.0, 0.1, 0.6, 0.9, -0.5, 0.2, -0.7)))
+# per speaker emotion, in EMOTIONS order (neutral, happy, sad, surprise, fear, disgust, anger, contempt)
+EMOTION_PRIOR = dict(zip(EMOTIONS, (.30, .22, .14, .10, .04, .04, .10, .06)))
+EMOTION_VALENCE = dict(zip(EMOTIONS, (0.0, 0.8, -0.6, 0.3, -0.5, -0.6, -0.8, -0.5)))
+EMOTION_PITCH = dict(zip(EMOTIONS, (0, 3, -3, 4, 2, -1, 1, -2)))
+EMOTION_ENERGY = dict(zip(EMOTIONS, (3, 5, 1.5, 5, 3.5, 2.5, 6.5, 2.5)))
 
 PHRASES = {
     "statement": ["i went to the store yesterday", "we moved the meeting to friday", "the train was on time today",
@@ -111,19 +67,10 @@ RESPONSE_RULE = _response_rule()
 
 
 @dataclass
-class SyntheticCorpus:
-    """Splits of Segments plus the world they were drawn from (ground truth for tests)."""
-    train: list[Segment]
-    val: list[Segment]
-    test: list[Segment]
-    identities: dict[str, np.ndarray]          # listener_id -> beta (100,)
-    fps: float
-    n_sa: int = N_SA
-    info: dict = field(default_factory=dict)   # the world's parameters (styles, prototypes, ...)
-
-    @property
-    def splits(self) -> dict[str, list[Segment]]:
-        return {"train": self.train, "val": self.val, "test": self.test}
+class SyntheticCorpus(Corpus):
+    """A :class:`~minilisten.data.formats.Corpus` whose ``info`` holds the world it was drawn from (ground
+    truth for tests), with ``identities``: listener_id -> beta (100,)."""
+    identities: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _smooth(x: np.ndarray, n: int) -> np.ndarray:
@@ -184,7 +131,7 @@ def identity_style(world: dict, beta: np.ndarray, identity: str = "offset_gain")
         return {"exp_offset": np.zeros(N_EXP), "exp_gain": np.ones(N_EXP),
                 "pose_gain": np.full(N_POSE, np.exp(0.7 * r[2])), "pose_offset": np.zeros(N_POSE),
                 "nod_hz": 2.5 * np.exp(0.35 * r[0]), "lag_scale": np.exp(0.5 * r[1])}
-    raise ValueError(f"identity: expected one of {IDENTITY_MODES}, got {identity!r}")
+    raise UserError(f"identity: expected one of {IDENTITY_MODES}, got {identity!r}")
 
 
 def _response_pose(name: str, t: np.ndarray, env: np.ndarray, phase: float, nod_hz: float = 2.5) -> np.ndarray:
@@ -269,8 +216,8 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
             pitch += 2.5 * np.sin(2 * np.pi * 3 * rel)
         energy = EMOTION_ENERGY[emo] + 1.0 * np.sin(2 * np.pi * 4.5 * ts[m]) + rng.normal(0, 0.6, m.sum())
         voiced = np.interp(ts[m], t, in_word.astype(float)) > 0.5
-        tok = 1 + 8 * np.clip(np.round(pitch), 0, 15).astype(np.int64) + np.clip(np.round(energy), 0, 7).astype(np.int64)
-        sa[m] = np.where(voiced, tok, 0)
+        tok = 1 + 8 * np.clip(np.round(pitch), 0, 15) + np.clip(np.round(energy), 0, 7)
+        sa[m] = np.where(voiced, tok.astype(np.int64), 0)
 
     # ---- listener: responses to utterances, backchannel nods, contagion
     resp_exp = np.zeros((n_all, N_EXP))
@@ -304,7 +251,7 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
                 respond("smile" if emo == "happy" else "nod", b + lag * rng.uniform(0.2, 0.4), rng.uniform(0.7, 1.2),
                         0.5 + 0.4 * dur)
         elif response != "contagion":
-            raise ValueError(f"response: expected one of {RESPONSE_MODES}, got {response!r}")
+            raise UserError(f"response: expected one of {RESPONSE_MODES}, got {response!r}")
 
     spk_val = intensity @ np.array([EMOTION_VALENCE[e] for e in EMOTIONS])
     n_lag = int(round(0.5 * lag * fps))
@@ -346,27 +293,21 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
                      fps: float = 30.0, split: tuple[float, float, float] = (0.8, 0.1, 0.1), *,
                      identity: str = "offset_gain", response: str = "cue", modalities: str = "all",
                      beta: str = "identity", drift: float = 0.0) -> SyntheticCorpus:
-    """Generate the corpus (see the module docstring for the generative process).
-
-    Returns a :class:`SyntheticCorpus` with ``train``/``val``/``test`` lists of Segments of
-    ``round(seconds * fps)`` frames; ``corpus.info`` holds the world (styles, utterances and the
-    listener responses per segment) for tests. Same seed -> identical arrays. The keyword-only
-    options select the generative assumptions (:data:`IDENTITY_MODES`, :data:`RESPONSE_MODES`,
-    ``modalities`` "all" | "words", ``beta`` "identity" | "random", ``drift``: std of a slow
-    per-clip drift of the listener's expression, time constant 6 s); :data:`CORPORA` names the
-    variants and :func:`named_corpus` builds one by name.
-    """
+    """Segments of ``round(seconds * fps)`` frames split by segment (stratified by identity); ``info``
+    holds the world, utterances and responses. Keywords pick the assumptions (:data:`IDENTITY_MODES`,
+    :data:`RESPONSE_MODES`, modalities all | words, beta identity | random, drift: std of a slow
+    per-clip listener drift, 6 s time constant); :data:`CORPORA` names the variants."""
     for name, v, allowed in (("identity", identity, IDENTITY_MODES), ("response", response, RESPONSE_MODES),
                              ("modalities", modalities, ("all", "words")), ("beta", beta, ("identity", "random"))):
         if v not in allowed:
-            raise ValueError(f"{name}: expected one of {allowed}, got {v!r}")
+            raise UserError(f"{name}: expected one of {allowed}, got {v!r}")
     for name, v in (("n_identities", n_identities), ("n_segments", n_segments)):
         if not (isinstance(v, (int, np.integer)) and v >= 1):
-            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+            raise UserError(f"{name}: expected an integer >= 1, got {v!r}")
     if not (seconds > 0 and fps > 0):
-        raise ValueError(f"seconds/fps: expected positive values, got seconds={seconds!r}, fps={fps!r}")
+        raise UserError(f"seconds/fps: expected positive values, got seconds={seconds!r}, fps={fps!r}")
     if len(split) != 3 or abs(sum(split) - 1) > 1e-6 or min(split) < 0:
-        raise ValueError(f"split: expected 3 non-negative fractions summing to 1, got {split!r}")
+        raise UserError(f"split: expected 3 non-negative fractions summing to 1, got {split!r}")
     rng = np.random.default_rng(seed)
     world = _make_world(rng, n_identities, identity)
     T = int(round(seconds * fps))
@@ -399,9 +340,9 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
         short = [name for name, f, n in (("val", split[1], n_va), ("test", split[2], n_te),
                                           ("train", split[0], len(mine) - n_va - n_te)) if f > 0 and n < 1]
         if short:
-            raise ValueError(f"n_segments: expected enough segments per identity for every split, got {len(mine)} "
-                             f"for identity {k} ({n_segments} segments / {n_identities} identities) and split "
-                             f"{tuple(split)}: the {'/'.join(short)} split would have none of its segments")
+            raise UserError(f"n_segments: expected enough segments per identity for every split, got {len(mine)} "
+                            f"for identity {k} ({n_segments} segments / {n_identities} identities) and split "
+                            f"{tuple(split)}: the {'/'.join(short)} split would have none of its segments")
         idx["val"] += mine[:n_va].tolist()
         idx["test"] += mine[n_va:n_va + n_te].tolist()
         idx["train"] += mine[n_va + n_te:].tolist()
@@ -416,9 +357,7 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
     )
 
 
-#: The family of synthetic corpora (``--corpus NAME``): one generated world cannot show that a
-#: method works, so the variants differ in how identity enters the motion, how the listener
-#: responds, which modalities exist, the frame rate and the size. README "Synthetic corpora".
+#: The family of synthetic corpora (``--corpus NAME``; docs/data.md): one world cannot show that a method works.
 CORPORA: dict[str, dict] = {
     "default": dict(),
     "gain": dict(identity="gain"),
@@ -448,7 +387,7 @@ CORPUS_DOC = {
 def named_corpus(name: str = "default", seed: int = 0, **overrides) -> SyntheticCorpus:
     """The variant ``name`` of :data:`CORPORA` (``overrides`` go to :func:`synthetic_corpus`)."""
     if name not in CORPORA:
-        raise ValueError(f"corpus: expected one of {tuple(CORPORA)}, got {name!r}")
+        raise UserError(f"corpus: expected one of {tuple(CORPORA)}, got {name!r}")
     return synthetic_corpus(seed=seed, **{**CORPORA[name], **overrides})
 
 
@@ -475,7 +414,8 @@ def speaker_segment(seconds: float, fps: float = 30.0, seed: int = 0, words_per_
     logits = np.cumsum(rng.normal(0, 0.3, (T, N_EMOTIONS)), 0)
     emo = np.exp(logits - logits.max(1, keepdims=True))
     emo /= emo.sum(1, keepdims=True)
-    return Segment(speaker_motion=np.zeros((T, D_MOTION), np.float32), listener_motion=np.zeros((T, D_MOTION), np.float32),
-                   fps=fps, listener_beta=rng.normal(size=N_SHAPE).astype(np.float32), words=words, history_words=hist,
+    zero = np.zeros((T, D_MOTION), np.float32)
+    return Segment(speaker_motion=zero, listener_motion=zero, fps=fps,
+                   listener_beta=rng.normal(size=N_SHAPE).astype(np.float32), words=words, history_words=hist,
                    sa_tokens=rng.integers(0, n_sa, int(np.ceil(dur * 50)) + 1), emotion=emo.astype(np.float32),
                    name=f"speaker{seed}")
