@@ -1,24 +1,14 @@
 """Fused nearest-codebook search (paper Eq. 5): ``argmin_k ||z_n - c_k||^2`` without the (N, K) matrix.
 
-A prologue kernel computes ``||c_k||^2`` (fp32). Each program of the main kernel owns BLOCK_N rows
-of ``z`` and walks the codebook in BLOCK_K tiles; per tile it accumulates ``z . c`` over d with
-``tl.dot`` (BLOCK_D at a time, zero-padded by masking, so any d works, d < 16 included), scores
-``||c||^2 - 2 z . c`` (``||z||^2`` is constant per row and dropped) and keeps a running minimum
-with a strict ``<`` so the lowest index wins ties, as ``torch.argmin`` does. An epilogue gathers
-the chosen code, writes it (``quantize``) and the exact squared distance ``sum_d (z - c_idx)^2``.
-
-Rules: z and codebook share one float dtype (fp32, bf16, fp16; float64 runs the reference);
-products accumulate in fp32; ``precision`` picks the fp32 ``tl.dot`` mode: ``"ieee"`` (default,
-parity with the reference), ``"tf32x3"`` (near-fp32, tensor cores) or ``"tf32"`` (fastest, may flip
-near-ties). Any row stride is read as is; an input whose last dim is not unit-stride is first
-copied with ``.contiguous()`` (the kernel assumes unit stride along d so loads coalesce).
-Outputs are fresh contiguous tensors: idx int64, dist fp32, z_q in the codebook's dtype.
-
-Gradients (both paths): ``idx`` has none; ``dist`` is differentiable w.r.t. z and the codebook
-(``d dist / dz = 2 (z - c_idx)``); ``z_q`` w.r.t. the codebook only (a gather). The straight-through
-estimator is the caller's: ``z + (z_q - z).detach()``.
+``z (N, d), codebook (K, d)`` of one float dtype -> ``idx (N,) int64``, exact ``dist (N,) fp32``, ``z_q (N, d)``.
+Per tile of codes: ``||c||^2 - 2 z.c`` with ``tl.dot`` in fp32 (``||z||^2`` dropped), a running minimum with a
+strict ``<`` (ties -> lowest index, as ``torch.argmin``). ``precision`` picks the fp32 dot: "ieee" (parity),
+"tf32x3" or "tf32" (may flip near-ties). Gradients: ``dist`` w.r.t. z and codebook, ``z_q`` w.r.t. the codebook;
+the straight-through estimator is the caller's. Design notes: docs/speed.md.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -30,20 +20,10 @@ if HAS_TRITON:
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
-# ------------------------------------------------------------------------------------------------
-# torch reference
-
-
 def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24,
                      first_of_duplicates: bool = True):
-    """Reference: ``(idx (N,) int64, dist (N,) fp32)``; fp64 inputs give fp64 distances.
-
-    The score ``||c||^2 - 2 z.c`` is computed in fp32 (fp64 for fp64 inputs) in row chunks of at
-    most ``chunk_elems`` scores; ``dist`` is the exact ``sum_d (z - c_idx)^2`` and carries autograd.
-    A BLAS matmul may round identical codebook columns differently, so a choice among exact
-    duplicate codes is mapped to the first of them (the kernel scores duplicates identically);
-    ``first_of_duplicates=False`` skips that (a sort of the codebook) for benchmarks.
-    """
+    """Reference ``(idx, dist)``, scores in fp32 (fp64 for fp64) in chunks of ``chunk_elems``; a choice among
+    exact duplicate codes maps to the first (BLAS may round them apart); ``first_of_duplicates=False`` skips that."""
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
     zf, cf = z.to(acc), codebook.to(acc)
     with torch.no_grad():
@@ -65,9 +45,6 @@ def quantize_ref(z: torch.Tensor, codebook: torch.Tensor, first_of_duplicates: b
     idx, dist = nearest_code_ref(z, codebook, first_of_duplicates=first_of_duplicates)
     return idx, dist, codebook[idx]
 
-
-# ------------------------------------------------------------------------------------------------
-# Triton kernel
 
 if HAS_TRITON:
 
@@ -157,29 +134,22 @@ if HAS_TRITON:
         tl.store(DIST + offs_n, dist, mask=mask_n)
 
 
-_DEVICE_INFO: dict = {}
-
-
-def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
-    """(multiprocessor count, compute capability); (1, (9, 0)) off CUDA."""
-    if device.type != "cuda":
-        return 1, (9, 0)
-    key = device.index if device.index is not None else torch.cuda.current_device()
-    if key not in _DEVICE_INFO:
-        p = torch.cuda.get_device_properties(key)
-        _DEVICE_INFO[key] = (p.multi_processor_count, (p.major, p.minor))
-    return _DEVICE_INFO[key]
+@functools.lru_cache
+def _device_info(index: int) -> tuple[int, tuple[int, int]]:
+    """(multiprocessor count, compute capability) of CUDA device ``index``."""
+    p = torch.cuda.get_device_properties(index)
+    return p.multi_processor_count, (p.major, p.minor)
 
 
 def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torch.device,
                         capability: tuple[int, int] | None = None) -> dict:
-    """Launch configuration. Block sizes are powers of two >= 16 (tl.dot). The tiles were chosen
-    so that ptxas (Triton 3.9) reports no register spills at d = 512 on sm_90 and sm_80; fp32
-    "ieee" runs on the FMA units, where registers grow with BLOCK_D."""
+    """Launch configuration: powers of two >= 16 (tl.dot), chosen so that ptxas (Triton 3.9) reports no
+    register spills at d = 512 on sm_90 and sm_80 (``bench/aot_check.py``)."""
     if INTERPRET:  # the interpreter's cost is per operation: few, large programs
         return dict(BLOCK_N=min(2048, max(128, next_pow2(triton.cdiv(N, 4)))),
                     BLOCK_K=min(128, max(16, next_pow2(K))), BLOCK_D=min(64, max(16, next_pow2(D))))
-    sms, cap = _device_info(device)
+    index = torch.cuda.current_device() if device.type == "cuda" and device.index is None else device.index
+    sms, cap = _device_info(index) if device.type == "cuda" else (1, (9, 0))
     cap = capability or cap
     low = dtype in (torch.bfloat16, torch.float16)
     if cap >= (9, 0):  # Hopper: wgmma for bf16
@@ -249,24 +219,16 @@ class NearestCodeFunction(torch.autograd.Function):
         return grad_z, grad_c, None, None
 
 
-# ------------------------------------------------------------------------------------------------
-# public API
-
-
 def _check(z, codebook, op, precision):
     check_float("z", z, op)
     check_float("codebook", codebook, op)
-    if z.dim() != 2:
-        raise ValueError(f"{op}: z must be 2-D (N, d), got shape {tuple(z.shape)}")
-    if codebook.dim() != 2:
-        raise ValueError(f"{op}: codebook must be 2-D (K, d), got shape {tuple(codebook.shape)}")
+    for name, t, what in (("z", z, "(N, d)"), ("codebook", codebook, "(K, d)")):
+        if t.dim() != 2:
+            raise ValueError(f"{op}: {name} must be 2-D {what}, got shape {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"{op}: {name} is empty, shape {tuple(t.shape)}; need at least one row and one feature")
     if codebook.shape[1] != z.shape[1]:
-        raise ValueError(f"{op}: codebook has d={codebook.shape[1]} but z has d={z.shape[1]} "
-                         f"(z {tuple(z.shape)}, codebook {tuple(codebook.shape)})")
-    for name, t, what in (("z", z, "N"), ("codebook", codebook, "K")):
-        if t.shape[0] == 0 or t.shape[1] == 0:
-            raise ValueError(f"{op}: {name} is empty ({what}={t.shape[0]}, d={t.shape[1]}); "
-                             "need at least one row and one feature")
+        raise ValueError(f"{op}: codebook has d={codebook.shape[1]} but z has d={z.shape[1]}")
     if z.dtype != codebook.dtype:
         raise TypeError(f"{op}: z and codebook must share a dtype, got z {z.dtype} and codebook "
                         f"{codebook.dtype} (cast one explicitly)")
@@ -278,11 +240,7 @@ def _check(z, codebook, op, precision):
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
                  precision: str | None = None):
-    """Nearest code by squared L2: ``z (N, d), codebook (K, d) -> (idx (N,) int64, dist (N,) fp32)``.
-
-    ``dist`` is the exact ``||z - codebook[idx]||^2``; ties go to the lowest index.
-    ``precision`` (fp32 inputs, Triton path): "ieee" (default), "tf32x3" or "tf32".
-    """
+    """Nearest code by squared L2: ``-> (idx (N,) int64, dist (N,) fp32)``, ties to the lowest index."""
     _check(z, codebook, "nearest_code", precision)
     if not use_triton_for(z, use_triton, "nearest_code"):
         return nearest_code_ref(z, codebook)
@@ -292,10 +250,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | Non
 
 def quantize(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
              precision: str | None = None):
-    """``nearest_code`` plus the gathered codes: ``-> (idx (N,), dist (N,), z_q (N, d))``.
-
-    ``z_q = codebook[idx]`` in the codebook's dtype, differentiable w.r.t. the codebook.
-    """
+    """``nearest_code`` plus ``z_q = codebook[idx]`` (differentiable w.r.t. the codebook): ``-> (idx, dist, z_q)``."""
     _check(z, codebook, "quantize", precision)
     if not use_triton_for(z, use_triton, "quantize"):
         return quantize_ref(z, codebook)
@@ -303,11 +258,8 @@ def quantize(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = 
 
 
 def code_stats(idx: torch.Tensor, z: torch.Tensor, K: int):
-    """Batch statistics for the EMA codebook update: ``idx (N,), z (N, d) -> (counts (K,), sums (K, d))``.
-
-    ``counts[k] = #{n: idx[n] = k}`` and ``sums[k] = sum_{n: idx[n] = k} z[n]``, both fp32
-    (``onehot(idx)^T z`` without the one-hot matrix; no host sync). Not differentiable.
-    """
+    """EMA statistics ``onehot(idx)^T 1`` and ``onehot(idx)^T z``: ``-> (counts (K,), sums (K, d))`` fp32, no host
+    sync, not differentiable."""
     if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1:
         raise TypeError("code_stats: idx must be a 1-D int64 tensor, got "
                         f"{getattr(idx, 'dtype', type(idx).__name__)} of shape "

@@ -1,22 +1,10 @@
-"""Fused InstanceNorm / AdaIN + affine + ReLU (the VQ-VAE ResBlock normalization).
+"""Fused InstanceNorm / AdaIN + affine + ReLU (the VQ-VAE ResBlock normalization), forward and backward.
 
-For ``x: (B, C, T)`` and each row (b, c), over t:
-    mean = E[x],  var = E[(x - mean)^2] (two-pass, biased),  rstd = 1 / sqrt(var + eps)
-    x_hat = (x - mean) * rstd
-    a = (1 + scale[b, c]) * x_hat + shift[b, c]        scale/shift: (C,) learned IN, (B, C) AdaIN
-    y = relu(a)                                         (relu optional)
-T = 1: var = 0, so x_hat = 0 and y = relu(shift); dx = 0.
-The ResBlock adds its skip after conv2 (``x + conv2(...)``), so there is no fused residual add.
-
-Forward stores mean and rstd (fp32) per row; backward (Triton layer-norm tutorial):
-    da = dy * [a > 0],  g = 1 + scale,  dx_hat = da * g
-    dx = rstd * (dx_hat - mean_t(dx_hat) - x_hat * mean_t(dx_hat * x_hat))
-    dscale[b, c] = sum_t da * x_hat,  dshift[b, c] = sum_t da  (summed over b for (C,) params)
-Dtypes: y and dx have x's dtype (fp32, bf16, fp16; float64 runs the reference); statistics and
-accumulation are fp32; scale/shift may have another float dtype (e.g. fp32 parameters with bf16
-activations) and get gradients in their own dtype.
-Any strides are read as they are (outputs are contiguous). Each program normalizes ROWS rows of
-BLOCK_T >= T elements kept in registers; rows longer than MAX_BLOCK_T are streamed in chunks.
+``x (B, C, T)``, per row over t: ``x_hat = (x - mean) * rstd`` (two-pass biased variance), ``a = (1 + scale) *
+x_hat + shift`` (scale/shift (C,): learned IN, (B, C): AdaIN), ``y = relu(a)``. The forward stores mean and rstd;
+the backward follows the Triton layer-norm tutorial: ``da = dy [a > 0]``, ``g = 1 + scale``,
+``dx = rstd (g da - mean_t(g da) - x_hat mean_t(g da x_hat))``, ``dscale = sum_t da x_hat``, ``dshift = sum_t da``.
+Statistics in fp32; y and dx in x's dtype; rows longer than MAX_BLOCK_T are streamed in chunks.
 """
 from __future__ import annotations
 
@@ -32,13 +20,9 @@ MAX_BLOCK_T = 4096  # longer rows are processed in chunks (three passes over x i
 TILE = 2048  # elements per program (ROWS * BLOCK_T) when rows are short: 8 per thread at 8 warps
 TILE_INTERPRET = 1 << 15  # the interpreter's cost is per operation: few, large programs
 
-# ------------------------------------------------------------------------------------------------
-# torch reference
-
 
 def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
-    """Reference (autograd through torch ops). ``upcast=False`` computes in x's own dtype, which
-    the tests use to measure torch's own low-precision error."""
+    """Reference through torch ops; ``upcast=False`` computes in x's dtype (the tests' measure of torch's error)."""
     dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
     xf = x.to(dt)
     mean = xf.mean(-1, keepdim=True)
@@ -53,9 +37,6 @@ def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
         y = torch.relu(y)
     return y.to(x.dtype)
 
-
-# ------------------------------------------------------------------------------------------------
-# Triton kernels
 
 if HAS_TRITON:
 
@@ -278,9 +259,6 @@ class NormActFunction(torch.autograd.Function):
                 dh.to(shift.dtype) if need[2] else None, None, None)
 
 
-# ------------------------------------------------------------------------------------------------
-# public API
-
 
 def _check(x, scale, shift, eps):
     op = "norm_act"
@@ -304,10 +282,7 @@ def _check(x, scale, shift, eps):
 
 def norm_act(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
              *, relu: bool = True, eps: float = 1e-5, use_triton: bool | None = None) -> torch.Tensor:
-    """``relu((1 + scale) * instance_norm_T(x) + shift)``: x (B, C, T) -> (B, C, T).
-
-    scale/shift: (C,) (learned IN affine) or (B, C) (AdaIN). relu, eps, use_triton: keyword-only.
-    """
+    """``relu((1 + scale) * instance_norm_T(x) + shift)``: x (B, C, T) -> (B, C, T); scale/shift (C,) or (B, C)."""
     _check(x, scale, shift, eps)
     if not use_triton_for(x, use_triton, "norm_act"):
         return norm_act_ref(x, scale, shift, relu=relu, eps=eps)

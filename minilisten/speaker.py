@@ -32,7 +32,7 @@ SA_SAMPLE_RATE = 16000  # SpeechTokenizer / AcousticTokenizer input sample rate
 
 
 def _nearest_code(z: torch.Tensor, codebook: torch.Tensor):
-    from .kernels import nearest_code  # kernels/ is installed as minilisten.kernels (setup.py)
+    from .kernels.nearest_code import nearest_code  # kernels/ is installed as minilisten.kernels (setup.py)
     return nearest_code(z, codebook)
 
 

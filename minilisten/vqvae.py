@@ -73,7 +73,8 @@ from .data.segment import D_MOTION, N_SHAPE
 
 # kernels/ is installed as the subpackage minilisten.kernels (setup.py; a top-level ``kernels``
 # would be an unrelated PyPI project): run from an install, e.g. ``pip install -e .``
-from .kernels import code_stats, norm_act, quantize
+from .kernels.nearest_code import code_stats, quantize
+from .kernels.norm_act import norm_act
 
 FORMAT = "minilisten.VQVAE"                      # config.json tag (minilisten.checkpoint.check_format)
 OLD_TAG = {"model_type": "minilisten.vqvae"}     # the tag of checkpoints written before
