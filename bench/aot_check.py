@@ -70,9 +70,6 @@ def aot_check(archs=(90,), full: bool = False) -> list[dict]:
             for N, Kc, D in ([(65536, 1024, 512), (300, 37, 5)] if full else [(65536, 1024, 512)]):
                 cfg = NC.nearest_code_config(N, Kc, D, dtype, torch.device("cpu"), (arch // 10, arch % 10))
                 nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                r = compile_one(NC._sqnorm_kernel, dict(CB="*" + t, CN="*fp32", K=Kc, D=D, stride_ck=D),
-                                dict(BLOCK_R=32, BLOCK_D=cfg["BLOCK_D"]), arch, 4)
-                rows.append(dict(arch=arch, kernel="sqnorm", dtype=t, shape=f"K={Kc} d={D}", **r))
                 args = dict(Z="*" + t, CB="*" + t, CN="*fp32", IDX="*i64", DIST="*fp32", ZQ="*" + t,
                             N=N, K=Kc, D=D, stride_zn=D, stride_ck=D)
                 consts = dict(PRECISION=prec, WRITE_ZQ=True, DOT_FP32=False, **cfg)

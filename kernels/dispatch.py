@@ -1,11 +1,8 @@
-"""Which path runs, Triton or the torch reference: one rule for every op in ``kernels/``.
-
-Import the ops from their files (``minilisten.kernels.nearest_code``: ``nearest_code``, ``quantize``,
-``code_stats``; ``minilisten.kernels.norm_act``: ``norm_act``). ``kernels/`` has no ``__init__.py``: from a
-checkout's root it is only a namespace directory, so Hugging Face's ``kernels`` (imported by transformers) wins.
-Rule: ``use_triton=False`` or ``MINILISTEN_KERNELS=torch`` -> reference; ``use_triton=True`` -> Triton or a
-RuntimeError; ``None`` -> Triton on CUDA (or CPU under ``TRITON_INTERPRET=1``), except inside torch.compile
-tracing (Inductor fuses the reference) and for float64 (gradcheck), which take the reference.
+"""Which path runs, Triton or the torch reference: one rule for every op in ``kernels/`` (import the ops from their
+files; ``kernels/`` has no ``__init__.py``, so from a checkout's root Hugging Face's ``kernels`` wins the name).
+``use_triton=False`` or ``MINILISTEN_KERNELS=torch`` -> reference; ``True`` -> Triton or a RuntimeError; ``None`` ->
+Triton on CUDA (or CPU under ``TRITON_INTERPRET=1``), but the reference inside torch.compile tracing (Inductor fuses
+it) and for float64 (gradcheck).
 """
 from __future__ import annotations
 
@@ -30,13 +27,9 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def triton_available(t: torch.Tensor | None = None) -> bool:
-    """True when the Triton path can run on ``t``'s device (any device of this process if None)."""
-    if not HAS_TRITON:
-        return False
-    if t is None:
-        return INTERPRET or torch.cuda.is_available()
-    return t.device.type == "cuda" or (t.device.type == "cpu" and INTERPRET)
+def triton_available(t: torch.Tensor) -> bool:
+    """True when the Triton path can run on ``t``'s device."""
+    return HAS_TRITON and (t.device.type == "cuda" or (t.device.type == "cpu" and INTERPRET))
 
 
 def use_triton_for(t: torch.Tensor, use_triton: bool | None, op: str) -> bool:

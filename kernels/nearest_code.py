@@ -20,6 +20,7 @@ if HAS_TRITON:
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
+
 def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24,
                      first_of_duplicates: bool = True):
     """Reference ``(idx, dist)``, scores in fp32 (fp64 for fp64) in chunks of ``chunk_elems``; a choice among
@@ -47,25 +48,6 @@ def quantize_ref(z: torch.Tensor, codebook: torch.Tensor, first_of_duplicates: b
 
 
 if HAS_TRITON:
-
-    @triton.jit
-    def _sqnorm_kernel(
-        CB,  # (K, D) codebook, unit stride along D
-        CN,  # (K,) fp32 out: ||c_k||^2
-        K, D,
-        stride_ck,  # row stride of CB (elements)
-        BLOCK_R: tl.constexpr,  # rows per program
-        BLOCK_D: tl.constexpr,  # features per step
-    ):
-        offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        mask_r = offs_r < K
-        acc = tl.zeros([BLOCK_R], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            c = tl.load(CB + offs_r.to(tl.int64)[:, None] * stride_ck + offs_d[None, :],
-                        mask=mask_r[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
-            acc += tl.sum(c * c, axis=1)
-        tl.store(CN + offs_r, acc, mask=mask_r)
 
     @triton.jit
     def _nearest_code_kernel(
@@ -165,14 +147,10 @@ def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torc
 
 
 def _nearest_code_triton(z, codebook, precision, write_zq, config=None):
-    if z.stride(-1) != 1:  # the kernel assumes unit stride along d (coalesced, vectorized loads)
-        z = z.contiguous()
-    if codebook.stride(-1) != 1:
-        codebook = codebook.contiguous()
-    N, D = z.shape
-    K = codebook.shape[0]
-    dev = z.device
-    cn = torch.empty(K, dtype=torch.float32, device=dev)
+    # the kernel assumes unit stride along d (coalesced, vectorized loads)
+    z, codebook = (t if t.stride(-1) == 1 else t.contiguous() for t in (z, codebook))
+    (N, D), K, dev = z.shape, codebook.shape[0], z.device
+    cn = codebook.float().square().sum(1)   # (K,) ||c_k||^2 in fp32
     idx = torch.empty(N, dtype=torch.int64, device=dev)
     dist = torch.empty(N, dtype=torch.float32, device=dev)
     zq = torch.empty((N, D), dtype=z.dtype, device=dev) if write_zq else dist
@@ -180,9 +158,6 @@ def _nearest_code_triton(z, codebook, precision, write_zq, config=None):
     if INTERPRET:  # the interpreter takes no warps/stages
         cfg.pop("num_warps", None), cfg.pop("num_stages", None)
     with device_guard(z):
-        block_r = min(1024, next_pow2(K)) if INTERPRET else 32
-        _sqnorm_kernel[(triton.cdiv(K, block_r),)](codebook, cn, K, D, codebook.stride(0),
-                                                   BLOCK_R=block_r, BLOCK_D=cfg["BLOCK_D"])
         _nearest_code_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
             z, codebook, cn, idx, dist, zq, N, K, D, z.stride(0), codebook.stride(0),
             PRECISION=precision if z.dtype == torch.float32 else None, WRITE_ZQ=write_zq,
@@ -220,9 +195,8 @@ class NearestCodeFunction(torch.autograd.Function):
 
 
 def _check(z, codebook, op, precision):
-    check_float("z", z, op)
-    check_float("codebook", codebook, op)
     for name, t, what in (("z", z, "(N, d)"), ("codebook", codebook, "(K, d)")):
+        check_float(name, t, op)
         if t.dim() != 2:
             raise ValueError(f"{op}: {name} must be 2-D {what}, got shape {tuple(t.shape)}")
         if t.numel() == 0:
@@ -230,8 +204,7 @@ def _check(z, codebook, op, precision):
     if codebook.shape[1] != z.shape[1]:
         raise ValueError(f"{op}: codebook has d={codebook.shape[1]} but z has d={z.shape[1]}")
     if z.dtype != codebook.dtype:
-        raise TypeError(f"{op}: z and codebook must share a dtype, got z {z.dtype} and codebook "
-                        f"{codebook.dtype} (cast one explicitly)")
+        raise TypeError(f"{op}: z and codebook must share a dtype, got {z.dtype} and {codebook.dtype}")
     if z.device != codebook.device:
         raise ValueError(f"{op}: z is on {z.device} but codebook is on {codebook.device}")
     if precision is not None and precision not in PRECISIONS:
@@ -261,13 +234,11 @@ def code_stats(idx: torch.Tensor, z: torch.Tensor, K: int):
     """EMA statistics ``onehot(idx)^T 1`` and ``onehot(idx)^T z``: ``-> (counts (K,), sums (K, d))`` fp32, no host
     sync, not differentiable."""
     if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1:
-        raise TypeError("code_stats: idx must be a 1-D int64 tensor, got "
-                        f"{getattr(idx, 'dtype', type(idx).__name__)} of shape "
-                        f"{tuple(getattr(idx, 'shape', ()))}")
+        raise TypeError(f"code_stats: idx must be a 1-D int64 tensor, got {getattr(idx, 'dtype', type(idx))} "
+                        f"of shape {tuple(getattr(idx, 'shape', ()))}")
     check_float("z", z, "code_stats")
     if z.dim() != 2 or z.shape[0] != idx.shape[0]:
-        raise ValueError(f"code_stats: z must be (N, d) with N = len(idx) = {idx.shape[0]}, "
-                         f"got {tuple(z.shape)}")
+        raise ValueError(f"code_stats: z must be (N, d) with N = len(idx) = {idx.shape[0]}, got {tuple(z.shape)}")
     if not isinstance(K, int) or K < 1:
         raise ValueError(f"code_stats: K must be a positive int, got {K!r}")
     with torch.no_grad():

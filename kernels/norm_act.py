@@ -41,6 +41,18 @@ def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
 if HAS_TRITON:
 
     @triton.jit
+    def _tile(P, row, offs, stride_t, mask):
+        """A (ROWS, BLOCK_T) tile of a (B, C, T) tensor in fp32, 0 where masked."""
+        return tl.load(P + row[:, None] + offs[None, :] * stride_t, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _act(x_hat, g, h, RELU: tl.constexpr):
+        a = x_hat * g[:, None] + h[:, None]
+        if RELU:
+            a = tl.where(a < 0.0, 0.0, a)
+        return a
+
+    @triton.jit
     def _norm_act_fwd_kernel(
         X,  # (B, C, T) input, any strides
         S,  # scale (C,) or (B, C): read as S[b * stride_sb + c * stride_sc]
@@ -69,45 +81,44 @@ if HAS_TRITON:
         offs0 = tl.arange(0, BLOCK_T)
         if ONE_TILE:
             mask = mask_r[:, None] & (offs0 < T)[None, :]
-            x = tl.load(X + x_row[:, None] + offs0[None, :] * stride_xt, mask=mask, other=0.0)
-            x = x.to(tl.float32)
+            x = _tile(X, x_row, offs0, stride_xt, mask)
             mean = tl.sum(x, axis=1) / T
             xc = tl.where(mask, x - mean[:, None], 0.0)
-            var = tl.sum(xc * xc, axis=1) / T
-            rstd = 1.0 / tl.sqrt(var + eps)
-            a = (xc * rstd[:, None]) * g[:, None] + h[:, None]
-            if RELU:
-                a = tl.where(a < 0.0, 0.0, a)
+            rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / T + eps)
+            a = _act(xc * rstd[:, None], g, h, RELU)
             tl.store(Y + y_row[:, None] + offs0[None, :], a.to(Y.dtype.element_ty), mask=mask)
-            tl.store(MEAN + rows, mean, mask=mask_r)
-            tl.store(RSTD + rows, rstd, mask=mask_r)
-        else:
+        else:  # three passes over x: mean, variance, output
             acc = tl.zeros([ROWS, BLOCK_T], tl.float32)
             for t0 in range(0, T, BLOCK_T):
-                offs = t0 + offs0
-                mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                acc += x.to(tl.float32)
+                acc += _tile(X, x_row, t0 + offs0, stride_xt, mask_r[:, None] & (t0 + offs0 < T)[None, :])
             mean = tl.sum(acc, axis=1) / T
             acc = tl.zeros([ROWS, BLOCK_T], tl.float32)
             for t0 in range(0, T, BLOCK_T):
-                offs = t0 + offs0
-                mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                xc = tl.where(mask, x.to(tl.float32) - mean[:, None], 0.0)
+                mask = mask_r[:, None] & (t0 + offs0 < T)[None, :]
+                xc = tl.where(mask, _tile(X, x_row, t0 + offs0, stride_xt, mask) - mean[:, None], 0.0)
                 acc += xc * xc
-            var = tl.sum(acc, axis=1) / T
-            rstd = 1.0 / tl.sqrt(var + eps)
+            rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / T + eps)
             for t0 in range(0, T, BLOCK_T):
                 offs = t0 + offs0
                 mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                a = ((x.to(tl.float32) - mean[:, None]) * rstd[:, None]) * g[:, None] + h[:, None]
-                if RELU:
-                    a = tl.where(a < 0.0, 0.0, a)
+                a = _act((_tile(X, x_row, offs, stride_xt, mask) - mean[:, None]) * rstd[:, None], g, h, RELU)
                 tl.store(Y + y_row[:, None] + offs[None, :], a.to(Y.dtype.element_ty), mask=mask)
-            tl.store(MEAN + rows, mean, mask=mask_r)
-            tl.store(RSTD + rows, rstd, mask=mask_r)
+        tl.store(MEAN + rows, mean, mask=mask_r)
+        tl.store(RSTD + rows, rstd, mask=mask_r)
+
+    @triton.jit
+    def _grad_tile(X, DY, x_row, d_row, offs, mask, stride_xt, stride_dt, mean, rstd, g, h, RELU: tl.constexpr):
+        """x_hat and ``da = dy [a > 0]`` of one tile."""
+        x_hat = tl.where(mask, (_tile(X, x_row, offs, stride_xt, mask) - mean[:, None]) * rstd[:, None], 0.0)
+        da = _tile(DY, d_row, offs, stride_dt, mask)
+        if RELU:
+            da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+        return x_hat, da
+
+    @triton.jit
+    def _dx(x_hat, da, g, ds, dh, rstd, T):
+        # dx_hat = da * g, so mean(dx_hat * x_hat) = g * ds / T and mean(dx_hat) = g * dh / T
+        return (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None])) * rstd[:, None]
 
     @triton.jit
     def _norm_act_bwd_kernel(
@@ -144,32 +155,18 @@ if HAS_TRITON:
         offs0 = tl.arange(0, BLOCK_T)
         if ONE_TILE:
             mask = mask_r[:, None] & (offs0 < T)[None, :]
-            x = tl.load(X + x_row[:, None] + offs0[None, :] * stride_xt, mask=mask, other=0.0)
-            dy = tl.load(DY + d_row[:, None] + offs0[None, :] * stride_dt, mask=mask, other=0.0)
-            x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
-            da = dy.to(tl.float32)
-            if RELU:
-                da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+            x_hat, da = _grad_tile(X, DY, x_row, d_row, offs0, mask, stride_xt, stride_dt, mean, rstd, g, h, RELU)
             ds = tl.sum(da * x_hat, axis=1)
             dh = tl.sum(da, axis=1)
-            # dx_hat = da * g, so mean(dx_hat * x_hat) = g * ds / T and mean(dx_hat) = g * dh / T
-            dx = (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None]))
-            dx = dx * rstd[:, None]
+            dx = _dx(x_hat, da, g, ds, dh, rstd, T)
             tl.store(DX + o_row[:, None] + offs0[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-            tl.store(DS + rows, ds, mask=mask_r)
-            tl.store(DH + rows, dh, mask=mask_r)
-        else:
+        else:  # two passes: the sums, then dx
             acc_s = tl.zeros([ROWS, BLOCK_T], tl.float32)
             acc_h = tl.zeros([ROWS, BLOCK_T], tl.float32)
             for t0 in range(0, T, BLOCK_T):
-                offs = t0 + offs0
-                mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                dy = tl.load(DY + d_row[:, None] + offs[None, :] * stride_dt, mask=mask, other=0.0)
-                x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
-                da = dy.to(tl.float32)
-                if RELU:
-                    da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+                mask = mask_r[:, None] & (t0 + offs0 < T)[None, :]
+                x_hat, da = _grad_tile(X, DY, x_row, d_row, t0 + offs0, mask, stride_xt, stride_dt, mean, rstd, g, h,
+                                       RELU)
                 acc_s += da * x_hat
                 acc_h += da
             ds = tl.sum(acc_s, axis=1)
@@ -177,18 +174,11 @@ if HAS_TRITON:
             for t0 in range(0, T, BLOCK_T):
                 offs = t0 + offs0
                 mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                dy = tl.load(DY + d_row[:, None] + offs[None, :] * stride_dt, mask=mask, other=0.0)
-                x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
-                da = dy.to(tl.float32)
-                if RELU:
-                    da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
-                dx = (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None]))
-                dx = dx * rstd[:, None]
-                tl.store(DX + o_row[:, None] + offs[None, :], dx.to(DX.dtype.element_ty),
-                         mask=mask)
-            tl.store(DS + rows, ds, mask=mask_r)
-            tl.store(DH + rows, dh, mask=mask_r)
+                x_hat, da = _grad_tile(X, DY, x_row, d_row, offs, mask, stride_xt, stride_dt, mean, rstd, g, h, RELU)
+                dx = _dx(x_hat, da, g, ds, dh, rstd, T)
+                tl.store(DX + o_row[:, None] + offs[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DS + rows, ds, mask=mask_r)
+        tl.store(DH + rows, dh, mask=mask_r)
 
 
 def norm_act_config(T: int) -> dict:
@@ -206,43 +196,19 @@ def _param_strides(p: torch.Tensor):
     return (0, p.stride(0)) if p.dim() == 1 else (p.stride(0), p.stride(1))
 
 
-def _norm_act_fwd(x, scale, shift, relu, eps):
-    B, C, T = x.shape
-    n_rows = B * C
-    y = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
-    mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    cfg = norm_act_config(T)
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
-    with device_guard(x):
-        _norm_act_fwd_kernel[grid](
-            x, scale, shift, y, mean, rstd, n_rows, C, T,
-            *x.stride(), *_param_strides(scale), *_param_strides(shift), eps, RELU=relu, **cfg)
-    return y, mean, rstd
-
-
-def _norm_act_bwd(dy, x, scale, shift, mean, rstd, relu):
-    B, C, T = x.shape
-    n_rows = B * C
-    dx = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
-    ds = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    dh = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    cfg = norm_act_config(T)
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
-    with device_guard(x):
-        _norm_act_bwd_kernel[grid](
-            x, dy, scale, shift, mean, rstd, dx, ds, dh, n_rows, C, T,
-            *x.stride(), *dy.stride(), *_param_strides(scale), *_param_strides(shift),
-            RELU=relu, **cfg)
-    return dx, ds.view(B, C), dh.view(B, C)
-
-
 class NormActFunction(torch.autograd.Function):
     """Triton forward and backward of ``norm_act`` (grads for x, scale, shift)."""
 
     @staticmethod
     def forward(ctx, x, scale, shift, relu, eps):
-        y, mean, rstd = _norm_act_fwd(x, scale, shift, relu, eps)
+        B, C, T = x.shape
+        y = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
+        mean, rstd = torch.empty(2, B * C, dtype=torch.float32, device=x.device)
+        cfg = norm_act_config(T)
+        with device_guard(x):
+            _norm_act_fwd_kernel[(triton.cdiv(B * C, cfg["ROWS"]),)](
+                x, scale, shift, y, mean, rstd, B * C, C, T,
+                *x.stride(), *_param_strides(scale), *_param_strides(shift), eps, RELU=relu, **cfg)
         ctx.save_for_backward(x, scale, shift, mean, rstd)
         ctx.relu = relu
         return y
@@ -251,7 +217,14 @@ class NormActFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # no double backward through the kernels
     def backward(ctx, dy):
         x, scale, shift, mean, rstd = ctx.saved_tensors
-        dx, ds, dh = _norm_act_bwd(dy, x, scale, shift, mean, rstd, ctx.relu)
+        B, C, T = x.shape
+        dx = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
+        ds, dh = torch.empty(2, B, C, dtype=torch.float32, device=x.device)
+        cfg = norm_act_config(T)
+        with device_guard(x):
+            _norm_act_bwd_kernel[(triton.cdiv(B * C, cfg["ROWS"]),)](
+                x, dy, scale, shift, mean, rstd, dx, ds, dh, B * C, C, T,
+                *x.stride(), *dy.stride(), *_param_strides(scale), *_param_strides(shift), RELU=ctx.relu, **cfg)
         if scale.dim() == 1:
             ds, dh = ds.sum(0), dh.sum(0)
         need = ctx.needs_input_grad
@@ -259,12 +232,10 @@ class NormActFunction(torch.autograd.Function):
                 dh.to(shift.dtype) if need[2] else None, None, None)
 
 
-
 def _check(x, scale, shift, eps):
     op = "norm_act"
-    check_float("x", x, op)
-    check_float("scale", scale, op)
-    check_float("shift", shift, op)
+    for name, t in (("x", x), ("scale", scale), ("shift", shift)):
+        check_float(name, t, op)
     if x.dim() != 3:
         raise ValueError(f"{op}: x must be 3-D (B, C, T), got shape {tuple(x.shape)}")
     B, C, T = x.shape

@@ -1,10 +1,8 @@
 """``python -m minilisten.bench [--quick] [--skip PARTS]``: how fast listener motion and the kernels run.
 
-Parts: ``decode`` (greedy LR decoding, 8 frames per token: (a) no cache, LM-listener's way; (b) HF with its
-DynamicCache; (c) ours, static KV cache, eager; (d) the same compiled), ``streaming`` (``StreamingListener.push``
-latency), ``arig`` (frame-by-frame ARIG decode: cached, compiled, recomputing the window) and ``kernels``
-(Triton vs eager and torch.compile). Random weights: speed does not depend on them. Methods run interleaved
-after a warm-up round and report medians; a JSON file with the environment goes to ``--out``. See docs/speed.md.
+Parts: ``decode`` (greedy LR decoding, 8 frames a token), ``streaming`` (``StreamingListener.push``), ``arig``
+(frame-by-frame ARIG decode) and ``kernels`` (Triton vs eager and torch.compile), random weights, interleaved
+rounds after a warm-up, medians, a JSON file with the environment in ``--out``. Methods and results: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -32,7 +30,6 @@ CONFIGS = {   # backbone layout and shape; vocab_size None: the small BPE's
 }
 METHODS = {"a": "(a) nocache", "b": "(b) hf-dynamic", "c": "(c) ours-eager", "d": "(d) ours-compiled",
            "e": "(e) compiled bf16"}
-ARIG_METHODS = {"cached": "ARIG cached step", "compiled": "ARIG cached, compiled", "recompute": "ARIG recompute window"}
 
 
 def build_lm(config: str = "tiny", device="cpu", dtype=torch.float32, seed: int = 0):
@@ -62,40 +59,25 @@ def build_vq(device="cpu", seed: int = 0, width: int = 512):
     return vq.to(device).eval()
 
 
-def build_arig(device="cpu", paper: bool = False, seed: int = 0):
-    """A random-weight ARIG model, the demo's size or the appendix's (``paper``), 1024 SA tokens."""
-    from .arig import ARIG, ARIGConfig
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        m = ARIG(ARIGConfig.paper(n_sa=1024) if paper else ARIGConfig(n_sa=1024))
-    return m.to(device).eval()
-
-
 def streams(lm, batch: int, seconds: float, seed: int = 0, sa: bool = True):
     """``batch`` random speaker streams ``(histories, steps)`` cut to one length; ``sa=False`` drops SA tokens."""
-    v = lm.vocab
-    hs, ss = [], []
+    v, hs, ss = lm.vocab, [], []
+    keep = lambda t: sa or not (v.sa_start <= t <= v.sa_end or v.sa_offset <= t < v.emo_offset)
     for k in range(batch):
         h, s = lm.speaker_steps(speaker_segment(seconds, seed=seed + k))
-        if not sa:
-            s = [[t for t in x if not (v.sa_start <= t <= v.sa_end or v.sa_offset <= t < v.emo_offset)] for x in s]
         hs.append(h)
-        ss.append(s)
+        ss.append([[t for t in x if keep(t)] for x in s])
     n = min(len(s) for s in ss)
     return hs, [s[:n] for s in ss]
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, device, *args) -> float:
     """Seconds of one call ``fn(*args)``, synchronised on CUDA."""
-    _sync(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+    sync()
     t = perf_counter()
     fn(*args)
-    _sync(device)
+    sync()
     return perf_counter() - t
 
 
@@ -156,23 +138,22 @@ def bench_decode(lm, device, batches=(1,), window_seconds: float = 8.0, long_sec
 
 
 def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, generator=None) -> dict:
-    """Latency of ``StreamingListener.push``, one LR step (8 frames) of speaker input per push (``generator``:
-    a compiled one to reuse, else eager)."""
+    """Latency of ``StreamingListener.push`` with 8 frames of speaker input (``generator``: a compiled one to reuse)."""
     from .streaming import StreamingListener
     seg = speaker_segment(seconds, seed=7)
     sl = StreamingListener(lm, vq, seg.listener_beta, dtype=dtype, history_words=seg.history_words, generator=generator)
     r, fps, frames = 8, seg.fps, []
 
-    def push(i):
+    def push(i):   # a stream from its start: one warm-up pass, one timed
+        if i == 0:
+            sl.reset()
+            frames.clear()
         t0, t1 = i * r / fps, (i + 1) * r / fps
         a, b = sl.sa_range(i)
         frames.append(len(sl.push(words=[w for w in seg.words if t0 < w.end <= t1 + 1e-9],
                                   sa_tokens=seg.sa_tokens[a:b], emotion=seg.emotion[i * r:(i + 1) * r])))
     with torch.inference_mode():
-        for _ in range(2):   # the first pass warms up
-            sl.reset()
-            frames.clear()
-            lat = [timed(push, device, i) for i in range(seg.T // r)]
+        lat = interleaved({"push": push}, 1, device, calls={"push": seg.T // r})[0]["push"]
     ms = np.asarray(lat[2:]) * 1e3
     return dict(pushes=len(lat), frames=sum(frames), lookahead=sl.lookahead,
                 compiled=bool(generator and generator.compiled), median_ms=float(np.median(ms)),
@@ -184,11 +165,14 @@ def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute
                paper: bool = False, autocast_bf16: bool = False, progress=print, model=None,
                compile_batches=None) -> list[dict]:
     """Per (batch, Euler steps), ms per frame of the cached step (``arig.decode_frame``), the same compiled (for
-    ``compile_batches``, default all) and the path recomputing the whole window each frame; FPS, speed-ups."""
-    from .arig import compiled_decode_frame, decode_frame
-    m = model if model is not None else build_arig(device, paper)
-    c, W = m.config, m.config.window
-    rows = []
+    ``compile_batches``, default all) and the path recomputing the whole window each frame; FPS, speed-ups.
+    ``model``: default a random-weight ARIG of the demo's size or the appendix's (``paper``), 1024 SA tokens."""
+    from .arig import ARIG, ARIGConfig, compiled_decode_frame, decode_frame
+    if model is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = ARIG(ARIGConfig.paper(n_sa=1024) if paper else ARIGConfig(n_sa=1024)).to(device).eval()
+    m, c, W, rows = model, model.config, model.config.window, []
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if autocast_bf16 else torch.autocast("cpu", enabled=False)
     for B in batches:
         g, T = torch.Generator().manual_seed(B), W + frames + 1
@@ -202,22 +186,23 @@ def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute
         frame = lambda t: {k: (v if k == "beta" else v[:, t]) for k, v in x.items() if k != "lis"}
         window = lambda t: {k: (v if k == "beta" else v[:, t:t + W]) for k, v in x.items()}
         noise = torch.randn(B, D_MOTION, device=device)
-        names = ["cached"] + (["compiled"] if compile_batches is None or B in compile_batches else []) + ["recompute"]
+        compiled = compile_batches is None or B in compile_batches
         for n_steps in steps:
             with torch.inference_mode(), amp:
-                st = {k: m.init_state(frame(0)) for k in ("cached", "compiled")}
+                st, st_c = m.init_state(frame(0)), m.init_state(frame(0))
                 fast = compiled_decode_frame(torch.device(device).type)
-                fns = {"cached": lambda t: decode_frame(m, st["cached"], frame(t), noise, n_steps),
-                       "compiled": lambda t: fast(m, st["compiled"], frame(t), noise, n_steps),
-                       "recompute": lambda t: m.sample(m.features(window(t))[0][:, -1], noise, n_steps)}
-                times, _ = interleaved({k: fns[k] for k in names}, reps, device, progress=progress,
-                                       calls={k: recompute_frames if k == "recompute" else frames for k in names})
+                fns = {"ARIG cached step": lambda t: decode_frame(m, st, frame(t), noise, n_steps),
+                       "ARIG cached, compiled": lambda t: fast(m, st_c, frame(t), noise, n_steps),
+                       "ARIG recompute window": lambda t: m.sample(m.features(window(t))[0][:, -1], noise, n_steps)}
+                if not compiled:
+                    del fns["ARIG cached, compiled"]
+                times, _ = interleaved(fns, reps, device, progress=progress,
+                                       calls={k: recompute_frames if "recompute" in k else frames for k in fns})
             p50 = {k: float(np.median(v)) for k, v in times.items()}
             for k, ts in times.items():
-                rows.append(dict(scenario="ARIG frame", batch=B, sample_steps=n_steps, method=ARIG_METHODS[k],
-                                 frames_timed=len(ts), p50_ms=1e3 * p50[k], p95_ms=1e3 * float(np.percentile(ts, 95)),
-                                 fps=B / p50[k], fps_per_stream=1 / p50[k],
-                                 speedup_vs_recompute=p50["recompute"] / p50[k],
+                rows.append(dict(scenario="ARIG frame", batch=B, sample_steps=n_steps, method=k, frames_timed=len(ts),
+                                 p50_ms=1e3 * p50[k], p95_ms=1e3 * float(np.percentile(ts, 95)), fps=B / p50[k],
+                                 speedup_vs_recompute=p50["ARIG recompute window"] / p50[k],
                                  config=dict(d_model=c.d_model, d_ff=c.d_ff, window=W, paper=paper,
                                              dtype="bf16 autocast" if autocast_bf16 else "float32")))
             progress(f"ARIG batch {B}, {n_steps} Euler steps: " + ", ".join(f"{k} {1e3 * v:.2f} ms"
@@ -228,29 +213,28 @@ def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute
 def arig_vs_lr(arig_rows: list[dict], decode_rows: list[dict] | None, streaming: dict | None) -> None:
     """Add in place each ARIG row's FPS over the LR decoders' at its batch (8-s window, same run): ``fps_vs_lr``
     {method: ratio}; at batch 1 ``fps_vs_lr_streaming`` (over ``StreamingListener.push``, 8 frames a push)."""
-    lr = {}
-    for r in decode_rows or []:
-        if r["scenario"] == "window":
-            lr.setdefault(r["batch"], {})[r["method"]] = r["fps"]
     for r in arig_rows:
-        r["fps_vs_lr"] = {k: r["fps"] / v for k, v in lr.get(r["batch"], {}).items()}
-        if streaming and r["batch"] == 1:
-            r["fps_vs_lr_streaming"] = r["fps"] / (8 / (streaming["median_ms"] / 1e3))
+        r["fps_vs_lr"] = {d["method"]: r["fps"] / d["fps"] for d in decode_rows or []
+                          if d["scenario"] == "window" and d["batch"] == r["batch"]}
+        if streaming and r["batch"] == 1:   # a push: 8 frames in median_ms
+            r["fps_vs_lr_streaming"] = r["fps"] / (8e3 / streaming["median_ms"])
 
 
-def _kernel_time(fn, device, quick: bool, grad_to_none=()) -> tuple[float, float, float]:
-    """(median, p20, p80) µs: ``triton.testing.do_bench`` on CUDA, else timed calls after a warm-up call."""
+def _kernel_time(fn, device, quick: bool) -> tuple[float, float, float]:
+    """(median, p20, p80) µs: ``triton.testing.do_bench`` on CUDA, else timed calls after a warm-up round."""
     if device.type == "cuda":
         import triton.testing
         q = triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=50 if quick else 100,
-                                    grad_to_none=list(grad_to_none) or None, quantiles=[0.5, 0.2, 0.8])
+                                    quantiles=[0.5, 0.2, 0.8])
         return tuple(1e3 * v for v in q)
-    ts = []
-    for _ in range(11 if quick else 31):
-        for t in grad_to_none:
-            t.grad = None
-        ts.append(1e6 * timed(fn, device))
-    return tuple(float(np.percentile(ts[1:], q)) for q in (50, 20, 80))
+    ts = interleaved({"fn": lambda i: fn()}, 1, device, calls={"fn": 10 if quick else 30})[0]["fn"]
+    return tuple(1e6 * float(np.percentile(ts, q)) for q in (50, 20, 80))
+
+
+def _backward(y, dy, leaves):
+    for t in leaves:   # fresh gradients each call, as do_bench's grad_to_none
+        t.grad = None
+    y.backward(dy)
 
 
 def _eager_quantize(z, cb):
@@ -258,9 +242,9 @@ def _eager_quantize(z, cb):
     return idx, d.square(), cb[idx]
 
 
-def bench_kernels(device, quick: bool = True) -> list[dict]:
+def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
     """Per op, mode, dtype and shape: µs, GB/s of the ideal traffic, the copy-bandwidth bound and speed-ups of each
-    provider (eager torch, our reference, its torch.compile, Triton and its variants; Triton needs CUDA)."""
+    provider (eager torch, our reference, its torch.compile, Triton; ``variants(z, cb)``: more nearest-code ones)."""
     from .kernels import nearest_code as NC
     from .kernels.norm_act import norm_act, norm_act_ref
     cuda, rows = device.type == "cuda", []
@@ -272,11 +256,11 @@ def bench_kernels(device, quick: bool = True) -> list[dict]:
     setattr(cfg, knob, max(64, getattr(cfg, knob)))
     comp = (lambda f: torch.compile(f, dynamic=False)) if cuda or not quick else (lambda f: None)
 
-    def measure(providers, nbytes, flops=None, leaves=(), **key):
+    def measure(providers, nbytes, flops=None, **key):
         group = []
         for name, fn in [(k, f) for k, f in providers.items() if f is not None]:
             try:
-                med, p20, p80 = _kernel_time(fn, device, quick, leaves)
+                med, p20, p80 = _kernel_time(fn, device, quick)
             except Exception as e:   # a provider that cannot run is reported, not fatal
                 group.append(dict(key, provider=name, error=repr(e)[:300]))
                 continue
@@ -293,8 +277,6 @@ def bench_kernels(device, quick: bool = True) -> list[dict]:
     sizes = [(4096, 256)] + ([] if quick else [(4096, 1024)])
     if cuda:
         sizes = [(n, k) for n in ([65536] if quick else [8192, 65536]) for k in (256, 1024)]
-    sweep = {torch.float32: [(64, 64, 16, 4), (64, 64, 32, 4), (128, 64, 32, 8)],   # other tilings than the rule's
-             torch.bfloat16: [(64, 128, 64, 4), (128, 64, 64, 4), (64, 64, 64, 4)]}
     for (N, K), dt in [(s, dt) for s in sizes for dt in ([torch.float32, torch.bfloat16] if cuda else [torch.float32])]:
         g = torch.Generator(device=device).manual_seed(0)
         z, cb = (torch.randn(r, d, device=device, dtype=dt, generator=g) for r in (N, K))
@@ -302,12 +284,7 @@ def bench_kernels(device, quick: bool = True) -> list[dict]:
              "compile": comp_q and (lambda: comp_q(z, cb))}
         if cuda:
             p["triton"] = lambda: NC.quantize(z, cb, use_triton=True)
-            p["triton+stats"] = lambda: NC.code_stats(NC.quantize(z, cb, use_triton=True)[0], z, K)   # EMA, unfused
-            if dt == torch.float32:
-                p["triton-tf32x3"] = lambda: NC.quantize(z, cb, use_triton=True, precision="tf32x3")
-            for bn, bk, bd, w in sweep[dt] if (N, K) == sizes[-1] else []:
-                c = dict(BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, num_warps=w, num_stages=3)
-                p[f"triton[{bn}/{bk}/{bd}/{w}]"] = lambda c=c: NC._nearest_code_triton(z, cb, "ieee", True, config=c)
+            p.update(variants(z, cb) if variants and (N, K) == sizes[-1] else {})
         measure(p, (2 * N + K) * d * z.element_size() + 12 * N, 2.0 * N * K * d,
                 op="nearest_code", mode="fwd", dtype=str(dt)[6:], shape=f"N={N} K={K} d={d}")
     B, C = (256, 512) if cuda else (16, 512)
@@ -327,38 +304,37 @@ def bench_kernels(device, quick: bool = True) -> list[dict]:
         key = dict(op="norm_act", dtype=str(dt)[6:], shape=f"B={B} C={C} T={T}")
         nbytes = B * C * T * x.element_size()   # fwd reads x, writes y; bwd also reads x, dy and writes dx
         measure({k: f and (lambda f=f: f(x, s, h)) for k, f in fns.items()}, 2 * nbytes, mode="fwd", **key)
-        measure({k: f and (lambda f=f: f(*leaves).backward(dy)) for k, f in fns.items()}, 5 * nbytes,
-                leaves=leaves, mode="fwd+bwd", **key)
+        measure({k: f and (lambda f=f: _backward(f(*leaves), dy, leaves)) for k, f in fns.items()}, 5 * nbytes,
+                mode="fwd+bwd", **key)
     return rows
 
 
-def table(rows: list[dict], cols: list[tuple]) -> str:
-    """Text table of ``rows``; ``cols`` = (header, key or function of a row, format spec); None prints '-'."""
-    vals = [[k(r) if callable(k) else r.get(k) for _, k, _ in cols] for r in rows]
-    keep = [i for i in range(len(cols)) if any(v[i] is not None for v in vals)]   # no all-empty columns
-    cells = [[cols[i][0] for i in keep]] + [["-" if v[i] is None else format(v[i], cols[i][2]) for i in keep]
-                                            for v in vals]
-    widths = [max(len(c[j]) for c in cells) for j in range(len(keep))]
+def _cell(v) -> str:
+    if not isinstance(v, float):
+        return "-" if v is None else str(v)
+    return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def table(rows: list[dict], keys: str) -> str:
+    """Text table of ``rows`` over the space-separated ``keys``; a dict value gives one column per entry."""
+    flat = [{f"{k} {j}".strip(): w for k, v in r.items() if k in keys.split()
+             for j, w in (v.items() if isinstance(v, dict) else [("", v)])} for r in rows]
+    cols = list(dict.fromkeys(c for f in flat for c in f))
+    cells = [cols] + [[_cell(f.get(c)) for c in cols] for f in flat]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
 
 
-DECODE_COLS = [("scenario", "scenario", ""), ("B", "batch", ""), ("steps", "steps", ""), ("method", "method", ""),
-               ("ms/step", "ms_per_step", ".2f"), ("LR tok/s", "lr_tokens_per_s", ".0f"), ("FPS", "fps", ".0f"),
-               ("vs (a)", "speedup_vs_a", ".1f"), ("vs (b)", "speedup_vs_b", ".2f"),
-               ("agree", "agreement_vs_ref", ".3f")]
-ARIG_COLS = [("method", "method", ""), ("B", "batch", ""), ("Euler", "sample_steps", ""), ("p50 ms", "p50_ms", ".2f"),
-             ("p95 ms", "p95_ms", ".2f"), ("FPS", "fps", ".0f"), ("vs recomp", "speedup_vs_recompute", ".1f")] + [
-             (f"vs ({k})", lambda r, k=k: r.get("fps_vs_lr", {}).get(METHODS[k]), ".2f") for k in "abcde"] + [
-             ("vs stream", "fps_vs_lr_streaming", ".2f")]
-KERNEL_COLS = [(k, k, "") for k in ("op", "mode", "dtype", "shape", "provider")] + [
-    ("median µs", "median_us", ".1f"), ("p20", "p20_us", ".1f"), ("p80", "p80_us", ".1f"), ("GB/s", "gbps", ".1f"),
-    ("bound µs", "bound_us", ".1f"), ("x eager", "speedup_vs_eager", ".2f"), ("x compile", "speedup_vs_compile", ".2f"),
-    ("error", "error", "")]
+DECODE_COLS = "scenario batch steps method ms_per_step lr_tokens_per_s fps speedup_vs_a speedup_vs_b agreement_vs_ref"
+ARIG_COLS = "method batch sample_steps p50_ms p95_ms fps speedup_vs_recompute fps_vs_lr fps_vs_lr_streaming"
+KERNEL_COLS = ("op mode dtype shape provider median_us p20_us p80_us gbps bound_us speedup_vs_eager "
+               "speedup_vs_compile error")
 
 
-def environment(device) -> dict:
+def environment(device="cpu") -> dict:
     """Device name, versions, threads and the UTC date of this run."""
     import transformers
+    device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     if device.type == "cpu" and Path("/proc/cpuinfo").exists():
         name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
