@@ -36,10 +36,8 @@ def use_triton_for(t: torch.Tensor, use_triton: bool | None, op: str) -> bool:
     """Apply the module's rule to tensor ``t`` for ``op``."""
     if use_triton is True:
         if not triton_available(t):
-            why = "triton is not installed" if not HAS_TRITON else (
-                f"tensors are on {t.device} (Triton needs CUDA, or CPU with TRITON_INTERPRET=1 set "
-                "before triton is imported)")
-            raise RuntimeError(f"{op}: use_triton=True but {why}")
+            raise RuntimeError(f"{op}: use_triton=True but Triton cannot run on {t.device} (installed: {HAS_TRITON}; "
+                               "it needs CUDA, or CPU with TRITON_INTERPRET=1 set before triton is imported)")
         if t.dtype not in TRITON_DTYPES:
             raise RuntimeError(f"{op}: use_triton=True but the Triton path supports "
                                f"{[str(d) for d in TRITON_DTYPES]}, got {t.dtype}")

@@ -1,14 +1,10 @@
 """Fused nearest-codebook search (paper Eq. 5): ``argmin_k ||z_n - c_k||^2`` without the (N, K) matrix.
 
 ``z (N, d), codebook (K, d)`` of one float dtype -> ``idx (N,) int64``, exact ``dist (N,) fp32``, ``z_q (N, d)``.
-Per tile of codes: ``||c||^2 - 2 z.c`` with ``tl.dot`` in fp32 (``||z||^2`` dropped), a running minimum with a
-strict ``<`` (ties -> lowest index, as ``torch.argmin``). ``precision`` picks the fp32 dot: "ieee" (parity),
-"tf32x3" or "tf32" (may flip near-ties). Gradients: ``dist`` w.r.t. z and codebook, ``z_q`` w.r.t. the codebook;
-the straight-through estimator is the caller's. Design notes: docs/speed.md.
+Per tile of codes ``||c||^2 - 2 z.c`` (fp32 ``tl.dot``) and a running minimum with a strict ``<`` (ties -> lowest
+index, as ``torch.argmin``). Gradients: ``dist`` w.r.t. z and codebook, ``z_q`` w.r.t. the codebook. docs/speed.md.
 """
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -17,37 +13,6 @@ from .dispatch import HAS_TRITON, INTERPRET, check_float, device_guard, next_pow
 if HAS_TRITON:
     import triton
     import triton.language as tl
-
-PRECISIONS = ("ieee", "tf32x3", "tf32")
-
-
-def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24,
-                     first_of_duplicates: bool = True):
-    """Reference ``(idx, dist)``, scores in fp32 (fp64 for fp64) in chunks of ``chunk_elems``; a choice among
-    exact duplicate codes maps to the first (BLAS may round them apart); ``first_of_duplicates=False`` skips that."""
-    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-    zf, cf = z.to(acc), codebook.to(acc)
-    with torch.no_grad():
-        cn = (cf * cf).sum(1)
-        rows = max(1, chunk_elems // max(1, codebook.shape[0]))
-        idx = torch.cat([torch.addmm(cn[None], zf[i:i + rows], cf.t(), alpha=-2.0).argmin(1)
-                         for i in range(0, z.shape[0], rows)])
-        if first_of_duplicates:
-            _, inv = torch.unique(codebook, dim=0, return_inverse=True)  # (K,) duplicate class
-            ar = torch.arange(codebook.shape[0], device=idx.device)
-            first = torch.full_like(ar, codebook.shape[0]).scatter_reduce(0, inv, ar, "amin")
-            idx = first[inv[idx]]
-    dist = (zf - cf[idx]).pow(2).sum(1)
-    return idx, dist
-
-
-def quantize_ref(z: torch.Tensor, codebook: torch.Tensor, first_of_duplicates: bool = True):
-    """Reference: ``(idx, dist, z_q (N, d))`` with ``z_q = codebook[idx]``."""
-    idx, dist = nearest_code_ref(z, codebook, first_of_duplicates=first_of_duplicates)
-    return idx, dist, codebook[idx]
-
-
-if HAS_TRITON:
 
     @triton.jit
     def _nearest_code_kernel(
@@ -116,11 +81,26 @@ if HAS_TRITON:
         tl.store(DIST + offs_n, dist, mask=mask_n)
 
 
-@functools.lru_cache
-def _device_info(index: int) -> tuple[int, tuple[int, int]]:
-    """(multiprocessor count, compute capability) of CUDA device ``index``."""
-    p = torch.cuda.get_device_properties(index)
-    return p.multi_processor_count, (p.major, p.minor)
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def quantize_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24, first_of_duplicates: bool = True):
+    """Reference ``(idx, dist, z_q)``, scores in fp32 (fp64 for fp64) in chunks of ``chunk_elems``; a choice among
+    exact duplicate codes maps to the first (BLAS may round them apart); ``first_of_duplicates=False`` skips that."""
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    zf, cf = z.to(acc), codebook.to(acc)
+    with torch.no_grad():
+        cn = (cf * cf).sum(1)
+        rows = max(1, chunk_elems // max(1, codebook.shape[0]))
+        idx = torch.cat([torch.addmm(cn[None], zf[i:i + rows], cf.t(), alpha=-2.0).argmin(1)
+                         for i in range(0, z.shape[0], rows)])
+        if first_of_duplicates:
+            _, inv = torch.unique(codebook, dim=0, return_inverse=True)  # (K,) duplicate class
+            ar = torch.arange(codebook.shape[0], device=idx.device)
+            first = torch.full_like(ar, codebook.shape[0]).scatter_reduce(0, inv, ar, "amin")
+            idx = first[inv[idx]]
+    dist = (zf - cf[idx]).pow(2).sum(1)
+    return idx, dist, codebook[idx]
 
 
 def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torch.device,
@@ -130,8 +110,10 @@ def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torc
     if INTERPRET:  # the interpreter's cost is per operation: few, large programs
         return dict(BLOCK_N=min(2048, max(128, next_pow2(triton.cdiv(N, 4)))),
                     BLOCK_K=min(128, max(16, next_pow2(K))), BLOCK_D=min(64, max(16, next_pow2(D))))
-    index = torch.cuda.current_device() if device.type == "cuda" and device.index is None else device.index
-    sms, cap = _device_info(index) if device.type == "cuda" else (1, (9, 0))
+    sms, cap = 1, (9, 0)
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        sms, cap = p.multi_processor_count, (p.major, p.minor)
     cap = capability or cap
     low = dtype in (torch.bfloat16, torch.float16)
     if cap >= (9, 0):  # Hopper: wgmma for bf16
@@ -216,9 +198,8 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | Non
     """Nearest code by squared L2: ``-> (idx (N,) int64, dist (N,) fp32)``, ties to the lowest index."""
     _check(z, codebook, "nearest_code", precision)
     if not use_triton_for(z, use_triton, "nearest_code"):
-        return nearest_code_ref(z, codebook)
-    idx, dist, _ = NearestCodeFunction.apply(z, codebook, precision or "ieee", False)
-    return idx, dist
+        return quantize_ref(z, codebook)[:2]
+    return NearestCodeFunction.apply(z, codebook, precision or "ieee", False)[:2]
 
 
 def quantize(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,

@@ -1,10 +1,8 @@
 """Fused InstanceNorm / AdaIN + affine + ReLU (the VQ-VAE ResBlock normalization), forward and backward.
 
-``x (B, C, T)``, per row over t: ``x_hat = (x - mean) * rstd`` (two-pass biased variance), ``a = (1 + scale) *
-x_hat + shift`` (scale/shift (C,): learned IN, (B, C): AdaIN), ``y = relu(a)``. The forward stores mean and rstd;
-the backward follows the Triton layer-norm tutorial: ``da = dy [a > 0]``, ``g = 1 + scale``,
-``dx = rstd (g da - mean_t(g da) - x_hat mean_t(g da x_hat))``, ``dscale = sum_t da x_hat``, ``dshift = sum_t da``.
-Statistics in fp32; y and dx in x's dtype; rows longer than MAX_BLOCK_T are streamed in chunks.
+``x (B, C, T)``, per row over t: ``x_hat = (x - mean) rstd`` (two-pass biased variance), ``y = relu((1 + scale)
+x_hat + shift)``, scale/shift (C,) (IN) or (B, C) (AdaIN). Backward as Triton's layer-norm tutorial: ``da = dy
+[a > 0]``, ``dx = rstd (g da - mean_t(g da) - x_hat mean_t(g da x_hat))``, ``g = 1 + scale``. Notes: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -16,29 +14,6 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-MAX_BLOCK_T = 4096  # longer rows are processed in chunks (three passes over x instead of one)
-TILE = 2048  # elements per program (ROWS * BLOCK_T) when rows are short: 8 per thread at 8 warps
-TILE_INTERPRET = 1 << 15  # the interpreter's cost is per operation: few, large programs
-
-
-def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
-    """Reference through torch ops; ``upcast=False`` computes in x's dtype (the tests' measure of torch's error)."""
-    dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
-    xf = x.to(dt)
-    mean = xf.mean(-1, keepdim=True)
-    xc = xf - mean
-    var = (xc * xc).mean(-1, keepdim=True)
-    x_hat = xc * torch.rsqrt(var + eps)
-    s, h = scale.to(dt), shift.to(dt)
-    if s.dim() == 1:
-        s, h = s[None], h[None]
-    y = (1 + s[..., None]) * x_hat + h[..., None]
-    if relu:
-        y = torch.relu(y)
-    return y.to(x.dtype)
-
-
-if HAS_TRITON:
 
     @triton.jit
     def _tile(P, row, offs, stride_t, mask):
@@ -179,6 +154,26 @@ if HAS_TRITON:
                 tl.store(DX + o_row[:, None] + offs[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         tl.store(DS + rows, ds, mask=mask_r)
         tl.store(DH + rows, dh, mask=mask_r)
+
+
+MAX_BLOCK_T = 4096  # longer rows are processed in chunks (three passes over x instead of one)
+TILE = 2048  # elements per program (ROWS * BLOCK_T) when rows are short: 8 per thread at 8 warps
+TILE_INTERPRET = 1 << 15  # the interpreter's cost is per operation: few, large programs
+
+
+def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
+    """Reference through torch ops; ``upcast=False`` computes in x's dtype (the tests' measure of torch's error)."""
+    dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
+    xf = x.to(dt)
+    mean = xf.mean(-1, keepdim=True)
+    xc = xf - mean
+    var = (xc * xc).mean(-1, keepdim=True)
+    x_hat = xc * torch.rsqrt(var + eps)
+    s, h = scale.to(dt)[..., None], shift.to(dt)[..., None]   # (C, 1) or (B, C, 1)
+    y = (1 + s) * x_hat + h
+    if relu:
+        y = torch.relu(y)
+    return y.to(x.dtype)
 
 
 def norm_act_config(T: int) -> dict:

@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 from functools import partial
+from importlib.metadata import version
 from pathlib import Path
 from time import perf_counter
 
@@ -82,9 +83,8 @@ def timed(fn, device, *args) -> float:
 
 
 def interleaved(fns: dict, reps: int, device, calls: dict | None = None, cold=(), progress=print):
-    """A warm-up round (but for ``cold`` names), then ``reps`` rounds in which every fn runs ``calls[name]`` times
-    (default 1) as ``fn(i)``, each call timed: ``({name: [seconds]}, {name: last output})``. A fn that raises is
-    reported and dropped."""
+    """A warm-up round (not for ``cold`` names), then ``reps`` rounds of ``calls[name]`` (default 1) timed calls
+    ``fn(i)`` of every fn: ``({name: [seconds]}, {name: last output})``; a fn that raises is reported, dropped."""
     times, outs = {k: [] for k in fns}, {}
 
     def call(k, i):
@@ -164,9 +164,8 @@ def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, generator
 def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute_frames: int = 12, reps: int = 2,
                paper: bool = False, autocast_bf16: bool = False, progress=print, model=None,
                compile_batches=None) -> list[dict]:
-    """Per (batch, Euler steps), ms per frame of the cached step (``arig.decode_frame``), the same compiled (for
-    ``compile_batches``, default all) and the path recomputing the whole window each frame; FPS, speed-ups.
-    ``model``: default a random-weight ARIG of the demo's size or the appendix's (``paper``), 1024 SA tokens."""
+    """Per (batch, Euler steps), ms per frame of ``arig.decode_frame``, the same compiled (``compile_batches``: all if
+    None) and recomputing the window every frame; ``model``: default random, the demo's size or the appendix's."""
     from .arig import ARIG, ARIGConfig, compiled_decode_frame, decode_frame
     if model is None:
         with torch.random.fork_rng(devices=[]):
@@ -194,8 +193,7 @@ def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute
                 fns = {"ARIG cached step": lambda t: decode_frame(m, st, frame(t), noise, n_steps),
                        "ARIG cached, compiled": lambda t: fast(m, st_c, frame(t), noise, n_steps),
                        "ARIG recompute window": lambda t: m.sample(m.features(window(t))[0][:, -1], noise, n_steps)}
-                if not compiled:
-                    del fns["ARIG cached, compiled"]
+                fns = {k: f for k, f in fns.items() if compiled or "compiled" not in k}
                 times, _ = interleaved(fns, reps, device, progress=progress,
                                        calls={k: recompute_frames if "recompute" in k else frames for k in fns})
             p50 = {k: float(np.median(v)) for k, v in times.items()}
@@ -231,20 +229,14 @@ def _kernel_time(fn, device, quick: bool) -> tuple[float, float, float]:
     return tuple(1e6 * float(np.percentile(ts, q)) for q in (50, 20, 80))
 
 
-def _backward(y, dy, leaves):
-    for t in leaves:   # fresh gradients each call, as do_bench's grad_to_none
-        t.grad = None
-    y.backward(dy)
-
-
 def _eager_quantize(z, cb):
     d, idx = torch.cdist(z, cb).min(1)
     return idx, d.square(), cb[idx]
 
 
 def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
-    """Per op, mode, dtype and shape: µs, GB/s of the ideal traffic, the copy-bandwidth bound and speed-ups of each
-    provider (eager torch, our reference, its torch.compile, Triton; ``variants(z, cb)``: more nearest-code ones)."""
+    """Per op, mode, dtype, shape and provider (eager, reference, compile, Triton, ``variants(z, cb)``): µs, GB/s of
+    the ideal traffic, the copy-bandwidth bound, speed-ups."""
     from .kernels import nearest_code as NC
     from .kernels.norm_act import norm_act, norm_act_ref
     cuda, rows = device.type == "cuda", []
@@ -304,8 +296,8 @@ def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
         key = dict(op="norm_act", dtype=str(dt)[6:], shape=f"B={B} C={C} T={T}")
         nbytes = B * C * T * x.element_size()   # fwd reads x, writes y; bwd also reads x, dy and writes dx
         measure({k: f and (lambda f=f: f(x, s, h)) for k, f in fns.items()}, 2 * nbytes, mode="fwd", **key)
-        measure({k: f and (lambda f=f: _backward(f(*leaves), dy, leaves)) for k, f in fns.items()}, 5 * nbytes,
-                mode="fwd+bwd", **key)
+        measure({k: f and (lambda f=f: torch.autograd.grad(f(*leaves), leaves, dy)) for k, f in fns.items()},
+                5 * nbytes, mode="fwd+bwd", **key)
     return rows
 
 
@@ -333,20 +325,13 @@ KERNEL_COLS = ("op mode dtype shape provider median_us p20_us p80_us gbps bound_
 
 def environment(device="cpu") -> dict:
     """Device name, versions, threads and the UTC date of this run."""
-    import transformers
-    device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    if device.type == "cpu" and Path("/proc/cpuinfo").exists():
-        name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                     if ln.startswith("model name")), name)
-    try:
-        import triton
-    except ImportError:
-        triton = None
-    return dict(device=name, device_type=device.type, torch=torch.__version__, transformers=transformers.__version__,
-                triton=triton and triton.__version__, cuda=torch.version.cuda, python=platform.python_version(),
-                platform=platform.platform(), threads=torch.get_num_threads(), cpus=os.cpu_count(),
-                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    device, cpuinfo = torch.device(device), Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+    return dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu, device_type=device.type,
+                **{p: version(p) for p in ("torch", "transformers", "triton")}, cuda=torch.version.cuda,
+                python=platform.python_version(), platform=platform.platform(), threads=torch.get_num_threads(),
+                cpus=os.cpu_count(), date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,9 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     if "streaming" not in skip:
         result["streaming"] = s = bench_streaming(lm, build_vq(device), device, dtype=dtype,
                                                   seconds=8.0 if args.quick else 20.0, generator=gens.get((1, "d")))
-        log(f"streaming push ({'compiled' if s['compiled'] else 'eager'} LM step + VQ decode, 8 frames, lookahead "
-            f"{s['lookahead']}, {s['pushes']} pushes): median {s['median_ms']:.2f} ms, p90 {s['p90_ms']:.2f} ms, "
-            f"max {s['max_ms']:.2f} ms; {s['realtime_factor']:.0f}x real time at 30 fps")
+        log(f"streaming push, 8 frames: {s['median_ms']:.2f} ms median, {s['p90_ms']:.2f} p90, {s['max_ms']:.2f} max "
+            f"({'compiled' if s['compiled'] else 'eager'} LM; {s['realtime_factor']:.0f}x real time at 30 fps)")
     if "arig" not in skip:   # the appendix's size in bf16 autocast on GPU, the demo's in float32 on CPU
         rows = bench_arig(device, batches=(1, big), steps=(4, 8), frames=30 if args.quick else (120 if cuda else 90),
                           recompute_frames=8 if args.quick else 20, reps=reps, paper=cuda, autocast_bf16=cuda,
