@@ -32,6 +32,8 @@ if __name__ == "__main__":
     ap.add_argument("--full", action="store_true", help="all sizes (default: the quick ones)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("kernel_variants.py: the Triton variants need a CUDA GPU")
     device = torch.device("cuda")
     rows = bench_kernels(device, quick=not args.full, variants=variants)
     print(table(rows, KERNEL_COLS))
