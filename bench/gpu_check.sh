@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a bare CUDA machine (no network needed when torch/triton are preinstalled):
 # install minilisten, run the kernel tests on the real compiled Triton kernels (no interpreter), then the
-# kernel, decode and ARIG benchmarks, the ARIG GPU checks and a short training-throughput run. ~15 minutes.
+# kernel, decode and ARIG benchmarks, the ARIG GPU checks and a short training-throughput run (15-30 minutes).
 #   bash bench/gpu_check.sh            # results JSON and log go to $OUT if set, else bench/results
 #   FULL=1 bash bench/gpu_check.sh     # full benchmark sizes instead of --quick
 set -uo pipefail

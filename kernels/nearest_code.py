@@ -195,7 +195,7 @@ def _check(z, codebook, op, precision):
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
                  precision: str | None = None):
-    """Nearest code by squared L2: ``-> (idx (N,) int64, dist (N,) fp32)``, ties to the lowest index."""
+    """Nearest code by squared L2 -> ``(idx (N,) int64, dist (N,) fp32)``; ``precision``: the fp32 dot, PRECISIONS."""
     _check(z, codebook, "nearest_code", precision)
     if not use_triton_for(z, use_triton, "nearest_code"):
         return quantize_ref(z, codebook)[:2]
