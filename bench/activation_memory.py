@@ -1,6 +1,6 @@
-"""Activation-memory estimate at the paper's sizes (CPU is enough), without and with --grad-checkpointing: bytes of the tensors autograd saves
-for backward in one training forward (``torch.autograd.graph.saved_tensors_hooks``, each storage counted
-once), at a small batch, scaled linearly to the paper's batch. fp32; the LM on CPU's attention path
+"""Activation-memory estimate at the paper's sizes (CPU is enough), without and with --grad-checkpointing: bytes of
+the tensors autograd saves for backward in one training forward (``torch.autograd.graph.saved_tensors_hooks``,
+each storage counted once), at a small batch, scaled linearly to the paper's batch. fp32; the LM on CPU's attention path
 (which keeps the attention matrix), so an upper bound for bf16 with fused attention on a GPU.
 
     OMP_NUM_THREADS=1 MINILISTEN_KERNELS=torch python bench/activation_memory.py
@@ -20,7 +20,8 @@ def saved_bytes(fn):
     def pack(t):
         key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
         if key not in seen:
-            seen.add(key); tot[0] += t.untyped_storage().nbytes()
+            seen.add(key)
+            tot[0] += t.untyped_storage().nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = fn()
@@ -46,7 +47,8 @@ batch = collate(seqs[:1], model.vocab.pad)
 n = sum(p.numel() for p in model.parameters())
 by, _ = saved_bytes(lambda: model.loss(batch, 2)[0])
 L = len(seqs[0].ids)
-print(f"LM params {n/1e6:.1f}M; seq len {L}; saved activations batch 1: {by/2**30:.3f} GiB -> batch 8: {8*by/2**30:.1f} GiB")
+print(f"LM params {n/1e6:.1f}M; seq len {L}; saved activations batch 1: {by/2**30:.3f} GiB -> "
+      f"batch 8: {8*by/2**30:.1f} GiB")
 
 # --grad-checkpointing (train-lm): the forward keeps only each layer's input; backward recomputes one
 # layer at a time, so the peak is about that plus one layer's activations (plain / n_layer)

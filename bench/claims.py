@@ -121,7 +121,8 @@ def main(argv=None) -> int:
             matrix[name] = {"cells": cells, "verdicts": verdicts(list(cells.values()))}
             report = {"command": "python bench/claims.py " + " ".join(sys.argv[1:] if argv is None else argv),
                       "date": dt.datetime.now().isoformat(timespec="seconds"), "sizes": sizes, "seeds": a.seeds,
-                      "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+                      "machine": {"cpu": platform.processor() or platform.machine(),
+                                  "python": platform.python_version()},
                       "seconds": round(time.perf_counter() - t_all, 1), "matrix": matrix}
             out.write_text(json.dumps(report, indent=1, default=float))
     bar.close()

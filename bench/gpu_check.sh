@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a bare CUDA machine (no network needed when torch/triton are preinstalled):
-# install minilisten, run the kernel tests on the real compiled Triton kernels (no interpreter),
-# run the kernel benchmark, print everything. Budget: well under 10 minutes.
+# install minilisten, run the kernel tests on the real compiled Triton kernels (no interpreter), then the
+# kernel, decode and ARIG benchmarks, the ARIG GPU checks and a short training-throughput run (15-30 minutes).
 #   bash bench/gpu_check.sh            # results JSON and log go to $OUT if set, else bench/results
 #   FULL=1 bash bench/gpu_check.sh     # full benchmark sizes instead of --quick
 set -uo pipefail
@@ -25,23 +25,27 @@ python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torc
 
 step "install minilisten (editable, no deps: the machine may be offline)"
 if ! python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3 \
-   || ! (cd /tmp && python3 -c 'import minilisten.kernels'); then
+   || ! (cd /tmp && python3 -c 'import minilisten.kernels.dispatch'); then
   echo "pip install -e . failed: falling back to a copied package on PYTHONPATH"
   site=$(mktemp -d); mkdir -p "$site/minilisten"
   cp -r minilisten/. "$site/minilisten/"; cp -r kernels "$site/minilisten/kernels"
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-python3 -c 'import minilisten.kernels as K, torch; x = torch.zeros(1, device="cuda"); print("minilisten.kernels from", K.__file__, "| triton path on cuda:", K.triton_available(x))' || status=1
+python3 -c 'from minilisten.kernels import dispatch as K; import torch; x = torch.zeros(1, device="cuda"); print("minilisten.kernels from", K.__file__, "| triton path on cuda:", K.triton_available(x))' || status=1
 python3 -m pip list 2>/dev/null | grep -iE '^(pytest|hypothesis) ' || echo "pytest/hypothesis missing: tests may not run"
 
 step "kernel tests on the compiled Triton kernels (no TRITON_INTERPRET)"
 timeout 300 python3 -m pytest tests/test_kernels.py -q -rs --durations=8 -p no:cacheprovider 2>&1 | tee "$RES/gpu_tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "KERNEL TESTS FAILED"; status=1; }
 
-step "kernel benchmark"
+step "kernel benchmark (python -m minilisten.bench's kernel part, then the nearest-code variants)"
 bench_args=--quick; [ -n "${FULL:-}" ] && bench_args=
-timeout 360 python3 bench/bench_kernels.py $bench_args --out "$RES" 2>&1 | tee "$RES/bench_kernels.log"
+timeout 360 python3 -m minilisten.bench --device cuda $bench_args --skip decode,streaming,arig --out "$RES" 2>&1 \
+  | tee "$RES/bench_kernels.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "KERNEL BENCHMARK FAILED"; status=1; }
+full_arg=; [ -n "${FULL:-}" ] && full_arg=--full
+timeout 240 python3 bench/kernel_variants.py $full_arg --out "$RES" 2>&1 | tee "$RES/kernel_variants.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "KERNEL VARIANTS FAILED"; status=1; }
 
 # --- decode benchmark (issue 6) ---
 # Fast decoding + streaming (minilisten/generate.py, streaming.py, bench.py). Budget: ~6 min.
@@ -58,13 +62,14 @@ timeout 480 python3 -m minilisten.bench --device cuda $decode_args --skip kernel
 # Speed: the decode benchmark above already ran minilisten.bench's ARIG part (rows "ARIG cached step" /
 # "ARIG cached, compiled" (torch.compile, no CUDA graphs; batch 1 with --quick) / "ARIG recompute window":
 # appendix sizes, bf16 autocast, batch 1 and 64, 4 and 8 Euler steps, FPS
-# as ratios of the LR-token decoders' in the same run; JSON key "arig" in $RES/decode_*.json). This
+# as ratios of the LR-token decoders' in the same run; JSON key "arig" in $RES/bench_*.json). This
 # section only checks correctness on the GPU: a tiny model's cached step on cuda vs cpu, and the server's
-# batched multi-stream path (MultiStreamARIG, 3 streams in one ARIG.step per frame) vs solo streams. ~1 min.
+# batched multi-stream path (StreamingARIG with n_streams=3: one ARIG.step per frame) vs solo streams. ~1 min.
 step "ARIG: cuda vs cpu step, batched multi-stream vs solo streams (tiny model)"
 timeout 120 python3 - <<'PY' 2>&1 | tee "$RES/arig_gpu.log"
 import copy, numpy as np, torch
-from minilisten.arig import ARIG, ARIGConfig, MultiStreamARIG, StreamingARIG
+from minilisten.arig import ARIG, ARIGConfig
+from minilisten.streaming import StreamingARIG
 torch.manual_seed(0)
 cpu = ARIG(ARIGConfig(d_model=32, n_head=4, d_ff=64, window=8, diff_width=32, n_sa=64)).eval()
 with torch.no_grad():
@@ -84,13 +89,18 @@ rng = np.random.default_rng(0)
 T = 60
 push = [dict(motion=rng.normal(0, .5, (T, 56)).astype(np.float32), sa_tokens=rng.integers(0, 64, 100),
              emotion=np.full((T, 8), 1 / 8, np.float32)) for _ in range(3)]
-ms = MultiStreamARIG(gpu, np.zeros(100), n_streams=3)
+ms = StreamingARIG(gpu, np.zeros(100), n_streams=3)
 for b in range(3):
-    ms.reset(b, seed=b)
+    ms.reset(stream=b, seed=b)
 out = ms.push_many(dict(enumerate(push)))
+assert not any(isinstance(o, Exception) for o in out.values()), out
 worst = max(float(np.abs(out[b] - StreamingARIG(gpu, np.zeros(100), seed=b).push(**push[b])).max()) for b in range(3))
-print(f"MultiStreamARIG on cuda: {ms.stats['ticks']} ticks for {ms.stats['frames']} frames; "
-      f"max |batched - solo| over {T} frames = {worst:.2e}")
+print(f"StreamingARIG(n_streams=3) on cuda: max |batched - solo| over {T} frames = {worst:.2e}")
 assert d < 1e-3 and worst < 1e-3, (d, worst)
 PY
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "ARIG GPU CHECK FAILED"; status=1; }
+
+# --- training throughput (bench/train_gpu.sh: VQ-VAE and LM training steps at the paper's sizes) ---
+step "training throughput: 10 steps each on 1 GPU (and all GPUs when there are more)"
+STEPS=10 OUT="$RES" timeout 600 bash bench/train_gpu.sh 2>&1 | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "TRAINING THROUGHPUT FAILED"; status=1; }

@@ -118,7 +118,8 @@ def bench_lm(a, env, device, prec) -> dict:
     meter.start()
     for s in range(a.warmup + a.steps):
         pick = rng.integers(0, len(seqs), B)
-        batches = [collate([seqs[i] for i in pick[k * m:(k + 1) * m][sl]], model.vocab.pad) for k in range(a.grad_accum)]
+        batches = [collate([seqs[i] for i in pick[k * m:(k + 1) * m][sl]], model.vocab.pad)
+                   for k in range(a.grad_accum)]
         counts = [int((b["targets"] != -100).sum()) for b in batches]
         w = D.count_weights(counts, env)
         tokens = D.all_reduce_sums({"t": sum(int(b["attention_mask"].sum()) for b in batches)}, env)["t"]

@@ -1,11 +1,8 @@
-"""Which path runs: Triton or the torch reference (one rule, shared by every op).
-
-- ``use_triton=False`` or env ``MINILISTEN_KERNELS=torch`` -> torch reference.
-- ``use_triton=True`` -> Triton, or a RuntimeError saying why it cannot run.
-- ``use_triton=None`` (default) -> Triton when it can run on the tensor's device (CUDA, or CPU
-  when ``TRITON_INTERPRET=1`` was set before triton was imported), the reference otherwise.
-  Inside ``torch.compile`` tracing and for float64 tensors the reference always runs: Inductor fuses
-  the reference itself, and float64 exists for gradcheck.
+"""Which path runs, Triton or the torch reference: one rule for every op in ``kernels/`` (import the ops from their
+files; ``kernels/`` has no ``__init__.py``, so from a checkout's root Hugging Face's ``kernels`` wins the name).
+``use_triton=False`` or ``MINILISTEN_KERNELS=torch`` -> reference; ``True`` -> Triton or a RuntimeError; ``None`` ->
+Triton on CUDA (or CPU under ``TRITON_INTERPRET=1``), but the reference inside torch.compile tracing (Inductor fuses
+it) and for float64 (gradcheck).
 """
 from __future__ import annotations
 
@@ -15,8 +12,7 @@ import os
 import torch
 
 try:  # triton is optional at runtime (e.g. macOS wheels of torch ship without it)
-    import triton  # noqa: F401
-    import triton.language as tl  # noqa: F401
+    import triton
 
     @triton.jit
     def _probe_kernel(X):  # never launched: its type tells whether triton.jit is interpreted
@@ -25,48 +21,30 @@ try:  # triton is optional at runtime (e.g. macOS wheels of torch ship without i
     HAS_TRITON = True
     INTERPRET = type(_probe_kernel).__name__ == "InterpretedFunction"
 except ImportError:  # pragma: no cover - exercised only where triton is missing
-    triton = tl = None
-    HAS_TRITON = False
-    INTERPRET = False
+    HAS_TRITON = INTERPRET = False
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def triton_available(t: torch.Tensor | None = None) -> bool:
-    """True when the Triton path can run on ``t``'s device (any device of this process if None)."""
-    if not HAS_TRITON:
-        return False
-    if t is None:
-        return INTERPRET or torch.cuda.is_available()
-    if t.device.type == "cuda":
-        return True
-    return t.device.type == "cpu" and INTERPRET
-
-
-def forced_reference() -> bool:
-    return os.environ.get("MINILISTEN_KERNELS", "").strip().lower() == "torch"
+def triton_available(t: torch.Tensor) -> bool:
+    """True when the Triton path can run on ``t``'s device."""
+    return HAS_TRITON and (t.device.type == "cuda" or (t.device.type == "cpu" and INTERPRET))
 
 
 def use_triton_for(t: torch.Tensor, use_triton: bool | None, op: str) -> bool:
-    """Apply the dispatch rule of this module's docstring to tensor ``t`` for ``op``."""
-    if use_triton is False:
-        return False
+    """Apply the module's rule to tensor ``t`` for ``op``."""
     if use_triton is True:
         if not triton_available(t):
-            why = "triton is not installed" if not HAS_TRITON else (
-                f"tensors are on {t.device} (Triton needs CUDA, or CPU with TRITON_INTERPRET=1 set "
-                "before triton is imported)")
-            raise RuntimeError(f"{op}: use_triton=True but {why}")
+            raise RuntimeError(f"{op}: use_triton=True but Triton cannot run on {t.device} (installed: {HAS_TRITON}; "
+                               "it needs CUDA, or CPU with TRITON_INTERPRET=1 set before triton is imported)")
         if t.dtype not in TRITON_DTYPES:
             raise RuntimeError(f"{op}: use_triton=True but the Triton path supports "
                                f"{[str(d) for d in TRITON_DTYPES]}, got {t.dtype}")
         return True
-    if torch.compiler.is_compiling():
+    if use_triton is False or torch.compiler.is_compiling() or t.dtype not in TRITON_DTYPES:
         return False
-    if forced_reference() or t.dtype not in TRITON_DTYPES:
-        return False
-    return triton_available(t)
+    return os.environ.get("MINILISTEN_KERNELS", "").strip().lower() != "torch" and triton_available(t)
 
 
 def check_float(name: str, t: torch.Tensor, op: str) -> None:

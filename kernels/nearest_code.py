@@ -1,22 +1,8 @@
 """Fused nearest-codebook search (paper Eq. 5): ``argmin_k ||z_n - c_k||^2`` without the (N, K) matrix.
 
-A prologue kernel computes ``||c_k||^2`` (fp32). Each program of the main kernel owns BLOCK_N rows
-of ``z`` and walks the codebook in BLOCK_K tiles; per tile it accumulates ``z . c`` over d with
-``tl.dot`` (BLOCK_D at a time, zero-padded by masking, so any d works, d < 16 included), scores
-``||c||^2 - 2 z . c`` (``||z||^2`` is constant per row and dropped) and keeps a running minimum
-with a strict ``<`` so the lowest index wins ties, as ``torch.argmin`` does. An epilogue gathers
-the chosen code, writes it (``quantize``) and the exact squared distance ``sum_d (z - c_idx)^2``.
-
-Rules: z and codebook share one float dtype (fp32, bf16, fp16; float64 runs the reference);
-products accumulate in fp32; ``precision`` picks the fp32 ``tl.dot`` mode: ``"ieee"`` (default,
-parity with the reference), ``"tf32x3"`` (near-fp32, tensor cores) or ``"tf32"`` (fastest, may flip
-near-ties). Any row stride is read as is; an input whose last dim is not unit-stride is first
-copied with ``.contiguous()`` (the kernel assumes unit stride along d so loads coalesce).
-Outputs are fresh contiguous tensors: idx int64, dist fp32, z_q in the codebook's dtype.
-
-Gradients (both paths): ``idx`` has none; ``dist`` is differentiable w.r.t. z and the codebook
-(``d dist / dz = 2 (z - c_idx)``); ``z_q`` w.r.t. the codebook only (a gather). The straight-through
-estimator is the caller's: ``z + (z_q - z).detach()``.
+``z (N, d), codebook (K, d)`` of one float dtype -> ``idx (N,) int64``, exact ``dist (N,) fp32``, ``z_q (N, d)``.
+Per tile of codes ``||c||^2 - 2 z.c`` (fp32 ``tl.dot``) and a running minimum with a strict ``<`` (ties -> lowest
+index, as ``torch.argmin``). Gradients: ``dist`` w.r.t. z and codebook, ``z_q`` w.r.t. the codebook. docs/speed.md.
 """
 from __future__ import annotations
 
@@ -27,68 +13,6 @@ from .dispatch import HAS_TRITON, INTERPRET, check_float, device_guard, next_pow
 if HAS_TRITON:
     import triton
     import triton.language as tl
-
-PRECISIONS = ("ieee", "tf32x3", "tf32")
-
-# ------------------------------------------------------------------------------------------------
-# torch reference
-
-
-def nearest_code_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24,
-                     first_of_duplicates: bool = True):
-    """Reference: ``(idx (N,) int64, dist (N,) fp32)``; fp64 inputs give fp64 distances.
-
-    The score ``||c||^2 - 2 z.c`` is computed in fp32 (fp64 for fp64 inputs) in row chunks of at
-    most ``chunk_elems`` scores; ``dist`` is the exact ``sum_d (z - c_idx)^2`` and carries autograd.
-    A BLAS matmul may round identical codebook columns differently, so a choice among exact
-    duplicate codes is mapped to the first of them (the kernel scores duplicates identically);
-    ``first_of_duplicates=False`` skips that (a sort of the codebook) for benchmarks.
-    """
-    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-    zf, cf = z.to(acc), codebook.to(acc)
-    with torch.no_grad():
-        cn = (cf * cf).sum(1)
-        rows = max(1, chunk_elems // max(1, codebook.shape[0]))
-        idx = torch.cat([torch.addmm(cn[None], zf[i:i + rows], cf.t(), alpha=-2.0).argmin(1)
-                         for i in range(0, z.shape[0], rows)])
-        if first_of_duplicates:
-            _, inv = torch.unique(codebook, dim=0, return_inverse=True)  # (K,) duplicate class
-            ar = torch.arange(codebook.shape[0], device=idx.device)
-            first = torch.full_like(ar, codebook.shape[0]).scatter_reduce(0, inv, ar, "amin")
-            idx = first[inv[idx]]
-    dist = (zf - cf[idx]).pow(2).sum(1)
-    return idx, dist
-
-
-def quantize_ref(z: torch.Tensor, codebook: torch.Tensor, first_of_duplicates: bool = True):
-    """Reference: ``(idx, dist, z_q (N, d))`` with ``z_q = codebook[idx]``."""
-    idx, dist = nearest_code_ref(z, codebook, first_of_duplicates=first_of_duplicates)
-    return idx, dist, codebook[idx]
-
-
-# ------------------------------------------------------------------------------------------------
-# Triton kernel
-
-if HAS_TRITON:
-
-    @triton.jit
-    def _sqnorm_kernel(
-        CB,  # (K, D) codebook, unit stride along D
-        CN,  # (K,) fp32 out: ||c_k||^2
-        K, D,
-        stride_ck,  # row stride of CB (elements)
-        BLOCK_R: tl.constexpr,  # rows per program
-        BLOCK_D: tl.constexpr,  # features per step
-    ):
-        offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        mask_r = offs_r < K
-        acc = tl.zeros([BLOCK_R], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            c = tl.load(CB + offs_r.to(tl.int64)[:, None] * stride_ck + offs_d[None, :],
-                        mask=mask_r[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
-            acc += tl.sum(c * c, axis=1)
-        tl.store(CN + offs_r, acc, mask=mask_r)
 
     @triton.jit
     def _nearest_code_kernel(
@@ -157,29 +81,39 @@ if HAS_TRITON:
         tl.store(DIST + offs_n, dist, mask=mask_n)
 
 
-_DEVICE_INFO: dict = {}
+PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
-def _device_info(device: torch.device) -> tuple[int, tuple[int, int]]:
-    """(multiprocessor count, compute capability); (1, (9, 0)) off CUDA."""
-    if device.type != "cuda":
-        return 1, (9, 0)
-    key = device.index if device.index is not None else torch.cuda.current_device()
-    if key not in _DEVICE_INFO:
-        p = torch.cuda.get_device_properties(key)
-        _DEVICE_INFO[key] = (p.multi_processor_count, (p.major, p.minor))
-    return _DEVICE_INFO[key]
+def quantize_ref(z: torch.Tensor, codebook: torch.Tensor, chunk_elems: int = 1 << 24, first_of_duplicates: bool = True):
+    """Reference ``(idx, dist, z_q)``, scores in fp32 (fp64 for fp64) in chunks of ``chunk_elems``; a choice among
+    exact duplicate codes maps to the first (BLAS may round them apart); ``first_of_duplicates=False`` skips that."""
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    zf, cf = z.to(acc), codebook.to(acc)
+    with torch.no_grad():
+        cn = (cf * cf).sum(1)
+        rows = max(1, chunk_elems // max(1, codebook.shape[0]))
+        idx = torch.cat([torch.addmm(cn[None], zf[i:i + rows], cf.t(), alpha=-2.0).argmin(1)
+                         for i in range(0, z.shape[0], rows)])
+        if first_of_duplicates:
+            _, inv = torch.unique(codebook, dim=0, return_inverse=True)  # (K,) duplicate class
+            ar = torch.arange(codebook.shape[0], device=idx.device)
+            first = torch.full_like(ar, codebook.shape[0]).scatter_reduce(0, inv, ar, "amin")
+            idx = first[inv[idx]]
+    dist = (zf - cf[idx]).pow(2).sum(1)
+    return idx, dist, codebook[idx]
 
 
 def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torch.device,
                         capability: tuple[int, int] | None = None) -> dict:
-    """Launch configuration. Block sizes are powers of two >= 16 (tl.dot). The tiles were chosen
-    so that ptxas (Triton 3.9) reports no register spills at d = 512 on sm_90 and sm_80; fp32
-    "ieee" runs on the FMA units, where registers grow with BLOCK_D."""
+    """Launch configuration: powers of two >= 16 (tl.dot), chosen so that ptxas (Triton 3.9) reports no
+    register spills at d = 512 on sm_90 and sm_80 (``bench/aot_check.py``)."""
     if INTERPRET:  # the interpreter's cost is per operation: few, large programs
         return dict(BLOCK_N=min(2048, max(128, next_pow2(triton.cdiv(N, 4)))),
                     BLOCK_K=min(128, max(16, next_pow2(K))), BLOCK_D=min(64, max(16, next_pow2(D))))
-    sms, cap = _device_info(device)
+    sms, cap = 1, (9, 0)
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        sms, cap = p.multi_processor_count, (p.major, p.minor)
     cap = capability or cap
     low = dtype in (torch.bfloat16, torch.float16)
     if cap >= (9, 0):  # Hopper: wgmma for bf16
@@ -195,14 +129,10 @@ def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torc
 
 
 def _nearest_code_triton(z, codebook, precision, write_zq, config=None):
-    if z.stride(-1) != 1:  # the kernel assumes unit stride along d (coalesced, vectorized loads)
-        z = z.contiguous()
-    if codebook.stride(-1) != 1:
-        codebook = codebook.contiguous()
-    N, D = z.shape
-    K = codebook.shape[0]
-    dev = z.device
-    cn = torch.empty(K, dtype=torch.float32, device=dev)
+    # the kernel assumes unit stride along d (coalesced, vectorized loads)
+    z, codebook = (t if t.stride(-1) == 1 else t.contiguous() for t in (z, codebook))
+    (N, D), K, dev = z.shape, codebook.shape[0], z.device
+    cn = codebook.float().square().sum(1)   # (K,) ||c_k||^2 in fp32
     idx = torch.empty(N, dtype=torch.int64, device=dev)
     dist = torch.empty(N, dtype=torch.float32, device=dev)
     zq = torch.empty((N, D), dtype=z.dtype, device=dev) if write_zq else dist
@@ -210,9 +140,6 @@ def _nearest_code_triton(z, codebook, precision, write_zq, config=None):
     if INTERPRET:  # the interpreter takes no warps/stages
         cfg.pop("num_warps", None), cfg.pop("num_stages", None)
     with device_guard(z):
-        block_r = min(1024, next_pow2(K)) if INTERPRET else 32
-        _sqnorm_kernel[(triton.cdiv(K, block_r),)](codebook, cn, K, D, codebook.stride(0),
-                                                   BLOCK_R=block_r, BLOCK_D=cfg["BLOCK_D"])
         _nearest_code_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
             z, codebook, cn, idx, dist, zq, N, K, D, z.stride(0), codebook.stride(0),
             PRECISION=precision if z.dtype == torch.float32 else None, WRITE_ZQ=write_zq,
@@ -249,27 +176,17 @@ class NearestCodeFunction(torch.autograd.Function):
         return grad_z, grad_c, None, None
 
 
-# ------------------------------------------------------------------------------------------------
-# public API
-
-
 def _check(z, codebook, op, precision):
-    check_float("z", z, op)
-    check_float("codebook", codebook, op)
-    if z.dim() != 2:
-        raise ValueError(f"{op}: z must be 2-D (N, d), got shape {tuple(z.shape)}")
-    if codebook.dim() != 2:
-        raise ValueError(f"{op}: codebook must be 2-D (K, d), got shape {tuple(codebook.shape)}")
+    for name, t, what in (("z", z, "(N, d)"), ("codebook", codebook, "(K, d)")):
+        check_float(name, t, op)
+        if t.dim() != 2:
+            raise ValueError(f"{op}: {name} must be 2-D {what}, got shape {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"{op}: {name} is empty, shape {tuple(t.shape)}; need at least one row and one feature")
     if codebook.shape[1] != z.shape[1]:
-        raise ValueError(f"{op}: codebook has d={codebook.shape[1]} but z has d={z.shape[1]} "
-                         f"(z {tuple(z.shape)}, codebook {tuple(codebook.shape)})")
-    for name, t, what in (("z", z, "N"), ("codebook", codebook, "K")):
-        if t.shape[0] == 0 or t.shape[1] == 0:
-            raise ValueError(f"{op}: {name} is empty ({what}={t.shape[0]}, d={t.shape[1]}); "
-                             "need at least one row and one feature")
+        raise ValueError(f"{op}: codebook has d={codebook.shape[1]} but z has d={z.shape[1]}")
     if z.dtype != codebook.dtype:
-        raise TypeError(f"{op}: z and codebook must share a dtype, got z {z.dtype} and codebook "
-                        f"{codebook.dtype} (cast one explicitly)")
+        raise TypeError(f"{op}: z and codebook must share a dtype, got {z.dtype} and {codebook.dtype}")
     if z.device != codebook.device:
         raise ValueError(f"{op}: z is on {z.device} but codebook is on {codebook.device}")
     if precision is not None and precision not in PRECISIONS:
@@ -278,24 +195,16 @@ def _check(z, codebook, op, precision):
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
                  precision: str | None = None):
-    """Nearest code by squared L2: ``z (N, d), codebook (K, d) -> (idx (N,) int64, dist (N,) fp32)``.
-
-    ``dist`` is the exact ``||z - codebook[idx]||^2``; ties go to the lowest index.
-    ``precision`` (fp32 inputs, Triton path): "ieee" (default), "tf32x3" or "tf32".
-    """
+    """Nearest code by squared L2 -> ``(idx (N,) int64, dist (N,) fp32)``; ``precision``: the fp32 dot, PRECISIONS."""
     _check(z, codebook, "nearest_code", precision)
     if not use_triton_for(z, use_triton, "nearest_code"):
-        return nearest_code_ref(z, codebook)
-    idx, dist, _ = NearestCodeFunction.apply(z, codebook, precision or "ieee", False)
-    return idx, dist
+        return quantize_ref(z, codebook)[:2]
+    return NearestCodeFunction.apply(z, codebook, precision or "ieee", False)[:2]
 
 
 def quantize(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
              precision: str | None = None):
-    """``nearest_code`` plus the gathered codes: ``-> (idx (N,), dist (N,), z_q (N, d))``.
-
-    ``z_q = codebook[idx]`` in the codebook's dtype, differentiable w.r.t. the codebook.
-    """
+    """``nearest_code`` plus ``z_q = codebook[idx]`` (differentiable w.r.t. the codebook): ``-> (idx, dist, z_q)``."""
     _check(z, codebook, "quantize", precision)
     if not use_triton_for(z, use_triton, "quantize"):
         return quantize_ref(z, codebook)
@@ -303,19 +212,14 @@ def quantize(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = 
 
 
 def code_stats(idx: torch.Tensor, z: torch.Tensor, K: int):
-    """Batch statistics for the EMA codebook update: ``idx (N,), z (N, d) -> (counts (K,), sums (K, d))``.
-
-    ``counts[k] = #{n: idx[n] = k}`` and ``sums[k] = sum_{n: idx[n] = k} z[n]``, both fp32
-    (``onehot(idx)^T z`` without the one-hot matrix; no host sync). Not differentiable.
-    """
+    """EMA statistics ``onehot(idx)^T 1`` and ``onehot(idx)^T z``: ``-> (counts (K,), sums (K, d))`` fp32, no host
+    sync, not differentiable."""
     if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1:
-        raise TypeError("code_stats: idx must be a 1-D int64 tensor, got "
-                        f"{getattr(idx, 'dtype', type(idx).__name__)} of shape "
-                        f"{tuple(getattr(idx, 'shape', ()))}")
+        raise TypeError(f"code_stats: idx must be a 1-D int64 tensor, got {getattr(idx, 'dtype', type(idx))} "
+                        f"of shape {tuple(getattr(idx, 'shape', ()))}")
     check_float("z", z, "code_stats")
     if z.dim() != 2 or z.shape[0] != idx.shape[0]:
-        raise ValueError(f"code_stats: z must be (N, d) with N = len(idx) = {idx.shape[0]}, "
-                         f"got {tuple(z.shape)}")
+        raise ValueError(f"code_stats: z must be (N, d) with N = len(idx) = {idx.shape[0]}, got {tuple(z.shape)}")
     if not isinstance(K, int) or K < 1:
         raise ValueError(f"code_stats: K must be a positive int, got {K!r}")
     with torch.no_grad():

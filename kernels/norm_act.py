@@ -1,22 +1,8 @@
-"""Fused InstanceNorm / AdaIN + affine + ReLU (the VQ-VAE ResBlock normalization).
+"""Fused InstanceNorm / AdaIN + affine + ReLU (the VQ-VAE ResBlock normalization), forward and backward.
 
-For ``x: (B, C, T)`` and each row (b, c), over t:
-    mean = E[x],  var = E[(x - mean)^2] (two-pass, biased),  rstd = 1 / sqrt(var + eps)
-    x_hat = (x - mean) * rstd
-    a = (1 + scale[b, c]) * x_hat + shift[b, c]        scale/shift: (C,) learned IN, (B, C) AdaIN
-    y = relu(a)                                         (relu optional)
-T = 1: var = 0, so x_hat = 0 and y = relu(shift); dx = 0.
-The ResBlock adds its skip after conv2 (``x + conv2(...)``), so there is no fused residual add.
-
-Forward stores mean and rstd (fp32) per row; backward (Triton layer-norm tutorial):
-    da = dy * [a > 0],  g = 1 + scale,  dx_hat = da * g
-    dx = rstd * (dx_hat - mean_t(dx_hat) - x_hat * mean_t(dx_hat * x_hat))
-    dscale[b, c] = sum_t da * x_hat,  dshift[b, c] = sum_t da  (summed over b for (C,) params)
-Dtypes: y and dx have x's dtype (fp32, bf16, fp16; float64 runs the reference); statistics and
-accumulation are fp32; scale/shift may have another float dtype (e.g. fp32 parameters with bf16
-activations) and get gradients in their own dtype.
-Any strides are read as they are (outputs are contiguous). Each program normalizes ROWS rows of
-BLOCK_T >= T elements kept in registers; rows longer than MAX_BLOCK_T are streamed in chunks.
+``x (B, C, T)``, per row over t: ``x_hat = (x - mean) rstd`` (two-pass biased variance), ``y = relu((1 + scale)
+x_hat + shift)``, scale/shift (C,) (IN) or (B, C) (AdaIN). Backward as Triton's layer-norm tutorial: ``da = dy
+[a > 0]``, ``dx = rstd (g da - mean_t(g da) - x_hat mean_t(g da x_hat))``, ``g = 1 + scale``. Notes: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -28,36 +14,18 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-MAX_BLOCK_T = 4096  # longer rows are processed in chunks (three passes over x instead of one)
-TILE = 2048  # elements per program (ROWS * BLOCK_T) when rows are short: 8 per thread at 8 warps
-TILE_INTERPRET = 1 << 15  # the interpreter's cost is per operation: few, large programs
 
-# ------------------------------------------------------------------------------------------------
-# torch reference
+    @triton.jit
+    def _tile(P, row, offs, stride_t, mask):
+        """A (ROWS, BLOCK_T) tile of a (B, C, T) tensor in fp32, 0 where masked."""
+        return tl.load(P + row[:, None] + offs[None, :] * stride_t, mask=mask, other=0.0).to(tl.float32)
 
-
-def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
-    """Reference (autograd through torch ops). ``upcast=False`` computes in x's own dtype, which
-    the tests use to measure torch's own low-precision error."""
-    dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
-    xf = x.to(dt)
-    mean = xf.mean(-1, keepdim=True)
-    xc = xf - mean
-    var = (xc * xc).mean(-1, keepdim=True)
-    x_hat = xc * torch.rsqrt(var + eps)
-    s, h = scale.to(dt), shift.to(dt)
-    if s.dim() == 1:
-        s, h = s[None], h[None]
-    y = (1 + s[..., None]) * x_hat + h[..., None]
-    if relu:
-        y = torch.relu(y)
-    return y.to(x.dtype)
-
-
-# ------------------------------------------------------------------------------------------------
-# Triton kernels
-
-if HAS_TRITON:
+    @triton.jit
+    def _act(x_hat, g, h, RELU: tl.constexpr):
+        a = x_hat * g[:, None] + h[:, None]
+        if RELU:
+            a = tl.where(a < 0.0, 0.0, a)
+        return a
 
     @triton.jit
     def _norm_act_fwd_kernel(
@@ -88,45 +56,44 @@ if HAS_TRITON:
         offs0 = tl.arange(0, BLOCK_T)
         if ONE_TILE:
             mask = mask_r[:, None] & (offs0 < T)[None, :]
-            x = tl.load(X + x_row[:, None] + offs0[None, :] * stride_xt, mask=mask, other=0.0)
-            x = x.to(tl.float32)
+            x = _tile(X, x_row, offs0, stride_xt, mask)
             mean = tl.sum(x, axis=1) / T
             xc = tl.where(mask, x - mean[:, None], 0.0)
-            var = tl.sum(xc * xc, axis=1) / T
-            rstd = 1.0 / tl.sqrt(var + eps)
-            a = (xc * rstd[:, None]) * g[:, None] + h[:, None]
-            if RELU:
-                a = tl.where(a < 0.0, 0.0, a)
+            rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / T + eps)
+            a = _act(xc * rstd[:, None], g, h, RELU)
             tl.store(Y + y_row[:, None] + offs0[None, :], a.to(Y.dtype.element_ty), mask=mask)
-            tl.store(MEAN + rows, mean, mask=mask_r)
-            tl.store(RSTD + rows, rstd, mask=mask_r)
-        else:
+        else:  # three passes over x: mean, variance, output
             acc = tl.zeros([ROWS, BLOCK_T], tl.float32)
             for t0 in range(0, T, BLOCK_T):
-                offs = t0 + offs0
-                mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                acc += x.to(tl.float32)
+                acc += _tile(X, x_row, t0 + offs0, stride_xt, mask_r[:, None] & (t0 + offs0 < T)[None, :])
             mean = tl.sum(acc, axis=1) / T
             acc = tl.zeros([ROWS, BLOCK_T], tl.float32)
             for t0 in range(0, T, BLOCK_T):
-                offs = t0 + offs0
-                mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                xc = tl.where(mask, x.to(tl.float32) - mean[:, None], 0.0)
+                mask = mask_r[:, None] & (t0 + offs0 < T)[None, :]
+                xc = tl.where(mask, _tile(X, x_row, t0 + offs0, stride_xt, mask) - mean[:, None], 0.0)
                 acc += xc * xc
-            var = tl.sum(acc, axis=1) / T
-            rstd = 1.0 / tl.sqrt(var + eps)
+            rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / T + eps)
             for t0 in range(0, T, BLOCK_T):
                 offs = t0 + offs0
                 mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                a = ((x.to(tl.float32) - mean[:, None]) * rstd[:, None]) * g[:, None] + h[:, None]
-                if RELU:
-                    a = tl.where(a < 0.0, 0.0, a)
+                a = _act((_tile(X, x_row, offs, stride_xt, mask) - mean[:, None]) * rstd[:, None], g, h, RELU)
                 tl.store(Y + y_row[:, None] + offs[None, :], a.to(Y.dtype.element_ty), mask=mask)
-            tl.store(MEAN + rows, mean, mask=mask_r)
-            tl.store(RSTD + rows, rstd, mask=mask_r)
+        tl.store(MEAN + rows, mean, mask=mask_r)
+        tl.store(RSTD + rows, rstd, mask=mask_r)
+
+    @triton.jit
+    def _grad_tile(X, DY, x_row, d_row, offs, mask, stride_xt, stride_dt, mean, rstd, g, h, RELU: tl.constexpr):
+        """x_hat and ``da = dy [a > 0]`` of one tile."""
+        x_hat = tl.where(mask, (_tile(X, x_row, offs, stride_xt, mask) - mean[:, None]) * rstd[:, None], 0.0)
+        da = _tile(DY, d_row, offs, stride_dt, mask)
+        if RELU:
+            da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+        return x_hat, da
+
+    @triton.jit
+    def _dx(x_hat, da, g, ds, dh, rstd, T):
+        # dx_hat = da * g, so mean(dx_hat * x_hat) = g * ds / T and mean(dx_hat) = g * dh / T
+        return (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None])) * rstd[:, None]
 
     @triton.jit
     def _norm_act_bwd_kernel(
@@ -163,32 +130,18 @@ if HAS_TRITON:
         offs0 = tl.arange(0, BLOCK_T)
         if ONE_TILE:
             mask = mask_r[:, None] & (offs0 < T)[None, :]
-            x = tl.load(X + x_row[:, None] + offs0[None, :] * stride_xt, mask=mask, other=0.0)
-            dy = tl.load(DY + d_row[:, None] + offs0[None, :] * stride_dt, mask=mask, other=0.0)
-            x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
-            da = dy.to(tl.float32)
-            if RELU:
-                da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+            x_hat, da = _grad_tile(X, DY, x_row, d_row, offs0, mask, stride_xt, stride_dt, mean, rstd, g, h, RELU)
             ds = tl.sum(da * x_hat, axis=1)
             dh = tl.sum(da, axis=1)
-            # dx_hat = da * g, so mean(dx_hat * x_hat) = g * ds / T and mean(dx_hat) = g * dh / T
-            dx = (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None]))
-            dx = dx * rstd[:, None]
+            dx = _dx(x_hat, da, g, ds, dh, rstd, T)
             tl.store(DX + o_row[:, None] + offs0[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-            tl.store(DS + rows, ds, mask=mask_r)
-            tl.store(DH + rows, dh, mask=mask_r)
-        else:
+        else:  # two passes: the sums, then dx
             acc_s = tl.zeros([ROWS, BLOCK_T], tl.float32)
             acc_h = tl.zeros([ROWS, BLOCK_T], tl.float32)
             for t0 in range(0, T, BLOCK_T):
-                offs = t0 + offs0
-                mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                dy = tl.load(DY + d_row[:, None] + offs[None, :] * stride_dt, mask=mask, other=0.0)
-                x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
-                da = dy.to(tl.float32)
-                if RELU:
-                    da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
+                mask = mask_r[:, None] & (t0 + offs0 < T)[None, :]
+                x_hat, da = _grad_tile(X, DY, x_row, d_row, t0 + offs0, mask, stride_xt, stride_dt, mean, rstd, g, h,
+                                       RELU)
                 acc_s += da * x_hat
                 acc_h += da
             ds = tl.sum(acc_s, axis=1)
@@ -196,18 +149,31 @@ if HAS_TRITON:
             for t0 in range(0, T, BLOCK_T):
                 offs = t0 + offs0
                 mask = mask_r[:, None] & (offs < T)[None, :]
-                x = tl.load(X + x_row[:, None] + offs[None, :] * stride_xt, mask=mask, other=0.0)
-                dy = tl.load(DY + d_row[:, None] + offs[None, :] * stride_dt, mask=mask, other=0.0)
-                x_hat = tl.where(mask, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
-                da = dy.to(tl.float32)
-                if RELU:
-                    da = tl.where(x_hat * g[:, None] + h[:, None] > 0.0, da, 0.0)
-                dx = (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None]))
-                dx = dx * rstd[:, None]
-                tl.store(DX + o_row[:, None] + offs[None, :], dx.to(DX.dtype.element_ty),
-                         mask=mask)
-            tl.store(DS + rows, ds, mask=mask_r)
-            tl.store(DH + rows, dh, mask=mask_r)
+                x_hat, da = _grad_tile(X, DY, x_row, d_row, offs, mask, stride_xt, stride_dt, mean, rstd, g, h, RELU)
+                dx = _dx(x_hat, da, g, ds, dh, rstd, T)
+                tl.store(DX + o_row[:, None] + offs[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DS + rows, ds, mask=mask_r)
+        tl.store(DH + rows, dh, mask=mask_r)
+
+
+MAX_BLOCK_T = 4096  # longer rows are processed in chunks (three passes over x instead of one)
+TILE = 2048  # elements per program (ROWS * BLOCK_T) when rows are short: 8 per thread at 8 warps
+TILE_INTERPRET = 1 << 15  # the interpreter's cost is per operation: few, large programs
+
+
+def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
+    """Reference through torch ops; ``upcast=False`` computes in x's dtype (the tests' measure of torch's error)."""
+    dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
+    xf = x.to(dt)
+    mean = xf.mean(-1, keepdim=True)
+    xc = xf - mean
+    var = (xc * xc).mean(-1, keepdim=True)
+    x_hat = xc * torch.rsqrt(var + eps)
+    s, h = scale.to(dt)[..., None], shift.to(dt)[..., None]   # (C, 1) or (B, C, 1)
+    y = (1 + s) * x_hat + h
+    if relu:
+        y = torch.relu(y)
+    return y.to(x.dtype)
 
 
 def norm_act_config(T: int) -> dict:
@@ -225,43 +191,19 @@ def _param_strides(p: torch.Tensor):
     return (0, p.stride(0)) if p.dim() == 1 else (p.stride(0), p.stride(1))
 
 
-def _norm_act_fwd(x, scale, shift, relu, eps):
-    B, C, T = x.shape
-    n_rows = B * C
-    y = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
-    mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    cfg = norm_act_config(T)
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
-    with device_guard(x):
-        _norm_act_fwd_kernel[grid](
-            x, scale, shift, y, mean, rstd, n_rows, C, T,
-            *x.stride(), *_param_strides(scale), *_param_strides(shift), eps, RELU=relu, **cfg)
-    return y, mean, rstd
-
-
-def _norm_act_bwd(dy, x, scale, shift, mean, rstd, relu):
-    B, C, T = x.shape
-    n_rows = B * C
-    dx = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
-    ds = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    dh = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    cfg = norm_act_config(T)
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
-    with device_guard(x):
-        _norm_act_bwd_kernel[grid](
-            x, dy, scale, shift, mean, rstd, dx, ds, dh, n_rows, C, T,
-            *x.stride(), *dy.stride(), *_param_strides(scale), *_param_strides(shift),
-            RELU=relu, **cfg)
-    return dx, ds.view(B, C), dh.view(B, C)
-
-
 class NormActFunction(torch.autograd.Function):
     """Triton forward and backward of ``norm_act`` (grads for x, scale, shift)."""
 
     @staticmethod
     def forward(ctx, x, scale, shift, relu, eps):
-        y, mean, rstd = _norm_act_fwd(x, scale, shift, relu, eps)
+        B, C, T = x.shape
+        y = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
+        mean, rstd = torch.empty(2, B * C, dtype=torch.float32, device=x.device)
+        cfg = norm_act_config(T)
+        with device_guard(x):
+            _norm_act_fwd_kernel[(triton.cdiv(B * C, cfg["ROWS"]),)](
+                x, scale, shift, y, mean, rstd, B * C, C, T,
+                *x.stride(), *_param_strides(scale), *_param_strides(shift), eps, RELU=relu, **cfg)
         ctx.save_for_backward(x, scale, shift, mean, rstd)
         ctx.relu = relu
         return y
@@ -270,7 +212,14 @@ class NormActFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # no double backward through the kernels
     def backward(ctx, dy):
         x, scale, shift, mean, rstd = ctx.saved_tensors
-        dx, ds, dh = _norm_act_bwd(dy, x, scale, shift, mean, rstd, ctx.relu)
+        B, C, T = x.shape
+        dx = torch.empty((B, C, T), dtype=x.dtype, device=x.device)
+        ds, dh = torch.empty(2, B, C, dtype=torch.float32, device=x.device)
+        cfg = norm_act_config(T)
+        with device_guard(x):
+            _norm_act_bwd_kernel[(triton.cdiv(B * C, cfg["ROWS"]),)](
+                x, dy, scale, shift, mean, rstd, dx, ds, dh, B * C, C, T,
+                *x.stride(), *dy.stride(), *_param_strides(scale), *_param_strides(shift), RELU=ctx.relu, **cfg)
         if scale.dim() == 1:
             ds, dh = ds.sum(0), dh.sum(0)
         need = ctx.needs_input_grad
@@ -278,15 +227,10 @@ class NormActFunction(torch.autograd.Function):
                 dh.to(shift.dtype) if need[2] else None, None, None)
 
 
-# ------------------------------------------------------------------------------------------------
-# public API
-
-
 def _check(x, scale, shift, eps):
     op = "norm_act"
-    check_float("x", x, op)
-    check_float("scale", scale, op)
-    check_float("shift", shift, op)
+    for name, t in (("x", x), ("scale", scale), ("shift", shift)):
+        check_float(name, t, op)
     if x.dim() != 3:
         raise ValueError(f"{op}: x must be 3-D (B, C, T), got shape {tuple(x.shape)}")
     B, C, T = x.shape
@@ -304,10 +248,7 @@ def _check(x, scale, shift, eps):
 
 def norm_act(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
              *, relu: bool = True, eps: float = 1e-5, use_triton: bool | None = None) -> torch.Tensor:
-    """``relu((1 + scale) * instance_norm_T(x) + shift)``: x (B, C, T) -> (B, C, T).
-
-    scale/shift: (C,) (learned IN affine) or (B, C) (AdaIN). relu, eps, use_triton: keyword-only.
-    """
+    """``relu((1 + scale) * instance_norm_T(x) + shift)``: x (B, C, T) -> (B, C, T); scale/shift (C,) or (B, C)."""
     _check(x, scale, shift, eps)
     if not use_triton_for(x, use_triton, "norm_act"):
         return norm_act_ref(x, scale, shift, relu=relu, eps=eps)

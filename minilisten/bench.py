@@ -1,34 +1,8 @@
-"""``python -m minilisten.bench [--quick] [--device cuda|cpu]``: how fast listener motion is generated.
+"""``python -m minilisten.bench [--quick] [--skip PARTS]``: how fast listener motion and the kernels run.
 
-Greedy LR decoding (one LR token = 8 motion frames) of random speaker streams with realistic token
-counts (words ~2.5/s, SA 50/s, emotion: ~20 speaker tokens per step), timed side by side:
-
-  (a) nocache    LM-listener's way: the HF model recomputes the whole context for every LR token
-                 (``generate.generate_nocache``; it reads each code back to the host)
-  (b) hf-dynamic the HF model with its default ``DynamicCache``, one forward per step, eager
-                 (``generate.HFDecoder``)
-  (c) ours-eager ``generate.Generator``: compact forward + static KV cache, eager
-  (d) ours-compiled  the same under ``torch.compile`` (CUDA: CUDA graphs, ``reduce-overhead``;
-                 CPU: inductor's C++ code around MKL matmuls). On CPU the full run adds
-                 "(d) compiled bf16": the same with bf16 weights (AMX where the CPU has it), a
-                 different dtype than (a)-(c), shown with its agreement with their codes
-
-Scenarios: a full 8-s window (30 LR tokens) at batch 1 and at a large batch (64 on GPU, 4 on CPU),
-a long stream (several context jumps of the LM's sliding window) at batch 1, and "W+emo": the
-8-s window at batch 1 without SA tokens (~5 tokens per step instead of ~20: a words + emotion LM). Reported: LR
-tokens/s (all streams), listener FPS (= 8 x LR tokens/s; frames produced per second of compute,
-all streams together), ms per step, and the speed-ups over (a) and (b). Then the step latency of
-``StreamingListener.push`` (LM step + incremental VQ decode), the ARIG-style model's frame-by-frame
-decode (:func:`bench_arig`: cached ``ARIG.step``, eager and compiled, vs recomputing the history window every frame, 4
-and 8 Euler steps, batch 1 and the large batch, with its FPS as a ratio of the LR-token decoders'
-measured in the same run), and the kernel benchmark (:mod:`minilisten.bench_kernels`).
-
-Model: GPT-2 Medium shape with random weights in bf16 on GPU (speed does not depend on the
-weights), a 4-layer 256-wide GPT-2 in fp32 on CPU. Timings: each method runs once to warm up
-(compilation), then ``reps`` rounds in which every method runs once (interleaved, so a busy
-machine slows all alike); the median round time is reported. The table is printed and a JSON
-file (device, versions, config, date, rows) is written into ``--out`` (default ``./bench_results``,
-relative to the working directory, so it runs from an installed package anywhere).
+Parts: ``decode`` (greedy LR decoding, 8 frames a token), ``streaming`` (``StreamingListener.push``), ``arig``
+(frame-by-frame ARIG decode) and ``kernels`` (Triton vs eager and torch.compile), random weights, interleaved
+rounds after a warm-up, medians, a JSON file with the environment in ``--out``. Methods and results: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -37,31 +11,30 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import sys
-import time
+from functools import partial
+from importlib.metadata import version
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE
 from .data.synthetic import WORDS, speaker_segment
 
-RESULTS = Path("bench_results")   # default --out, relative to the working directory
-CONFIGS = {   # layout, shape (n_layer, n_embd, n_head, n_positions) and word vocabulary (None: a small BPE's)
+CONFIGS = {   # backbone layout and shape; vocab_size None: the small BPE's
     "tiny": dict(arch="gpt2", n_layer=4, n_embd=256, n_head=4, n_positions=1024, vocab_size=None),
     "tiny-llama": dict(arch="llama", n_layer=4, n_embd=256, n_head=4, n_positions=1024, vocab_size=None),
     "gpt2-medium": dict(arch="gpt2", n_layer=24, n_embd=1024, n_head=16, n_positions=1024, vocab_size=50257),
 }
+METHODS = {"a": "(a) nocache", "b": "(b) hf-dynamic", "c": "(c) ours-eager", "d": "(d) ours-compiled",
+           "e": "(e) compiled bf16"}
 
-
-# ----------------------------------------------------------------------------------- inputs
 
 def build_lm(config: str = "tiny", device="cpu", dtype=torch.float32, seed: int = 0):
-    """A random-weight ``ListenerLM`` with a backbone of the ``CONFIGS[config]`` layout and shape
-    (``lm.scratch_backbone``: GPT-2, or LLaMA = the from-scratch default's layout; the word
-    tokenizer is a small BPE trained on ``WORDS``; the backbone keeps its full word vocabulary)."""
+    """A random-weight ``ListenerLM`` of the ``CONFIGS[config]`` backbone, a small BPE trained on ``WORDS``."""
     from .lm import ListenerLM, LMConfig, scratch_backbone, train_word_tokenizer
     c = dict(CONFIGS[config])
     tok = train_word_tokenizer(list(WORDS) * 3, vocab_size=300)
@@ -75,8 +48,7 @@ def build_lm(config: str = "tiny", device="cpu", dtype=torch.float32, seed: int 
 
 
 def build_vq(device="cpu", seed: int = 0, width: int = 512):
-    """A random-weight identity-disentangled VQ-VAE (the paper's shape; AdaIN heads randomised so
-    beta matters)."""
+    """A random-weight identity-disentangled VQ-VAE of the paper's shape (AdaIN heads randomised)."""
     from .vqvae import VQVAE
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -89,327 +61,292 @@ def build_vq(device="cpu", seed: int = 0, width: int = 512):
 
 
 def streams(lm, batch: int, seconds: float, seed: int = 0, sa: bool = True):
-    """``batch`` random speaker streams as ``(histories, steps)`` (``lm.speaker_steps``), cut to the
-    same number of steps; ``sa=False`` drops the SA tokens (a words + emotion LM's steps)."""
-    v = lm.vocab
-    hs, ss = [], []
+    """``batch`` random speaker streams ``(histories, steps)`` cut to one length; ``sa=False`` drops SA tokens."""
+    v, hs, ss = lm.vocab, [], []
+    keep = lambda t: sa or not (v.sa_start <= t <= v.sa_end or v.sa_offset <= t < v.emo_offset)
     for k in range(batch):
         h, s = lm.speaker_steps(speaker_segment(seconds, seed=seed + k))
-        if not sa:
-            s = [[t for t in x if not (v.sa_start <= t <= v.sa_end or v.sa_offset <= t < v.emo_offset)] for x in s]
         hs.append(h)
-        ss.append(s)
+        ss.append([[t for t in x if keep(t)] for x in s])
     n = min(len(s) for s in ss)
     return hs, [s[:n] for s in ss]
 
 
-# ----------------------------------------------------------------------------------- timing
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+def timed(fn, device, *args) -> float:
+    """Seconds of one call ``fn(*args)``, synchronised on CUDA."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+    sync()
+    t = perf_counter()
+    fn(*args)
+    sync()
+    return perf_counter() - t
 
 
-def _rounds(fns: dict, reps: int, device, warm=("b", "c", "d", "e"), progress=print) -> dict:
-    """Interleaved timing: one warm-up call of the fns in ``warm`` (compilation, caches; (a) needs
-    none), then ``reps`` rounds of every fn; seconds per call. A fn that raises is reported and dropped."""
-    out = {k: [] for k in fns}
+def interleaved(fns: dict, reps: int, device, calls: dict | None = None, cold=(), progress=print):
+    """A warm-up round (not for ``cold`` names), then ``reps`` rounds of ``calls[name]`` (default 1) timed calls
+    ``fn(i)`` of every fn: ``({name: [seconds]}, {name: last output})``; a fn that raises is reported, dropped."""
+    times, outs = {k: [] for k in fns}, {}
 
-    def call(k):
-        try:
-            _sync(device)
-            t = time.perf_counter()
-            fns[k]()
-            _sync(device)
-            return time.perf_counter() - t
-        except Exception as e:   # e.g. out of memory: keep the other methods' numbers
-            progress(f"  {METHODS[k]} failed: {type(e).__name__}: {e}")
-            return None
-    for k in [k for k in fns if k in warm]:
-        if call(k) is None:
-            del fns[k], out[k]
-    for _ in range(reps):
-        for k in list(fns):
-            t = call(k)
-            if t is None:
-                del fns[k], out[k]
-            else:
-                out[k].append(t)
-    return out
+    def call(k, i):
+        outs[k] = fns[k](i)
+    for r in range(reps + 1):
+        for k in [k for k in times if r or k not in cold]:
+            try:
+                ts = [timed(call, device, k, i) for i in range((calls or {}).get(k, 1))]
+            except Exception as e:   # e.g. out of memory: keep the other methods' numbers
+                progress(f"  {k} failed: {type(e).__name__}: {e}")
+                del times[k]
+                continue
+            if r == 0 and sum(ts) > 5:
+                progress(f"  {k}: warm-up (compilation) {sum(ts):.0f} s")
+            times[k] += ts if r else []
+    return times, outs
 
 
 def bench_decode(lm, device, batches=(1,), window_seconds: float = 8.0, long_seconds: float = 60.0,
-                 long_batch: int = 1, reps: int = 3, dtype=None, compile_mode: str | bool = True,
-                 methods=("a", "b", "c", "d"), progress=print, gens: dict | None = None) -> list[dict]:
-    """Rows of the decode table: one per (scenario, method). ``gens`` caches the compiled
-    generators by ``(batch, method)`` (shared with :func:`bench_streaming`)."""
+                 reps: int = 3, dtype=None, compile_mode: str | bool = True, methods="abcd", progress=print,
+                 gens: dict | None = None) -> list[dict]:
+    """Rows of the decode table, one per (scenario, method); ``gens`` keeps compiled generators by (batch, method)."""
     from .generate import Generator, HFDecoder, generate_nocache
-    rows = []
-    scenarios = [("window", b, window_seconds) for b in batches] + [("long", long_batch, long_seconds),
-                                                                     ("W+emo", 1, window_seconds)]
-    gens = {} if gens is None else gens
-    for name, B, sec in scenarios:
+    rows, gens = [], {} if gens is None else gens
+    for name, B, sec in [("window", b, window_seconds) for b in batches] + [("long", 1, long_seconds),
+                                                                           ("W+emo", 1, window_seconds)]:
         hs, ss = streams(lm, B, sec, seed=100 * B + len(rows), sa=name != "W+emo")
-        n = len(ss[0])
-        plan = lm.context_plan(hs[0], ss[0])
-        fns, outs = {}, {}
-
-        def wrap(key, f):
-            def g():
-                outs[key] = f()
-            return g
-        if "a" in methods and not (name == "long" and B > 1):
-            fns["a"] = wrap("a", lambda: generate_nocache(lm, hs, ss))
-        if "b" in methods:
-            hf = HFDecoder(lm, batch=B)
-            fns["b"] = wrap("b", lambda: hf.generate(hs, ss))
-        if "c" in methods:
-            gc = Generator(lm, batch=B, dtype=dtype)
-            fns["c"] = wrap("c", lambda: gc.generate(hs, ss))
-        for m, dt in (("d", dtype), ("e", torch.bfloat16)):
-            if m not in methods:
-                continue
-            if (B, m) not in gens:
-                t0 = time.perf_counter()
-                try:
-                    gens[(B, m)] = Generator(lm, batch=B, dtype=dt, compile=compile_mode)
-                    with torch.inference_mode():
-                        gens[(B, m)].generate(hs, ss)
-                except Exception as e:   # report, keep the other methods' numbers
-                    progress(f"  {METHODS[m]} failed: {type(e).__name__}: {e}")
-                    gens[(B, m)] = None
-                    continue
-                progress(f"  {METHODS[m]}: compiled for batch {B} in {time.perf_counter() - t0:.0f} s")
-            if gens[(B, m)] is not None:
-                fns[m] = wrap(m, lambda g=gens[(B, m)]: g.generate(hs, ss))
+        n, fns = len(ss[0]), {}
+        for m in methods:
+            if m in "de" and (B, m) not in gens:   # compiled in its first call, reused by later scenarios
+                gens[B, m] = Generator(lm, batch=B, dtype=dtype if m == "d" else torch.bfloat16, compile=compile_mode)
+            gen = {"a": lambda: partial(generate_nocache, lm), "b": lambda: HFDecoder(lm, batch=B).generate,
+                   "c": lambda: Generator(lm, batch=B, dtype=dtype).generate}.get(m, lambda: gens[B, m].generate)()
+            fns[METHODS[m]] = lambda i, gen=gen: gen(hs, ss)
         progress(f"{name}: batch {B}, {n} LR steps, {sum(len(x) for x in ss[0]) / n:.1f} speaker tokens/step, "
-                 f"{len(set(plan))} context(s)")
+                 f"{len(set(lm.context_plan(hs[0], ss[0])))} context(s)")
         with torch.inference_mode():
-            times = _rounds(fns, reps, device, progress=progress)
-        ref = outs.get("a", outs.get("b"))
-        base = {k: statistics.median(v) for k, v in times.items()}
-        for k, ts in times.items():
-            t = base[k]
-            agree = float((outs[k] == ref).float().mean()) if ref is not None else float("nan")
-            rows.append(dict(
-                scenario=name, batch=B, steps=n, method=METHODS[k], seconds=t,
-                seconds_all=ts, ms_per_step=1e3 * t / n, lr_tokens_per_s=B * n / t, fps=8 * B * n / t,
-                speedup_vs_a=base["a"] / t if "a" in base else None,
-                speedup_vs_b=base["b"] / t if "b" in base else None, agreement_vs_ref=agree,
-            ))
+            times, outs = interleaved(fns, reps, device, cold=(METHODS["a"],), progress=progress)
+        for m in "de":   # a failed compile is tried again in the next scenario
+            if METHODS[m] not in times:
+                gens.pop((B, m), None)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        a, b = med.get(METHODS["a"]), med.get(METHODS["b"])
+        ref = outs.get(METHODS["a"], outs.get(METHODS["b"]))
+        for k, t in med.items():
+            rows.append(dict(scenario=name, batch=B, steps=n, method=k, seconds=t, seconds_all=times[k],
+                             ms_per_step=1e3 * t / n, lr_tokens_per_s=B * n / t, fps=8 * B * n / t,
+                             speedup_vs_a=a and a / t, speedup_vs_b=b and b / t,
+                             agreement_vs_ref=None if ref is None else float((outs[k] == ref).float().mean())))
     return rows
 
 
-METHODS = {"a": "(a) nocache", "b": "(b) hf-dynamic", "c": "(c) ours-eager", "d": "(d) ours-compiled",
-           "e": "(d) compiled bf16"}
-
-
 def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, generator=None) -> dict:
-    """Latency of ``StreamingListener.push`` with one LR step (8 frames) of speaker input per push
-    (``generator``: a compiled one to reuse; else eager)."""
+    """Latency of ``StreamingListener.push`` with 8 frames of speaker input (``generator``: a compiled one to reuse)."""
     from .streaming import StreamingListener
     seg = speaker_segment(seconds, seed=7)
     sl = StreamingListener(lm, vq, seg.listener_beta, dtype=dtype, history_words=seg.history_words, generator=generator)
-    r, fps = 8, seg.fps
+    r, fps, frames = 8, seg.fps, []
 
-    def run_once():
-        sl.reset()
-        lat, frames = [], 0
-        for i in range(seg.T // r):
-            t0, t1 = i * r / fps, (i + 1) * r / fps
-            words = [w for w in seg.words if t0 < w.end <= t1 + 1e-9]
-            a, b = sl.sa_range(i)
-            _sync(device)
-            t = time.perf_counter()
-            out = sl.push(words=words, sa_tokens=seg.sa_tokens[a:b], emotion=seg.emotion[i * r:(i + 1) * r])
-            _sync(device)
-            lat.append(time.perf_counter() - t)
-            frames += len(out)
-        return lat, frames
+    def push(i):   # a stream from its start: one warm-up pass, one timed
+        if i == 0:
+            sl.reset()
+            frames.clear()
+        t0, t1 = i * r / fps, (i + 1) * r / fps
+        a, b = sl.sa_range(i)
+        frames.append(len(sl.push(words=[w for w in seg.words if t0 < w.end <= t1 + 1e-9],
+                                  sa_tokens=seg.sa_tokens[a:b], emotion=seg.emotion[i * r:(i + 1) * r])))
     with torch.inference_mode():
-        run_once()
-        lat, frames = run_once()
-    lat_ms = np.asarray(lat[2:]) * 1e3
-    return dict(pushes=len(lat), frames=frames, lookahead=sl.lookahead, compiled=bool(generator and generator.compiled),
-                median_ms=float(np.median(lat_ms)),
-                p90_ms=float(np.percentile(lat_ms, 90)), max_ms=float(lat_ms.max()),
-                realtime_factor=float((r / fps) / np.median(lat_ms / 1e3)))
-
-
-def build_arig(device="cpu", paper: bool = False, seed: int = 0):
-    """A random-weight ARIG model: the CPU/demo size (``ARIGConfig()``) or the appendix's
-    (``ARIGConfig.paper()``), 1024 SA tokens, words, emotion, beta (speed does not depend on the weights)."""
-    from .arig import ARIG, ARIGConfig
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        m = ARIG(ARIGConfig.paper(n_sa=1024) if paper else ARIGConfig(n_sa=1024))
-    return m.to(device).eval()
-
-
-def _arig_inputs(m, B: int, T: int, device, seed: int = 0) -> dict:
-    """Random per-frame ARIG inputs for ``B`` streams and ``T`` frames (a :func:`minilisten.arig.collate` batch)."""
-    c = m.config
-    g = torch.Generator().manual_seed(seed)
-    x = {"spk": torch.randn(B, T, D_MOTION, generator=g), "lis": torch.randn(B, T, D_MOTION, generator=g),
-         "sa": torch.randint(0, c.n_sa, (B, T, c.sa_slots), generator=g),
-         "emo": torch.softmax(torch.randn(B, T, N_EMOTIONS, generator=g), -1),
-         "word": torch.randint(0, c.word_buckets, (B, T), generator=g),
-         "since": torch.randint(0, c.since_max + 1, (B, T), generator=g), "beta": torch.randn(B, N_SHAPE, generator=g)}
-    return {k: v.to(device) for k, v in x.items()}
-
-
-ARIG_METHODS = {"cached": "ARIG cached step", "compiled": "ARIG cached, compiled", "recompute": "ARIG recompute window"}
+        lat = interleaved({"push": push}, 1, device, calls={"push": seg.T // r})[0]["push"]
+    ms = np.asarray(lat[2:]) * 1e3
+    return dict(pushes=len(lat), frames=sum(frames), lookahead=sl.lookahead,
+                compiled=bool(generator and generator.compiled), median_ms=float(np.median(ms)),
+                p90_ms=float(np.percentile(ms, 90)), max_ms=float(ms.max()),
+                realtime_factor=float(r / fps / (np.median(ms) / 1e3)))
 
 
 def bench_arig(device, batches=(1, 4), steps=(4, 8), frames: int = 60, recompute_frames: int = 12, reps: int = 2,
                paper: bool = False, autocast_bf16: bool = False, progress=print, model=None,
                compile_batches=None) -> list[dict]:
-    """Frame-by-frame ARIG decode: per (batch, Euler steps) the cached path
-    (:func:`~minilisten.arig.decode_frame`: ``ARIG.step`` with its fixed caches + ``sample`` +
-    ``commit``; what :class:`~minilisten.arig.StreamingARIG` runs), the same under torch.compile
-    (:func:`~minilisten.arig.compiled_decode_frame`, for the batches in ``compile_batches``, default
-    all; each (batch, steps) compiles once in the warm-up round) and the eager reference that
-    recomputes the whole ``window``-frame history through the sequence path (``ARIG.features``)
-    every frame. Interleaved rounds (``reps``), each frame timed (synchronised): rows with p50 / p95
-    ms per frame, FPS (frames of all streams per second at the p50) and the speed-up over the
-    recomputing path."""
-    from .arig import compiled_decode_frame, decode_frame
-    m = model if model is not None else build_arig(device, paper)
-    c, W = m.config, m.config.window
-    rows = []
+    """Per (batch, Euler steps), ms per frame of ``arig.decode_frame``, the same compiled (``compile_batches``: all if
+    None) and recomputing the window every frame; ``model``: default random, the demo's size or the appendix's."""
+    from .arig import ARIG, ARIGConfig, compiled_decode_frame, decode_frame
+    if model is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = ARIG(ARIGConfig.paper(n_sa=1024) if paper else ARIGConfig(n_sa=1024)).to(device).eval()
+    m, c, W, rows = model, model.config, model.config.window, []
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if autocast_bf16 else torch.autocast("cpu", enabled=False)
     for B in batches:
-        x = _arig_inputs(m, B, W + frames + 1, device, seed=B)
+        g, T = torch.Generator().manual_seed(B), W + frames + 1
+        x = {"spk": torch.randn(B, T, D_MOTION, generator=g), "lis": torch.randn(B, T, D_MOTION, generator=g),
+             "sa": torch.randint(0, c.n_sa, (B, T, c.sa_slots), generator=g),
+             "emo": torch.softmax(torch.randn(B, T, N_EMOTIONS, generator=g), -1),
+             "word": torch.randint(0, c.word_buckets, (B, T), generator=g),
+             "since": torch.randint(0, c.since_max + 1, (B, T), generator=g),
+             "beta": torch.randn(B, N_SHAPE, generator=g)}
+        x = {k: v.to(device) for k, v in x.items()}
         frame = lambda t: {k: (v if k == "beta" else v[:, t]) for k, v in x.items() if k != "lis"}
+        window = lambda t: {k: (v if k == "beta" else v[:, t:t + W]) for k, v in x.items()}
         noise = torch.randn(B, D_MOTION, device=device)
-        methods = ["cached"] + (["compiled"] if compile_batches is None or B in compile_batches else []) + ["recompute"]
+        compiled = compile_batches is None or B in compile_batches
         for n_steps in steps:
-            times = {k: [] for k in methods}
             with torch.inference_mode(), amp:
-                st = {k: m.init_state(frame(0)) for k in ("cached", "compiled")}
+                st, st_c = m.init_state(frame(0)), m.init_state(frame(0))
                 fast = compiled_decode_frame(torch.device(device).type)
-
-                def cached(t):
-                    decode_frame(m, st["cached"], frame(t), noise, n_steps)
-
-                def compiled(t):
-                    fast(m, st["compiled"], frame(t), noise, n_steps)
-
-                def recompute(t):
-                    win = {k: (v if k == "beta" else v[:, t:t + W]) for k, v in x.items()}
-                    z, _ = m.features(win)
-                    m.sample(z[:, -1], noise, n_steps)
-                fns = {"cached": (cached, frames), "compiled": (compiled, frames), "recompute": (recompute, recompute_frames)}
-                for r in range(reps + 1):   # round 0 warms up (and compiles)
-                    for name in methods:
-                        fn, n = fns[name]
-                        for t in range(n):
-                            _sync(device)
-                            t0 = time.perf_counter()
-                            fn(t)
-                            _sync(device)
-                            if r:
-                                times[name].append(time.perf_counter() - t0)
+                fns = {"ARIG cached step": lambda t: decode_frame(m, st, frame(t), noise, n_steps),
+                       "ARIG cached, compiled": lambda t: fast(m, st_c, frame(t), noise, n_steps),
+                       "ARIG recompute window": lambda t: m.sample(m.features(window(t))[0][:, -1], noise, n_steps)}
+                fns = {k: f for k, f in fns.items() if compiled or "compiled" not in k}
+                times, _ = interleaved(fns, reps, device, progress=progress,
+                                       calls={k: recompute_frames if "recompute" in k else frames for k in fns})
             p50 = {k: float(np.median(v)) for k, v in times.items()}
-            for name, ts in times.items():
-                ms = np.asarray(ts) * 1e3
-                rows.append(dict(scenario="ARIG frame", batch=B, sample_steps=n_steps, method=ARIG_METHODS[name],
-                                 frames_timed=len(ts), p50_ms=float(np.median(ms)), p95_ms=float(np.percentile(ms, 95)),
-                                 fps=B / p50[name], fps_per_stream=1.0 / p50[name],
-                                 speedup_vs_recompute=p50["recompute"] / p50[name],
+            for k, ts in times.items():
+                rows.append(dict(scenario="ARIG frame", batch=B, sample_steps=n_steps, method=k, frames_timed=len(ts),
+                                 p50_ms=1e3 * p50[k], p95_ms=1e3 * float(np.percentile(ts, 95)), fps=B / p50[k],
+                                 speedup_vs_recompute=p50["ARIG recompute window"] / p50[k],
                                  config=dict(d_model=c.d_model, d_ff=c.d_ff, window=W, paper=paper,
                                              dtype="bf16 autocast" if autocast_bf16 else "float32")))
-            progress(f"ARIG batch {B}, {n_steps} Euler steps: recompute {1e3 * p50['recompute']:.2f} ms, " +
-                     ", ".join(f"{k} {1e3 * p50[k]:.2f} ms ({p50['recompute'] / p50[k]:.1f}x)" for k in methods[:-1]))
+            progress(f"ARIG batch {B}, {n_steps} Euler steps: " + ", ".join(f"{k} {1e3 * v:.2f} ms"
+                                                                             for k, v in p50.items()))
     return rows
 
 
 def arig_vs_lr(arig_rows: list[dict], decode_rows: list[dict] | None, streaming: dict | None) -> None:
-    """Add, in place, the ratios of each ARIG row's FPS to the LR-token decoders' FPS at the same
-    batch (the 8-s window scenario, same run): ``fps_vs_lr`` {method: ratio} (LR FPS = 8 x LR
-    tokens/s, the LM only, no VQ decode) and, at batch 1, ``fps_vs_lr_streaming`` (StreamingListener
-    push: LM step + VQ decode, 8 frames per push)."""
-    lr = {}
-    for r in decode_rows or []:
-        if r["scenario"] == "window":
-            lr.setdefault(r["batch"], {})[r["method"]] = r["fps"]
+    """Add in place each ARIG row's FPS over the LR decoders' at its batch (8-s window, same run): ``fps_vs_lr``
+    {method: ratio}; at batch 1 ``fps_vs_lr_streaming`` (over ``StreamingListener.push``, 8 frames a push)."""
     for r in arig_rows:
-        r["fps_vs_lr"] = {k: r["fps"] / v for k, v in lr.get(r["batch"], {}).items()}
-        if streaming and r["batch"] == 1:
-            r["fps_vs_lr_streaming"] = r["fps"] / (8 / (streaming["median_ms"] / 1e3))
+        r["fps_vs_lr"] = {d["method"]: r["fps"] / d["fps"] for d in decode_rows or []
+                          if d["scenario"] == "window" and d["batch"] == r["batch"]}
+        if streaming and r["batch"] == 1:   # a push: 8 frames in median_ms
+            r["fps_vs_lr_streaming"] = r["fps"] / (8e3 / streaming["median_ms"])
 
 
-def format_arig_table(rows: list[dict]) -> str:
-    lr_names = sorted({k for r in rows for k in r.get("fps_vs_lr", {})})
-    head = f"{'method':<22} {'B':>3} {'Euler':>5} {'p50 ms':>8} {'p95 ms':>8} {'FPS':>9} {'vs recomp':>9}" + \
-        "".join(f" {'vs ' + k.split(' ')[0] + ('bf16' if 'bf16' in k else ''):>8}" for k in lr_names) + f" {'vs stream':>9}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lrs = "".join(f" {r['fps_vs_lr'][k]:>7.2f}x" if k in r.get("fps_vs_lr", {}) else f" {'-':>8}" for k in lr_names)
-        vs = f"{r['fps_vs_lr_streaming']:.2f}x" if r.get("fps_vs_lr_streaming") else "-"
-        lines.append(f"{r['method']:<22} {r['batch']:>3} {r['sample_steps']:>5} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
-                     f"{r['fps']:>9.0f} {r['speedup_vs_recompute']:>8.1f}x{lrs} {vs:>9}")
-    return "\n".join(lines)
+def _kernel_time(fn, device, quick: bool) -> tuple[float, float, float]:
+    """(median, p20, p80) µs: ``triton.testing.do_bench`` on CUDA, else timed calls after a warm-up round."""
+    if device.type == "cuda":
+        import triton.testing
+        q = triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=50 if quick else 100,
+                                    quantiles=[0.5, 0.2, 0.8])
+        return tuple(1e3 * v for v in q)
+    ts = interleaved({"fn": lambda i: fn()}, 1, device, calls={"fn": 10 if quick else 30})[0]["fn"]
+    return tuple(1e6 * float(np.percentile(ts, q)) for q in (50, 20, 80))
 
 
-def run_kernel_bench(quick: bool, device) -> list:
-    """:func:`minilisten.bench_kernels.run` (Triton kernels vs eager / compiled references)."""
-    from .bench_kernels import run
-    return run(quick, torch.device(device))
+def _eager_quantize(z, cb):
+    d, idx = torch.cdist(z, cb).min(1)
+    return idx, d.square(), cb[idx]
 
 
-# ----------------------------------------------------------------------------------- report
-def format_table(rows: list[dict]) -> str:
-    head = f"{'scenario':<8} {'B':>3} {'steps':>5} {'method':<18} {'ms/step':>9} {'LR tok/s':>10} {'FPS':>10} " \
-           f"{'vs (a)':>7} {'vs (b)':>7} {'agree':>6}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        fa = f"{r['speedup_vs_a']:.1f}x" if r["speedup_vs_a"] else "-"
-        fb = f"{r['speedup_vs_b']:.2f}x" if r["speedup_vs_b"] else "-"
-        lines.append(f"{r['scenario']:<8} {r['batch']:>3} {r['steps']:>5} {r['method']:<18} {r['ms_per_step']:>9.2f} "
-                     f"{r['lr_tokens_per_s']:>10.0f} {r['fps']:>10.0f} {fa:>7} {fb:>7} {r['agreement_vs_ref']:>6.3f}")
-    return "\n".join(lines)
+def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
+    """Per op, mode, dtype, shape and provider (eager, reference, compile, Triton, ``variants(z, cb)``): µs, GB/s of
+    the ideal traffic, the copy-bandwidth bound, speed-ups."""
+    from .kernels import nearest_code as NC
+    from .kernels.norm_act import norm_act, norm_act_ref
+    cuda, rows = device.type == "cuda", []
+    a, b = (torch.empty((256 if cuda else 32) << 20, dtype=torch.uint8, device=device) for _ in range(2))
+    bw = 2 * a.numel() / _kernel_time(lambda: b.copy_(a), device, True)[0] / 1e3   # GB/s, read + write
+    print(f"# kernels: copy bandwidth {bw:.0f} GB/s" + ("" if cuda else "; CPU: torch paths only, small sizes"))
+    cfg = torch._dynamo.config   # one graph per shape, dtype and mode
+    knob = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, knob, max(64, getattr(cfg, knob)))
+    comp = (lambda f: torch.compile(f, dynamic=False)) if cuda or not quick else (lambda f: None)
+
+    def measure(providers, nbytes, flops=None, **key):
+        group = []
+        for name, fn in [(k, f) for k, f in providers.items() if f is not None]:
+            try:
+                med, p20, p80 = _kernel_time(fn, device, quick)
+            except Exception as e:   # a provider that cannot run is reported, not fatal
+                group.append(dict(key, provider=name, error=repr(e)[:300]))
+                continue
+            group.append(dict(key, provider=name, median_us=med, p20_us=p20, p80_us=p80, bytes=nbytes,
+                              gbps=nbytes / med / 1e3, bound_us=nbytes / bw / 1e3, tflops=flops and flops / med / 1e6))
+        us = {r["provider"]: r["median_us"] for r in group if "median_us" in r}
+        for r in group:
+            for ref in ("eager", "compile"):
+                r[f"speedup_vs_{ref}"] = us[ref] / r["median_us"] if ref in us and "median_us" in r else None
+        rows.extend(group)
+
+    ref_q = lambda z, cb: NC.quantize_ref(z, cb, first_of_duplicates=False)
+    comp_q, d = comp(ref_q), 512
+    sizes = [(4096, 256)] + ([] if quick else [(4096, 1024)])
+    if cuda:
+        sizes = [(n, k) for n in ([65536] if quick else [8192, 65536]) for k in (256, 1024)]
+    for (N, K), dt in [(s, dt) for s in sizes for dt in ([torch.float32, torch.bfloat16] if cuda else [torch.float32])]:
+        g = torch.Generator(device=device).manual_seed(0)
+        z, cb = (torch.randn(r, d, device=device, dtype=dt, generator=g) for r in (N, K))
+        p = {"eager": lambda: _eager_quantize(z, cb), "reference": lambda: ref_q(z, cb),
+             "compile": comp_q and (lambda: comp_q(z, cb))}
+        if cuda:
+            p["triton"] = lambda: NC.quantize(z, cb, use_triton=True)
+            p.update(variants(z, cb) if variants and (N, K) == sizes[-1] else {})
+        measure(p, (2 * N + K) * d * z.element_size() + 12 * N, 2.0 * N * K * d,
+                op="nearest_code", mode="fwd", dtype=str(dt)[6:], shape=f"N={N} K={K} d={d}")
+    B, C = (256, 512) if cuda else (16, 512)
+    norm = [(T, torch.float32) for T in ([240] if quick else [30, 240])]
+    if cuda:   # quick: bf16 at every T, fp32 at T = 240 only
+        norm = [(T, dt) for T in ([30, 240] if quick else [30, 60, 120, 240])
+                for dt in (torch.bfloat16, torch.float32) if not quick or dt == torch.bfloat16 or T == 240]
+    comp_n = comp(norm_act_ref)
+    eager_n = lambda x, s, h: torch.relu((1 + s[..., None]) * F.instance_norm(x, eps=1e-5) + h[..., None])
+    for T, dt in norm:
+        g = torch.Generator(device=device).manual_seed(0)
+        x, dy = (torch.randn(B, C, T, device=device, dtype=dt, generator=g) for _ in range(2))
+        s, h = (0.1 * torch.randn(B, C, device=device, dtype=dt, generator=g) for _ in range(2))
+        leaves = [t.detach().clone().requires_grad_() for t in (x, s, h)]
+        fns = {"eager": eager_n, "reference": lambda *a: norm_act(*a, use_triton=False), "compile": comp_n,
+               "triton": (lambda *a: norm_act(*a, use_triton=True)) if cuda else None}
+        key = dict(op="norm_act", dtype=str(dt)[6:], shape=f"B={B} C={C} T={T}")
+        nbytes = B * C * T * x.element_size()   # fwd reads x, writes y; bwd also reads x, dy and writes dx
+        measure({k: f and (lambda f=f: f(x, s, h)) for k, f in fns.items()}, 2 * nbytes, mode="fwd", **key)
+        measure({k: f and (lambda f=f: torch.autograd.grad(f(*leaves), leaves, dy)) for k, f in fns.items()},
+                5 * nbytes, mode="fwd+bwd", **key)
+    return rows
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def _cell(v) -> str:
+    if not isinstance(v, float):
+        return "-" if v is None else str(v)
+    return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def environment(device) -> dict:
-    import transformers
-    dev = torch.device(device)
-    info = dict(device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-                device_type=dev.type, torch=torch.__version__, transformers=transformers.__version__,
-                python=platform.python_version(), threads=torch.get_num_threads(), cpus=os.cpu_count(),
-                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    if dev.type == "cuda":
-        info["cuda"] = torch.version.cuda
-    try:
-        import triton
-        info["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return info
+def table(rows: list[dict], keys: str) -> str:
+    """Text table of ``rows`` over the space-separated ``keys``; a dict value gives one column per entry."""
+    flat = [{f"{k} {j}".strip(): w for k, v in r.items() if k in keys.split()
+             for j, w in (v.items() if isinstance(v, dict) else [("", v)])} for r in rows]
+    cols = list(dict.fromkeys(c for f in flat for c in f))
+    cells = [cols] + [[_cell(f.get(c)) for c in cols] for f in flat]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+DECODE_COLS = "scenario batch steps method ms_per_step lr_tokens_per_s fps speedup_vs_a speedup_vs_b agreement_vs_ref"
+ARIG_COLS = "method batch sample_steps p50_ms p95_ms fps speedup_vs_recompute fps_vs_lr fps_vs_lr_streaming"
+KERNEL_COLS = ("op mode dtype shape provider median_us p20_us p80_us gbps bound_us speedup_vs_eager "
+               "speedup_vs_compile error")
+
+
+def environment(device="cpu") -> dict:
+    """Device name, versions, threads and the UTC date of this run."""
+    device, cpuinfo = torch.device(device), Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+    return dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu, device_type=device.type,
+                **{p: version(p) for p in ("torch", "transformers", "triton")}, cuda=torch.version.cuda,
+                python=platform.python_version(), platform=platform.platform(), threads=torch.get_num_threads(),
+                cpus=os.cpu_count(), date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minilisten.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes: about a minute on a CPU")
+    p = argparse.ArgumentParser(prog="python -m minilisten.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a CPU")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="default: gpt2-medium on GPU, tiny (GPT-2) on CPU; tiny-llama: the default LM's layout")
+    p.add_argument("--config", choices=sorted(CONFIGS), default=None,
+                   help="LM backbone (default: gpt2-medium on GPU, tiny on CPU; tiny-llama: the default LM's layout)")
     p.add_argument("--batch", type=int, default=None, help="the large batch (default 64 on GPU, 4 on CPU)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds per scenario (default 2 quick, 5 full)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
     p.add_argument("--compile", default="default", choices=("default", "max-autotune"),
-                   help="torch.compile setting of (d): default (CUDA graphs on GPU) or max-autotune (longer compile)")
+                   help="torch.compile mode of (d): default (CUDA graphs on GPU) or max-autotune")
     p.add_argument("--skip", default="", help="comma list of parts to skip: decode, streaming, arig, kernels")
-    p.add_argument("--out", default=str(RESULTS), help="directory for the JSON results (default: %(default)s)")
+    p.add_argument("--out", default="bench_results", help="directory for the JSON results (default: %(default)s)")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -423,51 +360,40 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (2 if args.quick else 5)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     env = environment(device)
-    print(f"# minilisten decode benchmark: {env['device']} ({device.type}), torch {env['torch']}, "
-          f"transformers {env['transformers']}, {config} ({CONFIGS[config]['arch']}), {str(dtype).split('.')[-1]}, threads {env['threads']}", flush=True)
+    log = lambda s: print("# " + s, flush=True)
+    log(f"minilisten benchmark: {env['device']}, torch {env['torch']}, transformers {env['transformers']}, "
+        f"{config}, {str(dtype).split('.')[-1]}, threads {env['threads']}")
     result = dict(env=env, command="python -m minilisten.bench " + " ".join(sys.argv[1:] if argv is None else argv),
                   config=dict(name=config, **CONFIGS[config], dtype=str(dtype), big_batch=big, reps=reps,
                               quick=args.quick, compile=args.compile))
-    lm = build_lm(config, device, dtype)
+    lm = None if skip >= {"decode", "streaming"} else build_lm(config, device, dtype)
     gens: dict = {}
     if "decode" not in skip:
-        long_s = (20.0 if args.quick else 60.0) if not cuda else (60.0 if args.quick else 120.0)
-        methods = ("a", "b", "c", "d") if (cuda or args.quick) else ("a", "b", "c", "d", "e")
-        rows = bench_decode(lm, device, batches=(1, big), long_seconds=long_s, reps=reps, dtype=dtype,
-                            methods=methods, progress=lambda s: print("# " + s, flush=True), gens=gens,
-                            compile_mode=True if args.compile == "default" else args.compile)
-        print(format_table(rows), flush=True)
-        result["decode"] = rows
+        long_s = (60.0 if args.quick else 120.0) if cuda else (20.0 if args.quick else 60.0)
+        result["decode"] = bench_decode(lm, device, batches=(1, big), long_seconds=long_s, reps=reps, dtype=dtype,
+                                        methods="abcd" if cuda or args.quick else "abcde", progress=log, gens=gens,
+                                        compile_mode=True if args.compile == "default" else args.compile)
+        print(table(result["decode"], DECODE_COLS), flush=True)
     if "streaming" not in skip:
-        vq = build_vq(device)
-        result["streaming"] = s = bench_streaming(lm, vq, device, dtype=dtype, seconds=8.0 if args.quick else 20.0,
-                                                  generator=gens.get((1, "d")))
-        print(f"# streaming push latency ({'compiled' if s['compiled'] else 'eager'} LM step + VQ decode, 8 frames per "
-              f"push, lookahead {s['lookahead']}, {s['pushes']} pushes): "
-              f"median {s['median_ms']:.2f} ms, p90 {s['p90_ms']:.2f} ms, max {s['max_ms']:.2f} ms; "
-              f"{s['realtime_factor']:.0f}x faster than real time at 30 fps", flush=True)
-    if "arig" not in skip:
-        # ARIG at the appendix's size on GPU (bf16 autocast), the demo's size on CPU (float32)
-        arig_frames = 30 if args.quick else (120 if cuda else 90)
-        rows = bench_arig(device, batches=(1, big), steps=(4, 8), frames=arig_frames,
+        result["streaming"] = s = bench_streaming(lm, build_vq(device), device, dtype=dtype,
+                                                  seconds=8.0 if args.quick else 20.0, generator=gens.get((1, "d")))
+        log(f"streaming push, 8 frames: {s['median_ms']:.2f} ms median, {s['p90_ms']:.2f} p90, {s['max_ms']:.2f} max "
+            f"({'compiled' if s['compiled'] else 'eager'} LM; {s['realtime_factor']:.0f}x real time at 30 fps)")
+    if "arig" not in skip:   # the appendix's size in bf16 autocast on GPU, the demo's in float32 on CPU
+        rows = bench_arig(device, batches=(1, big), steps=(4, 8), frames=30 if args.quick else (120 if cuda else 90),
                           recompute_frames=8 if args.quick else 20, reps=reps, paper=cuda, autocast_bf16=cuda,
-                          progress=lambda s: print("# " + s, flush=True),
-                          compile_batches=(1,) if args.quick else None)   # each compile costs 20-60 s
+                          progress=log, compile_batches=(1,) if args.quick else None)   # a compile: 20-60 s
         arig_vs_lr(rows, result.get("decode"), result.get("streaming"))
-        print(format_arig_table(rows), flush=True)
+        print(table(rows, ARIG_COLS), flush=True)
         result["arig"] = rows
     if "kernels" not in skip:
-        try:
-            result["kernels"] = run_kernel_bench(args.quick, device)
-        except Exception as e:  # the kernel benchmark is another module's: report, do not fail ours
-            print(f"# kernel benchmark failed: {type(e).__name__}: {e}")
-            result["kernels"] = dict(error=f"{type(e).__name__}: {e}")
+        result["kernels"] = bench_kernels(device, args.quick)
+        print(table(result["kernels"], KERNEL_COLS), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"decode_{device.type}_{config}_{stamp}.json"
+    path = out / f"bench_{device.type}_{config}_{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-    print(f"# wrote {path}")
+    log(f"wrote {path}")
     return 0
 
 

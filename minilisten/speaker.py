@@ -31,7 +31,7 @@ LOADERS = {".npy": safe_pickle.load_npy, ".npz": safe_pickle.load_npz, ".pt": sa
 
 
 def _nearest_code(z: torch.Tensor, codebook: torch.Tensor):
-    from .kernels import nearest_code  # kernels/ is installed as minilisten.kernels (setup.py)
+    from .kernels.nearest_code import nearest_code  # kernels/ is installed as minilisten.kernels (setup.py)
     return nearest_code(z, codebook)
 
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_SHAPE
 from .errors import UserError
-from .kernels import code_stats, norm_act, quantize
+from .kernels.nearest_code import code_stats, quantize
+from .kernels.norm_act import norm_act
 
 FORMAT = "minilisten.VQVAE"      # config.json tag (checkpoint.load_model)
 ENC_NORMS = ("none", "in", "ln")

@@ -3,7 +3,6 @@
 Tolerances: fp32 explicit atol/rtol; bf16 by the flash-attention rule
 ``max|out - ref_fp32| <= 2 * max|out_torch_bf16 - ref_fp32| + atol`` (torch's own bf16 error).
 """
-import importlib
 from unittest import mock
 
 import pytest
@@ -11,14 +10,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import minilisten.kernels as K
-
-# the op modules (the package attributes of the same names are the functions)
-NC = importlib.import_module("minilisten.kernels.nearest_code")
-NA = importlib.import_module("minilisten.kernels.norm_act")
+from minilisten.kernels import dispatch
+from minilisten.kernels import nearest_code as NC
+from minilisten.kernels import norm_act as NA
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON = K.triton_available(torch.empty(0, device=DEV))
+TRITON = dispatch.triton_available(torch.empty(0, device=DEV))
 needs_triton = pytest.mark.skipif(not TRITON, reason="Triton path unavailable (no CUDA, no interpreter)")
 HYP = dict(deadline=None, derandomize=True, database=None,
            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -93,11 +90,11 @@ def test_quantize_matches_reference(N, Kc, d, dtype, layout, dup, with_zq, seed)
         cb = cb.clone()
         cb[Kc - 1] = cb[Kc // 3]
     if with_zq:
-        idx, dist, zq = K.quantize(z, cb, use_triton=True)
+        idx, dist, zq = NC.quantize(z, cb, use_triton=True)
     else:
-        (idx, dist), zq = K.nearest_code(z, cb, use_triton=True), None
+        (idx, dist), zq = NC.nearest_code(z, cb, use_triton=True), None
     _check_nearest(z, cb, idx, dist, zq)
-    ir, dr, _ = K.quantize(z, cb, use_triton=False)
+    ir, dr, _ = NC.quantize(z, cb, use_triton=False)
     _check_nearest(z, cb, ir, dr)
     if dup and Kc > 1:
         assert not (idx == Kc - 1).any() and not (ir == Kc - 1).any()
@@ -115,7 +112,7 @@ def test_ties_resolve_to_lowest_index(dtype, use_triton):
     cb[150] = cb[5]  # duplicates of code 5 in later tiles
     cb[199] = cb[120]
     z = torch.cat([cb[[5, 77, 150, 120, 199]], torch.zeros(1, d, device=DEV, dtype=dtype)])
-    idx, dist, zq = K.quantize(z, cb, use_triton=use_triton)
+    idx, dist, zq = NC.quantize(z, cb, use_triton=use_triton)
     expect = ((z.double()[:, None] - cb.double()[None]) ** 2).sum(-1).argmin(1)  # lowest index
     assert NC.nearest_code_config(len(z), Kc, d, dtype, z.device)["BLOCK_K"] < 150  # crosses tiles
     assert idx[:5].tolist() == [5, 5, 5, 120, 120]
@@ -140,16 +137,16 @@ def test_nearest_small_blocks_many_tiles(dtype):
 def test_precision_modes_and_single_code():
     z, cb = _rand((50, 33), torch.float32, 1), _rand((70, 33), torch.float32, 2)
     for p in NC.PRECISIONS:
-        idx, dist = K.nearest_code(z, cb, use_triton=True, precision=p)
+        idx, dist = NC.nearest_code(z, cb, use_triton=True, precision=p)
         _check_nearest(z, cb, idx, dist, rel=1e-5 if p != "tf32" else 2e-3)
-    idx, dist = K.nearest_code(z, cb[:1], use_triton=True)
+    idx, dist = NC.nearest_code(z, cb[:1], use_triton=True)
     assert torch.equal(idx.cpu(), torch.zeros(50, dtype=torch.int64))
 
 
 def _nearest_grads(z, cb, use_triton, gd, gq):
     z = z.detach().requires_grad_()
     cb = cb.detach().requires_grad_()
-    _, dist, zq = K.quantize(z, cb, use_triton=use_triton)
+    _, dist, zq = NC.quantize(z, cb, use_triton=use_triton)
     torch.autograd.backward([dist, zq], [gd, gq])
     return dist, zq, z.grad, cb.grad
 
@@ -176,7 +173,7 @@ def test_quantize_backward_matches_reference(dtype):
 def test_quantize_gradcheck_reference():
     z = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
     cb = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: K.quantize(a, b)[1:], (z, cb))
+    assert torch.autograd.gradcheck(lambda a, b: NC.quantize(a, b)[1:], (z, cb))
 
 
 @needs_triton
@@ -184,7 +181,7 @@ def test_quantize_gradcheck_triton_fp32_finite_differences():
     # the Triton backward against central differences of the Triton forward (fp32, small eps)
     z, cb = _rand((40, 6), torch.float32, 7), _rand((5, 6), torch.float32, 8)
     z.requires_grad_()
-    _, dist, _ = K.quantize(z, cb, use_triton=True)
+    _, dist, _ = NC.quantize(z, cb, use_triton=True)
     (gz,) = torch.autograd.grad(dist.sum(), z)
     eps = 1e-2
     num = torch.zeros_like(z)
@@ -192,8 +189,8 @@ def test_quantize_gradcheck_triton_fp32_finite_differences():
         zp, zm = z.detach().clone(), z.detach().clone()
         zp[:, j] += eps
         zm[:, j] -= eps
-        num[:, j] = (K.quantize(zp, cb, use_triton=True)[1]
-                     - K.quantize(zm, cb, use_triton=True)[1]) / (2 * eps)
+        num[:, j] = (NC.quantize(zp, cb, use_triton=True)[1]
+                     - NC.quantize(zm, cb, use_triton=True)[1]) / (2 * eps)
     torch.testing.assert_close(gz, num, atol=2e-3, rtol=2e-3)
 
 
@@ -201,21 +198,21 @@ def test_quantize_gradcheck_triton_fp32_finite_differences():
 def test_code_stats():
     z = _rand((300, 7), torch.bfloat16, 9)
     cb = _rand((13, 7), torch.bfloat16, 10)
-    idx, _, _ = K.quantize(z, cb)
-    counts, sums = K.code_stats(idx, z, 13)
+    idx, _, _ = NC.quantize(z, cb)
+    counts, sums = NC.code_stats(idx, z, 13)
     onehot = torch.nn.functional.one_hot(idx, 13).float()
     torch.testing.assert_close(counts, onehot.sum(0))
     torch.testing.assert_close(sums, onehot.t() @ z.float(), atol=1e-4, rtol=1e-5)
     with pytest.raises(TypeError, match="idx"):
-        K.code_stats(idx.int(), z, 13)
+        NC.code_stats(idx.int(), z, 13)
     with pytest.raises(ValueError, match="N = len"):
-        K.code_stats(idx[:-1], z, 13)
+        NC.code_stats(idx[:-1], z, 13)
     with pytest.raises(ValueError, match="K must be"):
-        K.code_stats(idx, z, 0)
+        NC.code_stats(idx, z, 0)
 
 
 @pytest.mark.parametrize("use_triton", [None, False])
-@pytest.mark.parametrize("fn", [K.nearest_code, K.quantize])
+@pytest.mark.parametrize("fn", [NC.nearest_code, NC.quantize])
 def test_nearest_code_bad_input(fn, use_triton):
     z, cb = torch.randn(4, 8), torch.randn(6, 8)
     cases = [
@@ -258,7 +255,7 @@ def _norm_run(x, scale, shift, dy, relu, use_triton=None, upcast=True, as_fp32=F
     leaves = [cast(x).detach().requires_grad_(), scale.detach().requires_grad_(),
               shift.detach().requires_grad_()]
     if upcast:
-        y = K.norm_act(*leaves, relu=relu, use_triton=use_triton)
+        y = NA.norm_act(*leaves, relu=relu, use_triton=use_triton)
     else:
         y = NA.norm_act_ref(*leaves, relu=relu, upcast=False)
     grads = torch.autograd.grad(y, leaves, cast(dy))
@@ -336,8 +333,8 @@ def test_norm_act_gradcheck_reference():
         x = torch.randn(2, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
         s = (0.5 * torch.randn(pshape, generator=g, dtype=torch.float64)).requires_grad_()
         h = (0.5 * torch.randn(pshape, generator=g, dtype=torch.float64)).requires_grad_()
-        assert torch.autograd.gradcheck(lambda *a: K.norm_act(*a), (x, s, h))
-        assert torch.autograd.gradgradcheck(lambda *a: K.norm_act(*a, relu=False), (x, s, h))
+        assert torch.autograd.gradcheck(lambda *a: NA.norm_act(*a), (x, s, h))
+        assert torch.autograd.gradgradcheck(lambda *a: NA.norm_act(*a, relu=False), (x, s, h))
 
 
 @needs_triton
@@ -345,18 +342,18 @@ def test_norm_act_triton_fp32_finite_differences():
     # the Triton backward against central differences of the Triton forward (fp32)
     x, scale, shift, _ = _norm_case(1, 2, 5, torch.float32, True, 14)
     x.requires_grad_()
-    (gx,) = torch.autograd.grad(K.norm_act(x, scale, shift, relu=False, use_triton=True).pow(2).sum(), x)
+    (gx,) = torch.autograd.grad(NA.norm_act(x, scale, shift, relu=False, use_triton=True).pow(2).sum(), x)
     num = torch.zeros_like(x)
     eps = 1e-2
     for idx in range(x.numel()):
         xp, xm = x.detach().clone().view(-1), x.detach().clone().view(-1)
         xp[idx] += eps
         xm[idx] -= eps
-        f = lambda t: K.norm_act(t.view_as(x), scale, shift, relu=False, use_triton=True).pow(2).sum()
+        f = lambda t: NA.norm_act(t.view_as(x), scale, shift, relu=False, use_triton=True).pow(2).sum()
         num.view(-1)[idx] = (f(xp) - f(xm)) / (2 * eps)
     torch.testing.assert_close(gx, num, atol=2e-2, rtol=2e-2)
     # the Triton backward is not differentiable again: double backward must fail loudly
-    y = K.norm_act(x, scale, shift, use_triton=True)
+    y = NA.norm_act(x, scale, shift, use_triton=True)
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         g.sum().backward()
@@ -382,7 +379,7 @@ def test_norm_act_bad_input(use_triton):
     ]
     for args, kw, exc, msg in cases:
         with pytest.raises(exc, match=msg):
-            K.norm_act(*args, **kw, use_triton=use_triton)
+            NA.norm_act(*args, **kw, use_triton=use_triton)
 
 
 # ================================================================================================
@@ -397,27 +394,26 @@ def test_dispatch_rule(monkeypatch):
     x, s, h, _ = _norm_case(2, 3, 8, torch.float32, False, 2)
     x.requires_grad_()
     path = lambda t: "triton" if "Function" in type(t.grad_fn).__name__ else "torch"
-    assert path(K.nearest_code(z, cb)[1]) == "triton" and path(K.norm_act(x, s, h)) == "triton"
-    assert path(K.nearest_code(z, cb, use_triton=False)[1]) == "torch"
-    assert path(K.norm_act(x, s, h, use_triton=False)) == "torch"
+    assert path(NC.nearest_code(z, cb)[1]) == "triton" and path(NA.norm_act(x, s, h)) == "triton"
+    assert path(NC.nearest_code(z, cb, use_triton=False)[1]) == "torch"
+    assert path(NA.norm_act(x, s, h, use_triton=False)) == "torch"
     monkeypatch.setenv("MINILISTEN_KERNELS", "torch")
-    assert path(K.quantize(z, cb)[1]) == "torch" and path(K.norm_act(x, s, h)) == "torch"
-    assert path(K.norm_act(x, s, h, use_triton=True)) == "triton"  # the explicit argument wins
+    assert path(NC.quantize(z, cb)[1]) == "torch" and path(NA.norm_act(x, s, h)) == "torch"
+    assert path(NA.norm_act(x, s, h, use_triton=True)) == "triton"  # the explicit argument wins
     monkeypatch.delenv("MINILISTEN_KERNELS")
     # float64 always runs the reference; forcing Triton on it is an error
-    assert path(K.norm_act(x.double(), s.double(), h.double())) == "torch"
+    assert path(NA.norm_act(x.double(), s.double(), h.double())) == "torch"
     with pytest.raises(RuntimeError, match="supports"):
-        K.nearest_code(z.double(), cb.double(), use_triton=True)
+        NC.nearest_code(z.double(), cb.double(), use_triton=True)
 
 
 def test_dispatch_cpu_without_interpreter(monkeypatch):
-    dispatch = importlib.import_module("minilisten.kernels.dispatch")
     monkeypatch.setattr(dispatch, "INTERPRET", False)
     x = torch.randn(2, 3, 4)
-    assert not K.triton_available(x)
+    assert not dispatch.triton_available(x)
     with pytest.raises(RuntimeError, match="use_triton=True but"):
-        K.norm_act(x, torch.zeros(3), torch.zeros(3), use_triton=True)
-    torch.testing.assert_close(K.norm_act(x, torch.zeros(3), torch.zeros(3)),
+        NA.norm_act(x, torch.zeros(3), torch.zeros(3), use_triton=True)
+    torch.testing.assert_close(NA.norm_act(x, torch.zeros(3), torch.zeros(3)),
                                NA.norm_act_ref(x, torch.zeros(3), torch.zeros(3)))
 
 
@@ -426,9 +422,9 @@ def test_compile_traces_reference():
     # inside torch.compile the reference is traced (no graph break): Inductor fuses it itself
     x, s, h, _ = _norm_case(2, 3, 8, torch.float32, True, 3)
     z, cb = _rand((10, 4), torch.float32, 0), _rand((6, 4), torch.float32, 1)
-    f = torch.compile(lambda *a: K.norm_act(*a), backend="eager", fullgraph=True)
+    f = torch.compile(lambda *a: NA.norm_act(*a), backend="eager", fullgraph=True)
     torch.testing.assert_close(f(x, s, h), NA.norm_act_ref(x, s, h))
-    q = torch.compile(lambda a, b: K.quantize(a, b), backend="eager", fullgraph=True)
+    q = torch.compile(lambda a, b: NC.quantize(a, b), backend="eager", fullgraph=True)
     assert torch.equal(q(z, cb)[0], NC.quantize_ref(z, cb)[0])
 
 
@@ -446,12 +442,12 @@ def test_kernels_compile_for_sm90():
     if importlib.util.find_spec("triton.backends.nvidia") is None:
         pytest.skip("this triton has no NVIDIA backend")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
-    out = subprocess.run([sys.executable, str(script), "--aot", "90"], env=env,
+    script = Path(__file__).resolve().parents[1] / "bench" / "aot_check.py"
+    out = subprocess.run([sys.executable, str(script), "90"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("sm_90")]
-    assert len(lines) == 8 and all(" regs " in ln for ln in lines), out.stdout
+    assert len(lines) == 6 and all(" regs " in ln for ln in lines), out.stdout
 
 
 # ================================================================================================
@@ -464,12 +460,12 @@ def test_kernels_compile_for_sm90():
 @pytest.mark.parametrize("N,Kc", [(8192, 256), (20000, 1024)])
 def test_cuda_paper_sizes_nearest(dtype, precision, N, Kc):
     z, cb = _rand((N, 512), dtype, 20), _rand((Kc, 512), dtype, 21)
-    idx, dist, zq = K.quantize(z, cb, precision=precision)
+    idx, dist, zq = NC.quantize(z, cb, precision=precision)
     # fp64 check on a subset of rows (the full (N, K, d) difference tensor is too big)
     rows = torch.arange(0, N, 97, device=DEV)
     rel = 1e-5 if precision != "tf32x3" else 1e-4
     _check_nearest(z[rows], cb, idx[rows], dist[rows], zq[rows], rel=rel)
-    ir, _ = K.nearest_code(z, cb, use_triton=False)
+    ir, _ = NC.nearest_code(z, cb, use_triton=False)
     assert (idx == ir).float().mean().item() > 0.999
 
 
@@ -482,9 +478,10 @@ def test_cuda_paper_sizes_norm(dtype, T):
 
 
 # --- the top-level name `kernels` ------------------------------------------------------------
-# From a checkout's root (python -m ..., python -m pytest) the repository root is on sys.path, so
-# `import kernels` finds our kernels/ directory. transformers >= 5.25 imports Hugging Face's
-# `kernels` package under that name; ours must step aside for it, and never pose as it.
+# From a checkout's root (python -m ..., python -m pytest) the repository root is on sys.path, so `import kernels`
+# sees our kernels/ directory. transformers >= 5.25 imports Hugging Face's `kernels` under that name. kernels/ has no
+# __init__.py: a namespace portion, which any installed `kernels` package wins over, and which transformers'
+# availability check reads as "not installed" (no __file__, no version).
 
 def _import_kernels_from_root(*flags, pythonpath=None):
     import os
@@ -496,7 +493,7 @@ def _import_kernels_from_root(*flags, pythonpath=None):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath)
-    code = "import kernels; print(kernels.CUDAProperties, kernels.__file__)"
+    code = "import kernels; print(getattr(kernels, 'CUDAProperties', None), kernels.__file__, kernels.__path__)"
     return subprocess.run([sys.executable, *flags, "-c", code], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -508,12 +505,12 @@ def test_checkout_kernels_dir_steps_aside_for_another_installed_kernels(tmp_path
     (other / "props.py").write_text("CUDAProperties = 'the-other-kernels'\n")
     r = _import_kernels_from_root(pythonpath=tmp_path / "site")   # '' (the root) comes first
     assert r.returncode == 0, r.stderr
-    name, path = r.stdout.split()
+    name, path, _ = r.stdout.split(maxsplit=2)
     assert name == "the-other-kernels" and path == str(other / "__init__.py")
 
 
-def test_checkout_kernels_dir_is_not_importable_as_kernels():
+def test_checkout_kernels_dir_is_not_a_package_named_kernels():
     r = _import_kernels_from_root("-S")                            # no site-packages: no other
-    assert r.returncode != 0
-    assert "ModuleNotFoundError: No module named 'kernels'" in r.stderr
-    assert "importable only as minilisten.kernels" in r.stderr
+    assert r.returncode == 0, r.stderr
+    name, path, where = r.stdout.split(maxsplit=2)
+    assert (name, path) == ("None", "None") and "_NamespacePath" in where   # no module, no attributes of ours

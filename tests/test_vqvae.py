@@ -351,7 +351,7 @@ def test_adain_decoder_uses_identity():
 
 
 def test_triton_path_matches(monkeypatch):
-    from minilisten.kernels import triton_available
+    from minilisten.kernels.dispatch import triton_available
     if not triton_available(torch.zeros(1)):
         pytest.skip("Triton cannot run here (no CUDA and TRITON_INTERPRET unset)")
     m = initted(tiny(width=16, code_dim=16))
