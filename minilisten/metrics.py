@@ -1,38 +1,7 @@
-"""Evaluation metrics of the paper (Table 1, 4, 5), with LM-listener's conventions.
-
-Where the paper (supplement §6-7) is ambiguous we follow LM-listener's ``evaluate_listener.py``
-(SYSTEM.md §8), so our numbers are comparable with theirs:
-
-- every metric is computed **per clip** on the raw (de-normalised) 56-d coefficients, expression
-  ``[0:50]`` and pose ``[50:56]`` jointly, then averaged over clips without weights;
-- ``l2``: mean squared error over frames and coefficients;
-- ``fd``: Fréchet distance between Gaussians fitted to the frames of the two clips (mean, and
-  ``np.cov(rowvar=False)`` covariance, i.e. ddof 1): ``|mu1-mu2|^2 + tr(S1 + S2 - 2 sqrtm(S1 S2))``.
-  ``split=True`` gives DIM's separate expression / pose FD instead;
-- ``pfd``: the same on ``[speaker56, listener56]`` per frame (112 dims, speaker first);
-- ``variation``: per-coefficient variance over time (ddof 0), averaged over coefficients;
-- ``diversity``: mean Euclidean distance of 30 random frame pairs (10 when the clip has <= 30
-  frames; the two index lists are drawn without replacement, as the peer does), seeded here;
-- ``l2_affect``: valence averaged over non-overlapping 1-s windows (30 frames at 30 fps; the last
-  partial window dropped; one window of the whole clip if it is shorter than 1 s), MSE between the
-  window means. Tables report it x100. Generated motion carries no valence: ``ValenceRegressor``
-  estimates it from the motion (our offline stand-in for the EMOCA emotion network the paper uses);
-- VQ: ``vq_rec`` (MSE of the reconstruction), ``vq_commit`` (MSE encoder output vs its quantized
-  code), ``perplexity`` (``exp(-sum p log(p + 1e-7))`` of the code histogram, as the peer's
-  quantizer reports it per batch).
-
-FD is computed exactly in float64 without a matrix square root: with centered frames ``X`` and
-``A = R / sqrt(T - 1)`` from ``X = QR`` (so ``S = A^T A``), the non-zero eigenvalues of ``S1 S2``
-are the squared singular values of ``A1 A2^T``, hence ``tr sqrtm(S1 S2) = ||A1 A2^T||_*`` (nuclear
-norm). This equals scipy's ``sqrtm`` route (tests check 1e-5 relative), costs one QR per clip and
-one small SVD (about as fast as ``sqrtm`` for 240 x 56 frames, 100x faster when T < D), and stays
-accurate when a covariance is singular or nearly so, in particular with fewer frames than
-dimensions (a clip of 24 frames scored on 112 P-FD dims): it needs no eps there, whereas scipy's
-``sqrtm`` of such a singular product occasionally returns a complex root with an imaginary
-diagonal above the peer's 1e-3 limit (the peer then raises). FD needs at least 2 frames per clip
-(the covariance uses ddof 1). ``eps > 0`` reproduces the peer's fallback of adding
-``eps`` to both covariance diagonals exactly; it defaults to 0. FD is clamped at 0 (it is a squared
-distance; rounding can give -1e-15).
+"""The paper's evaluation metrics (Tables 1, 4, 5) with LM-listener's conventions (its ``evaluate_listener.py``):
+per clip on raw 56-d coefficients ``(T, 56)`` (expression ``[0:50]`` and pose ``[50:56]`` jointly), averaged over
+clips. FD is exact in float64 through a nuclear norm instead of ``sqrtm``; conventions and the derivation are in
+docs/results.md ("Metrics"). :func:`evaluate` is the one Table 1 evaluation of the demo, the pipeline and train-arig.
 """
 from __future__ import annotations
 
@@ -41,7 +10,8 @@ import numpy as np
 from .data.segment import D_MOTION, EXP, POSE
 
 __all__ = ["l2", "fd", "fd_split", "pfd", "variation", "diversity", "diversity_pairs", "l2_affect", "perplexity",
-           "vq_rec", "vq_commit", "clip_metrics", "evaluate_clips", "ValenceRegressor"]
+           "vq_rec", "vq_commit", "clip_metrics", "evaluate_clips", "ValenceRegressor", "score", "fit_valence",
+           "evaluate"]
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -91,11 +61,8 @@ def _cov_factor(x: np.ndarray, eps: float) -> np.ndarray:
 
 
 def fd(pred, gt, eps: float = 0.0) -> float:
-    """Fréchet distance between Gaussians fitted to the frames of ``pred`` and ``gt``.
-
-    ``pred: (T1, D)``, ``gt: (T2, D)``; T1, T2 >= 2 (they may differ; ``l2`` needs equal shapes,
-    FD does not). ``eps`` is added to both covariance diagonals (the peer's retry value is 1e-6).
-    Exact for singular covariances (T <= D): see the module docstring."""
+    """Fréchet distance between Gaussians fitted to the frames of ``pred (T1, D)`` and ``gt (T2, D)``, T >= 2;
+    ``eps`` is added to both covariance diagonals (the peer's retry value is 1e-6). Exact for singular covariances."""
     g = _array("gt", gt, 2, None, min_frames=2)
     p = _array("pred", pred, 2, g.shape[1], min_frames=2)
     if not eps >= 0:
@@ -174,14 +141,8 @@ def l2_affect(pred_valence, gt_valence, fps: float = 30, window_s: float = 1.0) 
 
 
 class ValenceRegressor:
-    """Valence from listener motion: ridge regression on standardized 56-d frames.
-
-    Generated motion has no valence label, and the paper's estimator (EMOCA's emotion network on
-    the rendered face) is not available offline. This per-frame linear model, fitted on the
-    training split's (listener motion, valence) pairs, is our stand-in: L2 Affect compares the
-    valence it predicts from generated motion with the ground-truth valence. ``score`` gives R^2
-    so a report can say how well valence is recoverable from motion at all.
-    """
+    """Valence from listener motion: ridge regression on standardized 56-d frames, fitted on the training split; our
+    offline stand-in for the paper's EMOCA emotion network (generated motion has no valence label)."""
 
     def __init__(self, alpha: float = 1.0):
         if not alpha >= 0:
@@ -300,13 +261,9 @@ def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: flo
 
 def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: float = 30,
                    seed: int = 0, split_fd: bool = False) -> dict[str, float]:
-    """Table 1 over a test set: ``clip_metrics`` per clip, then the unweighted mean over clips.
-
-    ``pred, gt, speaker``: lists of ``(T_i, 56)`` raw coefficients (``T_i >= 11``: diversity needs
-    more than 10 frames); ``pred_valence, gt_valence``: lists of ``(T_i,)`` or both None (then no
-    ``l2_affect``). Clip ``i`` draws its diversity pairs with seed ``(seed, i)``. Returns
-    ``l2, fd, pfd, variation, diversity, variation_gt, diversity_gt[, l2_affect][, fd_exp, fd_pose,
-    pfd_exp, pfd_pose]`` and ``n_clips``. ``l2_affect`` is raw (tables print it x100)."""
+    """Table 1 over a test set: :func:`clip_metrics` per clip (lists of ``(T_i, 56)``, ``T_i >= 11``; valences
+    ``(T_i,)`` or both None), then the unweighted mean and ``n_clips``; clip ``i`` draws diversity pairs with seed
+    ``(seed, i)``; ``l2_affect`` is raw (tables print it x100)."""
     lists = {"gt": gt, "pred": pred, "speaker": speaker}
     if pred_valence is not None or gt_valence is not None:
         lists.update(pred_valence=pred_valence, gt_valence=gt_valence)
@@ -330,3 +287,27 @@ def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: f
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     out["n_clips"] = len(rows)
     return out
+
+
+# ----------------------------------------------------------------------------- the one evaluation
+def score(preds: list[np.ndarray], clips, valence_model: ValenceRegressor | None = None, seed: int = 0) -> dict:
+    """Table 1 metrics of ``preds`` (one ``(T, 56)`` per clip) on ``clips`` (Segments); L2 Affect only with a
+    ``valence_model``."""
+    kw = {}
+    if valence_model is not None:
+        kw = dict(pred_valence=[valence_model.predict(p) for p in preds], gt_valence=[c.valence for c in clips])
+    return evaluate_clips(preds, [c.listener_motion for c in clips], [c.speaker_motion for c in clips],
+                          fps=clips[0].fps, seed=seed, **kw)
+
+
+def fit_valence(train, clips) -> ValenceRegressor | None:
+    """A :class:`ValenceRegressor` fitted on the ``train`` segments when they and the ``clips`` all have valence."""
+    if not all(s.valence is not None for s in list(train) + list(clips)):
+        return None
+    return ValenceRegressor().fit([s.listener_motion for s in train], [s.valence for s in train])
+
+
+def evaluate(preds: dict[str, list[np.ndarray]], clips, train, seed: int = 0) -> dict[str, dict]:
+    """:func:`score` of every method of ``preds`` (name -> motion per clip), L2 Affect when the data has valence."""
+    valence = fit_valence(train, clips)
+    return {name: score(p, clips, valence, seed) for name, p in preds.items()}

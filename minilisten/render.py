@@ -1,38 +1,16 @@
-"""Video of a conversation: speaker | generated listener(s) | ground-truth listener, with subtitles.
-
-``python -m minilisten render`` and :func:`render_clip` draw each head from its motion ``(T, 56)``
-(expression ``[0:50]``, pose ``[50:56]`` = global rotation 3 | jaw 3, axis-angle) at the data's
-fps and write an H.264 mp4 through ``imageio-ffmpeg`` (it ships its own ffmpeg binary; ``pip install
-'minilisten[video]'``). Two kinds of head, both rasterised here in numpy (z-buffer, Gouraud-shaded
-Lambert lighting, 2x supersampling; no OpenGL, pyrender or pytorch3d):
-
-- with a user-supplied FLAME model (``--flame generic_model.pkl``, :mod:`minilisten.flame`): the
-  FLAME mesh from beta, expression and pose;
-- without one, :class:`SchematicHead`: a low-poly head built from the same numbers. The head turns
-  by the 3 global rotation angles (the same axis-angle convention as FLAME, about the top of a
-  fixed neck), the chin and lower lip drop with the jaw rotation, and four leading expression
-  coefficients move the face: ``exp[0]`` mouth corners (smile), ``exp[1]`` brows up/down,
-  ``exp[2]`` inner brows down (frown), ``exp[3]`` mouth width. It is a readable schematic of
-  pose, jaw and a few expression dimensions, not a face model: the other 46 expression
-  coefficients and the shape beta are not shown, and ``exp[0..3]`` do not mean what FLAME's
-  components mean (they are PCA directions that mix many facial regions).
-
-The speaker's words run in a subtitle band as they are spoken: :func:`subtitle_at` (the word
-being spoken is highlighted; a word stays ``hold`` seconds after its end). The frame at index
-``i`` shows time ``(i + 0.5) / fps`` (the middle of the frame).
-
-Text uses a built-in bitmap of the Aileron Regular font (CC0, the font Pillow ships as its
-default), printable ASCII only (other characters are drawn as ``?``).
-"""
+"""Video of a conversation: speaker | generated listener(s) | ground-truth listener, with the speaker's words as
+subtitles (``python -m minilisten render``, :func:`render_clip`). Each head is drawn from its motion ``(T, 56)``
+(expression ``[0:50]``, pose ``[50:56]`` = global rotation 3 | jaw 3, axis-angle) and rasterised in numpy (z-buffer,
+Lambert lighting, supersampling): the FLAME mesh with a user-supplied model (:mod:`minilisten.flame`), else
+:class:`SchematicHead` (what it shows: docs/results.md, "Rendering"). Text and PNG with Pillow, mp4 with
+imageio-ffmpeg. Frame ``i`` shows time ``(i + 0.5) / fps``."""
 from __future__ import annotations
 
 import argparse
-import base64
+import functools
 import json
 import math
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -40,96 +18,25 @@ import numpy as np
 
 from .data.segment import D_MOTION, EXP, N_SHAPE, POSE, Segment, Word, _check_array
 
-_FONT_CELL, _FONT_H, _FONT_ASCENT = 25, 25, 20
-_FONT_ADVANCE = [4, 5, 7, 11, 12, 15, 13, 4, 6, 6, 11, 12, 4, 6, 5, 6, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 5, 5, 12, 12, 11, 11, 17, 13, 13, 14, 14, 12, 12, 14, 15, 5, 11, 12, 12, 17, 14, 15, 12, 15, 12, 12, 13, 13, 12, 19, 13, 12, 12, 6, 6, 6, 12, 10, 6, 11, 12, 11, 13, 11, 7, 13, 11, 4, 4, 10, 5, 17, 11, 12, 12, 13, 6, 9, 7, 12, 10, 16, 10, 10, 10, 6, 5, 6, 12]
-_FONT_BLOB = (
-    "eNrtWk+IHFkZf1Vlpk0q0+Vhg7tMpueSQ4TpmRwmS2sqmRLBICjJYTsBg5lF9iCokxw6OMKMqTWHBQ8yCIlHBy9ehDTYSGeJmVpz"
-    "EHZBSyTuYVm31iQrgrup1QlOr5Np6/2+1/W+ruru6YlZJdLvUN1Vr96f7//v+14JMWqjNmqjNmqjNmqjNmpPto33ee7humfEoMdq"
-    "3jy7efS4sxz43xOywpRkpd9LsctJL+S66WcO18JQy86NVCjTQpjiRbo5Ovhdt+susPQkTs/H3YLq0fEEWzAGJaE1Ppvvpg6XNvpl"
-    "U163p+T1lphMrquXGYGYyjeHWncfri1a/YS8rl7Ao208Esfxv23IGdfl/602bLhly+u9iSGWoHGdG1CwtW5gEjk8aGOSdtvC7I7u"
-    "sIS8cRgHYhEZKTPmIbctEo+aahYUYPatNnFJXuN2m6ZKrp4tGsn/sjghpkWEySID1kkvkY0d7hcG1viN08ugZVvKqw/Jw2aaGO/e"
-    "f5rDv3uEVJtu9vdRavE78NL7Ot59vphco1ex1ZUDmsCAT7WTIkOy0TUQuonxi/CQG/fh4wL5yD+L2b/VktfqVflu+GOpzv65mSHW"
-    "uNnCImuQc4xpFx7K/9EZqQBxVU4SnK2io4qOa+iAtDuGHJMkSlpEU2Iz6VuHeKIzM5gKNrF4X7Jk4b4FOuT/Fx5WoYlqQsk4259K"
-    "1KgB2ceY0qvi3XGmSl7ei1wUfb2P21vVXKaJys6dHh5umLYbHXyWxaAemkiLB//Az4sH8egrUrSuK8f4BUbgoRzlOwW9MsYHb1iw"
-    "pTJoDrEJKbOUGQ38RrBBTy7egGx2clEFjPMuQF5vm9goWDMD/XBFORsHSmIGHTFjIjjgSBfVsXBb/CsZcQziKWESmioy5N4DCxQU"
-    "QyMdTYoTGQG663YyWU3RUUrXUEpU4GZZH07ATm9Vc/pFHGfXGrUbHdzLLOPFfLfDYdSz2NCpK5JXjlNISYtZ0Ou4bTHYYe0jmYP5"
-    "FzG+hrUCEzf+P+V1WlDHM6R+2A+Y4kAe5OEh695sdykOSPv07+pHyaIUikqZOBCaHnW4jInYlTWjmXHTCpOQHJflTpKpSuiwsUG5"
-    "lxh6kCiO5p+LyRoJJXK7b5sVISrodikkwa5C7ksUyvxcjqgIiMPdNjRmuPeWlWKGLdpi6z25hbsTWbcUw2KUXv1kqpUs5t5iOODu"
-    "FMEPOWYZRuvdgia2hWZ+Eebsek5iM5HhYkLQsQX8IEzmZD/ZT6mViBDu/TdB+Zt/JpboF3yDqaiwBuJvFfSUEYLcvWoqKE7N1bH/"
-    "h+t6K77V0BTMkoDzUF/lBlA77wuXf5AsVq/RQnaqY4GFfs7wTkceRoWmZsY7xlzS5xZjjJCTUFTzC8BJLgwhNhj/AKNEBZJoJLqd"
-    "DClDXmUyiobef8hhVPCZHOPOw6ldh9uNrhWAALY1ZlhRYEJCzvirU1m35EamdssLD95L7q4DB4RnpzAChrPYkmMIcTaBOMJPi9TD"
-    "ewUwvxQVEsOIYQyRAe5WWznsYw12ryHcT3gM4+YnwZI4i8iUcgaD6wxzQttuh1yKbSHG2/AMQOHBN28oVyV7vwjKoYke+cTnaMZV"
-    "vAv07ivYDu91sdn6UfIzCX/n3DO03+VoyeEOuQeMKjOk+wvxetJ3ynYxQr4XY+8xKSb5zw1DjyaFE5OQxHS9JuPhB+g/b2vUPM4w"
-    "g2LiXI59oQHG2CANXjJZ+gTcq6spKCMNuYmNdEV1p8z8lTEby6kaZMYYAYcbmptYg0Y0BAtFcEhmDdb6NzN5o9EQDIQ4OkbNiT5Z"
-    "Wlf8PAQRhnAZHvnrR22thfuZcnpHPtEHYPJMj2y3S6o+EroIjzauyUexuaS7QyR/S2BidzIC2z1dRQa+SM9gcF+yl49I31aEwjGr"
-    "VWgJWVrQvpzr4Bx4x2SSqAQfJu9esRyMiBEBpqgbj8DkjQmRgVHChk0UD05XUv/6QANExarD3MILY1kyD6nMs4FYuWoAyTlgSSml"
-    "wC/gdwpXHtWDP5jMXwVwMghbfoH8tQITLtPEZzTlLkZGUJ/A+pn020tFFryh5iq1JFvwKaGbPdIH3L0Ou/IoplYwx5kF3c3j3MYH"
-    "Zuoy+gY9Zbtq84SHqJBQisnU7BT1CgK6i3CsK2t2dsbv8pumQahI0vTu56cSVa/DO1N2F3dIk3xaRo4XQxNj8chBLj+fhVFtHjkm"
-    "51wZB39tpW6pvW5of9XG3lbnszCKlNo/WbCLKpUVPmALqjDd4U5FwLxBnv5IT9iRuUKWHNbGOgvpglFlbsCxVA3SklhQ0kBT4RGN"
-    "CCe4C0d3DToT/b4iDWQLnC7VNF5Z5TDqG5RtruztDaMU8AqbGPLKLBy5fqErzkEXxOlLun4ezOeCnrJdtXnKerAt5cJJ352OWKB1"
-    "cACtt7LeNOh6EOlpj7ihZUlfaqbK6XZIczIMd8UdC+WEHIz6JZeEvU/CqCjWbumsIVJ/tXzV1g6Sw6jwNbmF8F3/trRtW3fT3uc4"
-    "BCQmHg5yScetEyIjc6U+7bbB6HB1jOJRfavAq5yu9CCOcmQx00SlVyItN6p9kopOY6e1ymSxo0TCLmo6esCo/ZtGbxh16WukDdj2"
-    "WrOcrtEFo0i0NSsLo07vyQW9ikrmsHlgRrEHN6qY2SHQTMsUhHrFpxq5FGhMaJ/ozejK/v5ic00Wtu6LNCUroSoRC0r1GcNLiq8a"
-    "RqnM020ySVy5/ZqURMPFCDlJ6mPLqSGrKTmMotygPh1ekvbIZHuYWyKzcK+wliOTYBSXuVKf6gEOBx2hvQ8zhgcFnvY5EXNk00wT"
-    "Y+ZLVrIwShQhvGn7DROlObnp22YatZQazHEn0y8ZVwXzyXFse7LopGvwwpZiwivmIBilbK/kMUudYQigeqeAeD4Nf9PQlRlSiQrF"
-    "ia7a0wSDUTdYx5WTs+OdxJ2UM1mU2LeUYXjScTwDoxSBzhKTRHhUAlqrQlXwpbSjAa0PLBm9FR1dMKoCQ64U6slvnXUr9bGYbfet"
-    "ubgcRlmrIoVRFaTYXTDK6QGjLA6jrEqHwL4wyjMYlHdRWvF+A+H99uXvpDSFR9nZ3A7VqOc49v0prqeA7oLv37bk4k7W75Berfp9"
-    "OPMSr6dSxkKbJxcVqmJmrMufqghYYvWrErzWS10TL+q/90y9lP/y5XWMnmaAFvMS+zjDE0lkq1FUTw2sZSaJ+j4Jo8T7lpaEKj1Q"
-    "wldDwtrQjqpJ1oISq3hf/NyU5U8NkWucVRcHn3k6G4KlZC4x0UrhR6eqttkHRiGP7gGjQrjiTgbp65BapzRUuXCsFDwP2R0Lk9He"
-    "SXTX9+lUnUpIHi95d/kSDoBXoSz+A/jBSvRqcv3VHSt78lMYXICYZcrXOUrB5r+tTkEYBxbha5r3dQYRnAOMuHBcT7WsJq7oNWy2"
-    "VNjxQUVAHNTTzq3g8OWGPnxx1X7+ZGXw1UqLKFjRxzXOpow8rtjGiBtaRM2rpKLSf0Y4K1I9TRSPxGX1fcH3ZJYRGWn3eThWpUSH"
-    "B9Zc/HOI6utUjfojVaM+0tUooiO6dqI3jFLVKCMHoyKqRpE8Fv+qQyoxnwKAt4CVIoor9obZyXcEwaTz1SEO9brK0VQw9wBxvQIm"
-    "brGj2L6HepNdByMs6HlUrVXZVJsdFhM9qiI8oQ9Afaq6bWtg5dn9z2BUEN4jzYcOZK9jCI6i4/aYBrSO2s+H2WoUHUu7iIaxqjAc"
-    "l30OPj1RUynXiNIExeXVdWZMm7P6pDqwZaGhTD2EsuikepzlNX1rLv4FJO5/AUtC8Mpbhxo9GtOKE872gVEONGrTyMEoOuFeJnk8"
-    "+rseQcyn7xm8WxTDqYZqLiNYWOmhvsKwB3kQGu4Th372s8aCnhADP6l4gq3vEUyK2B8a/62vUbyx/2DsE/k2SgWLHMuHO+d1HuMM"
-    "jwcFjeR3+jaquxmDvmHooZW1j1WKO1Eftm3xNDSPZ8IHcidfu2mh2Xysc95UD3e9IFcJXtg2xNPXvB315Wn/oPSF6m7l0sGiDAEP"
-    "ZVXxYwYVL/9hUShG7f+ora5nnzR25e53+zlenD+7G32fO2ofd/s3NhLzGg==")
+FONT_HEIGHT = 25   # Pillow's default font (Aileron Regular) at size 20: ascent 20 + descent 5
 
 
 # ----------------------------------------------------------------------------- text
-def _font() -> tuple[np.ndarray, np.ndarray]:
-    """Glyph cells ``(95, H, CELL)`` float in [0, 1] for chars 32..126, and their advances ``(95,)``."""
-    global _FONT_CACHE
-    if _FONT_CACHE is None:
-        packed = np.frombuffer(zlib.decompress(base64.b64decode("".join(_FONT_BLOB))), np.uint8)
-        q = np.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], 1).reshape(-1)
-        n = len(_FONT_ADVANCE)
-        img = q[:_FONT_H * _FONT_CELL * n].reshape(_FONT_H, n, _FONT_CELL).transpose(1, 0, 2) / 3.0
-        _FONT_CACHE = (img.astype(np.float32), np.asarray(_FONT_ADVANCE))
-    return _FONT_CACHE
-
-
-_FONT_CACHE = None
-FONT_HEIGHT = _FONT_H
-
-
-def _codes(text: str) -> np.ndarray:
-    return np.array([ord(c) - 32 if 32 <= ord(c) < 127 else ord("?") - 32 for c in text], np.int64)
+@functools.lru_cache(maxsize=1)
+def _font():
+    from PIL import ImageFont
+    return ImageFont.load_default(size=20)
 
 
 def text_width(text: str) -> int:
-    """Width in pixels of ``text`` in the built-in font."""
-    return int(_font()[1][_codes(text)].sum()) if text else 0
+    """Width in pixels of ``text`` in the subtitle font."""
+    return int(math.ceil(_font().getlength(text)))
 
 
-def draw_text(img: np.ndarray, text: str, x: int, y: int, color=(1.0, 1.0, 1.0)) -> int:
-    """Blend ``text`` into the float image ``img (H, W, 3)`` with its top-left at ``(x, y)``;
-    returns the x after the text. Clipped at the image borders."""
-    glyphs, adv = _font()
-    H, W = img.shape[:2]
-    col = np.asarray(color, np.float32)
-    pad = 3   # the glyph's origin inside its cell (room for negative side bearings)
-    for c in _codes(text):
-        x0, y0 = x - pad, y
-        a0, b0 = max(0, -y0), max(0, -x0)
-        a1, b1 = min(_FONT_H, H - y0), min(_FONT_CELL, W - x0)
-        if a1 > a0 and b1 > b0:
-            alpha = glyphs[c, a0:a1, b0:b1, None]
-            region = img[y0 + a0:y0 + a1, x0 + b0:x0 + b1]
-            region *= 1 - alpha
-            region += alpha * col
-        x += int(adv[c])
-    return x
+def draw_text(draw, text: str, x: int, y: int, color=(255, 255, 255)) -> int:
+    """Draw ``text`` on a ``PIL.ImageDraw`` with its top-left at ``(x, y)``; returns the x after the text."""
+    draw.text((x, y), text, fill=tuple(color), font=_font())
+    return x + text_width(text)
 
 
 # ----------------------------------------------------------------------------- subtitles
@@ -499,26 +406,30 @@ def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float =
     T = spk.shape[0]
     if ssaa not in (1, 2, 3, 4):
         raise ValueError(f"ssaa: expected 1, 2, 3 or 4 (supersampling per side), got {ssaa!r}")
+    from PIL import Image, ImageDraw
     painter = _Painter(flame, size, ssaa)
     names = [speaker_label] + list(lis)
+    labels = [n if text_width(n) <= size - 8 else n[:max(1, (size - 8) // 12)] + "..." for n in names]
     streams = [painter.panels(spk, "speaker", sbeta)] + [painter.panels(m, "listener", beta) for m in lis.values()]
     W, H = size * len(names), TITLE_H + size + SUB_H
     times = frame_times(T, fps)
     canvas = np.empty((H, W, 3), np.float32)
     for i in range(T):
         canvas[:] = (0.08, 0.08, 0.09)
-        for k, (name, st) in enumerate(zip(names, streams)):
+        for k, st in enumerate(streams):
             canvas[TITLE_H:TITLE_H + size, k * size:(k + 1) * size] = next(st)
-            label = name if text_width(name) <= size - 8 else name[:max(1, (size - 8) // 12)] + "..."
-            draw_text(canvas, label, k * size + (size - text_width(label)) // 2, (TITLE_H - FONT_HEIGHT) // 2 + 2,
-                      (0.85, 0.85, 0.88))
+        im = Image.fromarray((np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8))
+        draw = ImageDraw.Draw(im)
+        for k, label in enumerate(labels):
+            draw_text(draw, label, k * size + (size - text_width(label)) // 2, (TITLE_H - FONT_HEIGHT) // 2 + 2,
+                      (217, 217, 224))
         shown, active = subtitle_at(words, times[i], hold, W - 24)
         x = (W - text_width(" ".join(w.text for w in shown))) // 2
         y = TITLE_H + size + (SUB_H - FONT_HEIGHT) // 2
         for j, w in enumerate(shown):
-            col = (1.0, 0.85, 0.25) if j == active else (0.92, 0.92, 0.92)
-            x = draw_text(canvas, w.text + (" " if j + 1 < len(shown) else ""), x, y, col)
-        yield (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
+            col = (255, 217, 64) if j == active else (235, 235, 235)
+            x = draw_text(draw, w.text + (" " if j + 1 < len(shown) else ""), x, y, col)
+        yield np.asarray(im)
 
 
 def _ffmpeg():
@@ -570,26 +481,12 @@ def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return np.stack(frames), float(meta["fps"])
 
 
-def save_png(path: str | os.PathLike, img: np.ndarray) -> Path:
-    """A uint8 RGB image ``(H, W, 3)`` as PNG (zlib only, no imaging library)."""
-    img = np.ascontiguousarray(img, np.uint8)
-    h, w = img.shape[:2]
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) \
-        + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(png)
-    return p
-
-
 def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_path, flame=None, beta=None,
                 speaker_beta=None, size: int = 256, progress: bool = True, still: int | None = None,
                 ssaa: int = 2) -> Path:
     """Write the mp4 of :func:`render_frames` to ``out_path``; ``still``: also save that frame as
     ``<out_path>.png`` (e.g. for a README figure). Returns the mp4's path."""
+    from PIL import Image
     from tqdm import tqdm
     frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa=ssaa)
     T = len(speaker_motion)
@@ -600,7 +497,7 @@ def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_p
     def tee():
         for i, fr in enumerate(tqdm(frames, total=T, desc="render", unit="frame", disable=not progress)):
             if i == still:
-                save_png(out.with_suffix(".png"), fr)
+                Image.fromarray(fr).save(out.with_suffix(".png"))
             yield fr
     return write_mp4(tee(), out, fps)
 
@@ -705,8 +602,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _from_models(a) -> tuple[Segment, dict]:
+    from ._tmp_generate import generate_motion  # TEMPORARY until stream's generate.py
     from .data.cli import load_data
-    from .demo import generate_motion, test_clips
+    from .data.windows import test_clips
     from .lm import ListenerLM
     from .vqvae import VQVAE
     if not (a.vq and a.lm):

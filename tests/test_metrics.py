@@ -219,6 +219,31 @@ def test_valence_regressor():
         ValenceRegressor().fit([], [])
 
 
+def test_evaluate_scores_segments_and_fits_valence_only_when_all_have_it():
+    from minilisten.data.segment import Segment
+    from minilisten.metrics import evaluate
+    rng = np.random.default_rng(3)
+
+    def seg(T, valence=True):
+        return Segment(rng.normal(size=(T, 56)).astype(np.float32), rng.normal(size=(T, 56)).astype(np.float32), 30.0,
+                       valence=rng.normal(size=T).astype(np.float32) if valence else None)
+    train, clips = [seg(60) for _ in range(3)], [seg(40), seg(48)]
+    zero = [np.zeros_like(c.listener_motion) for c in clips]
+    res = evaluate({"zero": zero, "gt": [c.listener_motion for c in clips]}, clips, train, seed=1)
+    # L2 of an all-zero prediction by hand: the mean over clips of each clip's mean squared motion
+    want = np.mean([np.mean(c.listener_motion.astype(np.float64) ** 2) for c in clips])
+    assert res["zero"]["l2"] == pytest.approx(want) and res["gt"]["l2"] == 0 and res["gt"]["n_clips"] == 2
+    # L2 Affect with a ridge fitted on train only (a hand-made regressor as the oracle)
+    x = np.vstack([s.listener_motion for s in train]).astype(np.float64)
+    y = np.concatenate([s.valence for s in train]).astype(np.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-8
+    z = (x - mu) / sd
+    coef = np.linalg.solve(z.T @ z + np.eye(56), z.T @ (y - y.mean()))
+    pv = [np.full(len(c.valence), (-mu / sd) @ coef + y.mean()) for c in clips]   # the valence of an all-zero face
+    assert res["zero"]["l2_affect"] == pytest.approx(np.mean([l2_affect(p, c.valence) for p, c in zip(pv, clips)]))
+    assert "l2_affect" not in evaluate({"zero": zero}, clips, train + [seg(60, valence=False)])["zero"]
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_inputs_name_field_expected_and_actual():
     rng = np.random.default_rng(0)

@@ -288,12 +288,17 @@ def test_subtitle_timing():
 
 
 def test_text_drawing():
-    img = np.zeros((30, 100, 3), np.float32)
-    end = rd.draw_text(img, "Hi!", 10, 2, (1, 1, 1))
+    from PIL import Image, ImageDraw
+    im = Image.new("RGB", (100, 30))
+    end = rd.draw_text(ImageDraw.Draw(im), "Hi!", 10, 2, (255, 255, 255))
+    img = np.asarray(im)
     assert end == 10 + rd.text_width("Hi!") and rd.text_width("") == 0
-    ys, xs = np.nonzero(img[..., 0] > 0.5)
-    assert xs.min() >= 9 and xs.max() < end + 2 and img.max() <= 1.0
-    assert rd.text_width("é") == rd.text_width("?")
+    assert rd.text_width("Hi!") > rd.text_width("Hi") > rd.text_width("H") > 0
+    ys, xs = np.nonzero(img[..., 0] > 128)
+    assert xs.min() >= 9 and xs.max() < end + 2 and ys.min() >= 2 and ys.max() < 2 + rd.FONT_HEIGHT
+    im = Image.new("RGB", (60, 30))
+    rd.draw_text(ImageDraw.Draw(im), "é", 5, 2)                    # beyond ASCII: a glyph, not a box or nothing
+    assert 0 < (np.asarray(im)[..., 0] > 128).sum() < 0.5 * 25 * rd.text_width("é")
 
 
 def _motions(T, seed=0):
@@ -324,15 +329,9 @@ def test_mp4_written_and_read_back(tmp_path):
     want = np.stack(list(rd.render_frames(spk, {"generated": gen, "ground truth": gt}, [Word("yes", 0.1, 0.3)], fps,
                                           size=64, ssaa=1)))
     assert np.abs(frames.astype(float) - want).mean() < 6          # lossy H.264, same pictures
-    assert (tmp_path / "clip.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image as mpimg                               # the still: frame 5, lossless PNG
+    np.testing.assert_array_equal((mpimg.imread(tmp_path / "clip.png")[..., :3] * 255).round().astype(np.uint8), want[5])
     assert not list(tmp_path.glob(".clip*"))                       # no temporary file left
-
-
-def test_png_round_trip(tmp_path):
-    img = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    rd.save_png(tmp_path / "a.png", img)
-    import matplotlib.image as mpimg
-    np.testing.assert_array_equal((mpimg.imread(tmp_path / "a.png")[..., :3] * 255).round().astype(np.uint8), img)
 
 
 def test_flame_frames_render(tmp_path, monkeypatch):
