@@ -9,15 +9,10 @@ import numpy as np
 
 from .data.segment import D_MOTION, EXP, POSE
 
-__all__ = ["l2", "fd", "fd_split", "pfd", "variation", "diversity", "diversity_pairs", "l2_affect", "perplexity",
-           "vq_rec", "vq_commit", "clip_metrics", "evaluate_clips", "ValenceRegressor", "score", "fit_valence",
-           "evaluate"]
-
 
 # ----------------------------------------------------------------------------- input checks
 def _array(name: str, x, ndim: int, dim: int | None = None, min_frames: int = 1) -> np.ndarray:
-    """``x`` as a finite float64 array with ``ndim`` dims (last dim ``dim`` when given) and at least
-    ``min_frames`` rows; otherwise a ValueError naming ``name``, the expected and actual value."""
+    """``x`` as a finite float64 array of ``ndim`` dims (last ``dim``), >= ``min_frames`` rows, else a ValueError."""
     if x is None:
         raise ValueError(f"{name}: expected an array, got None")
     a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
@@ -121,7 +116,7 @@ def diversity(x, n_pairs: int | None = None, seed=0, pairs=None) -> float:
     a = _array("motion", x, 2)
     i, j = pairs if pairs is not None else diversity_pairs(a.shape[0], n_pairs, seed)
     if len(i) == 0 or len(i) != len(j):
-        raise ValueError(f"diversity: pairs: expected two index lists of the same length >= 1, got {len(i)} and {len(j)}")
+        raise ValueError(f"diversity: pairs: expected two index lists of one length >= 1, got {len(i)} and {len(j)}")
     return float(np.linalg.norm(a[np.asarray(i)] - a[np.asarray(j)], axis=1).mean())
 
 
@@ -166,24 +161,6 @@ class ValenceRegressor:
             raise ValueError("ValenceRegressor: expected a fitted model (call fit first), got an unfitted one")
         x = _array("motion", motion, 2, self.coef.shape[0])
         return (x - self.mean) / self.std @ self.coef + self.intercept
-
-    def score(self, motions, valences) -> float:
-        """Coefficient of determination R^2 over all frames."""
-        x, y = self._stack(motions, valences)
-        res = ((self.predict(x) - y) ** 2).sum()
-        return float(1.0 - res / max(((y - y.mean()) ** 2).sum(), 1e-12))
-
-    def state_dict(self) -> dict:
-        """JSON-serialisable parameters (for ``checkpoint.save_checkpoint`` configs)."""
-        return {"alpha": self.alpha, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                "coef": self.coef.tolist(), "intercept": self.intercept}
-
-    @classmethod
-    def from_state_dict(cls, d: dict) -> "ValenceRegressor":
-        r = cls(d["alpha"])
-        r.mean, r.std, r.coef = (np.asarray(d[k], np.float64) for k in ("mean", "std", "coef"))
-        r.intercept = float(d["intercept"])
-        return r
 
     @staticmethod
     def _stack(motions, valences):

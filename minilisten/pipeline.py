@@ -66,7 +66,8 @@ class DemoConfig:
 
 #: the CI-sized run's fields (``DemoConfig.quick()``, ``demo --quick``) and synthetic corpus sizes
 QUICK = dict(vq_steps=150, vq_batch=16, vq_width=64, vq_code_dim=64, lm_layers=2, lm_width=96, lm_heads=4,
-             lm_window=240, stage1_steps=20, stage2_steps=60, lm_batch=8, max_test_clips=12, arig_steps=30, video_ssaa=1)
+             lm_window=240, stage1_steps=20, stage2_steps=60, lm_batch=8, max_test_clips=12, arig_steps=30,
+             video_ssaa=1)
 QUICK_DATA = dict(n_identities=4, n_segments=40, seconds=32.0)
 
 
@@ -179,13 +180,12 @@ TABLE4 = {"Naive": ("W", "naive"), "MM only": ("MM", "naive"), "ID only": ("W", 
           "Full": ("MM", "disentangled")}
 #: Table 1 row of the ARIG-style continuous listener (Guo et al., ICCV 2025; not in Lai et al.'s tables)
 ARIG_ROW = "ARIG-style (continuous)"
-#: the ARIG appendix's ablations: Table 1 name -> (checkpoint directory, ARIGConfig fields)
-ARIG_ABLATIONS = {"ARIG w/o diffusion head": ("arig_regression", {"head": "regression"}),
-                  "ARIG w/o bidirectional-integrated learning": ("arig_linear", {"ibu": "linear"})}
-ARIG_ABLATION_LABEL = {
-    ARIG_ROW: "Full (diffusion head, bidirectional-integrated learning)",
-    "ARIG w/o diffusion head": "w/o diffusion head (regression head)",
-    "ARIG w/o bidirectional-integrated learning": "w/o bidirectional-integrated learning (linear layers)"}
+#: the ARIG-style runs: Table 1 name -> (checkpoint directory, ARIGConfig fields, row of the appendix's ablation)
+ARIG_RUNS = {
+    ARIG_ROW: ("arig", {}, "Full (diffusion head, bidirectional-integrated learning)"),
+    "ARIG w/o diffusion head": ("arig_regression", {"head": "regression"}, "w/o diffusion head (regression head)"),
+    "ARIG w/o bidirectional-integrated learning": ("arig_linear", {"ibu": "linear"},
+                                                   "w/o bidirectional-integrated learning (linear layers)")}
 PRESET_LABEL = {"naive": "naive VQ", "disentangled": "IN/AdaIN VQ"}
 #: checkpoint directory of each row's LM (a model shared by two rows lives in the first one's)
 ROW_DIR = {"Naive": "lm_listener", "MM only": "lm_mm_only", "ID only": "lm_id_only", "Full": "lm_full",
@@ -319,16 +319,14 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
                  eval_every=0, val_windows=64, n_sa=data.n_sa_lm, n_lr=vq["naive"].config.codebook_size)
     backbone = dict(n_layer=cfg.lm_layers, n_embd=cfg.lm_width, n_head=cfg.lm_heads, arch=cfg.lm_arch)
     t0 = time.perf_counter()
-    _run_jobs([(_lm_job, (source, None, stage1[m], dict(lm_kw, backbone=backbone, stage=1, modalities=m,
-                                                         steps=cfg.stage1_steps))) for m in mods], cfg.workers, progress)
+    s1_kw = dict(lm_kw, backbone=backbone, stage=1, steps=cfg.stage1_steps)
+    _run_jobs([(_lm_job, (source, None, stage1[m], dict(s1_kw, modalities=m))) for m in mods], cfg.workers, progress)
     tick("lm_stage1", t0)
     t0 = time.perf_counter()
-    arig_runs = {ARIG_ROW: ("arig", {})} if cfg.arig_steps else {}
-    if cfg.arig_steps and cfg.arig_ablation:
-        arig_runs.update(ARIG_ABLATIONS)
+    arig_runs = {k: v for k, v in ARIG_RUNS.items() if cfg.arig_steps and (cfg.arig_ablation or k == ARIG_ROW)}
     # the longest jobs first (ARIG, then the multimodal LMs), so that the workers finish together
     jobs = [(_arig_job, (source, str(out / sub), dict(model_config=mc, steps=cfg.arig_steps, seed=cfg.seed,
-                                                       eval_every=0))) for sub, mc in arig_runs.values()]
+                                                       eval_every=0))) for sub, mc, _ in arig_runs.values()]
     for m, p in sorted(models, key=lambda k: k[0] == "W"):
         jobs.append((_lm_job, (source, stage1[m], str(lm_dir[(m, p)]), dict(
             lm_kw, stage=2, steps=cfg.stage2_steps, lr_codes_train=codes[p]["train"], lr_codes_val=codes[p]["val"]))))
@@ -351,7 +349,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     gen_codes = {}
     for k in models:
         gen_codes[k], preds[models[k]] = generate_motion(lms[k], vq[k[1]], clips, cfg.decode_batch)
-    for name, (sub, _) in arig_runs.items():
+    for name, (sub, _, _) in arig_runs.items():
         preds[name] = arig_generate(ARIG.from_pretrained(out / sub), clips, seed=cfg.seed)
     results = evaluate(preds, clips, data.train, cfg.seed)
     tick("evaluation", t0)
@@ -375,7 +373,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
         table1[ARIG_ROW] = results[ARIG_ROW]
     res.table4 = {row: {**results[models[k]], "lr_acc": lr_acc[k]} for row, k in rows.items() if row in TABLE4}
     if len(arig_runs) > 1:
-        res.arig_ablation = {ARIG_ABLATION_LABEL[name]: results[name] for name in arig_runs}
+        res.arig_ablation = {label: results[name] for name, (_, _, label) in arig_runs.items()}
     if "W+SA" in rows:
         res.table3 = {m: {**results[models[rows[r]]], "lr_acc": lr_acc[rows[r]]} for m, r in
                       (("W", "ID only"), ("W+SA+emo", "Full"), ("W+SA", "W+SA"), ("W+emo", "W+emo"))}

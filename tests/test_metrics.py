@@ -205,10 +205,9 @@ def test_valence_regressor():
     vals = [m @ w + 0.5 for m in motions]
     r = ValenceRegressor(alpha=1e-6).fit(motions, vals)
     assert np.allclose(r.predict(motions[0]), vals[0], atol=1e-4)
-    assert r.score(motions, vals) == pytest.approx(1.0, abs=1e-8)
-    r2 = ValenceRegressor.from_state_dict(r.state_dict())
-    assert np.allclose(r2.predict(motions[1]), r.predict(motions[1]))
-    assert ValenceRegressor(alpha=1e6).fit(motions, vals).score(motions, vals) < 0.5   # ridge shrinks
+    assert np.allclose(r.predict(motions[3]), vals[3], atol=1e-4)
+    shrunk = ValenceRegressor(alpha=1e6).fit(motions, vals).predict(motions[0])       # ridge shrinks to the mean
+    assert np.abs(shrunk - 0.5 - np.mean([v.mean() - 0.5 for v in vals])).max() < 0.5 * np.abs(vals[0] - 0.5).max()
     with pytest.raises(ValueError, match="unfitted"):
         ValenceRegressor().predict(motions[0])
     with pytest.raises(ValueError, match=r"valences\[1\]: expected 50 frames \(as motions\[1\]\), got 49"):
