@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .data.segment import D_MOTION, EXP, N_SHAPE, POSE, Segment, Word, _check_array
+from .errors import UserError
 
 FONT_HEIGHT = 25   # Pillow's default font (Aileron Regular) at size 20: ascent 20 + descent 5
 
@@ -45,11 +46,9 @@ def frame_times(n_frames: int, fps: float) -> np.ndarray:
     return (np.arange(n_frames) + 0.5) / fps
 
 
-def subtitle_at(words: list[Word], t: float, hold: float = 1.5, max_width: int | None = None) -> tuple[list[Word], int | None]:
-    """The words shown at time ``t``: those that started at or before ``t`` and ended less than
-    ``hold`` seconds before it, the latest ones that fit in ``max_width`` pixels (joined by spaces).
-    Returns ``(shown, i)``, ``i`` the index in ``shown`` of the word being spoken
-    (``start <= t < end``), or None in a pause."""
+def subtitle_at(words: list[Word], t: float, hold: float = 1.5, max_width: int | None = None):
+    """``(shown, i)``: the words started by ``t`` and ended less than ``hold`` s before it (the latest that fit in
+    ``max_width`` pixels), and the index in ``shown`` of the word being spoken (None in a pause)."""
     shown = [w for w in words if w.start <= t and t - w.end < hold]
     if max_width is not None:
         keep, width = [], 0
@@ -66,11 +65,9 @@ def subtitle_at(words: list[Word], t: float, hold: float = 1.5, max_width: int |
 # ----------------------------------------------------------------------------- rasteriser
 def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: int, width: int,
               background=(0.0, 0.0, 0.0), cull: bool = True) -> np.ndarray:
-    """Z-buffered triangles: ``verts (V, 3)`` in pixels (x right, y down, z = depth, larger is
-    nearer), ``faces (F, 3)``, per-vertex ``colors (V, 3)`` interpolated with barycentrics.
-    Returns an image ``(height, width, 3)`` float32. A pixel is covered when its centre is inside
-    a triangle (edges included); ``cull`` skips triangles facing away: those wound clockwise as
-    seen by the camera (a positive signed area in the y-down pixel coordinates)."""
+    """Z-buffered triangles -> image ``(height, width, 3)`` float32: ``verts (V, 3)`` in pixels (x right, y down,
+    z = depth, larger is nearer), ``faces (F, 3)``, ``colors (V, 3)`` interpolated; a pixel is covered when its
+    centre is inside a triangle (edges included); ``cull`` skips those wound clockwise as seen by the camera."""
     img = np.empty((height, width, 3), np.float32)
     img[:] = np.asarray(background, np.float32)
     tri = verts[faces].astype(np.float64)                                 # (F, 3, 3)
@@ -137,8 +134,8 @@ LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])
 
 
 def shade(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, ambient: float = 0.28) -> np.ndarray:
-    """Lambert shading per vertex: ``albedo (V, 3) * (ambient + (1 - ambient) max(0, n . light))``,
-    light from the upper left, in front (world frame: x right on screen, y up, z to the camera)."""
+    """Lambert shading per vertex: ``albedo (V, 3) * (ambient + (1 - ambient) max(0, n . light))``, light from the
+    upper left, in front (world frame: x right on screen, y up, z to the camera)."""
     ndl = np.clip(vertex_normals(verts, faces) @ LIGHT, 0.0, 1.0)
     return albedo * (ambient + (1 - ambient) * ndl)[:, None]
 
@@ -211,11 +208,9 @@ def _smoothstep(x, lo, hi):
 
 
 class SchematicHead:
-    """A low-poly head, neck and shoulders drawn from a motion frame (no FLAME model needed).
-
-    ``frame_mesh(frame56)`` -> ``(verts (V, 3), faces (F, 3), albedo (V, 3))`` in world units
-    (head radius ~1, y up, z to the camera). What moves: module doc of :mod:`minilisten.render`.
-    ``exaggerate`` scales the expression effects (not the pose)."""
+    """A low-poly head, neck and shoulders moved by a motion frame (no FLAME model; docs/results.md "Rendering"):
+    ``frame_mesh(frame56)`` -> ``(verts (V, 3), faces (F, 3), albedo (V, 3))`` in world units (head radius ~1, y up,
+    z to the camera); ``exaggerate`` scales the expression effects (not the pose)."""
 
     N_MOUTH = 13
 
@@ -366,69 +361,60 @@ TITLE_H, SUB_H = 32, 48
 
 def _check_words(words) -> list[Word]:
     if isinstance(words, (str, bytes)) or not isinstance(words, (list, tuple)):
-        raise ValueError(f"words: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
+        raise UserError(f"words: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
     return [Segment._check_word("words", i, w, math.inf) for i, w in enumerate(words)]
 
 
-def _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_beta):
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps: expected a positive number, got {fps!r}")
+def _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta):
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not (math.isfinite(fps) and fps > 0):
+        raise UserError(f"fps: expected a positive number, got {fps!r}")
     spk = _check_array("speaker_motion", speaker_motion, (None, D_MOTION))
-    T = spk.shape[0]
-    if T == 0:
-        raise ValueError("speaker_motion: expected at least 1 frame, got 0")
-    if not isinstance(listener_motions, dict) or not listener_motions:
-        raise ValueError(f"listener_motions: expected a non-empty dict name -> (T, 56) array, got "
-                         f"{type(listener_motions).__name__} {listener_motions!r:.60}")
+    if not isinstance(listener_motions, dict) or not listener_motions or not len(spk):
+        raise UserError(f"listener_motions: expected a non-empty dict name -> (T, 56) array and >= 1 speaker frame, "
+                        f"got {type(listener_motions).__name__} {listener_motions!r:.60}, {len(spk)} frames")
     lis = {}
     for name, m in listener_motions.items():
-        a = _check_array(f"listener_motions[{name!r}]", m, (None, D_MOTION))
-        if a.shape[0] != T:
-            raise ValueError(f"listener_motions[{name!r}]: expected {T} frames (as speaker_motion), got {a.shape[0]}")
-        lis[str(name)] = a
-    b = None if beta is None else _check_array("beta", beta, (N_SHAPE,))
-    sb = None if speaker_beta is None else _check_array("speaker_beta", speaker_beta, (N_SHAPE,))
-    return spk, lis, _check_words(words), float(fps), b, sb
+        lis[str(name)] = _check_array(f"listener_motions[{name!r}]", m, (None, D_MOTION))
+        if len(lis[str(name)]) != len(spk):
+            raise UserError(f"listener_motions[{name!r}]: expected {len(spk)} frames (as speaker_motion), got {len(m)}")
+    betas = [None if b is None else _check_array(n, b, (N_SHAPE,)) for n, b in (("beta", beta),
+                                                                                ("speaker_beta", speaker_beta))]
+    return spk, lis, float(fps), *betas
 
 
 def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float = 30.0, flame=None,
                   beta=None, speaker_beta=None, size: int = 256, hold: float = 1.5,
                   speaker_label: str = "speaker", ssaa: int = 2) -> Iterator[np.ndarray]:
-    """Frames ``(H, W, 3)`` uint8 of speaker | each listener (dict order), titles on top, the
-    speaker's words below. ``speaker_motion``, each listener ``(T, 56)``; ``words``: Word or
-    ``(text, start, end)`` in seconds from frame 0; ``flame``: a :class:`~minilisten.flame.FlameModel`
-    or None (schematic heads); ``beta``/``speaker_beta (100,)``: FLAME shapes of the listener /
-    speaker (FLAME only). ``H = size + 80``, ``W = size * (1 + len(listeners))``; size a multiple of 16;
-    ``ssaa``: supersampling factor per side (1 = no antialiasing, 4x faster than 2)."""
-    spk, lis, words, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_beta)
-    if not isinstance(size, (int, np.integer)) or size < 64 or size % 16:
-        raise ValueError(f"size: expected a multiple of 16 >= 64 (pixels per panel), got {size!r}")
-    T = spk.shape[0]
-    if ssaa not in (1, 2, 3, 4):
-        raise ValueError(f"ssaa: expected 1, 2, 3 or 4 (supersampling per side), got {ssaa!r}")
+    """Frames ``(size + 80, size * (1 + listeners), 3)`` uint8: speaker | each listener ``(T, 56)`` (dict order),
+    titles on top, the speaker's ``words`` (seconds from frame 0) below; FLAME heads with a ``flame`` model (shapes
+    ``beta``/``speaker_beta (100,)``), else schematic; ``size`` a multiple of 16; ``ssaa`` supersampling per side."""
     from PIL import Image, ImageDraw
+    spk, lis, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta)
+    words = _check_words(words)
+    if not isinstance(size, (int, np.integer)) or size < 64 or size % 16:
+        raise UserError(f"size: expected a multiple of 16 >= 64 (pixels per panel), got {size!r}")
+    if ssaa not in (1, 2, 3, 4):
+        raise UserError(f"ssaa: expected 1, 2, 3 or 4 (supersampling per side), got {ssaa!r}")
     painter = _Painter(flame, size, ssaa)
     names = [speaker_label] + list(lis)
     labels = [n if text_width(n) <= size - 8 else n[:max(1, (size - 8) // 12)] + "..." for n in names]
     streams = [painter.panels(spk, "speaker", sbeta)] + [painter.panels(m, "listener", beta) for m in lis.values()]
-    W, H = size * len(names), TITLE_H + size + SUB_H
-    times = frame_times(T, fps)
-    canvas = np.empty((H, W, 3), np.float32)
-    for i in range(T):
+    W = size * len(names)
+    canvas = np.empty((TITLE_H + size + SUB_H, W, 3), np.float32)
+    for t in frame_times(len(spk), fps):
         canvas[:] = (0.08, 0.08, 0.09)
         for k, st in enumerate(streams):
             canvas[TITLE_H:TITLE_H + size, k * size:(k + 1) * size] = next(st)
         im = Image.fromarray((np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8))
         draw = ImageDraw.Draw(im)
         for k, label in enumerate(labels):
-            draw_text(draw, label, k * size + (size - text_width(label)) // 2, (TITLE_H - FONT_HEIGHT) // 2 + 2,
-                      (217, 217, 224))
-        shown, active = subtitle_at(words, times[i], hold, W - 24)
+            x = k * size + (size - text_width(label)) // 2
+            draw_text(draw, label, x, (TITLE_H - FONT_HEIGHT) // 2 + 2, (217, 217, 224))
+        shown, active = subtitle_at(words, t, hold, W - 24)
         x = (W - text_width(" ".join(w.text for w in shown))) // 2
-        y = TITLE_H + size + (SUB_H - FONT_HEIGHT) // 2
         for j, w in enumerate(shown):
             col = (255, 217, 64) if j == active else (235, 235, 235)
-            x = draw_text(draw, w.text + (" " if j + 1 < len(shown) else ""), x, y, col)
+            x = draw_text(draw, w.text + (" " if j + 1 < len(shown) else ""), x, TITLE_H + size + 11, col)
         yield np.asarray(im)
 
 
@@ -442,56 +428,50 @@ def _ffmpeg():
 
 
 def write_mp4(frames: Iterable[np.ndarray], out_path: str | os.PathLike, fps: float, quality: int = 7) -> Path:
-    """H.264 mp4 (yuv420p) of uint8 RGB frames of one size (a multiple of 16 on both sides).
-    Written to a temporary name and renamed at the end, so a failed run leaves no partial file."""
+    """H.264 mp4 (yuv420p) of uint8 RGB frames of one size (multiples of 16), written to a temporary name and
+    renamed at the end, so a failed run leaves no partial file."""
     ff = _ffmpeg()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    writer, n = None, 0
+    writer = None
     try:
         for fr in frames:
             if writer is None:
-                h, w = fr.shape[:2]
-                writer = ff.write_frames(str(tmp), (w, h), fps=fps, quality=quality, macro_block_size=16,
+                writer = ff.write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=quality, macro_block_size=16,
                                          ffmpeg_log_level="error")
                 writer.send(None)
             writer.send(np.ascontiguousarray(fr))
-            n += 1
         if writer is None:
-            raise ValueError(f"{out}: expected at least 1 frame to write, got 0")
+            raise UserError(f"{out}: expected at least 1 frame to write, got 0")
         writer.close()
         writer = None
         os.replace(tmp, out)
     finally:
         if writer is not None:
             writer.close()
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return out
 
 
 def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Frames ``(N, H, W, 3)`` uint8 and fps of a video (through imageio-ffmpeg)."""
-    ff = _ffmpeg()
-    gen = ff.read_frames(str(path))
+    gen = _ffmpeg().read_frames(str(path))
     meta = next(gen)
     w, h = meta["size"]
-    frames = [np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]
-    return np.stack(frames), float(meta["fps"])
+    return np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]), float(meta["fps"])
 
 
 def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_path, flame=None, beta=None,
                 speaker_beta=None, size: int = 256, progress: bool = True, still: int | None = None,
                 ssaa: int = 2) -> Path:
-    """Write the mp4 of :func:`render_frames` to ``out_path``; ``still``: also save that frame as
-    ``<out_path>.png`` (e.g. for a README figure). Returns the mp4's path."""
+    """Write the mp4 of :func:`render_frames` to ``out_path`` (and frame ``still`` as ``<out_path>.png``)."""
     from PIL import Image
     from tqdm import tqdm
     frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa=ssaa)
     T = len(speaker_motion)
     if still is not None and not (isinstance(still, (int, np.integer)) and 0 <= still < T):
-        raise ValueError(f"still: expected a frame index in [0, {T}), got {still!r}")
+        raise UserError(f"still: expected a frame index in [0, {T}), got {still!r}")
     out = Path(out_path)
 
     def tee():
@@ -502,25 +482,22 @@ def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_p
     return write_mp4(tee(), out, fps)
 
 
-def render_segment(seg: Segment, preds: dict, out_path, flame=None, gt_label: str = "ground truth", **kw) -> Path:
-    """Speaker | ``preds`` (name -> ``(T, 56)``, dict order) | the segment's ground-truth listener,
-    with its words, fps and betas."""
-    lis = {**preds, gt_label: seg.listener_motion}
+def render_segment(seg: Segment, preds: dict, out_path, flame=None, **kw) -> Path:
+    """Speaker | ``preds`` (name -> ``(T, 56)``) | the segment's ground truth, with its words, fps and betas."""
+    lis = {**preds, "ground truth": seg.listener_motion}
     return render_clip(seg.speaker_motion, lis, seg.words, seg.fps, out_path, flame, seg.listener_beta,
                        seg.speaker_beta, **kw)
 
 
-def render_demo_clip(out_dir, clip: Segment, preds: dict, flame=None, name: str = "clip.mp4",
-                     progress: bool = True, ssaa: int = 2) -> Path | None:
-    """``<out_dir>/clip.mp4`` (and ``clip.png``, its middle frame) for the demo: speaker | each
-    prediction of ``preds`` (name -> ``(T, 56)`` for this clip) | ground truth. Returns None, with
-    a message, when imageio-ffmpeg is not installed (the demo's other outputs do not need it)."""
+def render_demo_clip(out_dir, clip: Segment, preds: dict, progress: bool = True, ssaa: int = 2) -> Path | None:
+    """``<out_dir>/clip.mp4`` and ``clip.png`` (its middle frame) of :func:`render_segment`, or None with a message
+    when imageio-ffmpeg is not installed (the demo's other outputs do not need it)."""
     try:
         _ffmpeg()
     except ImportError as e:
-        print(f"render: skipped {Path(out_dir) / name}: {e}", flush=True)
+        print(f"render: skipped {Path(out_dir) / 'clip.mp4'}: {e}", flush=True)
         return None
-    return render_segment(clip, preds, Path(out_dir) / name, flame, progress=progress, still=clip.T // 2, ssaa=ssaa)
+    return render_segment(clip, preds, Path(out_dir) / "clip.mp4", progress=progress, still=clip.T // 2, ssaa=ssaa)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -528,38 +505,32 @@ def _load_motion(spec: str, what: str) -> np.ndarray:
     """``FILE.npy`` or ``FILE.npz:KEY`` -> array (read without unpickling code)."""
     from .safe_pickle import load_npy, load_npz
     path, _, key = spec.partition(":") if (":" in spec and not os.path.exists(spec)) else (spec, "", "")
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{what} {spec}: expected a .npy file or FILE.npz:KEY, got no such file {p}")
-    if p.suffix == ".npz":
-        d = load_npz(p)
-        if not key:
-            if len(d) != 1:
-                raise ValueError(f"{what} {spec}: expected FILE.npz:KEY for an .npz of several arrays, keys {sorted(d)}")
-            key = next(iter(d))
-        if key not in d:
-            raise ValueError(f"{what} {spec}: expected one of the keys {sorted(d)}, got {key!r}")
-        return d[key]
-    return load_npy(p)
+    if not Path(path).is_file():
+        raise UserError(f"{what} {spec}: expected a .npy file or FILE.npz:KEY, got no such file {path}")
+    if Path(path).suffix != ".npz":
+        return load_npy(path)
+    d = load_npz(path)
+    if not key and len(d) == 1:
+        key = next(iter(d))
+    if key not in d:
+        raise UserError(f"{what} {spec}: expected FILE.npz:KEY with KEY one of {sorted(d)}, got {key!r}")
+    return d[key]
 
 
 def load_words(path: str | os.PathLike) -> list[Word]:
-    """Words from JSON: ``[{"text", "start", "end"}, ...]``, ``[[text, start, end], ...]`` or a
-    Whisper transcript with word timestamps (``{"segments": [{"words": [...]}]}``)."""
-    p = Path(path)
+    """Words from JSON: ``[{"text", "start", "end"}, ...]``, ``[[text, start, end], ...]`` or a Whisper
+    transcript with word timestamps (``{"segments": [{"words": [...]}]}``)."""
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"--words {p}: expected a JSON file of words, got {type(e).__name__}: {e}") from None
+        raise UserError(f"--words {path}: expected a JSON file of words, got {type(e).__name__}: {e}") from None
     if isinstance(d, dict) or (isinstance(d, list) and d and isinstance(d[0], dict) and "words" in d[0]):
         from .speaker import read_whisper_words
         return read_whisper_words(d)[0]
-    if not isinstance(d, list):
-        raise ValueError(f"--words {p}: expected a list of words or a Whisper transcript, got {type(d).__name__}")
     try:
         return _check_words(d)
     except ValueError as e:
-        raise ValueError(f"--words {p}: {e}") from None
+        raise UserError(f"--words {path}: {e}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -568,11 +539,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m minilisten render", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Side-by-side mp4 of speaker | listener(s) | ground truth with the speaker's words "
                     "(schematic heads, or the FLAME mesh with --flame).",
-        epilog="from saved arrays:\n"
-               "  python -m minilisten render --speaker spk.npy --listener gen.npy --gt gt.npy --words words.json --out clip.mp4\n"
-               "from trained models (generates the listener of a test clip):\n"
-               "  python -m minilisten render --vq runs/demo/vq_disentangled --lm runs/demo/lm_full --clip 0 --out clip.mp4\n"
-               "arrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or FILE.npz:KEY")
+        epilog="from saved arrays:\n  python -m minilisten render --speaker spk.npy --listener gen.npy --gt gt.npy "
+               "--words words.json --out clip.mp4\nfrom trained models (generates the listener of a test clip):\n"
+               "  python -m minilisten render --vq runs/demo/vq_disentangled --lm runs/demo/lm_full --clip 0 "
+               "--out clip.mp4\narrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or "
+               "FILE.npz:KEY")
     p.add_argument("--out", required=True, help="output .mp4 (also FILE.png with --still)")
     p.add_argument("--flame", metavar="PKL", help="FLAME 2020 generic_model.pkl (user-supplied): draw the mesh")
     p.add_argument("--size", type=int, default=256, help="pixels per panel, a multiple of 16 (default: %(default)s)")
@@ -607,28 +578,24 @@ def _from_models(a) -> tuple[Segment, dict]:
     from .data.windows import test_clips
     from .lm import ListenerLM
     from .vqvae import VQVAE
-    if not (a.vq and a.lm):
-        raise ValueError("--vq/--lm: expected both a VQ-VAE and a ListenerLM checkpoint directory, got "
-                         f"--vq {a.vq} --lm {a.lm}")
-    if bool(a.vq2) != bool(a.lm2):
-        raise ValueError(f"--vq2/--lm2: expected both or neither, got --vq2 {a.vq2} --lm2 {a.lm2}")
+    if not (a.vq and a.lm) or bool(a.vq2) != bool(a.lm2):
+        raise UserError(f"--vq/--lm, --vq2/--lm2: expected a VQ-VAE and a ListenerLM directory each (the second pair "
+                        f"optional), got --vq {a.vq} --lm {a.lm} --vq2 {a.vq2} --lm2 {a.lm2}")
     ds, what = load_data(a)
-    segs = getattr(ds, a.split)
-    clips = test_clips(segs)
-    if not clips:
-        raise ValueError(f"--split {a.split}: expected segments of >= 16 frames in {what}, got none")
+    clips = test_clips(getattr(ds, a.split))
     if not 0 <= a.clip < len(clips):
-        raise ValueError(f"--clip: expected an index in [0, {len(clips)}) (clips of split {a.split} of {what}), got {a.clip}")
+        raise UserError(f"--clip: expected an index in [0, {len(clips)}) (clips of >= 16 frames of split {a.split} "
+                        f"of {what}), got {a.clip}")
     clip = clips[a.clip]
     preds = {}
     for vq_dir, lm_dir, name in ((a.vq, a.lm, a.name), (a.vq2, a.lm2, a.name2)):
-        if not vq_dir:
-            continue
-        vq, lm = VQVAE.from_pretrained(vq_dir).eval(), ListenerLM.from_pretrained(lm_dir).eval()
-        if vq.needs_beta and clip.listener_beta is None:
-            raise ValueError(f"--vq {vq_dir}: this VQ-VAE decodes with the listener's beta (100,), {what} has none")
-        preds[name] = generate_motion(lm, vq, [clip])[1][0]
-    print(f"{what}: clip {a.clip} of {len(clips)} ({a.split}), {clip.T} frames at {clip.fps:g} fps, {len(clip.words)} words")
+        if vq_dir:
+            vq, lm = VQVAE.from_pretrained(vq_dir).eval(), ListenerLM.from_pretrained(lm_dir).eval()
+            if vq.needs_beta and clip.listener_beta is None:
+                raise UserError(f"--vq {vq_dir}: this VQ-VAE decodes with the listener's beta (100,), {what} has none")
+            preds[name] = generate_motion(lm, vq, [clip])[1][0]
+    print(f"{what}: clip {a.clip} of {len(clips)} ({a.split}), {clip.T} frames at {clip.fps:g} fps, "
+          f"{len(clip.words)} words")
     return clip, preds
 
 
@@ -639,16 +606,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _ffmpeg()
     except ImportError as e:
-        raise ValueError(str(e)) from None
+        raise UserError(str(e)) from None
+    kw = dict(size=a.size, progress=not a.no_progress, still=a.still, ssaa=a.ssaa)
     if a.vq or a.lm:
         if a.speaker or a.listener or a.gt:
-            raise ValueError("--vq/--lm: expected either trained models or saved arrays (--speaker/--listener/--gt), got both")
-        clip, preds = _from_models(a)
-        out = render_segment(clip, preds, a.out, flame, size=a.size, progress=not a.no_progress, still=a.still,
-                             ssaa=a.ssaa)
+            raise UserError("--vq/--lm: expected either trained models or saved arrays (--speaker/--listener/--gt), "
+                            "got both")
+        out = render_segment(*_from_models(a), a.out, flame, **kw)
     else:
         if not a.speaker:
-            raise ValueError("--speaker: expected a speaker motion file (T, 56) (or --vq/--lm to generate), got none")
+            raise UserError("--speaker: expected a speaker motion file (T, 56) (or --vq/--lm to generate), got none")
         lis = {}
         for spec in a.listener:
             name, eq, path = spec.partition("=")
@@ -657,11 +624,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.gt:
             lis["ground truth"] = _load_motion(a.gt, "--gt")
         if not lis:
-            raise ValueError("--listener/--gt: expected at least one listener motion to draw, got none")
+            raise UserError("--listener/--gt: expected at least one listener motion to draw, got none")
         words = load_words(a.words) if a.words else []
-        beta = _load_motion(a.beta, "--beta") if a.beta else None
-        sbeta = _load_motion(a.speaker_beta, "--speaker-beta") if a.speaker_beta else None
-        out = render_clip(_load_motion(a.speaker, "--speaker"), lis, words, a.fps, a.out, flame, beta, sbeta,
-                          size=a.size, progress=not a.no_progress, still=a.still, ssaa=a.ssaa)
+        beta, sbeta = (_load_motion(f, n) if f else None for f, n in ((a.beta, "--beta"),
+                                                                     (a.speaker_beta, "--speaker-beta")))
+        out = render_clip(_load_motion(a.speaker, "--speaker"), lis, words, a.fps, a.out, flame, beta, sbeta, **kw)
     print(f"wrote {out}" + (f" and {out.with_suffix('.png')}" if a.still is not None else ""))
     return 0

@@ -99,7 +99,8 @@ def test_fd_split_and_pfd():
     gt, sp = rng.normal(size=(60, 56)), rng.normal(size=(60, 56))
     pred = rng.normal(size=(60, 56)) * 0.7
     s = fd_split(pred, gt)
-    assert s["exp"] == pytest.approx(fd(pred[:, :50], gt[:, :50])) and s["pose"] == pytest.approx(fd(pred[:, 50:], gt[:, 50:]))
+    assert s["exp"] == pytest.approx(fd(pred[:, :50], gt[:, :50]))
+    assert s["pose"] == pytest.approx(fd(pred[:, 50:], gt[:, 50:]))
     assert pfd(pred, gt, sp) == pytest.approx(fd_scipy(np.hstack([sp, pred]), np.hstack([sp, gt])), rel=1e-5)
     ps = pfd(pred, gt, sp, split=True)
     assert ps["pose"] == pytest.approx(fd(np.hstack([sp[:, 50:], pred[:, 50:]]), np.hstack([sp[:, 50:], gt[:, 50:]])))
@@ -271,7 +272,8 @@ def test_bad_inputs_name_field_expected_and_actual():
         perplexity(np.array([0, 4]), 4)
     with pytest.raises(ValueError, match=r"codes: expected a non-empty integer array"):
         perplexity(np.array([0.5]), 4)
-    with pytest.raises(ValueError, match=r"recon: expected a non-empty array of shape \(2, 3\) \(as gt\), got \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"recon: expected a non-empty array of shape \(2, 3\) \(as gt\), "
+                                         r"got \(3, 2\)"):
         vq_rec(np.zeros((3, 2)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"eps: expected a number >= 0"):
         fd(g, g, eps=-1)

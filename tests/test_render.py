@@ -283,7 +283,7 @@ def test_subtitle_timing():
     assert rd.subtitle_at(words, 1.05, max_width=rd.text_width("world") + 2) == (words[1:2], 0)
     # frame i shows (i + 0.5) / fps: at 10 fps 'hello' (0.5-0.9 s) is spoken in frames 5..8
     t = rd.frame_times(12, 10.0)
-    spoken = [i for i in range(12) if rd.subtitle_at(words, t[i])[1] == 0 and rd.subtitle_at(words, t[i])[0][:1] == words[:1]]
+    spoken = [i for i in range(12) if rd.subtitle_at(words, t[i]) == (words[:1], 0)]
     assert spoken == [5, 6, 7, 8]
 
 
@@ -310,7 +310,8 @@ def _motions(T, seed=0):
 
 def test_frames_shape_dtype_and_layout():
     spk, gen, gt = _motions(3)
-    frames = list(rd.render_frames(spk, {"generated": gen, "ground truth": gt}, [("hi", 0.0, 0.05)], 30, size=64, ssaa=1))
+    frames = list(rd.render_frames(spk, {"generated": gen, "ground truth": gt}, [("hi", 0.0, 0.05)], 30, size=64,
+                                   ssaa=1))
     assert len(frames) == 3
     assert frames[0].shape == (64 + rd.TITLE_H + rd.SUB_H, 3 * 64, 3) and frames[0].dtype == np.uint8
     # the subtitle band shows the word at frame 0 (t = 1/60 s)
@@ -329,8 +330,9 @@ def test_mp4_written_and_read_back(tmp_path):
     want = np.stack(list(rd.render_frames(spk, {"generated": gen, "ground truth": gt}, [Word("yes", 0.1, 0.3)], fps,
                                           size=64, ssaa=1)))
     assert np.abs(frames.astype(float) - want).mean() < 6          # lossy H.264, same pictures
-    import matplotlib.image as mpimg                               # the still: frame 5, lossless PNG
-    np.testing.assert_array_equal((mpimg.imread(tmp_path / "clip.png")[..., :3] * 255).round().astype(np.uint8), want[5])
+    import matplotlib.image as mpimg  # the still: frame 5, lossless PNG
+    still = (mpimg.imread(tmp_path / "clip.png")[..., :3] * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(still, want[5])
     assert not list(tmp_path.glob(".clip*"))                       # no temporary file left
 
 
@@ -346,8 +348,10 @@ def test_flame_frames_render(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(speaker_motion=np.zeros((5, 55))), r"speaker_motion: expected shape \(T, 56\), got \(5, 55\)"),
-    (dict(listener_motions={"gen": np.zeros((4, 56))}), r"listener_motions\['gen'\]: expected 5 frames \(as speaker_motion\), got 4"),
-    (dict(listener_motions={"gen": np.zeros((5, 6))}), r"listener_motions\['gen'\]: expected shape \(T, 56\), got \(5, 6\)"),
+    (dict(listener_motions={"gen": np.zeros((4, 56))}),
+     r"listener_motions\['gen'\]: expected 5 frames \(as speaker_motion\), got 4"),
+    (dict(listener_motions={"gen": np.zeros((5, 6))}),
+     r"listener_motions\['gen'\]: expected shape \(T, 56\), got \(5, 6\)"),
     (dict(listener_motions={}), r"listener_motions: expected a non-empty dict"),
     (dict(beta=np.zeros(99)), r"beta: expected shape \(100,\), got \(99,\)"),
     (dict(fps=0), r"fps: expected a positive number, got 0"),
