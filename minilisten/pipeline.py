@@ -120,7 +120,7 @@ def _mel_units(splits: dict, units_dir: Path, fit: bool) -> tuple[dict, int | No
     out = {k: [s.replace(sa_tokens=units.tokens(s.mel, s.fps)) for s in v] for k, v in splits.items()}
     line = (f"speaker mel, no SA tokens: SA tokens are acoustic units (speaker.MelUnits, k-means over mel frames) "
             f"fitted on the train split, saved in {units_dir}")
-    return out, getattr(units, "n_units", None), line
+    return out, units.k, line
 
 
 def _vq_job(source: tuple, preset: str, out_dir: str, kw: dict) -> str:
@@ -292,10 +292,10 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
           + cov.describe() + "".join(f"\n  - {n}" for n in plan_notes), flush=True)
     tick("data", t0)
     all_train = data.train + data.val + data.test
-    vq_window = fit_window(all_train, 240)          # evaluation window of the VQ-VAEs and the LMs
-    lm_window = fit_window(data.train, cfg.lm_window)
-    if vq_window < 240:
-        notes.append(f"segments of at most {vq_window} frames: VQ-VAEs and LMs use {vq_window}-frame windows (not 240)")
+    vq_window, lm_window = (min(fit_window(data.train, w), fit_window(data.val, w)) for w in (240, cfg.lm_window))
+    if min(vq_window, lm_window) < 240:   # windows that train and validation segments both hold
+        notes.append(f"segments shorter than 240 frames: VQ-VAEs and LMs use "
+                     f"{'/'.join(map(str, sorted({vq_window, lm_window})))}-frame windows (not 240)")
 
     # ---- VQ-VAEs (Table 5)
     presets = {"naive": "(∅, ∅) naive", **({"disentangled": "(IN, AdaIN) ours"} if cov.has_beta else {})}
