@@ -8,25 +8,26 @@ from __future__ import annotations
 import numpy as np
 
 from .data.segment import D_MOTION, EXP, POSE
+from .errors import UserError
 
 
 # ----------------------------------------------------------------------------- input checks
 def _array(name: str, x, ndim: int, dim: int | None = None, min_frames: int = 1) -> np.ndarray:
     """``x`` as a finite float64 array of ``ndim`` dims (last ``dim``), >= ``min_frames`` rows, else a ValueError."""
     if x is None:
-        raise ValueError(f"{name}: expected an array, got None")
+        raise UserError(f"{name}: expected an array, got None")
     a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     want = "(T,)" if ndim == 1 else f"(T, {dim if dim is not None else 'D'})"
     if a.ndim != ndim or (dim is not None and a.shape[-1] != dim):
-        raise ValueError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
+        raise UserError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
+        raise UserError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
     a = a.astype(np.float64)
     if a.shape[0] < min_frames:
-        raise ValueError(f"{name}: expected at least {min_frames} frames, got {a.shape[0]}")
+        raise UserError(f"{name}: expected at least {min_frames} frames, got {a.shape[0]}")
     if not np.isfinite(a).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise ValueError(f"{name}: expected finite values, got {a[bad]} at index {bad}")
+        raise UserError(f"{name}: expected finite values, got {a[bad]} at index {bad}")
     return a
 
 
@@ -35,7 +36,7 @@ def _pair(pred, gt, ndim: int = 2, dim: int | None = None, min_frames: int = 1, 
     g = _array(names[1], gt, ndim, dim, min_frames)
     p = _array(names[0], pred, ndim, dim, min_frames)
     if p.shape != g.shape:
-        raise ValueError(f"{names[0]}: expected shape {g.shape} (as {names[1]}), got {p.shape}")
+        raise UserError(f"{names[0]}: expected shape {g.shape} (as {names[1]}), got {p.shape}")
     return p, g
 
 
@@ -61,7 +62,7 @@ def fd(pred, gt, eps: float = 0.0) -> float:
     g = _array("gt", gt, 2, None, min_frames=2)
     p = _array("pred", pred, 2, g.shape[1], min_frames=2)
     if not eps >= 0:
-        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+        raise UserError(f"eps: expected a number >= 0, got {eps!r}")
     a1, a2 = _cov_factor(p, eps), _cov_factor(g, eps)
     diff = p.mean(0) - g.mean(0)
     tr_sqrt = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()   # tr sqrtm(S1 S2)
@@ -84,7 +85,7 @@ def pfd(pred, gt, speaker, eps: float = 0.0, split: bool = False):
     p, g = _pair(pred, gt, 2, D_MOTION, 2)
     s = _array("speaker", speaker, 2, D_MOTION, 2)
     if s.shape != g.shape:
-        raise ValueError(f"speaker: expected shape {g.shape} (as gt), got {s.shape}")
+        raise UserError(f"speaker: expected shape {g.shape} (as gt), got {s.shape}")
     if not split:
         return fd(np.hstack([s, p]), np.hstack([s, g]), eps)
     return {k: fd(np.hstack([s[:, sl], p[:, sl]]), np.hstack([s[:, sl], g[:, sl]]), eps)
@@ -102,10 +103,10 @@ def diversity_pairs(T: int, n_pairs: int | None = None, seed=0) -> tuple[np.ndar
     """The frame pairs ``diversity`` uses: two index lists of ``n_pairs`` (default 30, or 10 when
     ``T <= 30``), each drawn without replacement from ``range(T)``; needs ``T > n_pairs``."""
     if n_pairs is not None and (isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1):
-        raise ValueError(f"diversity: n_pairs: expected None or an int >= 1, got {n_pairs!r}")
+        raise UserError(f"diversity: n_pairs: expected None or an int >= 1, got {n_pairs!r}")
     n = n_pairs if n_pairs is not None else (30 if T > 30 else 10)
     if not T > n:
-        raise ValueError(f"diversity: expected more than {n} frames for {n} random pairs, got {T}")
+        raise UserError(f"diversity: expected more than {n} frames for {n} random pairs, got {T}")
     rng = np.random.default_rng(seed)
     return rng.choice(T, n, replace=False), rng.choice(T, n, replace=False)
 
@@ -116,7 +117,7 @@ def diversity(x, n_pairs: int | None = None, seed=0, pairs=None) -> float:
     a = _array("motion", x, 2)
     i, j = pairs if pairs is not None else diversity_pairs(a.shape[0], n_pairs, seed)
     if len(i) == 0 or len(i) != len(j):
-        raise ValueError(f"diversity: pairs: expected two index lists of one length >= 1, got {len(i)} and {len(j)}")
+        raise UserError(f"diversity: pairs: expected two index lists of one length >= 1, got {len(i)} and {len(j)}")
     return float(np.linalg.norm(a[np.asarray(i)] - a[np.asarray(j)], axis=1).mean())
 
 
@@ -128,7 +129,7 @@ def l2_affect(pred_valence, gt_valence, fps: float = 30, window_s: float = 1.0) 
     p, g = _pair(pred_valence, gt_valence, ndim=1, names=("pred_valence", "gt_valence"))
     w = int(round(fps * window_s))
     if w < 1:
-        raise ValueError(f"fps * window_s: expected at least 1 frame, got {fps} * {window_s}")
+        raise UserError(f"fps * window_s: expected at least 1 frame, got {fps} * {window_s}")
     w = min(w, p.shape[0])
     n = p.shape[0] // w
     pm, gm = p[: n * w].reshape(n, w).mean(1), g[: n * w].reshape(n, w).mean(1)
@@ -141,7 +142,7 @@ class ValenceRegressor:
 
     def __init__(self, alpha: float = 1.0):
         if not alpha >= 0:
-            raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
+            raise UserError(f"alpha: expected a number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
         self.mean = self.std = self.coef = None
         self.intercept = 0.0
@@ -158,7 +159,7 @@ class ValenceRegressor:
     def predict(self, motion) -> np.ndarray:
         """``motion: (T, 56)`` -> valence ``(T,)``."""
         if self.coef is None:
-            raise ValueError("ValenceRegressor: expected a fitted model (call fit first), got an unfitted one")
+            raise UserError("ValenceRegressor: expected a fitted model (call fit first), got an unfitted one")
         x = _array("motion", motion, 2, self.coef.shape[0])
         return (x - self.mean) / self.std @ self.coef + self.intercept
 
@@ -167,14 +168,14 @@ class ValenceRegressor:
         if isinstance(motions, np.ndarray) or hasattr(motions, "detach"):
             motions, valences = [motions], [valences]
         if len(motions) == 0:
-            raise ValueError("motions: expected a non-empty list of (T, 56) arrays, got 0")
+            raise UserError("motions: expected a non-empty list of (T, 56) arrays, got 0")
         if len(motions) != len(valences):
-            raise ValueError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
+            raise UserError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
         xs = [_array(f"motions[{i}]", m, 2, D_MOTION) for i, m in enumerate(motions)]
         ys = [_array(f"valences[{i}]", v, 1) for i, v in enumerate(valences)]
         for i, (x, y) in enumerate(zip(xs, ys)):
             if y.shape[0] != x.shape[0]:
-                raise ValueError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
+                raise UserError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
         return np.vstack(xs), np.concatenate(ys)
 
 
@@ -193,10 +194,10 @@ def _mse(na, a, nb, b) -> float:
     a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, np.float64)
     b = np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, np.float64)
     if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"{na}: expected a non-empty array of shape {b.shape} (as {nb}), got {a.shape}")
+        raise UserError(f"{na}: expected a non-empty array of shape {b.shape} (as {nb}), got {a.shape}")
     for n, x in ((na, a), (nb, b)):
         if not np.isfinite(x).all():
-            raise ValueError(f"{n}: expected finite values, got {x[~np.isfinite(x)][0]}")
+            raise UserError(f"{n}: expected finite values, got {x[~np.isfinite(x)][0]}")
     return float(np.mean((a - b) ** 2))
 
 
@@ -205,9 +206,9 @@ def perplexity(codes, n_codes: int) -> float:
     any shape): ``n_codes`` when usage is uniform, 1 when one code is used."""
     c = np.asarray(codes.detach().cpu() if hasattr(codes, "detach") else codes)
     if c.size == 0 or not np.issubdtype(c.dtype, np.integer):
-        raise ValueError(f"codes: expected a non-empty integer array, got shape {c.shape} dtype {c.dtype}")
+        raise UserError(f"codes: expected a non-empty integer array, got shape {c.shape} dtype {c.dtype}")
     if c.min() < 0 or c.max() >= n_codes:
-        raise ValueError(f"codes: expected values in [0, {n_codes}), got range [{c.min()}, {c.max()}]")
+        raise UserError(f"codes: expected values in [0, {n_codes}), got range [{c.min()}, {c.max()}]")
     p = np.bincount(c.ravel(), minlength=n_codes) / c.size
     return float(np.exp(-(p * np.log(p + 1e-7)).sum()))
 
@@ -227,11 +228,11 @@ def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: flo
         out.update({f"pfd_{k}": v for k, v in pfd(p, g, speaker, split=True).items()})
     if (pred_valence is None) != (gt_valence is None):
         missing = "pred_valence" if pred_valence is None else "gt_valence"
-        raise ValueError(f"{missing}: expected an array when the other valence is given, got None")
+        raise UserError(f"{missing}: expected an array when the other valence is given, got None")
     if pred_valence is not None:
         gv = _array("gt_valence", gt_valence, 1)
         if gv.shape[0] != p.shape[0]:
-            raise ValueError(f"gt_valence: expected {p.shape[0]} frames (as gt), got {gv.shape[0]}")
+            raise UserError(f"gt_valence: expected {p.shape[0]} frames (as gt), got {gv.shape[0]}")
         out["l2_affect"] = l2_affect(pred_valence, gv, fps)
     return out
 
@@ -247,11 +248,11 @@ def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: f
     n = 0 if gt is None else len(gt)
     for name, v in lists.items():
         if v is None:
-            raise ValueError(f"{name}: expected a list of clip arrays, got None")
+            raise UserError(f"{name}: expected a list of clip arrays, got None")
         if len(v) == 0:
-            raise ValueError(f"{name}: expected a non-empty list of clips, got 0 clips")
+            raise UserError(f"{name}: expected a non-empty list of clips, got 0 clips")
         if len(v) != n:
-            raise ValueError(f"{name}: expected {n} clips (as gt), got {len(v)}")
+            raise UserError(f"{name}: expected {n} clips (as gt), got {len(v)}")
     rows = []
     for i in range(len(gt)):
         try:
@@ -259,8 +260,8 @@ def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: f
                                      None if pred_valence is None else pred_valence[i],
                                      None if gt_valence is None else gt_valence[i],
                                      fps=fps, seed=(seed, i), split_fd=split_fd))
-        except ValueError as e:
-            raise ValueError(f"clip {i}: {e}") from None
+        except UserError as e:
+            raise UserError(f"clip {i}: {e}") from None
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     out["n_clips"] = len(rows)
     return out

@@ -123,56 +123,45 @@ def _mel_units(splits: dict, units_dir: Path, fit: bool) -> tuple[dict, int | No
     return out, units.k, line
 
 
-def _vq_job(source: tuple, preset: str, out_dir: str, kw: dict) -> str:
-    """Train one VQ-VAE into ``out_dir`` (in a worker process: the data is rebuilt there from ``source``)."""
-    from .train_vq import train_vq
-    d = demo_data(*source)
-    train_vq(d.train, d.val, preset=preset, out_dir=out_dir, progress=False, log=None, **kw)
-    return out_dir
-
-
-def _lm_job(source: tuple, init_dir: str | None, out_dir: str, kw: dict) -> str:
-    """Train one LM stage into ``out_dir``, starting from ``init_dir`` (stage 1 result) if given."""
+def _train(source: tuple, kind: str, out_dir: str, kw: dict) -> None:
+    """Train one model (``kind``: vq, lm or arig) into ``out_dir``; in a worker process the data is rebuilt from
+    ``source``, identical to the parent's. An LM stage starts from ``kw["init_dir"]`` (stage 1's) when given."""
     from .lm import ListenerLM
-    from .train_lm import train_lm
-    d = demo_data(*source)
-    model = ListenerLM.from_pretrained(init_dir) if init_dir else None
-    codes_tr, codes_va = kw.pop("lr_codes_train", None), kw.pop("lr_codes_val", None)
-    train_lm(d.train, d.val, codes_tr, codes_va, model=model, out_dir=out_dir, progress=False, log=None, **kw)
-    return out_dir
-
-
-def _arig_job(source: tuple, out_dir: str, kw: dict) -> str:
-    """Train the ARIG-style continuous listener (:mod:`minilisten.arig`) into ``out_dir``."""
     from .train_arig import train_arig
-    d = demo_data(*source)
-    train_arig(d.train, d.val, out_dir=out_dir, n_sa=d.n_sa_lm, log=None, progress=False, **kw)
-    return out_dir
+    from .train_lm import train_lm
+    from .train_vq import train_vq
+    d, kw = demo_data(*source), dict(kw, out_dir=out_dir, progress=False, log=None)
+    if kind == "vq":
+        train_vq(d.train, d.val, **kw)
+    elif kind == "arig":
+        train_arig(d.train, d.val, n_sa=d.n_sa_lm, **kw)
+    else:
+        init, codes_tr, codes_va = (kw.pop(k, None) for k in ("init_dir", "lr_codes_train", "lr_codes_val"))
+        train_lm(d.train, d.val, codes_tr, codes_va, model=ListenerLM.from_pretrained(init) if init else None, **kw)
 
 
 def _init_worker():
     torch.set_num_threads(1)
 
 
-def _run_jobs(jobs: list, workers: int, progress: bool = True) -> list:
-    """Run ``(fn, args)`` jobs in ``workers`` spawned processes of 1 thread each (1 = in this process)."""
+def _run_jobs(jobs: list, workers: int, progress: bool = True) -> None:
+    """Run :func:`_train` jobs ``(source, kind, out_dir, kw)`` in ``workers`` spawned processes of 1 thread each
+    (1 = in this process)."""
     from tqdm.auto import tqdm
-    names = [Path(args[-2]).name for _, args in jobs]   # every job's args end with (out_dir, kw)
-    bar = tqdm(total=len(jobs), desc="training " + ", ".join(names), disable=not progress, dynamic_ncols=True)
-    results = []
+    bar = tqdm(total=len(jobs), desc="training " + ", ".join(Path(j[2]).name for j in jobs), disable=not progress,
+               dynamic_ncols=True)
     if workers <= 1:
-        for fn, args in jobs:
-            results.append(fn(*args))
+        for job in jobs:
+            _train(*job)
             bar.update()
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as ex:
-            for f in [ex.submit(fn, *args) for fn, args in jobs]:
-                results.append(f.result())
+            for f in [ex.submit(_train, *job) for job in jobs]:
+                f.result()
                 bar.update()
     bar.close()
-    return results
 
 
 #: the Table 4 rows: (words-only or multimodal LM, naive or disentangled VQ-VAE)
@@ -303,7 +292,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
                  eval_every=0, width=cfg.vq_width, code_dim=cfg.vq_code_dim, eval_window=vq_window,
                  crop=min(cfg.vq_crop, vq_window))
     t0 = time.perf_counter()
-    _run_jobs([(_vq_job, (source, p, str(out / f"vq_{p}"), vq_kw)) for p in presets], cfg.workers, progress)
+    _run_jobs([(source, "vq", str(out / f"vq_{p}"), dict(vq_kw, preset=p)) for p in presets], cfg.workers, progress)
     vq = {p: VQVAE.from_pretrained(out / f"vq_{p}").eval() for p in presets}
     table5 = {label: evaluate_vq(vq[p], data.val, window=vq_window) for p, label in presets.items()}
     tick("vq_training", t0)
@@ -320,16 +309,17 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     backbone = dict(n_layer=cfg.lm_layers, n_embd=cfg.lm_width, n_head=cfg.lm_heads, arch=cfg.lm_arch)
     t0 = time.perf_counter()
     s1_kw = dict(lm_kw, backbone=backbone, stage=1, steps=cfg.stage1_steps)
-    _run_jobs([(_lm_job, (source, None, stage1[m], dict(s1_kw, modalities=m))) for m in mods], cfg.workers, progress)
+    _run_jobs([(source, "lm", stage1[m], dict(s1_kw, modalities=m)) for m in mods], cfg.workers, progress)
     tick("lm_stage1", t0)
     t0 = time.perf_counter()
     arig_runs = {k: v for k, v in ARIG_RUNS.items() if cfg.arig_steps and (cfg.arig_ablation or k == ARIG_ROW)}
     # the longest jobs first (ARIG, then the multimodal LMs), so that the workers finish together
-    jobs = [(_arig_job, (source, str(out / sub), dict(model_config=mc, steps=cfg.arig_steps, seed=cfg.seed,
-                                                       eval_every=0))) for sub, mc, _ in arig_runs.values()]
+    jobs = [(source, "arig", str(out / sub), dict(model_config=mc, steps=cfg.arig_steps, seed=cfg.seed,
+                                                   eval_every=0)) for sub, mc, _ in arig_runs.values()]
     for m, p in sorted(models, key=lambda k: k[0] == "W"):
-        jobs.append((_lm_job, (source, stage1[m], str(lm_dir[(m, p)]), dict(
-            lm_kw, stage=2, steps=cfg.stage2_steps, lr_codes_train=codes[p]["train"], lr_codes_val=codes[p]["val"]))))
+        jobs.append((source, "lm", str(lm_dir[(m, p)]), dict(lm_kw, init_dir=stage1[m], stage=2, steps=cfg.stage2_steps,
+                                                             lr_codes_train=codes[p]["train"],
+                                                             lr_codes_val=codes[p]["val"])))
     _run_jobs(jobs, cfg.workers, progress)
     tick("lm_stage2", t0)
     lms = {k: ListenerLM.from_pretrained(lm_dir[k]).eval() for k in models}

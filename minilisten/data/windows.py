@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import UserError
 from .segment import D_MOTION, Segment
 
 log = logging.getLogger("minilisten.data")
@@ -24,9 +25,9 @@ def motion_stats(segments: Sequence[Segment], which: str = "listener",
     keys = {"listener": ("listener_motion",), "speaker": ("speaker_motion",),
             "both": ("listener_motion", "speaker_motion")}.get(which)
     if keys is None:
-        raise ValueError(f"which: expected 'listener', 'speaker' or 'both', got {which!r}")
+        raise UserError(f"which: expected 'listener', 'speaker' or 'both', got {which!r}")
     if len(segments) == 0:
-        raise ValueError("segments: expected at least one Segment to compute statistics, got 0")
+        raise UserError("segments: expected at least one Segment to compute statistics, got 0")
     total = np.zeros(D_MOTION, np.float64)
     n = 0
     for s in segments:
@@ -54,7 +55,7 @@ def lm_listener_eval_clips(segment: Segment, start: int = EVAL_START, length: in
     length)`` frames kept when ``L >= min_length``, cut to ``L // unit * unit`` (at offset 0, where the peer picks a
     random offset, so evaluation is deterministic)."""
     if not (start >= 0 and length >= unit >= 1 and min_length >= 1):
-        raise ValueError(f"lm_listener_eval_clips: expected start >= 0 and length >= unit >= 1, min_length >= 1, "
+        raise UserError(f"lm_listener_eval_clips: expected start >= 0 and length >= unit >= 1, min_length >= 1, "
                          f"got start={start}, length={length}, unit={unit}, min_length={min_length}")
     clips = []
     for s in range(start, segment.T, length):
