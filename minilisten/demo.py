@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._tmp_generate import generate_motion  # TEMPORARY until stream's generate.py
 from .checkpoint import atomic_write_text
 from .cli_config import add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, data_config, load_data
 from .data.windows import test_clips
 from .errors import UserError
+from .generate import generate_motion
 from .metrics import evaluate
 from .pipeline import ARIG_ROW, QUICK, DemoConfig, baselines, identity_swap, run_pipeline
 from .report import demo_report, markdown_table, metric_columns, save_plots, write_demo_report

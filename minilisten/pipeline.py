@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._tmp_generate import generate_motion  # TEMPORARY until stream's generate.py
 from .data.cli import DataConfig, load_data
 from .data.coverage import Coverage, fit_window, resolve_n_sa, with_val_split
 from .data.windows import test_clips
 from .errors import UserError
+from .generate import generate_motion
 from .metrics import evaluate
 
 

@@ -573,9 +573,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _from_models(a) -> tuple[Segment, dict]:
-    from ._tmp_generate import generate_motion  # TEMPORARY until stream's generate.py
     from .data.cli import load_data
     from .data.windows import test_clips
+    from .generate import generate_motion
     from .lm import ListenerLM
     from .vqvae import VQVAE
     if not (a.vq and a.lm) or bool(a.vq2) != bool(a.lm2):
