@@ -383,6 +383,6 @@ def identity_swap(res: PipelineResult, k: int):
         return None
     c_ours = torch.as_tensor(res.gen_codes[res.ours][k])[None]
     with torch.no_grad():
-        beta = torch.as_tensor(cands[int(np.argmax(dist))])[None]
+        beta = torch.tensor(cands[int(np.argmax(dist))])[None]   # a copy: the segment arrays are read-only
         m_other = res.vq["disentangled"].decode(c_ours, beta)[0].numpy()
     return ((clip.listener_id, res.preds[res.models[res.ours]][k]), ("another beta", m_other))
