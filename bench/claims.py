@@ -40,8 +40,13 @@ def _ms(xs) -> dict:
 
 
 def cell(variant: str, seed: int, sizes: dict, workers: int) -> dict:
+    import torch
+
+    from minilisten.data.cli import DataConfig
     from minilisten.demo import DemoConfig, run_demo
-    cfg = DemoConfig(corpus=variant, seed=seed, workers=workers, video=False, **sizes)
+    torch.set_num_threads(1)   # as the demo command (run_pipeline leaves the thread count to its caller)
+    cfg = DemoConfig(data=DataConfig(corpus=variant, corpus_seed=seed), seed=seed, workers=workers, video=False,
+                     **sizes)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         rep = run_demo(cfg, d, progress=False)

@@ -1,67 +1,33 @@
-"""Evaluation metrics of the paper (Table 1, 4, 5), with LM-listener's conventions.
-
-Where the paper (supplement §6-7) is ambiguous we follow LM-listener's ``evaluate_listener.py``
-(SYSTEM.md §8), so our numbers are comparable with theirs:
-
-- every metric is computed **per clip** on the raw (de-normalised) 56-d coefficients, expression
-  ``[0:50]`` and pose ``[50:56]`` jointly, then averaged over clips without weights;
-- ``l2``: mean squared error over frames and coefficients;
-- ``fd``: Fréchet distance between Gaussians fitted to the frames of the two clips (mean, and
-  ``np.cov(rowvar=False)`` covariance, i.e. ddof 1): ``|mu1-mu2|^2 + tr(S1 + S2 - 2 sqrtm(S1 S2))``.
-  ``split=True`` gives DIM's separate expression / pose FD instead;
-- ``pfd``: the same on ``[speaker56, listener56]`` per frame (112 dims, speaker first);
-- ``variation``: per-coefficient variance over time (ddof 0), averaged over coefficients;
-- ``diversity``: mean Euclidean distance of 30 random frame pairs (10 when the clip has <= 30
-  frames; the two index lists are drawn without replacement, as the peer does), seeded here;
-- ``l2_affect``: valence averaged over non-overlapping 1-s windows (30 frames at 30 fps; the last
-  partial window dropped; one window of the whole clip if it is shorter than 1 s), MSE between the
-  window means. Tables report it x100. Generated motion carries no valence: ``ValenceRegressor``
-  estimates it from the motion (our offline stand-in for the EMOCA emotion network the paper uses);
-- VQ: ``vq_rec`` (MSE of the reconstruction), ``vq_commit`` (MSE encoder output vs its quantized
-  code), ``perplexity`` (``exp(-sum p log(p + 1e-7))`` of the code histogram, as the peer's
-  quantizer reports it per batch).
-
-FD is computed exactly in float64 without a matrix square root: with centered frames ``X`` and
-``A = R / sqrt(T - 1)`` from ``X = QR`` (so ``S = A^T A``), the non-zero eigenvalues of ``S1 S2``
-are the squared singular values of ``A1 A2^T``, hence ``tr sqrtm(S1 S2) = ||A1 A2^T||_*`` (nuclear
-norm). This equals scipy's ``sqrtm`` route (tests check 1e-5 relative), costs one QR per clip and
-one small SVD (about as fast as ``sqrtm`` for 240 x 56 frames, 100x faster when T < D), and stays
-accurate when a covariance is singular or nearly so, in particular with fewer frames than
-dimensions (a clip of 24 frames scored on 112 P-FD dims): it needs no eps there, whereas scipy's
-``sqrtm`` of such a singular product occasionally returns a complex root with an imaginary
-diagonal above the peer's 1e-3 limit (the peer then raises). FD needs at least 2 frames per clip
-(the covariance uses ddof 1). ``eps > 0`` reproduces the peer's fallback of adding
-``eps`` to both covariance diagonals exactly; it defaults to 0. FD is clamped at 0 (it is a squared
-distance; rounding can give -1e-15).
+"""The paper's evaluation metrics (Tables 1, 4, 5) with LM-listener's conventions (its ``evaluate_listener.py``):
+per clip on raw 56-d coefficients ``(T, 56)`` (expression ``[0:50]`` and pose ``[50:56]`` jointly), averaged over
+clips. FD is exact in float64 through a nuclear norm instead of ``sqrtm``; conventions and the derivation are in
+docs/results.md ("Metrics"). :func:`evaluate` is the one Table 1 evaluation of the demo, the pipeline and train-arig.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .data.segment import D_MOTION, EXP, POSE
-
-__all__ = ["l2", "fd", "fd_split", "pfd", "variation", "diversity", "diversity_pairs", "l2_affect", "perplexity",
-           "vq_rec", "vq_commit", "clip_metrics", "evaluate_clips", "ValenceRegressor"]
+from .errors import UserError
 
 
 # ----------------------------------------------------------------------------- input checks
 def _array(name: str, x, ndim: int, dim: int | None = None, min_frames: int = 1) -> np.ndarray:
-    """``x`` as a finite float64 array with ``ndim`` dims (last dim ``dim`` when given) and at least
-    ``min_frames`` rows; otherwise a ValueError naming ``name``, the expected and actual value."""
+    """``x`` as a finite float64 array of ``ndim`` dims (last ``dim``), >= ``min_frames`` rows, else a ValueError."""
     if x is None:
-        raise ValueError(f"{name}: expected an array, got None")
+        raise UserError(f"{name}: expected an array, got None")
     a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     want = "(T,)" if ndim == 1 else f"(T, {dim if dim is not None else 'D'})"
     if a.ndim != ndim or (dim is not None and a.shape[-1] != dim):
-        raise ValueError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
+        raise UserError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
+        raise UserError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
     a = a.astype(np.float64)
     if a.shape[0] < min_frames:
-        raise ValueError(f"{name}: expected at least {min_frames} frames, got {a.shape[0]}")
+        raise UserError(f"{name}: expected at least {min_frames} frames, got {a.shape[0]}")
     if not np.isfinite(a).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise ValueError(f"{name}: expected finite values, got {a[bad]} at index {bad}")
+        raise UserError(f"{name}: expected finite values, got {a[bad]} at index {bad}")
     return a
 
 
@@ -70,7 +36,7 @@ def _pair(pred, gt, ndim: int = 2, dim: int | None = None, min_frames: int = 1, 
     g = _array(names[1], gt, ndim, dim, min_frames)
     p = _array(names[0], pred, ndim, dim, min_frames)
     if p.shape != g.shape:
-        raise ValueError(f"{names[0]}: expected shape {g.shape} (as {names[1]}), got {p.shape}")
+        raise UserError(f"{names[0]}: expected shape {g.shape} (as {names[1]}), got {p.shape}")
     return p, g
 
 
@@ -91,15 +57,12 @@ def _cov_factor(x: np.ndarray, eps: float) -> np.ndarray:
 
 
 def fd(pred, gt, eps: float = 0.0) -> float:
-    """Fréchet distance between Gaussians fitted to the frames of ``pred`` and ``gt``.
-
-    ``pred: (T1, D)``, ``gt: (T2, D)``; T1, T2 >= 2 (they may differ; ``l2`` needs equal shapes,
-    FD does not). ``eps`` is added to both covariance diagonals (the peer's retry value is 1e-6).
-    Exact for singular covariances (T <= D): see the module docstring."""
+    """Fréchet distance between Gaussians fitted to the frames of ``pred (T1, D)`` and ``gt (T2, D)``, T >= 2;
+    ``eps`` is added to both covariance diagonals (the peer's retry value is 1e-6). Exact for singular covariances."""
     g = _array("gt", gt, 2, None, min_frames=2)
     p = _array("pred", pred, 2, g.shape[1], min_frames=2)
     if not eps >= 0:
-        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+        raise UserError(f"eps: expected a number >= 0, got {eps!r}")
     a1, a2 = _cov_factor(p, eps), _cov_factor(g, eps)
     diff = p.mean(0) - g.mean(0)
     tr_sqrt = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()   # tr sqrtm(S1 S2)
@@ -122,7 +85,7 @@ def pfd(pred, gt, speaker, eps: float = 0.0, split: bool = False):
     p, g = _pair(pred, gt, 2, D_MOTION, 2)
     s = _array("speaker", speaker, 2, D_MOTION, 2)
     if s.shape != g.shape:
-        raise ValueError(f"speaker: expected shape {g.shape} (as gt), got {s.shape}")
+        raise UserError(f"speaker: expected shape {g.shape} (as gt), got {s.shape}")
     if not split:
         return fd(np.hstack([s, p]), np.hstack([s, g]), eps)
     return {k: fd(np.hstack([s[:, sl], p[:, sl]]), np.hstack([s[:, sl], g[:, sl]]), eps)
@@ -140,10 +103,10 @@ def diversity_pairs(T: int, n_pairs: int | None = None, seed=0) -> tuple[np.ndar
     """The frame pairs ``diversity`` uses: two index lists of ``n_pairs`` (default 30, or 10 when
     ``T <= 30``), each drawn without replacement from ``range(T)``; needs ``T > n_pairs``."""
     if n_pairs is not None and (isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1):
-        raise ValueError(f"diversity: n_pairs: expected None or an int >= 1, got {n_pairs!r}")
+        raise UserError(f"diversity: n_pairs: expected None or an int >= 1, got {n_pairs!r}")
     n = n_pairs if n_pairs is not None else (30 if T > 30 else 10)
     if not T > n:
-        raise ValueError(f"diversity: expected more than {n} frames for {n} random pairs, got {T}")
+        raise UserError(f"diversity: expected more than {n} frames for {n} random pairs, got {T}")
     rng = np.random.default_rng(seed)
     return rng.choice(T, n, replace=False), rng.choice(T, n, replace=False)
 
@@ -154,7 +117,7 @@ def diversity(x, n_pairs: int | None = None, seed=0, pairs=None) -> float:
     a = _array("motion", x, 2)
     i, j = pairs if pairs is not None else diversity_pairs(a.shape[0], n_pairs, seed)
     if len(i) == 0 or len(i) != len(j):
-        raise ValueError(f"diversity: pairs: expected two index lists of the same length >= 1, got {len(i)} and {len(j)}")
+        raise UserError(f"diversity: pairs: expected two index lists of one length >= 1, got {len(i)} and {len(j)}")
     return float(np.linalg.norm(a[np.asarray(i)] - a[np.asarray(j)], axis=1).mean())
 
 
@@ -166,7 +129,7 @@ def l2_affect(pred_valence, gt_valence, fps: float = 30, window_s: float = 1.0) 
     p, g = _pair(pred_valence, gt_valence, ndim=1, names=("pred_valence", "gt_valence"))
     w = int(round(fps * window_s))
     if w < 1:
-        raise ValueError(f"fps * window_s: expected at least 1 frame, got {fps} * {window_s}")
+        raise UserError(f"fps * window_s: expected at least 1 frame, got {fps} * {window_s}")
     w = min(w, p.shape[0])
     n = p.shape[0] // w
     pm, gm = p[: n * w].reshape(n, w).mean(1), g[: n * w].reshape(n, w).mean(1)
@@ -174,18 +137,12 @@ def l2_affect(pred_valence, gt_valence, fps: float = 30, window_s: float = 1.0) 
 
 
 class ValenceRegressor:
-    """Valence from listener motion: ridge regression on standardized 56-d frames.
-
-    Generated motion has no valence label, and the paper's estimator (EMOCA's emotion network on
-    the rendered face) is not available offline. This per-frame linear model, fitted on the
-    training split's (listener motion, valence) pairs, is our stand-in: L2 Affect compares the
-    valence it predicts from generated motion with the ground-truth valence. ``score`` gives R^2
-    so a report can say how well valence is recoverable from motion at all.
-    """
+    """Valence from listener motion: ridge regression on standardized 56-d frames, fitted on the training split; our
+    offline stand-in for the paper's EMOCA emotion network (generated motion has no valence label)."""
 
     def __init__(self, alpha: float = 1.0):
         if not alpha >= 0:
-            raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
+            raise UserError(f"alpha: expected a number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
         self.mean = self.std = self.coef = None
         self.intercept = 0.0
@@ -202,41 +159,23 @@ class ValenceRegressor:
     def predict(self, motion) -> np.ndarray:
         """``motion: (T, 56)`` -> valence ``(T,)``."""
         if self.coef is None:
-            raise ValueError("ValenceRegressor: expected a fitted model (call fit first), got an unfitted one")
+            raise UserError("ValenceRegressor: expected a fitted model (call fit first), got an unfitted one")
         x = _array("motion", motion, 2, self.coef.shape[0])
         return (x - self.mean) / self.std @ self.coef + self.intercept
-
-    def score(self, motions, valences) -> float:
-        """Coefficient of determination R^2 over all frames."""
-        x, y = self._stack(motions, valences)
-        res = ((self.predict(x) - y) ** 2).sum()
-        return float(1.0 - res / max(((y - y.mean()) ** 2).sum(), 1e-12))
-
-    def state_dict(self) -> dict:
-        """JSON-serialisable parameters (for ``checkpoint.save_checkpoint`` configs)."""
-        return {"alpha": self.alpha, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                "coef": self.coef.tolist(), "intercept": self.intercept}
-
-    @classmethod
-    def from_state_dict(cls, d: dict) -> "ValenceRegressor":
-        r = cls(d["alpha"])
-        r.mean, r.std, r.coef = (np.asarray(d[k], np.float64) for k in ("mean", "std", "coef"))
-        r.intercept = float(d["intercept"])
-        return r
 
     @staticmethod
     def _stack(motions, valences):
         if isinstance(motions, np.ndarray) or hasattr(motions, "detach"):
             motions, valences = [motions], [valences]
         if len(motions) == 0:
-            raise ValueError("motions: expected a non-empty list of (T, 56) arrays, got 0")
+            raise UserError("motions: expected a non-empty list of (T, 56) arrays, got 0")
         if len(motions) != len(valences):
-            raise ValueError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
+            raise UserError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
         xs = [_array(f"motions[{i}]", m, 2, D_MOTION) for i, m in enumerate(motions)]
         ys = [_array(f"valences[{i}]", v, 1) for i, v in enumerate(valences)]
         for i, (x, y) in enumerate(zip(xs, ys)):
             if y.shape[0] != x.shape[0]:
-                raise ValueError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
+                raise UserError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
         return np.vstack(xs), np.concatenate(ys)
 
 
@@ -255,10 +194,10 @@ def _mse(na, a, nb, b) -> float:
     a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, np.float64)
     b = np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, np.float64)
     if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"{na}: expected a non-empty array of shape {b.shape} (as {nb}), got {a.shape}")
+        raise UserError(f"{na}: expected a non-empty array of shape {b.shape} (as {nb}), got {a.shape}")
     for n, x in ((na, a), (nb, b)):
         if not np.isfinite(x).all():
-            raise ValueError(f"{n}: expected finite values, got {x[~np.isfinite(x)][0]}")
+            raise UserError(f"{n}: expected finite values, got {x[~np.isfinite(x)][0]}")
     return float(np.mean((a - b) ** 2))
 
 
@@ -267,9 +206,9 @@ def perplexity(codes, n_codes: int) -> float:
     any shape): ``n_codes`` when usage is uniform, 1 when one code is used."""
     c = np.asarray(codes.detach().cpu() if hasattr(codes, "detach") else codes)
     if c.size == 0 or not np.issubdtype(c.dtype, np.integer):
-        raise ValueError(f"codes: expected a non-empty integer array, got shape {c.shape} dtype {c.dtype}")
+        raise UserError(f"codes: expected a non-empty integer array, got shape {c.shape} dtype {c.dtype}")
     if c.min() < 0 or c.max() >= n_codes:
-        raise ValueError(f"codes: expected values in [0, {n_codes}), got range [{c.min()}, {c.max()}]")
+        raise UserError(f"codes: expected values in [0, {n_codes}), got range [{c.min()}, {c.max()}]")
     p = np.bincount(c.ravel(), minlength=n_codes) / c.size
     return float(np.exp(-(p * np.log(p + 1e-7)).sum()))
 
@@ -289,35 +228,31 @@ def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: flo
         out.update({f"pfd_{k}": v for k, v in pfd(p, g, speaker, split=True).items()})
     if (pred_valence is None) != (gt_valence is None):
         missing = "pred_valence" if pred_valence is None else "gt_valence"
-        raise ValueError(f"{missing}: expected an array when the other valence is given, got None")
+        raise UserError(f"{missing}: expected an array when the other valence is given, got None")
     if pred_valence is not None:
         gv = _array("gt_valence", gt_valence, 1)
         if gv.shape[0] != p.shape[0]:
-            raise ValueError(f"gt_valence: expected {p.shape[0]} frames (as gt), got {gv.shape[0]}")
+            raise UserError(f"gt_valence: expected {p.shape[0]} frames (as gt), got {gv.shape[0]}")
         out["l2_affect"] = l2_affect(pred_valence, gv, fps)
     return out
 
 
 def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: float = 30,
                    seed: int = 0, split_fd: bool = False) -> dict[str, float]:
-    """Table 1 over a test set: ``clip_metrics`` per clip, then the unweighted mean over clips.
-
-    ``pred, gt, speaker``: lists of ``(T_i, 56)`` raw coefficients (``T_i >= 11``: diversity needs
-    more than 10 frames); ``pred_valence, gt_valence``: lists of ``(T_i,)`` or both None (then no
-    ``l2_affect``). Clip ``i`` draws its diversity pairs with seed ``(seed, i)``. Returns
-    ``l2, fd, pfd, variation, diversity, variation_gt, diversity_gt[, l2_affect][, fd_exp, fd_pose,
-    pfd_exp, pfd_pose]`` and ``n_clips``. ``l2_affect`` is raw (tables print it x100)."""
+    """Table 1 over a test set: :func:`clip_metrics` per clip (lists of ``(T_i, 56)``, ``T_i >= 11``; valences
+    ``(T_i,)`` or both None), then the unweighted mean and ``n_clips``; clip ``i`` draws diversity pairs with seed
+    ``(seed, i)``; ``l2_affect`` is raw (tables print it x100)."""
     lists = {"gt": gt, "pred": pred, "speaker": speaker}
     if pred_valence is not None or gt_valence is not None:
         lists.update(pred_valence=pred_valence, gt_valence=gt_valence)
     n = 0 if gt is None else len(gt)
     for name, v in lists.items():
         if v is None:
-            raise ValueError(f"{name}: expected a list of clip arrays, got None")
+            raise UserError(f"{name}: expected a list of clip arrays, got None")
         if len(v) == 0:
-            raise ValueError(f"{name}: expected a non-empty list of clips, got 0 clips")
+            raise UserError(f"{name}: expected a non-empty list of clips, got 0 clips")
         if len(v) != n:
-            raise ValueError(f"{name}: expected {n} clips (as gt), got {len(v)}")
+            raise UserError(f"{name}: expected {n} clips (as gt), got {len(v)}")
     rows = []
     for i in range(len(gt)):
         try:
@@ -325,8 +260,32 @@ def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: f
                                      None if pred_valence is None else pred_valence[i],
                                      None if gt_valence is None else gt_valence[i],
                                      fps=fps, seed=(seed, i), split_fd=split_fd))
-        except ValueError as e:
-            raise ValueError(f"clip {i}: {e}") from None
+        except UserError as e:
+            raise UserError(f"clip {i}: {e}") from None
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     out["n_clips"] = len(rows)
     return out
+
+
+# ----------------------------------------------------------------------------- the one evaluation
+def score(preds: list[np.ndarray], clips, valence_model: ValenceRegressor | None = None, seed: int = 0) -> dict:
+    """Table 1 metrics of ``preds`` (one ``(T, 56)`` per clip) on ``clips`` (Segments); L2 Affect only with a
+    ``valence_model``."""
+    kw = {}
+    if valence_model is not None:
+        kw = dict(pred_valence=[valence_model.predict(p) for p in preds], gt_valence=[c.valence for c in clips])
+    return evaluate_clips(preds, [c.listener_motion for c in clips], [c.speaker_motion for c in clips],
+                          fps=clips[0].fps, seed=seed, **kw)
+
+
+def fit_valence(train, clips) -> ValenceRegressor | None:
+    """A :class:`ValenceRegressor` fitted on the ``train`` segments when they and the ``clips`` all have valence."""
+    if not all(s.valence is not None for s in list(train) + list(clips)):
+        return None
+    return ValenceRegressor().fit([s.listener_motion for s in train], [s.valence for s in train])
+
+
+def evaluate(preds: dict[str, list[np.ndarray]], clips, train, seed: int = 0) -> dict[str, dict]:
+    """:func:`score` of every method of ``preds`` (name -> motion per clip), L2 Affect when the data has valence."""
+    valence = fit_valence(train, clips)
+    return {name: score(p, clips, valence, seed) for name, p in preds.items()}

@@ -1,38 +1,16 @@
-"""Video of a conversation: speaker | generated listener(s) | ground-truth listener, with subtitles.
-
-``python -m minilisten render`` and :func:`render_clip` draw each head from its motion ``(T, 56)``
-(expression ``[0:50]``, pose ``[50:56]`` = global rotation 3 | jaw 3, axis-angle) at the data's
-fps and write an H.264 mp4 through ``imageio-ffmpeg`` (it ships its own ffmpeg binary; ``pip install
-'minilisten[video]'``). Two kinds of head, both rasterised here in numpy (z-buffer, Gouraud-shaded
-Lambert lighting, 2x supersampling; no OpenGL, pyrender or pytorch3d):
-
-- with a user-supplied FLAME model (``--flame generic_model.pkl``, :mod:`minilisten.flame`): the
-  FLAME mesh from beta, expression and pose;
-- without one, :class:`SchematicHead`: a low-poly head built from the same numbers. The head turns
-  by the 3 global rotation angles (the same axis-angle convention as FLAME, about the top of a
-  fixed neck), the chin and lower lip drop with the jaw rotation, and four leading expression
-  coefficients move the face: ``exp[0]`` mouth corners (smile), ``exp[1]`` brows up/down,
-  ``exp[2]`` inner brows down (frown), ``exp[3]`` mouth width. It is a readable schematic of
-  pose, jaw and a few expression dimensions, not a face model: the other 46 expression
-  coefficients and the shape beta are not shown, and ``exp[0..3]`` do not mean what FLAME's
-  components mean (they are PCA directions that mix many facial regions).
-
-The speaker's words run in a subtitle band as they are spoken: :func:`subtitle_at` (the word
-being spoken is highlighted; a word stays ``hold`` seconds after its end). The frame at index
-``i`` shows time ``(i + 0.5) / fps`` (the middle of the frame).
-
-Text uses a built-in bitmap of the Aileron Regular font (CC0, the font Pillow ships as its
-default), printable ASCII only (other characters are drawn as ``?``).
-"""
+"""Video of a conversation: speaker | generated listener(s) | ground-truth listener, with the speaker's words as
+subtitles (``python -m minilisten render``, :func:`render_clip`). Each head is drawn from its motion ``(T, 56)``
+(expression ``[0:50]``, pose ``[50:56]`` = global rotation 3 | jaw 3, axis-angle) and rasterised in numpy (z-buffer,
+Lambert lighting, supersampling): the FLAME mesh with a user-supplied model (:mod:`minilisten.flame`), else
+:class:`SchematicHead` (what it shows: docs/results.md, "Rendering"). Text and PNG with Pillow, mp4 with
+imageio-ffmpeg. Frame ``i`` shows time ``(i + 0.5) / fps``."""
 from __future__ import annotations
 
 import argparse
-import base64
+import functools
 import json
 import math
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -40,97 +18,27 @@ import numpy as np
 
 from .cli_config import ArgumentParser
 from .data.segment import D_MOTION, EXP, N_SHAPE, POSE, Segment, Word, _check_array
+from .errors import UserError
 
-_FONT_CELL, _FONT_H, _FONT_ASCENT = 25, 25, 20
-_FONT_ADVANCE = [4, 5, 7, 11, 12, 15, 13, 4, 6, 6, 11, 12, 4, 6, 5, 6, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 5, 5, 12, 12, 11, 11, 17, 13, 13, 14, 14, 12, 12, 14, 15, 5, 11, 12, 12, 17, 14, 15, 12, 15, 12, 12, 13, 13, 12, 19, 13, 12, 12, 6, 6, 6, 12, 10, 6, 11, 12, 11, 13, 11, 7, 13, 11, 4, 4, 10, 5, 17, 11, 12, 12, 13, 6, 9, 7, 12, 10, 16, 10, 10, 10, 6, 5, 6, 12]
-_FONT_BLOB = (
-    "eNrtWk+IHFkZf1Vlpk0q0+Vhg7tMpueSQ4TpmRwmS2sqmRLBICjJYTsBg5lF9iCokxw6OMKMqTWHBQ8yCIlHBy9ehDTYSGeJmVpz"
-    "EHZBSyTuYVm31iQrgrup1QlOr5Np6/2+1/W+ruru6YlZJdLvUN1Vr96f7//v+14JMWqjNmqjNmqjNmqjNmpPto33ee7humfEoMdq"
-    "3jy7efS4sxz43xOywpRkpd9LsctJL+S66WcO18JQy86NVCjTQpjiRbo5Ovhdt+susPQkTs/H3YLq0fEEWzAGJaE1Ppvvpg6XNvpl"
-    "U163p+T1lphMrquXGYGYyjeHWncfri1a/YS8rl7Ao208Esfxv23IGdfl/602bLhly+u9iSGWoHGdG1CwtW5gEjk8aGOSdtvC7I7u"
-    "sIS8cRgHYhEZKTPmIbctEo+aahYUYPatNnFJXuN2m6ZKrp4tGsn/sjghpkWEySID1kkvkY0d7hcG1viN08ugZVvKqw/Jw2aaGO/e"
-    "f5rDv3uEVJtu9vdRavE78NL7Ot59vphco1ex1ZUDmsCAT7WTIkOy0TUQuonxi/CQG/fh4wL5yD+L2b/VktfqVflu+GOpzv65mSHW"
-    "uNnCImuQc4xpFx7K/9EZqQBxVU4SnK2io4qOa+iAtDuGHJMkSlpEU2Iz6VuHeKIzM5gKNrF4X7Jk4b4FOuT/Fx5WoYlqQsk4259K"
-    "1KgB2ceY0qvi3XGmSl7ei1wUfb2P21vVXKaJys6dHh5umLYbHXyWxaAemkiLB//Az4sH8egrUrSuK8f4BUbgoRzlOwW9MsYHb1iw"
-    "pTJoDrEJKbOUGQ38RrBBTy7egGx2clEFjPMuQF5vm9goWDMD/XBFORsHSmIGHTFjIjjgSBfVsXBb/CsZcQziKWESmioy5N4DCxQU"
-    "QyMdTYoTGQG663YyWU3RUUrXUEpU4GZZH07ATm9Vc/pFHGfXGrUbHdzLLOPFfLfDYdSz2NCpK5JXjlNISYtZ0Ou4bTHYYe0jmYP5"
-    "FzG+hrUCEzf+P+V1WlDHM6R+2A+Y4kAe5OEh695sdykOSPv07+pHyaIUikqZOBCaHnW4jInYlTWjmXHTCpOQHJflTpKpSuiwsUG5"
-    "lxh6kCiO5p+LyRoJJXK7b5sVISrodikkwa5C7ksUyvxcjqgIiMPdNjRmuPeWlWKGLdpi6z25hbsTWbcUw2KUXv1kqpUs5t5iOODu"
-    "FMEPOWYZRuvdgia2hWZ+Eebsek5iM5HhYkLQsQX8IEzmZD/ZT6mViBDu/TdB+Zt/JpboF3yDqaiwBuJvFfSUEYLcvWoqKE7N1bH/"
-    "h+t6K77V0BTMkoDzUF/lBlA77wuXf5AsVq/RQnaqY4GFfs7wTkceRoWmZsY7xlzS5xZjjJCTUFTzC8BJLgwhNhj/AKNEBZJoJLqd"
-    "DClDXmUyiobef8hhVPCZHOPOw6ldh9uNrhWAALY1ZlhRYEJCzvirU1m35EamdssLD95L7q4DB4RnpzAChrPYkmMIcTaBOMJPi9TD"
-    "ewUwvxQVEsOIYQyRAe5WWznsYw12ryHcT3gM4+YnwZI4i8iUcgaD6wxzQttuh1yKbSHG2/AMQOHBN28oVyV7vwjKoYke+cTnaMZV"
-    "vAv07ivYDu91sdn6UfIzCX/n3DO03+VoyeEOuQeMKjOk+wvxetJ3ynYxQr4XY+8xKSb5zw1DjyaFE5OQxHS9JuPhB+g/b2vUPM4w"
-    "g2LiXI59oQHG2CANXjJZ+gTcq6spKCMNuYmNdEV1p8z8lTEby6kaZMYYAYcbmptYg0Y0BAtFcEhmDdb6NzN5o9EQDIQ4OkbNiT5Z"
-    "Wlf8PAQRhnAZHvnrR22thfuZcnpHPtEHYPJMj2y3S6o+EroIjzauyUexuaS7QyR/S2BidzIC2z1dRQa+SM9gcF+yl49I31aEwjGr"
-    "VWgJWVrQvpzr4Bx4x2SSqAQfJu9esRyMiBEBpqgbj8DkjQmRgVHChk0UD05XUv/6QANExarD3MILY1kyD6nMs4FYuWoAyTlgSSml"
-    "wC/gdwpXHtWDP5jMXwVwMghbfoH8tQITLtPEZzTlLkZGUJ/A+pn020tFFryh5iq1JFvwKaGbPdIH3L0Ou/IoplYwx5kF3c3j3MYH"
-    "Zuoy+gY9Zbtq84SHqJBQisnU7BT1CgK6i3CsK2t2dsbv8pumQahI0vTu56cSVa/DO1N2F3dIk3xaRo4XQxNj8chBLj+fhVFtHjkm"
-    "51wZB39tpW6pvW5of9XG3lbnszCKlNo/WbCLKpUVPmALqjDd4U5FwLxBnv5IT9iRuUKWHNbGOgvpglFlbsCxVA3SklhQ0kBT4RGN"
-    "CCe4C0d3DToT/b4iDWQLnC7VNF5Z5TDqG5RtruztDaMU8AqbGPLKLBy5fqErzkEXxOlLun4ezOeCnrJdtXnKerAt5cJJ352OWKB1"
-    "cACtt7LeNOh6EOlpj7ihZUlfaqbK6XZIczIMd8UdC+WEHIz6JZeEvU/CqCjWbumsIVJ/tXzV1g6Sw6jwNbmF8F3/trRtW3fT3uc4"
-    "BCQmHg5yScetEyIjc6U+7bbB6HB1jOJRfavAq5yu9CCOcmQx00SlVyItN6p9kopOY6e1ymSxo0TCLmo6esCo/ZtGbxh16WukDdj2"
-    "WrOcrtEFo0i0NSsLo07vyQW9ikrmsHlgRrEHN6qY2SHQTMsUhHrFpxq5FGhMaJ/ozejK/v5ic00Wtu6LNCUroSoRC0r1GcNLiq8a"
-    "RqnM020ySVy5/ZqURMPFCDlJ6mPLqSGrKTmMotygPh1ekvbIZHuYWyKzcK+wliOTYBSXuVKf6gEOBx2hvQ8zhgcFnvY5EXNk00wT"
-    "Y+ZLVrIwShQhvGn7DROlObnp22YatZQazHEn0y8ZVwXzyXFse7LopGvwwpZiwivmIBilbK/kMUudYQigeqeAeD4Nf9PQlRlSiQrF"
-    "ia7a0wSDUTdYx5WTs+OdxJ2UM1mU2LeUYXjScTwDoxSBzhKTRHhUAlqrQlXwpbSjAa0PLBm9FR1dMKoCQ64U6slvnXUr9bGYbfet"
-    "ubgcRlmrIoVRFaTYXTDK6QGjLA6jrEqHwL4wyjMYlHdRWvF+A+H99uXvpDSFR9nZ3A7VqOc49v0prqeA7oLv37bk4k7W75Berfp9"
-    "OPMSr6dSxkKbJxcVqmJmrMufqghYYvWrErzWS10TL+q/90y9lP/y5XWMnmaAFvMS+zjDE0lkq1FUTw2sZSaJ+j4Jo8T7lpaEKj1Q"
-    "wldDwtrQjqpJ1oISq3hf/NyU5U8NkWucVRcHn3k6G4KlZC4x0UrhR6eqttkHRiGP7gGjQrjiTgbp65BapzRUuXCsFDwP2R0Lk9He"
-    "SXTX9+lUnUpIHi95d/kSDoBXoSz+A/jBSvRqcv3VHSt78lMYXICYZcrXOUrB5r+tTkEYBxbha5r3dQYRnAOMuHBcT7WsJq7oNWy2"
-    "VNjxQUVAHNTTzq3g8OWGPnxx1X7+ZGXw1UqLKFjRxzXOpow8rtjGiBtaRM2rpKLSf0Y4K1I9TRSPxGX1fcH3ZJYRGWn3eThWpUSH"
-    "B9Zc/HOI6utUjfojVaM+0tUooiO6dqI3jFLVKCMHoyKqRpE8Fv+qQyoxnwKAt4CVIoor9obZyXcEwaTz1SEO9brK0VQw9wBxvQIm"
-    "brGj2L6HepNdByMs6HlUrVXZVJsdFhM9qiI8oQ9Afaq6bWtg5dn9z2BUEN4jzYcOZK9jCI6i4/aYBrSO2s+H2WoUHUu7iIaxqjAc"
-    "l30OPj1RUynXiNIExeXVdWZMm7P6pDqwZaGhTD2EsuikepzlNX1rLv4FJO5/AUtC8Mpbhxo9GtOKE872gVEONGrTyMEoOuFeJnk8"
-    "+rseQcyn7xm8WxTDqYZqLiNYWOmhvsKwB3kQGu4Th372s8aCnhADP6l4gq3vEUyK2B8a/62vUbyx/2DsE/k2SgWLHMuHO+d1HuMM"
-    "jwcFjeR3+jaquxmDvmHooZW1j1WKO1Eftm3xNDSPZ8IHcidfu2mh2Xysc95UD3e9IFcJXtg2xNPXvB315Wn/oPSF6m7l0sGiDAEP"
-    "ZVXxYwYVL/9hUShG7f+ora5nnzR25e53+zlenD+7G32fO2ofd/s3NhLzGg==")
+FONT_HEIGHT = 25   # Pillow's default font (Aileron Regular) at size 20: ascent 20 + descent 5
 
 
 # ----------------------------------------------------------------------------- text
-def _font() -> tuple[np.ndarray, np.ndarray]:
-    """Glyph cells ``(95, H, CELL)`` float in [0, 1] for chars 32..126, and their advances ``(95,)``."""
-    global _FONT_CACHE
-    if _FONT_CACHE is None:
-        packed = np.frombuffer(zlib.decompress(base64.b64decode("".join(_FONT_BLOB))), np.uint8)
-        q = np.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], 1).reshape(-1)
-        n = len(_FONT_ADVANCE)
-        img = q[:_FONT_H * _FONT_CELL * n].reshape(_FONT_H, n, _FONT_CELL).transpose(1, 0, 2) / 3.0
-        _FONT_CACHE = (img.astype(np.float32), np.asarray(_FONT_ADVANCE))
-    return _FONT_CACHE
-
-
-_FONT_CACHE = None
-FONT_HEIGHT = _FONT_H
-
-
-def _codes(text: str) -> np.ndarray:
-    return np.array([ord(c) - 32 if 32 <= ord(c) < 127 else ord("?") - 32 for c in text], np.int64)
+@functools.lru_cache(maxsize=1)
+def _font():
+    from PIL import ImageFont
+    return ImageFont.load_default(size=20)
 
 
 def text_width(text: str) -> int:
-    """Width in pixels of ``text`` in the built-in font."""
-    return int(_font()[1][_codes(text)].sum()) if text else 0
+    """Width in pixels of ``text`` in the subtitle font."""
+    return int(math.ceil(_font().getlength(text)))
 
 
-def draw_text(img: np.ndarray, text: str, x: int, y: int, color=(1.0, 1.0, 1.0)) -> int:
-    """Blend ``text`` into the float image ``img (H, W, 3)`` with its top-left at ``(x, y)``;
-    returns the x after the text. Clipped at the image borders."""
-    glyphs, adv = _font()
-    H, W = img.shape[:2]
-    col = np.asarray(color, np.float32)
-    pad = 3   # the glyph's origin inside its cell (room for negative side bearings)
-    for c in _codes(text):
-        x0, y0 = x - pad, y
-        a0, b0 = max(0, -y0), max(0, -x0)
-        a1, b1 = min(_FONT_H, H - y0), min(_FONT_CELL, W - x0)
-        if a1 > a0 and b1 > b0:
-            alpha = glyphs[c, a0:a1, b0:b1, None]
-            region = img[y0 + a0:y0 + a1, x0 + b0:x0 + b1]
-            region *= 1 - alpha
-            region += alpha * col
-        x += int(adv[c])
-    return x
+def draw_text(draw, text: str, x: int, y: int, color=(255, 255, 255)) -> int:
+    """Draw ``text`` on a ``PIL.ImageDraw`` with its top-left at ``(x, y)``; returns the x after the text."""
+    draw.text((x, y), text, fill=tuple(color), font=_font())
+    return x + text_width(text)
 
 
 # ----------------------------------------------------------------------------- subtitles
@@ -139,11 +47,9 @@ def frame_times(n_frames: int, fps: float) -> np.ndarray:
     return (np.arange(n_frames) + 0.5) / fps
 
 
-def subtitle_at(words: list[Word], t: float, hold: float = 1.5, max_width: int | None = None) -> tuple[list[Word], int | None]:
-    """The words shown at time ``t``: those that started at or before ``t`` and ended less than
-    ``hold`` seconds before it, the latest ones that fit in ``max_width`` pixels (joined by spaces).
-    Returns ``(shown, i)``, ``i`` the index in ``shown`` of the word being spoken
-    (``start <= t < end``), or None in a pause."""
+def subtitle_at(words: list[Word], t: float, hold: float = 1.5, max_width: int | None = None):
+    """``(shown, i)``: the words started by ``t`` and ended less than ``hold`` s before it (the latest that fit in
+    ``max_width`` pixels), and the index in ``shown`` of the word being spoken (None in a pause)."""
     shown = [w for w in words if w.start <= t and t - w.end < hold]
     if max_width is not None:
         keep, width = [], 0
@@ -160,11 +66,9 @@ def subtitle_at(words: list[Word], t: float, hold: float = 1.5, max_width: int |
 # ----------------------------------------------------------------------------- rasteriser
 def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: int, width: int,
               background=(0.0, 0.0, 0.0), cull: bool = True) -> np.ndarray:
-    """Z-buffered triangles: ``verts (V, 3)`` in pixels (x right, y down, z = depth, larger is
-    nearer), ``faces (F, 3)``, per-vertex ``colors (V, 3)`` interpolated with barycentrics.
-    Returns an image ``(height, width, 3)`` float32. A pixel is covered when its centre is inside
-    a triangle (edges included); ``cull`` skips triangles facing away: those wound clockwise as
-    seen by the camera (a positive signed area in the y-down pixel coordinates)."""
+    """Z-buffered triangles -> image ``(height, width, 3)`` float32: ``verts (V, 3)`` in pixels (x right, y down,
+    z = depth, larger is nearer), ``faces (F, 3)``, ``colors (V, 3)`` interpolated; a pixel is covered when its
+    centre is inside a triangle (edges included); ``cull`` skips those wound clockwise as seen by the camera."""
     img = np.empty((height, width, 3), np.float32)
     img[:] = np.asarray(background, np.float32)
     tri = verts[faces].astype(np.float64)                                 # (F, 3, 3)
@@ -231,8 +135,8 @@ LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])
 
 
 def shade(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, ambient: float = 0.28) -> np.ndarray:
-    """Lambert shading per vertex: ``albedo (V, 3) * (ambient + (1 - ambient) max(0, n . light))``,
-    light from the upper left, in front (world frame: x right on screen, y up, z to the camera)."""
+    """Lambert shading per vertex: ``albedo (V, 3) * (ambient + (1 - ambient) max(0, n . light))``, light from the
+    upper left, in front (world frame: x right on screen, y up, z to the camera)."""
     ndl = np.clip(vertex_normals(verts, faces) @ LIGHT, 0.0, 1.0)
     return albedo * (ambient + (1 - ambient) * ndl)[:, None]
 
@@ -305,11 +209,9 @@ def _smoothstep(x, lo, hi):
 
 
 class SchematicHead:
-    """A low-poly head, neck and shoulders drawn from a motion frame (no FLAME model needed).
-
-    ``frame_mesh(frame56)`` -> ``(verts (V, 3), faces (F, 3), albedo (V, 3))`` in world units
-    (head radius ~1, y up, z to the camera). What moves: module doc of :mod:`minilisten.render`.
-    ``exaggerate`` scales the expression effects (not the pose)."""
+    """A low-poly head, neck and shoulders moved by a motion frame (no FLAME model; docs/results.md "Rendering"):
+    ``frame_mesh(frame56)`` -> ``(verts (V, 3), faces (F, 3), albedo (V, 3))`` in world units (head radius ~1, y up,
+    z to the camera); ``exaggerate`` scales the expression effects (not the pose)."""
 
     N_MOUTH = 13
 
@@ -460,66 +362,61 @@ TITLE_H, SUB_H = 32, 48
 
 def _check_words(words) -> list[Word]:
     if isinstance(words, (str, bytes)) or not isinstance(words, (list, tuple)):
-        raise ValueError(f"words: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
+        raise UserError(f"words: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
     return [Segment._check_word("words", i, w, math.inf) for i, w in enumerate(words)]
 
 
-def _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_beta):
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps: expected a positive number, got {fps!r}")
+def _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta):
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not (math.isfinite(fps) and fps > 0):
+        raise UserError(f"fps: expected a positive number, got {fps!r}")
     spk = _check_array("speaker_motion", speaker_motion, (None, D_MOTION))
-    T = spk.shape[0]
-    if T == 0:
-        raise ValueError("speaker_motion: expected at least 1 frame, got 0")
-    if not isinstance(listener_motions, dict) or not listener_motions:
-        raise ValueError(f"listener_motions: expected a non-empty dict name -> (T, 56) array, got "
-                         f"{type(listener_motions).__name__} {listener_motions!r:.60}")
+    if not isinstance(listener_motions, dict) or not listener_motions or not len(spk):
+        raise UserError(f"listener_motions: expected a non-empty dict name -> (T, 56) array and >= 1 speaker frame, "
+                        f"got {type(listener_motions).__name__} {listener_motions!r:.60}, {len(spk)} frames")
     lis = {}
     for name, m in listener_motions.items():
-        a = _check_array(f"listener_motions[{name!r}]", m, (None, D_MOTION))
-        if a.shape[0] != T:
-            raise ValueError(f"listener_motions[{name!r}]: expected {T} frames (as speaker_motion), got {a.shape[0]}")
-        lis[str(name)] = a
-    b = None if beta is None else _check_array("beta", beta, (N_SHAPE,))
-    sb = None if speaker_beta is None else _check_array("speaker_beta", speaker_beta, (N_SHAPE,))
-    return spk, lis, _check_words(words), float(fps), b, sb
+        lis[str(name)] = _check_array(f"listener_motions[{name!r}]", m, (None, D_MOTION))
+        if len(lis[str(name)]) != len(spk):
+            raise UserError(f"listener_motions[{name!r}]: expected {len(spk)} frames (as speaker_motion), got {len(m)}")
+    betas = [None if b is None else _check_array(n, b, (N_SHAPE,)) for n, b in (("beta", beta),
+                                                                                ("speaker_beta", speaker_beta))]
+    return spk, lis, float(fps), *betas
 
 
 def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float = 30.0, flame=None,
                   beta=None, speaker_beta=None, size: int = 256, hold: float = 1.5,
                   speaker_label: str = "speaker", ssaa: int = 2) -> Iterator[np.ndarray]:
-    """Frames ``(H, W, 3)`` uint8 of speaker | each listener (dict order), titles on top, the
-    speaker's words below. ``speaker_motion``, each listener ``(T, 56)``; ``words``: Word or
-    ``(text, start, end)`` in seconds from frame 0; ``flame``: a :class:`~minilisten.flame.FlameModel`
-    or None (schematic heads); ``beta``/``speaker_beta (100,)``: FLAME shapes of the listener /
-    speaker (FLAME only). ``H = size + 80``, ``W = size * (1 + len(listeners))``; size a multiple of 16;
-    ``ssaa``: supersampling factor per side (1 = no antialiasing, 4x faster than 2)."""
-    spk, lis, words, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_beta)
+    """Frames ``(size + 80, size * (1 + listeners), 3)`` uint8: speaker | each listener ``(T, 56)`` (dict order),
+    titles on top, the speaker's ``words`` (seconds from frame 0) below; FLAME heads with a ``flame`` model (shapes
+    ``beta``/``speaker_beta (100,)``), else schematic; ``size`` a multiple of 16; ``ssaa`` supersampling per side."""
+    from PIL import Image, ImageDraw
+    spk, lis, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta)
+    words = _check_words(words)
     if not isinstance(size, (int, np.integer)) or size < 64 or size % 16:
-        raise ValueError(f"size: expected a multiple of 16 >= 64 (pixels per panel), got {size!r}")
-    T = spk.shape[0]
+        raise UserError(f"size: expected a multiple of 16 >= 64 (pixels per panel), got {size!r}")
     if ssaa not in (1, 2, 3, 4):
-        raise ValueError(f"ssaa: expected 1, 2, 3 or 4 (supersampling per side), got {ssaa!r}")
+        raise UserError(f"ssaa: expected 1, 2, 3 or 4 (supersampling per side), got {ssaa!r}")
     painter = _Painter(flame, size, ssaa)
     names = [speaker_label] + list(lis)
+    labels = [n if text_width(n) <= size - 8 else n[:max(1, (size - 8) // 12)] + "..." for n in names]
     streams = [painter.panels(spk, "speaker", sbeta)] + [painter.panels(m, "listener", beta) for m in lis.values()]
-    W, H = size * len(names), TITLE_H + size + SUB_H
-    times = frame_times(T, fps)
-    canvas = np.empty((H, W, 3), np.float32)
-    for i in range(T):
+    W = size * len(names)
+    canvas = np.empty((TITLE_H + size + SUB_H, W, 3), np.float32)
+    for t in frame_times(len(spk), fps):
         canvas[:] = (0.08, 0.08, 0.09)
-        for k, (name, st) in enumerate(zip(names, streams)):
+        for k, st in enumerate(streams):
             canvas[TITLE_H:TITLE_H + size, k * size:(k + 1) * size] = next(st)
-            label = name if text_width(name) <= size - 8 else name[:max(1, (size - 8) // 12)] + "..."
-            draw_text(canvas, label, k * size + (size - text_width(label)) // 2, (TITLE_H - FONT_HEIGHT) // 2 + 2,
-                      (0.85, 0.85, 0.88))
-        shown, active = subtitle_at(words, times[i], hold, W - 24)
+        im = Image.fromarray((np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8))
+        draw = ImageDraw.Draw(im)
+        for k, label in enumerate(labels):
+            x = k * size + (size - text_width(label)) // 2
+            draw_text(draw, label, x, (TITLE_H - FONT_HEIGHT) // 2 + 2, (217, 217, 224))
+        shown, active = subtitle_at(words, t, hold, W - 24)
         x = (W - text_width(" ".join(w.text for w in shown))) // 2
-        y = TITLE_H + size + (SUB_H - FONT_HEIGHT) // 2
         for j, w in enumerate(shown):
-            col = (1.0, 0.85, 0.25) if j == active else (0.92, 0.92, 0.92)
-            x = draw_text(canvas, w.text + (" " if j + 1 < len(shown) else ""), x, y, col)
-        yield (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
+            col = (255, 217, 64) if j == active else (235, 235, 235)
+            x = draw_text(draw, w.text + (" " if j + 1 < len(shown) else ""), x, TITLE_H + size + 11, col)
+        yield np.asarray(im)
 
 
 def _ffmpeg():
@@ -532,99 +429,76 @@ def _ffmpeg():
 
 
 def write_mp4(frames: Iterable[np.ndarray], out_path: str | os.PathLike, fps: float, quality: int = 7) -> Path:
-    """H.264 mp4 (yuv420p) of uint8 RGB frames of one size (a multiple of 16 on both sides).
-    Written to a temporary name and renamed at the end, so a failed run leaves no partial file."""
+    """H.264 mp4 (yuv420p) of uint8 RGB frames of one size (multiples of 16), written to a temporary name and
+    renamed at the end, so a failed run leaves no partial file."""
     ff = _ffmpeg()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    writer, n = None, 0
+    writer = None
     try:
         for fr in frames:
             if writer is None:
-                h, w = fr.shape[:2]
-                writer = ff.write_frames(str(tmp), (w, h), fps=fps, quality=quality, macro_block_size=16,
+                writer = ff.write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=quality, macro_block_size=16,
                                          ffmpeg_log_level="error")
                 writer.send(None)
             writer.send(np.ascontiguousarray(fr))
-            n += 1
         if writer is None:
-            raise ValueError(f"{out}: expected at least 1 frame to write, got 0")
+            raise UserError(f"{out}: expected at least 1 frame to write, got 0")
         writer.close()
         writer = None
         os.replace(tmp, out)
     finally:
         if writer is not None:
             writer.close()
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return out
 
 
 def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Frames ``(N, H, W, 3)`` uint8 and fps of a video (through imageio-ffmpeg)."""
-    ff = _ffmpeg()
-    gen = ff.read_frames(str(path))
+    gen = _ffmpeg().read_frames(str(path))
     meta = next(gen)
     w, h = meta["size"]
-    frames = [np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]
-    return np.stack(frames), float(meta["fps"])
-
-
-def save_png(path: str | os.PathLike, img: np.ndarray) -> Path:
-    """A uint8 RGB image ``(H, W, 3)`` as PNG (zlib only, no imaging library)."""
-    img = np.ascontiguousarray(img, np.uint8)
-    h, w = img.shape[:2]
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) \
-        + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(png)
-    return p
+    return np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]), float(meta["fps"])
 
 
 def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_path, flame=None, beta=None,
                 speaker_beta=None, size: int = 256, progress: bool = True, still: int | None = None,
                 ssaa: int = 2) -> Path:
-    """Write the mp4 of :func:`render_frames` to ``out_path``; ``still``: also save that frame as
-    ``<out_path>.png`` (e.g. for a README figure). Returns the mp4's path."""
+    """Write the mp4 of :func:`render_frames` to ``out_path`` (and frame ``still`` as ``<out_path>.png``)."""
+    from PIL import Image
     from tqdm import tqdm
     frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa=ssaa)
     T = len(speaker_motion)
     if still is not None and not (isinstance(still, (int, np.integer)) and 0 <= still < T):
-        raise ValueError(f"still: expected a frame index in [0, {T}), got {still!r}")
+        raise UserError(f"still: expected a frame index in [0, {T}), got {still!r}")
     out = Path(out_path)
 
     def tee():
         for i, fr in enumerate(tqdm(frames, total=T, desc="render", unit="frame", disable=not progress)):
             if i == still:
-                save_png(out.with_suffix(".png"), fr)
+                Image.fromarray(fr).save(out.with_suffix(".png"))
             yield fr
     return write_mp4(tee(), out, fps)
 
 
-def render_segment(seg: Segment, preds: dict, out_path, flame=None, gt_label: str = "ground truth", **kw) -> Path:
-    """Speaker | ``preds`` (name -> ``(T, 56)``, dict order) | the segment's ground-truth listener,
-    with its words, fps and betas."""
-    lis = {**preds, gt_label: seg.listener_motion}
+def render_segment(seg: Segment, preds: dict, out_path, flame=None, **kw) -> Path:
+    """Speaker | ``preds`` (name -> ``(T, 56)``) | the segment's ground truth, with its words, fps and betas."""
+    lis = {**preds, "ground truth": seg.listener_motion}
     return render_clip(seg.speaker_motion, lis, seg.words, seg.fps, out_path, flame, seg.listener_beta,
                        seg.speaker_beta, **kw)
 
 
-def render_demo_clip(out_dir, clip: Segment, preds: dict, flame=None, name: str = "clip.mp4",
-                     progress: bool = True, ssaa: int = 2) -> Path | None:
-    """``<out_dir>/clip.mp4`` (and ``clip.png``, its middle frame) for the demo: speaker | each
-    prediction of ``preds`` (name -> ``(T, 56)`` for this clip) | ground truth. Returns None, with
-    a message, when imageio-ffmpeg is not installed (the demo's other outputs do not need it)."""
+def render_demo_clip(out_dir, clip: Segment, preds: dict, progress: bool = True, ssaa: int = 2) -> Path | None:
+    """``<out_dir>/clip.mp4`` and ``clip.png`` (its middle frame) of :func:`render_segment`, or None with a message
+    when imageio-ffmpeg is not installed (the demo's other outputs do not need it)."""
     try:
         _ffmpeg()
     except ImportError as e:
-        print(f"render: skipped {Path(out_dir) / name}: {e}", flush=True)
+        print(f"render: skipped {Path(out_dir) / 'clip.mp4'}: {e}", flush=True)
         return None
-    return render_segment(clip, preds, Path(out_dir) / name, flame, progress=progress, still=clip.T // 2, ssaa=ssaa)
+    return render_segment(clip, preds, Path(out_dir) / "clip.mp4", progress=progress, still=clip.T // 2, ssaa=ssaa)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -632,29 +506,25 @@ def _load_motion(spec: str, what: str) -> np.ndarray:
     """``FILE.npy`` or ``FILE.npz:KEY`` -> array (read without unpickling code)."""
     from .safe_pickle import load_npy, load_npz
     path, _, key = spec.partition(":") if (":" in spec and not os.path.exists(spec)) else (spec, "", "")
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{what} {spec}: expected a .npy file or FILE.npz:KEY, got no such file {p}")
-    if p.suffix == ".npz":
-        d = load_npz(p)
-        if not key:
-            if len(d) != 1:
-                raise ValueError(f"{what} {spec}: expected FILE.npz:KEY for an .npz of several arrays, keys {sorted(d)}")
-            key = next(iter(d))
-        if key not in d:
-            raise ValueError(f"{what} {spec}: expected one of the keys {sorted(d)}, got {key!r}")
-        return d[key]
-    return load_npy(p)
+    if not Path(path).is_file():
+        raise UserError(f"{what} {spec}: expected a .npy file or FILE.npz:KEY, got no such file {path}")
+    if Path(path).suffix != ".npz":
+        return load_npy(path)
+    d = load_npz(path)
+    if not key and len(d) == 1:
+        key = next(iter(d))
+    if key not in d:
+        raise UserError(f"{what} {spec}: expected FILE.npz:KEY with KEY one of {sorted(d)}, got {key!r}")
+    return d[key]
 
 
 def load_words(path: str | os.PathLike) -> list[Word]:
-    """Words from JSON: ``[{"text", "start", "end"}, ...]``, ``[[text, start, end], ...]`` or a
-    Whisper transcript with word timestamps (``{"segments": [{"words": [...]}]}``)."""
-    p = Path(path)
+    """Words from JSON: ``[{"text", "start", "end"}, ...]``, ``[[text, start, end], ...]`` or a Whisper
+    transcript with word timestamps (``{"segments": [{"words": [...]}]}``)."""
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"--words {p}: expected a JSON file of words, got {type(e).__name__}: {e}") from None
+        raise UserError(f"--words {path}: expected a JSON file of words, got {type(e).__name__}: {e}") from None
     if isinstance(d, dict) or (isinstance(d, list) and d and isinstance(d[0], dict) and "words" in d[0]):
         from .speaker import read_whisper_words
         return read_whisper_words(d)
@@ -663,7 +533,7 @@ def load_words(path: str | os.PathLike) -> list[Word]:
     try:
         return _check_words(d)
     except ValueError as e:
-        raise ValueError(f"--words {p}: {e}") from None
+        raise UserError(f"--words {path}: {e}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -672,11 +542,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m minilisten render", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Side-by-side mp4 of speaker | listener(s) | ground truth with the speaker's words "
                     "(schematic heads, or the FLAME mesh with --flame).",
-        epilog="from saved arrays:\n"
-               "  python -m minilisten render --speaker spk.npy --listener gen.npy --gt gt.npy --words words.json --out clip.mp4\n"
-               "from trained models (generates the listener of a test clip):\n"
-               "  python -m minilisten render --vq runs/demo/vq_disentangled --lm runs/demo/lm_full --clip 0 --out clip.mp4\n"
-               "arrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or FILE.npz:KEY")
+        epilog="from saved arrays:\n  python -m minilisten render --speaker spk.npy --listener gen.npy --gt gt.npy "
+               "--words words.json --out clip.mp4\nfrom trained models (generates the listener of a test clip):\n"
+               "  python -m minilisten render --vq runs/demo/vq_disentangled --lm runs/demo/lm_full --clip 0 "
+               "--out clip.mp4\narrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or "
+               "FILE.npz:KEY")
     p.add_argument("--out", required=True, help="output .mp4 (also FILE.png with --still)")
     p.add_argument("--flame", metavar="PKL", help="FLAME 2020 generic_model.pkl (user-supplied): draw the mesh")
     p.add_argument("--size", type=int, default=256, help="pixels per panel, a multiple of 16 (default: %(default)s)")
@@ -707,31 +577,28 @@ def _parser() -> argparse.ArgumentParser:
 
 def _from_models(a) -> tuple[Segment, dict]:
     from .data.cli import load_data
-    from .demo import generate_motion, test_clips
+    from .data.windows import test_clips
+    from .generate import generate_motion
     from .lm import ListenerLM
     from .vqvae import VQVAE
-    if not (a.vq and a.lm):
-        raise ValueError("--vq/--lm: expected both a VQ-VAE and a ListenerLM checkpoint directory, got "
-                         f"--vq {a.vq} --lm {a.lm}")
-    if bool(a.vq2) != bool(a.lm2):
-        raise ValueError(f"--vq2/--lm2: expected both or neither, got --vq2 {a.vq2} --lm2 {a.lm2}")
+    if not (a.vq and a.lm) or bool(a.vq2) != bool(a.lm2):
+        raise UserError(f"--vq/--lm, --vq2/--lm2: expected a VQ-VAE and a ListenerLM directory each (the second pair "
+                        f"optional), got --vq {a.vq} --lm {a.lm} --vq2 {a.vq2} --lm2 {a.lm2}")
     ds, what = load_data(a)
-    segs = getattr(ds, a.split)
-    clips = test_clips(segs)
-    if not clips:
-        raise ValueError(f"--split {a.split}: expected segments of >= 16 frames in {what}, got none")
+    clips = test_clips(getattr(ds, a.split))
     if not 0 <= a.clip < len(clips):
-        raise ValueError(f"--clip: expected an index in [0, {len(clips)}) (clips of split {a.split} of {what}), got {a.clip}")
+        raise UserError(f"--clip: expected an index in [0, {len(clips)}) (clips of >= 16 frames of split {a.split} "
+                        f"of {what}), got {a.clip}")
     clip = clips[a.clip]
     preds = {}
     for vq_dir, lm_dir, name in ((a.vq, a.lm, a.name), (a.vq2, a.lm2, a.name2)):
-        if not vq_dir:
-            continue
-        vq, lm = VQVAE.from_pretrained(vq_dir).eval(), ListenerLM.from_pretrained(lm_dir).eval()
-        if vq.needs_beta and clip.listener_beta is None:
-            raise ValueError(f"--vq {vq_dir}: this VQ-VAE decodes with the listener's beta (100,), {what} has none")
-        preds[name] = generate_motion(lm, vq, [clip])[1][0]
-    print(f"{what}: clip {a.clip} of {len(clips)} ({a.split}), {clip.T} frames at {clip.fps:g} fps, {len(clip.words)} words")
+        if vq_dir:
+            vq, lm = VQVAE.from_pretrained(vq_dir).eval(), ListenerLM.from_pretrained(lm_dir).eval()
+            if vq.needs_beta and clip.listener_beta is None:
+                raise UserError(f"--vq {vq_dir}: this VQ-VAE decodes with the listener's beta (100,), {what} has none")
+            preds[name] = generate_motion(lm, vq, [clip])[1][0]
+    print(f"{what}: clip {a.clip} of {len(clips)} ({a.split}), {clip.T} frames at {clip.fps:g} fps, "
+          f"{len(clip.words)} words")
     return clip, preds
 
 
@@ -742,16 +609,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _ffmpeg()
     except ImportError as e:
-        raise ValueError(str(e)) from None
+        raise UserError(str(e)) from None
+    kw = dict(size=a.size, progress=not a.no_progress, still=a.still, ssaa=a.ssaa)
     if a.vq or a.lm:
         if a.speaker or a.listener or a.gt:
-            raise ValueError("--vq/--lm: expected either trained models or saved arrays (--speaker/--listener/--gt), got both")
-        clip, preds = _from_models(a)
-        out = render_segment(clip, preds, a.out, flame, size=a.size, progress=not a.no_progress, still=a.still,
-                             ssaa=a.ssaa)
+            raise UserError("--vq/--lm: expected either trained models or saved arrays (--speaker/--listener/--gt), "
+                            "got both")
+        out = render_segment(*_from_models(a), a.out, flame, **kw)
     else:
         if not a.speaker:
-            raise ValueError("--speaker: expected a speaker motion file (T, 56) (or --vq/--lm to generate), got none")
+            raise UserError("--speaker: expected a speaker motion file (T, 56) (or --vq/--lm to generate), got none")
         lis = {}
         for spec in a.listener:
             name, eq, path = spec.partition("=")
@@ -760,11 +627,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.gt:
             lis["ground truth"] = _load_motion(a.gt, "--gt")
         if not lis:
-            raise ValueError("--listener/--gt: expected at least one listener motion to draw, got none")
+            raise UserError("--listener/--gt: expected at least one listener motion to draw, got none")
         words = load_words(a.words) if a.words else []
-        beta = _load_motion(a.beta, "--beta") if a.beta else None
-        sbeta = _load_motion(a.speaker_beta, "--speaker-beta") if a.speaker_beta else None
-        out = render_clip(_load_motion(a.speaker, "--speaker"), lis, words, a.fps, a.out, flame, beta, sbeta,
-                          size=a.size, progress=not a.no_progress, still=a.still, ssaa=a.ssaa)
+        beta, sbeta = (_load_motion(f, n) if f else None for f, n in ((a.beta, "--beta"),
+                                                                     (a.speaker_beta, "--speaker-beta")))
+        out = render_clip(_load_motion(a.speaker, "--speaker"), lis, words, a.fps, a.out, flame, beta, sbeta, **kw)
     print(f"wrote {out}" + (f" and {out.with_suffix('.png')}" if a.still is not None else ""))
     return 0

@@ -1,15 +1,13 @@
-"""What a person reads of a run: Markdown tables, trajectory plots, the demo's report files.
-Nothing here trains or scores; the numbers come from :mod:`minilisten.pipeline`."""
+"""What a person reads of a run: Markdown tables, trajectory plots, the demo's ``tables.md`` and ``results.json``
+(the numbers come from :mod:`minilisten.pipeline`)."""
 from __future__ import annotations
 
 import json
 import math
-import platform
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .checkpoint import atomic_write_text
 
@@ -41,8 +39,8 @@ def metric_columns(has_valence: bool) -> list:
 
 
 def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | None) -> list[str]:
-    """GT vs generated trajectories of a few coefficients; one response with two identities.
-    ``series``: name -> motion ``(T, 56)``; ``swap``: ``((label, motion), (label, motion))`` or None."""
+    """GT vs generated trajectories of a few coefficients (``series``: name -> motion ``(T, 56)``) and one response
+    decoded with two identities (``swap``: ``((label, motion), (label, motion))`` or None). Returns the files."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -94,8 +92,10 @@ def demo_markdown(res) -> str:
              "split (`minilisten.metrics.ValenceRegressor`)" if res.has_valence else "") + ".", ""]
     if res.notes:
         md += ["What the data lacks, and what was left out because of it:", ""] + [f"- {n}" for n in res.notes] + [""]
-    md += [markdown_table(res.table1, cols, "Table 1 — baselines and ours"), "",
-           markdown_table(res.table4, cols4, "Table 4 — ablation (multimodal LM, identity-disentangled VQ-VAE)"), ""]
+    md += [markdown_table(res.table1, cols, "Table 1 — baselines and ours"), ""]
+    if res.table4:
+        title = "Table 4 — ablation (multimodal LM, identity-disentangled VQ-VAE)"
+        md += [markdown_table(res.table4, cols4, title), ""]
     if res.table3 is not None:
         md += [markdown_table(res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"), ""]
     if res.arig_ablation:
@@ -108,27 +108,14 @@ def demo_markdown(res) -> str:
 
 def demo_report(res, plots: list[str], extra: dict | None = None) -> dict:
     """The demo's ``results.json`` content (tables, notes, timings, environment)."""
+    from .bench import environment
     return {"config": asdict(res.cfg), "data": res.data.what, "coverage": res.data.coverage.describe(),
             "notes": res.notes, "table1": res.table1, "table3": res.table3, "table4": res.table4,
-            "table5": res.table5, "arig_ablation": res.arig_ablation, "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
+            "table5": res.table5, "arig_ablation": res.arig_ablation,
+            "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
             "all_results": res.results, "timings_s": res.timings, "plots": plots,
             "nn_speech_embedding": res.nn_speech_embedding, "n_test_clips": len(res.clips),
-            "versions": environment(), **(extra or {})}
-
-
-def environment() -> dict:
-    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu": cpu_name(), "threads": torch.get_num_threads()}
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+            "versions": environment("cpu"), **(extra or {})}
 
 
 def write_demo_report(res, out: Path, plots: list[str], extra: dict | None = None) -> str:

@@ -202,11 +202,8 @@ def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: lis
                   steps: int | None = None, seed: int = 0, reference: str = "mean") -> dict:
     """Table 1 metrics (``minilisten.demo.score``: L2, FD, P-FD, Variation, Diversity, L2 Affect when
     the data has valence) of ARIG samples on LM-listener's evaluation clips of ``test_segments``."""
-    try:
-        from .pipeline import score, test_clips
-    except ImportError:   # before the demo/pipeline split
-        from .demo import score, test_clips
-    from .metrics import ValenceRegressor
+    from .data.windows import test_clips
+    from .metrics import ValenceRegressor, score
     clips = test_clips(test_segments, max_clips)
     if not clips:
         raise ValueError("test_segments: expected segments of >= 16 frames to evaluate, got none")

@@ -99,7 +99,8 @@ def test_fd_split_and_pfd():
     gt, sp = rng.normal(size=(60, 56)), rng.normal(size=(60, 56))
     pred = rng.normal(size=(60, 56)) * 0.7
     s = fd_split(pred, gt)
-    assert s["exp"] == pytest.approx(fd(pred[:, :50], gt[:, :50])) and s["pose"] == pytest.approx(fd(pred[:, 50:], gt[:, 50:]))
+    assert s["exp"] == pytest.approx(fd(pred[:, :50], gt[:, :50]))
+    assert s["pose"] == pytest.approx(fd(pred[:, 50:], gt[:, 50:]))
     assert pfd(pred, gt, sp) == pytest.approx(fd_scipy(np.hstack([sp, pred]), np.hstack([sp, gt])), rel=1e-5)
     ps = pfd(pred, gt, sp, split=True)
     assert ps["pose"] == pytest.approx(fd(np.hstack([sp[:, 50:], pred[:, 50:]]), np.hstack([sp[:, 50:], gt[:, 50:]])))
@@ -205,10 +206,9 @@ def test_valence_regressor():
     vals = [m @ w + 0.5 for m in motions]
     r = ValenceRegressor(alpha=1e-6).fit(motions, vals)
     assert np.allclose(r.predict(motions[0]), vals[0], atol=1e-4)
-    assert r.score(motions, vals) == pytest.approx(1.0, abs=1e-8)
-    r2 = ValenceRegressor.from_state_dict(r.state_dict())
-    assert np.allclose(r2.predict(motions[1]), r.predict(motions[1]))
-    assert ValenceRegressor(alpha=1e6).fit(motions, vals).score(motions, vals) < 0.5   # ridge shrinks
+    assert np.allclose(r.predict(motions[3]), vals[3], atol=1e-4)
+    shrunk = ValenceRegressor(alpha=1e6).fit(motions, vals).predict(motions[0])       # ridge shrinks to the mean
+    assert np.abs(shrunk - 0.5 - np.mean([v.mean() - 0.5 for v in vals])).max() < 0.5 * np.abs(vals[0] - 0.5).max()
     with pytest.raises(ValueError, match="unfitted"):
         ValenceRegressor().predict(motions[0])
     with pytest.raises(ValueError, match=r"valences\[1\]: expected 50 frames \(as motions\[1\]\), got 49"):
@@ -217,6 +217,31 @@ def test_valence_regressor():
         ValenceRegressor().fit(motions[:2], vals[:1])
     with pytest.raises(ValueError, match=r"motions: expected a non-empty list"):
         ValenceRegressor().fit([], [])
+
+
+def test_evaluate_scores_segments_and_fits_valence_only_when_all_have_it():
+    from minilisten.data.segment import Segment
+    from minilisten.metrics import evaluate
+    rng = np.random.default_rng(3)
+
+    def seg(T, valence=True):
+        return Segment(rng.normal(size=(T, 56)).astype(np.float32), rng.normal(size=(T, 56)).astype(np.float32), 30.0,
+                       valence=rng.normal(size=T).astype(np.float32) if valence else None)
+    train, clips = [seg(60) for _ in range(3)], [seg(40), seg(48)]
+    zero = [np.zeros_like(c.listener_motion) for c in clips]
+    res = evaluate({"zero": zero, "gt": [c.listener_motion for c in clips]}, clips, train, seed=1)
+    # L2 of an all-zero prediction by hand: the mean over clips of each clip's mean squared motion
+    want = np.mean([np.mean(c.listener_motion.astype(np.float64) ** 2) for c in clips])
+    assert res["zero"]["l2"] == pytest.approx(want) and res["gt"]["l2"] == 0 and res["gt"]["n_clips"] == 2
+    # L2 Affect with a ridge fitted on train only (a hand-made regressor as the oracle)
+    x = np.vstack([s.listener_motion for s in train]).astype(np.float64)
+    y = np.concatenate([s.valence for s in train]).astype(np.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-8
+    z = (x - mu) / sd
+    coef = np.linalg.solve(z.T @ z + np.eye(56), z.T @ (y - y.mean()))
+    pv = [np.full(len(c.valence), (-mu / sd) @ coef + y.mean()) for c in clips]   # the valence of an all-zero face
+    assert res["zero"]["l2_affect"] == pytest.approx(np.mean([l2_affect(p, c.valence) for p, c in zip(pv, clips)]))
+    assert "l2_affect" not in evaluate({"zero": zero}, clips, train + [seg(60, valence=False)])["zero"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -247,7 +272,8 @@ def test_bad_inputs_name_field_expected_and_actual():
         perplexity(np.array([0, 4]), 4)
     with pytest.raises(ValueError, match=r"codes: expected a non-empty integer array"):
         perplexity(np.array([0.5]), 4)
-    with pytest.raises(ValueError, match=r"recon: expected a non-empty array of shape \(2, 3\) \(as gt\), got \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"recon: expected a non-empty array of shape \(2, 3\) \(as gt\), "
+                                         r"got \(3, 2\)"):
         vq_rec(np.zeros((3, 2)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"eps: expected a number >= 0"):
         fd(g, g, eps=-1)

@@ -1,4 +1,6 @@
-"""``python -m minilisten data``: write the synthetic corpus in our format, or summarise a dataset."""
+"""Which data a command reads (:class:`DataConfig`: a dataset directory, or a synthetic corpus variant, seed and
+sizes), its options (``--data/--corpus/--corpus-seed/--identities/--segments/--seconds``) and
+``python -m minilisten data``: write the synthetic corpus in our format, or summarise a dataset."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +9,60 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ..cli_config import ArgumentParser
+from ..cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
+
+#: size overrides of a synthetic corpus (keywords of ``synthetic.named_corpus``)
+OVERRIDES = ("n_identities", "n_segments", "seconds")
+#: readable flags of DataConfig fields (the rest are ``--field-name``)
+DATA_FLAGS = {"data": "--data", "n_identities": "--identities", "n_segments": "--segments", "seconds": "--seconds"}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a command reads: a dataset directory, or a synthetic corpus variant + seed + sizes."""
+    data: str | None = None             # dataset directory: ours, LM-listener or Learning2Listen layout
+    corpus: str = "default"             # synthetic corpus variant (docs/data.md)
+    corpus_seed: int = 0                # seed of the synthetic corpus
+    n_identities: int | None = None     # override the variant's number of listener identities
+    n_segments: int | None = None       # override the variant's number of segments
+    seconds: float | None = None        # override the variant's segment length in seconds
+
+    def overrides(self) -> dict:
+        """The corpus size overrides that are set (keywords of ``named_corpus``)."""
+        return {k: getattr(self, k) for k in OVERRIDES if getattr(self, k) is not None}
+
+    def describe(self) -> str:
+        """``"dataset DIR"`` or ``"synthetic corpus 'NAME' (seed S, k=v...)"``."""
+        if self.data:
+            return f"dataset {self.data}"
+        extra = "".join(f", {k}={v}" for k, v in self.overrides().items())
+        return f"synthetic corpus {self.corpus!r} (seed {self.corpus_seed}{extra})"
+
+
+def add_data_args(p: argparse.ArgumentParser, skip=()) -> argparse._ArgumentGroup:
+    """The dataset options of every command that reads data, one per :class:`DataConfig` field but ``skip``
+    (e.g. ``corpus_seed`` when the command's own ``--seed`` seeds the corpus). Returns the group."""
+    from .synthetic import CORPORA
+    g = p.add_argument_group("data (a synthetic corpus unless --data)")
+    add_dataclass_args(g, DataConfig, skip=skip, flags=DATA_FLAGS, choices={"corpus": list(CORPORA)},
+                       defaults={"data": "a synthetic corpus"}, metavars={"data": "DIR", "corpus": "NAME"})
+    return g
+
+
+def data_config(a: argparse.Namespace, **fixed) -> DataConfig:
+    """The :class:`DataConfig` of parsed :func:`add_data_args` options (``fixed``: values of skipped fields)."""
+    return DataConfig(**{**dataclass_kwargs(a, [f.name for f in fields(DataConfig)]), **fixed})
+
+
+def load_data(a: argparse.Namespace | DataConfig, progress: bool = True, **fixed):
+    """``(dataset, description)`` of a :class:`DataConfig` or parsed :func:`add_data_args` options; the
+    dataset has ``.train/.val/.test`` (lists of Segment) and ``.n_sa`` (None when unknown)."""
+    c = a if isinstance(a, DataConfig) else data_config(a, **fixed)
+    if c.data:
+        from .formats import load_dataset
+        return load_dataset(c.data, progress=progress), c.describe()
+    from .synthetic import named_corpus
+    return named_corpus(c.corpus, seed=c.corpus_seed, **c.overrides()), c.describe()
 
 
 def summary(splits: dict, fps: float) -> str:
@@ -24,60 +79,6 @@ def summary(splits: dict, fps: float) -> str:
     lines.append(f"  listener motion: mean |x| {np.abs(allm).mean():.3f}, std exp {allm[:, :50].std(0).mean():.3f}, "
                  f"std pose {allm[:, 50:].std(0).mean():.3f}")
     return "\n".join(lines)
-
-
-@dataclass
-class DataConfig:
-    """Which data a command reads: a dataset directory, or a synthetic corpus variant + seed + sizes."""
-    data: str | None = None             # dataset directory: ours, LM-listener or Learning2Listen layout
-    corpus: str = "default"             # synthetic corpus variant (README 'Synthetic corpora')
-    corpus_seed: int = 0                # seed of the synthetic corpus
-    n_identities: int | None = None     # override the variant's number of listener identities
-    n_segments: int | None = None       # override the variant's number of segments
-    seconds: float | None = None        # override the variant's segment length in seconds
-
-    def overrides(self) -> dict:
-        """The corpus size overrides that are set (keywords of ``named_corpus``)."""
-        from .source import OVERRIDES
-        return {k: getattr(self, k) for k in OVERRIDES if getattr(self, k) is not None}
-
-
-#: readable flags of DataConfig fields (the rest are ``--field-name``)
-DATA_FLAGS = {"data": "--data", "n_identities": "--identities", "n_segments": "--segments", "seconds": "--seconds"}
-
-
-def add_data_args(p: argparse.ArgumentParser, skip=()) -> argparse._ArgumentGroup:
-    """The dataset options of every command that reads data, derived from :class:`DataConfig`:
-    ``--data DIR``, or a synthetic corpus ``--corpus NAME`` (a variant of
-    :data:`~minilisten.data.synthetic.CORPORA`) with ``--corpus-seed`` and optional size overrides
-    ``--identities/--segments/--seconds``. ``skip``: fields to leave out (e.g. ``corpus_seed`` when
-    the command's own ``--seed`` seeds the corpus). Returns the group (callers add to it)."""
-    from ..cli_config import add_dataclass_args
-    from .synthetic import CORPORA
-    g = p.add_argument_group("data (a synthetic corpus unless --data)")
-    add_dataclass_args(g, DataConfig, skip=skip, flags=DATA_FLAGS, choices={"corpus": list(CORPORA)},
-                       defaults={"data": "a synthetic corpus"}, metavars={"data": "DIR", "corpus": "NAME"})
-    return g
-
-
-def data_config(a: argparse.Namespace, **fixed) -> DataConfig:
-    """The :class:`DataConfig` of parsed :func:`add_data_args` options (``fixed``: values of
-    skipped fields, e.g. ``corpus_seed=a.seed``)."""
-    from ..cli_config import dataclass_kwargs
-    names = [f.name for f in fields(DataConfig)]
-    return DataConfig(**{**dataclass_kwargs(a, names), **fixed})
-
-
-def corpus_overrides(a: argparse.Namespace) -> dict:
-    return data_config(a).overrides()
-
-
-def load_data(a: argparse.Namespace | DataConfig, **fixed):
-    """``(dataset, description)`` for a :class:`DataConfig` or the options of :func:`add_data_args`;
-    the dataset has ``.train/.val/.test`` and ``.n_sa`` (None when unknown)."""
-    from .source import open_data
-    c = a if isinstance(a, DataConfig) else data_config(a, **fixed)
-    return open_data(c.data, c.corpus, c.corpus_seed, **c.overrides())
 
 
 def main(argv: list[str] | None = None) -> int:
