@@ -528,8 +528,6 @@ def load_words(path: str | os.PathLike) -> list[Word]:
     if isinstance(d, dict) or (isinstance(d, list) and d and isinstance(d[0], dict) and "words" in d[0]):
         from .speaker import read_whisper_words
         return read_whisper_words(d)
-    if not isinstance(d, list):
-        raise ValueError(f"--words {p}: expected a list of words or a Whisper transcript, got {type(d).__name__}")
     try:
         return _check_words(d)
     except ValueError as e:
