@@ -486,7 +486,7 @@ def test_batch_with_one_bad_chunk(models):
     bad = parse_push({"type": "push", "frames": 5, "emotion": [[0.125] * 8] * 5, "sa_tokens": [10 ** 6]})
     got = []
     for k, p in enumerate(pushes):
-        work = {0: (ss[0], ("push", parse_push(wire(p)), k, 0.0)), 1: (ss[1], ("push", bad, "bad", 0.0))}
+        work = {0: (ss[0], ("push", parse_push(wire(p)), k)), 1: (ss[1], ("push", bad, "bad"))}
         out = server._run_tick(work, [])
         assert out[1][0]["type"] == "error" and out[1][0]["field"] == "sa_tokens" and out[1][0]["id"] == "bad"
         got.append(motion_of(out[0][0]))
@@ -863,7 +863,7 @@ def test_arig_batch_with_one_bad_chunk(arig_model):
                      "arig")
     got = []
     for k, p in enumerate(pushes):
-        work = {0: (ss[0], ("push", parse_push(arig_wire(p), "arig"), k, 0.0)), 1: (ss[1], ("push", bad, "bad", 0.0))}
+        work = {0: (ss[0], ("push", parse_push(arig_wire(p), "arig"), k)), 1: (ss[1], ("push", bad, "bad"))}
         out = server._run_tick(work, [])
         assert out[1][0]["type"] == "error" and out[1][0]["field"] == "sa_tokens" and out[1][0]["id"] == "bad"
         got.append(motion_of(out[0][0]))
