@@ -2,6 +2,7 @@
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,8 +45,15 @@ def motion_of(msg) -> np.ndarray:
     return np.concatenate([np.array(msg["expression"], np.float32), np.array(msg["pose"], np.float32)], 1)
 
 
+def strict_json(text: str):
+    """json.loads refusing NaN / Infinity (a browser's JSON.parse does): every reply must pass."""
+    def refuse(name):
+        raise AssertionError(f"{name} on the wire: {text[:200]}")
+    return json.loads(text, parse_constant=refuse)
+
+
 async def recv(ws):
-    return json.loads(await asyncio.wait_for(ws.recv(), 60))
+    return strict_json(await asyncio.wait_for(ws.recv(), 60))
 
 
 async def stream_session(ws, seg, pushes, beta=None):
@@ -370,8 +378,8 @@ def test_robot_angles_against_scipy():
     head, jaw = robot_angles(m)
     yaw, pitch, roll = Rotation.from_rotvec(m[:, 50:53].astype(np.float64)).as_euler("YXZ", degrees=True).T
     np.testing.assert_allclose(head, np.stack([roll, pitch, yaw], 1), atol=1e-6)
-    np.testing.assert_allclose(jaw, Rotation.from_rotvec(m[:, 53:56].astype(np.float64)).as_euler("YXZ", degrees=True)[:, 1],
-                               atol=1e-6)
+    jaw_ref = Rotation.from_rotvec(m[:, 53:56].astype(np.float64)).as_euler("YXZ", degrees=True)[:, 1]
+    np.testing.assert_allclose(jaw, jaw_ref, atol=1e-6)
     small = np.zeros((1, 56), np.float32)
     small[0, 50:56] = [0.01, -0.02, 0.03, 0.2, 0, 0]
     head, jaw = robot_angles(small)
@@ -502,7 +510,8 @@ def test_shared_token(models):
 
     async def body(server, url):
         codes = []
-        for kw, u in (({}, url), ({"additional_headers": {"Authorization": "Bearer nope"}}, url), ({}, url + "/?token=no")):
+        for kw, u in (({}, url), ({"additional_headers": {"Authorization": "Bearer nope"}}, url),
+                      ({}, url + "/?token=no")):
             with pytest.raises(InvalidStatus) as e:
                 async with connect(u, **kw):
                     pass
@@ -516,9 +525,10 @@ def test_shared_token(models):
     assert codes == [401, 401, 401] and t1 == t2 == "hello" and stats["unauthorized"] == 3
 
 
-def test_internal_error_answered_and_serving_continues(models, monkeypatch):
+def test_internal_error_answered_and_serving_continues(models, monkeypatch, caplog):
     """A bug inside decoding (here: a RuntimeError from push_many) becomes an error reply with
-    field "server"; the session's stream is unchanged and it goes on equal to the direct run."""
+    field "server", logged with its traceback; the session's stream is unchanged and it goes on
+    equal to the direct run."""
     lm, vq = models
     seg = speaker_segment(2.0, seed=21)
     seg = seg.replace(history_words=[])
@@ -550,7 +560,11 @@ def test_internal_error_answered_and_serving_continues(models, monkeypatch):
             out.append(await recv(ws))
             return out, errs
     out, errs = run_server(models, body, max_sessions=1)
-    assert len(errs) == 1 and errs[0]["field"] == "server" and errs[0]["actual"] == "RuntimeError" and errs[0]["id"] == 2
+    assert len(errs) == 1 and errs[0]["field"] == "server" and errs[0]["actual"] == "RuntimeError"
+    assert errs[0]["id"] == 2
+    logged = [r for r in caplog.records if r.name == "minilisten.server" and r.levelname == "ERROR"]
+    assert len(logged) == 1 and isinstance(logged[0].exc_info[1], RuntimeError), logged
+    assert "boom" in caplog.text and "Traceback" in caplog.text and "in flaky" in caplog.text
     check_frames(out, ref, pushes)
 
 
@@ -607,6 +621,136 @@ def test_audio_pcm16_and_float_audio(models):
     assert err["field"] == "sample_rate" and err["id"] == "sr" and "44100" in err["actual"]
     assert sum(len(r) for r in ref[:-1]) >= 40
     check_frames(out, ref, pushes)
+
+
+# ----------------------------------------------------------------------------- issue 24's defects
+def test_nesting_depth_and_strict_json_in(models):
+    """A message nested deeper than MAX_DEPTH (1,000 levels too) and NaN / Infinity get an error
+    reply naming "message", not a close; brackets inside strings do not count; the session goes on."""
+    from minilisten.server import MAX_DEPTH
+
+    def nested(depth):   # a reset whose id nests the message to `depth` levels (the object is level 1)
+        return '{"type": "reset", "id": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+    in_string = '{"type": "reset", "id": "' + '[{\\"' * 2000 + '"}'
+    raws = [nested(MAX_DEPTH), nested(MAX_DEPTH + 1), nested(1000), in_string, '{"type": "reset", "id": NaN}',
+            '{"type": "reset", "id": [-Infinity]}', '{"type": "reset", "id": "last"}']
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            out = []
+            for raw in raws:
+                await ws.send(raw)
+                out.append(await recv(ws))
+            return out
+    out = run_server(models, body, max_sessions=1)
+    assert out[0] == {"type": "ok", "op": "reset", "id": json.loads(nested(MAX_DEPTH))["id"]}
+    for m in out[1:3]:
+        assert m["type"] == "error" and m["field"] == "message" and f"at most {MAX_DEPTH}" in m["expected"], m
+    assert out[3] == {"type": "ok", "op": "reset", "id": '[{"' * 2000}
+    for m in out[4:6]:
+        assert m["type"] == "error" and m["field"] == "message" and "no NaN" in m["expected"], m
+    assert out[6] == {"type": "ok", "op": "reset", "id": "last"}
+
+
+def test_non_finite_frames_never_sent(models, monkeypatch):
+    """Strict JSON out: frames holding NaN (here from a broken push_many) are answered with an error
+    (field "server"), never put on the wire; the session goes on."""
+    async def body(server, url):
+        real = server.listener.push_many
+        nan = np.full((8, 56), np.nan, np.float32)
+        monkeypatch.setattr(server.listener, "push_many", lambda c: {b: nan for b in c})
+        async with connect(url) as ws:
+            await recv(ws)
+            await ws.send(json.dumps({"type": "push", "id": 1, "emotion": [[0.125] * 8] * 8}))
+            bad = await recv(ws)
+            monkeypatch.setattr(server.listener, "push_many", real)
+            await ws.send(json.dumps({"type": "push", "id": 2, "emotion": [[0.125] * 8] * 8}))
+            return bad, await recv(ws)
+    bad, good = run_server(models, body, max_sessions=1)
+    assert bad["type"] == "error" and bad["field"] == "server" and bad["id"] == 1, bad
+    assert bad["actual"] == "ValueError" and "not JSON compliant" in bad["message"]
+    assert good["type"] == "frames" and good["id"] == 2
+
+
+def test_push_over_the_cap_refused(models):
+    """max_push_seconds=1 (30 frames at 30 fps): a push of 31 speaker frames gets an error naming the
+    field and the cap, nothing changes; a concurrent session streams on equal to its solo run."""
+    lm, vq = models
+    seg = speaker_segment(3.0, seed=31)
+    pushes = chunks(seg, seed=32)
+    ref = direct(lm, vq, seg, pushes)
+    big = [{"type": "push", "emotion": [[0.125] * 8] * 31},
+           {"type": "push", "emotion": [[0.125] * 8] * 40000, "sa_tokens": [1] * 60000},
+           {"type": "push", "frames": 10 ** 30}]
+
+    async def body(server, url):
+        async def hostile():
+            async with connect(url, max_size=None) as ws:
+                h = await recv(ws)
+                errs = []
+                for k in range(6):
+                    await ws.send(json.dumps(big[k % 3]))
+                    errs.append(await recv(ws))
+                await ws.send(json.dumps(wire(pushes[0])))
+                return h, errs, await recv(ws)
+
+        async def good():
+            async with connect(url) as ws:
+                await recv(ws)
+                return await stream_session(ws, seg, pushes)
+        return await asyncio.gather(hostile(), good())
+    (h, errs, after), replies = run_server(models, body, max_sessions=2, max_push_seconds=1.0, max_message=4 << 20)
+    assert h["limits"]["max_push_frames"] == 30
+    for e, want in zip(errs, ["31 frames", "40000 frames", f"{10 ** 30} frames"] * 2):
+        assert e["type"] == "error" and e["field"] in ("emotion", "frames") and "max_push_frames=30" in e["expected"]
+        assert e["actual"] == want, e
+    np.testing.assert_array_equal(motion_of(after), direct(lm, vq, seg, pushes[:1])[0])
+    check_frames(replies, ref, pushes)
+
+
+def test_workers_share_the_port(models, tmp_path):
+    """serve --workers 2: two processes on one port (SO_REUSEPORT); connections land on both, each
+    connection stays on its worker for the whole session."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from queue import Empty, Queue
+    lm, vq = models
+    lm.save_pretrained(tmp_path / "lm")
+    vq.save_pretrained(tmp_path / "vq")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "minilisten", "serve", "--vq", str(tmp_path / "vq"), "--lm",
+                             str(tmp_path / "lm"), "--workers", "2", "--port", "0", "--no-web"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: Queue = Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        seen, port = [], None
+        while len([x for x in seen if "(worker" in x]) < 2:
+            try:
+                seen.append(lines.get(timeout=120))
+            except Empty:
+                pytest.fail(f"workers did not start: {seen}")
+            port = port or (int(seen[-1].split()[-1]) if "workers on port" in seen[-1] else None)
+
+        async def main():
+            got = []
+            for _ in range(24):
+                async with connect(f"ws://127.0.0.1:{port}") as ws:
+                    h = await recv(ws)
+                    await ws.send(json.dumps({"type": "push", "emotion": [[0.125] * 8] * 8}))
+                    assert (await recv(ws))["type"] == "frames"
+                    got.append(h["worker"])
+            return got
+        workers = asyncio.run(main())
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(60)
+    assert sorted(set(workers)) == [0, 1], workers
+    assert rc == 0
 
 
 # ----------------------------------------------------------------------------- ARIG model kind
@@ -762,7 +906,8 @@ def test_multistream_arig_batched_equals_solo(arig_model):
     solo = MultiStreamARIG(arig_model, ins[0][2], n_streams=2, seed=3)
     solo.reset(1, ins[0][1])
     alone = np.concatenate([solo.push_many({1: p})[1] for p in ins[0][0]])
-    np.testing.assert_array_equal(alone, np.concatenate(arig_direct(arig_model, ins[0][0], ins[0][1], ins[0][2], seed=3)))
+    ref = arig_direct(arig_model, ins[0][0], ins[0][1], ins[0][2], seed=3)
+    np.testing.assert_array_equal(alone, np.concatenate(ref))
     # transactional: one bad chunk in a batch -> ValueError naming field and stream, no stream changed
     ms.reset(0, ins[0][1])
     ms.reset(1, ins[1][1])
