@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -437,8 +438,8 @@ class ListenerServer:
                 b = _num_array("beta", b, 1, np.float64)
                 ok = b.shape == (N_SHAPE,) and bool((np.abs(b) <= np.finfo(np.float32).max).all())
                 if not ok:
-                    raise ProtocolError("beta", f"{N_SHAPE} finite numbers in float32 range (FLAME shape) or "
-                                        "null (the default)", f"{b.size} numbers" if b.shape != (N_SHAPE,) else "NaN/inf")
+                    raise ProtocolError("beta", f"{N_SHAPE} finite numbers in float32 range (FLAME shape) or null",
+                                        f"{b.size} numbers" if b.shape != (N_SHAPE,) else "NaN/inf")
             return op, {"beta": b}
         if op == "reset":
             kw = {"history_words": _words("history_words", msg.get("history_words"))}
@@ -617,12 +618,9 @@ class ListenerServer:
         return _respond(connection, HTTPStatus.OK, body, "application/json")
 
     def clip(self, seconds: float = 10.0, seed: int = 0) -> dict:
-        """A test clip of speaker input for this server's model (the web page replays it): a random
-        speaker stream (:func:`minilisten.data.synthetic.speaker_segment`, ``seconds`` long) cut into pushes
-        of one decode step (``frames_per_step`` frames; ARIG: 0.1 s). Returns ``{"fps", "seconds",
-        "seed", "kind", "history_words": [[text, start, end]], "words": [...], "pushes": [{"t",
-        "msg"}]}``: ``msg`` is the protocol's ``push`` message, to be sent at clip time ``t`` (s)
-        = the end of its frames; only the fields of the model's modalities are present."""
+        """A test clip for the web page: a random speaker stream (``speaker_segment``) cut into ``push`` messages
+        of one decode step (ARIG: 0.1 s), each with the clip time ``t`` it is due; only the model's modalities.
+        ``{"fps", "seconds", "seed", "kind", "history_words", "words", "pushes": [{"t", "msg"}]}``."""
         from .data.synthetic import speaker_segment
         sl = self.listener
         if self.kind == "arig":
@@ -658,10 +656,21 @@ class ListenerServer:
 
 
     # ------------------------------------------------------------------ running
-    def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
+    @contextlib.asynccontextmanager
+    async def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
         """``async with server.run(host, port) as ws_server:`` (port 0: ephemeral, see ``.port``;
         ``reuse_port``: share the port with other processes, SO_REUSEPORT)."""
-        return _Running(self, host, port, reuse_port)
+        self._wake = asyncio.Event()
+        ticks = asyncio.create_task(self._tick_loop())
+        try:
+            async with _websockets_serve()(self.handler, host, port, max_size=self.max_message,
+                                           max_queue=self.max_queue, close_timeout=self.close_timeout,
+                                           compression=None, reuse_port=reuse_port,
+                                           process_request=self._process_request) as ws_server:
+                self.host, self.port = ws_server.sockets[0].getsockname()[:2]
+                yield ws_server
+        finally:
+            ticks.cancel()
 
     async def serve_forever(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
         async with self.run(host, port, reuse_port) as srv:
@@ -670,32 +679,6 @@ class ListenerServer:
                   f"protocol {PROTOCOL}, {self.max_sessions} sessions, {self.listener.fps:g} fps); Ctrl-C stops",
                   flush=True)
             await srv.serve_forever()
-
-
-class _Running:
-    def __init__(self, server: ListenerServer, host: str, port: int, reuse_port: bool):
-        self.server, self.host, self.port, self.reuse_port = server, host, port, reuse_port
-
-    async def __aenter__(self):
-        serve = _websockets_serve()
-        srv = self.server
-        srv._wake = asyncio.Event()
-        self.loop_task = asyncio.create_task(srv._tick_loop())
-        self.ws = await serve(srv.handler, self.host, self.port, max_size=srv.max_message, max_queue=srv.max_queue,
-                              close_timeout=srv.close_timeout, compression=None, reuse_port=self.reuse_port,
-                              process_request=srv._process_request).__aenter__()
-        srv.port = self.ws.sockets[0].getsockname()[1]
-        srv.host = self.ws.sockets[0].getsockname()[0]
-        return self.ws
-
-    async def __aexit__(self, *exc):
-        await self.ws.__aexit__(*exc)
-        self.loop_task.cancel()
-        try:
-            await self.loop_task
-        except asyncio.CancelledError:
-            pass
-        return False
 
 
 def _websockets_serve():
