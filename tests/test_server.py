@@ -1,12 +1,17 @@
 """minilisten.server: the WebSocket protocol against direct StreamingListener runs (tiny random models)."""
 import asyncio
+import collections
+import contextlib
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import strategies as st
 
 pytest.importorskip("websockets")
 from conftest import chunks, tiny_lm, tiny_vq  # noqa: E402
@@ -1019,3 +1024,152 @@ def test_arig_batch_with_one_bad_chunk(arig_model):
     assert kw["motion"].shape == (len(pushes[0]["motion"]), 56)
     with pytest.raises(Exception, match="push fields of the arig model"):
         parse_push({"type": "push", "frames": 3, "motion": [[0.0] * 56] * 3}, "arig")
+
+
+# ----------------------------------------------------------------------------- the protocol fuzzer
+@contextlib.contextmanager
+def in_thread(server: ListenerServer):
+    """``server`` on an ephemeral 127.0.0.1 port, its event loop in a background thread (for sync clients)."""
+    ready, box = threading.Event(), {}
+
+    async def main():
+        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        async with server.run(port=0):
+            ready.set()
+            await box["stop"].wait()
+    th = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    th.start()
+    assert ready.wait(60), "server did not start"
+    try:
+        yield server
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        th.join(30)
+
+
+N_SA = 1024
+HOSTILE = st.sampled_from([10 ** 400, -10 ** 400, 2 ** 64, 2 ** 63, -2 ** 63 - 1, 1e300, -1e300, 1e-320, 3.5e38, 1e30,
+                           -1, 0, 1.5, True, None, "x", [], {}, [[]]])
+NUM = st.one_of(st.integers(-3, N_SA + 3), st.floats(-3, 3, allow_nan=False), HOSTILE)
+WORD = st.one_of(st.tuples(st.text(max_size=6), NUM, NUM).map(list),
+                 st.fixed_dictionaries({"text": st.text(max_size=6), "start": NUM, "end": NUM}), HOSTILE)
+ROWS = {w: st.one_of(st.lists(st.lists(NUM, min_size=w, max_size=w), max_size=6),
+                     st.lists(st.lists(NUM, max_size=w + 2), max_size=4), HOSTILE,
+                     st.integers(0, 130).map(lambda n, w=w: [[0.125] * w] * n)) for w in (8, 56)}
+ID = st.one_of(st.none(), st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=3), HOSTILE)
+OPTIONAL_PUSH = {"words": st.one_of(st.lists(WORD, max_size=4), HOSTILE), "emotion": ROWS[8], "motion": ROWS[56],
+                 "sa_tokens": st.one_of(st.lists(NUM, max_size=12), st.integers(0, 6000).map(lambda n: [3] * n),
+                                        HOSTILE),
+                 "frames": NUM, "audio": st.one_of(st.lists(NUM, max_size=20), HOSTILE), "sample_rate": NUM,
+                 "audio_pcm16": st.one_of(st.sampled_from(["AAAA", "AAA", "!!", ""]), HOSTILE), "id": ID,
+                 "speed": NUM}
+MESSAGES = st.one_of(
+    st.fixed_dictionaries({"type": st.just("push")}, optional=OPTIONAL_PUSH),
+    st.fixed_dictionaries({"type": st.just("set_beta")}, optional={
+        "beta": st.one_of(st.lists(NUM, min_size=100, max_size=100), st.lists(NUM, max_size=4), HOSTILE),
+        "id": ID, "extra": NUM}),
+    st.fixed_dictionaries({"type": st.just("reset")}, optional={
+        "history_words": st.one_of(st.lists(WORD, max_size=3), HOSTILE), "seed": NUM, "id": ID}),
+    st.fixed_dictionaries({"type": st.sampled_from(["end", "flush"])}, optional={"id": ID}),
+    st.fixed_dictionaries({"type": st.one_of(st.text(max_size=6), NUM)}, optional={"id": ID}),
+    st.one_of(st.lists(NUM, max_size=3), st.text(max_size=20), NUM),   # not an object
+)
+
+
+def _mutate(args):
+    """A valid push with one number (a word time, an SA token, an emotion value) replaced."""
+    msg, where, i, j, v = args
+    msg = json.loads(json.dumps(msg))
+    if where == "frames":
+        msg["frames"] = v
+    elif msg.get(where):
+        x = msg[where][i % len(msg[where])]
+        if isinstance(x, list):
+            x[j % len(x)] = v
+        else:
+            msg[where][i % len(msg[where])] = v
+    return msg
+
+
+VALID = [wire(p) for p in chunks(speaker_segment(3.0, seed=80), seed=81)]
+MUTATED = st.tuples(st.sampled_from(VALID), st.sampled_from(["words", "sa_tokens", "emotion", "frames"]),
+                    st.integers(0, 30), st.integers(0, 8), HOSTILE).map(_mutate)
+RAW = st.one_of(   # what json.dumps cannot make: deep nesting, NaN / Infinity, broken JSON, binary
+    st.integers(30, 3000).map(lambda n: '{"type": "push", "id": ' + "[" * n + "]" * n + "}"),
+    st.integers(30, 3000).map(lambda n: "[" * n),
+    st.sampled_from(['{"type": "push", "emotion": [[NaN, 0, 0, 0, 0, 0, 0, 1]]}', '{"type": "reset"',
+                     '{"type": "set_beta", "beta": [Infinity]}', '{"type": "push", "frames": -Infinity}',
+                     '{"type": "rese\\ud800t"}', '{"type": "push", "sa_tokens": [1e999]}']),
+    st.binary(max_size=16))
+
+
+def good_sessions(url, segs, stop: threading.Event) -> list:
+    """One well-behaved client per segment, each streaming its segment again and again (reset, its pushes,
+    end) until ``stop``: [[replies of one pass]] per client."""
+    from websockets.sync.client import connect as sync_connect
+    out = [[] for _ in segs]
+
+    def one(k):
+        seg, pushes = segs[k]
+        with sync_connect(url, max_size=None) as ws:
+            assert strict_json(ws.recv(60))["type"] == "hello"
+            while not stop.is_set() or not out[k]:
+                replies = []
+                for m in [{"type": "reset", "id": "r", "history_words": [[w.text, w.start, w.end]
+                                                                          for w in seg.history_words]}] + \
+                        [{**wire(p), "id": i} for i, p in enumerate(pushes)] + [{"type": "end", "id": "end"}]:
+                    ws.send(json.dumps(m))
+                    replies.append(strict_json(ws.recv(60)))
+                    time.sleep(0.002)
+                out[k].append(replies)
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(segs))]
+    for th in threads:
+        th.start()
+    return threads, out
+
+
+def test_protocol_fuzzer(models):
+    """Hypothesis: >= 300 valid, mutated and hostile messages of every type on one connection of a live
+    server, next to two well-behaved sessions. Each message gets exactly one strict-JSON reply (its id
+    echoed; never an internal error), the connection stays open, and the well-behaved sessions' frames
+    equal their solo runs in every pass."""
+    from hypothesis import HealthCheck, given, settings
+    from websockets.sync.client import connect as sync_connect
+    lm, vq = models
+    segs = [(s, chunks(s, seed=70 + k)) for k, s in enumerate(speaker_segment(2.0, seed=60 + k) for k in range(2))]
+    refs = [direct(lm, vq, s, p) for s, p in segs]
+    server = ListenerServer(lm, vq, max_sessions=3, max_push_seconds=2.0)
+    replies = collections.Counter()
+    with in_thread(server):
+        url = f"ws://127.0.0.1:{server.port}"
+        stop = threading.Event()
+        threads, good = good_sessions(url, segs, stop)
+        with sync_connect(url, max_size=None) as ws:
+            assert strict_json(ws.recv(60))["type"] == "hello"
+
+            @settings(max_examples=320, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(msg=st.one_of(MESSAGES, MUTATED, st.sampled_from(VALID), RAW))
+            def one(msg):
+                raw = msg if isinstance(msg, (str, bytes)) else json.dumps(msg)
+                ws.send(raw)
+                r = strict_json(ws.recv(60))   # a closed connection raises here
+                replies[(r["type"], r.get("field"))] += 1
+                assert r["type"] in ("frames", "ok", "error") and r.get("field") != "server", (raw[:300], r)
+                if isinstance(msg, dict):
+                    assert r.get("id") == msg.get("id"), (raw[:300], r)
+                if r["type"] == "error":
+                    assert r["message"] and r["expected"], r
+            one()
+            ws.send(json.dumps({"type": "reset", "id": "still open"}))
+            assert strict_json(ws.recv(60)) == {"type": "ok", "op": "reset", "id": "still open"}
+        stop.set()
+        for th in threads:
+            th.join(120)
+    assert sum(replies.values()) >= 300 and server.stats["internal_errors"] == 0, replies
+    assert replies[("error", "message")] and replies[("ok", None)] and replies[("frames", None)], replies
+    for (seg, pushes), ref, passes in zip(segs, refs, good):
+        assert passes
+        for p in passes:
+            assert p[0] == {"type": "ok", "op": "reset", "id": "r"}
+            check_frames(p[1:], ref, pushes)
