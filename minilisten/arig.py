@@ -1,54 +1,11 @@
-"""ARIG-style continuous listener: frame-by-frame head motion with a diffusion MLP head.
+"""ARIG-style continuous listener (after Guo et al., ICCV 2025): one listener frame (56,) per speaker
+frame, sampled by a diffusion MLP head from a causal model of both streams (no codebook).
 
-After Guo et al., "ARIG: Autoregressive Interactive Head Generation for Real-time Conversations"
-(ICCV 2025; only its appendix is available, ``shared/seeds/004``). No codebook: every listener
-frame (56,) is sampled as a continuous vector, conditioned on everything up to that frame, so the
-listener reacts within one frame.
-
-Per frame t (30 fps), from a :class:`~minilisten.data.segment.Segment` (:func:`frame_inputs`):
-
-    speaker motion (56,) ----------------------------------------------> user token   u_t
-    SA tokens starting in frame t (embedding mean) + emotion (8,) + last
-      ended word (hashed id) + frames since it ended ---------------> "audio"      a_t
-    listener frame t-1 (teacher forcing / the previous sample) ------> agent token  g_t
-    listener beta (100,) --MLP--> b (identity; adaLN conditions, as the VQ decoder's AdaIN)
-
-    Interactive behaviour understanding (IBU), causal, over a sliding history of ``window`` frames:
-      Bidirectional learning x depth: agent and user each with their own parameters (adaLN
-        modulation, qkv, MLP), one shared (joint) attention over both streams; modulation
-        (shift, scale, gate as in DiT) from the audio of each frame (+ b for the agent);
-      Integrated learning: both streams' tokens in one sequence, audio injected again,
-        attention and MLP in parallel (one adaLN modulation); agent token at t = cis-token c_t.
-    Conversational state understanding: one causal context block over the integrated tokens;
-      the state feature s_t (d,) -> logits over STATES (speaking / pause / silence, own CE loss).
-    Progressive motion prediction (PMP):
-      coarse = CrossAttn(query(b), [a_{t-2}, a_{t-1}, a_t]) + FF     (latest 3 audio frames)
-      fine   = CondBlock(coarse, [c_t, s_t, a_t]) (cross-attention + FF)
-      z_t    = Temporal(fine, [m_{t-5} .. m_{t-1}]) (attention over the last 5 listener frames)
-    DiffusionMLP (3 MLP blocks, adaLN on z_t + the diffusion time) samples m_t.
-
-Shapes: B clips, T frames, d = ``d_model``. Motion enters in units of the training data's
-mean/std (buffers ``lis_mean``/``lis_std``/``spk_mean``/``spk_std``) and leaves raw.
-
-Causality: the attention of position t sees positions ``(t - window, t]``; the agent token of
-position t holds listener frame t-1, the user/audio tokens speaker frame t; PMP uses audio
-``<= t`` and listener frames ``< t``. So listener frame t depends on speaker input up to t only
-(``tests/test_arig.py`` checks it on the whole model).
-
-Caches: a clip starts with ``window`` pad positions (reference listener motion as agent input,
-the first speaker/audio frame as user input), as the appendix initialises its caches by
-repeating the reference motion and the first audio frame. Training sees every window that way
-(a fresh start), :meth:`ARIG.step` holds per attention layer a fixed key/value cache of
-``window - 1`` positions, plus rings of the last 3 audio and 5 listener frames: constant memory
-for unbounded streams. :meth:`ARIG.features` (all frames at once, teacher forcing) and
-:meth:`ARIG.step` (one frame, caches) compute the same function.
-
-Diffusion (MAR-style per-token loss, flow matching): ``x_s = (1 - s) x_0 + s eps``, the MLP
-predicts the velocity ``v = eps - x_0``; loss ``mean |v_hat - v|^2`` over ``diff_mul`` draws of
-(s, eps) per frame. Sampling: Euler from s = 1 to 0 in ``steps`` uniform steps (1 step = the
-conditional mean, i.e. a regression; more steps = samples of the distribution).
-Ablations (``head="regression"``: an MLP on z_t with MSE instead of the diffusion head;
-``ibu="linear"``: bidirectional + integrated learning replaced by per-frame linear layers).
+Per frame t: speaker motion -> user token; SA tokens, emotion, the last word -> audio token; listener
+frame t-1 -> agent token; beta -> identity. IBU (bidirectional + integrated attention over a sliding
+``window``), a conversational-state head, PMP (coarse -> fine -> temporal) -> condition z_t ->
+DiffusionMLP (flow matching, Euler sampling). Motion in raw units outside, normalised inside.
+Design, causality and caches: docs/arig.md. Streams: :class:`minilisten.streaming.StreamingARIG`.
 """
 from __future__ import annotations
 
@@ -62,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_model, save_checkpoint
-from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment, Word
+from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment
+from .tokens import sa_frame_bounds, word_frame
 
 FORMAT = "minilisten.ARIG"       # config.json tag (minilisten.checkpoint.check_format)
-MODEL_TYPE = "minilisten.arig"   # the tag of checkpoints written before
 #: conversational states derived from the speaker's word timings (:func:`state_labels`)
 STATES = ("speaking", "pause", "silence")
 HEADS = ("diffusion", "regression")
@@ -141,11 +98,6 @@ class ARIGConfig:
 
 
 # ----------------------------------------------------------------------------- per-frame inputs
-def _end_frame(end: float, fps: float) -> int:
-    """The frame whose span contains time ``end`` (a word is known from that frame on)."""
-    return int(math.ceil(end * fps - 1e-6)) - 1
-
-
 def word_id(text: str, buckets: int) -> int:
     """Hashed word id in ``[1, buckets)`` (0 = no word); deterministic across runs (crc32)."""
     return 1 + zlib.crc32(text.lower().encode("utf-8")) % (buckets - 1) if buckets > 1 else 0
@@ -170,11 +122,6 @@ def state_labels(seg: Segment, gap: float = 0.25, pause: float = 0.5) -> np.ndar
     return out
 
 
-def _sa_bounds(T: int, fps: float, rate: float) -> np.ndarray:
-    """``(T + 1,)`` token indices: frame t holds the SA tokens starting in it, ``[b[t], b[t+1])``."""
-    return np.ceil(np.arange(T + 1) * rate / fps - 1e-9).astype(np.int64)
-
-
 def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dict[str, np.ndarray]:
     """The model's per-frame inputs of a segment (numpy): ``spk (T, 56)``, ``lis (T, 56)``, ``sa (T,
     K)`` int (-1 = empty slot; a frame without a new token repeats the last one), ``emo (T, 8)``,
@@ -195,7 +142,7 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
         tok = seg.sa_tokens
         if tok.size and tok.max() >= cfg.n_sa:
             raise ValueError(f"{where}: sa_tokens: expected ids < n_sa = {cfg.n_sa}, got {int(tok.max())}")
-        b = np.minimum(_sa_bounds(T, cfg.fps, cfg.sa_rate), tok.size)
+        b = np.minimum(sa_frame_bounds(np.arange(T + 1), cfg.fps, cfg.sa_rate), tok.size)
         last = -1
         for t in range(T):
             n = b[t + 1] - b[t]
@@ -207,14 +154,15 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
     out["sa"] = sa
     if cfg.use_emotion:
         if seg.emotion is None:
-            raise ValueError(f"{where}: emotion: expected ({T}, {N_EMOTIONS}) probabilities (the model uses emotion), got None")
+            raise ValueError(f"{where}: emotion: expected ({T}, {N_EMOTIONS}) probabilities (the model uses emotion), "
+                             "got None")
         out["emo"] = seg.emotion.astype(np.float32)
     else:
         out["emo"] = np.zeros((T, N_EMOTIONS), np.float32)
     word, since = np.zeros(T, np.int64), np.full(T, cfg.since_max, np.int64)
     if cfg.use_words:
         for w in sorted(seg.history_words + seg.words, key=lambda w: w.end):
-            e = max(_end_frame(w.end, seg.fps), -10 ** 6)
+            e = max(word_frame(w.end, seg.fps), -10 ** 6)
             a = max(e, 0)
             word[a:] = word_id(w.text, cfg.word_buckets)
             since[a:] = np.minimum(np.arange(a, T) - e, cfg.since_max)
@@ -425,7 +373,8 @@ class DiffusionMLP(nn.Module):
         self.cond = nn.Sequential(nn.Linear(d_z, c.diff_cond), nn.Linear(c.diff_cond, w))   # projected to 56 first
         self.time, self.inp = TimestepEmbedder(w), nn.Linear(D_MOTION, w)
         self.mods = nn.ModuleList(AdaLN(w, 3) for _ in range(c.diff_blocks))
-        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) for _ in range(c.diff_blocks))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+                                  for _ in range(c.diff_blocks))
         self.final_mod, self.final = AdaLN(w, 2), _zero(nn.Linear(w, D_MOTION))
 
     def forward(self, x, s, cond):
@@ -444,7 +393,7 @@ class DiffusionMLP(nn.Module):
         """:func:`euler_sample` of this net, with what does not change between steps computed once:
         the condition projection of ``cond (M, d_z)``, and each step's time embedding for one row
         (every row has the same s). -> x (M, 56)."""
-        _check_steps(steps)
+        check_steps(steps)
         cz, x = self.cond(cond), noise
         for k in range(steps, 0, -1):
             s = torch.full((1,), k / steps, device=x.device, dtype=x.dtype)
@@ -459,7 +408,7 @@ def flow_loss(net, x0: torch.Tensor, cond: torch.Tensor, s: torch.Tensor, eps: t
     return ((net(xs, s, cond) - (eps - x0)) ** 2).mean()
 
 
-def _check_steps(steps) -> None:
+def check_steps(steps) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
 
@@ -467,7 +416,7 @@ def _check_steps(steps) -> None:
 def euler_sample(net, cond: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
     """Integrate dx/ds = v from s = 1 (x = noise (M, 56)) to s = 0 in ``steps`` uniform Euler steps
     (any ``net(x, s, cond)``; :meth:`DiffusionMLP.sample` is the same loop, faster)."""
-    _check_steps(steps)
+    check_steps(steps)
     x = noise
     for k in range(steps, 0, -1):
         s = torch.full((x.shape[0],), k / steps, device=x.device, dtype=x.dtype)
@@ -536,8 +485,7 @@ class ARIG(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, map_location="cpu") -> "ARIG":
-        return load_model(directory, cls, ARIGConfig, FORMAT, old={"model_type": MODEL_TYPE},
-                          map_location=map_location)
+        return load_model(directory, cls, ARIGConfig, FORMAT, map_location=map_location)
 
     # ------------------------------------------------------------------ embeddings
     def _audio(self, sa, emo, word, since):
@@ -711,11 +659,10 @@ class ARIG(nn.Module):
         frame = lambda t: {k: (v if k == "beta" else v[:, t]) for k, v in batch.items() if k in _STEP_KEYS}
         st = self.init_state(frame(0), ref)
         out = []
+        dev = batch["spk"].device
         for t in range(T):
-            z, _ = self.step(st, frame(t))
-            noise = torch.cat([torch.randn((1, D_MOTION), generator=g, device=z.device) for g in gens]) * temperature
-            x = self.sample(z, noise, steps)
-            self.commit(st, self._norm_lis(batch["lis"][:, t]) if teacher_forcing else x)
+            noise = torch.cat([torch.randn((1, D_MOTION), generator=g, device=dev) for g in gens]) * temperature
+            x = decode_frame(self, st, frame(t), noise, steps, batch["lis"][:, t] if teacher_forcing else None)
             out.append(x * self.lis_std + self.lis_mean)
         return torch.stack(out, 1)
 
@@ -723,14 +670,14 @@ class ARIG(nn.Module):
 _STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
 
 
-def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """One frame for B streams, as every streaming path runs it: :meth:`ARIG.step` (the caches in
-    ``st`` advance), :meth:`ARIG.sample` with ``noise (B, 56)`` and ``steps`` Euler steps,
-    :meth:`ARIG.commit` -> the normalised listener frame ``(B, 56)``. :func:`compiled_decode_frame`
-    is this function under ``torch.compile``."""
+def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None,
+                 teacher: torch.Tensor | None = None) -> torch.Tensor:
+    """The one frame rule, for B streams: :meth:`ARIG.step` (caches advance), :meth:`ARIG.sample`
+    with ``noise (B, 56)``, :meth:`ARIG.commit` of the sample (or of raw ``teacher`` frames) ->
+    the normalised listener frame ``(B, 56)``."""
     z, _ = model.step(st, inp)
     x = model.sample(z, noise, steps)
-    model.commit(st, x)
+    model.commit(st, x if teacher is None else model._norm_lis(teacher))
     return x
 
 
@@ -782,370 +729,3 @@ def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, s
             for i, mi in zip(part, m):
                 out[i] = mi
     return out
-
-
-# ----------------------------------------------------------------------------- streaming
-class StreamingARIG:
-    """Listener frames from a live speaker stream, one per speaker frame (latency: the frame).
-
-        sa = StreamingARIG(model, beta, seed=0)
-        for chunk in speaker:                     # any number of frames per push
-            motion = sa.push(motion=spk_frames, words=new_words, sa_tokens=new_sa, emotion=new_emo)
-            render(motion)                        # (n, 56): one listener frame per new speaker frame
-        sa.flush()                                # nothing is held back: returns (0, 56)
-
-    Implements :class:`~minilisten.streaming.ListenerStream`, as
-    :class:`~minilisten.streaming.StreamingListener` does (``push``, ``flush``, ``reset``,
-    ``set_beta``, ``fps``); here the speaker's ``motion (n, 56)`` is required: it advances the clock.
-    Listener frame t is returned by the push that completes speaker frame t: its motion, its
-    emotion row and SA tokens through the end of frame t (``ceil((t + 1) * sa_rate / fps)``
-    tokens). ``words``: ``Word(text, start, end)`` in time order, each pushed no later than the
-    push whose frames reach its end (a word ending in a frame already returned raises). History:
-    fixed caches (``window`` positions) -> constant memory. Bad input raises ``ValueError``
-    naming the field and leaves the stream unchanged. Equal to :func:`arig_generate` with the
-    same seed, reference and steps. ``compile=True``: each frame runs :func:`compiled_decode_frame`
-    (torch.compile; the first frame compiles, 20-60 s on CPU; same frames to float rounding).
-    """
-
-    def __init__(self, model: ARIG, beta=None, *, seed: int = 0, steps: int | None = None,
-                 reference=None, temperature: float = 1.0, history_words=(), compile: bool = False):
-        self.model, self.cfg, self.fps = model.eval(), model.config, float(model.config.fps)
-        self.seed, self.steps, self.temperature = seed, steps, float(temperature)
-        if steps is not None:
-            _check_steps(steps)
-        self._decode = compiled_decode_frame(model.lis_mean.device.type) if compile else decode_frame
-        self.history_words = [Segment._check_word("history_words", i, w, 0.0) for i, w in enumerate(history_words)]
-        self.dev = model.lis_mean.device
-        self.set_beta(beta)
-        self.set_reference(reference)
-        self.reset()
-
-    def set_beta(self, beta) -> None:
-        """Listener identity ``(100,)`` (required when the model uses beta); applies from the next reset
-        or, for a running stream, from the next frame."""
-        if beta is None:
-            if self.cfg.use_beta:
-                raise ValueError(f"beta: this model uses the listener's shape beta, expected shape ({N_SHAPE},), got None")
-            b = np.zeros(N_SHAPE, np.float32)
-        else:
-            b = np.array(beta.detach().cpu() if torch.is_tensor(beta) else beta, dtype=np.float32)
-            if b.shape != (N_SHAPE,) or not np.isfinite(b).all():
-                raise ValueError(f"beta: expected finite values of shape ({N_SHAPE},), got shape {b.shape}")
-        self.beta = torch.as_tensor(b, device=self.dev)[None]
-        if getattr(self, "st", None) is not None:
-            self.st["beta"] = self.model._beta(self.beta)
-
-    def set_reference(self, reference) -> None:
-        """Reference listener motion ``(56,)`` raw (default: the model's mean), used at reset."""
-        r = self.model.lis_mean.cpu().numpy() if reference is None else np.asarray(reference, np.float32)
-        if r.shape != (D_MOTION,) or not np.isfinite(r).all():
-            raise ValueError(f"reference: expected finite values of shape ({D_MOTION},), got shape {r.shape}")
-        self.ref = torch.as_tensor(r, device=self.dev)[None]
-
-    def reset(self, history_words=None) -> None:
-        """A new stream: clock 0, fresh caches (filled from the next push's first frame), generator reseeded."""
-        if history_words is not None:
-            self.history_words = [Segment._check_word("history_words", i, w, 0.0) for i, w in enumerate(history_words)]
-        self.frames, self.st = 0, None
-        self.words: list[Word] = list(self.history_words)   # only the last one matters for the inputs
-        self.sa = np.zeros(0, np.int64)                      # tokens not yet consumed, from index sa_base
-        self.sa_base, self.sa_last = 0, -1
-        self.emo = np.zeros((0, N_EMOTIONS), np.float32)
-        self.gen = torch.Generator(device=self.dev).manual_seed(self.seed)
-        self._pending: list[np.ndarray] = []             # speaker frames waiting for their SA tokens
-
-    def state_sizes(self) -> dict:
-        kv = 0 if self.st is None else sum(v["k"].numel() + v["v"].numel() for v in self.st["kv"].values())
-        return {"words": len(self.words), "sa_buffer": int(self.sa.size), "emotion_buffer": len(self.emo),
-                "kv_floats": kv}
-
-    def flush(self) -> np.ndarray:
-        """End of the input: the frames still waiting for SA tokens, made with the tokens there are
-        (as :func:`frame_inputs` does for a short token array); usually ``(0, 56)``."""
-        out = [self._frame(self._pending.pop(0)) for _ in range(len(self._pending))]
-        return np.stack(out) if out else np.zeros((0, D_MOTION), np.float32)
-
-    def push(self, motion=None, words=(), sa_tokens=None, emotion=None) -> np.ndarray:
-        """Feed speaker frames ``motion (n, 56)`` with the words that ended by their end, the SA
-        tokens and ``emotion (n, 8)`` rows -> listener frames ``(k, 56)`` float32 (k = frames whose
-        inputs are complete; SA tokens may lag, then their frames come with a later push)."""
-        self._accept(self._check(motion, words, sa_tokens, emotion))
-        out = []
-        while self._pending and self._ready():
-            out.append(self._frame(self._pending.pop(0)))
-        return np.stack(out) if out else np.zeros((0, D_MOTION), np.float32)
-
-    def _check(self, motion=None, words=(), sa_tokens=None, emotion=None) -> tuple:
-        """Validate one push against the stream's state (no state changes): ``(motion, words, sa, emotion)``."""
-        c = self.cfg
-        # a copy: the buffered frames stay ours (and writable)
-        m = np.zeros((0, D_MOTION), np.float32) if motion is None else np.array(motion, np.float32)
-        if m.ndim != 2 or m.shape[1] != D_MOTION or not np.isfinite(m).all():
-            raise ValueError(f"motion: expected finite speaker frames of shape (n, {D_MOTION}), got shape {m.shape}")
-        clock = self.frames + len(self._pending) + len(m)
-        ws = []
-        last = self.words[-1].end if self.words else -math.inf
-        for i, w in enumerate(words):
-            w = Segment._check_word("words", i, w, clock / c.fps)
-            if w.end < last - 1e-6:
-                raise ValueError(f"words[{i}] ({w.text!r}): expected end >= {last:.3f} s (the previous word's), got {w.end:.3f}")
-            if _end_frame(w.end, c.fps) < self.frames:
-                raise ValueError(f"words[{i}] ({w.text!r}): expected a word ending in frame >= {self.frames} (frames "
-                                 f"already returned), got end={w.end:.3f} s (frame {_end_frame(w.end, c.fps)})")
-            ws.append(w)
-            last = w.end
-        e = np.zeros((0, N_EMOTIONS), np.float32)
-        if c.use_emotion and emotion is None and len(m):
-            raise ValueError(f"emotion: expected ({len(m)}, {N_EMOTIONS}) probabilities with the frames, got None")
-        if emotion is not None:   # checked even when the model does not use it (ListenerStream)
-            e = np.asarray(emotion, np.float32)
-            if e.shape != (len(m), N_EMOTIONS) or not np.isfinite(e).all():
-                raise ValueError(f"emotion: expected shape ({len(m)}, {N_EMOTIONS}) (one row per frame), got {e.shape}")
-        sa = np.zeros(0, np.int64)
-        if sa_tokens is not None:
-            sa = np.asarray(sa_tokens)
-            n_sa = c.n_sa or None   # a model without SA: the ids are checked for shape and type only
-            if sa.ndim != 1 or (sa.size and (not np.issubdtype(sa.dtype, np.integer) or sa.min() < 0
-                                             or (n_sa and sa.max() >= n_sa))):
-                raise ValueError(f"sa_tokens: expected a 1-d int array of ids in [0, {n_sa or 'inf'}), got shape "
-                                 f"{sa.shape}, dtype {sa.dtype}" + (f", range [{sa.min()}, {sa.max()}]" if sa.size else ""))
-            if not c.n_sa:
-                sa = np.zeros(0, np.int64)
-        if not c.use_emotion:
-            e = np.zeros((0, N_EMOTIONS), np.float32)
-        return m, ws, sa.astype(np.int64), e
-
-    def _accept(self, checked: tuple) -> None:
-        """Append a push checked by :meth:`_check` to the stream's buffers (no model call)."""
-        m, ws, sa, e = checked
-        self.words += ws
-        self._pending += list(m)
-        self.emo = np.concatenate([self.emo, e]) if self.cfg.use_emotion else self.emo
-        self.sa = np.concatenate([self.sa, sa])
-
-    def _snapshot(self) -> dict:
-        """The stream's mutable state (buffers, caches, generator), for :meth:`_restore`. The model
-        replaces cache tensors (never writes them in place), so copying the dicts is enough."""
-        st = None if self.st is None else {**self.st, "kv": {k: dict(v) for k, v in self.st["kv"].items()}}
-        return {"frames": self.frames, "st": st, "words": list(self.words), "sa": self.sa, "sa_base": self.sa_base,
-                "sa_last": self.sa_last, "emo": self.emo, "_pending": list(self._pending), "gen": self.gen.get_state()}
-
-    def _restore(self, snap: dict) -> None:
-        for k, v in snap.items():
-            if k == "gen":
-                self.gen.set_state(v)
-            else:
-                setattr(self, k, v)
-
-    def _ready(self) -> bool:
-        if not self.cfg.n_sa:
-            return True
-        need = int(np.ceil((self.frames + 1) * self.cfg.sa_rate / self.cfg.fps - 1e-9))
-        return self.sa_base + self.sa.size >= need
-
-    def _frame(self, spk: np.ndarray) -> np.ndarray:
-        inp = self._input(spk)
-        with torch.no_grad():
-            if self.st is None:
-                self.st = self.model.init_state(inp, self.ref)
-            noise = torch.randn((1, D_MOTION), generator=self.gen, device=self.dev) * self.temperature
-            x = self._decode(self.model, self.st, inp, noise, self.steps or self.cfg.sample_steps)
-            out = (x * self.model.lis_std + self.model.lis_mean)[0].float().cpu().numpy()
-        self.frames += 1
-        return out
-
-    def _input(self, spk: np.ndarray) -> dict:
-        """The model inputs of the next frame (batch of 1), consuming the buffered SA / words / emotion."""
-        c, t = self.cfg, self.frames
-        K = c.sa_slots
-        slots = np.full(K, -1, np.int64)
-        if c.n_sa:
-            b0, b1 = (int(np.ceil(x * c.sa_rate / c.fps - 1e-9)) for x in (t, t + 1))
-            tok = self.sa[b0 - self.sa_base:b1 - self.sa_base]
-            if tok.size:
-                slots[:tok.size] = tok[:K]
-                self.sa_last = int(tok[-1])
-            elif self.sa_last >= 0:
-                slots[0] = self.sa_last
-            self.sa, self.sa_base = self.sa[b1 - self.sa_base:], b1
-        word, since = 0, c.since_max
-        if c.use_words:
-            known = [w for w in self.words if _end_frame(w.end, c.fps) <= t]
-            if known:
-                w = known[-1]
-                word, since = word_id(w.text, c.word_buckets), min(t - _end_frame(w.end, c.fps), c.since_max)
-                self.words = self.words[len(known) - 1:]
-        emo = np.zeros(N_EMOTIONS, np.float32)
-        if c.use_emotion:
-            emo, self.emo = self.emo[0], self.emo[1:]
-        T = lambda x, dt=None: torch.as_tensor(np.asarray(x)[None], dtype=dt, device=self.dev)
-        return {"spk": T(spk, torch.float32), "sa": T(slots), "emo": T(emo, torch.float32),
-                "word": T(word), "since": T(since), "beta": self.beta}
-
-
-# ----------------------------------------------------------------------------- many streams, batched steps
-def stack_states(states: list[dict]) -> dict:
-    """Step states of streams (each from :meth:`ARIG.init_state`, batch ``B_i``) -> one state of
-    batch ``sum B_i`` (rows in order). Every cache must be full (``valid`` equal), as after init_state."""
-    kv = {}
-    for name in states[0]["kv"]:
-        valid = {s["kv"][name]["valid"] for s in states}
-        if len(valid) != 1:
-            raise ValueError(f"states: expected caches of equal fill, got valid={sorted(valid)} for {name!r}")
-        kv[name] = {"k": torch.cat([s["kv"][name]["k"] for s in states]),
-                    "v": torch.cat([s["kv"][name]["v"] for s in states]), "valid": valid.pop()}
-    return {"kv": kv, **{k: torch.cat([s[k] for s in states]) for k in ("beta", "m_hist", "a_hist")}}
-
-
-def split_state(st: dict, sizes: list[int]) -> list[dict]:
-    """Inverse of :func:`stack_states`: one state of batch ``sum(sizes)`` -> states of those batches."""
-    cuts = np.cumsum([0, *sizes]).tolist()
-    return [{"kv": {n: {"k": c["k"][a:b], "v": c["v"][a:b], "valid": c["valid"]} for n, c in st["kv"].items()},
-             **{k: st[k][a:b] for k in ("beta", "m_hist", "a_hist")}} for a, b in zip(cuts[:-1], cuts[1:])]
-
-
-class MultiStreamARIG:
-    """``n_streams`` independent :class:`StreamingARIG` streams whose frames share batched model
-    calls: :meth:`push_many` runs, per frame tick, one :meth:`ARIG.step` (and one sampler call)
-    over every stream with a frame whose inputs are complete.
-
-        ms = MultiStreamARIG(model, beta, n_streams=8, seed=0)
-        out = ms.push_many({0: dict(motion=m0, words=w0, sa_tokens=s0, emotion=e0), 3: dict(motion=m3, ...)})
-        # out[b]: listener frames (k_b, 56) of stream b, as StreamingARIG.push returns them
-
-    Stream b is a ``StreamingARIG`` (``ms.streams[b]``): the same inputs give the same frames as a
-    solo ``StreamingARIG`` with the same seed, bit for bit when the stream is stepped alone and to
-    float rounding (~1e-6) when it shares a batch (batched matmuls may round differently).
-    Per-stream noise comes from the stream's own generator, so a stream's frames do not depend on
-    which streams share its batch beyond that rounding. ``push_many`` is transactional: when any
-    chunk is bad, ``ValueError`` (``"FIELD (stream b): expected X, got Y"``) and no stream changes.
-    Methods take the stream index like :class:`~minilisten.streaming.StreamingListener`:
-    ``reset(stream, history_words, seed)``, ``set_beta(beta, stream)``, ``flush(stream)``.
-    ``max_skew`` (s, None = unbounded): SA tokens may run at most that far ahead of the speaker
-    motion or lag behind it (frames waiting for their tokens), so a stream's buffers stay bounded.
-    """
-
-    def __init__(self, model: ARIG, beta=None, *, n_streams: int = 1, seed: int = 0, steps: int | None = None,
-                 reference=None, temperature: float = 1.0, max_skew: float | None = 2.0):
-        if isinstance(n_streams, bool) or not isinstance(n_streams, int) or n_streams < 1:
-            raise ValueError(f"n_streams: expected an int >= 1, got {n_streams!r}")
-        if max_skew is not None and not (isinstance(max_skew, (int, float)) and not isinstance(max_skew, bool)
-                                         and math.isfinite(max_skew) and max_skew > 0):
-            raise ValueError(f"max_skew: expected a positive number of seconds or None, got {max_skew!r}")
-        self.max_skew = max_skew
-        self.model, self.cfg, self.n_streams, self.fps = model.eval(), model.config, n_streams, float(model.config.fps)
-        self.steps = steps
-        self.streams = [StreamingARIG(model, beta, seed=seed, steps=steps, reference=reference, temperature=temperature)
-                        for _ in range(n_streams)]
-        self.stats = {"ticks": 0, "frames": 0, "max_batch": 0}
-
-    def _check_stream(self, b) -> int:
-        if not (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 0 <= b < self.n_streams):
-            raise ValueError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
-                             f"got {b!r}")
-        return int(b)
-
-    def reset(self, stream: int, history_words=None, seed: int | None = None) -> None:
-        """A new stream in slot ``stream`` (see :meth:`StreamingARIG.reset`); ``seed``: its new seed (else kept)."""
-        s = self.streams[self._check_stream(stream)]
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-        if history_words is not None:   # checked before anything changes
-            history_words = [Segment._check_word("history_words", i, w, 0.0) for i, w in enumerate(history_words)]
-        if seed is not None:
-            s.seed = int(seed)
-        s.reset(history_words)
-
-    def set_beta(self, beta, stream: int) -> None:
-        self.streams[self._check_stream(stream)].set_beta(beta)
-
-    def flush(self, stream: int) -> np.ndarray:
-        """End of ``stream``'s input (:meth:`StreamingARIG.flush`): its frames still waiting for SA tokens."""
-        s = self.streams[self._check_stream(stream)]
-        return self._run({self._check_stream(stream): len(s._pending)})[stream]
-
-    def push_many(self, chunks: dict) -> dict:
-        """``{stream: dict(motion=, words=, sa_tokens=, emotion=)}`` -> ``{stream: frames (k, 56)}``."""
-        if not isinstance(chunks, dict) or not chunks:
-            raise ValueError(f"chunks: expected a non-empty dict {{stream: chunk}}, got {chunks!r}")
-        checked = {}
-        for b, c in chunks.items():
-            b = self._check_stream(b)
-            if not isinstance(c, dict):
-                raise ValueError(f"chunks[{b}]: expected a dict of push arguments, got {type(c).__name__}")
-            try:
-                checked[b] = self.streams[b]._check(**c)
-                self._check_skew(self.streams[b], checked[b])
-            except TypeError as e:   # an unknown keyword
-                raise ValueError(f"chunks[{b}]: expected the push arguments motion, words, sa_tokens, emotion, "
-                                 f"got {sorted(c)}") from e
-            except ValueError as e:
-                head, sep, rest = str(e).partition(":")
-                raise ValueError(f"{head} (stream {b}){sep}{rest}" if sep else f"{e} (stream {b})") from e
-        for b, c in checked.items():
-            self.streams[b]._accept(c)
-        return self._run({b: None for b in checked})
-
-    MAX_WORDS = 256   # words buffered per stream (waiting for their frames): a bound on memory
-
-    def _check_skew(self, s: StreamingARIG, checked: tuple) -> None:
-        c = self.cfg
-        m, ws, sa, _ = checked
-        if len(s.words) + len(ws) > self.MAX_WORDS:
-            raise ValueError(f"words: expected at most {self.MAX_WORDS} words waiting for their frames, got "
-                             f"{len(s.words) + len(ws)}")
-        if self.max_skew is None or not c.n_sa:
-            return
-        frames = s.frames + len(s._pending) + len(m)                  # speaker frames received
-        need = int(np.ceil(frames * c.sa_rate / c.fps - 1e-9))        # SA tokens those frames need
-        have = s.sa_base + s.sa.size + sa.size
-        lag, ahead = need - have, have - need
-        if lag / c.sa_rate > self.max_skew + 1e-9:
-            raise ValueError(f"sa_tokens: expected SA tokens at most max_skew={self.max_skew:g} s behind the speaker "
-                             f"motion, got {lag} tokens ({lag / c.sa_rate:.2f} s) missing")
-        if ahead / c.sa_rate > self.max_skew + 1e-9:
-            raise ValueError(f"sa_tokens: expected SA tokens at most max_skew={self.max_skew:g} s ahead of the speaker "
-                             f"motion, got {ahead} tokens ({ahead / c.sa_rate:.2f} s) ahead")
-
-    def _run(self, want: dict) -> dict:
-        """Step the streams of ``want`` ({stream: frames to force (flush) or None: the ready ones}) in
-        ticks of one batched step; on an internal error every stream is restored and it re-raises."""
-        snap = {b: self.streams[b]._snapshot() for b in want}
-        out = {b: [] for b in want}
-        try:
-            with torch.no_grad():
-                while True:
-                    ready = [b for b, n in want.items() if self.streams[b]._pending and
-                             (self.streams[b]._ready() if n is None else len(out[b]) < n)]
-                    if not ready:
-                        break
-                    for b, x in zip(ready, self._tick(ready)):
-                        out[b].append(x)
-        except BaseException:
-            for b, sn in snap.items():
-                self.streams[b]._restore(sn)
-            raise
-        return {b: np.stack(v) if v else np.zeros((0, D_MOTION), np.float32) for b, v in out.items()}
-
-    def _tick(self, ready: list[int]) -> np.ndarray:
-        """One frame of every stream in ``ready``: one ``ARIG.step`` and one sampler call -> (len(ready), 56) raw."""
-        m, ss = self.model, [self.streams[b] for b in ready]
-        inps = [s._input(s._pending.pop(0)) for s in ss]
-        for s, inp in zip(ss, inps):
-            if s.st is None:
-                s.st = m.init_state(inp, s.ref)
-        if len(ss) == 1:   # alone: exactly StreamingARIG's computation
-            st, inp = ss[0].st, inps[0]
-        else:
-            st, inp = stack_states([s.st for s in ss]), {k: torch.cat([i[k] for i in inps]) for k in inps[0]}
-        noise = torch.cat([torch.randn((1, D_MOTION), generator=s.gen, device=s.dev) * s.temperature for s in ss])
-        x = decode_frame(m, st, inp, noise, self.steps or self.cfg.sample_steps)   # eager: the batch varies per tick
-        if len(ss) > 1:
-            for s, part in zip(ss, split_state(st, [1] * len(ss))):
-                s.st = part
-        for s in ss:
-            s.frames += 1
-        self.stats["ticks"] += 1
-        self.stats["frames"] += len(ss)
-        self.stats["max_batch"] = max(self.stats["max_batch"], len(ss))
-        return (x * m.lis_std + m.lis_mean).float().cpu().numpy()

@@ -1,44 +1,16 @@
-"""Fast greedy decoding of LR tokens (gpt-fast style): static KV cache, compact forward, torch.compile.
+"""Greedy LR-token decoding (gpt-fast style) and codes -> motion.
 
-The interleaved sequence of a window is ``history + steps[0] + [lr(c_0)] + steps[1] + [lr(c_1)] + ...``
-where ``steps[i]`` are the speaker tokens (W, SA, emo) of LR step i, and ``c_i`` is the argmax of
-the LM's LR head at the position just before ``lr(c_i)``. Decoding therefore costs one forward per
-LR token (8 motion frames): a prefill of ``history + steps[0]`` gives ``c_0``, then each step feeds
-``[lr(c_{i-1})] + steps[i]`` at once and reads the last position.
-
-Two decoders with the same interface (``advance``, ``codes``, ``generate``, ``generate_segments``):
-
-- :class:`Generator`, the fast path for GPT-2 and LLaMA-family backbones (LoRA merged):
-  :class:`FastTransformer` is a compact inference-only copy of the backbone + LR head in our own
-  ~200 lines (fused QKV, fused gate/up, SDPA, GQA without copying K/V; no 50k-word head; the last
-  layer runs attention and MLP for the one position the LR head reads), with KV cache buffers
-  ``(B, n_kv, max_len + 1, D)`` allocated once and written by index. One function,
-  :meth:`FastTransformer.forward`, runs prefill chunks and decode steps alike and is what
-  ``torch.compile`` compiles (CUDA: ``mode="reduce-overhead"``, i.e. CUDA graphs; CPU: inductor's C++).
-- :class:`HFDecoder`, the generic path for any HF causal LM: the HF model itself with its
-  ``DynamicCache`` or ``StaticCache``, eager, streams decoded in lock step.
-- :func:`generate_nocache`: LM-listener's way (whole context recomputed per LR token): the one
-  reference decoder, the baseline the others are tested against.
-
-Variable numbers of speaker tokens per step (the scheme): every forward takes a right-padded token
-block ``(B, S)`` holding the longest row (on CUDA padded up to one of a few bucket sizes, 8, 16,
-24, 32, 48, 64; prefills are fed in chunks of at most 64). Each stream (row) keeps its own position
-counter ``pos`` on the device; row b's valid tokens are written to cache slots ``pos[b] .. pos[b] +
-n_b - 1`` and its padding to a trash slot ``max_len`` that no valid query can see (keys are masked
-by ``key <= query position``); ``pos += n`` in the graph. Queries attend to the key window
-``[0, K)``, K the smallest multiple of ``kv_block`` covering every stream. S and K are dynamic sizes
-of the compiled graph: one compilation serves every step length, and on CUDA one CUDA graph is
-recorded per (bucket, K) pair, a bounded number. Streams at different positions (or one
-re-prefilling while the others step) share a forward. The previous LR token is substituted on the
-device (``lr(codes)``), so the loop never reads a value back to the host: :meth:`Generator.generate`
-syncs once at the end (and once per context jump of the LM's sliding-window policy,
-``ListenerLM.context_plan``, to rebuild the context).
-
-Memory is fixed at construction: ``2 * n_layer * B * n_kv * (max_len + 1) * D`` cache elements.
+- :class:`Generator`: the fast path for GPT-2 / LLaMA backbones: :class:`FastTransformer`, a compact
+  copy of the backbone + LR head with static KV caches ``(B, n_kv, max_len + 1, D)``, one forward
+  (:meth:`FastTransformer.forward`) for prefills and steps alike, optionally under torch.compile.
+- :class:`HFDecoder`: any HF causal LM with its own Dynamic/StaticCache, streams in lock step.
+- :func:`generate_nocache`: the reference (LM-listener's way: whole context per LR token).
+Design (padding, trash slot, key window, host syncs): docs/streaming.md.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -203,6 +175,7 @@ class FastTransformer(nn.Module):
         self.norm_f = _norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.n_lr)
         self.max_batch = self.max_seq = 0
+        self.rope = None   # LLaMA: n -> (cos, sin) (n, D) fp32 tables from HF's own rotary module
         for name in ("pos", "codes", "logits", "rope_cos", "rope_sin"):
             self.register_buffer(name, None, persistent=False)
 
@@ -271,7 +244,7 @@ class FastTransformer(nn.Module):
                 if cfg.mlp_bias:
                     blk.mlp.fc.bias.copy_(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]))
                     blk.mlp.proj.bias.copy_(mlp.down_proj.bias)
-            m.__dict__["_rotary"] = base.rotary_emb   # HF's rotary module (any rope type it supports), not a submodule
+            m.rope = partial(_hf_rope, base.rotary_emb)   # a plain callable: .to(dtype) leaves HF's fp32 module alone
         m.requires_grad_(False)
         return m.to(device=device, dtype=dtype).eval()
 
@@ -289,10 +262,7 @@ class FastTransformer(nn.Module):
         self.codes = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.logits = torch.zeros(max_batch, c.n_lr, dtype=torch.float32, device=p.device)
         if c.arch == "llama":   # tables from HF's own module, on its device, in fp32, then cast like HF
-            dev = next(self._rotary.buffers()).device
-            ids = torch.arange(max_seq, device=dev)[None]
-            cos, sin = self._rotary(torch.zeros(1, dtype=torch.float32, device=dev), ids)
-            self.rope_cos, self.rope_sin = (t[0].to(p.device, p.dtype) for t in (cos, sin))   # (L, D)
+            self.rope_cos, self.rope_sin = (t.to(p.device, p.dtype) for t in self.rope(max_seq))   # (L, D)
         for t in self.state_tensors():
             torch._dynamo.mark_static_address(t)
 
@@ -339,6 +309,13 @@ class FastTransformer(nn.Module):
         self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), self.codes[:B]))
         self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
         self.pos[:B].add_(n_valid)
+
+
+def _hf_rope(rotary: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin ``(n, D)`` of positions ``0..n-1`` from HF's rotary module (any rope type), in fp32 on its device."""
+    dev = next(rotary.buffers()).device
+    cos, sin = rotary(torch.zeros(1, dtype=torch.float32, device=dev), torch.arange(n, device=dev)[None])
+    return cos[0], sin[0]
 
 
 # ----------------------------------------------------------------------------------- decoders
@@ -684,3 +661,33 @@ def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Te
     finally:
         lm.train(was)
     return torch.tensor(codes, dtype=torch.long, device=device)
+
+
+# ----------------------------------------------------------------------------------- codes -> motion
+def decode_codes(vq, codes: list[np.ndarray], clips, batch: int = 64) -> list[np.ndarray]:
+    """LR codes ``(L,)`` per clip -> raw motion ``(T, 56)`` with the clip's listener beta."""
+    out: list = [None] * len(clips)
+    order = sorted(range(len(clips)), key=lambda i: len(codes[i]))
+    dev = vq.codebook.device
+    with torch.no_grad():
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            groups: dict[int, list[int]] = {}
+            for i in idx:
+                groups.setdefault(len(codes[i]), []).append(i)
+            for L, ids in groups.items():
+                c = torch.as_tensor(np.stack([codes[i] for i in ids]), dtype=torch.long, device=dev)
+                beta = None
+                if vq.needs_beta:
+                    beta = torch.as_tensor(np.stack([clips[i].listener_beta for i in ids]), device=dev)
+                m = vq.decode(c, beta).float().cpu().numpy()
+                for i, mi in zip(ids, m):
+                    out[i] = mi[:clips[i].T]
+    return out
+
+
+def generate_motion(lm, vq, clips, batch: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Greedy LR codes for each clip (fast static-cache decoder) and their decoded motion."""
+    gen = Generator(lm, batch=min(batch, len(clips)))
+    codes = gen.generate_segments(clips)
+    return codes, decode_codes(vq, codes, clips)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import collections
 import contextlib
 import dataclasses
@@ -25,6 +23,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import torch
 
 try:
     from websockets.exceptions import ConnectionClosed
@@ -34,13 +33,12 @@ except ImportError:   # the optional extra is missing: ListenerServer.run / main
 
 from .data.segment import D_MOTION, EMOTIONS, N_EXP, N_SHAPE
 from .errors import UserError
-from .streaming import StreamingListener
+from .streaming import ProtocolError, StreamingARIG, StreamingListener, parse_push, parse_words
+from .tokens import SA_RATE
 
 #: 2 = 1 + hello ``kind`` / ``min_client_protocol`` / ``input.required`` and the ARIG model kind
 PROTOCOL = 2
 CLIENT_TYPES = ("push", "set_beta", "reset", "flush", "end")
-PUSH_FIELDS = ("type", "id", "words", "sa_tokens", "emotion", "motion", "frames", "audio", "audio_pcm16", "sample_rate")
-ARIG_PUSH_FIELDS = ("type", "id", "words", "sa_tokens", "emotion", "motion")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 MAX_DEPTH = 32   # nesting of a client message's arrays and objects (a push needs 4)
 LOG = logging.getLogger(__name__)
@@ -78,27 +76,6 @@ def robot_angles(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- protocol errors
 # ----------------------------------------------------------------------------- protocol errors
-class ProtocolError(ValueError):
-    """A client message the server cannot use: ``field``, ``expected`` and ``actual`` value."""
-
-    def __init__(self, field: str, expected: str, actual):
-        self.field, self.expected, self.actual = field, expected, _short(actual)
-        super().__init__(f"{field}: expected {expected}, got {self.actual}")
-
-
-def _short(v, n: int = 120) -> str:
-    s = v if isinstance(v, str) else json.dumps(v) if _jsonable(v) else repr(v)
-    return s if len(s) <= n else s[:n] + f"... ({len(s)} chars)"
-
-
-def _jsonable(v) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
 _STREAM_REF = re.compile(r",\s*stream \d+|\s*\(stream \d+\)")
 
 
@@ -144,84 +121,6 @@ def load_message(raw) -> dict:
 
 def _not_json(name: str):
     raise ValueError(f"{name} is not JSON")
-
-
-def _num_array(name: str, v, ndim: int, dtype, width: int | None = None) -> np.ndarray:
-    """A JSON list -> numpy array of ``ndim`` dims (ragged / non-numeric -> ProtocolError)."""
-    want = "a list of numbers" if ndim == 1 else f"a list of rows of {width} numbers"
-    if not isinstance(v, list):
-        raise ProtocolError(name, want, type(v).__name__)
-    try:
-        a = np.asarray(v, dtype=dtype)
-    except (TypeError, ValueError, OverflowError):
-        raise ProtocolError(name, want, v) from None
-    if a.size == 0:
-        return a.reshape((0,) if ndim == 1 else (0, width))
-    if a.ndim != ndim or (width is not None and a.shape[1:] != (width,)):
-        raise ProtocolError(name, want, f"an array of shape {list(a.shape)}")
-    return a
-
-
-def parse_push(msg: dict, kind: str = "lr-token") -> dict:
-    """A ``push`` message -> ``StreamingListener.push`` keyword arguments (``kind="lr-token"``) or
-    ``StreamingARIG.push`` ones (``"arig"``: ``motion`` required, no ``frames`` / audio). ``motion``
-    is accepted by both kinds (for the LR-token model only its row count, the clock, counts), so one
-    client drives either. Types and shapes are checked here; times, orders and vocabularies by the
-    streaming listener."""
-    allowed = PUSH_FIELDS if kind == "lr-token" else ARIG_PUSH_FIELDS
-    unknown = sorted(set(msg) - set(allowed))
-    if unknown:
-        raise ProtocolError(unknown[0], f"one of the push fields of the {kind} model " + ", ".join(allowed[1:]),
-                            unknown[0])
-    kw = {}
-    if msg.get("motion") is not None:
-        kw["motion"] = _num_array("motion", msg["motion"], 2, np.float32, D_MOTION)
-    if msg.get("words") is not None:
-        w = msg["words"]
-        if not isinstance(w, list):
-            raise ProtocolError("words", "a list of [text, start, end] or {text, start, end}", type(w).__name__)
-        kw["words"] = w
-    if msg.get("sa_tokens") is not None:
-        sa = msg["sa_tokens"]
-        if not isinstance(sa, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in sa):
-            raise ProtocolError("sa_tokens", "a list of integer token ids", sa)
-        kw["sa_tokens"] = np.asarray(sa, np.int64).reshape(-1)
-    if msg.get("emotion") is not None:
-        kw["emotion"] = _num_array("emotion", msg["emotion"], 2, np.float64, len(EMOTIONS))
-    if msg.get("frames") is not None:
-        fr = msg["frames"]
-        if not (isinstance(fr, int) and not isinstance(fr, bool)):
-            raise ProtocolError("frames", "an integer number of speaker frames", fr)
-        kw["frames"] = fr
-    if msg.get("audio") is not None and msg.get("audio_pcm16") is not None:
-        raise ProtocolError("audio", "one of audio (floats) and audio_pcm16 (base64), not both", "both")
-    if msg.get("audio") is not None:
-        kw["audio"] = _num_array("audio", msg["audio"], 1, np.float32)
-    if msg.get("audio_pcm16") is not None:
-        b = msg["audio_pcm16"]
-        try:
-            raw = base64.b64decode(b, validate=True) if isinstance(b, str) else None
-        except (binascii.Error, ValueError):
-            raw = None
-        if raw is None or len(raw) % 2:
-            raise ProtocolError("audio_pcm16", "base64 of little-endian int16 mono samples (an even byte count)",
-                                b if raw is None else f"{len(raw)} bytes")
-        kw["audio"] = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    if "audio" in kw:
-        sr = msg.get("sample_rate")
-        if not (isinstance(sr, int) and not isinstance(sr, bool)):
-            raise ProtocolError("sample_rate", "the audio's sample rate in Hz (an integer, 16000)", sr)
-        kw["sample_rate"] = sr
-    return kw
-
-
-def _words(name: str, v) -> list:
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        raise ProtocolError(name, "a list of [text, start, end] or {text, start, end}", type(v).__name__)
-    return v
-
 
 
 # ----------------------------------------------------------------------------- the server
@@ -271,8 +170,9 @@ class ListenerServer:
         self.default_beta = None if beta is None else np.asarray(beta, np.float32)
         if self.default_beta is not None and self.default_beta.shape != (N_SHAPE,):
             raise UserError(f"beta: expected shape ({N_SHAPE},), got {self.default_beta.shape}")
+        rate = arig.config.fps if arig is not None else fps or lm.config.fps
+        self.max_push_frames = max(1, int(round(max_push_seconds * rate)))
         if arig is not None:
-            from .arig import MultiStreamARIG
             if fps is not None and abs(fps - arig.config.fps) > 1e-6:
                 raise UserError(f"fps: expected {arig.config.fps:g} (the ARIG model's), got {fps}")
             if sa_tokenizer is not None or lookahead is not None:
@@ -280,17 +180,14 @@ class ListenerServer:
                                 "lookahead), got " + ("sa_tokenizer" if sa_tokenizer is not None else "lookahead"))
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                 raise UserError(f"seed: expected an int >= 0, got {seed!r}")
-            if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int)
-                                             or sample_steps < 1):
-                raise UserError(f"sample_steps: expected an int >= 1 or None, got {sample_steps!r}")
-            self.seed, self.temperature = seed, float(temperature)
-            self.listener = MultiStreamARIG(arig, self.default_beta, n_streams=max_sessions, seed=seed,
-                                            steps=sample_steps, temperature=temperature, max_skew=max_skew)
+            self.listener = StreamingARIG(arig, self.default_beta, n_streams=max_sessions, seed=seed,
+                                          steps=sample_steps, temperature=temperature, max_skew=max_skew,
+                                          max_push_frames=self.max_push_frames)
         else:
             self.listener = StreamingListener(lm, vq, self.default_beta, n_streams=max_sessions, fps=fps,
-                                              lookahead=lookahead, sa_tokenizer=sa_tokenizer, max_len=max_len)
-        self.max_sessions, self.max_queue, self.max_message = max_sessions, max_queue, max_message
-        self.max_push_frames = max(1, int(round(max_push_seconds * self.listener.fps)))
+                                              lookahead=lookahead, sa_tokenizer=sa_tokenizer, max_len=max_len,
+                                              max_push_frames=self.max_push_frames)
+        self.max_sessions, self.max_queue, self.max_message, self.seed = max_sessions, max_queue, max_message, seed
         self.close_timeout, self.token, self.web, self.worker = float(close_timeout), token, bool(web), worker
         if token is not None and not (isinstance(token, str) and token):
             raise UserError(f"token: expected a non-empty string or None, got {token!r}")
@@ -319,7 +216,7 @@ class ListenerServer:
                    "sa_rate": c.sa_rate if c.n_sa else None, "sa_vocab": int(c.n_sa), "audio": False,
                    "sample_rate": None}
         else:
-            inp = {"modalities": list(sl.modalities), "sa_rate": sl.sa_rate, "sa_vocab": int(sl.lm.vocab.n_sa),
+            inp = {"modalities": list(sl.modalities), "sa_rate": SA_RATE, "sa_vocab": int(sl.lm.vocab.n_sa),
                    "audio": sl.sa_tokenizer is not None, "sample_rate": sl.sample_rate}
         msg = {"type": "hello", "protocol": PROTOCOL, "kind": self.kind, "min_client_protocol": 2 if arig else 1,
                "server": "minilisten " + _version(), "worker": self.worker, "fps": sl.fps,
@@ -334,8 +231,7 @@ class ListenerServer:
                "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
                           "max_queue": self.max_queue, "max_push_frames": self.max_push_frames}}
         if arig:
-            msg["sampling"] = {"seed": sl.streams[session.slot].seed, "temperature": self.temperature,
-                               "steps": int(sl.cfg.sample_steps if sl.steps is None else sl.steps)}
+            msg["sampling"] = {"seed": sl.streams[session.slot].seed, "steps": sl.steps, "temperature": sl.temperature}
         return msg
 
     # ------------------------------------------------------------------ connection handler
@@ -419,13 +315,7 @@ class ListenerServer:
         if op not in CLIENT_TYPES:
             raise ProtocolError("type", "one of " + ", ".join(CLIENT_TYPES), op)
         if op == "push":
-            kw = parse_push(msg, self.kind)
-            n = max(len(kw.get("motion", ())), len(kw.get("emotion", ())), kw.get("frames") or 0)
-            if n > self.max_push_frames:
-                fld = next(f for f in ("motion", "emotion", "frames") if f in kw)
-                raise ProtocolError(fld, f"at most max_push_frames={self.max_push_frames} speaker frames per push",
-                                    f"{n} frames")
-            return op, kw
+            return op, parse_push(msg, self.kind)
         allowed = {"set_beta": ("beta",), "reset": ("history_words", "seed") if self.kind == "arig"
                    else ("history_words",)}.get(op, ())
         extra = sorted(set(msg) - {"type", "id", *allowed})
@@ -433,22 +323,10 @@ class ListenerServer:
             raise ProtocolError(extra[0], f"only the fields type, id{''.join(', ' + a for a in allowed)} in {op}",
                                 extra[0])
         if op == "set_beta":
-            b = msg.get("beta")
-            if b is not None:
-                b = _num_array("beta", b, 1, np.float64)
-                ok = b.shape == (N_SHAPE,) and bool((np.abs(b) <= np.finfo(np.float32).max).all())
-                if not ok:
-                    raise ProtocolError("beta", f"{N_SHAPE} finite numbers in float32 range (FLAME shape) or null",
-                                        f"{b.size} numbers" if b.shape != (N_SHAPE,) else "NaN/inf")
-            return op, {"beta": b}
+            return op, {"beta": msg.get("beta")}   # checked by the stream's set_beta
         if op == "reset":
-            kw = {"history_words": _words("history_words", msg.get("history_words"))}
-            if msg.get("seed") is not None:
-                sd = msg["seed"]
-                if not (isinstance(sd, int) and not isinstance(sd, bool) and 0 <= sd < 2 ** 63):
-                    raise ProtocolError("seed", "an integer in [0, 2**63) (the session's noise seed)", sd)
-                kw["seed"] = sd
-            return op, kw
+            return op, {"history_words": parse_words("history_words", msg.get("history_words")), **(
+                {"seed": msg["seed"]} if msg.get("seed") is not None else {})}
         return "end", None
 
     # ------------------------------------------------------------------ batching loop
@@ -485,8 +363,9 @@ class ListenerServer:
             if any(not s.inbox.empty() for s in self.sessions.values()) or self._release:
                 self._wake.set()
 
+    @torch.no_grad()
     def _run_rounds(self, rounds: list, release: list) -> list:
-        """Decode thread: the rounds in order; returns [(session, reply)] in order."""
+        """Decode thread (no autograd): the rounds in order; returns [(session, reply)] in order."""
         out = []
         for k, work in enumerate(rounds or [{}]):
             res = self._run_tick(work, release if k == 0 else [])
@@ -496,9 +375,8 @@ class ListenerServer:
     def _run_tick(self, work: dict, release: list) -> dict:
         """Decode thread: everything that touches the listener. Returns {slot: [replies]}."""
         sl = self.listener
-        seed = {"seed": self.seed} if self.kind == "arig" else {}
         for slot in release:
-            sl.reset(slot, history_words=(), **seed)
+            sl.reset(slot, history_words=(), seed=self.seed)
         out, pushes = {}, {}
         for slot, (s, (op, kw, msg_id)) in work.items():
             try:
@@ -506,13 +384,13 @@ class ListenerServer:
                     pushes[slot] = (kw, msg_id)
                     continue
                 if op == "open":
-                    sl.reset(slot, history_words=(), **seed)
+                    sl.reset(slot, history_words=(), seed=self.seed)
                     sl.set_beta(self.default_beta, slot) if self.default_beta is not None else None
                     s.sent_frames = 0
                     out[slot] = [self.hello(s)]
                 elif op == "set_beta":
-                    s.beta = kw["beta"]
-                    sl.set_beta(self.default_beta if s.beta is None else s.beta, slot)
+                    sl.set_beta(self.default_beta if kw["beta"] is None else kw["beta"], slot)
+                    s.beta = None if kw["beta"] is None else np.asarray(kw["beta"], np.float32)
                     out[slot] = [{"type": "ok", "op": op, "id": msg_id}]
                 elif op == "reset":
                     sl.reset(slot, **kw)
@@ -531,18 +409,10 @@ class ListenerServer:
             self.stats["ticks"] += 1
             self.stats["pushes"] += len(pushes)
             self.stats["max_batch"] = max(self.stats["max_batch"], len(pushes))
-            chunks = {b: kw for b, (kw, _) in pushes.items()}
             try:
-                res = sl.push_many(chunks)
-            except (ValueError, OverflowError):   # transactional: nothing changed; each chunk alone
-                res = {}
-                for b, kw in chunks.items():
-                    try:
-                        res[b] = sl.push_many({b: kw})[b]
-                    except (ValueError, OverflowError) as e:
-                        res[b] = e
-            except Exception as e:   # a bug (push_many restored the streams): log it, answer, keep serving
-                res = {b: e for b in chunks}
+                res = sl.push_many({b: kw for b, (kw, _) in pushes.items()})
+            except Exception as e:   # a bug outside any one stream (each stream's own error is in its result)
+                res = {b: e for b in pushes}
             for b, r in res.items():
                 s, msg_id = work[b][0], pushes[b][1]
                 out[b] = [self._frames(s, r, msg_id) if isinstance(r, np.ndarray) else
@@ -628,7 +498,7 @@ class ListenerServer:
             fps, step, sa_rate, n_sa = float(sl.fps), max(1, int(round(sl.fps / 10))), float(c.sa_rate), int(c.n_sa)
             use_w, use_sa, use_e = bool(c.use_words), n_sa > 0, bool(c.use_emotion)
         else:
-            fps, step, sa_rate, n_sa = float(sl.fps), int(sl.r), float(sl.sa_rate), int(sl.lm.vocab.n_sa)
+            fps, step, sa_rate, n_sa = float(sl.fps), int(sl.r), float(SA_RATE), int(sl.lm.vocab.n_sa)
             use_w, use_sa, use_e = "W" in sl.modalities, "SA" in sl.modalities, "emo" in sl.modalities
         seg = speaker_segment(seconds, fps=fps, seed=seed, n_sa=max(n_sa, 1))
         wl = lambda ws: [[w.text, round(w.start, 4), round(w.end, 4)] for w in ws]   # noqa: E731

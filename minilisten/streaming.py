@@ -1,533 +1,657 @@
-"""Real-time listener motion: feed the speaker chunk by chunk, get listener frames as they are ready.
+"""Live listener motion: feed the speaker chunk by chunk, get listener frames (n, 56) as they are ready.
 
-    sl = StreamingListener(lm, vq, beta)                    # beta: the listener's shape (100,)
-    for chunk in speaker:                                   # e.g. every 100 ms
-        motion = sl.push(words=new_words, sa_tokens=new_sa, emotion=new_emotion_frames)
-        render(motion)                                      # (n, 56): expression[0:50] + pose[50:56]
-    render(sl.flush())                                      # end of the stream: the frames held back
+    sl = StreamingListener(lm, vq, beta)          # LR tokens + VQ decoding: frames in steps of r = 8
+    sl = StreamingARIG(model, beta, seed=0)       # ARIG-style: one frame per speaker frame
+    for chunk in speaker:
+        render(sl.push(motion=m, words=w, sa_tokens=s, emotion=e))
+    render(sl.flush())
 
-Speaker input, in time order (times in seconds since the stream started, frames at ``fps``):
-- ``motion (n, 56)``, ``emotion (n, 8)`` or ``frames=n``: the next n speaker frames, which advance
-  the stream's clock (any of them; given together they must agree on n). The LR-token model is
-  conditioned on words, SA and emotion only (Lai et al.), so of ``motion`` only its length counts;
-  it is accepted so that this class and ``arig.StreamingARIG`` (which needs the speaker's motion)
-  take the same pushes (:class:`ListenerStream`). ``emotion``: per-frame emotion probabilities,
-  required with the ``emo`` modality;
-- ``words``: ``Word(text, start, end)`` (or ``(text, start, end)``/dicts) that ended since the last
-  push (Whisper-style word timings); each must end after the previous word and by the clock;
-- ``sa_tokens``: the next acoustic tokens of the 50/s stream, or ``audio`` (mono float samples at
-  ``sample_rate`` = 16 kHz) tokenized by ``sa_tokenizer`` (e.g. ``speaker.AcousticTokenizer``, which
-  is causal: chunked audio gives exactly the tokens of the whole recording).
-
-LR step i (frames ``[8i, 8i+8)``) is decoded as soon as all its speaker tokens are in: the frames
-are pushed, and the SA tokens up to the step's end. Its tokens are built exactly as
-``ListenerLM.speaker_steps`` builds them offline (the same rules of :mod:`minilisten.tokens`:
-word-to-step rule, SA bounds, emotion tokens, step assembly), so streaming a segment gives the
-same LR codes as the reference decoder ``generate.generate_nocache`` on it,
-including the LM's sliding context (``ListenerLM.context_plan``): when the context would exceed
-``max_len`` tokens, the stream keeps the history words and the last steps and re-prefills. Memory
-stays constant: fixed KV caches, and per stream only the current context, unconsumed input and a
-few codes are kept (``state_sizes()``).
-
-VQ decoding (``VQVAE.decode``, convolutional, non-causal): frames of code k depend on
-``vq.receptive_field`` = R codes on each side (R = 4 for the paper's shape). Frames of code k are
-returned once code ``k + lookahead`` is known, decoded from a window reaching ``vq_context`` codes
-before k and up to the newest code. The default is the exact choice, ``lookahead = R`` (a latency
-of R LR steps, 4 x 267 ms at 30 fps): with a local decoder (dec_norm none/ln/adaln) the streamed
-frames then equal offline ``vq.decode`` of all codes up to float rounding. Measured on a VQ-VAE
-trained on the synthetic corpus (width 64, 600 steps; 4 segments of 32 s; listener motion std
-0.063), max |streamed - offline| (rms):
-
-    lookahead   0: 1.15 (0.044)   1: 0.37 (0.0095)   2: 0.083 (0.0026)   4 = R: 7e-7 (5e-8)
-
-so ``lookahead=0`` (lowest latency) is available but visibly different. An instance-norm decoder
-(dec_norm in/adain, the paper's) normalises over the decoded window, so no finite context is exact
-w.r.t. decoding a whole long stream at once (rms 0.04 at lookahead R, window 30 codes, vs a whole
-32-s segment); its default window (``vq_context = 29``: 30 codes = 240 frames) is the clip length
-offline evaluation decodes. ``flush()`` emits the last ``lookahead`` codes' frames with the
-sequence end as their right edge, as offline decoding does.
-
-Bad input (out-of-order words, empty pushes, audio at another sample rate, a wrong beta shape, a
-stream index beyond those allocated, a step too long for the LM context, ...) raises ``ValueError``
-naming the field, the stream, the expected and the actual value. Pushes are transactional: a chunk
-is checked, then applied to a copy of the stream and every step it completes is planned (token
-lengths, context jumps) before anything changes, so a push that raises leaves the stream exactly
-as it was: the next outputs are those of a stream that never saw the bad chunk.
-
-Bounded buffers: the SA token stream may run ahead of the frame clock, and (when the LM uses SA)
-fall behind it, by at most ``max_skew`` seconds (default 4 s); a push beyond that raises, naming
-the stream. So the SA, emotion and word buffers hold at most ``max_skew`` s of input plus a step.
-``fps`` defaults to the LM's frame rate (``lm.config.fps``); a stream at another rate (or a VQ
-config recording another) is refused with an error: resample the speaker stream first.
-
-Reading a stream's state: ``progress(stream)`` (frames, steps, SA tokens received, ...),
-``codes(stream, since)`` (the LR codes still held), ``state_sizes(stream)`` (buffer sizes).
+One stream core (:class:`ListenerStream`) parses and bounds every push, checks the skew and word
+bounds, applies pushes as per-stream transactions and batches ``n_streams`` streams; each generator
+plugs in its model step. Time -> step/frame rules: :mod:`minilisten.tokens`. :func:`parse_push`
+turns a server message into push arguments with the same checks. Design and measurements:
+docs/streaming.md.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
+import json
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
+from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, word_id
+from .data.segment import D_MOTION, EMOTIONS, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
+from .errors import UserError
 from .generate import FAST_ARCHS, Generator, HFDecoder
 from .speaker import SA_SAMPLE_RATE
-from .tokens import EPS as _EPS
-from .tokens import SA_RATE, check_sa_tokens, emotion_tokens, sa_bounds, step_ids, word_step
+from .tokens import (
+    EPS,
+    SA_RATE,
+    check_sa_tokens,
+    emotion_tokens,
+    sa_bounds,
+    sa_frame_bounds,
+    step_ids,
+    word_frame,
+    word_step,
+)
+
+MOTION_LIMIT = 1e3   # |speaker motion|: FLAME coefficients and radians are O(1); larger values only overflow a model
+MAX_WORDS = 256      # words per stream waiting for their step or frame
+F32_MAX = float(np.finfo(np.float32).max)
+INT64 = 2 ** 63
+PUSH_FIELDS = {"lr-token": ("words", "sa_tokens", "emotion", "motion", "frames", "audio", "audio_pcm16",
+                            "sample_rate"),
+               "arig": ("words", "sa_tokens", "emotion", "motion")}
 
 
+# ----------------------------------------------------------------------------- the wire format
+class ProtocolError(UserError):
+    """A client message the server cannot use: ``field``, ``expected`` and ``actual`` value."""
+
+    def __init__(self, field: str, expected: str, actual):
+        try:
+            s = actual if isinstance(actual, str) else json.dumps(actual)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            s = repr(actual)
+        self.field, self.expected = field, expected
+        self.actual = s if len(s) <= 120 else f"{s[:120]}... ({len(s)} chars)"
+        super().__init__(f"{field}: expected {expected}, got {self.actual}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -INT64 <= v < INT64
+
+
+def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
+    """A JSON list -> float32 array of ``ndim`` dims, every value finite with ``|x| <= limit``."""
+    want = "a list of numbers" if ndim == 1 else f"a list of rows of {width} numbers"
+    if not isinstance(v, list):
+        raise ProtocolError(name, want, type(v).__name__)
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        raise ProtocolError(name, want, v) from None
+    if a.size == 0:
+        return a.reshape((0,) if ndim == 1 else (0, width)).astype(np.float32)
+    if a.ndim != ndim or (width is not None and a.shape[1:] != (width,)):
+        raise ProtocolError(name, want, f"an array of shape {list(a.shape)}")
+    if not (np.isfinite(a).all() and np.abs(a).max() <= limit):
+        raise ProtocolError(name, f"finite numbers with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
+    return a.astype(np.float32)
+
+
+def parse_words(name: str, v) -> list[Word]:
+    """A JSON list of ``[text, start, end]`` or ``{text, start, end}`` -> Words (times bounded)."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise ProtocolError(name, "a list of [text, start, end] or {text, start, end}", type(v).__name__)
+    out = []
+    for i, w in enumerate(v):
+        try:
+            out.append(_word(w, f"{name}[{i}]"))
+        except UserError:
+            raise ProtocolError(f"{name}[{i}]", "[text, start, end] or {text, start, end} with finite times in "
+                                "seconds, start <= end", w) from None
+    return out
+
+
+def parse_push(msg: dict, kind: str = "lr-token") -> dict:
+    """A ``push`` message -> push keyword arguments of the ``kind`` ("lr-token" or "arig") stream:
+    fields, types, shapes and number ranges checked; times, orders and vocabularies by the stream."""
+    allowed = PUSH_FIELDS[kind]
+    unknown = sorted(set(msg) - {"type", "id", *allowed})
+    if unknown:
+        raise ProtocolError(unknown[0], f"one of the push fields of the {kind} model " + ", ".join(allowed), unknown[0])
+    kw = {}
+    if msg.get("motion") is not None:
+        kw["motion"] = num_array("motion", msg["motion"], 2, D_MOTION, MOTION_LIMIT)
+    if msg.get("words") is not None:
+        kw["words"] = parse_words("words", msg["words"])
+    if msg.get("sa_tokens") is not None:
+        sa = msg["sa_tokens"]
+        if not isinstance(sa, list) or not all(_is_int(t) for t in sa):
+            raise ProtocolError("sa_tokens", "a list of integer token ids (int64)", sa)
+        kw["sa_tokens"] = np.asarray(sa, np.int64).reshape(-1)
+    if msg.get("emotion") is not None:
+        kw["emotion"] = num_array("emotion", msg["emotion"], 2, len(EMOTIONS))
+    if msg.get("frames") is not None:
+        if not _is_int(msg["frames"]):
+            raise ProtocolError("frames", "an integer number of speaker frames", msg["frames"])
+        kw["frames"] = msg["frames"]
+    if msg.get("audio") is not None and msg.get("audio_pcm16") is not None:
+        raise ProtocolError("audio", "one of audio (floats) and audio_pcm16 (base64), not both", "both")
+    if msg.get("audio") is not None:
+        kw["audio"] = num_array("audio", msg["audio"], 1)
+    if msg.get("audio_pcm16") is not None:
+        b = msg["audio_pcm16"]
+        try:
+            raw = base64.b64decode(b, validate=True) if isinstance(b, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None or len(raw) % 2:
+            raise ProtocolError("audio_pcm16", "base64 of little-endian int16 mono samples (an even byte count)",
+                                b if raw is None else f"{len(raw)} bytes")
+        kw["audio"] = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    if "audio" in kw:
+        if not _is_int(msg.get("sample_rate")):
+            raise ProtocolError("sample_rate", "the audio's sample rate in Hz (an integer)", msg.get("sample_rate"))
+        kw["sample_rate"] = msg["sample_rate"]
+    return kw
+
+
+def _word(w, where: str) -> Word:
+    try:
+        return as_word(w, where)
+    except OverflowError:
+        raise UserError(f"{where}: expected start/end times in seconds, got a number beyond float range") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _beta_row(beta, where: str) -> np.ndarray:
+    """``beta (100,)`` -> float32, finite and representable in float32."""
+    try:
+        b = np.asarray(beta.detach().cpu() if torch.is_tensor(beta) else beta, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{where}: expected {N_SHAPE} numbers (FLAME shape), got {type(beta).__name__}") from None
+    if b.shape != (N_SHAPE,):
+        raise UserError(f"{where}: expected shape ({N_SHAPE},), got {b.shape}")
+    if not (np.isfinite(b).all() and np.abs(b).max() <= F32_MAX):
+        raise UserError(f"{where}: expected finite float32 values, got max |beta| = {np.abs(b).max():.4g}")
+    return b.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the stream core
 @dataclass
-class _Stream:
-    """Per-stream state (see ``StreamingListener.state_sizes``)."""
+class _State:
+    """What every stream holds: the clock, and the input not yet consumed."""
     frames: int = 0                     # speaker frames received: the clock
-    steps: int = 0                      # LR steps decoded
-    words: list = field(default_factory=list)           # received words of undecoded steps
-    last_end: float = 0.0               # end time of the last received word
-    sa: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # pending SA tokens ...
+    done: int = 0                       # LR steps decoded / ARIG frames made
+    words: list = field(default_factory=list)          # words of steps / frames not yet made
+    last_end: float = 0.0               # end of the last word received
+    sa: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # pending SA tokens ...
     sa_base: int = 0                    # ... from this absolute token index
-    emo: np.ndarray = field(default_factory=lambda: np.zeros((0, N_EMOTIONS)))  # pending emotion frames ...
-    emo_base: int = 0                   # ... from this frame
-    audio: np.ndarray = field(default_factory=lambda: np.zeros(0))  # audio kept for the tokenizer ...
+    emo: np.ndarray = field(default_factory=lambda: np.zeros((0, N_EMOTIONS)))  # pending emotion rows
+    history: list = field(default_factory=list)        # W^h: words ending at or before 0 s
+    seed: int = 0
+
+
+class ListenerStream:
+    """The stream core both generators share (``n_streams`` independent streams):
+
+    - ``push(*, motion (n, 56), words, sa_tokens (m,), emotion (n, 8), stream=0)`` -> listener
+      frames ``(k, 56)`` float32; ``push_many({stream: kwargs}) -> {stream: frames | exception}``:
+      each stream's chunk is checked and applied on its own, and a refused chunk leaves its stream
+      exactly as it was; no stream's error reaches another stream.
+    - ``flush(stream)``, ``reset(stream, history_words, seed)``, ``set_beta(beta, stream)``; ``fps``.
+
+    Words ``Word(text, start, end)`` (or tuples/dicts) end after the previous word, by the clock,
+    and no later than the push whose frames reach their end; SA tokens (50/s) may lead or lag the
+    frames by at most ``max_skew`` s; a push brings at most ``max_push_frames`` frames.
+    """
+
+    EXTRA: tuple = ()          # push arguments beyond motion, words, sa_tokens, emotion
+    UNIT = "frame"             # what a word's end selects (LR: "LR step")
+
+    def _setup(self, n_streams, fps, max_skew, max_push_frames, uses_sa: bool, needs_emotion: bool, n_sa):
+        if isinstance(n_streams, bool) or not (isinstance(n_streams, int) and n_streams >= 1):
+            raise UserError(f"n_streams: expected an int >= 1, got {n_streams!r}")
+        for name, v in (("max_skew", max_skew), ("max_push_frames", max_push_frames)):
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf):
+                raise UserError(f"{name}: expected a positive number or None, got {v!r}")
+        self.n_streams, self.fps, self.max_skew, self.max_push_frames = n_streams, float(fps), max_skew, max_push_frames
+        self.uses_sa, self.needs_emotion, self.n_sa = uses_sa, needs_emotion, n_sa
+
+    # ------------------------------------------------------------------ public API
+    def push(self, *, motion=None, words=(), sa_tokens=None, emotion=None, stream: int = 0, **extra) -> np.ndarray:
+        """Feed the next chunk of ``stream`` -> the listener frames ``(k, 56)`` that became available."""
+        out = self.push_many({stream: dict(motion=motion, words=words, sa_tokens=sa_tokens, emotion=emotion, **extra)})
+        if isinstance(out[stream], Exception):
+            raise out[stream]
+        return out[stream]
+
+    def push_many(self, chunks: dict) -> dict:
+        """``{stream: push kwargs}`` -> ``{stream: frames (k, 56) or the exception that refused it}``;
+        the streams' model steps share batched forwards."""
+        if not isinstance(chunks, dict) or not chunks:
+            raise UserError(f"chunks: expected a non-empty dict {{stream: push kwargs}}, got {chunks!r:.80}")
+        out, todo = {}, {}
+        for b, c in chunks.items():
+            try:
+                k = self._check_stream(b)
+                todo[k] = self._parse(k, c)
+            except Exception as e:   # this chunk's own fault (or a bug it triggers): it stays with this stream
+                out[b] = e
+        return {**out, **self._transact(todo, final=False)}
+
+    def flush(self, stream: int = 0) -> np.ndarray:
+        """End of ``stream``'s input: the frames still held back."""
+        b = self._check_stream(stream)
+        r = self._transact({b: None}, final=True)[b]
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+    def reset(self, stream: int = 0, history_words=None, seed: int | None = None) -> None:
+        """A new stream in slot ``stream`` (clock 0); ``history_words``: its W^h (words ending <= 0 s;
+        default: kept), ``seed``: its noise seed (default: kept; the greedy LR decoder draws none)."""
+        b = self._check_stream(stream)
+        old = self.streams[b]
+        if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+                                     and 0 <= seed < INT64):
+            raise UserError(f"seed: expected an int in [0, 2**63), got {seed!r}")
+        hist = old.history if history_words is None else self._check_history(history_words)
+        self.streams[b] = self._fresh(b, hist, old.seed if seed is None else int(seed))
+
+    # ------------------------------------------------------------------ the core
+    def _check_stream(self, b) -> int:
+        if not (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 0 <= b < self.n_streams):
+            raise UserError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
+                            f"got {b!r:.40}")
+        return int(b)
+
+    @staticmethod
+    def _check_history(words) -> list[Word]:
+        out = [_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
+        for i, w in enumerate(out):
+            if w.end > EPS:
+                raise UserError(f"history_words[{i}] ({w.text!r}): expected end <= 0 s (before the stream), got "
+                                f"{w.end:.3f}")
+        return out
+
+    def _parse(self, b: int, chunk) -> dict:
+        """Check one chunk against stream b's state (no state changes) -> the parsed chunk."""
+        where = f"stream {b}"
+        allowed = ("motion", "words", "sa_tokens", "emotion", *self.EXTRA)
+        if not isinstance(chunk, dict) or set(chunk) - set(allowed):
+            got = sorted(map(str, chunk)) if isinstance(chunk, dict) else type(chunk).__name__
+            raise UserError(f"chunks[{b}]: expected a dict of the push arguments {', '.join(allowed)}, got {got}")
+        s = self.streams[b]
+        p = dict(motion=None, emo=None, words=[], sa=None, frames=0, audio=None)
+        counts = []   # (field, n): every input that says how many frames this push brings
+        if chunk.get("motion") is not None:
+            m = self._array(chunk["motion"], f"motion ({where})", (D_MOTION,), MOTION_LIMIT)
+            p["motion"] = m
+            counts.append(("motion", len(m)))
+        if chunk.get("emotion") is not None:
+            try:
+                p["emo"] = check_emotion_probs(chunk["emotion"], f"emotion ({where})", rows="n")
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            counts.append(("emotion", len(p["emo"])))
+        if chunk.get("frames") is not None:
+            f = chunk["frames"]
+            if not (isinstance(f, (int, np.integer)) and not isinstance(f, bool) and 0 <= f < INT64):
+                raise UserError(f"frames ({where}): expected an int >= 0, got {f!r:.40}")
+            counts.append(("frames", int(f)))
+        n = p["frames"] = counts[0][1] if counts else 0
+        for name, k in counts[1:]:
+            if k != n:
+                raise UserError(f"{name} ({where}): expected {n} rows (the {counts[0][0]} pushed), got {k}")
+        if self.max_push_frames is not None and n > self.max_push_frames:
+            raise UserError(f"{counts[0][0]} ({where}): expected at most max_push_frames={self.max_push_frames} "
+                            f"speaker frames per push, got {n}")
+        if n and p["emo"] is None and self.needs_emotion:
+            raise UserError(f"emotion ({where}): the model uses emotion, expected ({n}, {N_EMOTIONS}) probabilities "
+                            f"for the {n} frames pushed, got None")
+        clock = (s.frames + n) / self.fps
+        last = s.last_end
+        for i, w in enumerate(chunk.get("words") or ()):
+            w = _word(w, f"words[{i}] ({where})")
+            at = f"words[{i}] ({w.text!r}, {where})"
+            if w.end < last - EPS / self.fps:
+                raise UserError(f"{at}: expected words in time order, got end {w.end:.3f} s before the previous "
+                                f"word's end {last:.3f} s")
+            if w.end < 0:
+                raise UserError(f"{at}: expected end >= 0 s (earlier words are history_words), got {w.end:.3f}")
+            if w.end > clock + EPS / self.fps:
+                raise UserError(f"{at}: expected end <= {clock:.3f} s (the end of the frames pushed so far), got "
+                                f"{w.end:.3f}; push the frames first or with the word")
+            k = self._word_unit(w.end)
+            if k < s.done:
+                raise UserError(f"{at}: ends at {w.end:.3f} s in {self.UNIT} {k}, already decoded ({self.UNIT}s "
+                                f"0..{s.done - 1}); push words no later than the frames their {self.UNIT} ends with")
+            p["words"].append(w)
+            last = w.end
+        if len(s.words) + len(p["words"]) > MAX_WORDS:
+            raise UserError(f"words ({where}): expected at most {MAX_WORDS} words waiting for their {self.UNIT}, "
+                            f"got {len(s.words) + len(p['words'])}")
+        if chunk.get("sa_tokens") is not None:
+            p["sa"] = check_sa_tokens(chunk["sa_tokens"], self.n_sa, f"sa_tokens ({where})")
+        self._parse_extra(s, p, chunk, where)
+        new_sa = 0 if p["sa"] is None else p["sa"].size
+        if not (n or p["words"] or new_sa or p["audio"] is not None):
+            raise UserError(f"push ({where}): empty chunk: expected frames (motion, emotion or frames=), words, "
+                            "sa_tokens or audio, got none")
+        lead = (s.sa_base + len(s.sa) + new_sa) / SA_RATE - clock
+        if self.max_skew is not None and lead > self.max_skew and new_sa:   # a push that catches up is never refused
+            raise UserError(f"sa_tokens ({where}): expected the SA stream at most max_skew={self.max_skew:g} s ahead "
+                            f"of the frames pushed ({clock:.3f} s), got {lead:.3f} s ahead; push the frames too")
+        if self.max_skew is not None and self.uses_sa and -lead > self.max_skew and n:
+            raise UserError(f"sa_tokens ({where}): the model uses SA, expected the SA stream at most max_skew="
+                            f"{self.max_skew:g} s behind the frames pushed ({clock:.3f} s), got {-lead:.3f} s behind; "
+                            "push sa_tokens (or audio) with the frames")
+        return p
+
+    @staticmethod
+    def _array(x, name: str, row: tuple, limit: float) -> np.ndarray:
+        """Numbers of shape ``(n, *row)`` -> float32, finite, ``|x| <= limit``."""
+        try:
+            a = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"{name}: expected numbers of shape (n, {', '.join(map(str, row))}), got "
+                            f"{type(x).__name__}") from None
+        if a.ndim != 1 + len(row) or a.shape[1:] != row:
+            raise UserError(f"{name}: expected shape (n, {', '.join(map(str, row))}), got {a.shape}")
+        if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
+            raise UserError(f"{name}: expected finite values with |x| <= {limit:g}, got max |x| = "
+                            f"{np.abs(a).max():.4g}")
+        return a.astype(np.float32)
+
+    def _apply(self, s: _State, p: dict) -> None:
+        """Add a parsed chunk to the stream's buffers."""
+        s.frames += p["frames"]
+        if p["emo"] is not None:
+            s.emo = np.concatenate([s.emo, p["emo"]])
+        if p["words"]:
+            s.words = s.words + p["words"]
+            s.last_end = max(s.last_end, p["words"][-1].end)
+        if p["sa"] is not None and p["sa"].size:
+            s.sa = np.concatenate([s.sa, p["sa"]])
+
+    def _transact(self, todo: dict, final: bool) -> dict:
+        """Apply the parsed chunks (None: none) of ``todo`` and decode in shared forwards. A stream
+        whose decoding fails or gives non-finite frames is put back as it was, with its error;
+        when the shared forward fails, every stream is put back and decoded alone."""
+        snap = {b: copy.deepcopy(self.streams[b]) for b in todo}
+        try:
+            res = self._advance(todo, final)
+        except Exception:
+            res = {}
+            for b in todo:
+                self._restore(b, snap[b])
+            for b, p in todo.items():
+                try:
+                    res[b] = self._advance({b: p}, final)[b]
+                except Exception as e:
+                    self._restore(b, snap[b])
+                    res[b] = e
+        for b, r in res.items():
+            if isinstance(r, np.ndarray) and not np.isfinite(r).all():
+                self._restore(b, snap[b])
+                res[b] = UserError(f"push (stream {b}): expected finite listener frames, got NaN/inf (the inputs "
+                                   "drive the model out of range); the push was refused")
+        return res
+
+    def _restore(self, b: int, snap) -> None:
+        self.streams[b] = copy.deepcopy(snap)
+
+    # hooks of a generator
+    def _fresh(self, b: int, history: list, seed: int):
+        raise NotImplementedError
+
+    def _word_unit(self, end: float) -> int:
+        return word_frame(end, self.fps)
+
+    def _parse_extra(self, s, p: dict, chunk: dict, where: str) -> None:
+        pass
+
+    def _advance(self, todo: dict, final: bool) -> dict:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- LR tokens + VQ
+@dataclass
+class _LRState(_State):
+    emo_base: int = 0                   # frame index of emo[0]
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0))   # audio kept for the tokenizer ...
     audio_base: int = 0                 # ... from this sample
     hist: list = field(default_factory=list)            # [<bos>] + history of the current LM context
     win: list = field(default_factory=list)             # speaker tokens of the steps in the context
     win_codes: list = field(default_factory=list)       # and their LR codes
+    refill: bool = False                # the decoder lost this stream's context: prefill it again
     codes: list = field(default_factory=list)           # LR codes kept for VQ decoding ...
     codes_base: int = 0                 # ... from this code index
     emitted: int = 0                    # codes whose frames were returned
 
 
-@runtime_checkable
-class ListenerStream(Protocol):
-    """What both live generators implement, so an integrator can swap one for the other:
-    :class:`StreamingListener` (LR tokens + VQ decoding, frames in steps of 8) and
-    :class:`minilisten.arig.StreamingARIG` (continuous, one frame per speaker frame).
+class StreamingListener(ListenerStream):
+    """Lai et al.'s listener from a live speaker (:class:`ListenerStream`): LR step i (frames
+    ``[8i, 8i+8)``) is decoded once its frames and SA tokens are in, with exactly the tokens and
+    context ``ListenerLM.speaker_steps`` / ``context_plan`` build offline; frames of code k are
+    returned once code ``k + lookahead`` is known (``lookahead = vq.receptive_field``: equal to
+    offline ``vq.decode`` for a local decoder), decoded from ``vq_context`` codes of left context.
 
-        def listen(stream: ListenerStream, chunks):           # chunks: what the speaker did since the last call
-            for motion, words, sa_tokens, emotion in chunks:
-                yield stream.push(motion=motion, words=words, sa_tokens=sa_tokens, emotion=emotion)
-            yield stream.flush()
-
-    - ``push(*, motion (n, 56), words, sa_tokens (m,), emotion (n, 8))`` -> the listener frames
-      ``(k, 56)`` float32 that became available. ``motion`` advances the clock by n frames at
-      ``fps``; ``words`` are ``Word(text, start, end)`` that ended since the last push; SA tokens
-      run at 50/s. Each input is checked even where the model does not use it (then it is ignored).
-      Bad input raises ``ValueError`` naming the field and leaves the stream as it was.
-    - ``flush()`` -> the frames still held back (end of the input).
-    - ``reset()``: a new stream (clock 0); ``set_beta(beta (100,))``: the listener's identity.
-    - ``fps``: the frame rate of the speaker input and of the listener output.
+    ``beta (100,)`` or ``(n_streams, 100)``; ``history_words``: W^h; ``sa_tokenizer``: ``encode(wav,
+    sample_rate)`` at 50/s for ``audio`` pushes; ``max_len``: LM context; ``compile``/``dtype``/
+    ``device`` of the :class:`~minilisten.generate.Generator`, or an existing ``generator``.
+    ``motion`` pushes count only as the clock (the model reads words, SA and emotion); ``frames=n``
+    does the same without motion.
     """
 
-    fps: float
-
-    def push(self, *, motion=None, words=(), sa_tokens=None, emotion=None) -> np.ndarray: ...
-
-    def flush(self) -> np.ndarray: ...
-
-    def reset(self) -> None: ...
-
-    def set_beta(self, beta) -> None: ...
-
-
-class StreamingListener:
-    """Listener motion from a live speaker stream (see the module docstring).
-
-    ``lm``: a ``ListenerLM``; ``vq``: a ``VQVAE`` (``vq.rate == lm.config.r``); ``beta``: the
-    listener's shape ``(100,)``, or ``(n_streams, 100)``, or None for a VQ without identity input.
-    ``n_streams``: independent streams decoded together (``push(stream=...)``/``push_many``).
-    ``lookahead``, ``vq_context``: VQ decoding latency/exactness in codes (module docstring; defaults:
-    ``lookahead = vq.receptive_field``, ``vq_context`` = that for local decoders, 29 for
-    instance-norm decoders). ``history_words``: W^h (words
-    ending at or before 0 s). ``sa_tokenizer``: object with ``encode(wav, sample_rate) -> (M,) int``
-    at 50 tokens/s (needed for ``audio``). ``max_len``: LM context (default ``lm.max_len``).
-    ``compile``/``dtype``/``device``: of the :class:`~minilisten.generate.Generator`; or pass
-    ``generator``, an existing one for ``lm`` with ``batch >= n_streams`` (e.g. already compiled).
-    ``max_skew``: seconds the SA stream may run ahead of / behind the frame clock (module docstring).
-    ``fps``: the speaker stream's frame rate, default and only accepted value ``lm.config.fps``.
-    """
+    EXTRA = ("frames", "audio", "sample_rate")
+    UNIT = "LR step"
+    _AUDIO_CONTEXT = 2   # hops of past audio re-analysed: the built-in tokenizer's frame k sees hops k-1, k
 
     def __init__(self, lm, vq, beta=None, *, n_streams: int = 1, fps: float | None = None, lookahead: int | None = None,
                  vq_context: int | None = None, history_words=(), sa_tokenizer=None,
-                 sample_rate: int = SA_SAMPLE_RATE, sa_rate: float = SA_RATE, max_len: int | None = None,
-                 compile: bool | str = False, dtype: torch.dtype | None = None, device=None,
-                 generator: Generator | None = None, max_skew: float = 4.0):
-        if not (isinstance(n_streams, int) and n_streams >= 1):
-            raise ValueError(f"n_streams: expected an int >= 1, got {n_streams!r}")
-        if fps is None:
-            fps = float(getattr(lm.config, "fps", 30.0))
-        if isinstance(fps, bool) or not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-            raise ValueError(f"fps: expected a positive number, got {fps!r}")
-        for what, cfg in (("lm", getattr(lm, "config", None)), ("vq", getattr(vq, "config", None))):
+                 sample_rate: int = SA_SAMPLE_RATE, max_len: int | None = None, compile: bool | str = False,
+                 dtype: torch.dtype | None = None, device=None, generator: Generator | None = None,
+                 max_skew: float | None = 4.0, max_push_frames: int | None = None):
+        fps = float(getattr(lm.config, "fps", 30.0)) if fps is None else fps
+        for what, cfg in (("lm", lm.config), ("vq", vq.config)):
             model_fps = getattr(cfg, "fps", None)
             if model_fps is not None and abs(float(model_fps) - fps) > 1e-6:
-                raise ValueError(f"fps: expected {model_fps:g} (the frame rate {what}.config.fps was trained at), got "
-                                 f"{fps:g}; resample the speaker stream")
-        for name, v in (("sa_rate", sa_rate), ("max_skew", max_skew)):
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name}: expected a positive number, got {v!r}")
-        self.max_skew = float(max_skew)
+                raise UserError(f"fps: expected {model_fps:g} (the frame rate {what}.config.fps was trained at), got "
+                                f"{fps:g}; resample the speaker stream")
+        self.modalities = tuple(lm.modalities)
+        self._setup(n_streams, fps, max_skew, max_push_frames, "SA" in self.modalities, "emo" in self.modalities,
+                    lm.vocab.n_sa)
         self.r = int(lm.config.r)
         if vq.rate != self.r:
-            raise ValueError(f"vq: expected {self.r} frames per code (lm.config.r), got vq.rate={vq.rate}")
-        local = vq.config.dec_norm not in ("in", "adain")
+            raise UserError(f"vq: expected {self.r} frames per code (lm.config.r), got vq.rate={vq.rate}")
+        self.local_decoder = vq.config.dec_norm not in ("in", "adain")
         R = vq.receptive_field
-        vq_context = (R if local else 29) if vq_context is None else vq_context
-        lookahead = R if lookahead is None else lookahead
-        for name, v in (("lookahead", lookahead), ("vq_context", vq_context)):
-            if not (isinstance(v, int) and v >= 0):
-                raise ValueError(f"{name}: expected an int >= 0 (codes), got {v!r}")
-        self.lm, self.vq, self.n_streams, self.fps = lm, vq, n_streams, float(fps)
-        self.lookahead, self.vq_context, self.local_decoder = lookahead, vq_context, local
-        self.sa_tokenizer, self.sample_rate, self.sa_rate = sa_tokenizer, int(sample_rate), float(sa_rate)
-        self.modalities = tuple(lm.modalities)
+        self.lookahead = R if lookahead is None else lookahead
+        self.vq_context = (R if self.local_decoder else 29) if vq_context is None else vq_context
+        for name in ("lookahead", "vq_context"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise UserError(f"{name}: expected an int >= 0 (codes), got {getattr(self, name)!r}")
+        self.lm, self.vq = lm, vq
+        self.sa_tokenizer, self.sample_rate = sa_tokenizer, int(sample_rate)
         self.max_len = int(max_len or lm.max_len)
+        self.hf_decoders = None
         if generator is not None:
             if generator.lm is not lm or generator.batch < n_streams or generator.max_len != self.max_len:
-                raise ValueError(f"generator: expected a Generator of this lm with batch >= {n_streams} and max_len "
-                                 f"{self.max_len}, got batch {generator.batch}, max_len {generator.max_len}")
-            self.decoder, self.hf_decoders = generator, None
+                raise UserError(f"generator: expected a Generator of this lm with batch >= {n_streams} and max_len "
+                                f"{self.max_len}, got batch {generator.batch}, max_len {generator.max_len}")
+            self.decoder = generator
         elif lm.backbone.config.model_type in FAST_ARCHS:
-            self.decoder = Generator(lm, batch=n_streams, max_len=self.max_len, dtype=dtype, device=device, compile=compile)
-            self.hf_decoders = None
+            self.decoder = Generator(lm, batch=n_streams, max_len=self.max_len, dtype=dtype, device=device,
+                                     compile=compile)
         else:   # generic path: one HF static-cache decoder per stream
             self.decoder, self.hf_decoders = None, [HFDecoder(lm, 1, "static", self.max_len) for _ in range(n_streams)]
         self.vq_device = vq.motion_mean.device
-        self.history_words = self._check_history(history_words)
-        self.betas: list[torch.Tensor | None] = [None] * n_streams
-        self.set_beta(beta)
-        self.streams = [_Stream() for _ in range(n_streams)]
-        self.reset()
+        hist = self._check_history(history_words)
+        self.streams = [self._fresh(b, hist, 0) for b in range(n_streams)]
+        self.betas: list = [None] * n_streams
+        rows = np.asarray(beta) if beta is not None and np.ndim(beta) == 2 else None
+        for b in range(n_streams):
+            self.set_beta(rows[b] if rows is not None and len(rows) == n_streams else beta, b)
 
-    # ------------------------------------------------------------------ configuration
-    def set_beta(self, beta, stream: int | None = None) -> None:
-        """The listener identity (shape beta ``(100,)``) of ``stream`` (default: all streams; then
-        ``(n_streams, 100)`` gives one per stream). Frames decoded after the call use it."""
-        streams = list(range(self.n_streams)) if stream is None else [self._check_stream(stream)]
-        if beta is None:
-            if self.vq.needs_beta:
-                raise ValueError(f"beta: this VQ-VAE (dec_norm={self.vq.config.dec_norm!r}) needs the listener's "
-                                 f"shape beta of shape ({N_SHAPE},), got None")
-            for b in streams:
-                self.betas[b] = None
-            return
-        t = torch.as_tensor(np.asarray(beta.detach().cpu() if torch.is_tensor(beta) else beta, dtype=np.float64))
-        if t.shape == (N_SHAPE,):
-            rows = [t] * len(streams)
-        elif stream is None and t.shape == (self.n_streams, N_SHAPE):
-            rows = list(t)
-        else:
-            want = f"({N_SHAPE},)" + (f" or ({self.n_streams}, {N_SHAPE})" if stream is None else "")
-            raise ValueError(f"beta: expected shape {want}, got {tuple(t.shape)}")
-        if not torch.isfinite(t).all():
-            raise ValueError("beta: expected finite values, got NaN/inf")
-        for b, row in zip(streams, rows):
-            self.betas[b] = row.to(self.vq_device, torch.float32)
+    def set_beta(self, beta, stream: int = 0) -> None:
+        """The listener identity ``(100,)`` of ``stream``: frames decoded after the call use it."""
+        b = self._check_stream(stream)
+        if beta is None and self.vq.needs_beta:
+            raise UserError(f"beta: this VQ-VAE (dec_norm={self.vq.config.dec_norm!r}) needs the listener's shape "
+                            f"beta of shape ({N_SHAPE},), got None")
+        self.betas[b] = None if beta is None else torch.as_tensor(_beta_row(beta, "beta"), device=self.vq_device)
 
-    def reset(self, stream: int | None = None, history_words=None) -> None:
-        """Start ``stream`` (default all) afresh: clock 0, no context, no pending input; the
-        caches stay allocated. ``history_words`` replaces the W^h given at construction."""
-        streams = list(range(self.n_streams)) if stream is None else [self._check_stream(stream)]
-        if history_words is not None:
-            self.history_words = self._check_history(history_words)
-        hist = self.lm.history_ids(self.history_words)
-        for b in streams:
-            self.streams[b] = _Stream(hist=list(hist))
+    def _fresh(self, b: int, history: list, seed: int) -> _LRState:
         if self.decoder is not None:
-            self.decoder.reset(streams)
+            self.decoder.reset([b])
+        return _LRState(history=history, seed=seed, hist=list(self.lm.history_ids(history)))
+
+    def _restore(self, b: int, snap) -> None:
+        super()._restore(b, snap)
+        self.streams[b].refill = True   # the decoder may have advanced past the snapshot
 
     def state_sizes(self, stream: int = 0) -> dict:
         """Sizes of everything a stream holds (constant over a long stream) + the decoder's bytes."""
         s = self.streams[self._check_stream(stream)]
         dec = self.decoder.state_bytes() if self.decoder is not None else None
-        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo), audio_buffer=len(s.audio),
-                    context_tokens=len(s.hist) + sum(len(x) + 1 for x in s.win), window_steps=len(s.win),
-                    vq_codes=len(s.codes), decoder_state_bytes=dec)
+        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo),
+                    audio_buffer=len(s.audio), context_tokens=len(s.hist) + sum(len(x) + 1 for x in s.win),
+                    window_steps=len(s.win), vq_codes=len(s.codes), decoder_state_bytes=dec)
 
     def progress(self, stream: int = 0) -> dict:
-        """Where ``stream`` stands: ``frames`` (speaker frames received), ``steps`` (LR steps
-        decoded), ``sa_tokens`` (SA tokens received or made from audio), ``last_word_end`` (end
-        time of the latest word, s), ``emitted`` (LR steps whose frames were returned)."""
+        """Speaker ``frames`` received, LR ``steps`` decoded, ``sa_tokens`` received, ``last_word_end``
+        (s), ``emitted`` (LR steps whose frames were returned)."""
         s = self.streams[self._check_stream(stream)]
-        return dict(frames=s.frames, steps=s.steps, sa_tokens=s.sa_base + len(s.sa), last_word_end=s.last_end,
+        return dict(frames=s.frames, steps=s.done, sa_tokens=s.sa_base + len(s.sa), last_word_end=s.last_end,
                     emitted=s.emitted)
 
     def codes(self, stream: int = 0, since: int = 0) -> list[int]:
-        """LR codes of ``stream`` from step index ``since`` on. The stream keeps only the last
-        ``vq_context + lookahead`` or so (for VQ decoding): read them after each push."""
+        """LR codes of ``stream`` from step ``since`` on (only the last ``vq_context + lookahead`` or so are kept)."""
         s = self.streams[self._check_stream(stream)]
         if not (isinstance(since, (int, np.integer)) and s.codes_base <= since <= s.codes_base + len(s.codes)):
-            raise ValueError(f"since (stream {stream}): expected a step index in [{s.codes_base}, "
-                             f"{s.codes_base + len(s.codes)}] (codes still held), got {since!r}")
+            raise UserError(f"since (stream {stream}): expected a step index in [{s.codes_base}, "
+                            f"{s.codes_base + len(s.codes)}] (codes still held), got {since!r}")
         return list(s.codes[since - s.codes_base:])
 
     def sa_range(self, step: int) -> tuple[int, int]:
-        """SA token indices ``[a, b)`` of LR step ``step`` (the tokens a push must bring for it)."""
-        return sa_bounds(step, self.fps, self.r, self.sa_rate), sa_bounds(step + 1, self.fps, self.r, self.sa_rate)
+        """SA token indices ``[a, b)`` of LR step ``step``."""
+        return self._sa_bound(step), self._sa_bound(step + 1)
 
-    # ------------------------------------------------------------------ pushing
-    def push(self, words=(), sa_tokens=None, emotion=None, *, motion=None, frames: int | None = None, audio=None,
-             sample_rate: int | None = None, stream: int = 0) -> np.ndarray:
-        """Feed the next chunk of ``stream``; returns the listener motion frames ``(n, 56)`` float32
-        that became available (n is a multiple of 8; often 0). See the module docstring."""
-        return self.push_many({stream: dict(words=words, sa_tokens=sa_tokens, emotion=emotion, motion=motion,
-                                            frames=frames, audio=audio, sample_rate=sample_rate)})[stream]
-
-    def push_many(self, chunks: dict) -> dict:
-        """``{stream: dict(words=, sa_tokens=, emotion=, motion=, frames=, audio=, sample_rate=)}`` ->
-        ``{stream: frames (n, 56)}``; the streams' LM steps share forward passes."""
-        if not isinstance(chunks, dict) or not chunks:
-            raise ValueError(f"chunks: expected a non-empty dict {{stream: chunk}}, got {chunks!r}")
-        for b, c in chunks.items():
-            self._check_stream(b)
-            if not isinstance(c, dict):
-                raise ValueError(f"chunks[{b}]: expected a dict of push arguments, got {type(c).__name__}")
-        parsed = {int(b): self._parse(int(b), **c) for b, c in chunks.items()}
-        snap = {b: copy.deepcopy(self.streams[b]) for b in parsed}
-        for b, p in parsed.items():   # plan on copies: whatever decoding would raise, raise it now
-            self._plan(b, copy.deepcopy(snap[b]), p)
-        try:
-            for b, p in parsed.items():   # everything is valid: apply
-                self._apply(self.streams[b], p)
-            self._decode(list(parsed))
-            return {b: self._emit(b, final=False) for b in parsed}
-        except BaseException:   # not reachable by bad input (planned above); keep the streams usable
-            for b, s in snap.items():
-                s.win, s.win_codes = [], []   # the decoder may have advanced: re-prefill the next step
-                self.streams[b] = s
-            raise
-
-    def flush(self, stream: int = 0) -> np.ndarray:
-        """End of ``stream``'s input: return the frames still held back by ``lookahead``, decoded
-        with the sequence end as their right edge (as offline decoding does)."""
-        return self._emit(self._check_stream(stream), final=True)
-
-    # ------------------------------------------------------------------ input checks
-    def _check_stream(self, b) -> int:
-        if not (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 0 <= b < self.n_streams):
-            raise ValueError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
-                             f"got {b!r}")
-        return int(b)
-
-    def _check_history(self, words) -> list[Word]:
-        out = [as_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
-        for i, w in enumerate(out):
-            if w.end > _EPS:
-                raise ValueError(f"history_words[{i}] ({w.text!r}): expected end <= 0 s (before the stream), got {w.end:.3f}")
-        return out
-
-    def _word_step(self, end: float) -> int:
+    # ------------------------------------------------------------------ hooks
+    def _word_unit(self, end: float) -> int:
         return word_step(end, self.fps, self.r, self.lm.word_placement)
 
-    def _parse(self, b: int, words=(), sa_tokens=None, emotion=None, motion=None, frames=None, audio=None,
-               sample_rate=None) -> dict:
-        """Check one chunk against the stream's state; returns the parsed chunk. No state changes."""
-        s = self.streams[b]
-        where = f"stream {b}"
-        counts = []   # (what, n): every input that says how many frames this push brings
-        if motion is not None:
-            m = np.asarray(motion)
-            if m.ndim != 2 or m.shape[1] != D_MOTION or not np.issubdtype(m.dtype, np.number) \
-                    or not np.isfinite(m).all():
-                raise ValueError(f"motion ({where}): expected finite speaker frames of shape (n, {D_MOTION}), got "
-                                 f"shape {m.shape}, dtype {m.dtype}")
-            counts.append(("the motion rows pushed", m.shape[0]))
-        emo = None
-        if emotion is not None:
-            emo = check_emotion_probs(emotion, f"emotion ({where})", rows="n")
-            counts.append(("the emotion rows pushed", emo.shape[0]))
-        if frames is not None:
-            if isinstance(frames, bool) or not (isinstance(frames, (int, np.integer)) and frames >= 0):
-                raise ValueError(f"frames ({where}): expected an int >= 0, got {frames!r}")
-            counts.append(("frames=", int(frames)))
-        n = counts[0][1] if counts else 0
-        for what, k in counts[1:]:
-            if k != n:
-                field_ = "frames" if what == "frames=" else "emotion"
-                raise ValueError(f"{field_} ({where}): expected {n} ({counts[0][0]}), got {k}")
-        if n and emo is None and "emo" in self.modalities:
-            raise ValueError(f"emotion ({where}): the LM uses the 'emo' modality, expected ({n}, {N_EMOTIONS}) "
-                             f"probabilities for the {n} frames pushed, got None")
-        clock = (s.frames + n) / self.fps
-        ws = [as_word(w, f"words[{i}] ({where})") for i, w in enumerate(words or ())]
-        last = s.last_end
-        for i, w in enumerate(ws):
-            if w.end < last - _EPS / self.fps:
-                raise ValueError(f"words[{i}] ({w.text!r}, {where}): expected words in time order, got end {w.end:.3f} s "
-                                 f"before the previous word's end {last:.3f} s")
-            if w.end < 0:
-                raise ValueError(f"words[{i}] ({w.text!r}, {where}): expected end >= 0 s (earlier words are "
-                                 f"history_words), got {w.end:.3f}")
-            if w.end > clock + _EPS / self.fps:
-                raise ValueError(f"words[{i}] ({w.text!r}, {where}): expected end <= {clock:.3f} s (the end of the "
-                                 f"frames pushed so far), got {w.end:.3f}; push the frames first or with the word")
-            if self._word_step(w.end) < s.steps:
-                raise ValueError(f"words[{i}] ({w.text!r}, {where}): ends at {w.end:.3f} s in LR step "
-                                 f"{self._word_step(w.end)}, already decoded (steps 0..{s.steps - 1}); words must be "
-                                 "pushed no later than the frames their step ends with")
-            last = w.end
-        sa = None
-        if sa_tokens is not None and audio is not None:
-            raise ValueError(f"sa_tokens/audio ({where}): expected one of them, got both")
-        if sa_tokens is not None:
-            sa = check_sa_tokens(sa_tokens, self.lm.vocab.n_sa, f"sa_tokens ({where})")
-        new_audio = None
-        if audio is not None:
-            if self.sa_tokenizer is None:
-                raise ValueError(f"audio ({where}): expected sa_tokens, or an sa_tokenizer given to StreamingListener")
-            if sample_rate != self.sample_rate:
-                raise ValueError(f"sample_rate ({where}): expected {self.sample_rate} Hz audio (the tokenizer's rate; "
-                                 f"resample the whole recording first), got {sample_rate!r}")
-            new_audio = np.asarray(audio.detach().cpu() if torch.is_tensor(audio) else audio)
-            if new_audio.ndim != 1 or not np.issubdtype(new_audio.dtype, np.floating):
-                raise ValueError(f"audio ({where}): expected mono float samples of shape (N,), got {new_audio.shape} "
-                                 f"{new_audio.dtype}")
-            sa = self._audio_tokens(s, new_audio)
-        if not (n or ws or (sa is not None and sa.size)) and (new_audio is None or new_audio.size == 0):
-            raise ValueError(f"push ({where}): empty chunk: expected frames (motion, emotion or frames=), words, sa_tokens or "
-                             "audio, got none")
-        n_sa_total = s.sa_base + len(s.sa) + (0 if sa is None else sa.size)
-        lead = n_sa_total / self.sa_rate - clock
-        if lead > self.max_skew and sa is not None and sa.size:   # a push that catches up is never refused
-            raise ValueError(f"sa_tokens ({where}): expected the SA stream at most max_skew={self.max_skew:g} s ahead of "
-                             f"the frames pushed ({clock:.3f} s), got {n_sa_total} tokens = {lead:.3f} s ahead; push the "
-                             f"frames (motion, emotion or frames=) too")
-        if "SA" in self.modalities and -lead > self.max_skew and n:
-            raise ValueError(f"sa_tokens ({where}): the LM uses SA, expected the SA stream at most max_skew="
-                             f"{self.max_skew:g} s behind the frames pushed ({clock:.3f} s), got {n_sa_total} tokens = "
-                             f"{-lead:.3f} s behind; push sa_tokens or audio with the frames")
-        return dict(frames=n, emo=emo, words=ws, sa=sa, audio=new_audio)
+    def _sa_bound(self, i: int) -> int:
+        return sa_bounds(i, self.fps, self.r, SA_RATE)
 
-    def _plan(self, b: int, s: _Stream, p: dict) -> None:
-        """Apply chunk ``p`` to ``s`` (a copy of stream b) and build every step it completes, with
-        placeholder LR codes: raises what decoding the chunk would raise (a step that does not fit
-        the LM context, ...) before the stream changes."""
-        self._apply(s, p)
-        while self._ready(s):
-            ids = self._take_step(s)
-            try:
-                self._context(s, ids)
-            except ValueError as e:   # lm.context_plan: the step does not fit the context
-                raise ValueError(f"push (stream {b}): {e}") from e
-            held = len(s.hist) + sum(len(x) + 1 for x in s.win)   # context tokens incl. the next LR token
-            if held > self.max_len:
-                raise ValueError(f"push (stream {b}): step {s.steps - 1} expected a context of at most max_len="
-                                 f"{self.max_len} tokens, got {held}")
-            s.win_codes.append(0)
-            s.codes.append(0)
+    def _parse_extra(self, s: _LRState, p: dict, chunk: dict, where: str) -> None:
+        audio = chunk.get("audio")
+        if audio is None:
+            return
+        if p["sa"] is not None:
+            raise UserError(f"sa_tokens/audio ({where}): expected one of them, got both")
+        if self.sa_tokenizer is None:
+            raise UserError(f"audio ({where}): expected sa_tokens, or an sa_tokenizer given to StreamingListener")
+        if chunk.get("sample_rate") != self.sample_rate:
+            raise UserError(f"sample_rate ({where}): expected {self.sample_rate} Hz audio (the tokenizer's rate; "
+                            f"resample the whole recording first), got {chunk.get('sample_rate')!r:.40}")
+        a = np.asarray(audio.detach().cpu() if torch.is_tensor(audio) else audio)
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+            raise UserError(f"audio ({where}): expected finite mono float samples of shape (N,), got {a.shape} "
+                            f"{a.dtype}")
+        limit = None if self.max_push_frames is None else math.ceil(self.max_push_frames / self.fps * self.sample_rate)
+        if limit is not None and a.size > limit:
+            raise UserError(f"audio ({where}): expected at most {limit} samples (max_push_frames), got {a.size}")
+        p["audio"], p["sa"] = a.astype(np.float64), self._audio_tokens(s, a.astype(np.float64))
 
-    # ------------------------------------------------------------------ state updates
-    _HOP = 320        # audio samples per SA token at 16 kHz (50/s)
-    _AUDIO_CONTEXT = 2  # hops of past audio re-analysed: the built-in tokenizer's frame k sees hops k-1, k (and k-1's delta)
-
-    def _audio_tokens(self, s: _Stream, new: np.ndarray) -> np.ndarray:
-        """SA tokens of the complete 20 ms hops in (kept + new) audio, excluding those already made.
-        The kept audio starts ``_AUDIO_CONTEXT`` hops before the first new token, so a causal
-        tokenizer (``AcousticTokenizer``) gives the same tokens as on the whole recording."""
-        hop = int(round(self.sample_rate / self.sa_rate))
-        buf = np.concatenate([s.audio, new.astype(np.float64)])
-        made = s.sa_base + len(s.sa)                         # tokens produced so far (absolute)
-        total = (s.audio_base + len(buf)) // hop
+    def _audio_tokens(self, s: _LRState, new: np.ndarray) -> np.ndarray:
+        """SA tokens of the complete 20 ms hops in (kept + new) audio, excluding those already made;
+        the kept audio starts ``_AUDIO_CONTEXT`` hops early, so a causal tokenizer gives the tokens
+        of the whole recording."""
+        hop = int(round(self.sample_rate / SA_RATE))
+        buf = np.concatenate([s.audio, new])
+        made, total = s.sa_base + len(s.sa), (s.audio_base + len(buf)) // hop
         if total <= made:
             return np.zeros(0, np.int64)
         tok = np.asarray(self.sa_tokenizer.encode(buf.astype(np.float32), self.sample_rate), dtype=np.int64)
-        first = s.audio_base // hop                          # absolute index of tok[0]
+        first = s.audio_base // hop
         return tok[made - first: total - first]
 
-    def _apply(self, s: _Stream, p: dict) -> None:
-        s.frames += p["frames"]
-        if p["emo"] is not None:
-            s.emo = np.concatenate([s.emo, p["emo"]])
-        if p["words"]:
-            s.words = sorted(s.words + p["words"], key=lambda w: (w.end, w.start))
-            s.last_end = max(s.last_end, p["words"][-1].end)
-        if p["sa"] is not None and p["sa"].size:
-            s.sa = np.concatenate([s.sa, p["sa"]])
+    def _apply(self, s: _LRState, p: dict) -> None:
+        super()._apply(s, p)
+        s.words.sort(key=lambda w: (w.end, w.start))
         if p["audio"] is not None:
-            hop = int(round(self.sample_rate / self.sa_rate))
-            buf = np.concatenate([s.audio, p["audio"].astype(np.float64)])
-            keep_from = max(0, ((s.sa_base + len(s.sa)) - self._AUDIO_CONTEXT) * hop)   # absolute sample
+            hop = int(round(self.sample_rate / SA_RATE))
+            buf = np.concatenate([s.audio, p["audio"]])
+            keep_from = max(0, (s.sa_base + len(s.sa) - self._AUDIO_CONTEXT) * hop)   # absolute sample
             cut = max(0, keep_from - s.audio_base)
             s.audio, s.audio_base = buf[cut:], s.audio_base + cut
 
-    def _sa_bound(self, i: int) -> int:
-        return sa_bounds(i, self.fps, self.r, self.sa_rate)
+    def _ready(self, s: _LRState) -> bool:
+        i = s.done
+        return s.frames >= self.r * (i + 1) and not (self.uses_sa and s.sa_base + len(s.sa) < self._sa_bound(i + 1))
 
-    def _ready(self, s: _Stream) -> bool:
-        i = s.steps
-        if s.frames < self.r * (i + 1):
-            return False
-        if "SA" in self.modalities and s.sa_base + len(s.sa) < self._sa_bound(i + 1):
-            return False
-        return True
-
-    def _take_step(self, s: _Stream) -> list[int]:
-        """Speaker token ids of the stream's next step (the rules of :mod:`minilisten.tokens`, as
-        ``ListenerLM.speaker_steps`` applies them offline); consumes input."""
-        i, r = s.steps, self.r
+    def _take_step(self, s: _LRState) -> list[int]:
+        """Speaker token ids of the stream's next step (the rules of :mod:`minilisten.tokens`); consumes input."""
+        i, r = s.done, self.r
         words = sa = emo = None
         if "W" in self.modalities:
             k = 0
-            while k < len(s.words) and self._word_step(s.words[k].end) <= i:
+            while k < len(s.words) and self._word_unit(s.words[k].end) <= i:
                 k += 1
             words, s.words = [self.lm.word_ids(w.text) for w in s.words[:k]], s.words[k:]
         else:
             s.words = []
-        if "SA" in self.modalities:
+        if self.uses_sa:
             a, b = self._sa_bound(i) - s.sa_base, self._sa_bound(i + 1) - s.sa_base
             sa, s.sa, s.sa_base = s.sa[a:b], s.sa[b:], s.sa_base + b
         else:
             s.sa, s.sa_base = s.sa[:0], s.sa_base + len(s.sa)
+        a = r * i - s.emo_base
         if "emo" in self.modalities:
-            a = r * i - s.emo_base
             emo = int(emotion_tokens(s.emo[a:a + r], r)[0])
-        s.emo, s.emo_base = s.emo[r * (i + 1) - s.emo_base:], r * (i + 1)
-        s.steps += 1
+        s.emo, s.emo_base = s.emo[a + r:], r * (i + 1)
+        s.done += 1
         return step_ids(self.lm.vocab, words, sa, emo)
 
-    def _context(self, s: _Stream, step: list[int]) -> list[int] | None:
-        """Add ``step`` to the stream's LM context; None when it continues the cached context, else
-        the whole new context to prefill (the first step, or a jump of ``lm.context_plan``)."""
-        if not s.win:
-            s.win = [step]
-            return s.hist + step
+    def _context(self, s: _LRState, step: list[int]) -> list[int] | None:
+        """Add ``step`` to the stream's LM context: None when the decoder continues its cached
+        context, else the whole context to prefill (first step, a context jump, or a refill)."""
         j = self.lm.context_plan(s.hist, s.win + [step], with_lr=True, max_len=self.max_len)[-1]
         s.win.append(step)
-        if j == 0:
+        if j:
+            head = self.lm.context_ids(s.hist, s.win, s.win_codes, j, j)    # [<bos>] + H_j + steps[j]
+            s.hist = head[:len(head) - len(s.win[j])]
+            s.win, s.win_codes = s.win[j:], s.win_codes[j:]
+        elif len(s.win) > 1 and not s.refill:
             return None
-        head = self.lm.context_ids(s.hist, s.win, s.win_codes, j, j)    # [<bos>] + H_j + steps[j]
-        s.hist = head[:len(head) - len(s.win[j])]
-        s.win, s.win_codes = s.win[j:], s.win_codes[j:]
+        s.refill = False
         return self.lm.context_ids(s.hist, s.win, s.win_codes, len(s.win) - 1, 0)
 
     @torch.no_grad()
-    def _decode(self, streams: list[int]) -> None:
-        """Decode every ready step of ``streams``; the streams' k-th new steps share a forward."""
-        while True:
+    def _advance(self, todo: dict, final: bool) -> dict:
+        for b, p in todo.items():
+            if p is not None:
+                self._apply(self.streams[b], p)
+        while True:   # the streams' k-th new steps share a forward
             pre, step = {}, {}
-            for b in streams:
+            for b in todo:
                 s = self.streams[b]
                 if self._ready(s):
                     ids = self._take_step(s)
-                    ctx = self._context(s, ids)
+                    try:
+                        ctx = self._context(s, ids)
+                    except ValueError as e:   # lm.context_plan: the step does not fit the LM context
+                        raise UserError(f"push (stream {b}): {e}") from None
                     (step.__setitem__(b, ids) if ctx is None else pre.__setitem__(b, ctx))
             if not pre and not step:
-                return
+                break
             if self.decoder is not None:
                 self.decoder.advance(prefill=pre, step=step)
                 codes = self.decoder.codes.tolist()
             else:
-                codes = [0] * self.n_streams
+                codes = {}
                 for b in list(pre) + list(step):
-                    self.hf_decoders[b].advance(prefill={0: pre[b]} if b in pre else None, step={0: step[b]} if b in step else None)
+                    self.hf_decoders[b].advance(prefill={0: pre[b]} if b in pre else None,
+                                                step={0: step[b]} if b in step else None)
                     codes[b] = int(self.hf_decoders[b].codes[0])
             for b in list(pre) + list(step):
-                s = self.streams[b]
-                s.win_codes.append(codes[b])
-                s.codes.append(codes[b])
+                self.streams[b].win_codes.append(codes[b])
+                self.streams[b].codes.append(codes[b])
+        return {b: self._emit(b, final) for b in todo}
 
     @torch.no_grad()
     def _emit(self, b: int, final: bool) -> np.ndarray:
@@ -540,9 +664,160 @@ class StreamingListener:
             start = max(s.codes_base, k0 - self.vq_context)
             codes = torch.tensor([s.codes[start - s.codes_base:]], dtype=torch.long, device=self.vq_device)
             beta = None if self.betas[b] is None else self.betas[b][None]
-            motion = self.vq.decode(codes, beta)[0, (k0 - start) * r:(k1 - start) * r]
-            out = motion.float().cpu().numpy()
+            out = self.vq.decode(codes, beta)[0, (k0 - start) * r:(k1 - start) * r].float().cpu().numpy()
             s.emitted = k1
         drop = max(0, s.emitted - self.vq_context - s.codes_base)   # keep vq_context codes of left context
         s.codes, s.codes_base = s.codes[drop:], s.codes_base + drop
         return out
+
+
+# ----------------------------------------------------------------------------- ARIG
+@dataclass
+class _ARIGState(_State):
+    motion: list = field(default_factory=list)          # speaker frames waiting for their SA tokens
+    sa_last: int = -1                   # the last SA token consumed (repeated by frames without a new one)
+    st: dict | None = None              # the model's caches (ARIG.init_state at the first frame)
+    beta: torch.Tensor | None = None    # (1, 100)
+    gen: torch.Generator | None = None  # this stream's noise
+
+
+class StreamingARIG(ListenerStream):
+    """The ARIG-style listener from a live speaker (:class:`ListenerStream`): listener frame t comes
+    with the push that completes speaker frame t (its ``motion``, required: it is the clock; its
+    emotion row; SA tokens through ``sa_frame_bounds(t + 1)``). Streams with a frame to make share
+    one :func:`~minilisten.arig.decode_frame` per tick; each draws noise from its own generator, so
+    a stream equals :func:`~minilisten.arig.arig_generate` with its seed (bit for bit alone, to
+    float rounding in a batch). ``steps``: Euler steps; ``reference (56,)``: raw motion filling the
+    history at start (default the model's mean); ``compile``: the frame under torch.compile.
+    """
+
+    def __init__(self, model: ARIG, beta=None, *, n_streams: int = 1, seed: int = 0, steps: int | None = None,
+                 reference=None, temperature: float = 1.0, history_words=(), compile: bool = False,
+                 max_skew: float | None = 2.0, max_push_frames: int | None = None):
+        c = model.config
+        self._setup(n_streams, c.fps, max_skew, max_push_frames, bool(c.n_sa), c.use_emotion, c.n_sa or None)
+        if steps is not None:
+            check_steps(steps)
+        self.model, self.cfg, self.temperature = model.eval(), c, float(temperature)
+        self.steps = steps or c.sample_steps
+        self.dev = model.lis_mean.device
+        self._frame = compiled_decode_frame(self.dev.type) if compile else decode_frame
+        ref = model.lis_mean.cpu().numpy() if reference is None else reference
+        self.ref = torch.as_tensor(self._array(np.reshape(ref, (1, -1)), "reference", (D_MOTION,), MOTION_LIMIT),
+                                   device=self.dev)
+        hist = self._check_history(history_words)
+        self.streams: list[_ARIGState] = [None] * n_streams
+        for b in range(n_streams):
+            self.streams[b] = self._fresh(b, hist, seed)
+            self.set_beta(beta, b)
+
+    def set_beta(self, beta, stream: int = 0) -> None:
+        """Listener identity ``(100,)`` of ``stream`` (required when the model uses beta), from its next frame."""
+        s = self.streams[self._check_stream(stream)]
+        if beta is None and self.cfg.use_beta:
+            raise UserError(f"beta: this model uses the listener's shape beta, expected shape ({N_SHAPE},), got None")
+        row = np.zeros(N_SHAPE, np.float32) if beta is None else _beta_row(beta, "beta")
+        s.beta = torch.as_tensor(row, device=self.dev)[None]
+        if s.st is not None:
+            s.st["beta"] = self.model._beta(s.beta)
+
+    def _fresh(self, b: int, history: list, seed: int) -> _ARIGState:
+        old = self.streams[b]
+        return _ARIGState(history=history, seed=seed, words=list(history), beta=None if old is None else old.beta,
+                          gen=torch.Generator(device=self.dev).manual_seed(seed))
+
+    def _parse_extra(self, s: _ARIGState, p: dict, chunk: dict, where: str) -> None:
+        if p["frames"] and p["motion"] is None:
+            raise UserError(f"motion ({where}): expected the speaker's motion (n, {D_MOTION}) with the frames (the "
+                            "ARIG model's input and clock), got None")
+
+    def state_sizes(self, stream: int = 0) -> dict:
+        """Sizes of the stream's buffers and caches (constant over a long stream)."""
+        s = self.streams[self._check_stream(stream)]
+        kv = 0 if s.st is None else sum(v["k"].numel() + v["v"].numel() for v in s.st["kv"].values())
+        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo), kv_floats=kv)
+
+    def _apply(self, s: _ARIGState, p: dict) -> None:
+        super()._apply(s, p)
+        if p["motion"] is not None:
+            s.motion += list(p["motion"])
+        if not self.uses_sa:
+            s.sa_base, s.sa = s.sa_base + len(s.sa), s.sa[:0]
+        if not self.needs_emotion:
+            s.emo = s.emo[:0]
+
+    def _input(self, s: _ARIGState) -> dict:
+        """The model inputs of the stream's next frame (batch of 1), consuming its buffers (the
+        per-frame rules of :func:`~minilisten.arig.frame_inputs`)."""
+        c, t = self.cfg, s.done
+        slots = np.full(c.sa_slots, -1, np.int64)
+        if c.n_sa:
+            b0, b1 = sa_frame_bounds(t, c.fps, c.sa_rate), sa_frame_bounds(t + 1, c.fps, c.sa_rate)
+            tok = s.sa[b0 - s.sa_base:b1 - s.sa_base]
+            if tok.size:
+                slots[:tok.size] = tok[:c.sa_slots]
+                s.sa_last = int(tok[-1])
+            elif s.sa_last >= 0:
+                slots[0] = s.sa_last
+            s.sa, s.sa_base = s.sa[b1 - s.sa_base:], b1
+        word, since = 0, c.since_max
+        known = [w for w in s.words if word_frame(w.end, c.fps) <= t]
+        if c.use_words and known:
+            w = known[-1]
+            word, since = word_id(w.text, c.word_buckets), min(t - word_frame(w.end, c.fps), c.since_max)
+        s.words = s.words[max(0, len(known) - 1):]
+        emo = np.zeros(N_EMOTIONS, np.float32)
+        if c.use_emotion:
+            emo, s.emo = s.emo[0], s.emo[1:]
+        one = lambda x, dt=None: torch.as_tensor(np.asarray(x)[None], dtype=dt, device=self.dev)   # noqa: E731
+        return {"spk": one(s.motion.pop(0), torch.float32), "sa": one(slots), "emo": one(emo, torch.float32),
+                "word": one(word), "since": one(since), "beta": s.beta}
+
+    def _due(self, s: _ARIGState, final: bool) -> bool:
+        if not s.motion:
+            return False
+        return final or not self.uses_sa or s.sa_base + len(s.sa) >= sa_frame_bounds(s.done + 1, self.fps,
+                                                                                        self.cfg.sa_rate)
+
+    @torch.no_grad()
+    def _advance(self, todo: dict, final: bool) -> dict:
+        m, out = self.model, {b: [] for b in todo}
+        for b, p in todo.items():
+            if p is not None:
+                self._apply(self.streams[b], p)
+        while True:   # one tick: one frame of every stream that can make one
+            ready = [b for b in todo if self._due(self.streams[b], final)]
+            if not ready:
+                break
+            ss = [self.streams[b] for b in ready]
+            inps = [self._input(s) for s in ss]
+            for s, inp in zip(ss, inps):
+                if s.st is None:
+                    s.st = m.init_state(inp, self.ref)
+            if len(ss) == 1:
+                st, inp = ss[0].st, inps[0]
+            else:
+                st, inp = _stack([s.st for s in ss]), {k: torch.cat([i[k] for i in inps]) for k in inps[0]}
+            noise = torch.cat([torch.randn((1, D_MOTION), generator=s.gen, device=self.dev) for s in ss])
+            x = self._frame(m, st, inp, noise * self.temperature, self.steps)
+            if len(ss) > 1:
+                for s, part in zip(ss, _split(st, len(ss))):
+                    s.st = part
+            for b, s, row in zip(ready, ss, (x * m.lis_std + m.lis_mean).float().cpu().numpy()):
+                s.done += 1
+                out[b].append(row)
+        return {b: np.stack(v) if v else np.zeros((0, D_MOTION), np.float32) for b, v in out.items()}
+
+
+def _stack(states: list[dict]) -> dict:
+    """ARIG step states of batch 1 (caches equally full, as after ``init_state``) -> one of their batch."""
+    kv = {n: {"k": torch.cat([s["kv"][n]["k"] for s in states]), "v": torch.cat([s["kv"][n]["v"] for s in states]),
+              "valid": c["valid"]} for n, c in states[0]["kv"].items()}
+    return {"kv": kv, **{k: torch.cat([s[k] for s in states]) for k in ("beta", "m_hist", "a_hist")}}
+
+
+def _split(st: dict, n: int) -> list[dict]:
+    """Inverse of :func:`_stack`."""
+    kv = st["kv"].items()
+    return [{"kv": {name: {"k": c["k"][i:i + 1], "v": c["v"][i:i + 1], "valid": c["valid"]} for name, c in kv},
+             **{k: st[k][i:i + 1] for k in ("beta", "m_hist", "a_hist")}} for i in range(n)]

@@ -1,57 +1,7 @@
-"""Tokens: the vocabulary, the time -> step rules of Eq. 1 and the interleaved sequences.
+"""Tokens: the vocabulary, every time -> step/frame rule and the interleaved sequences (Lai et al. Eq. 1-4).
 
-One home for every rule of the paper's token layout; training (:mod:`minilisten.lm`), batch
-decoding (:mod:`minilisten.generate`) and streaming (:mod:`minilisten.streaming`) all call it.
-Tokenizer-agnostic: words enter as *text* per step (:func:`speaker_tokens`) or as id lists
-(:func:`step_ids` and below; the LM's tokenizer turns text into ids, ``ListenerLM.word_ids``).
-
-**Vocabulary** (:class:`Vocab`)::
-
-    [0, n_words)                            backbone word tokens (its tokenizer; rows unchanged)
-    n_words + 0 .. n_words + 5              specials <bos> <pad> <sa> </sa> <emo> </emo>
-    lr_offset  = n_words + 6                V_LR:  LR code c    -> lr_offset + c    (n_lr = 256)
-    sa_offset  = lr_offset + n_lr           V_SA:  SA token t   -> sa_offset + t    (n_sa = 1024)
-    emo_offset = sa_offset + n_sa           V_emo: emotion e    -> emo_offset + e   (n_emo = 8)
-    size       = emo_offset + n_emo
-
-**Time -> step** (one rule for every modality). LR token ``i`` covers frames ``[r i, r (i + 1))``
-(``r`` frames per LR token, the VQ-VAE's ``VQConfig.rate``), i.e. the interval ``(r i / fps,
-r (i + 1) / fps]`` for *end times*. A speaker token belongs to the step that contains its **end
-time** -- a word once it has been spoken completely, an acoustic token once its audio is over --
-so all of a step's speaker tokens are available before ``LR_i`` is predicted (causality):
-
-- W: :func:`word_step` ``= ceil(end fps / r) - 1`` (0 for end 0; ``placement="eq1"``, paper Eq. 1);
-  ``placement="lm_listener"``: LM-listener's rule (SYSTEM.md §8), frame ``f = ceil(end fps)``, the
-  word precedes the first LR token ``j`` with ``r j > f``, one step later than Eq. 1 (two when
-  ``end fps`` is a multiple of ``r``); no word precedes token 0. Words whose step is past the
-  last are dropped (nothing follows them).
-- SA (``sa_rate`` tokens/s, SpeechTokenizer: 50): step ``i`` holds tokens ``[b_i, b_{i+1})``,
-  ``b_i = floor(i r sa_rate / fps)`` (:func:`sa_bounds`): the tokens whose end ``(k + 1) / sa_rate``
-  lies in the step's span.
-- emo: :func:`emotion_tokens`, per group of ``r`` frames the argmax of the mean per-frame
-  probability (supplement Eq. 7-9).
-
-A tail of ``T % r`` frames forms no step (no LR token either).
-
-**Sequences** (Eq. 1 / Eq. 2). For ``n`` LR steps::
-
-    history  = [<bos>] + W^h                     (most recent ``history_tokens`` word tokens, whole words)
-    steps[i] = W_i + [<sa>] + SA_i + [</sa>] + [<emo>, emo_i, </emo>]      (enabled modalities)
-    S  = history + steps[0] + [LR_0] + steps[1] + [LR_1] + ... + steps[n-1] + [LR_{n-1}]
-    S' = history + steps[0] + steps[1] + ... + steps[n-1]                   (stage 1)
-
-``LR_i`` is predicted at the position just before it (the last token of ``steps[i]``). Losses:
-stage 1 (Eq. 3) where the next token is a W, SA or emo token of a predicted step; stage 2 (Eq. 4)
-where the next token is an LR token (:func:`pack_sequences`, ``LMSequence.targets``).
-
-**Context policy** (sequences longer than the context ``max_len``): the context for ``LR_i``
-starts at step ``j_i`` (:func:`context_plan`, non-decreasing): ``[<bos>] + H_j + steps[j] +
-[LR_j] + ... + steps[i]`` (:func:`context_ids`), ``H_j`` the last ``history_tokens`` word tokens of
-W^h followed by the words of steps ``< j`` (:func:`prefix_ids`; SA, emo and LR of dropped steps are
-discarded). ``j`` stays while the context (plus ``LR_i``) fits in ``max_len``; on overflow it jumps
-to the smallest ``j`` whose context fits in ``window_keep * max_len``, so an incremental decoder
-re-fills its cache once per jump. Training cuts the same chunks, so training and inference see
-identical contexts. A single step longer than ``max_len`` raises.
+One home for the rules of the token layout: training (``lm``), decoding (``generate``), streaming and
+the ARIG-style model's per-frame inputs call them. Layout, rules and the context policy: docs/streaming.md.
 """
 from __future__ import annotations
 
@@ -62,6 +12,7 @@ import numpy as np
 import torch
 
 from .data.segment import N_EMOTIONS, Word, check_emotion_probs
+from .errors import UserError
 
 MODALITIES = ("W", "SA", "emo")
 PLACEMENTS = ("eq1", "lm_listener")
@@ -163,10 +114,16 @@ def word_step(end: float, fps: float, r: int = 8, placement: str = "eq1") -> int
     """Step of a word ending at ``end`` seconds: Eq. 1 (``"eq1"``: the step whose span holds the
     end) or LM-listener's rule (``"lm_listener"``, module docstring). May be ``>= n_steps``."""
     if placement == "eq1":
-        return max(0, math.ceil(end * fps / r - EPS) - 1)
+        return max(0, word_frame(end, fps, r))
     if placement == "lm_listener":
         return math.ceil(end * fps - EPS) // r + 1
     raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {placement!r}")
+
+
+def word_frame(end: float, fps: float, r: int = 1) -> int:
+    """The frame (or step of ``r`` frames) whose span ``(k r / fps, (k + 1) r / fps]`` holds time
+    ``end``: a word is known from there on. Unclamped: speech before 0 s gets a negative index."""
+    return math.ceil(end * fps / r - EPS) - 1
 
 
 def word_steps(words: list[Word], n_steps: int, fps: float, r: int = 8, placement: str = "eq1") -> list[list[Word]]:
@@ -193,6 +150,14 @@ def sa_bounds(steps, fps: float, r: int = 8, sa_rate: float = SA_RATE):
     return int(b) if b.ndim == 0 else b
 
 
+def sa_frame_bounds(frames, fps: float, sa_rate: float = SA_RATE):
+    """First SA token index of frame(s) ``frames`` for the ARIG-style model: ``ceil(t sa_rate / fps)``.
+    Frame t takes the tokens that *start* in it (the appendix's per-frame audio), so it waits for
+    at most one token past its end; LR steps take the tokens that *end* in them (:func:`sa_bounds`)."""
+    b = np.ceil(np.asarray(frames, dtype=np.float64) * sa_rate / fps - EPS).astype(np.int64)
+    return int(b) if b.ndim == 0 else b
+
+
 def sa_step_bounds(n_steps: int, fps: float, r: int = 8, sa_rate: float = SA_RATE) -> np.ndarray:
     """``(n_steps + 1,)`` token indices ``b``: step ``i`` holds tokens ``[b[i], b[i+1])``."""
     return sa_bounds(np.arange(n_steps + 1), fps, r, sa_rate)
@@ -202,12 +167,12 @@ def check_sa_tokens(sa_tokens, n_sa: int | None = None, name: str = "sa_tokens")
     """``(M,)`` integer token ids (an empty array of any dtype passes) in ``[0, n_sa)`` -> int64."""
     sa = np.asarray(sa_tokens.detach().cpu() if torch.is_tensor(sa_tokens) else sa_tokens)
     if sa.ndim != 1 or not (np.issubdtype(sa.dtype, np.integer) or sa.size == 0):
-        raise ValueError(f"{name}: expected a 1-D integer array, got shape {sa.shape} dtype {sa.dtype}")
-    sa = sa.astype(np.int64)
-    if n_sa is not None and sa.size and (sa.min() < 0 or sa.max() >= n_sa):
+        raise UserError(f"{name}: expected a 1-D integer array, got shape {sa.shape} dtype {sa.dtype}")
+    hi = (2 ** 63 - 1) if n_sa is None else n_sa - 1
+    if sa.size and (sa.min() < 0 or sa.max() > hi):   # checked before the cast: uint64 ids may not fit int64
         bad = int(sa.min()) if sa.min() < 0 else int(sa.max())
-        raise ValueError(f"{name}: expected token ids in [0, {n_sa}) (the SA codebook), got {bad}")
-    return sa
+        raise UserError(f"{name}: expected token ids in [0, {hi + 1}) (the SA codebook), got {bad}")
+    return sa.astype(np.int64)
 
 
 def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, sa_rate: float = SA_RATE,
@@ -217,8 +182,8 @@ def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, sa_rat
     sa = check_sa_tokens(sa_tokens, n_sa)
     b = sa_step_bounds(n_steps, fps, r, sa_rate)
     if sa.size < b[-1]:
-        raise ValueError(f"sa_tokens: expected at least {b[-1]} tokens for {n_steps} steps of {r} frames at {fps:g} fps "
-                         f"and {sa_rate:g} tokens/s, got {sa.size}")
+        raise ValueError(f"sa_tokens: expected at least {b[-1]} tokens for {n_steps} steps of {r} frames at "
+                         f"{fps:g} fps and {sa_rate:g} tokens/s, got {sa.size}")
     return [sa[b[i]:b[i + 1]] for i in range(n_steps)]
 
 
@@ -255,7 +220,8 @@ def speaker_tokens(seg, modalities=MODALITIES, n_steps: int | None = None, r: in
     if "W" in mods:
         for i, w in enumerate(seg.words):
             if w.end > seg.duration + EPS / seg.fps or w.end < -EPS:
-                raise ValueError(f"words[{i}] ({w.text!r}): expected end in [0, {seg.duration:.3f}] s (the clip), got {w.end:.3f}")
+                raise ValueError(f"words[{i}] ({w.text!r}): expected end in [0, {seg.duration:.3f}] s (the clip), "
+                                 f"got {w.end:.3f}")
         words = word_steps(seg.words, n, seg.fps, r, placement)
     hist = sorted(seg.history_words, key=lambda w: w.end) if "W" in mods else []
     sa = None
@@ -311,7 +277,8 @@ def context_plan(vocab: Vocab, history: list[int], steps: list[list[int]], max_l
     cum = np.concatenate([[0], np.cumsum(lens)]) if lens else np.zeros(1, np.int64)
 
     def length(j: int, i: int) -> int:   # context up to and including LR_i (or step i for S')
-        return len(prefix_ids(vocab, history, steps, j, history_tokens)) + int(cum[i + 1] - cum[j]) + (0 if with_lr else 1)
+        prefix = len(prefix_ids(vocab, history, steps, j, history_tokens))
+        return prefix + int(cum[i + 1] - cum[j]) + (0 if with_lr else 1)
 
     plan, j = [], 0
     for i in range(len(steps)):

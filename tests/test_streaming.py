@@ -1,4 +1,7 @@
-"""StreamingListener: streaming equals offline, sliding context with constant memory, bad input."""
+"""The stream core: streaming equals offline, sliding context with constant memory, bad and hostile input."""
+
+import copy
+import re
 
 import numpy as np
 import pytest
@@ -171,7 +174,7 @@ def test_bad_input_keeps_stream_usable(lm):
         (dict(words=[], sa_tokens=[], emotion=np.zeros((0, 8))), r"empty chunk"),
         (dict(emotion=np.full((4, 7), 1 / 7)), r"emotion \(stream 0\): expected per-frame probabilities of shape \(n, 8\).*got \(4, 7\)"),
         (dict(emotion=np.full((4, 8), 0.2)), r"rows summing to 1"),
-        (dict(frames=4), r"the LM uses the 'emo' modality"),
+        (dict(frames=4), r"emotion \(stream 0\): the model uses emotion"),
         (dict(emotion=np.full((4, 8), 1 / 8), frames=5), r"frames \(stream 0\): expected 4"),
         (dict(sa_tokens=[3, 5000]), r"sa_tokens \(stream 0\): expected token ids in \[0, 1024\).*got 5000"),
         (dict(sa_tokens=np.zeros((2, 2), int)), r"expected a 1-D integer array"),
@@ -185,7 +188,7 @@ def test_bad_input_keeps_stream_usable(lm):
             sl.push(**kw)
     with pytest.raises(ValueError, match=r"stream: expected an index in \[0, 2\) \(2 streams allocated\), got 2"):
         sl.push(stream=2, **pushes[0])
-    with pytest.raises(ValueError, match=r"beta: expected shape \(100,\) or \(2, 100\), got \(99,\)"):
+    with pytest.raises(ValueError, match=r"beta: expected shape \(100,\), got \(99,\)"):
         sl.set_beta(np.zeros(99))
     with pytest.raises(ValueError, match=r"beta: expected shape \(100,\), got \(2, 100\)"):
         sl.set_beta(np.zeros((2, 100)), stream=1)
@@ -275,8 +278,8 @@ def test_progress_and_codes(lm):
 def test_one_protocol_for_both_generators(lm):
     """StreamingListener and StreamingARIG take the same pushes (``ListenerStream``): one driver
     runs either; ``motion`` advances StreamingListener's clock exactly as the emotion rows do."""
-    from minilisten.arig import ARIG, ARIGConfig, StreamingARIG, arig_generate
-    from minilisten.streaming import ListenerStream
+    from minilisten.arig import ARIG, ARIGConfig, arig_generate
+    from minilisten.streaming import ListenerStream, StreamingARIG
 
     seg = speaker_segment(3.0, seed=2)
     seg = seg.replace(speaker_motion=np.random.default_rng(0).normal(0, 0.3, seg.speaker_motion.shape))
@@ -316,3 +319,200 @@ def test_one_protocol_for_both_generators(lm):
     # ARIG: one frame per speaker frame, equal to offline generation with the same seed
     streams["arig"].reset()
     np.testing.assert_allclose(listen(streams["arig"], pushes), arig_generate(arig, [seg], seed=5)[0], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- one core, hostile input
+def _tiny_arig(n_sa=1024):
+    from minilisten.arig import ARIG, ARIGConfig
+    torch.manual_seed(0)
+    return ARIG(ARIGConfig(d_model=16, n_head=2, d_ff=32, depth=2, window=6, diff_width=16, word_buckets=64,
+                           sample_steps=2, diff_mul=2, n_sa=n_sa)).eval()
+
+
+def _with_motion(seg, pushes):
+    out, f = [], 0
+    for p in pushes:
+        n = len(p["emotion"])
+        out.append(dict(p, motion=seg.speaker_motion[f:f + n]))
+        f += n
+    return out
+
+
+HOSTILE = [
+    (dict(words=[("x", 0, 10 ** 400)]), r"words\[0\] \(stream 1\): expected start/end times"),
+    (dict(sa_tokens=np.array([2 ** 64], dtype=object)), r"sa_tokens \(stream 1\): expected a 1-D integer array"),
+    (dict(sa_tokens=np.array([2 ** 64 - 1], np.uint64)), r"sa_tokens \(stream 1\): expected token ids in \[0, 1024\)"),
+    (dict(motion=np.full((2, 56), 1e30), emotion=np.full((2, 8), 1 / 8)), r"motion \(stream 1\): expected finite"),
+    (dict(motion=np.zeros((2, 56)), emotion=np.full((2, 8), 1 / 8), extra=1), r"chunks\[1\]: expected a dict"),
+    (dict(motion=np.zeros((40, 56)), emotion=np.full((40, 8), 1 / 8)), r"motion \(stream 1\): expected at most "
+                                                                        r"max_push_frames=30"),
+]
+
+
+@pytest.mark.parametrize("kind", ["lr", "arig"])
+def test_hostile_chunk_never_reaches_another_stream(lm, kind):
+    """push_many with a well-formed and a hostile chunk per round: the hostile one is returned as a
+    UserError naming its field, its stream stays as it was, and the good stream's frames equal a
+    solo run's bit for bit."""
+    from minilisten.errors import UserError
+    from minilisten.streaming import StreamingARIG
+    seg = speaker_segment(3.0, seed=12)
+    seg = seg.replace(speaker_motion=np.random.default_rng(1).normal(0, 0.3, seg.speaker_motion.shape))
+    pushes = _with_motion(seg, chunks(seg, seed=12, max_frames=12))
+    model = _tiny_arig() if kind == "arig" else None
+
+    def make(n):
+        if kind == "arig":
+            return StreamingARIG(model, seg.listener_beta, n_streams=n, seed=4, history_words=seg.history_words,
+                                 max_push_frames=30)
+        return StreamingListener(lm, tiny_vq("adaln"), seg.listener_beta, n_streams=n,
+                                 history_words=seg.history_words, max_push_frames=30)
+    solo = make(1)
+    want = np.concatenate([solo.push(**p) for p in pushes] + [solo.flush()])
+    sl = make(2)
+    got = []
+    for i, p in enumerate(pushes):
+        bad, msg = HOSTILE[i % len(HOSTILE)]
+        before = copy.deepcopy(sl.streams[1])
+        out = sl.push_many({0: p, 1: bad})
+        got.append(out[0])
+        assert isinstance(out[1], UserError), out[1]
+        assert re.search(msg, str(out[1])), (str(out[1]), msg)
+        assert sl.streams[1].frames == before.frames and sl.streams[1].done == before.done
+    got.append(sl.flush(0))
+    np.testing.assert_array_equal(np.concatenate(got), want)
+    with pytest.raises(UserError, match=r"stream: expected an index in \[0, 2\)"):
+        sl.push(stream=5, **pushes[0])
+    assert isinstance(sl.push_many({7: pushes[0]})[7], UserError)
+
+
+def test_beta_bounds_and_nonfinite_outputs_refused(lm):
+    """set_beta refuses values beyond float32; a push whose frames come out non-finite is refused and
+    its stream rolled back (ARIG with a listener std that overflows float32 on the way out)."""
+    from minilisten.errors import UserError
+    from minilisten.streaming import StreamingARIG
+    seg = speaker_segment(1.0, seed=13)
+    sl = StreamingListener(lm, tiny_vq("adaln"), seg.listener_beta)
+    for beta, msg in (([1e300] * 100, "finite float32"), ([float("nan")] * 100, "finite float32"),
+                      ([10 ** 400] * 100, "100 numbers"), (np.zeros(99), r"shape \(100,\)")):
+        with pytest.raises(UserError, match=f"beta: expected {msg}"):
+            sl.set_beta(beta)
+    model = _tiny_arig()
+    model.set_motion_stats(np.zeros(56), np.full(56, 3e38), np.zeros(56), np.ones(56))
+    sa = StreamingARIG(model, seg.listener_beta, seed=0)
+    p = _with_motion(seg, chunks(seg, seed=13))[0]
+    with pytest.raises(UserError, match=r"push \(stream 0\): expected finite listener frames"):
+        sa.push(**p)
+    assert (sa.streams[0].frames, sa.streams[0].done, sa.streams[0].st) == (0, 0, None)
+
+
+@pytest.mark.parametrize("kind", ["lr", "arig"])
+def test_failed_shared_forward_is_retried_per_stream(lm, kind, monkeypatch):
+    """An exception inside the shared decode (a bug triggered by one stream's input) reaches that
+    stream alone: the others are decoded again on their own and equal their solo runs."""
+    from minilisten.streaming import StreamingARIG
+    segs = [speaker_segment(2.0, seed=20 + k) for k in range(2)]
+    pushes = [_with_motion(s, chunks(s, seed=k, max_frames=12)) for k, s in enumerate(segs)]
+    model = _tiny_arig() if kind == "arig" else None
+    make = (lambda n: StreamingARIG(model, segs[0].listener_beta, n_streams=n, seed=0)) if kind == "arig" else \
+        (lambda n: StreamingListener(lm, tiny_vq("adaln"), segs[0].listener_beta, n_streams=n))
+    solo = make(1)
+    want = np.concatenate([solo.push(**p) for p in pushes[0]])
+    sl = make(2)
+    real = sl._advance
+
+    def boom(todo, final):   # stream 1's input breaks the decoder
+        if 1 in todo:
+            raise RuntimeError("decoder bug")
+        return real(todo, final)
+    monkeypatch.setattr(sl, "_advance", boom)
+    got = []
+    for i, a in enumerate(pushes[0]):
+        out = sl.push_many({0: a, 1: pushes[1][i % len(pushes[1])]})   # stream 1 is put back each time
+        assert isinstance(out[1], RuntimeError if i == 0 else Exception) and sl.streams[1].frames == 0
+        got.append(out[0])
+    assert np.concatenate(got).shape == want.shape
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+
+
+def test_parse_push_bounds_numbers():
+    """The wire format: every number bounded before use, the error names the field."""
+    import json
+
+    from minilisten.streaming import ProtocolError, parse_push
+    ok = parse_push(json.loads('{"type": "push", "frames": 2, "emotion": [[0.125, 0.125, 0.125, 0.125, 0.125, 0.125, '
+                               '0.125, 0.125]], "words": [["a", 0, 0.05]], "sa_tokens": [1, 2]}'))
+    assert ok["words"] == [Word("a", 0.0, 0.05)] and ok["sa_tokens"].dtype == np.int64 and ok["frames"] == 2
+    bad = [
+        ({"words": [["x", 0, 10 ** 400]]}, "words[0]"),
+        ({"sa_tokens": [2 ** 64]}, "sa_tokens"),
+        ({"frames": 2 ** 63}, "frames"),
+        ({"motion": [[1e30] * 56]}, "motion"),
+        ({"emotion": [[1e39] * 8]}, "emotion"),
+        ({"emotion": [[10 ** 400] * 8]}, "emotion"),
+        ({"audio": [1.0], "sample_rate": 10 ** 30}, "sample_rate"),
+        ({"motion": [[0.0] * 56], "frames": 1}, "frames"),
+    ]
+    for fields, name in bad:
+        with pytest.raises(ProtocolError) as e:
+            parse_push({"type": "push", **fields}, "arig" if name == "frames" and "motion" in fields else "lr-token")
+        assert e.value.field == name, (fields, e.value)
+
+
+def test_arig_streams_batched_equal_solo():
+    """StreamingARIG with n_streams: three streams pushed together (one batched frame per tick) equal
+    their solo runs with the same seeds to float rounding; a stream stepped alone is bit-identical;
+    reset takes a new seed."""
+    from minilisten.streaming import StreamingARIG
+    model = _tiny_arig()
+    segs = [speaker_segment(1.5, seed=40 + k) for k in range(3)]
+    segs = [s.replace(speaker_motion=np.random.default_rng(k).normal(0, 0.5, s.speaker_motion.shape))
+            for k, s in enumerate(segs)]
+    pushes = [_with_motion(s, chunks(s, seed=50 + k, max_frames=9)) for k, s in enumerate(segs)]
+
+    def solo(k, seed):
+        sa = StreamingARIG(model, segs[k].listener_beta, seed=seed, history_words=segs[k].history_words)
+        return np.concatenate([sa.push(**p) for p in pushes[k]] + [sa.flush()])
+    ms = StreamingARIG(model, np.zeros(100), n_streams=4, seed=0)
+    for b, s in enumerate(segs):
+        ms.reset(b, s.history_words, seed=b)
+        ms.set_beta(s.listener_beta, b)
+    n = min(map(len, pushes))
+    got = [[] for _ in segs]
+    for i in range(n):
+        out = ms.push_many({b: pushes[b][i] for b in range(3)})
+        for b in range(3):
+            got[b].append(out[b])
+    for b in range(3):   # the rest stream by stream
+        got[b] += [ms.push(stream=b, **p) for p in pushes[b][n:]] + [ms.flush(b)]
+        np.testing.assert_allclose(np.concatenate(got[b]), solo(b, seed=b), atol=1e-5)
+    ms.reset(3, segs[0].history_words, seed=3)
+    ms.set_beta(segs[0].listener_beta, 3)
+    alone = np.concatenate([ms.push(stream=3, **p) for p in pushes[0]] + [ms.flush(3)])
+    np.testing.assert_array_equal(alone, solo(0, seed=3))
+    with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*63\)"):
+        ms.reset(0, seed=-1)
+
+
+def test_step_too_long_for_the_context_is_refused_alone(lm):
+    """A chunk whose step cannot fit the LM context is refused (UserError naming the stream), its stream
+    unchanged; the other stream of the same push_many still equals its solo run."""
+    from minilisten.errors import UserError
+    seg = speaker_segment(2.0, seed=30)
+    pushes = chunks(seg, seed=30, max_frames=12)
+    make = lambda n: StreamingListener(lm, tiny_vq("adaln"), seg.listener_beta, n_streams=n, max_len=48,  # noqa: E731
+                                       history_words=seg.history_words)
+    solo = make(1)
+    want = np.concatenate([solo.push(**p) for p in pushes] + [solo.flush()])
+    sl = make(2)
+    flood = dict(emotion=seg.emotion[:8], sa_tokens=seg.sa_tokens[:14],
+                 words=[Word(f"w{k}", 0.0, 0.01 * k) for k in range(1, 26)])
+    got = []
+    for i, p in enumerate(pushes):
+        out = sl.push_many({0: p, 1: flood} if i == 0 else {0: p})
+        got.append(out[0])
+        if i == 0:
+            assert isinstance(out[1], UserError) and re.search(r"push \(stream 1\): step 0", str(out[1])), out[1]
+            assert sl.progress(1)["frames"] == 0
+    got.append(sl.flush(0))
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)

@@ -192,7 +192,8 @@ class Browser:
 
     def __init__(self, url, profile: Path):
         self.proc = subprocess.Popen([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-                                      "--disable-dev-shm-usage", "--no-first-run", "--window-size=800,700", "--remote-debugging-port=0",
+                                      "--disable-dev-shm-usage", "--no-first-run", "--window-size=800,700",
+                                      "--remote-debugging-port=0",
                                       f"--user-data-dir={profile}", url],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 60
@@ -296,7 +297,7 @@ def test_clip_for_arig_server():
     from test_server import ARIG_TINY
 
     from minilisten.arig import ARIG, ARIGConfig
-    from minilisten.server import parse_push
+    from minilisten.streaming import parse_push
     torch.manual_seed(0)
     srv = ListenerServer(arig=ARIG(ARIGConfig(**ARIG_TINY)).eval(), max_sessions=1)
     clip = srv.clip(1.0, 2)
