@@ -950,7 +950,7 @@ def test_arig_bad_messages_set_beta_reset(arig_model):
         ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8], "sa_tokens": [5000]}, "sa_tokens",
          "ids in [0, 1024)"),
         ({"type": "push", "words": [["late", 0.0, 0.01]]}, "words[0]", None),
-        ({"type": "reset", "seed": -3}, "seed", "an integer in [0, 2**63)"),
+        ({"type": "reset", "seed": -3}, "seed", "an int in [0, 2**63)"),
         ({"type": "reset", "history_words": [["x", 0.5, 1.0]]}, "history_words[0]", "end <= 0 s"),
         ({"type": "set_beta", "beta": [1.0] * 3}, "beta", "shape (100,)"),
     ]
