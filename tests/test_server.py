@@ -715,6 +715,96 @@ def test_push_over_the_cap_refused(models):
     check_frames(replies, ref, pushes)
 
 
+def test_one_sessions_bad_push_never_reaches_another(models, monkeypatch):
+    """Issue 24 defect 1: word times of 401 digits (an OverflowError inside float()) in one session's
+    pushes, round after round next to another session's good pushes: the good session's frames equal
+    its solo run, the bad one gets errors naming the field and goes on. At the tick: an exception in
+    one stream's push_many result (here a RuntimeError) is answered to that session alone."""
+    from minilisten.server import _Session
+    from minilisten.streaming import parse_push
+    lm, vq = models
+    seg = speaker_segment(3.0, seed=41)
+    pushes = chunks(seg, seed=42)
+    ref = direct(lm, vq, seg, pushes)
+    huge = {"type": "push", "words": [["x", 10 ** 400, 10 ** 400 + 1]], "emotion": [[0.125] * 8] * 3}
+
+    async def body(server, url):
+        async def bad():
+            async with connect(url) as ws:
+                await recv(ws)
+                errs = []
+                for k in range(len(pushes)):
+                    await ws.send(json.dumps({**huge, "id": k}))
+                    errs.append(await recv(ws))
+                await ws.send(json.dumps({"type": "push", "emotion": [[0.125] * 8] * 3, "id": "ok"}))
+                return errs, await recv(ws)
+
+        async def good():
+            async with connect(url) as ws:
+                await recv(ws)
+                return await stream_session(ws, seg, pushes)
+        return await asyncio.gather(bad(), good())
+    (errs, after), replies = run_server(models, body, max_sessions=2)
+    assert all(e["type"] == "error" and e["field"] == "words[0]" for e in errs), errs
+    assert after["type"] == "frames" and after["id"] == "ok"
+    check_frames(replies, ref, pushes)
+    server = ListenerServer(lm, vq, max_sessions=2)
+    real = server.listener.push_many
+    monkeypatch.setattr(server.listener, "push_many", lambda c: {**real({0: c[0]}), 1: RuntimeError("stream 1")})
+    ss = [_Session(b, None, None, None) for b in range(2)]
+    kw = parse_push(wire(pushes[0]))
+    out = server._run_tick({0: (ss[0], ("push", kw, 0)), 1: (ss[1], ("push", kw, 1))}, [])
+    np.testing.assert_array_equal(motion_of(out[0][0]), ref[0])
+    assert out[1][0]["field"] == "server" and out[1][0]["actual"] == "RuntimeError" and out[1][0]["id"] == 1
+
+
+def test_set_beta_out_of_float32_refused(models):
+    """Issue 24 defect 3: set_beta with values beyond float32 (1e300, 3.5e38) is an error naming beta and
+    changes nothing (the frames still equal the default identity's); float32's largest value is accepted."""
+    lm, vq = models
+    seg = speaker_segment(2.0, seed=43).replace(history_words=[])
+    pushes = chunks(seg, seed=44)
+    ref = direct(lm, vq, seg, pushes)
+    f32max = float(np.finfo(np.float32).max)
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            out = []
+            for b in ([1e300] * 100, [3.5e38] + [0.0] * 99, [-f32max] + [0.0] * 99, None):
+                await ws.send(json.dumps({"type": "set_beta", "beta": b}))
+                out.append(await recv(ws))
+            for k, p in enumerate(pushes):
+                await ws.send(json.dumps({**wire(p), "id": k}))
+                out.append(await recv(ws))
+            await ws.send(json.dumps({"type": "end", "id": "end"}))
+            out.append(await recv(ws))
+            return out
+    out = run_server(models, body, max_sessions=1)
+    assert [m["type"] for m in out[:4]] == ["error", "error", "ok", "ok"], out[:4]
+    assert out[0]["field"] == out[1]["field"] == "beta" and out[0]["op"] == "set_beta"
+    check_frames(out[4:], ref, pushes)
+
+
+def test_arig_huge_motion_refused_never_nan(arig_model):
+    """Issue 24 defect 4: ARIG pushes of motion rows of 1e30 are refused (an error naming motion, the
+    stream unchanged), never NaN on the wire; the session's frames still equal the direct run."""
+    pushes, hist, beta = arig_input(1.0, seed=45, sizes_seed=46)
+    ref = arig_direct(arig_model, pushes, hist, beta)
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            errs = []
+            for p in pushes[:3]:
+                await ws.send(json.dumps({**arig_wire(p), "motion": (np.full_like(p["motion"], 1e30)).tolist()}))
+                errs.append(await recv(ws))
+            return errs, await arig_session(ws, pushes, hist, beta)
+    errs, replies = run_arig_server(arig_model, body, max_sessions=1)
+    assert all(e["type"] == "error" and e["field"] == "motion" for e in errs), errs
+    check_arig_frames(replies, ref, pushes)
+
+
 def test_workers_share_the_port(models, tmp_path):
     """serve --workers 2: two processes on one port (SO_REUSEPORT); connections land on both, each
     connection stays on its worker for the whole session."""
