@@ -12,13 +12,13 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import hmac
 import json
 import logging
 import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -45,58 +45,18 @@ LOG = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- pose -> robot angles
-def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
-    """Rodrigues: axis-angle vectors ``(..., 3)`` (radians) -> rotation matrices ``(..., 3, 3)``."""
-    aa = np.asarray(aa, np.float64)
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    k = aa / np.where(theta > 1e-12, theta, 1.0)
-    x, y, z = k[..., 0], k[..., 1], k[..., 2]
-    zero = np.zeros_like(x)
-    K = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1)], -2)
-    s, c = np.sin(theta)[..., None], np.cos(theta)[..., None]
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
-
-
-def matrix_to_rpy(R: np.ndarray) -> np.ndarray:
-    """Rotation matrices ``(..., 3, 3)`` in FLAME's frame -> ``(..., 3)`` (roll, pitch, yaw) radians
-    with ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` (module docstring)."""
-    pitch = np.arcsin(np.clip(-R[..., 1, 2], -1.0, 1.0))
-    yaw = np.arctan2(R[..., 0, 2], R[..., 2, 2])
-    roll = np.arctan2(R[..., 1, 0], R[..., 1, 1])
-    return np.stack([roll, pitch, yaw], -1)
-
-
 def robot_angles(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Listener frames ``(n, 56)`` -> head ``(n, 3)`` roll/pitch/yaw and jaw opening ``(n,)``, degrees."""
-    head = np.degrees(matrix_to_rpy(axis_angle_to_matrix(motion[:, N_EXP:N_EXP + 3])))
-    jaw = np.degrees(matrix_to_rpy(axis_angle_to_matrix(motion[:, N_EXP + 3:N_EXP + 6]))[:, 1])
-    return head, jaw
+    """Listener frames ``(n, 56)`` -> head ``(n, 3)`` roll/pitch/yaw and jaw opening ``(n,)``, degrees: FLAME's
+    axis-angle head and jaw rotations (pose dims 50:53, 53:56) as ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` (ROS
+    REP-103 roll-pitch-yaw in FLAME's frame, docs/server.md); the jaw opening is the jaw rotation's pitch."""
+    from scipy.spatial.transform import Rotation
+    head, jaw = (Rotation.from_rotvec(motion[:, i:i + 3].astype(np.float64)).as_euler("YXZ", degrees=True)
+                 for i in (N_EXP, N_EXP + 3))
+    return head[:, ::-1].copy(), jaw[:, 1]
 
 
-
-# ----------------------------------------------------------------------------- protocol errors
-# ----------------------------------------------------------------------------- protocol errors
+# ----------------------------------------------------------------------------- messages in and errors out
 _STREAM_REF = re.compile(r",\s*stream \d+|\s*\(stream \d+\)")
-
-
-def error_message(e: ValueError, op: str | None = None, msg_id=None) -> dict:
-    """The ``error`` reply for ``e``: a :class:`ProtocolError`, or a StreamingListener ValueError
-    (``"FIELD (stream b): expected X, got Y"``; the internal stream slot is removed)."""
-    if isinstance(e, ProtocolError):
-        fld, exp, act, text = e.field, e.expected, e.actual, str(e)
-    else:
-        text = _STREAM_REF.sub("", str(e)).strip()
-        f = re.match(r"[A-Za-z_][\w\[\]./]*", text.split(":", 1)[0]) if ":" in text else None
-        fld = f.group(0) if f else "message"
-        m = re.search(r"\bexpected\s+(?P<x>.*?)(?:,\s*got\s+(?P<a>.*))?$", text, re.S)
-        exp = m.group("x") if m else None
-        act = m.group("a") if m else None
-    out = {"type": "error", "op": op, "field": fld, "expected": exp, "actual": act, "message": text}
-    if msg_id is not None:
-        out["id"] = msg_id
-    return out
-
-
 _JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]++")
 
@@ -123,15 +83,26 @@ def _not_json(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def error_message(e: ValueError, op: str | None = None, msg_id=None) -> dict:
+    """The ``error`` reply for a ProtocolError or a stream's ``"FIELD (stream b): expected X, got Y"`` (the
+    internal slot left out)."""
+    text = _STREAM_REF.sub("", str(e)).strip()
+    if isinstance(e, ProtocolError):
+        fld, exp, act = e.field, e.expected, e.actual
+    else:
+        f = re.match(r"([A-Za-z_][\w\[\]./]*)[^:]*:", text)
+        m = re.search(r"\bexpected\s+(.*?)(?:,\s*got\s+(.*))?$", text, re.S)
+        fld, (exp, act) = f[1] if f else "message", m.groups() if m else (None, None)
+    return {"type": "error", "op": op, "id": msg_id, "field": fld, "expected": exp, "actual": act, "message": text}
+
+
 # ----------------------------------------------------------------------------- the server
-@dataclass(eq=False)
+@dataclasses.dataclass(eq=False)
 class _Session:
     slot: int
     ws: object
     inbox: asyncio.Queue
     outbox: asyncio.Queue
-    beta: object = None               # this session's beta (None: the server default)
-    history: list = field(default_factory=list)
     sent_frames: int = 0              # frames sent since the stream's start (the next frame's index)
     closed: bool = False
 
@@ -147,12 +118,11 @@ class ListenerServer:
     GET/HEAD (``/``: the web page, ``/clip.json``: :meth:`clip`). Run as ``async with server.run(host, port)``.
     """
 
-    def __init__(self, lm=None, vq=None, beta=None, *, arig=None, max_sessions: int = 8, fps: float | None = None,
-                 lookahead: int | None = None, sa_tokenizer=None, max_len: int | None = None, max_queue: int = 64,
+    def __init__(self, lm=None, vq=None, beta=None, *, arig=None, max_sessions: int = 8, lookahead: int | None = None,
+                 sa_tokenizer=None, max_len: int | None = None, max_queue: int = 64,
                  max_message: int = 1 << 20, max_push_seconds: float = 10.0, close_timeout: float = 5.0,
-                 token: str | None = None, model_info: dict | None = None, seed: int = 0,
-                 sample_steps: int | None = None, temperature: float = 1.0, max_skew: float = 2.0, web: bool = True,
-                 worker: int = 0):
+                 token: str | None = None, seed: int = 0, sample_steps: int | None = None, temperature: float = 1.0,
+                 max_skew: float = 2.0, web: bool = True, worker: int = 0):
         for name, v in (("max_sessions", max_sessions), ("max_queue", max_queue), ("max_message", max_message)):
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise UserError(f"{name}: expected an int >= 1, got {v!r}")
@@ -161,20 +131,16 @@ class ListenerServer:
         if (arig is None) == (lm is None or vq is None) or (arig is not None and (lm is not None or vq is not None)):
             raise UserError("models: expected lm and vq (LR-token model) or arig (ARIG model), got "
                             f"lm={type(lm).__name__}, vq={type(vq).__name__}, arig={type(arig).__name__}")
+        if token is not None and not (isinstance(token, str) and token):
+            raise UserError(f"token: expected a non-empty string or None, got {token!r}")
         self.kind = "arig" if arig is not None else "lr-token"
-        needs_beta = arig.config.use_beta if arig is not None else vq.needs_beta
-        if beta is None and needs_beta:
+        if beta is None and (arig.config.use_beta if arig is not None else vq.needs_beta):
             beta, self.beta_source = np.zeros(N_SHAPE, np.float32), "zeros (FLAME mean shape)"
         else:
-            self.beta_source = ("none (identity-free model)" if beta is None else "given")
+            self.beta_source = "none (identity-free model)" if beta is None else "given"
         self.default_beta = None if beta is None else np.asarray(beta, np.float32)
-        if self.default_beta is not None and self.default_beta.shape != (N_SHAPE,):
-            raise UserError(f"beta: expected shape ({N_SHAPE},), got {self.default_beta.shape}")
-        rate = arig.config.fps if arig is not None else fps or lm.config.fps
-        self.max_push_frames = max(1, int(round(max_push_seconds * rate)))
+        self.max_push_frames = max(1, round(max_push_seconds * (lm if arig is None else arig).config.fps))
         if arig is not None:
-            if fps is not None and abs(fps - arig.config.fps) > 1e-6:
-                raise UserError(f"fps: expected {arig.config.fps:g} (the ARIG model's), got {fps}")
             if sa_tokenizer is not None or lookahead is not None:
                 raise UserError("sa_tokenizer/lookahead: expected None with the arig model (it takes SA tokens, no "
                                 "lookahead), got " + ("sa_tokenizer" if sa_tokenizer is not None else "lookahead"))
@@ -184,48 +150,44 @@ class ListenerServer:
                                           steps=sample_steps, temperature=temperature, max_skew=max_skew,
                                           max_push_frames=self.max_push_frames)
         else:
-            self.listener = StreamingListener(lm, vq, self.default_beta, n_streams=max_sessions, fps=fps,
+            self.listener = StreamingListener(lm, vq, self.default_beta, n_streams=max_sessions,
                                               lookahead=lookahead, sa_tokenizer=sa_tokenizer, max_len=max_len,
                                               max_push_frames=self.max_push_frames)
         self.max_sessions, self.max_queue, self.max_message, self.seed = max_sessions, max_queue, max_message, seed
         self.close_timeout, self.token, self.web, self.worker = float(close_timeout), token, bool(web), worker
-        if token is not None and not (isinstance(token, str) and token):
-            raise UserError(f"token: expected a non-empty string or None, got {token!r}")
-        self._clips: dict = {}                 # (seconds, seed) -> future of the /clip.json body
+        self.model_info = _describe_arig(arig) if arig is not None else _describe_lr(lm, vq)
         self.free = collections.deque(range(max_sessions))
         self.sessions: dict[int, _Session] = {}
-        self._release: list[int] = []
-        self._releasing = 0                    # slots being reset by the worker right now
+        self._release: list[int] = []          # slots of closed sessions, reset and freed by the tick loop
+        self._releasing = 0                    # slots being reset by the decode thread right now
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-decode")
         self._http_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-http")
-        self._wake: asyncio.Event | None = None
+        self._clips: dict = {}                 # (seconds, seed) -> future of the /clip.json body
         self._closing: set = set()             # close() tasks of slow clients (kept referenced)
+        self._wake: asyncio.Event | None = None
         self.host, self.port = None, None      # bound address, once running
         self.stats = collections.Counter()     # ticks, batched pushes, frames, refused, errors
-        self.model_info = model_info if model_info is not None else (
-            describe_arig(arig) if arig is not None else describe_models(lm, vq))
 
     def hello(self, session: _Session) -> dict:
-        """The first message of a session: protocol, model, input it takes, output and limits."""
+        """A session's first message: protocol, model, the input it takes, output and limits."""
+        from . import __version__
         sl, arig = self.listener, self.kind == "arig"
-        beta = session.beta if session.beta is not None else self.default_beta
         if arig:
             c = sl.cfg
-            inp = {"required": ["motion"] + (["sa_tokens"] if c.n_sa else []) + (["emotion"] if c.use_emotion else []),
+            inp = {"required": ["motion"] + ["sa_tokens"] * bool(c.n_sa) + ["emotion"] * c.use_emotion,
                    "motion": D_MOTION, "modalities": self.model_info["modalities"],
                    "sa_rate": c.sa_rate if c.n_sa else None, "sa_vocab": int(c.n_sa), "audio": False,
                    "sample_rate": None}
         else:
             inp = {"modalities": list(sl.modalities), "sa_rate": SA_RATE, "sa_vocab": int(sl.lm.vocab.n_sa),
                    "audio": sl.sa_tokenizer is not None, "sample_rate": sl.sample_rate}
+        beta = self.default_beta
         msg = {"type": "hello", "protocol": PROTOCOL, "kind": self.kind, "min_client_protocol": 2 if arig else 1,
-               "server": "minilisten " + _version(), "worker": self.worker, "fps": sl.fps,
+               "server": f"minilisten {__version__}", "worker": self.worker, "fps": sl.fps,
                "frames_per_step": 1 if arig else sl.r, "lookahead_steps": 0 if arig else sl.lookahead,
                "max_delay_s": 0.0 if arig else sl.r * (sl.lookahead + 1) / sl.fps,
-               "identity": {"beta": None if beta is None else [float(x) for x in beta],
-                            "source": "set_beta" if session.beta is not None else self.beta_source},
-               "model": self.model_info,
-               "input": {**inp, "emotions": list(EMOTIONS), "max_skew_s": sl.max_skew},
+               "identity": {"beta": None if beta is None else beta.tolist(), "source": self.beta_source},
+               "model": self.model_info, "input": {**inp, "emotions": list(EMOTIONS), "max_skew_s": sl.max_skew},
                "output": {"expression": N_EXP, "pose": D_MOTION - N_EXP, "head_rpy_deg": 3, "jaw_open_deg": 1,
                           "encoding": "json"},
                "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
@@ -234,21 +196,18 @@ class ListenerServer:
             msg["sampling"] = {"seed": sl.streams[session.slot].seed, "steps": sl.steps, "temperature": sl.temperature}
         return msg
 
-    # ------------------------------------------------------------------ connection handler
+    # ------------------------------------------------------------------ connections
     async def handler(self, ws) -> None:
         """One WebSocket connection = one session on a free stream slot."""
-        if self._wake is None:
-            self._wake = asyncio.Event()
         deadline = time.perf_counter() + 2.0
         while not self.free and (self._release or self._releasing) and time.perf_counter() < deadline:
             self._wake.set()   # a closed session's slot is being reset by the tick loop: wait for it (<= 2 s)
             await asyncio.sleep(0.005)
         if not self.free:
             self.stats["refused"] += 1
-            await ws.send(json.dumps({"type": "error", "op": "connect", "field": "session",
-                                      "expected": f"at most max_sessions={self.max_sessions} concurrent sessions",
-                                      "actual": f"{len(self.sessions) + len(self._release) + 1}",
-                                      "message": f"server full: {self.max_sessions} sessions in use; retry later"}))
+            err = ProtocolError("session", f"at most max_sessions={self.max_sessions} concurrent sessions (server "
+                                "full: retry later)", str(len(self.sessions) + len(self._release) + 1))
+            await ws.send(json.dumps(error_message(err, "connect")))
             await ws.close(1013, "server full")
             return
         s = _Session(self.free.popleft(), ws, asyncio.Queue(self.max_queue), asyncio.Queue(self.max_queue))
@@ -278,9 +237,27 @@ class ListenerServer:
         finally:
             s.closed = True
             self.sessions.pop(s.slot, None)
-            self._release.append(s.slot)   # reset and freed by the tick loop, after any decode in flight
+            self._release.append(s.slot)
             self._wake.set()
             sender.cancel()
+
+    def _parse(self, msg: dict) -> tuple[str, dict | None]:
+        """A client message -> (op, keyword arguments), or ProtocolError."""
+        op = msg.get("type")
+        if op not in CLIENT_TYPES:
+            raise ProtocolError("type", "one of " + ", ".join(CLIENT_TYPES), op)
+        if op == "push":
+            return op, parse_push(msg, self.kind)
+        allowed = {"set_beta": ("beta",), "reset": ("history_words", "seed")[:2 if self.kind == "arig" else 1]}
+        extra = sorted(set(msg) - {"type", "id", *allowed.get(op, ())})
+        if extra:
+            raise ProtocolError(extra[0], f"only the fields {', '.join(('type', 'id', *allowed.get(op, ())))} in {op}",
+                                extra[0])
+        if op == "set_beta":
+            return op, {"beta": msg.get("beta")}   # checked by the stream's set_beta
+        if op == "reset":   # the seed is checked by the stream's reset
+            return op, {"history_words": parse_words("history_words", msg.get("history_words")), "seed": msg.get("seed")}
+        return "end", None
 
     def _reply(self, s: _Session, msg: dict) -> None:
         if s.closed:
@@ -309,26 +286,6 @@ class ListenerServer:
         except ConnectionClosed:
             pass
 
-    def _parse(self, msg: dict) -> tuple[str, dict | None]:
-        """A client message -> (op, keyword arguments), or ProtocolError."""
-        op = msg.get("type")
-        if op not in CLIENT_TYPES:
-            raise ProtocolError("type", "one of " + ", ".join(CLIENT_TYPES), op)
-        if op == "push":
-            return op, parse_push(msg, self.kind)
-        allowed = {"set_beta": ("beta",), "reset": ("history_words", "seed") if self.kind == "arig"
-                   else ("history_words",)}.get(op, ())
-        extra = sorted(set(msg) - {"type", "id", *allowed})
-        if extra:
-            raise ProtocolError(extra[0], f"only the fields type, id{''.join(', ' + a for a in allowed)} in {op}",
-                                extra[0])
-        if op == "set_beta":
-            return op, {"beta": msg.get("beta")}   # checked by the stream's set_beta
-        if op == "reset":
-            return op, {"history_words": parse_words("history_words", msg.get("history_words")), **(
-                {"seed": msg["seed"]} if msg.get("seed") is not None else {})}
-        return "end", None
-
     # ------------------------------------------------------------------ batching loop
     async def _tick_loop(self) -> None:
         """Take every waiting message, in rounds (round k: each session's k-th message; all pushes
@@ -340,16 +297,11 @@ class ListenerServer:
             release, self._release = self._release, []
             rounds: list[dict] = []
             for slot, s in list(self.sessions.items()):
-                if s.closed:   # slow client being closed: drop its input (unblocks its handler)
-                    while not s.inbox.empty():
-                        s.inbox.get_nowait()
-                    continue
-                k = 0
-                while not s.inbox.empty():
+                items = [s.inbox.get_nowait() for _ in range(s.inbox.qsize())]
+                for k, item in enumerate([] if s.closed else items):   # a slow client being closed: input dropped
                     if k == len(rounds):
                         rounds.append({})
-                    rounds[k][slot] = (s, s.inbox.get_nowait())
-                    k += 1
+                    rounds[k][slot] = (s, item)
             if not rounds and not release:
                 continue
             self._releasing = len(release)
@@ -366,45 +318,42 @@ class ListenerServer:
     @torch.no_grad()
     def _run_rounds(self, rounds: list, release: list) -> list:
         """Decode thread (no autograd): the rounds in order; returns [(session, reply)] in order."""
+        for slot in release:
+            self.listener.reset(slot, history_words=(), seed=self.seed)
         out = []
-        for k, work in enumerate(rounds or [{}]):
-            res = self._run_tick(work, release if k == 0 else [])
-            out += [(work[slot][0], msg) for slot in work for msg in res.get(slot, [])]
+        for work in rounds:
+            res = self._run_tick(work)
+            out += [(work[slot][0], res[slot]) for slot in work]
         return out
 
-    def _run_tick(self, work: dict, release: list) -> dict:
-        """Decode thread: everything that touches the listener. Returns {slot: [replies]}."""
-        sl = self.listener
-        for slot in release:
-            sl.reset(slot, history_words=(), seed=self.seed)
-        out, pushes = {}, {}
+    def _run_tick(self, work: dict) -> dict:
+        """Decode thread: one round, ``{slot: (session, (op, kwargs, id))}`` -> ``{slot: reply}``; each session's
+        exception goes to that session alone."""
+        sl, out, pushes = self.listener, {}, {}
         for slot, (s, (op, kw, msg_id)) in work.items():
             try:
                 if op == "push":
                     pushes[slot] = (kw, msg_id)
-                    continue
-                if op == "open":
+                elif op == "open":
                     sl.reset(slot, history_words=(), seed=self.seed)
-                    sl.set_beta(self.default_beta, slot) if self.default_beta is not None else None
+                    sl.set_beta(self.default_beta, slot)
                     s.sent_frames = 0
-                    out[slot] = [self.hello(s)]
+                    out[slot] = self.hello(s)
                 elif op == "set_beta":
                     sl.set_beta(self.default_beta if kw["beta"] is None else kw["beta"], slot)
-                    s.beta = None if kw["beta"] is None else np.asarray(kw["beta"], np.float32)
-                    out[slot] = [{"type": "ok", "op": op, "id": msg_id}]
+                    out[slot] = {"type": "ok", "op": op, "id": msg_id}
                 elif op == "reset":
                     sl.reset(slot, **kw)
-                    s.history, s.sent_frames = kw["history_words"], 0
-                    out[slot] = [{"type": "ok", "op": op, "id": msg_id}]
+                    s.sent_frames = 0
+                    out[slot] = {"type": "ok", "op": op, "id": msg_id}
                 else:   # end / flush: the held-back frames, then a fresh stream (same identity, history)
-                    frames = sl.flush(slot)
-                    out[slot] = [self._frames(s, frames, msg_id, final=True)]
-                    sl.reset(slot, history_words=s.history)
+                    out[slot] = self._frames(s, sl.flush(slot), msg_id, final=True)
+                    sl.reset(slot)
                     s.sent_frames = 0
             except ValueError as e:
-                out[slot] = [error_message(e, op, msg_id)]
+                out[slot] = error_message(e, op, msg_id)
             except Exception as e:   # a bug: log it, answer, keep serving
-                out[slot] = [self._internal(e, op, msg_id)]
+                out[slot] = self._internal(e, op, msg_id)
         if pushes:
             self.stats["ticks"] += 1
             self.stats["pushes"] += len(pushes)
@@ -414,10 +363,10 @@ class ListenerServer:
             except Exception as e:   # a bug outside any one stream (each stream's own error is in its result)
                 res = {b: e for b in pushes}
             for b, r in res.items():
-                s, msg_id = work[b][0], pushes[b][1]
-                out[b] = [self._frames(s, r, msg_id) if isinstance(r, np.ndarray) else
+                msg_id = pushes[b][1]
+                out[b] = (self._frames(work[b][0], r, msg_id) if isinstance(r, np.ndarray) else
                           error_message(r, "push", msg_id) if isinstance(r, ValueError) else
-                          self._internal(r, "push", msg_id)]
+                          self._internal(r, "push", msg_id))
         return out
 
     def _internal(self, e: Exception, op: str | None, msg_id) -> dict:
@@ -429,12 +378,12 @@ class ListenerServer:
 
     def _frames(self, s: _Session, frames: np.ndarray, msg_id, final: bool = False) -> dict:
         head, jaw = robot_angles(frames)
-        msg = {"type": "frames", "id": msg_id, "start": s.sent_frames, "n": int(frames.shape[0]),
+        msg = {"type": "frames", "id": msg_id, "start": s.sent_frames, "n": len(frames),
                "t0": s.sent_frames / self.listener.fps, "final": final,
                "expression": frames[:, :N_EXP].tolist(), "pose": frames[:, N_EXP:].tolist(),
                "head_rpy_deg": head.tolist(), "jaw_open_deg": jaw.tolist()}
-        s.sent_frames += int(frames.shape[0])
-        self.stats["frames"] += int(frames.shape[0])
+        s.sent_frames += len(frames)
+        self.stats["frames"] += len(frames)
         return msg
 
     # ------------------------------------------------------------------ HTTP
@@ -460,7 +409,6 @@ class ListenerServer:
         return dataclasses.replace(r, body=b"") if request.method == "HEAD" else r
 
     def _authorized(self, request) -> bool:
-        import hmac
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":   # RFC 7235: the scheme is case-insensitive
             given = (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
@@ -492,14 +440,11 @@ class ListenerServer:
         of one decode step (ARIG: 0.1 s), each with the clip time ``t`` it is due; only the model's modalities.
         ``{"fps", "seconds", "seed", "kind", "history_words", "words", "pushes": [{"t", "msg"}]}``."""
         from .data.synthetic import speaker_segment
-        sl = self.listener
-        if self.kind == "arig":
-            c = sl.cfg
-            fps, step, sa_rate, n_sa = float(sl.fps), max(1, int(round(sl.fps / 10))), float(c.sa_rate), int(c.n_sa)
-            use_w, use_sa, use_e = bool(c.use_words), n_sa > 0, bool(c.use_emotion)
-        else:
-            fps, step, sa_rate, n_sa = float(sl.fps), int(sl.r), float(SA_RATE), int(sl.lm.vocab.n_sa)
-            use_w, use_sa, use_e = "W" in sl.modalities, "SA" in sl.modalities, "emo" in sl.modalities
+        sl, arig = self.listener, self.kind == "arig"
+        fps, mods = float(sl.fps), self.model_info["modalities"]
+        step, n_sa, sa_rate = (max(1, round(fps / 10)), int(sl.cfg.n_sa), sl.cfg.sa_rate) if arig else \
+            (sl.r, int(sl.lm.vocab.n_sa), SA_RATE)
+        use_w, use_sa, use_e = "W" in mods, "SA" in mods, "E" in mods or "emo" in mods
         seg = speaker_segment(seconds, fps=fps, seed=seed, n_sa=max(n_sa, 1))
         wl = lambda ws: [[w.text, round(w.start, 4), round(w.end, 4)] for w in ws]   # noqa: E731
         pushes, f, sa_done, T = [], 0, 0, seg.T
@@ -515,7 +460,7 @@ class ListenerServer:
                 sa_done = sa_to
             if use_e:
                 msg["emotion"] = np.round(seg.emotion[f:f + n], 5).tolist()
-            if self.kind == "arig":
+            if arig:
                 msg["motion"] = seg.speaker_motion[f:f + n].tolist()
             elif not use_e:
                 msg["frames"] = n
@@ -523,7 +468,6 @@ class ListenerServer:
             f += n
         return {"fps": fps, "seconds": T / fps, "seed": seed, "kind": self.kind,
                 "history_words": wl(seg.history_words) if use_w else [], "words": wl(seg.words), "pushes": pushes}
-
 
     # ------------------------------------------------------------------ running
     @contextlib.asynccontextmanager
@@ -568,7 +512,7 @@ def web_page() -> str:
 
 
 def _respond(connection, status, body: str, content_type: str = "text/plain; charset=utf-8"):
-    """A plain HTTP response (websockets ``connection.respond``, with this content type)."""
+    """A plain HTTP response (websockets ``connection.respond``) with this content type, not cached."""
     r = connection.respond(status, body)
     del r.headers["Content-Type"]
     r.headers["Content-Type"] = content_type
@@ -578,45 +522,36 @@ def _respond(connection, status, body: str, content_type: str = "text/plain; cha
 
 def _query_num(q: dict, name: str, default, kind, lo, hi):
     """A number from a parsed query string (``?name=value``) in ``[lo, hi]``, else UserError."""
-    if name not in q:
-        return default
-    v = q[name][-1]
+    v = q.get(name, [str(default)])[-1]
     try:
         x = kind(v)
     except ValueError:
         x = None
-    if x is None or not (lo <= x <= hi) or (kind is float and not np.isfinite(x)):
+    if x is None or not lo <= x <= hi:   # NaN fails the comparison
         raise UserError(f"{name}: expected {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
                         f"got {v[:60]!r}")
     return x
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
-def describe_models(lm, vq) -> dict:
-    """The ``hello`` message's model info: modalities and sizes."""
+def _describe_lr(lm, vq) -> dict:
+    """The ``hello`` message's model info for the LR-token model: modalities and sizes."""
     bb = lm.backbone.config
-    return {
-        "modalities": list(lm.modalities),
-        "lm": {"backbone": bb.model_type, "parameters": int(sum(p.numel() for p in lm.parameters())),
-               "layers": getattr(bb, "num_hidden_layers", getattr(bb, "n_layer", None)),
-               "hidden": getattr(bb, "hidden_size", getattr(bb, "n_embd", None)),
-               "max_len": int(lm.max_len), "lr_vocab": int(lm.config.n_lr), "frames_per_code": int(lm.config.r)},
-        "vq": {"parameters": int(sum(p.numel() for p in vq.parameters())), "width": vq.config.width,
-               "codebook": vq.config.codebook_size, "dec_norm": vq.config.dec_norm, "needs_beta": bool(vq.needs_beta),
-               "receptive_field_codes": int(vq.receptive_field)},
-    }
+    return {"modalities": list(lm.modalities),
+            "lm": {"backbone": bb.model_type, "parameters": sum(p.numel() for p in lm.parameters()),
+                   "layers": getattr(bb, "num_hidden_layers", getattr(bb, "n_layer", None)),
+                   "hidden": getattr(bb, "hidden_size", getattr(bb, "n_embd", None)), "max_len": int(lm.max_len),
+                   "lr_vocab": int(lm.config.n_lr), "frames_per_code": int(lm.config.r)},
+            "vq": {"parameters": sum(p.numel() for p in vq.parameters()), "width": vq.config.width,
+                   "codebook": vq.config.codebook_size, "dec_norm": vq.config.dec_norm,
+                   "needs_beta": bool(vq.needs_beta), "receptive_field_codes": int(vq.receptive_field)}}
 
 
-def describe_arig(model) -> dict:
+def _describe_arig(model) -> dict:
     """The ``hello`` message's model info for an ARIG model: config and size."""
     from .arig import STATES
     c = model.config
     return {"modalities": ["W"] * c.use_words + ["SA"] * bool(c.n_sa) + ["E"] * c.use_emotion,
-            "arig": {"parameters": int(sum(p.numel() for p in model.parameters())), "d_model": c.d_model,
+            "arig": {"parameters": sum(p.numel() for p in model.parameters()), "d_model": c.d_model,
                      "d_ff": c.d_ff, "depth": c.depth, "window": c.window, "head": c.head, "ibu": c.ibu,
                      "sample_steps": c.sample_steps, "use_beta": bool(c.use_beta), "states": list(STATES)}}
 
@@ -624,36 +559,28 @@ def describe_arig(model) -> dict:
 # ----------------------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
     """The ``serve`` command line."""
-    p = argparse.ArgumentParser(prog="python -m minilisten serve",
-                                description="WebSocket server streaming listener frames (expression, pose, head "
-                                            "roll/pitch/yaw, jaw) to avatar and robot clients; JSON protocol "
-                                            f"version {PROTOCOL} (docs/server.md).")
+    p = argparse.ArgumentParser(prog="python -m minilisten serve", description="WebSocket server streaming "
+                                "listener frames (expression, pose, head roll/pitch/yaw, jaw) to avatar and robot "
+                                f"clients; JSON protocol version {PROTOCOL} (docs/server.md).")
     p.add_argument("--vq", help="VQ-VAE checkpoint directory (save_pretrained); with --lm")
     p.add_argument("--lm", help="ListenerLM checkpoint directory (save_pretrained); with --vq")
-    p.add_argument("--arig", help="ARIG checkpoint directory (train-arig --out) instead of --vq/--lm: one frame out "
-                   "per speaker frame in; clients push the speaker's motion")
+    p.add_argument("--arig", help="ARIG checkpoint directory (train-arig --out) instead of --vq/--lm")
     p.add_argument("--seed", type=int, default=0, help="ARIG: every session's noise seed at connect (default 0)")
     p.add_argument("--sample-steps", type=int, help="ARIG: Euler steps per frame (default: the model's)")
     p.add_argument("--max-skew", type=float, default=2.0, help="ARIG: seconds SA tokens may lead or lag the motion")
     p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free port)")
-    p.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT), each with its "
-                   "own models, --max-sessions slots and cores/N torch threads (default 1: one batched decoder for "
-                   "every session)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port, each with its own models, "
+                   "--max-sessions slots and cores/N torch threads (default 1)")
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions per worker (decoded as one batch)")
-    p.add_argument("--max-push-seconds", type=float, default=10.0, help="speaker seconds one push may carry "
-                   "(default 10; a longer push gets an error reply): bounds each reply and each decode round")
+    p.add_argument("--max-push-seconds", type=float, default=10.0, help="speaker seconds one push may carry")
     p.add_argument("--beta", help="default listener shape: .npy file of 100 floats (default: zeros)")
     p.add_argument("--sa-tokenizer", help="AcousticTokenizer directory: lets clients send 16 kHz audio")
-    p.add_argument("--fps", type=float, help="frame rate of the speaker stream (default and only accepted value: the "
-                   "LM's, lm.config.fps)")
     p.add_argument("--lookahead", type=int, help="VQ lookahead in codes (default: exact, the receptive field)")
     p.add_argument("--max-message", type=int, default=1 << 20, help="bytes per client message (default 1 MiB)")
     p.add_argument("--max-queue", type=int, default=64, help="messages buffered per session each way")
-    p.add_argument("--no-web", action="store_true", help="do not serve the web page (/) and test clip (/clip.json) "
-                   "on the same port")
-    p.add_argument("--token-file", help="file holding a shared token clients must send (Authorization: Bearer "
-                   "TOKEN or ?token=TOKEN); default: no authentication")
+    p.add_argument("--no-web", action="store_true", help="no web page (/) and test clip (/clip.json) on the port")
+    p.add_argument("--token-file", help="file of a shared token clients must send (default: no authentication)")
     return p
 
 
@@ -667,13 +594,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--port: expected 0..65535, got {a.port}")
     if a.workers < 1:
         raise UserError(f"--workers: expected an int >= 1, got {a.workers}")
-    a.beta_array = None
+    a.beta_array, a.token = None, None
     if a.beta:
         from .safe_pickle import load_npy
         a.beta_array = np.asarray(load_npy(a.beta), np.float32).reshape(-1)
         if a.beta_array.shape != (N_SHAPE,):
             raise UserError(f"--beta {a.beta}: expected {N_SHAPE} floats, got shape {a.beta_array.shape}")
-    a.token = None
     if a.token_file:
         with open(a.token_file, encoding="utf-8") as f:
             a.token = f.read().strip()
@@ -689,32 +615,26 @@ def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> None:
     """Load the models and serve until Ctrl-C (``worker``: this process' index among ``--workers``)."""
     from .lm import ListenerLM
     from .vqvae import VQVAE
-    common = dict(max_sessions=a.max_sessions, fps=a.fps, lookahead=a.lookahead, max_queue=a.max_queue,
-                  max_message=a.max_message, max_push_seconds=a.max_push_seconds, token=a.token, web=not a.no_web,
-                  worker=worker)
-    tok = None
+    if a.workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.workers))
+    kw = dict(max_sessions=a.max_sessions, lookahead=a.lookahead, max_queue=a.max_queue, max_message=a.max_message,
+              max_push_seconds=a.max_push_seconds, token=a.token, web=not a.no_web, worker=worker)
     if a.sa_tokenizer:
         from .speaker import AcousticTokenizer
-        tok = AcousticTokenizer.load(a.sa_tokenizer)
+        kw["sa_tokenizer"] = AcousticTokenizer.load(a.sa_tokenizer)
     if a.arig:
         from .arig import ARIG
-        server = ListenerServer(beta=a.beta_array, arig=ARIG.from_pretrained(a.arig).eval(), sa_tokenizer=tok,
-                                seed=a.seed, sample_steps=a.sample_steps, max_skew=a.max_skew, **common)
+        server = ListenerServer(beta=a.beta_array, arig=ARIG.from_pretrained(a.arig).eval(), seed=a.seed,
+                                sample_steps=a.sample_steps, max_skew=a.max_skew, **kw)
     else:
         vq, lm = VQVAE.from_pretrained(a.vq).eval(), ListenerLM.from_pretrained(a.lm).eval()
-        server = ListenerServer(lm, vq, a.beta_array, sa_tokenizer=tok, **common)
+        server = ListenerServer(lm, vq, a.beta_array, **kw)
     if a.beta:
         server.beta_source = f"--beta {a.beta}"
     try:
         asyncio.run(server.serve_forever(a.host, port, reuse_port=a.workers > 1))
     except KeyboardInterrupt:
         pass
-
-
-def _worker(a: argparse.Namespace, port: int, worker: int) -> None:
-    import torch
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.workers))
-    _serve(a, port, worker)
 
 
 def _serve_workers(a: argparse.Namespace) -> int:
@@ -725,21 +645,16 @@ def _serve_workers(a: argparse.Namespace) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as hold:   # reserves the port (0: picks one); never listens
         hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         hold.bind(addr)
-        port = hold.getsockname()[1]
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(a, port, k), name=f"minilisten-serve-{k}")
+        procs = [multiprocessing.get_context("spawn").Process(target=_serve, args=(a, hold.getsockname()[1], k))
                  for k in range(a.workers)]
         for pr in procs:
             pr.start()
-        print(f"minilisten serve: {a.workers} workers on port {port}", flush=True)
+        print(f"minilisten serve: {a.workers} workers on port {hold.getsockname()[1]}", flush=True)
         try:
             for pr in procs:
                 pr.join()
-        except KeyboardInterrupt:   # the workers got the SIGINT too
-            pass
-        finally:
+        except KeyboardInterrupt:   # Ctrl-C (the workers got it too when it came from a terminal)
             for pr in procs:
                 pr.join(10)
-                if pr.is_alive():
-                    pr.terminate()
+                pr.terminate()
     return 0 if all(pr.exitcode == 0 for pr in procs) else 1
