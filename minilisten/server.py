@@ -84,15 +84,11 @@ def _not_json(name: str):
 
 
 def error_message(e: ValueError, op: str | None = None, msg_id=None) -> dict:
-    """The ``error`` reply for a ProtocolError or a stream's ``"FIELD (stream b): expected X, got Y"`` (the
-    internal slot left out)."""
+    """The ``error`` reply for a UserError ``"FIELD (stream b): expected X, got Y"`` (the internal slot left out)."""
     text = _STREAM_REF.sub("", str(e)).strip()
-    if isinstance(e, ProtocolError):
-        fld, exp, act = e.field, e.expected, e.actual
-    else:
-        f = re.match(r"([A-Za-z_][\w\[\]./]*)[^:]*:", text)
-        m = re.search(r"\bexpected\s+(.*?)(?:,\s*got\s+(.*))?$", text, re.S)
-        fld, (exp, act) = f[1] if f else "message", m.groups() if m else (None, None)
+    f = re.match(r"([A-Za-z_][\w\[\]./]*)[^:]*:", text)
+    m = re.search(r"\bexpected\s+(.*?)(?:,\s*got\s+(.*))?$", text, re.S)
+    fld, (exp, act) = f[1] if f else "message", m.groups() if m else (None, None)
     return {"type": "error", "op": op, "id": msg_id, "field": fld, "expected": exp, "actual": act, "message": text}
 
 
@@ -108,55 +104,32 @@ class _Session:
 
 
 class ListenerServer:
-    """Serves one streaming listener to up to ``max_sessions`` WebSocket clients.
-
-    ``lm`` + ``vq`` (a StreamingListener; ``fps``, ``lookahead``, ``sa_tokenizer``, ``max_len`` are its options) or
-    ``arig`` (a StreamingARIG; ``seed``, ``sample_steps``, ``temperature``, ``max_skew``); ``beta``: the default
-    listener shape (None: zeros when the model needs one); ``max_push_seconds``: speaker time one push may carry;
-    ``max_queue``: messages buffered per session each way; ``max_message``: bytes per client message; ``token``: a
-    shared secret (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, else HTTP 401); ``web``: answer plain HTTP
-    GET/HEAD (``/``: the web page, ``/clip.json``: :meth:`clip`). Run as ``async with server.run(host, port)``.
+    """Serves ``listener`` (a StreamingListener or StreamingARIG: its ``n_streams`` are the session slots, its
+    ``max_push_frames`` the push cap) to WebSocket clients. ``beta``: every session's identity at connect (None: the
+    model has none; ``beta_source`` says where it came from); ``max_queue``: messages buffered per session each way;
+    ``max_message``: bytes per client message; ``token``: a shared secret (``Authorization: Bearer TOKEN`` or
+    ``?token=TOKEN``, else HTTP 401); ``web``: answer plain HTTP GET/HEAD (``/``: the web page, ``/clip.json``:
+    :meth:`clip`); ``worker``: this process' index. Run as ``async with server.run(host, port)``.
     """
 
-    def __init__(self, lm=None, vq=None, beta=None, *, arig=None, max_sessions: int = 8, lookahead: int | None = None,
-                 sa_tokenizer=None, max_len: int | None = None, max_queue: int = 64,
-                 max_message: int = 1 << 20, max_push_seconds: float = 10.0, close_timeout: float = 5.0,
-                 token: str | None = None, seed: int = 0, sample_steps: int | None = None, temperature: float = 1.0,
-                 max_skew: float = 2.0, web: bool = True, worker: int = 0):
-        for name, v in (("max_sessions", max_sessions), ("max_queue", max_queue), ("max_message", max_message)):
+    def __init__(self, listener, beta=None, *, beta_source: str = "given", max_queue: int = 64,
+                 max_message: int = 1 << 20, close_timeout: float = 5.0, token: str | None = None, web: bool = True,
+                 worker: int = 0):
+        if not isinstance(listener, (StreamingListener, StreamingARIG)):
+            raise UserError(f"listener: expected a StreamingListener or StreamingARIG, got {type(listener).__name__}")
+        for name, v in (("max_queue", max_queue), ("max_message", max_message)):
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise UserError(f"{name}: expected an int >= 1, got {v!r}")
-        if not (isinstance(max_push_seconds, (int, float)) and 0 < max_push_seconds <= 3600):
-            raise UserError(f"max_push_seconds: expected a number in (0, 3600], got {max_push_seconds!r}")
-        if (arig is None) == (lm is None or vq is None) or (arig is not None and (lm is not None or vq is not None)):
-            raise UserError("models: expected lm and vq (LR-token model) or arig (ARIG model), got "
-                            f"lm={type(lm).__name__}, vq={type(vq).__name__}, arig={type(arig).__name__}")
         if token is not None and not (isinstance(token, str) and token):
             raise UserError(f"token: expected a non-empty string or None, got {token!r}")
-        self.kind = "arig" if arig is not None else "lr-token"
-        if beta is None and (arig.config.use_beta if arig is not None else vq.needs_beta):
-            beta, self.beta_source = np.zeros(N_SHAPE, np.float32), "zeros (FLAME mean shape)"
-        else:
-            self.beta_source = "none (identity-free model)" if beta is None else "given"
-        self.default_beta = None if beta is None else np.asarray(beta, np.float32)
-        self.max_push_frames = max(1, round(max_push_seconds * (lm if arig is None else arig).config.fps))
-        if arig is not None:
-            if sa_tokenizer is not None or lookahead is not None:
-                raise UserError("sa_tokenizer/lookahead: expected None with the arig model (it takes SA tokens, no "
-                                "lookahead), got " + ("sa_tokenizer" if sa_tokenizer is not None else "lookahead"))
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise UserError(f"seed: expected an int >= 0, got {seed!r}")
-            self.listener = StreamingARIG(arig, self.default_beta, n_streams=max_sessions, seed=seed,
-                                          steps=sample_steps, temperature=temperature, max_skew=max_skew,
-                                          max_push_frames=self.max_push_frames)
-        else:
-            self.listener = StreamingListener(lm, vq, self.default_beta, n_streams=max_sessions,
-                                              lookahead=lookahead, sa_tokenizer=sa_tokenizer, max_len=max_len,
-                                              max_push_frames=self.max_push_frames)
-        self.max_sessions, self.max_queue, self.max_message, self.seed = max_sessions, max_queue, max_message, seed
+        self.listener, self.kind = listener, "arig" if isinstance(listener, StreamingARIG) else "lr-token"
+        self.default_beta, self.beta_source = None if beta is None else np.asarray(beta, np.float32), beta_source
+        self.seeds = [st.seed for st in listener.streams]   # each slot's seed at connect
+        self.model_info = _describe_arig(listener.model) if self.kind == "arig" else _describe_lr(listener.lm,
+                                                                                                 listener.vq)
+        self.max_sessions, self.max_queue, self.max_message = listener.n_streams, max_queue, max_message
         self.close_timeout, self.token, self.web, self.worker = float(close_timeout), token, bool(web), worker
-        self.model_info = _describe_arig(arig) if arig is not None else _describe_lr(lm, vq)
-        self.free = collections.deque(range(max_sessions))
+        self.free = collections.deque(range(self.max_sessions))
         self.sessions: dict[int, _Session] = {}
         self._release: list[int] = []          # slots of closed sessions, reset and freed by the tick loop
         self._releasing = 0                    # slots being reset by the decode thread right now
@@ -191,7 +164,7 @@ class ListenerServer:
                "output": {"expression": N_EXP, "pose": D_MOTION - N_EXP, "head_rpy_deg": 3, "jaw_open_deg": 1,
                           "encoding": "json"},
                "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
-                          "max_queue": self.max_queue, "max_push_frames": self.max_push_frames}}
+                          "max_queue": self.max_queue, "max_push_frames": sl.max_push_frames}}
         if arig:
             msg["sampling"] = {"seed": sl.streams[session.slot].seed, "steps": sl.steps, "temperature": sl.temperature}
         return msg
@@ -225,9 +198,6 @@ class ListenerServer:
                     self.stats["errors"] += 1
                     self._reply(s, error_message(e, None, msg.get("id") if msg else None))
                     continue
-                except Exception as e:   # a bug in parsing: log it, answer, keep serving
-                    self._reply(s, self._internal(e, None, msg.get("id") if msg else None))
-                    continue
                 await s.inbox.put((op, kw, msg.get("id")))   # full inbox: stop reading (back-pressure)
                 self._wake.set()
                 if s.closed:   # closed as a slow client
@@ -256,7 +226,8 @@ class ListenerServer:
         if op == "set_beta":
             return op, {"beta": msg.get("beta")}   # checked by the stream's set_beta
         if op == "reset":   # the seed is checked by the stream's reset
-            return op, {"history_words": parse_words("history_words", msg.get("history_words")), "seed": msg.get("seed")}
+            return op, {"history_words": parse_words("history_words", msg.get("history_words")),
+                        "seed": msg.get("seed")}
         return "end", None
 
     def _reply(self, s: _Session, msg: dict) -> None:
@@ -288,54 +259,43 @@ class ListenerServer:
 
     # ------------------------------------------------------------------ batching loop
     async def _tick_loop(self) -> None:
-        """Take every waiting message, in rounds (round k: each session's k-th message; all pushes
-        of a round are one ``push_many``), run them in the decode thread, send the replies; repeat."""
+        """Each round: every session's next message, run in the decode thread (the round's pushes are one
+        ``push_many``), then the replies; repeat while messages wait."""
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             release, self._release = self._release, []
-            rounds: list[dict] = []
-            for slot, s in list(self.sessions.items()):
-                items = [s.inbox.get_nowait() for _ in range(s.inbox.qsize())]
-                for k, item in enumerate([] if s.closed else items):   # a slow client being closed: input dropped
-                    if k == len(rounds):
-                        rounds.append({})
-                    rounds[k][slot] = (s, item)
-            if not rounds and not release:
+            for s in self.sessions.values():
+                while s.closed and not s.inbox.empty():   # a slow client being closed: its input is dropped
+                    s.inbox.get_nowait()
+            work = {slot: (s, s.inbox.get_nowait()) for slot, s in self.sessions.items() if not s.inbox.empty()}
+            if not work and not release:
                 continue
             self._releasing = len(release)
             try:
-                results = await loop.run_in_executor(self._executor, self._run_rounds, rounds, release)
+                replies = await loop.run_in_executor(self._executor, self._run_tick, work, release)
             finally:
                 self._releasing = 0
             self.free.extend(release)
-            for s, msg in results:
-                self._reply(s, msg)
+            for slot, msg in replies.items():
+                self._reply(work[slot][0], msg)
             if any(not s.inbox.empty() for s in self.sessions.values()) or self._release:
                 self._wake.set()
 
     @torch.no_grad()
-    def _run_rounds(self, rounds: list, release: list) -> list:
-        """Decode thread (no autograd): the rounds in order; returns [(session, reply)] in order."""
-        for slot in release:
-            self.listener.reset(slot, history_words=(), seed=self.seed)
-        out = []
-        for work in rounds:
-            res = self._run_tick(work)
-            out += [(work[slot][0], res[slot]) for slot in work]
-        return out
-
-    def _run_tick(self, work: dict) -> dict:
-        """Decode thread: one round, ``{slot: (session, (op, kwargs, id))}`` -> ``{slot: reply}``; each session's
-        exception goes to that session alone."""
+    def _run_tick(self, work: dict, release=()) -> dict:
+        """Decode thread (no autograd): reset the ``release``d slots, then one round ``{slot: (session, (op, kwargs,
+        id))}`` -> ``{slot: reply}``; each session's exception goes to that session alone."""
         sl, out, pushes = self.listener, {}, {}
+        for slot in release:
+            sl.reset(slot, history_words=(), seed=self.seeds[slot])
         for slot, (s, (op, kw, msg_id)) in work.items():
             try:
                 if op == "push":
                     pushes[slot] = (kw, msg_id)
                 elif op == "open":
-                    sl.reset(slot, history_words=(), seed=self.seed)
+                    sl.reset(slot, history_words=(), seed=self.seeds[slot])
                     sl.set_beta(self.default_beta, slot)
                     s.sent_frames = 0
                     out[slot] = self.hello(s)
@@ -589,11 +549,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if bool(a.arig) == bool(a.vq or a.lm) or (not a.arig and not (a.vq and a.lm)):
         p.error("expected --vq DIR --lm DIR (LR-token model) or --arig DIR (ARIG model)")
+    if a.arig and (a.lookahead is not None or a.sa_tokenizer):
+        p.error("--lookahead, --sa-tokenizer: expected neither with --arig (it takes SA tokens, no lookahead)")
     _websockets_serve()
-    if not 0 <= a.port <= 65535:
-        raise UserError(f"--port: expected 0..65535, got {a.port}")
-    if a.workers < 1:
-        raise UserError(f"--workers: expected an int >= 1, got {a.workers}")
+    for flag, v, lo, hi in (("--port", a.port, 0, 65535), ("--workers", a.workers, 1, 256), ("--seed", a.seed, 0,
+                             2 ** 63 - 1), ("--max-push-seconds", a.max_push_seconds, 0.01, 3600)):
+        if not lo <= v <= hi:
+            raise UserError(f"{flag}: expected a number in [{lo}, {hi}], got {v}")
     a.beta_array, a.token = None, None
     if a.beta:
         from .safe_pickle import load_npy
@@ -612,25 +574,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> None:
-    """Load the models and serve until Ctrl-C (``worker``: this process' index among ``--workers``)."""
+    """Load the model and serve until Ctrl-C (``worker``: this process' index among ``--workers``)."""
     from .lm import ListenerLM
     from .vqvae import VQVAE
     if a.workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.workers))
-    kw = dict(max_sessions=a.max_sessions, lookahead=a.lookahead, max_queue=a.max_queue, max_message=a.max_message,
-              max_push_seconds=a.max_push_seconds, token=a.token, web=not a.no_web, worker=worker)
-    if a.sa_tokenizer:
-        from .speaker import AcousticTokenizer
-        kw["sa_tokenizer"] = AcousticTokenizer.load(a.sa_tokenizer)
     if a.arig:
         from .arig import ARIG
-        server = ListenerServer(beta=a.beta_array, arig=ARIG.from_pretrained(a.arig).eval(), seed=a.seed,
-                                sample_steps=a.sample_steps, max_skew=a.max_skew, **kw)
+        model = ARIG.from_pretrained(a.arig).eval()
+        fps, needs_beta = model.config.fps, model.config.use_beta
     else:
         vq, lm = VQVAE.from_pretrained(a.vq).eval(), ListenerLM.from_pretrained(a.lm).eval()
-        server = ListenerServer(lm, vq, a.beta_array, **kw)
-    if a.beta:
-        server.beta_source = f"--beta {a.beta}"
+        fps, needs_beta = lm.config.fps, vq.needs_beta
+    beta, source = ((a.beta_array, f"--beta {a.beta}") if a.beta else (None, "none (identity-free model)")
+                    if not needs_beta else (np.zeros(N_SHAPE, np.float32), "zeros (FLAME mean shape)"))
+    kw = dict(n_streams=a.max_sessions, max_push_frames=max(1, round(a.max_push_seconds * fps)))
+    if a.arig:
+        listener = StreamingARIG(model, beta, seed=a.seed, steps=a.sample_steps, max_skew=a.max_skew, **kw)
+    else:
+        from .speaker import AcousticTokenizer
+        tok = AcousticTokenizer.load(a.sa_tokenizer) if a.sa_tokenizer else None
+        listener = StreamingListener(lm, vq, beta, lookahead=a.lookahead, sa_tokenizer=tok, **kw)
+    server = ListenerServer(listener, beta, beta_source=source, max_queue=a.max_queue, max_message=a.max_message,
+                            token=a.token, web=not a.no_web, worker=worker)
     try:
         asyncio.run(server.serve_forever(a.host, port, reuse_port=a.workers > 1))
     except KeyboardInterrupt:

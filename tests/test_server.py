@@ -85,12 +85,19 @@ async def session(ws, history, pushes, beta=None, seed=None, encode=None):
     return out
 
 
+def lr_server(lm, vq, max_sessions=8, lookahead=None, sa_tokenizer=None, max_push_seconds=10.0, **kw):
+    """A ListenerServer over a StreamingListener as ``serve`` makes it (the zeros identity; ``kw``: the server's)."""
+    sl = StreamingListener(lm, vq, np.zeros(N_SHAPE), n_streams=max_sessions, lookahead=lookahead,
+                           sa_tokenizer=sa_tokenizer, max_push_frames=round(30 * max_push_seconds))
+    return ListenerServer(sl, np.zeros(N_SHAPE), beta_source="zeros (FLAME mean shape)", **kw)
+
+
 def run_server(models, body, **kw):
-    """Start a server on an ephemeral port, run ``await body(server, url)``, stop it."""
+    """Start a server (:func:`lr_server`) on an ephemeral port, run ``await body(server, url)``, stop it."""
     lm, vq = models
 
     async def main():
-        server = ListenerServer(lm, vq, **kw)
+        server = lr_server(lm, vq, **kw)
         async with server.run(port=0):
             return await body(server, f"ws://127.0.0.1:{server.port}")
     return asyncio.run(main())
@@ -373,23 +380,35 @@ def test_binds_localhost_by_default(models):
     assert run_server(models, body) == "127.0.0.1"
 
 
-def test_robot_angles_against_scipy():
-    """roll/pitch/yaw = scipy's intrinsic Y-X-Z Euler angles of the axis-angle head rotation;
-    small rotations: pitch ~ pose[50], yaw ~ pose[51], roll ~ pose[52]; jaw = jaw pitch."""
+def test_robot_angles_from_hand_built_rotations():
+    """Random roll/pitch/yaw (|pitch| < 85 deg) -> R = Ry(yaw) Rx(pitch) Rz(roll) from hand-written elementary
+    rotations -> axis-angle (scipy's matrix -> rotvec) -> robot_angles gives them back; the jaw opening is the
+    jaw rotation's pitch; small rotations: pitch ~ pose[50], yaw ~ pose[51], roll ~ pose[52]."""
     from scipy.spatial.transform import Rotation
+
+    def rx(a):
+        return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+    def ry(a):
+        return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+    def rz(a):
+        return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rng = np.random.default_rng(0)
+    rpy = np.stack([rng.uniform(-np.pi, np.pi, 64), rng.uniform(-1.48, 1.48, 64), rng.uniform(-np.pi, np.pi, 64)], 1)
+    jaw_pitch = rng.uniform(-0.5, 0.5, 64)
     m = np.zeros((64, 56), np.float32)
-    m[:, 50:56] = rng.normal(0, 0.5, (64, 6))
+    m[:, 50:53] = Rotation.from_matrix(np.stack([ry(y) @ rx(p) @ rz(r) for r, p, y in rpy])).as_rotvec()
+    m[:, 53:56] = Rotation.from_matrix(np.stack([rx(p) for p in jaw_pitch])).as_rotvec()
     head, jaw = robot_angles(m)
-    yaw, pitch, roll = Rotation.from_rotvec(m[:, 50:53].astype(np.float64)).as_euler("YXZ", degrees=True).T
-    np.testing.assert_allclose(head, np.stack([roll, pitch, yaw], 1), atol=1e-6)
-    jaw_ref = Rotation.from_rotvec(m[:, 53:56].astype(np.float64)).as_euler("YXZ", degrees=True)[:, 1]
-    np.testing.assert_allclose(jaw, jaw_ref, atol=1e-6)
+    np.testing.assert_allclose(head, np.degrees(rpy), atol=1e-4)
+    np.testing.assert_allclose(jaw, np.degrees(jaw_pitch), atol=1e-4)
     small = np.zeros((1, 56), np.float32)
     small[0, 50:56] = [0.01, -0.02, 0.03, 0.2, 0, 0]
     head, jaw = robot_angles(small)
     np.testing.assert_allclose(head[0], np.degrees([0.03, 0.01, -0.02]), atol=0.03)
     assert jaw[0] == pytest.approx(np.degrees(0.2), rel=1e-6)
+    assert robot_angles(np.zeros((0, 56), np.float32))[0].shape == (0, 3)
 
 
 def test_reused_slot_starts_fresh(models):
@@ -495,15 +514,15 @@ def test_batch_with_one_bad_chunk(models):
     seg = seg.replace(history_words=[])
     pushes = chunks(seg, seed=19)
     ref = direct(lm, vq, seg, pushes)
-    server = ListenerServer(lm, vq, max_sessions=2)
+    server = lr_server(lm, vq, max_sessions=2)
     ss = [_Session(b, None, None, None) for b in range(2)]
     bad = parse_push({"type": "push", "frames": 5, "emotion": [[0.125] * 8] * 5, "sa_tokens": [10 ** 6]})
     got = []
     for k, p in enumerate(pushes):
         work = {0: (ss[0], ("push", parse_push(wire(p)), k)), 1: (ss[1], ("push", bad, "bad"))}
-        out = server._run_tick(work, [])
-        assert out[1][0]["type"] == "error" and out[1][0]["field"] == "sa_tokens" and out[1][0]["id"] == "bad"
-        got.append(motion_of(out[0][0]))
+        out = server._run_tick(work)
+        assert out[1]["type"] == "error" and out[1]["field"] == "sa_tokens" and out[1]["id"] == "bad"
+        got.append(motion_of(out[0]))
         assert server.listener.progress(1)["frames"] == 0 and server.listener.progress(0)["frames"] > 0
     got.append(server.listener.flush(0))
     for g, r in zip(got, ref):
@@ -748,14 +767,14 @@ def test_one_sessions_bad_push_never_reaches_another(models, monkeypatch):
     assert all(e["type"] == "error" and e["field"] == "words[0]" for e in errs), errs
     assert after["type"] == "frames" and after["id"] == "ok"
     check_frames(replies, ref, pushes)
-    server = ListenerServer(lm, vq, max_sessions=2)
+    server = lr_server(lm, vq, max_sessions=2)
     real = server.listener.push_many
     monkeypatch.setattr(server.listener, "push_many", lambda c: {**real({0: c[0]}), 1: RuntimeError("stream 1")})
     ss = [_Session(b, None, None, None) for b in range(2)]
     kw = parse_push(wire(pushes[0]))
-    out = server._run_tick({0: (ss[0], ("push", kw, 0)), 1: (ss[1], ("push", kw, 1))}, [])
-    np.testing.assert_array_equal(motion_of(out[0][0]), ref[0])
-    assert out[1][0]["field"] == "server" and out[1][0]["actual"] == "RuntimeError" and out[1][0]["id"] == 1
+    out = server._run_tick({0: (ss[0], ("push", kw, 0)), 1: (ss[1], ("push", kw, 1))})
+    np.testing.assert_array_equal(motion_of(out[0]), ref[0])
+    assert out[1]["field"] == "server" and out[1]["actual"] == "RuntimeError" and out[1]["id"] == 1
 
 
 def test_set_beta_out_of_float32_refused(models):
@@ -901,9 +920,15 @@ async def arig_session(ws, pushes, history, beta, seed=None):
     return await session(ws, history, pushes, beta, seed, encode=arig_wire)
 
 
+def arig_server(model, max_sessions=8, seed=0, **kw):
+    """A ListenerServer over a StreamingARIG as ``serve`` makes it (the zeros identity)."""
+    sa = StreamingARIG(model, np.zeros(N_SHAPE), n_streams=max_sessions, seed=seed, max_push_frames=300)
+    return ListenerServer(sa, np.zeros(N_SHAPE), beta_source="zeros (FLAME mean shape)", **kw)
+
+
 def run_arig_server(model, body, **kw):
     async def main():
-        server = ListenerServer(arig=model, **kw)
+        server = arig_server(model, **kw)
         async with server.run(port=0):
             return await body(server, f"ws://127.0.0.1:{server.port}")
     return asyncio.run(main())
@@ -1084,8 +1109,8 @@ def test_arig_bad_messages_set_beta_reset(arig_model):
 def test_arig_cli_args():
     a = parser().parse_args(["--arig", "x", "--seed", "3", "--sample-steps", "4"])
     assert a.arig == "x" and a.seed == 3 and a.sample_steps == 4 and a.vq is None
-    with pytest.raises(ValueError, match="models: expected lm and vq"):
-        ListenerServer(lm=None, vq=None)
+    with pytest.raises(ValueError, match="listener: expected a StreamingListener or StreamingARIG, got object"):
+        ListenerServer(object())
     from minilisten.server import main
     for argv in (["--vq", "a"], ["--arig", "a", "--lm", "b"], []):
         with pytest.raises(SystemExit):   # argparse error: --vq with --lm, or --arig alone
@@ -1099,16 +1124,16 @@ def test_arig_batch_with_one_bad_chunk(arig_model):
     from minilisten.streaming import parse_push
     pushes, hist, beta = arig_input(1.0, seed=60, sizes_seed=61)
     ref = arig_direct(arig_model, pushes, [], np.zeros(N_SHAPE), seed=0)
-    server = ListenerServer(arig=arig_model, max_sessions=2)
+    server = arig_server(arig_model, max_sessions=2)
     ss = [_Session(b, None, None, None) for b in range(2)]
     bad = parse_push({"type": "push", "motion": [[0.0] * 56] * 2, "emotion": [[0.125] * 8] * 2, "sa_tokens": [5000]},
                      "arig")
     got = []
     for k, p in enumerate(pushes):
         work = {0: (ss[0], ("push", parse_push(arig_wire(p), "arig"), k)), 1: (ss[1], ("push", bad, "bad"))}
-        out = server._run_tick(work, [])
-        assert out[1][0]["type"] == "error" and out[1][0]["field"] == "sa_tokens" and out[1][0]["id"] == "bad"
-        got.append(motion_of(out[0][0]))
+        out = server._run_tick(work)
+        assert out[1]["type"] == "error" and out[1]["field"] == "sa_tokens" and out[1]["id"] == "bad"
+        got.append(motion_of(out[0]))
         st1 = server.listener.streams[1]
         assert st1.frames == st1.done == 0 and not len(st1.sa) and not len(st1.emo)
     for g, r in zip(got, ref):
@@ -1231,7 +1256,7 @@ def test_protocol_fuzzer(models):
     lm, vq = models
     segs = [(s, chunks(s, seed=70 + k)) for k, s in enumerate(speaker_segment(2.0, seed=60 + k) for k in range(2))]
     refs = [direct(lm, vq, s, p) for s, p in segs]
-    server = ListenerServer(lm, vq, max_sessions=3, max_push_seconds=2.0)
+    server = lr_server(lm, vq, max_sessions=3, max_push_seconds=2.0)
     replies = collections.Counter()
     with in_thread(server):
         url = f"ws://127.0.0.1:{server.port}"

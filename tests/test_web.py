@@ -19,9 +19,9 @@ import pytest
 
 pytest.importorskip("websockets")
 from conftest import tiny_lm, tiny_vq  # noqa: E402
+from test_server import lr_server  # noqa: E402
 
 from minilisten.render import SKIN  # noqa: E402
-from minilisten.server import ListenerServer  # noqa: E402
 
 SHOT = Path(__file__).resolve().parent.parent / "runs" / "test_web" / "page.png"
 
@@ -29,7 +29,7 @@ SHOT = Path(__file__).resolve().parent.parent / "runs" / "test_web" / "page.png"
 @contextlib.contextmanager
 def running(**kw):
     """A ListenerServer (tiny models, ``kw``) running in a background thread on an ephemeral port."""
-    srv = ListenerServer(tiny_lm("gpt2"), tiny_vq("adaln"), max_sessions=2, **kw)
+    srv = lr_server(tiny_lm("gpt2"), tiny_vq("adaln"), max_sessions=2, **kw)
     ready, box = threading.Event(), {}
 
     async def main():
@@ -294,12 +294,12 @@ def test_clip_for_arig_server():
     """The ARIG kind's clip: pushes of 0.1 s with the speaker motion, accepted by the server's parser
     and its MultiStreamARIG (one listener frame per speaker frame)."""
     import torch
-    from test_server import ARIG_TINY
+    from test_server import ARIG_TINY, arig_server
 
     from minilisten.arig import ARIG, ARIGConfig
     from minilisten.streaming import parse_push
     torch.manual_seed(0)
-    srv = ListenerServer(arig=ARIG(ARIGConfig(**ARIG_TINY)).eval(), max_sessions=1)
+    srv = arig_server(ARIG(ARIGConfig(**ARIG_TINY)).eval(), max_sessions=1)
     clip = srv.clip(1.0, 2)
     assert clip["kind"] == "arig" and [len(p["msg"]["motion"]) for p in clip["pushes"]] == [3] * 10
     srv.listener.reset(0, history_words=clip["history_words"])
