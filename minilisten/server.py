@@ -11,13 +11,12 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import functools
 import hmac
+import importlib.resources
 import json
 import logging
 import os
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -36,12 +35,10 @@ from .errors import UserError
 from .streaming import ProtocolError, StreamingARIG, StreamingListener, parse_push, parse_words
 from .tokens import SA_RATE
 
-#: 2 = 1 + hello ``kind`` / ``min_client_protocol`` / ``input.required`` and the ARIG model kind
-PROTOCOL = 2
+PROTOCOL = 2   # 2 = 1 + the ARIG model kind (hello kind / min_client_protocol / input.required)
 CLIENT_TYPES = ("push", "set_beta", "reset", "flush", "end")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 MAX_DEPTH = 32   # nesting of a client message's arrays and objects (a push needs 4)
-LOG = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- pose -> robot angles
@@ -104,13 +101,10 @@ class _Session:
 
 
 class ListenerServer:
-    """Serves ``listener`` (a StreamingListener or StreamingARIG: its ``n_streams`` are the session slots, its
-    ``max_push_frames`` the push cap) to WebSocket clients. ``beta``: every session's identity at connect (None: the
-    model has none; ``beta_source`` says where it came from); ``max_queue``: messages buffered per session each way;
-    ``max_message``: bytes per client message; ``token``: a shared secret (``Authorization: Bearer TOKEN`` or
-    ``?token=TOKEN``, else HTTP 401); ``web``: answer plain HTTP GET/HEAD (``/``: the web page, ``/clip.json``:
-    :meth:`clip`); ``worker``: this process' index. Run as ``async with server.run(host, port)``.
-    """
+    """Serves ``listener`` (a StreamingListener or StreamingARIG; its ``n_streams`` are the session slots) to
+    WebSocket clients: ``beta`` is every session's identity at connect (None: the model has none); ``max_queue``
+    messages buffered per session each way, of ``max_message`` bytes; ``token``: a shared secret; ``web``: answer
+    plain HTTP GET/HEAD (the page, :meth:`clip`). Run as ``async with server.run(host, port)`` (docs/server.md)."""
 
     def __init__(self, listener, beta=None, *, beta_source: str = "given", max_queue: int = 64,
                  max_message: int = 1 << 20, close_timeout: float = 5.0, token: str | None = None, web: bool = True,
@@ -132,12 +126,10 @@ class ListenerServer:
         self.free = collections.deque(range(self.max_sessions))
         self.sessions: dict[int, _Session] = {}
         self._release: list[int] = []          # slots of closed sessions, reset and freed by the tick loop
-        self._releasing = 0                    # slots being reset by the decode thread right now
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-decode")
         self._http_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-http")
         self._clips: dict = {}                 # (seconds, seed) -> future of the /clip.json body
         self._closing: set = set()             # close() tasks of slow clients (kept referenced)
-        self._wake: asyncio.Event | None = None
         self.host, self.port = None, None      # bound address, once running
         self.stats = collections.Counter()     # ticks, batched pushes, frames, refused, errors
 
@@ -172,9 +164,9 @@ class ListenerServer:
     # ------------------------------------------------------------------ connections
     async def handler(self, ws) -> None:
         """One WebSocket connection = one session on a free stream slot."""
-        deadline = time.perf_counter() + 2.0
-        while not self.free and (self._release or self._releasing) and time.perf_counter() < deadline:
-            self._wake.set()   # a closed session's slot is being reset by the tick loop: wait for it (<= 2 s)
+        for _ in range(400):   # a closed session's slot is free after the round in flight: wait for it (<= 2 s)
+            if self.free or len(self.sessions) == self.max_sessions:
+                break
             await asyncio.sleep(0.005)
         if not self.free:
             self.stats["refused"] += 1
@@ -218,11 +210,11 @@ class ListenerServer:
             raise ProtocolError("type", "one of " + ", ".join(CLIENT_TYPES), op)
         if op == "push":
             return op, parse_push(msg, self.kind)
-        allowed = {"set_beta": ("beta",), "reset": ("history_words", "seed")[:2 if self.kind == "arig" else 1]}
-        extra = sorted(set(msg) - {"type", "id", *allowed.get(op, ())})
+        own = {"set_beta": ("beta",), "reset": ("history_words",) + ("seed",) * (self.kind == "arig")}.get(op, ())
+        allowed = ("type", "id", *own)
+        extra = sorted(set(msg) - set(allowed))
         if extra:
-            raise ProtocolError(extra[0], f"only the fields {', '.join(('type', 'id', *allowed.get(op, ())))} in {op}",
-                                extra[0])
+            raise ProtocolError(extra[0], f"only the fields {', '.join(allowed)} in {op}", extra[0])
         if op == "set_beta":
             return op, {"beta": msg.get("beta")}   # checked by the stream's set_beta
         if op == "reset":   # the seed is checked by the stream's reset
@@ -272,11 +264,7 @@ class ListenerServer:
             work = {slot: (s, s.inbox.get_nowait()) for slot, s in self.sessions.items() if not s.inbox.empty()}
             if not work and not release:
                 continue
-            self._releasing = len(release)
-            try:
-                replies = await loop.run_in_executor(self._executor, self._run_tick, work, release)
-            finally:
-                self._releasing = 0
+            replies = await loop.run_in_executor(self._executor, self._run_tick, work, release)
             self.free.extend(release)
             for slot, msg in replies.items():
                 self._reply(work[slot][0], msg)
@@ -288,16 +276,14 @@ class ListenerServer:
         """Decode thread (no autograd): reset the ``release``d slots, then one round ``{slot: (session, (op, kwargs,
         id))}`` -> ``{slot: reply}``; each session's exception goes to that session alone."""
         sl, out, pushes = self.listener, {}, {}
-        for slot in release:
+        for slot in release:   # a closed session's slot: a fresh stream with the default identity
             sl.reset(slot, history_words=(), seed=self.seeds[slot])
+            sl.set_beta(self.default_beta, slot)
         for slot, (s, (op, kw, msg_id)) in work.items():
             try:
                 if op == "push":
                     pushes[slot] = (kw, msg_id)
-                elif op == "open":
-                    sl.reset(slot, history_words=(), seed=self.seeds[slot])
-                    sl.set_beta(self.default_beta, slot)
-                    s.sent_frames = 0
+                elif op == "open":   # the slot is fresh (at start, or reset when its last session closed)
                     out[slot] = self.hello(s)
                 elif op == "set_beta":
                     sl.set_beta(self.default_beta if kw["beta"] is None else kw["beta"], slot)
@@ -330,7 +316,7 @@ class ListenerServer:
         return out
 
     def _internal(self, e: Exception, op: str | None, msg_id) -> dict:
-        LOG.error("minilisten serve: internal error in %s", op, exc_info=e)
+        logging.getLogger(__name__).error("minilisten serve: internal error in %s", op, exc_info=e)
         self.stats["internal_errors"] += 1
         return {"type": "error", "op": op, "id": msg_id, "field": "server", "expected": "no internal error",
                 "actual": type(e).__name__, "message": f"internal server error ({type(e).__name__}: {e}); "
@@ -377,7 +363,8 @@ class ListenerServer:
     async def _get(self, connection, url):
         if url.path in ("/", "/index.html"):
             self.stats["http_page"] += 1
-            return _respond(connection, HTTPStatus.OK, web_page(), "text/html; charset=utf-8")
+            page = importlib.resources.files(__package__).joinpath("web", "index.html")   # package data
+            return _respond(connection, HTTPStatus.OK, page.read_text(encoding="utf-8"), "text/html; charset=utf-8")
         if url.path != "/clip.json":
             return _respond(connection, HTTPStatus.NOT_FOUND, f"path: expected /, /clip.json or a WebSocket "
                             f"upgrade, got {url.path[:200]}\n")
@@ -432,8 +419,7 @@ class ListenerServer:
     # ------------------------------------------------------------------ running
     @contextlib.asynccontextmanager
     async def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
-        """``async with server.run(host, port) as ws_server:`` (port 0: ephemeral, see ``.port``;
-        ``reuse_port``: share the port with other processes, SO_REUSEPORT)."""
+        """``async with server.run(host, port) as ws_server:`` (port 0: any free one, see ``.port``)."""
         self._wake = asyncio.Event()
         ticks = asyncio.create_task(self._tick_loop())
         try:
@@ -464,13 +450,6 @@ def _websockets_serve():
     return serve
 
 
-@functools.cache
-def web_page() -> str:
-    """The web page (``minilisten/web/index.html``, installed as package data)."""
-    from importlib.resources import files
-    return files("minilisten").joinpath("web", "index.html").read_text(encoding="utf-8")
-
-
 def _respond(connection, status, body: str, content_type: str = "text/plain; charset=utf-8"):
     """A plain HTTP response (websockets ``connection.respond``) with this content type, not cached."""
     r = connection.respond(status, body)
@@ -483,23 +462,19 @@ def _respond(connection, status, body: str, content_type: str = "text/plain; cha
 def _query_num(q: dict, name: str, default, kind, lo, hi):
     """A number from a parsed query string (``?name=value``) in ``[lo, hi]``, else UserError."""
     v = q.get(name, [str(default)])[-1]
-    try:
-        x = kind(v)
-    except ValueError:
-        x = None
-    if x is None or not lo <= x <= hi:   # NaN fails the comparison
-        raise UserError(f"{name}: expected {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
-                        f"got {v[:60]!r}")
-    return x
+    with contextlib.suppress(ValueError):
+        if lo <= kind(v) <= hi:   # NaN fails the comparison
+            return kind(v)
+    raise UserError(f"{name}: expected {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
+                    f"got {v[:60]!r}")
 
 
 def _describe_lr(lm, vq) -> dict:
     """The ``hello`` message's model info for the LR-token model: modalities and sizes."""
-    bb = lm.backbone.config
+    bb = lm.backbone.config   # transformers configs alias num_hidden_layers / hidden_size (GPT-2: n_layer / n_embd)
     return {"modalities": list(lm.modalities),
             "lm": {"backbone": bb.model_type, "parameters": sum(p.numel() for p in lm.parameters()),
-                   "layers": getattr(bb, "num_hidden_layers", getattr(bb, "n_layer", None)),
-                   "hidden": getattr(bb, "hidden_size", getattr(bb, "n_embd", None)), "max_len": int(lm.max_len),
+                   "layers": bb.num_hidden_layers, "hidden": bb.hidden_size, "max_len": int(lm.max_len),
                    "lr_vocab": int(lm.config.n_lr), "frames_per_code": int(lm.config.r)},
             "vq": {"parameters": sum(p.numel() for p in vq.parameters()), "width": vq.config.width,
                    "codebook": vq.config.codebook_size, "dec_norm": vq.config.dec_norm,
@@ -616,11 +591,8 @@ def _serve_workers(a: argparse.Namespace) -> int:
         for pr in procs:
             pr.start()
         print(f"minilisten serve: {a.workers} workers on port {hold.getsockname()[1]}", flush=True)
-        try:
-            for pr in procs:
-                pr.join()
-        except KeyboardInterrupt:   # Ctrl-C (the workers got it too when it came from a terminal)
-            for pr in procs:
-                pr.join(10)
-                pr.terminate()
+        for pr in procs:
+            while pr.exitcode is None:
+                with contextlib.suppress(KeyboardInterrupt):   # a terminal's Ctrl-C reaches the workers too
+                    pr.join()
     return 0 if all(pr.exitcode == 0 for pr in procs) else 1
