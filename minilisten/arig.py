@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment
-from .tokens import sa_frame_bounds, word_frame
+from .tokens import check_sa_tokens, sa_frame_bounds, word_frame
 
 FORMAT = "minilisten.ARIG"       # config.json tag (minilisten.checkpoint.check_format)
 #: conversational states derived from the speaker's word timings (:func:`state_labels`)
@@ -139,9 +139,7 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
             raise ValueError(f"{where}: sa_tokens: expected SA tokens (the model has n_sa={cfg.n_sa}), got None")
         if abs(seg.sa_rate - cfg.sa_rate) > 1e-6:
             raise ValueError(f"{where}: sa_rate: expected {cfg.sa_rate:g} (the model's), got {seg.sa_rate:g}")
-        tok = seg.sa_tokens
-        if tok.size and tok.max() >= cfg.n_sa:
-            raise ValueError(f"{where}: sa_tokens: expected ids < n_sa = {cfg.n_sa}, got {int(tok.max())}")
+        tok = check_sa_tokens(seg.sa_tokens, cfg.n_sa, f"{where}: sa_tokens")
         b = np.minimum(sa_frame_bounds(np.arange(T + 1), cfg.fps, cfg.sa_rate), tok.size)
         last = -1
         for t in range(T):
@@ -390,15 +388,9 @@ class DiffusionMLP(nn.Module):
         return self.final(modulate(F.layer_norm(h, h.shape[-1:]), sh, sc))
 
     def sample(self, cond, noise, steps: int):
-        """:func:`euler_sample` of this net, with what does not change between steps computed once:
-        the condition projection of ``cond (M, d_z)``, and each step's time embedding for one row
-        (every row has the same s). -> x (M, 56)."""
-        check_steps(steps)
-        cz, x = self.cond(cond), noise
-        for k in range(steps, 0, -1):
-            s = torch.full((1,), k / steps, device=x.device, dtype=x.dtype)
-            x = x - (1.0 / steps) * self.velocity(x, self.time(s) + cz)
-        return x
+        """:func:`euler_sample` of this net (the projection of ``cond (M, d_z)`` computed once) -> x (M, 56)."""
+        cz = self.cond(cond)
+        return euler_sample(lambda x, s: self.velocity(x, self.time(s) + cz), noise, steps)
 
 
 def flow_loss(net, x0: torch.Tensor, cond: torch.Tensor, s: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -413,20 +405,19 @@ def check_steps(steps) -> None:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
 
 
-def euler_sample(net, cond: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """Integrate dx/ds = v from s = 1 (x = noise (M, 56)) to s = 0 in ``steps`` uniform Euler steps
-    (any ``net(x, s, cond)``; :meth:`DiffusionMLP.sample` is the same loop, faster)."""
+def euler_sample(velocity, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrate dx/ds = velocity(x, s) from s = 1 (x = noise (M, 56)) to s = 0 in ``steps`` uniform
+    Euler steps; s is passed as a (1,) tensor (every row has the same s)."""
     check_steps(steps)
     x = noise
     for k in range(steps, 0, -1):
-        s = torch.full((x.shape[0],), k / steps, device=x.device, dtype=x.dtype)
-        x = x - (1.0 / steps) * net(x, s, cond)
+        x = x - (1.0 / steps) * velocity(x, torch.full((1,), k / steps, device=x.device, dtype=x.dtype))
     return x
 
 
 # ----------------------------------------------------------------------------- the model
 class ARIG(nn.Module):
-    """See the module docstring. ``features(batch)`` (teacher forcing) and ``step`` (one frame,
+    """The model (docs/arig.md). ``features(batch)`` (teacher forcing) and ``step`` (one frame,
     caches) give the condition z (d,) and the state logits; ``loss`` trains; ``generate`` samples."""
 
     def __init__(self, config: ARIGConfig | None = None):

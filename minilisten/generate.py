@@ -30,7 +30,7 @@ class ContextFullError(ValueError):
 @dataclass
 class FastConfig:
     """Shape of the backbone, read from the HF config by :meth:`FastTransformer.from_lm`."""
-    arch: str                   # "gpt2" (LayerNorm, learned positions, GELU MLP) | "llama" (RMSNorm, rotary, SwiGLU, GQA)
+    arch: str                   # "gpt2" (LayerNorm, learned positions, GELU) | "llama" (RMSNorm, rotary, SwiGLU, GQA)
     n_layer: int
     n_head: int
     n_kv_head: int              # < n_head: grouped-query attention (LLaMA)
@@ -93,10 +93,11 @@ class Attention(nn.Module):
         self.scale = cfg.attn_scale[layer]
         self.kv_cache: KVCache | None = None     # set by FastTransformer.setup_caches
 
-    def forward(self, x, rows, write_idx, mask, rope, K, last=None):
+    def forward(self, x, rows, write_idx, mask, rope, K, last=None, slots=None):
         """x: (B, S, d); rows: (B, 1); write_idx: (B, S) cache slot per token; mask: (B, 1, S, K)
         additive (0 = attend, -inf = not) over the key window ``[0, K)``; rope: (cos, sin) each (B, 1, S, D) or
-        None; last: (B, 1) or None: attend from that position only (the last layer), -> (B, 1, d)."""
+        None; last: (B, 1) or None: attend from that position only (the last layer), -> (B, 1, d);
+        slots: (B,) the cache rows of the B streams (None: rows 0..B-1)."""
         B, S, _ = x.shape
         H, KV, D = self.n_head, self.n_kv, self.hd
         q, k, v = self.wqkv(x).split([H * D, KV * D, KV * D], dim=-1)
@@ -108,8 +109,13 @@ class Attention(nn.Module):
             q = (q * cos + rotate_half(q) * sin).to(x.dtype)
             k = (k * cos + rotate_half(k) * sin).to(x.dtype)
         k_cache, v_cache = self.kv_cache.k_cache, self.kv_cache.v_cache
-        k_cache[rows, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
-        v_cache[rows, :, write_idx] = v
+        crow = rows if slots is None else slots[:, None]
+        k_cache[crow, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
+        v_cache[crow, :, write_idx] = v
+        if slots is None:
+            k_cache, v_cache = k_cache[:B, :, :K], v_cache[:B, :, :K]
+        else:   # the busy streams' rows only: idle slots cost nothing
+            k_cache, v_cache = k_cache[slots, :, :K], v_cache[slots, :, :K]
         if last is not None:                        # only one query per stream is needed
             q = q[rows, :, last].transpose(1, 2)    # (B, H, 1, D)
             mask = mask[rows, :, last].transpose(1, 2)
@@ -118,8 +124,7 @@ class Attention(nn.Module):
             G = H // KV
             q = q.reshape(B, KV, G * S, D)
             mask = mask.repeat(1, 1, G, 1)
-        y = F.scaled_dot_product_attention(q, k_cache[:B, :, :K], v_cache[:B, :, :K], attn_mask=mask,
-                                           scale=self.scale)
+        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=self.scale)
         y = y.reshape(B, H, S, D).transpose(1, 2).reshape(B, S, H * D)
         return self.wo(y)
 
@@ -150,21 +155,17 @@ class Block(nn.Module):
         self.norm1, self.attn = _norm(cfg), Attention(cfg, layer)
         self.norm2, self.mlp = _norm(cfg), MLP(cfg)
 
-    def forward(self, x, rows, write_idx, mask, rope, K, last=None):
+    def forward(self, x, rows, write_idx, mask, rope, K, last=None, slots=None):
         """x: (B, S, d) -> (B, S, d); with ``last`` (B, 1): -> (B, 1, d) at that position only."""
-        y = self.attn(self.norm1(x), rows, write_idx, mask, rope, K, last)
+        y = self.attn(self.norm1(x), rows, write_idx, mask, rope, K, last, slots)
         x = (x if last is None else x[rows, last]) + y
         return x + self.mlp(self.norm2(x))
 
 
 class FastTransformer(nn.Module):
-    """Inference-only copy of a ListenerLM's backbone + LR head with a static KV cache.
-
-    State (non-persistent buffers, allocated by :meth:`setup_caches`, moved by ``.to()``): per layer
-    a :class:`KVCache` ``blocks[i].attn.kv_cache`` (slot ``L = max_seq`` is the trash slot for
-    padding), ``pos (B,)`` tokens held per stream, ``codes (B,)`` latest LR code per stream,
-    ``logits (B, n_lr)`` its LR-head logits (fp32), and for rotary layouts ``rope_cos, rope_sin (L, D)``.
-    """
+    """Inference-only copy of a ListenerLM's backbone + LR head. State (non-persistent buffers from
+    :meth:`setup_caches`): a :class:`KVCache` per layer, ``pos (B,)`` tokens held, ``codes (B,)`` latest
+    LR code and ``logits (B, n_lr)`` per stream, rotary tables ``rope_cos, rope_sin (L, D)``."""
 
     def __init__(self, cfg: FastConfig, vocab_size: int, lr_offset: int):
         super().__init__()
@@ -190,7 +191,8 @@ class FastTransformer(nn.Module):
         c = bb.config
         arch = c.model_type
         if arch not in FAST_ARCHS:
-            raise ValueError(f"backbone: expected model_type in {FAST_ARCHS} for the fast path, got {arch!r} (use HFDecoder)")
+            raise ValueError(f"backbone: expected model_type in {FAST_ARCHS} for the fast path, got {arch!r} "
+                             "(use HFDecoder)")
         p = next(bb.parameters())
         dtype, device = dtype or p.dtype, device or p.device
         base = bb.base_model
@@ -273,7 +275,7 @@ class FastTransformer(nn.Module):
         return out + ([self.rope_cos, self.rope_sin] if self.rope_cos is not None else [])
 
     # -------------------------------------------------------------- the one compiled function
-    def forward(self, inp: torch.Tensor, key_pos: torch.Tensor) -> None:
+    def forward(self, inp: torch.Tensor, key_pos: torch.Tensor, slots: torch.Tensor | None = None) -> None:
         """One forward over a right-padded token block; updates caches, ``pos``, ``codes``, ``logits``.
 
         inp: (B, S + 3) int64 = ``[tokens (S) | n_valid | lead | emit]`` per stream. ``n_valid`` of
@@ -282,14 +284,16 @@ class FastTransformer(nn.Module):
         LR head at its last valid token in ``codes``.
         key_pos: (K,) = ``arange(K)``, the key window: cache slots ``[0, K)`` are attended
         (K <= max_seq covers every stream's positions after this block; its size is the only use).
+        slots: (B,) the streams (cache rows) of the B rows of ``inp``; None: streams 0..B-1.
         """
         B, S, K = inp.shape[0], inp.shape[1] - 3, key_pos.shape[0]
         L = self.max_seq
         tokens, n_valid = inp[:, :-3], inp[:, -3]      # negative indices: S stays a dynamic size
         lead, emit = inp[:, -2].bool(), inp[:, -1].bool()
         ar = torch.arange(S, device=inp.device)
-        tokens = torch.where(lead[:, None] & (ar == 0), self.codes[:B, None] + self.lr_offset, tokens)
-        positions = self.pos[:B, None] + ar                                   # (B, S)
+        codes, pos = (self.codes[:B], self.pos[:B]) if slots is None else (self.codes[slots], self.pos[slots])
+        tokens = torch.where(lead[:, None] & (ar == 0), codes[:, None] + self.lr_offset, tokens)
+        positions = pos[:, None] + ar                                         # (B, S)
         write_idx = torch.where(ar < n_valid[:, None], positions, L)          # padding -> trash slot L
         x = self.tok_emb(tokens)
         zero = torch.zeros((), dtype=x.dtype, device=x.device)                 # additive mask, (B, 1, S, K)
@@ -303,12 +307,17 @@ class FastTransformer(nn.Module):
             rope = (self.rope_cos[pclip][:, None], self.rope_sin[pclip][:, None])  # (B, 1, S, D)
         last = (n_valid - 1).clamp(min=0)[:, None]                            # (B, 1)
         for blk in self.blocks[:-1]:
-            x = blk(x, rows, write_idx, mask, rope, K)
-        x = self.blocks[-1](x, rows, write_idx, mask, rope, K, last)          # (B, 1, d): the last layer
+            x = blk(x, rows, write_idx, mask, rope, K, None, slots)
+        x = self.blocks[-1](x, rows, write_idx, mask, rope, K, last, slots)   # (B, 1, d): the last layer
         logits = self.head(self.norm_f(x[:, 0])).float()                      # only needs one position
-        self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), self.codes[:B]))
-        self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
-        self.pos[:B].add_(n_valid)
+        if slots is None:
+            self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), codes))
+            self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
+            self.pos[:B].add_(n_valid)
+        else:
+            self.codes.index_copy_(0, slots, torch.where(emit, logits.argmax(-1), codes))
+            self.logits.index_copy_(0, slots, torch.where(emit[:, None], logits, self.logits[slots]))
+            self.pos.index_add_(0, slots, n_valid)
 
 
 def _hf_rope(rotary: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,7 +349,8 @@ def _check_batch(history, steps, batch: int) -> int:
 
 def _plans(lm, history, steps, max_len: int) -> list[list[int]]:
     """Per stream, the start step of the context of every step (``ListenerLM.context_plan``)."""
-    return [lm.context_plan(list(h), [list(x) for x in s], with_lr=True, max_len=max_len) for h, s in zip(history, steps)]
+    return [lm.context_plan(list(h), [list(x) for x in s], with_lr=True, max_len=max_len)
+            for h, s in zip(history, steps)]
 
 
 class _Greedy:
@@ -356,12 +366,8 @@ class _Greedy:
 
     @torch.no_grad()
     def generate(self, history: Sequence[Sequence[int]], steps: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
-        """Greedy LR codes ``(B, n_steps)`` (on the device) for B streams given ``history[b]``
-        (``[<bos>] + W^h`` ids) and ``steps[b][i]`` (speaker token ids of step i), as
-        ``ListenerLM.speaker_steps`` returns them. Equals :func:`generate_nocache` (the reference),
-        including the LM's sliding context (``lm.context_plan``): within a context one forward per
-        step; where a stream's context jumps it is re-prefilled, after one host sync to read its
-        codes. Otherwise no sync until the end."""
+        """Greedy LR codes ``(B, n_steps)`` from ``history[b]`` and ``steps[b][i]`` (``ListenerLM.speaker_steps``),
+        equal to :func:`generate_nocache`; a host sync only where a stream's context jumps."""
         n = _check_batch(history, steps, self.batch)
         history = [list(h) for h in history]
         steps = [[list(x) for x in s] for s in steps]
@@ -398,19 +404,11 @@ class _Greedy:
 
 
 class Generator(_Greedy):
-    """Fast greedy LR-token decoding of up to ``batch`` independent streams (:class:`FastTransformer`).
-
-    ``max_len``: context length per stream, default ``lm.max_len`` (the LM's sliding-window policy
-    uses the same number). ``compile``: ``torch.compile`` the forward (``fullgraph``; the block width
-    S and the key window K are dynamic sizes, so one compilation serves every length). ``True``: on
-    CUDA ``mode="reduce-overhead"`` (CUDA graphs, one recorded per (S, K) pair; ``cudagraphs=False``
-    turns them off), on CPU inductor's C++ code; ``"max-autotune"``: also autotune the matmuls
-    (longer compile; on CPU inductor may then use its C++ GEMM templates instead of MKL). ``buckets``: block widths a step is padded to; default ``BUCKETS`` on CUDA (padding
-    is nearly free there and bounds the number of CUDA graphs), ``None`` = no padding beyond the
-    longest row (CPU, where compute scales with S). ``chunk``: prefills are fed in blocks of at most
-    this many tokens. ``kv_block``: the key window grows in multiples of this (default 128 on CUDA,
-    32 on CPU). ``dtype``/``device``: of the weight copy (default the LM's; bf16 on GPU is typical).
-    """
+    """Fast greedy LR-token decoding of up to ``batch`` streams (:class:`FastTransformer`). ``max_len``:
+    context per stream (default ``lm.max_len``). ``compile``: True (CUDA: CUDA graphs unless
+    ``cudagraphs=False``; CPU: inductor) or "max-autotune". ``buckets``: block widths a step is padded
+    to (default ``BUCKETS`` on CUDA, none on CPU); ``chunk``: prefill block size; ``kv_block``: key
+    window granularity (128 CUDA, 32 CPU); ``dtype``/``device``: of the weight copy."""
 
     def __init__(self, lm, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None,
                  device=None, compile: bool | str = False, cudagraphs: bool | None = None,
@@ -510,10 +508,14 @@ class Generator(_Greedy):
         while rows:
             n = max(min(len(r), self.chunk) for r in rows.values())
             S = next(s for s in self.buckets if s >= n) if self.buckets else n
-            inp = [[0] * (S + 3) for _ in range(self.batch)]
-            for b in list(rows):
+            real = sorted(rows)               # only the streams with tokens: idle slots cost nothing
+            busy = list(real)
+            if self.buckets:                  # CUDA: widths in powers of two (idle rows pad them), so few CUDA graphs
+                width = min(self.batch, 1 << (len(real) - 1).bit_length())
+                busy += [b for b in range(self.batch) if b not in rows][:width - len(real)]
+            inp = [[0] * (S + 3) for _ in busy]
+            for row, b in zip(inp, real):
                 part, rest = rows[b][:self.chunk], rows[b][self.chunk:]
-                row = inp[b]
                 row[:len(part)] = part
                 row[S:] = [len(part), int(first and part[0] == -1), int(not rest)]
                 pos[b] += len(part)
@@ -528,10 +530,12 @@ class Generator(_Greedy):
                 t = t.pin_memory()
             t = t.to(self.device, non_blocking=True)
             key_pos = self.key_pos[:K]
+            slots = None if busy == list(range(self.batch)) else torch.tensor(busy, device=self.device)
             if self.compiled:
                 torch._dynamo.mark_dynamic(t, 1)
                 torch._dynamo.mark_dynamic(key_pos, 0)
-            self._fwd(t, key_pos)
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+            self._fwd(t, key_pos, slots)
         for b, p in pos.items():
             self.host_pos[b] = p
 
@@ -542,11 +546,8 @@ def _cache_kwarg(model) -> str:
 
 
 class HFDecoder(_Greedy):
-    """Generic path for any HF causal LM: the backbone itself with its ``DynamicCache``
-    (``cache="dynamic"``, what ``model.generate`` uses; the baseline (b) of the benchmark) or
-    ``StaticCache`` (``cache="static"``), eager, one forward per step. Streams advance in lock step:
-    a block is right-padded to its longest row, with a 2-D attention mask and per-stream
-    ``position_ids`` so each stream sees exactly its own tokens; a prefill (re)starts all streams."""
+    """Any HF causal LM with its ``DynamicCache`` (benchmark baseline (b)) or ``StaticCache``, eager; streams
+    advance in lock step (right-padded blocks, 2-D mask, per-stream positions); a prefill restarts all."""
 
     def __init__(self, lm, batch: int = 1, cache: str = "dynamic", max_len: int | None = None):
         if cache not in ("dynamic", "static"):
@@ -595,8 +596,8 @@ class HFDecoder(_Greedy):
             self._feed([list(prefill[b]) for b in range(B)], lead=False)
         elif step:
             if self.cache is None or sorted(step) != list(range(self.pos.shape[0])):
-                raise ValueError(f"step: expected every prefilled stream 0..{0 if self.cache is None else self.pos.shape[0] - 1}, "
-                                 f"got {sorted(step)}")
+                last = 0 if self.cache is None else self.pos.shape[0] - 1
+                raise ValueError(f"step: expected every prefilled stream 0..{last}, got {sorted(step)}")
             self._feed([list(step[b]) for b in range(len(step))], lead=True)
 
     def _feed(self, rows: list[list[int]], lead: bool) -> None:
@@ -632,12 +633,8 @@ class HFDecoder(_Greedy):
 
 @torch.no_grad()
 def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Tensor:
-    """The reference decoder (LM-listener's way), batched: for every LR token recompute the whole
-    context (``lm.context_ids`` with the LM's sliding policy, ``lm.context_plan``) with the HF
-    model, no cache (right padding + attention mask when lengths differ), and take the argmax of
-    the LR head at its last position; codes are read back to the host every step. ``history[b]``,
-    ``steps[b]`` as ``ListenerLM.speaker_steps`` returns them. Returns codes ``(B, n_steps)``. The
-    baseline (a) of the benchmark and what every faster decoder is tested against."""
+    """The reference (LM-listener's way, benchmark baseline (a)): every LR token recomputes its whole
+    context (``lm.context_ids`` / ``context_plan``) with the HF model, no cache -> codes ``(B, n_steps)``."""
     n = _check_batch(history, steps, len(history))
     device = lm.lr_head.weight.device
     history = [list(h) for h in history]

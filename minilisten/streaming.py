@@ -68,22 +68,39 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and -INT64 <= v < INT64
 
 
-def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
-    """A JSON list -> float32 array of ``ndim`` dims, every value finite with ``|x| <= limit``."""
-    want = "a list of numbers" if ndim == 1 else f"a list of rows of {width} numbers"
-    if not isinstance(v, list):
-        raise ProtocolError(name, want, type(v).__name__)
+def _floats(x, shape: tuple, limit: float = F32_MAX):
+    """The one bound on the floats a push carries: numbers of ``shape`` (None: any length), finite, ``|x| <=
+    limit`` -> ``(float32 array, None)``, else ``(None, (expected, actual))``."""
+    want = f"numbers of shape ({', '.join('n' if d is None else str(d) for d in shape)}{',' * (len(shape) == 1)})"
     try:
-        a = np.asarray(v, dtype=np.float64)
+        a = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
     except (TypeError, ValueError, OverflowError, RecursionError):
-        raise ProtocolError(name, want, v) from None
-    if a.size == 0:
-        return a.reshape((0,) if ndim == 1 else (0, width)).astype(np.float32)
-    if a.ndim != ndim or (width is not None and a.shape[1:] != (width,)):
-        raise ProtocolError(name, want, f"an array of shape {list(a.shape)}")
-    if not (np.isfinite(a).all() and np.abs(a).max() <= limit):
-        raise ProtocolError(name, f"finite numbers with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
-    return a.astype(np.float32)
+        return None, (want, type(x).__name__)
+    if a.size == 0 and shape[0] is None:
+        a = a.reshape((0, *shape[1:]))
+    if a.ndim != len(shape) or any(d is not None and d != k for d, k in zip(shape, a.shape)):
+        return None, (want, f"shape {a.shape}")
+    if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
+        return None, (f"finite values with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
+    return a.astype(np.float32), None
+
+
+def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
+    """:func:`_floats` raising a UserError naming ``name``."""
+    a, bad = _floats(x, shape, limit)
+    if bad:
+        raise UserError(f"{name}: expected {bad[0]}, got {bad[1]}")
+    return a
+
+
+def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
+    """A JSON list -> float32 array (``ndim`` 1: ``(n,)``, 2: ``(n, width)``), bounded by :func:`_floats`."""
+    if not isinstance(v, list):
+        raise ProtocolError(name, "a list of numbers", type(v).__name__)
+    a, bad = _floats(v, (None,) if ndim == 1 else (None, width), limit)
+    if bad:
+        raise ProtocolError(name, *bad)
+    return a
 
 
 def parse_words(name: str, v) -> list[Word]:
@@ -155,19 +172,6 @@ def _word(w, where: str) -> Word:
         raise UserError(str(e)) from None
 
 
-def _beta_row(beta, where: str) -> np.ndarray:
-    """``beta (100,)`` -> float32, finite and representable in float32."""
-    try:
-        b = np.asarray(beta.detach().cpu() if torch.is_tensor(beta) else beta, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"{where}: expected {N_SHAPE} numbers (FLAME shape), got {type(beta).__name__}") from None
-    if b.shape != (N_SHAPE,):
-        raise UserError(f"{where}: expected shape ({N_SHAPE},), got {b.shape}")
-    if not (np.isfinite(b).all() and np.abs(b).max() <= F32_MAX):
-        raise UserError(f"{where}: expected finite float32 values, got max |beta| = {np.abs(b).max():.4g}")
-    return b.astype(np.float32)
-
-
 # ----------------------------------------------------------------------------- the stream core
 @dataclass
 class _State:
@@ -184,29 +188,21 @@ class _State:
 
 
 class ListenerStream:
-    """The stream core both generators share (``n_streams`` independent streams):
-
-    - ``push(*, motion (n, 56), words, sa_tokens (m,), emotion (n, 8), stream=0)`` -> listener
-      frames ``(k, 56)`` float32; ``push_many({stream: kwargs}) -> {stream: frames | exception}``:
-      each stream's chunk is checked and applied on its own, and a refused chunk leaves its stream
-      exactly as it was; no stream's error reaches another stream.
-    - ``flush(stream)``, ``reset(stream, history_words, seed)``, ``set_beta(beta, stream)``; ``fps``.
-
-    Words ``Word(text, start, end)`` (or tuples/dicts) end after the previous word, by the clock,
-    and no later than the push whose frames reach their end; SA tokens (50/s) may lead or lag the
-    frames by at most ``max_skew`` s; a push brings at most ``max_push_frames`` frames.
-    """
+    """The stream core of both generators (``n_streams`` streams; rules in docs/streaming.md): ``push``,
+    ``push_many`` (per-stream results and transactions), ``flush``, ``reset``, ``set_beta``, ``fps``.
+    A generator provides ``_fresh``, ``_advance`` (its batched model step) and optional parse hooks."""
 
     EXTRA: tuple = ()          # push arguments beyond motion, words, sa_tokens, emotion
     UNIT = "frame"             # what a word's end selects (LR: "LR step")
 
-    def _setup(self, n_streams, fps, max_skew, max_push_frames, uses_sa: bool, needs_emotion: bool, n_sa):
+    def _setup(self, n_streams, fps, sa_rate, max_skew, max_push_frames, uses_sa: bool, needs_emotion: bool, n_sa):
         if isinstance(n_streams, bool) or not (isinstance(n_streams, int) and n_streams >= 1):
             raise UserError(f"n_streams: expected an int >= 1, got {n_streams!r}")
-        for name, v in (("max_skew", max_skew), ("max_push_frames", max_push_frames)):
+        for name, v in (("sa_rate", sa_rate), ("max_skew", max_skew), ("max_push_frames", max_push_frames)):
             if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf):
                 raise UserError(f"{name}: expected a positive number or None, got {v!r}")
-        self.n_streams, self.fps, self.max_skew, self.max_push_frames = n_streams, float(fps), max_skew, max_push_frames
+        self.n_streams, self.fps, self.sa_rate = n_streams, float(fps), float(sa_rate)
+        self.max_skew, self.max_push_frames = max_skew, max_push_frames
         self.uses_sa, self.needs_emotion, self.n_sa = uses_sa, needs_emotion, n_sa
 
     # ------------------------------------------------------------------ public API
@@ -277,7 +273,7 @@ class ListenerStream:
         p = dict(motion=None, emo=None, words=[], sa=None, frames=0, audio=None)
         counts = []   # (field, n): every input that says how many frames this push brings
         if chunk.get("motion") is not None:
-            m = self._array(chunk["motion"], f"motion ({where})", (D_MOTION,), MOTION_LIMIT)
+            m = floats(chunk["motion"], f"motion ({where})", (None, D_MOTION), MOTION_LIMIT)
             p["motion"] = m
             counts.append(("motion", len(m)))
         if chunk.get("emotion") is not None:
@@ -294,7 +290,7 @@ class ListenerStream:
         n = p["frames"] = counts[0][1] if counts else 0
         for name, k in counts[1:]:
             if k != n:
-                raise UserError(f"{name} ({where}): expected {n} rows (the {counts[0][0]} pushed), got {k}")
+                raise UserError(f"{name} ({where}): expected {n} frames, as {counts[0][0]} gives, got {k}")
         if self.max_push_frames is not None and n > self.max_push_frames:
             raise UserError(f"{counts[0][0]} ({where}): expected at most max_push_frames={self.max_push_frames} "
                             f"speaker frames per push, got {n}")
@@ -302,8 +298,11 @@ class ListenerStream:
             raise UserError(f"emotion ({where}): the model uses emotion, expected ({n}, {N_EMOTIONS}) probabilities "
                             f"for the {n} frames pushed, got None")
         clock = (s.frames + n) / self.fps
-        last = s.last_end
-        for i, w in enumerate(chunk.get("words") or ()):
+        last, words = s.last_end, list(chunk.get("words") or ())
+        if len(s.words) + len(words) > MAX_WORDS:
+            raise UserError(f"words ({where}): expected at most {MAX_WORDS} words waiting for their {self.UNIT}, "
+                            f"got {len(s.words) + len(words)}")
+        for i, w in enumerate(words):
             w = _word(w, f"words[{i}] ({where})")
             at = f"words[{i}] ({w.text!r}, {where})"
             if w.end < last - EPS / self.fps:
@@ -320,9 +319,6 @@ class ListenerStream:
                                 f"0..{s.done - 1}); push words no later than the frames their {self.UNIT} ends with")
             p["words"].append(w)
             last = w.end
-        if len(s.words) + len(p["words"]) > MAX_WORDS:
-            raise UserError(f"words ({where}): expected at most {MAX_WORDS} words waiting for their {self.UNIT}, "
-                            f"got {len(s.words) + len(p['words'])}")
         if chunk.get("sa_tokens") is not None:
             p["sa"] = check_sa_tokens(chunk["sa_tokens"], self.n_sa, f"sa_tokens ({where})")
         self._parse_extra(s, p, chunk, where)
@@ -330,7 +326,7 @@ class ListenerStream:
         if not (n or p["words"] or new_sa or p["audio"] is not None):
             raise UserError(f"push ({where}): empty chunk: expected frames (motion, emotion or frames=), words, "
                             "sa_tokens or audio, got none")
-        lead = (s.sa_base + len(s.sa) + new_sa) / SA_RATE - clock
+        lead = (s.sa_base + len(s.sa) + new_sa) / self.sa_rate - clock
         if self.max_skew is not None and lead > self.max_skew and new_sa:   # a push that catches up is never refused
             raise UserError(f"sa_tokens ({where}): expected the SA stream at most max_skew={self.max_skew:g} s ahead "
                             f"of the frames pushed ({clock:.3f} s), got {lead:.3f} s ahead; push the frames too")
@@ -339,21 +335,6 @@ class ListenerStream:
                             f"{self.max_skew:g} s behind the frames pushed ({clock:.3f} s), got {-lead:.3f} s behind; "
                             "push sa_tokens (or audio) with the frames")
         return p
-
-    @staticmethod
-    def _array(x, name: str, row: tuple, limit: float) -> np.ndarray:
-        """Numbers of shape ``(n, *row)`` -> float32, finite, ``|x| <= limit``."""
-        try:
-            a = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
-        except (TypeError, ValueError, OverflowError):
-            raise UserError(f"{name}: expected numbers of shape (n, {', '.join(map(str, row))}), got "
-                            f"{type(x).__name__}") from None
-        if a.ndim != 1 + len(row) or a.shape[1:] != row:
-            raise UserError(f"{name}: expected shape (n, {', '.join(map(str, row))}), got {a.shape}")
-        if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
-            raise UserError(f"{name}: expected finite values with |x| <= {limit:g}, got max |x| = "
-                            f"{np.abs(a).max():.4g}")
-        return a.astype(np.float32)
 
     def _apply(self, s: _State, p: dict) -> None:
         """Add a parsed chunk to the stream's buffers."""
@@ -423,18 +404,12 @@ class _LRState(_State):
 
 
 class StreamingListener(ListenerStream):
-    """Lai et al.'s listener from a live speaker (:class:`ListenerStream`): LR step i (frames
-    ``[8i, 8i+8)``) is decoded once its frames and SA tokens are in, with exactly the tokens and
-    context ``ListenerLM.speaker_steps`` / ``context_plan`` build offline; frames of code k are
-    returned once code ``k + lookahead`` is known (``lookahead = vq.receptive_field``: equal to
-    offline ``vq.decode`` for a local decoder), decoded from ``vq_context`` codes of left context.
-
-    ``beta (100,)`` or ``(n_streams, 100)``; ``history_words``: W^h; ``sa_tokenizer``: ``encode(wav,
-    sample_rate)`` at 50/s for ``audio`` pushes; ``max_len``: LM context; ``compile``/``dtype``/
-    ``device`` of the :class:`~minilisten.generate.Generator`, or an existing ``generator``.
-    ``motion`` pushes count only as the clock (the model reads words, SA and emotion); ``frames=n``
-    does the same without motion.
-    """
+    """Lai et al.'s listener, live: LR step i (frames ``[8i, 8i+8)``) is decoded once its frames and
+    SA tokens are in, exactly as offline; frames of code k come once code ``k + lookahead`` is known
+    (default ``vq.receptive_field``: exact for a local VQ decoder). ``beta (100,)`` or ``(n_streams,
+    100)``; ``sa_tokenizer.encode(wav, sample_rate)`` for ``audio``; ``compile``/``dtype``/``device``
+    of the :class:`~minilisten.generate.Generator` (or pass ``generator``). ``motion`` or ``frames=n``
+    advance the clock only."""
 
     EXTRA = ("frames", "audio", "sample_rate")
     UNIT = "LR step"
@@ -442,9 +417,9 @@ class StreamingListener(ListenerStream):
 
     def __init__(self, lm, vq, beta=None, *, n_streams: int = 1, fps: float | None = None, lookahead: int | None = None,
                  vq_context: int | None = None, history_words=(), sa_tokenizer=None,
-                 sample_rate: int = SA_SAMPLE_RATE, max_len: int | None = None, compile: bool | str = False,
-                 dtype: torch.dtype | None = None, device=None, generator: Generator | None = None,
-                 max_skew: float | None = 4.0, max_push_frames: int | None = None):
+                 sample_rate: int = SA_SAMPLE_RATE, sa_rate: float = SA_RATE, max_len: int | None = None,
+                 compile: bool | str = False, dtype: torch.dtype | None = None, device=None,
+                 generator: Generator | None = None, max_skew: float | None = 4.0, max_push_frames: int | None = None):
         fps = float(getattr(lm.config, "fps", 30.0)) if fps is None else fps
         for what, cfg in (("lm", lm.config), ("vq", vq.config)):
             model_fps = getattr(cfg, "fps", None)
@@ -452,8 +427,8 @@ class StreamingListener(ListenerStream):
                 raise UserError(f"fps: expected {model_fps:g} (the frame rate {what}.config.fps was trained at), got "
                                 f"{fps:g}; resample the speaker stream")
         self.modalities = tuple(lm.modalities)
-        self._setup(n_streams, fps, max_skew, max_push_frames, "SA" in self.modalities, "emo" in self.modalities,
-                    lm.vocab.n_sa)
+        self._setup(n_streams, fps, sa_rate, max_skew, max_push_frames, "SA" in self.modalities,
+                    "emo" in self.modalities, lm.vocab.n_sa)
         self.r = int(lm.config.r)
         if vq.rate != self.r:
             raise UserError(f"vq: expected {self.r} frames per code (lm.config.r), got vq.rate={vq.rate}")
@@ -492,7 +467,8 @@ class StreamingListener(ListenerStream):
         if beta is None and self.vq.needs_beta:
             raise UserError(f"beta: this VQ-VAE (dec_norm={self.vq.config.dec_norm!r}) needs the listener's shape "
                             f"beta of shape ({N_SHAPE},), got None")
-        self.betas[b] = None if beta is None else torch.as_tensor(_beta_row(beta, "beta"), device=self.vq_device)
+        self.betas[b] = None if beta is None else torch.as_tensor(floats(beta, "beta", (N_SHAPE,)),
+                                                                  device=self.vq_device)
 
     def _fresh(self, b: int, history: list, seed: int) -> _LRState:
         if self.decoder is not None:
@@ -535,7 +511,7 @@ class StreamingListener(ListenerStream):
         return word_step(end, self.fps, self.r, self.lm.word_placement)
 
     def _sa_bound(self, i: int) -> int:
-        return sa_bounds(i, self.fps, self.r, SA_RATE)
+        return sa_bounds(i, self.fps, self.r, self.sa_rate)
 
     def _parse_extra(self, s: _LRState, p: dict, chunk: dict, where: str) -> None:
         audio = chunk.get("audio")
@@ -549,19 +525,20 @@ class StreamingListener(ListenerStream):
             raise UserError(f"sample_rate ({where}): expected {self.sample_rate} Hz audio (the tokenizer's rate; "
                             f"resample the whole recording first), got {chunk.get('sample_rate')!r:.40}")
         a = np.asarray(audio.detach().cpu() if torch.is_tensor(audio) else audio)
-        if a.ndim != 1 or not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
-            raise UserError(f"audio ({where}): expected finite mono float samples of shape (N,), got {a.shape} "
-                            f"{a.dtype}")
+        if not np.issubdtype(a.dtype, np.floating):   # int PCM would need scaling: refuse it
+            raise UserError(f"audio ({where}): expected mono float samples, got dtype {a.dtype}")
+        a = floats(a, f"audio ({where})", (None,))
         limit = None if self.max_push_frames is None else math.ceil(self.max_push_frames / self.fps * self.sample_rate)
         if limit is not None and a.size > limit:
             raise UserError(f"audio ({where}): expected at most {limit} samples (max_push_frames), got {a.size}")
-        p["audio"], p["sa"] = a.astype(np.float64), self._audio_tokens(s, a.astype(np.float64))
+        p["audio"] = a.astype(np.float64)
+        p["sa"] = self._audio_tokens(s, p["audio"])
 
     def _audio_tokens(self, s: _LRState, new: np.ndarray) -> np.ndarray:
         """SA tokens of the complete 20 ms hops in (kept + new) audio, excluding those already made;
         the kept audio starts ``_AUDIO_CONTEXT`` hops early, so a causal tokenizer gives the tokens
         of the whole recording."""
-        hop = int(round(self.sample_rate / SA_RATE))
+        hop = int(round(self.sample_rate / self.sa_rate))
         buf = np.concatenate([s.audio, new])
         made, total = s.sa_base + len(s.sa), (s.audio_base + len(buf)) // hop
         if total <= made:
@@ -574,7 +551,7 @@ class StreamingListener(ListenerStream):
         super()._apply(s, p)
         s.words.sort(key=lambda w: (w.end, w.start))
         if p["audio"] is not None:
-            hop = int(round(self.sample_rate / SA_RATE))
+            hop = int(round(self.sample_rate / self.sa_rate))
             buf = np.concatenate([s.audio, p["audio"]])
             keep_from = max(0, (s.sa_base + len(s.sa) - self._AUDIO_CONTEXT) * hop)   # absolute sample
             cut = max(0, keep_from - s.audio_base)
@@ -682,20 +659,16 @@ class _ARIGState(_State):
 
 
 class StreamingARIG(ListenerStream):
-    """The ARIG-style listener from a live speaker (:class:`ListenerStream`): listener frame t comes
-    with the push that completes speaker frame t (its ``motion``, required: it is the clock; its
-    emotion row; SA tokens through ``sa_frame_bounds(t + 1)``). Streams with a frame to make share
-    one :func:`~minilisten.arig.decode_frame` per tick; each draws noise from its own generator, so
-    a stream equals :func:`~minilisten.arig.arig_generate` with its seed (bit for bit alone, to
-    float rounding in a batch). ``steps``: Euler steps; ``reference (56,)``: raw motion filling the
-    history at start (default the model's mean); ``compile``: the frame under torch.compile.
-    """
+    """The ARIG-style listener, live: frame t comes with the push that completes speaker frame t (its
+    ``motion``, required; its emotion row; SA tokens through ``sa_frame_bounds(t + 1)``), equal to
+    :func:`~minilisten.arig.arig_generate` with the stream's seed. ``steps``: Euler steps;
+    ``reference (56,)``: raw start motion (default the mean); ``compile``: the frame under torch.compile."""
 
     def __init__(self, model: ARIG, beta=None, *, n_streams: int = 1, seed: int = 0, steps: int | None = None,
                  reference=None, temperature: float = 1.0, history_words=(), compile: bool = False,
                  max_skew: float | None = 2.0, max_push_frames: int | None = None):
         c = model.config
-        self._setup(n_streams, c.fps, max_skew, max_push_frames, bool(c.n_sa), c.use_emotion, c.n_sa or None)
+        self._setup(n_streams, c.fps, c.sa_rate, max_skew, max_push_frames, bool(c.n_sa), c.use_emotion, c.n_sa or None)
         if steps is not None:
             check_steps(steps)
         self.model, self.cfg, self.temperature = model.eval(), c, float(temperature)
@@ -703,8 +676,7 @@ class StreamingARIG(ListenerStream):
         self.dev = model.lis_mean.device
         self._frame = compiled_decode_frame(self.dev.type) if compile else decode_frame
         ref = model.lis_mean.cpu().numpy() if reference is None else reference
-        self.ref = torch.as_tensor(self._array(np.reshape(ref, (1, -1)), "reference", (D_MOTION,), MOTION_LIMIT),
-                                   device=self.dev)
+        self.ref = torch.as_tensor(floats(ref, "reference", (D_MOTION,), MOTION_LIMIT), device=self.dev)[None]
         hist = self._check_history(history_words)
         self.streams: list[_ARIGState] = [None] * n_streams
         for b in range(n_streams):
@@ -716,10 +688,11 @@ class StreamingARIG(ListenerStream):
         s = self.streams[self._check_stream(stream)]
         if beta is None and self.cfg.use_beta:
             raise UserError(f"beta: this model uses the listener's shape beta, expected shape ({N_SHAPE},), got None")
-        row = np.zeros(N_SHAPE, np.float32) if beta is None else _beta_row(beta, "beta")
+        row = np.zeros(N_SHAPE, np.float32) if beta is None else floats(beta, "beta", (N_SHAPE,))
         s.beta = torch.as_tensor(row, device=self.dev)[None]
         if s.st is not None:
-            s.st["beta"] = self.model._beta(s.beta)
+            with torch.no_grad():
+                s.st["beta"] = self.model._beta(s.beta)
 
     def _fresh(self, b: int, history: list, seed: int) -> _ARIGState:
         old = self.streams[b]

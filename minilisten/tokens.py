@@ -25,7 +25,7 @@ EPS = 1e-6               # tolerance on times expressed in frames
 # ----------------------------------------------------------------------------- vocabulary
 @dataclass(frozen=True)
 class Vocab:
-    """Token-id layout (module docstring). ``lr/sa/emo(code)`` map a code (int, numpy array or
+    """Token-id layout (docs/streaming.md). ``lr/sa/emo(code)`` map a code (int, numpy array or
     tensor) to its token id; ints and arrays are range-checked, tensors are offset without a check
     (no host sync in decoding loops: validate codes before)."""
     n_words: int
@@ -112,7 +112,7 @@ def check_modalities(modalities) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- time -> step
 def word_step(end: float, fps: float, r: int = 8, placement: str = "eq1") -> int:
     """Step of a word ending at ``end`` seconds: Eq. 1 (``"eq1"``: the step whose span holds the
-    end) or LM-listener's rule (``"lm_listener"``, module docstring). May be ``>= n_steps``."""
+    end) or LM-listener's rule (``"lm_listener"``, docs/streaming.md). May be ``>= n_steps``."""
     if placement == "eq1":
         return max(0, word_frame(end, fps, r))
     if placement == "lm_listener":
@@ -271,7 +271,7 @@ def prefix_ids(vocab: Vocab, history: list[int], steps: list[list[int]], j: int,
 
 def context_plan(vocab: Vocab, history: list[int], steps: list[list[int]], max_len: int, history_tokens: int,
                  window_keep: float, with_lr: bool = True) -> list[int]:
-    """Start step ``j_i`` of the context of each step ``i`` (module docstring, context policy);
+    """Start step ``j_i`` of the context of each step ``i`` (docs/streaming.md, context policy);
     all zeros when the whole sequence fits ``max_len``."""
     lens = [len(s) + (1 if with_lr else 0) for s in steps]   # step i's tokens + LR_i
     cum = np.concatenate([[0], np.cumsum(lens)]) if lens else np.zeros(1, np.int64)

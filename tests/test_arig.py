@@ -87,7 +87,7 @@ def test_frame_inputs_hand_built():
     assert fi["since"].tolist() == [2, 3, 4, 5, 0, 1, 2, 3, 0, 1]
     assert fi["sa"][:4].tolist() == [[0, 1], [2, -1], [3, 4], [5, -1]]   # tokens starting in each frame
     assert fi["sa"][9].tolist() == [13, -1]                                # 14 tokens: frame 9 gets token 13
-    with pytest.raises(ValueError, match="sa_tokens: expected ids < n_sa = 32"):
+    with pytest.raises(ValueError, match=r"sa_tokens: expected token ids in \[0, 32\) \(the SA codebook\), got 40"):
         frame_inputs(Segment(np.zeros((10, 56)), np.zeros((10, 56)), 10.0, sa_tokens=np.array([40]), sa_rate=15.0,
                              emotion=np.full((10, 8), 1 / 8), listener_beta=np.ones(100)), cfg)
     with pytest.raises(ValueError, match="listener_beta"):
@@ -175,11 +175,11 @@ def test_flow_loss_hand_computed():
 def test_euler_sampler_recovers_a_delta(steps):
     """The exact velocity of data concentrated at x*: v(x, s) = (x - x*) / s; any step count lands on x*."""
     x_star = torch.tensor([[0.3, -1.2, 2.0], [5.0, 0.0, -0.5]])
-    net = lambda x, s, c: (x - x_star) / s[:, None]
+    velocity = lambda x, s: (x - x_star) / s[:, None]
     noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(euler_sample(net, None, noise, steps), x_star, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(euler_sample(velocity, noise, steps), x_star, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="steps: expected an int >= 1"):
-        euler_sample(net, None, noise, 0)
+        euler_sample(velocity, noise, 0)
 
 
 def test_seeded_sampling_is_deterministic():
@@ -301,7 +301,7 @@ def test_streaming_equals_offline_and_stays_bounded():
         assert len(got[-1]) == len(ch["motion"])       # one listener frame per speaker frame
         sizes.append(sl.state_sizes())
         if i == 2:   # bad input raises, names the field, and leaves the stream as it was
-            with pytest.raises(ValueError, match=r"emotion \(stream 0\): expected 2 rows"):
+            with pytest.raises(ValueError, match=r"emotion \(stream 0\): expected 2 frames, as motion gives, got 3"):
                 sl.push(motion=seg.speaker_motion[:2], emotion=np.ones((3, 8)) / 8)
             with pytest.raises(ValueError, match="words\\[0\\]"):
                 sl.push(motion=seg.speaker_motion[:1], words=[Word("late", 0.0, 0.01)], emotion=np.ones((1, 8)) / 8)
@@ -315,7 +315,7 @@ def test_streaming_equals_offline_and_stays_bounded():
     assert len(first) == 3        # 5 tokens complete frames 0-2 (frame t needs ceil(5 (t + 1) / 3))
     rest = sl.push(**{**ch[1], "sa_tokens": np.concatenate([ch[0]["sa_tokens"][5:], ch[1]["sa_tokens"]])})
     np.testing.assert_allclose(np.concatenate([first, rest]), want, atol=1e-5)
-    with pytest.raises(ValueError, match=r"beta: expected shape \(100,\), got \(5,\)"):
+    with pytest.raises(ValueError, match=r"beta: expected numbers of shape \(100,\), got shape \(5,\)"):
         sl.set_beta(np.ones(5))
 
 
@@ -328,14 +328,16 @@ def test_state_head_beats_the_majority_class_on_the_synthetic_corpus():
 
 
 def test_fast_paths_equal_their_references():
-    """DiffusionMLP.sample == euler_sample of the same net; the last-position temporal layer ==
-    the whole nn.TransformerEncoderLayer's last row (train mode: no fused fast path)."""
+    """DiffusionMLP.sample == Euler steps of the net's full forward written out here; the last-position
+    temporal layer == the whole nn.TransformerEncoderLayer's last row (train mode: no fused fast path)."""
     m = _model(3)
     g = torch.Generator().manual_seed(0)
     z, noise = torch.randn(5, m.config.d_model, generator=g), torch.randn(5, 56, generator=g)
     for steps in (1, 3, 8):
-        torch.testing.assert_close(m.diffusion.sample(z, noise, steps), euler_sample(m.diffusion, z, noise, steps),
-                                   atol=1e-5, rtol=1e-5)
+        x = noise
+        for k in range(steps, 0, -1):   # dx/ds = v(x, s, z) from s = 1 to 0, every row's s given
+            x = x - m.diffusion(x, torch.full((5,), k / steps), z) / steps
+        torch.testing.assert_close(m.diffusion.sample(z, noise, steps), x, atol=1e-5, rtol=1e-5)
     seq = torch.randn(7, m.config.temporal_frames + 1, m.config.d_model, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(m._temporal_last(seq), m.temporal.train()(seq)[:, -1], atol=1e-5, rtol=1e-5)

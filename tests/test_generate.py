@@ -103,6 +103,34 @@ def test_batch_equals_per_stream(lm):
     assert g.codes[[0, 2]].tolist() == [single[2][0], single[3][0]]
 
 
+@pytest.mark.parametrize("buckets, widths", [(None, {1, 3}), (BUCKETS, {1, 4})])
+def test_idle_slots_are_not_computed(lm, monkeypatch, buckets, widths):
+    """A step of some streams runs the forward on their rows only (idle slots cost nothing; with
+    buckets, row counts are padded to powers of two with idle rows); the busy streams' codes equal
+    the reference, and the idle streams' state is untouched."""
+    hs, ss = streams(lm, 3, seconds=1.5, seed=30)   # fits the context: no sliding
+    want = [reference(lm, h, s) for h, s in zip(hs, ss)]
+    g = Generator(lm, batch=8, buckets=buckets)
+    seen, fwd = [], g._fwd
+    monkeypatch.setattr(g, "_fwd", lambda t, key_pos, slots: seen.append(t.shape[0]) or fwd(t, key_pos, slots))
+    slot = {0: 5, 1: 2, 2: 7}
+    got = {k: [] for k in slot}
+    for k, b in slot.items():
+        g.advance(prefill={b: hs[k] + ss[k][0]})
+        got[k].append(int(g.codes[b]))
+    n = min(map(len, ss))
+    for i in range(1, n):
+        before = g.model.pos.clone()
+        fed = [0] if i % 2 else [0, 1, 2]
+        g.advance(step={slot[k]: ss[k][len(got[k])] for k in fed})
+        for k in fed:
+            got[k].append(int(g.codes[slot[k]]))
+        idle = [b for b in range(8) if b not in [slot[k] for k in fed]]
+        assert g.model.pos[idle].tolist() == before[idle].tolist()
+    assert set(seen) == widths
+    assert all(got[k] == want[k][:len(got[k])] for k in slot) and len(got[0]) == n
+
+
 @pytest.mark.parametrize("buckets, chunk", [(BUCKETS, 64), ((4, 8), 8)])
 def test_buckets_and_chunked_prefill(lm, buckets, chunk):
     """Padded blocks (the CUDA default) and prefills split into chunks give the same codes."""
@@ -137,7 +165,8 @@ def test_errors_leave_state_usable():
     g.advance(prefill={0: hs[0] + ss[0][0]})
     bad = [
         (dict(step={2: ss[0][1]}), r"stream: expected an index in \[0, 2\).*got 2"),
-        (dict(step={0: [lm.vocab.size]}), r"step\[0\]: expected token ids in \[0, %d\), got %d" % (lm.vocab.size, lm.vocab.size)),
+        (dict(step={0: [lm.vocab.size]}),
+         r"step\[0\]: expected token ids in \[0, %d\), got %d" % (lm.vocab.size, lm.vocab.size)),
         (dict(step={1: ss[0][1]}), r"step\[1\]: stream 1 has no context yet"),
         (dict(prefill={1: []}), r"prefill\[1\]: expected at least 1 token, got 0"),
         (dict(step={0: [5] * 250}), r"stream 0: expected at most max_len=256 tokens"),

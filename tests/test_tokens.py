@@ -150,7 +150,8 @@ def test_speaker_tokens_errors():
     with pytest.raises(ValueError, match=r"n_steps: expected 0 <= n_steps <= T // r = 24 // 8 = 3, got 4"):
         speaker_tokens(_segment(), "W", n_steps=4)
     seg = _segment()
-    object.__setattr__(seg, "words", (Word("late", 0.5, 1.5),))  # bypasses Segment's validation on purpose: ends after the clip (0.8 s)
+    # bypasses Segment's validation on purpose: ends after the clip (0.8 s)
+    object.__setattr__(seg, "words", (Word("late", 0.5, 1.5),))
     with pytest.raises(ValueError, match=r"words\[0\] \('late'\): expected end in \[0, 0.800\]"):
         speaker_tokens(seg, "W")
     with pytest.raises(ValueError, match=r"expected end <= 0.800 s \(clip end\)"):
@@ -237,7 +238,8 @@ def test_context_plan_by_hand():
 
 def test_pack_sequences_by_hand():
     seqs = pack_sequences(V, HIST, STEPS, [0, 1, 2, 3, 0], [0, 0, 2, 2, 4], 2)
-    assert [(q.first_step, q.last_step, q.n_prefix, q.stage) for q in seqs] == [(0, 1, 3, 2), (2, 3, 3, 2), (4, 4, 3, 2)]
+    want = [(0, 1, 3, 2), (2, 3, 3, 2), (4, 4, 3, 2)]
+    assert [(q.first_step, q.last_step, q.n_prefix, q.stage) for q in seqs] == want
     assert seqs[0].ids.tolist() == HIST + STEPS[0] + [16] + STEPS[1] + [17]
     assert seqs[1].ids.tolist() == [10, 3, 4] + STEPS[2] + [18] + STEPS[3] + [19]
     assert seqs[2].ids.tolist() == [10, 5, 6] + STEPS[4] + [16]
@@ -314,7 +316,8 @@ def test_as_word_and_emotion_checks():
     p = check_emotion_probs(_probs(4, 2), "emo", rows=4)
     assert p.dtype == np.float64 and p.shape == (4, 8)
     for bad, rows, msg in [(np.full((4, 7), 1 / 7), "n", r"emo: expected per-frame probabilities of shape \(n, 8\)"),
-                           (_probs(4, 2), 5, r"shape \(5, 8\)"), (np.full((2, 8), 0.2), "T", "rows summing to 1, got 1.6 at frame 0"),
+                           (_probs(4, 2), 5, r"shape \(5, 8\)"),
+                           (np.full((2, 8), 0.2), "T", "rows summing to 1, got 1.6 at frame 0"),
                            (np.full((2, 8), np.nan), "T", "finite"), (_probs(2, 0) - np.eye(8)[:2], "T", ">= 0")]:
         with pytest.raises(ValueError, match=msg):
             check_emotion_probs(bad, "emo", rows=rows)
