@@ -1058,7 +1058,7 @@ def test_arig_bad_messages_set_beta_reset(arig_model):
                 sa.set_beta(beta2)
             ref.append(sa.push(**p))
     bad = [
-        ({"type": "push", "motion": [[0.0] * 55]}, "motion", "a list of rows of 56 numbers"),
+        ({"type": "push", "motion": [[0.0] * 55]}, "motion", "shape (n, 56)"),
         ({"type": "push", "frames": 3}, "frames", "one of the push fields of the arig model"),
         ({"type": "push", "audio": [0.0], "sample_rate": 16000}, "audio", "one of the push fields of the arig model"),
         ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8] * 2}, "emotion", "1 rows (the motion"),
