@@ -1061,7 +1061,7 @@ def test_arig_bad_messages_set_beta_reset(arig_model):
         ({"type": "push", "motion": [[0.0] * 55]}, "motion", "shape (n, 56)"),
         ({"type": "push", "frames": 3}, "frames", "one of the push fields of the arig model"),
         ({"type": "push", "audio": [0.0], "sample_rate": 16000}, "audio", "one of the push fields of the arig model"),
-        ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8] * 2}, "emotion", "1 rows (the motion"),
+        ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8] * 2}, "emotion", "motion"),
         ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8], "sa_tokens": [5000]}, "sa_tokens",
          "ids in [0, 1024)"),
         ({"type": "push", "words": [["late", 0.0, 0.01]]}, "words[0]", None),
