@@ -119,6 +119,8 @@ class ListenerServer:
         self.listener, self.kind = listener, "arig" if isinstance(listener, StreamingARIG) else "lr-token"
         self.default_beta, self.beta_source = None if beta is None else np.asarray(beta, np.float32), beta_source
         self.seeds = [st.seed for st in listener.streams]   # each slot's seed at connect
+        for slot in range(listener.n_streams):   # and its identity
+            listener.set_beta(self.default_beta, slot)
         self.model_info = _describe_arig(listener.model) if self.kind == "arig" else _describe_lr(listener.lm,
                                                                                                  listener.vq)
         self.max_sessions, self.max_queue, self.max_message = listener.n_streams, max_queue, max_message
@@ -130,7 +132,6 @@ class ListenerServer:
         self._http_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-http")
         self._clips: dict = {}                 # (seconds, seed) -> future of the /clip.json body
         self._closing: set = set()             # close() tasks of slow clients (kept referenced)
-        self.host, self.port = None, None      # bound address, once running
         self.stats = collections.Counter()     # ticks, batched pushes, frames, refused, errors
 
     def hello(self, session: _Session) -> dict:
