@@ -1,8 +1,6 @@
 """The web page served by ``minilisten serve`` (``/``, ``/clip.json``): HTTP answers, and the page in a
 real headless Chromium against tiny random models (screenshot shows a head, frames arrive)."""
-import asyncio
 import base64
-import contextlib
 import json
 import os
 import shutil
@@ -19,32 +17,16 @@ import pytest
 
 pytest.importorskip("websockets")
 from conftest import tiny_lm, tiny_vq  # noqa: E402
-from test_server import lr_server  # noqa: E402
+from test_server import in_thread, lr_server  # noqa: E402
 
 from minilisten.render import SKIN  # noqa: E402
 
 SHOT = Path(__file__).resolve().parent.parent / "runs" / "test_web" / "page.png"
 
 
-@contextlib.contextmanager
 def running(**kw):
     """A ListenerServer (tiny models, ``kw``) running in a background thread on an ephemeral port."""
-    srv = lr_server(tiny_lm("gpt2"), tiny_vq("adaln"), max_sessions=2, **kw)
-    ready, box = threading.Event(), {}
-
-    async def main():
-        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
-        async with srv.run(port=0):
-            ready.set()
-            await box["stop"].wait()
-    th = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    th.start()
-    assert ready.wait(60), "server did not start"
-    try:
-        yield srv
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        th.join(30)
+    return in_thread(lr_server(tiny_lm("gpt2"), tiny_vq("adaln"), max_sessions=2, **kw))
 
 
 @pytest.fixture(scope="module")
