@@ -920,9 +920,10 @@ async def arig_session(ws, pushes, history, beta, seed=None):
     return await session(ws, history, pushes, beta, seed, encode=arig_wire)
 
 
-def arig_server(model, max_sessions=8, seed=0, **kw):
+def arig_server(model, max_sessions=8, seed=0, max_push_seconds=10.0, **kw):
     """A ListenerServer over a StreamingARIG as ``serve`` makes it (the zeros identity)."""
-    sa = StreamingARIG(model, np.zeros(N_SHAPE), n_streams=max_sessions, seed=seed, max_push_frames=300)
+    sa = StreamingARIG(model, np.zeros(N_SHAPE), n_streams=max_sessions, seed=seed,
+                       max_push_frames=round(30 * max_push_seconds))
     return ListenerServer(sa, np.zeros(N_SHAPE), beta_source="zeros (FLAME mean shape)", **kw)
 
 
@@ -1209,9 +1210,10 @@ def _mutate(args):
     return msg
 
 
-VALID = [wire(p) for p in chunks(speaker_segment(3.0, seed=80), seed=81)]
-MUTATED = st.tuples(st.sampled_from(VALID), st.sampled_from(["words", "sa_tokens", "emotion", "frames"]),
-                    st.integers(0, 30), st.integers(0, 8), HOSTILE).map(_mutate)
+def mutated(valid: list):
+    """Valid pushes with one number (word time, SA token, emotion or motion value, frames) made hostile."""
+    return st.tuples(st.sampled_from(valid), st.sampled_from(["words", "sa_tokens", "emotion", "motion", "frames"]),
+                     st.integers(0, 30), st.integers(0, 60), HOSTILE).map(_mutate)
 RAW = st.one_of(   # what json.dumps cannot make: deep nesting, NaN / Infinity, broken JSON, binary
     st.integers(30, 3000).map(lambda n: '{"type": "push", "id": ' + "[" * n + "]" * n + "}"),
     st.integers(30, 3000).map(lambda n: "[" * n),
@@ -1221,53 +1223,61 @@ RAW = st.one_of(   # what json.dumps cannot make: deep nesting, NaN / Infinity, 
     st.binary(max_size=16))
 
 
-def good_sessions(url, segs, stop: threading.Event) -> list:
-    """One well-behaved client per segment, each streaming its segment again and again (reset, its pushes,
-    end) until ``stop``: [[replies of one pass]] per client."""
+def good_sessions(url, streams, stop: threading.Event) -> list:
+    """One well-behaved client per ``(history words, push messages)``, each streaming them again and again
+    (reset, the pushes, end) until ``stop``: [[replies of one pass]] per client."""
     from websockets.sync.client import connect as sync_connect
-    out = [[] for _ in segs]
+    out = [[] for _ in streams]
 
     def one(k):
-        seg, pushes = segs[k]
+        history, msgs = streams[k]
         with sync_connect(url, max_size=None) as ws:
             assert strict_json(ws.recv(60))["type"] == "hello"
             while not stop.is_set() or not out[k]:
                 replies = []
-                for m in [{"type": "reset", "id": "r", "history_words": [[w.text, w.start, w.end]
-                                                                          for w in seg.history_words]}] + \
-                        [{**wire(p), "id": i} for i, p in enumerate(pushes)] + [{"type": "end", "id": "end"}]:
+                for m in [{"type": "reset", "id": "r", "history_words": [[w.text, w.start, w.end] for w in history]}] \
+                        + [{**m, "id": i} for i, m in enumerate(msgs)] + [{"type": "end", "id": "end"}]:
                     ws.send(json.dumps(m))
                     replies.append(strict_json(ws.recv(60)))
                     time.sleep(0.002)
                 out[k].append(replies)
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(segs))]
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(streams))]
     for th in threads:
         th.start()
     return threads, out
 
 
-def test_protocol_fuzzer(models):
+@pytest.mark.parametrize("kind", ["lr-token", "arig"])
+def test_protocol_fuzzer(kind, models, arig_model):
     """Hypothesis: >= 300 valid, mutated and hostile messages of every type on one connection of a live
-    server, next to two well-behaved sessions. Each message gets exactly one strict-JSON reply (its id
-    echoed; never an internal error), the connection stays open, and the well-behaved sessions' frames
-    equal their solo runs in every pass."""
+    server (each model kind), next to two well-behaved sessions. Each message gets exactly one strict-JSON
+    reply (its id echoed; never an internal error), the connection stays open, and the well-behaved
+    sessions' frames equal their solo runs in every pass (ARIG: to float rounding of the shared batch)."""
     from hypothesis import HealthCheck, given, settings
     from websockets.sync.client import connect as sync_connect
     lm, vq = models
-    segs = [(s, chunks(s, seed=70 + k)) for k, s in enumerate(speaker_segment(2.0, seed=60 + k) for k in range(2))]
-    refs = [direct(lm, vq, s, p) for s, p in segs]
-    server = lr_server(lm, vq, max_sessions=3, max_push_seconds=2.0)
+    if kind == "lr-token":
+        segs = [speaker_segment(2.0, seed=60 + k) for k in range(2)]
+        ins = [(chunks(s, seed=70 + k), s.history_words) for k, s in enumerate(segs)]
+        refs = [direct(lm, vq, s, p) for s, (p, _) in zip(segs, ins)]
+        valid, encode = [wire(p) for p in chunks(speaker_segment(3.0, seed=80), seed=81)], wire
+        server = lr_server(lm, vq, max_sessions=3, max_push_seconds=2.0)
+    else:
+        ins = [arig_input(1.0, seed=60 + k, sizes_seed=70 + k)[:2] for k in range(2)]
+        refs = [arig_direct(arig_model, p, h, np.zeros(N_SHAPE)) for p, h in ins]
+        valid, encode = [arig_wire(p) for p in arig_input(2.0, seed=80, sizes_seed=81)[0]], arig_wire
+        server = arig_server(arig_model, max_sessions=3, max_push_seconds=2.0)
     replies = collections.Counter()
     with in_thread(server):
         url = f"ws://127.0.0.1:{server.port}"
         stop = threading.Event()
-        threads, good = good_sessions(url, segs, stop)
+        threads, good = good_sessions(url, [(h, [encode(p) for p in pushes]) for pushes, h in ins], stop)
         with sync_connect(url, max_size=None) as ws:
             assert strict_json(ws.recv(60))["type"] == "hello"
 
             @settings(max_examples=320, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck))
-            @given(msg=st.one_of(MESSAGES, MUTATED, st.sampled_from(VALID), RAW))
+            @given(msg=st.one_of(MESSAGES, mutated(valid), st.sampled_from(valid), RAW))
             def one(msg):
                 raw = msg if isinstance(msg, (str, bytes)) else json.dumps(msg)
                 ws.send(raw)
@@ -1286,8 +1296,8 @@ def test_protocol_fuzzer(models):
             th.join(120)
     assert sum(replies.values()) >= 300 and server.stats["internal_errors"] == 0, replies
     assert replies[("error", "message")] and replies[("ok", None)] and replies[("frames", None)], replies
-    for (seg, pushes), ref, passes in zip(segs, refs, good):
+    for (pushes, _), ref, passes in zip(ins, refs, good):
         assert passes
         for p in passes:
             assert p[0] == {"type": "ok", "op": "reset", "id": "r"}
-            check_frames(p[1:], ref, pushes)
+            check_frames(p[1:], ref, pushes) if kind == "lr-token" else check_arig_frames(p[1:], ref, pushes, False)
