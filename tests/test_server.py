@@ -650,15 +650,17 @@ def test_audio_pcm16_and_float_audio(models):
 
 # ----------------------------------------------------------------------------- issue 24's defects
 def test_nesting_depth_and_strict_json_in(models):
-    """A message nested deeper than MAX_DEPTH (1,000 levels too) and NaN / Infinity get an error
-    reply naming "message", not a close; brackets inside strings do not count; the session goes on."""
+    """Issue 24 defect 2: a message nested deeper than MAX_DEPTH (1,000 levels too), NaN / Infinity, and an SA
+    token beyond int64 get an error reply naming the field, not a close; brackets inside strings do not count;
+    the session goes on."""
     from minilisten.server import MAX_DEPTH
 
     def nested(depth):   # a reset whose id nests the message to `depth` levels (the object is level 1)
         return '{"type": "reset", "id": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
     in_string = '{"type": "reset", "id": "' + '[{\\"' * 2000 + '"}'
     raws = [nested(MAX_DEPTH), nested(MAX_DEPTH + 1), nested(1000), in_string, '{"type": "reset", "id": NaN}',
-            '{"type": "reset", "id": [-Infinity]}', '{"type": "reset", "id": "last"}']
+            '{"type": "reset", "id": [-Infinity]}', '{"type": "push", "sa_tokens": [18446744073709551616]}',
+            '{"type": "reset", "id": "last"}']
 
     async def body(server, url):
         async with connect(url) as ws:
@@ -675,7 +677,8 @@ def test_nesting_depth_and_strict_json_in(models):
     assert out[3] == {"type": "ok", "op": "reset", "id": '[{"' * 2000}
     for m in out[4:6]:
         assert m["type"] == "error" and m["field"] == "message" and "no NaN" in m["expected"], m
-    assert out[6] == {"type": "ok", "op": "reset", "id": "last"}
+    assert out[6]["type"] == "error" and out[6]["field"] == "sa_tokens" and "int64" in out[6]["expected"], out[6]
+    assert out[7] == {"type": "ok", "op": "reset", "id": "last"}
 
 
 def test_non_finite_frames_never_sent(models, monkeypatch):
