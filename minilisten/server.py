@@ -1,52 +1,28 @@
 """WebSocket server: live listener frames for avatar and robot stacks (``python -m minilisten serve``).
 
-    python -m minilisten serve --vq runs/demo/vq_paper --lm runs/demo/lm_full --max-sessions 8
-
-One :class:`~minilisten.streaming.StreamingListener` with ``n_streams = max_sessions`` serves every
-connection: a connection takes a free stream slot (reset on connect and on disconnect), and a
-batching loop gathers the waiting messages of all sessions in rounds (round k: each session's
-k-th message; a round's pushes are one ``push_many``), so concurrent sessions share the LM's
-forward passes. Decoding runs in one worker thread; the asyncio event loop only parses, queues and
-sends. Protocol version :data:`PROTOCOL`, JSON text messages: every client message (``push``,
-``set_beta``, ``reset``, ``end``/``flush``) gets exactly one reply in order (``frames``, ``ok`` or
-``error`` naming the field, expected and actual value; the session goes on); the server opens
-with ``hello``. The message table is in the README, section "Streaming server". The cost of the
-batched decoder's step grows with ``max_sessions`` (it runs every slot, busy or idle): size
-``--max-sessions`` to the expected load.
-
-``python -m minilisten serve --arig DIR`` serves the ARIG-style model instead (hello ``kind:
-"arig"``): one :class:`~minilisten.arig.MultiStreamARIG`; a push carries the speaker's ``motion``
-(n x 56 frames, the clock) with its words / SA tokens / emotion rows, and its reply holds one
-listener frame per speaker frame whose inputs are complete (no lookahead). A round's pushes are one
-``push_many``: one batched ``ARIG.step`` per frame tick over the sessions with a frame to make.
-A ``reset`` may carry ``seed`` (the session's noise seed; default the server's ``--seed``).
-
-Per session the server holds at most ``max_queue`` unprocessed client messages (then it stops
-reading: TCP back-pressure) and ``max_queue`` unsent replies (a client that does not read them is
-closed with code 1008), messages of at most ``max_message`` bytes (larger: closed with 1009), and
-the StreamingListener's bounded stream state: memory is bounded by ``max_sessions``.
-
-Robot-head angles (``head_rpy_deg``, ``jaw_open_deg``): pose ``[50:53]`` is FLAME's global head
-rotation and ``[53:56]`` its jaw rotation, both axis-angle vectors in radians in FLAME's frame
-(x: to the subject's left, y: up, z: out of the face). The head rotation is decomposed as
-``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)``, which is ROS REP-103's roll-pitch-yaw (``Rz(yaw) Ry(pitch)
-Rx(roll)`` with x forward, y left, z up): positive pitch = nose down, positive yaw = turning to the
-subject's own left, positive roll = tilting the top of the head to the subject's right (left ear
-up). ``jaw_open_deg`` is the pitch of the jaw rotation: positive opens the mouth (not clamped).
+Per worker process, one streaming listener with ``n_streams = max_sessions`` (the LR-token model, or ARIG with
+``--arig``) serves every connection: a batching loop makes each round of waiting pushes one ``push_many`` in a
+decode thread. JSON protocol :data:`PROTOCOL`; messages, limits, faults and robot angles: docs/server.md.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import collections
+import contextlib
+import dataclasses
+import hmac
+import importlib.resources
 import json
 import logging
+import os
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import torch
 
 try:
     from websockets.exceptions import ConnectionClosed
@@ -56,233 +32,167 @@ except ImportError:   # the optional extra is missing: ListenerServer.run / main
 
 from .cli_config import ArgumentParser
 from .data.segment import D_MOTION, EMOTIONS, N_EXP, N_SHAPE
-from .streaming import ProtocolError, StreamingARIG, StreamingListener, num_array, parse_push, parse_words
+from .errors import UserError
+from .streaming import ProtocolError, StreamingARIG, StreamingListener, parse_push, parse_words
+from .tokens import SA_RATE
 
-#: 2 = 1 + hello ``kind`` / ``min_client_protocol`` / ``input.required`` and the ARIG model kind
-#: (push ``motion``, reset ``seed``); every version-1 message and reply of the LR-token kind is unchanged
-PROTOCOL = 2
-KINDS = ("lr-token", "arig")
+PROTOCOL = 2   # 2 = 1 + the ARIG model kind (hello kind / min_client_protocol / input.required)
 CLIENT_TYPES = ("push", "set_beta", "reset", "flush", "end")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
+MAX_DEPTH = 32   # nesting of a client message's arrays and objects (a push needs 4)
 
 
 # ----------------------------------------------------------------------------- pose -> robot angles
-def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
-    """Rodrigues: axis-angle vectors ``(..., 3)`` (radians) -> rotation matrices ``(..., 3, 3)``."""
-    aa = np.asarray(aa, np.float64)
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    k = aa / np.where(theta > 1e-12, theta, 1.0)
-    x, y, z = k[..., 0], k[..., 1], k[..., 2]
-    zero = np.zeros_like(x)
-    K = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1)], -2)
-    s, c = np.sin(theta)[..., None], np.cos(theta)[..., None]
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
-
-
-def matrix_to_rpy(R: np.ndarray) -> np.ndarray:
-    """Rotation matrices ``(..., 3, 3)`` in FLAME's frame -> ``(..., 3)`` (roll, pitch, yaw) radians
-    with ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` (module docstring)."""
-    pitch = np.arcsin(np.clip(-R[..., 1, 2], -1.0, 1.0))
-    yaw = np.arctan2(R[..., 0, 2], R[..., 2, 2])
-    roll = np.arctan2(R[..., 1, 0], R[..., 1, 1])
-    return np.stack([roll, pitch, yaw], -1)
-
-
 def robot_angles(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Listener frames ``(n, 56)`` -> head ``(n, 3)`` roll/pitch/yaw and jaw opening ``(n,)``, degrees."""
-    head = np.degrees(matrix_to_rpy(axis_angle_to_matrix(motion[:, N_EXP:N_EXP + 3])))
-    jaw = np.degrees(matrix_to_rpy(axis_angle_to_matrix(motion[:, N_EXP + 3:N_EXP + 6]))[:, 1])
-    return head, jaw
+    """Listener frames ``(n, 56)`` -> head ``(n, 3)`` roll/pitch/yaw and jaw opening ``(n,)``, degrees: FLAME's
+    axis-angle head and jaw rotations (pose dims 50:53, 53:56) as ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` (ROS
+    REP-103 roll-pitch-yaw in FLAME's frame, docs/server.md); the jaw opening is the jaw rotation's pitch."""
+    from scipy.spatial.transform import Rotation
+    head, jaw = (Rotation.from_rotvec(motion[:, i:i + 3].astype(np.float64)).as_euler("YXZ", degrees=True)
+                 for i in (N_EXP, N_EXP + 3))
+    return head[:, ::-1].copy(), jaw[:, 1]
 
 
-# ----------------------------------------------------------------------------- protocol errors
+# ----------------------------------------------------------------------------- messages in and errors out
 _STREAM_REF = re.compile(r",\s*stream \d+|\s*\(stream \d+\)")
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+
+
+def load_message(raw) -> dict:
+    """A client message -> dict: a JSON text object, strict (no NaN / Infinity), its arrays and objects nested at
+    most :data:`MAX_DEPTH` deep (counted before parsing), else ProtocolError."""
+    if isinstance(raw, (bytes, bytearray)):
+        raise ProtocolError("message", "a JSON text message", f"a binary message of {len(raw)} bytes")
+    brackets = np.frombuffer(_NOT_BRACKET.sub("", _JSON_STRING.sub("", raw)).encode(), np.uint8)
+    depth = int(np.cumsum(np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)).max(initial=0))
+    if depth > MAX_DEPTH:
+        raise ProtocolError("message", f"JSON nested at most {MAX_DEPTH} deep", f"{depth} levels")
+    try:
+        msg = json.loads(raw, parse_constant=_not_json)
+    except ValueError:
+        raise ProtocolError("message", "a JSON object (strict JSON: no NaN or Infinity)", raw) from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("message", "a JSON object", raw)
+    return msg
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def error_message(e: ValueError, op: str | None = None, msg_id=None) -> dict:
-    """The ``error`` reply for ``e``: a :class:`ProtocolError`, or a StreamingListener ValueError
-    (``"FIELD (stream b): expected X, got Y"``; the internal stream slot is removed)."""
-    if isinstance(e, ProtocolError):
-        fld, exp, act, text = e.field, e.expected, e.actual, str(e)
-    else:
-        text = _STREAM_REF.sub("", str(e)).strip()
-        f = re.match(r"[A-Za-z_][\w\[\]./]*", text.split(":", 1)[0]) if ":" in text else None
-        fld = f.group(0) if f else "message"
-        m = re.search(r"\bexpected\s+(?P<x>.*?)(?:,\s*got\s+(?P<a>.*))?$", text, re.S)
-        exp = m.group("x") if m else None
-        act = m.group("a") if m else None
-    out = {"type": "error", "op": op, "field": fld, "expected": exp, "actual": act, "message": text}
-    if msg_id is not None:
-        out["id"] = msg_id
-    return out
+    """The ``error`` reply for a UserError ``"FIELD (stream b): expected X, got Y"`` (the internal slot left out)."""
+    text = _STREAM_REF.sub("", str(e)).strip()
+    f = re.match(r"([A-Za-z_][\w\[\]./]*)[^:]*:", text)
+    m = re.search(r"\bexpected\s+(.*?)(?:,\s*got\s+(.*))?$", text, re.S)
+    fld, (exp, act) = f[1] if f else "message", m.groups() if m else (None, None)
+    return {"type": "error", "op": op, "id": msg_id, "field": fld, "expected": exp, "actual": act, "message": text}
 
 
 # ----------------------------------------------------------------------------- the server
-@dataclass(eq=False)
+@dataclasses.dataclass(eq=False)
 class _Session:
     slot: int
     ws: object
     inbox: asyncio.Queue
     outbox: asyncio.Queue
-    beta: object = None               # this session's beta (None: the server default)
-    history: list = field(default_factory=list)
     sent_frames: int = 0              # frames sent since the stream's start (the next frame's index)
     closed: bool = False
 
 
 class ListenerServer:
-    """Serves one StreamingListener to up to ``max_sessions`` WebSocket clients (module docstring).
+    """Serves ``listener`` (a StreamingListener or StreamingARIG; its ``n_streams`` are the session slots) to
+    WebSocket clients: ``beta`` is every session's identity at connect (None: the model has none); ``max_queue``
+    messages buffered per session each way, of ``max_message`` bytes; ``token``: a shared secret; ``web``: answer
+    plain HTTP GET/HEAD (the page, :meth:`clip`). Run as ``async with server.run(host, port)`` (docs/server.md)."""
 
-    ``lm``, ``vq``: the models; ``beta``: the default listener shape ``(100,)`` (None: zeros, the
-    FLAME mean shape, when the VQ needs one); ``fps`` (default the LM's), ``lookahead``, ``sa_tokenizer``,
-    ``max_len``: of the StreamingListener. Or ``arig``: an :class:`~minilisten.arig.ARIG` model instead
-    of ``lm``/``vq`` (kind ``"arig"``: one :class:`~minilisten.arig.MultiStreamARIG`, one frame out per
-    speaker frame in; ``seed`` (every session's seed at connect, a ``reset`` may set another),
-    ``sample_steps`` (Euler steps, default the model's), ``temperature``, ``max_skew`` (s));
-    ``max_queue``: messages buffered per session each way;
-    ``max_message``: bytes per client message; ``token``: a shared secret every client must send
-    (``Authorization: Bearer TOKEN`` header or ``?token=TOKEN`` in the URL; else HTTP 401);
-    ``web``: answer plain HTTP GETs on the same port (``/``: the web page, ``/clip.json``: a test
-    clip, :meth:`clip`; other paths 404; WebSocket upgrades on any path are sessions).
-    Use as ``async with server.run(host, port): ...`` or
-    :meth:`serve_forever`.
-    """
-
-    def __init__(self, lm=None, vq=None, beta=None, *, arig=None, max_sessions: int = 8, fps: float | None = None,
-                 lookahead: int | None = None, sa_tokenizer=None, max_len: int | None = None, max_queue: int = 64,
-                 max_message: int = 1 << 20, close_timeout: float = 5.0, token: str | None = None,
-                 model_info: dict | None = None, seed: int = 0, sample_steps: int | None = None,
-                 temperature: float = 1.0, max_skew: float = 2.0, web: bool = True):
-        for name, v in (("max_sessions", max_sessions), ("max_queue", max_queue), ("max_message", max_message)):
+    def __init__(self, listener, beta=None, *, beta_source: str = "given", max_queue: int = 64,
+                 max_message: int = 1 << 20, close_timeout: float = 5.0, token: str | None = None, web: bool = True,
+                 worker: int = 0):
+        if not isinstance(listener, (StreamingListener, StreamingARIG)):
+            raise UserError(f"listener: expected a StreamingListener or StreamingARIG, got {type(listener).__name__}")
+        for name, v in (("max_queue", max_queue), ("max_message", max_message)):
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        if (arig is None) == (lm is None or vq is None) or (arig is not None and (lm is not None or vq is not None)):
-            raise ValueError("models: expected lm and vq (LR-token model) or arig (ARIG model), got "
-                             f"lm={type(lm).__name__}, vq={type(vq).__name__}, arig={type(arig).__name__}")
-        self.kind = "arig" if arig is not None else "lr-token"
-        needs_beta = arig.config.use_beta if arig is not None else vq.needs_beta
-        if beta is None and needs_beta:
-            beta, self.beta_source = np.zeros(N_SHAPE, np.float32), "zeros (FLAME mean shape)"
-        else:
-            self.beta_source = ("none (identity-free model)" if beta is None else "given")
-        self.default_beta = None if beta is None else np.asarray(beta, np.float32)
-        if self.default_beta is not None and self.default_beta.shape != (N_SHAPE,):
-            raise ValueError(f"beta: expected shape ({N_SHAPE},), got {self.default_beta.shape}")
-        if arig is not None:
-            if fps is not None and abs(fps - arig.config.fps) > 1e-6:
-                raise ValueError(f"fps: expected {arig.config.fps:g} (the ARIG model's), got {fps}")
-            if sa_tokenizer is not None or lookahead is not None:
-                raise ValueError("sa_tokenizer/lookahead: expected None with the arig model (it takes SA tokens and "
-                                 "has no lookahead), got " + ("sa_tokenizer" if sa_tokenizer is not None else "lookahead"))
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-            if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int)
-                                             or sample_steps < 1):
-                raise ValueError(f"sample_steps: expected an int >= 1 or None, got {sample_steps!r}")
-            self.seed, self.sample_steps, self.temperature = seed, sample_steps, float(temperature)
-            self.listener = StreamingARIG(arig, self.default_beta, n_streams=max_sessions, seed=seed,
-                                            steps=sample_steps, temperature=temperature, max_skew=max_skew)
-        else:
-            self.listener = StreamingListener(lm, vq, self.default_beta, n_streams=max_sessions, fps=fps,
-                                              lookahead=lookahead, sa_tokenizer=sa_tokenizer, max_len=max_len)
-        self.max_sessions, self.max_queue, self.max_message = max_sessions, max_queue, max_message
-        self.close_timeout = float(close_timeout)
+                raise UserError(f"{name}: expected an int >= 1, got {v!r}")
         if token is not None and not (isinstance(token, str) and token):
-            raise ValueError(f"token: expected a non-empty string or None, got {token!r}")
-        self.token = token
-        self.web = bool(web)
-        self._clips: dict = {}                 # (seconds, seed) -> /clip.json body
-        self.free = collections.deque(range(max_sessions))
+            raise UserError(f"token: expected a non-empty string or None, got {token!r}")
+        self.listener, self.kind = listener, "arig" if isinstance(listener, StreamingARIG) else "lr-token"
+        self.default_beta, self.beta_source = None if beta is None else np.asarray(beta, np.float32), beta_source
+        self.seeds = [st.seed for st in listener.streams]   # each slot's seed at connect
+        for slot in range(listener.n_streams):   # and its identity
+            listener.set_beta(self.default_beta, slot)
+        self.model_info = _describe_arig(listener.model) if self.kind == "arig" else _describe_lr(listener.lm,
+                                                                                                 listener.vq)
+        self.max_sessions, self.max_queue, self.max_message = listener.n_streams, max_queue, max_message
+        self.close_timeout, self.token, self.web, self.worker = float(close_timeout), token, bool(web), worker
+        self.free = collections.deque(range(self.max_sessions))
         self.sessions: dict[int, _Session] = {}
-        self._release: list[int] = []
-        self._releasing = 0                    # slots being reset by the worker right now
+        self._release: list[int] = []          # slots of closed sessions, reset and freed by the tick loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-decode")
-        self._wake: asyncio.Event | None = None
+        self._http_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-http")
+        self._clips: dict = {}                 # (seconds, seed) -> future of the /clip.json body
         self._closing: set = set()             # close() tasks of slow clients (kept referenced)
-        self.host, self.port = None, None      # bound address, once running
         self.stats = collections.Counter()     # ticks, batched pushes, frames, refused, errors
-        self.model_info = model_info if model_info is not None else (
-            describe_arig(arig) if arig is not None else describe_models(lm, vq))
 
-    # ------------------------------------------------------------------ hello
     def hello(self, session: _Session) -> dict:
-        if self.kind == "arig":
-            return self._hello_arig(session)
-        sl = self.listener
-        beta = session.beta if session.beta is not None else self.default_beta
-        return {
-            "type": "hello", "protocol": PROTOCOL, "kind": self.kind, "min_client_protocol": 1,
-            "server": "minilisten " + _version(),
-            "fps": sl.fps, "frames_per_step": sl.r, "lookahead_steps": sl.lookahead,
-            "max_delay_s": sl.r * (sl.lookahead + 1) / sl.fps,
-            "identity": {"beta": None if beta is None else [float(x) for x in beta],
-                         "source": "set_beta" if session.beta is not None else self.beta_source},
-            "model": self.model_info,
-            "input": {"modalities": list(sl.modalities), "sa_rate": sl.sa_rate, "sa_vocab": int(sl.lm.vocab.n_sa),
-                      "audio": sl.sa_tokenizer is not None, "sample_rate": sl.sample_rate,
-                      "emotions": list(EMOTIONS), "max_skew_s": sl.max_skew},
-            "output": {"expression": N_EXP, "pose": D_MOTION - N_EXP, "head_rpy_deg": 3, "jaw_open_deg": 1,
-                       "encoding": "json"},
-            "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
-                       "max_queue": self.max_queue},
-        }
+        """A session's first message: protocol, model, the input it takes, output and limits."""
+        from . import __version__
+        sl, arig = self.listener, self.kind == "arig"
+        if arig:
+            c = sl.cfg
+            inp = {"required": ["motion"] + ["sa_tokens"] * bool(c.n_sa) + ["emotion"] * c.use_emotion,
+                   "motion": D_MOTION, "modalities": self.model_info["modalities"],
+                   "sa_rate": c.sa_rate if c.n_sa else None, "sa_vocab": int(c.n_sa), "audio": False,
+                   "sample_rate": None}
+        else:
+            inp = {"modalities": list(sl.modalities), "sa_rate": SA_RATE, "sa_vocab": int(sl.lm.vocab.n_sa),
+                   "audio": sl.sa_tokenizer is not None, "sample_rate": sl.sample_rate}
+        beta = self.default_beta
+        msg = {"type": "hello", "protocol": PROTOCOL, "kind": self.kind, "min_client_protocol": 2 if arig else 1,
+               "server": f"minilisten {__version__}", "worker": self.worker, "fps": sl.fps,
+               "frames_per_step": 1 if arig else sl.r, "lookahead_steps": 0 if arig else sl.lookahead,
+               "max_delay_s": 0.0 if arig else sl.r * (sl.lookahead + 1) / sl.fps,
+               "identity": {"beta": None if beta is None else beta.tolist(), "source": self.beta_source},
+               "model": self.model_info, "input": {**inp, "emotions": list(EMOTIONS), "max_skew_s": sl.max_skew},
+               "output": {"expression": N_EXP, "pose": D_MOTION - N_EXP, "head_rpy_deg": 3, "jaw_open_deg": 1,
+                          "encoding": "json"},
+               "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
+                          "max_queue": self.max_queue, "max_push_frames": sl.max_push_frames}}
+        if arig:
+            msg["sampling"] = {"seed": sl.streams[session.slot].seed, "steps": sl.steps, "temperature": sl.temperature}
+        return msg
 
-    def _hello_arig(self, session: _Session) -> dict:
-        ms, c = self.listener, self.listener.cfg
-        beta = session.beta if session.beta is not None else self.default_beta
-        required = ["motion"] + (["sa_tokens"] if c.n_sa else []) + (["emotion"] if c.use_emotion else [])
-        modalities = (["W"] if c.use_words else []) + (["SA"] if c.n_sa else []) + (["E"] if c.use_emotion else [])
-        return {
-            "type": "hello", "protocol": PROTOCOL, "kind": "arig", "min_client_protocol": 2,
-            "server": "minilisten " + _version(), "fps": ms.fps, "frames_per_step": 1, "lookahead_steps": 0,
-            "max_delay_s": 0.0,
-            "identity": {"beta": None if beta is None else [float(x) for x in beta],
-                         "source": "set_beta" if session.beta is not None else self.beta_source},
-            "model": self.model_info,
-            "sampling": {"seed": ms.streams[session.slot].seed, "steps": int(c.sample_steps if ms.steps is None
-                                                                             else ms.steps),
-                         "temperature": self.temperature},
-            "input": {"required": required, "motion": D_MOTION, "modalities": modalities,
-                      "sa_rate": c.sa_rate if c.n_sa else None, "sa_vocab": int(c.n_sa), "audio": False,
-                      "sample_rate": None, "emotions": list(EMOTIONS), "max_skew_s": ms.max_skew},
-            "output": {"expression": N_EXP, "pose": D_MOTION - N_EXP, "head_rpy_deg": 3, "jaw_open_deg": 1,
-                       "encoding": "json"},
-            "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
-                       "max_queue": self.max_queue},
-        }
-
-    # ------------------------------------------------------------------ connection handler
+    # ------------------------------------------------------------------ connections
     async def handler(self, ws) -> None:
-        """One WebSocket connection = one session (slot); see the protocol in the module docstring."""
-        if self._wake is None:
-            self._wake = asyncio.Event()
-        deadline = time.perf_counter() + 2.0
-        while not self.free and (self._release or self._releasing) and time.perf_counter() < deadline:
-            self._wake.set()   # a closed session's slot is being reset by the tick loop: wait for it (<= 2 s)
+        """One WebSocket connection = one session on a free stream slot."""
+        for _ in range(400):   # a closed session's slot is free after the round in flight: wait for it (<= 2 s)
+            if self.free or len(self.sessions) == self.max_sessions:
+                break
             await asyncio.sleep(0.005)
         if not self.free:
             self.stats["refused"] += 1
-            await ws.send(json.dumps({"type": "error", "op": "connect", "field": "session",
-                                      "expected": f"at most max_sessions={self.max_sessions} concurrent sessions",
-                                      "actual": f"{len(self.sessions) + len(self._release) + 1}",
-                                      "message": f"server full: {self.max_sessions} sessions in use; retry later"}))
+            err = ProtocolError("session", f"at most max_sessions={self.max_sessions} concurrent sessions (server "
+                                "full: retry later)", str(len(self.sessions) + len(self._release) + 1))
+            await ws.send(json.dumps(error_message(err, "connect")))
             await ws.close(1013, "server full")
             return
         s = _Session(self.free.popleft(), ws, asyncio.Queue(self.max_queue), asyncio.Queue(self.max_queue))
         self.sessions[s.slot] = s
-        sender = asyncio.create_task(self._sender(ws, s))
+        sender = asyncio.create_task(self._sender(s))
         try:
-            await s.inbox.put(("open", None, None, time.perf_counter()))
+            await s.inbox.put(("open", None, None))
             self._wake.set()
             async for raw in ws:
-                t = time.perf_counter()
+                msg = None
                 try:
-                    op, kw, msg_id = self._parse(raw)
+                    msg = load_message(raw)
+                    op, kw = self._parse(msg)
                 except ProtocolError as e:
                     self.stats["errors"] += 1
-                    self._reply(s, error_message(e, None, _msg_id(raw)))
+                    self._reply(s, error_message(e, None, msg.get("id") if msg else None))
                     continue
-                await s.inbox.put((op, kw, msg_id, t))   # full inbox: stop reading (back-pressure)
+                await s.inbox.put((op, kw, msg.get("id")))   # full inbox: stop reading (back-pressure)
                 self._wake.set()
                 if s.closed:   # closed as a slow client
                     break
@@ -291,9 +201,28 @@ class ListenerServer:
         finally:
             s.closed = True
             self.sessions.pop(s.slot, None)
-            self._release.append(s.slot)   # reset and freed by the tick loop, after any decode in flight
+            self._release.append(s.slot)
             self._wake.set()
             sender.cancel()
+
+    def _parse(self, msg: dict) -> tuple[str, dict | None]:
+        """A client message -> (op, keyword arguments), or ProtocolError."""
+        op = msg.get("type")
+        if op not in CLIENT_TYPES:
+            raise ProtocolError("type", "one of " + ", ".join(CLIENT_TYPES), op)
+        if op == "push":
+            return op, parse_push(msg, self.kind)
+        own = {"set_beta": ("beta",), "reset": ("history_words",) + ("seed",) * (self.kind == "arig")}.get(op, ())
+        allowed = ("type", "id", *own)
+        extra = sorted(set(msg) - set(allowed))
+        if extra:
+            raise ProtocolError(extra[0], f"only the fields {', '.join(allowed)} in {op}", extra[0])
+        if op == "set_beta":
+            return op, {"beta": msg.get("beta")}   # checked by the stream's set_beta
+        if op == "reset":   # the seed is checked by the stream's reset
+            return op, {"history_words": parse_words("history_words", msg.get("history_words")),
+                        "seed": msg.get("seed")}
+        return "end", None
 
     def _reply(self, s: _Session, msg: dict) -> None:
         if s.closed:
@@ -309,75 +238,162 @@ class ListenerServer:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-    async def _sender(self, ws, s: _Session) -> None:
+    async def _sender(self, s: _Session) -> None:
+        """Strict JSON out: a reply holding a non-finite number is a bug, answered as one and never sent."""
         try:
             while True:
                 msg = await s.outbox.get()
-                await ws.send(json.dumps(msg, separators=(",", ":")))
+                try:
+                    text = json.dumps(msg, separators=(",", ":"), allow_nan=False)
+                except ValueError as e:
+                    text = json.dumps(self._internal(e, msg.get("op", msg["type"]), msg.get("id")))
+                await s.ws.send(text)
         except ConnectionClosed:
             pass
 
-    def _authorize(self, connection, request):
-        """websockets ``process_request``: the shared token, else HTTP 401 (no session is made)."""
-        import hmac
-        from http import HTTPStatus
-        from urllib.parse import parse_qs, urlsplit
-        auth = request.headers.get("Authorization", "")
-        given = auth[7:] if auth.startswith("Bearer ") else (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
-        if hmac.compare_digest(given.encode(), self.token.encode()):
-            return None
-        self.stats["unauthorized"] += 1
-        return connection.respond(HTTPStatus.UNAUTHORIZED, "token: expected the server's shared token "
-                                  "(Authorization: Bearer TOKEN or ?token=TOKEN), got none or another\n")
+    # ------------------------------------------------------------------ batching loop
+    async def _tick_loop(self) -> None:
+        """Each round: every session's next message, run in the decode thread (the round's pushes are one
+        ``push_many``), then the replies; repeat while messages wait."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            release, self._release = self._release, []
+            for s in self.sessions.values():
+                while s.closed and not s.inbox.empty():   # a slow client being closed: its input is dropped
+                    s.inbox.get_nowait()
+            work = {slot: (s, s.inbox.get_nowait()) for slot, s in self.sessions.items() if not s.inbox.empty()}
+            if not work and not release:
+                continue
+            replies = await loop.run_in_executor(self._executor, self._run_tick, work, release)
+            self.free.extend(release)
+            for slot, msg in replies.items():
+                self._reply(work[slot][0], msg)
+            if any(not s.inbox.empty() for s in self.sessions.values()) or self._release:
+                self._wake.set()
 
-    def _process_request(self, connection, request):
-        """websockets ``process_request``: the shared token (if any), then plain HTTP GETs (no
-        ``Upgrade: websocket`` header) of the web page and the test clip; upgrades go on to sessions."""
-        from http import HTTPStatus
-        from urllib.parse import parse_qs, urlsplit
-        if self.token:
-            refused = self._authorize(connection, request)
-            if refused is not None:
-                return refused
+    @torch.no_grad()
+    def _run_tick(self, work: dict, release=()) -> dict:
+        """Decode thread (no autograd): reset the ``release``d slots, then one round ``{slot: (session, (op, kwargs,
+        id))}`` -> ``{slot: reply}``; each session's exception goes to that session alone."""
+        sl, out, pushes = self.listener, {}, {}
+        for slot in release:   # a closed session's slot: a fresh stream with the default identity
+            sl.reset(slot, history_words=(), seed=self.seeds[slot])
+            sl.set_beta(self.default_beta, slot)
+        for slot, (s, (op, kw, msg_id)) in work.items():
+            try:
+                if op == "push":
+                    pushes[slot] = (kw, msg_id)
+                elif op == "open":   # the slot is fresh (at start, or reset when its last session closed)
+                    out[slot] = self.hello(s)
+                elif op == "set_beta":
+                    sl.set_beta(self.default_beta if kw["beta"] is None else kw["beta"], slot)
+                    out[slot] = {"type": "ok", "op": op, "id": msg_id}
+                elif op == "reset":
+                    sl.reset(slot, **kw)
+                    s.sent_frames = 0
+                    out[slot] = {"type": "ok", "op": op, "id": msg_id}
+                else:   # end / flush: the held-back frames, then a fresh stream (same identity, history)
+                    out[slot] = self._frames(s, sl.flush(slot), msg_id, final=True)
+                    sl.reset(slot)
+                    s.sent_frames = 0
+            except ValueError as e:
+                out[slot] = error_message(e, op, msg_id)
+            except Exception as e:   # a bug: log it, answer, keep serving
+                out[slot] = self._internal(e, op, msg_id)
+        if pushes:
+            self.stats["ticks"] += 1
+            self.stats["pushes"] += len(pushes)
+            self.stats["max_batch"] = max(self.stats["max_batch"], len(pushes))
+            try:
+                res = sl.push_many({b: kw for b, (kw, _) in pushes.items()})
+            except Exception as e:   # a bug outside any one stream (each stream's own error is in its result)
+                res = {b: e for b in pushes}
+            for b, r in res.items():
+                msg_id = pushes[b][1]
+                out[b] = (self._frames(work[b][0], r, msg_id) if isinstance(r, np.ndarray) else
+                          error_message(r, "push", msg_id) if isinstance(r, ValueError) else
+                          self._internal(r, "push", msg_id))
+        return out
+
+    def _internal(self, e: Exception, op: str | None, msg_id) -> dict:
+        logging.getLogger(__name__).error("minilisten serve: internal error in %s", op, exc_info=e)
+        self.stats["internal_errors"] += 1
+        return {"type": "error", "op": op, "id": msg_id, "field": "server", "expected": "no internal error",
+                "actual": type(e).__name__, "message": f"internal server error ({type(e).__name__}: {e}); "
+                "the session's stream is unchanged"}
+
+    def _frames(self, s: _Session, frames: np.ndarray, msg_id, final: bool = False) -> dict:
+        head, jaw = robot_angles(frames)
+        msg = {"type": "frames", "id": msg_id, "start": s.sent_frames, "n": len(frames),
+               "t0": s.sent_frames / self.listener.fps, "final": final,
+               "expression": frames[:, :N_EXP].tolist(), "pose": frames[:, N_EXP:].tolist(),
+               "head_rpy_deg": head.tolist(), "jaw_open_deg": jaw.tolist()}
+        s.sent_frames += len(frames)
+        self.stats["frames"] += len(frames)
+        return msg
+
+    # ------------------------------------------------------------------ HTTP
+    async def _process_request(self, connection, request):
+        """websockets ``process_request``: at most one Authorization / Upgrade header (else 400), the shared token
+        (else 401), then plain GET / HEAD of the page and the clip (other methods 405); upgrades become sessions."""
+        for name in ("Authorization", "Upgrade"):
+            if len(request.headers.get_all(name)) > 1:
+                return _respond(connection, HTTPStatus.BAD_REQUEST, f"{name}: expected at most one header, got "
+                                f"{len(request.headers.get_all(name))}\n")
+        if self.token and not self._authorized(request):
+            self.stats["unauthorized"] += 1
+            return _respond(connection, HTTPStatus.UNAUTHORIZED, "token: expected the server's shared token "
+                            "(Authorization: Bearer TOKEN or ?token=TOKEN), got none or another\n")
         if not self.web or request.headers.get("Upgrade", "").lower() == "websocket":
             return None
-        url = urlsplit(request.path)
+        if request.method not in ("GET", "HEAD"):
+            r = _respond(connection, HTTPStatus.METHOD_NOT_ALLOWED,
+                         f"method: expected GET or HEAD, got {request.method[:20]}\n")
+            r.headers["Allow"] = "GET, HEAD"
+            return r
+        r = await self._get(connection, urlsplit(request.path))
+        return dataclasses.replace(r, body=b"") if request.method == "HEAD" else r
+
+    def _authorized(self, request) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":   # RFC 7235: the scheme is case-insensitive
+            given = (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
+        return hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+    async def _get(self, connection, url):
         if url.path in ("/", "/index.html"):
             self.stats["http_page"] += 1
-            return _respond(connection, HTTPStatus.OK, web_page(), "text/html; charset=utf-8")
-        if url.path == "/clip.json":
-            q = parse_qs(url.query)
-            try:
-                seconds = _query_num(q, "seconds", 10.0, float, 0.5, 120.0)
-                seed = _query_num(q, "seed", 0, int, 0, 2 ** 31 - 1)
-            except ValueError as e:
-                return _respond(connection, HTTPStatus.BAD_REQUEST, f"{e}\n", "text/plain; charset=utf-8")
-            key = (seconds, seed)
-            if key not in self._clips:
-                if len(self._clips) >= 16:   # bounded cache
-                    self._clips.pop(next(iter(self._clips)))
-                self._clips[key] = json.dumps(self.clip(seconds, seed), separators=(",", ":"))
-            self.stats["http_clip"] += 1
-            return _respond(connection, HTTPStatus.OK, self._clips[key], "application/json")
-        return _respond(connection, HTTPStatus.NOT_FOUND, f"path: expected /, /clip.json or a WebSocket upgrade, "
-                        f"got {url.path[:200]}\n", "text/plain; charset=utf-8")
+            page = importlib.resources.files(__package__).joinpath("web", "index.html")   # package data
+            return _respond(connection, HTTPStatus.OK, page.read_text(encoding="utf-8"), "text/html; charset=utf-8")
+        if url.path != "/clip.json":
+            return _respond(connection, HTTPStatus.NOT_FOUND, f"path: expected /, /clip.json or a WebSocket "
+                            f"upgrade, got {url.path[:200]}\n")
+        q = parse_qs(url.query)
+        try:
+            key = (_query_num(q, "seconds", 10.0, float, 0.5, 120.0), _query_num(q, "seed", 0, int, 0, 2 ** 31 - 1))
+        except UserError as e:
+            return _respond(connection, HTTPStatus.BAD_REQUEST, f"{e}\n")
+        if key not in self._clips:   # built in a thread, off the event loop; a bounded cache
+            if len(self._clips) >= 16:
+                self._clips.pop(next(iter(self._clips)))
+            self._clips[key] = asyncio.get_running_loop().run_in_executor(
+                self._http_executor, lambda: json.dumps(self.clip(*key), separators=(",", ":")))
+        body = await asyncio.shield(self._clips[key])
+        self.stats["http_clip"] += 1
+        return _respond(connection, HTTPStatus.OK, body, "application/json")
 
     def clip(self, seconds: float = 10.0, seed: int = 0) -> dict:
-        """A test clip of speaker input for this server's model (the web page replays it): a random
-        speaker stream (:func:`minilisten.data.synthetic.speaker_segment`, ``seconds`` long) cut into pushes
-        of one decode step (``frames_per_step`` frames; ARIG: 0.1 s). Returns ``{"fps", "seconds",
-        "seed", "kind", "history_words": [[text, start, end]], "words": [...], "pushes": [{"t",
-        "msg"}]}``: ``msg`` is the protocol's ``push`` message, to be sent at clip time ``t`` (s)
-        = the end of its frames; only the fields of the model's modalities are present."""
+        """A test clip for the web page: a random speaker stream (``speaker_segment``) cut into ``push`` messages
+        of one decode step (ARIG: 0.1 s), each with the clip time ``t`` it is due; only the model's modalities.
+        ``{"fps", "seconds", "seed", "kind", "history_words", "words", "pushes": [{"t", "msg"}]}``."""
         from .data.synthetic import speaker_segment
-        sl = self.listener
-        if self.kind == "arig":
-            c = sl.cfg
-            fps, step, sa_rate, n_sa = float(sl.fps), max(1, int(round(sl.fps / 10))), float(c.sa_rate), int(c.n_sa)
-            use_w, use_sa, use_e = bool(c.use_words), n_sa > 0, bool(c.use_emotion)
-        else:
-            fps, step, sa_rate, n_sa = float(sl.fps), int(sl.r), float(sl.sa_rate), int(sl.lm.vocab.n_sa)
-            use_w, use_sa, use_e = "W" in sl.modalities, "SA" in sl.modalities, "emo" in sl.modalities
+        sl, arig = self.listener, self.kind == "arig"
+        fps, mods = float(sl.fps), self.model_info["modalities"]
+        step, n_sa, sa_rate = (max(1, round(fps / 10)), int(sl.cfg.n_sa), sl.cfg.sa_rate) if arig else \
+            (sl.r, int(sl.lm.vocab.n_sa), SA_RATE)
+        use_w, use_sa, use_e = "W" in mods, "SA" in mods, "E" in mods or "emo" in mods
         seg = speaker_segment(seconds, fps=fps, seed=seed, n_sa=max(n_sa, 1))
         wl = lambda ws: [[w.text, round(w.start, 4), round(w.end, 4)] for w in ws]   # noqa: E731
         pushes, f, sa_done, T = [], 0, 0, seg.T
@@ -393,7 +409,7 @@ class ListenerServer:
                 sa_done = sa_to
             if use_e:
                 msg["emotion"] = np.round(seg.emotion[f:f + n], 5).tolist()
-            if self.kind == "arig":
+            if arig:
                 msg["motion"] = seg.speaker_motion[f:f + n].tolist()
             elif not use_e:
                 msg["frames"] = n
@@ -402,221 +418,42 @@ class ListenerServer:
         return {"fps": fps, "seconds": T / fps, "seed": seed, "kind": self.kind,
                 "history_words": wl(seg.history_words) if use_w else [], "words": wl(seg.words), "pushes": pushes}
 
-    def _parse(self, raw) -> tuple[str, dict | None, object]:
-        if isinstance(raw, (bytes, bytearray)):
-            raise ProtocolError("message", "a JSON text message", f"a binary message of {len(raw)} bytes")
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            raise ProtocolError("message", "a JSON object", raw) from None
-        if not isinstance(msg, dict):
-            raise ProtocolError("message", "a JSON object", raw)
-        op = msg.get("type")
-        if op not in CLIENT_TYPES:
-            raise ProtocolError("type", "one of " + ", ".join(CLIENT_TYPES), op)
-        msg_id = msg.get("id")
-        if op == "push":
-            return op, parse_push(msg, self.kind), msg_id
-        allowed = {"set_beta": ("beta",), "reset": ("history_words", "seed") if self.kind == "arig"
-                   else ("history_words",)}.get(op, ())
-        extra = sorted(set(msg) - {"type", "id", *allowed})
-        if extra:
-            raise ProtocolError(extra[0], f"only the fields type, id{''.join(', ' + a for a in allowed)} in {op}",
-                                extra[0])
-        if op == "set_beta":
-            b = msg.get("beta")
-            if b is not None:
-                b = num_array("beta", b, 1)
-                if b.shape != (N_SHAPE,) or not np.isfinite(b).all():
-                    raise ProtocolError("beta", f"{N_SHAPE} finite numbers (FLAME shape) or null (the default)",
-                                        f"{b.size} numbers" if b.shape != (N_SHAPE,) else "NaN/inf")
-            return op, {"beta": b}, msg_id
-        if op == "reset":
-            kw = {"history_words": parse_words("history_words", msg.get("history_words"))}
-            if msg.get("seed") is not None:
-                sd = msg["seed"]
-                if not (isinstance(sd, int) and not isinstance(sd, bool) and 0 <= sd < 2 ** 63):
-                    raise ProtocolError("seed", "an integer in [0, 2**63) (the session's noise seed)", sd)
-                kw["seed"] = sd
-            return op, kw, msg_id
-        return "end", None, msg_id
-
-    # ------------------------------------------------------------------ batching loop
-    async def _tick_loop(self) -> None:
-        """Take every waiting message, in rounds (round k: each session's k-th message; all pushes
-        of a round are one ``push_many``), run them in the worker thread, send the replies; repeat
-        while messages wait."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            release, self._release = self._release, []
-            rounds: list[dict] = []
-            for slot, s in list(self.sessions.items()):
-                if s.closed:   # slow client being closed: drop its input (unblocks its handler)
-                    while not s.inbox.empty():
-                        s.inbox.get_nowait()
-                    continue
-                k = 0
-                while not s.inbox.empty():
-                    if k == len(rounds):
-                        rounds.append({})
-                    rounds[k][slot] = (s, s.inbox.get_nowait())
-                    k += 1
-            if not rounds and not release:
-                continue
-            self._releasing = len(release)
-            try:
-                results = await loop.run_in_executor(self._executor, self._run_rounds, rounds, release)
-            finally:
-                self._releasing = 0
-            self.free.extend(release)
-            for s, msg in results:
-                self._reply(s, msg)
-            if any(not s.inbox.empty() for s in self.sessions.values()) or self._release:
-                self._wake.set()
-
-    def _run_rounds(self, rounds: list, release: list) -> list:
-        """Worker thread: the rounds in order; returns [(session, reply)] in order."""
-        out = []
-        for k, work in enumerate(rounds or [{}]):
-            res = self._run_tick(work, release if k == 0 else [])
-            out += [(work[slot][0], msg) for slot in work for msg in res.get(slot, [])]
-        return out
-
-    def _run_tick(self, work: dict, release: list) -> dict:
-        """Worker thread: everything that touches the StreamingListener. Returns {slot: [replies]}."""
-        sl = self.listener
-        arig = self.kind == "arig"
-        for slot in release:
-            sl.reset(slot, history_words=(), **({"seed": self.seed} if arig else {}))
-        out, pushes = {}, {}
-        for slot, (s, (op, kw, msg_id, t)) in work.items():
-            try:
-                if op == "push":
-                    pushes[slot] = (kw, msg_id)
-                    continue
-                if op == "open":
-                    sl.reset(slot, history_words=(), **({"seed": self.seed} if arig else {}))
-                    sl.set_beta(self.default_beta, slot) if self.default_beta is not None else None
-                    s.sent_frames = 0
-                    out[slot] = [self.hello(s)]
-                elif op == "set_beta":
-                    s.beta = kw["beta"]
-                    sl.set_beta(self.default_beta if s.beta is None else s.beta, slot)
-                    out[slot] = [{"type": "ok", "op": op, "id": msg_id}]
-                elif op == "reset":
-                    if arig:
-                        sl.reset(slot, history_words=kw["history_words"], seed=kw.get("seed"))
-                    else:
-                        sl.reset(slot, history_words=kw["history_words"])
-                    s.history, s.sent_frames = kw["history_words"], 0
-                    out[slot] = [{"type": "ok", "op": op, "id": msg_id}]
-                else:   # end / flush: the held-back frames, then a fresh stream (same identity, history)
-                    frames = sl.flush(slot)
-                    out[slot] = [self._frames(s, frames, msg_id, final=True)]
-                    sl.reset(slot, history_words=s.history)
-                    s.sent_frames = 0
-            except ValueError as e:
-                out[slot] = [error_message(e, op, msg_id)]
-            except Exception as e:   # a bug: log it, answer, keep serving
-                out[slot] = [self._internal(e, op, msg_id)]
-        if pushes:
-            self.stats["ticks"] += 1
-            self.stats["pushes"] += len(pushes)
-            self.stats["max_batch"] = max(self.stats["max_batch"], len(pushes))
-            try:
-                res = {b: (None, r) if isinstance(r, Exception) else (r, None)
-                       for b, r in sl.push_many({b: kw for b, (kw, _) in pushes.items()}).items()}
-            except ValueError:   # transactional: nothing changed; find the bad chunk(s) one by one
-                res = {}
-                for b, (kw, _) in pushes.items():
-                    try:
-                        res[b] = (sl.push_many({b: kw})[b], None)
-                    except ValueError as e:
-                        res[b] = (None, e)
-            except Exception as e:   # a bug (push_many restored the streams): log it, answer, keep serving
-                res = {b: (None, e) for b in pushes}
-            for b, (frames, err) in res.items():
-                s, msg_id = work[b][0], pushes[b][1]
-                out[b] = [self._frames(s, frames, msg_id) if err is None else error_message(err, "push", msg_id)
-                          if isinstance(err, ValueError) else self._internal(err, "push", msg_id)]
-        return out
-
-    def _internal(self, e: Exception, op: str, msg_id) -> dict:
-        logging.getLogger(__name__).exception("minilisten serve: internal error in %s", op)
-        self.stats["internal_errors"] += 1
-        return {"type": "error", "op": op, "id": msg_id, "field": "server", "expected": "no internal error",
-                "actual": type(e).__name__, "message": f"internal server error ({type(e).__name__}: {e}); "
-                "the session's stream is unchanged"}
-
-    def _frames(self, s: _Session, frames: np.ndarray, msg_id, final: bool = False) -> dict:
-        head, jaw = robot_angles(frames)
-        msg = {"type": "frames", "id": msg_id, "start": s.sent_frames, "n": int(frames.shape[0]),
-               "t0": s.sent_frames / self.listener.fps, "final": final,
-               "expression": frames[:, :N_EXP].tolist(), "pose": frames[:, N_EXP:].tolist(),
-               "head_rpy_deg": head.tolist(), "jaw_open_deg": jaw.tolist()}
-        s.sent_frames += int(frames.shape[0])
-        self.stats["frames"] += int(frames.shape[0])
-        return msg
-
     # ------------------------------------------------------------------ running
-    def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
-        """``async with server.run(host, port) as ws_server:`` (port 0: ephemeral, see ``.port``)."""
-        return _Running(self, host, port)
-
-    async def serve_forever(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-        async with self.run(host, port) as srv:
-            page = f"; web page http://{host}:{self.port}/" if self.web else ""
-            print(f"minilisten serve: ws://{host}:{self.port}{page} ({self.kind} model, protocol {PROTOCOL}, "
-                  f"{self.max_sessions} sessions, "
-                  f"{self.listener.fps:g} fps); Ctrl-C stops", flush=True)
-            await srv.serve_forever()
-
-
-class _Running:
-    def __init__(self, server: ListenerServer, host: str, port: int):
-        self.server, self.host, self.port = server, host, port
-
-    async def __aenter__(self):
-        serve = _websockets_serve()
-        srv = self.server
-        srv._wake = asyncio.Event()
-        self.loop_task = asyncio.create_task(srv._tick_loop())
-        self.ws = await serve(srv.handler, self.host, self.port, max_size=srv.max_message, max_queue=srv.max_queue,
-                              close_timeout=srv.close_timeout, compression=None,
-                              process_request=srv._process_request if (srv.token or srv.web) else None).__aenter__()
-        srv.port = self.ws.sockets[0].getsockname()[1]
-        srv.host = self.ws.sockets[0].getsockname()[0]
-        return self.ws
-
-    async def __aexit__(self, *exc):
-        await self.ws.__aexit__(*exc)
-        self.loop_task.cancel()
+    @contextlib.asynccontextmanager
+    async def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
+        """``async with server.run(host, port) as ws_server:`` (port 0: any free one, see ``.port``)."""
+        self._wake = asyncio.Event()
+        ticks = asyncio.create_task(self._tick_loop())
         try:
-            await self.loop_task
-        except asyncio.CancelledError:
-            pass
-        return False
+            async with _websockets_serve()(self.handler, host, port, max_size=self.max_message,
+                                           max_queue=self.max_queue, close_timeout=self.close_timeout,
+                                           compression=None, reuse_port=reuse_port,
+                                           process_request=self._process_request) as ws_server:
+                self.host, self.port = ws_server.sockets[0].getsockname()[:2]
+                yield ws_server
+        finally:
+            ticks.cancel()
+
+    async def serve_forever(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
+        async with self.run(host, port, reuse_port) as srv:
+            page = f"; web page http://{host}:{self.port}/" if self.web else ""
+            print(f"minilisten serve (worker {self.worker}): ws://{host}:{self.port}{page} ({self.kind} model, "
+                  f"protocol {PROTOCOL}, {self.max_sessions} sessions, {self.listener.fps:g} fps); Ctrl-C stops",
+                  flush=True)
+            await srv.serve_forever()
 
 
 def _websockets_serve():
     try:
         from websockets.asyncio.server import serve
     except ImportError as e:
-        raise ValueError("serve: expected the websockets package (>= 13), got none installed; "
-                         "pip install 'minilisten[serve]' (or pip install websockets)") from e
+        raise UserError("serve: expected the websockets package (>= 13), got none installed; "
+                        "pip install 'minilisten[serve]' (or pip install websockets)") from e
     return serve
 
 
-def web_page() -> str:
-    """The web page (``minilisten/web/index.html``, installed as package data)."""
-    from importlib.resources import files
-    return files("minilisten").joinpath("web", "index.html").read_text(encoding="utf-8")
-
-
-def _respond(connection, status, body: str, content_type: str):
-    """A plain HTTP response (websockets ``connection.respond``, with this content type)."""
+def _respond(connection, status, body: str, content_type: str = "text/plain; charset=utf-8"):
+    """A plain HTTP response (websockets ``connection.respond``) with this content type, not cached."""
     r = connection.respond(status, body)
     del r.headers["Content-Type"]
     r.headers["Content-Type"] = content_type
@@ -625,89 +462,62 @@ def _respond(connection, status, body: str, content_type: str):
 
 
 def _query_num(q: dict, name: str, default, kind, lo, hi):
-    """A number from a parsed query string (``?name=value``) in ``[lo, hi]``, else ValueError."""
-    if name not in q:
-        return default
-    v = q[name][-1]
-    try:
-        x = kind(v)
-    except ValueError:
-        x = None
-    if x is None or not (lo <= x <= hi) or (kind is float and not np.isfinite(x)):
-        raise ValueError(f"{name}: expected {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], got {v[:60]!r}")
-    return x
+    """A number from a parsed query string (``?name=value``) in ``[lo, hi]``, else UserError."""
+    v = q.get(name, [str(default)])[-1]
+    with contextlib.suppress(ValueError):
+        if lo <= kind(v) <= hi:   # NaN fails the comparison
+            return kind(v)
+    raise UserError(f"{name}: expected {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
+                    f"got {v[:60]!r}")
 
 
-def _msg_id(raw):
-    try:
-        m = json.loads(raw)
-        return m.get("id") if isinstance(m, dict) else None
-    except (ValueError, TypeError):
-        return None
+def _describe_lr(lm, vq) -> dict:
+    """The ``hello`` message's model info for the LR-token model: modalities and sizes."""
+    bb = lm.backbone.config   # transformers configs alias num_hidden_layers / hidden_size (GPT-2: n_layer / n_embd)
+    return {"modalities": list(lm.modalities),
+            "lm": {"backbone": bb.model_type, "parameters": sum(p.numel() for p in lm.parameters()),
+                   "layers": bb.num_hidden_layers, "hidden": bb.hidden_size, "max_len": int(lm.max_len),
+                   "lr_vocab": int(lm.config.n_lr), "frames_per_code": int(lm.config.r)},
+            "vq": {"parameters": sum(p.numel() for p in vq.parameters()), "width": vq.config.width,
+                   "codebook": vq.config.codebook_size, "dec_norm": vq.config.dec_norm,
+                   "needs_beta": bool(vq.needs_beta), "receptive_field_codes": int(vq.receptive_field)}}
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
-def describe_models(lm, vq) -> dict:
-    """The ``hello`` message's model info: modalities and sizes."""
-    bb = lm.backbone.config
-    return {
-        "modalities": list(lm.modalities),
-        "lm": {"backbone": bb.model_type, "parameters": int(sum(p.numel() for p in lm.parameters())),
-               "layers": getattr(bb, "num_hidden_layers", getattr(bb, "n_layer", None)),
-               "hidden": getattr(bb, "hidden_size", getattr(bb, "n_embd", None)),
-               "max_len": int(lm.max_len), "lr_vocab": int(lm.config.n_lr), "frames_per_code": int(lm.config.r)},
-        "vq": {"parameters": int(sum(p.numel() for p in vq.parameters())), "width": vq.config.width,
-               "codebook": vq.config.codebook_size, "dec_norm": vq.config.dec_norm, "needs_beta": bool(vq.needs_beta),
-               "receptive_field_codes": int(vq.receptive_field)},
-    }
-
-
-def describe_arig(model) -> dict:
+def _describe_arig(model) -> dict:
     """The ``hello`` message's model info for an ARIG model: config and size."""
-    c = model.config
-    return {"modalities": (["W"] if c.use_words else []) + (["SA"] if c.n_sa else []) + (["E"] if c.use_emotion else []),
-            "arig": {"parameters": int(sum(p.numel() for p in model.parameters())), "d_model": c.d_model,
-                     "d_ff": c.d_ff, "depth": c.depth, "window": c.window, "head": c.head, "ibu": c.ibu,
-                     "sample_steps": c.sample_steps, "use_beta": bool(c.use_beta), "states": list(_arig_states())}}
-
-
-def _arig_states():
     from .arig import STATES
-    return STATES
+    c = model.config
+    return {"modalities": ["W"] * c.use_words + ["SA"] * bool(c.n_sa) + ["E"] * c.use_emotion,
+            "arig": {"parameters": sum(p.numel() for p in model.parameters()), "d_model": c.d_model,
+                     "d_ff": c.d_ff, "depth": c.depth, "window": c.window, "head": c.head, "ibu": c.ibu,
+                     "sample_steps": c.sample_steps, "use_beta": bool(c.use_beta), "states": list(STATES)}}
 
 
 # ----------------------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
     """The ``serve`` command line."""
-    p = ArgumentParser(prog="python -m minilisten serve",
-                                description="WebSocket server streaming listener frames (expression, pose, head "
-                                            "roll/pitch/yaw, jaw) to avatar and robot clients; JSON protocol "
-                                            f"version {PROTOCOL} (README, 'Streaming server').")
+    p = ArgumentParser(prog="python -m minilisten serve", description="WebSocket server streaming "
+                                "listener frames (expression, pose, head roll/pitch/yaw, jaw) to avatar and robot "
+                                f"clients; JSON protocol version {PROTOCOL} (docs/server.md).")
     p.add_argument("--vq", help="VQ-VAE checkpoint directory (save_pretrained); with --lm")
     p.add_argument("--lm", help="ListenerLM checkpoint directory (save_pretrained); with --vq")
-    p.add_argument("--arig", help="ARIG checkpoint directory (train-arig --out) instead of --vq/--lm: one frame out "
-                   "per speaker frame in; clients push the speaker's motion")
+    p.add_argument("--arig", help="ARIG checkpoint directory (train-arig --out) instead of --vq/--lm")
     p.add_argument("--seed", type=int, default=0, help="ARIG: every session's noise seed at connect (default 0)")
     p.add_argument("--sample-steps", type=int, help="ARIG: Euler steps per frame (default: the model's)")
     p.add_argument("--max-skew", type=float, default=2.0, help="ARIG: seconds SA tokens may lead or lag the motion")
     p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free port)")
-    p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (decoded as one batch)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port, each with its own models, "
+                   "--max-sessions slots and cores/N torch threads (default 1)")
+    p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions per worker (decoded as one batch)")
+    p.add_argument("--max-push-seconds", type=float, default=10.0, help="speaker seconds one push may carry")
     p.add_argument("--beta", help="default listener shape: .npy file of 100 floats (default: zeros)")
     p.add_argument("--sa-tokenizer", help="AcousticTokenizer directory: lets clients send 16 kHz audio")
-    p.add_argument("--fps", type=float, help="frame rate of the speaker stream (default and only accepted value: the "
-                   "LM's, lm.config.fps)")
     p.add_argument("--lookahead", type=int, help="VQ lookahead in codes (default: exact, the receptive field)")
     p.add_argument("--max-message", type=int, default=1 << 20, help="bytes per client message (default 1 MiB)")
     p.add_argument("--max-queue", type=int, default=64, help="messages buffered per session each way")
-    p.add_argument("--no-web", action="store_true", help="do not serve the web page (/) and test clip (/clip.json) "
-                   "on the same port")
-    p.add_argument("--token-file", help="file holding a shared token clients must send (Authorization: Bearer "
-                   "TOKEN or ?token=TOKEN); default: no authentication")
+    p.add_argument("--no-web", action="store_true", help="no web page (/) and test clip (/clip.json) on the port")
+    p.add_argument("--token-file", help="file of a shared token clients must send (default: no authentication)")
     return p
 
 
@@ -716,42 +526,75 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if bool(a.arig) == bool(a.vq or a.lm) or (not a.arig and not (a.vq and a.lm)):
         p.error("expected --vq DIR --lm DIR (LR-token model) or --arig DIR (ARIG model)")
+    if a.arig and (a.lookahead is not None or a.sa_tokenizer):
+        p.error("--lookahead, --sa-tokenizer: expected neither with --arig (it takes SA tokens, no lookahead)")
     _websockets_serve()
-    if not 0 <= a.port <= 65535:
-        raise ValueError(f"--port: expected 0..65535, got {a.port}")
-    from .lm import ListenerLM
-    from .vqvae import VQVAE
-    beta = None
+    for flag, v, lo, hi in (("--port", a.port, 0, 65535), ("--workers", a.workers, 1, 256), ("--seed", a.seed, 0,
+                             2 ** 63 - 1), ("--max-push-seconds", a.max_push_seconds, 0.01, 3600)):
+        if not lo <= v <= hi:
+            raise UserError(f"{flag}: expected a number in [{lo}, {hi}], got {v}")
+    a.beta_array, a.token = None, None
     if a.beta:
         from .safe_pickle import load_npy
-        beta = np.asarray(load_npy(a.beta), np.float32).reshape(-1)
-        if beta.shape != (N_SHAPE,):
-            raise ValueError(f"--beta {a.beta}: expected {N_SHAPE} floats, got shape {beta.shape}")
-    tok = None
-    if a.sa_tokenizer:
-        from .speaker import AcousticTokenizer
-        tok = AcousticTokenizer.load(a.sa_tokenizer)
-    token = None
+        a.beta_array = np.asarray(load_npy(a.beta), np.float32).reshape(-1)
+        if a.beta_array.shape != (N_SHAPE,):
+            raise UserError(f"--beta {a.beta}: expected {N_SHAPE} floats, got shape {a.beta_array.shape}")
     if a.token_file:
         with open(a.token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-        if not token:
-            raise ValueError(f"--token-file {a.token_file}: expected a non-empty token, got an empty file")
+            a.token = f.read().strip()
+        if not a.token:
+            raise UserError(f"--token-file {a.token_file}: expected a non-empty token, got an empty file")
+    if a.workers == 1:
+        _serve(a, a.port)
+        return 0
+    return _serve_workers(a)
+
+
+def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> None:
+    """Load the model and serve until Ctrl-C (``worker``: this process' index among ``--workers``)."""
+    from .lm import ListenerLM
+    from .vqvae import VQVAE
+    if a.workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.workers))
     if a.arig:
         from .arig import ARIG
-        arig = ARIG.from_pretrained(a.arig).eval()
-        server = ListenerServer(beta=beta, arig=arig, max_sessions=a.max_sessions, fps=a.fps, lookahead=a.lookahead,
-                                sa_tokenizer=tok, max_queue=a.max_queue, max_message=a.max_message, token=token,
-                                seed=a.seed, sample_steps=a.sample_steps, max_skew=a.max_skew, web=not a.no_web)
+        model = ARIG.from_pretrained(a.arig).eval()
+        fps, needs_beta = model.config.fps, model.config.use_beta
     else:
         vq, lm = VQVAE.from_pretrained(a.vq).eval(), ListenerLM.from_pretrained(a.lm).eval()
-        server = ListenerServer(lm, vq, beta, max_sessions=a.max_sessions, fps=a.fps, lookahead=a.lookahead,
-                                sa_tokenizer=tok, max_queue=a.max_queue, max_message=a.max_message, token=token,
-                                web=not a.no_web)
-    if beta is not None:
-        server.beta_source = f"--beta {a.beta}"
+        fps, needs_beta = lm.config.fps, vq.needs_beta
+    beta, source = ((a.beta_array, f"--beta {a.beta}") if a.beta else (None, "none (identity-free model)")
+                    if not needs_beta else (np.zeros(N_SHAPE, np.float32), "zeros (FLAME mean shape)"))
+    kw = dict(n_streams=a.max_sessions, max_push_frames=max(1, round(a.max_push_seconds * fps)))
+    if a.arig:
+        listener = StreamingARIG(model, beta, seed=a.seed, steps=a.sample_steps, max_skew=a.max_skew, **kw)
+    else:
+        from .speaker import AcousticTokenizer
+        tok = AcousticTokenizer.load(a.sa_tokenizer) if a.sa_tokenizer else None
+        listener = StreamingListener(lm, vq, beta, lookahead=a.lookahead, sa_tokenizer=tok, **kw)
+    server = ListenerServer(listener, beta, beta_source=source, max_queue=a.max_queue, max_message=a.max_message,
+                            token=a.token, web=not a.no_web, worker=worker)
     try:
-        asyncio.run(server.serve_forever(a.host, a.port))
+        asyncio.run(server.serve_forever(a.host, port, reuse_port=a.workers > 1))
     except KeyboardInterrupt:
         pass
-    return 0
+
+
+def _serve_workers(a: argparse.Namespace) -> int:
+    """``--workers N``: N spawned processes serving one port (SO_REUSEPORT: the kernel spreads connections)."""
+    import multiprocessing
+    import socket
+    family, _, _, _, addr = socket.getaddrinfo(a.host, a.port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, socket.SOCK_STREAM) as hold:   # reserves the port (0: picks one); never listens
+        hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        hold.bind(addr)
+        procs = [multiprocessing.get_context("spawn").Process(target=_serve, args=(a, hold.getsockname()[1], k))
+                 for k in range(a.workers)]
+        for pr in procs:
+            pr.start()
+        print(f"minilisten serve: {a.workers} workers on port {hold.getsockname()[1]}", flush=True)
+        for pr in procs:
+            while pr.exitcode is None:
+                with contextlib.suppress(KeyboardInterrupt):   # a terminal's Ctrl-C reaches the workers too
+                    pr.join()
+    return 0 if all(pr.exitcode == 0 for pr in procs) else 1

@@ -1,11 +1,17 @@
 """minilisten.server: the WebSocket protocol against direct StreamingListener runs (tiny random models)."""
 import asyncio
+import collections
+import contextlib
 import json
 import re
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import strategies as st
 
 pytest.importorskip("websockets")
 from conftest import chunks, tiny_lm, tiny_vq  # noqa: E402
@@ -44,8 +50,15 @@ def motion_of(msg) -> np.ndarray:
     return np.concatenate([np.array(msg["expression"], np.float32), np.array(msg["pose"], np.float32)], 1)
 
 
+def strict_json(text: str):
+    """json.loads refusing NaN / Infinity (a browser's JSON.parse does): every reply must pass."""
+    def refuse(name):
+        raise AssertionError(f"{name} on the wire: {text[:200]}")
+    return json.loads(text, parse_constant=refuse)
+
+
 async def recv(ws):
-    return json.loads(await asyncio.wait_for(ws.recv(), 60))
+    return strict_json(await asyncio.wait_for(ws.recv(), 60))
 
 
 async def stream_session(ws, seg, pushes, beta=None):
@@ -72,12 +85,19 @@ async def session(ws, history, pushes, beta=None, seed=None, encode=None):
     return out
 
 
+def lr_server(lm, vq, max_sessions=8, lookahead=None, sa_tokenizer=None, max_push_seconds=10.0, **kw):
+    """A ListenerServer over a StreamingListener as ``serve`` makes it (the zeros identity; ``kw``: the server's)."""
+    sl = StreamingListener(lm, vq, np.zeros(N_SHAPE), n_streams=max_sessions, lookahead=lookahead,
+                           sa_tokenizer=sa_tokenizer, max_push_frames=round(30 * max_push_seconds))
+    return ListenerServer(sl, np.zeros(N_SHAPE), beta_source="zeros (FLAME mean shape)", **kw)
+
+
 def run_server(models, body, **kw):
-    """Start a server on an ephemeral port, run ``await body(server, url)``, stop it."""
+    """Start a server (:func:`lr_server`) on an ephemeral port, run ``await body(server, url)``, stop it."""
     lm, vq = models
 
     async def main():
-        server = ListenerServer(lm, vq, **kw)
+        server = lr_server(lm, vq, **kw)
         async with server.run(port=0):
             return await body(server, f"ws://127.0.0.1:{server.port}")
     return asyncio.run(main())
@@ -234,7 +254,7 @@ def test_bad_messages_get_errors_and_session_continues(models):
         (json.dumps({"type": "push", "speed": 2}), "speed", "speed"),
         (json.dumps({"type": "push", "frames": 1.5}), "frames", "1.5"),
         (json.dumps({"type": "push", "audio": [0.0] * 320, "sample_rate": 16000}), "audio", None),
-        (json.dumps({"type": "set_beta", "beta": [0.0] * 3}), "beta", "3 numbers"),
+        (json.dumps({"type": "set_beta", "beta": [0.0] * 3}), "beta", "(3,)"),
         (json.dumps({"type": "push"}), "push", None),                                    # empty chunk
         (json.dumps({"type": "push", "sa_tokens": [10 ** 6]}), "sa_tokens", "1000000"),   # out of vocabulary
         (json.dumps({"type": "push", "frames": 3}), "emotion", None),                     # LM needs emotion rows
@@ -360,23 +380,35 @@ def test_binds_localhost_by_default(models):
     assert run_server(models, body) == "127.0.0.1"
 
 
-def test_robot_angles_against_scipy():
-    """roll/pitch/yaw = scipy's intrinsic Y-X-Z Euler angles of the axis-angle head rotation;
-    small rotations: pitch ~ pose[50], yaw ~ pose[51], roll ~ pose[52]; jaw = jaw pitch."""
+def test_robot_angles_from_hand_built_rotations():
+    """Random roll/pitch/yaw (|pitch| < 85 deg) -> R = Ry(yaw) Rx(pitch) Rz(roll) from hand-written elementary
+    rotations -> axis-angle (scipy's matrix -> rotvec) -> robot_angles gives them back; the jaw opening is the
+    jaw rotation's pitch; small rotations: pitch ~ pose[50], yaw ~ pose[51], roll ~ pose[52]."""
     from scipy.spatial.transform import Rotation
+
+    def rx(a):
+        return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+    def ry(a):
+        return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+    def rz(a):
+        return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rng = np.random.default_rng(0)
+    rpy = np.stack([rng.uniform(-np.pi, np.pi, 64), rng.uniform(-1.48, 1.48, 64), rng.uniform(-np.pi, np.pi, 64)], 1)
+    jaw_pitch = rng.uniform(-0.5, 0.5, 64)
     m = np.zeros((64, 56), np.float32)
-    m[:, 50:56] = rng.normal(0, 0.5, (64, 6))
+    m[:, 50:53] = Rotation.from_matrix(np.stack([ry(y) @ rx(p) @ rz(r) for r, p, y in rpy])).as_rotvec()
+    m[:, 53:56] = Rotation.from_matrix(np.stack([rx(p) for p in jaw_pitch])).as_rotvec()
     head, jaw = robot_angles(m)
-    yaw, pitch, roll = Rotation.from_rotvec(m[:, 50:53].astype(np.float64)).as_euler("YXZ", degrees=True).T
-    np.testing.assert_allclose(head, np.stack([roll, pitch, yaw], 1), atol=1e-6)
-    np.testing.assert_allclose(jaw, Rotation.from_rotvec(m[:, 53:56].astype(np.float64)).as_euler("YXZ", degrees=True)[:, 1],
-                               atol=1e-6)
+    np.testing.assert_allclose(head, np.degrees(rpy), atol=1e-4)
+    np.testing.assert_allclose(jaw, np.degrees(jaw_pitch), atol=1e-4)
     small = np.zeros((1, 56), np.float32)
     small[0, 50:56] = [0.01, -0.02, 0.03, 0.2, 0, 0]
     head, jaw = robot_angles(small)
     np.testing.assert_allclose(head[0], np.degrees([0.03, 0.01, -0.02]), atol=0.03)
     assert jaw[0] == pytest.approx(np.degrees(0.2), rel=1e-6)
+    assert robot_angles(np.zeros((0, 56), np.float32))[0].shape == (0, 3)
 
 
 def test_reused_slot_starts_fresh(models):
@@ -475,21 +507,22 @@ def direct_la0(lm, vq, seg, pushes):
 def test_batch_with_one_bad_chunk(models):
     """Pushes of two sessions in one tick, one of them invalid: the valid one is decoded (equal
     to its solo run), the invalid one gets its error, and neither stream changes otherwise."""
-    from minilisten.server import _Session, parse_push
+    from minilisten.server import _Session
+    from minilisten.streaming import parse_push
     lm, vq = models
     seg = speaker_segment(2.0, seed=18)
     seg = seg.replace(history_words=[])
     pushes = chunks(seg, seed=19)
     ref = direct(lm, vq, seg, pushes)
-    server = ListenerServer(lm, vq, max_sessions=2)
+    server = lr_server(lm, vq, max_sessions=2)
     ss = [_Session(b, None, None, None) for b in range(2)]
     bad = parse_push({"type": "push", "frames": 5, "emotion": [[0.125] * 8] * 5, "sa_tokens": [10 ** 6]})
     got = []
     for k, p in enumerate(pushes):
-        work = {0: (ss[0], ("push", parse_push(wire(p)), k, 0.0)), 1: (ss[1], ("push", bad, "bad", 0.0))}
-        out = server._run_tick(work, [])
-        assert out[1][0]["type"] == "error" and out[1][0]["field"] == "sa_tokens" and out[1][0]["id"] == "bad"
-        got.append(motion_of(out[0][0]))
+        work = {0: (ss[0], ("push", parse_push(wire(p)), k)), 1: (ss[1], ("push", bad, "bad"))}
+        out = server._run_tick(work)
+        assert out[1]["type"] == "error" and out[1]["field"] == "sa_tokens" and out[1]["id"] == "bad"
+        got.append(motion_of(out[0]))
         assert server.listener.progress(1)["frames"] == 0 and server.listener.progress(0)["frames"] > 0
     got.append(server.listener.flush(0))
     for g, r in zip(got, ref):
@@ -502,7 +535,8 @@ def test_shared_token(models):
 
     async def body(server, url):
         codes = []
-        for kw, u in (({}, url), ({"additional_headers": {"Authorization": "Bearer nope"}}, url), ({}, url + "/?token=no")):
+        for kw, u in (({}, url), ({"additional_headers": {"Authorization": "Bearer nope"}}, url),
+                      ({}, url + "/?token=no")):
             with pytest.raises(InvalidStatus) as e:
                 async with connect(u, **kw):
                     pass
@@ -516,9 +550,10 @@ def test_shared_token(models):
     assert codes == [401, 401, 401] and t1 == t2 == "hello" and stats["unauthorized"] == 3
 
 
-def test_internal_error_answered_and_serving_continues(models, monkeypatch):
+def test_internal_error_answered_and_serving_continues(models, monkeypatch, caplog):
     """A bug inside decoding (here: a RuntimeError from push_many) becomes an error reply with
-    field "server"; the session's stream is unchanged and it goes on equal to the direct run."""
+    field "server", logged with its traceback; the session's stream is unchanged and it goes on
+    equal to the direct run."""
     lm, vq = models
     seg = speaker_segment(2.0, seed=21)
     seg = seg.replace(history_words=[])
@@ -550,7 +585,11 @@ def test_internal_error_answered_and_serving_continues(models, monkeypatch):
             out.append(await recv(ws))
             return out, errs
     out, errs = run_server(models, body, max_sessions=1)
-    assert len(errs) == 1 and errs[0]["field"] == "server" and errs[0]["actual"] == "RuntimeError" and errs[0]["id"] == 2
+    assert len(errs) == 1 and errs[0]["field"] == "server" and errs[0]["actual"] == "RuntimeError"
+    assert errs[0]["id"] == 2
+    logged = [r for r in caplog.records if r.name == "minilisten.server" and r.levelname == "ERROR"]
+    assert len(logged) == 1 and isinstance(logged[0].exc_info[1], RuntimeError), logged
+    assert "boom" in caplog.text and "Traceback" in caplog.text and "in flaky" in caplog.text
     check_frames(out, ref, pushes)
 
 
@@ -609,6 +648,229 @@ def test_audio_pcm16_and_float_audio(models):
     check_frames(out, ref, pushes)
 
 
+# ----------------------------------------------------------------------------- issue 24's defects
+def test_nesting_depth_and_strict_json_in(models):
+    """Issue 24 defect 2: a message nested deeper than MAX_DEPTH (1,000 levels too), NaN / Infinity, and an SA
+    token beyond int64 get an error reply naming the field, not a close; brackets inside strings do not count;
+    the session goes on."""
+    from minilisten.server import MAX_DEPTH
+
+    def nested(depth):   # a reset whose id nests the message to `depth` levels (the object is level 1)
+        return '{"type": "reset", "id": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+    in_string = '{"type": "reset", "id": "' + '[{\\"' * 2000 + '"}'
+    raws = [nested(MAX_DEPTH), nested(MAX_DEPTH + 1), nested(1000), in_string, '{"type": "reset", "id": NaN}',
+            '{"type": "reset", "id": [-Infinity]}', '{"type": "push", "sa_tokens": [18446744073709551616]}',
+            '{"type": "reset", "id": "last"}']
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            out = []
+            for raw in raws:
+                await ws.send(raw)
+                out.append(await recv(ws))
+            return out
+    out = run_server(models, body, max_sessions=1)
+    assert out[0] == {"type": "ok", "op": "reset", "id": json.loads(nested(MAX_DEPTH))["id"]}
+    for m in out[1:3]:
+        assert m["type"] == "error" and m["field"] == "message" and f"at most {MAX_DEPTH}" in m["expected"], m
+    assert out[3] == {"type": "ok", "op": "reset", "id": '[{"' * 2000}
+    for m in out[4:6]:
+        assert m["type"] == "error" and m["field"] == "message" and "no NaN" in m["expected"], m
+    assert out[6]["type"] == "error" and out[6]["field"] == "sa_tokens" and "int64" in out[6]["expected"], out[6]
+    assert out[7] == {"type": "ok", "op": "reset", "id": "last"}
+
+
+def test_non_finite_frames_never_sent(models, monkeypatch):
+    """Strict JSON out: frames holding NaN (here from a broken push_many) are answered with an error
+    (field "server"), never put on the wire; the session goes on."""
+    async def body(server, url):
+        real = server.listener.push_many
+        nan = np.full((8, 56), np.nan, np.float32)
+        monkeypatch.setattr(server.listener, "push_many", lambda c: {b: nan for b in c})
+        async with connect(url) as ws:
+            await recv(ws)
+            await ws.send(json.dumps({"type": "push", "id": 1, "emotion": [[0.125] * 8] * 8}))
+            bad = await recv(ws)
+            monkeypatch.setattr(server.listener, "push_many", real)
+            await ws.send(json.dumps({"type": "push", "id": 2, "emotion": [[0.125] * 8] * 8}))
+            return bad, await recv(ws)
+    bad, good = run_server(models, body, max_sessions=1)
+    assert bad["type"] == "error" and bad["field"] == "server" and bad["id"] == 1, bad
+    assert bad["actual"] == "ValueError" and "not JSON compliant" in bad["message"]
+    assert good["type"] == "frames" and good["id"] == 2
+
+
+def test_push_over_the_cap_refused(models):
+    """max_push_seconds=1 (30 frames at 30 fps): a push of 31 speaker frames gets an error naming the
+    field and the cap, nothing changes; a concurrent session streams on equal to its solo run."""
+    lm, vq = models
+    seg = speaker_segment(3.0, seed=31)
+    pushes = chunks(seg, seed=32)
+    ref = direct(lm, vq, seg, pushes)
+    big = [{"type": "push", "emotion": [[0.125] * 8] * 31},
+           {"type": "push", "emotion": [[0.125] * 8] * 40000, "sa_tokens": [1] * 60000},
+           {"type": "push", "frames": 10 ** 6}]
+
+    async def body(server, url):
+        async def hostile():
+            async with connect(url, max_size=None) as ws:
+                h = await recv(ws)
+                errs = []
+                for k in range(6):
+                    await ws.send(json.dumps(big[k % 3]))
+                    errs.append(await recv(ws))
+                await ws.send(json.dumps(wire(pushes[0])))
+                return h, errs, await recv(ws)
+
+        async def good():
+            async with connect(url) as ws:
+                await recv(ws)
+                return await stream_session(ws, seg, pushes)
+        return await asyncio.gather(hostile(), good())
+    (h, errs, after), replies = run_server(models, body, max_sessions=2, max_push_seconds=1.0, max_message=4 << 20)
+    assert h["limits"]["max_push_frames"] == 30
+    for e, want in zip(errs, ["31", "40000", f"{10 ** 6}"] * 2):
+        assert e["type"] == "error" and e["field"] in ("emotion", "frames") and "max_push_frames=30" in e["expected"]
+        assert e["actual"] == want, e
+    np.testing.assert_array_equal(motion_of(after), direct(lm, vq, seg, pushes[:1])[0])
+    check_frames(replies, ref, pushes)
+
+
+def test_one_sessions_bad_push_never_reaches_another(models, monkeypatch):
+    """Issue 24 defect 1: word times of 401 digits (an OverflowError inside float()) in one session's
+    pushes, round after round next to another session's good pushes: the good session's frames equal
+    its solo run, the bad one gets errors naming the field and goes on. At the tick: an exception in
+    one stream's push_many result (here a RuntimeError) is answered to that session alone."""
+    from minilisten.server import _Session
+    from minilisten.streaming import parse_push
+    lm, vq = models
+    seg = speaker_segment(3.0, seed=41)
+    pushes = chunks(seg, seed=42)
+    ref = direct(lm, vq, seg, pushes)
+    huge = {"type": "push", "words": [["x", 10 ** 400, 10 ** 400 + 1]], "emotion": [[0.125] * 8] * 3}
+
+    async def body(server, url):
+        async def bad():
+            async with connect(url) as ws:
+                await recv(ws)
+                errs = []
+                for k in range(len(pushes)):
+                    await ws.send(json.dumps({**huge, "id": k}))
+                    errs.append(await recv(ws))
+                await ws.send(json.dumps({"type": "push", "emotion": [[0.125] * 8] * 3, "id": "ok"}))
+                return errs, await recv(ws)
+
+        async def good():
+            async with connect(url) as ws:
+                await recv(ws)
+                return await stream_session(ws, seg, pushes)
+        return await asyncio.gather(bad(), good())
+    (errs, after), replies = run_server(models, body, max_sessions=2)
+    assert all(e["type"] == "error" and e["field"] == "words[0]" for e in errs), errs
+    assert after["type"] == "frames" and after["id"] == "ok"
+    check_frames(replies, ref, pushes)
+    server = lr_server(lm, vq, max_sessions=2)
+    real = server.listener.push_many
+    monkeypatch.setattr(server.listener, "push_many", lambda c: {**real({0: c[0]}), 1: RuntimeError("stream 1")})
+    ss = [_Session(b, None, None, None) for b in range(2)]
+    kw = parse_push(wire(pushes[0]))
+    out = server._run_tick({0: (ss[0], ("push", kw, 0)), 1: (ss[1], ("push", kw, 1))})
+    np.testing.assert_array_equal(motion_of(out[0]), ref[0])
+    assert out[1]["field"] == "server" and out[1]["actual"] == "RuntimeError" and out[1]["id"] == 1
+
+
+def test_set_beta_out_of_float32_refused(models):
+    """Issue 24 defect 3: set_beta with values beyond float32 (1e300, 3.5e38) is an error naming beta and
+    changes nothing (the frames still equal the default identity's); float32's largest value is accepted."""
+    lm, vq = models
+    seg = speaker_segment(2.0, seed=43).replace(history_words=[])
+    pushes = chunks(seg, seed=44)
+    ref = direct(lm, vq, seg, pushes)
+    f32max = float(np.finfo(np.float32).max)
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            out = []
+            for b in ([1e300] * 100, [3.5e38] + [0.0] * 99, [-f32max] + [0.0] * 99, None):
+                await ws.send(json.dumps({"type": "set_beta", "beta": b}))
+                out.append(await recv(ws))
+            for k, p in enumerate(pushes):
+                await ws.send(json.dumps({**wire(p), "id": k}))
+                out.append(await recv(ws))
+            await ws.send(json.dumps({"type": "end", "id": "end"}))
+            out.append(await recv(ws))
+            return out
+    out = run_server(models, body, max_sessions=1)
+    assert [m["type"] for m in out[:4]] == ["error", "error", "ok", "ok"], out[:4]
+    assert out[0]["field"] == out[1]["field"] == "beta" and out[0]["op"] == "set_beta"
+    check_frames(out[4:], ref, pushes)
+
+
+def test_arig_huge_motion_refused_never_nan(arig_model):
+    """Issue 24 defect 4: ARIG pushes of motion rows of 1e30 are refused (an error naming motion, the
+    stream unchanged), never NaN on the wire; the session's frames still equal the direct run."""
+    pushes, hist, beta = arig_input(1.0, seed=45, sizes_seed=46)
+    ref = arig_direct(arig_model, pushes, hist, beta)
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            errs = []
+            for p in pushes[:3]:
+                await ws.send(json.dumps({**arig_wire(p), "motion": (np.full_like(p["motion"], 1e30)).tolist()}))
+                errs.append(await recv(ws))
+            return errs, await arig_session(ws, pushes, hist, beta)
+    errs, replies = run_arig_server(arig_model, body, max_sessions=1)
+    assert all(e["type"] == "error" and e["field"] == "motion" for e in errs), errs
+    check_arig_frames(replies, ref, pushes)
+
+
+def test_workers_share_the_port(models, tmp_path):
+    """serve --workers 2: two processes on one port (SO_REUSEPORT); connections land on both, each
+    connection stays on its worker for the whole session."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from queue import Empty, Queue
+    lm, vq = models
+    lm.save_pretrained(tmp_path / "lm")
+    vq.save_pretrained(tmp_path / "vq")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "minilisten", "serve", "--vq", str(tmp_path / "vq"), "--lm",
+                             str(tmp_path / "lm"), "--workers", "2", "--port", "0", "--no-web"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: Queue = Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        seen, port = [], None
+        while len([x for x in seen if "(worker" in x]) < 2:
+            try:
+                seen.append(lines.get(timeout=120))
+            except Empty:
+                pytest.fail(f"workers did not start: {seen}")
+            port = port or (int(seen[-1].split()[-1]) if "workers on port" in seen[-1] else None)
+
+        async def main():
+            got = []
+            for _ in range(24):
+                async with connect(f"ws://127.0.0.1:{port}") as ws:
+                    h = await recv(ws)
+                    await ws.send(json.dumps({"type": "push", "emotion": [[0.125] * 8] * 8}))
+                    assert (await recv(ws))["type"] == "frames"
+                    got.append(h["worker"])
+            return got
+        workers = asyncio.run(main())
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(60)
+    assert sorted(set(workers)) == [0, 1], workers
+    assert rc == 0
+
+
 # ----------------------------------------------------------------------------- ARIG model kind
 from minilisten.arig import ARIG, ARIGConfig  # noqa: E402
 from minilisten.streaming import StreamingARIG  # noqa: E402
@@ -661,9 +923,16 @@ async def arig_session(ws, pushes, history, beta, seed=None):
     return await session(ws, history, pushes, beta, seed, encode=arig_wire)
 
 
+def arig_server(model, max_sessions=8, seed=0, max_push_seconds=10.0, **kw):
+    """A ListenerServer over a StreamingARIG as ``serve`` makes it (the zeros identity)."""
+    sa = StreamingARIG(model, np.zeros(N_SHAPE), n_streams=max_sessions, seed=seed,
+                       max_push_frames=round(30 * max_push_seconds))
+    return ListenerServer(sa, np.zeros(N_SHAPE), beta_source="zeros (FLAME mean shape)", **kw)
+
+
 def run_arig_server(model, body, **kw):
     async def main():
-        server = ListenerServer(arig=model, **kw)
+        server = arig_server(model, **kw)
         async with server.run(port=0):
             return await body(server, f"ws://127.0.0.1:{server.port}")
     return asyncio.run(main())
@@ -730,11 +999,10 @@ def test_arig_concurrent_sessions_isolated(arig_model):
             async with connect(url) as ws:
                 await recv(ws)
                 return await arig_session(ws, *ins[k], seed=k)
-        return await asyncio.gather(one(0), one(1)), dict(server.listener.stats), dict(server.stats)
-    (r0, r1), ms_stats, stats = run_arig_server(arig_model, body, max_sessions=3)
+        return await asyncio.gather(one(0), one(1)), dict(server.stats)
+    (r0, r1), stats = run_arig_server(arig_model, body, max_sessions=3)
     check_arig_frames(r0, refs[0], ins[0][0], exact=False)
     check_arig_frames(r1, refs[1], ins[1][0], exact=False)
-    assert ms_stats["max_batch"] == 2 and ms_stats["ticks"] < ms_stats["frames"]   # batched steps happened
     assert stats["max_batch"] == 2
 
 
@@ -752,8 +1020,6 @@ def test_multistream_arig_batched_equals_solo(arig_model):
         out = ms.push_many({b: ins[b][0][i] for b in range(3)})
         for b in range(3):
             got[b].append(out[b])
-    ticks = ms.stats["ticks"]
-    assert ms.stats["max_batch"] == 3 and ticks < ms.stats["frames"]
     for b in range(3):   # the rest alone: stream by stream
         for p in ins[b][0][n:]:
             got[b].append(ms.push_many({b: p})[b])
@@ -763,19 +1029,21 @@ def test_multistream_arig_batched_equals_solo(arig_model):
     solo = StreamingARIG(arig_model, ins[0][2], n_streams=2, seed=3)
     solo.reset(1, ins[0][1])
     alone = np.concatenate([solo.push_many({1: p})[1] for p in ins[0][0]])
-    np.testing.assert_array_equal(alone, np.concatenate(arig_direct(arig_model, ins[0][0], ins[0][1], ins[0][2], seed=3)))
-    # transactional: one bad chunk in a batch -> ValueError naming field and stream, no stream changed
+    ref = arig_direct(arig_model, ins[0][0], ins[0][1], ins[0][2], seed=3)
+    np.testing.assert_array_equal(alone, np.concatenate(ref))
+    # one bad chunk in a batch: its stream alone gets the error (naming field and stream) and stays as it
+    # was; the other chunk is applied as if alone
     ms.reset(0, ins[0][1])
     ms.reset(1, ins[1][1])
-    before = [ms.streams[b]._snapshot() for b in (0, 1)]
-    with pytest.raises(ValueError, match=r"motion \(stream 1\): expected finite speaker frames of shape \(n, 56\)"):
-        ms.push_many({0: ins[0][0][0], 1: {**ins[1][0][0], "motion": np.zeros((2, 55))}})
-    assert [ms.streams[b].frames for b in (0, 1)] == [0, 0] and ms.streams[0]._pending == before[0]["_pending"]
-    with pytest.raises(ValueError, match="stream: expected an index in \\[0, 4\\)"):
-        ms.push_many({4: ins[0][0][0]})
-    with pytest.raises(ValueError, match="sa_tokens \\(stream 0\\): expected SA tokens at most max_skew=2 s ahead"):
-        ms.push_many({0: dict(sa_tokens=np.zeros(200, np.int64))})
-    with pytest.raises(ValueError, match="seed: expected an int >= 0"):
+    out = ms.push_many({0: ins[0][0][0], 1: {**ins[1][0][0], "motion": np.zeros((2, 55))}})
+    assert isinstance(out[1], ValueError) and str(out[1]).startswith("motion (stream 1): expected"), out[1]
+    np.testing.assert_allclose(out[0], arig_direct(arig_model, ins[0][0][:1], ins[0][1], ins[0][2], seed=0)[0],
+                               atol=1e-5)
+    assert [ms.streams[b].frames for b in (0, 1)] == [len(ins[0][0][0]["motion"]), 0]
+    assert re.match(r"stream: expected an index in \[0, 4\)", str(ms.push_many({4: ins[0][0][0]})[4]))
+    err = ms.push_many({0: dict(sa_tokens=np.zeros(200, np.int64))})[0]
+    assert str(err).startswith("sa_tokens (stream 0): expected the SA stream at most max_skew=2 s ahead"), err
+    with pytest.raises(ValueError, match="seed: expected an int"):
         ms.reset(0, seed=-1)
 
 
@@ -788,21 +1056,22 @@ def test_arig_bad_messages_set_beta_reset(arig_model):
     k_switch = len(pushes) // 2
     sa = StreamingARIG(arig_model, beta, seed=0, history_words=hist)
     ref = []
-    for k, p in enumerate(pushes):
-        if k == k_switch:
-            sa.set_beta(beta2)
-        ref.append(sa.push(**p))
+    with torch.no_grad():   # StreamingARIG.set_beta mid-stream under autograd: its state cannot be deep-copied
+        for k, p in enumerate(pushes):
+            if k == k_switch:
+                sa.set_beta(beta2)
+            ref.append(sa.push(**p))
     bad = [
-        ({"type": "push", "motion": [[0.0] * 55]}, "motion", "a list of rows of 56 numbers"),
+        ({"type": "push", "motion": [[0.0] * 55]}, "motion", "shape (n, 56)"),
         ({"type": "push", "frames": 3}, "frames", "one of the push fields of the arig model"),
         ({"type": "push", "audio": [0.0], "sample_rate": 16000}, "audio", "one of the push fields of the arig model"),
-        ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8] * 2}, "emotion", "shape (1, 8)"),
+        ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8] * 2}, "emotion", "motion"),
         ({"type": "push", "motion": [[0.0] * 56], "emotion": [[0.125] * 8], "sa_tokens": [5000]}, "sa_tokens",
          "ids in [0, 1024)"),
         ({"type": "push", "words": [["late", 0.0, 0.01]]}, "words[0]", None),
-        ({"type": "reset", "seed": -3}, "seed", "an integer in [0, 2**63)"),
+        ({"type": "reset", "seed": -3}, "seed", "an int in [0, 2**63)"),
         ({"type": "reset", "history_words": [["x", 0.5, 1.0]]}, "history_words[0]", "end <= 0 s"),
-        ({"type": "set_beta", "beta": [1.0] * 3}, "beta", "100 finite numbers"),
+        ({"type": "set_beta", "beta": [1.0] * 3}, "beta", "shape (100,)"),
     ]
 
     async def body(server, url):
@@ -844,8 +1113,8 @@ def test_arig_bad_messages_set_beta_reset(arig_model):
 def test_arig_cli_args():
     a = parser().parse_args(["--arig", "x", "--seed", "3", "--sample-steps", "4"])
     assert a.arig == "x" and a.seed == 3 and a.sample_steps == 4 and a.vq is None
-    with pytest.raises(ValueError, match="models: expected lm and vq"):
-        ListenerServer(lm=None, vq=None)
+    with pytest.raises(ValueError, match="listener: expected a StreamingListener or StreamingARIG, got object"):
+        ListenerServer(object())
     from minilisten.server import main
     for argv in (["--vq", "a"], ["--arig", "a", "--lm", "b"], []):
         with pytest.raises(SystemExit):   # argparse error: --vq with --lm, or --arig alone
@@ -855,23 +1124,183 @@ def test_arig_cli_args():
 def test_arig_batch_with_one_bad_chunk(arig_model):
     """ARIG pushes of two sessions in one tick, one invalid: the valid one is decoded (bit-equal to
     its solo run: it is stepped alone after the batch is refused), the invalid one gets its error."""
-    from minilisten.server import _Session, parse_push
+    from minilisten.server import _Session
+    from minilisten.streaming import parse_push
     pushes, hist, beta = arig_input(1.0, seed=60, sizes_seed=61)
     ref = arig_direct(arig_model, pushes, [], np.zeros(N_SHAPE), seed=0)
-    server = ListenerServer(arig=arig_model, max_sessions=2)
+    server = arig_server(arig_model, max_sessions=2)
     ss = [_Session(b, None, None, None) for b in range(2)]
     bad = parse_push({"type": "push", "motion": [[0.0] * 56] * 2, "emotion": [[0.125] * 8] * 2, "sa_tokens": [5000]},
                      "arig")
     got = []
     for k, p in enumerate(pushes):
-        work = {0: (ss[0], ("push", parse_push(arig_wire(p), "arig"), k, 0.0)), 1: (ss[1], ("push", bad, "bad", 0.0))}
-        out = server._run_tick(work, [])
-        assert out[1][0]["type"] == "error" and out[1][0]["field"] == "sa_tokens" and out[1][0]["id"] == "bad"
-        got.append(motion_of(out[0][0]))
-        assert server.listener.streams[1].frames == 0 and not server.listener.streams[1]._pending
+        work = {0: (ss[0], ("push", parse_push(arig_wire(p), "arig"), k)), 1: (ss[1], ("push", bad, "bad"))}
+        out = server._run_tick(work)
+        assert out[1]["type"] == "error" and out[1]["field"] == "sa_tokens" and out[1]["id"] == "bad"
+        got.append(motion_of(out[0]))
+        st1 = server.listener.streams[1]
+        assert st1.frames == st1.done == 0 and not len(st1.sa) and not len(st1.emo)
     for g, r in zip(got, ref):
         np.testing.assert_array_equal(g, r)
     kw = parse_push(arig_wire(pushes[0]))   # one client drives either kind: motion is an LR-token field too
     assert kw["motion"].shape == (len(pushes[0]["motion"]), 56)
     with pytest.raises(Exception, match="push fields of the arig model"):
         parse_push({"type": "push", "frames": 3, "motion": [[0.0] * 56] * 3}, "arig")
+
+
+# ----------------------------------------------------------------------------- the protocol fuzzer
+@contextlib.contextmanager
+def in_thread(server: ListenerServer):
+    """``server`` on an ephemeral 127.0.0.1 port, its event loop in a background thread (for sync clients)."""
+    ready, box = threading.Event(), {}
+
+    async def main():
+        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        async with server.run(port=0):
+            ready.set()
+            await box["stop"].wait()
+    th = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    th.start()
+    assert ready.wait(60), "server did not start"
+    try:
+        yield server
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        th.join(30)
+
+
+N_SA = 1024
+HOSTILE = st.sampled_from([10 ** 400, -10 ** 400, 2 ** 64, 2 ** 63, -2 ** 63 - 1, 1e300, -1e300, 1e-320, 3.5e38, 1e30,
+                           -1, 0, 1.5, True, None, "x", [], {}, [[]]])
+NUM = st.one_of(st.integers(-3, N_SA + 3), st.floats(-3, 3, allow_nan=False), HOSTILE)
+WORD = st.one_of(st.tuples(st.text(max_size=6), NUM, NUM).map(list),
+                 st.fixed_dictionaries({"text": st.text(max_size=6), "start": NUM, "end": NUM}), HOSTILE)
+ROWS = {w: st.one_of(st.lists(st.lists(NUM, min_size=w, max_size=w), max_size=6),
+                     st.lists(st.lists(NUM, max_size=w + 2), max_size=4), HOSTILE,
+                     st.integers(0, 130).map(lambda n, w=w: [[0.125] * w] * n)) for w in (8, 56)}
+ID = st.one_of(st.none(), st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=3), HOSTILE)
+OPTIONAL_PUSH = {"words": st.one_of(st.lists(WORD, max_size=4), HOSTILE), "emotion": ROWS[8], "motion": ROWS[56],
+                 "sa_tokens": st.one_of(st.lists(NUM, max_size=12), st.integers(0, 6000).map(lambda n: [3] * n),
+                                        HOSTILE),
+                 "frames": NUM, "audio": st.one_of(st.lists(NUM, max_size=20), HOSTILE), "sample_rate": NUM,
+                 "audio_pcm16": st.one_of(st.sampled_from(["AAAA", "AAA", "!!", ""]), HOSTILE), "id": ID,
+                 "speed": NUM}
+MESSAGES = st.one_of(
+    st.fixed_dictionaries({"type": st.just("push")}, optional=OPTIONAL_PUSH),
+    st.fixed_dictionaries({"type": st.just("set_beta")}, optional={
+        "beta": st.one_of(st.lists(NUM, min_size=100, max_size=100), st.lists(NUM, max_size=4), HOSTILE),
+        "id": ID, "extra": NUM}),
+    st.fixed_dictionaries({"type": st.just("reset")}, optional={
+        "history_words": st.one_of(st.lists(WORD, max_size=3), HOSTILE), "seed": NUM, "id": ID}),
+    st.fixed_dictionaries({"type": st.sampled_from(["end", "flush"])}, optional={"id": ID}),
+    st.fixed_dictionaries({"type": st.one_of(st.text(max_size=6), NUM)}, optional={"id": ID}),
+    st.one_of(st.lists(NUM, max_size=3), st.text(max_size=20), NUM),   # not an object
+)
+
+
+def _mutate(args):
+    """A valid push with one number (a word time, an SA token, an emotion value) replaced."""
+    msg, where, i, j, v = args
+    msg = json.loads(json.dumps(msg))
+    if where == "frames":
+        msg["frames"] = v
+    elif msg.get(where):
+        x = msg[where][i % len(msg[where])]
+        if isinstance(x, list):
+            x[j % len(x)] = v
+        else:
+            msg[where][i % len(msg[where])] = v
+    return msg
+
+
+def mutated(valid: list):
+    """Valid pushes with one number (word time, SA token, emotion or motion value, frames) made hostile."""
+    return st.tuples(st.sampled_from(valid), st.sampled_from(["words", "sa_tokens", "emotion", "motion", "frames"]),
+                     st.integers(0, 30), st.integers(0, 60), HOSTILE).map(_mutate)
+RAW = st.one_of(   # what json.dumps cannot make: deep nesting, NaN / Infinity, broken JSON, binary
+    st.integers(30, 3000).map(lambda n: '{"type": "push", "id": ' + "[" * n + "]" * n + "}"),
+    st.integers(30, 3000).map(lambda n: "[" * n),
+    st.sampled_from(['{"type": "push", "emotion": [[NaN, 0, 0, 0, 0, 0, 0, 1]]}', '{"type": "reset"',
+                     '{"type": "set_beta", "beta": [Infinity]}', '{"type": "push", "frames": -Infinity}',
+                     '{"type": "rese\\ud800t"}', '{"type": "push", "sa_tokens": [1e999]}']),
+    st.binary(max_size=16))
+
+
+def good_sessions(url, streams, stop: threading.Event) -> list:
+    """One well-behaved client per ``(history words, push messages)``, each streaming them again and again
+    (reset, the pushes, end) until ``stop``: [[replies of one pass]] per client."""
+    from websockets.sync.client import connect as sync_connect
+    out = [[] for _ in streams]
+
+    def one(k):
+        history, msgs = streams[k]
+        with sync_connect(url, max_size=None) as ws:
+            assert strict_json(ws.recv(60))["type"] == "hello"
+            while not stop.is_set() or not out[k]:
+                replies = []
+                for m in [{"type": "reset", "id": "r", "history_words": [[w.text, w.start, w.end] for w in history]}] \
+                        + [{**m, "id": i} for i, m in enumerate(msgs)] + [{"type": "end", "id": "end"}]:
+                    ws.send(json.dumps(m))
+                    replies.append(strict_json(ws.recv(60)))
+                    time.sleep(0.002)
+                out[k].append(replies)
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(streams))]
+    for th in threads:
+        th.start()
+    return threads, out
+
+
+@pytest.mark.parametrize("kind", ["lr-token", "arig"])
+def test_protocol_fuzzer(kind, models, arig_model):
+    """Hypothesis: >= 300 valid, mutated and hostile messages of every type on one connection of a live
+    server (each model kind), next to two well-behaved sessions. Each message gets exactly one strict-JSON
+    reply (its id echoed; never an internal error), the connection stays open, and the well-behaved
+    sessions' frames equal their solo runs in every pass (ARIG: to float rounding of the shared batch)."""
+    from hypothesis import HealthCheck, given, settings
+    from websockets.sync.client import connect as sync_connect
+    lm, vq = models
+    if kind == "lr-token":
+        segs = [speaker_segment(2.0, seed=60 + k) for k in range(2)]
+        ins = [(chunks(s, seed=70 + k), s.history_words) for k, s in enumerate(segs)]
+        refs = [direct(lm, vq, s, p) for s, (p, _) in zip(segs, ins)]
+        valid, encode = [wire(p) for p in chunks(speaker_segment(3.0, seed=80), seed=81)], wire
+        server = lr_server(lm, vq, max_sessions=3, max_push_seconds=2.0)
+    else:
+        ins = [arig_input(1.0, seed=60 + k, sizes_seed=70 + k)[:2] for k in range(2)]
+        refs = [arig_direct(arig_model, p, h, np.zeros(N_SHAPE)) for p, h in ins]
+        valid, encode = [arig_wire(p) for p in arig_input(2.0, seed=80, sizes_seed=81)[0]], arig_wire
+        server = arig_server(arig_model, max_sessions=3, max_push_seconds=2.0)
+    replies = collections.Counter()
+    with in_thread(server):
+        url = f"ws://127.0.0.1:{server.port}"
+        stop = threading.Event()
+        threads, good = good_sessions(url, [(h, [encode(p) for p in pushes]) for pushes, h in ins], stop)
+        with sync_connect(url, max_size=None) as ws:
+            assert strict_json(ws.recv(60))["type"] == "hello"
+
+            @settings(max_examples=320, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(msg=st.one_of(MESSAGES, mutated(valid), st.sampled_from(valid), RAW))
+            def one(msg):
+                raw = msg if isinstance(msg, (str, bytes)) else json.dumps(msg)
+                ws.send(raw)
+                r = strict_json(ws.recv(60))   # a closed connection raises here
+                replies[(r["type"], r.get("field"))] += 1
+                assert r["type"] in ("frames", "ok", "error") and r.get("field") != "server", (raw[:300], r)
+                if isinstance(msg, dict):
+                    assert r.get("id") == msg.get("id"), (raw[:300], r)
+                if r["type"] == "error":
+                    assert r["message"] and r["expected"], r
+            one()
+            ws.send(json.dumps({"type": "reset", "id": "still open"}))
+            assert strict_json(ws.recv(60)) == {"type": "ok", "op": "reset", "id": "still open"}
+        stop.set()
+        for th in threads:
+            th.join(120)
+    assert sum(replies.values()) >= 300 and server.stats["internal_errors"] == 0, replies
+    assert replies[("error", "message")] and replies[("ok", None)] and replies[("frames", None)], replies
+    for (pushes, _), ref, passes in zip(ins, refs, good):
+        assert passes
+        for p in passes:
+            assert p[0] == {"type": "ok", "op": "reset", "id": "r"}
+            check_frames(p[1:], ref, pushes) if kind == "lr-token" else check_arig_frames(p[1:], ref, pushes, False)

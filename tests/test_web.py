@@ -1,10 +1,10 @@
 """The web page served by ``minilisten serve`` (``/``, ``/clip.json``): HTTP answers, and the page in a
 real headless Chromium against tiny random models (screenshot shows a head, frames arrive)."""
-import asyncio
 import base64
-import contextlib
 import json
+import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -17,32 +17,16 @@ import pytest
 
 pytest.importorskip("websockets")
 from conftest import tiny_lm, tiny_vq  # noqa: E402
+from test_server import in_thread, lr_server  # noqa: E402
 
 from minilisten.render import SKIN  # noqa: E402
-from minilisten.server import ListenerServer  # noqa: E402
 
 SHOT = Path(__file__).resolve().parent.parent / "runs" / "test_web" / "page.png"
 
 
-@contextlib.contextmanager
 def running(**kw):
     """A ListenerServer (tiny models, ``kw``) running in a background thread on an ephemeral port."""
-    srv = ListenerServer(tiny_lm("gpt2"), tiny_vq("adaln"), max_sessions=2, **kw)
-    ready, box = threading.Event(), {}
-
-    async def main():
-        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
-        async with srv.run(port=0):
-            ready.set()
-            await box["stop"].wait()
-    th = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    th.start()
-    assert ready.wait(60), "server did not start"
-    try:
-        yield srv
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        th.join(30)
+    return in_thread(lr_server(tiny_lm("gpt2"), tiny_vq("adaln"), max_sessions=2, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +60,89 @@ def test_http_page_and_clip(server):
     assert [t for m in pushes for t in m["sa_tokens"]] == seg.sa_tokens.tolist()
     assert [p["t"] for p in clip["pushes"]] == pytest.approx([min(8 * (k + 1), seg.T) / 30 for k in range(len(pushes))])
     assert clip["fps"] == 30.0 and [m["id"] for m in pushes] == list(range(len(pushes)))
-    for q, field in (("seconds=abc", "seconds"), ("seconds=0", "seconds"), ("seed=-1", "seed"), ("seconds=nan", "seconds")):
+    for q, field in (("seconds=abc", "seconds"), ("seconds=0", "seconds"), ("seed=-1", "seed"),
+                     ("seconds=nan", "seconds")):
         st, _, body = get(server, "/clip.json?" + q)
         assert st == 400 and body.startswith(field + ": expected"), (q, body)
     st, _, body = get(server, "/nope")
     assert st == 404 and "path: expected" in body
+
+
+def test_http_methods(server):
+    """Only GET serves; HEAD: GET's status and headers without the body; other methods 405 with Allow."""
+    st, _, page = get(server, "/")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(f"HEAD / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):   # the server closes after its answer
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and body == b"", data[:300]
+    assert f"content-length: {len(page.encode())}".encode() in head.lower()
+    for method in ("POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
+        req = urllib.request.Request(f"http://127.0.0.1:{server.port}/", method=method, data=None)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 405 and e.value.headers["Allow"] == "GET, HEAD", method
+        assert "<canvas" not in e.value.read().decode()
+
+
+def raw_request(srv, headers: list[str]) -> tuple[int, str]:
+    """A hand-written WebSocket upgrade request with these extra header lines: (status, response head)."""
+    lines = ["GET / HTTP/1.1", f"Host: 127.0.0.1:{srv.port}", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", *headers]
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := s.recv(65536)):
+            data += chunk
+    head = data.split(b"\r\n\r\n")[0].decode()
+    return int(head.split()[1]), head
+
+
+def test_duplicate_headers_and_bearer_case():
+    """Two Authorization or two Upgrade headers: 400 naming the header (no 500); the auth scheme is
+    case-insensitive (RFC 7235); one good header: 101."""
+    with running(token="s3cret") as srv:
+        up = ["Upgrade: websocket"]
+        assert raw_request(srv, up + ["Authorization: Bearer s3cret"])[0] == 101
+        for extra in (["Authorization: bearer s3cret"], ["Authorization: BEARER  s3cret"]):
+            assert raw_request(srv, up + extra)[0] == 101, extra
+        st, head = raw_request(srv, up + ["Authorization: Bearer s3cret", "Authorization: Bearer s3cret"])
+        assert st == 400, head
+        st, head = raw_request(srv, ["Upgrade: websocket", "Upgrade: websocket", "Authorization: Bearer s3cret"])
+        assert st == 400, head
+        assert raw_request(srv, up + ["Authorization: Basic s3cret"])[0] == 401
+        assert srv.stats["unauthorized"] == 1
+
+
+def test_clip_built_off_the_event_loop(server, monkeypatch):
+    """/clip.json is built in a thread (a slow build does not delay a live session) and cached (two
+    concurrent requests of one clip build it once)."""
+    from websockets.sync.client import connect
+    calls, real = [], server.clip
+
+    def slow(seconds, seed):
+        calls.append(seed)
+        time.sleep(1.5)
+        return real(seconds, seed)
+    monkeypatch.setattr(server, "clip", slow)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(get(server, "/clip.json?seconds=1&seed=77")))
+               for _ in range(2)]
+    for th in threads:
+        th.start()
+    time.sleep(0.2)
+    t = time.perf_counter()
+    with connect(f"ws://127.0.0.1:{server.port}") as ws:
+        assert json.loads(ws.recv(30))["type"] == "hello"
+        ws.send(json.dumps({"type": "reset"}))
+        assert json.loads(ws.recv(30))["type"] == "ok"
+    rtt = time.perf_counter() - t
+    for th in threads:
+        th.join(60)
+    assert rtt < 0.75, rtt
+    assert calls == [77] and len(got) == 2 and got[0] == got[1] and got[0][0] == 200
 
 
 def test_http_token_and_no_web():
@@ -96,10 +158,12 @@ def test_http_token_and_no_web():
 
 
 def chromium() -> str:
+    """The browser; without one the test skips, except under CI=true (.ci/run installs it), where it fails."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:
-        pytest.fail("chromium: expected a Chromium binary on PATH (Debian: apt-get install chromium; .ci/run "
-                    "installs it), got none")
+        why = ("chromium: expected a Chromium binary on PATH (Debian/Ubuntu: apt-get install chromium; macOS: brew "
+               "install --cask chromium; .ci/run installs it), got none")
+        (pytest.fail if os.environ.get("CI", "").lower() == "true" else pytest.skip)(why)
     return exe
 
 
@@ -109,8 +173,9 @@ class Browser:
     any WebSocket traffic; ``--virtual-time-budget`` runs the page's timers ahead of the network)."""
 
     def __init__(self, url, profile: Path):
-        self.proc = subprocess.Popen([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                      "--no-first-run", "--window-size=800,700", "--remote-debugging-port=0",
+        self.proc = subprocess.Popen([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                                      "--disable-dev-shm-usage", "--no-first-run", "--window-size=800,700",
+                                      "--remote-debugging-port=0",
                                       f"--user-data-dir={profile}", url],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 60
@@ -158,7 +223,8 @@ def direct(server, seconds, seed=0) -> np.ndarray:
     from minilisten.data.segment import N_SHAPE
     from minilisten.streaming import StreamingListener
     clip = server.clip(seconds, seed)
-    sl = StreamingListener(server.listener.lm, server.listener.vq, np.zeros(N_SHAPE), history_words=clip["history_words"])
+    sl = StreamingListener(server.listener.lm, server.listener.vq, np.zeros(N_SHAPE),
+                           history_words=clip["history_words"])
     out = [sl.push(words=m["words"], sa_tokens=np.array(m["sa_tokens"], np.int64), emotion=np.array(m["emotion"]))
            for m in (p["msg"] for p in clip["pushes"])]
     return np.concatenate(out + [sl.flush()])
@@ -210,12 +276,12 @@ def test_clip_for_arig_server():
     """The ARIG kind's clip: pushes of 0.1 s with the speaker motion, accepted by the server's parser
     and its MultiStreamARIG (one listener frame per speaker frame)."""
     import torch
-    from test_server import ARIG_TINY
+    from test_server import ARIG_TINY, arig_server
 
     from minilisten.arig import ARIG, ARIGConfig
-    from minilisten.server import parse_push
+    from minilisten.streaming import parse_push
     torch.manual_seed(0)
-    srv = ListenerServer(arig=ARIG(ARIGConfig(**ARIG_TINY)).eval(), max_sessions=1)
+    srv = arig_server(ARIG(ARIGConfig(**ARIG_TINY)).eval(), max_sessions=1)
     clip = srv.clip(1.0, 2)
     assert clip["kind"] == "arig" and [len(p["msg"]["motion"]) for p in clip["pushes"]] == [3] * 10
     srv.listener.reset(0, history_words=clip["history_words"])
