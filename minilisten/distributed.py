@@ -47,24 +47,20 @@ class DistEnv:
 def env_from_os(environ=None) -> DistEnv:
     """``DistEnv`` from torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (one process without them)."""
     environ = os.environ if environ is None else environ
-    vals = {}
-    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", None)):
-        raw = environ.get(name, default)
-        if raw is None:
-            continue
+
+    def read(name: str, default: int, least: int, below: int | None = None) -> int:
+        raw = environ.get(name, str(default))
         try:
-            vals[name] = int(raw)
+            v = int(raw)
         except ValueError:
             raise UserError(f"environment {name}: expected an integer, got {raw!r}") from None
-    world, rank = vals["WORLD_SIZE"], vals["RANK"]
-    local = vals.get("LOCAL_RANK", rank)
-    if world < 1:
-        raise UserError(f"environment WORLD_SIZE: expected >= 1, got {world}")
-    if not 0 <= rank < world:
-        raise UserError(f"environment RANK: expected 0 <= RANK < WORLD_SIZE = {world}, got {rank}")
-    if local < 0:
-        raise UserError(f"environment LOCAL_RANK: expected >= 0, got {local}")
-    return DistEnv(rank, world, local, None)
+        if v < least or (below is not None and v >= below):
+            bound = f"0 <= {name} < WORLD_SIZE = {below}" if below is not None else f">= {least}"
+            raise UserError(f"environment {name}: expected {bound}, got {v}")
+        return v
+    world = read("WORLD_SIZE", 1, 1)
+    rank = read("RANK", 0, 0, world)
+    return DistEnv(rank, world, read("LOCAL_RANK", rank, 0), None)
 
 
 def init_distributed(device: str = "cpu", backend: str | None = None, timeout_s: float = 1800) -> tuple[DistEnv, str]:
@@ -189,28 +185,13 @@ def all_gather_rows(x: torch.Tensor, env: DistEnv | None = None) -> torch.Tensor
     return torch.cat([o[:k] for o, k in zip(outs, ns)])
 
 
-class Precision:
-    """``fp32`` (nothing), ``bf16`` (autocast) or ``fp16`` (autocast + ``GradScaler``); fp32 master weights."""
-
-    def __init__(self, name: str = "fp32", device: str | torch.device = "cpu"):
-        if name not in PRECISIONS:
-            raise UserError(f"--precision: expected one of {PRECISIONS}, got {name!r}")
-        self.name = name
-        self.device_type = torch.device(device).type
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(name == "fp16"))
-
-    def autocast(self):
-        if self.name == "fp32":
-            return nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-    def state_dict(self) -> dict:
-        return {"name": self.name, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+def autocast(precision: str, device) -> object:
+    """The forward context of ``--precision``: nothing for fp32, autocast to bf16 / fp16 otherwise."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class _Micro(torch.nn.Module):
@@ -238,7 +219,9 @@ class ScaledStep:
             raise UserError(f"--grad-accum: expected a positive int, got {grad_accum!r}")
         self.optimizer, self.grad_accum, self.grad_clip = optimizer, grad_accum, grad_clip
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.precision = Precision(precision, device)
+        autocast(precision, device)   # checks the name
+        self.precision, self.device = precision, device
+        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=(precision == "fp16"))
         self.env, self.sum_keys, self.desc = get_env(), set(sum_keys), desc
         self.ddp = None
         if self.env.distributed:   # broadcasts rank 0's weights and buffers; the codebook syncs its own
@@ -246,14 +229,14 @@ class ScaledStep:
         self.skipped = 0   # fp16 steps the scaler skipped (inf/NaN gradients)
 
     def __call__(self, step: int, micro_fn: Callable[[int, int], tuple[torch.Tensor, dict]]):
-        env, prec, A = self.env, self.precision, self.grad_accum
+        env, scaler, A = self.env, self.scaler, self.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, stats_sum, bad = 0.0, {}, None
         for k in range(A):
             sync = self.ddp is None or k == A - 1
-            with (nullcontext() if sync else self.ddp.no_sync()), prec.autocast():
+            with (nullcontext() if sync else self.ddp.no_sync()), autocast(self.precision, self.device):
                 loss, stats = micro_fn(step, k) if self.ddp is None else self.ddp(micro_fn, step, k)
-            prec.scaler.scale(loss / A).backward()   # always: every rank takes part in DDP's all-reduce
+            scaler.scale(loss / A).backward()   # always: every rank takes part in DDP's all-reduce
             lv = float(loss.detach())
             if bad is None and not math.isfinite(lv):
                 bad = lv
@@ -270,17 +253,13 @@ class ScaledStep:
             where = f" (on {int(vec[1])} of {env.world_size} processes)" if env.distributed else ""
             raise FloatingPointError(f"{self.desc}: loss became {bad if bad is not None else 'non-finite'} "
                                      f"at step {step}{where}")
-        if prec.scaler.is_enabled():
-            prec.scaler.unscale_(self.optimizer)
+        scaler.unscale_(self.optimizer)   # no-ops unless fp16
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        if prec.scaler.is_enabled():
-            scale = prec.scaler.get_scale()
-            prec.scaler.step(self.optimizer)
-            prec.scaler.update()
-            self.skipped += int(prec.scaler.get_scale() < scale)
-        else:
-            self.optimizer.step()
+        scale = scaler.get_scale()
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.skipped += int(scaler.get_scale() < scale)
         W = env.world_size
         stats = {k: (v if k in self.sum_keys else v / (A * W)) for k, v in zip(keys, vec[2:])}
         return torch.tensor(vec[0] / (A * W)), stats
@@ -296,11 +275,9 @@ def peak_flops(device) -> float | None:
     """Peak dense bf16 FLOP/s of ``device`` (``MINILISTEN_PEAK_TFLOPS`` overrides); None on CPU or unknown."""
     if os.environ.get("MINILISTEN_PEAK_TFLOPS"):
         return float(os.environ["MINILISTEN_PEAK_TFLOPS"]) * 1e12
-    d = torch.device(device)
-    if d.type != "cuda" or not torch.cuda.is_available():
+    if torch.device(device).type != "cuda":
         return None
-    name = torch.cuda.get_device_name(d)
-    return next((v for key, v in PEAK_BF16.items() if key in name), None)
+    return next((v for key, v in PEAK_BF16.items() if key in torch.cuda.get_device_name(device)), None)
 
 
 def lm_flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
@@ -309,15 +286,14 @@ def lm_flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) 
 
 
 class Throughput:
-    """Step times and rates of a run: ``step_end(samples, tokens)`` after each step with the global
-    counts; :meth:`summary` excludes the first ``warmup`` steps (compilation, allocator warm-up)."""
+    """Step times and rates: ``start()`` before a timed region, ``step_end(samples, tokens)`` after each
+    step (global counts); :meth:`summary` leaves out the first ``warmup`` steps (compilation, allocator)."""
 
     def __init__(self, device="cpu", env: DistEnv | None = None, warmup: int = 2,
                  flops_per_token: float | None = None):
-        self.device = torch.device(device)
-        self.env = env or get_env()
+        self.device, self.env = torch.device(device), env or get_env()
         self.warmup, self.fpt = warmup, flops_per_token
-        self.times, self.samples, self.tokens = [], [], []
+        self.steps: list[tuple[float, float, float]] = []   # (seconds, samples, tokens)
         self._t = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -328,44 +304,34 @@ class Throughput:
         return time.perf_counter()
 
     def start(self) -> None:
-        """Start (or restart, after validation and saving) the timed region."""
         self._t = self._now()
 
-    def step_end(self, samples: float, tokens: float = 0.0) -> float:
-        """Record one step; returns its wall time in seconds."""
+    def step_end(self, samples: float, tokens: float = 0.0) -> None:
         now = self._now()
-        dt = now - (self._t if self._t is not None else now)
+        self.steps.append((now - self._t, float(samples), float(tokens)))
         self._t = now
-        self.times.append(dt)
-        self.samples.append(float(samples))
-        self.tokens.append(float(tokens))
-        return dt
-
-    def peak_mem_gb(self) -> float:
-        """CUDA: max allocated over ranks; CPU: this process's peak RSS."""
-        if self.device.type == "cuda":
-            m = torch.tensor([float(torch.cuda.max_memory_allocated(self.device))], device=self.device)
-            if self.env.distributed and dist.is_initialized():
-                dist.all_reduce(m, op=dist.ReduceOp.MAX)
-            return float(m) / 2 ** 30
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
 
     def summary(self) -> dict:
-        """``steps``, ``step_s`` (median), ``samples_per_s``, ``tokens_per_s``, ``peak_mem_gb``, ``mfu``."""
-        w = self.warmup if len(self.times) > self.warmup else 0
-        ts, ss, ks = self.times[w:], self.samples[w:], self.tokens[w:]
-        out = {"steps": len(self.times), "timed_steps": len(ts), "processes": self.env.world_size,
+        """``steps``, ``timed_steps``, ``step_s`` (median), ``samples_per_s``, ``tokens_per_s``, ``mfu``,
+        ``peak_mem_gb`` (CUDA: max allocated over ranks; CPU: this process's peak RSS)."""
+        timed = self.steps[self.warmup:] if len(self.steps) > self.warmup else self.steps
+        out = {"steps": len(self.steps), "timed_steps": len(timed), "processes": self.env.world_size,
                "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"}
-        if ts and sum(ts) > 0:
-            tot = sum(ts)
-            out.update(step_s=float(np.median(ts)), samples_per_s=sum(ss) / tot)
-            if sum(ks):
-                out["tokens_per_s"] = sum(ks) / tot
+        secs, samples, tokens = (sum(x) for x in zip(*timed)) if timed else (0.0, 0.0, 0.0)
+        if secs > 0:
+            out.update(step_s=float(np.median([t[0] for t in timed])), samples_per_s=samples / secs)
+            if tokens:
+                out["tokens_per_s"] = tokens / secs
             peak = peak_flops(self.device)
-            if peak and self.fpt and sum(ks):
-                out["mfu"] = self.fpt * sum(ks) / tot / (peak * self.env.world_size)
-        out["peak_mem_gb"] = self.peak_mem_gb()
-        out["peak_mem_kind"] = "cuda max allocated" if self.device.type == "cuda" else "process peak RSS"
+            if peak and self.fpt and tokens:
+                out["mfu"] = self.fpt * tokens / secs / (peak * self.env.world_size)
+        if self.device.type == "cuda":
+            m = torch.tensor([float(torch.cuda.max_memory_allocated(self.device))], device=self.device)
+            if self.env.distributed:
+                dist.all_reduce(m, op=dist.ReduceOp.MAX)
+            out["peak_mem_gb"] = float(m) / 2 ** 30
+        else:
+            out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
         return out
 
     @staticmethod
@@ -376,7 +342,7 @@ class Throughput:
             parts += [f"{s['step_s']:.4f} s/step", f"{s['samples_per_s']:.1f} samples/s"]
         if "tokens_per_s" in s:
             parts.append(f"{s['tokens_per_s']:.0f} tokens/s")
-        parts.append(f"peak mem {s['peak_mem_gb']:.2f} GB ({s['peak_mem_kind']})")
+        parts.append(f"peak mem {s['peak_mem_gb']:.2f} GB ({'process RSS' if s['device'] == 'cpu' else 'max allocated'})")
         if "mfu" in s:
             parts.append(f"MFU {100 * s['mfu']:.1f}% of bf16 peak (estimate)")
         return "throughput: " + ", ".join(parts)

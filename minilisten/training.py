@@ -203,8 +203,8 @@ class TrainLoop:
                 raise UserError(f"train state ({self.out_dir / 'train_state.json'}): expected 'numpy_rng' "
                                 "(the data sampler's state), got none")
             self.numpy_rng.bit_generator.state = info["numpy_rng"]
-        if "precision" in info:
-            self.scaled.precision.load_state_dict(info["precision"])
+        if "scaler" in info:
+            self.scaled.scaler.load_state_dict(info["scaler"])
         return info
 
     def state(self, step: int) -> dict:
@@ -213,8 +213,8 @@ class TrainLoop:
                 "history": self.history, "config": asdict(self.config)}
         if self.numpy_rng is not None:
             info["numpy_rng"] = self.numpy_rng.bit_generator.state
-        if self.scaled.precision.scaler.is_enabled():
-            info["precision"] = self.scaled.precision.state_dict()
+        if self.scaled.scaler.is_enabled():
+            info["scaler"] = self.scaled.scaler.state_dict()
         return info
 
     def save(self, step: int) -> None:

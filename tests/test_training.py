@@ -127,19 +127,6 @@ def test_resume_without_the_data_rng_differs(tmp_path):
     assert not torch.equal(res.lin.weight, full.lin.weight)
 
 
-def test_resume_from_an_old_train_state(tmp_path):
-    """A train state written before the loop (no scheduler / torch RNG / history in ``info``) resumes
-    at its step with the schedule's learning rate."""
-    from minilisten.checkpoint import checkpoint_transaction, save_train_state
-    model = Toy()
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
-    with checkpoint_transaction(tmp_path, 5) as stage:
-        model.save_pretrained(stage)
-        save_train_state(stage, opt, {"step": 5, "numpy_rng": np.random.default_rng(0).bit_generator.state})
-    _, hist, seen = toy_run(tmp_path, 7, resume=True)
-    assert seen == [(5, SCHEDULE(5)), (6, SCHEDULE(6))] and [h["step"] for h in hist] == [7]
-
-
 def test_resume_refuses_fewer_steps(tmp_path):
     toy_run(tmp_path, 6)
     with pytest.raises(ValueError, match=r"--steps .*expected >= the saved step 6 to resume, got 3"):
