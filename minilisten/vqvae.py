@@ -40,7 +40,7 @@ fp32. State lives in registered buffers (``initted``, ``cluster_size``, ``embed_
 and survives ``state_dict`` / checkpoints / ``--resume``.
 Under ``torchrun`` (several processes) the EMA statistics are all-reduced and rank 0 (seeing the
 global batch's latents) initialises the codebook and decides the resets, then broadcasts it, so
-every rank holds the same codebook (:mod:`minilisten.distributed`).
+every rank holds the same codebook (``Codebook.update``, plain torch.distributed collectives).
 
 Losses (supplement Eq. 2-6), means instead of the paper's sums (independent of T and B):
     L = w_embed * |z - sg[z_q]|^2 + w_commit * |sg[z] - z_q|^2 + smoothL1(x^, x) + w_veloc * smoothL1(dx^, dx)
@@ -64,10 +64,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import distributed
 from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_SHAPE
 
@@ -246,10 +246,29 @@ class Decoder(nn.Module):
         return r
 
 
+def _world() -> int:
+    """Processes of the default torch.distributed group (1 when it is not initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x (N_r, d)`` concatenated in rank order; ranks may hold different N_r."""
+    n = torch.tensor([x.shape[0]], device=x.device)
+    ns = [torch.zeros_like(n) for _ in range(_world())]
+    dist.all_gather(ns, n)
+    m = int(max(ns))
+    pad = torch.cat([x, x.new_zeros(m - x.shape[0], x.shape[1])])
+    outs = [torch.empty_like(pad) for _ in ns]
+    dist.all_gather(outs, pad)
+    return torch.cat([o[:int(k)] for o, k in zip(outs, ns)])
+
+
 class Codebook(nn.Module):
     """EMA codebook with first-batch init and dead-code reset. z: (N, d) fp32 -> (idx (N,), z_q (N, d)).
 
-    Updates happen in ``forward`` when ``self.training``; eval-mode calls only look up."""
+    Updates happen in ``forward`` when ``self.training``. Under torch.distributed every rank's update
+    sees the global batch: counts and sums are all-reduced, rank 0 initialises and resets from the
+    gathered latents and broadcasts the buffers, as one process on the concatenated batch would."""
 
     def __init__(self, size: int, dim: int, decay: float = 0.99, dead_threshold: float = 1.0):
         super().__init__()
@@ -277,16 +296,9 @@ class Codebook(nn.Module):
         self.initted.fill_(True)
 
     @torch.no_grad()
-    def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        """One EMA step on the batch assignment, then reset the dead codes (no host sync)."""
-        counts, sums = code_stats(idx, z, self.size)                               # (K,), (K, d)
-        self.apply_stats(counts, sums, z)
-
-    @torch.no_grad()
     def apply_stats(self, counts: torch.Tensor, sums: torch.Tensor, z: torch.Tensor) -> None:
-        """The EMA step given batch statistics ``counts (K,)``, ``sums (K, d)``, then the dead-code
-        reset with random rows of ``z (N, d)``. Several processes: ``distributed.codebook_update``
-        all-reduces the statistics and calls this on rank 0 with the global batch's ``z``."""
+        """One EMA step given batch ``counts (K,)`` and ``sums (K, d)``, then reset the dead codes
+        with random rows of ``z (N, d)`` (no host sync)."""
         self.cluster_size.lerp_(counts, 1 - self.decay)
         self.embed_avg.lerp_(sums, 1 - self.decay)
         dead = (self.cluster_size < self.dead_threshold)[:, None]                  # (K, 1)
@@ -296,17 +308,41 @@ class Codebook(nn.Module):
         self.embed_avg.copy_(torch.where(dead, rows * self.dead_threshold, self.embed_avg))
         self.cluster_size.copy_(torch.where(dead[:, 0], thr, self.cluster_size))
 
+    @torch.no_grad()
+    def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
+        """The EMA step and dead-code reset on the (global) batch ``z (N_r, d)`` with codes ``idx (N_r,)``."""
+        counts, sums = code_stats(idx, z, self.size)                               # (K,), (K, d)
+        if _world() == 1:
+            return self.apply_stats(counts, sums, z)
+        dist.all_reduce(counts)
+        dist.all_reduce(sums)
+        zg = _gather_rows(z.contiguous())
+        if dist.get_rank() == 0:
+            self.apply_stats(counts, sums, zg)
+        self._broadcast()
+
+    @torch.no_grad()
+    def _init(self, z: torch.Tensor) -> None:
+        if _world() == 1:
+            return self.init_from(z)
+        zg = _gather_rows(z.float().contiguous())
+        if dist.get_rank() == 0:
+            self.init_from(zg)
+        self._broadcast()
+
+    def _broadcast(self) -> None:
+        for t in (self.embed, self.embed_avg, self.cluster_size, self.initted):
+            dist.broadcast(t, 0)
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # under torchrun every rank's update sees the global batch and ends with rank 0's codebook
-        many = self.training and distributed.get_env().distributed
         if self.training and not bool(self.initted):
-            distributed.codebook_init(self, z) if many else self.init_from(z)
+            self._init(z)
         if not bool(self.initted):
             raise RuntimeError("Codebook: not initialised; train the model (the first training batch "
                                "initialises it) or load a checkpoint with VQVAE.from_pretrained")
         idx, _, zq = quantize(z, self.embed)
         if self.training:
-            distributed.codebook_update(self, z, idx) if many else self.update(z, idx)
+            self.update(z, idx)
         return idx, zq
 
 

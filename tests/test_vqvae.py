@@ -215,6 +215,55 @@ def test_dead_code_gets_revived():
     assert cb.embed[2].abs().max() < 6 and (cb.cluster_size >= 1.0).all()
 
 
+def _codebook_run(batches, seed=0):
+    """A Codebook (K=6, d=3, decay 0.5, threshold 1: unused codes die each step) trained on ``batches``;
+    returns its buffers after every step."""
+    torch.manual_seed(seed)
+    cb, out = Codebook(6, 3, decay=0.5, dead_threshold=1.0).train(), []
+    for z in batches:
+        cb(z)
+        out.append({k: v.clone() for k, v in cb.state_dict().items()})
+    return out
+
+
+def _codebook_worker(rank, port, halves, out):
+    import os
+
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.save(_codebook_run([h[rank] for h in halves], seed=rank * 7), f"{out}.{rank}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)   # gloo sometimes aborts in interpreter finalization (see tests/test_distributed.py)
+
+
+def test_two_process_codebook_equals_one_process_on_the_concatenated_batch(tmp_path):
+    """2 gloo ranks with unequal shards (5 + 3 rows) end each step with the codebook that one process
+    gets on the concatenated batch (the same RNG seed on rank 0): init, EMA and dead-code resets."""
+    import socket
+
+    import torch.multiprocessing as mp
+    g = torch.Generator().manual_seed(1)
+    centers = torch.tensor([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    batches = [centers[torch.randint(0, 3, (8,), generator=g)] + 0.3 * torch.randn(8, 3, generator=g)
+               for _ in range(5)]
+    want = _codebook_run(batches, seed=0)
+    assert any((s["cluster_size"] == 1.0).sum() < 6 for s in want[1:])    # some code was used, others reset
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    halves = [(z[:5], z[5:]) for z in batches]
+    mp.spawn(_codebook_worker, args=(port, halves, str(tmp_path / "cb")), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"cb.{rank}")
+        for step, (a, b) in enumerate(zip(got, want)):
+            for k in b:
+                assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), (rank, step, k)
+
+
 def test_eval_mode_does_not_update_codebook():
     m = initted(tiny())
     before = {k: v.clone() for k, v in m.quantizer.state_dict().items()}
