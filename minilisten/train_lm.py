@@ -130,11 +130,8 @@ def lr_accuracy(model: ListenerLM, segments: list[Segment], codes, window: int =
 # ----------------------------------------------------------------------------- LR codes
 def motion_kmeans_codes(train_segments: list[Segment], other: list[list[Segment]] = (), k: int = 256, r: int = 8,
                         seed: int = 0, iters: int = 15) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """A VQ-VAE-free LR tokenization for experiments: each segment's listener motion minus its
-    per-coefficient mean over the segment (removes the identity's resting face), in units of the
-    training set's per-coefficient std; each group of ``r`` frames -> features ``[mean (56),
-    last - first (56)]`` standardized on the training set -> nearest of ``k`` k-means centroids.
-    Returns ``(train_codes, [codes of each list in other])``."""
+    """LR codes without a VQ-VAE: groups of ``r`` frames of the segment-centred, standardised listener
+    motion -> ``[mean, last - first]`` -> nearest of ``k`` k-means centroids. ``(train codes, [other codes])``."""
     from .speaker import _nearest_code, kmeans
 
     centered = lambda s: torch.tensor(s.listener_motion[:s.T // r * r], dtype=torch.float64)  # noqa: E731
@@ -237,13 +234,11 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
             log(f"[val step {step}] loss {res['loss']:.4f} {what} {res['acc']:.4f} ({res['count']} tokens)")
         return res
 
-    loop = TrainLoop(model, tc, out_dir=out_dir, validate=validate, save_model=model.save_pretrained,
+    loop = TrainLoop(model, tc, out_dir=out_dir, validate=validate, save_model=model.save_pretrained, log=log,
                      desc=f"train-lm stage {tc.stage} {'+'.join(model.modalities)}", postfix=dict(loss=".3f", acc=".3f"),
-                     flops_per_token=_flops_per_token(model), log=log)
-    if resume:
-        saved = loop.resume()["config"]["stage"]
-        if saved != tc.stage:
-            raise UserError(f"resume: {str(out_dir)!r} holds a stage-{saved} run, --stage {tc.stage} requested")
+                     flops_per_token=_flops_per_token(model))
+    if resume and (saved := loop.resume()["config"]["stage"]) != tc.stage:
+        raise UserError(f"resume: {str(out_dir)!r} holds a stage-{saved} run, --stage {tc.stage} requested")
     env = distributed.get_env()
     step_data = {}
 
@@ -346,18 +341,15 @@ def _main_train(a, lm_names, tc: TrainConfig) -> int:
     ds, what = load_data(a)
     train, val = ds.train, ds.val
     have = available_modalities(train + val)
-    if a.modalities:
-        lacking = [m for m in check_modalities(a.modalities) if m not in have]
-        if lacking:
-            raise UserError(f"--modalities {a.modalities}: {what} has no {', '.join(MODALITY_FIELD[m] for m in lacking)}"
-                            f" in every train/val segment; expected a subset of its modalities {'+'.join(have) or 'none'}")
-    elif not (a.resume or a.init) and have != MODALITIES and distributed.is_main():
+    lacking = [MODALITY_FIELD[m] for m in check_modalities(a.modalities) if m not in have] if a.modalities else []
+    if lacking:
+        raise UserError(f"--modalities {a.modalities}: {what} has no {', '.join(lacking)} in every train/val segment; "
+                        f"expected a subset of its modalities {'+'.join(have) or 'none'}")
+    if not (a.modalities or a.resume or a.init) and have != MODALITIES and distributed.is_main():
         print(f"{what}: training on the speaker modalities it has, {'+'.join(have)}")
     n_sa = resolve_n_sa(ds, train + val)
-    codes_tr = codes_va = None
-    n_lr = a.n_lr
-    if a.stage == 2:
-        codes_tr, codes_va, n_lr = _load_codes(a.codes, train, val, a.n_lr, tc.seed, tc.device)
+    codes_tr, codes_va, n_lr = _load_codes(a.codes, train, val, a.n_lr, tc.seed, tc.device) if a.stage == 2 \
+        else (None, None, a.n_lr)
     given = dataclass_kwargs(a, lm_names)
     lm_kw = {k: v for k, v in given.items() if k in LM_FIELDS}
     model = None

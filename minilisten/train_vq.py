@@ -239,16 +239,20 @@ def _resolve(a, model_names, train_names) -> dict:
     base = {**CPU_MODEL, **(PAPER_DEFAULTS if a.paper else {})}
     kw = {k: v for k, v in base.items() if k in set(model_names) | set(train_names)}
     kw.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     return kw | dataclass_kwargs(a, model_names) | dataclass_kwargs(a, train_names)
 
 
-TABLE_HEAD = ("| (enc, dec) | Rec (MSE) | Commit | PPL | entropy (nats) | codes used | Rec, swapped beta |\n"
-              "|---|---|---|---|---|---|---|")
-
-
-def _fmt_row(name, r) -> str:
-    return (f"| {name} | {r['rec']:.4f} | {r['commit']:.4f} | {r['ppl']:.1f} | {r['entropy']:.2f} | {r['used']} | "
-            f"{r['rec_swap']:.4f} |")
+def _table(rows: list[tuple[str, dict]], what: str) -> str:
+    """Table 5 rows, then the two floors, under a line saying what was evaluated."""
+    r0 = rows[0][1]
+    lines = [what, "| (enc, dec) | Rec (MSE) | Commit | PPL | entropy (nats) | codes used | Rec, swapped beta |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['rec']:.4f} | {r['commit']:.4f} | {r['ppl']:.1f} | {r['entropy']:.2f} | {r['used']} | "
+              f"{r['rec_swap']:.4f} |" for name, r in rows]
+    return "\n".join(lines + [f"| dataset-mean predictor | {r0['rec_mean']:.4f} | | | | | |",
+                              f"| per-window-mean oracle | {r0['rec_clip_mean']:.4f} | | | | | |"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,8 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", metavar="DIR", help="checkpoint directory (default: runs/vq-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
     kw = _resolve(a, model_names, train_names)
     return distributed.launch(kw["device"], lambda env, dev: _main_train(a, dict(kw, device=dev), env))
 
@@ -268,27 +270,24 @@ def main(argv: list[str] | None = None) -> int:
 def _main_train(a, kw, env) -> int:
     say = print if env.is_main else (lambda *x, **y: None)
     out = a.out or f"runs/vq-{a.preset}"
-    t0 = time.perf_counter()
     ds, what = load_data(a)
-    say(f"{what}: {len(ds.train)} train / {len(ds.val)} val segments ({time.perf_counter() - t0:.1f} s)"
+    say(f"{what}: {len(ds.train)} train / {len(ds.val)} val segments"
         + (f"; {env.world_size} processes ({env.backend})" if env.distributed else ""))
     t0 = time.perf_counter()
     model = train_vq(ds.train, ds.val, a.preset, out_dir=out, resume=a.resume, log=say, **kw)
-    dt = time.perf_counter() - t0
     r = evaluate_vq(model, ds.val, model.eval_window)
     c = model.config
-    say(f"trained in {dt:.0f} s; saved to {out}\n{TABLE_HEAD}\n{_fmt_row(f'{c.enc_norm}, {c.dec_norm}', r)}")
-    say(f"dataset-mean predictor Rec: {r['rec_mean']:.4f}; per-window-mean oracle Rec: {r['rec_clip_mean']:.4f} "
-        f"({r['n_windows']} validation windows of {model.eval_window} frames)")
+    say(_table([(f"{c.enc_norm}, {c.dec_norm}", r)], f"trained in {time.perf_counter() - t0:.0f} s; saved to {out}; "
+               f"{r['n_windows']} validation windows of {model.eval_window} frames"))
     return 0
 
 
 def main_evaluate(argv: list[str] | None = None) -> int:
     """``python -m minilisten evaluate-vq``: Table 5 for saved checkpoints, or train the variants first."""
     p = argparse.ArgumentParser(
-        prog="python -m minilisten evaluate-vq", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-        description="Rec / Commit / PPL of VQ-VAEs on a split (paper Table 5). Either pass checkpoint "
-        "directories, or --variants to train each (enc,dec) norm pair with the train-vq options first.")
+        prog="python -m minilisten evaluate-vq", formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False, description="Rec / Commit / PPL of VQ-VAEs on a split (paper Table 5). Either pass "
+        "checkpoint directories, or --variants to train each (enc,dec) norm pair with the train-vq options first.")
     p.add_argument("checkpoints", nargs="*", metavar="DIR", help="VQ-VAE checkpoint directories")
     p.add_argument("--variants", nargs="+", metavar="ENC,DEC",
                    help="train these norm pairs, e.g. none,none ln,ln ln,adaln in,in in,adain")
@@ -298,29 +297,16 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if bool(a.checkpoints) == bool(a.variants):
         p.error("pass checkpoint directories or --variants (one of the two)")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if any(len(v.split(",")) != 2 for v in a.variants or []):
+        p.error(f"--variants: expected ENC,DEC like in,adain, got {a.variants}")
     ds, what = load_data(a)
     segs = ds.val if a.split == "val" else ds.test
-    rows = []
-    for d in a.checkpoints:
-        m = VQVAE.from_pretrained(d)
-        rows.append((f"{m.config.enc_norm}, {m.config.dec_norm} ({d})", evaluate_vq(m, segs)))
+    models = [(f"{m.config.enc_norm}, {m.config.dec_norm} ({d})", m) for d in a.checkpoints
+              for m in [VQVAE.from_pretrained(d)]]
     kw = _resolve(a, model_names, train_names)
-    for v in a.variants or []:
-        parts = v.split(",")
-        if len(parts) != 2:
-            p.error(f"--variants: expected ENC,DEC like in,adain, got {v!r}")
-        enc, dec = parts
+    for enc, dec in (v.split(",") for v in a.variants or []):
         out = None if a.out is None else str(Path(a.out) / f"{enc}-{dec}")
-        t0 = time.perf_counter()
-        m = train_vq(ds.train, ds.val, "naive", out_dir=out, **dict(kw, enc_norm=enc, dec_norm=dec))
-        print(f"[{enc}, {dec}] trained in {time.perf_counter() - t0:.0f} s")
-        rows.append((f"{enc}, {dec}", evaluate_vq(m, segs)))
-    print(f"\n{what}, {a.split} split, {rows[0][1]['n_windows']} windows of 240 frames; raw coefficients")
-    print(TABLE_HEAD)
-    for name, r in rows:
-        print(_fmt_row(name, r))
-    print(f"| dataset-mean predictor | {rows[0][1]['rec_mean']:.4f} | | | | | |")
-    print(f"| per-window-mean oracle | {rows[0][1]['rec_clip_mean']:.4f} | | | | | |")
+        models.append((f"{enc}, {dec}", train_vq(ds.train, ds.val, "naive", out_dir=out, enc_norm=enc, dec_norm=dec, **kw)))
+    rows = [(name, evaluate_vq(m, segs)) for name, m in models]
+    print(_table(rows, f"\n{what}, {a.split} split, {rows[0][1]['n_windows']} windows of 240 frames; raw coefficients"))
     return 0

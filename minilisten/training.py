@@ -24,7 +24,7 @@ from .errors import UserError
 
 
 class FunctionLR(torch.optim.lr_scheduler.LRScheduler):
-    """``lr = schedule(step)`` (an absolute value) for every parameter group; state ``{"last_epoch"}``."""
+    """``lr = schedule(step)`` (an absolute value, not a factor) for every parameter group."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Callable[[int], float]):
         self.schedule = schedule
@@ -32,12 +32,6 @@ class FunctionLR(torch.optim.lr_scheduler.LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [float(self.schedule(self.last_epoch)) for _ in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict:
-        return {"last_epoch": int(self.last_epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_step(int(state["last_epoch"]))
 
     def set_step(self, step: int) -> None:
         """Jump to ``step``: the groups get ``schedule(step)`` (used on resume)."""
@@ -185,23 +179,19 @@ class TrainLoop:
         self.ema: dict | None = None
 
     def resume(self) -> dict:
-        """Restore the optimizer, scheduler, RNG states, step and history saved in ``out_dir``; returns
-        the saved ``info`` (its ``config``: the saved run's). Refuses ``steps`` below the saved step."""
+        """Restore the optimizer, schedule, RNG states, step and history saved in ``out_dir``; returns the
+        saved ``info`` (its ``config``: the saved run's). Refuses ``steps`` below the saved step."""
         if self.out_dir is None:
             raise UserError("resume: expected out_dir (the directory to resume from), got None")
         info = load_train_state(self.out_dir, self.optimizer)
-        start = int(info["step"])
-        if self.steps < start:
-            raise UserError(f"--steps ({self.out_dir}): expected >= the saved step {start} to resume, got {self.steps}")
-        self.start = start
-        self.history = list(info.get("history", []))
-        self.scheduler.set_step(int(info.get("scheduler", {}).get("last_epoch", start)))
-        if "torch_rng" in info:
-            torch.set_rng_state(torch.tensor(info["torch_rng"], dtype=torch.uint8))
+        self.start = int(info["step"])
+        if self.steps < self.start:
+            raise UserError(f"--steps ({self.out_dir}): expected >= the saved step {self.start} to resume, "
+                            f"got {self.steps}")
+        self.history = list(info["history"])
+        self.scheduler.set_step(self.start)
+        torch.set_rng_state(torch.tensor(info["torch_rng"], dtype=torch.uint8))
         if self.numpy_rng is not None:
-            if "numpy_rng" not in info:
-                raise UserError(f"train state ({self.out_dir / 'train_state.json'}): expected 'numpy_rng' "
-                                "(the data sampler's state), got none")
             self.numpy_rng.bit_generator.state = info["numpy_rng"]
         if "scaler" in info:
             self.scaled.scaler.load_state_dict(info["scaler"])
@@ -209,8 +199,8 @@ class TrainLoop:
 
     def state(self, step: int) -> dict:
         """The ``info`` saved with the optimizer at ``step``."""
-        info = {"step": step, "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state().tolist(),
-                "history": self.history, "config": asdict(self.config)}
+        info = {"step": step, "torch_rng": torch.get_rng_state().tolist(), "history": self.history,
+                "config": asdict(self.config)}
         if self.numpy_rng is not None:
             info["numpy_rng"] = self.numpy_rng.bit_generator.state
         if self.scaled.scaler.is_enabled():
