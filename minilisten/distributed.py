@@ -144,13 +144,8 @@ def count_weights(counts: list[int], env: DistEnv | None = None) -> list[float]:
     """Weights ``w_k = W A counts[k] / total`` making ``mean over ranks of sum_k w_k loss_k / A`` the
     mean over all targets of the global batch (``counts[k]``: targets of this rank's micro-batch k)."""
     env = env or get_env()
-    total = torch.tensor(float(sum(counts)), dtype=torch.float64, device=collective_device())
-    if env.distributed:
-        dist.all_reduce(total)
-    total = float(total)
-    if total <= 0:
-        return [0.0 for _ in counts]
-    return [env.world_size * len(counts) * float(x) / total for x in counts]
+    total = all_reduce_sums({"n": sum(counts)}, env)["n"]
+    return [env.world_size * len(counts) * float(x) / total if total > 0 else 0.0 for x in counts]
 
 
 def collective_device() -> torch.device:
@@ -342,7 +337,8 @@ class Throughput:
             parts += [f"{s['step_s']:.4f} s/step", f"{s['samples_per_s']:.1f} samples/s"]
         if "tokens_per_s" in s:
             parts.append(f"{s['tokens_per_s']:.0f} tokens/s")
-        parts.append(f"peak mem {s['peak_mem_gb']:.2f} GB ({'process RSS' if s['device'] == 'cpu' else 'max allocated'})")
+        kind = "process RSS" if s["device"] == "cpu" else "max allocated"
+        parts.append(f"peak mem {s['peak_mem_gb']:.2f} GB ({kind})")
         if "mfu" in s:
             parts.append(f"MFU {100 * s['mfu']:.1f}% of bf16 peak (estimate)")
         return "throughput: " + ", ".join(parts)

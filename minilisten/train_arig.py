@@ -86,12 +86,14 @@ def evaluate_arig_loss(model: ARIG, inputs: list[dict], items, crop: int, device
     out = {k: v / len(items) for k, v in tot.items()}
     lab = np.concatenate(labels)
     lab = lab[lab != IGNORE]
-    out["state_majority"] = float(np.bincount(lab, minlength=len(STATES)).max() / lab.size) if lab.size else float("nan")
+    majority = np.bincount(lab, minlength=len(STATES)).max() / lab.size if lab.size else float("nan")
+    out["state_majority"] = float(majority)
     out["loss"] = out["motion"] + model.config.w_state * out["state"]
     return out
 
 
-def train_arig(train_segments: list[Segment], val_segments: list[Segment], model_config: ARIGConfig | dict | None = None,
+def train_arig(train_segments: list[Segment], val_segments: list[Segment],
+               model_config: ARIGConfig | dict | None = None,
                config: ARIGTrainConfig | None = None, out_dir=None, resume: bool = False, n_sa: int | None = None,
                log=print, **overrides) -> ARIG:
     """Train an :class:`~minilisten.arig.ARIG` sized by ``model_config`` (data fields from the segments)
@@ -160,7 +162,8 @@ def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: lis
         raise UserError("test_segments: expected segments of >= 16 frames to evaluate, got none")
     valence = None
     if all(s.valence is not None for s in train_segments + clips):
-        valence = ValenceRegressor().fit([s.listener_motion for s in train_segments], [s.valence for s in train_segments])
+        valence = ValenceRegressor().fit([s.listener_motion for s in train_segments],
+                                         [s.valence for s in train_segments])
     t0 = time.perf_counter()
     preds = arig_generate(model, clips, steps=steps, seed=seed, reference=reference)
     res = score(preds, clips, valence, seed)

@@ -60,7 +60,8 @@ class TrainConfig(LoopConfig):
 
 
 # ----------------------------------------------------------------------------- data
-def _check_codes(segments: list[Segment], codes, r: int, name: str) -> list[np.ndarray]:
+def _check_codes(segments: list[Segment], codes, r: int, name: str, n_lr: int) -> list[np.ndarray] | None:
+    """One int64 ``(T // r,)`` array of codes ``< n_lr`` per segment (None stays None)."""
     if codes is None:
         return None
     if len(codes) != len(segments):
@@ -72,6 +73,8 @@ def _check_codes(segments: list[Segment], codes, r: int, name: str) -> list[np.n
             raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},), got {c.shape}")
         if not np.issubdtype(c.dtype, np.integer):
             raise UserError(f"{name}[{i}] ({s.name!r}): expected integer codes, got dtype {c.dtype}")
+        if c.size and c.max() >= n_lr:
+            raise UserError(f"{name}: expected codes < V_LR = {n_lr}, got {c.max()}")
         out.append(c.astype(np.int64))
     return out
 
@@ -101,7 +104,7 @@ def evaluate_lm(model: ListenerLM, segments: list[Segment], codes=None, stage: i
                 max_windows: int = 0, batch_size: int = 8) -> dict:
     """Teacher-forced validation: ``{"loss", "acc", "count"}`` (stage 2: LR tokens through the LR
     head; stage 1: next W/SA/emo token through the LM head). Under torchrun: call on every rank."""
-    codes = _check_codes(segments, codes, model.config.r, "lr_codes") if stage == 2 else None
+    codes = _check_codes(segments, codes, model.config.r, "lr_codes", model.vocab.n_lr) if stage == 2 else None
     if stage == 2 and codes is None:
         raise UserError("evaluate_lm: stage 2 needs LR codes")
     was = model.training
@@ -209,14 +212,10 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
         raise UserError(f"resume: {str(out_dir)!r} was trained at {model.config.fps:g} fps, the data is {fps:g} fps")
     model.config.fps = fps   # the frame rate the model is trained at (streaming checks it)
     r = model.config.r
-    codes_tr = _check_codes(train_segments, lr_codes_train, r, "lr_codes_train")
-    codes_va = _check_codes(val_segments, lr_codes_val, r, "lr_codes_val") if val_segments else None
+    codes_tr = _check_codes(train_segments, lr_codes_train, r, "lr_codes_train", model.vocab.n_lr)
+    codes_va = _check_codes(val_segments, lr_codes_val, r, "lr_codes_val", model.vocab.n_lr) if val_segments else None
     if tc.stage == 2 and (codes_tr is None or (val_segments and codes_va is None)):
         raise UserError("stage 2: expected LR codes for the training and validation segments (lr_codes_train/_val)")
-    for name, cs in (("lr_codes_train", codes_tr), ("lr_codes_val", codes_va)):
-        for c in cs or []:
-            if c.size and c.max() >= model.vocab.n_lr:
-                raise UserError(f"{name}: expected codes < V_LR = {model.vocab.n_lr}, got {c.max()}")
     model.to(tc.device).train()
     if tc.grad_checkpointing:
         model.enable_gradient_checkpointing()
@@ -235,8 +234,8 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
         return res
 
     loop = TrainLoop(model, tc, out_dir=out_dir, validate=validate, save_model=model.save_pretrained, log=log,
-                     desc=f"train-lm stage {tc.stage} {'+'.join(model.modalities)}", postfix=dict(loss=".3f", acc=".3f"),
-                     flops_per_token=_flops_per_token(model))
+                     desc=f"train-lm stage {tc.stage} {'+'.join(model.modalities)}",
+                     postfix=dict(loss=".3f", acc=".3f"), flops_per_token=_flops_per_token(model))
     if resume and (saved := loop.resume()["config"]["stage"]) != tc.stage:
         raise UserError(f"resume: {str(out_dir)!r} holds a stage-{saved} run, --stage {tc.stage} requested")
     env = distributed.get_env()

@@ -160,8 +160,9 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_
     crop = fitted(train_segments, eval_window if tc.crop is None else tc.crop, 8, "training crop", log)
     if crop % 8:
         raise UserError(f"crop: expected a positive multiple of 8, got {crop}")
+    final = tc.learning_rate / 20 if tc.final_learning_rate is None else tc.final_learning_rate
     tc = replace(tc, crop=crop, decay_step=(2 * tc.steps) // 3 if tc.decay_step is None else tc.decay_step,
-                 final_learning_rate=tc.learning_rate / 20 if tc.final_learning_rate is None else tc.final_learning_rate)
+                 final_learning_rate=final)
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     if resume:
@@ -306,7 +307,8 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     kw = _resolve(a, model_names, train_names)
     for enc, dec in (v.split(",") for v in a.variants or []):
         out = None if a.out is None else str(Path(a.out) / f"{enc}-{dec}")
-        models.append((f"{enc}, {dec}", train_vq(ds.train, ds.val, "naive", out_dir=out, enc_norm=enc, dec_norm=dec, **kw)))
+        m = train_vq(ds.train, ds.val, "naive", out_dir=out, **kw | dict(enc_norm=enc, dec_norm=dec))
+        models.append((f"{enc}, {dec}", m))
     rows = [(name, evaluate_vq(m, segs)) for name, m in models]
     print(_table(rows, f"\n{what}, {a.split} split, {rows[0][1]['n_windows']} windows of 240 frames; raw coefficients"))
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,24 +21,6 @@ from .checkpoint import atomic_write_text, checkpoint_transaction, load_train_st
 from .cli_config import add_dataclass_args, field_docs
 from .data.coverage import fit_window
 from .errors import UserError
-
-
-class FunctionLR(torch.optim.lr_scheduler.LRScheduler):
-    """``lr = schedule(step)`` (an absolute value, not a factor) for every parameter group."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Callable[[int], float]):
-        self.schedule = schedule
-        super().__init__(optimizer)
-
-    def get_lr(self) -> list[float]:
-        return [float(self.schedule(self.last_epoch)) for _ in self.optimizer.param_groups]
-
-    def set_step(self, step: int) -> None:
-        """Jump to ``step``: the groups get ``schedule(step)`` (used on resume)."""
-        self.last_epoch = int(step)
-        for g, lr in zip(self.optimizer.param_groups, self.get_lr()):
-            g["lr"] = lr
-        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
 def step_decay(learning_rate: float, warmup: int = 0, decay_step: int | None = None,
@@ -95,7 +77,8 @@ class LoopConfig:
             raise UserError(f"--precision: expected one of {D.PRECISIONS}, got {self.precision!r}")
         check_ints({"--grad-accum": self.grad_accum}, 1)
         if self.batch_size % self.grad_accum:
-            raise UserError(f"--batch-size: expected a multiple of --grad-accum {self.grad_accum}, got {self.batch_size}")
+            raise UserError(f"--batch-size: expected a multiple of --grad-accum {self.grad_accum}, "
+                            f"got {self.batch_size}")
         D.rank_slice(self.micro, what=f"--batch-size / --grad-accum ({self.batch_size} / {self.grad_accum})")
 
     @property
@@ -154,23 +137,24 @@ class TrainLoop:
 
     ``validate(step) -> dict | None`` (appended to ``history`` and ``out_dir/log.jsonl``);
     ``save_model(dir)`` writes the model files of a set; ``numpy_rng``: a generator saved and restored;
-    ``postfix``: ``{stat: format}`` shown on the bar (EMA 0.9); ``hooks``: ``f(step, loss, stats)``."""
+    ``postfix``: ``{stat: format}`` shown on the bar (their EMA, ``self.ema``)."""
 
     def __init__(self, model: torch.nn.Module, config: LoopConfig, *, out_dir=None,
                  validate: Callable[[int], dict | None] | None = None, save_model: Callable | None = None,
                  numpy_rng: np.random.Generator | None = None, desc: str = "train", postfix: dict | None = None,
-                 hooks: Sequence[Callable] = (), flops_per_token: float | None = None, log=None):
+                 flops_per_token: float | None = None, log=None):
         c = self.config = config
         self.model, self.steps = model, c.steps
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=c.betas, weight_decay=c.weight_decay)
-        self.scheduler = FunctionLR(self.optimizer, step_decay(c.learning_rate, c.warmup, c.decay_step,
-                                                               c.final_learning_rate))
+        # base lr 1.0: LambdaLR's lr = 1.0 * schedule(step), the schedule's value exactly
+        self.optimizer = torch.optim.AdamW(params, lr=1.0, betas=c.betas, weight_decay=c.weight_decay)
+        schedule = step_decay(c.learning_rate, c.warmup, c.decay_step, c.final_learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.scaled = D.ScaledStep(model, self.optimizer, precision=c.precision, device=c.device,
                                    grad_accum=c.grad_accum, grad_clip=c.grad_clip, desc=desc)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self._validate, self.save_model, self.numpy_rng = validate, save_model, numpy_rng
-        self.desc, self.postfix, self.hooks, self.log = desc, postfix or {}, list(hooks), log
+        self.desc, self.postfix, self.log = desc, postfix or {}, log
         self.flops_per_token = flops_per_token
         self.main = D.is_main()
         self.throughput: dict | None = None
@@ -189,7 +173,7 @@ class TrainLoop:
             raise UserError(f"--steps ({self.out_dir}): expected >= the saved step {self.start} to resume, "
                             f"got {self.steps}")
         self.history = list(info["history"])
-        self.scheduler.set_step(self.start)
+        self.scheduler.last_epoch = self.start   # the saved optimizer holds schedule(start) already
         torch.set_rng_state(torch.tensor(info["torch_rng"], dtype=torch.uint8))
         if self.numpy_rng is not None:
             self.numpy_rng.bit_generator.state = info["numpy_rng"]
@@ -237,15 +221,13 @@ class TrainLoop:
         meter = D.Throughput(c.device, flops_per_token=self.flops_per_token)
         meter.start()
         for step in bar:
-            loss, stats = self.scaled(step, step_fn)
+            _, stats = self.scaled(step, step_fn)
             self.scheduler.step()
             meter.step_end(c.batch_size, stats.get("tokens", 0.0))
             cur = {k: float(v) for k, v in stats.items()}
             self.ema = cur if self.ema is None else {k: 0.9 * self.ema[k] + 0.1 * cur[k] for k in cur}
             if show and self.postfix:
                 bar.set_postfix({k: format(self.ema[k], f) for k, f in self.postfix.items()}, refresh=False)
-            for h in self.hooks:
-                h(step, loss, stats)
             done = step + 1
             if done < self.steps:
                 evaluated = bool(c.eval_every) and done % c.eval_every == 0
