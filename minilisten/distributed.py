@@ -165,21 +165,6 @@ def all_reduce_sums(values: dict[str, float], env: DistEnv | None = None) -> dic
     return dict(zip(values, t.tolist()))
 
 
-def all_gather_rows(x: torch.Tensor, env: DistEnv | None = None) -> torch.Tensor:
-    """``x (N_r, ...)`` of every rank concatenated in rank order; the ``N_r`` may differ."""
-    env = env or get_env()
-    if not env.distributed:
-        return x
-    n = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
-    ns = [torch.zeros_like(n) for _ in range(env.world_size)]
-    dist.all_gather(ns, n)
-    ns = [int(v) for v in ns]
-    pad = torch.cat([x, x.new_zeros((max(ns) - x.shape[0],) + tuple(x.shape[1:]))])
-    outs = [torch.empty_like(pad) for _ in range(env.world_size)]
-    dist.all_gather(outs, pad.contiguous())
-    return torch.cat([o[:k] for o, k in zip(outs, ns)])
-
-
 def autocast(precision: str, device) -> object:
     """The forward context of ``--precision``: nothing for fp32, autocast to bf16 / fp16 otherwise."""
     if precision not in PRECISIONS:

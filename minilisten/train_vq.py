@@ -90,7 +90,8 @@ def evaluate_vq(model: VQVAE, segments, window: int = 240, batch_size: int = 64)
     model.eval()
     dev = model.motion_mean.device
     sums = dict(rec=0.0, rec_swap=0.0, rec_mean=0.0, rec_clip_mean=0.0, commit=0.0)
-    codes = []
+    K = model.config.codebook_size
+    hist = torch.zeros(K, dtype=torch.long)   # code counts
     lo, hi = distributed.shard_bounds(len(mot))
     try:
         for a in range(lo, hi, batch_size):
@@ -105,17 +106,15 @@ def evaluate_vq(model: VQVAE, segments, window: int = 240, batch_size: int = 64)
             sums["rec_swap"] += vq_rec(model.decode_latents(zq, bs if model.needs_beta else None), m) * n
             sums["rec_mean"] += vq_rec(model.motion_mean.expand_as(m), m) * n
             sums["rec_clip_mean"] += vq_rec(m.mean(1, keepdim=True).expand_as(m), m) * n
-            codes.append(idx.cpu())
+            hist += torch.bincount(idx.reshape(-1).cpu(), minlength=K)
     finally:
         model.train(was_training)
-    codes = torch.cat([c.reshape(-1) for c in codes]) if codes else torch.zeros(0, dtype=torch.long)
-    if distributed.get_env().distributed:
-        sums = distributed.all_reduce_sums(sums)
-        codes = distributed.all_gather_rows(codes.to(distributed.collective_device())).cpu()
+    sums = distributed.all_reduce_sums(sums | dict(enumerate(hist.tolist())))   # sharded over the ranks
+    hist = torch.tensor([round(sums[i]) for i in range(K)])
     n_el = mot.numel()
-    ppl = perplexity(codes, model.config.codebook_size)
-    return dict(rec=sums["rec"] / n_el, commit=sums["commit"] / (codes.numel() * model.config.code_dim), ppl=ppl,
-                entropy=math.log(ppl), used=int(codes.unique().numel()), rec_swap=sums["rec_swap"] / n_el,
+    ppl = perplexity(torch.repeat_interleave(torch.arange(K), hist), K)
+    return dict(rec=sums["rec"] / n_el, commit=sums["commit"] / (int(hist.sum()) * model.config.code_dim), ppl=ppl,
+                entropy=math.log(ppl), used=int((hist > 0).sum()), rec_swap=sums["rec_swap"] / n_el,
                 rec_mean=sums["rec_mean"] / n_el, rec_clip_mean=sums["rec_clip_mean"] / n_el, n_windows=len(mot))
 
 
@@ -147,14 +146,9 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_
     ``kwargs``: fields of :class:`VQTrainConfig` (over ``config``) and of :class:`VQConfig`; ``fps``
     comes from the data. The crop and ``eval_window`` are fitted to the segments (said once)."""
     train_names = {f.name for f in fields(VQTrainConfig)}
-    model_names = {f.name for f in fields(VQConfig)}
-    unknown = sorted(set(kwargs) - train_names - model_names)
-    if unknown:
-        raise TypeError(f"train_vq: unexpected keyword arguments {unknown}")
     tc = VQTrainConfig(**{**(asdict(config) if config is not None else {}),
                           **{k: v for k, v in kwargs.items() if k in train_names}})
-    config_overrides = {k: v for k, v in kwargs.items() if k in model_names}
-    config_overrides.setdefault("fps", data_fps(train_segments))
+    config_overrides = {"fps": data_fps(train_segments)} | {k: v for k, v in kwargs.items() if k not in train_names}
     if val_segments:
         eval_window = fitted(val_segments, eval_window, 8, "validation window", log)
     crop = fitted(train_segments, eval_window if tc.crop is None else tc.crop, 8, "training crop", log)

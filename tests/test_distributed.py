@@ -97,7 +97,6 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: dict):
         lo, hi = D.shard_bounds(7, env)
         items = torch.arange(7.0)[lo:hi]
         res["eval"] = D.all_reduce_sums({"sum": float(items.sum()), "n": hi - lo})
-        res["gathered"] = D.all_gather_rows(torch.full((rank + 1, 2), float(rank)))
         if env.is_main:
             torch.save(res, out)
     finally:
@@ -203,10 +202,9 @@ def test_resume_from_two_processes_on_one(two_procs, single_run):
     assert _max_diff(final["model"], ref["model"]) < TOL
 
 
-def test_sharded_evaluation_and_gather(two_procs):
+def test_sharded_evaluation(two_procs):
     ev = two_procs["eval"]
     assert ev["sum"] == 21.0 and ev["n"] == 7
-    torch.testing.assert_close(two_procs["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
 
 
 # ----------------------------------------------------------------------------- pieces, one process
