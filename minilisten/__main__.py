@@ -6,6 +6,9 @@ import argparse
 import importlib
 import sys
 
+from .cli_config import ArgumentParser
+from .errors import UserError
+
 # command -> (module, function, one-line help); each function takes the remaining argv.
 COMMANDS = {
     "data": ("minilisten.data.cli", "main", "generate the synthetic corpus or convert/inspect a dataset"),
@@ -13,48 +16,20 @@ COMMANDS = {
     "evaluate-vq": ("minilisten.train_vq", "main_evaluate", "VQ Rec / Commit / PPL of checkpoints (paper Table 5)"),
     "train-lm": ("minilisten.train_lm", "main", "train the multimodal listener LM (stage 1 or 2)"),
     "train-arig": ("minilisten.train_arig", "main", "train the ARIG-style continuous listener (diffusion MLP head)"),
-    "demo": ("minilisten.demo", "main", "the whole pipeline (synthetic corpus or --data DIR): Tables 1, 4, 5, plots, clip.mp4"),
+    "demo": ("minilisten.demo", "main", "the whole pipeline (synthetic corpus or --data DIR): tables, plots, clip"),
     "evaluate": ("minilisten.demo", "main_evaluate", "evaluate saved VQ + LM checkpoints on a dataset"),
     "render": ("minilisten.render", "main", "mp4 of speaker | generated | ground-truth listener heads with subtitles"),
     "serve": ("minilisten.server", "main", "WebSocket server streaming listener frames to avatar/robot clients"),
 }
 
 
-#: exception types that are the user's input (bad path, file, option, incompatible checkpoint):
-#: printed as one line; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, KeyError, FloatingPointError)
-
-
-class _UsageError(Exception):
-    def __init__(self, prog: str, message: str):
-        super().__init__(message)
-        self.prog, self.message = prog, message
-
-
-def _raise_usage(self: argparse.ArgumentParser, message: str):
-    raise _UsageError(self.prog, message)
-
-
-def one_line(e: BaseException) -> str:
-    """``error: <what> (<file or option>): <expected>, got <actual>`` on one line."""
-    if isinstance(e, _UsageError):   # argparse's own message names the option
-        msg = f"{e.message} ({e.prog}); see {e.prog} --help"
-    elif isinstance(e, KeyError):
-        msg = f"missing key {e.args[0]!r}" if e.args else "missing key"
-    else:
-        msg = str(e) or type(e).__name__
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
-            msg = f"{msg} ({e.filename})"
-    return "error: " + " ".join(msg.split())
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run a command. User errors (:data:`USER_ERRORS`, bad options) print one line on stderr
-    and return 2; ``--debug`` (anywhere on the command line) shows their traceback instead."""
+    """Run a command. A UserError prints ``error: <message>`` on stderr and returns 2 (``--debug``
+    anywhere: its traceback); option errors exit 2 with one such line (cli_config.ArgumentParser)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     argv = [x for x in argv if x != "--debug"]
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m minilisten",
         description="Listener head motion from multimodal speaker input (Lai et al., CVPR 2025).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -66,25 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
-    saved = argparse.ArgumentParser.error
-    if not debug:
-        argparse.ArgumentParser.error = _raise_usage   # every command's parser: one line, exit 2
+    module, func, _ = COMMANDS[parser.parse_args(argv[:1]).command]
     try:
-        args = parser.parse_args(argv[:1])
-        module, func, _ = COMMANDS[args.command]
         return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
-    except (_UsageError, *USER_ERRORS) as e:
+    except UserError as e:
         if debug:
             raise
-        print(one_line(e), file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        argparse.ArgumentParser.error = saved
 
 
 if __name__ == "__main__":

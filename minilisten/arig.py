@@ -536,8 +536,7 @@ class ARIG(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, map_location="cpu") -> "ARIG":
-        return load_model(directory, cls, ARIGConfig, FORMAT, old={"model_type": MODEL_TYPE},
-                          map_location=map_location)
+        return load_model(directory, cls, ARIGConfig, FORMAT, map_location=map_location)
 
     # ------------------------------------------------------------------ embeddings
     def _audio(self, sa, emo, word, since):

@@ -1,21 +1,5 @@
-"""Command-line options derived from config dataclasses (one definition of each option).
-
-    g = parser.add_argument_group("model (VQConfig)")
-    names = add_dataclass_args(g, VQConfig, only=("width", "code_dim"), defaults={"width": 64},
-                               alt_defaults={"--paper": {"width": 512}})
-    args = parser.parse_args(argv)
-    overrides = dataclass_kwargs(args, names)        # only the options given on the command line
-
-One ``--field-name`` option per dataclass field (``flags`` renames one, ``aliases`` adds hidden old
-spellings). Types come from the annotations: ``int``, ``float``, ``str``, ``bool``
-(``--x/--no-x``), ``X | None``, ``tuple[X, ...]`` (``nargs``). Every option's argparse default is
-None, so :func:`dataclass_kwargs` returns exactly what the user gave and the caller fills the rest
-(the dataclass default, a preset, ``--quick`` or ``--paper`` values). The help text is the
-field's ``metadata["help"]`` or, failing that, its trailing ``# comment`` in the source, then
-``(default: X)`` once (the dataclass default, or ``defaults[name]``; None is not shown), then ``; --paper: Y`` for
-each entry of ``alt_defaults``. Use a formatter without ``ArgumentDefaultsHelpFormatter`` (it
-would print each default a second time).
-"""
+"""Command-line options from config dataclasses (one ``--field-name`` per field, typed by its annotation,
+helped by its trailing ``# comment``) and the CLI's argument parser. Usage: docs/vqvae.md (command line)."""
 from __future__ import annotations
 
 import argparse
@@ -29,45 +13,38 @@ import types
 import typing
 from functools import lru_cache
 
-__all__ = ["add_dataclass_args", "dataclass_kwargs", "field_docs", "flag_of"]
+__all__ = ["ArgumentParser", "add_dataclass_args", "dataclass_kwargs", "field_docs"]
 
-_MISSING = dataclasses.MISSING
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors print one line, ``error: <message> (<prog>); see <prog> --help``, and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())} ({self.prog}); see {self.prog} --help\n")
 
 
 @lru_cache(maxsize=None)
 def field_docs(cls) -> dict[str, str]:
-    """``{field: text}`` from ``metadata["help"]`` or the trailing ``# comment`` of each field's line
-    in the class source (empty when the source is unavailable)."""
+    """``{field: text}`` from ``metadata["help"]`` or the trailing ``# comment`` of each field's line."""
     docs = {}
     try:
         src = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
+    except (OSError, TypeError):   # no source (e.g. a class made at run time)
         src = ""
     if src:
-        comments = {}
-        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-            if tok.type == tokenize.COMMENT:
-                comments[tok.start[0]] = tok.string.lstrip("#").strip()
-        body = ast.parse(src).body[0].body
-        for node in body:
+        comments = {t.start[0]: t.string.lstrip("#").strip()
+                    for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
+        for node in ast.parse(src).body[0].body:
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.lineno in comments:
                 docs[node.target.id] = comments[node.lineno]
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("help"):
-            docs[f.name] = f.metadata["help"]
+    docs.update({f.name: f.metadata["help"] for f in dataclasses.fields(cls) if f.metadata.get("help")})
     return docs
 
 
-def flag_of(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _default(f: dataclasses.Field):
-    if f.default is not _MISSING:
-        return f.default
-    if f.default_factory is not _MISSING:
+    if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
-    return _MISSING
+    return f.default
 
 
 def _kind(tp) -> tuple[type, object]:
@@ -90,44 +67,34 @@ def _kind(tp) -> tuple[type, object]:
 
 
 def _show(v) -> str:
-    if isinstance(v, tuple):
-        return " ".join(map(str, v))
-    return str(v)
+    return " ".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 def add_dataclass_args(parser, cls, *, only=None, skip=(), defaults: dict | None = None,
                        alt_defaults: dict[str, dict] | None = None, flags: dict[str, str] | None = None,
-                       aliases: dict[str, list[str]] | None = None, choices: dict | None = None,
-                       help: dict[str, str] | None = None, metavars: dict[str, str] | None = None) -> list[str]:
-    """Add one option per field of dataclass ``cls`` to ``parser`` (a parser or an argument group);
-    returns the field names added (the ``dest`` of each option). ``only``/``skip`` select fields
-    (``only`` also sets the order); ``defaults``: the default shown when it is not the field's;
-    ``alt_defaults``: ``{"--paper": {field: value}}`` shown after it; ``flags``: ``{field: "--flag"}``;
-    ``aliases``: ``{field: ["--old-flag"]}`` (accepted, not shown); ``choices``: ``{field: [...]}``;
-    ``help``: ``{field: text}`` instead of the field's own; ``metavars``: ``{field: "DIR"}``. A
-    default of None is not shown (say in the help what None means)."""
+                       choices: dict | None = None, help: dict[str, str] | None = None,
+                       metavars: dict[str, str] | None = None) -> list[str]:
+    """Add one option (argparse default None) per field of ``cls`` to ``parser`` or a group; returns the
+    field names added. ``only`` (and its order) / ``skip`` select fields; ``defaults``: the default shown
+    instead of the field's; ``alt_defaults``: ``{"--paper": {field: value}}`` shown after it; ``flags``,
+    ``choices``, ``help``, ``metavars``: ``{field: ...}`` overrides. A default of None is not shown."""
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
-    names = list(only) if only is not None else [n for n in by_name]
-    unknown = [n for n in [*names, *skip, *(defaults or {}), *(flags or {}), *(aliases or {}), *(choices or {})]
-               if n not in by_name]
+    defaults, alt_defaults, flags, choices = defaults or {}, alt_defaults or {}, flags or {}, choices or {}
+    names = list(only) if only is not None else list(by_name)
+    unknown = [n for n in [*names, *skip, *defaults, *flags, *choices] if n not in by_name]
     if unknown:
         raise ValueError(f"add_dataclass_args({cls.__name__}): expected field names of {cls.__name__}, got {unknown}")
     docs = field_docs(cls)
     out = []
-    for name in names:
-        if name in skip:
-            continue
-        f = by_name[name]
+    for name in (n for n in names if n not in skip):
         typ, nargs = _kind(hints[name])
-        shown = (defaults or {}).get(name, _default(f))
-        text = (help or {}).get(name, docs.get(name, ""))
-        text = text.replace("%", "%%")
-        parts = [] if shown is _MISSING or shown is None else [f"default: {_show(shown)}"]
-        parts += [f"{k}: {_show(d[name])}" for k, d in (alt_defaults or {}).items() if name in d and d[name] != shown]
+        shown = defaults.get(name, _default(by_name[name]))
+        text = (help or {}).get(name, docs.get(name, "")).replace("%", "%%")
+        parts = [] if shown in (dataclasses.MISSING, None) else [f"default: {_show(shown)}"]
+        parts += [f"{k}: {_show(d[name])}" for k, d in alt_defaults.items() if name in d and d[name] != shown]
         if parts:
-            text = f"{text} ({'; '.join(parts)})" if text else f"({'; '.join(parts)})"
-        flag = (flags or {}).get(name, flag_of(name))
+            text = f"{text} ({'; '.join(parts)})".lstrip()
         kw = dict(dest=name, default=None, help=text)
         if typ is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -135,20 +102,13 @@ def add_dataclass_args(parser, cls, *, only=None, skip=(), defaults: dict | None
             kw.update(type=typ, metavar=(metavars or {}).get(name, typ.__name__.upper()))
             if nargs is not None:
                 kw["nargs"] = nargs
-            if choices and name in choices:
+            if name in choices:
                 kw.update(choices=list(choices[name]), metavar=None)
-        parser.add_argument(flag, **kw)
-        for old in (aliases or {}).get(name, []):
-            parser.add_argument(old, **{**kw, "help": argparse.SUPPRESS})
+        parser.add_argument(flags.get(name, "--" + name.replace("_", "-")), **kw)
         out.append(name)
     return out
 
 
 def dataclass_kwargs(args: argparse.Namespace, names) -> dict:
-    """``{field: value}`` of the options in ``names`` that were given (not None); tuples stay tuples."""
-    out = {}
-    for n in names:
-        v = getattr(args, n, None)
-        if v is not None:
-            out[n] = tuple(v) if isinstance(v, list) else v
-    return out
+    """``{field: value}`` of the options in ``names`` that were given (not None); lists become tuples."""
+    return {n: tuple(v) if isinstance(v, list) else v for n in names if (v := getattr(args, n, None)) is not None}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import atomic_write_text
+from .cli_config import ArgumentParser
 from .pipeline import DemoConfig, generate_motion, identity_swap, run_pipeline, score, test_clips  # noqa: F401
 from .report import markdown_table, metric_columns, save_plots, write_demo_report
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.cli import add_data_args, data_config
     from .lm import DEFAULT_ARCHS
     from .pipeline import QUICK
-    p = argparse.ArgumentParser(prog="python -m minilisten demo", description=__doc__,
+    p = ArgumentParser(prog="python -m minilisten demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI-sized run (~3 min on 2 CPU cores)")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------- evaluate
 def main_evaluate(argv: list[str] | None = None) -> int:
     from .data.cli import add_data_args, load_data
-    p = argparse.ArgumentParser(prog="python -m minilisten evaluate",
+    p = ArgumentParser(prog="python -m minilisten evaluate",
                                 description="Evaluate saved VQ-VAE + LM checkpoints (and/or an ARIG-style model) on "
                                             "a dataset's test split (Table 1 metrics, with the Random and NN "
                                             "baselines for reference).")

@@ -38,6 +38,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .cli_config import ArgumentParser
 from .data.segment import D_MOTION, EXP, N_SHAPE, POSE, Segment, Word, _check_array
 
 _FONT_CELL, _FONT_H, _FONT_ASCENT = 25, 25, 20
@@ -667,7 +668,7 @@ def load_words(path: str | os.PathLike) -> list[Word]:
 
 def _parser() -> argparse.ArgumentParser:
     from .data.cli import add_data_args
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m minilisten render", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Side-by-side mp4 of speaker | listener(s) | ground truth with the speaker's words "
                     "(schematic heads, or the FLAME mesh with --flame).",

@@ -56,6 +56,7 @@ except ImportError:   # the optional extra is missing: ListenerServer.run / main
     class ConnectionClosed(Exception):
         pass
 
+from .cli_config import ArgumentParser
 from .data.segment import D_MOTION, EMOTIONS, N_EXP, N_SHAPE
 from .streaming import StreamingListener
 
@@ -784,7 +785,7 @@ def _arig_states():
 # ----------------------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
     """The ``serve`` command line."""
-    p = argparse.ArgumentParser(prog="python -m minilisten serve",
+    p = ArgumentParser(prog="python -m minilisten serve",
                                 description="WebSocket server streaming listener frames (expression, pose, head "
                                             "roll/pitch/yaw, jaw) to avatar and robot clients; JSON protocol "
                                             f"version {PROTOCOL} (README, 'Streaming server').")

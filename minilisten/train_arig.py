@@ -25,7 +25,7 @@ import torch
 
 from .arig import ARIG, HEADS, IBUS, IGNORE, STATES, ARIGConfig, arig_generate, collate, frame_inputs
 from .checkpoint import read_json
-from .cli_config import add_dataclass_args, dataclass_kwargs
+from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import available_modalities, resolve_n_sa, with_val_split
 from .data.segment import Segment
@@ -172,7 +172,7 @@ def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: lis
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m minilisten train-arig", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m minilisten train-arig", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1],
                                 allow_abbrev=False)
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model + train state)")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .cli_config import add_dataclass_args, dataclass_kwargs
+from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
 from .data.segment import Segment
@@ -270,7 +270,7 @@ LM_FIELDS = ("word_placement", "history_tokens", "max_len")
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     """The parser, the LMConfig option names and the TrainConfig option names."""
-    p = argparse.ArgumentParser(prog="python -m minilisten train-lm", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m minilisten train-lm", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: speaker tokens only; 2: LR tokens")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model, tokenizer, train state)")

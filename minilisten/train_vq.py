@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .cli_config import add_dataclass_args, dataclass_kwargs
+from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import identity_groups
 from .data.segment import N_SHAPE
@@ -252,7 +252,7 @@ def _table(rows: list[tuple[str, dict]], what: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m minilisten train-vq``: train one VQ-VAE and print its validation metrics."""
-    p = argparse.ArgumentParser(prog="python -m minilisten train-vq", description=__doc__,
+    p = ArgumentParser(prog="python -m minilisten train-vq", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     model_names, train_names = _add_args(p)
     p.add_argument("--out", metavar="DIR", help="checkpoint directory (default: runs/vq-PRESET)")
@@ -279,7 +279,7 @@ def _main_train(a, kw, env) -> int:
 
 def main_evaluate(argv: list[str] | None = None) -> int:
     """``python -m minilisten evaluate-vq``: Table 5 for saved checkpoints, or train the variants first."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m minilisten evaluate-vq", formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False, description="Rec / Commit / PPL of VQ-VAEs on a split (paper Table 5). Either pass "
         "checkpoint directories, or --variants to train each (enc,dec) norm pair with the train-vq options first.")

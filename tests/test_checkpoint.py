@@ -26,6 +26,7 @@ from minilisten.checkpoint import (
     save_train_state,
     verify_checkpoint,
 )
+from minilisten.errors import MissingFileError, UserError
 
 
 def _opt():
@@ -95,9 +96,9 @@ def test_mixture_is_refused_naming_the_file(tmp_path):
     # a plain per-file write replaces one entry link by a real file: the set is now a mixture
     from minilisten.checkpoint import atomic_save_tensors
     atomic_save_tensors(d / "model.safetensors", {"w": torch.zeros(3)})
-    with pytest.raises(ValueError, match=r"model\.safetensors.*step 10.*not part of the current set.*mixture"):
+    with pytest.raises(UserError, match=r"model\.safetensors.*step 10.*not part of the current set.*mixture"):
         load_train_state(d, _opt())
-    with pytest.raises(ValueError, match=r"model\.safetensors.*mixture"):
+    with pytest.raises(UserError, match=r"model\.safetensors.*mixture"):
         load_checkpoint(d)
 
 
@@ -106,7 +107,7 @@ def test_save_checkpoint_into_managed_dir_is_a_transaction(tmp_path):
     _save_set(d, 10, 1)
     save_checkpoint(d, {"v": 3}, {"w": torch.zeros(3)})  # e.g. vq.save_pretrained(out_dir) after training
     assert load_checkpoint(d)[0] == {"v": 3}
-    with pytest.raises(FileNotFoundError, match="train_state.json"):   # no stale train state beside new weights
+    with pytest.raises(MissingFileError, match="train_state.json"):   # no stale train state beside new weights
         load_train_state(d, _opt())
 
 
@@ -122,7 +123,7 @@ def test_corrupt_files_name_the_file(tmp_path, bad, what):
     save_checkpoint(tmp_path, {"v": 1}, {"w": torch.ones(2)})
     p = tmp_path / bad
     p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])     # truncated
-    with pytest.raises(ValueError, match=rf"{what} \({p}\): expected"):
+    with pytest.raises(UserError, match=rf"{what} \({p}\): expected"):
         load_checkpoint(tmp_path)
 
 
@@ -131,22 +132,61 @@ def test_corrupt_train_state_names_the_file(tmp_path):
     save_train_state(tmp_path, _opt(), {"step": 3})
     js = tmp_path / "train_state.json"
     js.write_text("{not json")
-    with pytest.raises(ValueError, match=r"train state \(.*train_state.json\): expected valid JSON"):
+    with pytest.raises(UserError, match=r"train state \(.*train_state.json\): expected valid JSON"):
         load_train_state(tmp_path, _opt())
     js.write_text(json.dumps({"param_groups": [], "info": {"step": 3}}))     # KeyError 'scalars'
-    with pytest.raises(ValueError, match=r"train state \(.*train_state.json\).*missing field 'scalars'"):
+    with pytest.raises(UserError, match=r"train state \(.*train_state.json\).*missing field 'scalars'"):
         load_train_state(tmp_path, _opt())
 
 
 # ------------------------------------------------------------------ kill a real training run
 VQ_ARGS = ["--width", "8", "--code-dim", "8", "--codebook-size", "16", "--steps", "40", "--save-every", "10",
            "--eval-every", "0", "--batch-size", "4", "--crop", "16", "--no-progress", "--threads", "1"]
-# (MINILISTEN_CRASH_AT, what it interrupts). A save writes model.safetensors, config.json,
+# (crash point, what it interrupts). A save writes model.safetensors, config.json,
 # train_state.safetensors, train_state.json, manifest.json ("file" 1..5), then switches.
 KILLS = [("switched:1", "after the switch, before the cleanup (the first run: one committed set)"),
          ("file:1", "between model.safetensors and config.json"), ("file:3", "between the model and the train state"),
          ("file:4", "after train_state.json, before the manifest"), ("tmp:1", "a temp file written, not renamed"),
          ("staged:1", "set complete, before the switch"), ("file:7", "inside the second save of a run")]
+
+# Runs `python -m minilisten train-vq ARGS` with the checkpoint writer wrapped so that the process
+# SIGKILLs itself the N-th time it reaches POINT (argv[1] = "POINT:N", "" for no crash).
+CRASH_DRIVER = """
+import os, signal, sys
+from minilisten import checkpoint as ck
+from minilisten.__main__ import main
+point, _, n = sys.argv[1].partition(":")
+seen = {"in_commit": False}
+def hit(name):
+    seen[name] = seen.get(name, 0) + 1
+    if name == point and seen[name] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+atomic, commit, recover = ck._atomic, ck._commit, ck.recover
+def _atomic(path, data):
+    real_replace = os.replace
+    def replace(src, dst):
+        hit("tmp")                 # the temp file is written, not yet renamed
+        real_replace(src, dst)
+    os.replace = replace
+    try:
+        atomic(path, data)
+    finally:
+        os.replace = real_replace
+    hit("file")
+def _commit(d, final):
+    hit("staged")                  # the set is complete in .sets/, .current still the old one
+    seen["in_commit"] = True
+    try:
+        commit(d, final)
+    finally:
+        seen["in_commit"] = False
+def _recover(d):
+    if seen["in_commit"]:
+        hit("switched")            # .current switched, the old set not yet deleted
+    recover(d)
+ck._atomic, ck._commit, ck.recover = _atomic, _commit, _recover
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +199,9 @@ def tiny_corpus(tmp_path_factory):
 
 
 def _train(data, out, resume: bool, crash: str | None = None, kill_after: float | None = None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MINILISTEN_CRASH_AT": crash or ""}
-    cmd = [sys.executable, "-m", "minilisten", "train-vq", "--data", str(data), "--out", str(out), *VQ_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", CRASH_DRIVER, crash or "", "train-vq", "--data", str(data), "--out", str(out),
+           *VQ_ARGS]
     proc = subprocess.Popen(cmd + (["--resume"] if resume else []), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     if kill_after is not None:   # a kill at a random time once training has started saving
@@ -186,6 +227,7 @@ def test_sigkill_at_any_point_then_resume_equals_uninterrupted_run(tiny_corpus, 
         rc, out = _train(tiny_corpus, run, resume=(run / "train_state.json").is_file(), crash=crash, kill_after=delay)
         killed += rc == -signal.SIGKILL
         assert rc in (0, -signal.SIGKILL), out
+        assert crash is None or rc == -signal.SIGKILL, f"crash point {crash} was not reached: {out}"
         if is_managed(run):
             verify_checkpoint(run)        # whatever moment the kill hit: one complete set, never a mixture
     rc, out = _train(tiny_corpus, run, resume=(run / "train_state.json").is_file())

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from minilisten.data.segment import Segment
+from minilisten.errors import MissingFileError, UserError
 from minilisten.train_vq import evaluate_vq, main, main_evaluate, train_vq
 from minilisten.vqvae import VQVAE, Codebook, VQConfig, perplexity
 
@@ -434,18 +435,19 @@ def test_set_codebook():
     assert m.initialised and torch.equal(m.codebook, cb)
     z = cb[[4, 9]] + 1e-3
     assert m.nearest_codes(z)[0].tolist() == [4, 9]
-    with pytest.raises(ValueError, match=r"codebook: expected finite float values of shape \(16, 8\), got shape \(16, 7\)"):
+    with pytest.raises(UserError, match=r"codebook: expected finite float values of shape \(16, 8\), got shape "
+                                         r"\(16, 7\)"):
         m.set_codebook(cb[:, :7])
     with pytest.raises(ValueError, match="codebook: expected finite"):
         m.set_codebook(torch.full((16, 8), float("nan")))
 
 
-def test_fps_is_saved_and_old_checkpoints_load_as_30(tmp_path):
+def test_fps_is_saved_and_defaults_to_30(tmp_path):
     m = initted(tiny(fps=25.0))
     m.save_pretrained(tmp_path / "new")
     assert VQVAE.from_pretrained(tmp_path / "new").config.fps == 25.0
     cfg = json.loads((tmp_path / "new" / "config.json").read_text())
-    del cfg["fps"]                                          # a checkpoint from before the field
+    del cfg["fps"]                                          # a config.json without the field
     (tmp_path / "new" / "config.json").write_text(json.dumps(cfg))
     assert VQVAE.from_pretrained(tmp_path / "new").config.fps == 30.0
     with pytest.raises(ValueError, match="VQConfig.fps: expected a finite number > 0, got 0"):
@@ -485,7 +487,8 @@ def test_checkpoint_mismatch_errors(tmp_path):
     cfg = json.loads(cfg_path.read_text())
     cfg["width"] = 32
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"weight '[a-z0-9_.]+': expected shape \(32[,)].* from config.json, got \(16[,)]"):
+    want = r"weight '[a-z0-9_.]+': expected shape \(32[,)].* from config.json, got \(16[,)]"
+    with pytest.raises(UserError, match=want):
         VQVAE.from_pretrained(tmp_path)
     cfg["width"], cfg["dec_norm"] = 16, "none"
     cfg_path.write_text(json.dumps(cfg))
@@ -502,15 +505,15 @@ def test_checkpoint_mismatch_errors(tmp_path):
     with pytest.raises(ValueError, match="expected format 'minilisten.VQVAE', got 'gpt2'"):
         VQVAE.from_pretrained(tmp_path)
     del cfg["format"], cfg["version"]
-    cfg_path.write_text(json.dumps(dict(cfg, model_type="gpt2")))
-    with pytest.raises(ValueError, match="expected format 'minilisten.VQVAE', got \"model_type='gpt2'\""):
+    cfg_path.write_text(json.dumps(dict(cfg, model_type="minilisten.vqvae")))    # an untagged config is refused
+    with pytest.raises(UserError, match="expected format 'minilisten.VQVAE', got None"):
         VQVAE.from_pretrained(tmp_path)
     cfg_path.write_text(json.dumps(dict(cfg, format="minilisten.VQVAE", version=2)))
-    with pytest.raises(ValueError, match="expected version 1..1 of minilisten.VQVAE, got 2"):
+    with pytest.raises(UserError, match="expected version 1 of minilisten.VQVAE, got 2"):
         VQVAE.from_pretrained(tmp_path)
-    cfg_path.write_text(json.dumps(dict(cfg, model_type="minilisten.vqvae")))    # the old tag still loads
+    cfg_path.write_text(json.dumps(dict(cfg, format="minilisten.VQVAE", version=1)))
     assert VQVAE.from_pretrained(tmp_path).config.dec_norm == "adain"
-    with pytest.raises(FileNotFoundError, match="missing config.json"):
+    with pytest.raises(MissingFileError, match="missing config.json"):
         VQVAE.from_pretrained(tmp_path / "nowhere")
 
 

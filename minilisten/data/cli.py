@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..cli_config import ArgumentParser
+
 
 def summary(splits: dict, fps: float) -> str:
     """A few lines per split: segments, 8-s windows, identities, words, frames."""
@@ -80,7 +82,7 @@ def load_data(a: argparse.Namespace | DataConfig, **fixed):
 
 def main(argv: list[str] | None = None) -> int:
     from .synthetic import CORPORA, CORPUS_DOC
-    p = argparse.ArgumentParser(prog="python -m minilisten data", description=__doc__,
+    p = ArgumentParser(prog="python -m minilisten data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="synthetic corpora (--corpus):\n" + "\n".join(
                                     f"  {k:<12} {CORPUS_DOC[k]}" for k in CORPORA))
