@@ -204,8 +204,8 @@ class ScaledStep:
         self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=(precision == "fp16"))
         self.env, self.sum_keys, self.desc = get_env(), set(sum_keys), desc
         self.ddp = None
-        if self.env.distributed:   # broadcasts rank 0's weights and buffers; the codebook syncs its own
-            self.ddp = DistributedDataParallel(_Micro(model), find_unused_parameters=True, broadcast_buffers=False)
+        if self.env.distributed:   # rank 0's weights and buffers at init; the codebook syncs itself
+            self.ddp = DistributedDataParallel(_Micro(model), find_unused_parameters=True, forward_sync_buffers=False)
         self.skipped = 0   # fp16 steps the scaler skipped (inf/NaN gradients)
 
     def __call__(self, step: int, micro_fn: Callable[[int, int], tuple[torch.Tensor, dict]]):
