@@ -1,8 +1,8 @@
 """minilisten: LLM-driven multimodal, multi-identity listening head generation.
 
-The top-level ``kernels/`` directory is installed as the subpackage ``minilisten.kernels``
-(a top-level package called ``kernels`` would clash with Hugging Face's ``kernels``, which
-transformers >= 5.25 depends on; imported under that name from a checkout, ours steps aside).
+The top-level ``kernels/`` directory is installed as the subpackage ``minilisten.kernels``. It has no
+``__init__.py``, so from a checkout's root it cannot shadow Hugging Face's ``kernels`` package, which
+transformers >= 5.25 imports.
 """
 from setuptools import setup
 
@@ -22,24 +22,23 @@ setup(
         # would pull a multi-GB CUDA build. Widen it freely on a GPU machine.
         "torch>=2.4,<2.14",
         "triton>=3.0",
-        # transformers >= 5.25 imports Hugging Face's `kernels` package; from a checkout's root our
-        # kernels/ directory would shadow it, so kernels/__init__.py steps aside for it (tested).
         "transformers>=4.46",
         "numpy>=1.24",
         "scipy>=1.10",
         "safetensors>=0.4",
         "tokenizers>=0.19",
         "tqdm>=4.60",
+        "dtaidistance>=2.3",   # DTW (tslearn's definition, C implementation) for the REACT metrics
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.6", "websockets>=13", "peft>=0.10", "imageio-ffmpeg>=0.4",
-                 "ruff>=0.6"],   # peft: the LoRA tests; ruff: the linter CI runs
-        "plot": ["matplotlib>=3.6", "imageio-ffmpeg>=0.4"],   # plots and the demo's clip.mp4
+        # Pillow >= 10.1: render's text (ImageFont.load_default(size=...)); peft: LoRA; ruff: the linter CI runs
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.6", "Pillow>=10.1", "websockets>=13", "peft>=0.10",
+                 "imageio-ffmpeg>=0.4", "ruff>=0.6"],
+        "plot": ["matplotlib>=3.6", "Pillow>=10.1", "imageio-ffmpeg>=0.4"],   # plots and the demo's clip.mp4
         "lora": ["peft>=0.10"],
         "audio": ["soundfile>=0.12"],
         "serve": ["websockets>=13"],
-        "video": ["imageio-ffmpeg>=0.4"],
-        "all": ["matplotlib>=3.6", "peft>=0.10", "soundfile>=0.12", "pytest>=7", "hypothesis>=6", "websockets>=13", "imageio-ffmpeg>=0.4"],
+        "video": ["Pillow>=10.1", "imageio-ffmpeg>=0.4"],
     },
     entry_points={"console_scripts": ["minilisten=minilisten.__main__:main"]},
 )

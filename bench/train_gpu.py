@@ -43,7 +43,6 @@ def bench_vq(a, env, device, prec) -> dict:
     from minilisten.vqvae import VQVAE
     torch.manual_seed(0)
     model = VQVAE.from_preset("disentangled", width=a.vq_width, code_dim=a.vq_width, codebook_size=256).to(device)
-    D.broadcast_tensors(list(model.state_dict().values()), 0, env)
     model.train()   # the codebook all-reduces its EMA statistics under a process group by itself
     if a.compile:   # as train-vq --compile
         model.encoder.compile()
@@ -52,7 +51,7 @@ def bench_vq(a, env, device, prec) -> dict:
     g = torch.Generator(device=device).manual_seed(0)
     pool = torch.randn(a.vq_pool, a.crop, 56, device=device, generator=g)
     beta = torch.randn(a.vq_pool, 100, device=device, generator=g)
-    step = D.ScaledStep(opt, precision=prec, grad_accum=a.grad_accum, device=device)
+    step = D.ScaledStep(model, opt, precision=prec, grad_accum=a.grad_accum, device=device)
     n_params = sum(p.numel() for p in model.parameters())
     meter = D.Throughput(device, env, warmup=a.warmup)
     B = a.vq_batch
@@ -103,13 +102,12 @@ def bench_lm(a, env, device, prec) -> dict:
         model.compile_transformer()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-5, betas=(0.5, 0.99), weight_decay=0.01)
-    D.broadcast_tensors([p.data for p in model.parameters()], 0, env)
     base = model._base() if hasattr(model, "_base") else model.backbone
     cfg = base.config
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n and "wpe" not in n)
     seq_len = int(np.mean([len(q.ids) for q in seqs]))
     fpt = D.lm_flops_per_token(n_matmul, cfg.n_layer, cfg.n_embd, seq_len)
-    step = D.ScaledStep(opt, params, precision=prec, grad_accum=a.grad_accum, grad_clip=1.0, device=device)
+    step = D.ScaledStep(model, opt, precision=prec, grad_accum=a.grad_accum, grad_clip=1.0, device=device)
     meter = D.Throughput(device, env, warmup=a.warmup, flops_per_token=fpt)
     B = a.lm_batch
     m = B // a.grad_accum

@@ -1,20 +1,9 @@
-"""Two-stage training of the listener LM (paper §3.1, supplement §4).
+"""Two-stage training of the listener LM (paper §3.1, supplement §4): ``python -m minilisten train-lm``.
 
-Stage 1 (Eq. 3): speaker-only sequences S', next-token loss on W / SA / emo.
-Stage 2 (Eq. 4): full sequences S, LR-head loss on LR tokens; a fraction ``lr_noise`` (0.5, as
-LM-listener) of input LR tokens is replaced by random codes.
-
-Paper schedule (``--paper-schedule``): AdamW (0.5, 0.99), batch 8; stage 1 60K it at 5e-5;
-stage 2 150K it at 5e-5 then 50K at 2.5e-6 (GPT-2 medium). The CPU defaults train the small
-from-scratch default backbone (``--arch llama``: rotary positions; ``--arch gpt2``) for a few
-hundred steps at 1e-3 with warm-up.
-
-Data: random training windows of ``window`` frames (a multiple of r = 8) from the training
-segments, with the LR codes of the whole segment sliced to the window. Shorter windows (e.g.
-``--window 96``) make steps cheaper; a window must still cover the speaker context that the
-responses depend on (an utterance and its lagged response: ~3 s on the synthetic corpus).
-Validation: teacher-forced LR-token accuracy (argmax of the LR head == the code, previous LR
-tokens from the ground truth, no noise) on non-overlapping ``window``-frame windows.
+Stage 1 (Eq. 3): speaker-only sequences, next-token loss on W / SA / emo. Stage 2 (Eq. 4): full
+sequences, LR-head loss on LR tokens, a fraction ``lr_noise`` of input LR tokens replaced by random
+codes (LM-listener). Data: random ``window``-frame windows (a multiple of r = 8, fitted to the data)
+with the LR codes sliced to them. Validation: teacher-forced accuracy on non-overlapping windows.
 
 CLI::
 
@@ -34,96 +23,60 @@ import numpy as np
 import torch
 
 from . import distributed
-from .checkpoint import atomic_write_text
 from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
 from .data.segment import Segment
+from .errors import UserError
 from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, default_backbone, load_backbone
 from .tokens import IGNORE, MODALITIES, check_modalities, collate
-from .train_vq import check_scale
-from .training import TrainLoop, renamed_kwargs, step_decay
+from .training import LoopConfig, TrainLoop, check_ints, data_fps, fitted, loop_args, windows
 
 PAPER_SCHEDULE = {1: dict(steps=60_000, learning_rate=5e-5, warmup=0, batch_size=8),
                   2: dict(steps=200_000, learning_rate=5e-5, decay_step=150_000, final_learning_rate=2.5e-6, warmup=0,
                           batch_size=8)}
 
-#: old TrainConfig names -> new (train_state.json "config" and keyword callers): "lr" now only ever
-#: means listener response (LR tokens, the paper's name), never learning rate
-LM_RENAMED = {"lr": "learning_rate", "lr_decay_step": "decay_step", "lr_after": "final_learning_rate"}
-
 
 @dataclass
-class TrainConfig:
-    stage: int = 2                    # 1: speaker tokens only (Eq. 3); 2: LR tokens (Eq. 4)
-    steps: int = 300                  # optimisation steps
-    batch_size: int = 8               # windows per step
-    window: int = 240                 # frames per training window (multiple of r)
-    learning_rate: float = 1e-3       # AdamW learning rate after warm-up
-    warmup: int = 30                  # linear learning-rate warm-up steps
+class TrainConfig(LoopConfig):
+    """How :func:`train_lm` trains one stage (CPU defaults; :data:`PAPER_SCHEDULE` the paper's)."""
     decay_step: int | None = None     # step of the drop to final_learning_rate (paper stage 2: 150K)
     final_learning_rate: float | None = None  # learning rate from decay_step on (paper stage 2: 2.5e-6)
-    betas: tuple[float, float] = (0.5, 0.99)  # AdamW betas
-    weight_decay: float = 0.01        # AdamW weight decay
-    grad_clip: float = 1.0            # gradient-norm clip (0: none)
+    betas: tuple[float, float] = (0.5, 0.99)
+    stage: int = 2                    # 1: speaker tokens only (Eq. 3); 2: LR tokens (Eq. 4)
+    window: int = 240                 # frames per training window (a multiple of r; fitted to the data)
     lr_noise: float = 0.5             # stage 2: fraction of input LR tokens replaced by random codes
-    eval_every: int = 100             # validate every N steps (0: only at the end)
     val_windows: int = 64             # validation windows (0 = all)
-    save_every: int = 0               # save every N steps (0 = at evaluations and at the end)
-    seed: int = 0                     # seed of data order, LR noise and dropout
-    device: str = "cpu"               # torch device
-    progress: bool = True             # progress bar
-    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
-    grad_accum: int = 1               # micro-batches per step (batch_size: the global batch, all processes)
     grad_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
     compile: bool = False             # torch.compile the transformer's forward/backward (compiles on the first steps)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """From a dict with current or old field names (e.g. an old ``train_state.json``'s ``config``)."""
-        return cls(**renamed_kwargs(d, LM_RENAMED, "TrainConfig"))
-
     def __post_init__(self):
+        super().__post_init__()
         if self.stage not in (1, 2):
-            raise ValueError(f"stage: expected 1 or 2, got {self.stage!r}")
-        for name in ("steps", "batch_size", "window"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            raise UserError(f"stage: expected 1 or 2, got {self.stage!r}")
+        check_ints({"window": self.window}, 1)
         if not 0 <= self.lr_noise < 1:
-            raise ValueError(f"lr_noise: expected a fraction in [0, 1), got {self.lr_noise}")
-        self.betas = tuple(self.betas)
-        check_scale(self.precision, self.grad_accum, self.batch_size)
-
-    def schedule(self):
-        """Learning rate of each step (:func:`~minilisten.training.step_decay`)."""
-        return step_decay(self.learning_rate, self.warmup, self.decay_step, self.final_learning_rate)
+            raise UserError(f"lr_noise: expected a fraction in [0, 1), got {self.lr_noise}")
 
 
 # ----------------------------------------------------------------------------- data
-def _check_codes(segments: list[Segment], codes, r: int, name: str) -> list[np.ndarray]:
+def _check_codes(segments: list[Segment], codes, r: int, name: str, n_lr: int) -> list[np.ndarray] | None:
+    """One int64 ``(T // r,)`` array of codes ``< n_lr`` per segment (None stays None)."""
     if codes is None:
         return None
     if len(codes) != len(segments):
-        raise ValueError(f"{name}: expected one code array per segment ({len(segments)}), got {len(codes)}")
+        raise UserError(f"{name}: expected one code array per segment ({len(segments)}), got {len(codes)}")
     out = []
     for i, (s, c) in enumerate(zip(segments, codes)):
         c = c.detach().cpu().numpy() if torch.is_tensor(c) else np.asarray(c)
         if c.ndim != 1 or c.shape[0] != s.T // r:
-            raise ValueError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},), got {c.shape}")
+            raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},), got {c.shape}")
         if not np.issubdtype(c.dtype, np.integer):
-            raise ValueError(f"{name}[{i}] ({s.name!r}): expected integer codes, got dtype {c.dtype}")
+            raise UserError(f"{name}[{i}] ({s.name!r}): expected integer codes, got dtype {c.dtype}")
+        if c.size and c.max() >= n_lr:
+            raise UserError(f"{name}: expected codes < V_LR = {n_lr}, got {c.max()}")
         out.append(c.astype(np.int64))
     return out
-
-
-def _windows(segments: list[Segment], window: int, r: int, stride: int) -> list[tuple[int, int]]:
-    if window % r:
-        raise ValueError(f"window: expected a multiple of r = {r} frames, got {window}")
-    items = [(i, s0) for i, s in enumerate(segments) for s0 in range(0, s.T - window + 1, stride)]
-    if not items:
-        raise ValueError(f"window: no segment has {window} frames (longest: {max((s.T for s in segments), default=0)})")
-    return items
 
 
 def _sequences(model: ListenerLM, segments, codes, items, window: int, stage: int):
@@ -151,9 +104,9 @@ def evaluate_lm(model: ListenerLM, segments: list[Segment], codes=None, stage: i
                 max_windows: int = 0, batch_size: int = 8) -> dict:
     """Teacher-forced validation: ``{"loss", "acc", "count"}`` (stage 2: LR tokens through the LR
     head; stage 1: next W/SA/emo token through the LM head). Under torchrun: call on every rank."""
-    codes = _check_codes(segments, codes, model.config.r, "lr_codes") if stage == 2 else None
+    codes = _check_codes(segments, codes, model.config.r, "lr_codes", model.vocab.n_lr) if stage == 2 else None
     if stage == 2 and codes is None:
-        raise ValueError("evaluate_lm: stage 2 needs LR codes")
+        raise UserError("evaluate_lm: stage 2 needs LR codes")
     was = model.training
     model.eval()
     items = val_items(segments, window, model.config.r, max_windows)
@@ -180,11 +133,8 @@ def lr_accuracy(model: ListenerLM, segments: list[Segment], codes, window: int =
 # ----------------------------------------------------------------------------- LR codes
 def motion_kmeans_codes(train_segments: list[Segment], other: list[list[Segment]] = (), k: int = 256, r: int = 8,
                         seed: int = 0, iters: int = 15) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-    """A VQ-VAE-free LR tokenization for experiments: each segment's listener motion minus its
-    per-coefficient mean over the segment (removes the identity's resting face), in units of the
-    training set's per-coefficient std; each group of ``r`` frames -> features ``[mean (56),
-    last - first (56)]`` standardized on the training set -> nearest of ``k`` k-means centroids.
-    Returns ``(train_codes, [codes of each list in other])``."""
+    """LR codes without a VQ-VAE: groups of ``r`` frames of the segment-centred, standardised listener
+    motion -> ``[mean, last - first]`` -> nearest of ``k`` k-means centroids. ``(train codes, [other codes])``."""
     from .speaker import _nearest_code, kmeans
 
     centered = lambda s: torch.tensor(s.listener_motion[:s.T // r * r], dtype=torch.float64)  # noqa: E731
@@ -221,10 +171,8 @@ def corpus_words(segments: list[Segment]) -> list[str]:
     return [w.text for s in segments for w in s.history_words + s.words]
 
 
-def _flops_per_token(model: ListenerLM, tc: TrainConfig) -> float:
-    """Training FLOPs per token (:func:`~minilisten.distributed.lm_flops_per_token`) of ``model``'s
-    backbone: its 2-D weights except the token/position embeddings, the attention term at the
-    context limit's length (an overestimate for shorter sequences; MFU is an estimate)."""
+def _flops_per_token(model: ListenerLM) -> float:
+    """Training FLOPs per token of the backbone (2-D weights but embeddings; attention at the context limit)."""
     cfg = model._base().config.get_text_config()
     n_layer = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
     d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1)
@@ -240,104 +188,69 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
              config: TrainConfig | None = None, out_dir=None, resume: bool = False, n_sa: int = 1024,
              n_lr: int = 256, backbone: dict | None = None, lm_config: dict | None = None, log=print,
              **overrides) -> ListenerLM:
-    """Train ``model`` (or a fresh default: small LLaMA-layout LM + BPE tokenizer trained on the training
-    words, sized by ``backbone`` kwargs of :func:`~minilisten.lm.default_backbone`) for one stage.
-
-    ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2). ``modalities``: ``"W+SA+emo"``
-    etc. (default: the model's, or all three). ``stage`` / ``steps`` / ``overrides`` set the fields of
-    :class:`TrainConfig` (on top of ``config`` when given; default stage 2). With
-    ``out_dir`` the model + optimizer are saved at evaluations and at the end; ``resume=True``
-    continues from there. Returns the model in eval mode; ``model.train_log`` holds the history.
-    """
+    """Train ``model`` (or a fresh default backbone sized by ``backbone``, BPE on the training words)
+    for one stage; ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2); ``stage``,
+    ``steps`` and ``overrides`` set :class:`TrainConfig` fields. Returns it in eval mode with ``train_log``."""
     given = {k: v for k, v in (("stage", stage), ("steps", steps)) if v is not None}
-    overrides = renamed_kwargs(overrides, LM_RENAMED, "train_lm")
     tc = TrainConfig(**{**(asdict(config) if config is not None else {}), **overrides, **given})
     torch.manual_seed(tc.seed)
     if resume:
         if out_dir is None or not (Path(out_dir) / "train_state.json").is_file():
-            raise FileNotFoundError(f"resume: no training state in {str(out_dir)!r} (expected train_state.json)")
+            raise UserError(f"resume: expected a training state in {str(out_dir)!r} (train_state.json), got none")
         model = ListenerLM.from_pretrained(out_dir)
         if modalities is not None and check_modalities(modalities) != model.modalities:
-            raise ValueError(f"resume: {str(out_dir)!r} was trained with modalities {'+'.join(model.modalities)}, "
-                             f"got {modalities!r}")
+            raise UserError(f"resume: {str(out_dir)!r} was trained with modalities {'+'.join(model.modalities)}, "
+                            f"got {modalities!r}")
     elif model is None:
         bb, tok = default_backbone(corpus_words(train_segments), seed=tc.seed, **(backbone or {}))
         mods = check_modalities(modalities) if modalities is not None else LMConfig().modalities
         model = ListenerLM(bb, tok, LMConfig(modalities=mods, n_sa=n_sa, n_lr=n_lr, **(lm_config or {})))
     if modalities is not None and not resume:
         model.config.modalities = check_modalities(modalities)
-    fps = {float(s.fps) for s in list(train_segments) + list(val_segments or [])}
-    if len(fps) > 1:
-        raise ValueError(f"train_segments/val_segments: expected one frame rate, got {sorted(fps)} fps")
-    if fps and resume and model.config.fps != min(fps):
-        raise ValueError(f"resume: {str(out_dir)!r} was trained at {model.config.fps:g} fps, the data is {min(fps):g} fps")
-    if fps:
-        model.config.fps = min(fps)   # the frame rate the model is trained at (streaming checks it)
+    fps = data_fps(list(train_segments) + list(val_segments or []))
+    if resume and model.config.fps != fps:
+        raise UserError(f"resume: {str(out_dir)!r} was trained at {model.config.fps:g} fps, the data is {fps:g} fps")
+    model.config.fps = fps   # the frame rate the model is trained at (streaming checks it)
     r = model.config.r
-    codes_tr = _check_codes(train_segments, lr_codes_train, r, "lr_codes_train")
-    codes_va = _check_codes(val_segments, lr_codes_val, r, "lr_codes_val") if val_segments else None
+    codes_tr = _check_codes(train_segments, lr_codes_train, r, "lr_codes_train", model.vocab.n_lr)
+    codes_va = _check_codes(val_segments, lr_codes_val, r, "lr_codes_val", model.vocab.n_lr) if val_segments else None
     if tc.stage == 2 and (codes_tr is None or (val_segments and codes_va is None)):
-        raise ValueError("stage 2: expected LR codes for the training and validation segments (lr_codes_train/_val)")
-    for name, cs in (("lr_codes_train", codes_tr), ("lr_codes_val", codes_va)):
-        for c in cs or []:
-            if c.size and c.max() >= model.vocab.n_lr:
-                raise ValueError(f"{name}: expected codes < V_LR = {model.vocab.n_lr}, got {c.max()}")
+        raise UserError("stage 2: expected LR codes for the training and validation segments (lr_codes_train/_val)")
     model.to(tc.device).train()
     if tc.grad_checkpointing:
         model.enable_gradient_checkpointing()
     if tc.compile:
         model.compile_transformer()
-    distributed.broadcast_tensors(list(model.state_dict().values()))   # every rank starts from rank 0's weights
-    main = distributed.is_main()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tc.learning_rate, betas=tc.betas, weight_decay=tc.weight_decay)
-    items = _windows(train_segments, tc.window, r, r)
+    window = fitted(train_segments, tc.window, r, "--window", log)
+    items = windows(train_segments, window, r, r)
 
     def validate(step):
         if not val_segments:
             return None
-        res = evaluate_lm(model, val_segments, codes_va, tc.stage, tc.window, tc.val_windows)
-        if log and main:
+        res = evaluate_lm(model, val_segments, codes_va, tc.stage, window, tc.val_windows)
+        if log and distributed.is_main():
             what = "LR acc" if tc.stage == 2 else "next-token acc"
             log(f"[val step {step}] loss {res['loss']:.4f} {what} {res['acc']:.4f} ({res['count']} tokens)")
         return res
 
-    loop = TrainLoop(model, opt, steps=tc.steps, schedule=tc.schedule(), out_dir=out_dir, eval_every=tc.eval_every,
-                     save_every=tc.save_every, save_at_eval=not tc.save_every, validate=validate,
-                     save_model=model.save_pretrained, extra_state=lambda: {"stage": tc.stage, "config": asdict(tc)},
-                     after_save=lambda step: atomic_write_text(Path(out_dir) / "train_log.json",
-                                                               json.dumps(loop.history, indent=1)),
-                     grad_clip=tc.grad_clip, params=params, progress=tc.progress, ema=0.9,
+    loop = TrainLoop(model, tc, out_dir=out_dir, validate=validate, save_model=model.save_pretrained, log=log,
                      desc=f"train-lm stage {tc.stage} {'+'.join(model.modalities)}",
-                     postfix=dict(loss=".3f", acc=".3f"), precision=tc.precision, grad_accum=tc.grad_accum,
-                     device=tc.device, samples_per_step=tc.batch_size, flops_per_token=_flops_per_token(model, tc),
-                     log=log if main else None)
-    if resume:
-        def same_stage(info):
-            if info.get("stage") != tc.stage:
-                raise ValueError(f"resume: {str(out_dir)!r} holds a stage-{info.get('stage')} run, "
-                                 f"--stage {tc.stage} requested")
-        loop.resume(check=same_stage)
-
+                     postfix=dict(loss=".3f", acc=".3f"), flops_per_token=_flops_per_token(model))
+    if resume and (saved := loop.resume()["config"]["stage"]) != tc.stage:
+        raise UserError(f"resume: {str(out_dir)!r} holds a stage-{saved} run, --stage {tc.stage} requested")
     env = distributed.get_env()
-    micro = tc.batch_size // tc.grad_accum
-    mine = distributed.rank_slice(micro, what="--batch-size / --grad-accum")
     step_data = {}
 
-    def step_fn(step, k=0):
-        # data order, LR noise and dropout are functions of (seed, step): --resume continues exactly.
-        # Every rank draws the same global batch and takes its slice of micro-batch k (the order does
-        # not depend on the number of processes); dropout and LR noise are seeded per rank too.
+    def step_fn(step, k):
+        # data order, LR noise and dropout are functions of (seed, step, rank, k): --resume continues exactly
         if k == 0:
-            rng = np.random.default_rng([tc.seed, step])
-            drawn = rng.integers(0, len(items), tc.batch_size)
-            batches = [collate(_sequences(model, train_segments, codes_tr,
-                                          [items[j] for j in drawn[i * micro:(i + 1) * micro][mine]], tc.window,
-                                          tc.stage), model.vocab.pad) for i in range(tc.grad_accum)]
+            drawn = np.random.default_rng([tc.seed, step]).integers(0, len(items), tc.batch_size)
+            batches = [collate(_sequences(model, train_segments, codes_tr, [items[j] for j in tc.local(drawn, i)],
+                                          window, tc.stage), model.vocab.pad) for i in range(tc.grad_accum)]
             # token-weighted: the step's loss is the mean over all targets of the global batch
             w = distributed.count_weights([int((b["targets"] != IGNORE).sum()) for b in batches])
             step_data.update(batches=batches, w=w)
-        seed = tc.seed * 1_000_003 + step + 7_919 * (env.rank + env.world_size * k)   # = the old seed on rank 0, k 0
+        seed = tc.seed * 1_000_003 + step + 7_919 * (env.rank + env.world_size * k)
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         batch, w = step_data["batches"][k], step_data["w"][k]
@@ -351,21 +264,20 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
 
 
 # ----------------------------------------------------------------------------- CLI
-#: LMConfig fields on the command line; TrainConfig fields not on it (--stage is required, --no-progress)
+#: LMConfig fields on the command line
 LM_FIELDS = ("word_placement", "history_tokens", "max_len")
-TRAIN_SKIP = ("stage", "progress")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     """The parser, the LMConfig option names and the TrainConfig option names."""
     p = ArgumentParser(prog="python -m minilisten train-lm", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: speaker tokens only; 2: LR tokens")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model, tokenizer, train state)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--init", metavar="DIR", help="start from a saved ListenerLM (e.g. the stage-1 checkpoint)")
-    p.add_argument("--backbone", default="default",
-                   help="'default' (a small LM from scratch, see --arch, + BPE on the corpus words), a hub name or a local directory")
+    p.add_argument("--backbone", default="default", help="'default' (a small LM from scratch, see --arch, + BPE on "
+                   "the corpus words), a hub name or a local directory")
     p.add_argument("--modalities", default=None,
                    help="speaker modalities, e.g. W, W+emo, W+SA+emo (default: those of --init / --resume, else all "
                         "that the data has)")
@@ -390,14 +302,8 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     g = p.add_argument_group("optimisation (TrainConfig)")
     g.add_argument("--paper-schedule", action="store_true",
                    help="paper's steps/learning rate/decay/batch for the stage (overrides those options)")
-    train_names = add_dataclass_args(g, TrainConfig, skip=TRAIN_SKIP, choices={"precision": distributed.PRECISIONS})
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train_names = loop_args(g, TrainConfig, skip=("stage",))
     return p, lm_names, train_names
-
-
-def _load_data(a):
-    ds, what = load_data(a)
-    return ds, what, ds.train, ds.val
 
 
 def _load_codes(spec: str, train, val, n_lr: int, seed: int, device: str):
@@ -413,66 +319,58 @@ def _load_codes(spec: str, train, val, n_lr: int, seed: int, device: str):
         z = np.load(p)
         missing = [s.name for s in train + val if s.name not in z.files]
         if missing:
-            raise ValueError(f"--codes {spec}: no codes for segments {missing[:5]} (keys are segment names)")
+            raise UserError(f"--codes {spec}: expected codes for every segment (keys are segment names), "
+                            f"got none for {missing[:5]}")
         return [z[s.name] for s in train], [z[s.name] for s in val], n_lr
-    raise ValueError(f"--codes: expected 'kmeans', 'vqvae:DIR' or an existing .npz file, got {spec!r}")
+    raise UserError(f"--codes: expected 'kmeans', 'vqvae:DIR' or an existing .npz file, got {spec!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m minilisten train-lm`` (also under ``torchrun --nproc_per_node N -m minilisten train-lm``)."""
     p, lm_names, train_names = _parser()
     a = p.parse_args(argv)
-    tc_kw = dict(dataclass_kwargs(a, train_names), stage=a.stage, progress=not a.no_progress)
+    tc_kw = dict(dataclass_kwargs(a, train_names), stage=a.stage)
     if a.paper_schedule:
         tc_kw.update(PAPER_SCHEDULE[a.stage])
-    env, tc_kw["device"] = distributed.init_distributed(tc_kw.get("device", TrainConfig.device))
-    try:
-        code = _main_train(a, p, lm_names, TrainConfig(**tc_kw))
-    finally:
-        distributed.shutdown()
-    return distributed.finish(code, env)
+    return distributed.launch(tc_kw.get("device", TrainConfig.device),
+                              lambda env, dev: _main_train(a, lm_names, TrainConfig(**dict(tc_kw, device=dev))))
 
 
-def _main_train(a, p, lm_names, tc: TrainConfig) -> int:
-    ds, what, train, val = _load_data(a)
+def _main_train(a, lm_names, tc: TrainConfig) -> int:
+    ds, what = load_data(a)
+    train, val = ds.train, ds.val
     have = available_modalities(train + val)
-    if a.modalities:
-        want = check_modalities(a.modalities)
-        lacking = [m for m in want if m not in have]
-        if lacking:
-            raise ValueError(f"--modalities {a.modalities}: {what} has no {', '.join(MODALITY_FIELD[m] for m in lacking)} "
-                             f"in every train/val segment; expected a subset of its modalities {'+'.join(have) or 'none'}")
-    elif not (a.resume or a.init) and have != MODALITIES and distributed.is_main():
+    lacking = [MODALITY_FIELD[m] for m in check_modalities(a.modalities) if m not in have] if a.modalities else []
+    if lacking:
+        raise UserError(f"--modalities {a.modalities}: {what} has no {', '.join(lacking)} in every train/val segment; "
+                        f"expected a subset of its modalities {'+'.join(have) or 'none'}")
+    if not (a.modalities or a.resume or a.init) and have != MODALITIES and distributed.is_main():
         print(f"{what}: training on the speaker modalities it has, {'+'.join(have)}")
     n_sa = resolve_n_sa(ds, train + val)
-    codes_tr = codes_va = None
-    n_lr = a.n_lr
-    if a.stage == 2:
-        codes_tr, codes_va, n_lr = _load_codes(a.codes, train, val, a.n_lr, tc.seed, tc.device)
+    codes_tr, codes_va, n_lr = _load_codes(a.codes, train, val, a.n_lr, tc.seed, tc.device) if a.stage == 2 \
+        else (None, None, a.n_lr)
     given = dataclass_kwargs(a, lm_names)
     lm_kw = {k: v for k, v in given.items() if k in LM_FIELDS}
     model = None
-    if a.resume:
-        pass
-    elif a.init:
+    if a.resume and a.modalities:
+        raise UserError("--resume continues the saved run with its modalities; drop --modalities")
+    if a.init and not a.resume:
         model = ListenerLM.from_pretrained(a.init)
         if "word_placement" in given:
             model.config.word_placement = given["word_placement"]
         if a.stage == 2 and model.vocab.n_lr != n_lr:
-            raise ValueError(f"--init {a.init}: the model has V_LR = {model.vocab.n_lr} but the LR codes come from a "
-                             f"codebook of {n_lr}; train stage 1 with --n-lr {n_lr}")
-    elif a.backbone != "default":
+            raise UserError(f"--init {a.init}: the model has V_LR = {model.vocab.n_lr} but the LR codes come from a "
+                            f"codebook of {n_lr}; train stage 1 with --n-lr {n_lr}")
+    elif a.backbone != "default" and not a.resume:
         bb, tok = load_backbone(a.backbone)
         lora = given.get("lora", bb.config.model_type in ("llama", "mistral", "qwen2", "gemma"))
         lora_r = given.get("lora_r", LMConfig.lora_r)
         model = ListenerLM(bb, tok, LMConfig(modalities=check_modalities(a.modalities or "+".join(have)), n_sa=n_sa,
                                              n_lr=n_lr, lora=lora, lora_r=lora_r, **lm_kw))
-    if a.resume and a.modalities:
-        raise ValueError("--resume continues the saved run with its modalities; drop --modalities")
     modalities = a.modalities if (a.modalities or model is not None or a.resume) else "+".join(have)
     t0 = time.time()
-    model = train_lm(train, val, codes_tr, codes_va, stage=a.stage, modalities=modalities, model=model, config=tc,
-                     out_dir=a.out, resume=a.resume, n_sa=n_sa, n_lr=n_lr, lm_config=lm_kw,
+    model = train_lm(train, val, codes_tr, codes_va, modalities=modalities, model=model, config=tc, out_dir=a.out,
+                     resume=a.resume, n_sa=n_sa, n_lr=n_lr, lm_config=lm_kw,
                      backbone=dict(n_layer=a.n_layer, n_embd=a.n_embd, n_head=a.n_head, arch=a.arch))
     if not distributed.is_main():
         return 0

@@ -64,13 +64,13 @@ def tiny_lm(arch: str = "gpt2", max_len: int = 0, n_positions: int = 256, seed: 
         bb = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=n_positions,
                                         initializer_range=0.2))
     elif arch == "neox":
-        bb = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                              intermediate_size=64, max_position_embeddings=n_positions,
-                                              initializer_range=0.2))
+        bb = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, intermediate_size=64,
+                                              max_position_embeddings=n_positions, initializer_range=0.2))
     else:
-        bb = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                          num_key_value_heads=2, intermediate_size=48, max_position_embeddings=n_positions,
-                                          initializer_range=0.2))
+        bb = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                          max_position_embeddings=n_positions, initializer_range=0.2))
     lm = ListenerLM(bb, tok, LMConfig(max_len=max_len, **cfg))
     torch.nn.init.normal_(lm.lr_head.weight, std=0.5)   # spread the logits: no near-ties in argmax
     return lm.eval()

@@ -19,7 +19,8 @@ from minilisten.arig import (
 )
 from minilisten.data.segment import Segment, Word
 from minilisten.streaming import StreamingARIG
-from minilisten.train_arig import ARIGTrainConfig, _windows, evaluate_arig_loss, train_arig
+from minilisten.train_arig import ARIGTrainConfig, evaluate_arig_loss, train_arig
+from minilisten.training import windows as _windows
 
 TINY = dict(d_model=16, n_head=2, d_ff=32, depth=2, window=6, diff_width=16, word_buckets=64, sample_steps=2,
             diff_mul=2)
@@ -214,7 +215,7 @@ def _data(n=6, T=90):
     return [_segment(T, i, name="tr") for i in range(n)], [_segment(T, 100 + i, name="va") for i in range(2)]
 
 
-TC = dict(batch_size=4, crop=24, lr=3e-3, warmup=2, eval_every=0, progress=False)
+TC = dict(batch_size=4, crop=24, learning_rate=3e-3, warmup=2, eval_every=0, progress=False)
 
 
 def test_resume_is_exact(tmp_path):
@@ -230,7 +231,7 @@ def test_resume_is_exact(tmp_path):
 
 def test_training_reduces_the_loss():
     train, val = _data()
-    m0 = train_arig(train, val, TINY, ARIGTrainConfig(steps=1, **{**TC, "lr": 0.0, "warmup": 0}), log=None)
+    m0 = train_arig(train, val, TINY, ARIGTrainConfig(steps=1, **{**TC, "learning_rate": 0.0, "warmup": 0}), log=None)
     items = _windows(val, 24, 24)
     inputs = [frame_inputs(s, m0.config) for s in val]
     before = evaluate_arig_loss(m0, inputs, items, 24)

@@ -2,8 +2,9 @@
 
 Equivalence: W = 2 processes x batch b must give the same parameters, codebook and loss curve as
 1 process x batch 2b with the same data order (tolerance: 1e-5 absolute on parameters and codebook
-after 6 steps; the only difference is float summation order). Resume: a run stopped after k steps
-on one process and resumed on two continues the same loss curve and ends at the same weights.
+after 6 steps; the only difference is float summation order; gradients averaged by
+DistributedDataParallel). Resume: a run stopped after k steps on one process and resumed on two
+continues the same loss curve and ends at the same weights.
 Processes are spawned by the test (torch.multiprocessing); tiny models; well under a minute.
 """
 from __future__ import annotations
@@ -47,24 +48,23 @@ def _model(preset: str = "naive"):
 
 def train_vq_tiny(global_batch: int, steps: int, state: dict | None = None, grad_accum: int = 1,
                   precision: str = "fp32", preset: str = "naive", optim: str = "adamw", grad_clip: float = 1.0):
-    """The training loop the CLI runs, in miniature: global batch from the shared sampler, this rank's
-    slice, ScaledStep. Returns (losses, final state)."""
+    """The training loop the CLI runs, in miniature: the same global batch on every rank (a seeded order
+    per epoch), this rank's slice, ScaledStep. Returns (losses, final state)."""
     motion, beta = _data()
     model = _model(preset)
     opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if optim == "sgd" else
            torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99)))
-    sampler = D.GlobalBatchSampler(N_ITEMS, seed=7)
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
-    step_fn = D.ScaledStep(opt, precision=precision, grad_accum=grad_accum, grad_clip=grad_clip)
+    step_fn = D.ScaledStep(model, opt, precision=precision, grad_accum=grad_accum, grad_clip=grad_clip)
     losses, resets = [], 0
     for step in range(start, steps):
-        idx = sampler.next_global(global_batch)
+        e, pos = divmod(step * global_batch, N_ITEMS)
+        idx = np.random.default_rng([7, e]).permutation(N_ITEMS)[pos:pos + global_batch]
         micro = global_batch // grad_accum
 
         def micro_fn(step, k):
@@ -75,8 +75,8 @@ def train_vq_tiny(global_batch: int, steps: int, state: dict | None = None, grad
         losses.append(float(loss))
         resets += int((model.quantizer.cluster_size == 0.5).sum())   # a reset code's count is set to the threshold
     return losses, {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": opt.state_dict(),
-                    "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(), "step": steps,
-                    "resets": resets}
+                    "torch_rng": torch.get_rng_state(), "step": steps, "resets": resets,
+                    "ddp": type(step_fn.ddp).__name__}
 
 
 def _worker(rank: int, world: int, port: int, out: str, jobs: dict):
@@ -96,9 +96,7 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: dict):
         # sharded evaluation: each rank sums its shard of 7 items; rows of unequal count gathered
         lo, hi = D.shard_bounds(7, env)
         items = torch.arange(7.0)[lo:hi]
-        res["eval"] = D.all_reduce_sums({"sum": float(items.sum()), "n": hi - lo,
-                                         "hist": torch.bincount(items.long(), minlength=7).float()})
-        res["gathered"] = D.all_gather_rows(torch.full((rank + 1, 2), float(rank)))
+        res["eval"] = D.all_reduce_sums({"sum": float(items.sum()), "n": hi - lo})
         if env.is_main:
             torch.save(res, out)
     finally:
@@ -157,7 +155,7 @@ def test_two_processes_equal_one_process_with_double_batch(two_procs, single_run
         k = f"quantizer.{buf}"
         torch.testing.assert_close(two["state"]["model"][k], ref["model"][k], atol=TOL, rtol=0)
     np.testing.assert_allclose(two["losses"], ref_losses, atol=TOL, rtol=0)
-    assert two["state"]["sampler"] == ref["sampler"]
+    assert two["state"]["ddp"] == "DistributedDataParallel" and ref["ddp"] == "NoneType"
     assert ref["resets"] > 0 and two["state"]["resets"] == ref["resets"]   # dead-code resets happened, identically
     # the run actually trained and the codebook moved (not a vacuous comparison)
     assert ref_losses[-1] < ref_losses[0]
@@ -204,36 +202,12 @@ def test_resume_from_two_processes_on_one(two_procs, single_run):
     assert _max_diff(final["model"], ref["model"]) < TOL
 
 
-def test_sharded_evaluation_and_gather(two_procs):
+def test_sharded_evaluation(two_procs):
     ev = two_procs["eval"]
-    assert ev["sum"] == 21.0 and ev["n"] == 7 and torch.equal(ev["hist"], torch.ones(7))
-    torch.testing.assert_close(two_procs["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+    assert ev["sum"] == 21.0 and ev["n"] == 7
 
 
 # ----------------------------------------------------------------------------- pieces, one process
-def test_global_batch_sampler_order_is_independent_of_world_size():
-    full = D.GlobalBatchSampler(10, seed=3)
-    ref = np.concatenate([full.next_global(4) for _ in range(5)])          # 20 = two epochs
-    assert sorted(ref[:10]) == list(range(10)) and sorted(ref[10:]) == list(range(10))
-    assert not np.array_equal(ref[:10], ref[10:])                          # a fresh order per epoch
-    for world in (2, 4):
-        parts = []
-        for r in range(world):
-            s = D.GlobalBatchSampler(10, seed=3)
-            parts.append([s.next_local(4, D.DistEnv(r, world)) for _ in range(5)])
-        merged = np.concatenate([np.concatenate([parts[r][i] for r in range(world)]) for i in range(5)])
-        np.testing.assert_array_equal(merged, ref)
-    s = D.GlobalBatchSampler(10, seed=3)
-    s.next_global(7)
-    st = s.state_dict()
-    assert (st["epoch"], st["position"]) == (0, 7)
-    t = D.GlobalBatchSampler(10, seed=3)
-    t.load_state_dict(st)
-    np.testing.assert_array_equal(t.next_global(13), ref[7:20])
-    with pytest.raises(ValueError, match="seed"):
-        D.GlobalBatchSampler(10, seed=4).load_state_dict(st)
-
-
 def test_rank_slice_and_shards():
     assert D.rank_slice(8, D.DistEnv(1, 2)) == slice(4, 8)
     with pytest.raises(ValueError, match="--batch-size.*multiple of the number of processes \\(3\\), got 8"):
@@ -259,45 +233,22 @@ def test_count_weights_give_the_token_mean():
     assert float(got) == pytest.approx(float(torch.cat(vals).mean()))
 
 
-def test_single_process_codebook_update_is_the_codebook_update():
-    """With one process codebook_update == Codebook.update (same RNG draws, bit for bit), including
-    dead-code resets."""
-    torch.manual_seed(0)
-    a = VQVAE.from_preset("naive", width=8, code_dim=4, codebook_size=8).quantizer.train()
-    b = VQVAE.from_preset("naive", width=8, code_dim=4, codebook_size=8).quantizer.train()
-    z0 = torch.randn(20, 4)
-    torch.manual_seed(1)
-    a.init_from(z0)
-    torch.manual_seed(1)
-    D.codebook_init(b, z0)
-    for i in range(4):
-        z = torch.randn(12, 4) * (1 + i)
-        idx = torch.cdist(z, a.embed).argmin(1)
-        torch.manual_seed(10 + i)
-        a.update(z, idx)
-        torch.manual_seed(10 + i)
-        D.codebook_update(b, z, idx)
-        for k in ("embed", "embed_avg", "cluster_size"):
-            assert torch.equal(getattr(a, k), getattr(b, k)), k
-    assert (a.cluster_size == a.dead_threshold).any()   # some code was reset on the way
-
-
 def test_precision_and_scaled_step_validation():
+    lin = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="--precision: expected one of"):
-        D.Precision("fp8")
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+        D.ScaledStep(lin, opt, precision="fp8")
     with pytest.raises(ValueError, match="--grad-accum: expected a positive int, got 0"):
-        D.ScaledStep(opt, grad_accum=0)
-    p = opt.param_groups[0]["params"][0]
-    step = D.ScaledStep(opt)
+        D.ScaledStep(lin, opt, grad_accum=0)
+    step = D.ScaledStep(lin, opt)
     with pytest.raises(FloatingPointError, match="train: loss became nan at step 3"):
-        step(3, lambda s, k: ((p * float("nan")).sum(), {}))
+        step(3, lambda s, k: ((lin.weight * float("nan")).sum(), {}))
 
 
 def test_bf16_autocast_keeps_vq_maths_fp32():
     m = _model("disentangled")
     motion, beta = _data()
-    with D.Precision("bf16").autocast():
+    with D.autocast("bf16", "cpu"):
         out = m(motion[:4], beta[:4])
     assert out.losses["embed"].dtype == torch.float32 and m.quantizer.embed.dtype == torch.float32
     assert torch.isfinite(out.loss)
@@ -386,21 +337,22 @@ def test_cli_train_lm_torchrun_equals_one_process(tmp_path):
     _torchrun(2, ["train-lm", *LM_ARGS, "--steps", "4", "--out", str(two)])
     a, b = _weights(one), _weights(two)
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < TOL
-    np.testing.assert_allclose(_curve(two / "train_log.json", "loss"), _curve(one / "train_log.json", "loss"),
+    np.testing.assert_allclose(_curve(two / "log.jsonl", "loss"), _curve(one / "log.jsonl", "loss"),
                                atol=TOL, rtol=0)
 
 
 def test_fp16_scaler_state_round_trip_and_step():
     torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(4))
+    holder = torch.nn.Module()
+    holder.w = w = torch.nn.Parameter(torch.randn(4))
     opt = torch.optim.SGD([w], lr=0.1)
-    step = D.ScaledStep(opt, precision="fp16", grad_accum=2)
+    step = D.ScaledStep(holder, opt, precision="fp16", grad_accum=2)
     before = w.detach().clone()
     for s in range(3):
         step(s, lambda s, k: (((w - 1.0) ** 2).mean(), {"k": float(k)}))
     assert not torch.equal(w.detach(), before) and step.skipped == 0
-    st = step.precision.state_dict()
-    assert st["name"] == "fp16" and st["scaler"]["scale"] == 65536.0
-    other = D.Precision("fp16")
-    other.load_state_dict({"name": "fp16", "scaler": dict(st["scaler"], scale=128.0)})
+    st = step.scaler.state_dict()
+    assert st["scale"] == 65536.0
+    other = D.ScaledStep(holder, opt, precision="fp16")
+    other.scaler.load_state_dict(dict(st, scale=128.0))
     assert other.scaler.get_scale() == 128.0

@@ -491,7 +491,7 @@ def test_train_lm_function_and_cli(tmp_path):
     # resume: continue the stage-2 run to 4 steps
     assert main(["--stage", "2", "--out", str(tmp_path / "s2"), "--resume", *args(4, eval_every=2)]) == 0
     st = json.loads((tmp_path / "s2" / "train_state.json").read_text())
-    assert st["info"]["step"] == 4 and st["info"]["stage"] == 2
+    assert st["info"]["step"] == 4 and st["info"]["config"]["stage"] == 2
     with pytest.raises(ValueError, match="drop --modalities"):
         main(["--stage", "2", "--out", str(tmp_path / "s2"), "--resume", "--modalities", "W", *args(4)])
     with pytest.raises(ValueError, match="holds a stage-2 run"):
@@ -529,7 +529,8 @@ def test_gradient_checkpointing_same_training_less_memory():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=n)
 
     from minilisten.tokens import collate
-    from minilisten.train_lm import _sequences, _windows
+    from minilisten.train_lm import _sequences
+    from minilisten.training import windows as _windows
     batch = collate(_sequences(plain, c.train, tr, _windows(c.train, 48, 8, 8)[:4], 48, 2), plain.vocab.pad)
 
     def saved_bytes(model):

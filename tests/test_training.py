@@ -1,4 +1,5 @@
-"""The training loop (minilisten.training) and CLI options derived from dataclasses (minilisten.cli_config)."""
+"""The training loop (minilisten.training), the trainers' shared options and CLI options derived from
+dataclasses (minilisten.cli_config)."""
 import argparse
 import json
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from minilisten.cli_config import add_dataclass_args, dataclass_kwargs, field_docs
-from minilisten.training import FunctionLR, TrainLoop, renamed_kwargs, step_decay
+from minilisten.training import LoopConfig, TrainLoop, append_jsonl, step_decay
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -22,27 +23,6 @@ def test_step_decay_values():
         step_decay(1.0, warmup=-1)
     with pytest.raises(ValueError, match="learning_rate: expected a finite number >= 0, got nan"):
         step_decay(float("nan"))
-
-
-def test_function_lr_drives_the_update():
-    """SGD on loss = w (gradient 1): after n steps w = -sum of the learning rates used, the
-    schedule's values exactly (the lr is set by the torch LRScheduler, not by hand)."""
-    w = torch.nn.Parameter(torch.zeros(()))
-    opt = torch.optim.SGD([w], lr=123.0)
-    f = step_decay(0.1, warmup=4, decay_step=6, final_learning_rate=0.01)
-    sched = FunctionLR(opt, f)
-    assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
-    used = []
-    for _ in range(9):
-        used.append(opt.param_groups[0]["lr"])
-        opt.zero_grad()
-        w.backward()
-        opt.step()
-        sched.step()
-    assert used == [f(s) for s in range(9)]
-    assert w.item() == pytest.approx(-sum(f(s) for s in range(9)), rel=1e-6)
-    sched.set_step(2)
-    assert opt.param_groups[0]["lr"] == f(2) and sched.state_dict() == {"last_epoch": 2}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -63,27 +43,39 @@ class Toy(torch.nn.Module):
 SCHEDULE = step_decay(0.05, warmup=3, decay_step=7, final_learning_rate=0.005)
 
 
-def toy_run(out_dir, steps, *, resume=False, save_every=0, eval_every=0, restore_rng=True, **kw):
+def toy_config(steps, **kw):
+    return LoopConfig(steps=steps, learning_rate=0.05, warmup=3, decay_step=7, final_learning_rate=0.005,
+                      grad_clip=0.0, progress=False, **kw)
+
+
+class Recording(TrainLoop):
+    """A loop that records the steps it saved at."""
+    saved: list
+
+    def save(self, step):
+        self.saved.append(step)
+        super().save(step)
+
+
+def toy_run(out_dir, steps, *, resume=False, save_every=0, eval_every=0, restore_rng=True, saved=None):
     """A loop whose data come from a numpy generator and whose dropout uses torch's RNG, so an
     exact resume needs both RNG states, the optimizer and the scheduler."""
     model = Toy()
     if resume and out_dir is not None:      # the trainer loads the model; the loop restores the rest
         model.load_state_dict(torch.load(f"{out_dir}/toy.pt"))
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.01)
     rng = np.random.default_rng(0)
     val_x = torch.ones(3, 4)
-    loop = TrainLoop(model, opt, steps=steps, schedule=SCHEDULE, out_dir=out_dir, save_every=save_every,
-                     eval_every=eval_every,
-                     numpy_rng=rng if restore_rng else None,
-                     validate=lambda step: {"val": model.eval()(val_x).sum().item()}, save_model=model.save_pretrained,
-                     progress=False, **kw)
+    loop = Recording(model, toy_config(steps, save_every=save_every, eval_every=eval_every), out_dir=out_dir,
+                     numpy_rng=rng if restore_rng else None, save_model=model.save_pretrained,
+                     validate=lambda step: {"val": model.eval()(val_x).sum().item()})
+    loop.saved = [] if saved is None else saved
     if resume:
         loop.resume()
     seen = []
 
-    def step_fn(step):
+    def step_fn(step, k):
         x = torch.from_numpy(rng.normal(size=(8, 4)).astype(np.float32))
-        seen.append((step, opt.param_groups[0]["lr"]))
+        seen.append((step, loop.optimizer.param_groups[0]["lr"]))
         return ((model(x) - x.sum(1, keepdim=True)) ** 2).mean(), {"loss": 0.0}
     history = loop.run(step_fn)
     return model, history, seen
@@ -114,72 +106,108 @@ def test_resume_without_the_data_rng_differs(tmp_path):
     assert not torch.equal(res.lin.weight, full.lin.weight)
 
 
-def test_resume_from_an_old_train_state(tmp_path):
-    """A train state written before the loop (no scheduler / torch RNG / history in ``info``) resumes
-    at its step with the schedule's learning rate."""
-    from minilisten.checkpoint import checkpoint_transaction, save_train_state
-    model = Toy()
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
-    with checkpoint_transaction(tmp_path, 5) as stage:
-        model.save_pretrained(stage)
-        save_train_state(stage, opt, {"step": 5, "numpy_rng": np.random.default_rng(0).bit_generator.state})
-    _, hist, seen = toy_run(tmp_path, 7, resume=True)
-    assert seen == [(5, SCHEDULE(5)), (6, SCHEDULE(6))] and [h["step"] for h in hist] == [7]
-
-
 def test_resume_refuses_fewer_steps(tmp_path):
     toy_run(tmp_path, 6)
     with pytest.raises(ValueError, match=r"--steps .*expected >= the saved step 6 to resume, got 3"):
         toy_run(tmp_path, 3, resume=True)
-    with pytest.raises(ValueError, match="resume: needs out_dir"):
+    with pytest.raises(ValueError, match="resume: expected out_dir"):
         toy_run(None, 3, resume=True)
 
 
 def test_save_points_and_atomic_sets(tmp_path):
     saved = []
-    toy_run(tmp_path, 7, save_every=3, after_save=saved.append)
+    toy_run(tmp_path, 7, save_every=3, saved=saved)
     assert saved == [3, 6, 7]
     from minilisten.checkpoint import verify_checkpoint
     assert verify_checkpoint(tmp_path)["step"] == 7
     saved.clear()
-    toy_run(tmp_path / "b", 7, eval_every=2, save_at_eval=True, after_save=saved.append)
+    toy_run(tmp_path / "b", 7, eval_every=2, saved=saved)    # save_every 0: at validations and at the end
     assert saved == [2, 4, 6, 7]
+    lines = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [2, 4, 6, 7]
 
 
 def test_nan_loss_is_an_error():
     model = Toy()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loop = TrainLoop(model, opt, steps=3, schedule=step_decay(0.1), progress=False, desc="toy")
+    loop = TrainLoop(model, LoopConfig(steps=3, progress=False), desc="toy")
     with pytest.raises(FloatingPointError, match="toy: loss became nan at step 0"):
-        loop.run(lambda step: (torch.tensor(float("nan"), requires_grad=True), {}))
-    with pytest.raises(ValueError, match="steps: expected an int >= 1, got 0"):
-        TrainLoop(model, opt, steps=0, schedule=step_decay(0.1))
+        loop.run(lambda step, k: (model(torch.ones(2, 4)).sum() * float("nan"), {}))
 
 
-def test_hooks_see_every_step():
+def test_loop_config_checks_its_fields():
+    with pytest.raises(ValueError, match="steps: expected a positive int, got 0"):
+        LoopConfig(steps=0)
+    with pytest.raises(ValueError, match="eval_every: expected an int >= 0, got -1"):
+        LoopConfig(eval_every=-1)
+    with pytest.raises(ValueError, match="--batch-size: expected a multiple of --grad-accum 3, got 8"):
+        LoopConfig(batch_size=8, grad_accum=3)
+    with pytest.raises(ValueError, match="--precision: expected one of"):
+        LoopConfig(precision="fp8")
+    c = LoopConfig(batch_size=8, grad_accum=2)
+    assert c.micro == 4 and c.local(np.arange(8), 1).tolist() == [4, 5, 6, 7]   # one process: all of micro-batch 1
+
+
+def test_stats_are_averaged_for_the_bar():
     model = Toy()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    steps = []
-    loop = TrainLoop(model, opt, steps=4, schedule=step_decay(0.1), progress=False,
-                     hooks=[lambda step, loss, stats: steps.append((step, stats["n"]))])
-    loop.run(lambda step: (model(torch.ones(2, 4)).sum(), {"n": step * 2}))
-    assert steps == [(0, 0), (1, 2), (2, 4), (3, 6)]
+    loop = TrainLoop(model, LoopConfig(steps=4, progress=False))
+    loop.run(lambda step, k: (model(torch.ones(2, 4)).sum(), {"n": step * 2}))
     assert loop.ema["n"] == pytest.approx(((0 * 0.9 + 0.1 * 2) * 0.9 + 0.1 * 4) * 0.9 + 0.1 * 6)
 
 
-def test_renamed_kwargs():
-    assert renamed_kwargs({"lr": 1, "x": 2}, {"lr": "learning_rate"}, "f") == {"learning_rate": 1, "x": 2}
-    with pytest.raises(ValueError, match="f: got both 'lr' .* and 'learning_rate'"):
-        renamed_kwargs({"lr": 1, "learning_rate": 2}, {"lr": "learning_rate"}, "f")
+def test_append_jsonl_appends_in_place(tmp_path):
+    """The file is appended to, not rewritten: its inode and its earlier bytes stay."""
+    path = tmp_path / "sub" / "log.jsonl"
+    append_jsonl(path, {"step": 1})
+    inode = path.stat().st_ino
+    with open(path, "a") as f:
+        f.write("not json\n")                 # a rewrite through json would not keep this line
+    append_jsonl(path, {"step": 2, "x": 0.5})
+    assert path.stat().st_ino == inode
+    assert path.read_text() == '{"step": 1}\nnot json\n{"step": 2, "x": 0.5}\n'
 
 
-def test_old_train_config_names_load():
-    from minilisten.train_lm import TrainConfig
-    old = {"stage": 2, "lr": 5e-5, "lr_decay_step": 150, "lr_after": 2.5e-6, "lr_noise": 0.25}
-    tc = TrainConfig.from_dict(old)
-    assert (tc.learning_rate, tc.decay_step, tc.final_learning_rate, tc.lr_noise) == (5e-5, 150, 2.5e-6, 0.25)
-    f = tc.schedule()
-    assert f(200) == 2.5e-6 and f(tc.warmup) == 5e-5
+# ----------------------------------------------------------------------------- the trainers fit to the data
+def _short(segments, T):
+    return [s.window(0, T) for s in segments if s.T >= T]
+
+
+def test_train_vq_fits_its_crop_to_64_frame_segments():
+    """Learning2Listen's 64-frame rows with the default crop (240): trained on 64-frame crops, said once."""
+    from minilisten.data.synthetic import named_corpus
+    from minilisten.train_vq import CropSampler, train_vq
+    c = named_corpus("small", n_segments=30, seconds=8)
+    said, crops = [], []
+    take = CropSampler.take
+    CropSampler.take = lambda self, j: crops.append(self.crop) or take(self, j)
+    try:
+        m = train_vq(_short(c.train, 64), _short(c.val, 64), "naive", steps=2, batch_size=2, width=16, code_dim=8,
+                     codebook_size=16, progress=False, log=said.append)
+    finally:
+        CropSampler.take = take
+    assert crops == [64, 64] and m.eval_window == 64
+    assert [x for x in said if "not 240" in x] == ["validation window: the longest segment holds 64 frames, not 240: "
+                                                   "using 64"]
+
+
+def test_train_lm_fits_its_window_to_64_frame_segments():
+    from minilisten.data.synthetic import named_corpus
+    from minilisten.train_lm import train_lm
+    c = named_corpus("small", n_segments=30, seconds=8)
+    said = []
+    m = train_lm(_short(c.train, 64), _short(c.val, 64), stage=1, steps=1, progress=False, log=said.append,
+                 backbone=dict(n_layer=1, n_embd=32, n_head=2))
+    assert [x for x in said if "--window" in x] == ["--window: the longest segment holds 64 frames, not 240: using 64"]
+    assert m.train_log[-1]["count"] > 0          # validated on 64-frame windows
+
+
+@pytest.mark.parametrize("module", ["minilisten.train_vq", "minilisten.train_lm", "minilisten.train_arig"])
+def test_no_legacy_learning_rate_flags(module, capsys):
+    import importlib
+    main = importlib.import_module(module).main
+    for flag in ("--lr", "--lr-final", "--decay-at", "--lr-decay-step", "--lr-after"):
+        with pytest.raises(SystemExit):
+            main([flag, "0.1", "--out", "x", "--stage", "1"])
+        assert f"unrecognized arguments: {flag} 0.1" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- CLI from dataclasses
@@ -229,7 +257,8 @@ def test_dataclass_args_help_prints_each_default_once():
         _parser(skip=("nope",))
 
 
-@pytest.mark.parametrize("module", ["minilisten.train_vq", "minilisten.train_lm", "minilisten.data.cli"])
+@pytest.mark.parametrize("module", ["minilisten.train_vq", "minilisten.train_lm", "minilisten.train_arig",
+                                    "minilisten.data.cli"])
 def test_command_help_shows_each_default_once(module, capsys):
     import importlib
     mod = importlib.import_module(module)
