@@ -289,3 +289,124 @@ def evaluate(preds: dict[str, list[np.ndarray]], clips, train, seed: int = 0) ->
     """:func:`score` of every method of ``preds`` (name -> motion per clip), L2 Affect when the data has valence."""
     valence = fit_valence(train, clips)
     return {name: score(p, clips, valence, seed) for name, p in preds.items()}
+
+
+# --------------------------------------------------------------------------- REACT metric family
+# Shapes as in the REACT 2023/2024 challenge code (reactmultimodalchallenge/baseline_react2023, metric/*.py,
+# evaluate.py): pred (N, S, T, D) with S sampled reactions per speaker clip, listener_gt / speaker_gt (N, T, D),
+# appropriate (N, N) 0/1 (row k: the listener reactions appropriate for clip k). Defaults follow that code.
+REACT_GROUPS = ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))   # 15 AUs, valence + arousal, 8 expressions
+FLAME_GROUPS = ((0, 50, 1 / 50), (50, 56, 1 / 6))                 # FLAME expression, pose (head + jaw)
+
+
+def _react_inputs(pred, gt=None, appropriate=None):
+    pred = np.asarray(pred, np.float64)
+    if pred.ndim != 4 or pred.shape[0] < 1 or pred.shape[1] < 1:
+        raise UserError(f"pred: expected shape (N, S, T, D) with N, S >= 1, got {pred.shape}")
+    if gt is not None:
+        gt = np.asarray(gt, np.float64)
+        if gt.ndim != 3 or gt.shape[1:] != pred.shape[2:]:
+            raise UserError(f"ground truth: expected shape (N', {pred.shape[2]}, {pred.shape[3]}), got {gt.shape}")
+    if appropriate is not None:
+        appropriate = np.asarray(appropriate) == 1
+        want = (pred.shape[0], gt.shape[0])
+        if appropriate.shape != want or not appropriate.any(1).all():
+            raise UserError(f"appropriate: expected a {want} 0/1 matrix with a 1 in every row, got shape "
+                            f"{appropriate.shape}" + ("" if appropriate.shape != want else ", a row without a 1"))
+    return pred, gt, appropriate
+
+
+def ccc(x: np.ndarray, y: np.ndarray) -> float:
+    """Concordance correlation of (T, D) arrays, averaged over D (REACT's: population variances, a constant
+    dimension has correlation 0, +1e-8 in the denominator)."""
+    mx, my, vx, vy = x.mean(0), y.mean(0), x.var(0), y.var(0)
+    cov = ((x - mx) * (y - my)).mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.nan_to_num(np.clip(cov / np.sqrt(vx * vy), -1, 1))
+    return float(np.mean(2 * r * np.sqrt(vx * vy) / (vx + vy + (mx - my) ** 2 + 1e-8)))
+
+
+def dtw(x: np.ndarray, y: np.ndarray) -> float:
+    """DTW distance of (T, d) and (T', d) as tslearn.metrics.dtw defines it (the square root of the smallest sum
+    of squared Euclidean distances along a warping path), by dtaidistance's C implementation."""
+    from dtaidistance import dtw_ndim
+    return float(dtw_ndim.distance(np.ascontiguousarray(x, np.float64), np.ascontiguousarray(y, np.float64),
+                                   use_c=True))
+
+
+def frcorr(pred, listener_gt, appropriate) -> float:
+    """FRCorr ↑: per clip, the sum over its S samples of the best CCC with an appropriate reaction; mean over
+    clips (REACT's sum over samples: its scale grows with S)."""
+    pred, gt, ok = _react_inputs(pred, listener_gt, appropriate)
+    return float(np.mean([sum(max(ccc(gt[j], p) for j in np.flatnonzero(ok[k])) for p in pred[k])
+                          for k in range(len(pred))]))
+
+
+def frdist(pred, listener_gt, appropriate, groups=REACT_GROUPS) -> float:
+    """FRDist ↓: per clip, the sum over samples of the smallest group-weighted DTW to an appropriate reaction
+    (float32 inputs, as REACT's); mean over clips."""
+    pred, gt, ok = _react_inputs(pred, listener_gt, appropriate)
+    pred, gt = pred.astype(np.float32), gt.astype(np.float32)
+
+    def dist(a, b):
+        return sum(w * dtw(a[:, s:e], b[:, s:e]) for s, e, w in groups)
+    return float(np.mean([sum(min(dist(p, gt[j]) for j in np.flatnonzero(ok[k])) for p in pred[k])
+                          for k in range(len(pred))]))
+
+
+def _pair_sq(x: np.ndarray) -> float:   # (M, F) -> sum over ordered pairs of squared distances
+    sq = (x * x).sum(1)
+    return float(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0).sum())
+
+
+def frdiv(pred) -> float:
+    """FRDiv ↑ (REACT's S-MSE): mean squared distance between the S samples of a clip, per element; 0 if S = 1."""
+    pred, _, _ = _react_inputs(pred)
+    N, S = pred.shape[:2]
+    if S == 1:
+        return 0.0
+    flat = pred.reshape(N, S, -1)
+    return float(np.mean([_pair_sq(f) for f in flat]) / (S * (S - 1) * flat.shape[-1]))
+
+
+def frvar(pred) -> float:
+    """FRVar: variance over time (unbiased, as torch.var), averaged over clips, samples and dimensions."""
+    pred, _, _ = _react_inputs(pred)
+    return float(pred.var(axis=2, ddof=1).mean()) if pred.shape[2] > 1 else float("nan")
+
+
+def frdvs(pred) -> float:
+    """FRDvs ↑: mean squared distance between clips' reactions for the same sample index, per element."""
+    pred, _, _ = _react_inputs(pred)
+    N, S = pred.shape[:2]
+    if N == 1:
+        return float("nan")
+    flat = pred.reshape(N, S, -1).transpose(1, 0, 2)
+    return sum(_pair_sq(f) for f in flat) / (N * (N - 1) * S) / flat.shape[-1]
+
+
+def _tlcc_offset(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
+    """|lag of the peak| of the dimension-averaged Pearson cross-correlation over lags -max_lag..max_lag
+    (REACT's calculate_tlcc: a NaN correlation wins the argmax, as torch.argmax)."""
+    rs = []
+    for lag in range(-max_lag, max_lag + 1):
+        a, b = (x[lag:], y[:len(y) - lag]) if lag > 0 else (x[:len(x) + lag], y[-lag:]) if lag < 0 else (x, y)
+        a, b = a - a.mean(0), b - b.mean(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rs.append(np.mean((a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))))
+    rs = np.asarray(rs)
+    peak = int(np.flatnonzero(np.isnan(rs))[0]) if np.isnan(rs).any() else int(np.argmax(rs))
+    return abs(max_lag - peak)
+
+
+def frsyn(pred, speaker_gt, fps: float = 25.0, seconds: float = 2.0, all_samples: bool = False) -> float:
+    """FRSyn ↓ (REACT's TLCC): |lag| in frames of the peak cross-correlation between a reaction and its speaker,
+    lags up to seconds * fps - 1, mean over clips. REACT's multiprocessing worker (compute_TLCC_mp, the one its
+    evaluate.py calls) returns after the first sample of each clip; that is the default, for comparability;
+    ``all_samples=True`` averages every sample (its single-process compute_TLCC)."""
+    pred, spk, _ = _react_inputs(pred, speaker_gt)
+    if spk.shape[0] != pred.shape[0]:
+        raise UserError(f"speaker_gt: expected {pred.shape[0]} clips (as pred), got {spk.shape[0]}")
+    max_lag = int(seconds * fps) - 1
+    S = pred.shape[1] if all_samples else 1
+    return float(np.mean([_tlcc_offset(pred[k, i], spk[k], max_lag) for k in range(len(pred)) for i in range(S)]))
