@@ -9,6 +9,7 @@ Design notes: docs/models.md.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -19,12 +20,12 @@ import numpy as np
 import torch
 
 from . import safe_pickle
-from .data.segment import Word, check_emotion_probs
+from .data.segment import MEL_PER_FRAME, Word, check_emotion_probs, repair_words, seconds
 from .errors import UserError
 from .tokens import SA_RATE, check_sa_tokens, sa_bounds, word_step
 
 SA_SAMPLE_RATE = 16000  # SpeechTokenizer / AcousticTokenizer input sample rate
-MEL_PER_FRAME = 4       # Learning2Listen: mel frames per video frame
+log = logging.getLogger("minilisten")
 LOADERS = {".npy": safe_pickle.load_npy, ".npz": safe_pickle.load_npz, ".pt": safe_pickle.load_torch,
            ".pth": safe_pickle.load_torch, ".pkl": safe_pickle.load_pickle, ".pickle": safe_pickle.load_pickle,
            ".txt": lambda p: np.array(Path(p).read_text().split(), dtype=np.int64)}   # pickles: restricted
@@ -37,8 +38,8 @@ def _nearest_code(z: torch.Tensor, codebook: torch.Tensor):
 
 # ----------------------------------------------------------------------------- words (W)
 def read_whisper_words(src) -> list[Word]:
-    """The words of a Whisper ``word_timestamps=True`` transcript (a JSON file, or its decoded dict or list of
-    segments; WhisperX's ``word_segments`` too) at the transcript's times (``Segment.window`` clips them)."""
+    """The words of a Whisper ``word_timestamps=True`` transcript (a JSON file, its dict or list of segments;
+    WhisperX's ``word_segments`` too) at the transcript's times, repaired by ``segment.repair_words``."""
     data = src
     if isinstance(src, (str, os.PathLike)):
         if not Path(src).is_file():
@@ -51,7 +52,7 @@ def read_whisper_words(src) -> list[Word]:
         keys = sorted(data)[:8] if isinstance(data, dict) else "-"
         raise UserError("whisper transcript: expected a dict with 'segments' (Whisper) or 'word_segments' (WhisperX), "
                         f"got {type(data).__name__} with keys {keys}")
-    words = []
+    items = []
     for si, seg in enumerate(segs):
         if not isinstance(seg, dict) or "words" not in seg:
             raise UserError(f"whisper transcript: segments[{si}]: expected a 'words' list (transcribe with "
@@ -61,11 +62,14 @@ def read_whisper_words(src) -> list[Word]:
             text = w.get("word", w.get("text")) if isinstance(w, dict) else None
             if text is None:
                 raise UserError(f"{where}: expected a dict with 'word', 'start', 'end', got {w!r}")
-            start, end = (math.nan if w.get(k) is None else float(w[k]) for k in ("start", "end"))
-            if not (math.isfinite(start) and start <= end < math.inf):
-                raise UserError(f"{where} ({text!r}): expected finite 'start' <= 'end' times, got {start}, {end}")
+            at = f"{where} ({text!r})"
+            start = None if w.get("start") is None else seconds(f"{at}: start", w["start"])
             if text.strip():
-                words.append(Word(text.strip(), start, end))
+                items.append((text.strip(), start, seconds(f"{at}: end", w.get("end"))))
+    words, repaired = repair_words(items)
+    if repaired:
+        log.warning("whisper transcript: repaired %d word(s): put in order by end time, starts clamped to the "
+                    "previous word's end", repaired)
     return words
 
 
