@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import tokens
-from .data.segment import N_EMOTIONS, Segment, Word
+from .data.segment import N_EMOTIONS, Segment, Word, _positive
 from .errors import UserError
 from .tokens import IGNORE, MODALITIES, PLACEMENTS, LMSequence, Vocab, check_modalities
 
@@ -57,24 +57,22 @@ class LMConfig:
             raise UserError(f"LMConfig.window_keep: expected a value in (0, 1], got {self.window_keep}")
         if isinstance(self.r, bool) or not (isinstance(self.r, (int, np.integer)) and self.r >= 1):
             raise UserError(f"LMConfig.r: expected an int >= 1 (frames per LR token), got {self.r!r}")
-        if isinstance(self.fps, bool) or not (isinstance(self.fps, (int, float, np.integer, np.floating))
-                                              and np.isfinite(self.fps) and self.fps > 0):
-            raise UserError(f"LMConfig.fps: expected a positive frame rate, got {self.fps!r}")
-        self.fps = float(self.fps)
+        self.fps = _positive("LMConfig.fps", self.fps)
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
 
 
 # ----------------------------------------------------------------------------- backbones
-def load_backbone(name_or_path: str, dtype: torch.dtype | None = None):
+def load_backbone(name_or_path: str):
     """``(model, tokenizer)`` of a transformers causal LM from a local directory or a hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
-        kw = {"dtype": dtype} if dtype is not None else {}
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        where = "the local directory" if Path(name_or_path).is_dir() else "no local directory of that name exists, and the hub"
+        where = "the local directory"
+        if not Path(name_or_path).is_dir():
+            where = "no local directory of that name exists, and the hub"
         raise OSError(f"backbone {name_or_path!r}: could not load a causal LM + tokenizer ({where} failed: {e}). "
                       "Without internet, download it elsewhere (save_pretrained) and pass the directory.") from e
     return model, tok
