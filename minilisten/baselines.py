@@ -1,7 +1,6 @@
-"""The paper's baselines (§4.1, Table 1): seeded classes with ``fit(train_segments)`` and
-``predict(segment) -> (T, 56)`` float32 listener motion: Random, NN facial motion, NN speech content
-(Sentence-BERT when a local model is found, else TF-IDF) and random walks over a VQ-VAE codebook.
-NN baselines index training windows of ``window`` frames every ``stride`` frames; rules: docs/models.md.
+"""The paper's baselines (§4.1, Table 1), seeded, ``predict(segment) -> (T, 56)`` float32 listener motion:
+Random, NN facial motion, NN speech content (Sentence-BERT when a local model is found, else TF-IDF), each
+``fit(train_segments)``, and random walks over a VQ-VAE codebook. Rules: docs/models.md.
 """
 from __future__ import annotations
 
@@ -323,10 +322,6 @@ class RandomWalk:
         d2 = (cb ** 2).sum(1)[:, None] - 2 * cb @ cb.T + (cb ** 2).sum(1)[None]
         np.fill_diagonal(d2, -np.inf)                                   # the code itself first
         self.neighbours = np.argsort(d2, axis=1, kind="stable")[:, :self.k]   # (K, k)
-
-    def fit(self, train_segments=None) -> "RandomWalk":
-        """Nothing to learn (the codebook is the VQ-VAE's)."""
-        return self
 
     def walk(self, L: int) -> np.ndarray:
         """``L`` codes ``(L,)`` int64."""

@@ -1,10 +1,8 @@
-"""FLAME head mesh from minilisten's 56 motion numbers, in numpy (no chumpy, no torch needed).
+"""FLAME head mesh from minilisten's 56 motion numbers (expression 50 | global rotation 3 | jaw 3), in numpy.
 
-:func:`load_flame` reads the user's FLAME 2020 ``generic_model.pkl`` (licensed by MPI-IS, never shipped)
-with a restricted unpickler that keeps its ``chumpy.ch.Ch`` and ``scipy.sparse`` objects as inert
-placeholders (nothing from the file runs); :meth:`FlameModel.vertices` is FLAME's forward pass
-(FLAME_PyTorch, smplx ``lbs``). Motion ``[0:50]`` = expression, ``[50:53]`` = global rotation,
-``[53:56]`` = jaw (DECA/EMOCA); keys and conventions: docs/models.md.
+:func:`load_flame` reads the user's FLAME 2020 ``generic_model.pkl`` without running code from it (chumpy and
+scipy.sparse objects become inert placeholders); :meth:`FlameModel.vertices` is FLAME's forward pass (smplx
+``lbs``). Keys and conventions: docs/models.md.
 """
 from __future__ import annotations
 
@@ -35,9 +33,6 @@ class _Placeholder:
 
     def __setstate__(self, state):
         self.state = state
-
-    def __reduce__(self):   # never re-pickled
-        raise TypeError(f"a placeholder of {self.source} cannot be pickled")
 
 
 _PLACEHOLDERS = {s: type(f"Placeholder_{s}", (_Placeholder,), {"source": s}) for s in ("chumpy", *SPARSE)}

@@ -1,9 +1,6 @@
-"""The multimodal listener LM (paper §3.1): any HF causal LM + E_MM embeddings + an affine LR head.
-
-Token layout, time -> step rules (Eq. 1) and sequences live in :mod:`minilisten.tokens`; this module
-holds the model (backbone embeddings extended by E_MM rows initialised from the word rows' mean and
-covariance), its losses (stage 1, Eq. 3: next speaker token; stage 2, Eq. 4: the LR head) and its
-checkpoints. Decoding: :mod:`minilisten.generate`. Notes: docs/models.md.
+"""The multimodal listener LM (paper §3.1): any HF causal LM + E_MM embeddings + an affine LR head, its
+losses (stage 1, Eq. 3: next speaker token; stage 2, Eq. 4: the LR head) and checkpoints. Token layout and
+sequences: :mod:`minilisten.tokens`; decoding: :mod:`minilisten.generate`; notes: docs/models.md.
 """
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import tokens
-from .data.segment import N_EMOTIONS, Segment, Word
+from .data.segment import N_EMOTIONS, Segment, Word, _positive
 from .errors import UserError
 from .tokens import IGNORE, MODALITIES, PLACEMENTS, LMSequence, Vocab, check_modalities
 
@@ -60,25 +57,22 @@ class LMConfig:
             raise UserError(f"LMConfig.window_keep: expected a value in (0, 1], got {self.window_keep}")
         if isinstance(self.r, bool) or not (isinstance(self.r, (int, np.integer)) and self.r >= 1):
             raise UserError(f"LMConfig.r: expected an int >= 1 (frames per LR token), got {self.r!r}")
-        if isinstance(self.fps, bool) or not (isinstance(self.fps, (int, float, np.integer, np.floating))
-                                              and np.isfinite(self.fps) and self.fps > 0):
-            raise UserError(f"LMConfig.fps: expected a positive frame rate, got {self.fps!r}")
-        self.fps = float(self.fps)
+        self.fps = _positive("LMConfig.fps", self.fps)
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
 
 
 # ----------------------------------------------------------------------------- backbones
-def load_backbone(name_or_path: str, dtype: torch.dtype | None = None):
+def load_backbone(name_or_path: str):
     """``(model, tokenizer)`` of a transformers causal LM from a local directory or a hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    local = Path(name_or_path).is_dir()
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
-        kw = {"dtype": dtype} if dtype is not None else {}
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        where = "the local directory" if local else "no local directory of that name exists, and the hub"
+        where = "the local directory"
+        if not Path(name_or_path).is_dir():
+            where = "no local directory of that name exists, and the hub"
         raise OSError(f"backbone {name_or_path!r}: could not load a causal LM + tokenizer ({where} failed: {e}). "
                       "Without internet, download it elsewhere (save_pretrained) and pass the directory.") from e
     return model, tok
@@ -283,14 +277,6 @@ class ListenerLM(nn.Module):
         plan = self.context_plan(history, steps, with_lr=codes is not None)
         return tokens.pack_sequences(self.vocab, history, steps, codes, plan, self.config.history_tokens)
 
-    def build_sequence(self, seg: Segment, lr_codes=None, n_steps: int | None = None) -> LMSequence:
-        """As :meth:`build_sequences` for a clip that fits the context (raises otherwise)."""
-        seqs = self.build_sequences(seg, lr_codes, n_steps)
-        if len(seqs) > 1:
-            raise UserError(f"segment {seg.name!r}: the sequence exceeds the context of {self.max_len} tokens; use "
-                             "build_sequences (sliding windows with history) or shorter windows")
-        return seqs[0]
-
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """HF forward without cache: ``(B, L)`` ids -> ``(B, L, hidden)`` last hidden states."""
         out = self._decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -300,8 +286,7 @@ class ListenerLM(nn.Module):
         """``(B, L, n_lr)`` LR-head logits at every position."""
         return self.lr_head(self.hidden_states(input_ids, attention_mask))
 
-    def forward(self, input_ids, attention_mask=None):
-        return self.lr_logits(input_ids, attention_mask)
+    forward = lr_logits
 
     def noise_lr_inputs(self, input_ids: torch.Tensor, fraction: float, rng: torch.Generator | None = None):
         """LM-listener's robustness trick: each input LR token becomes a uniformly random one with

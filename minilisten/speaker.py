@@ -1,15 +1,12 @@
-"""Speaker inputs for the listener LM: words (W), speech acoustics (SA) and emotion (emo).
-
-Readers and tokenizers of the raw per-modality inputs (paper §3.1, supplement §3); the rules that
-assign them to LR steps live in :mod:`minilisten.tokens`. SA comes from SpeechTokenizer (RVQ layer 1,
-50 tokens/s), precomputed token files, :class:`AcousticTokenizer` (k-means units of prosody + spectral
-features of 16 kHz audio) or :class:`MelUnits` (k-means units of Learning2Listen's mel frames).
-Design notes: docs/models.md.
+"""Readers and tokenizers of the speaker's words (W), speech acoustics (SA) and emotion (emo) (paper §3.1,
+supplement §3; their LR-step rules: :mod:`minilisten.tokens`). SA: SpeechTokenizer (RVQ layer 1, 50/s), token
+files, :class:`AcousticTokenizer` (k-means units of 16 kHz audio features) or :class:`MelUnits` (of Learning2Listen
+mel frames). Notes: docs/models.md.
 """
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -19,12 +16,12 @@ import numpy as np
 import torch
 
 from . import safe_pickle
-from .data.segment import Word, check_emotion_probs
+from .data.segment import MEL_PER_FRAME, Word, check_emotion_probs, repair_words, seconds
 from .errors import UserError
 from .tokens import SA_RATE, check_sa_tokens, sa_bounds, word_step
 
 SA_SAMPLE_RATE = 16000  # SpeechTokenizer / AcousticTokenizer input sample rate
-MEL_PER_FRAME = 4       # Learning2Listen: mel frames per video frame
+log = logging.getLogger("minilisten")
 LOADERS = {".npy": safe_pickle.load_npy, ".npz": safe_pickle.load_npz, ".pt": safe_pickle.load_torch,
            ".pth": safe_pickle.load_torch, ".pkl": safe_pickle.load_pickle, ".pickle": safe_pickle.load_pickle,
            ".txt": lambda p: np.array(Path(p).read_text().split(), dtype=np.int64)}   # pickles: restricted
@@ -37,8 +34,8 @@ def _nearest_code(z: torch.Tensor, codebook: torch.Tensor):
 
 # ----------------------------------------------------------------------------- words (W)
 def read_whisper_words(src) -> list[Word]:
-    """The words of a Whisper ``word_timestamps=True`` transcript (a JSON file, or its decoded dict or list of
-    segments; WhisperX's ``word_segments`` too) at the transcript's times (``Segment.window`` clips them)."""
+    """The words of a Whisper ``word_timestamps=True`` transcript (a JSON file, its dict or list of segments;
+    WhisperX's ``word_segments`` too) at the transcript's times, repaired by ``segment.repair_words``."""
     data = src
     if isinstance(src, (str, os.PathLike)):
         if not Path(src).is_file():
@@ -51,7 +48,7 @@ def read_whisper_words(src) -> list[Word]:
         keys = sorted(data)[:8] if isinstance(data, dict) else "-"
         raise UserError("whisper transcript: expected a dict with 'segments' (Whisper) or 'word_segments' (WhisperX), "
                         f"got {type(data).__name__} with keys {keys}")
-    words = []
+    items = []
     for si, seg in enumerate(segs):
         if not isinstance(seg, dict) or "words" not in seg:
             raise UserError(f"whisper transcript: segments[{si}]: expected a 'words' list (transcribe with "
@@ -61,11 +58,14 @@ def read_whisper_words(src) -> list[Word]:
             text = w.get("word", w.get("text")) if isinstance(w, dict) else None
             if text is None:
                 raise UserError(f"{where}: expected a dict with 'word', 'start', 'end', got {w!r}")
-            start, end = (math.nan if w.get(k) is None else float(w[k]) for k in ("start", "end"))
-            if not (math.isfinite(start) and start <= end < math.inf):
-                raise UserError(f"{where} ({text!r}): expected finite 'start' <= 'end' times, got {start}, {end}")
+            at = f"{where} ({text!r})"
+            start = None if w.get("start") is None else seconds(f"{at}: start", w["start"])
             if text.strip():
-                words.append(Word(text.strip(), start, end))
+                items.append((text.strip(), start, seconds(f"{at}: end", w.get("end"))))
+    words, repaired = repair_words(items)
+    if repaired:
+        log.warning("whisper transcript: repaired %d word(s): put in order by end time, starts clamped to the "
+                    "previous word's end", repaired)
     return words
 
 
@@ -111,16 +111,9 @@ def read_sa_tokens(path, layer: int = 1, n_sa: int | None = None) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- audio
-def _resample(w: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
-    if sr_from == sr_to:
-        return w
-    from scipy.signal import resample_poly
-    g = math.gcd(int(sr_from), int(sr_to))
-    return resample_poly(w, int(sr_to) // g, int(sr_from) // g)
-
-
 def _mono16k(wav, sr: int, name: str = "wav") -> np.ndarray:
     """1-D float64 waveform at 16 kHz (polyphase resampling); errors on multi-channel input."""
+    from scipy.signal import resample_poly
     w = _as_np(wav)
     if w.ndim == 2 and 1 in w.shape:
         w = w.reshape(-1)
@@ -130,7 +123,7 @@ def _mono16k(wav, sr: int, name: str = "wav") -> np.ndarray:
         raise UserError(f"{name}: expected float samples in [-1, 1], got dtype {w.dtype}")
     if not (isinstance(sr, (int, np.integer)) and sr > 0):
         raise UserError(f"sample_rate: expected a positive integer, got {sr!r}")
-    return _resample(w.astype(np.float64), sr, SA_SAMPLE_RATE)
+    return resample_poly(w.astype(np.float64), SA_SAMPLE_RATE, sr)
 
 
 class SpeechTokenizerSA:
@@ -153,7 +146,8 @@ class SpeechTokenizerSA:
     @torch.no_grad()
     def encode(self, wav, sample_rate: int) -> np.ndarray:
         """``wav``: mono ``(N,)`` float -> ``(M,)`` int64 tokens of RVQ layer ``self.layer``."""
-        w = _resample(_mono16k(wav, sample_rate), SA_SAMPLE_RATE, self.sample_rate)
+        from scipy.signal import resample_poly
+        w = resample_poly(_mono16k(wav, sample_rate), self.sample_rate, SA_SAMPLE_RATE)
         x = torch.as_tensor(w, dtype=torch.float32, device=self.device)[None, None]  # (B=1, 1, N)
         codes = self.model.encode(x)                                                    # (n_q, B, M)
         if codes.dim() != 3 or not 0 <= self.layer < codes.shape[0]:
@@ -220,11 +214,9 @@ def acoustic_features(wav, sample_rate: int = SA_SAMPLE_RATE) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- k-means units
-def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None,
-           progress: bool = False) -> torch.Tensor:
+def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
     """k-means++ then Lloyd: ``x (N, d)`` -> centroids ``(k, d)``; an emptied cluster is re-seeded at the
     point farthest from its centroid."""
-    from tqdm import tqdm
     N = x.shape[0]
     g = generator or torch.Generator().manual_seed(0)
     cb = torch.empty(k, x.shape[1])
@@ -234,7 +226,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator 
         p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / N)
         cb[j] = x[torch.multinomial(p, 1, generator=g)]
         d2 = torch.minimum(d2, ((x - cb[j]) ** 2).sum(1))
-    for _ in tqdm(range(iters), desc="k-means", disable=not progress):
+    for _ in range(iters):
         idx, dist = _nearest_code(x, cb)
         counts = torch.bincount(idx, minlength=k)
         sums = torch.zeros_like(cb).index_add_(0, idx, x)
@@ -257,8 +249,7 @@ class _Units:
         return int(self.codebook.shape[0])
 
     @classmethod
-    def _fit(cls, feats: list[np.ndarray], k: int, iters: int, seed: int, max_points: int, progress: bool,
-             what: str):
+    def _fit(cls, feats: list[np.ndarray], k: int, iters: int, seed: int, max_points: int, what: str):
         """Units of the rows of ``feats`` (a list of ``(N_i, F)`` arrays), at most ``max_points`` sampled ones."""
         starts = np.cumsum([0] + [len(f) for f in feats])
         if starts[-1] < k:
@@ -272,7 +263,7 @@ class _Units:
             which = np.searchsorted(starts, rows, side="right") - 1
             x = torch.from_numpy(np.stack([feats[w][i - starts[w]] for w, i in zip(which, rows)])).double()
         mean, std = x.mean(0), x.std(0).nan_to_num(1.0).clamp_min(1e-3)
-        cb = kmeans(((x - mean) / std).float(), k, iters=iters, generator=g, progress=progress)
+        cb = kmeans(((x - mean) / std).float(), k, iters=iters, generator=g)
         return cls(cb, mean.float(), std.float())
 
     def units(self, feats: np.ndarray) -> np.ndarray:
@@ -310,9 +301,9 @@ class AcousticTokenizer(_Units):
 
     @classmethod
     def fit(cls, waves: list, sample_rate: int = SA_SAMPLE_RATE, k: int = 1024, iters: int = 20,
-            seed: int = 0, max_points: int = 200_000, progress: bool = False) -> "AcousticTokenizer":
+            seed: int = 0, max_points: int = 200_000) -> "AcousticTokenizer":
         feats = [acoustic_features(w, sample_rate) for w in waves]
-        return cls._fit(feats, k, iters, seed, max_points, progress, "feature frames (20 ms each)")
+        return cls._fit(feats, k, iters, seed, max_points, "feature frames (20 ms each)")
 
     def encode(self, wav, sample_rate: int = SA_SAMPLE_RATE) -> np.ndarray:
         """Mono waveform ``(N,)`` -> ``(N * 50 // sample_rate,)`` int64 tokens in ``[0, K)``."""
@@ -330,14 +321,14 @@ class MelUnits(_Units):
 
     @classmethod
     def fit(cls, mels: list[np.ndarray], n_units: int = 256, seed: int = 0, iters: int = 20,
-            max_points: int = 200_000, progress: bool = False) -> "MelUnits":
+            max_points: int = 200_000) -> "MelUnits":
         """Units fitted on ``mels``: ``(N_i, n_mels)`` float mel frames (the training split)."""
         mels = [_check_mel(m, f"mels[{i}]") for i, m in enumerate(mels)]
         if not mels:
             raise UserError("MelUnits.fit: mels: expected at least one (N, n_mels) array, got none")
         if len({m.shape[1] for m in mels}) != 1:
             raise UserError(f"MelUnits.fit: mels: expected one n_mels, got {sorted({m.shape[1] for m in mels})}")
-        return cls._fit(mels, n_units, iters, seed, max_points, progress, "mel frames")
+        return cls._fit(mels, n_units, iters, seed, max_points, "mel frames")
 
     def tokens(self, mel: np.ndarray, fps: float) -> np.ndarray:
         """``mel (N, n_mels)`` of a clip at ``fps`` video frames/s -> int64 unit ids at the SA rate (50/s)."""
@@ -359,17 +350,13 @@ def _check_mel(mel, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- emotion (emo)
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def _emotion_probs(obj, where: str, logits: bool | None) -> np.ndarray:
     """Probabilities from an array or an EMOCA-style dict (``expr_classification``: logits)."""
+    from scipy.special import softmax
     if isinstance(obj, dict) and "expr_classification" in obj:
         obj, logits = obj["expr_classification"], logits is not False
     a = _as_np(_entry(obj, ("emotion", "expression", "probs", "probabilities"), where)).astype(np.float64)
-    return _softmax(a) if logits else a
+    return softmax(a, axis=-1) if logits else a
 
 
 def read_emoca_emotions(path, logits: bool | None = None) -> np.ndarray:

@@ -237,7 +237,7 @@ class StandInVQ:
 
 def test_random_walk_steps_to_near_codes():
     vq = StandInVQ()
-    rw = RandomWalk(vq, k=3, seed=0).fit()
+    rw = RandomWalk(vq, k=3, seed=0)
     assert rw.neighbours[5].tolist()[0] == 5 and set(rw.neighbours[5]) == {4, 5, 6}
     assert rw.neighbours[0].tolist() == [0, 1, 2] and set(rw.neighbours[9]) == {7, 8, 9}
     out = rw.predict(seg(100, 0))                              # 13 codes decoded, cut to 100 frames

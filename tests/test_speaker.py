@@ -205,15 +205,36 @@ def test_read_whisper_words(tmp_path):
 
 def test_read_whisper_words_errors():
     bad = {"segments": [{"words": [{"word": " hi", "start": 1.0, "end": None}]}]}
-    with pytest.raises(UserError, match=r"segments\[0\].words\[0\] \(' hi'\): expected finite 'start' <= 'end'"):
+    with pytest.raises(UserError, match=r"segments\[0\].words\[0\] \(' hi'\): end: expected a number of seconds"):
         read_whisper_words(bad)
-    for start, end in ((1.0, 0.5), (float("nan"), 1.0), (0.0, float("inf"))):
-        with pytest.raises(UserError, match="expected finite 'start' <= 'end'"):
+    for start, end in ((float("nan"), 1.0), (0.0, float("inf")), ("0", 1.0)):
+        with pytest.raises(UserError, match="expected (a finite number|a number) of seconds"):
             read_whisper_words({"segments": [{"words": [{"word": "hi", "start": start, "end": end}]}]})
     with pytest.raises(ValueError, match="word_timestamps=True"):
         read_whisper_words({"segments": [{"text": "hi"}]})
     with pytest.raises(ValueError, match="'segments'"):
         read_whisper_words({"text": "hi"})
+
+
+def test_read_whisper_words_repairs_asr_timings(caplog):
+    """ASR words as they come: overlapping, zero-length, out of order, start after end, no start (issue 23)."""
+    words = [{"word": " a", "start": 0.0, "end": 0.5}, {"word": " b", "start": 0.2, "end": 0.8},   # overlaps a
+             {"word": " c", "start": 0.8, "end": 0.8},                                             # zero-length
+             {"word": " e", "start": 1.5, "end": 2.0}, {"word": " d", "start": 1.0, "end": 1.2},   # out of order
+             {"word": " f", "start": 2.6, "end": 2.4}, {"word": " g", "end": 3.0}]                 # start > end; none
+    with caplog.at_level("WARNING", logger="minilisten"):
+        got = read_whisper_words({"segments": [{"words": words}]})
+    assert [(w.text, w.start, w.end) for w in got] == [
+        ("a", 0.0, 0.5), ("b", 0.5, 0.8), ("c", 0.8, 0.8), ("d", 1.0, 1.2), ("e", 1.5, 2.0), ("f", 2.4, 2.4),
+        ("g", 2.7, 3.0)]
+    # changed: b (start), d (ends before e), f (start); c, g (estimated start) are not counted
+    assert [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()] == [
+        "whisper transcript: repaired 3 word(s): put in order by end time, starts clamped to the previous word's end"]
+    Segment(np.zeros((120, 56)), np.zeros((120, 56)), 30.0, words=got)     # a Segment accepts them
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="minilisten"):
+        read_whisper_words(WHISPER)
+    assert not caplog.records                                                # nothing to repair, nothing said
 
 
 # ----------------------------------------------------------------------------- MelUnits (Learning2Listen mel)
