@@ -138,15 +138,11 @@ def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
     """Reference through torch ops; ``upcast=False`` computes in x's dtype (the tests' measure of torch's error)."""
     dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
     xf = x.to(dt)
-    mean = xf.mean(-1, keepdim=True)
-    xc = xf - mean
-    var = (xc * xc).mean(-1, keepdim=True)
-    x_hat = xc * torch.rsqrt(var + eps)
+    xc = xf - xf.mean(-1, keepdim=True)
+    x_hat = xc * torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps)
     s, h = scale.to(dt)[..., None], shift.to(dt)[..., None]   # (C, 1) or (B, C, 1)
     y = (1 + s) * x_hat + h
-    if relu:
-        y = torch.relu(y)
-    return y.to(x.dtype)
+    return (torch.relu(y) if relu else y).to(x.dtype)
 
 
 def norm_act_config(T: int) -> dict:
