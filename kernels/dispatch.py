@@ -55,10 +55,6 @@ def check_float(name: str, t: torch.Tensor, op: str) -> None:
                         f"{[str(d) for d in FLOAT_DTYPES]}, got {t.dtype}")
 
 
-def next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
 def device_guard(t: torch.Tensor):
     """Make ``t``'s GPU current while launching (Triton launches on the current device)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

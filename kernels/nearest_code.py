@@ -8,37 +8,25 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import HAS_TRITON, INTERPRET, check_float, device_guard, next_pow2, use_triton_for
+from .dispatch import HAS_TRITON, INTERPRET, check_float, device_guard, use_triton_for
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
     @triton.jit
-    def _nearest_code_kernel(
-        Z,  # (N, D) rows to quantize, unit stride along D
-        CB,  # (K, D) codebook, same dtype as Z, unit stride along D
-        CN,  # (K,) fp32 squared norms of the codes
-        IDX,  # (N,) int64 out: index of the nearest code
-        DIST,  # (N,) fp32 out: exact squared distance to that code
-        ZQ,  # (N, D) contiguous out, Z's dtype: the chosen code (written when WRITE_ZQ)
-        N, K, D,  # sizes
-        stride_zn,  # row stride of Z (elements)
-        stride_ck,  # row stride of CB (elements)
-        PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 ("ieee", "tf32x3", "tf32") or None
-        WRITE_ZQ: tl.constexpr,  # also write the gathered codes
-        DOT_FP32: tl.constexpr,  # upcast tiles before tl.dot (interpreter: its bf16 dot is broken)
-        BLOCK_N: tl.constexpr,  # rows of Z per program (>= 16 for tl.dot)
-        BLOCK_K: tl.constexpr,  # codes per tile (>= 16)
-        BLOCK_D: tl.constexpr,  # features per tl.dot step (>= 16)
-    ):
+    def _nearest_code_kernel(Z, CB, CN, IDX, DIST, ZQ, N, K, D, stride_zn, stride_ck,
+                             PRECISION: tl.constexpr, WRITE_ZQ: tl.constexpr, DOT_FP32: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Z (N, D) and CB (K, D) of one dtype, unit stride along D; CN (K,) fp32 ``||c||^2`` -> IDX (N,) int64,
+        DIST (N,) fp32 exact, ZQ (N, D) contiguous (when WRITE_ZQ). PRECISION: fp32 ``tl.dot`` input_precision;
+        DOT_FP32: upcast tiles first (the interpreter's bf16 dot is broken); BLOCK_*: powers of two >= 16."""
         pid = tl.program_id(0)
         offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         rows_z = offs_n.to(tl.int64) * stride_zn
         offs_d0 = tl.arange(0, BLOCK_D)
         offs_k0 = tl.arange(0, BLOCK_K)
-
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
         for k0 in range(0, K, BLOCK_K):
@@ -64,7 +52,6 @@ if HAS_TRITON:
             better = tile_min < best  # strict: an earlier tile keeps its ties
             best = tl.where(better, tile_min, best)
             best_idx = tl.where(better, tile_arg + k0, best_idx)
-
         # epilogue: gather the chosen code, exact distance, optional z_q
         rows_q = best_idx.to(tl.int64) * stride_ck
         dist = tl.zeros([BLOCK_N], tl.float32)
@@ -107,9 +94,10 @@ def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torc
                         capability: tuple[int, int] | None = None) -> dict:
     """Launch configuration: powers of two >= 16 (tl.dot), chosen so that ptxas (Triton 3.9) reports no
     register spills at d = 512 on sm_90 and sm_80 (``bench/aot_check.py``)."""
+    p2 = triton.next_power_of_2
     if INTERPRET:  # the interpreter's cost is per operation: few, large programs
-        return dict(BLOCK_N=min(2048, max(128, next_pow2(triton.cdiv(N, 4)))),
-                    BLOCK_K=min(128, max(16, next_pow2(K))), BLOCK_D=min(64, max(16, next_pow2(D))))
+        return dict(BLOCK_N=min(2048, max(128, p2(triton.cdiv(N, 4)))), BLOCK_K=min(128, max(16, p2(K))),
+                    BLOCK_D=min(64, max(16, p2(D))))
     sms, cap = 1, (9, 0)
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -120,11 +108,11 @@ def nearest_code_config(N: int, K: int, D: int, dtype: torch.dtype, device: torc
         block_n, block_k, block_d, warps = (128, 128, 64, 8) if low else (64, 64, 32, 8)
     else:  # Ampere and older: mma.sync / FMA need smaller k-steps to stay under 255 registers
         block_n, block_k, block_d, warps = (128, 128, 32, 8) if low else (64, 64, 16, 8)
-    block_k = min(block_k, max(16, next_pow2(K)))
-    block_d = min(block_d, max(16, next_pow2(D)))
+    block_k = min(block_k, max(16, p2(K)))
+    block_d = min(block_d, max(16, p2(D)))
     while block_n > 64 and triton.cdiv(N, block_n) < sms:  # about one program per SM at least
         block_n //= 2
-    block_n = min(block_n, max(16, next_pow2(N)))
+    block_n = min(block_n, max(16, p2(N)))
     return dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps, num_stages=3)
 
 
@@ -193,22 +181,23 @@ def _check(z, codebook, op, precision):
         raise ValueError(f"{op}: precision must be one of {PRECISIONS} or None, got {precision!r}")
 
 
+def _run(op, z, codebook, use_triton, precision, write_zq):
+    _check(z, codebook, op, precision)
+    if not use_triton_for(z, use_triton, op):
+        return quantize_ref(z, codebook)
+    return NearestCodeFunction.apply(z, codebook, precision or "ieee", write_zq)
+
+
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
                  precision: str | None = None):
     """Nearest code by squared L2 -> ``(idx (N,) int64, dist (N,) fp32)``; ``precision``: the fp32 dot, PRECISIONS."""
-    _check(z, codebook, "nearest_code", precision)
-    if not use_triton_for(z, use_triton, "nearest_code"):
-        return quantize_ref(z, codebook)[:2]
-    return NearestCodeFunction.apply(z, codebook, precision or "ieee", False)[:2]
+    return _run("nearest_code", z, codebook, use_triton, precision, False)[:2]
 
 
 def quantize(z: torch.Tensor, codebook: torch.Tensor, use_triton: bool | None = None, *,
              precision: str | None = None):
     """``nearest_code`` plus ``z_q = codebook[idx]`` (differentiable w.r.t. the codebook): ``-> (idx, dist, z_q)``."""
-    _check(z, codebook, "quantize", precision)
-    if not use_triton_for(z, use_triton, "quantize"):
-        return quantize_ref(z, codebook)
-    return NearestCodeFunction.apply(z, codebook, precision or "ieee", True)
+    return _run("quantize", z, codebook, use_triton, precision, True)
 
 
 def code_stats(idx: torch.Tensor, z: torch.Tensor, K: int):

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import HAS_TRITON, INTERPRET, check_float, device_guard, next_pow2, use_triton_for
+from .dispatch import HAS_TRITON, INTERPRET, check_float, device_guard, use_triton_for
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
-
 
     @triton.jit
     def _tile(P, row, offs, stride_t, mask):
@@ -28,23 +27,12 @@ if HAS_TRITON:
         return a
 
     @triton.jit
-    def _norm_act_fwd_kernel(
-        X,  # (B, C, T) input, any strides
-        S,  # scale (C,) or (B, C): read as S[b * stride_sb + c * stride_sc]
-        H,  # shift, same addressing as S with its own strides
-        Y,  # (B*C, T) contiguous output, X's dtype
-        MEAN,  # (B*C,) fp32 out
-        RSTD,  # (B*C,) fp32 out
-        n_rows, C, T,  # sizes (n_rows = B*C)
-        stride_xb, stride_xc, stride_xt,
-        stride_sb, stride_sc,
-        stride_hb, stride_hc,
-        eps,
-        RELU: tl.constexpr,  # apply ReLU
-        ROWS: tl.constexpr,  # rows per program
-        BLOCK_T: tl.constexpr,  # elements per row per step (power of two)
-        ONE_TILE: tl.constexpr,  # T <= BLOCK_T: the row stays in registers
-    ):
+    def _norm_act_fwd_kernel(X, S, H, Y, MEAN, RSTD, n_rows, C, T, stride_xb, stride_xc, stride_xt,
+                             stride_sb, stride_sc, stride_hb, stride_hc, eps, RELU: tl.constexpr,
+                             ROWS: tl.constexpr, BLOCK_T: tl.constexpr, ONE_TILE: tl.constexpr):
+        """X (B, C, T) any strides; S, H scale/shift read as ``S[b * stride_sb + c * stride_sc]`` ((C,) or (B, C))
+        -> Y (B*C, T) contiguous in X's dtype, MEAN and RSTD (B*C,) fp32. ROWS rows per program of BLOCK_T
+        elements a step; ONE_TILE: T <= BLOCK_T, the row stays in registers."""
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         mask_r = rows < n_rows
         b = (rows // C).to(tl.int64)
@@ -96,26 +84,11 @@ if HAS_TRITON:
         return (da * g[:, None] - (x_hat * (g * ds / T)[:, None] + (g * dh / T)[:, None])) * rstd[:, None]
 
     @triton.jit
-    def _norm_act_bwd_kernel(
-        X,  # (B, C, T) forward input, any strides
-        DY,  # (B, C, T) upstream gradient, any strides
-        S,  # scale, addressed as in the forward
-        H,  # shift (only read when RELU, to recompute the pre-activation sign)
-        MEAN,  # (B*C,) fp32 from the forward
-        RSTD,  # (B*C,) fp32 from the forward
-        DX,  # (B*C, T) contiguous out, X's dtype
-        DS,  # (B*C,) fp32 out: sum_t da * x_hat
-        DH,  # (B*C,) fp32 out: sum_t da
-        n_rows, C, T,
-        stride_xb, stride_xc, stride_xt,
-        stride_db, stride_dc, stride_dt,
-        stride_sb, stride_sc,
-        stride_hb, stride_hc,
-        RELU: tl.constexpr,
-        ROWS: tl.constexpr,
-        BLOCK_T: tl.constexpr,
-        ONE_TILE: tl.constexpr,
-    ):
+    def _norm_act_bwd_kernel(X, DY, S, H, MEAN, RSTD, DX, DS, DH, n_rows, C, T, stride_xb, stride_xc, stride_xt,
+                             stride_db, stride_dc, stride_dt, stride_sb, stride_sc, stride_hb, stride_hc,
+                             RELU: tl.constexpr, ROWS: tl.constexpr, BLOCK_T: tl.constexpr, ONE_TILE: tl.constexpr):
+        """X, DY (B, C, T) any strides, S, H and the forward's MEAN, RSTD as there -> DX (B*C, T) contiguous in X's
+        dtype, DS = sum_t da x_hat and DH = sum_t da (B*C,) fp32."""
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         mask_r = rows < n_rows
         b = (rows // C).to(tl.int64)
@@ -165,20 +138,16 @@ def norm_act_ref(x, scale, shift, *, relu=True, eps=1e-5, upcast=True):
     """Reference through torch ops; ``upcast=False`` computes in x's dtype (the tests' measure of torch's error)."""
     dt = torch.float64 if x.dtype == torch.float64 else (torch.float32 if upcast else x.dtype)
     xf = x.to(dt)
-    mean = xf.mean(-1, keepdim=True)
-    xc = xf - mean
-    var = (xc * xc).mean(-1, keepdim=True)
-    x_hat = xc * torch.rsqrt(var + eps)
+    xc = xf - xf.mean(-1, keepdim=True)
+    x_hat = xc * torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps)
     s, h = scale.to(dt)[..., None], shift.to(dt)[..., None]   # (C, 1) or (B, C, 1)
     y = (1 + s) * x_hat + h
-    if relu:
-        y = torch.relu(y)
-    return y.to(x.dtype)
+    return (torch.relu(y) if relu else y).to(x.dtype)
 
 
 def norm_act_config(T: int) -> dict:
     """ROWS x BLOCK_T tile per program: about TILE elements, whole rows when T <= MAX_BLOCK_T."""
-    block_t = min(next_pow2(T), MAX_BLOCK_T)
+    block_t = min(triton.next_power_of_2(T), MAX_BLOCK_T)
     if INTERPRET:
         return dict(ROWS=max(1, TILE_INTERPRET // block_t), BLOCK_T=block_t, ONE_TILE=T <= block_t)
     rows = max(1, min(128, TILE // block_t))

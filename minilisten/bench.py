@@ -72,27 +72,22 @@ def streams(lm, batch: int, seconds: float, seed: int = 0, sa: bool = True):
     return hs, [s[:n] for s in ss]
 
 
-def timed(fn, device, *args) -> float:
-    """Seconds of one call ``fn(*args)``, synchronised on CUDA."""
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
-    sync()
-    t = perf_counter()
-    fn(*args)
-    sync()
-    return perf_counter() - t
-
-
 def interleaved(fns: dict, reps: int, device, calls: dict | None = None, cold=(), progress=print):
     """A warm-up round (not for ``cold`` names), then ``reps`` rounds of ``calls[name]`` (default 1) timed calls
     ``fn(i)`` of every fn: ``({name: [seconds]}, {name: last output})``; a fn that raises is reported, dropped."""
     times, outs = {k: [] for k in fns}, {}
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
 
-    def call(k, i):
+    def call(k, i):   # seconds of one call, synchronised on CUDA
+        sync()
+        t = perf_counter()
         outs[k] = fns[k](i)
+        sync()
+        return perf_counter() - t
     for r in range(reps + 1):
         for k in [k for k in times if r or k not in cold]:
             try:
-                ts = [timed(call, device, k, i) for i in range((calls or {}).get(k, 1))]
+                ts = [call(k, i) for i in range((calls or {}).get(k, 1))]
             except Exception as e:   # e.g. out of memory: keep the other methods' numbers
                 progress(f"  {k} failed: {type(e).__name__}: {e}")
                 del times[k]
@@ -244,8 +239,7 @@ def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
     bw = 2 * a.numel() / _kernel_time(lambda: b.copy_(a), device, True)[0] / 1e3   # GB/s, read + write
     print(f"# kernels: copy bandwidth {bw:.0f} GB/s" + ("" if cuda else "; CPU: torch paths only, small sizes"))
     cfg = torch._dynamo.config   # one graph per shape, dtype and mode
-    knob = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    setattr(cfg, knob, max(64, getattr(cfg, knob)))
+    cfg.recompile_limit = max(64, cfg.recompile_limit)
     comp = (lambda f: torch.compile(f, dynamic=False)) if cuda or not quick else (lambda f: None)
 
     def measure(providers, nbytes, flops=None, **key):

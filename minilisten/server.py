@@ -42,18 +42,15 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 MAX_DEPTH = 32   # nesting of a client message's arrays and objects (a push needs 4)
 
 
-# ----------------------------------------------------------------------------- pose -> robot angles
 def robot_angles(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Listener frames ``(n, 56)`` -> head ``(n, 3)`` roll/pitch/yaw and jaw opening ``(n,)``, degrees: FLAME's
-    axis-angle head and jaw rotations (pose dims 50:53, 53:56) as ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` (ROS
-    REP-103 roll-pitch-yaw in FLAME's frame, docs/server.md); the jaw opening is the jaw rotation's pitch."""
+    """Frames ``(n, 56)`` -> head roll/pitch/yaw ``(n, 3)`` and jaw opening (its pitch) ``(n,)``, degrees, from the
+    axis-angle pose dims 50:56 as ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` (ROS REP-103, docs/server.md)."""
     from scipy.spatial.transform import Rotation
     head, jaw = (Rotation.from_rotvec(motion[:, i:i + 3].astype(np.float64)).as_euler("YXZ", degrees=True)
                  for i in (N_EXP, N_EXP + 3))
     return head[:, ::-1].copy(), jaw[:, 1]
 
 
-# ----------------------------------------------------------------------------- messages in and errors out
 _STREAM_REF = re.compile(r",\s*stream \d+|\s*\(stream \d+\)")
 _JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]++")
@@ -90,7 +87,6 @@ def error_message(e: ValueError, op: str | None = None, msg_id=None) -> dict:
     return {"type": "error", "op": op, "id": msg_id, "field": fld, "expected": exp, "actual": act, "message": text}
 
 
-# ----------------------------------------------------------------------------- the server
 @dataclasses.dataclass(eq=False)
 class _Session:
     slot: int
@@ -163,7 +159,6 @@ class ListenerServer:
             msg["sampling"] = {"seed": sl.streams[session.slot].seed, "steps": sl.steps, "temperature": sl.temperature}
         return msg
 
-    # ------------------------------------------------------------------ connections
     async def handler(self, ws) -> None:
         """One WebSocket connection = one session on a free stream slot."""
         for _ in range(400):   # a closed session's slot is free after the round in flight: wait for it (<= 2 s)
@@ -251,7 +246,6 @@ class ListenerServer:
         except ConnectionClosed:
             pass
 
-    # ------------------------------------------------------------------ batching loop
     async def _tick_loop(self) -> None:
         """Each round: every session's next message, run in the decode thread (the round's pushes are one
         ``push_many``), then the replies; repeat while messages wait."""
@@ -334,7 +328,6 @@ class ListenerServer:
         self.stats["frames"] += len(frames)
         return msg
 
-    # ------------------------------------------------------------------ HTTP
     async def _process_request(self, connection, request):
         """websockets ``process_request``: at most one Authorization / Upgrade header (else 400), the shared token
         (else 401), then plain GET / HEAD of the page and the clip (other methods 405); upgrades become sessions."""
@@ -418,7 +411,6 @@ class ListenerServer:
         return {"fps": fps, "seconds": T / fps, "seed": seed, "kind": self.kind,
                 "history_words": wl(seg.history_words) if use_w else [], "words": wl(seg.words), "pushes": pushes}
 
-    # ------------------------------------------------------------------ running
     @contextlib.asynccontextmanager
     async def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
         """``async with server.run(host, port) as ws_server:`` (port 0: any free one, see ``.port``)."""
@@ -493,7 +485,6 @@ def _describe_arig(model) -> dict:
                      "sample_steps": c.sample_steps, "use_beta": bool(c.use_beta), "states": list(STATES)}}
 
 
-# ----------------------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
     """The ``serve`` command line."""
     p = ArgumentParser(prog="python -m minilisten serve", description="WebSocket server streaming "
