@@ -64,8 +64,8 @@ class ProtocolError(UserError):
         super().__init__(f"{field}: expected {expected}, got {self.actual}")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and -INT64 <= v < INT64
+def _is_int(v, lo: int = -INT64) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v < INT64
 
 
 def _floats(x, shape: tuple, limit: float = F32_MAX):
@@ -240,15 +240,14 @@ class ListenerStream:
         default: kept), ``seed``: its noise seed (default: kept; the greedy LR decoder draws none)."""
         b = self._check_stream(stream)
         old = self.streams[b]
-        if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-                                     and 0 <= seed < INT64):
+        if seed is not None and not _is_int(seed, 0):
             raise UserError(f"seed: expected an int in [0, 2**63), got {seed!r}")
         hist = old.history if history_words is None else self._check_history(history_words)
         self.streams[b] = self._fresh(b, hist, old.seed if seed is None else int(seed))
 
     # ------------------------------------------------------------------ the core
     def _check_stream(self, b) -> int:
-        if not (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 0 <= b < self.n_streams):
+        if not (_is_int(b, 0) and b < self.n_streams):
             raise UserError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
                             f"got {b!r:.40}")
         return int(b)
@@ -284,7 +283,7 @@ class ListenerStream:
             counts.append(("emotion", len(p["emo"])))
         if chunk.get("frames") is not None:
             f = chunk["frames"]
-            if not (isinstance(f, (int, np.integer)) and not isinstance(f, bool) and 0 <= f < INT64):
+            if not _is_int(f, 0):
                 raise UserError(f"frames ({where}): expected an int >= 0, got {f!r:.40}")
             counts.append(("frames", int(f)))
         n = p["frames"] = counts[0][1] if counts else 0
@@ -374,18 +373,12 @@ class ListenerStream:
     def _restore(self, b: int, snap) -> None:
         self.streams[b] = copy.deepcopy(snap)
 
-    # hooks of a generator
-    def _fresh(self, b: int, history: list, seed: int):
-        raise NotImplementedError
-
+    # hooks of a generator (and _fresh, _advance, which each defines)
     def _word_unit(self, end: float) -> int:
         return word_frame(end, self.fps)
 
     def _parse_extra(self, s, p: dict, chunk: dict, where: str) -> None:
         pass
-
-    def _advance(self, todo: dict, final: bool) -> dict:
-        raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------- LR tokens + VQ

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .data.segment import N_EMOTIONS, Word, check_emotion_probs
 from .errors import UserError
@@ -356,13 +357,8 @@ def pack_sequences(vocab: Vocab, history: list[int], steps: list[list[int]], cod
 
 def collate(seqs: list[LMSequence], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest: ``input_ids``, ``attention_mask``, ``targets`` of shape (B, L)."""
-    L = max(len(s.ids) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    tgt = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        n = len(s.ids)
-        ids[b, :n] = torch.from_numpy(s.ids)
-        tgt[b, :n] = torch.from_numpy(s.targets)
-        mask[b, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "targets": tgt}
+    def pad(rows, value):
+        return pad_sequence([torch.as_tensor(r, dtype=torch.long) for r in rows], batch_first=True, padding_value=value)
+
+    return {"input_ids": pad([s.ids for s in seqs], pad_id), "targets": pad([s.targets for s in seqs], IGNORE),
+            "attention_mask": pad([np.ones(len(s.ids)) for s in seqs], 0)}
