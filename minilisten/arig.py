@@ -58,21 +58,19 @@ class ARIGConfig:
 
     def __post_init__(self):
         for name in ("d_model", "n_head", "d_ff", "depth", "window", "coarse_frames", "temporal_frames",
-                     "diff_width", "diff_blocks", "diff_cond", "diff_mul", "sample_steps", "word_buckets", "since_max"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+                     "diff_width", "diff_blocks", "diff_cond", "diff_mul", "sample_steps", "word_buckets", "since_max",
+                     "n_sa"):
+            v, low = getattr(self, name), 0 if name == "n_sa" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
         if self.window < max(self.coarse_frames, self.temporal_frames):
             raise ValueError(f"window: expected >= coarse_frames and temporal_frames "
                              f"({max(self.coarse_frames, self.temporal_frames)}), got {self.window}")
-        if self.head not in HEADS:
-            raise ValueError(f"head: expected one of {HEADS}, got {self.head!r}")
-        if self.ibu not in IBUS:
-            raise ValueError(f"ibu: expected one of {IBUS}, got {self.ibu!r}")
-        if isinstance(self.n_sa, bool) or not isinstance(self.n_sa, int) or self.n_sa < 0:
-            raise ValueError(f"n_sa: expected an int >= 0, got {self.n_sa!r}")
+        for name, options in (("head", HEADS), ("ibu", IBUS)):
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name}: expected one of {options}, got {getattr(self, name)!r}")
         for name in ("fps", "sa_rate"):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):

@@ -336,9 +336,6 @@ def _plans(lm, history, steps, max_len: int) -> list[list[int]]:
 class _Greedy:
     """The one greedy decoding loop, shared by :class:`Generator` and :class:`HFDecoder` (they
     differ in ``advance`` and in which streams a step re-prefills, :meth:`_restarts`)."""
-    lm: object
-    max_len: int
-    device: torch.device
 
     def _restarts(self, i: int, plans: list[list[int]], steps) -> list[int]:
         """Streams whose context is (re)built at step ``i``: the first step and context jumps."""
@@ -414,15 +411,12 @@ class Generator(_Greedy):
         self._fwd, self._pin, self.compiled = self.model.forward, cuda, bool(compile)
         if compile not in (False, True, "max-autotune"):
             raise ValueError(f"compile: expected False, True or 'max-autotune', got {compile!r}")
-        if compile:
-            auto = compile == "max-autotune"
-            if cuda:
-                graphs = cudagraphs is not False
-                mode = ("max-autotune" if graphs else "max-autotune-no-cudagraphs") if auto else \
-                    ("reduce-overhead" if graphs else None)
-                self._fwd = torch.compile(self.model.forward, fullgraph=True, mode=mode)
-            else:
-                self._fwd = torch.compile(self.model.forward, fullgraph=True, options={"max_autotune": auto})
+        if compile:   # CUDA mode by (max-autotune, CUDA graphs)
+            auto, graphs = compile == "max-autotune", cudagraphs is not False
+            modes = {(True, True): "max-autotune", (True, False): "max-autotune-no-cudagraphs",
+                     (False, True): "reduce-overhead", (False, False): None}
+            kw = {"mode": modes[auto, graphs]} if cuda else {"options": {"max_autotune": auto}}
+            self._fwd = torch.compile(self.model.forward, fullgraph=True, **kw)
 
     # ------------------------------------------------------------------ state
     @property

@@ -108,7 +108,7 @@ def parse_words(name: str, v) -> list[Word]:
     out = []
     for i, w in enumerate(v):
         try:
-            out.append(_word(w, f"{name}[{i}]"))
+            out.append(as_word(w, f"{name}[{i}]"))
         except UserError:
             raise ProtocolError(f"{name}[{i}]", "[text, start, end] or {text, start, end} with finite times in "
                                 "seconds, start <= end", w) from None
@@ -157,15 +157,6 @@ def parse_push(msg: dict, kind: str = "lr-token") -> dict:
             raise ProtocolError("sample_rate", "the audio's sample rate in Hz (an integer)", msg.get("sample_rate"))
         kw["sample_rate"] = msg["sample_rate"]
     return kw
-
-
-def _word(w, where: str) -> Word:
-    try:
-        return as_word(w, where)
-    except OverflowError:
-        raise UserError(f"{where}: expected start/end times in seconds, got a number beyond float range") from None
-    except ValueError as e:
-        raise UserError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- the stream core
@@ -248,7 +239,7 @@ class ListenerStream:
 
     @staticmethod
     def _check_history(words) -> list[Word]:
-        out = [_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
+        out = [as_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
         for i, w in enumerate(out):
             if w.end > EPS:
                 raise UserError(f"history_words[{i}] ({w.text!r}): expected end <= 0 s (before the stream), got "
@@ -295,7 +286,7 @@ class ListenerStream:
             raise UserError(f"words ({where}): expected at most {MAX_WORDS} words waiting for their {self.UNIT}, "
                             f"got {len(s.words) + len(words)}")
         for i, w in enumerate(words):
-            w = _word(w, f"words[{i}] ({where})")
+            w = as_word(w, f"words[{i}] ({where})")
             at = f"words[{i}] ({w.text!r}, {where})"
             if w.end < last - EPS / self.fps:
                 raise UserError(f"{at}: expected words in time order, got end {w.end:.3f} s before the previous "
