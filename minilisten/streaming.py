@@ -65,38 +65,27 @@ def _is_int(v, lo: int = -INT64) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v < INT64
 
 
-def _floats(x, shape: tuple, limit: float = F32_MAX):
-    """Finite numbers of ``shape`` (None: any length), ``|x| <= limit`` -> ``(float32, None)`` or ``(None, why)``."""
+def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
+    """The one bound on pushed floats: finite numbers of ``shape`` (None: any length), ``|x| <= limit`` -> float32."""
     want = f"numbers of shape ({', '.join('n' if d is None else str(d) for d in shape)}{',' * (len(shape) == 1)})"
     try:
         a = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
     except (TypeError, ValueError, OverflowError, RecursionError):
-        return None, (want, type(x).__name__)
+        raise ProtocolError(name, want, type(x).__name__) from None
     if a.size == 0 and shape[0] is None:
         a = a.reshape((0, *shape[1:]))
     if a.ndim != len(shape) or any(d is not None and d != k for d, k in zip(shape, a.shape)):
-        return None, (want, f"shape {a.shape}")
+        raise ProtocolError(name, want, f"shape {a.shape}")
     if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
-        return None, (f"finite values with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
-    return a.astype(np.float32), None
-
-
-def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
-    """:func:`_floats` raising a UserError naming ``name``."""
-    a, bad = _floats(x, shape, limit)
-    if bad:
-        raise UserError(f"{name}: expected {bad[0]}, got {bad[1]}")
-    return a
+        raise ProtocolError(name, f"finite values with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
+    return a.astype(np.float32)
 
 
 def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
-    """A JSON list -> float32 array (``ndim`` 1: ``(n,)``, 2: ``(n, width)``), bounded by :func:`_floats`."""
+    """A JSON list -> float32 array (``ndim`` 1: ``(n,)``, 2: ``(n, width)``), bounded by :func:`floats`."""
     if not isinstance(v, list):
         raise ProtocolError(name, "a list of numbers", type(v).__name__)
-    a, bad = _floats(v, (None,) if ndim == 1 else (None, width), limit)
-    if bad:
-        raise ProtocolError(name, *bad)
-    return a
+    return floats(v, name, (None,) if ndim == 1 else (None, width), limit)
 
 
 def parse_words(name: str, v) -> list[Word]:
