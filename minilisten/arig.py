@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment
-from .tokens import check_sa_tokens, sa_frame_bounds, word_frame
+from .tokens import check_sa_tokens, length_batches, sa_frame_bounds, word_frame
 
 FORMAT = "minilisten.ARIG"       # config.json tag (minilisten.checkpoint.check_format)
 #: conversational states derived from the speaker's word timings (:func:`state_labels`)
@@ -682,17 +682,12 @@ def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, s
     model.eval()
     dev = model.lis_mean.device
     out: list = [None] * len(clips)
-    by_len: dict[int, list[int]] = {}
-    for i, c in enumerate(clips):
-        by_len.setdefault(c.T, []).append(i)
-    for T, ids in by_len.items():
-        for s in range(0, len(ids), batch):
-            part = ids[s:s + batch]
-            b = {k: v.to(dev) for k, v in collate([frame_inputs(clips[i], model.config, with_states=False)
-                                                   for i in part]).items()}
-            ref = torch.as_tensor(np.stack([clip_reference(clips[i], model, reference) for i in part]), device=dev)
-            gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]
-            m = model.generate(b, ref, steps, temperature, gens).float().cpu().numpy()
-            for i, mi in zip(part, m):
-                out[i] = mi
+    for part in length_batches([c.T for c in clips], batch):
+        b = {k: v.to(dev) for k, v in collate([frame_inputs(clips[i], model.config, with_states=False)
+                                               for i in part]).items()}
+        ref = torch.as_tensor(np.stack([clip_reference(clips[i], model, reference) for i in part]), device=dev)
+        gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]
+        m = model.generate(b, ref, steps, temperature, gens).float().cpu().numpy()
+        for i, mi in zip(part, m):
+            out[i] = mi
     return out

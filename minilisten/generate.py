@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .tokens import length_batches
+
 BUCKETS = (8, 16, 24, 32, 48, 64)
 FAST_ARCHS = ("gpt2", "llama")
 
@@ -362,20 +364,12 @@ class _Greedy:
     def generate_segments(self, segments, n_steps: int | None = None) -> list:
         """Greedy LR codes ``(n_steps,)`` int64 numpy per Segment (default ``T // r`` steps), decoding
         ``batch`` segments at a time (grouped by step count)."""
-        todo = [(k, *self.lm.speaker_steps(seg, n_steps)) for k, seg in enumerate(segments)]
-        out: list = [None] * len(todo)
-        groups: dict[int, list] = {}
-        for item in todo:
-            groups.setdefault(len(item[2]), []).append(item)
-        for n, items in groups.items():
-            if n == 0:
-                for k, _, _ in items:
-                    out[k] = np.zeros(0, np.int64)
-                continue
-            for s in range(0, len(items), self.batch):
-                part = items[s:s + self.batch]
-                codes = self.generate([h for _, h, _ in part], [st for _, _, st in part]).cpu().numpy()
-                for (k, _, _), c in zip(part, codes):
+        todo = [self.lm.speaker_steps(seg, n_steps) for seg in segments]
+        out = [np.zeros(0, np.int64) for _ in todo]
+        for part in length_batches([len(st) for _, st in todo], self.batch):
+            if len(todo[part[0]][1]):
+                codes = self.generate([todo[k][0] for k in part], [todo[k][1] for k in part]).cpu().numpy()
+                for k, c in zip(part, codes):
                     out[k] = c
         return out
 

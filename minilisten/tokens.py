@@ -343,6 +343,14 @@ def pack_sequences(vocab: Vocab, history: list[int], steps: list[list[int]], cod
     return out
 
 
+def length_batches(lengths, batch: int) -> list[list[int]]:
+    """Indices grouped by equal length (groups in first-seen order), in chunks of at most ``batch``."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [ids[s:s + batch] for ids in groups.values() for s in range(0, len(ids), batch)]
+
+
 def collate(seqs: list[LMSequence], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest: ``input_ids``, ``attention_mask``, ``targets`` of shape (B, L)."""
     def pad(rows, value):
