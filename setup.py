@@ -22,7 +22,7 @@ setup(
         # would pull a multi-GB CUDA build. Widen it freely on a GPU machine.
         "torch>=2.4,<2.14",
         "triton>=3.0",
-        "transformers>=4.46",
+        "transformers>=5.25",   # the HF cache argument is named `cache`
         "numpy>=1.24",
         "scipy>=1.10",
         "safetensors>=0.4",

@@ -1,11 +1,6 @@
 """ARIG-style continuous listener (after Guo et al., ICCV 2025): one listener frame (56,) per speaker
-frame, sampled by a diffusion MLP head from a causal model of both streams (no codebook).
-
-Per frame t: speaker motion -> user token; SA tokens, emotion, the last word -> audio token; listener
-frame t-1 -> agent token; beta -> identity. IBU (bidirectional + integrated attention over a sliding
-``window``), a conversational-state head, PMP (coarse -> fine -> temporal) -> condition z_t ->
-DiffusionMLP (flow matching, Euler sampling). Motion in raw units outside, normalised inside.
-Design, causality and caches: docs/arig.md. Streams: :class:`minilisten.streaming.StreamingARIG`.
+frame, sampled by a flow-matching MLP head from a causal model of both streams (IBU, state head, PMP).
+Motion in raw units outside, normalised inside. Design, causality and caches: docs/arig.md.
 """
 from __future__ import annotations
 
@@ -20,7 +15,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment
-from .tokens import check_sa_tokens, sa_frame_bounds, word_frame
+from .tokens import check_sa_tokens, length_batches, sa_frame_bounds, word_frame
 
 FORMAT = "minilisten.ARIG"       # config.json tag (minilisten.checkpoint.check_format)
 #: conversational states derived from the speaker's word timings (:func:`state_labels`)
@@ -63,21 +58,19 @@ class ARIGConfig:
 
     def __post_init__(self):
         for name in ("d_model", "n_head", "d_ff", "depth", "window", "coarse_frames", "temporal_frames",
-                     "diff_width", "diff_blocks", "diff_cond", "diff_mul", "sample_steps", "word_buckets", "since_max"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+                     "diff_width", "diff_blocks", "diff_cond", "diff_mul", "sample_steps", "word_buckets", "since_max",
+                     "n_sa"):
+            v, low = getattr(self, name), 0 if name == "n_sa" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
         if self.window < max(self.coarse_frames, self.temporal_frames):
             raise ValueError(f"window: expected >= coarse_frames and temporal_frames "
                              f"({max(self.coarse_frames, self.temporal_frames)}), got {self.window}")
-        if self.head not in HEADS:
-            raise ValueError(f"head: expected one of {HEADS}, got {self.head!r}")
-        if self.ibu not in IBUS:
-            raise ValueError(f"ibu: expected one of {IBUS}, got {self.ibu!r}")
-        if isinstance(self.n_sa, bool) or not isinstance(self.n_sa, int) or self.n_sa < 0:
-            raise ValueError(f"n_sa: expected an int >= 0, got {self.n_sa!r}")
+        for name, options in (("head", HEADS), ("ibu", IBUS)):
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name}: expected one of {options}, got {getattr(self, name)!r}")
         for name in ("fps", "sa_rate"):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -104,10 +97,8 @@ def word_id(text: str, buckets: int) -> int:
 
 
 def state_labels(seg: Segment, gap: float = 0.25, pause: float = 0.5) -> np.ndarray:
-    """Conversational state per frame ``(T,)`` int64 in ``STATES`` order, from the word timings at
-    the frame's centre ``c = (t + 0.5) / fps``: *speaking* inside a word or a gap shorter than
-    ``gap`` s between two words; otherwise *pause* when the last word ended at most ``pause`` s
-    before c, *silence* when longer ago or no word yet (history words count as earlier words)."""
+    """Conversational state per frame ``(T,)`` int64 (``STATES``) at frame centres: *speaking* in a word or a gap
+    < ``gap`` s, else *pause* up to ``pause`` s after the last word, else *silence* (docs/arig.md)."""
     ws = sorted(seg.history_words + seg.words, key=lambda w: w.end)
     c = (np.arange(seg.T) + 0.5) / seg.fps
     out = np.full(seg.T, 2, np.int64)
@@ -123,11 +114,8 @@ def state_labels(seg: Segment, gap: float = 0.25, pause: float = 0.5) -> np.ndar
 
 
 def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dict[str, np.ndarray]:
-    """The model's per-frame inputs of a segment (numpy): ``spk (T, 56)``, ``lis (T, 56)``, ``sa (T,
-    K)`` int (-1 = empty slot; a frame without a new token repeats the last one), ``emo (T, 8)``,
-    ``word (T,)`` / ``since (T,)`` int, ``state (T,)`` int (-1 = unknown), ``beta (100,)``. Fields
-    the model does not use are zeros. Raises ``ValueError`` naming the field the model needs and
-    the segment lacks."""
+    """Per-frame inputs (numpy): ``spk, lis (T, 56)``, ``sa (T, K)`` (-1 empty; no new token repeats the last),
+    ``emo (T, 8)``, ``word, since, state (T,)`` (state -1 unknown), ``beta (100,)``; unused fields are zeros."""
     T, where = seg.T, f"segment {seg.name!r}"
     if abs(seg.fps - cfg.fps) > 1e-6:
         raise ValueError(f"{where}: fps: expected {cfg.fps:g} (the model's), got {seg.fps:g}")
@@ -471,8 +459,7 @@ class ARIG(nn.Module):
 
     def save_pretrained(self, directory) -> None:
         """``config.json`` + ``model.safetensors`` (atomic; see minilisten.checkpoint)."""
-        cfg = {k: v for k, v in asdict(self.config).items()}
-        save_checkpoint(directory, {"format": FORMAT, "version": 1, **cfg}, self.state_dict())
+        save_checkpoint(directory, {"format": FORMAT, "version": 1, **asdict(self.config)}, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, directory, map_location="cpu") -> "ARIG":
@@ -540,10 +527,8 @@ class ARIG(nn.Module):
     # ------------------------------------------------------------------ all frames (teacher forcing)
     def features(self, batch: dict, ref: torch.Tensor | None = None, hist_noise: float = 0.0,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced conditions for every frame: batch of :func:`collate` (``lis`` = ground
-        truth, used as history only), ``ref (B, 56)`` raw reference motion (default: the mean) ->
-        ``z (B, T, d)``, state logits ``(B, T, n_states)``. Frame t sees speaker frames <= t and
-        listener frames < t."""
+        """Teacher forcing (``lis`` as history), ``ref (B, 56)`` raw (default the mean) -> ``z (B, T, d)``, state
+        logits ``(B, T, n_states)``; frame t sees speaker frames <= t and listener frames < t."""
         c, P = self.config, self.config.window
         T = self._check_batch(batch)
         spk = (batch["spk"] - self.spk_mean) / self.spk_std
@@ -594,9 +579,8 @@ class ARIG(nn.Module):
 
     # ------------------------------------------------------------------ one frame (caches)
     def init_state(self, first: dict, ref: torch.Tensor | None = None) -> dict:
-        """Caches for B streams, filled with the ``window`` pad positions: ``first`` = inputs of
-        speaker frame 0 (``spk (B, 56)``, ``sa (B, K)``, ``emo (B, 8)``, ``word``/``since (B,)``,
-        ``beta (B, 100)``), ``ref (B, 56)`` raw reference listener motion (default: the mean)."""
+        """Caches for B streams, filled with ``window`` pad positions from ``first`` (frame 0's inputs, ``spk (B,
+        56)``, ``sa (B, K)``, ...) and ``ref (B, 56)``, raw reference listener motion (default: the mean)."""
         c = self.config
         B = first["spk"].shape[0]
         r = torch.zeros(B, D_MOTION, device=first["spk"].device) if ref is None else self._norm_lis(ref)
@@ -616,9 +600,8 @@ class ARIG(nn.Module):
         return x[:, 0], self.state_feat(x.reshape(x.shape[0], -1)), a
 
     def step(self, st: dict, inp: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frame t for B streams: ``inp`` = speaker inputs of frame t (as :meth:`init_state`'s
-        ``first``) -> ``z (B, d)``, state logits ``(B, n_states)``. The listener frame t-1 is the
-        last one given to :meth:`commit` (or the reference)."""
+        """Frame t: speaker inputs (as :meth:`init_state`'s ``first``) -> ``z (B, d)``, state logits; listener frame
+        t-1 is the last :meth:`commit` (or the reference)."""
         cis, state, a = self._advance(st, inp, st["m_hist"][:, -1])
         a_hist = torch.cat([st["a_hist"], a[:, None]], 1)
         st["a_hist"] = a_hist[:, 1:]
@@ -639,9 +622,8 @@ class ARIG(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, ref=None, steps: int | None = None, temperature: float = 1.0,
                  generators: list[torch.Generator] | None = None, teacher_forcing: bool = False) -> torch.Tensor:
-        """Sample listener motion frame by frame: batch of :func:`collate` (``lis`` not needed unless
-        ``teacher_forcing``) -> raw motion ``(B, T, 56)``. ``generators``: one per stream (its noise
-        is drawn (1, 56) per frame, so a stream's output does not depend on the batch)."""
+        """Batch of :func:`collate` -> raw motion ``(B, T, 56)`` frame by frame; ``generators``: one per stream
+        (noise (1, 56) per frame, so a stream does not depend on the batch)."""
         T = self._check_batch(batch, need_lis=teacher_forcing)
         B = batch["spk"].shape[0]
         gens = generators or [None] * B
@@ -663,9 +645,8 @@ _STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
 
 def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None,
                  teacher: torch.Tensor | None = None) -> torch.Tensor:
-    """The one frame rule, for B streams: :meth:`ARIG.step` (caches advance), :meth:`ARIG.sample`
-    with ``noise (B, 56)``, :meth:`ARIG.commit` of the sample (or of raw ``teacher`` frames) ->
-    the normalised listener frame ``(B, 56)``."""
+    """The frame rule: :meth:`ARIG.step`, :meth:`ARIG.sample` with ``noise (B, 56)``, :meth:`ARIG.commit` of the
+    sample (or raw ``teacher`` frames) -> the normalised listener frame ``(B, 56)``."""
     z, _ = model.step(st, inp)
     x = model.sample(z, noise, steps)
     model.commit(st, x if teacher is None else model._norm_lis(teacher))
@@ -676,9 +657,7 @@ _COMPILED: dict = {}
 
 
 def compiled_decode_frame(device_type: str = "cpu"):
-    """:func:`decode_frame` under ``torch.compile`` (one graph per model, batch size and step count:
-    20-60 s to compile each on this project's CPU; on CPU with inductor's C++ wrapper, which cut
-    the per-frame time by ~15% there). Same outputs as the eager function to float rounding (tested)."""
+    """:func:`decode_frame` under ``torch.compile`` (one graph per model, batch and steps; CPU: C++ wrapper)."""
     if device_type not in _COMPILED:
         opts = {"options": {"cpp_wrapper": True}} if device_type == "cpu" else {}
         _COMPILED[device_type] = torch.compile(decode_frame, dynamic=False, **opts)
@@ -687,9 +666,7 @@ def compiled_decode_frame(device_type: str = "cpu"):
 
 # ----------------------------------------------------------------------------- evaluation helper
 def clip_reference(clip: Segment, model: ARIG, reference: str = "mean") -> np.ndarray:
-    """Reference listener motion (56,) of a clip: ``"mean"`` (the training mean: identity from beta
-    only, as the LR-token model gets) or ``"first"`` (the clip's first listener frame, as ARIG's
-    reference image)."""
+    """Reference listener motion (56,): ``"mean"`` (training mean) or ``"first"`` (the clip's first frame)."""
     if reference == "mean":
         return model.lis_mean.cpu().numpy()
     if reference == "first":
@@ -700,23 +677,17 @@ def clip_reference(clip: Segment, model: ARIG, reference: str = "mean") -> np.nd
 @torch.no_grad()
 def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, seed: int = 0,
                   reference: str = "mean", temperature: float = 1.0, batch: int = 64) -> list[np.ndarray]:
-    """Listener motion ``(T, 56)`` float32 per clip (e.g. the demo's ``test_clips``), sampled with
-    ``steps`` Euler steps (default ``config.sample_steps``). Clip i draws its noise from a generator
-    seeded ``seed + i``: the same frames as a :class:`StreamingARIG` with ``seed=seed + i``."""
+    """Listener motion ``(T, 56)`` float32 per clip; clip i's noise is seeded ``seed + i`` (as a
+    :class:`StreamingARIG` with ``seed=seed + i``)."""
     model.eval()
     dev = model.lis_mean.device
     out: list = [None] * len(clips)
-    by_len: dict[int, list[int]] = {}
-    for i, c in enumerate(clips):
-        by_len.setdefault(c.T, []).append(i)
-    for T, ids in by_len.items():
-        for s in range(0, len(ids), batch):
-            part = ids[s:s + batch]
-            b = {k: v.to(dev) for k, v in collate([frame_inputs(clips[i], model.config, with_states=False)
-                                                   for i in part]).items()}
-            ref = torch.as_tensor(np.stack([clip_reference(clips[i], model, reference) for i in part]), device=dev)
-            gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]
-            m = model.generate(b, ref, steps, temperature, gens).float().cpu().numpy()
-            for i, mi in zip(part, m):
-                out[i] = mi
+    for part in length_batches([c.T for c in clips], batch):
+        b = {k: v.to(dev) for k, v in collate([frame_inputs(clips[i], model.config, with_states=False)
+                                               for i in part]).items()}
+        ref = torch.as_tensor(np.stack([clip_reference(clips[i], model, reference) for i in part]), device=dev)
+        gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]
+        m = model.generate(b, ref, steps, temperature, gens).float().cpu().numpy()
+        for i, mi in zip(part, m):
+            out[i] = mi
     return out

@@ -1,11 +1,6 @@
-"""Greedy LR-token decoding (gpt-fast style) and codes -> motion.
-
-- :class:`Generator`: the fast path for GPT-2 / LLaMA backbones: :class:`FastTransformer`, a compact
-  copy of the backbone + LR head with static KV caches ``(B, n_kv, max_len + 1, D)``, one forward
-  (:meth:`FastTransformer.forward`) for prefills and steps alike, optionally under torch.compile.
-- :class:`HFDecoder`: any HF causal LM with its own Dynamic/StaticCache, streams in lock step.
-- :func:`generate_nocache`: the reference (LM-listener's way: whole context per LR token).
-Design (padding, trash slot, key window, host syncs): docs/streaming.md.
+"""Greedy LR-token decoding and codes -> motion: :class:`Generator` (GPT-2 / LLaMA copy with static KV
+caches ``(B, n_kv, max_len + 1, D)``, gpt-fast style), :class:`HFDecoder` (any HF causal LM, lock step),
+:func:`generate_nocache` (the reference). Design (padding, trash slot, key window, host syncs): docs/streaming.md.
 """
 from __future__ import annotations
 
@@ -17,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .tokens import length_batches
 
 BUCKETS = (8, 16, 24, 32, 48, 64)
 FAST_ARCHS = ("gpt2", "llama")
@@ -94,10 +91,8 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None     # set by FastTransformer.setup_caches
 
     def forward(self, x, rows, write_idx, mask, rope, K, last=None, slots=None):
-        """x: (B, S, d); rows: (B, 1); write_idx: (B, S) cache slot per token; mask: (B, 1, S, K)
-        additive (0 = attend, -inf = not) over the key window ``[0, K)``; rope: (cos, sin) each (B, 1, S, D) or
-        None; last: (B, 1) or None: attend from that position only (the last layer), -> (B, 1, d);
-        slots: (B,) the cache rows of the B streams (None: rows 0..B-1)."""
+        """x: (B, S, d); write_idx: (B, S) cache slot per token; mask: (B, 1, S, K) additive over keys ``[0, K)``;
+        rope: (cos, sin) (B, 1, S, D) or None; last: (B, 1): attend from that position only; slots: (B,) cache rows."""
         B, S, _ = x.shape
         H, KV, D = self.n_head, self.n_kv, self.hd
         q, k, v = self.wqkv(x).split([H * D, KV * D, KV * D], dim=-1)
@@ -235,17 +230,11 @@ class FastTransformer(nn.Module):
                 at, mlp = h.self_attn, h.mlp
                 blk.norm1.weight.copy_(h.input_layernorm.weight)
                 blk.norm2.weight.copy_(h.post_attention_layernorm.weight)
-                blk.attn.wqkv.weight.copy_(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight]))
-                blk.attn.wo.weight.copy_(at.o_proj.weight)
-                blk.mlp.fc.weight.copy_(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
-                blk.mlp.proj.weight.copy_(mlp.down_proj.weight)
-                if cfg.qkv_bias:
-                    blk.attn.wqkv.bias.copy_(torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]))
-                if cfg.o_bias:
-                    blk.attn.wo.bias.copy_(at.o_proj.bias)
-                if cfg.mlp_bias:
-                    blk.mlp.fc.bias.copy_(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]))
-                    blk.mlp.proj.bias.copy_(mlp.down_proj.bias)
+                for dst, src in ((blk.attn.wqkv, (at.q_proj, at.k_proj, at.v_proj)), (blk.attn.wo, (at.o_proj,)),
+                                 (blk.mlp.fc, (mlp.gate_proj, mlp.up_proj)), (blk.mlp.proj, (mlp.down_proj,))):
+                    dst.weight.copy_(torch.cat([lin.weight for lin in src]))
+                    if dst.bias is not None:
+                        dst.bias.copy_(torch.cat([lin.bias for lin in src]))
             m.rope = partial(_hf_rope, base.rotary_emb)   # a plain callable: .to(dtype) leaves HF's fp32 module alone
         m.requires_grad_(False)
         return m.to(device=device, dtype=dtype).eval()
@@ -276,16 +265,9 @@ class FastTransformer(nn.Module):
 
     # -------------------------------------------------------------- the one compiled function
     def forward(self, inp: torch.Tensor, key_pos: torch.Tensor, slots: torch.Tensor | None = None) -> None:
-        """One forward over a right-padded token block; updates caches, ``pos``, ``codes``, ``logits``.
-
-        inp: (B, S + 3) int64 = ``[tokens (S) | n_valid | lead | emit]`` per stream. ``n_valid`` of
-        the S tokens are real (0 = stream idle); ``lead`` = replace token 0 by ``lr(codes)`` (the
-        previous LR token); ``emit`` = this block ends the stream's input: store the argmax of the
-        LR head at its last valid token in ``codes``.
-        key_pos: (K,) = ``arange(K)``, the key window: cache slots ``[0, K)`` are attended
-        (K <= max_seq covers every stream's positions after this block; its size is the only use).
-        slots: (B,) the streams (cache rows) of the B rows of ``inp``; None: streams 0..B-1.
-        """
+        """One right-padded block; updates caches, ``pos``, ``codes``, ``logits``. inp: (B, S + 3) int64 = ``[tokens
+        | n_valid | lead (token 0 := lr(codes)) | emit (codes := argmax at the last valid token)]``; key_pos: (K,)
+        ``arange(K)``, the key window; slots: (B,) the cache rows of inp's rows (None: 0..B-1)."""
         B, S, K = inp.shape[0], inp.shape[1] - 3, key_pos.shape[0]
         L = self.max_seq
         tokens, n_valid = inp[:, :-3], inp[:, -3]      # negative indices: S stays a dynamic size
@@ -356,9 +338,6 @@ def _plans(lm, history, steps, max_len: int) -> list[list[int]]:
 class _Greedy:
     """The one greedy decoding loop, shared by :class:`Generator` and :class:`HFDecoder` (they
     differ in ``advance`` and in which streams a step re-prefills, :meth:`_restarts`)."""
-    lm: object
-    max_len: int
-    device: torch.device
 
     def _restarts(self, i: int, plans: list[list[int]], steps) -> list[int]:
         """Streams whose context is (re)built at step ``i``: the first step and context jumps."""
@@ -385,30 +364,20 @@ class _Greedy:
     def generate_segments(self, segments, n_steps: int | None = None) -> list:
         """Greedy LR codes ``(n_steps,)`` int64 numpy per Segment (default ``T // r`` steps), decoding
         ``batch`` segments at a time (grouped by step count)."""
-        todo = [(k, *self.lm.speaker_steps(seg, n_steps)) for k, seg in enumerate(segments)]
-        out: list = [None] * len(todo)
-        groups: dict[int, list] = {}
-        for item in todo:
-            groups.setdefault(len(item[2]), []).append(item)
-        for n, items in groups.items():
-            if n == 0:
-                for k, _, _ in items:
-                    out[k] = np.zeros(0, np.int64)
-                continue
-            for s in range(0, len(items), self.batch):
-                part = items[s:s + self.batch]
-                codes = self.generate([h for _, h, _ in part], [st for _, _, st in part]).cpu().numpy()
-                for (k, _, _), c in zip(part, codes):
+        todo = [self.lm.speaker_steps(seg, n_steps) for seg in segments]
+        out = [np.zeros(0, np.int64) for _ in todo]
+        for part in length_batches([len(st) for _, st in todo], self.batch):
+            if len(todo[part[0]][1]):
+                codes = self.generate([todo[k][0] for k in part], [todo[k][1] for k in part]).cpu().numpy()
+                for k, c in zip(part, codes):
                     out[k] = c
         return out
 
 
 class Generator(_Greedy):
-    """Fast greedy LR-token decoding of up to ``batch`` streams (:class:`FastTransformer`). ``max_len``:
-    context per stream (default ``lm.max_len``). ``compile``: True (CUDA: CUDA graphs unless
-    ``cudagraphs=False``; CPU: inductor) or "max-autotune". ``buckets``: block widths a step is padded
-    to (default ``BUCKETS`` on CUDA, none on CPU); ``chunk``: prefill block size; ``kv_block``: key
-    window granularity (128 CUDA, 32 CPU); ``dtype``/``device``: of the weight copy."""
+    """Fast greedy decoding of up to ``batch`` streams (:class:`FastTransformer`); ``compile``: True or
+    "max-autotune" (CUDA graphs unless ``cudagraphs=False``); ``buckets`` (CUDA: ``BUCKETS``): padded block
+    widths; ``chunk``: prefill block; ``kv_block``: key window granularity (128 CUDA, 32 CPU)."""
 
     def __init__(self, lm, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None,
                  device=None, compile: bool | str = False, cudagraphs: bool | None = None,
@@ -436,15 +405,12 @@ class Generator(_Greedy):
         self._fwd, self._pin, self.compiled = self.model.forward, cuda, bool(compile)
         if compile not in (False, True, "max-autotune"):
             raise ValueError(f"compile: expected False, True or 'max-autotune', got {compile!r}")
-        if compile:
-            auto = compile == "max-autotune"
-            if cuda:
-                graphs = cudagraphs is not False
-                mode = ("max-autotune" if graphs else "max-autotune-no-cudagraphs") if auto else \
-                    ("reduce-overhead" if graphs else None)
-                self._fwd = torch.compile(self.model.forward, fullgraph=True, mode=mode)
-            else:
-                self._fwd = torch.compile(self.model.forward, fullgraph=True, options={"max_autotune": auto})
+        if compile:   # CUDA mode by (max-autotune, CUDA graphs)
+            auto, graphs = compile == "max-autotune", cudagraphs is not False
+            modes = {(True, True): "max-autotune", (True, False): "max-autotune-no-cudagraphs",
+                     (False, True): "reduce-overhead", (False, False): None}
+            kw = {"mode": modes[auto, graphs]} if cuda else {"options": {"max_autotune": auto}}
+            self._fwd = torch.compile(self.model.forward, fullgraph=True, **kw)
 
     # ------------------------------------------------------------------ state
     @property
@@ -479,10 +445,8 @@ class Generator(_Greedy):
     @torch.no_grad()
     def advance(self, prefill: Mapping[int, Sequence[int]] | None = None,
                 step: Mapping[int, Sequence[int]] | None = None) -> None:
-        """Feed several streams in shared forwards. ``prefill[b]``: reset stream b and feed these
-        tokens (a whole context, e.g. ``history + steps[0]``); ``step[b]``: feed ``[lr(codes[b])] +
-        tokens``. Afterwards ``codes[b]`` holds the next LR code of every fed stream. Everything is
-        checked before any state changes, so a stream stays usable after an error."""
+        """Shared forwards: ``prefill[b]`` resets stream b and feeds a whole context; ``step[b]`` feeds ``[lr(codes[b])]
+        + tokens``; then ``codes[b]`` is the next LR code. All is checked first: an error leaves the state usable."""
         prefill, step = dict(prefill or {}), dict(step or {})
         rows: dict[int, list[int]] = {}    # per stream, the pending tokens; -1 = LR token put in on the device
         for b, ids in prefill.items():
@@ -540,11 +504,6 @@ class Generator(_Greedy):
             self.host_pos[b] = p
 
 
-def _cache_kwarg(model) -> str:
-    import inspect
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 class HFDecoder(_Greedy):
     """Any HF causal LM with its ``DynamicCache`` (benchmark baseline (b)) or ``StaticCache``, eager; streams
     advance in lock step (right-padded blocks, 2-D mask, per-stream positions); a prefill restarts all."""
@@ -559,28 +518,14 @@ class HFDecoder(_Greedy):
         self.vocab_size = bb.get_input_embeddings().weight.shape[0]
         self.max_len = int(max_len or getattr(lm, "max_len", 0) or bb.config.n_positions)
         self.lr_offset = int(lm.vocab.lr(0))
-        self._kw = _cache_kwarg(self.base)
         self.codes = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(batch, lm.lr_head.out_features, device=self.device)
         self.cache = None
 
-    def _new_cache(self):
-        from transformers import DynamicCache, StaticCache
-
-        cfg = self.lm.backbone.config
-        if self.kind == "static":
-            return StaticCache(config=cfg, max_cache_len=self.timeline)
-        try:
-            return DynamicCache(config=cfg)
-        except TypeError:  # transformers < 4.56
-            return DynamicCache()
-
     @torch.no_grad()
     def advance(self, prefill: Mapping[int, Sequence[int]] | None = None,
                 step: Mapping[int, Sequence[int]] | None = None) -> None:
-        """As :meth:`Generator.advance`, in lock step: either ``prefill`` names streams ``0..B-1``
-        (a prefill of some re-prefills all, the others with ``step`` appended to their context
-        is not possible here: pass whole contexts) or ``step`` does."""
+        """As :meth:`Generator.advance`, in lock step: either ``prefill`` or ``step`` names streams ``0..B-1``."""
         prefill, step = dict(prefill or {}), dict(step or {})
         if prefill:
             if step:   # a jump of some streams: restart all (the others' contexts are rebuilt by generate)
@@ -589,7 +534,11 @@ class HFDecoder(_Greedy):
             if sorted(prefill) != list(range(B)) or B > self.batch:
                 raise ValueError(f"prefill: expected streams 0..B-1 with B <= {self.batch}, got {sorted(prefill)}")
             self.timeline = self.max_len + 64 * 2
-            self.cache = self._new_cache()
+            from transformers import DynamicCache, StaticCache
+
+            cfg = self.lm.backbone.config
+            self.cache = StaticCache(config=cfg, max_cache_len=self.timeline) if self.kind == "static" else \
+                DynamicCache(config=cfg)
             self.mask = torch.zeros(B, self.timeline, dtype=torch.long, device=self.device)
             self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
             self.t = 0
@@ -615,7 +564,7 @@ class HFDecoder(_Greedy):
         self.mask[:B, self.t:self.t + S] = (ar < n[:, None]).long()
         pos = (self.pos[:B, None] + ar).clamp(max=self.max_len - 1)
         out = self.base(input_ids=ids, attention_mask=self.mask[:B, :self.t + S], position_ids=pos,
-                        use_cache=True, **{self._kw: self.cache})
+                        use_cache=True, cache=self.cache)
         h = out.last_hidden_state[torch.arange(B, device=self.device), n - 1]
         self.logits[:B] = self.lm.lr_head(h).float()
         self.codes[:B] = self.logits[:B].argmax(-1)
@@ -623,8 +572,7 @@ class HFDecoder(_Greedy):
         self.t += S
 
     def _restarts(self, i: int, plans: list[list[int]], steps) -> list[int]:
-        """Lock step: where any stream's context jumps, or the padded timeline would overflow, all
-        streams are re-prefilled."""
+        """Lock step: all streams re-prefill where any context jumps or the padded timeline would overflow."""
         jump = i == 0 or any(p[i] != p[i - 1] for p in plans)
         if not jump and self.t + max(len(s[i]) for s in steps) + 1 > self.timeline:
             jump = True      # lock-step padding filled the timeline: rebuild the contexts

@@ -6,11 +6,8 @@
         render(sl.push(motion=m, words=w, sa_tokens=s, emotion=e))
     render(sl.flush())
 
-One stream core (:class:`ListenerStream`) parses and bounds every push, checks the skew and word
-bounds, applies pushes as per-stream transactions and batches ``n_streams`` streams; each generator
-plugs in its model step. Time -> step/frame rules: :mod:`minilisten.tokens`. :func:`parse_push`
-turns a server message into push arguments with the same checks. Design and measurements:
-docs/streaming.md.
+One core (:class:`ListenerStream`): checks, per-stream transactions, ``n_streams`` batched; each generator
+plugs in its model step. :func:`parse_push`: server message -> push arguments. Design: docs/streaming.md.
 """
 from __future__ import annotations
 
@@ -64,43 +61,31 @@ class ProtocolError(UserError):
         super().__init__(f"{field}: expected {expected}, got {self.actual}")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and -INT64 <= v < INT64
+def _is_int(v, lo: int = -INT64) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v < INT64
 
 
-def _floats(x, shape: tuple, limit: float = F32_MAX):
-    """The one bound on the floats a push carries: numbers of ``shape`` (None: any length), finite, ``|x| <=
-    limit`` -> ``(float32 array, None)``, else ``(None, (expected, actual))``."""
+def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
+    """The one bound on pushed floats: finite numbers of ``shape`` (None: any length), ``|x| <= limit`` -> float32."""
     want = f"numbers of shape ({', '.join('n' if d is None else str(d) for d in shape)}{',' * (len(shape) == 1)})"
     try:
         a = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
     except (TypeError, ValueError, OverflowError, RecursionError):
-        return None, (want, type(x).__name__)
+        raise ProtocolError(name, want, type(x).__name__) from None
     if a.size == 0 and shape[0] is None:
         a = a.reshape((0, *shape[1:]))
     if a.ndim != len(shape) or any(d is not None and d != k for d, k in zip(shape, a.shape)):
-        return None, (want, f"shape {a.shape}")
+        raise ProtocolError(name, want, f"shape {a.shape}")
     if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
-        return None, (f"finite values with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
-    return a.astype(np.float32), None
-
-
-def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
-    """:func:`_floats` raising a UserError naming ``name``."""
-    a, bad = _floats(x, shape, limit)
-    if bad:
-        raise UserError(f"{name}: expected {bad[0]}, got {bad[1]}")
-    return a
+        raise ProtocolError(name, f"finite values with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
+    return a.astype(np.float32)
 
 
 def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
-    """A JSON list -> float32 array (``ndim`` 1: ``(n,)``, 2: ``(n, width)``), bounded by :func:`_floats`."""
+    """A JSON list -> float32 array (``ndim`` 1: ``(n,)``, 2: ``(n, width)``), bounded by :func:`floats`."""
     if not isinstance(v, list):
         raise ProtocolError(name, "a list of numbers", type(v).__name__)
-    a, bad = _floats(v, (None,) if ndim == 1 else (None, width), limit)
-    if bad:
-        raise ProtocolError(name, *bad)
-    return a
+    return floats(v, name, (None,) if ndim == 1 else (None, width), limit)
 
 
 def parse_words(name: str, v) -> list[Word]:
@@ -112,7 +97,7 @@ def parse_words(name: str, v) -> list[Word]:
     out = []
     for i, w in enumerate(v):
         try:
-            out.append(_word(w, f"{name}[{i}]"))
+            out.append(as_word(w, f"{name}[{i}]"))
         except UserError:
             raise ProtocolError(f"{name}[{i}]", "[text, start, end] or {text, start, end} with finite times in "
                                 "seconds, start <= end", w) from None
@@ -163,15 +148,6 @@ def parse_push(msg: dict, kind: str = "lr-token") -> dict:
     return kw
 
 
-def _word(w, where: str) -> Word:
-    try:
-        return as_word(w, where)
-    except OverflowError:
-        raise UserError(f"{where}: expected start/end times in seconds, got a number beyond float range") from None
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
 # ----------------------------------------------------------------------------- the stream core
 @dataclass
 class _State:
@@ -188,8 +164,7 @@ class _State:
 
 
 class ListenerStream:
-    """The stream core of both generators (``n_streams`` streams; rules in docs/streaming.md): ``push``,
-    ``push_many`` (per-stream results and transactions), ``flush``, ``reset``, ``set_beta``, ``fps``.
+    """The stream core of both generators (docs/streaming.md): ``push``, ``push_many``, ``flush``, ``reset``.
     A generator provides ``_fresh``, ``_advance`` (its batched model step) and optional parse hooks."""
 
     EXTRA: tuple = ()          # push arguments beyond motion, words, sa_tokens, emotion
@@ -236,26 +211,24 @@ class ListenerStream:
         return r
 
     def reset(self, stream: int = 0, history_words=None, seed: int | None = None) -> None:
-        """A new stream in slot ``stream`` (clock 0); ``history_words``: its W^h (words ending <= 0 s;
-        default: kept), ``seed``: its noise seed (default: kept; the greedy LR decoder draws none)."""
+        """A new stream in slot ``stream`` (clock 0); ``history_words`` (ending <= 0 s) and ``seed``: default kept."""
         b = self._check_stream(stream)
         old = self.streams[b]
-        if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-                                     and 0 <= seed < INT64):
+        if seed is not None and not _is_int(seed, 0):
             raise UserError(f"seed: expected an int in [0, 2**63), got {seed!r}")
         hist = old.history if history_words is None else self._check_history(history_words)
         self.streams[b] = self._fresh(b, hist, old.seed if seed is None else int(seed))
 
     # ------------------------------------------------------------------ the core
     def _check_stream(self, b) -> int:
-        if not (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 0 <= b < self.n_streams):
+        if not (_is_int(b, 0) and b < self.n_streams):
             raise UserError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
                             f"got {b!r:.40}")
         return int(b)
 
     @staticmethod
     def _check_history(words) -> list[Word]:
-        out = [_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
+        out = [as_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
         for i, w in enumerate(out):
             if w.end > EPS:
                 raise UserError(f"history_words[{i}] ({w.text!r}): expected end <= 0 s (before the stream), got "
@@ -273,9 +246,8 @@ class ListenerStream:
         p = dict(motion=None, emo=None, words=[], sa=None, frames=0, audio=None)
         counts = []   # (field, n): every input that says how many frames this push brings
         if chunk.get("motion") is not None:
-            m = floats(chunk["motion"], f"motion ({where})", (None, D_MOTION), MOTION_LIMIT)
-            p["motion"] = m
-            counts.append(("motion", len(m)))
+            p["motion"] = floats(chunk["motion"], f"motion ({where})", (None, D_MOTION), MOTION_LIMIT)
+            counts.append(("motion", len(p["motion"])))
         if chunk.get("emotion") is not None:
             try:
                 p["emo"] = check_emotion_probs(chunk["emotion"], f"emotion ({where})", rows="n")
@@ -284,7 +256,7 @@ class ListenerStream:
             counts.append(("emotion", len(p["emo"])))
         if chunk.get("frames") is not None:
             f = chunk["frames"]
-            if not (isinstance(f, (int, np.integer)) and not isinstance(f, bool) and 0 <= f < INT64):
+            if not _is_int(f, 0):
                 raise UserError(f"frames ({where}): expected an int >= 0, got {f!r:.40}")
             counts.append(("frames", int(f)))
         n = p["frames"] = counts[0][1] if counts else 0
@@ -303,7 +275,7 @@ class ListenerStream:
             raise UserError(f"words ({where}): expected at most {MAX_WORDS} words waiting for their {self.UNIT}, "
                             f"got {len(s.words) + len(words)}")
         for i, w in enumerate(words):
-            w = _word(w, f"words[{i}] ({where})")
+            w = as_word(w, f"words[{i}] ({where})")
             at = f"words[{i}] ({w.text!r}, {where})"
             if w.end < last - EPS / self.fps:
                 raise UserError(f"{at}: expected words in time order, got end {w.end:.3f} s before the previous "
@@ -348,9 +320,8 @@ class ListenerStream:
             s.sa = np.concatenate([s.sa, p["sa"]])
 
     def _transact(self, todo: dict, final: bool) -> dict:
-        """Apply the parsed chunks (None: none) of ``todo`` and decode in shared forwards. A stream
-        whose decoding fails or gives non-finite frames is put back as it was, with its error;
-        when the shared forward fails, every stream is put back and decoded alone."""
+        """Apply ``todo``'s parsed chunks and decode in shared forwards; a stream that fails (or gives non-finite
+        frames) is put back with its error; if the shared forward fails, each stream is retried alone."""
         snap = {b: copy.deepcopy(self.streams[b]) for b in todo}
         try:
             res = self._advance(todo, final)
@@ -374,18 +345,12 @@ class ListenerStream:
     def _restore(self, b: int, snap) -> None:
         self.streams[b] = copy.deepcopy(snap)
 
-    # hooks of a generator
-    def _fresh(self, b: int, history: list, seed: int):
-        raise NotImplementedError
-
+    # hooks of a generator (and _fresh, _advance, which each defines)
     def _word_unit(self, end: float) -> int:
         return word_frame(end, self.fps)
 
     def _parse_extra(self, s, p: dict, chunk: dict, where: str) -> None:
         pass
-
-    def _advance(self, todo: dict, final: bool) -> dict:
-        raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------- LR tokens + VQ
@@ -404,12 +369,9 @@ class _LRState(_State):
 
 
 class StreamingListener(ListenerStream):
-    """Lai et al.'s listener, live: LR step i (frames ``[8i, 8i+8)``) is decoded once its frames and
-    SA tokens are in, exactly as offline; frames of code k come once code ``k + lookahead`` is known
-    (default ``vq.receptive_field``: exact for a local VQ decoder). ``beta (100,)`` or ``(n_streams,
-    100)``; ``sa_tokenizer.encode(wav, sample_rate)`` for ``audio``; ``compile``/``dtype``/``device``
-    of the :class:`~minilisten.generate.Generator` (or pass ``generator``). ``motion`` or ``frames=n``
-    advance the clock only."""
+    """Lai et al.'s listener, live: LR step i is decoded, as offline, once its frames and SA tokens are in; frames
+    of code k come once code ``k + lookahead`` is known. ``beta (100,)`` or ``(n_streams, 100)``;
+    ``sa_tokenizer.encode(wav, sample_rate)`` for ``audio``; ``motion`` or ``frames=n`` advance the clock only."""
 
     EXTRA = ("frames", "audio", "sample_rate")
     UNIT = "LR step"
@@ -488,8 +450,7 @@ class StreamingListener(ListenerStream):
                     window_steps=len(s.win), vq_codes=len(s.codes), decoder_state_bytes=dec)
 
     def progress(self, stream: int = 0) -> dict:
-        """Speaker ``frames`` received, LR ``steps`` decoded, ``sa_tokens`` received, ``last_word_end``
-        (s), ``emitted`` (LR steps whose frames were returned)."""
+        """Speaker ``frames``, LR ``steps`` decoded, ``sa_tokens``, ``last_word_end`` (s), ``emitted`` steps."""
         s = self.streams[self._check_stream(stream)]
         return dict(frames=s.frames, steps=s.done, sa_tokens=s.sa_base + len(s.sa), last_word_end=s.last_end,
                     emitted=s.emitted)
@@ -535,9 +496,7 @@ class StreamingListener(ListenerStream):
         p["sa"] = self._audio_tokens(s, p["audio"])
 
     def _audio_tokens(self, s: _LRState, new: np.ndarray) -> np.ndarray:
-        """SA tokens of the complete 20 ms hops in (kept + new) audio, excluding those already made;
-        the kept audio starts ``_AUDIO_CONTEXT`` hops early, so a causal tokenizer gives the tokens
-        of the whole recording."""
+        """SA tokens of the complete hops in (kept + new) audio not made yet (kept: ``_AUDIO_CONTEXT`` hops early)."""
         hop = int(round(self.sample_rate / self.sa_rate))
         buf = np.concatenate([s.audio, new])
         made, total = s.sa_base + len(s.sa), (s.audio_base + len(buf)) // hop
@@ -585,8 +544,7 @@ class StreamingListener(ListenerStream):
         return step_ids(self.lm.vocab, words, sa, emo)
 
     def _context(self, s: _LRState, step: list[int]) -> list[int] | None:
-        """Add ``step`` to the stream's LM context: None when the decoder continues its cached
-        context, else the whole context to prefill (first step, a context jump, or a refill)."""
+        """Add ``step`` to the LM context -> None (the decoder continues) or the whole context to prefill."""
         j = self.lm.context_plan(s.hist, s.win + [step], with_lr=True, max_len=self.max_len)[-1]
         s.win.append(step)
         if j:
@@ -659,10 +617,8 @@ class _ARIGState(_State):
 
 
 class StreamingARIG(ListenerStream):
-    """The ARIG-style listener, live: frame t comes with the push that completes speaker frame t (its
-    ``motion``, required; its emotion row; SA tokens through ``sa_frame_bounds(t + 1)``), equal to
-    :func:`~minilisten.arig.arig_generate` with the stream's seed. ``steps``: Euler steps;
-    ``reference (56,)``: raw start motion (default the mean); ``compile``: the frame under torch.compile."""
+    """The ARIG-style listener, live: frame t comes with the push that completes speaker frame t (and its SA
+    tokens), equal to :func:`~minilisten.arig.arig_generate` with the stream's seed; ``reference (56,)``: raw start."""
 
     def __init__(self, model: ARIG, beta=None, *, n_streams: int = 1, seed: int = 0, steps: int | None = None,
                  reference=None, temperature: float = 1.0, history_words=(), compile: bool = False,
@@ -720,8 +676,7 @@ class StreamingARIG(ListenerStream):
             s.emo = s.emo[:0]
 
     def _input(self, s: _ARIGState) -> dict:
-        """The model inputs of the stream's next frame (batch of 1), consuming its buffers (the
-        per-frame rules of :func:`~minilisten.arig.frame_inputs`)."""
+        """The next frame's model inputs (batch 1; :func:`~minilisten.arig.frame_inputs`' rules); consumes buffers."""
         c, t = self.cfg, s.done
         slots = np.full(c.sa_slots, -1, np.int64)
         if c.n_sa:

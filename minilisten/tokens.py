@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .data.segment import N_EMOTIONS, Word, check_emotion_probs
 from .errors import UserError
@@ -25,9 +26,8 @@ EPS = 1e-6               # tolerance on times expressed in frames
 # ----------------------------------------------------------------------------- vocabulary
 @dataclass(frozen=True)
 class Vocab:
-    """Token-id layout (docs/streaming.md). ``lr/sa/emo(code)`` map a code (int, numpy array or
-    tensor) to its token id; ints and arrays are range-checked, tensors are offset without a check
-    (no host sync in decoding loops: validate codes before)."""
+    """Token-id layout (docs/streaming.md). ``lr/sa/emo(code)``: code (int, array, tensor) -> token id; ints and
+    arrays are range-checked, tensors are not (no host sync in decoding loops)."""
     n_words: int
     n_lr: int = 256
     n_sa: int = 1024
@@ -96,8 +96,7 @@ class Vocab:
 
 
 def check_modalities(modalities) -> tuple[str, ...]:
-    """Normalize ``"W+SA+emo"`` / ``("W", "emo")`` to a tuple in canonical order; errors name
-    the unknown entry. Order and duplicates do not matter; at least one modality is needed."""
+    """``"W+SA+emo"`` / ``("W", "emo")`` -> a non-empty tuple in canonical order; errors name the unknown entry."""
     if isinstance(modalities, str):
         modalities = [m for m in modalities.replace(",", "+").split("+") if m]
     mods = list(modalities)
@@ -111,8 +110,7 @@ def check_modalities(modalities) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- time -> step
 def word_step(end: float, fps: float, r: int = 8, placement: str = "eq1") -> int:
-    """Step of a word ending at ``end`` seconds: Eq. 1 (``"eq1"``: the step whose span holds the
-    end) or LM-listener's rule (``"lm_listener"``, docs/streaming.md). May be ``>= n_steps``."""
+    """Step of a word ending at ``end`` s: Eq. 1 (``"eq1"``: the step holding the end) or LM-listener's rule."""
     if placement == "eq1":
         return max(0, word_frame(end, fps, r))
     if placement == "lm_listener":
@@ -127,9 +125,8 @@ def word_frame(end: float, fps: float, r: int = 1) -> int:
 
 
 def word_steps(words: list[Word], n_steps: int, fps: float, r: int = 8, placement: str = "eq1") -> list[list[Word]]:
-    """Words of each step, in time order (by end, then start): ``out[i]`` precede ``LR_i``.
-    Words whose step is ``>= n_steps`` are not returned. Words must end at ``>= 0`` s (earlier
-    speech is history)."""
+    """Words of each step in time order (``out[i]`` precede ``LR_i``); words of steps ``>= n_steps`` are dropped,
+    words ending before 0 s (history) refused."""
     if placement not in PLACEMENTS:
         raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {placement!r}")
     out: list[list[Word]] = [[] for _ in range(n_steps)]
@@ -151,9 +148,8 @@ def sa_bounds(steps, fps: float, r: int = 8, sa_rate: float = SA_RATE):
 
 
 def sa_frame_bounds(frames, fps: float, sa_rate: float = SA_RATE):
-    """First SA token index of frame(s) ``frames`` for the ARIG-style model: ``ceil(t sa_rate / fps)``.
-    Frame t takes the tokens that *start* in it (the appendix's per-frame audio), so it waits for
-    at most one token past its end; LR steps take the tokens that *end* in them (:func:`sa_bounds`)."""
+    """First SA token index of ARIG frame(s) ``t``: ``ceil(t sa_rate / fps)`` (a frame takes the tokens that *start*
+    in it; LR steps those that *end* in them, :func:`sa_bounds`)."""
     b = np.ceil(np.asarray(frames, dtype=np.float64) * sa_rate / fps - EPS).astype(np.int64)
     return int(b) if b.ndim == 0 else b
 
@@ -177,8 +173,7 @@ def check_sa_tokens(sa_tokens, n_sa: int | None = None, name: str = "sa_tokens")
 
 def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, sa_rate: float = SA_RATE,
              n_sa: int | None = None) -> list[np.ndarray]:
-    """Split an SA token stream (token 0 starts at the clip's first frame) into ``n_steps`` steps.
-    Errors: not 1-D integer, tokens outside ``[0, n_sa)``, a stream too short for the steps."""
+    """Split an SA token stream (token 0 at the clip's first frame) into ``n_steps`` steps (checked)."""
     sa = check_sa_tokens(sa_tokens, n_sa)
     b = sa_step_bounds(n_steps, fps, r, sa_rate)
     if sa.size < b[-1]:
@@ -198,13 +193,11 @@ def emotion_tokens(probs, r: int = 8) -> np.ndarray:
 # ----------------------------------------------------------------------------- per segment
 @dataclass
 class SpeakerSteps:
-    """Speaker tokens of a clip split into LR steps (text, before LM tokenization).
-    ``history``: W^h words (by end time); ``words[i]``: words preceding ``LR_i``; ``sa[i]``: SA
-    token ids of step i; ``emo[i]``: emotion class of step i. Absent modalities are ``None``."""
-    history: list[Word]
-    words: list[list[Word]] | None
-    sa: list[np.ndarray] | None
-    emo: np.ndarray | None
+    """Speaker tokens of a clip per LR step (before LM tokenization); absent modalities are ``None``."""
+    history: list[Word]                 # W^h, by end time
+    words: list[list[Word]] | None      # words[i] precede LR_i
+    sa: list[np.ndarray] | None         # SA token ids of each step
+    emo: np.ndarray | None              # emotion class of each step
     n_steps: int
 
 
@@ -250,9 +243,7 @@ def history_ids(vocab: Vocab, words: list[list[int]], budget: int) -> list[int]:
 
 
 def step_ids(vocab: Vocab, words: list[list[int]] | None = None, sa=None, emo: int | None = None) -> list[int]:
-    """One step's speaker tokens: ``W_i + [<sa>] + SA_i + [</sa>] + [<emo>, emo_i, </emo>]``;
-    ``words``: id lists of the step's words, ``sa``: ``(m,)`` SA token ids, ``emo``: the class;
-    ``None`` leaves the modality out."""
+    """One step's tokens ``W_i + [<sa>] + SA_i + [</sa>] + [<emo>, emo_i, </emo>]``; ``None`` leaves one out."""
     s = [t for ids in words for t in ids] if words is not None else []
     if sa is not None:
         s += [vocab.sa_start, *vocab.sa(np.asarray(sa, np.int64)).tolist(), vocab.sa_end]
@@ -310,8 +301,7 @@ def context_ids(vocab: Vocab, history: list[int], steps: list[list[int]], codes,
 # ----------------------------------------------------------------------------- packing
 @dataclass
 class LMSequence:
-    """One training/eval sequence. ``targets[p]`` is what position ``p`` must predict (stage 2:
-    the LR code of the next token; stage 1: the next token id), ``IGNORE`` where no loss counts."""
+    """One sequence; ``targets[p]``: what position p predicts (stage 2: the next LR code; 1: the next id) or IGNORE."""
     ids: np.ndarray        # (L,) int64 token ids
     targets: np.ndarray    # (L,) int64
     stage: int             # 1 = S' (Eq. 2/3), 2 = S (Eq. 1/4)
@@ -326,9 +316,8 @@ class LMSequence:
 
 def pack_sequences(vocab: Vocab, history: list[int], steps: list[list[int]], codes, plan: list[int],
                    history_tokens: int) -> list[LMSequence]:
-    """One :class:`LMSequence` per context chunk of ``plan`` (:func:`context_plan`): S (stage 2)
-    with ``codes`` ``(n_steps,)``, S' (stage 1) with ``codes=None``. Each step is predicted in
-    exactly one chunk, with the context inference uses."""
+    """One :class:`LMSequence` per context chunk of ``plan``: S (stage 2) with ``codes (n_steps,)``, S' (stage 1)
+    with None; each step is predicted once, with the context inference uses."""
     out = []
     for j in sorted(set(plan)):
         first, last = plan.index(j), len(plan) - 1 - plan[::-1].index(j)
@@ -354,15 +343,18 @@ def pack_sequences(vocab: Vocab, history: list[int], steps: list[list[int]], cod
     return out
 
 
+def length_batches(lengths, batch: int) -> list[list[int]]:
+    """Indices grouped by equal length (groups in first-seen order), in chunks of at most ``batch``."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [ids[s:s + batch] for ids in groups.values() for s in range(0, len(ids), batch)]
+
+
 def collate(seqs: list[LMSequence], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest: ``input_ids``, ``attention_mask``, ``targets`` of shape (B, L)."""
-    L = max(len(s.ids) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    tgt = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        n = len(s.ids)
-        ids[b, :n] = torch.from_numpy(s.ids)
-        tgt[b, :n] = torch.from_numpy(s.targets)
-        mask[b, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "targets": tgt}
+    def pad(rows, value):
+        return pad_sequence([torch.as_tensor(r, dtype=torch.long) for r in rows], batch_first=True, padding_value=value)
+
+    return {"input_ids": pad([s.ids for s in seqs], pad_id), "targets": pad([s.targets for s in seqs], IGNORE),
+            "attention_mask": pad([np.ones(len(s.ids)) for s in seqs], 0)}

@@ -346,7 +346,7 @@ def _with_motion(seg, pushes):
 
 
 HOSTILE = [
-    (dict(words=[("x", 0, 10 ** 400)]), r"words\[0\] \(stream 1\): expected start/end times"),
+    (dict(words=[("x", 0, 10 ** 400)]), r"words\[0\] \(stream 1\) \('x'\): end: expected a finite number of seconds"),
     (dict(words=[("x", 0, 0)] * 300), r"words \(stream 1\): expected at most 256 words"),
     (dict(sa_tokens=np.array([2 ** 64], dtype=object)), r"sa_tokens \(stream 1\): expected a 1-D integer array"),
     (dict(sa_tokens=np.array([2 ** 64 - 1], np.uint64)), r"sa_tokens \(stream 1\): expected token ids in \[0, 1024\)"),

@@ -19,6 +19,7 @@ from minilisten.tokens import (
     context_plan,
     emotion_tokens,
     history_ids,
+    length_batches,
     pack_sequences,
     prefix_ids,
     sa_bounds,
@@ -331,3 +332,10 @@ def test_speaker_tokens_at_25_fps():
     st_ = speaker_tokens(seg, "W+SA+emo")
     assert [[w.text for w in s] for s in st_.words] == [["a"], [], ["b"]]   # 0.65 s > 0.64: step 2
     assert [len(s) for s in st_.sa] == [16, 16, 16] and st_.emo.tolist() == [0, 1, 2]
+
+
+def test_length_batches_hand_built():
+    """Equal lengths share a batch, groups in first-seen order, chunks of at most ``batch``, every index once."""
+    assert length_batches([5, 3, 5, 5, 3, 7], 2) == [[0, 2], [3], [1, 4], [5]]
+    assert length_batches([4, 4, 4], 5) == [[0, 1, 2]]
+    assert length_batches([], 3) == []
