@@ -287,8 +287,9 @@ class ListenerStream:
                                 f"{w.end:.3f}; push the frames first or with the word")
             k = self._word_unit(w.end)
             if k < s.done:
-                raise UserError(f"{at}: ends at {w.end:.3f} s in {self.UNIT} {k}, already decoded ({self.UNIT}s "
-                                f"0..{s.done - 1}); push words no later than the frames their {self.UNIT} ends with")
+                raise UserError(f"{at}: expected a word ending in {self.UNIT} >= {s.done} ({self.UNIT}s "
+                                f"0..{s.done - 1} are already decoded: push words no later than the frames their "
+                                f"{self.UNIT} ends with), got end {w.end:.3f} s in {self.UNIT} {k}")
             p["words"].append(w)
             last = w.end
         if chunk.get("sa_tokens") is not None:
