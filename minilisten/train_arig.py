@@ -148,14 +148,11 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
 def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: list[Segment], max_clips: int = 0,
                   steps: int | None = None, seed: int = 0, reference: str = "mean") -> dict:
     """Table 1 metrics (``metrics.score``) of ARIG samples on LM-listener's evaluation clips of ``test_segments``."""
-    from .metrics import ValenceRegressor, score
+    from .metrics import fit_valence, score
     clips = test_clips(test_segments, max_clips)
     if not clips:
         raise UserError("test_segments: expected segments of >= 16 frames to evaluate, got none")
-    valence = None
-    if all(s.valence is not None for s in train_segments + clips):
-        valence = ValenceRegressor().fit([s.listener_motion for s in train_segments],
-                                         [s.valence for s in train_segments])
+    valence = fit_valence(train_segments, clips)
     t0 = time.perf_counter()
     preds = arig_generate(model, clips, steps=steps, seed=seed, reference=reference)
     res = score(preds, clips, valence, seed)
