@@ -243,8 +243,7 @@ class TrainLoop:
             self.throughput = meter.summary()
             if self.main and self.log is not None:
                 self.log(D.Throughput.format(self.throughput))
-            if self.main and self.out_dir is not None:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.main and self.out_dir is not None:   # atomic_write_text makes the directory
                 atomic_write_text(self.out_dir / "throughput.json", json.dumps(self.throughput, indent=1))
         if self.start < self.steps or not self.history:
             self.validate(self.steps)
