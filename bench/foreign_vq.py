@@ -204,7 +204,7 @@ def train_ref(train: list[Segment], disentangled: bool, steps: int, seed: int, w
 # ----------------------------------------------------------------------------- the comparison
 def rec_of(fn, val: list[Segment]) -> float:
     """Rec (metrics.vq_rec) of ``fn(motion (N, 240, 56), beta (N, 100)) -> recon`` on val's windows."""
-    mot, beta, _ = eval_windows(val, 240, True)
+    mot, beta = eval_windows(val, 240, True)
     with torch.no_grad():
         return float(vq_rec(fn(mot, beta), mot))
 

@@ -1,9 +1,7 @@
 """Several processes for the trainers: torchrun + ``torch.distributed`` + ``DistributedDataParallel``.
 
-Every rank draws the same global batch and keeps its :func:`rank_slice`, so the order of samples does
-not depend on the number of processes (``--resume`` works with another one). :class:`ScaledStep` is one
-optimizer step: autocast, ``grad_accum`` micro-batches, DDP gradient averaging, clip, update.
-The design and its equivalence tests: docs/training.md.
+Every rank draws the same global batch and keeps its :func:`rank_slice` (the sample order does not depend on
+the number of processes); :class:`ScaledStep` is one optimizer step. Design and tests: docs/training.md.
 """
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -105,8 +104,7 @@ def shutdown() -> None:
 
 
 def finish(code: int, env: DistEnv) -> int:
-    """A torchrun worker leaves with ``os._exit(code)`` (gloo workers sometimes abort in interpreter
-    finalization after a clean shutdown; docs/training.md); one process returns ``code``."""
+    """A torchrun worker leaves with ``os._exit(code)`` (gloo may abort at finalization; docs/training.md)."""
     if not env.distributed:
         return code
     sys.stdout.flush()
@@ -148,19 +146,13 @@ def count_weights(counts: list[int], env: DistEnv | None = None) -> list[float]:
     return [env.world_size * len(counts) * float(x) / total if total > 0 else 0.0 for x in counts]
 
 
-def collective_device() -> torch.device:
-    """CUDA for nccl, CPU for gloo."""
-    if get_env().backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def all_reduce_sums(values: dict[str, float], env: DistEnv | None = None) -> dict[str, float]:
-    """``{name: number}`` summed over ranks (in float64)."""
+    """``{name: number}`` summed over ranks (in float64, on the GPU for nccl)."""
     env = env or get_env()
     if not env.distributed:
         return dict(values)
-    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=collective_device())
+    dev = torch.device("cuda", torch.cuda.current_device()) if get_env().backend == "nccl" else "cpu"
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return dict(zip(values, t.tolist()))
 
@@ -211,7 +203,7 @@ class ScaledStep:
     def __call__(self, step: int, micro_fn: Callable[[int, int], tuple[torch.Tensor, dict]]):
         env, scaler, A = self.env, self.scaler, self.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, stats_sum, bad = 0.0, {}, None
+        loss_sum, stats_sum, bad = 0.0, Counter(), None
         for k in range(A):
             sync = self.ddp is None or k == A - 1
             with (nullcontext() if sync else self.ddp.no_sync()), autocast(self.precision, self.device):
@@ -221,16 +213,11 @@ class ScaledStep:
             if bad is None and not math.isfinite(lv):
                 bad = lv
             loss_sum += lv
-            for name, v in stats.items():
-                stats_sum[name] = stats_sum.get(name, 0.0) + float(v)
-        keys = sorted(stats_sum)
-        vec = [loss_sum, 0.0 if bad is None else 1.0] + [stats_sum[k] for k in keys]
-        if env.distributed:
-            t = torch.tensor(vec, dtype=torch.float64, device=collective_device())
-            dist.all_reduce(t)
-            vec = t.tolist()
-        if vec[1] > 0:
-            where = f" (on {int(vec[1])} of {env.world_size} processes)" if env.distributed else ""
+            stats_sum.update({name: float(v) for name, v in stats.items()})
+        tot = all_reduce_sums({"_loss": loss_sum, "_bad": float(bad is not None), **stats_sum}, env)
+        n_bad, loss_tot = tot.pop("_bad"), tot.pop("_loss")
+        if n_bad > 0:
+            where = f" (on {int(n_bad)} of {env.world_size} processes)" if env.distributed else ""
             raise FloatingPointError(f"{self.desc}: loss became {bad if bad is not None else 'non-finite'} "
                                      f"at step {step}{where}")
         scaler.unscale_(self.optimizer)   # no-ops unless fp16
@@ -241,8 +228,7 @@ class ScaledStep:
         scaler.update()
         self.skipped += int(scaler.get_scale() < scale)
         W = env.world_size
-        stats = {k: (v if k in self.sum_keys else v / (A * W)) for k, v in zip(keys, vec[2:])}
-        return torch.tensor(vec[0] / (A * W)), stats
+        return torch.tensor(loss_tot / (A * W)), {k: (v if k in self.sum_keys else v / (A * W)) for k, v in tot.items()}
 
 
 #: dense bf16 tensor-core peaks (FLOP/s) by device-name substring (longer names first); MFU is against these

@@ -1,10 +1,7 @@
 """Training of the ARIG-style continuous listener (``minilisten.arig``): ``python -m minilisten train-arig``.
 
-Data: random ``crop``-frame windows of the training segments, each a fresh start; the reference motion
-is the window's first listener frame for a fraction ``p_ref_first`` of them, else the training mean.
-Loss: the per-frame diffusion (or regression) loss + ``w_state`` x the state cross-entropy. Validation:
-the teacher-forced loss and state accuracy on fixed windows, beside the majority-class rate. The model
-reads what every train/val segment has (SA, emotion, words, beta).
+Data: random ``crop``-frame windows, each a fresh start, referenced to their first listener frame (fraction
+``p_ref_first``) or the training mean. Loss: motion + ``w_state`` x state CE; validation: teacher-forced.
 
 CLI::
 
@@ -17,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,9 +27,9 @@ from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
 from .data.coverage import available_modalities, resolve_n_sa, with_val_split
 from .data.segment import Segment
-from .data.windows import motion_stats
+from .data.windows import motion_stats, test_clips
 from .errors import UserError
-from .training import LoopConfig, TrainLoop, data_fps, fitted, loop_args, windows
+from .training import LoopConfig, TrainLoop, data_fps, fitted, loop_args, merged, resume_dir, windows
 
 
 @dataclass
@@ -73,14 +71,11 @@ def evaluate_arig_loss(model: ARIG, inputs: list[dict], items, crop: int, device
     was = model.training
     model.eval()
     g = torch.Generator(device=device).manual_seed(seed)
-    tot: dict[str, float] = {}
-    labels = []
+    tot, labels = Counter(), []
     for k in range(0, len(items), 16):
         part = items[k:k + 16]
         b, ref = _batch(model, inputs, part, [False] * len(part), crop, device)
-        _, st = model.loss(b, ref, generator=g)
-        for key, v in st.items():
-            tot[key] = tot.get(key, 0.0) + v * len(part)
+        tot.update({key: v * len(part) for key, v in model.loss(b, ref, generator=g)[1].items()})
         labels.append(b["state"].reshape(-1).cpu().numpy())
     model.train(was)
     out = {k: v / len(items) for k, v in tot.items()}
@@ -99,11 +94,9 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
     """Train an :class:`~minilisten.arig.ARIG` sized by ``model_config`` (data fields from the segments)
     with ``config`` + ``overrides``; ``resume=True`` continues the run in ``out_dir`` (its model and
     configuration; only ``steps`` may grow). Returns it in eval mode with ``train_log``."""
-    tc = ARIGTrainConfig(**{**(asdict(config) if config is not None else {}), **overrides})
+    tc = merged(ARIGTrainConfig, config, **overrides)
     if resume:
-        if out_dir is None:
-            raise UserError("resume: expected out_dir (the directory to resume from), got None")
-        model = ARIG.from_pretrained(out_dir)
+        model = ARIG.from_pretrained(resume_dir(out_dir))
         saved = read_json(Path(out_dir) / "train_state.json", "train state")["info"]["config"]
         tc = ARIGTrainConfig(**{**saved, "steps": tc.steps, "progress": tc.progress, "device": tc.device})
     else:
@@ -155,15 +148,11 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
 def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: list[Segment], max_clips: int = 0,
                   steps: int | None = None, seed: int = 0, reference: str = "mean") -> dict:
     """Table 1 metrics (``metrics.score``) of ARIG samples on LM-listener's evaluation clips of ``test_segments``."""
-    from .data.windows import test_clips
-    from .metrics import ValenceRegressor, score
+    from .metrics import fit_valence, score
     clips = test_clips(test_segments, max_clips)
     if not clips:
         raise UserError("test_segments: expected segments of >= 16 frames to evaluate, got none")
-    valence = None
-    if all(s.valence is not None for s in train_segments + clips):
-        valence = ValenceRegressor().fit([s.listener_motion for s in train_segments],
-                                         [s.valence for s in train_segments])
+    valence = fit_valence(train_segments, clips)
     t0 = time.perf_counter()
     preds = arig_generate(model, clips, steps=steps, seed=seed, reference=reference)
     res = score(preds, clips, valence, seed)
@@ -173,8 +162,8 @@ def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: lis
 
 def _parser():
     p = ArgumentParser(prog="python -m minilisten train-arig", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1],
-                                allow_abbrev=False)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1],
+                       allow_abbrev=False)
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model + train state)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out (its model and options; "
                    "only --steps may grow)")

@@ -1,9 +1,7 @@
 """Two-stage training of the listener LM (paper §3.1, supplement §4): ``python -m minilisten train-lm``.
 
-Stage 1 (Eq. 3): speaker-only sequences, next-token loss on W / SA / emo. Stage 2 (Eq. 4): full
-sequences, LR-head loss on LR tokens, a fraction ``lr_noise`` of input LR tokens replaced by random
-codes (LM-listener). Data: random ``window``-frame windows (a multiple of r = 8, fitted to the data)
-with the LR codes sliced to them. Validation: teacher-forced accuracy on non-overlapping windows.
+Stage 1 (Eq. 3): next-token loss on speaker-only sequences; stage 2 (Eq. 4): LR-head loss on LR tokens, a
+fraction ``lr_noise`` of input LR tokens random (LM-listener). Data: random ``window``-frame windows.
 
 CLI::
 
@@ -16,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from .data.segment import Segment
 from .errors import UserError
 from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, default_backbone, load_backbone
 from .tokens import IGNORE, MODALITIES, check_modalities, collate
-from .training import LoopConfig, TrainLoop, check_ints, data_fps, fitted, loop_args, windows
+from .training import LoopConfig, TrainLoop, check_ints, data_fps, fitted, loop_args, merged, windows
 
 PAPER_SCHEDULE = {1: dict(steps=60_000, learning_rate=5e-5, warmup=0, batch_size=8),
                   2: dict(steps=200_000, learning_rate=5e-5, decay_step=150_000, final_learning_rate=2.5e-6, warmup=0,
@@ -89,13 +87,10 @@ def _sequences(model: ListenerLM, segments, codes, items, window: int, stage: in
     return seqs
 
 
-def val_items(segments: list[Segment], window: int, r: int = 8, max_windows: int = 0) -> list[tuple[int, int]]:
+def val_items(segments: list[Segment], window: int, max_windows: int = 0) -> list[tuple[int, int]]:
     """Non-overlapping windows, round-robin over segments so every segment contributes."""
     per = [[(i, s0) for s0 in range(0, s.T - window + 1, window)] for i, s in enumerate(segments)]
-    items, k = [], 0
-    while any(k < len(p) for p in per):
-        items += [p[k] for p in per if k < len(p)]
-        k += 1
+    items = [p[k] for k in range(max(map(len, per), default=0)) for p in per if k < len(p)]
     return items[:max_windows] if max_windows else items
 
 
@@ -109,7 +104,7 @@ def evaluate_lm(model: ListenerLM, segments: list[Segment], codes=None, stage: i
         raise UserError("evaluate_lm: stage 2 needs LR codes")
     was = model.training
     model.eval()
-    items = val_items(segments, window, model.config.r, max_windows)
+    items = val_items(segments, window, max_windows)
     lo, hi = distributed.shard_bounds(len(items))   # torchrun: each rank its shard, sums reduced
     tot_loss = correct = count = 0.0
     for k in range(lo, hi, batch_size):
@@ -119,10 +114,9 @@ def evaluate_lm(model: ListenerLM, segments: list[Segment], codes=None, stage: i
         correct += st["correct"]
         count += st["count"]
     model.train(was)
-    if distributed.get_env().distributed:
-        red = distributed.all_reduce_sums({"loss": tot_loss, "correct": correct, "count": count})
-        tot_loss, correct, count = red["loss"], red["correct"], red["count"]
-    return {"loss": tot_loss / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+    red = distributed.all_reduce_sums({"loss": tot_loss, "correct": correct, "count": count})
+    return {"loss": red["loss"] / max(red["count"], 1), "acc": red["correct"] / max(red["count"], 1),
+            "count": int(red["count"])}
 
 
 def lr_accuracy(model: ListenerLM, segments: list[Segment], codes, window: int = 240, max_windows: int = 0) -> float:
@@ -157,13 +151,11 @@ def motion_kmeans_codes(train_segments: list[Segment], other: list[list[Segment]
 
 def vqvae_codes(vq, segments: list[Segment], device: str = "cpu") -> list[np.ndarray]:
     """LR codes ``(T // 8,)`` of each segment's listener motion from a trained ``VQVAE``."""
-    out = []
-    for s in segments:
-        T = s.T - s.T % vq.rate
-        m = torch.tensor(s.listener_motion[:T])[None].to(device)
+    def codes(s: Segment) -> np.ndarray:
+        m = torch.tensor(s.listener_motion[:s.T - s.T % vq.rate])[None].to(device)
         beta = None if s.listener_beta is None else torch.tensor(s.listener_beta)[None].to(device)
-        out.append(vq.encode(m, beta)[0].cpu().numpy().astype(np.int64))
-    return out
+        return vq.encode(m, beta)[0].cpu().numpy().astype(np.int64)
+    return [codes(s) for s in segments]
 
 
 # ----------------------------------------------------------------------------- training
@@ -192,7 +184,7 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
     for one stage; ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2); ``stage``,
     ``steps`` and ``overrides`` set :class:`TrainConfig` fields. Returns it in eval mode with ``train_log``."""
     given = {k: v for k, v in (("stage", stage), ("steps", steps)) if v is not None}
-    tc = TrainConfig(**{**(asdict(config) if config is not None else {}), **overrides, **given})
+    tc = merged(TrainConfig, config, **overrides, **given)
     torch.manual_seed(tc.seed)
     if resume:
         if out_dir is None or not (Path(out_dir) / "train_state.json").is_file():
@@ -271,7 +263,8 @@ LM_FIELDS = ("word_placement", "history_tokens", "max_len")
 def _parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     """The parser, the LMConfig option names and the TrainConfig option names."""
     p = ArgumentParser(prog="python -m minilisten train-lm", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1],
+                       allow_abbrev=False)
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: speaker tokens only; 2: LR tokens")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model, tokenizer, train state)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")

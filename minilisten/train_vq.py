@@ -1,10 +1,8 @@
 """Train and evaluate the listener-motion VQ-VAE (``python -m minilisten train-vq`` / ``evaluate-vq``).
 
-Training: random crops of the listener motion (default: the 240-frame evaluation window, or the
-longest multiple of 8 the data allows) with the listener's beta; AdamW, warm-up, then a drop to
-``final_learning_rate`` at ``decay_step``. ``--paper``: the paper's sizes and schedule; the CLI's own
-defaults are sized for a few minutes on a 2-core CPU. Evaluation (paper Table 5) on raw coefficients
-of the windows: Rec, Commit, PPL / entropy, codes used, Rec with a swapped identity, and two floors.
+Training: random crops of the listener motion (default: the 240-frame evaluation window) with the listener's
+beta; ``--paper``: the paper's sizes and schedule, else sized for minutes on a CPU. Evaluation (paper Table 5)
+on raw coefficients: Rec, Commit, PPL / entropy, codes used, Rec with a swapped identity, and two floors.
 """
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ from .data.segment import N_SHAPE
 from .data.windows import motion_stats
 from .errors import UserError
 from .metrics import perplexity, vq_commit, vq_rec
-from .training import LoopConfig, TrainLoop, data_fps, fitted, loop_args
+from .training import LoopConfig, TrainLoop, data_fps, fitted, loop_args, merged, resume_dir
 from .vqvae import DEC_NORMS, ENC_NORMS, PRESETS, VQVAE, VQConfig
 
 
@@ -62,26 +60,22 @@ class CropSampler:
 
 
 def eval_windows(segments, window: int = 240, needs_beta: bool = True):
-    """All ``Segment.windows(window)`` of ``segments`` -> (motion (N, window, 56), beta (N, 100), ids)."""
+    """All ``Segment.windows(window)`` of ``segments`` -> (motion (N, window, 56), beta (N, 100))."""
     if window % 8:
         raise UserError(f"window: expected a multiple of 8, got {window}")
-    mots, betas, ids = [], [], []
-    for seg in segments:
-        for w in seg.windows(window):
-            mots.append(w.listener_motion)
-            betas.append(_beta_of(seg, needs_beta))
-            ids.append(seg.listener_id)
-    if not mots:
+    ws = [(w.listener_motion, _beta_of(s, needs_beta)) for s in segments for w in s.windows(window)]
+    if not ws:
         raise UserError(f"segments: expected at least one segment with >= {window} frames for evaluation, got "
                         f"{len(segments)} segments of lengths {sorted({s.T for s in segments})[:5]}")
-    return torch.from_numpy(np.stack(mots)), torch.from_numpy(np.stack(betas).astype(np.float32)), ids
+    mots, betas = zip(*ws)
+    return torch.from_numpy(np.stack(mots)), torch.from_numpy(np.stack(betas).astype(np.float32))
 
 
 @torch.no_grad()
 def evaluate_vq(model: VQVAE, segments, window: int = 240, batch_size: int = 64) -> dict:
     """Table 5 on the ``window``-frame windows: ``rec, commit, ppl, entropy, used, rec_swap, rec_mean,
     rec_clip_mean, n_windows``. Under torchrun each rank evaluates a shard (call it on every rank)."""
-    mot, beta, _ = eval_windows(segments, window, model.needs_beta)
+    mot, beta = eval_windows(segments, window, model.needs_beta)
     # identity swap: each window gets the beta of the next person, told apart by beta (not listener_id)
     group = identity_groups(beta.numpy())
     first = [int(np.flatnonzero(group == g)[0]) for g in range(int(group.max()) + 1)]
@@ -146,8 +140,7 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_
     ``kwargs``: fields of :class:`VQTrainConfig` (over ``config``) and of :class:`VQConfig`; ``fps``
     comes from the data. The crop and ``eval_window`` are fitted to the segments (said once)."""
     train_names = {f.name for f in fields(VQTrainConfig)}
-    tc = VQTrainConfig(**{**(asdict(config) if config is not None else {}),
-                          **{k: v for k, v in kwargs.items() if k in train_names}})
+    tc = merged(VQTrainConfig, config, **{k: v for k, v in kwargs.items() if k in train_names})
     config_overrides = {"fps": data_fps(train_segments)} | {k: v for k, v in kwargs.items() if k not in train_names}
     if val_segments:
         eval_window = fitted(val_segments, eval_window, 8, "validation window", log)
@@ -160,12 +153,9 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     if resume:
-        if out_dir is None:
-            raise UserError("resume: expected out_dir (the directory to resume from), got None")
-        model = VQVAE.from_pretrained(out_dir).to(tc.device)
-        want = VQVAE.from_preset(preset, **config_overrides).config
-        diff = {f.name: (getattr(model.config, f.name), getattr(want, f.name)) for f in fields(VQConfig)
-                if getattr(model.config, f.name) != getattr(want, f.name)}
+        model = VQVAE.from_pretrained(resume_dir(out_dir)).to(tc.device)
+        want = asdict(VQVAE.from_preset(preset, **config_overrides).config)
+        diff = {k: (v, want[k]) for k, v in asdict(model.config).items() if v != want[k]}
         if diff:
             raise UserError(f"resume from {str(out_dir)!r}: checkpoint config differs from the requested one "
                             f"(field: (checkpoint, requested)): {diff}")
@@ -253,7 +243,7 @@ def _table(rows: list[tuple[str, dict]], what: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m minilisten train-vq``: train one VQ-VAE and print its validation metrics."""
     p = ArgumentParser(prog="python -m minilisten train-vq", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     model_names, train_names = _add_args(p)
     p.add_argument("--out", metavar="DIR", help="checkpoint directory (default: runs/vq-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")

@@ -1,10 +1,8 @@
 """The one training loop of every trainer (``train_vq``, ``train_lm``, ``train_arig``).
 
-A trainer fills a :class:`LoopConfig` (subclass) and gives :class:`TrainLoop` its model and a step
-function ``step_fn(step, k) -> (loss, stats)`` (this rank's part of micro-batch ``k`` of the step's
-global batch). The loop owns the optimizer (AdamW), the schedule, the step
-(:class:`~minilisten.distributed.ScaledStep`), validation, ``log.jsonl``, throughput and atomic
-checkpoint sets that resume bit for bit. docs/training.md says more.
+A trainer fills a :class:`LoopConfig` subclass and gives :class:`TrainLoop` its model and ``step_fn(step, k)
+-> (loss, stats)`` (this rank's part of micro-batch ``k``); the loop owns AdamW, the schedule, validation,
+``log.jsonl``, throughput and atomic checkpoints that resume bit for bit (docs/training.md).
 """
 from __future__ import annotations
 
@@ -25,8 +23,7 @@ from .errors import UserError
 
 def step_decay(learning_rate: float, warmup: int = 0, decay_step: int | None = None,
                final_learning_rate: float | None = None) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, then ``learning_rate``, then ``final_learning_rate`` from
-    ``decay_step`` on (when both are given): the paper's VQ-VAE and LM schedules."""
+    """Linear warm-up over ``warmup`` steps, ``learning_rate``, then ``final_learning_rate`` from ``decay_step``."""
     for name, v in (("learning_rate", learning_rate), ("final_learning_rate", final_learning_rate)):
         if v is not None and not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
             raise UserError(f"{name}: expected a finite number >= 0, got {v!r}")
@@ -73,8 +70,7 @@ class LoopConfig:
         check_ints({"steps": self.steps, "batch_size": self.batch_size}, 1)
         check_ints({"warmup": self.warmup, "eval_every": self.eval_every, "save_every": self.save_every})
         self.betas = tuple(self.betas)
-        if self.precision not in D.PRECISIONS:
-            raise UserError(f"--precision: expected one of {D.PRECISIONS}, got {self.precision!r}")
+        D.autocast(self.precision, "cpu")   # checks the name
         check_ints({"--grad-accum": self.grad_accum}, 1)
         if self.batch_size % self.grad_accum:
             raise UserError(f"--batch-size: expected a multiple of --grad-accum {self.grad_accum}, "
@@ -118,6 +114,18 @@ def windows(segments, length: int, stride: int, r: int = 1) -> list[tuple[int, i
     return items
 
 
+def resume_dir(out_dir) -> Path:
+    """``out_dir`` as a Path, checked to be given (``resume=True`` needs it)."""
+    if out_dir is None:
+        raise UserError("resume: expected out_dir (the directory to resume from), got None")
+    return Path(out_dir)
+
+
+def merged(cls, config, **kw):
+    """``cls`` (a :class:`LoopConfig` subclass) from ``config``'s fields (if any) with ``kw`` over them."""
+    return cls(**{**(asdict(config) if config is not None else {}), **kw})
+
+
 def loop_args(group, cls, **kw) -> list[str]:
     """``cli_config.add_dataclass_args`` for a :class:`LoopConfig` subclass (the base's help where it has none)."""
     return add_dataclass_args(group, cls, help={**field_docs(LoopConfig), **field_docs(cls)},
@@ -126,8 +134,7 @@ def loop_args(group, cls, **kw) -> list[str]:
 
 def append_jsonl(path, record: dict) -> None:
     """Append one JSON line to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -154,20 +161,15 @@ class TrainLoop:
                                    grad_accum=c.grad_accum, grad_clip=c.grad_clip, desc=desc)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self._validate, self.save_model, self.numpy_rng = validate, save_model, numpy_rng
-        self.desc, self.postfix, self.log = desc, postfix or {}, log
-        self.flops_per_token = flops_per_token
-        self.main = D.is_main()
+        self.desc, self.postfix, self.log, self.flops_per_token = desc, postfix or {}, log, flops_per_token
+        self.main, self.start, self.history = D.is_main(), 0, []
         self.throughput: dict | None = None
-        self.start = 0
-        self.history: list[dict] = []
         self.ema: dict | None = None
 
     def resume(self) -> dict:
         """Restore the optimizer, schedule, RNG states, step and history saved in ``out_dir``; returns the
         saved ``info`` (its ``config``: the saved run's). Refuses ``steps`` below the saved step."""
-        if self.out_dir is None:
-            raise UserError("resume: expected out_dir (the directory to resume from), got None")
-        info = load_train_state(self.out_dir, self.optimizer)
+        info = load_train_state(resume_dir(self.out_dir), self.optimizer)
         self.start = int(info["step"])
         if self.steps < self.start:
             raise UserError(f"--steps ({self.out_dir}): expected >= the saved step {self.start} to resume, "
@@ -241,8 +243,7 @@ class TrainLoop:
             self.throughput = meter.summary()
             if self.main and self.log is not None:
                 self.log(D.Throughput.format(self.throughput))
-            if self.main and self.out_dir is not None:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.main and self.out_dir is not None:   # atomic_write_text makes the directory
                 atomic_write_text(self.out_dir / "throughput.json", json.dumps(self.throughput, indent=1))
         if self.start < self.steps or not self.history:
             self.validate(self.steps)

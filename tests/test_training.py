@@ -279,3 +279,28 @@ def test_cli_defaults_are_the_dataclass_defaults(capsys):
     for flag, v in (("--warmup", c.warmup), ("--weight-decay", c.weight_decay), ("--val-windows", c.val_windows),
                     ("--lr-noise", c.lr_noise)):
         assert f"(default: {v})" in text.split(flag, 1)[1].split(" --", 1)[0], flag
+
+
+def test_evaluate_arig_scores_the_test_clips_with_valence_only_when_every_segment_has_it():
+    from dataclasses import replace as dc_replace
+
+    from minilisten.arig import ARIG, ARIGConfig, arig_generate
+    from minilisten.data.synthetic import named_corpus
+    from minilisten.data.windows import test_clips
+    from minilisten.metrics import ValenceRegressor, score
+    from minilisten.train_arig import data_config, evaluate_arig
+    c = named_corpus("small", n_segments=30, seconds=8)
+    torch.manual_seed(0)
+    m = ARIG(ARIGConfig(d_model=16, n_head=2, d_ff=32, depth=2, window=6, diff_width=16, word_buckets=64,
+                        sample_steps=2, **data_config(c.train))).eval()
+    clips = test_clips(c.test, 2)
+    assert all(s.valence is not None for s in c.train + clips)
+    got = evaluate_arig(m, c.train, c.test, max_clips=2, seed=3)
+    reg = ValenceRegressor().fit([s.listener_motion for s in c.train], [s.valence for s in c.train])
+    want = score(arig_generate(m, clips, seed=3), clips, reg, 3)
+    assert set(got) == set(want) | {"generate_seconds"}
+    assert all(np.allclose(got[k], want[k], equal_nan=True) for k in want)
+    no_val = [dc_replace(s, valence=None) if i == 0 else s for i, s in enumerate(c.train)]
+    got = evaluate_arig(m, no_val, c.test, max_clips=2, seed=3)
+    assert set(got) == set(score(arig_generate(m, clips, seed=3), clips, None, 3)) | {"generate_seconds"}
+    assert set(want) - set(got)     # the valence metric is left out
