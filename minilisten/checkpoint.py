@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MissingFileError, UserError
+from .errors import MissingFileError, UserError, need_file
 
 CURRENT, SETS, MANIFEST = ".current", ".sets", "manifest.json"
 SET_FORMAT = "minilisten.CheckpointSet"   # every file minilisten writes is tagged {"format": ..., "version": N}
@@ -41,21 +41,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _atomic(Path(path), text.encode("utf-8"))
 
 
-def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors needs contiguous, non-shared tensors: clone what is tied/strided."""
     from safetensors.torch import save
-    flat = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
-    _atomic(Path(path), save(flat, metadata=metadata))
-
-
-def _need_file(p: Path, what: str) -> None:
-    if not p.is_file():
-        raise MissingFileError(f"{what} ({p}): expected a file, got {'a directory' if p.is_dir() else 'nothing'}")
+    _atomic(Path(path), save({k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}))
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
-    p = Path(path)
-    _need_file(p, what)
+    p = need_file(path, what)
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -68,8 +61,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
 def read_tensors(path: str | os.PathLike, what: str = "safetensors file") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    p = Path(path)
-    _need_file(p, what)
+    p = need_file(path, what)
     try:
         return load_file(str(p))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -77,11 +69,8 @@ def read_tensors(path: str | os.PathLike, what: str = "safetensors file") -> dic
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -108,8 +97,6 @@ def _link(d: Path, name: str, target: str) -> None:
     """Make ``d/name`` a symlink to ``target`` with one ``os.replace`` (a real directory in the way,
     e.g. a plain save's ``tokenizer/``, is deleted first: the new set holds its replacement)."""
     dst = d / name
-    if os.path.islink(dst) and os.readlink(dst) == target:
-        return
     if dst.is_dir() and not dst.is_symlink():
         shutil.rmtree(dst)
     tmp = _tmp_name(dst)
@@ -152,29 +139,24 @@ def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None
     os.mkdir(stage)
     try:
         yield stage
-        _commit(d, _stage(d, stage, step, uid))
+        entries = {p.name for p in stage.iterdir()}
+        if not entries:
+            raise ValueError(f"checkpoint_transaction ({d}): expected files saved into the staging directory, got none")
+        if entries & {CURRENT, SETS, MANIFEST}:
+            raise ValueError(f"checkpoint_transaction ({d}): {CURRENT}, {SETS} and {MANIFEST} are reserved names")
+        files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
+        sums = {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+        manifest = {"format": SET_FORMAT, "version": 1, "step": step, "files": sums}
+        atomic_write_text(stage / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        for p in [*files, stage / MANIFEST, *{p.parent for p in files}, stage]:   # the set is on disk...
+            _fsync(p)
+        final = d / SETS / (f"{step:09d}-{uid}" if isinstance(step, int) else f"set-{uid}")
+        os.rename(stage, final)
+        _fsync(d / SETS)
+        _commit(d, final)                                                         # ...before the switch
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-
-
-def _stage(d: Path, stage: Path, step: int | None, uid: str) -> Path:
-    """Write the manifest, fsync the set and rename it to its final name in ``.sets/``."""
-    entries = {p.name for p in stage.iterdir()}
-    if not entries:
-        raise ValueError(f"checkpoint_transaction ({d}): expected files saved into the staging directory, got none")
-    if entries & {CURRENT, SETS, MANIFEST}:
-        raise ValueError(f"checkpoint_transaction ({d}): {CURRENT}, {SETS} and {MANIFEST} are reserved names")
-    files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
-    manifest = {"format": SET_FORMAT, "version": 1, "step": step,
-                "files": {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
-    atomic_write_text(stage / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-    for p in [*files, stage / MANIFEST, *{p.parent for p in files}, stage]:
-        _fsync(p)
-    final = d / SETS / (f"{step:09d}-{uid}" if isinstance(step, int) else f"set-{uid}")
-    os.rename(stage, final)
-    _fsync(d / SETS)
-    return final
 
 
 def _commit(d: Path, final: Path) -> None:
@@ -222,8 +204,8 @@ def verify_checkpoint(directory: str | os.PathLike, names=None) -> dict | None:
 
 
 def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, map_location="cpu"):
-    """``model_cls(config_cls(**config.json))`` in eval mode, with the weights; the tag ``{"format": fmt,
-    "version": 1}``, config fields and weight names/shapes are checked."""
+    """``model_cls(config_cls(**config.json))`` in eval mode with the weights; checks the tag ``{"format": fmt,
+    "version": 1}``, the config fields and the weight names/shapes."""
     cfg, state = load_checkpoint(directory)
     where = f"checkpoint {str(Path(directory))!r}"
     tag, version = cfg.pop("format", None), cfg.pop("version", 1)
@@ -235,16 +217,10 @@ def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, ma
     if unknown:
         raise UserError(f"{where}: config.json has unknown {config_cls.__name__} fields {unknown}")
     model = model_cls(config_cls(**cfg))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise UserError(f"{where}: weights do not match config.json: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise UserError(f"{where}: weight {k!r}: expected shape {tuple(own[k].shape)} from config.json, "
-                            f"got {tuple(v.shape)}")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:   # missing or unexpected names, other shapes
+        raise UserError(f"{where}: weights do not match config.json: {' '.join(str(e).split())}") from e
     return model.to(map_location).eval()
 
 
@@ -260,6 +236,7 @@ def save_checkpoint(directory: str | os.PathLike, config: dict, state_dict: dict
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, weights) of a checkpoint directory, checked (files of one set, finite weights)."""
     d = Path(directory)
     for name in ("config.json", "model.safetensors"):
         if not (d / name).is_file():

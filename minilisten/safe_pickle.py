@@ -8,11 +8,10 @@ import logging
 import os
 import pickle
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
-from .errors import MissingFileError, UserError
+from .errors import UserError, need_file
 
 log = logging.getLogger("minilisten")
 
@@ -65,16 +64,9 @@ def _run(fn, where: str):
                         f"or truncated file ({type(e).__name__}: {e})") from e
 
 
-def _file(path) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise MissingFileError(f"{p}: expected a file, got {'a directory' if p.is_dir() else 'nothing'}")
-    return p
-
-
 def load_pickle(path: str | os.PathLike):
     """A ``.pkl`` file through :class:`RestrictedUnpickler`."""
-    p = _file(path)
+    p = need_file(path)
     with open(p, "rb") as f:
         return _run(lambda: RestrictedUnpickler(f, str(p)).load(), str(p))
 
@@ -108,14 +100,14 @@ def _npy_from(f, where: str, allow_pickle: bool, mmap_mode=None) -> np.ndarray:
 def load_npy(path: str | os.PathLike, allow_pickle: bool = False, mmap: bool = False) -> np.ndarray:
     """``np.load`` of a ``.npy`` file; object arrays go through the restricted unpickler.
     ``mmap``: memory-map plain arrays (object arrays are read whole)."""
-    p = _file(path)
+    p = need_file(path)
     with open(p, "rb") as f:
         return _npy_from(f, str(p), allow_pickle, "r" if mmap else None)
 
 
 def load_npz(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """All arrays of a ``.npz`` file as a dict (object arrays through the restricted unpickler)."""
-    p = _file(path)
+    p = need_file(path)
     try:
         z = zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError) as e:
@@ -139,7 +131,7 @@ def torch_safe_globals() -> list:
 def load_torch(path: str | os.PathLike, allow_pickle: bool = False):
     """``torch.load(weights_only=True)`` (torch's restricted unpickler) + the numpy allowlist."""
     import torch
-    p = _file(path)
+    p = need_file(path)
     if allow_pickle:
         log.warning("%s: loading with full unpickling (allow_pickle=True): only for files you trust", p)
         try:
