@@ -282,12 +282,10 @@ def save_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimi
 def load_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer) -> dict:
     """Restore the optimizer saved by :func:`save_train_state` (a mixture of sets is refused); returns ``info``."""
     d = Path(directory)
-    js, st = d / "train_state.json", d / "train_state.safetensors"
-    if not js.is_file():
-        raise MissingFileError(f"resume ({d}): expected {js.name} (saved with the model), got no such file")
+    js = need_file(d / "train_state.json", "resume")
     verify_checkpoint(d)
     meta = read_json(js, "train state")
-    tensors = read_tensors(st, "train state")
+    tensors = read_tensors(d / "train_state.safetensors", "train state")
     try:
         state: dict = {}
         for key, v in [*tensors.items(), *meta["scalars"].items()]:

@@ -2,6 +2,7 @@
 dtypes, plain containers) are resolved; ``allow_pickle=True`` opts in to full unpickling. docs/vqvae.md."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import logging
@@ -75,17 +76,13 @@ def _npy_from(f, where: str, allow_pickle: bool, mmap_mode=None) -> np.ndarray:
     """One ``.npy`` array from the open file ``f``; object arrays through the restricted unpickler."""
     fmt = np.lib.format
     try:
-        version = fmt.read_magic(f)
-        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = read(f, max_header_size=1 << 20) if version != (1, 0) else read(f)
-    except (ValueError, EOFError, OSError) as e:
-        raise UserError(f"{where}: not a readable .npy file: {e}") from e
-    if not dtype.hasobject:
-        f.seek(0)
-        try:   # numpy memory-maps a path, not an open file
+        read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=1 << 20)
+        if not dtype.hasobject:
+            f.seek(0)   # numpy memory-maps a path, not an open file
             return np.load(where if mmap_mode else f, allow_pickle=False, mmap_mode=mmap_mode)
-        except (ValueError, EOFError, OSError) as e:
-            raise UserError(f"{where}: not a readable .npy file (truncated or corrupt?): {e}") from e
+    except (ValueError, EOFError, OSError) as e:
+        raise UserError(f"{where}: not a readable .npy file (truncated or corrupt?): {e}") from e
     if allow_pickle:
         log.warning("%s: full unpickling of an object array (allow_pickle=True): only for files you trust", where)
         f.seek(0)
@@ -117,14 +114,12 @@ def load_npz(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, n
         return {k: _npy_from(io.BytesIO(z.read(name)), f"{p}[{k}]", allow_pickle) for name, k in keys.items()}
 
 
-def torch_safe_globals() -> list:
+def _torch_safe_globals() -> list:
     """:data:`ALLOWED`'s numpy entries and numpy's dtype classes, for ``torch.serialization.safe_globals``."""
     out = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    for m, n in sorted(ALLOWED):
-        try:
-            out += [getattr(importlib.import_module(m), n)] if m.startswith("numpy") else []
-        except (ImportError, AttributeError):   # the other numpy major version's name
-            pass
+    for m, n in sorted(a for a in ALLOWED if a[0].startswith("numpy")):
+        with contextlib.suppress(ImportError, AttributeError):   # the other numpy major version's name
+            out.append(getattr(importlib.import_module(m), n))
     return out
 
 
@@ -134,14 +129,12 @@ def load_torch(path: str | os.PathLike, allow_pickle: bool = False):
     p = need_file(path)
     if allow_pickle:
         log.warning("%s: loading with full unpickling (allow_pickle=True): only for files you trust", p)
-        try:
-            return torch.load(p, map_location="cpu", weights_only=False)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise UserError(f"{p}: not a readable torch.save file: {e}") from e
     try:
-        with torch.serialization.safe_globals(torch_safe_globals()):
-            return torch.load(p, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            return torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
+        if allow_pickle:
+            raise UserError(f"{p}: not a readable torch.save file: {e}") from e
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(p)
         except Exception:  # pragma: no cover - diagnostic only

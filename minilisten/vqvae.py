@@ -221,26 +221,24 @@ class Codebook(nn.Module):
         self.set(self.sample_rows(z.float(), self.size))
 
     @torch.no_grad()
-    def apply_stats(self, counts: torch.Tensor, sums: torch.Tensor, z: torch.Tensor) -> None:
-        """One EMA step given batch ``counts (K,)`` and ``sums (K, d)``, then reset the dead codes
-        with random rows of ``z (N, d)``; a reset code restarts at count = threshold (no host sync)."""
-        self.cluster_size.lerp_(counts, 1 - self.decay)
-        self.embed_avg.lerp_(sums, 1 - self.decay)
-        dead = (self.cluster_size < self.dead_threshold)[:, None]                  # (K, 1)
-        rows = self.sample_rows(z, self.size)                                      # candidates (K, d)
-        thr = torch.full_like(self.cluster_size, self.dead_threshold)
-        self.embed.copy_(torch.where(dead, rows, self.embed_avg / self.cluster_size[:, None].clamp_min(1e-12)))
-        self.embed_avg.copy_(torch.where(dead, rows * self.dead_threshold, self.embed_avg))
-        self.cluster_size.copy_(torch.where(dead[:, 0], thr, self.cluster_size))
-
-    @torch.no_grad()
     def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        """The EMA step and dead-code reset on the (global) batch: ``z (N_r, d)`` with codes ``idx (N_r,)``."""
+        """One EMA step on the (global) batch ``z (N_r, d)`` with codes ``idx (N_r,)``, then the dead codes reset
+        to random rows of the batch; a reset code restarts at count = threshold (no host sync)."""
         counts, sums = code_stats(idx, z, self.size)                               # (K,), (K, d)
         if _world() > 1:
             dist.all_reduce(counts)
             dist.all_reduce(sums)
-        self._on_rank0(lambda zg: self.apply_stats(counts, sums, zg), z)
+
+        def step(z: torch.Tensor) -> None:
+            self.cluster_size.lerp_(counts, 1 - self.decay)
+            self.embed_avg.lerp_(sums, 1 - self.decay)
+            dead = (self.cluster_size < self.dead_threshold)[:, None]              # (K, 1)
+            rows = self.sample_rows(z, self.size)                                  # candidates (K, d)
+            thr = torch.full_like(self.cluster_size, self.dead_threshold)
+            self.embed.copy_(torch.where(dead, rows, self.embed_avg / self.cluster_size[:, None].clamp_min(1e-12)))
+            self.embed_avg.copy_(torch.where(dead, rows * self.dead_threshold, self.embed_avg))
+            self.cluster_size.copy_(torch.where(dead[:, 0], thr, self.cluster_size))
+        self._on_rank0(step, z)
 
     def _on_rank0(self, fn, z: torch.Tensor) -> None:
         """``fn(z)``; under torch.distributed ``fn(global z)`` on rank 0, then its buffers broadcast."""
