@@ -86,13 +86,6 @@ def is_managed(directory: str | os.PathLike) -> bool:
     return os.path.islink(Path(directory) / CURRENT)
 
 
-def _current_set(d: Path) -> Path | None:
-    if not is_managed(d):
-        return None
-    target = (d / os.readlink(d / CURRENT)).resolve()
-    return target if target.is_dir() else None
-
-
 def _link(d: Path, name: str, target: str) -> None:
     """Make ``d/name`` a symlink to ``target`` with one ``os.replace`` (a real directory in the way,
     e.g. a plain save's ``tokenizer/``, is deleted first: the new set holds its replacement)."""
@@ -114,7 +107,7 @@ def recover(directory: str | os.PathLike) -> None:
     d = Path(directory)
     if not d.is_dir():
         return
-    cur = _current_set(d)
+    cur = (d / CURRENT).resolve() if is_managed(d) else None   # a dangling link keeps no set either
     for p in d.iterdir():
         if p.name.startswith(".") and p.name.endswith(".tmp"):
             _remove(p)
@@ -122,7 +115,7 @@ def recover(directory: str | os.PathLike) -> None:
             p.unlink()
     if (d / SETS).is_dir():
         for p in (d / SETS).iterdir():
-            if cur is None or p.resolve() != cur:
+            if p.resolve() != cur:
                 _remove(p)
 
 
@@ -177,8 +170,8 @@ def verify_checkpoint(directory: str | os.PathLike, names=None) -> dict | None:
     d = Path(directory)
     if not is_managed(d):
         return None
-    cur = _current_set(d)
-    if cur is None:
+    cur = (d / CURRENT).resolve()
+    if not cur.is_dir():
         raise UserError(f"checkpoint ({d / CURRENT}): expected a link to a complete set in {SETS}/, "
                         f"got a dangling link to {os.readlink(d / CURRENT)!r}")
     manifest = read_json(cur / MANIFEST, "checkpoint manifest")
