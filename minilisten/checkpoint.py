@@ -261,13 +261,10 @@ def check_weights(state: dict[str, torch.Tensor], where) -> None:
 
 def save_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer, info: dict) -> None:
     """Optimizer tensors into ``train_state.safetensors``, its scalars + ``info`` into ``train_state.json``."""
-    d = Path(directory)
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            (tensors if torch.is_tensor(v) else scalars)[f"{pid}.{k}"] = v
-    atomic_save_tensors(d / "train_state.safetensors", tensors)
+    sd, d = optimizer.state_dict(), Path(directory)
+    flat = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
+    atomic_save_tensors(d / "train_state.safetensors", {k: v for k, v in flat.items() if torch.is_tensor(v)})
+    scalars = {k: v for k, v in flat.items() if not torch.is_tensor(v)}
     meta = {"param_groups": sd["param_groups"], "scalars": scalars, "info": info}
     atomic_write_text(d / "train_state.json", json.dumps(meta, indent=2))
 
