@@ -384,15 +384,9 @@ class VQVAE(nn.Module):
             raise UserError(f"codes: expected values in [0, {K}), got min {int(c.min())}, max {int(c.max())}")
         return c.to(self.motion_mean.device, torch.long)
 
-    def _normalise(self, m: torch.Tensor) -> torch.Tensor:
-        return (m - self.motion_mean) / self.motion_std                   # (B, T, 56)
-
-    def _decode_latents(self, zq: torch.Tensor, beta) -> torch.Tensor:
-        return self.decoder(zq.transpose(1, 2), beta).transpose(1, 2)     # (B, T, 56) normalised
-
     def encode_latents(self, motion) -> torch.Tensor:
         """motion (B, T, 56) raw -> encoder outputs z (B, T / r, d_c), before quantization."""
-        x = self._normalise(self._check_motion(motion))
+        x = (self._check_motion(motion) - self.motion_mean) / self.motion_std
         return self.encoder(x.transpose(1, 2)).transpose(1, 2)
 
     def nearest_codes(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,7 +401,7 @@ class VQVAE(nn.Module):
         """z_q (B, L, d_c) + beta (B, 100) (AdaIN/AdaLN models) -> motion (B, r L, 56) raw."""
         zq = _tensor(zq, "zq", ("B", "L", self.config.code_dim), None)
         b = self._check_beta(beta, zq.shape[0])
-        return self._decode_latents(zq, b) * self.motion_std + self.motion_mean
+        return self.decoder(zq.transpose(1, 2), b).transpose(1, 2) * self.motion_std + self.motion_mean
 
     def encode(self, motion, beta=None) -> torch.Tensor:
         """motion (B, T, 56) raw -> codes (B, T / r) int64; ``beta`` is only shape-checked (no identity input)."""
@@ -425,7 +419,7 @@ class VQVAE(nn.Module):
         """Reconstruct motion (B, T, 56) raw with the losses (Eq. 2-6); training mode updates the codebook."""
         m = self._check_motion(motion)
         b = self._check_beta(beta, m.shape[0])
-        x = self._normalise(m)                                            # (B, T, 56) normalised
+        x = (m - self.motion_mean) / self.motion_std                      # (B, T, 56) normalised
         z = self.encoder(x.transpose(1, 2)).transpose(1, 2)               # (B, L, d_c)
         B, L, d = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -434,7 +428,7 @@ class VQVAE(nn.Module):
             embed = F.mse_loss(zf, zq.detach())                           # Eq. 2: encoder -> code
             commit = F.mse_loss(zf.detach(), zq)                          # Eq. 3: no grad with EMA
             zq = zf + (zq - zf).detach()                                  # straight-through
-        y = self._decode_latents(zq.view(B, L, d).to(z.dtype), b)         # (B, T, 56) normalised
+        y = self.decoder(zq.view(B, L, d).to(z.dtype).transpose(1, 2), b).transpose(1, 2)   # (B, T, 56) normalised
         rec = F.smooth_l1_loss(y, x)                                      # Eq. 4
         veloc = F.smooth_l1_loss(y[:, 1:] - y[:, :-1], x[:, 1:] - x[:, :-1])  # Eq. 5
         c = self.config
