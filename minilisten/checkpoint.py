@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MissingFileError, UserError
+from .errors import MissingFileError, UserError, need_file
 
 CURRENT, SETS, MANIFEST = ".current", ".sets", "manifest.json"
 SET_FORMAT = "minilisten.CheckpointSet"   # every file minilisten writes is tagged {"format": ..., "version": N}
@@ -41,21 +41,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _atomic(Path(path), text.encode("utf-8"))
 
 
-def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors needs contiguous, non-shared tensors: clone what is tied/strided."""
     from safetensors.torch import save
-    flat = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
-    _atomic(Path(path), save(flat, metadata=metadata))
-
-
-def _need_file(p: Path, what: str) -> None:
-    if not p.is_file():
-        raise MissingFileError(f"{what} ({p}): expected a file, got {'a directory' if p.is_dir() else 'nothing'}")
+    _atomic(Path(path), save({k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}))
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
-    p = Path(path)
-    _need_file(p, what)
+    p = need_file(path, what)
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -68,8 +61,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
 def read_tensors(path: str | os.PathLike, what: str = "safetensors file") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    p = Path(path)
-    _need_file(p, what)
+    p = need_file(path, what)
     try:
         return load_file(str(p))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -77,11 +69,8 @@ def read_tensors(path: str | os.PathLike, what: str = "safetensors file") -> dic
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -97,19 +86,10 @@ def is_managed(directory: str | os.PathLike) -> bool:
     return os.path.islink(Path(directory) / CURRENT)
 
 
-def _current_set(d: Path) -> Path | None:
-    if not is_managed(d):
-        return None
-    target = (d / os.readlink(d / CURRENT)).resolve()
-    return target if target.is_dir() else None
-
-
 def _link(d: Path, name: str, target: str) -> None:
     """Make ``d/name`` a symlink to ``target`` with one ``os.replace`` (a real directory in the way,
     e.g. a plain save's ``tokenizer/``, is deleted first: the new set holds its replacement)."""
     dst = d / name
-    if os.path.islink(dst) and os.readlink(dst) == target:
-        return
     if dst.is_dir() and not dst.is_symlink():
         shutil.rmtree(dst)
     tmp = _tmp_name(dst)
@@ -127,7 +107,7 @@ def recover(directory: str | os.PathLike) -> None:
     d = Path(directory)
     if not d.is_dir():
         return
-    cur = _current_set(d)
+    cur = (d / CURRENT).resolve() if is_managed(d) else None   # a dangling link keeps no set either
     for p in d.iterdir():
         if p.name.startswith(".") and p.name.endswith(".tmp"):
             _remove(p)
@@ -135,7 +115,7 @@ def recover(directory: str | os.PathLike) -> None:
             p.unlink()
     if (d / SETS).is_dir():
         for p in (d / SETS).iterdir():
-            if cur is None or p.resolve() != cur:
+            if p.resolve() != cur:
                 _remove(p)
 
 
@@ -152,29 +132,24 @@ def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None
     os.mkdir(stage)
     try:
         yield stage
-        _commit(d, _stage(d, stage, step, uid))
+        entries = {p.name for p in stage.iterdir()}
+        if not entries:
+            raise ValueError(f"checkpoint_transaction ({d}): expected files saved into the staging directory, got none")
+        if entries & {CURRENT, SETS, MANIFEST}:
+            raise ValueError(f"checkpoint_transaction ({d}): {CURRENT}, {SETS} and {MANIFEST} are reserved names")
+        files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
+        sums = {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+        manifest = {"format": SET_FORMAT, "version": 1, "step": step, "files": sums}
+        atomic_write_text(stage / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        for p in [*files, stage / MANIFEST, *{p.parent for p in files}, stage]:   # the set is on disk...
+            _fsync(p)
+        final = d / SETS / (f"{step:09d}-{uid}" if isinstance(step, int) else f"set-{uid}")
+        os.rename(stage, final)
+        _fsync(d / SETS)
+        _commit(d, final)                                                         # ...before the switch
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-
-
-def _stage(d: Path, stage: Path, step: int | None, uid: str) -> Path:
-    """Write the manifest, fsync the set and rename it to its final name in ``.sets/``."""
-    entries = {p.name for p in stage.iterdir()}
-    if not entries:
-        raise ValueError(f"checkpoint_transaction ({d}): expected files saved into the staging directory, got none")
-    if entries & {CURRENT, SETS, MANIFEST}:
-        raise ValueError(f"checkpoint_transaction ({d}): {CURRENT}, {SETS} and {MANIFEST} are reserved names")
-    files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
-    manifest = {"format": SET_FORMAT, "version": 1, "step": step,
-                "files": {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
-    atomic_write_text(stage / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-    for p in [*files, stage / MANIFEST, *{p.parent for p in files}, stage]:
-        _fsync(p)
-    final = d / SETS / (f"{step:09d}-{uid}" if isinstance(step, int) else f"set-{uid}")
-    os.rename(stage, final)
-    _fsync(d / SETS)
-    return final
 
 
 def _commit(d: Path, final: Path) -> None:
@@ -195,8 +170,8 @@ def verify_checkpoint(directory: str | os.PathLike, names=None) -> dict | None:
     d = Path(directory)
     if not is_managed(d):
         return None
-    cur = _current_set(d)
-    if cur is None:
+    cur = (d / CURRENT).resolve()
+    if not cur.is_dir():
         raise UserError(f"checkpoint ({d / CURRENT}): expected a link to a complete set in {SETS}/, "
                         f"got a dangling link to {os.readlink(d / CURRENT)!r}")
     manifest = read_json(cur / MANIFEST, "checkpoint manifest")
@@ -222,8 +197,8 @@ def verify_checkpoint(directory: str | os.PathLike, names=None) -> dict | None:
 
 
 def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, map_location="cpu"):
-    """``model_cls(config_cls(**config.json))`` in eval mode, with the weights; the tag ``{"format": fmt,
-    "version": 1}``, config fields and weight names/shapes are checked."""
+    """``model_cls(config_cls(**config.json))`` in eval mode with the weights; checks the tag ``{"format": fmt,
+    "version": 1}``, the config fields and the weight names/shapes."""
     cfg, state = load_checkpoint(directory)
     where = f"checkpoint {str(Path(directory))!r}"
     tag, version = cfg.pop("format", None), cfg.pop("version", 1)
@@ -235,16 +210,10 @@ def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, ma
     if unknown:
         raise UserError(f"{where}: config.json has unknown {config_cls.__name__} fields {unknown}")
     model = model_cls(config_cls(**cfg))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise UserError(f"{where}: weights do not match config.json: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise UserError(f"{where}: weight {k!r}: expected shape {tuple(own[k].shape)} from config.json, "
-                            f"got {tuple(v.shape)}")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:   # missing or unexpected names, other shapes
+        raise UserError(f"{where}: weights do not match config.json: {' '.join(str(e).split())}") from e
     return model.to(map_location).eval()
 
 
@@ -260,6 +229,7 @@ def save_checkpoint(directory: str | os.PathLike, config: dict, state_dict: dict
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, weights) of a checkpoint directory, checked (files of one set, finite weights)."""
     d = Path(directory)
     for name in ("config.json", "model.safetensors"):
         if not (d / name).is_file():
@@ -291,13 +261,10 @@ def check_weights(state: dict[str, torch.Tensor], where) -> None:
 
 def save_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer, info: dict) -> None:
     """Optimizer tensors into ``train_state.safetensors``, its scalars + ``info`` into ``train_state.json``."""
-    d = Path(directory)
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            (tensors if torch.is_tensor(v) else scalars)[f"{pid}.{k}"] = v
-    atomic_save_tensors(d / "train_state.safetensors", tensors)
+    sd, d = optimizer.state_dict(), Path(directory)
+    flat = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
+    atomic_save_tensors(d / "train_state.safetensors", {k: v for k, v in flat.items() if torch.is_tensor(v)})
+    scalars = {k: v for k, v in flat.items() if not torch.is_tensor(v)}
     meta = {"param_groups": sd["param_groups"], "scalars": scalars, "info": info}
     atomic_write_text(d / "train_state.json", json.dumps(meta, indent=2))
 
@@ -305,12 +272,10 @@ def save_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimi
 def load_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer) -> dict:
     """Restore the optimizer saved by :func:`save_train_state` (a mixture of sets is refused); returns ``info``."""
     d = Path(directory)
-    js, st = d / "train_state.json", d / "train_state.safetensors"
-    if not js.is_file():
-        raise MissingFileError(f"resume ({d}): expected {js.name} (saved with the model), got no such file")
+    js = need_file(d / "train_state.json", "resume")
     verify_checkpoint(d)
     meta = read_json(js, "train state")
-    tensors = read_tensors(st, "train state")
+    tensors = read_tensors(d / "train_state.safetensors", "train state")
     try:
         state: dict = {}
         for key, v in [*tensors.items(), *meta["scalars"].items()]:

@@ -3,17 +3,12 @@ helped by its trailing ``# comment``) and the CLI's argument parser. Usage: docs
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import inspect
-import io
-import textwrap
-import tokenize
+import re
 import types
 import typing
 from functools import lru_cache
-
-__all__ = ["ArgumentParser", "add_dataclass_args", "dataclass_kwargs", "field_docs"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -23,28 +18,19 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {' '.join(message.split())} ({self.prog}); see {self.prog} --help\n")
 
 
+_COMMENTED = re.compile(r"""^[ \t]+(\w+):(?:[^#\n'"]|'[^'\n]*'|"[^"\n]*")*#\s*(.*?)\s*$""", re.M)   # name: ...  # text
+
+
 @lru_cache(maxsize=None)
 def field_docs(cls) -> dict[str, str]:
     """``{field: text}`` from ``metadata["help"]`` or the trailing ``# comment`` of each field's line."""
-    docs = {}
     try:
-        src = textwrap.dedent(inspect.getsource(cls))
+        src = inspect.getsource(cls)
     except (OSError, TypeError):   # no source (e.g. a class made at run time)
         src = ""
-    if src:
-        comments = {t.start[0]: t.string.lstrip("#").strip()
-                    for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
-        for node in ast.parse(src).body[0].body:
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.lineno in comments:
-                docs[node.target.id] = comments[node.lineno]
-    docs.update({f.name: f.metadata["help"] for f in dataclasses.fields(cls) if f.metadata.get("help")})
-    return docs
-
-
-def _default(f: dataclasses.Field):
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    docs = {name: text for name, text in _COMMENTED.findall(src) if name in fields}
+    return docs | {n: f.metadata["help"] for n, f in fields.items() if f.metadata.get("help")}
 
 
 def _kind(tp) -> tuple[type, object]:
@@ -89,7 +75,8 @@ def add_dataclass_args(parser, cls, *, only=None, skip=(), defaults: dict | None
     out = []
     for name in (n for n in names if n not in skip):
         typ, nargs = _kind(hints[name])
-        shown = defaults.get(name, _default(by_name[name]))
+        f = by_name[name]
+        shown = defaults.get(name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
         text = (help or {}).get(name, docs.get(name, "")).replace("%", "%%")
         parts = [] if shown in (dataclasses.MISSING, None) else [f"default: {_show(shown)}"]
         parts += [f"{k}: {_show(d[name])}" for k, d in alt_defaults.items() if name in d and d[name] != shown]

@@ -2,17 +2,17 @@
 dtypes, plain containers) are resolved; ``allow_pickle=True`` opts in to full unpickling. docs/vqvae.md."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import logging
 import os
 import pickle
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
-from .errors import MissingFileError, UserError
+from .errors import UserError, need_file
 
 log = logging.getLogger("minilisten")
 
@@ -65,16 +65,9 @@ def _run(fn, where: str):
                         f"or truncated file ({type(e).__name__}: {e})") from e
 
 
-def _file(path) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise MissingFileError(f"{p}: expected a file, got {'a directory' if p.is_dir() else 'nothing'}")
-    return p
-
-
 def load_pickle(path: str | os.PathLike):
     """A ``.pkl`` file through :class:`RestrictedUnpickler`."""
-    p = _file(path)
+    p = need_file(path)
     with open(p, "rb") as f:
         return _run(lambda: RestrictedUnpickler(f, str(p)).load(), str(p))
 
@@ -83,17 +76,13 @@ def _npy_from(f, where: str, allow_pickle: bool, mmap_mode=None) -> np.ndarray:
     """One ``.npy`` array from the open file ``f``; object arrays through the restricted unpickler."""
     fmt = np.lib.format
     try:
-        version = fmt.read_magic(f)
-        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = read(f, max_header_size=1 << 20) if version != (1, 0) else read(f)
-    except (ValueError, EOFError, OSError) as e:
-        raise UserError(f"{where}: not a readable .npy file: {e}") from e
-    if not dtype.hasobject:
-        f.seek(0)
-        try:   # numpy memory-maps a path, not an open file
+        read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=1 << 20)
+        if not dtype.hasobject:
+            f.seek(0)   # numpy memory-maps a path, not an open file
             return np.load(where if mmap_mode else f, allow_pickle=False, mmap_mode=mmap_mode)
-        except (ValueError, EOFError, OSError) as e:
-            raise UserError(f"{where}: not a readable .npy file (truncated or corrupt?): {e}") from e
+    except (ValueError, EOFError, OSError) as e:
+        raise UserError(f"{where}: not a readable .npy file (truncated or corrupt?): {e}") from e
     if allow_pickle:
         log.warning("%s: full unpickling of an object array (allow_pickle=True): only for files you trust", where)
         f.seek(0)
@@ -108,14 +97,14 @@ def _npy_from(f, where: str, allow_pickle: bool, mmap_mode=None) -> np.ndarray:
 def load_npy(path: str | os.PathLike, allow_pickle: bool = False, mmap: bool = False) -> np.ndarray:
     """``np.load`` of a ``.npy`` file; object arrays go through the restricted unpickler.
     ``mmap``: memory-map plain arrays (object arrays are read whole)."""
-    p = _file(path)
+    p = need_file(path)
     with open(p, "rb") as f:
         return _npy_from(f, str(p), allow_pickle, "r" if mmap else None)
 
 
 def load_npz(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """All arrays of a ``.npz`` file as a dict (object arrays through the restricted unpickler)."""
-    p = _file(path)
+    p = need_file(path)
     try:
         z = zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError) as e:
@@ -125,31 +114,27 @@ def load_npz(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, n
         return {k: _npy_from(io.BytesIO(z.read(name)), f"{p}[{k}]", allow_pickle) for name, k in keys.items()}
 
 
-def torch_safe_globals() -> list:
+def _torch_safe_globals() -> list:
     """:data:`ALLOWED`'s numpy entries and numpy's dtype classes, for ``torch.serialization.safe_globals``."""
     out = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    for m, n in sorted(ALLOWED):
-        try:
-            out += [getattr(importlib.import_module(m), n)] if m.startswith("numpy") else []
-        except (ImportError, AttributeError):   # the other numpy major version's name
-            pass
+    for m, n in sorted(a for a in ALLOWED if a[0].startswith("numpy")):
+        with contextlib.suppress(ImportError, AttributeError):   # the other numpy major version's name
+            out.append(getattr(importlib.import_module(m), n))
     return out
 
 
 def load_torch(path: str | os.PathLike, allow_pickle: bool = False):
     """``torch.load(weights_only=True)`` (torch's restricted unpickler) + the numpy allowlist."""
     import torch
-    p = _file(path)
+    p = need_file(path)
     if allow_pickle:
         log.warning("%s: loading with full unpickling (allow_pickle=True): only for files you trust", p)
-        try:
-            return torch.load(p, map_location="cpu", weights_only=False)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise UserError(f"{p}: not a readable torch.save file: {e}") from e
     try:
-        with torch.serialization.safe_globals(torch_safe_globals()):
-            return torch.load(p, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            return torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
+        if allow_pickle:
+            raise UserError(f"{p}: not a readable torch.save file: {e}") from e
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(p)
         except Exception:  # pragma: no cover - diagnostic only

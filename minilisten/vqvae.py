@@ -9,7 +9,7 @@ T must be a positive multiple of r. Design, losses and conventions: docs/vqvae.m
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.distributed as dist
@@ -29,8 +29,6 @@ PRESETS = {
     "naive": dict(enc_norm="none", dec_norm="none"),
     "disentangled": dict(enc_norm="in", dec_norm="adain"),
 }
-_INTS = ("d_motion", "n_shape", "width", "codebook_size", "code_dim", "n_down", "res_depth", "dilation_growth",
-         "id_hidden")
 
 
 @dataclass
@@ -58,17 +56,15 @@ class VQConfig:
         for f, allowed in (("enc_norm", ENC_NORMS), ("dec_norm", DEC_NORMS)):
             if getattr(self, f) not in allowed:
                 raise UserError(f"VQConfig.{f}: expected one of {allowed}, got {getattr(self, f)!r}")
-        for f in _INTS:
-            v = getattr(self, f)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise UserError(f"VQConfig.{f}: expected a positive int, got {v!r}")
-        if not 0.0 <= self.decay < 1.0:
-            raise UserError(f"VQConfig.decay: expected 0 <= decay < 1, got {self.decay!r}")
-        for f in ("w_embed", "w_commit", "w_veloc", "dead_threshold", "eps", "fps"):
-            v, strict = getattr(self, f), f in ("eps", "fps")
+        for f in fields(self):
+            v, strict = getattr(self, f.name), f.name in ("eps", "fps")
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise UserError(f"VQConfig.{f.name}: expected a positive int, got {v!r}")
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not (number and (v > 0 if strict else v >= 0) and v != math.inf):   # NaN fails every comparison
-                raise UserError(f"VQConfig.{f}: expected a finite number {'> 0' if strict else '>= 0'}, got {v!r}")
+            if f.type == "float" and not (number and (v > 0 if strict else v >= 0) and v != math.inf):   # NaN fails
+                raise UserError(f"VQConfig.{f.name}: expected a finite number {'> 0' if strict else '>= 0'}, got {v!r}")
+        if self.decay >= 1.0:
+            raise UserError(f"VQConfig.decay: expected 0 <= decay < 1, got {self.decay!r}")
 
     @property
     def rate(self) -> int:
@@ -174,14 +170,6 @@ class Decoder(nn.Module):
             h = up(F.interpolate(h, scale_factor=2, mode="nearest"))
         return self.conv_out(F.relu(self.conv_post(h)))
 
-    def receptive_radius(self) -> float:
-        """How far (in codes) a decoded frame sees on each side through the convolutions."""
-        c, r = self.c, 1.0                                                   # conv_in, k=3 at code rate
-        for s in range(c.n_down):                                            # 2 ** s samples per code
-            r += sum(c.dilation_growth ** i for i in range(c.res_depth)) / 2 ** s   # dilated k=3 convs
-            r += 1.0 / 2 ** (s + 1)                                          # conv after nearest x2
-        return r + 2.0 / c.rate                                              # conv_post + conv_out
-
 
 def _world() -> int:
     """Processes of the default torch.distributed group (1 when it is not initialised)."""
@@ -201,10 +189,7 @@ def _gather_rows(x: torch.Tensor) -> torch.Tensor:
 
 class Codebook(nn.Module):
     """EMA codebook with first-batch init and dead-code reset. z: (N, d) fp32 -> (idx (N,), z_q (N, d)).
-
-    Updates happen in ``forward`` when ``self.training``. Under torch.distributed every rank's update
-    sees the global batch: counts and sums are all-reduced, rank 0 initialises and resets from the
-    gathered latents and broadcasts the buffers, as one process on the concatenated batch would."""
+    ``forward`` updates it in training mode, on the global batch under torch.distributed (docs/vqvae.md)."""
 
     def __init__(self, size: int, dim: int, decay: float = 0.99, dead_threshold: float = 1.0):
         super().__init__()
@@ -236,26 +221,24 @@ class Codebook(nn.Module):
         self.set(self.sample_rows(z.float(), self.size))
 
     @torch.no_grad()
-    def apply_stats(self, counts: torch.Tensor, sums: torch.Tensor, z: torch.Tensor) -> None:
-        """One EMA step given batch ``counts (K,)`` and ``sums (K, d)``, then reset the dead codes
-        with random rows of ``z (N, d)``; a reset code restarts at count = threshold (no host sync)."""
-        self.cluster_size.lerp_(counts, 1 - self.decay)
-        self.embed_avg.lerp_(sums, 1 - self.decay)
-        dead = (self.cluster_size < self.dead_threshold)[:, None]                  # (K, 1)
-        rows = self.sample_rows(z, self.size)                                      # candidates (K, d)
-        thr = torch.full_like(self.cluster_size, self.dead_threshold)
-        self.embed.copy_(torch.where(dead, rows, self.embed_avg / self.cluster_size[:, None].clamp_min(1e-12)))
-        self.embed_avg.copy_(torch.where(dead, rows * self.dead_threshold, self.embed_avg))
-        self.cluster_size.copy_(torch.where(dead[:, 0], thr, self.cluster_size))
-
-    @torch.no_grad()
     def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        """The EMA step and dead-code reset on the (global) batch: ``z (N_r, d)`` with codes ``idx (N_r,)``."""
+        """One EMA step on the (global) batch ``z (N_r, d)`` with codes ``idx (N_r,)``, then the dead codes reset
+        to random rows of the batch; a reset code restarts at count = threshold (no host sync)."""
         counts, sums = code_stats(idx, z, self.size)                               # (K,), (K, d)
         if _world() > 1:
             dist.all_reduce(counts)
             dist.all_reduce(sums)
-        self._on_rank0(lambda zg: self.apply_stats(counts, sums, zg), z)
+
+        def step(z: torch.Tensor) -> None:
+            self.cluster_size.lerp_(counts, 1 - self.decay)
+            self.embed_avg.lerp_(sums, 1 - self.decay)
+            dead = (self.cluster_size < self.dead_threshold)[:, None]              # (K, 1)
+            rows = self.sample_rows(z, self.size)                                  # candidates (K, d)
+            thr = torch.full_like(self.cluster_size, self.dead_threshold)
+            self.embed.copy_(torch.where(dead, rows, self.embed_avg / self.cluster_size[:, None].clamp_min(1e-12)))
+            self.embed_avg.copy_(torch.where(dead, rows * self.dead_threshold, self.embed_avg))
+            self.cluster_size.copy_(torch.where(dead[:, 0], thr, self.cluster_size))
+        self._on_rank0(step, z)
 
     def _on_rank0(self, fn, z: torch.Tensor) -> None:
         """``fn(z)``; under torch.distributed ``fn(global z)`` on rank 0, then its buffers broadcast."""
@@ -284,6 +267,23 @@ def perplexity(idx: torch.Tensor, size: int) -> torch.Tensor:
     p = torch.bincount(idx.flatten(), minlength=size).float()
     p = p / p.sum().clamp_min(1)
     return torch.exp(-(p * torch.log(p + 1e-7)).sum())
+
+
+def _tensor(x, name: str, shape: tuple, kind: str | None = "float") -> torch.Tensor:
+    """``x`` as a tensor after checking its shape (a str: any size; "..." first: any leading dims) and its
+    dtype (``kind`` "float": floating and finite, "int": integer, None: any); UserError naming ``name``."""
+    t = torch.as_tensor(x)
+    lead = shape[0] == "..."
+    dims = t.shape[max(t.dim() - len(shape) + 1, 0):] if lead else t.shape
+    if len(dims) != len(shape) - lead or any(isinstance(w, int) and w != n for w, n in zip(shape[lead:], dims)):
+        raise UserError(f"{name}: expected shape ({', '.join(map(str, shape))}{',' * (len(shape) == 1)}), "
+                        f"got {tuple(t.shape)}")
+    if kind and (t.is_floating_point() != (kind == "float") or t.dtype == torch.bool):
+        what = "a float" if kind == "float" else "an integer"
+        raise UserError(f"{name}: expected {what} tensor, got dtype {t.dtype}")
+    if kind == "float" and not torch.isfinite(t).all():
+        raise UserError(f"{name}: expected finite values, got NaN/inf")
+    return t
 
 
 @dataclass
@@ -331,7 +331,11 @@ class VQVAE(nn.Module):
     def receptive_field(self) -> int:
         """Codes of context on EACH side that a decoded frame depends on through the (non-causal)
         convolutions; ``in``/``adain`` decoders also see the window's statistics."""
-        return math.ceil(self.decoder.receptive_radius() - 1e-9)
+        c, r = self.config, 1.0                                              # conv_in, k=3 at code rate
+        for s in range(c.n_down):                                            # 2 ** s samples per code
+            r += sum(c.dilation_growth ** i for i in range(c.res_depth)) / 2 ** s   # dilated k=3 convs
+            r += 1.0 / 2 ** (s + 1)                                          # conv after nearest x2
+        return math.ceil(r + 2.0 / c.rate - 1e-9)                            # + conv_post + conv_out
 
     @property
     def initialised(self) -> bool:
@@ -341,22 +345,14 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def set_motion_stats(self, mean, std, min_std: float = 1e-4) -> None:
         """Dataset mean/std (56,) of the listener motion; std is floored at ``min_std``."""
-        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
-        for name, t in (("mean", mean), ("std", std)):
-            if t.shape != (self.config.d_motion,) or not torch.isfinite(t).all():
-                raise UserError(f"motion {name}: expected finite shape ({self.config.d_motion},), got {tuple(t.shape)}")
-        self.motion_mean.copy_(mean)
-        self.motion_std.copy_(std.clamp_min(min_std))
+        d = (self.config.d_motion,)
+        self.motion_mean.copy_(_tensor(torch.as_tensor(mean, dtype=torch.float32), "motion mean", d))
+        self.motion_std.copy_(_tensor(torch.as_tensor(std, dtype=torch.float32), "motion std", d).clamp_min(min_std))
 
     @torch.no_grad()
     def set_codebook(self, embed) -> None:
         """Use ``embed`` (K, d_c) as the codebook (count 1 per code), e.g. random codes for a benchmark."""
-        e = torch.as_tensor(embed)
-        K, d = self.config.codebook_size, self.config.code_dim
-        if e.shape != (K, d) or not e.is_floating_point() or not torch.isfinite(e).all():
-            raise UserError(f"codebook: expected finite float values of shape ({K}, {d}), got shape "
-                            f"{tuple(e.shape)} dtype {e.dtype}")
-        self.quantizer.set(e)
+        self.quantizer.set(_tensor(embed, "codebook", (self.config.codebook_size, self.config.code_dim)))
 
     def save_pretrained(self, directory) -> None:
         """``config.json`` + ``model.safetensors`` (atomic)."""
@@ -367,71 +363,45 @@ class VQVAE(nn.Module):
         return load_model(directory, cls, VQConfig, FORMAT, map_location=map_location)
 
     def _check_motion(self, motion) -> torch.Tensor:
-        m, d, r = torch.as_tensor(motion), self.config.d_motion, self.rate
-        if m.dim() != 3 or m.shape[-1] != d:
-            raise UserError(f"motion: expected shape (B, T, {d}), got {tuple(m.shape)}")
-        if not m.is_floating_point():
-            raise UserError(f"motion: expected a float tensor, got dtype {m.dtype}")
+        m, r = _tensor(motion, "motion", ("B", "T", self.config.d_motion)), self.rate
         if m.shape[1] < r or m.shape[1] % r:
             raise UserError(f"motion: expected T a positive multiple of r={r} (crop to T - T % {r} first), "
                             f"got T={m.shape[1]}")
-        if not torch.isfinite(m).all():
-            raise UserError("motion: expected finite values, got NaN/inf")
         return m.to(self.motion_mean.device, torch.float32)
 
     def _check_beta(self, beta, B: int) -> torch.Tensor | None:
-        n = self.config.n_shape
-        if beta is None:
-            if self.needs_beta:
-                raise UserError(f"beta: this model (dec_norm={self.config.dec_norm!r}) needs the listener's "
-                                f"shape beta of shape ({B}, {n}), got None")
-            return None
-        b = torch.as_tensor(beta)
-        if b.shape != (B, n):
-            raise UserError(f"beta: expected shape ({B}, {n}), got {tuple(b.shape)}")
-        if not b.is_floating_point() or not torch.isfinite(b).all():
-            raise UserError(f"beta: expected finite float values, got dtype {b.dtype} with non-finite entries "
-                            f"{int((~torch.isfinite(b.float())).sum())}")
+        if beta is None and self.needs_beta:
+            raise UserError(f"beta: this model (dec_norm={self.config.dec_norm!r}) needs the listener's "
+                            f"shape beta of shape ({B}, {self.config.n_shape}), got None")
+        b = None if beta is None else _tensor(beta, "beta", (B, self.config.n_shape))
         return b.to(self.motion_mean.device, torch.float32) if self.needs_beta else None
 
     def _check_codes(self, codes) -> torch.Tensor:
-        c, K = torch.as_tensor(codes), self.config.codebook_size
-        if c.dim() != 2 or c.shape[1] < 1:
+        c, K = _tensor(codes, "codes", ("B", "L"), "int"), self.config.codebook_size
+        if c.shape[1] < 1:
             raise UserError(f"codes: expected shape (B, L) with L >= 1, got {tuple(c.shape)}")
-        if c.is_floating_point() or c.dtype == torch.bool:
-            raise UserError(f"codes: expected an integer tensor, got dtype {c.dtype}")
         if c.numel() and (c.min() < 0 or c.max() >= K):
             raise UserError(f"codes: expected values in [0, {K}), got min {int(c.min())}, max {int(c.max())}")
         return c.to(self.motion_mean.device, torch.long)
 
-    def _normalise(self, m: torch.Tensor) -> torch.Tensor:
-        return (m - self.motion_mean) / self.motion_std                   # (B, T, 56)
-
-    def _decode_latents(self, zq: torch.Tensor, beta) -> torch.Tensor:
-        return self.decoder(zq.transpose(1, 2), beta).transpose(1, 2)     # (B, T, 56) normalised
-
     def encode_latents(self, motion) -> torch.Tensor:
         """motion (B, T, 56) raw -> encoder outputs z (B, T / r, d_c), before quantization."""
-        x = self._normalise(self._check_motion(motion))
+        x = (self._check_motion(motion) - self.motion_mean) / self.motion_std
         return self.encoder(x.transpose(1, 2)).transpose(1, 2)
 
     def nearest_codes(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantize without updating: z (..., d_c) -> (codes (...) int64, z_q (..., d_c) fp32), nearest L2 (Eq. 5)."""
         if not self.initialised:
             raise RuntimeError("VQVAE: codebook not initialised; train the model first or load it with from_pretrained")
-        z = torch.as_tensor(z)
-        if z.shape[-1:] != (self.config.code_dim,):
-            raise UserError(f"z: expected shape (..., {self.config.code_dim}), got {tuple(z.shape)}")
+        z = _tensor(z, "z", ("...", self.config.code_dim), None)
         idx, _, zq = quantize(z.reshape(-1, z.shape[-1]).float(), self.quantizer.embed)
         return idx.view(z.shape[:-1]), zq.view(*z.shape[:-1], -1)
 
     def decode_latents(self, zq: torch.Tensor, beta=None) -> torch.Tensor:
         """z_q (B, L, d_c) + beta (B, 100) (AdaIN/AdaLN models) -> motion (B, r L, 56) raw."""
-        zq = torch.as_tensor(zq)
-        if zq.dim() != 3 or zq.shape[-1] != self.config.code_dim:
-            raise UserError(f"zq: expected shape (B, L, {self.config.code_dim}), got {tuple(zq.shape)}")
+        zq = _tensor(zq, "zq", ("B", "L", self.config.code_dim), None)
         b = self._check_beta(beta, zq.shape[0])
-        return self._decode_latents(zq, b) * self.motion_std + self.motion_mean
+        return self.decoder(zq.transpose(1, 2), b).transpose(1, 2) * self.motion_std + self.motion_mean
 
     def encode(self, motion, beta=None) -> torch.Tensor:
         """motion (B, T, 56) raw -> codes (B, T / r) int64; ``beta`` is only shape-checked (no identity input)."""
@@ -449,7 +419,7 @@ class VQVAE(nn.Module):
         """Reconstruct motion (B, T, 56) raw with the losses (Eq. 2-6); training mode updates the codebook."""
         m = self._check_motion(motion)
         b = self._check_beta(beta, m.shape[0])
-        x = self._normalise(m)                                            # (B, T, 56) normalised
+        x = (m - self.motion_mean) / self.motion_std                      # (B, T, 56) normalised
         z = self.encoder(x.transpose(1, 2)).transpose(1, 2)               # (B, L, d_c)
         B, L, d = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -458,7 +428,7 @@ class VQVAE(nn.Module):
             embed = F.mse_loss(zf, zq.detach())                           # Eq. 2: encoder -> code
             commit = F.mse_loss(zf.detach(), zq)                          # Eq. 3: no grad with EMA
             zq = zf + (zq - zf).detach()                                  # straight-through
-        y = self._decode_latents(zq.view(B, L, d).to(z.dtype), b)         # (B, T, 56) normalised
+        y = self.decoder(zq.view(B, L, d).to(z.dtype).transpose(1, 2), b).transpose(1, 2)   # (B, T, 56) normalised
         rec = F.smooth_l1_loss(y, x)                                      # Eq. 4
         veloc = F.smooth_l1_loss(y[:, 1:] - y[:, :-1], x[:, 1:] - x[:, :-1])  # Eq. 5
         c = self.config
