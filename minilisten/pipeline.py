@@ -110,8 +110,6 @@ def demo_data(data: DataConfig, units_dir: str | None = None, fit_units: bool = 
 def _mel_units(splits: dict, units_dir: Path, fit: bool) -> tuple[dict, int | None, str]:
     """Splits with ``sa_tokens`` from k-means units over the speaker mel, the units' count and the note saying so."""
     from . import speaker
-    if not hasattr(speaker, "MelUnits"):
-        return splits, None, "speaker mel but no SA tokens, and no mel tokenizer (speaker.MelUnits): SA left out"
     if fit:
         units = speaker.MelUnits.fit([s.mel for s in splits["train"]], seed=0)
         units.save(units_dir)
@@ -140,10 +138,6 @@ def _train(source: tuple, kind: str, out_dir: str, kw: dict) -> None:
         train_lm(d.train, d.val, codes_tr, codes_va, model=ListenerLM.from_pretrained(init) if init else None, **kw)
 
 
-def _init_worker():
-    torch.set_num_threads(1)
-
-
 def _run_jobs(jobs: list, workers: int, progress: bool = True) -> None:
     """Run :func:`_train` jobs ``(source, kind, out_dir, kw)`` in ``workers`` spawned processes of 1 thread each
     (1 = in this process)."""
@@ -157,7 +151,8 @@ def _run_jobs(jobs: list, workers: int, progress: bool = True) -> None:
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as ex:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                                 initargs=(1,)) as ex:
             for f in [ex.submit(_train, *job) for job in jobs]:
                 f.result()
                 bar.update()

@@ -49,6 +49,13 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
         print("plots skipped: matplotlib is not installed (pip install 'minilisten[plot]')", flush=True)
         return []
     files = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        files.append(str(out / name))
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+
     dims = [(0, "exp 0"), (1, "exp 1"), (50, "pose pitch"), (53, "jaw open")]
     t = np.arange(clip.T) / clip.fps
     fig, axes = plt.subplots(len(dims), 1, figsize=(10, 2.2 * len(dims)), sharex=True)
@@ -59,10 +66,7 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
     axes[0].legend(loc="upper right", ncol=len(series), fontsize=8)
     axes[-1].set_xlabel("seconds")
     fig.suptitle(f"test clip {clip.name} (listener {clip.listener_id}): ground truth vs generated")
-    fig.tight_layout()
-    files.append(str(out / "trajectories.png"))
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    save(fig, "trajectories.png")
     if swap is not None:
         (id_a, m_a), (id_b, m_b) = swap
         fig, axes = plt.subplots(2, 1, figsize=(10, 4.4), sharex=True)
@@ -73,10 +77,7 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
         axes[0].legend(fontsize=8)
         axes[-1].set_xlabel("seconds")
         fig.suptitle("the same LR codes decoded with two listener identities (identity-disentangled VQ-VAE)")
-        fig.tight_layout()
-        files.append(str(out / "identity_swap.png"))
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        save(fig, "identity_swap.png")
     return files
 
 
@@ -106,7 +107,7 @@ def demo_markdown(res) -> str:
     return "\n".join(md)
 
 
-def demo_report(res, plots: list[str], extra: dict | None = None) -> dict:
+def demo_report(res, plots: list[str]) -> dict:
     """The demo's ``results.json`` content (tables, notes, timings, environment)."""
     from .bench import environment
     return {"config": asdict(res.cfg), "data": res.data.what, "coverage": res.data.coverage.describe(),
@@ -115,12 +116,12 @@ def demo_report(res, plots: list[str], extra: dict | None = None) -> dict:
             "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
             "all_results": res.results, "timings_s": res.timings, "plots": plots,
             "nn_speech_embedding": res.nn_speech_embedding, "n_test_clips": len(res.clips),
-            "versions": environment("cpu"), **(extra or {})}
+            "versions": environment("cpu")}
 
 
-def write_demo_report(res, out: Path, plots: list[str], extra: dict | None = None) -> str:
-    """Write ``tables.md`` and ``results.json`` into ``out`` atomically; returns the Markdown."""
-    text = demo_markdown(res)
-    atomic_write_text(out / "tables.md", text + "\n")
-    atomic_write_text(out / "results.json", json.dumps(demo_report(res, plots, extra), indent=2, default=float))
-    return text
+def write_demo_report(res, plots: list[str]) -> tuple[str, dict]:
+    """Write ``tables.md`` and ``results.json`` into ``res.out`` atomically; returns the Markdown and the report."""
+    text, report = demo_markdown(res), demo_report(res, plots)
+    atomic_write_text(res.out / "tables.md", text + "\n")
+    atomic_write_text(res.out / "results.json", json.dumps(report, indent=2, default=float))
+    return text, report

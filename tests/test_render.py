@@ -17,6 +17,15 @@ from minilisten.data.segment import Word
 needs_ffmpeg = pytest.mark.skipif(__import__("importlib").util.find_spec("imageio_ffmpeg") is None,
                                   reason="mp4 needs imageio-ffmpeg (pip install 'minilisten[video]')")
 
+
+def read_mp4(path) -> tuple[np.ndarray, float]:
+    """Frames ``(N, H, W, 3)`` uint8 and fps of a video (through imageio-ffmpeg)."""
+    import imageio_ffmpeg
+    gen = imageio_ffmpeg.read_frames(str(path))
+    meta = next(gen)
+    w, h = meta["size"]
+    return np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]), float(meta["fps"])
+
 # ----------------------------------------------------------------------------- a tiny FLAME file
 N_SHAPE_MODEL, N_EXP_MODEL = 300, 100
 
@@ -325,7 +334,7 @@ def test_mp4_written_and_read_back(tmp_path):
     spk, gen, gt = _motions(T)
     out = rd.render_clip(spk, {"generated": gen, "ground truth": gt}, [Word("yes", 0.1, 0.3)], fps,
                          tmp_path / "clip.mp4", size=64, progress=False, still=5, ssaa=1)
-    frames, got_fps = rd.read_mp4(out)
+    frames, got_fps = read_mp4(out)
     assert frames.shape == (T, 64 + rd.TITLE_H + rd.SUB_H, 192, 3) and got_fps == pytest.approx(fps)
     want = np.stack(list(rd.render_frames(spk, {"generated": gen, "ground truth": gt}, [Word("yes", 0.1, 0.3)], fps,
                                           size=64, ssaa=1)))
@@ -378,7 +387,7 @@ def test_cli_from_saved_arrays(tmp_path, capsys):
                "--gt", f"{tmp_path / 'lis.npz'}:gt", "--words", str(tmp_path / "w.json"), "--fps", "10",
                "--size", "64", "--ssaa", "1", "--still", "1", "--no-progress", "--out", str(tmp_path / "o.mp4")])
     assert rc == 0 and "wrote" in capsys.readouterr().out
-    frames, fps = rd.read_mp4(tmp_path / "o.mp4")
+    frames, fps = read_mp4(tmp_path / "o.mp4")
     assert frames.shape[:3] == (6, 64 + rd.TITLE_H + rd.SUB_H, 192) and fps == 10
     assert (tmp_path / "o.png").exists()
     # bad input: one line naming the option / file
@@ -405,5 +414,5 @@ def test_cli_from_models(tmp_path, capsys):
                "--ssaa", "1", "--no-progress", "--out", str(tmp_path / "m.mp4")])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    frames, fps = rd.read_mp4(tmp_path / "m.mp4")
+    frames, fps = read_mp4(tmp_path / "m.mp4")
     assert frames.shape[:3] == (240, 64 + rd.TITLE_H + rd.SUB_H, 192) and fps == 30
