@@ -148,8 +148,17 @@ class ValenceRegressor:
         self.intercept = 0.0
 
     def fit(self, motions, valences) -> "ValenceRegressor":
-        """``motions``: list of ``(T_i, 56)`` (or one array), ``valences``: list of ``(T_i,)``."""
-        x, y = self._stack(motions, valences)
+        """``motions``: list of ``(T_i, 56)``, ``valences``: list of ``(T_i,)``."""
+        if len(motions) == 0:
+            raise UserError("motions: expected a non-empty list of (T, 56) arrays, got 0")
+        if len(motions) != len(valences):
+            raise UserError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
+        xs = [_array(f"motions[{i}]", m, 2, D_MOTION) for i, m in enumerate(motions)]
+        ys = [_array(f"valences[{i}]", v, 1) for i, v in enumerate(valences)]
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            if y.shape[0] != x.shape[0]:
+                raise UserError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
+        x, y = np.vstack(xs), np.concatenate(ys)
         self.mean, self.std = x.mean(0), x.std(0) + 1e-8
         z = (x - self.mean) / self.std
         self.intercept = float(y.mean())
@@ -162,21 +171,6 @@ class ValenceRegressor:
             raise UserError("ValenceRegressor: expected a fitted model (call fit first), got an unfitted one")
         x = _array("motion", motion, 2, self.coef.shape[0])
         return (x - self.mean) / self.std @ self.coef + self.intercept
-
-    @staticmethod
-    def _stack(motions, valences):
-        if isinstance(motions, np.ndarray) or hasattr(motions, "detach"):
-            motions, valences = [motions], [valences]
-        if len(motions) == 0:
-            raise UserError("motions: expected a non-empty list of (T, 56) arrays, got 0")
-        if len(motions) != len(valences):
-            raise UserError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
-        xs = [_array(f"motions[{i}]", m, 2, D_MOTION) for i, m in enumerate(motions)]
-        ys = [_array(f"valences[{i}]", v, 1) for i, v in enumerate(valences)]
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            if y.shape[0] != x.shape[0]:
-                raise UserError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
-        return np.vstack(xs), np.concatenate(ys)
 
 
 # ----------------------------------------------------------------------------- VQ (Table 5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import os
@@ -398,22 +399,20 @@ def write_mp4(frames: Iterable[np.ndarray], out_path: str | os.PathLike, fps: fl
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    writer = None
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise UserError(f"{out}: expected at least 1 frame to write, got 0")
+    writer = ff.write_frames(str(tmp), first.shape[1::-1], fps=fps, quality=quality, macro_block_size=16,
+                             ffmpeg_log_level="error")
     try:
-        for fr in frames:
-            if writer is None:
-                writer = ff.write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=quality, macro_block_size=16,
-                                         ffmpeg_log_level="error")
-                writer.send(None)
+        writer.send(None)
+        for fr in itertools.chain([first], frames):
             writer.send(np.ascontiguousarray(fr))
-        if writer is None:
-            raise UserError(f"{out}: expected at least 1 frame to write, got 0")
         writer.close()
-        writer = None
         os.replace(tmp, out)
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
         tmp.unlink(missing_ok=True)
     return out
 

@@ -270,11 +270,13 @@ def test_schematic_expression_moves_brows_and_mouth():
     v0 = h.frame_mesh(z)[0]
     up = z.copy()
     up[1] = 1.0
-    brow = slice(h._brow[0], h._brow[0] + 12)
+    n_static = len(h._static)          # vertices: static head parts | 2 brows of 12 | lips 2n | mouth 2n | body
+    brow = slice(n_static, n_static + 12)
     assert (h.frame_mesh(up)[0][brow, 1] > v0[brow, 1] + 0.03).all()
     smile = z.copy()
     smile[0] = 1.0
-    corners = [h._mouth, h._mouth + h.N_MOUTH - 1]
+    mouth = n_static + 24 + 2 * h.N_MOUTH
+    corners = [mouth, mouth + h.N_MOUTH - 1]
     assert (h.frame_mesh(smile)[0][corners, 1] > v0[corners, 1] + 0.03).all()
 
 
