@@ -211,10 +211,7 @@ def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: flo
     if split_fd:
         out.update({f"fd_{k}": v for k, v in fd(p, g, split=True).items()})
         out.update({f"pfd_{k}": v for k, v in pfd(p, g, speaker, split=True).items()})
-    if (pred_valence is None) != (gt_valence is None):
-        missing = "pred_valence" if pred_valence is None else "gt_valence"
-        raise UserError(f"{missing}: expected an array when the other valence is given, got None")
-    if pred_valence is not None:
+    if pred_valence is not None or gt_valence is not None:
         gv = _array("gt_valence", gt_valence, 1)
         if gv.shape[0] != p.shape[0]:
             raise UserError(f"gt_valence: expected {p.shape[0]} frames (as gt), got {gv.shape[0]}")

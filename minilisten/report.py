@@ -84,7 +84,8 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
 def demo_markdown(res) -> str:
     """The demo's ``tables.md`` for a :class:`~minilisten.pipeline.PipelineResult`."""
     cols = metric_columns(res.has_valence)
-    cols4 = [c for c in cols if c[0] not in ("variation", "diversity")] + [("lr_acc", "val LR acc ↑", 1.0)]
+    colsa = [c for c in cols if c[0] not in ("variation", "diversity")]
+    cols4 = colsa + [("lr_acc", "val LR acc ↑", 1.0)]
     emb = res.nn_speech_embedding
     md = [f"# minilisten demo ({res.data.what}, seed {res.cfg.seed})", "",
           f"{len(res.clips)} test clips (LM-listener's evaluation windows of the test split)"
@@ -100,7 +101,6 @@ def demo_markdown(res) -> str:
     if res.table3 is not None:
         md += [markdown_table(res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"), ""]
     if res.arig_ablation:
-        colsa = [c for c in cols if c[0] not in ("variation", "diversity")]
         md += [markdown_table(res.arig_ablation, colsa, "ARIG-style ablation (appendix; test clips)"), ""]
     md += [markdown_table(res.table5, TABLE5_COLUMNS, "Table 5 — VQ-VAE normalization (validation split)"), "",
            "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items())]

@@ -289,6 +289,10 @@ def test_evaluate_clips_bad_inputs():
         evaluate_clips([pred[0], pred[0], pred[2]], gt, sp)
     with pytest.raises(ValueError, match=r"gt_valence: expected a list of clip arrays, got None"):
         evaluate_clips(pred, gt, sp, pred_valence=pv)
+    with pytest.raises(ValueError, match=r"pred_valence: expected an array, got None"):
+        clip_metrics(pred[0], gt[0], sp[0], gt_valence=gv[0])
+    with pytest.raises(ValueError, match=r"gt_valence: expected an array, got None"):
+        clip_metrics(pred[0], gt[0], sp[0], pred_valence=pv[0])
     with pytest.raises(ValueError, match=r"clip 2: gt_valence: expected 56 frames \(as gt\), got 55"):
         evaluate_clips(pred, gt, sp, pv, gv[:2] + [gv[2][:55]])
     short = [g[:10] for g in gt]
