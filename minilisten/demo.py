@@ -18,7 +18,7 @@ from .errors import UserError
 from .generate import generate_motion
 from .metrics import evaluate
 from .pipeline import ARIG_ROW, QUICK, DemoConfig, baselines, identity_swap, run_pipeline
-from .report import demo_report, markdown_table, metric_columns, save_plots, write_demo_report
+from .report import markdown_table, metric_columns, save_plots, write_demo_report
 
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool = True) -> dict:
@@ -40,10 +40,10 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
         preds = {n: m for n, m in series.items() if n != "GT"}
         video = render_demo_clip(res.out, clips[k], preds, progress=progress, ssaa=cfg.video_ssaa)
         plots += [str(video), str(video.with_suffix(".png"))] if video is not None else []
-    text = write_demo_report(res, res.out, plots)
+    text, report = write_demo_report(res, plots)
     print("\n" + text, flush=True)
     print(f"\nwrote {res.out / 'tables.md'}, {res.out / 'results.json'}" + "".join(f", {p}" for p in plots), flush=True)
-    return demo_report(res, plots)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,28 +10,34 @@ import numpy as np
 from .data.segment import D_MOTION, EXP, POSE
 from .errors import UserError
 
+PARTS = (("exp", EXP), ("pose", POSE))   # DIM's split of the 56 coefficients
+
 
 # ----------------------------------------------------------------------------- input checks
-def _array(name: str, x, ndim: int, dim: int | None = None, min_frames: int = 1) -> np.ndarray:
-    """``x`` as a finite float64 array of ``ndim`` dims (last ``dim``), >= ``min_frames`` rows, else a ValueError."""
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def _array(name: str, x, ndim: int | None, dim: int | None = None, min_frames: int = 1) -> np.ndarray:
+    """``x`` as a finite float64 array of ``ndim`` dims (None: any; last ``dim``), >= ``min_frames`` rows."""
     if x is None:
         raise UserError(f"{name}: expected an array, got None")
-    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    a = _numpy(x)
     want = "(T,)" if ndim == 1 else f"(T, {dim if dim is not None else 'D'})"
-    if a.ndim != ndim or (dim is not None and a.shape[-1] != dim):
+    if ndim is not None and (a.ndim != ndim or (dim is not None and a.shape[-1] != dim)):
         raise UserError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise UserError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
     a = a.astype(np.float64)
-    if a.shape[0] < min_frames:
-        raise UserError(f"{name}: expected at least {min_frames} frames, got {a.shape[0]}")
+    if (len(a) if a.ndim else 0) < min_frames:
+        raise UserError(f"{name}: expected at least {min_frames} frames, got {len(a) if a.ndim else 0}")
     if not np.isfinite(a).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
         raise UserError(f"{name}: expected finite values, got {a[bad]} at index {bad}")
     return a
 
 
-def _pair(pred, gt, ndim: int = 2, dim: int | None = None, min_frames: int = 1, names=("pred", "gt")):
+def _pair(pred, gt, ndim: int | None = 2, dim: int | None = None, min_frames: int = 1, names=("pred", "gt")):
     """Check a prediction against its ground truth: same shape, finite, enough frames."""
     g = _array(names[1], gt, ndim, dim, min_frames)
     p = _array(names[0], pred, ndim, dim, min_frames)
@@ -56,11 +62,14 @@ def _cov_factor(x: np.ndarray, eps: float) -> np.ndarray:
     return np.linalg.qr(a, mode="r")
 
 
-def fd(pred, gt, eps: float = 0.0) -> float:
+def fd(pred, gt, eps: float = 0.0, split: bool = False):
     """Fréchet distance between Gaussians fitted to the frames of ``pred (T1, D)`` and ``gt (T2, D)``, T >= 2;
-    ``eps`` is added to both covariance diagonals (the peer's retry value is 1e-6). Exact for singular covariances."""
-    g = _array("gt", gt, 2, None, min_frames=2)
+    ``eps`` is added to both covariance diagonals (the peer's retry value is 1e-6). Exact for singular covariances.
+    ``split=True`` (DIM's convention, D = 56): ``{"exp": FD of [0:50], "pose": FD of [50:56]}``."""
+    g = _array("gt", gt, 2, D_MOTION if split else None, min_frames=2)
     p = _array("pred", pred, 2, g.shape[1], min_frames=2)
+    if split:
+        return {k: fd(p[:, sl], g[:, sl], eps) for k, sl in PARTS}
     if not eps >= 0:
         raise UserError(f"eps: expected a number >= 0, got {eps!r}")
     a1, a2 = _cov_factor(p, eps), _cov_factor(g, eps)
@@ -68,14 +77,6 @@ def fd(pred, gt, eps: float = 0.0) -> float:
     tr_sqrt = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()   # tr sqrtm(S1 S2)
     d = diff @ diff + (a1 ** 2).sum() + (a2 ** 2).sum() - 2.0 * tr_sqrt
     return float(max(d, 0.0))
-
-
-def fd_split(pred, gt, eps: float = 0.0) -> dict[str, float]:
-    """DIM's convention: FD on expression ``[0:50]`` and on pose ``[50:56]`` separately.
-    ``pred, gt: (T, 56)``. Returns ``{"exp": ..., "pose": ...}``."""
-    g = _array("gt", gt, 2, D_MOTION, 2)
-    p = _array("pred", pred, 2, D_MOTION, 2)
-    return {"exp": fd(p[:, EXP], g[:, EXP], eps), "pose": fd(p[:, POSE], g[:, POSE], eps)}
 
 
 def pfd(pred, gt, speaker, eps: float = 0.0, split: bool = False):
@@ -88,8 +89,7 @@ def pfd(pred, gt, speaker, eps: float = 0.0, split: bool = False):
         raise UserError(f"speaker: expected shape {g.shape} (as gt), got {s.shape}")
     if not split:
         return fd(np.hstack([s, p]), np.hstack([s, g]), eps)
-    return {k: fd(np.hstack([s[:, sl], p[:, sl]]), np.hstack([s[:, sl], g[:, sl]]), eps)
-            for k, sl in (("exp", EXP), ("pose", POSE))}
+    return {k: fd(np.hstack([s[:, sl], p[:, sl]]), np.hstack([s[:, sl], g[:, sl]]), eps) for k, sl in PARTS}
 
 
 # ----------------------------------------------------------------------------- diversity
@@ -148,8 +148,17 @@ class ValenceRegressor:
         self.intercept = 0.0
 
     def fit(self, motions, valences) -> "ValenceRegressor":
-        """``motions``: list of ``(T_i, 56)`` (or one array), ``valences``: list of ``(T_i,)``."""
-        x, y = self._stack(motions, valences)
+        """``motions``: list of ``(T_i, 56)``, ``valences``: list of ``(T_i,)``."""
+        if len(motions) == 0:
+            raise UserError("motions: expected a non-empty list of (T, 56) arrays, got 0")
+        if len(motions) != len(valences):
+            raise UserError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
+        xs = [_array(f"motions[{i}]", m, 2, D_MOTION) for i, m in enumerate(motions)]
+        ys = [_array(f"valences[{i}]", v, 1) for i, v in enumerate(valences)]
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            if y.shape[0] != x.shape[0]:
+                raise UserError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
+        x, y = np.vstack(xs), np.concatenate(ys)
         self.mean, self.std = x.mean(0), x.std(0) + 1e-8
         z = (x - self.mean) / self.std
         self.intercept = float(y.mean())
@@ -163,48 +172,24 @@ class ValenceRegressor:
         x = _array("motion", motion, 2, self.coef.shape[0])
         return (x - self.mean) / self.std @ self.coef + self.intercept
 
-    @staticmethod
-    def _stack(motions, valences):
-        if isinstance(motions, np.ndarray) or hasattr(motions, "detach"):
-            motions, valences = [motions], [valences]
-        if len(motions) == 0:
-            raise UserError("motions: expected a non-empty list of (T, 56) arrays, got 0")
-        if len(motions) != len(valences):
-            raise UserError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
-        xs = [_array(f"motions[{i}]", m, 2, D_MOTION) for i, m in enumerate(motions)]
-        ys = [_array(f"valences[{i}]", v, 1) for i, v in enumerate(valences)]
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            if y.shape[0] != x.shape[0]:
-                raise UserError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
-        return np.vstack(xs), np.concatenate(ys)
-
 
 # ----------------------------------------------------------------------------- VQ (Table 5)
 def vq_rec(recon, gt) -> float:
     """Reconstruction: MSE between decoded and ground-truth motion (any equal shapes)."""
-    return _mse("recon", recon, "gt", gt)
+    a, b = _pair(recon, gt, None, names=("recon", "gt"))
+    return float(np.mean((a - b) ** 2))
 
 
 def vq_commit(z_e, z_q) -> float:
     """Commitment: MSE between encoder outputs and their quantized codes (any equal shapes)."""
-    return _mse("z_e", z_e, "z_q", z_q)
-
-
-def _mse(na, a, nb, b) -> float:
-    a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, np.float64)
-    b = np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, np.float64)
-    if a.shape != b.shape or a.size == 0:
-        raise UserError(f"{na}: expected a non-empty array of shape {b.shape} (as {nb}), got {a.shape}")
-    for n, x in ((na, a), (nb, b)):
-        if not np.isfinite(x).all():
-            raise UserError(f"{n}: expected finite values, got {x[~np.isfinite(x)][0]}")
+    a, b = _pair(z_e, z_q, None, names=("z_e", "z_q"))
     return float(np.mean((a - b) ** 2))
 
 
 def perplexity(codes, n_codes: int) -> float:
     """``exp(-sum_k p_k log(p_k + 1e-7))`` of the histogram of ``codes`` (ints in ``[0, n_codes)``,
     any shape): ``n_codes`` when usage is uniform, 1 when one code is used."""
-    c = np.asarray(codes.detach().cpu() if hasattr(codes, "detach") else codes)
+    c = _numpy(codes)
     if c.size == 0 or not np.issubdtype(c.dtype, np.integer):
         raise UserError(f"codes: expected a non-empty integer array, got shape {c.shape} dtype {c.dtype}")
     if c.min() < 0 or c.max() >= n_codes:
@@ -224,12 +209,9 @@ def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: flo
            "variation": variation(p), "diversity": diversity(p, pairs=pairs),
            "variation_gt": variation(g), "diversity_gt": diversity(g, pairs=pairs)}
     if split_fd:
-        out.update({f"fd_{k}": v for k, v in fd_split(p, g).items()})
+        out.update({f"fd_{k}": v for k, v in fd(p, g, split=True).items()})
         out.update({f"pfd_{k}": v for k, v in pfd(p, g, speaker, split=True).items()})
-    if (pred_valence is None) != (gt_valence is None):
-        missing = "pred_valence" if pred_valence is None else "gt_valence"
-        raise UserError(f"{missing}: expected an array when the other valence is given, got None")
-    if pred_valence is not None:
+    if pred_valence is not None or gt_valence is not None:
         gv = _array("gt_valence", gt_valence, 1)
         if gv.shape[0] != p.shape[0]:
             raise UserError(f"gt_valence: expected {p.shape[0]} frames (as gt), got {gv.shape[0]}")
@@ -253,13 +235,12 @@ def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: f
             raise UserError(f"{name}: expected a non-empty list of clips, got 0 clips")
         if len(v) != n:
             raise UserError(f"{name}: expected {n} clips (as gt), got {len(v)}")
+    pv, gv = ([None] * n if v is None else v for v in (pred_valence, gt_valence))
     rows = []
-    for i in range(len(gt)):
+    for i in range(n):
         try:
-            rows.append(clip_metrics(pred[i], gt[i], speaker[i],
-                                     None if pred_valence is None else pred_valence[i],
-                                     None if gt_valence is None else gt_valence[i],
-                                     fps=fps, seed=(seed, i), split_fd=split_fd))
+            rows.append(clip_metrics(pred[i], gt[i], speaker[i], pv[i], gv[i], fps=fps, seed=(seed, i),
+                                     split_fd=split_fd))
         except UserError as e:
             raise UserError(f"clip {i}: {e}") from None
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

@@ -110,8 +110,6 @@ def demo_data(data: DataConfig, units_dir: str | None = None, fit_units: bool = 
 def _mel_units(splits: dict, units_dir: Path, fit: bool) -> tuple[dict, int | None, str]:
     """Splits with ``sa_tokens`` from k-means units over the speaker mel, the units' count and the note saying so."""
     from . import speaker
-    if not hasattr(speaker, "MelUnits"):
-        return splits, None, "speaker mel but no SA tokens, and no mel tokenizer (speaker.MelUnits): SA left out"
     if fit:
         units = speaker.MelUnits.fit([s.mel for s in splits["train"]], seed=0)
         units.save(units_dir)
@@ -140,10 +138,6 @@ def _train(source: tuple, kind: str, out_dir: str, kw: dict) -> None:
         train_lm(d.train, d.val, codes_tr, codes_va, model=ListenerLM.from_pretrained(init) if init else None, **kw)
 
 
-def _init_worker():
-    torch.set_num_threads(1)
-
-
 def _run_jobs(jobs: list, workers: int, progress: bool = True) -> None:
     """Run :func:`_train` jobs ``(source, kind, out_dir, kw)`` in ``workers`` spawned processes of 1 thread each
     (1 = in this process)."""
@@ -157,7 +151,8 @@ def _run_jobs(jobs: list, workers: int, progress: bool = True) -> None:
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as ex:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                                 initargs=(1,)) as ex:
             for f in [ex.submit(_train, *job) for job in jobs]:
                 f.result()
                 bar.update()
@@ -266,10 +261,13 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
-    t_all = t0 = time.perf_counter()
+    t_all = clock = time.perf_counter()
 
-    def tick(name, t0):
-        timings[name] = round(time.perf_counter() - t0, 1)
+    def tick(name):
+        """Time since the last tick (the stages' times add up to the total)."""
+        nonlocal clock
+        timings[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
         print(f"[{name}: {timings[name]:.0f} s]", flush=True)
 
     source = (cfg.data, str(out / "mel_units"))
@@ -279,7 +277,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     notes = data.notes + plan_notes
     print(f"{data.what}: {len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test segments; "
           + cov.describe() + "".join(f"\n  - {n}" for n in plan_notes), flush=True)
-    tick("data", t0)
+    tick("data")
     all_train = data.train + data.val + data.test
     vq_window, lm_window = (min(fit_window(data.train, w), fit_window(data.val, w)) for w in (240, cfg.lm_window))
     if min(vq_window, lm_window) < 240:   # windows that train and validation segments both hold
@@ -291,27 +289,22 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     vq_kw = dict(steps=cfg.vq_steps, batch_size=cfg.vq_batch, learning_rate=cfg.vq_learning_rate, seed=cfg.seed,
                  eval_every=0, width=cfg.vq_width, code_dim=cfg.vq_code_dim, eval_window=vq_window,
                  crop=min(cfg.vq_crop, vq_window))
-    t0 = time.perf_counter()
     _run_jobs([(source, "vq", str(out / f"vq_{p}"), dict(vq_kw, preset=p)) for p in presets], cfg.workers, progress)
     vq = {p: VQVAE.from_pretrained(out / f"vq_{p}").eval() for p in presets}
     table5 = {label: evaluate_vq(vq[p], data.val, window=vq_window) for p, label in presets.items()}
-    tick("vq_training", t0)
+    tick("vq_training")
     codes = {p: {s: vqvae_codes(vq[p], getattr(data, s)) for s in ("train", "val")} for p in vq}
 
     # ---- LMs: stage 1 per modality set, stage 2 per (modalities, VQ-VAE); the ARIG-style listener
     mods = sorted({m for m, _ in models}, key=lambda m: (m != "W", m))
-    lm_dir = {}
-    for row, key in rows.items():
-        lm_dir.setdefault(key, out / ROW_DIR[row])
+    lm_dir = {key: out / ROW_DIR[row] for row, key in reversed(rows.items())}   # a shared model: the first row's
     stage1 = {m: str(out / f"stage1_{m.replace('+', '_').lower()}") for m in mods}
     lm_kw = dict(batch_size=cfg.lm_batch, window=lm_window, learning_rate=cfg.lm_learning_rate, seed=cfg.seed,
                  eval_every=0, val_windows=64, n_sa=data.n_sa_lm, n_lr=vq["naive"].config.codebook_size)
     backbone = dict(n_layer=cfg.lm_layers, n_embd=cfg.lm_width, n_head=cfg.lm_heads, arch=cfg.lm_arch)
-    t0 = time.perf_counter()
     s1_kw = dict(lm_kw, backbone=backbone, stage=1, steps=cfg.stage1_steps)
     _run_jobs([(source, "lm", stage1[m], dict(s1_kw, modalities=m)) for m in mods], cfg.workers, progress)
-    tick("lm_stage1", t0)
-    t0 = time.perf_counter()
+    tick("lm_stage1")
     arig_runs = {k: v for k, v in ARIG_RUNS.items() if cfg.arig_steps and (cfg.arig_ablation or k == ARIG_ROW)}
     # the longest jobs first (ARIG, then the multimodal LMs), so that the workers finish together
     jobs = [(source, "arig", str(out / sub), dict(model_config=mc, steps=cfg.arig_steps, seed=cfg.seed,
@@ -321,14 +314,13 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
                                                              lr_codes_train=codes[p]["train"],
                                                              lr_codes_val=codes[p]["val"])))
     _run_jobs(jobs, cfg.workers, progress)
-    tick("lm_stage2", t0)
+    tick("lm_stage2")
     lms = {k: ListenerLM.from_pretrained(lm_dir[k]).eval() for k in models}
     lr_acc = {k: lr_accuracy(lms[k], data.val, codes[k[1]]["val"], window=lm_window) for k in models}
     for k, acc in lr_acc.items():
         print(f"  validation LR-token accuracy {models[k]}: {acc:.3f}", flush=True)
 
     # ---- evaluation on the test clips
-    t0 = time.perf_counter()
     clips = test_clips(data.test, cfg.max_test_clips)
     preds, emb = baselines(data.train, clips, cfg.seed, speech="W" in cov.modalities)
     if "W" not in cov.modalities:
@@ -342,7 +334,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     for name, (sub, _, _) in arig_runs.items():
         preds[name] = arig_generate(ARIG.from_pretrained(out / sub), clips, seed=cfg.seed)
     results = evaluate(preds, clips, data.train, cfg.seed)
-    tick("evaluation", t0)
+    tick("evaluation")
 
     gt = next(iter(results.values()))
     table1 = {"GT": {"variation": gt["variation_gt"], "diversity": gt["diversity_gt"]}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import os
@@ -121,24 +122,19 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     return img
 
 
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals ``(V, 3)`` (faces wound counter-clockwise seen from outside)."""
+LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])
+
+
+def shade(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, ambient: float = 0.28) -> np.ndarray:
+    """Lambert shading per vertex: ``albedo (V, 3) * (ambient + (1 - ambient) max(0, n . light))`` with area-weighted
+    vertex normals (faces wound counter-clockwise seen from outside), light from the upper left, in front."""
     tri = verts[faces]
     fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     vn = np.zeros_like(verts)
     for k in range(3):
         np.add.at(vn, faces[:, k], fn)
-    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
-
-
-LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])
-
-
-def shade(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, ambient: float = 0.28) -> np.ndarray:
-    """Lambert shading per vertex: ``albedo (V, 3) * (ambient + (1 - ambient) max(0, n . light))``, light from the
-    upper left, in front (world frame: x right on screen, y up, z to the camera)."""
-    ndl = np.clip(vertex_normals(verts, faces) @ LIGHT, 0.0, 1.0)
-    return albedo * (ambient + (1 - ambient) * ndl)[:, None]
+    vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+    return albedo * (ambient + (1 - ambient) * np.clip(vn @ LIGHT, 0.0, 1.0))[:, None]
 
 
 def draw_mesh(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, size: int, center, scale: float,
@@ -245,36 +241,19 @@ class SchematicHead:
             parts.append((ve, fe, (0.95, 0.95, 0.93)))
             ve, fe = _ellipsoid(6, 10, (0.045, 0.045, 0.03), (x, y, _surface_z(x, y, 0.025)))
             parts.append((ve, fe, (0.12, 0.10, 0.10)))
-        n_static = sum(len(p[0]) for p in parts)
-        # dynamic parts (vertices rebuilt per frame): two brows, lips, mouth interior
+        # dynamic parts (vertices rebuilt per frame): two brows, lips, mouth interior; then the body (not moved by
+        # the head pose): neck + shoulders
         n = self.N_MOUTH
-        self._brow = [n_static + k * 2 * 6 for k in range(2)]
-        self._lips = n_static + 24
-        self._mouth = self._lips + 2 * n
-        dyn_faces = [_strip_faces(6, self._brow[0]), _strip_faces(6, self._brow[1]),
-                     _strip_faces(n, self._lips), _strip_faces(n, self._mouth)]
-        dyn_colors = [(0.30, 0.20, 0.15)] * 24 + [(0.72, 0.35, 0.35)] * (2 * n) + [(0.22, 0.05, 0.07)] * (2 * n)
-        n_head = n_static + 24 + 4 * n
-        # body (not moved by the head pose): neck + shoulders
+        dyn = [(np.zeros((12, 3)), _strip_faces(6, 0), (0.30, 0.20, 0.15))] * 2
+        dyn += [(np.zeros((2 * n, 3)), _strip_faces(n, 0), c) for c in ((0.72, 0.35, 0.35), (0.22, 0.05, 0.07))]
         vnk, fnk = _ellipsoid(6, 20, (0.33, 0.55, 0.33), (0, -1.2, -0.12))
         vb, fb = _ellipsoid(10, 28, (1.35, 0.55, 0.62), (0, -2.05, -0.15))
-        self.n_head = n_head
-        verts = [p[0] for p in parts]
-        faces, off = [], 0
-        for p in parts:
-            faces.append(p[1] + off)
-            off += len(p[0])
-        faces += dyn_faces
-        off = n_head
-        faces += [fnk + off, fb + off + len(vnk)]
-        self._static = np.concatenate(verts)
+        every = parts + dyn + [(vnk, fnk, (0.80, 0.62, 0.52)), (vb, fb, shirt)]
+        offsets = np.cumsum([0] + [len(v) for v, _, _ in every])
+        self.faces = np.concatenate([f + o for (_, f, _), o in zip(every, offsets)]).astype(np.int64)
+        self.albedo = np.concatenate([np.tile(c, (len(v), 1)) for v, _, c in every]).astype(np.float64)
+        self._static = np.concatenate([v for v, _, _ in parts])
         self._body = np.concatenate([vnk, vb])
-        self.faces = np.concatenate(faces).astype(np.int64)
-        albedo = [np.tile(p[2], (len(p[0]), 1)) for p in parts] + [np.asarray(dyn_colors)]
-        albedo += [np.tile((0.80, 0.62, 0.52), (len(vnk), 1)), np.tile(shirt, (len(vb), 1))]
-        self.albedo = np.concatenate(albedo).astype(np.float64)
-        assert len(self.albedo) == n_head + len(self._body)
-        assert self.faces.max() < len(self.albedo)
 
     def frame_mesh(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``frame (56,)`` -> ``(verts, faces, albedo)``."""
@@ -322,38 +301,23 @@ class SchematicHead:
 
 
 # ----------------------------------------------------------------------------- heads -> panels
-class _Painter:
-    """Draws panels ``(size, size, 3)`` float for motion frames (schematic or FLAME)."""
-
-    def __init__(self, flame=None, size: int = 256, ssaa: int = 2, background=(0.16, 0.17, 0.19)):
-        self.flame, self.size, self.ssaa, self.bg = flame, size, ssaa, background
-        self._schematic: dict = {}
-        self._cam: dict = {}
-
-    def schematic(self, role: str) -> SchematicHead:
-        if role not in self._schematic:
-            shirt = (0.42, 0.42, 0.45) if role == "speaker" else (0.30, 0.42, 0.62)
-            self._schematic[role] = SchematicHead(shirt=shirt)
-        return self._schematic[role]
-
-    def panels(self, motion: np.ndarray, role: str, beta=None) -> Iterator[np.ndarray]:
-        """One panel per frame of ``motion (T, 56)``."""
-        if self.flame is None:
-            head = self.schematic(role)
-            scale = self.size / head.SPAN
-            for fr in motion:
-                v, f, a = head.frame_mesh(fr)
-                yield draw_mesh(v, f, a, self.size, head.CENTER, scale, self.bg, self.ssaa)
-            return
-        fm = self.flame
-        rest = fm.vertices(np.zeros((1, 0)), np.zeros((1, 6)), beta)[0]
-        lo, hi = rest.min(0), rest.max(0)
-        center = (lo + hi) / 2
-        scale = 0.78 * self.size / max(hi[0] - lo[0], hi[1] - lo[1], 1e-9)
-        albedo = np.tile(SKIN, (len(rest), 1))
-        for s in range(0, len(motion), 16):
-            for v in fm.motion_vertices(motion[s:s + 16], beta):
-                yield draw_mesh(v, fm.faces, albedo, self.size, center, scale, self.bg, self.ssaa)
+def _panels(motion: np.ndarray, role: str, beta, flame, size: int, ssaa: int,
+            background=(0.16, 0.17, 0.19)) -> Iterator[np.ndarray]:
+    """One panel ``(size, size, 3)`` float per frame of ``motion (T, 56)``: the FLAME mesh with ``flame``, else
+    a :class:`SchematicHead` (grey shirt for the speaker, blue for a listener)."""
+    if flame is None:
+        head = SchematicHead(shirt=(0.42, 0.42, 0.45) if role == "speaker" else (0.30, 0.42, 0.62))
+        for fr in motion:
+            v, f, a = head.frame_mesh(fr)
+            yield draw_mesh(v, f, a, size, head.CENTER, size / head.SPAN, background, ssaa)
+        return
+    rest = flame.vertices(np.zeros((1, 0)), np.zeros((1, 6)), beta)[0]
+    lo, hi = rest.min(0), rest.max(0)
+    scale = 0.78 * size / max(hi[0] - lo[0], hi[1] - lo[1], 1e-9)
+    albedo = np.tile(SKIN, (len(rest), 1))
+    for s in range(0, len(motion), 16):
+        for v in flame.motion_vertices(motion[s:s + 16], beta):
+            yield draw_mesh(v, flame.faces, albedo, size, (lo + hi) / 2, scale, background, ssaa)
 
 
 # ----------------------------------------------------------------------------- frames
@@ -396,10 +360,10 @@ def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float =
         raise UserError(f"size: expected a multiple of 16 >= 64 (pixels per panel), got {size!r}")
     if ssaa not in (1, 2, 3, 4):
         raise UserError(f"ssaa: expected 1, 2, 3 or 4 (supersampling per side), got {ssaa!r}")
-    painter = _Painter(flame, size, ssaa)
     names = [speaker_label] + list(lis)
     labels = [n if text_width(n) <= size - 8 else n[:max(1, (size - 8) // 12)] + "..." for n in names]
-    streams = [painter.panels(spk, "speaker", sbeta)] + [painter.panels(m, "listener", beta) for m in lis.values()]
+    streams = [_panels(spk, "speaker", sbeta, flame, size, ssaa)]
+    streams += [_panels(m, "listener", beta, flame, size, ssaa) for m in lis.values()]
     W = size * len(names)
     canvas = np.empty((TITLE_H + size + SUB_H, W, 3), np.float32)
     for t in frame_times(len(spk), fps):
@@ -435,32 +399,22 @@ def write_mp4(frames: Iterable[np.ndarray], out_path: str | os.PathLike, fps: fl
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    writer = None
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise UserError(f"{out}: expected at least 1 frame to write, got 0")
+    writer = ff.write_frames(str(tmp), first.shape[1::-1], fps=fps, quality=quality, macro_block_size=16,
+                             ffmpeg_log_level="error")
     try:
-        for fr in frames:
-            if writer is None:
-                writer = ff.write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=quality, macro_block_size=16,
-                                         ffmpeg_log_level="error")
-                writer.send(None)
+        writer.send(None)
+        for fr in itertools.chain([first], frames):
             writer.send(np.ascontiguousarray(fr))
-        if writer is None:
-            raise UserError(f"{out}: expected at least 1 frame to write, got 0")
         writer.close()
-        writer = None
         os.replace(tmp, out)
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
         tmp.unlink(missing_ok=True)
     return out
-
-
-def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Frames ``(N, H, W, 3)`` uint8 and fps of a video (through imageio-ffmpeg)."""
-    gen = _ffmpeg().read_frames(str(path))
-    meta = next(gen)
-    w, h = meta["size"]
-    return np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]), float(meta["fps"])
 
 
 def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_path, flame=None, beta=None,

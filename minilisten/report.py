@@ -49,6 +49,13 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
         print("plots skipped: matplotlib is not installed (pip install 'minilisten[plot]')", flush=True)
         return []
     files = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        files.append(str(out / name))
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+
     dims = [(0, "exp 0"), (1, "exp 1"), (50, "pose pitch"), (53, "jaw open")]
     t = np.arange(clip.T) / clip.fps
     fig, axes = plt.subplots(len(dims), 1, figsize=(10, 2.2 * len(dims)), sharex=True)
@@ -59,10 +66,7 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
     axes[0].legend(loc="upper right", ncol=len(series), fontsize=8)
     axes[-1].set_xlabel("seconds")
     fig.suptitle(f"test clip {clip.name} (listener {clip.listener_id}): ground truth vs generated")
-    fig.tight_layout()
-    files.append(str(out / "trajectories.png"))
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    save(fig, "trajectories.png")
     if swap is not None:
         (id_a, m_a), (id_b, m_b) = swap
         fig, axes = plt.subplots(2, 1, figsize=(10, 4.4), sharex=True)
@@ -73,17 +77,15 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
         axes[0].legend(fontsize=8)
         axes[-1].set_xlabel("seconds")
         fig.suptitle("the same LR codes decoded with two listener identities (identity-disentangled VQ-VAE)")
-        fig.tight_layout()
-        files.append(str(out / "identity_swap.png"))
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        save(fig, "identity_swap.png")
     return files
 
 
 def demo_markdown(res) -> str:
     """The demo's ``tables.md`` for a :class:`~minilisten.pipeline.PipelineResult`."""
     cols = metric_columns(res.has_valence)
-    cols4 = [c for c in cols if c[0] not in ("variation", "diversity")] + [("lr_acc", "val LR acc ↑", 1.0)]
+    colsa = [c for c in cols if c[0] not in ("variation", "diversity")]
+    cols4 = colsa + [("lr_acc", "val LR acc ↑", 1.0)]
     emb = res.nn_speech_embedding
     md = [f"# minilisten demo ({res.data.what}, seed {res.cfg.seed})", "",
           f"{len(res.clips)} test clips (LM-listener's evaluation windows of the test split)"
@@ -99,14 +101,13 @@ def demo_markdown(res) -> str:
     if res.table3 is not None:
         md += [markdown_table(res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"), ""]
     if res.arig_ablation:
-        colsa = [c for c in cols if c[0] not in ("variation", "diversity")]
         md += [markdown_table(res.arig_ablation, colsa, "ARIG-style ablation (appendix; test clips)"), ""]
     md += [markdown_table(res.table5, TABLE5_COLUMNS, "Table 5 — VQ-VAE normalization (validation split)"), "",
            "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items())]
     return "\n".join(md)
 
 
-def demo_report(res, plots: list[str], extra: dict | None = None) -> dict:
+def demo_report(res, plots: list[str]) -> dict:
     """The demo's ``results.json`` content (tables, notes, timings, environment)."""
     from .bench import environment
     return {"config": asdict(res.cfg), "data": res.data.what, "coverage": res.data.coverage.describe(),
@@ -115,12 +116,12 @@ def demo_report(res, plots: list[str], extra: dict | None = None) -> dict:
             "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
             "all_results": res.results, "timings_s": res.timings, "plots": plots,
             "nn_speech_embedding": res.nn_speech_embedding, "n_test_clips": len(res.clips),
-            "versions": environment("cpu"), **(extra or {})}
+            "versions": environment("cpu")}
 
 
-def write_demo_report(res, out: Path, plots: list[str], extra: dict | None = None) -> str:
-    """Write ``tables.md`` and ``results.json`` into ``out`` atomically; returns the Markdown."""
-    text = demo_markdown(res)
-    atomic_write_text(out / "tables.md", text + "\n")
-    atomic_write_text(out / "results.json", json.dumps(demo_report(res, plots, extra), indent=2, default=float))
-    return text
+def write_demo_report(res, plots: list[str]) -> tuple[str, dict]:
+    """Write ``tables.md`` and ``results.json`` into ``res.out`` atomically; returns the Markdown and the report."""
+    text, report = demo_markdown(res), demo_report(res, plots)
+    atomic_write_text(res.out / "tables.md", text + "\n")
+    atomic_write_text(res.out / "results.json", json.dumps(report, indent=2, default=float))
+    return text, report

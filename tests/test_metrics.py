@@ -16,7 +16,6 @@ from minilisten.metrics import (
     diversity_pairs,
     evaluate_clips,
     fd,
-    fd_split,
     l2,
     l2_affect,
     perplexity,
@@ -98,7 +97,7 @@ def test_fd_split_and_pfd():
     rng = np.random.default_rng(0)
     gt, sp = rng.normal(size=(60, 56)), rng.normal(size=(60, 56))
     pred = rng.normal(size=(60, 56)) * 0.7
-    s = fd_split(pred, gt)
+    s = fd(pred, gt, split=True)
     assert s["exp"] == pytest.approx(fd(pred[:, :50], gt[:, :50]))
     assert s["pose"] == pytest.approx(fd(pred[:, 50:], gt[:, 50:]))
     assert pfd(pred, gt, sp) == pytest.approx(fd_scipy(np.hstack([sp, pred]), np.hstack([sp, gt])), rel=1e-5)
@@ -272,9 +271,10 @@ def test_bad_inputs_name_field_expected_and_actual():
         perplexity(np.array([0, 4]), 4)
     with pytest.raises(ValueError, match=r"codes: expected a non-empty integer array"):
         perplexity(np.array([0.5]), 4)
-    with pytest.raises(ValueError, match=r"recon: expected a non-empty array of shape \(2, 3\) \(as gt\), "
-                                         r"got \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"recon: expected shape \(2, 3\) \(as gt\), got \(3, 2\)"):
         vq_rec(np.zeros((3, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"z_q: expected finite values, got nan at index \(1, 0\)"):
+        vq_commit(np.zeros((2, 3)), np.array([[0, 0, 0], [np.nan, 0, 0]]))
     with pytest.raises(ValueError, match=r"eps: expected a number >= 0"):
         fd(g, g, eps=-1)
 
@@ -289,6 +289,10 @@ def test_evaluate_clips_bad_inputs():
         evaluate_clips([pred[0], pred[0], pred[2]], gt, sp)
     with pytest.raises(ValueError, match=r"gt_valence: expected a list of clip arrays, got None"):
         evaluate_clips(pred, gt, sp, pred_valence=pv)
+    with pytest.raises(ValueError, match=r"pred_valence: expected an array, got None"):
+        clip_metrics(pred[0], gt[0], sp[0], gt_valence=gv[0])
+    with pytest.raises(ValueError, match=r"gt_valence: expected an array, got None"):
+        clip_metrics(pred[0], gt[0], sp[0], pred_valence=pv[0])
     with pytest.raises(ValueError, match=r"clip 2: gt_valence: expected 56 frames \(as gt\), got 55"):
         evaluate_clips(pred, gt, sp, pv, gv[:2] + [gv[2][:55]])
     short = [g[:10] for g in gt]

@@ -17,6 +17,15 @@ from minilisten.data.segment import Word
 needs_ffmpeg = pytest.mark.skipif(__import__("importlib").util.find_spec("imageio_ffmpeg") is None,
                                   reason="mp4 needs imageio-ffmpeg (pip install 'minilisten[video]')")
 
+
+def read_mp4(path) -> tuple[np.ndarray, float]:
+    """Frames ``(N, H, W, 3)`` uint8 and fps of a video (through imageio-ffmpeg)."""
+    import imageio_ffmpeg
+    gen = imageio_ffmpeg.read_frames(str(path))
+    meta = next(gen)
+    w, h = meta["size"]
+    return np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]), float(meta["fps"])
+
 # ----------------------------------------------------------------------------- a tiny FLAME file
 N_SHAPE_MODEL, N_EXP_MODEL = 300, 100
 
@@ -261,11 +270,13 @@ def test_schematic_expression_moves_brows_and_mouth():
     v0 = h.frame_mesh(z)[0]
     up = z.copy()
     up[1] = 1.0
-    brow = slice(h._brow[0], h._brow[0] + 12)
+    n_static = len(h._static)          # vertices: static head parts | 2 brows of 12 | lips 2n | mouth 2n | body
+    brow = slice(n_static, n_static + 12)
     assert (h.frame_mesh(up)[0][brow, 1] > v0[brow, 1] + 0.03).all()
     smile = z.copy()
     smile[0] = 1.0
-    corners = [h._mouth, h._mouth + h.N_MOUTH - 1]
+    mouth = n_static + 24 + 2 * h.N_MOUTH
+    corners = [mouth, mouth + h.N_MOUTH - 1]
     assert (h.frame_mesh(smile)[0][corners, 1] > v0[corners, 1] + 0.03).all()
 
 
@@ -325,7 +336,7 @@ def test_mp4_written_and_read_back(tmp_path):
     spk, gen, gt = _motions(T)
     out = rd.render_clip(spk, {"generated": gen, "ground truth": gt}, [Word("yes", 0.1, 0.3)], fps,
                          tmp_path / "clip.mp4", size=64, progress=False, still=5, ssaa=1)
-    frames, got_fps = rd.read_mp4(out)
+    frames, got_fps = read_mp4(out)
     assert frames.shape == (T, 64 + rd.TITLE_H + rd.SUB_H, 192, 3) and got_fps == pytest.approx(fps)
     want = np.stack(list(rd.render_frames(spk, {"generated": gen, "ground truth": gt}, [Word("yes", 0.1, 0.3)], fps,
                                           size=64, ssaa=1)))
@@ -378,7 +389,7 @@ def test_cli_from_saved_arrays(tmp_path, capsys):
                "--gt", f"{tmp_path / 'lis.npz'}:gt", "--words", str(tmp_path / "w.json"), "--fps", "10",
                "--size", "64", "--ssaa", "1", "--still", "1", "--no-progress", "--out", str(tmp_path / "o.mp4")])
     assert rc == 0 and "wrote" in capsys.readouterr().out
-    frames, fps = rd.read_mp4(tmp_path / "o.mp4")
+    frames, fps = read_mp4(tmp_path / "o.mp4")
     assert frames.shape[:3] == (6, 64 + rd.TITLE_H + rd.SUB_H, 192) and fps == 10
     assert (tmp_path / "o.png").exists()
     # bad input: one line naming the option / file
@@ -405,5 +416,5 @@ def test_cli_from_models(tmp_path, capsys):
                "--ssaa", "1", "--no-progress", "--out", str(tmp_path / "m.mp4")])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    frames, fps = rd.read_mp4(tmp_path / "m.mp4")
+    frames, fps = read_mp4(tmp_path / "m.mp4")
     assert frames.shape[:3] == (240, 64 + rd.TITLE_H + rd.SUB_H, 192) and fps == 30
