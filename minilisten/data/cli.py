@@ -82,11 +82,10 @@ def summary(splits: dict, fps: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .synthetic import CORPORA, CORPUS_DOC
+    from .synthetic import CORPORA
+    epilog = "synthetic corpora (--corpus):\n" + "\n".join(f"  {k:<12} {doc}" for k, (_, doc) in CORPORA.items())
     p = ArgumentParser(prog="python -m minilisten data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="synthetic corpora (--corpus):\n" + "\n".join(
-                                    f"  {k:<12} {CORPUS_DOC[k]}" for k in CORPORA))
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
     add_data_args(p)
     p.add_argument("--out", metavar="DIR", help="write the corpus/dataset here in minilisten's format")
     p.add_argument("--layout", choices=("minilisten", "lm-listener"), default="minilisten",
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     ds, what = load_data(a)
-    splits = {"train": ds.train, "val": ds.val, "test": ds.test}
+    splits = ds.splits
     fps = next(s for v in splits.values() for s in v).fps
     print(f"{what}: loaded in {time.perf_counter() - t0:.1f} s")
     print(summary(splits, fps))

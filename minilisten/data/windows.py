@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
-from .segment import D_MOTION, Segment
+from .segment import Segment
 
 log = logging.getLogger("minilisten.data")
 
@@ -28,19 +28,10 @@ def motion_stats(segments: Sequence[Segment], which: str = "listener",
         raise UserError(f"which: expected 'listener', 'speaker' or 'both', got {which!r}")
     if len(segments) == 0:
         raise UserError("segments: expected at least one Segment to compute statistics, got 0")
-    total = np.zeros(D_MOTION, np.float64)
-    n = 0
-    for s in segments:
-        for k in keys:
-            x = getattr(s, k)
-            total += x.sum(0, dtype=np.float64)
-            n += x.shape[0]
-    mean = total / n
-    sq = np.zeros(D_MOTION, np.float64)
-    for s in segments:
-        for k in keys:
-            sq += ((getattr(s, k).astype(np.float64) - mean) ** 2).sum(0)
-    std = np.sqrt(sq / n)
+    xs = [getattr(s, k) for s in segments for k in keys]
+    n = sum(x.shape[0] for x in xs)
+    mean = sum(x.sum(0, dtype=np.float64) for x in xs) / n
+    std = np.sqrt(sum(((x.astype(np.float64) - mean) ** 2).sum(0) for x in xs) / n)
     flat = std < min_std
     if flat.any():
         log.warning("motion_stats: %d constant dimension(s) %s (std < %g) get std 1.0",
