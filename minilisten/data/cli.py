@@ -11,8 +11,6 @@ import numpy as np
 
 from ..cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 
-#: size overrides of a synthetic corpus (keywords of ``synthetic.named_corpus``)
-OVERRIDES = ("n_identities", "n_segments", "seconds")
 #: readable flags of DataConfig fields (the rest are ``--field-name``)
 DATA_FLAGS = {"data": "--data", "n_identities": "--identities", "n_segments": "--segments", "seconds": "--seconds"}
 
@@ -29,7 +27,7 @@ class DataConfig:
 
     def overrides(self) -> dict:
         """The corpus size overrides that are set (keywords of ``named_corpus``)."""
-        return {k: getattr(self, k) for k in OVERRIDES if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in ("n_identities", "n_segments", "seconds") if getattr(self, k) is not None}
 
     def describe(self) -> str:
         """``"dataset DIR"`` or ``"synthetic corpus 'NAME' (seed S, k=v...)"``."""
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ds, what = load_data(a)
     splits = ds.splits
-    fps = next(s for v in splits.values() for s in v).fps
+    fps = next(s for v in splits.values() for s in v).fps   # the first segment's
     print(f"{what}: loaded in {time.perf_counter() - t0:.1f} s")
     print(summary(splits, fps))
     if a.out and a.layout == "lm-listener":

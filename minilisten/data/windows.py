@@ -43,8 +43,7 @@ def motion_stats(segments: Sequence[Segment], which: str = "listener",
 def lm_listener_eval_clips(segment: Segment, start: int = EVAL_START, length: int = EVAL_LENGTH,
                            min_length: int = EVAL_MIN_LENGTH, unit: int = EVAL_UNIT) -> list[Segment]:
     """LM-listener's evaluation clips of one segment: from ``start`` every ``length`` frames, ``L = min(T - s,
-    length)`` frames kept when ``L >= min_length``, cut to ``L // unit * unit`` (at offset 0, where the peer picks a
-    random offset, so evaluation is deterministic)."""
+    length)`` kept when ``L >= min_length``, cut to ``L // unit * unit`` at offset 0 (the peer's is random)."""
     if not (start >= 0 and length >= unit >= 1 and min_length >= 1):
         raise UserError(f"lm_listener_eval_clips: expected start >= 0 and length >= unit >= 1, min_length >= 1, "
                          f"got start={start}, length={length}, unit={unit}, min_length={min_length}")
