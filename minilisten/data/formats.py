@@ -66,8 +66,7 @@ def _has(seg: Segment, name: str) -> bool:
 
 
 def _finish(corpus: Corpus, path, warn_missing: bool, repaired: int = 0) -> Corpus:
-    """Fill ``missing_fields``, ``fps``, ``mean``/``std`` (from train when absent); count repaired words
-    in ``info["repaired_words"]`` (absent when none) and say so in one log line."""
+    """Fill ``missing_fields``, ``fps``, ``mean``/``std`` (from train when absent), ``info["repaired_words"]``."""
     segs = corpus.train + corpus.val + corpus.test
     corpus.missing_fields = tuple(f for f in OPTIONAL_FIELDS if not any(_has(s, f) for s in segs))
     if corpus.fps is None:

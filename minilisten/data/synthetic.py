@@ -102,8 +102,7 @@ def _make_world(rng: np.random.Generator, n_identities: int, identity: str = "of
     }
     world["response_exp"][RESPONSES.index("idle")] = 0.0
     world["emotion_exp"][EMOTIONS.index("neutral")] *= 0.2
-    betas = rng.normal(size=(n_identities, N_SHAPE))
-    world["betas"] = betas
+    world["betas"] = betas = rng.normal(size=(n_identities, N_SHAPE))
     world["M_r"] = rng.normal(size=(3, N_SHAPE))   # drawn last: the default world stays as it was
     world["styles"] = [identity_style(world, b, identity) for b in betas]
     return world
