@@ -11,8 +11,6 @@ import numpy as np
 
 from ..cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 
-#: size overrides of a synthetic corpus (keywords of ``synthetic.named_corpus``)
-OVERRIDES = ("n_identities", "n_segments", "seconds")
 #: readable flags of DataConfig fields (the rest are ``--field-name``)
 DATA_FLAGS = {"data": "--data", "n_identities": "--identities", "n_segments": "--segments", "seconds": "--seconds"}
 
@@ -29,7 +27,7 @@ class DataConfig:
 
     def overrides(self) -> dict:
         """The corpus size overrides that are set (keywords of ``named_corpus``)."""
-        return {k: getattr(self, k) for k in OVERRIDES if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in ("n_identities", "n_segments", "seconds") if getattr(self, k) is not None}
 
     def describe(self) -> str:
         """``"dataset DIR"`` or ``"synthetic corpus 'NAME' (seed S, k=v...)"``."""
@@ -82,11 +80,10 @@ def summary(splits: dict, fps: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .synthetic import CORPORA, CORPUS_DOC
+    from .synthetic import CORPORA
+    epilog = "synthetic corpora (--corpus):\n" + "\n".join(f"  {k:<12} {doc}" for k, (_, doc) in CORPORA.items())
     p = ArgumentParser(prog="python -m minilisten data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="synthetic corpora (--corpus):\n" + "\n".join(
-                                    f"  {k:<12} {CORPUS_DOC[k]}" for k in CORPORA))
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
     add_data_args(p)
     p.add_argument("--out", metavar="DIR", help="write the corpus/dataset here in minilisten's format")
     p.add_argument("--layout", choices=("minilisten", "lm-listener"), default="minilisten",
@@ -94,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     ds, what = load_data(a)
-    splits = {"train": ds.train, "val": ds.val, "test": ds.test}
-    fps = next(s for v in splits.values() for s in v).fps
+    splits = ds.splits
+    fps = next(s for v in splits.values() for s in v).fps   # the first segment's
     print(f"{what}: loaded in {time.perf_counter() - t0:.1f} s")
     print(summary(splits, fps))
     if a.out and a.layout == "lm-listener":

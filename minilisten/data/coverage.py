@@ -99,10 +99,10 @@ def fit_window(segments: Sequence[Segment], want: int, r: int = 8, what: str = "
     longest = max((s.T for s in segments), default=0)
     if longest < r:
         raise UserError(f"segments: expected at least one segment of >= {r} frames, got the longest with {longest}")
-    if longest // r * r < want:
-        log.info("%s: %d frames, the longest multiple of %d the segments allow (not %d)", what, longest // r * r,
-                 r, want)
-    return min(want, longest // r * r)
+    fit = longest // r * r
+    if fit < want:
+        log.info("%s: %d frames, the longest multiple of %d the segments allow (not %d)", what, fit, r, want)
+    return min(want, fit)
 
 
 def with_val_split(corpus, fraction: float = 0.1, seed: int = 0):

@@ -31,6 +31,7 @@ WORD_SECONDS = 0.3        # LM-listener stores a word's end only: its start is e
 OPTIONAL_FIELDS = ("listener_beta", "speaker_beta", "words", "history_words", "sa_tokens", "emotion", "valence")
 FORMAT_TAG, FORMAT_VERSION = "minilisten-corpus", 2
 META_FILE, ARRAYS_FILE = "meta.json", "arrays.safetensors"
+WORD_FIELDS = ("words", "history_words")
 _MISSING = object()
 
 
@@ -65,8 +66,7 @@ def _has(seg: Segment, name: str) -> bool:
 
 
 def _finish(corpus: Corpus, path, warn_missing: bool, repaired: int = 0) -> Corpus:
-    """Fill ``missing_fields``, ``fps``, ``mean``/``std`` (from train when absent); count repaired words
-    in ``info["repaired_words"]`` (absent when none) and say so in one log line."""
+    """Fill ``missing_fields``, ``fps``, ``mean``/``std`` (from train when absent), ``info["repaired_words"]``."""
     segs = corpus.train + corpus.val + corpus.test
     corpus.missing_fields = tuple(f for f in OPTIONAL_FIELDS if not any(_has(s, f) for s in segs))
     if corpus.fps is None:
@@ -83,6 +83,13 @@ def _finish(corpus: Corpus, path, warn_missing: bool, repaired: int = 0) -> Corp
         log.warning("%s: repaired %d word(s): put in order by end time, starts clamped to the previous "
                     "word's end (as the peers read words: by their end)", path, repaired)
     return corpus
+
+
+def _check_splits(splits: Iterable[str], allowed: tuple[str, ...], expected: str) -> tuple[str, ...]:
+    bad = [s for s in splits if s not in allowed]
+    if bad:
+        raise UserError(f"splits: {expected}, got {bad[0]!r}")
+    return tuple(splits)
 
 
 def _progress(it, desc: str, progress: bool):
@@ -211,18 +218,14 @@ def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS,
     d = Path(path)
     if not d.is_dir():
         raise UserError(f"{d}: LM-listener dataset directory not found (expected segments_{{train,val,test}}.pth)")
-    splits = tuple(splits)
-    for s in splits:
-        if s not in SPLITS:
-            raise UserError(f"splits: expected names from {SPLITS}, got {s!r}")
+    splits = _check_splits(splits, SPLITS, f"expected names from {SPLITS}")
     missing = [f"segments_{s}.pth" for s in splits if not (d / f"segments_{s}.pth").is_file()]
     if missing:
         raise UserError(f"{d}: missing {', '.join(missing)} (LM-listener layout: segments_{{train,val,test}}.pth, "
                         f"mean.npy, std.npy); found {sorted(p.name for p in d.iterdir())[:20]}")
     listener_id = d.resolve().name if listener_id is None else listener_id
     corpus = Corpus(source="lm-listener", fps=float(fps))
-    dropped = repaired = 0
-    spread = 0.0
+    dropped, repaired, spread = 0, 0, 0.0
     for s in splits:
         file = d / f"segments_{s}.pth"
         data = safe_pickle.load_torch(file, allow_pickle)
@@ -340,10 +343,7 @@ def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | N
     if not dirs:
         raise UserError(f"{d}: no Learning2Listen data: expected <speaker>/{{train,test}}/"
                         f"p{{0,1}}_list_faces_clean_deca.npy here or under data/")
-    splits = tuple(splits)
-    for s in splits:
-        if s not in ("train", "test"):
-            raise UserError(f"splits: Learning2Listen has train and test, got {s!r}")
+    splits = _check_splits(splits, ("train", "test"), "Learning2Listen has train and test")
     corpus = Corpus(source="learning2listen", fps=float(fps))
     rows = 0
     for sd in _progress(dirs, "read Learning2Listen", progress):
@@ -351,8 +351,8 @@ def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | N
             segs, n = _l2l_split(sd, split, float(fps), allow_pickle)
             getattr(corpus, split).extend(segs)
             rows += n
-    n_segs = len(corpus.train) + len(corpus.test)
-    log.info("%s: joined %d Learning2Listen rows into %d segments (contiguous rows of one video)", d, rows, n_segs)
+    log.info("%s: joined %d Learning2Listen rows into %d segments (contiguous rows of one video)", d, rows,
+             len(corpus.train) + len(corpus.test))
     corpus.info.update(speakers=[p.name for p in dirs], rows=rows)
     return _finish(corpus, d, True)
 
@@ -435,9 +435,8 @@ def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) 
                 raise UserError(f"corpus.{split}[{i}]: sa_tokens: expected ids in [0, {n_sa}) (corpus.n_sa), "
                                 f"got {s.sa_tokens.max()}")
             arrays.update({f"{split}/{i}/{k}": getattr(s, k) for k in _ARRAYS if getattr(s, k) is not None})
-            splits[split].append({"name": s.name, "listener_id": s.listener_id, "fps": s.fps, "sa_rate": s.sa_rate,
-                                  "words": [[w.text, w.start, w.end] for w in s.words],
-                                  "history_words": [[w.text, w.start, w.end] for w in s.history_words]})
+            splits[split].append({"name": s.name, "listener_id": s.listener_id, "fps": s.fps, "sa_rate": s.sa_rate}
+                                 | {k: [[w.text, w.start, w.end] for w in getattr(s, k)] for k in WORD_FIELDS})
     if getattr(corpus, "mean", None) is not None:
         arrays["mean"], arrays["std"] = _mean_std(("corpus.mean", corpus.mean), ("corpus.std", corpus.std))
     info = _encode_info(dict(getattr(corpus, "info", None) or {}), "info", arrays)
@@ -541,13 +540,13 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
             if corpus.n_sa is not None and sa is not None and sa.size and sa.max() >= corpus.n_sa:
                 raise UserError(f"{ap}: array '{split}/{i}/sa_tokens': expected ids in [0, {corpus.n_sa}) (n_sa of "
                                 f"{mp.name}), got {sa.max()}")
-            words, n1 = _meta_words(where, "words", _get(where, r, "words", "list"))
-            hist, n2 = _meta_words(where, "history_words", _get(where, r, "history_words", "list"))
-            repaired += n1 + n2
+            words = {k: _meta_words(where, k, _get(where, r, k, "list")) for k in WORD_FIELDS}
+            repaired += sum(n for _, n in words.values())
             try:
                 seg = Segment(fps=_get(where, r, "fps", "number"), name=_get(where, r, "name", "str", ""),
                               listener_id=_get(where, r, "listener_id", "str", "listener"),
-                              sa_rate=_get(where, r, "sa_rate", "number", 50.0), words=words, history_words=hist,
+                              sa_rate=_get(where, r, "sa_rate", "number", 50.0),
+                              **{k: ws for k, (ws, _) in words.items()},
                               **{k: _frozen(a) for k, a in kw.items()})
             except UserError as e:
                 raise UserError(f"{where} / {ap.name}: {e}") from e

@@ -67,11 +67,9 @@ def as_word(w, where: str = "word") -> Word:
 
 
 def repair_words(items, word_seconds: float = 0.3) -> tuple[list[Word], int]:
-    """ASR / peer words ``(text, start or None, end)`` -> ``(words, n_changed)``: put in order by end
-    time (stable), each start clamped into ``[previous end, end]`` (zero length allowed); a missing
-    start is estimated as ``end - word_seconds``, not before the previous end. The end is trusted (the
-    peers read only it). ``n_changed`` counts words out of order (ending before an earlier word) or whose
-    given start changed."""
+    """ASR / peer words ``(text, start or None, end)`` -> ``(words, n_changed)``: stably sorted by end (trusted,
+    as the peers read only it), each start (``end - word_seconds`` when missing) clamped into ``[previous end,
+    end]``; ``n_changed`` counts words out of order or whose given start changed (docs/data.md)."""
     late, last = set(), -math.inf
     for i, (_, _, end) in enumerate(items):
         if end < last:
@@ -136,19 +134,14 @@ def _check_array(name: str, x, shape: tuple, dtype=np.float32) -> np.ndarray:
     return a
 
 
-def _read_only(a: np.ndarray) -> bool:
-    """True when ``a`` and every array it views are read-only over numpy, ``bytes`` or read-only memory."""
-    while isinstance(a, np.ndarray):
-        if a.flags.writeable:
-            return False
-        a = a.base
-    return a is None or isinstance(a, bytes) or (isinstance(a, memoryview) and a.readonly)
-
-
 def _own_frozen(a: np.ndarray, given) -> np.ndarray:
-    """``a`` (checked from ``given``) read-only and reachable only through the Segment: shared when
-    read-only all the way down, frozen in place when the coercion made it, else copied first."""
-    if _read_only(a):
+    """``a`` (checked from ``given``) read-only and reachable only through the Segment: shared when read-only
+    all the way down (to numpy, ``bytes`` or read-only memory), frozen in place when the coercion made it, else
+    copied first."""
+    root = a
+    while isinstance(root, np.ndarray) and not root.flags.writeable:
+        root = root.base
+    if root is None or isinstance(root, bytes) or (isinstance(root, memoryview) and root.readonly):
         return a
     fresh = isinstance(given, (list, tuple)) or (isinstance(given, np.ndarray) and not np.may_share_memory(a, given))
     if not fresh:
@@ -165,10 +158,9 @@ def _positive(name: str, v) -> float:
 
 @dataclass(frozen=True, eq=False)
 class Segment:
-    """A dyadic sample: motion ``(T, 56)``, betas ``(100,)``, emotion ``(T, 8)``, valence ``(T,)``,
-    sa_tokens ``(M,)`` int64, mel ``(4T, n_mels)``; optional fields are None when a source lacks them.
-    Validated on construction (UserError naming the field), immutable with read-only arrays; change
-    through :meth:`replace`. ``==`` is identity (docs/data.md)."""
+    """A dyadic sample: motion ``(T, 56)``, betas ``(100,)``, emotion ``(T, 8)``, valence ``(T,)``, sa_tokens
+    ``(M,)`` int64, mel ``(4T, n_mels)``; optional fields None when absent. Validated, immutable (read-only
+    arrays; change through :meth:`replace`); ``==`` is identity (docs/data.md)."""
     speaker_motion: np.ndarray
     listener_motion: np.ndarray
     fps: float
@@ -187,12 +179,11 @@ class Segment:
     def __post_init__(self):
         def put(name, value):   # the frozen dataclass's own normalisation (the only writes)
             object.__setattr__(self, name, value)
+            return value
 
         def array(name, shape, dtype=np.float32):
             given = getattr(self, name)
-            a = _own_frozen(_check_array(name, given, shape, dtype), given)
-            put(name, a)
-            return a
+            return put(name, _own_frozen(_check_array(name, given, shape, dtype), given))
 
         put("fps", _positive("fps", self.fps))
         put("sa_rate", _positive("sa_rate", self.sa_rate))

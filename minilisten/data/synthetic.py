@@ -48,22 +48,16 @@ _DEFAULT_BY_EMOTION = {"neutral": "nod", "happy": "smile", "sad": "concern", "su
                        "fear": "concern", "disgust": "frown", "anger": "frown", "contempt": "frown"}
 
 
-def _response_rule() -> dict[tuple[str, str], str]:
-    """The ground-truth response atom for each (phrase type, speaker emotion)."""
-    rule = {(p, e): _DEFAULT_BY_EMOTION[e] for p in PHRASES for e in EMOTIONS}
-    rule.update({
-        ("joke", "neutral"): "smile", ("joke", "happy"): "laugh", ("joke", "surprise"): "laugh",
-        ("joke", "sad"): "concern", ("joke", "contempt"): "frown", ("joke", "anger"): "frown",
-        ("question", "neutral"): "nod", ("question", "happy"): "nod", ("question", "surprise"): "surprise",
-        ("statement", "neutral"): "idle", ("statement", "happy"): "nod",
-        ("good_news", "neutral"): "smile", ("good_news", "happy"): "laugh", ("good_news", "sad"): "smile",
-        ("bad_news", "neutral"): "concern", ("bad_news", "happy"): "surprise",
-        ("story", "neutral"): "nod", ("story", "surprise"): "surprise",
-    })
-    return rule
-
-
-RESPONSE_RULE = _response_rule()
+#: The ground-truth response atom for each (phrase type, speaker emotion).
+RESPONSE_RULE = {(p, e): _DEFAULT_BY_EMOTION[e] for p in PHRASES for e in EMOTIONS} | {
+    ("joke", "neutral"): "smile", ("joke", "happy"): "laugh", ("joke", "surprise"): "laugh",
+    ("joke", "sad"): "concern", ("joke", "contempt"): "frown", ("joke", "anger"): "frown",
+    ("question", "neutral"): "nod", ("question", "happy"): "nod", ("question", "surprise"): "surprise",
+    ("statement", "neutral"): "idle", ("statement", "happy"): "nod",
+    ("good_news", "neutral"): "smile", ("good_news", "happy"): "laugh", ("good_news", "sad"): "smile",
+    ("bad_news", "neutral"): "concern", ("bad_news", "happy"): "surprise",
+    ("story", "neutral"): "nod", ("story", "surprise"): "surprise",
+}
 
 
 @dataclass
@@ -108,8 +102,7 @@ def _make_world(rng: np.random.Generator, n_identities: int, identity: str = "of
     }
     world["response_exp"][RESPONSES.index("idle")] = 0.0
     world["emotion_exp"][EMOTIONS.index("neutral")] *= 0.2
-    betas = rng.normal(size=(n_identities, N_SHAPE))
-    world["betas"] = betas
+    world["betas"] = betas = rng.normal(size=(n_identities, N_SHAPE))
     world["M_r"] = rng.normal(size=(3, N_SHAPE))   # drawn last: the default world stays as it was
     world["styles"] = [identity_style(world, b, identity) for b in betas]
     return world
@@ -134,24 +127,19 @@ def identity_style(world: dict, beta: np.ndarray, identity: str = "offset_gain")
     raise UserError(f"identity: expected one of {IDENTITY_MODES}, got {identity!r}")
 
 
+#: response atom -> pose channels [pitch, yaw, roll, jaw x3] it moves: (column, amplitude, Hz: 0 = the
+#: envelope alone, None = the identity's nod rate)
+_POSE_ATOMS = {"nod": ((0, 0.08, None),), "laugh": ((3, 0.15, 0), (0, 0.04, 4.0)),
+               "surprise": ((0, -0.05, 0), (3, 0.08, 0)), "concern": ((2, 0.06, 0), (0, 0.02, 0)),
+               "frown": ((0, 0.03, 0),), "smile": ((3, 0.02, 0),)}
+
+
 def _response_pose(name: str, t: np.ndarray, env: np.ndarray, phase: float, nod_hz: float = 2.5) -> np.ndarray:
-    """Pose pattern (T, 6) of a response atom: [pitch, yaw, roll, jaw x3]."""
+    """Pose pattern (T, 6) of a response atom."""
     p = np.zeros((len(t), N_POSE))
-    if name == "nod":
-        p[:, 0] = 0.08 * np.sin(2 * np.pi * nod_hz * t + phase) * env
-    elif name == "laugh":
-        p[:, 3] = 0.15 * env
-        p[:, 0] = 0.04 * np.sin(2 * np.pi * 4.0 * t + phase) * env
-    elif name == "surprise":
-        p[:, 0] = -0.05 * env
-        p[:, 3] = 0.08 * env
-    elif name == "concern":
-        p[:, 2] = 0.06 * env
-        p[:, 0] = 0.02 * env
-    elif name == "frown":
-        p[:, 0] = 0.03 * env
-    elif name == "smile":
-        p[:, 3] = 0.02 * env
+    for col, amp, hz in _POSE_ATOMS.get(name, ()):
+        hz = nod_hz if hz is None else hz
+        p[:, col] = amp * np.sin(2 * np.pi * hz * t + phase) * env if hz else amp * env
     return p
 
 
@@ -310,8 +298,7 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
         raise UserError(f"split: expected 3 non-negative fractions summing to 1, got {split!r}")
     rng = np.random.default_rng(seed)
     world = _make_world(rng, n_identities, identity)
-    T = int(round(seconds * fps))
-    pre = 3.0
+    T, pre = int(round(seconds * fps)), 3.0
     segments, events = [], []
     for i in range(n_segments):
         k = i % n_identities
@@ -321,7 +308,7 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
         hist = [w for w in c["words"] if w.end <= 0]
         spk_beta = srng.normal(size=N_SHAPE)
         lis_beta = world["betas"][k] if beta == "identity" else np.random.default_rng([seed, i, 7]).normal(size=N_SHAPE)
-        full = modalities == "all"
+        full = modalities == "all"   # else words only
         segments.append(Segment(
             speaker_motion=c["speaker"], listener_motion=c["listener"], fps=fps,
             listener_id=f"id{k}", listener_beta=lis_beta, speaker_beta=spk_beta,
@@ -349,38 +336,32 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
     idx = {k: sorted(v) for k, v in idx.items()}
     info = {"world": world, "events": events, "split_index": idx, "seed": seed,
             "assumptions": dict(identity=identity, response=response, modalities=modalities, beta=beta, drift=drift)}
-    return SyntheticCorpus(
-        train=[segments[j] for j in idx["train"]], val=[segments[j] for j in idx["val"]],
-        test=[segments[j] for j in idx["test"]],
-        identities={f"id{k}": world["betas"][k].astype(np.float32) for k in range(n_identities)},
-        fps=fps, n_sa=N_SA if modalities == "all" else None, info=info,
-    )
+    return SyntheticCorpus(**{k: [segments[j] for j in v] for k, v in idx.items()},
+                           identities={f"id{k}": world["betas"][k].astype(np.float32) for k in range(n_identities)},
+                           fps=fps, n_sa=N_SA if modalities == "all" else None, info=info)
 
 
 #: The family of synthetic corpora (``--corpus NAME``; docs/data.md): one world cannot show that a method works.
-CORPORA: dict[str, dict] = {
-    "default": dict(),
-    "gain": dict(identity="gain"),
-    "rhythm": dict(identity="rhythm"),
-    "contagion": dict(response="contagion"),
-    "backchannel": dict(response="backchannel"),
-    "words-only": dict(modalities="words"),
-    "realtalk25": dict(fps=25.0),
-    "small": dict(n_identities=5, n_segments=35),
-    "beta-random": dict(beta="random"),
-}
-CORPUS_DOC = {
-    "default": "identity = expression offset + per-dim gain + pose gain/offset of beta; responses to cue words x "
-               "speaker emotion (lag 0.25-0.6 s), backchannel nods, 0.25 contagion; all modalities; 30 fps; "
-               "8 ids, 300 x 64 s (256 min train)",
-    "gain": "identity = per-dim expression and pose GAIN only (no offsets): same resting face for everyone",
-    "rhythm": "identity = nod rate, response lag and pose amplitude; identical expression for everyone",
-    "contagion": "no cue-word rule: the listener answers the speaker's emotion after a 0.4 s lag (+0.5 mimicry)",
-    "backchannel": "listener reacts only at pauses (nod, smile after happy speech); words/emotion matter little",
-    "words-only": "default world without SA tokens, emotion and valence (LM-listener's public release)",
-    "realtalk25": "default world at 25 fps (RealTalk)",
-    "small": "default world, 5 ids, 35 x 64 s (30 min train), the size of a small real dataset",
-    "beta-random": "control: beta drawn per segment, unrelated to the identity's style (identity NOT in beta)",
+#: name -> (keywords of :func:`synthetic_corpus`, description)
+CORPORA: dict[str, tuple[dict, str]] = {
+    "default": ({}, "identity = expression offset + per-dim gain + pose gain/offset of beta; responses to cue words "
+                    "x speaker emotion (lag 0.25-0.6 s), backchannel nods, 0.25 contagion; all modalities; 30 fps; "
+                    "8 ids, 300 x 64 s (256 min train)"),
+    "gain": (dict(identity="gain"),
+             "identity = per-dim expression and pose GAIN only (no offsets): same resting face for everyone"),
+    "rhythm": (dict(identity="rhythm"),
+               "identity = nod rate, response lag and pose amplitude; identical expression for everyone"),
+    "contagion": (dict(response="contagion"),
+                  "no cue-word rule: the listener answers the speaker's emotion after a 0.4 s lag (+0.5 mimicry)"),
+    "backchannel": (dict(response="backchannel"),
+                    "listener reacts only at pauses (nod, smile after happy speech); words/emotion matter little"),
+    "words-only": (dict(modalities="words"),
+                   "default world without SA tokens, emotion and valence (LM-listener's public release)"),
+    "realtalk25": (dict(fps=25.0), "default world at 25 fps (RealTalk)"),
+    "small": (dict(n_identities=5, n_segments=35),
+              "default world, 5 ids, 35 x 64 s (30 min train), the size of a small real dataset"),
+    "beta-random": (dict(beta="random"),
+                    "control: beta drawn per segment, unrelated to the identity's style (identity NOT in beta)"),
 }
 
 
@@ -388,7 +369,7 @@ def named_corpus(name: str = "default", seed: int = 0, **overrides) -> Synthetic
     """The variant ``name`` of :data:`CORPORA` (``overrides`` go to :func:`synthetic_corpus`)."""
     if name not in CORPORA:
         raise UserError(f"corpus: expected one of {tuple(CORPORA)}, got {name!r}")
-    return synthetic_corpus(seed=seed, **{**CORPORA[name], **overrides})
+    return synthetic_corpus(seed=seed, **{**CORPORA[name][0], **overrides})
 
 
 WORDS = ("the a yes no really what why okay so and but you i we they think know right good great sure maybe "

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
-from .segment import D_MOTION, Segment
+from .segment import Segment
 
 log = logging.getLogger("minilisten.data")
 
@@ -28,19 +28,10 @@ def motion_stats(segments: Sequence[Segment], which: str = "listener",
         raise UserError(f"which: expected 'listener', 'speaker' or 'both', got {which!r}")
     if len(segments) == 0:
         raise UserError("segments: expected at least one Segment to compute statistics, got 0")
-    total = np.zeros(D_MOTION, np.float64)
-    n = 0
-    for s in segments:
-        for k in keys:
-            x = getattr(s, k)
-            total += x.sum(0, dtype=np.float64)
-            n += x.shape[0]
-    mean = total / n
-    sq = np.zeros(D_MOTION, np.float64)
-    for s in segments:
-        for k in keys:
-            sq += ((getattr(s, k).astype(np.float64) - mean) ** 2).sum(0)
-    std = np.sqrt(sq / n)
+    xs = [getattr(s, k) for s in segments for k in keys]
+    n = sum(x.shape[0] for x in xs)
+    mean = sum(x.sum(0, dtype=np.float64) for x in xs) / n
+    std = np.sqrt(sum(((x.astype(np.float64) - mean) ** 2).sum(0) for x in xs) / n)
     flat = std < min_std
     if flat.any():
         log.warning("motion_stats: %d constant dimension(s) %s (std < %g) get std 1.0",
@@ -52,8 +43,7 @@ def motion_stats(segments: Sequence[Segment], which: str = "listener",
 def lm_listener_eval_clips(segment: Segment, start: int = EVAL_START, length: int = EVAL_LENGTH,
                            min_length: int = EVAL_MIN_LENGTH, unit: int = EVAL_UNIT) -> list[Segment]:
     """LM-listener's evaluation clips of one segment: from ``start`` every ``length`` frames, ``L = min(T - s,
-    length)`` frames kept when ``L >= min_length``, cut to ``L // unit * unit`` (at offset 0, where the peer picks a
-    random offset, so evaluation is deterministic)."""
+    length)`` kept when ``L >= min_length``, cut to ``L // unit * unit`` at offset 0 (the peer's is random)."""
     if not (start >= 0 and length >= unit >= 1 and min_length >= 1):
         raise UserError(f"lm_listener_eval_clips: expected start >= 0 and length >= unit >= 1, min_length >= 1, "
                          f"got start={start}, length={length}, unit={unit}, min_length={min_length}")
