@@ -1,8 +1,8 @@
 """minilisten: LLM-driven multimodal, multi-identity listening head generation.
 
-The top-level ``kernels/`` directory is installed as the subpackage ``minilisten.kernels``. It has no
-``__init__.py``, so from a checkout's root it cannot shadow Hugging Face's ``kernels`` package, which
-transformers >= 5.25 imports.
+The top-level ``kernels/`` directory is installed as the subpackage ``minilisten.kernels``; imported from a
+checkout's root under the name ``kernels`` (Hugging Face's package, which transformers >= 5.25 imports),
+it steps aside (kernels/__init__.py).
 """
 from setuptools import setup
 
