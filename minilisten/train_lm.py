@@ -23,7 +23,7 @@ import torch
 from . import distributed
 from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
-from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa
+from .data.coverage import MODALITY_FIELD, available_modalities, resolve_n_sa, with_val_split
 from .data.segment import Segment
 from .errors import UserError
 from .lm import DEFAULT_ARCHS, ListenerLM, LMConfig, default_backbone, load_backbone
@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main_train(a, lm_names, tc: TrainConfig) -> int:
     ds, what = load_data(a)
-    train, val = ds.train, ds.val
+    train, val, note = with_val_split(ds, seed=0)
+    if note and distributed.is_main():
+        print(f"{what}: {note}")
     have = available_modalities(train + val)
     lacking = [MODALITY_FIELD[m] for m in check_modalities(a.modalities) if m not in have] if a.modalities else []
     if lacking:

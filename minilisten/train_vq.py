@@ -18,7 +18,7 @@ import torch
 from . import distributed
 from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, load_data
-from .data.coverage import identity_groups
+from .data.coverage import identity_groups, with_val_split
 from .data.segment import N_SHAPE
 from .data.windows import motion_stats
 from .errors import UserError
@@ -256,11 +256,12 @@ def _main_train(a, kw, env) -> int:
     say = print if env.is_main else (lambda *x, **y: None)
     out = a.out or f"runs/vq-{a.preset}"
     ds, what = load_data(a)
-    say(f"{what}: {len(ds.train)} train / {len(ds.val)} val segments"
+    train, val, note = with_val_split(ds, seed=0)
+    say(f"{what}: {len(train)} train / {len(val)} val segments" + (f" ({note})" if note else "")
         + (f"; {env.world_size} processes ({env.backend})" if env.distributed else ""))
     t0 = time.perf_counter()
-    model = train_vq(ds.train, ds.val, a.preset, out_dir=out, resume=a.resume, log=say, **kw)
-    r = evaluate_vq(model, ds.val, model.eval_window)
+    model = train_vq(train, val, a.preset, out_dir=out, resume=a.resume, log=say, **kw)
+    r = evaluate_vq(model, val, model.eval_window)
     c = model.config
     say(_table([(f"{c.enc_norm}, {c.dec_norm}", r)], f"trained in {time.perf_counter() - t0:.0f} s; saved to {out}; "
                f"{r['n_windows']} validation windows of {model.eval_window} frames"))

@@ -218,3 +218,15 @@ def test_train_lm_records_the_data_frame_rate(tmp_path):
                  "--seconds", "12", "--steps", "1", "--out", str(out), *TINY_LM]) == 0
     lm = ListenerLM.from_pretrained(out)
     assert lm.config.fps == 25.0
+
+
+def test_train_vq_defaults_on_learning2listen_rows(tmp_path, capsys):
+    """64-frame L2L rows, no val split: train-vq with its default crop and window fits both to the data and holds
+    out a validation split (issue 23: was 'expected at least one segment with >= 240 frames')."""
+    write_l2l(tmp_path / "l2l")
+    out = tmp_path / "vq"
+    assert main(["train-vq", "--data", str(tmp_path / "l2l"), "--preset", "naive", "--steps", "2",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "no val split" in text and "validation windows of" in text
+    assert (out / "model.safetensors").exists()
