@@ -65,6 +65,12 @@ def _is_int(v, lo: int = -INT64) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v < INT64
 
 
+def _check_seed(seed) -> int:
+    if not _is_int(seed, 0):
+        raise UserError(f"seed: expected an int in [0, 2**63), got {seed!r}")
+    return int(seed)
+
+
 def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
     """The one bound on pushed floats: finite numbers of ``shape`` (None: any length), ``|x| <= limit`` -> float32."""
     want = f"numbers of shape ({', '.join('n' if d is None else str(d) for d in shape)}{',' * (len(shape) == 1)})"
@@ -214,10 +220,8 @@ class ListenerStream:
         """A new stream in slot ``stream`` (clock 0); ``history_words`` (ending <= 0 s) and ``seed``: default kept."""
         b = self._check_stream(stream)
         old = self.streams[b]
-        if seed is not None and not _is_int(seed, 0):
-            raise UserError(f"seed: expected an int in [0, 2**63), got {seed!r}")
         hist = old.history if history_words is None else self._check_history(history_words)
-        self.streams[b] = self._fresh(b, hist, old.seed if seed is None else int(seed))
+        self.streams[b] = self._fresh(b, hist, old.seed if seed is None else _check_seed(seed))
 
     # ------------------------------------------------------------------ the core
     def _check_stream(self, b) -> int:
@@ -634,7 +638,7 @@ class StreamingARIG(ListenerStream):
         self._frame = compiled_decode_frame(self.dev.type) if compile else decode_frame
         ref = model.lis_mean.cpu().numpy() if reference is None else reference
         self.ref = torch.as_tensor(floats(ref, "reference", (D_MOTION,), MOTION_LIMIT), device=self.dev)[None]
-        hist = self._check_history(history_words)
+        hist, seed = self._check_history(history_words), _check_seed(seed)
         self.streams: list[_ARIGState] = [None] * n_streams
         for b in range(n_streams):
             self.streams[b] = self._fresh(b, hist, seed)

@@ -504,8 +504,11 @@ def test_arig_streams_batched_equal_solo():
     ms.set_beta(segs[0].listener_beta, 3)
     alone = np.concatenate([ms.push(stream=3, **p) for p in pushes[0]] + [ms.flush(3)])
     np.testing.assert_array_equal(alone, solo(0, seed=3))
-    with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*63\)"):
-        ms.reset(0, seed=-1)
+    for bad in (-1, 1.5, True, 2 ** 63):   # refused by reset and by the constructor alike
+        with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*63\)"):
+            ms.reset(0, seed=bad)
+        with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*63\)"):
+            StreamingARIG(ms.model, segs[0].listener_beta, seed=bad)
     # set_beta mid-stream: the next frames use the new identity (and the stream stays transactional)
     ms.reset(3, segs[0].history_words, seed=3)
     k = len(pushes[0]) // 2
