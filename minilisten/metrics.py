@@ -1,7 +1,8 @@
 """The paper's evaluation metrics (Tables 1, 4, 5) with LM-listener's conventions (its ``evaluate_listener.py``):
 per clip on raw 56-d coefficients ``(T, 56)`` (expression ``[0:50]`` and pose ``[50:56]`` jointly), averaged over
-clips. FD is exact in float64 through a nuclear norm instead of ``sqrtm``; conventions and the derivation are in
-docs/results.md ("Metrics"). :func:`evaluate` is the one Table 1 evaluation of the demo, the pipeline and train-arig.
+clips; FD exact in float64 through a nuclear norm (docs/results.md, "Metrics"). The REACT family (``fr*``) takes the
+REACT 2023/2024 challenge's shapes and defaults: ``pred (N, S, T, D)`` with S samples per clip, ground truths
+``(N, T, D)``, ``appropriate (N, N)`` 0/1 (row k: the listener reactions appropriate for clip k).
 """
 from __future__ import annotations
 
@@ -11,22 +12,22 @@ from .data.segment import D_MOTION, EXP, POSE
 from .errors import UserError
 
 PARTS = (("exp", EXP), ("pose", POSE))   # DIM's split of the 56 coefficients
+REACT_GROUPS = ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))   # 15 AUs, valence + arousal, 8 expressions
+FLAME_GROUPS = ((0, 50, 1 / 50), (50, 56, 1 / 6))                 # FLAME expression, pose (head + jaw)
 
 
-# ----------------------------------------------------------------------------- input checks
-def _numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-def _array(name: str, x, ndim: int | None, dim: int | None = None, min_frames: int = 1) -> np.ndarray:
-    """``x`` as a finite float64 array of ``ndim`` dims (None: any; last ``dim``), >= ``min_frames`` rows."""
+def _array(name: str, x, ndim: int | None = 2, dim: int | None = None, min_frames: int = 1, like=None) -> np.ndarray:
+    """``x`` as a finite float64 array of ``ndim`` dims (None: any) and last dim ``dim``, >= ``min_frames`` rows;
+    ``like=(ref_name, shape)``: of exactly that shape."""
     if x is None:
         raise UserError(f"{name}: expected an array, got None")
-    a = _numpy(x)
-    want = "(T,)" if ndim == 1 else f"(T, {dim if dim is not None else 'D'})"
-    if ndim is not None and (a.ndim != ndim or (dim is not None and a.shape[-1] != dim)):
-        raise UserError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+    if ndim is not None and (a.ndim != ndim or dim not in (None, a.shape[-1])):
+        want = "(T,)" if ndim == 1 else f"(T, {dim or 'D'})"
+        raise UserError(f"{name}: expected shape {want}, got {a.shape}")
+    if like is not None and a.shape != like[1]:
+        raise UserError(f"{name}: expected shape {like[1]} (as {like[0]}), got {a.shape}")
+    if a.dtype.kind not in "fiu":
         raise UserError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
     a = a.astype(np.float64)
     if (len(a) if a.ndim else 0) < min_frames:
@@ -38,15 +39,11 @@ def _array(name: str, x, ndim: int | None, dim: int | None = None, min_frames: i
 
 
 def _pair(pred, gt, ndim: int | None = 2, dim: int | None = None, min_frames: int = 1, names=("pred", "gt")):
-    """Check a prediction against its ground truth: same shape, finite, enough frames."""
+    """A prediction and its ground truth, checked: same shape, finite, enough frames."""
     g = _array(names[1], gt, ndim, dim, min_frames)
-    p = _array(names[0], pred, ndim, dim, min_frames)
-    if p.shape != g.shape:
-        raise UserError(f"{names[0]}: expected shape {g.shape} (as {names[1]}), got {p.shape}")
-    return p, g
+    return _array(names[0], pred, ndim, dim, min_frames, like=(names[1], g.shape)), g
 
 
-# ----------------------------------------------------------------------------- realism
 def l2(pred, gt) -> float:
     """Mean squared error. ``pred, gt: (T, D)`` of the same shape."""
     p, g = _pair(pred, gt)
@@ -54,18 +51,17 @@ def l2(pred, gt) -> float:
 
 
 def _cov_factor(x: np.ndarray, eps: float) -> np.ndarray:
-    """``A`` with ``A^T A = cov(x) + eps I`` (``np.cov`` with ddof 1). ``x: (T, D)`` -> ``(<=D+T, D)``."""
-    T, D = x.shape
-    a = (x - x.mean(0)) / np.sqrt(T - 1)
+    """``A`` with ``A^T A = cov(x) + eps I`` (``np.cov``, ddof 1). ``x: (T, D)`` -> ``(<=D+T, D)``."""
+    a = (x - x.mean(0)) / np.sqrt(x.shape[0] - 1)
     if eps > 0:
-        a = np.vstack([a, np.sqrt(eps) * np.eye(D)])
+        a = np.vstack([a, np.sqrt(eps) * np.eye(x.shape[1])])
     return np.linalg.qr(a, mode="r")
 
 
 def fd(pred, gt, eps: float = 0.0, split: bool = False):
-    """Fréchet distance between Gaussians fitted to the frames of ``pred (T1, D)`` and ``gt (T2, D)``, T >= 2;
-    ``eps`` is added to both covariance diagonals (the peer's retry value is 1e-6). Exact for singular covariances.
-    ``split=True`` (DIM's convention, D = 56): ``{"exp": FD of [0:50], "pose": FD of [50:56]}``."""
+    """Fréchet distance between Gaussians fitted to the frames of ``pred (T1, D)`` and ``gt (T2, D)``, T >= 2, with
+    ``eps`` added to both covariance diagonals; exact for singular covariances. ``split=True`` (DIM, D = 56):
+    ``{"exp": FD of [0:50], "pose": FD of [50:56]}``."""
     g = _array("gt", gt, 2, D_MOTION if split else None, min_frames=2)
     p = _array("pred", pred, 2, g.shape[1], min_frames=2)
     if split:
@@ -80,28 +76,24 @@ def fd(pred, gt, eps: float = 0.0, split: bool = False):
 
 
 def pfd(pred, gt, speaker, eps: float = 0.0, split: bool = False):
-    """Paired FD: FD of ``[speaker, pred]`` against ``[speaker, gt]`` per frame (speaker first,
-    112 dims). ``pred, gt, speaker: (T, 56)``. ``split=True``: ``{"exp", "pose"}`` with
-    expression paired with expression and pose with pose (supplement §6 / DIM)."""
+    """Paired FD: FD of ``[speaker, pred]`` against ``[speaker, gt]`` per frame (112 dims); all ``(T, 56)``.
+    ``split=True``: ``{"exp", "pose"}``, each part paired with the same part (supplement §6 / DIM)."""
     p, g = _pair(pred, gt, 2, D_MOTION, 2)
-    s = _array("speaker", speaker, 2, D_MOTION, 2)
-    if s.shape != g.shape:
-        raise UserError(f"speaker: expected shape {g.shape} (as gt), got {s.shape}")
+    s = _array("speaker", speaker, 2, D_MOTION, 2, like=("gt", g.shape))
     if not split:
         return fd(np.hstack([s, p]), np.hstack([s, g]), eps)
     return {k: fd(np.hstack([s[:, sl], p[:, sl]]), np.hstack([s[:, sl], g[:, sl]]), eps) for k, sl in PARTS}
 
 
-# ----------------------------------------------------------------------------- diversity
 def variation(x) -> float:
     """Per-coefficient variance over time (ddof 0), averaged over coefficients. ``x: (T, D)``."""
-    a = _array("motion", x, 2)
+    a = _array("motion", x)
     return float(np.var(a - a[:1], axis=0).mean())     # shifted by frame 0: a constant gives exactly 0
 
 
 def diversity_pairs(T: int, n_pairs: int | None = None, seed=0) -> tuple[np.ndarray, np.ndarray]:
-    """The frame pairs ``diversity`` uses: two index lists of ``n_pairs`` (default 30, or 10 when
-    ``T <= 30``), each drawn without replacement from ``range(T)``; needs ``T > n_pairs``."""
+    """The frame pairs of ``diversity``: two lists of ``n_pairs`` (default 30, or 10 when ``T <= 30``) indices,
+    each drawn without replacement from ``range(T)``; needs ``T > n_pairs``."""
     if n_pairs is not None and (isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1):
         raise UserError(f"diversity: n_pairs: expected None or an int >= 1, got {n_pairs!r}")
     n = n_pairs if n_pairs is not None else (30 if T > 30 else 10)
@@ -112,20 +104,18 @@ def diversity_pairs(T: int, n_pairs: int | None = None, seed=0) -> tuple[np.ndar
 
 
 def diversity(x, n_pairs: int | None = None, seed=0, pairs=None) -> float:
-    """Mean Euclidean distance between random frame pairs of one clip. ``x: (T, D)``.
-    ``pairs=(i, j)`` (index arrays) overrides the seeded draw of ``diversity_pairs``."""
-    a = _array("motion", x, 2)
+    """Mean Euclidean distance between random frame pairs of one clip ``x (T, D)``; ``pairs=(i, j)`` (index
+    arrays) overrides the seeded draw of ``diversity_pairs``."""
+    a = _array("motion", x)
     i, j = pairs if pairs is not None else diversity_pairs(a.shape[0], n_pairs, seed)
     if len(i) == 0 or len(i) != len(j):
         raise UserError(f"diversity: pairs: expected two index lists of one length >= 1, got {len(i)} and {len(j)}")
     return float(np.linalg.norm(a[np.asarray(i)] - a[np.asarray(j)], axis=1).mean())
 
 
-# ----------------------------------------------------------------------------- synchrony
 def l2_affect(pred_valence, gt_valence, fps: float = 30, window_s: float = 1.0) -> float:
-    """MSE between valence averaged over non-overlapping windows of ``round(fps * window_s)``
-    frames (last partial window dropped; a clip shorter than one window is one window).
-    ``pred_valence, gt_valence: (T,)``. Raw value; tables report it x100."""
+    """MSE between valences ``(T,)`` averaged over non-overlapping windows of ``round(fps * window_s)`` frames (the
+    last partial window dropped; a clip shorter than one window is one window). Raw; tables report it x100."""
     p, g = _pair(pred_valence, gt_valence, ndim=1, names=("pred_valence", "gt_valence"))
     w = int(round(fps * window_s))
     if w < 1:
@@ -143,21 +133,16 @@ class ValenceRegressor:
     def __init__(self, alpha: float = 1.0):
         if not alpha >= 0:
             raise UserError(f"alpha: expected a number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
-        self.mean = self.std = self.coef = None
-        self.intercept = 0.0
+        self.alpha, self.coef = float(alpha), None
 
     def fit(self, motions, valences) -> "ValenceRegressor":
         """``motions``: list of ``(T_i, 56)``, ``valences``: list of ``(T_i,)``."""
-        if len(motions) == 0:
-            raise UserError("motions: expected a non-empty list of (T, 56) arrays, got 0")
-        if len(motions) != len(valences):
-            raise UserError(f"valences: expected {len(motions)} arrays (as motions), got {len(valences)}")
+        if len(motions) == 0 or len(valences) != len(motions):
+            raise UserError(f"motions, valences: expected two non-empty lists of one length, got {len(motions)} "
+                            f"and {len(valences)} arrays")
         xs = [_array(f"motions[{i}]", m, 2, D_MOTION) for i, m in enumerate(motions)]
-        ys = [_array(f"valences[{i}]", v, 1) for i, v in enumerate(valences)]
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            if y.shape[0] != x.shape[0]:
-                raise UserError(f"valences[{i}]: expected {x.shape[0]} frames (as motions[{i}]), got {y.shape[0]}")
+        ys = [_array(f"valences[{i}]", v, 1, like=(f"motions[{i}]", x.shape[:1]))
+              for i, (v, x) in enumerate(zip(valences, xs))]
         x, y = np.vstack(xs), np.concatenate(ys)
         self.mean, self.std = x.mean(0), x.std(0) + 1e-8
         z = (x - self.mean) / self.std
@@ -169,27 +154,25 @@ class ValenceRegressor:
         """``motion: (T, 56)`` -> valence ``(T,)``."""
         if self.coef is None:
             raise UserError("ValenceRegressor: expected a fitted model (call fit first), got an unfitted one")
-        x = _array("motion", motion, 2, self.coef.shape[0])
-        return (x - self.mean) / self.std @ self.coef + self.intercept
+        return (_array("motion", motion, 2, self.coef.shape[0]) - self.mean) / self.std @ self.coef + self.intercept
 
 
-# ----------------------------------------------------------------------------- VQ (Table 5)
 def vq_rec(recon, gt) -> float:
-    """Reconstruction: MSE between decoded and ground-truth motion (any equal shapes)."""
+    """Reconstruction (Table 5): MSE between decoded and ground-truth motion (any equal shapes)."""
     a, b = _pair(recon, gt, None, names=("recon", "gt"))
     return float(np.mean((a - b) ** 2))
 
 
 def vq_commit(z_e, z_q) -> float:
-    """Commitment: MSE between encoder outputs and their quantized codes (any equal shapes)."""
+    """Commitment (Table 5): MSE between encoder outputs and their quantized codes (any equal shapes)."""
     a, b = _pair(z_e, z_q, None, names=("z_e", "z_q"))
     return float(np.mean((a - b) ** 2))
 
 
 def perplexity(codes, n_codes: int) -> float:
-    """``exp(-sum_k p_k log(p_k + 1e-7))`` of the histogram of ``codes`` (ints in ``[0, n_codes)``,
-    any shape): ``n_codes`` when usage is uniform, 1 when one code is used."""
-    c = _numpy(codes)
+    """``exp(-sum_k p_k log(p_k + 1e-7))`` of the histogram of ``codes`` (ints in ``[0, n_codes)``, any shape):
+    ``n_codes`` when usage is uniform, 1 when one code is used."""
+    c = np.asarray(codes.detach().cpu() if hasattr(codes, "detach") else codes)
     if c.size == 0 or not np.issubdtype(c.dtype, np.integer):
         raise UserError(f"codes: expected a non-empty integer array, got shape {c.shape} dtype {c.dtype}")
     if c.min() < 0 or c.max() >= n_codes:
@@ -198,29 +181,22 @@ def perplexity(codes, n_codes: int) -> float:
     return float(np.exp(-(p * np.log(p + 1e-7)).sum()))
 
 
-# ----------------------------------------------------------------------------- Table 1
-def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: float = 30,
-                 seed=0, split_fd: bool = False) -> dict[str, float]:
-    """All Table 1 columns for one clip. ``pred, gt, speaker: (T, 56)``, valences ``(T,)``.
-    Diversity of pred and gt uses the same seeded frame pairs."""
+def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: float = 30, seed=0) -> dict[str, float]:
+    """All Table 1 columns for one clip: ``pred, gt, speaker (T, 56)``, valences ``(T,)``; diversity of pred and
+    gt uses the same seeded frame pairs."""
     p, g = _pair(pred, gt, 2, D_MOTION, 2)
     pairs = diversity_pairs(p.shape[0], seed=seed)
     out = {"l2": l2(p, g), "fd": fd(p, g), "pfd": pfd(p, g, speaker),
            "variation": variation(p), "diversity": diversity(p, pairs=pairs),
            "variation_gt": variation(g), "diversity_gt": diversity(g, pairs=pairs)}
-    if split_fd:
-        out.update({f"fd_{k}": v for k, v in fd(p, g, split=True).items()})
-        out.update({f"pfd_{k}": v for k, v in pfd(p, g, speaker, split=True).items()})
     if pred_valence is not None or gt_valence is not None:
-        gv = _array("gt_valence", gt_valence, 1)
-        if gv.shape[0] != p.shape[0]:
-            raise UserError(f"gt_valence: expected {p.shape[0]} frames (as gt), got {gv.shape[0]}")
+        gv = _array("gt_valence", gt_valence, 1, like=("gt", p.shape[:1]))
         out["l2_affect"] = l2_affect(pred_valence, gv, fps)
     return out
 
 
 def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: float = 30,
-                   seed: int = 0, split_fd: bool = False) -> dict[str, float]:
+                   seed: int = 0) -> dict[str, float]:
     """Table 1 over a test set: :func:`clip_metrics` per clip (lists of ``(T_i, 56)``, ``T_i >= 11``; valences
     ``(T_i,)`` or both None), then the unweighted mean and ``n_clips``; clip ``i`` draws diversity pairs with seed
     ``(seed, i)``; ``l2_affect`` is raw (tables print it x100)."""
@@ -229,26 +205,19 @@ def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: f
         lists.update(pred_valence=pred_valence, gt_valence=gt_valence)
     n = 0 if gt is None else len(gt)
     for name, v in lists.items():
-        if v is None:
-            raise UserError(f"{name}: expected a list of clip arrays, got None")
-        if len(v) == 0:
-            raise UserError(f"{name}: expected a non-empty list of clips, got 0 clips")
-        if len(v) != n:
-            raise UserError(f"{name}: expected {n} clips (as gt), got {len(v)}")
+        if v is None or n == 0 or len(v) != n:
+            raise UserError(f"{name}: expected a list of {n or '>= 1'} clips (as gt), got "
+                            f"{'None' if v is None else len(v)}")
     pv, gv = ([None] * n if v is None else v for v in (pred_valence, gt_valence))
     rows = []
     for i in range(n):
         try:
-            rows.append(clip_metrics(pred[i], gt[i], speaker[i], pv[i], gv[i], fps=fps, seed=(seed, i),
-                                     split_fd=split_fd))
+            rows.append(clip_metrics(pred[i], gt[i], speaker[i], pv[i], gv[i], fps, (seed, i)))
         except UserError as e:
             raise UserError(f"clip {i}: {e}") from None
-    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    out["n_clips"] = len(rows)
-    return out
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"n_clips": n}
 
 
-# ----------------------------------------------------------------------------- the one evaluation
 def score(preds: list[np.ndarray], clips, valence_model: ValenceRegressor | None = None, seed: int = 0) -> dict:
     """Table 1 metrics of ``preds`` (one ``(T, 56)`` per clip) on ``clips`` (Segments); L2 Affect only with a
     ``valence_model``."""
@@ -272,22 +241,16 @@ def evaluate(preds: dict[str, list[np.ndarray]], clips, train, seed: int = 0) ->
     return {name: score(p, clips, valence, seed) for name, p in preds.items()}
 
 
-# --------------------------------------------------------------------------- REACT metric family
-# Shapes as in the REACT 2023/2024 challenge code (reactmultimodalchallenge/baseline_react2023, metric/*.py,
-# evaluate.py): pred (N, S, T, D) with S sampled reactions per speaker clip, listener_gt / speaker_gt (N, T, D),
-# appropriate (N, N) 0/1 (row k: the listener reactions appropriate for clip k). Defaults follow that code.
-REACT_GROUPS = ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))   # 15 AUs, valence + arousal, 8 expressions
-FLAME_GROUPS = ((0, 50, 1 / 50), (50, 56, 1 / 6))                 # FLAME expression, pose (head + jaw)
-
-
 def _react_inputs(pred, gt=None, appropriate=None):
+    """``pred (N, S, T, D)``, ``gt (N', T, D)`` (N' = N without ``appropriate``), ``appropriate (N, N')`` -> bool."""
     pred = np.asarray(pred, np.float64)
     if pred.ndim != 4 or pred.shape[0] < 1 or pred.shape[1] < 1:
         raise UserError(f"pred: expected shape (N, S, T, D) with N, S >= 1, got {pred.shape}")
     if gt is not None:
         gt = np.asarray(gt, np.float64)
-        if gt.ndim != 3 or gt.shape[1:] != pred.shape[2:]:
-            raise UserError(f"ground truth: expected shape (N', {pred.shape[2]}, {pred.shape[3]}), got {gt.shape}")
+        n = "N'" if appropriate is not None else pred.shape[0]
+        if gt.ndim != 3 or gt.shape[1:] != pred.shape[2:] or (appropriate is None and len(gt) != len(pred)):
+            raise UserError(f"ground truth: expected shape ({n}, {pred.shape[2]}, {pred.shape[3]}), got {gt.shape}")
     if appropriate is not None:
         appropriate = np.asarray(appropriate) == 1
         want = (pred.shape[0], gt.shape[0])
@@ -315,55 +278,52 @@ def dtw(x: np.ndarray, y: np.ndarray) -> float:
                                    use_c=True))
 
 
+def _best_sum(pred, gt, ok, dist, best) -> float:
+    """Mean over clips k of the sum over k's samples of the ``best`` (min/max) ``dist`` to an appropriate gt."""
+    return float(np.mean([sum(best(dist(p, gt[j]) for j in np.flatnonzero(ok[k])) for p in pred[k])
+                          for k in range(len(pred))]))
+
+
 def frcorr(pred, listener_gt, appropriate) -> float:
     """FRCorr ↑: per clip, the sum over its S samples of the best CCC with an appropriate reaction; mean over
     clips (REACT's sum over samples: its scale grows with S)."""
-    pred, gt, ok = _react_inputs(pred, listener_gt, appropriate)
-    return float(np.mean([sum(max(ccc(gt[j], p) for j in np.flatnonzero(ok[k])) for p in pred[k])
-                          for k in range(len(pred))]))
+    return _best_sum(*_react_inputs(pred, listener_gt, appropriate), ccc, max)
 
 
 def frdist(pred, listener_gt, appropriate, groups=REACT_GROUPS) -> float:
     """FRDist ↓: per clip, the sum over samples of the smallest group-weighted DTW to an appropriate reaction
     (float32 inputs, as REACT's); mean over clips."""
     pred, gt, ok = _react_inputs(pred, listener_gt, appropriate)
-    pred, gt = pred.astype(np.float32), gt.astype(np.float32)
 
     def dist(a, b):
         return sum(w * dtw(a[:, s:e], b[:, s:e]) for s, e, w in groups)
-    return float(np.mean([sum(min(dist(p, gt[j]) for j in np.flatnonzero(ok[k])) for p in pred[k])
-                          for k in range(len(pred))]))
+    return _best_sum(pred.astype(np.float32), gt.astype(np.float32), ok, dist, min)
 
 
-def _pair_sq(x: np.ndarray) -> float:   # (M, F) -> sum over ordered pairs of squared distances
-    sq = (x * x).sum(1)
-    return float(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0).sum())
+def _spread(x: np.ndarray) -> float:
+    """``(G, M, F)`` -> the mean over G of the mean squared distance between its M rows, per element."""
+    G, M, F = x.shape
+    sq = (x * x).sum(2)
+    d = [np.maximum(s[:, None] + s[None, :] - 2 * a @ a.T, 0).sum() for a, s in zip(x, sq)]
+    return float(np.mean(d) / (M * (M - 1) * F))
 
 
 def frdiv(pred) -> float:
     """FRDiv ↑ (REACT's S-MSE): mean squared distance between the S samples of a clip, per element; 0 if S = 1."""
-    pred, _, _ = _react_inputs(pred)
-    N, S = pred.shape[:2]
-    if S == 1:
-        return 0.0
-    flat = pred.reshape(N, S, -1)
-    return float(np.mean([_pair_sq(f) for f in flat]) / (S * (S - 1) * flat.shape[-1]))
+    pred = _react_inputs(pred)[0]
+    return 0.0 if pred.shape[1] == 1 else _spread(pred.reshape(*pred.shape[:2], -1))
 
 
 def frvar(pred) -> float:
     """FRVar: variance over time (unbiased, as torch.var), averaged over clips, samples and dimensions."""
-    pred, _, _ = _react_inputs(pred)
+    pred = _react_inputs(pred)[0]
     return float(pred.var(axis=2, ddof=1).mean()) if pred.shape[2] > 1 else float("nan")
 
 
 def frdvs(pred) -> float:
     """FRDvs ↑: mean squared distance between clips' reactions for the same sample index, per element."""
-    pred, _, _ = _react_inputs(pred)
-    N, S = pred.shape[:2]
-    if N == 1:
-        return float("nan")
-    flat = pred.reshape(N, S, -1).transpose(1, 0, 2)
-    return sum(_pair_sq(f) for f in flat) / (N * (N - 1) * S) / flat.shape[-1]
+    pred = _react_inputs(pred)[0]
+    return float("nan") if pred.shape[0] == 1 else _spread(pred.reshape(*pred.shape[:2], -1).transpose(1, 0, 2))
 
 
 def _tlcc_offset(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
@@ -382,12 +342,9 @@ def _tlcc_offset(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
 
 def frsyn(pred, speaker_gt, fps: float = 25.0, seconds: float = 2.0, all_samples: bool = False) -> float:
     """FRSyn ↓ (REACT's TLCC): |lag| in frames of the peak cross-correlation between a reaction and its speaker,
-    lags up to seconds * fps - 1, mean over clips. REACT's multiprocessing worker (compute_TLCC_mp, the one its
-    evaluate.py calls) returns after the first sample of each clip; that is the default, for comparability;
-    ``all_samples=True`` averages every sample (its single-process compute_TLCC)."""
+    lags up to seconds * fps - 1, mean over clips; of the first sample only, as REACT's evaluate.py (docs/results.md),
+    unless ``all_samples``."""
     pred, spk, _ = _react_inputs(pred, speaker_gt)
-    if spk.shape[0] != pred.shape[0]:
-        raise UserError(f"speaker_gt: expected {pred.shape[0]} clips (as pred), got {spk.shape[0]}")
     max_lag = int(seconds * fps) - 1
     S = pred.shape[1] if all_samples else 1
     return float(np.mean([_tlcc_offset(pred[k, i], spk[k], max_lag) for k in range(len(pred)) for i in range(S)]))
