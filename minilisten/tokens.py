@@ -23,7 +23,6 @@ SA_RATE = 50.0           # SpeechTokenizer tokens per second
 EPS = 1e-6               # tolerance on times expressed in frames
 
 
-# ----------------------------------------------------------------------------- vocabulary
 @dataclass(frozen=True)
 class Vocab:
     """Token-id layout (docs/streaming.md). ``lr/sa/emo(code)``: code (int, array, tensor) -> token id; ints and
@@ -53,15 +52,11 @@ class Vocab:
     def _map(self, code, offset: int, n: int, name: str):
         if torch.is_tensor(code):
             return code + offset
-        if isinstance(code, np.ndarray):
-            if code.size and (code.min() < 0 or code.max() >= n):
-                bad = code.min() if code.min() < 0 else code.max()
-                raise ValueError(f"{name} codes: expected values in [0, {n}), got {bad}")
-            return code.astype(np.int64) + offset
-        c = int(code)
-        if not 0 <= c < n:
-            raise ValueError(f"{name} code: expected a value in [0, {n}), got {code}")
-        return offset + c
+        c = np.asarray(code)
+        if c.size and (c.min() < 0 or c.max() >= n):
+            what = "code: expected a value" if c.ndim == 0 else "codes: expected values"
+            raise ValueError(f"{name} {what} in [0, {n}), got {c.min() if c.min() < 0 else c.max()}")
+        return offset + int(c) if c.ndim == 0 else c.astype(np.int64) + offset
 
     def lr(self, code):
         """LR code(s) in ``[0, n_lr)`` -> token id(s)."""
@@ -78,17 +73,11 @@ class Vocab:
     def kind(self, token_id: int) -> str:
         """``"W"``, ``"SA"``, ``"emo"``, ``"LR"`` or the special's name (``"<sa>"``, ...)."""
         t = int(token_id)
-        if 0 <= t < self.n_words:
-            return "W"
-        if 0 <= t < self.lr_offset:
-            return SPECIALS[t - self.n_words]
-        if 0 <= t < self.sa_offset:
-            return "LR"
-        if 0 <= t < self.emo_offset:
-            return "SA"
-        if 0 <= t < self.size:
-            return "emo"
-        raise ValueError(f"token {token_id}: outside the vocabulary [0, {self.size})")
+        if not 0 <= t < self.size:
+            raise ValueError(f"token {token_id}: outside the vocabulary [0, {self.size})")
+        if t < self.lr_offset:
+            return "W" if t < self.n_words else SPECIALS[t - self.n_words]
+        return "LR" if t < self.sa_offset else "SA" if t < self.emo_offset else "emo"
 
     def kinds(self, ids) -> list[str]:
         """Map a sequence back to its modalities (debugging and tests)."""
@@ -97,18 +86,15 @@ class Vocab:
 
 def check_modalities(modalities) -> tuple[str, ...]:
     """``"W+SA+emo"`` / ``("W", "emo")`` -> a non-empty tuple in canonical order; errors name the unknown entry."""
-    if isinstance(modalities, str):
-        modalities = [m for m in modalities.replace(",", "+").split("+") if m]
-    mods = list(modalities)
-    for m in mods:
-        if m not in MODALITIES:
-            raise ValueError(f"modalities: unknown modality {m!r}, expected a subset of {MODALITIES} (e.g. 'W+SA+emo')")
-    if not mods:
-        raise ValueError(f"modalities: expected at least one of {MODALITIES}, got none")
+    mods = modalities.replace(",", "+").split("+") if isinstance(modalities, str) else list(modalities)
+    mods = [m for m in mods if m]
+    bad = [m for m in mods if m not in MODALITIES]
+    if bad or not mods:
+        raise ValueError(f"modalities: expected a non-empty subset of {MODALITIES} (e.g. 'W+SA+emo'), got "
+                         + (f"unknown modality {bad[0]!r}" if bad else "none"))
     return tuple(m for m in MODALITIES if m in mods)
 
 
-# ----------------------------------------------------------------------------- time -> step
 def word_step(end: float, fps: float, r: int = 8, placement: str = "eq1") -> int:
     """Step of a word ending at ``end`` s: Eq. 1 (``"eq1"``: the step holding the end) or LM-listener's rule."""
     if placement == "eq1":
@@ -126,9 +112,7 @@ def word_frame(end: float, fps: float, r: int = 1) -> int:
 
 def word_steps(words: list[Word], n_steps: int, fps: float, r: int = 8, placement: str = "eq1") -> list[list[Word]]:
     """Words of each step in time order (``out[i]`` precede ``LR_i``); words of steps ``>= n_steps`` are dropped,
-    words ending before 0 s (history) refused."""
-    if placement not in PLACEMENTS:
-        raise ValueError(f"word_placement: expected one of {PLACEMENTS}, got {placement!r}")
+    words ending before 0 s (history) refused; ``placement`` is checked by ``LMConfig``."""
     out: list[list[Word]] = [[] for _ in range(n_steps)]
     for k, w in enumerate(sorted(words, key=lambda w: (w.end, w.start))):
         if w.end < -EPS:
@@ -154,11 +138,6 @@ def sa_frame_bounds(frames, fps: float, sa_rate: float = SA_RATE):
     return int(b) if b.ndim == 0 else b
 
 
-def sa_step_bounds(n_steps: int, fps: float, r: int = 8, sa_rate: float = SA_RATE) -> np.ndarray:
-    """``(n_steps + 1,)`` token indices ``b``: step ``i`` holds tokens ``[b[i], b[i+1])``."""
-    return sa_bounds(np.arange(n_steps + 1), fps, r, sa_rate)
-
-
 def check_sa_tokens(sa_tokens, n_sa: int | None = None, name: str = "sa_tokens") -> np.ndarray:
     """``(M,)`` integer token ids (an empty array of any dtype passes) in ``[0, n_sa)`` -> int64."""
     sa = np.asarray(sa_tokens.detach().cpu() if torch.is_tensor(sa_tokens) else sa_tokens)
@@ -175,7 +154,7 @@ def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, sa_rat
              n_sa: int | None = None) -> list[np.ndarray]:
     """Split an SA token stream (token 0 at the clip's first frame) into ``n_steps`` steps (checked)."""
     sa = check_sa_tokens(sa_tokens, n_sa)
-    b = sa_step_bounds(n_steps, fps, r, sa_rate)
+    b = sa_bounds(np.arange(n_steps + 1), fps, r, sa_rate)
     if sa.size < b[-1]:
         raise ValueError(f"sa_tokens: expected at least {b[-1]} tokens for {n_steps} steps of {r} frames at "
                          f"{fps:g} fps and {sa_rate:g} tokens/s, got {sa.size}")
@@ -190,7 +169,6 @@ def emotion_tokens(probs, r: int = 8) -> np.ndarray:
     return p[:n * r].reshape(n, r, N_EMOTIONS).mean(1).argmax(1).astype(np.int64)
 
 
-# ----------------------------------------------------------------------------- per segment
 @dataclass
 class SpeakerSteps:
     """Speaker tokens of a clip per LR step (before LM tokenization); absent modalities are ``None``."""
@@ -209,28 +187,16 @@ def speaker_tokens(seg, modalities=MODALITIES, n_steps: int | None = None, r: in
     n = max_steps if n_steps is None else int(n_steps)
     if not 0 <= n <= max_steps:
         raise ValueError(f"n_steps: expected 0 <= n_steps <= T // r = {seg.T} // {r} = {max_steps}, got {n}")
-    words = None
-    if "W" in mods:
-        for i, w in enumerate(seg.words):
-            if w.end > seg.duration + EPS / seg.fps or w.end < -EPS:
-                raise ValueError(f"words[{i}] ({w.text!r}): expected end in [0, {seg.duration:.3f}] s (the clip), "
-                                 f"got {w.end:.3f}")
-        words = word_steps(seg.words, n, seg.fps, r, placement)
+    words = word_steps(seg.words, n, seg.fps, r, placement) if "W" in mods else None
+    for m, field in (("SA", "sa_tokens"), ("emo", "emotion")):
+        if m in mods and getattr(seg, field) is None:
+            raise ValueError(f"modality {m!r} requested but segment {seg.name!r} has {field}=None")
     hist = sorted(seg.history_words, key=lambda w: w.end) if "W" in mods else []
-    sa = None
-    if "SA" in mods:
-        if seg.sa_tokens is None:
-            raise ValueError(f"modality 'SA' requested but segment {seg.name!r} has sa_tokens=None")
-        sa = sa_steps(seg.sa_tokens, n, seg.fps, r, seg.sa_rate, n_sa)
-    emo = None
-    if "emo" in mods:
-        if seg.emotion is None:
-            raise ValueError(f"modality 'emo' requested but segment {seg.name!r} has emotion=None")
-        emo = emotion_tokens(seg.emotion, r)[:n]
+    sa = sa_steps(seg.sa_tokens, n, seg.fps, r, seg.sa_rate, n_sa) if "SA" in mods else None
+    emo = emotion_tokens(seg.emotion, r)[:n] if "emo" in mods else None
     return SpeakerSteps(hist, words, sa, emo, n)
 
 
-# ----------------------------------------------------------------------------- token ids
 def history_ids(vocab: Vocab, words: list[list[int]], budget: int) -> list[int]:
     """``[<bos>] + W^h``: the most recent whole words (id lists, oldest first) within ``budget`` tokens."""
     kept, total = [], 0
@@ -298,7 +264,6 @@ def context_ids(vocab: Vocab, history: list[int], steps: list[list[int]], codes,
     return ids
 
 
-# ----------------------------------------------------------------------------- packing
 @dataclass
 class LMSequence:
     """One sequence; ``targets[p]``: what position p predicts (stage 2: the next LR code; 1: the next id) or IGNORE."""

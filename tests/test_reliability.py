@@ -356,7 +356,7 @@ def test_fuzz_segment(T, T2, d, fps, beta, emotion, sa, words, hist):
        ends=st.lists(st.floats(0, 2.5), max_size=6), placement=st.sampled_from(["eq1", "lm_listener", "bogus"]))
 def test_fuzz_token_rules(n_tok, n_steps, fps, r, n_sa, ends, placement):
     """sa_steps / word_steps: a ValueError, or steps that partition the tokens and words by time."""
-    from minilisten.tokens import sa_step_bounds, sa_steps, word_steps
+    from minilisten.tokens import sa_bounds, sa_steps, word_steps
     _count("token rules")
     sa = np.random.default_rng(n_tok).integers(0, 40, n_tok)
     try:
@@ -364,7 +364,7 @@ def test_fuzz_token_rules(n_tok, n_steps, fps, r, n_sa, ends, placement):
     except ValueError as e:
         assert "sa_tokens" in str(e)
     else:
-        b = sa_step_bounds(n_steps, fps, r)
+        b = sa_bounds(np.arange(n_steps + 1), fps, r)
         assert len(parts) == n_steps and np.array_equal(np.concatenate([sa[:0], *parts]), sa[:b[-1]])
         assert n_sa is None or all((p < n_sa).all() for p in parts)
     words = [Word(f"w{i}", max(0.0, e - 0.1), e) for i, e in enumerate(sorted(ends))]
