@@ -18,6 +18,7 @@ import torch
 from . import safe_pickle
 from .data.segment import MEL_PER_FRAME, Word, check_emotion_probs, repair_words, seconds
 from .errors import UserError
+from .kernels.nearest_code import nearest_code
 from .tokens import SA_RATE, check_sa_tokens, sa_bounds, word_step
 
 SA_SAMPLE_RATE = 16000  # SpeechTokenizer / AcousticTokenizer input sample rate
@@ -27,12 +28,6 @@ LOADERS = {".npy": safe_pickle.load_npy, ".npz": safe_pickle.load_npz, ".pt": sa
            ".txt": lambda p: np.array(Path(p).read_text().split(), dtype=np.int64)}   # pickles: restricted
 
 
-def _nearest_code(z: torch.Tensor, codebook: torch.Tensor):
-    from .kernels.nearest_code import nearest_code  # kernels/ is installed as minilisten.kernels (setup.py)
-    return nearest_code(z, codebook)
-
-
-# ----------------------------------------------------------------------------- words (W)
 def read_whisper_words(src) -> list[Word]:
     """The words of a Whisper ``word_timestamps=True`` transcript (a JSON file, its dict or list of segments;
     WhisperX's ``word_segments`` too) at the transcript's times, repaired by ``segment.repair_words``."""
@@ -69,25 +64,22 @@ def read_whisper_words(src) -> list[Word]:
     return words
 
 
-# ----------------------------------------------------------------------------- files
-def _load(path, what: str):
-    """The object in a ``LOADERS`` file."""
+def _load(path, what: str, keys: tuple[str, ...] = ()) -> np.ndarray:
+    """The array in a ``LOADERS`` file: the object itself, or of a dict its first entry named in ``keys`` (or its
+    only entry); an EMOCA dict (``expr_classification``) is returned whole."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{what}: expected a file, got no file {str(p)!r}")
     if p.suffix.lower() not in LOADERS:
         raise UserError(f"{what} {str(p)!r}: expected one of {', '.join(LOADERS)}, got extension {p.suffix!r}")
-    return LOADERS[p.suffix.lower()](p)
-
-
-def _entry(obj, keys: tuple[str, ...], where: str):
-    """``obj`` itself, or from a dict its first entry named in ``keys`` (or its only entry)."""
-    if not isinstance(obj, dict):
+    obj = LOADERS[p.suffix.lower()](p)
+    if not isinstance(obj, dict) or "expr_classification" in obj:
         return obj
     key = next((k for k in keys if k in obj), None)
     if key is None and len(obj) != 1:
-        raise UserError(f"{where}: expected an array or a dict with one of {keys}, got keys {sorted(obj)[:10]}")
-    return obj[key] if key else next(iter(obj.values()))
+        raise UserError(f"{what} {str(p)!r}: expected an array or a dict with one of {keys}, got keys "
+                        f"{sorted(obj)[:10]}")
+    return _as_np(obj[key] if key else next(iter(obj.values())))
 
 
 def _as_np(a) -> np.ndarray:
@@ -98,7 +90,7 @@ def read_sa_tokens(path, layer: int = 1, n_sa: int | None = None) -> np.ndarray:
     """``(M,)`` int64 acoustic tokens of one clip from a ``LOADERS`` file holding ``(M,)`` or
     SpeechTokenizer's ``(n_q, M)`` / ``(n_q, 1, M)`` codes (row ``layer``; 1 = the paper's)."""
     where = f"sa tokens {str(path)!r}"
-    a = _as_np(_entry(_load(path, "sa tokens"), ("codes", "sa_tokens", "tokens"), where))
+    a = _as_np(_load(path, "sa tokens", ("codes", "sa_tokens", "tokens")))
     if a.ndim == 3 and a.shape[1] == 1:
         a = a[:, 0]
     if a.ndim == 2:
@@ -110,20 +102,18 @@ def read_sa_tokens(path, layer: int = 1, n_sa: int | None = None) -> np.ndarray:
     return check_sa_tokens(a, n_sa, where + " (shapes (M,), (n_q, M), (n_q, 1, M))")
 
 
-# ----------------------------------------------------------------------------- audio
-def _mono16k(wav, sr: int, name: str = "wav") -> np.ndarray:
-    """1-D float64 waveform at 16 kHz (polyphase resampling); errors on multi-channel input."""
+def _mono(wav, sr: int, rate: int = SA_SAMPLE_RATE) -> np.ndarray:
+    """A mono float waveform ``(N,)`` or ``(1, N)`` -> 1-D float64 at ``rate`` (polyphase resampling)."""
     from scipy.signal import resample_poly
     w = _as_np(wav)
-    if w.ndim == 2 and 1 in w.shape:
-        w = w.reshape(-1)
+    w = w.reshape(-1) if w.ndim == 2 and 1 in w.shape else w
     if w.ndim != 1:
-        raise UserError(f"{name}: expected a mono waveform of shape (N,) or (1, N), got {w.shape}; mix channels first")
+        raise UserError(f"wav: expected a mono waveform of shape (N,) or (1, N), got {w.shape}; mix channels first")
     if not np.issubdtype(w.dtype, np.floating):
-        raise UserError(f"{name}: expected float samples in [-1, 1], got dtype {w.dtype}")
+        raise UserError(f"wav: expected float samples in [-1, 1], got dtype {w.dtype}")
     if not (isinstance(sr, (int, np.integer)) and sr > 0):
         raise UserError(f"sample_rate: expected a positive integer, got {sr!r}")
-    return resample_poly(w.astype(np.float64), SA_SAMPLE_RATE, sr)
+    return resample_poly(w.astype(np.float64), rate, sr)
 
 
 class SpeechTokenizerSA:
@@ -146,10 +136,8 @@ class SpeechTokenizerSA:
     @torch.no_grad()
     def encode(self, wav, sample_rate: int) -> np.ndarray:
         """``wav``: mono ``(N,)`` float -> ``(M,)`` int64 tokens of RVQ layer ``self.layer``."""
-        from scipy.signal import resample_poly
-        w = resample_poly(_mono16k(wav, sample_rate), self.sample_rate, SA_SAMPLE_RATE)
-        x = torch.as_tensor(w, dtype=torch.float32, device=self.device)[None, None]  # (B=1, 1, N)
-        codes = self.model.encode(x)                                                    # (n_q, B, M)
+        x = torch.as_tensor(_mono(wav, sample_rate, self.sample_rate), dtype=torch.float32, device=self.device)
+        codes = self.model.encode(x[None, None])                                       # (n_q, B=1, M)
         if codes.dim() != 3 or not 0 <= self.layer < codes.shape[0]:
             raise ValueError(f"SpeechTokenizer codes: expected (n_q > {self.layer}, 1, M), got {tuple(codes.shape)}")
         return codes[self.layer, 0].long().cpu().numpy()
@@ -160,23 +148,11 @@ FEATURES = ("log_energy", "log_f0", "voicing", "d_log_energy", "d_log_f0", "zcr"
             "log_flatness", "rolloff", "mfcc1", "mfcc2", "mfcc3", "mfcc4", "mfcc5", "mfcc6", "mfcc7", "mfcc8")
 
 
-def _mel_filterbank(n_mels: int = 24, n_fft: int = _WIN, sr: int = SA_SAMPLE_RATE, fmin=60.0, fmax=7600.0):
-    mel = lambda f: 2595 * np.log10(1 + f / 700)          # noqa: E731
-    imel = lambda m: 700 * (10 ** (m / 2595) - 1)          # noqa: E731
-    pts = imel(np.linspace(mel(fmin), mel(fmax), n_mels + 2))
-    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
-    fb = np.zeros((n_mels, freqs.size))
-    for m in range(n_mels):
-        lo, c, hi = pts[m], pts[m + 1], pts[m + 2]
-        fb[m] = np.clip(np.minimum((freqs - lo) / (c - lo), (hi - freqs) / (hi - c)), 0, None)
-    return fb
-
-
 def acoustic_features(wav, sample_rate: int = SA_SAMPLE_RATE) -> np.ndarray:
     """``FEATURES`` at 50 Hz: ``(N // 320, 17)`` float32 at 16 kHz. Frame ``k`` is the 40 ms ending at
     ``(k + 1) / 50`` s (causal); pitch by normalized autocorrelation in 60-400 Hz (docs/models.md)."""
     from scipy.fft import dct
-    w = _mono16k(wav, sample_rate)
+    w = _mono(wav, sample_rate)
     M = w.size // _HOP
     if M == 0:
         return np.zeros((0, len(FEATURES)), np.float32)
@@ -208,12 +184,15 @@ def acoustic_features(wav, sample_rate: int = SA_SAMPLE_RATE) -> np.ndarray:
     centroid = np.log((p * freqs[None]).sum(1) + 1.0)
     flatness = np.log(np.exp(np.log(spec).mean(1)) / spec.mean(1))
     rolloff = freqs[np.argmax(np.cumsum(p, 1) >= 0.85, axis=1)] / 1000.0
-    mfcc = dct(np.log(spec @ _mel_filterbank().T + 1e-10), type=2, axis=1, norm="ortho")[:, 1:9]
+    # MFCC 1-8 of 24 triangular mel bands (HTK mel scale) over 60-7600 Hz
+    pts = 700 * (10 ** (np.linspace(2595 * np.log10(1 + 60 / 700), 2595 * np.log10(1 + 7600 / 700), 26) / 2595) - 1)
+    lo_f, c, hi_f = pts[:-2, None], pts[1:-1, None], pts[2:, None]
+    mel = np.clip(np.minimum((freqs - lo_f) / (c - lo_f), (hi_f - freqs) / (hi_f - c)), 0, None)   # (24, 321)
+    mfcc = dct(np.log(spec @ mel.T + 1e-10), type=2, axis=1, norm="ortho")[:, 1:9]
     feats = np.column_stack([log_e, log_f0, voicing, d_e, d_f0, zcr, centroid, flatness, rolloff, mfcc])
     return feats.astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- k-means units
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
     """k-means++ then Lloyd: ``x (N, d)`` -> centroids ``(k, d)``; an emptied cluster is re-seeded at the
     point farthest from its centroid."""
@@ -227,7 +206,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator 
         cb[j] = x[torch.multinomial(p, 1, generator=g)]
         d2 = torch.minimum(d2, ((x - cb[j]) ** 2).sum(1))
     for _ in range(iters):
-        idx, dist = _nearest_code(x, cb)
+        idx, dist = nearest_code(x, cb)
         counts = torch.bincount(idx, minlength=k)
         sums = torch.zeros_like(cb).index_add_(0, idx, x)
         cb = torch.where((counts > 0)[:, None], sums / counts.clamp_min(1)[:, None], cb)
@@ -239,7 +218,8 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator 
 
 @dataclass
 class _Units:
-    """Per-dimension standardized features -> the nearest of ``K`` k-means centroids."""
+    """Per-dimension standardized features -> the nearest of ``K`` k-means centroids; ``save``/``load`` as
+    ``config.json`` + ``model.safetensors`` (no pickle)."""
     codebook: torch.Tensor   # (K, F) in standardized feature units
     mean: torch.Tensor       # (F,)
     std: torch.Tensor        # (F,)
@@ -256,10 +236,10 @@ class _Units:
             raise UserError(f"{cls.__name__}.fit: expected at least k={k} {what}, got {starts[-1]}; "
                             "pass more data or a smaller k")
         g = torch.Generator().manual_seed(seed)
-        rows = torch.randperm(int(starts[-1]), generator=g)[:max_points].numpy() if starts[-1] > max_points else None
-        if rows is None:
+        if starts[-1] <= max_points:
             x = torch.from_numpy(np.concatenate(feats)).double()
         else:   # gathered from the list, never concatenated whole (Learning2Listen's mel frames are many)
+            rows = torch.randperm(int(starts[-1]), generator=g)[:max_points].numpy()
             which = np.searchsorted(starts, rows, side="right") - 1
             x = torch.from_numpy(np.stack([feats[w][i - starts[w]] for w, i in zip(which, rows)])).double()
         mean, std = x.mean(0), x.std(0).nan_to_num(1.0).clamp_min(1e-3)
@@ -273,23 +253,21 @@ class _Units:
         if feats.shape[0] == 0:
             return np.zeros(0, np.int64)
         z = (torch.from_numpy(np.asarray(feats, np.float32)) - self.mean) / self.std
-        return _nearest_code(z.contiguous(), self.codebook)[0].long().numpy()
+        return nearest_code(z.contiguous(), self.codebook)[0].long().numpy()
 
     def _meta(self) -> dict:
-        return {}
+        return {"format": f"minilisten.{type(self).__name__}", "k": self.k, "rate": SA_RATE}
 
     def save(self, directory) -> None:
-        """``config.json`` + ``model.safetensors`` (no pickle)."""
         from .checkpoint import save_checkpoint
-        save_checkpoint(directory, {"format": f"minilisten.{type(self).__name__}", "k": self.k, **self._meta()},
-                        {"codebook": self.codebook, "mean": self.mean, "std": self.std})
+        save_checkpoint(directory, self._meta(), {"codebook": self.codebook, "mean": self.mean, "std": self.std})
 
     @classmethod
     def load(cls, directory):
         from .checkpoint import load_checkpoint
         cfg, sd = load_checkpoint(directory)
         unit = cls(sd["codebook"].float(), sd["mean"].float(), sd["std"].float())
-        want = {"format": f"minilisten.{cls.__name__}", "k": unit.k, **unit._meta()}
+        want = unit._meta()
         got = {k: cfg.get(k) for k in want}
         if got != want:
             raise UserError(f"{str(directory)!r}: expected a {cls.__name__} saved as {want}, got {got}")
@@ -310,22 +288,19 @@ class AcousticTokenizer(_Units):
         return self.units(acoustic_features(wav, sample_rate))
 
     def _meta(self) -> dict:
-        return {"features": list(FEATURES), "sample_rate": SA_SAMPLE_RATE, "hop": _HOP, "win": _WIN, "rate": SA_RATE}
+        return super()._meta() | {"features": list(FEATURES), "sample_rate": SA_SAMPLE_RATE, "hop": _HOP, "win": _WIN}
 
 
 class MelUnits(_Units):
-    """SA tokens for Learning2Listen, which ships mel spectrograms (``MEL_PER_FRAME`` per video frame), not
-    audio: k-means units of standardized mel frames (not SpeechTokenizer). SA token ``k`` (ending at
-    ``(k + 1) / 50`` s) is the unit of the mel frame whose span holds that end (``tokens.word_step``); a
-    clip of ``N`` mel frames at ``R`` frames/s gives ``floor(50 N / R)`` tokens (``tokens.sa_bounds``)."""
+    """SA tokens for Learning2Listen, which ships mel spectrograms (``MEL_PER_FRAME`` per video frame), not audio:
+    k-means units of standardized mel frames at 50/s; SA token ``k`` is the unit of the mel frame whose span holds
+    its end ``(k + 1) / 50`` s (``tokens.word_step``), ``floor(50 N / R)`` tokens for ``N`` mel frames at ``R``/s."""
 
     @classmethod
     def fit(cls, mels: list[np.ndarray], n_units: int = 256, seed: int = 0, iters: int = 20,
             max_points: int = 200_000) -> "MelUnits":
         """Units fitted on ``mels``: ``(N_i, n_mels)`` float mel frames (the training split)."""
         mels = [_check_mel(m, f"mels[{i}]") for i, m in enumerate(mels)]
-        if not mels:
-            raise UserError("MelUnits.fit: mels: expected at least one (N, n_mels) array, got none")
         if len({m.shape[1] for m in mels}) != 1:
             raise UserError(f"MelUnits.fit: mels: expected one n_mels, got {sorted({m.shape[1] for m in mels})}")
         return cls._fit(mels, n_units, iters, seed, max_points, "mel frames")
@@ -335,11 +310,10 @@ class MelUnits(_Units):
         mel = _check_mel(mel, "mel")
         rate = MEL_PER_FRAME * float(fps)
         n = sa_bounds(mel.shape[0], rate, r=1)
-        frame = [word_step((i + 1) / SA_RATE, rate, r=1) for i in range(n)]
-        return self.units(mel[frame])
+        return self.units(mel[[word_step((i + 1) / SA_RATE, rate, r=1) for i in range(n)]])
 
     def _meta(self) -> dict:
-        return {"n_mels": int(self.codebook.shape[1]), "mel_per_frame": MEL_PER_FRAME, "rate": SA_RATE}
+        return super()._meta() | {"n_mels": int(self.codebook.shape[1]), "mel_per_frame": MEL_PER_FRAME}
 
 
 def _check_mel(mel, name: str) -> np.ndarray:
@@ -349,13 +323,13 @@ def _check_mel(mel, name: str) -> np.ndarray:
     return m.astype(np.float32, copy=False)
 
 
-# ----------------------------------------------------------------------------- emotion (emo)
-def _emotion_probs(obj, where: str, logits: bool | None) -> np.ndarray:
-    """Probabilities from an array or an EMOCA-style dict (``expr_classification``: logits)."""
+def _emotion_probs(path, logits: bool | None) -> np.ndarray:
+    """Probabilities from a file of an array or an EMOCA-style dict (``expr_classification``: logits)."""
     from scipy.special import softmax
-    if isinstance(obj, dict) and "expr_classification" in obj:
-        obj, logits = obj["expr_classification"], logits is not False
-    a = _as_np(_entry(obj, ("emotion", "expression", "probs", "probabilities"), where)).astype(np.float64)
+    obj = _load(path, "emotion", ("emotion", "expression", "probs", "probabilities"))
+    if isinstance(obj, dict):
+        obj, logits = _as_np(obj["expr_classification"]), logits is not False
+    a = _as_np(obj).astype(np.float64)
     return softmax(a, axis=-1) if logits else a
 
 
@@ -369,9 +343,9 @@ def read_emoca_emotions(path, logits: bool | None = None) -> np.ndarray:
         if not files:
             raise UserError(f"emotion directory {str(p)!r}: expected per-frame {tuple(LOADERS)} files, got none")
         files.sort(key=lambda f: (int(m.group()) if (m := re.search(r"\d+", f.stem)) else -1, f.name))
-        rows = [(f, _emotion_probs(_load(f, "emotion"), str(f), logits).reshape(1, -1)) for f in files]
-        probs = np.concatenate([check_emotion_probs(r, f"emotion file {str(f)!r}", 1, hint) for f, r in rows])
+        probs = np.concatenate([check_emotion_probs(_emotion_probs(f, logits).reshape(1, -1),
+                                                    f"emotion file {str(f)!r}", 1, hint) for f in files])
     else:
-        probs = _emotion_probs(_load(p, "emotion"), str(p), logits)
+        probs = _emotion_probs(p, logits)
         probs = probs[:, 0] if probs.ndim == 3 and probs.shape[1] == 1 else probs
     return check_emotion_probs(probs, f"emotion ({p.name})", hint=hint).astype(np.float32)

@@ -129,7 +129,8 @@ def motion_kmeans_codes(train_segments: list[Segment], other: list[list[Segment]
                         seed: int = 0, iters: int = 15) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """LR codes without a VQ-VAE: groups of ``r`` frames of the segment-centred, standardised listener
     motion -> ``[mean, last - first]`` -> nearest of ``k`` k-means centroids. ``(train codes, [other codes])``."""
-    from .speaker import _nearest_code, kmeans
+    from .kernels.nearest_code import nearest_code as _nearest_code
+    from .speaker import kmeans
 
     centered = lambda s: torch.tensor(s.listener_motion[:s.T // r * r], dtype=torch.float64)  # noqa: E731
     scale = torch.cat([centered(s) - centered(s).mean(0) for s in train_segments]).std(0).clamp_min(1e-6)
