@@ -105,8 +105,8 @@ def word_step(end: float, fps: float, r: int = 8, placement: str = "eq1") -> int
 
 
 def word_frame(end: float, fps: float, r: int = 1) -> int:
-    """The frame (or step of ``r`` frames) whose span ``(k r / fps, (k + 1) r / fps]`` holds time
-    ``end``: a word is known from there on. Unclamped: speech before 0 s gets a negative index."""
+    """The frame (or step of ``r`` frames) ``k`` whose span ``(k r / fps, (k + 1) r / fps]`` holds ``end``
+    (unclamped: speech before 0 s gets a negative index)."""
     return math.ceil(end * fps / r - EPS) - 1
 
 
@@ -125,8 +125,7 @@ def word_steps(words: list[Word], n_steps: int, fps: float, r: int = 8, placemen
 
 
 def sa_bounds(steps, fps: float, r: int = 8, sa_rate: float = SA_RATE):
-    """First SA token index of step(s) ``steps`` (int -> int, array -> int64 array):
-    ``floor(i r sa_rate / fps)``; step ``i`` holds tokens ``[sa_bounds(i), sa_bounds(i + 1))``."""
+    """First SA token ``floor(i r sa_rate / fps)`` of LR step(s) ``i`` (int -> int, array -> int64 array)."""
     b = np.floor(np.asarray(steps, dtype=np.float64) * r * sa_rate / fps + EPS).astype(np.int64)
     return int(b) if b.ndim == 0 else b
 
@@ -162,8 +161,7 @@ def sa_steps(sa_tokens: np.ndarray, n_steps: int, fps: float, r: int = 8, sa_rat
 
 
 def emotion_tokens(probs, r: int = 8) -> np.ndarray:
-    """Supplement Eq. 7-9: ``probs (T, 8)`` -> ``(T // r,)`` int64 tokens, the argmax of the mean
-    probability over each group of ``r`` frames (a tail of ``T % r`` frames forms no group)."""
+    """Supplement Eq. 7-9: ``probs (T, 8)`` -> ``(T // r,)`` int64, the argmax of each ``r`` frames' mean."""
     p = check_emotion_probs(probs, "emotion")
     n = p.shape[0] // r
     return p[:n * r].reshape(n, r, N_EMOTIONS).mean(1).argmax(1).astype(np.int64)
@@ -199,13 +197,8 @@ def speaker_tokens(seg, modalities=MODALITIES, n_steps: int | None = None, r: in
 
 def history_ids(vocab: Vocab, words: list[list[int]], budget: int) -> list[int]:
     """``[<bos>] + W^h``: the most recent whole words (id lists, oldest first) within ``budget`` tokens."""
-    kept, total = [], 0
-    for ids in reversed(words):
-        if total + len(ids) > budget:
-            break
-        kept.append(ids)
-        total += len(ids)
-    return [vocab.bos] + [t for ids in reversed(kept) for t in ids]
+    n = int(np.searchsorted(np.cumsum([len(ids) for ids in reversed(words)]), budget, side="right"))
+    return [vocab.bos] + [t for ids in words[len(words) - n:] for t in ids]
 
 
 def step_ids(vocab: Vocab, words: list[list[int]] | None = None, sa=None, emo: int | None = None) -> list[int]:
@@ -228,8 +221,7 @@ def prefix_ids(vocab: Vocab, history: list[int], steps: list[list[int]], j: int,
 
 def context_plan(vocab: Vocab, history: list[int], steps: list[list[int]], max_len: int, history_tokens: int,
                  window_keep: float, with_lr: bool = True) -> list[int]:
-    """Start step ``j_i`` of the context of each step ``i`` (docs/streaming.md, context policy);
-    all zeros when the whole sequence fits ``max_len``."""
+    """Start step ``j_i`` of the context of each step ``i`` (docs/streaming.md, context policy)."""
     lens = [len(s) + (1 if with_lr else 0) for s in steps]   # step i's tokens + LR_i
     cum = np.concatenate([[0], np.cumsum(lens)]) if lens else np.zeros(1, np.int64)
 
@@ -241,13 +233,10 @@ def context_plan(vocab: Vocab, history: list[int], steps: list[list[int]], max_l
     for i in range(len(steps)):
         if length(j, i) > max_len:
             budget = max(1, int(window_keep * max_len))
-            j2 = next((k for k in range(j + 1, i + 1) if length(k, i) <= budget), None)
-            if j2 is None:
-                j2 = i
-                if length(i, i) > max_len:
-                    raise ValueError(f"step {i}: {lens[i]} tokens plus the history do not fit the context of "
-                                     f"{max_len} tokens; raise max_len or lower history_tokens")
-            j = j2
+            j = next((k for k in range(j + 1, i + 1) if length(k, i) <= budget), i)
+            if length(j, i) > max_len:
+                raise ValueError(f"step {i}: {lens[i]} tokens plus the history do not fit the context of "
+                                 f"{max_len} tokens; raise max_len or lower history_tokens")
         plan.append(j)
     return plan
 
