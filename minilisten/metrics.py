@@ -17,8 +17,7 @@ FLAME_GROUPS = ((0, 50, 1 / 50), (50, 56, 1 / 6))                 # FLAME expres
 
 
 def _array(name: str, x, ndim: int | None = 2, dim: int | None = None, min_frames: int = 1, like=None) -> np.ndarray:
-    """``x`` as a finite float64 array of ``ndim`` dims (None: any) and last dim ``dim``, >= ``min_frames`` rows;
-    ``like=(ref_name, shape)``: of exactly that shape."""
+    """``x`` checked as a finite float64 array; ``like=(ref_name, shape)``: of exactly that shape."""
     if x is None:
         raise UserError(f"{name}: expected an array, got None")
     a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
@@ -39,7 +38,6 @@ def _array(name: str, x, ndim: int | None = 2, dim: int | None = None, min_frame
 
 
 def _pair(pred, gt, ndim: int | None = 2, dim: int | None = None, min_frames: int = 1, names=("pred", "gt")):
-    """A prediction and its ground truth, checked: same shape, finite, enough frames."""
     g = _array(names[1], gt, ndim, dim, min_frames)
     return _array(names[0], pred, ndim, dim, min_frames, like=(names[1], g.shape)), g
 
@@ -51,7 +49,7 @@ def l2(pred, gt) -> float:
 
 
 def _cov_factor(x: np.ndarray, eps: float) -> np.ndarray:
-    """``A`` with ``A^T A = cov(x) + eps I`` (``np.cov``, ddof 1). ``x: (T, D)`` -> ``(<=D+T, D)``."""
+    """``A`` with ``A^T A = cov(x) + eps I`` (``np.cov``, ddof 1)."""
     a = (x - x.mean(0)) / np.sqrt(x.shape[0] - 1)
     if eps > 0:
         a = np.vstack([a, np.sqrt(eps) * np.eye(x.shape[1])])
@@ -76,8 +74,7 @@ def fd(pred, gt, eps: float = 0.0, split: bool = False):
 
 
 def pfd(pred, gt, speaker, eps: float = 0.0, split: bool = False):
-    """Paired FD: FD of ``[speaker, pred]`` against ``[speaker, gt]`` per frame (112 dims); all ``(T, 56)``.
-    ``split=True``: ``{"exp", "pose"}``, each part paired with the same part (supplement §6 / DIM)."""
+    """Paired FD of ``[speaker, pred]`` against ``[speaker, gt]`` (all ``(T, 56)``); ``split`` as :func:`fd`."""
     p, g = _pair(pred, gt, 2, D_MOTION, 2)
     s = _array("speaker", speaker, 2, D_MOTION, 2, like=("gt", g.shape))
     if not split:
@@ -92,8 +89,7 @@ def variation(x) -> float:
 
 
 def diversity_pairs(T: int, n_pairs: int | None = None, seed=0) -> tuple[np.ndarray, np.ndarray]:
-    """The frame pairs of ``diversity``: two lists of ``n_pairs`` (default 30, or 10 when ``T <= 30``) indices,
-    each drawn without replacement from ``range(T)``; needs ``T > n_pairs``."""
+    """The frame pairs of ``diversity``: two draws of ``n_pairs`` (default 30; 10 when ``T <= 30``) of ``range(T)``."""
     if n_pairs is not None and (isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1):
         raise UserError(f"diversity: n_pairs: expected None or an int >= 1, got {n_pairs!r}")
     n = n_pairs if n_pairs is not None else (30 if T > 30 else 10)
@@ -104,8 +100,7 @@ def diversity_pairs(T: int, n_pairs: int | None = None, seed=0) -> tuple[np.ndar
 
 
 def diversity(x, n_pairs: int | None = None, seed=0, pairs=None) -> float:
-    """Mean Euclidean distance between random frame pairs of one clip ``x (T, D)``; ``pairs=(i, j)`` (index
-    arrays) overrides the seeded draw of ``diversity_pairs``."""
+    """Mean Euclidean distance between random frame pairs (or ``pairs=(i, j)``) of one clip ``x (T, D)``."""
     a = _array("motion", x)
     i, j = pairs if pairs is not None else diversity_pairs(a.shape[0], n_pairs, seed)
     if len(i) == 0 or len(i) != len(j):
@@ -170,8 +165,7 @@ def vq_commit(z_e, z_q) -> float:
 
 
 def perplexity(codes, n_codes: int) -> float:
-    """``exp(-sum_k p_k log(p_k + 1e-7))`` of the histogram of ``codes`` (ints in ``[0, n_codes)``, any shape):
-    ``n_codes`` when usage is uniform, 1 when one code is used."""
+    """``exp(-sum_k p_k log(p_k + 1e-7))`` of the histogram of ``codes`` (ints in ``[0, n_codes)``, any shape)."""
     c = np.asarray(codes.detach().cpu() if hasattr(codes, "detach") else codes)
     if c.size == 0 or not np.issubdtype(c.dtype, np.integer):
         raise UserError(f"codes: expected a non-empty integer array, got shape {c.shape} dtype {c.dtype}")
@@ -182,8 +176,7 @@ def perplexity(codes, n_codes: int) -> float:
 
 
 def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: float = 30, seed=0) -> dict[str, float]:
-    """All Table 1 columns for one clip: ``pred, gt, speaker (T, 56)``, valences ``(T,)``; diversity of pred and
-    gt uses the same seeded frame pairs."""
+    """All Table 1 columns for one clip: ``pred, gt, speaker (T, 56)``, valences ``(T,)``; one draw of pairs."""
     p, g = _pair(pred, gt, 2, D_MOTION, 2)
     pairs = diversity_pairs(p.shape[0], seed=seed)
     out = {"l2": l2(p, g), "fd": fd(p, g), "pfd": pfd(p, g, speaker),
@@ -197,9 +190,8 @@ def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: flo
 
 def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: float = 30,
                    seed: int = 0) -> dict[str, float]:
-    """Table 1 over a test set: :func:`clip_metrics` per clip (lists of ``(T_i, 56)``, ``T_i >= 11``; valences
-    ``(T_i,)`` or both None), then the unweighted mean and ``n_clips``; clip ``i`` draws diversity pairs with seed
-    ``(seed, i)``; ``l2_affect`` is raw (tables print it x100)."""
+    """Table 1 over a test set: the unweighted mean of :func:`clip_metrics` (seed ``(seed, i)`` for clip ``i``) over
+    lists of clips, and ``n_clips``."""
     lists = {"gt": gt, "pred": pred, "speaker": speaker}
     if pred_valence is not None or gt_valence is not None:
         lists.update(pred_valence=pred_valence, gt_valence=gt_valence)
@@ -219,8 +211,7 @@ def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: f
 
 
 def score(preds: list[np.ndarray], clips, valence_model: ValenceRegressor | None = None, seed: int = 0) -> dict:
-    """Table 1 metrics of ``preds`` (one ``(T, 56)`` per clip) on ``clips`` (Segments); L2 Affect only with a
-    ``valence_model``."""
+    """Table 1 metrics of ``preds`` (one ``(T, 56)`` per clip) on ``clips`` (Segments); L2 Affect with a model."""
     kw = {}
     if valence_model is not None:
         kw = dict(pred_valence=[valence_model.predict(p) for p in preds], gt_valence=[c.valence for c in clips])
@@ -271,8 +262,7 @@ def ccc(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def dtw(x: np.ndarray, y: np.ndarray) -> float:
-    """DTW distance of (T, d) and (T', d) as tslearn.metrics.dtw defines it (the square root of the smallest sum
-    of squared Euclidean distances along a warping path), by dtaidistance's C implementation."""
+    """DTW distance of (T, d) and (T', d) as tslearn.metrics.dtw defines it, by dtaidistance's C code."""
     from dtaidistance import dtw_ndim
     return float(dtw_ndim.distance(np.ascontiguousarray(x, np.float64), np.ascontiguousarray(y, np.float64),
                                    use_c=True))
@@ -327,8 +317,7 @@ def frdvs(pred) -> float:
 
 
 def _tlcc_offset(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
-    """|lag of the peak| of the dimension-averaged Pearson cross-correlation over lags -max_lag..max_lag
-    (REACT's calculate_tlcc: a NaN correlation wins the argmax, as torch.argmax)."""
+    """|lag| of the peak dimension-averaged Pearson correlation (REACT's calculate_tlcc: a NaN wins, as argmax)."""
     rs = []
     for lag in range(-max_lag, max_lag + 1):
         a, b = (x[lag:], y[:len(y) - lag]) if lag > 0 else (x[:len(x) + lag], y[-lag:]) if lag < 0 else (x, y)

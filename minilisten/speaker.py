@@ -36,24 +36,23 @@ def read_whisper_words(src) -> list[Word]:
         if not Path(src).is_file():
             raise UserError(f"whisper transcript: expected a JSON file, got no file {str(src)!r}")
         data = json.loads(Path(src).read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "segments" not in data and "word_segments" in data:
-        data = [{"words": data["word_segments"]}]
-    segs = data.get("segments") if isinstance(data, dict) else data
+    segs = data
+    if isinstance(data, dict):
+        segs = data.get("segments", [{"words": data["word_segments"]}] if "word_segments" in data else None)
     if not isinstance(segs, list):
-        keys = sorted(data)[:8] if isinstance(data, dict) else "-"
         raise UserError("whisper transcript: expected a dict with 'segments' (Whisper) or 'word_segments' (WhisperX), "
-                        f"got {type(data).__name__} with keys {keys}")
+                        f"got {type(data).__name__} {sorted(data)[:8] if isinstance(data, dict) else ''}")
     items = []
     for si, seg in enumerate(segs):
         if not isinstance(seg, dict) or "words" not in seg:
             raise UserError(f"whisper transcript: segments[{si}]: expected a 'words' list (transcribe with "
                             "word_timestamps=True), got none")
         for wi, w in enumerate(seg["words"]):
-            where = f"whisper transcript: segments[{si}].words[{wi}]"
             text = w.get("word", w.get("text")) if isinstance(w, dict) else None
             if text is None:
-                raise UserError(f"{where}: expected a dict with 'word', 'start', 'end', got {w!r}")
-            at = f"{where} ({text!r})"
+                raise UserError(f"whisper transcript: segments[{si}].words[{wi}]: expected a dict with 'word', "
+                                f"'start', 'end', got {w!r}")
+            at = f"whisper transcript: segments[{si}].words[{wi}] ({text!r})"
             start = None if w.get("start") is None else seconds(f"{at}: start", w["start"])
             if text.strip():
                 items.append((text.strip(), start, seconds(f"{at}: end", w.get("end"))))
@@ -65,8 +64,8 @@ def read_whisper_words(src) -> list[Word]:
 
 
 def _load(path, what: str, keys: tuple[str, ...] = ()) -> np.ndarray:
-    """The array in a ``LOADERS`` file: the object itself, or of a dict its first entry named in ``keys`` (or its
-    only entry); an EMOCA dict (``expr_classification``) is returned whole."""
+    """The object in a ``LOADERS`` file; of a dict its first entry named in ``keys`` (or its only entry), but an
+    EMOCA dict (``expr_classification``) whole."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{what}: expected a file, got no file {str(p)!r}")
@@ -87,8 +86,7 @@ def _as_np(a) -> np.ndarray:
 
 
 def read_sa_tokens(path, layer: int = 1, n_sa: int | None = None) -> np.ndarray:
-    """``(M,)`` int64 acoustic tokens of one clip from a ``LOADERS`` file holding ``(M,)`` or
-    SpeechTokenizer's ``(n_q, M)`` / ``(n_q, 1, M)`` codes (row ``layer``; 1 = the paper's)."""
+    """``(M,)`` int64 tokens from a file of ``(M,)`` or SpeechTokenizer's ``(n_q, [1,] M)`` codes (row ``layer``)."""
     where = f"sa tokens {str(path)!r}"
     a = _as_np(_load(path, "sa tokens", ("codes", "sa_tokens", "tokens")))
     if a.ndim == 3 and a.shape[1] == 1:
@@ -117,8 +115,7 @@ def _mono(wav, sr: int, rate: int = SA_SAMPLE_RATE) -> np.ndarray:
 
 
 class SpeechTokenizerSA:
-    """SA tokens from SpeechTokenizer (Zhang et al.): RVQ layer ``layer`` (1 = the paper's) of a local
-    checkpoint (``pip install speechtokenizer``, its ``config.json`` + ``SpeechTokenizer.pt``)."""
+    """SA tokens from SpeechTokenizer (Zhang et al.): RVQ layer ``layer`` (1 = the paper's) of a local checkpoint."""
 
     def __init__(self, config_path, ckpt_path, layer: int = 1, device: str = "cpu"):
         try:
@@ -194,8 +191,7 @@ def acoustic_features(wav, sample_rate: int = SA_SAMPLE_RATE) -> np.ndarray:
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ then Lloyd: ``x (N, d)`` -> centroids ``(k, d)``; an emptied cluster is re-seeded at the
-    point farthest from its centroid."""
+    """k-means++ then Lloyd: ``x (N, d)`` -> centroids ``(k, d)``; an emptied cluster restarts at the farthest point."""
     N = x.shape[0]
     g = generator or torch.Generator().manual_seed(0)
     cb = torch.empty(k, x.shape[1])
@@ -218,8 +214,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator 
 
 @dataclass
 class _Units:
-    """Per-dimension standardized features -> the nearest of ``K`` k-means centroids; ``save``/``load`` as
-    ``config.json`` + ``model.safetensors`` (no pickle)."""
+    """Standardized features -> the nearest of ``K`` k-means centroids; saved as config.json + model.safetensors."""
     codebook: torch.Tensor   # (K, F) in standardized feature units
     mean: torch.Tensor       # (F,)
     std: torch.Tensor        # (F,)
@@ -292,9 +287,8 @@ class AcousticTokenizer(_Units):
 
 
 class MelUnits(_Units):
-    """SA tokens for Learning2Listen, which ships mel spectrograms (``MEL_PER_FRAME`` per video frame), not audio:
-    k-means units of standardized mel frames at 50/s; SA token ``k`` is the unit of the mel frame whose span holds
-    its end ``(k + 1) / 50`` s (``tokens.word_step``), ``floor(50 N / R)`` tokens for ``N`` mel frames at ``R``/s."""
+    """SA tokens for Learning2Listen's mel frames (``MEL_PER_FRAME`` per video frame): k-means units at 50/s, token
+    ``k`` the unit of the mel frame holding its end ``(k + 1) / 50`` s (``tokens.word_step``; docs/models.md)."""
 
     @classmethod
     def fit(cls, mels: list[np.ndarray], n_units: int = 256, seed: int = 0, iters: int = 20,
@@ -334,9 +328,8 @@ def _emotion_probs(path, logits: bool | None) -> np.ndarray:
 
 
 def read_emoca_emotions(path, logits: bool | None = None) -> np.ndarray:
-    """Per-frame emotion probabilities ``(T, 8)`` (``EMOTIONS`` order) from one file holding ``(T, 8)`` or
-    a directory of per-frame files (numeric name order); EMOCA's ``expr_classification`` logits are
-    softmaxed, plain arrays only when ``logits=True``."""
+    """Per-frame emotion probabilities ``(T, 8)`` from a file or a directory of per-frame files (numeric name order);
+    EMOCA's ``expr_classification`` logits are softmaxed, plain arrays only when ``logits=True``."""
     p, hint = Path(path), " (pass logits=True if these are EMOCA's expr_classification logits)"
     if p.is_dir():
         files = [f for f in p.iterdir() if f.suffix.lower() in LOADERS and f.suffix != ".txt"]
