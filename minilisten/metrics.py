@@ -252,8 +252,7 @@ def _react_inputs(pred, gt=None, appropriate=None):
 
 
 def ccc(x: np.ndarray, y: np.ndarray) -> float:
-    """Concordance correlation of (T, D) arrays, averaged over D (REACT's: population variances, a constant
-    dimension has correlation 0, +1e-8 in the denominator)."""
+    """Concordance correlation of (T, D) arrays, averaged over D, as REACT computes it (docs/results.md)."""
     mx, my, vx, vy = x.mean(0), y.mean(0), x.var(0), y.var(0)
     cov = ((x - mx) * (y - my)).mean(0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -292,10 +291,9 @@ def frdist(pred, listener_gt, appropriate, groups=REACT_GROUPS) -> float:
 
 def _spread(x: np.ndarray) -> float:
     """``(G, M, F)`` -> the mean over G of the mean squared distance between its M rows, per element."""
+    from scipy.spatial.distance import pdist
     G, M, F = x.shape
-    sq = (x * x).sum(2)
-    d = [np.maximum(s[:, None] + s[None, :] - 2 * a @ a.T, 0).sum() for a, s in zip(x, sq)]
-    return float(np.mean(d) / (M * (M - 1) * F))
+    return float(np.mean([2 * pdist(a, "sqeuclidean").sum() for a in x]) / (M * (M - 1) * F))
 
 
 def frdiv(pred) -> float:
