@@ -57,9 +57,8 @@ def _cov_factor(x: np.ndarray, eps: float) -> np.ndarray:
 
 
 def fd(pred, gt, eps: float = 0.0, split: bool = False):
-    """Fréchet distance between Gaussians fitted to the frames of ``pred (T1, D)`` and ``gt (T2, D)``, T >= 2, with
-    ``eps`` added to both covariance diagonals; exact for singular covariances. ``split=True`` (DIM, D = 56):
-    ``{"exp": FD of [0:50], "pose": FD of [50:56]}``."""
+    """Fréchet distance of Gaussians fitted to the frames of ``pred (T1, D)`` and ``gt (T2, D)`` (``eps`` added to the
+    covariances' diagonals); ``split=True`` (DIM, D = 56): ``{"exp": FD of [0:50], "pose": FD of [50:56]}``."""
     g = _array("gt", gt, 2, D_MOTION if split else None, min_frames=2)
     p = _array("pred", pred, 2, g.shape[1], min_frames=2)
     if split:
@@ -109,8 +108,7 @@ def diversity(x, n_pairs: int | None = None, seed=0, pairs=None) -> float:
 
 
 def l2_affect(pred_valence, gt_valence, fps: float = 30, window_s: float = 1.0) -> float:
-    """MSE between valences ``(T,)`` averaged over non-overlapping windows of ``round(fps * window_s)`` frames (the
-    last partial window dropped; a clip shorter than one window is one window). Raw; tables report it x100."""
+    """MSE between valences ``(T,)`` averaged over windows of ``round(fps * window_s)`` frames (docs/results.md)."""
     p, g = _pair(pred_valence, gt_valence, ndim=1, names=("pred_valence", "gt_valence"))
     w = int(round(fps * window_s))
     if w < 1:
@@ -190,8 +188,7 @@ def clip_metrics(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: flo
 
 def evaluate_clips(pred, gt, speaker, pred_valence=None, gt_valence=None, fps: float = 30,
                    seed: int = 0) -> dict[str, float]:
-    """Table 1 over a test set: the unweighted mean of :func:`clip_metrics` (seed ``(seed, i)`` for clip ``i``) over
-    lists of clips, and ``n_clips``."""
+    """Table 1 over lists of clips: the unweighted mean of :func:`clip_metrics` (seed ``(seed, i)``) and ``n_clips``."""
     lists = {"gt": gt, "pred": pred, "speaker": speaker}
     if pred_valence is not None or gt_valence is not None:
         lists.update(pred_valence=pred_valence, gt_valence=gt_valence)
@@ -274,14 +271,12 @@ def _best_sum(pred, gt, ok, dist, best) -> float:
 
 
 def frcorr(pred, listener_gt, appropriate) -> float:
-    """FRCorr ↑: per clip, the sum over its S samples of the best CCC with an appropriate reaction; mean over
-    clips (REACT's sum over samples: its scale grows with S)."""
+    """FRCorr ↑: mean over clips of the sum over samples of the best CCC with an appropriate reaction."""
     return _best_sum(*_react_inputs(pred, listener_gt, appropriate), ccc, max)
 
 
 def frdist(pred, listener_gt, appropriate, groups=REACT_GROUPS) -> float:
-    """FRDist ↓: per clip, the sum over samples of the smallest group-weighted DTW to an appropriate reaction
-    (float32 inputs, as REACT's); mean over clips."""
+    """FRDist ↓: mean over clips of the sum over samples of the smallest group-weighted DTW to an appropriate one."""
     pred, gt, ok = _react_inputs(pred, listener_gt, appropriate)
 
     def dist(a, b):
@@ -328,9 +323,8 @@ def _tlcc_offset(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
 
 
 def frsyn(pred, speaker_gt, fps: float = 25.0, seconds: float = 2.0, all_samples: bool = False) -> float:
-    """FRSyn ↓ (REACT's TLCC): |lag| in frames of the peak cross-correlation between a reaction and its speaker,
-    lags up to seconds * fps - 1, mean over clips; of the first sample only, as REACT's evaluate.py (docs/results.md),
-    unless ``all_samples``."""
+    """FRSyn ↓ (REACT's TLCC): mean |lag| in frames of the peak cross-correlation of a reaction with its speaker; of
+    each clip's first sample, as REACT's evaluate.py, unless ``all_samples`` (docs/results.md)."""
     pred, spk, _ = _react_inputs(pred, speaker_gt)
     max_lag = int(seconds * fps) - 1
     S = pred.shape[1] if all_samples else 1
