@@ -42,9 +42,9 @@ def _pair(pred, gt, ndim: int | None = 2, dim: int | None = None, min_frames: in
     return _array(names[0], pred, ndim, dim, min_frames, like=(names[1], g.shape)), g
 
 
-def l2(pred, gt) -> float:
-    """Mean squared error. ``pred, gt: (T, D)`` of the same shape."""
-    p, g = _pair(pred, gt)
+def l2(pred, gt, ndim: int | None = 2, names=("pred", "gt")) -> float:
+    """Mean squared error of ``pred`` and ``gt``, ``(T, D)`` (``ndim=None``: any) of one shape."""
+    p, g = _pair(pred, gt, ndim, names=names)
     return float(np.mean((p - g) ** 2))
 
 
@@ -152,14 +152,12 @@ class ValenceRegressor:
 
 def vq_rec(recon, gt) -> float:
     """Reconstruction (Table 5): MSE between decoded and ground-truth motion (any equal shapes)."""
-    a, b = _pair(recon, gt, None, names=("recon", "gt"))
-    return float(np.mean((a - b) ** 2))
+    return l2(recon, gt, None, ("recon", "gt"))
 
 
 def vq_commit(z_e, z_q) -> float:
     """Commitment (Table 5): MSE between encoder outputs and their quantized codes (any equal shapes)."""
-    a, b = _pair(z_e, z_q, None, names=("z_e", "z_q"))
-    return float(np.mean((a - b) ** 2))
+    return l2(z_e, z_q, None, ("z_e", "z_q"))
 
 
 def perplexity(codes, n_codes: int) -> float:

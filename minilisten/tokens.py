@@ -25,8 +25,8 @@ EPS = 1e-6               # tolerance on times expressed in frames
 
 @dataclass(frozen=True)
 class Vocab:
-    """Token-id layout (docs/streaming.md). ``lr/sa/emo(code)``: code (int, array, tensor) -> token id; ints and
-    arrays are range-checked, tensors are not (no host sync in decoding loops)."""
+    """Token-id layout (docs/streaming.md). ``lr/sa/emo(code)``: code(s) in ``[0, n_lr/n_sa/n_emo)`` (int, array,
+    tensor) -> token id(s); ints and arrays are range-checked, tensors are not (no host sync in decoding loops)."""
     n_words: int
     n_lr: int = 256
     n_sa: int = 1024
@@ -59,15 +59,12 @@ class Vocab:
         return offset + int(c) if c.ndim == 0 else c.astype(np.int64) + offset
 
     def lr(self, code):
-        """LR code(s) in ``[0, n_lr)`` -> token id(s)."""
         return self._map(code, self.lr_offset, self.n_lr, "LR")
 
     def sa(self, code):
-        """SA token(s) in ``[0, n_sa)`` -> token id(s)."""
         return self._map(code, self.sa_offset, self.n_sa, "SA")
 
     def emo(self, code):
-        """Emotion class(es) in ``[0, n_emo)`` -> token id(s)."""
         return self._map(code, self.emo_offset, self.n_emo, "emo")
 
     def kind(self, token_id: int) -> str:
