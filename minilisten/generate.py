@@ -71,10 +71,15 @@ def pick(logits: torch.Tensor, sampling: Sampling | None, generators: Sequence[t
     return torch.cat([torch.multinomial(p[b], 1, generator=g) for b, g in enumerate(generators)])
 
 
-def _rng(seed: int, device) -> torch.Generator:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
-        raise UserError(f"seed: expected an int in [0, 2**63), got {seed!r}")
-    return torch.Generator(device=device).manual_seed(int(seed))
+def _rngs(seeds: Sequence[int] | None, n: int, device) -> list[torch.Generator]:
+    """One seeded generator per stream (seeds default 0)."""
+    seeds = [0] * n if seeds is None else list(seeds)
+    if len(seeds) != n:
+        raise UserError(f"seeds: expected one seed per stream ({n}), got {len(seeds)}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2 ** 63:
+            raise UserError(f"seed: expected an int in [0, 2**63), got {s!r}")
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
 @dataclass
@@ -386,15 +391,12 @@ class _Decoder:
             raise ValueError(f"max_len: expected None or an int >= 0 (0: the LM's), got {max_len!r}")
         self.lm, self.batch, self.sampling = lm, batch, sampling or Sampling()
         self.max_len = int(max_len or lm.max_len)
-        self.gens = [_rng(0, self.device) for _ in range(batch)]
+        self.gens = _rngs(None, batch, self.device)
 
     def seed(self, streams: Sequence[int], seeds: Sequence[int] | None = None) -> None:
         """Seed the sampling generator of each of ``streams`` (default seed 0)."""
-        seeds = [0] * len(streams) if seeds is None else list(seeds)
-        if len(seeds) != len(streams):
-            raise UserError(f"seeds: expected one seed per stream ({len(streams)}), got {len(seeds)}")
-        for b, s in zip(streams, seeds):
-            self.gens[b] = _rng(s, self.device)
+        for b, g in zip(streams, _rngs(seeds, len(streams), self.device)):
+            self.gens[b] = g
 
     def _restarts(self, i: int, plans: list[list[int]], steps) -> list[int]:
         """Streams whose context is (re)built at step ``i``: the first step and context jumps."""
@@ -433,15 +435,13 @@ class _Decoder:
 
 
 class Generator(_Decoder):
-    """Fast decoding of up to ``batch`` streams (:class:`FastTransformer`); ``compile``: True or "max-autotune"
-    (CUDA graphs unless ``cudagraphs=False``); ``buckets`` (CUDA: ``BUCKETS``): padded block widths; ``chunk``:
-    prefill block; ``kv_block``: key window granularity (128 CUDA, 32 CPU). ``codes`` (batch,) int64: each
-    stream's latest LR code; ``logits`` (batch, n_lr) fp32: the LR-head logits behind it."""
+    """Fast decoding of up to ``batch`` streams (:class:`FastTransformer`); ``compile``: True (CUDA graphs on CUDA)
+    or "max-autotune"; ``buckets`` (CUDA: ``BUCKETS``): padded block widths; ``chunk``: prefill block. ``codes``
+    (batch,) int64: each stream's latest LR code; ``logits`` (batch, n_lr) fp32: the LR-head logits behind it."""
 
     def __init__(self, lm, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None,
-                 device=None, compile: bool | str = False, cudagraphs: bool | None = None,
-                 buckets: Sequence[int] | None | str = "auto", chunk: int = 64, kv_block: int | None = None,
-                 sampling: Sampling | None = None):
+                 device=None, compile: bool | str = False, buckets: Sequence[int] | None | str = "auto",
+                 chunk: int = 64, sampling: Sampling | None = None):
         if not all(hasattr(lm, a) for a in ("vocab", "backbone", "config")):
             raise ValueError(f"lm: expected a ListenerLM (with .vocab, .backbone, .config), got {type(lm).__name__}; "
                              f"for live input use StreamingListener(lm, vq, beta)")
@@ -457,15 +457,14 @@ class Generator(_Decoder):
         if buckets == "auto":
             buckets = BUCKETS if cuda else None
         self.buckets = tuple(sorted({int(b) for b in buckets} | {chunk})) if buckets else None
-        self.chunk, self.kv_block = chunk, kv_block or (128 if cuda else 32)
+        self.chunk, self.kv_block = chunk, 128 if cuda else 32    # kv_block: granularity of the key window
         self.key_pos = torch.arange(self.max_len, device=self.device)
         self.host_pos = [0] * batch           # mirror of model.pos, known without a device sync
         self._fwd, self._pin, self.compiled = self.model.forward, cuda, bool(compile)
-        if compile:   # CUDA mode by (max-autotune, CUDA graphs)
-            auto, graphs = compile == "max-autotune", cudagraphs is not False
-            modes = {(True, True): "max-autotune", (True, False): "max-autotune-no-cudagraphs",
-                     (False, True): "reduce-overhead", (False, False): None}
-            kw = {"mode": modes[auto, graphs]} if cuda else {"options": {"max_autotune": auto}}
+        if compile:   # on CUDA both modes record CUDA graphs
+            auto = compile == "max-autotune"
+            mode = "max-autotune" if auto else "reduce-overhead"
+            kw = {"mode": mode} if cuda else {"options": {"max_autotune": auto}}
             self._fwd = torch.compile(self.model.forward, fullgraph=True, **kw)
 
     def reset(self, streams: Sequence[int] | None = None, seeds: Sequence[int] | None = None) -> None:
@@ -643,10 +642,7 @@ def generate_nocache(lm, history, steps, max_len: int | None = None, sampling: S
     row b sampled with ``seeds[b]`` (default 0)."""
     history, steps, plans, n = _prepare(lm, history, steps, len(history), max_len or lm.max_len)
     device = lm.lr_head.weight.device
-    seeds = [0] * len(history) if seeds is None else list(seeds)
-    if len(seeds) != len(history):
-        raise UserError(f"seeds: expected one seed per stream ({len(history)}), got {len(seeds)}")
-    gens = [_rng(s, device) for s in seeds]
+    gens = _rngs(seeds, len(history), device)
     codes: list[list[int]] = [[] for _ in history]
     was = lm.training
     lm.eval()
