@@ -584,10 +584,16 @@ class HFDecoder(_Decoder):
         prefill, step = dict(prefill or {}), dict(step or {})
         if prefill and step:   # a jump of some streams: restart all (the others' contexts are rebuilt by generate)
             raise ValueError("HFDecoder.advance: streams advance in lock step; prefill all or step all")
+        rows, lead = (prefill, 0) if prefill else (step, 1)
+        B = len(rows)
+        held = self.batch if prefill else 0 if self.cache is None else self.pos.shape[0]
+        if not rows:
+            return
+        if sorted(rows) != list(range(B)) or B > held or (lead and B != held):
+            name = "step" if lead else "prefill"
+            raise ValueError(f"{name}: expected streams 0..B-1 ({'every prefilled stream' if lead else 'B <= batch'}"
+                             f" of {held}), got {sorted(rows)}")
         if prefill:
-            B = len(prefill)
-            if sorted(prefill) != list(range(B)) or B > self.batch:
-                raise ValueError(f"prefill: expected streams 0..B-1 with B <= {self.batch}, got {sorted(prefill)}")
             from transformers import DynamicCache, StaticCache
 
             self.timeline = self.max_len + 64 * 2
@@ -597,15 +603,6 @@ class HFDecoder(_Decoder):
             self.mask = torch.zeros(B, self.timeline, dtype=torch.long, device=self.device)
             self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
             self.t = 0
-            rows, lead = prefill, 0
-        elif step:
-            if self.cache is None or sorted(step) != list(range(self.pos.shape[0])):
-                last = 0 if self.cache is None else self.pos.shape[0] - 1
-                raise ValueError(f"step: expected every prefilled stream 0..{last}, got {sorted(step)}")
-            rows, lead = step, 1
-        else:
-            return
-        B = len(rows)
         lens = [len(rows[b]) + lead for b in range(B)]
         S = max(lens)
         if self.t + S > self.timeline:   # padding used up the timeline: restart with whole contexts
