@@ -552,8 +552,8 @@ class Generator(_Decoder):
                 torch._dynamo.mark_dynamic(key_pos, 0)
                 torch._dynamo.maybe_mark_dynamic(t, 0)
             self._fwd(t, key_pos, slots)
-            if not self.sampling.greedy:      # the forward emitted argmax: draw instead, outside the graph
-                idx = torch.tensor(done, device=self.device)
+            if done and not self.sampling.greedy:      # the forward emitted argmax: draw instead, outside the graph
+                idx = torch.tensor(done, dtype=torch.long, device=self.device)
                 self.codes[idx] = pick(self.logits[idx], self.sampling, [self.gens[b] for b in done])
         for b, p in pos.items():
             self.host_pos[b] = p
