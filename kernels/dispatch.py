@@ -1,8 +1,6 @@
-"""Which path runs, Triton or the torch reference: one rule for every op in ``kernels/`` (import the ops from their
-files; ``kernels/`` has no ``__init__.py``, so from a checkout's root Hugging Face's ``kernels`` wins the name).
-``use_triton=False`` or ``MINILISTEN_KERNELS=torch`` -> reference; ``True`` -> Triton or a RuntimeError; ``None`` ->
-Triton on CUDA (or CPU under ``TRITON_INTERPRET=1``), but the reference inside torch.compile tracing (Inductor fuses
-it) and for float64 (gradcheck).
+"""Which path runs, Triton or the torch reference: one rule for every op in ``kernels/``. ``use_triton=False`` or
+``MINILISTEN_KERNELS=torch`` -> reference; ``True`` -> Triton or a RuntimeError; ``None`` -> Triton on CUDA (or CPU
+under ``TRITON_INTERPRET=1``), but the reference inside torch.compile tracing (Inductor fuses it) and for float64.
 """
 from __future__ import annotations
 
@@ -47,12 +45,16 @@ def use_triton_for(t: torch.Tensor, use_triton: bool | None, op: str) -> bool:
     return os.environ.get("MINILISTEN_KERNELS", "").strip().lower() != "torch" and triton_available(t)
 
 
-def check_float(name: str, t: torch.Tensor, op: str) -> None:
+def check_float(op: str, name: str, t: torch.Tensor, dims: str | None = None) -> None:
+    """``t`` is a float tensor; with ``dims`` (e.g. "(N, d)"), a non-empty one of that many dimensions."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must have a floating dtype in "
-                        f"{[str(d) for d in FLOAT_DTYPES]}, got {t.dtype}")
+        raise TypeError(f"{op}: {name} must have a floating dtype in {[str(d) for d in FLOAT_DTYPES]}, got {t.dtype}")
+    if dims and t.dim() != dims.count(",") + 1:
+        raise ValueError(f"{op}: {name} must be {dims.count(',') + 1}-D {dims}, got shape {tuple(t.shape)}")
+    if dims and t.numel() == 0:
+        raise ValueError(f"{op}: {name} is empty, shape {tuple(t.shape)}; every dim must be >= 1")
 
 
 def device_guard(t: torch.Tensor):

@@ -165,12 +165,8 @@ class NearestCodeFunction(torch.autograd.Function):
 
 
 def _check(z, codebook, op, precision):
-    for name, t, what in (("z", z, "(N, d)"), ("codebook", codebook, "(K, d)")):
-        check_float(name, t, op)
-        if t.dim() != 2:
-            raise ValueError(f"{op}: {name} must be 2-D {what}, got shape {tuple(t.shape)}")
-        if t.numel() == 0:
-            raise ValueError(f"{op}: {name} is empty, shape {tuple(t.shape)}; need at least one row and one feature")
+    check_float(op, "z", z, "(N, d)")
+    check_float(op, "codebook", codebook, "(K, d)")
     if codebook.shape[1] != z.shape[1]:
         raise ValueError(f"{op}: codebook has d={codebook.shape[1]} but z has d={z.shape[1]}")
     if z.dtype != codebook.dtype:
@@ -206,7 +202,7 @@ def code_stats(idx: torch.Tensor, z: torch.Tensor, K: int):
     if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1:
         raise TypeError(f"code_stats: idx must be a 1-D int64 tensor, got {getattr(idx, 'dtype', type(idx))} "
                         f"of shape {tuple(getattr(idx, 'shape', ()))}")
-    check_float("z", z, "code_stats")
+    check_float("code_stats", "z", z)
     if z.dim() != 2 or z.shape[0] != idx.shape[0]:
         raise ValueError(f"code_stats: z must be (N, d) with N = len(idx) = {idx.shape[0]}, got {tuple(z.shape)}")
     if not isinstance(K, int) or K < 1:

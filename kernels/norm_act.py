@@ -198,14 +198,10 @@ class NormActFunction(torch.autograd.Function):
 
 def _check(x, scale, shift, eps):
     op = "norm_act"
-    for name, t in (("x", x), ("scale", scale), ("shift", shift)):
-        check_float(name, t, op)
-    if x.dim() != 3:
-        raise ValueError(f"{op}: x must be 3-D (B, C, T), got shape {tuple(x.shape)}")
+    check_float(op, "x", x, "(B, C, T)")
     B, C, T = x.shape
-    if x.numel() == 0:
-        raise ValueError(f"{op}: x is empty (B={B}, C={C}, T={T}); every dim must be >= 1")
     for name, p in (("scale", scale), ("shift", shift)):
+        check_float(op, name, p)
         if tuple(p.shape) not in ((C,), (B, C)):
             raise ValueError(f"{op}: {name} must have shape (C,)=({C},) or (B, C)=({B}, {C}) for "
                              f"x of shape {tuple(x.shape)}, got {tuple(p.shape)}")

@@ -1,9 +1,12 @@
-"""Greedy LR-token decoding and codes -> motion: :class:`Generator` (GPT-2 / LLaMA copy with static KV
-caches ``(B, n_kv, max_len + 1, D)``, gpt-fast style), :class:`HFDecoder` (any HF causal LM, lock step),
-:func:`generate_nocache` (the reference). Design (padding, trash slot, key window, host syncs): docs/streaming.md.
+"""LR-token decoding and codes -> motion: :class:`Generator` (GPT-2 / LLaMA copy with static KV caches
+``(B, n_kv, max_len + 1, D)``, gpt-fast style), :class:`HFDecoder` (any HF causal LM, lock step),
+:func:`generate_nocache` (the reference). Greedy by default (the paper); :class:`Sampling` for temperature /
+top-k / top-p with one seeded ``torch.Generator`` per stream. Design: docs/streaming.md, docs/speed.md.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Mapping, Sequence
@@ -13,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import UserError
 from .tokens import length_batches
 
 BUCKETS = (8, 16, 24, 32, 48, 64)
@@ -23,7 +27,61 @@ class ContextFullError(ValueError):
     """A stream's tokens would exceed the decoder's ``max_len`` (slide the window and re-prefill)."""
 
 
-# ----------------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class Sampling:
+    """How an LR code is picked from the LR-head logits: ``temperature`` 0 = greedy argmax (the paper's
+    decoding); else softmax(logits / T) restricted to the ``top_k`` best (0: all) and the top-``top_p`` mass."""
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        t, k, p = self.temperature, self.top_k, self.top_p
+        for name, ok, want, got in (
+                ("temperature", _real(t) and math.isfinite(t) and t >= 0, "a finite number >= 0", t),
+                ("top_k", isinstance(k, int) and not isinstance(k, bool) and k >= 0, "an int >= 0", k),
+                ("top_p", _real(p) and 0 < p <= 1, "a number in (0, 1]", p)):
+            if not ok:
+                raise UserError(f"Sampling.{name}: expected {want}, got {got!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def pick(logits: torch.Tensor, sampling: Sampling | None, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Codes ``(B,)`` from logits ``(B, V)``: argmax when greedy, else one draw per row from its own generator
+    after temperature, top-k and top-p (the smallest set with cumulative probability >= top_p)."""
+    if sampling is None or sampling.greedy:
+        return logits.argmax(-1)
+    x = logits.float() / sampling.temperature
+    if 0 < sampling.top_k < x.shape[-1]:
+        keep = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, x.topk(sampling.top_k, -1).indices, True)
+        x = x.masked_fill(~keep, float("-inf"))
+    if sampling.top_p < 1:
+        srt, order = x.sort(-1, descending=True)
+        p = srt.softmax(-1)
+        drop = p.cumsum(-1) - p >= sampling.top_p     # the mass before a token already reaches top_p
+        x = x.scatter(-1, order, srt.masked_fill(drop, float("-inf")))
+    p = x.softmax(-1)
+    return torch.cat([torch.multinomial(p[b], 1, generator=g) for b, g in enumerate(generators)])
+
+
+def _rngs(seeds: Sequence[int] | None, n: int, device) -> list[torch.Generator]:
+    """One seeded generator per stream (seeds default 0)."""
+    seeds = [0] * n if seeds is None else list(seeds)
+    if len(seeds) != n:
+        raise UserError(f"seeds: expected one seed per stream ({n}), got {len(seeds)}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2 ** 63:
+            raise UserError(f"seed: expected an int in [0, 2**63), got {s!r}")
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
 @dataclass
 class FastConfig:
     """Shape of the backbone, read from the HF config by :meth:`FastTransformer.from_lm`."""
@@ -68,19 +126,9 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-class KVCache(nn.Module):
-    """Static KV cache of one layer (gpt-fast style): buffers ``k_cache, v_cache (B, n_kv, L + 1, D)``
-    (slot ``L`` is the trash slot for padding), so ``.to()`` moves and casts them with the model."""
-
-    def __init__(self, max_batch: int, n_kv: int, max_seq: int, head_dim: int, dtype: torch.dtype, device=None):
-        super().__init__()
-        shape = (max_batch, n_kv, max_seq + 1, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-
 class Attention(nn.Module):
-    """Causal self-attention over a static KV cache ``k_cache, v_cache: (B, n_kv, max_seq + 1, D)``."""
+    """Causal self-attention over static KV cache buffers ``k_cache, v_cache: (B, n_kv, max_seq + 1, D)`` (slot
+    ``max_seq`` is the trash slot for padding; buffers, so ``.to()`` moves and casts them with the model)."""
 
     def __init__(self, cfg: FastConfig, layer: int):
         super().__init__()
@@ -88,7 +136,8 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.o_bias)
         self.scale = cfg.attn_scale[layer]
-        self.kv_cache: KVCache | None = None     # set by FastTransformer.setup_caches
+        self.register_buffer("k_cache", None, persistent=False)    # set by FastTransformer.setup_caches
+        self.register_buffer("v_cache", None, persistent=False)
 
     def forward(self, x, rows, write_idx, mask, rope, K, last=None, slots=None):
         """x: (B, S, d); write_idx: (B, S) cache slot per token; mask: (B, 1, S, K) additive over keys ``[0, K)``;
@@ -103,7 +152,7 @@ class Attention(nn.Module):
             cos, sin = rope
             q = (q * cos + rotate_half(q) * sin).to(x.dtype)
             k = (k * cos + rotate_half(k) * sin).to(x.dtype)
-        k_cache, v_cache = self.kv_cache.k_cache, self.kv_cache.v_cache
+        k_cache, v_cache = self.k_cache, self.v_cache
         crow = rows if slots is None else slots[:, None]
         k_cache[crow, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
         v_cache[crow, :, write_idx] = v
@@ -159,7 +208,7 @@ class Block(nn.Module):
 
 class FastTransformer(nn.Module):
     """Inference-only copy of a ListenerLM's backbone + LR head. State (non-persistent buffers from
-    :meth:`setup_caches`): a :class:`KVCache` per layer, ``pos (B,)`` tokens held, ``codes (B,)`` latest
+    :meth:`setup_caches`): each layer's KV caches, ``pos (B,)`` tokens held, ``codes (B,)`` latest
     LR code and ``logits (B, n_lr)`` per stream, rotary tables ``rope_cos, rope_sin (L, D)``."""
 
     def __init__(self, cfg: FastConfig, vocab_size: int, lr_offset: int):
@@ -175,25 +224,21 @@ class FastTransformer(nn.Module):
         for name in ("pos", "codes", "logits", "rope_cos", "rope_sin"):
             self.register_buffer(name, None, persistent=False)
 
-    # -------------------------------------------------------------- construction from HF
     @classmethod
     @torch.no_grad()
     def from_lm(cls, lm, dtype: torch.dtype | None = None, device=None) -> "FastTransformer":
         """Copy the weights of ``lm.backbone`` (GPT-2 or LLaMA family) and ``lm.lr_head``: a snapshot,
         rebuild it after further training (LoRA adapters are merged). ``dtype``/``device`` default to the LM's."""
-        bb = lm.merged_backbone() if hasattr(lm, "merged_backbone") else lm.backbone
-        head = lm.lr_head
+        bb = lm.merged_backbone()
         c = bb.config
         arch = c.model_type
         if arch not in FAST_ARCHS:
             raise ValueError(f"backbone: expected model_type in {FAST_ARCHS} for the fast path, got {arch!r} "
                              "(use HFDecoder)")
         p = next(bb.parameters())
-        dtype, device = dtype or p.dtype, device or p.device
         base = bb.base_model
         emb = bb.get_input_embeddings().weight
-        lr_offset = int(lm.vocab.lr(0))
-        n_lr = head.out_features
+        lr_offset, n_lr = int(lm.vocab.lr(0)), lm.lr_head.out_features
         if any(int(lm.vocab.lr(i)) != lr_offset + i for i in (1, n_lr - 1)):
             raise ValueError("vocab.lr: expected a contiguous block of LR token ids")
         if arch == "gpt2":
@@ -213,31 +258,31 @@ class FastTransformer(nn.Module):
                              a.mlp.gate_proj.bias is not None, c.max_position_embeddings)
         m = cls(cfg, emb.shape[0], lr_offset)
         m.tok_emb.weight.copy_(emb)
-        m.head.load_state_dict(head.state_dict())
+        pairs = [(m.head, lm.lr_head)]   # (ours, HF's): a module is copied whole, a list of Linears concatenated
         if arch == "gpt2":
             m.pos_emb.weight.copy_(base.wpe.weight)
-            m.norm_f.load_state_dict(base.ln_f.state_dict())
-            for blk, h in zip(m.blocks, base.h):   # HF Conv1D stores (in, out): transpose to Linear's (out, in)
-                blk.norm1.load_state_dict(h.ln_1.state_dict())
-                blk.norm2.load_state_dict(h.ln_2.state_dict())
-                for dst, src in ((blk.attn.wqkv, h.attn.c_attn), (blk.attn.wo, h.attn.c_proj),
-                                 (blk.mlp.fc, h.mlp.c_fc), (blk.mlp.proj, h.mlp.c_proj)):
-                    dst.weight.copy_(src.weight.t())
-                    dst.bias.copy_(src.bias)
+            pairs.append((m.norm_f, base.ln_f))
+            for blk, h in zip(m.blocks, base.h):
+                pairs += [(blk.norm1, h.ln_1), (blk.norm2, h.ln_2), (blk.attn.wqkv, [h.attn.c_attn]),
+                          (blk.attn.wo, [h.attn.c_proj]), (blk.mlp.fc, [h.mlp.c_fc]), (blk.mlp.proj, [h.mlp.c_proj])]
         else:
-            m.norm_f.weight.copy_(base.norm.weight)
+            pairs.append((m.norm_f, base.norm))
             for blk, h in zip(m.blocks, base.layers):
                 at, mlp = h.self_attn, h.mlp
-                blk.norm1.weight.copy_(h.input_layernorm.weight)
-                blk.norm2.weight.copy_(h.post_attention_layernorm.weight)
-                for dst, src in ((blk.attn.wqkv, (at.q_proj, at.k_proj, at.v_proj)), (blk.attn.wo, (at.o_proj,)),
-                                 (blk.mlp.fc, (mlp.gate_proj, mlp.up_proj)), (blk.mlp.proj, (mlp.down_proj,))):
-                    dst.weight.copy_(torch.cat([lin.weight for lin in src]))
-                    if dst.bias is not None:
-                        dst.bias.copy_(torch.cat([lin.bias for lin in src]))
+                pairs += [(blk.norm1, h.input_layernorm), (blk.norm2, h.post_attention_layernorm),
+                          (blk.attn.wqkv, [at.q_proj, at.k_proj, at.v_proj]), (blk.attn.wo, [at.o_proj]),
+                          (blk.mlp.fc, [mlp.gate_proj, mlp.up_proj]), (blk.mlp.proj, [mlp.down_proj])]
             m.rope = partial(_hf_rope, base.rotary_emb)   # a plain callable: .to(dtype) leaves HF's fp32 module alone
+        for dst, src in pairs:
+            if isinstance(src, nn.Module):
+                dst.load_state_dict(src.state_dict())
+                continue
+            # HF's GPT-2 Conv1D stores (in, out): transpose to Linear's (out, in)
+            dst.weight.copy_(torch.cat([s.weight.t() if arch == "gpt2" else s.weight for s in src]))
+            if dst.bias is not None:
+                dst.bias.copy_(torch.cat([s.bias for s in src]))
         m.requires_grad_(False)
-        return m.to(device=device, dtype=dtype).eval()
+        return m.to(device=device or p.device, dtype=dtype or p.dtype).eval()
 
     @torch.no_grad()
     def setup_caches(self, max_batch: int, max_seq: int) -> None:
@@ -247,8 +292,10 @@ class FastTransformer(nn.Module):
             raise ValueError(f"max_seq: expected 1..{c.n_positions} (the backbone's context), got {max_seq}")
         p = self.tok_emb.weight
         self.max_batch, self.max_seq = max_batch, max_seq
+        shape = (max_batch, c.n_kv_head, max_seq + 1, c.head_dim)
         for b in self.blocks:
-            b.attn.kv_cache = KVCache(max_batch, c.n_kv_head, max_seq, c.head_dim, p.dtype, p.device)
+            b.attn.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            b.attn.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
         self.pos = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.codes = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.logits = torch.zeros(max_batch, c.n_lr, dtype=torch.float32, device=p.device)
@@ -259,15 +306,15 @@ class FastTransformer(nn.Module):
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Every tensor of decoding state (for memory accounting and CUDA-graph static addresses)."""
-        out = [t for b in self.blocks for t in (b.attn.kv_cache.k_cache, b.attn.kv_cache.v_cache)]
+        out = [t for b in self.blocks for t in (b.attn.k_cache, b.attn.v_cache)]
         out += [self.pos, self.codes, self.logits]
         return out + ([self.rope_cos, self.rope_sin] if self.rope_cos is not None else [])
 
-    # -------------------------------------------------------------- the one compiled function
     def forward(self, inp: torch.Tensor, key_pos: torch.Tensor, slots: torch.Tensor | None = None) -> None:
         """One right-padded block; updates caches, ``pos``, ``codes``, ``logits``. inp: (B, S + 3) int64 = ``[tokens
         | n_valid | lead (token 0 := lr(codes)) | emit (codes := argmax at the last valid token)]``; key_pos: (K,)
         ``arange(K)``, the key window; slots: (B,) the cache rows of inp's rows (None: 0..B-1)."""
+        L = self.max_seq
         B, S, K = inp.shape[0], inp.shape[1] - 3, key_pos.shape[0]
         L = self.max_seq
         tokens, n_valid = inp[:, :-3], inp[:, -3]      # negative indices: S stays a dynamic size
@@ -302,6 +349,7 @@ class FastTransformer(nn.Module):
             self.pos.index_add_(0, slots, n_valid)
 
 
+
 def _hf_rope(rotary: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin ``(n, D)`` of positions ``0..n-1`` from HF's rotary module (any rope type), in fp32 on its device."""
     dev = next(rotary.buffers()).device
@@ -309,7 +357,6 @@ def _hf_rope(rotary: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cos[0], sin[0]
 
 
-# ----------------------------------------------------------------------------------- decoders
 def _check_ids(name: str, ids, vocab_size: int) -> list[int]:
     ids = [int(t) for t in ids]
     bad = [t for t in ids if not 0 <= t < vocab_size]
@@ -318,7 +365,8 @@ def _check_ids(name: str, ids, vocab_size: int) -> list[int]:
     return ids
 
 
-def _check_batch(history, steps, batch: int) -> int:
+def _prepare(lm, history, steps, batch: int, max_len: int):
+    """Checked copies ``(history, steps, plans, n_steps)``; ``plans[b][i]``: start step of step i's context."""
     if len(history) != len(steps):
         raise ValueError(f"steps: expected one list of steps per stream ({len(history)} histories), got {len(steps)}")
     if not 1 <= len(history) <= batch:
@@ -326,31 +374,41 @@ def _check_batch(history, steps, batch: int) -> int:
     n = {len(s) for s in steps}
     if len(n) != 1 or 0 in n:
         raise ValueError(f"steps: expected the same number (>= 1) of steps for every stream, got {sorted(n)}")
-    return n.pop()
+    history = [list(h) for h in history]
+    steps = [[list(x) for x in s] for s in steps]
+    plans = [lm.context_plan(h, s, with_lr=True, max_len=max_len) for h, s in zip(history, steps)]
+    return history, steps, plans, n.pop()
 
 
-def _plans(lm, history, steps, max_len: int) -> list[list[int]]:
-    """Per stream, the start step of the context of every step (``ListenerLM.context_plan``)."""
-    return [lm.context_plan(list(h), [list(x) for x in s], with_lr=True, max_len=max_len)
-            for h, s in zip(history, steps)]
+class _Decoder:
+    """The one decoding loop, shared by :class:`Generator` and :class:`HFDecoder` (they differ in ``advance``
+    and in which streams a step re-prefills, :meth:`_restarts`); ``gens[b]``: stream b's sampling generator."""
 
+    def _setup(self, lm, batch: int, max_len: int | None, sampling: Sampling | None) -> None:
+        if isinstance(batch, bool) or not (isinstance(batch, int) and batch >= 1):
+            raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0):
+            raise ValueError(f"max_len: expected None or an int >= 0 (0: the LM's), got {max_len!r}")
+        self.lm, self.batch, self.sampling = lm, batch, sampling or Sampling()
+        self.max_len = int(max_len or lm.max_len)
+        self.gens = _rngs(None, batch, self.device)
 
-class _Greedy:
-    """The one greedy decoding loop, shared by :class:`Generator` and :class:`HFDecoder` (they
-    differ in ``advance`` and in which streams a step re-prefills, :meth:`_restarts`)."""
+    def seed(self, streams: Sequence[int], seeds: Sequence[int] | None = None) -> None:
+        """Seed the sampling generator of each of ``streams`` (default seed 0)."""
+        for b, g in zip(streams, _rngs(seeds, len(streams), self.device)):
+            self.gens[b] = g
 
     def _restarts(self, i: int, plans: list[list[int]], steps) -> list[int]:
         """Streams whose context is (re)built at step ``i``: the first step and context jumps."""
         return [b for b in range(len(steps)) if i == 0 or plans[b][i] != plans[b][i - 1]]
 
     @torch.no_grad()
-    def generate(self, history: Sequence[Sequence[int]], steps: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
-        """Greedy LR codes ``(B, n_steps)`` from ``history[b]`` and ``steps[b][i]`` (``ListenerLM.speaker_steps``),
-        equal to :func:`generate_nocache`; a host sync only where a stream's context jumps."""
-        n = _check_batch(history, steps, self.batch)
-        history = [list(h) for h in history]
-        steps = [[list(x) for x in s] for s in steps]
-        plans = _plans(self.lm, history, steps, self.max_len)
+    def generate(self, history: Sequence[Sequence[int]], steps: Sequence[Sequence[Sequence[int]]],
+                 seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """LR codes ``(B, n_steps)`` from ``history[b]`` and ``steps[b][i]`` (``ListenerLM.speaker_steps``), row b
+        sampled with ``seeds[b]`` (default 0); equal to :func:`generate_nocache`; host syncs only at context jumps."""
+        history, steps, plans, n = _prepare(self.lm, history, steps, self.batch, self.max_len)
+        self.seed(range(len(history)), seeds)
         out = torch.empty(len(history), n, dtype=torch.long, device=self.device)
         for i in range(n):
             jumps = self._restarts(i, plans, steps)
@@ -361,73 +419,65 @@ class _Greedy:
             out[:, i] = self.codes[:len(history)]
         return out
 
-    def generate_segments(self, segments, n_steps: int | None = None) -> list:
-        """Greedy LR codes ``(n_steps,)`` int64 numpy per Segment (default ``T // r`` steps), decoding
-        ``batch`` segments at a time (grouped by step count)."""
+    def generate_segments(self, segments, n_steps: int | None = None, seeds: Sequence[int] | None = None) -> list:
+        """LR codes ``(n_steps,)`` int64 numpy per Segment (default ``T // r`` steps; segment k sampled with
+        ``seeds[k]``), decoding ``batch`` segments at a time (grouped by step count)."""
         todo = [self.lm.speaker_steps(seg, n_steps) for seg in segments]
+        seeds = [0] * len(todo) if seeds is None else list(seeds)
         out = [np.zeros(0, np.int64) for _ in todo]
         for part in length_batches([len(st) for _, st in todo], self.batch):
             if len(todo[part[0]][1]):
-                codes = self.generate([todo[k][0] for k in part], [todo[k][1] for k in part]).cpu().numpy()
+                codes = self.generate([todo[k][0] for k in part], [todo[k][1] for k in part],
+                                      [seeds[k] for k in part]).cpu().numpy()
                 for k, c in zip(part, codes):
                     out[k] = c
         return out
 
 
-class Generator(_Greedy):
-    """Fast greedy decoding of up to ``batch`` streams (:class:`FastTransformer`); ``compile``: True or
-    "max-autotune" (CUDA graphs unless ``cudagraphs=False``); ``buckets`` (CUDA: ``BUCKETS``): padded block
-    widths; ``chunk``: prefill block; ``kv_block``: key window granularity (128 CUDA, 32 CPU)."""
+class Generator(_Decoder):
+    """Fast decoding of up to ``batch`` streams (:class:`FastTransformer`); ``compile``: True (CUDA graphs on CUDA)
+    or "max-autotune"; ``buckets`` (CUDA: ``BUCKETS``): padded block widths; ``chunk``: prefill block. ``codes``
+    (batch,) int64: each stream's latest LR code; ``logits`` (batch, n_lr) fp32: the LR-head logits behind it."""
 
     def __init__(self, lm, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None,
-                 device=None, compile: bool | str = False, cudagraphs: bool | None = None,
-                 buckets: Sequence[int] | None | str = "auto", chunk: int = 64, kv_block: int | None = None):
+                 device=None, compile: bool | str = False, buckets: Sequence[int] | None | str = "auto",
+                 chunk: int = 64, sampling: Sampling | None = None):
         if not all(hasattr(lm, a) for a in ("vocab", "backbone", "config")):
             raise ValueError(f"lm: expected a ListenerLM (with .vocab, .backbone, .config), got {type(lm).__name__}; "
                              f"for live input use StreamingListener(lm, vq, beta)")
-        if isinstance(batch, bool) or not (isinstance(batch, int) and batch >= 1):
-            raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
-        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0):
-            raise ValueError(f"max_len: expected None or an int >= 0 (0: the LM's), got {max_len!r}")
-        self.lm = lm
+        if compile not in (False, True, "max-autotune"):
+            raise ValueError(f"compile: expected False, True or 'max-autotune', got {compile!r}")
         self.model = FastTransformer.from_lm(lm, dtype=dtype, device=device)
         self.device = self.model.tok_emb.weight.device
+        self._setup(lm, batch, max_len, sampling)
         cuda = self.device.type == "cuda"
-        self.batch, self.vocab_size = batch, self.model.tok_emb.num_embeddings
-        self.max_len = int(max_len or getattr(lm, "max_len", 0) or self.model.cfg.n_positions)
+        self.vocab_size = self.model.tok_emb.num_embeddings
         self.model.setup_caches(batch, self.max_len)
+        self.codes, self.logits = self.model.codes, self.model.logits
         if buckets == "auto":
             buckets = BUCKETS if cuda else None
         self.buckets = tuple(sorted({int(b) for b in buckets} | {chunk})) if buckets else None
-        self.chunk, self.kv_block = chunk, kv_block or (128 if cuda else 32)
+        self.chunk, self.kv_block = chunk, 128 if cuda else 32    # kv_block: granularity of the key window
         self.key_pos = torch.arange(self.max_len, device=self.device)
         self.host_pos = [0] * batch           # mirror of model.pos, known without a device sync
         self._fwd, self._pin, self.compiled = self.model.forward, cuda, bool(compile)
-        if compile not in (False, True, "max-autotune"):
-            raise ValueError(f"compile: expected False, True or 'max-autotune', got {compile!r}")
-        if compile:   # CUDA mode by (max-autotune, CUDA graphs)
-            auto, graphs = compile == "max-autotune", cudagraphs is not False
-            modes = {(True, True): "max-autotune", (True, False): "max-autotune-no-cudagraphs",
-                     (False, True): "reduce-overhead", (False, False): None}
-            kw = {"mode": modes[auto, graphs]} if cuda else {"options": {"max_autotune": auto}}
+        if compile:   # on CUDA both modes record CUDA graphs
+            auto = compile == "max-autotune"
+            mode = "max-autotune" if auto else "reduce-overhead"
+            kw = {"mode": mode} if cuda else {"options": {"max_autotune": auto}}
             self._fwd = torch.compile(self.model.forward, fullgraph=True, **kw)
 
-    # ------------------------------------------------------------------ state
-    @property
-    def codes(self) -> torch.Tensor:
-        """(batch,) int64 on the device: the latest LR code of each stream."""
-        return self.model.codes
-
-    @property
-    def logits(self) -> torch.Tensor:
-        """(batch, n_lr) fp32: the LR-head logits behind :attr:`codes`."""
-        return self.model.logits
-
-    def reset(self, streams: Sequence[int] | None = None) -> None:
-        """Forget the context of ``streams`` (default all); the cache memory stays allocated."""
+    def reset(self, streams: Sequence[int] | None = None, seeds: Sequence[int] | None = None) -> None:
+        """Forget the context of ``streams`` (default all) and seed their sampling (``seeds``, default 0); the
+        cache memory stays allocated."""
         streams = list(range(self.batch) if streams is None else streams)
         for b in streams:
             self._check_stream(b)
+        self.seed(streams, seeds)
+        self._clear(streams)
+
+    def _clear(self, streams: list[int]) -> None:
+        for b in streams:
             self.host_pos[b] = 0
         idx = torch.as_tensor(streams, dtype=torch.long, device=self.device)
         self.model.pos.index_fill_(0, idx, 0)
@@ -441,12 +491,12 @@ class Generator(_Greedy):
         if not (isinstance(b, int) and 0 <= b < self.batch):
             raise ValueError(f"stream: expected an index in [0, {self.batch}) (streams allocated), got {b!r}")
 
-    # ------------------------------------------------------------------ feeding
     @torch.no_grad()
     def advance(self, prefill: Mapping[int, Sequence[int]] | None = None,
                 step: Mapping[int, Sequence[int]] | None = None) -> None:
-        """Shared forwards: ``prefill[b]`` resets stream b and feeds a whole context; ``step[b]`` feeds ``[lr(codes[b])]
-        + tokens``; then ``codes[b]`` is the next LR code. All is checked first: an error leaves the state usable."""
+        """Shared forwards: ``prefill[b]`` restarts stream b's context (its sampling generator goes on) with a whole
+        context; ``step[b]`` feeds ``[lr(codes[b])] + tokens``; then ``codes[b]`` is the next LR code (picked as
+        ``sampling`` says). All is checked first: an error leaves the state usable."""
         prefill, step = dict(prefill or {}), dict(step or {})
         rows: dict[int, list[int]] = {}    # per stream, the pending tokens; -1 = LR token put in on the device
         for b, ids in prefill.items():
@@ -467,7 +517,7 @@ class Generator(_Greedy):
                 raise ContextFullError(f"stream {b}: expected at most max_len={self.max_len} tokens in context, "
                                        f"got {pos[b] + len(r)} ({pos[b]} held + {len(r)} new): slide the window")
         if prefill:
-            self.reset(list(prefill))
+            self._clear(list(prefill))
         first = True
         while rows:
             n = max(min(len(r), self.chunk) for r in rows.values())
@@ -478,6 +528,7 @@ class Generator(_Greedy):
                 width = min(self.batch, 1 << (len(real) - 1).bit_length())
                 busy += [b for b in range(self.batch) if b not in rows][:width - len(real)]
             inp = [[0] * (S + 3) for _ in busy]
+            done = []
             for row, b in zip(inp, real):
                 part, rest = rows[b][:self.chunk], rows[b][self.chunk:]
                 row[:len(part)] = part
@@ -487,6 +538,7 @@ class Generator(_Greedy):
                     rows[b] = rest
                 else:
                     del rows[b]
+                    done.append(b)
             first = False
             K = min(self.max_len, -(-max(pos.values()) // self.kv_block) * self.kv_block)
             t = torch.tensor(inp, dtype=torch.long).clamp_(min=0)
@@ -500,23 +552,26 @@ class Generator(_Greedy):
                 torch._dynamo.mark_dynamic(key_pos, 0)
                 torch._dynamo.maybe_mark_dynamic(t, 0)
             self._fwd(t, key_pos, slots)
+            if done and not self.sampling.greedy:      # the forward emitted argmax: draw instead, outside the graph
+                idx = torch.tensor(done, dtype=torch.long, device=self.device)
+                self.codes[idx] = pick(self.logits[idx], self.sampling, [self.gens[b] for b in done])
         for b, p in pos.items():
             self.host_pos[b] = p
 
 
-class HFDecoder(_Greedy):
+class HFDecoder(_Decoder):
     """Any HF causal LM with its ``DynamicCache`` (benchmark baseline (b)) or ``StaticCache``, eager; streams
     advance in lock step (right-padded blocks, 2-D mask, per-stream positions); a prefill restarts all."""
 
-    def __init__(self, lm, batch: int = 1, cache: str = "dynamic", max_len: int | None = None):
+    def __init__(self, lm, batch: int = 1, cache: str = "dynamic", max_len: int | None = None,
+                 sampling: Sampling | None = None):
         if cache not in ("dynamic", "static"):
             raise ValueError(f"cache: expected 'dynamic' or 'static', got {cache!r}")
-        self.lm, self.batch, self.kind = lm, batch, cache
         bb = lm.backbone
-        self.base = lm._decoder() if hasattr(lm, "_decoder") else bb.base_model
+        self.kind, self.base = cache, lm._decoder()
         self.device = next(bb.parameters()).device
+        self._setup(lm, batch, max_len, sampling)
         self.vocab_size = bb.get_input_embeddings().weight.shape[0]
-        self.max_len = int(max_len or getattr(lm, "max_len", 0) or bb.config.n_positions)
         self.lr_offset = int(lm.vocab.lr(0))
         self.codes = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(batch, lm.lr_head.out_features, device=self.device)
@@ -527,36 +582,33 @@ class HFDecoder(_Greedy):
                 step: Mapping[int, Sequence[int]] | None = None) -> None:
         """As :meth:`Generator.advance`, in lock step: either ``prefill`` or ``step`` names streams ``0..B-1``."""
         prefill, step = dict(prefill or {}), dict(step or {})
+        if prefill and step:   # a jump of some streams: restart all (the others' contexts are rebuilt by generate)
+            raise ValueError("HFDecoder.advance: streams advance in lock step; prefill all or step all")
+        rows, lead = (prefill, 0) if prefill else (step, 1)
+        B = len(rows)
+        held = self.batch if prefill else 0 if self.cache is None else self.pos.shape[0]
+        if not rows:
+            return
+        if sorted(rows) != list(range(B)) or B > held or (lead and B != held):
+            name = "step" if lead else "prefill"
+            raise ValueError(f"{name}: expected streams 0..B-1 ({'every prefilled stream' if lead else 'B <= batch'}"
+                             f" of {held}), got {sorted(rows)}")
         if prefill:
-            if step:   # a jump of some streams: restart all (the others' contexts are rebuilt by generate)
-                raise ValueError("HFDecoder.advance: streams advance in lock step; prefill all or step all")
-            B = len(prefill)
-            if sorted(prefill) != list(range(B)) or B > self.batch:
-                raise ValueError(f"prefill: expected streams 0..B-1 with B <= {self.batch}, got {sorted(prefill)}")
-            self.timeline = self.max_len + 64 * 2
             from transformers import DynamicCache, StaticCache
 
+            self.timeline = self.max_len + 64 * 2
             cfg = self.lm.backbone.config
             self.cache = StaticCache(config=cfg, max_cache_len=self.timeline) if self.kind == "static" else \
                 DynamicCache(config=cfg)
             self.mask = torch.zeros(B, self.timeline, dtype=torch.long, device=self.device)
             self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
             self.t = 0
-            self._feed([list(prefill[b]) for b in range(B)], lead=False)
-        elif step:
-            if self.cache is None or sorted(step) != list(range(self.pos.shape[0])):
-                last = 0 if self.cache is None else self.pos.shape[0] - 1
-                raise ValueError(f"step: expected every prefilled stream 0..{last}, got {sorted(step)}")
-            self._feed([list(step[b]) for b in range(len(step))], lead=True)
-
-    def _feed(self, rows: list[list[int]], lead: bool) -> None:
-        B = len(rows)
-        lens = [len(r) + lead for r in rows]
+        lens = [len(rows[b]) + lead for b in range(B)]
         S = max(lens)
         if self.t + S > self.timeline:   # padding used up the timeline: restart with whole contexts
             raise ContextFullError(f"HFDecoder: expected at most {self.timeline} padded positions, got {self.t + S}")
-        ids = torch.tensor([[0] * lead + _check_ids(f"step[{b}]", r, self.vocab_size) + [0] * (S - lens[b])
-                            for b, r in enumerate(rows)], dtype=torch.long).to(self.device)
+        ids = torch.tensor([[0] * lead + _check_ids(f"step[{b}]", rows[b], self.vocab_size) + [0] * (S - lens[b])
+                            for b in range(B)], dtype=torch.long).to(self.device)
         if lead:
             ids[:, 0] = self.codes[:B] + self.lr_offset
         n = torch.tensor(lens, device=self.device)
@@ -567,7 +619,7 @@ class HFDecoder(_Greedy):
                         use_cache=True, cache=self.cache)
         h = out.last_hidden_state[torch.arange(B, device=self.device), n - 1]
         self.logits[:B] = self.lm.lr_head(h).float()
-        self.codes[:B] = self.logits[:B].argmax(-1)
+        self.codes[:B] = pick(self.logits[:B], self.sampling, self.gens[:B])
         self.pos[:B] += n
         self.t += S
 
@@ -580,14 +632,14 @@ class HFDecoder(_Greedy):
 
 
 @torch.no_grad()
-def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Tensor:
+def generate_nocache(lm, history, steps, max_len: int | None = None, sampling: Sampling | None = None,
+                     seeds: Sequence[int] | None = None) -> torch.Tensor:
     """The reference (LM-listener's way, benchmark baseline (a)): every LR token recomputes its whole
-    context (``lm.context_ids`` / ``context_plan``) with the HF model, no cache -> codes ``(B, n_steps)``."""
-    n = _check_batch(history, steps, len(history))
+    context (``lm.context_ids`` / ``context_plan``) with the HF model, no cache -> codes ``(B, n_steps)``;
+    row b sampled with ``seeds[b]`` (default 0)."""
+    history, steps, plans, n = _prepare(lm, history, steps, len(history), max_len or lm.max_len)
     device = lm.lr_head.weight.device
-    history = [list(h) for h in history]
-    steps = [[list(x) for x in s] for s in steps]
-    plans = _plans(lm, history, steps, max_len or lm.max_len)
+    gens = _rngs(seeds, len(history), device)
     codes: list[list[int]] = [[] for _ in history]
     was = lm.training
     lm.eval()
@@ -600,7 +652,7 @@ def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Te
             mask = None if all(len(s) == n_max for s in seqs) else \
                 (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
             logits = lm.lr_logits(ids, attention_mask=mask)
-            new = logits[torch.arange(len(seqs), device=device), lens - 1].argmax(-1).tolist()
+            new = pick(logits[torch.arange(len(seqs), device=device), lens - 1], sampling, gens).tolist()
             for c, x in zip(codes, new):
                 c.append(x)
     finally:
@@ -608,7 +660,6 @@ def generate_nocache(lm, history, steps, max_len: int | None = None) -> torch.Te
     return torch.tensor(codes, dtype=torch.long, device=device)
 
 
-# ----------------------------------------------------------------------------------- codes -> motion
 def decode_codes(vq, codes: list[np.ndarray], clips, batch: int = 64) -> list[np.ndarray]:
     """LR codes ``(L,)`` per clip -> raw motion ``(T, 56)`` with the clip's listener beta."""
     out: list = [None] * len(clips)
@@ -616,11 +667,8 @@ def decode_codes(vq, codes: list[np.ndarray], clips, batch: int = 64) -> list[np
     dev = vq.codebook.device
     with torch.no_grad():
         for s in range(0, len(order), batch):
-            idx = order[s:s + batch]
-            groups: dict[int, list[int]] = {}
-            for i in idx:
-                groups.setdefault(len(codes[i]), []).append(i)
-            for L, ids in groups.items():
+            for _, group in itertools.groupby(order[s:s + batch], key=lambda i: len(codes[i])):
+                ids = list(group)
                 c = torch.as_tensor(np.stack([codes[i] for i in ids]), dtype=torch.long, device=dev)
                 beta = None
                 if vq.needs_beta:
@@ -631,8 +679,16 @@ def decode_codes(vq, codes: list[np.ndarray], clips, batch: int = 64) -> list[np
     return out
 
 
-def generate_motion(lm, vq, clips, batch: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Greedy LR codes for each clip (fast static-cache decoder) and their decoded motion."""
-    gen = Generator(lm, batch=min(batch, len(clips)))
-    codes = gen.generate_segments(clips)
-    return codes, decode_codes(vq, codes, clips)
+def generate_motion(lm, vq, clips, batch: int = 16, sampling: Sampling | None = None, samples: int = 1,
+                    seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(codes, motion)`` per clip from the fast decoder: ``(n,)`` and ``(T, 56)``; with ``samples`` K > 1, K
+    reactions per clip decoded as one batch (sample s seeded ``seed + s``): ``(K, n)`` and ``(K, T, 56)``."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise UserError(f"samples: expected an int >= 1, got {samples!r}")
+    gen = Generator(lm, batch=min(batch, len(clips)) * samples, sampling=sampling)
+    rows = [c for c in clips for _ in range(samples)]
+    codes = gen.generate_segments(rows, seeds=[seed + s for _ in clips for s in range(samples)])
+    motion = decode_codes(vq, codes, rows)
+    if samples == 1:
+        return codes, motion
+    return tuple([np.stack(x[k:k + samples]) for k in range(0, len(x), samples)] for x in (codes, motion))

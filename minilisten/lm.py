@@ -25,7 +25,6 @@ from .tokens import IGNORE, MODALITIES, PLACEMENTS, LMSequence, Vocab, check_mod
 FORMAT = "minilisten.ListenerLM"
 
 
-# ----------------------------------------------------------------------------- config, sequences
 @dataclass
 class LMConfig:
     """The listener LM's options. ``r`` is the codes' VQ-VAE's ``rate`` (recorded so a checkpoint decodes
@@ -62,7 +61,6 @@ class LMConfig:
             self.lora_targets = tuple(self.lora_targets)
 
 
-# ----------------------------------------------------------------------------- backbones
 def load_backbone(name_or_path: str):
     """``(model, tokenizer)`` of a transformers causal LM from a local directory or a hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -70,11 +68,8 @@ def load_backbone(name_or_path: str):
         tok = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        where = "the local directory"
-        if not Path(name_or_path).is_dir():
-            where = "no local directory of that name exists, and the hub"
-        raise OSError(f"backbone {name_or_path!r}: could not load a causal LM + tokenizer ({where} failed: {e}). "
-                      "Without internet, download it elsewhere (save_pretrained) and pass the directory.") from e
+        raise OSError(f"backbone {name_or_path!r}: could not load a causal LM + tokenizer as a local directory or a "
+                      f"hub name ({e}); offline, save_pretrained it elsewhere and pass the directory") from e
     return model, tok
 
 
@@ -124,7 +119,6 @@ def default_backbone(texts, n_layer: int = 2, n_embd: int = 128, n_head: int = 4
     return model, tok
 
 
-# ----------------------------------------------------------------------------- the model
 class ListenerLM(nn.Module):
     """A causal LM over interleaved speaker/listener tokens: ``backbone`` (a transformers causal LM,
     wrapped by peft when ``config.lora``) with embeddings resized to ``vocab.size`` (word rows unchanged)
@@ -186,11 +180,7 @@ class ListenerLM(nn.Module):
         if not getattr(base, "supports_gradient_checkpointing", False):
             raise UserError(f"grad_checkpointing: expected a backbone that supports gradient checkpointing, got "
                             f"{type(base).__name__}")
-        kw = {"use_reentrant": False}
-        if hasattr(base, "activation_checkpointing_enable"):   # transformers >= 5.25's name
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def compile_transformer(self, **kw) -> None:
         """``torch.compile`` the transformer of every forward in place (parameter names stay)."""
@@ -216,7 +206,6 @@ class ListenerLM(nn.Module):
     def device(self) -> torch.device:
         return self.lr_head.weight.device
 
-    # -- tokens
     def word_ids(self, text: str) -> list[int]:
         """Token ids of one word (GPT-2 style: with a leading space), cached."""
         ids = self._word_cache.get(text)
@@ -277,14 +266,10 @@ class ListenerLM(nn.Module):
         plan = self.context_plan(history, steps, with_lr=codes is not None)
         return tokens.pack_sequences(self.vocab, history, steps, codes, plan, self.config.history_tokens)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """HF forward without cache: ``(B, L)`` ids -> ``(B, L, hidden)`` last hidden states."""
-        out = self._decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return out.last_hidden_state
-
     def lr_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, L, n_lr)`` LR-head logits at every position."""
-        return self.lr_head(self.hidden_states(input_ids, attention_mask))
+        """``(B, L, n_lr)`` LR-head logits at every position (HF forward, no cache)."""
+        out = self._decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return self.lr_head(out.last_hidden_state)
 
     forward = lr_logits
 
@@ -308,9 +293,8 @@ class ListenerLM(nn.Module):
         if stage == 2 and lr_noise > 0:
             ids = self.noise_lr_inputs(ids, lr_noise, rng)
         tgt = batch["targets"].to(dev)
-        # Right padding + causal attention: no real position attends to a pad, so no mask is
-        # needed (and without one SDPA takes its fused causal path instead of an (L, L) mask).
-        h = self.hidden_states(ids)
+        # right padding + causal attention: no mask needed, so SDPA takes its fused causal path
+        h = self._decoder()(input_ids=ids, use_cache=False).last_hidden_state
         sel = tgt != IGNORE
         hs, ts = h[sel], tgt[sel]
         if stage == 2:
@@ -375,13 +359,12 @@ class ListenerLM(nn.Module):
             raise UserError(f"ListenerLM checkpoint {str(d)!r}: expected a tokenizer directory, got none")
         verify_checkpoint(d, names=("tokenizer",))
         tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"))
-        vocab, lm_cfg = Vocab(**cfg["vocab"]), LMConfig(**cfg["lm"])
-        bc = dict(cfg["backbone_config"])
-        bconf = AutoConfig.for_model(bc.pop("model_type"), **bc)
         if len(tok) != cfg["tokenizer_len"]:
             raise UserError(f"{str(d)!r}: the tokenizer has {len(tok)} tokens but the checkpoint's vocabulary was "
                             f"built for {cfg['tokenizer_len']}; they do not match")
-        model = cls(AutoModelForCausalLM.from_config(bconf), tok, lm_cfg, vocab=vocab)
+        bc = dict(cfg["backbone_config"])
+        backbone = AutoModelForCausalLM.from_config(AutoConfig.for_model(bc.pop("model_type"), **bc))
+        model = cls(backbone, tok, LMConfig(**cfg["lm"]), vocab=Vocab(**cfg["vocab"]))
         own = model.state_dict()
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
         bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]

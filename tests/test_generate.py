@@ -15,7 +15,6 @@ from minilisten.generate import (
     FastTransformer,
     Generator,
     HFDecoder,
-    KVCache,
     generate_nocache,
 )
 
@@ -212,7 +211,7 @@ def test_state_is_module_buffers():
     lm = tiny_lm("llama")
     g = Generator(lm, batch=2, max_len=64)
     m = g.model
-    assert all(isinstance(b.attn.kv_cache, KVCache) for b in m.blocks)
+    assert all({'k_cache', 'v_cache'} <= dict(b.attn.named_buffers()).keys() for b in m.blocks)
     buffers = {id(t) for t in m.buffers()}
     assert all(id(t) in buffers for t in m.state_tensors()) and len(m.state_tensors()) == 2 * 2 + 5
     assert not any("cache" in k or k in ("pos", "codes", "logits") for k in m.state_dict())
@@ -221,7 +220,7 @@ def test_state_is_module_buffers():
     m.to("meta")
     assert all(t.device.type == "meta" for t in m.state_tensors())
     fresh = FastTransformer.from_lm(lm)
-    assert fresh.pos is None and fresh.blocks[0].attn.kv_cache is None           # allocated by setup_caches
+    assert fresh.pos is None and fresh.blocks[0].attn.k_cache is None           # allocated by setup_caches
 
 
 def test_lm_untouched_and_bf16():
