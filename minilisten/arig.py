@@ -619,38 +619,24 @@ class ARIG(nn.Module):
             return self.regressor(z)
         return self.diffusion.sample(z, noise, self.config.sample_steps if steps is None else steps)
 
-    @torch.no_grad()
-    def generate(self, batch: dict, ref=None, steps: int | None = None, temperature: float = 1.0,
-                 generators: list[torch.Generator] | None = None, teacher_forcing: bool = False) -> torch.Tensor:
-        """Batch of :func:`collate` -> raw motion ``(B, T, 56)`` frame by frame; ``generators``: one per stream
-        (noise (1, 56) per frame, so a stream does not depend on the batch)."""
-        T = self._check_batch(batch, need_lis=teacher_forcing)
-        B = batch["spk"].shape[0]
-        gens = generators or [None] * B
-        if len(gens) != B:
-            raise ValueError(f"generators: expected {B} (one per stream), got {len(gens)}")
-        frame = lambda t: {k: (v if k == "beta" else v[:, t]) for k, v in batch.items() if k in _STEP_KEYS}
-        st = self.init_state(frame(0), ref)
-        out = []
-        dev = batch["spk"].device
-        for t in range(T):
-            noise = torch.cat([torch.randn((1, D_MOTION), generator=g, device=dev) for g in gens]) * temperature
-            x = decode_frame(self, st, frame(t), noise, steps, batch["lis"][:, t] if teacher_forcing else None)
-            out.append(x * self.lis_std + self.lis_mean)
-        return torch.stack(out, 1)
-
 
 _STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
 
 
-def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None,
-                 teacher: torch.Tensor | None = None) -> torch.Tensor:
+def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None) -> torch.Tensor:
     """The frame rule: :meth:`ARIG.step`, :meth:`ARIG.sample` with ``noise (B, 56)``, :meth:`ARIG.commit` of the
-    sample (or raw ``teacher`` frames) -> the normalised listener frame ``(B, 56)``."""
+    sample -> the normalised listener frame ``(B, 56)``."""
     z, _ = model.step(st, inp)
     x = model.sample(z, noise, steps)
-    model.commit(st, x if teacher is None else model._norm_lis(teacher))
+    model.commit(st, x)
     return x
+
+
+def sample_frame(model: ARIG, st: dict, inp: dict, gens: list, temperature: float = 1.0, steps: int | None = None,
+                 frame=decode_frame) -> torch.Tensor:
+    """One raw listener frame ``(B, 56)`` of B streams, noise ``(1, 56)`` from each stream's generator."""
+    noise = torch.cat([torch.randn((1, D_MOTION), generator=g, device=model.lis_mean.device) for g in gens])
+    return frame(model, st, inp, noise * temperature, steps) * model.lis_std + model.lis_mean
 
 
 _COMPILED: dict = {}
@@ -683,11 +669,16 @@ def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, s
     dev = model.lis_mean.device
     out: list = [None] * len(clips)
     for part in length_batches([c.T for c in clips], batch):
-        b = {k: v.to(dev) for k, v in collate([frame_inputs(clips[i], model.config, with_states=False)
-                                               for i in part]).items()}
+        b = collate([frame_inputs(clips[i], model.config, with_states=False) for i in part])
+        b = {k: v.to(dev) for k, v in b.items() if k in _STEP_KEYS}
         ref = torch.as_tensor(np.stack([clip_reference(clips[i], model, reference) for i in part]), device=dev)
         gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]
-        m = model.generate(b, ref, steps, temperature, gens).float().cpu().numpy()
-        for i, mi in zip(part, m):
+        frames = []
+        for t in range(b["spk"].shape[1]):
+            inp = {k: v if k == "beta" else v[:, t] for k, v in b.items()}
+            if t == 0:
+                st = model.init_state(inp, ref)
+            frames.append(sample_frame(model, st, inp, gens, temperature, steps))
+        for i, mi in zip(part, torch.stack(frames, 1).float().cpu().numpy()):
             out[i] = mi
     return out

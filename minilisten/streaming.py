@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, word_id
+from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, sample_frame, word_id
 from .data.segment import D_MOTION, EMOTIONS, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
 from .errors import UserError
 from .generate import FAST_ARCHS, Generator, HFDecoder
@@ -731,12 +731,11 @@ class StreamingARIG(ListenerStream):
                 st, inp = ss[0].st, inps[0]
             else:
                 st, inp = _stack([s.st for s in ss]), {k: torch.cat([i[k] for i in inps]) for k in inps[0]}
-            noise = torch.cat([torch.randn((1, D_MOTION), generator=s.gen, device=self.dev) for s in ss])
-            x = self._frame(m, st, inp, noise * self.temperature, self.steps)
+            x = sample_frame(m, st, inp, [s.gen for s in ss], self.temperature, self.steps, self._frame)
             if len(ss) > 1:
                 for s, part in zip(ss, _split(st, len(ss))):
                     s.st = part
-            for b, s, row in zip(ready, ss, (x * m.lis_std + m.lis_mean).float().cpu().numpy()):
+            for b, s, row in zip(ready, ss, x.float().cpu().numpy()):
                 s.done += 1
                 out[b].append(row)
         return {b: np.stack(v) if v else np.zeros((0, D_MOTION), np.float32) for b, v in out.items()}
