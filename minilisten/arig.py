@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -57,12 +57,13 @@ class ARIGConfig:
     DATA_FIELDS = ("n_sa", "use_emotion", "use_words", "use_beta", "fps", "sa_rate")
 
     def __post_init__(self):
-        for name in ("d_model", "n_head", "d_ff", "depth", "window", "coarse_frames", "temporal_frames",
-                     "diff_width", "diff_blocks", "diff_cond", "diff_mul", "sample_steps", "word_buckets", "since_max",
-                     "n_sa"):
-            v, low = getattr(self, name), 0 if name == "n_sa" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+        for f in fields(self):   # ints >= 1 (n_sa >= 0); floats finite, > 0 (fps, sa_rate) or >= 0
+            v, low, strict = getattr(self, f.name), int(f.name != "n_sa"), f.name in ("fps", "sa_rate")
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(f"{f.name}: expected an int >= {low}, got {v!r}")
+            number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if f.type == "float" and not (number and (v > 0 if strict else v >= 0)):
+                raise ValueError(f"{f.name}: expected a finite number {'> 0' if strict else '>= 0'}, got {v!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
         if self.window < max(self.coarse_frames, self.temporal_frames):
@@ -71,13 +72,6 @@ class ARIGConfig:
         for name, options in (("head", HEADS), ("ibu", IBUS)):
             if getattr(self, name) not in options:
                 raise ValueError(f"{name}: expected one of {options}, got {getattr(self, name)!r}")
-        for name in ("fps", "sa_rate"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name}: expected a positive number, got {v!r}")
-        for name in ("w_state", "hist_noise"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
 
     @classmethod
     def paper(cls, **kw) -> "ARIGConfig":
@@ -94,6 +88,17 @@ class ARIGConfig:
 def word_id(text: str, buckets: int) -> int:
     """Hashed word id in ``[1, buckets)`` (0 = no word); deterministic across runs (crc32)."""
     return 1 + zlib.crc32(text.lower().encode("utf-8")) % (buckets - 1) if buckets > 1 else 0
+
+
+def frame_sa(tok: np.ndarray, last: int, k: int) -> tuple[np.ndarray, int]:
+    """One frame's SA input ``(k,)``: the tokens that start in it (-1 pads), else the ``last`` one again (-1: none)."""
+    slots = np.full(k, -1, np.int64)
+    if tok.size:
+        slots[:tok.size] = tok[:k]
+        last = int(tok[-1])
+    elif last >= 0:
+        slots[0] = last
+    return slots, last
 
 
 def state_labels(seg: Segment, gap: float = 0.25, pause: float = 0.5) -> np.ndarray:
@@ -131,12 +136,7 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
         b = np.minimum(sa_frame_bounds(np.arange(T + 1), cfg.fps, cfg.sa_rate), tok.size)
         last = -1
         for t in range(T):
-            n = b[t + 1] - b[t]
-            if n:
-                sa[t, :n] = tok[b[t]:b[t + 1]][:K]
-                last = tok[b[t + 1] - 1]
-            elif last >= 0:
-                sa[t, 0] = last
+            sa[t], last = frame_sa(tok[b[t]:b[t + 1]], last, K)
     out["sa"] = sa
     if cfg.use_emotion:
         if seg.emotion is None:

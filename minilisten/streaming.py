@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, sample_frame, word_id
-from .data.segment import D_MOTION, EMOTIONS, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
+from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, frame_sa, sample_frame, word_id
+from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
 from .errors import UserError
 from .generate import FAST_ARCHS, Generator, HFDecoder
 from .speaker import SA_SAMPLE_RATE
@@ -47,7 +47,6 @@ PUSH_FIELDS = {"lr-token": ("words", "sa_tokens", "emotion", "motion", "frames",
                "arig": ("words", "sa_tokens", "emotion", "motion")}
 
 
-# ----------------------------------------------------------------------------- the wire format
 class ProtocolError(UserError):
     """A client message the server cannot use: ``field``, ``expected`` and ``actual`` value."""
 
@@ -71,6 +70,12 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
+def _raised(r):
+    if isinstance(r, Exception):
+        raise r
+    return r
+
+
 def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
     """The one bound on pushed floats: finite numbers of ``shape`` (None: any length), ``|x| <= limit`` -> float32."""
     want = f"numbers of shape ({', '.join('n' if d is None else str(d) for d in shape)}{',' * (len(shape) == 1)})"
@@ -85,13 +90,6 @@ def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
     if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
         raise ProtocolError(name, f"finite values with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
     return a.astype(np.float32)
-
-
-def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
-    """A JSON list -> float32 array (``ndim`` 1: ``(n,)``, 2: ``(n, width)``), bounded by :func:`floats`."""
-    if not isinstance(v, list):
-        raise ProtocolError(name, "a list of numbers", type(v).__name__)
-    return floats(v, name, (None,) if ndim == 1 else (None, width), limit)
 
 
 def parse_words(name: str, v) -> list[Word]:
@@ -110,6 +108,23 @@ def parse_words(name: str, v) -> list[Word]:
     return out
 
 
+def _pcm16(b) -> np.ndarray:
+    try:
+        raw = base64.b64decode(b, validate=True) if isinstance(b, str) else None
+    except (binascii.Error, ValueError):
+        raw = None
+    if raw is None or len(raw) % 2:
+        raise ProtocolError("audio_pcm16", "base64 of little-endian int16 mono samples (an even byte count)",
+                            b if raw is None else f"{len(raw)} bytes")
+    return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+
+
+def _wire_int(m: dict, name: str, want: str) -> int:
+    if not _is_int(m.get(name)):
+        raise ProtocolError(name, want, m.get(name))
+    return m[name]
+
+
 def parse_push(msg: dict, kind: str = "lr-token") -> dict:
     """A ``push`` message -> push keyword arguments of the ``kind`` ("lr-token" or "arig") stream:
     fields, types, shapes and number ranges checked; times, orders and vocabularies by the stream."""
@@ -117,44 +132,32 @@ def parse_push(msg: dict, kind: str = "lr-token") -> dict:
     unknown = sorted(set(msg) - {"type", "id", *allowed})
     if unknown:
         raise ProtocolError(unknown[0], f"one of the push fields of the {kind} model " + ", ".join(allowed), unknown[0])
+    m = {k: v for k, v in msg.items() if k in allowed and v is not None}
     kw = {}
-    if msg.get("motion") is not None:
-        kw["motion"] = num_array("motion", msg["motion"], 2, D_MOTION, MOTION_LIMIT)
-    if msg.get("words") is not None:
-        kw["words"] = parse_words("words", msg["words"])
-    if msg.get("sa_tokens") is not None:
-        sa = msg["sa_tokens"]
-        if not isinstance(sa, list) or not all(_is_int(t) for t in sa):
-            raise ProtocolError("sa_tokens", "a list of integer token ids (int64)", sa)
-        kw["sa_tokens"] = np.asarray(sa, np.int64).reshape(-1)
-    if msg.get("emotion") is not None:
-        kw["emotion"] = num_array("emotion", msg["emotion"], 2, len(EMOTIONS))
-    if msg.get("frames") is not None:
-        if not _is_int(msg["frames"]):
-            raise ProtocolError("frames", "an integer number of speaker frames", msg["frames"])
-        kw["frames"] = msg["frames"]
-    if msg.get("audio") is not None and msg.get("audio_pcm16") is not None:
-        raise ProtocolError("audio", "one of audio (floats) and audio_pcm16 (base64), not both", "both")
-    if msg.get("audio") is not None:
-        kw["audio"] = num_array("audio", msg["audio"], 1)
-    if msg.get("audio_pcm16") is not None:
-        b = msg["audio_pcm16"]
-        try:
-            raw = base64.b64decode(b, validate=True) if isinstance(b, str) else None
-        except (binascii.Error, ValueError):
-            raw = None
-        if raw is None or len(raw) % 2:
-            raise ProtocolError("audio_pcm16", "base64 of little-endian int16 mono samples (an even byte count)",
-                                b if raw is None else f"{len(raw)} bytes")
-        kw["audio"] = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    for name, shape, limit in (("motion", (None, D_MOTION), MOTION_LIMIT), ("emotion", (None, N_EMOTIONS), F32_MAX),
+                               ("audio", (None,), F32_MAX)):
+        if name not in m:
+            continue
+        if not isinstance(m[name], list):
+            raise ProtocolError(name, "a list of numbers", type(m[name]).__name__)
+        kw[name] = floats(m[name], name, shape, limit)
+    if "words" in m:
+        kw["words"] = parse_words("words", m["words"])
+    if "sa_tokens" in m:
+        if not isinstance(m["sa_tokens"], list) or not all(_is_int(t) for t in m["sa_tokens"]):
+            raise ProtocolError("sa_tokens", "a list of integer token ids (int64)", m["sa_tokens"])
+        kw["sa_tokens"] = np.asarray(m["sa_tokens"], np.int64).reshape(-1)
+    if "audio_pcm16" in m:
+        if "audio" in m:
+            raise ProtocolError("audio", "one of audio (floats) and audio_pcm16 (base64), not both", "both")
+        kw["audio"] = _pcm16(m["audio_pcm16"])
+    if "frames" in m:
+        kw["frames"] = _wire_int(m, "frames", "an integer number of speaker frames")
     if "audio" in kw:
-        if not _is_int(msg.get("sample_rate")):
-            raise ProtocolError("sample_rate", "the audio's sample rate in Hz (an integer)", msg.get("sample_rate"))
-        kw["sample_rate"] = msg["sample_rate"]
+        kw["sample_rate"] = _wire_int(m, "sample_rate", "the audio's sample rate in Hz (an integer)")
     return kw
 
 
-# ----------------------------------------------------------------------------- the stream core
 @dataclass
 class _State:
     """What every stream holds: the clock, and the input not yet consumed."""
@@ -186,13 +189,10 @@ class ListenerStream:
         self.max_skew, self.max_push_frames = max_skew, max_push_frames
         self.uses_sa, self.needs_emotion, self.n_sa = uses_sa, needs_emotion, n_sa
 
-    # ------------------------------------------------------------------ public API
     def push(self, *, motion=None, words=(), sa_tokens=None, emotion=None, stream: int = 0, **extra) -> np.ndarray:
         """Feed the next chunk of ``stream`` -> the listener frames ``(k, 56)`` that became available."""
         out = self.push_many({stream: dict(motion=motion, words=words, sa_tokens=sa_tokens, emotion=emotion, **extra)})
-        if isinstance(out[stream], Exception):
-            raise out[stream]
-        return out[stream]
+        return _raised(out[stream])
 
     def push_many(self, chunks: dict) -> dict:
         """``{stream: push kwargs}`` -> ``{stream: frames (k, 56) or the exception that refused it}``;
@@ -211,10 +211,7 @@ class ListenerStream:
     def flush(self, stream: int = 0) -> np.ndarray:
         """End of ``stream``'s input: the frames still held back."""
         b = self._check_stream(stream)
-        r = self._transact({b: None}, final=True)[b]
-        if isinstance(r, Exception):
-            raise r
-        return r
+        return _raised(self._transact({b: None}, final=True)[b])
 
     def reset(self, stream: int = 0, history_words=None, seed: int | None = None) -> None:
         """A new stream in slot ``stream`` (clock 0); ``history_words`` (ending <= 0 s) and ``seed``: default kept."""
@@ -223,7 +220,6 @@ class ListenerStream:
         hist = old.history if history_words is None else self._check_history(history_words)
         self.streams[b] = self._fresh(b, hist, old.seed if seed is None else _check_seed(seed))
 
-    # ------------------------------------------------------------------ the core
     def _check_stream(self, b) -> int:
         if not (_is_int(b, 0) and b < self.n_streams):
             raise UserError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
@@ -253,10 +249,7 @@ class ListenerStream:
             p["motion"] = floats(chunk["motion"], f"motion ({where})", (None, D_MOTION), MOTION_LIMIT)
             counts.append(("motion", len(p["motion"])))
         if chunk.get("emotion") is not None:
-            try:
-                p["emo"] = check_emotion_probs(chunk["emotion"], f"emotion ({where})", rows="n")
-            except ValueError as e:
-                raise UserError(str(e)) from None
+            p["emo"] = check_emotion_probs(chunk["emotion"], f"emotion ({where})", rows="n")
             counts.append(("emotion", len(p["emo"])))
         if chunk.get("frames") is not None:
             f = chunk["frames"]
@@ -358,7 +351,6 @@ class ListenerStream:
         pass
 
 
-# ----------------------------------------------------------------------------- LR tokens + VQ
 @dataclass
 class _LRState(_State):
     emo_base: int = 0                   # frame index of emo[0]
@@ -472,7 +464,6 @@ class StreamingListener(ListenerStream):
         """SA token indices ``[a, b)`` of LR step ``step``."""
         return self._sa_bound(step), self._sa_bound(step + 1)
 
-    # ------------------------------------------------------------------ hooks
     def _word_unit(self, end: float) -> int:
         return word_step(end, self.fps, self.r, self.lm.word_placement)
 
@@ -611,7 +602,6 @@ class StreamingListener(ListenerStream):
         return out
 
 
-# ----------------------------------------------------------------------------- ARIG
 @dataclass
 class _ARIGState(_State):
     motion: list = field(default_factory=list)          # speaker frames waiting for their SA tokens
@@ -686,12 +676,7 @@ class StreamingARIG(ListenerStream):
         slots = np.full(c.sa_slots, -1, np.int64)
         if c.n_sa:
             b0, b1 = sa_frame_bounds(t, c.fps, c.sa_rate), sa_frame_bounds(t + 1, c.fps, c.sa_rate)
-            tok = s.sa[b0 - s.sa_base:b1 - s.sa_base]
-            if tok.size:
-                slots[:tok.size] = tok[:c.sa_slots]
-                s.sa_last = int(tok[-1])
-            elif s.sa_last >= 0:
-                slots[0] = s.sa_last
+            slots, s.sa_last = frame_sa(s.sa[b0 - s.sa_base:b1 - s.sa_base], s.sa_last, c.sa_slots)
             s.sa, s.sa_base = s.sa[b1 - s.sa_base:], b1
         word, since = 0, c.since_max
         known = [w for w in s.words if word_frame(w.end, c.fps) <= t]
