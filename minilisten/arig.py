@@ -84,7 +84,6 @@ class ARIGConfig:
         return max(1, math.ceil(self.sa_rate / self.fps - 1e-9))
 
 
-# ----------------------------------------------------------------------------- per-frame inputs
 def word_id(text: str, buckets: int) -> int:
     """Hashed word id in ``[1, buckets)`` (0 = no word); deterministic across runs (crc32)."""
     return 1 + zlib.crc32(text.lower().encode("utf-8")) % (buckets - 1) if buckets > 1 else 0
@@ -170,7 +169,6 @@ def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
 
 
-# ----------------------------------------------------------------------------- building blocks
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN as in DiT: ``x * (1 + scale) + shift``."""
     return x * (1 + scale) + shift
@@ -403,10 +401,9 @@ def euler_sample(velocity, noise: torch.Tensor, steps: int) -> torch.Tensor:
     return x
 
 
-# ----------------------------------------------------------------------------- the model
 class ARIG(nn.Module):
     """The model (docs/arig.md). ``features(batch)`` (teacher forcing) and ``step`` (one frame,
-    caches) give the condition z (d,) and the state logits; ``loss`` trains; ``generate`` samples."""
+    caches) give the condition z (d,) and the state logits; ``loss`` trains; :func:`arig_generate` samples."""
 
     def __init__(self, config: ARIGConfig | None = None):
         super().__init__()
@@ -448,7 +445,6 @@ class ARIG(nn.Module):
         else:
             self.regressor = MLP(d, c.d_ff, D_MOTION)
 
-    # ------------------------------------------------------------------ statistics / io
     def set_motion_stats(self, lis_mean, lis_std, spk_mean, spk_std, min_std: float = 1e-4) -> None:
         """Normalisation of listener and speaker motion (each (56,)); std floored at ``min_std``."""
         for name, v in (("lis_mean", lis_mean), ("lis_std", lis_std), ("spk_mean", spk_mean), ("spk_std", spk_std)):
@@ -465,7 +461,6 @@ class ARIG(nn.Module):
     def from_pretrained(cls, directory, map_location="cpu") -> "ARIG":
         return load_model(directory, cls, ARIGConfig, FORMAT, map_location=map_location)
 
-    # ------------------------------------------------------------------ embeddings
     def _audio(self, sa, emo, word, since):
         """Per-frame speaker speech: sa (..., K) int (-1 empty), emo (..., 8), word/since (...) -> (..., d)."""
         a = self.audio_bias + self.emb_emo(emo) * float(self.config.use_emotion)
@@ -511,31 +506,16 @@ class ARIG(nn.Module):
         x = seq[:, -1] + t.self_attn(h[:, -1:], h, h, need_weights=False)[0][:, 0]
         return x + t.linear2(t.activation(t.linear1(t.norm2(x))))
 
-    def _check_batch(self, batch: dict, need_lis: bool = True) -> int:
-        B, T = batch["spk"].shape[:2]
-        want = {"spk": (B, T, D_MOTION), "sa": (B, T, self.config.sa_slots), "emo": (B, T, N_EMOTIONS),
-                "word": (B, T), "since": (B, T), "beta": (B, N_SHAPE)}
-        if need_lis:
-            want["lis"] = (B, T, D_MOTION)
-        for k, shape in want.items():
-            if k not in batch:
-                raise ValueError(f"batch: expected key {k!r} of shape {shape}, got keys {sorted(batch)}")
-            if tuple(batch[k].shape) != shape:
-                raise ValueError(f"batch[{k!r}]: expected shape {shape}, got {tuple(batch[k].shape)}")
-        return T
-
-    # ------------------------------------------------------------------ all frames (teacher forcing)
     def features(self, batch: dict, ref: torch.Tensor | None = None, hist_noise: float = 0.0,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing (``lis`` as history), ``ref (B, 56)`` raw (default the mean) -> ``z (B, T, d)``, state
         logits ``(B, T, n_states)``; frame t sees speaker frames <= t and listener frames < t."""
         c, P = self.config, self.config.window
-        T = self._check_batch(batch)
+        B, T = batch["spk"].shape[:2]
         spk = (batch["spk"] - self.spk_mean) / self.spk_std
         lis = self._norm_lis(batch["lis"])
         if hist_noise:
             lis = lis + hist_noise * torch.randn(lis.shape, generator=generator, device=lis.device)
-        B = spk.shape[0]
         r = torch.zeros(B, D_MOTION, device=spk.device) if ref is None else self._norm_lis(ref)
         pad = lambda x: torch.cat([x[:, :1].expand(-1, P, *x.shape[2:]), x], 1)   # repeat frame 0 P times
         a = self._audio(pad(batch["sa"]), pad(batch["emo"]), pad(batch["word"]), pad(batch["since"]))   # (B, P+T, d)
@@ -577,7 +557,6 @@ class ARIG(nn.Module):
         total = motion + c.w_state * state
         return total, {"motion": float(motion.detach()), "state": float(state.detach()), "state_acc": float(acc)}
 
-    # ------------------------------------------------------------------ one frame (caches)
     def init_state(self, first: dict, ref: torch.Tensor | None = None) -> dict:
         """Caches for B streams, filled with ``window`` pad positions from ``first`` (frame 0's inputs, ``spk (B,
         56)``, ``sa (B, K)``, ...) and ``ref (B, 56)``, raw reference listener motion (default: the mean)."""
@@ -650,7 +629,6 @@ def compiled_decode_frame(device_type: str = "cpu"):
     return _COMPILED[device_type]
 
 
-# ----------------------------------------------------------------------------- evaluation helper
 def clip_reference(clip: Segment, model: ARIG, reference: str = "mean") -> np.ndarray:
     """Reference listener motion (56,): ``"mean"`` (training mean) or ``"first"`` (the clip's first frame)."""
     if reference == "mean":

@@ -220,6 +220,11 @@ class ListenerStream:
         hist = old.history if history_words is None else self._check_history(history_words)
         self.streams[b] = self._fresh(b, hist, old.seed if seed is None else _check_seed(seed))
 
+    def state_sizes(self, stream: int = 0) -> dict:
+        """Sizes of everything a stream holds (constant over a long stream), the model's caches included."""
+        s = self.streams[self._check_stream(stream)]
+        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo), **self._sizes(s))
+
     def _check_stream(self, b) -> int:
         if not (_is_int(b, 0) and b < self.n_streams):
             raise UserError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
@@ -400,6 +405,7 @@ class StreamingListener(ListenerStream):
                 raise UserError(f"{name}: expected an int >= 0 (codes), got {getattr(self, name)!r}")
         self.lm, self.vq = lm, vq
         self.sa_tokenizer, self.sample_rate = sa_tokenizer, int(sample_rate)
+        self.hop = int(round(self.sample_rate / self.sa_rate))   # audio samples per SA token
         self.max_len = int(max_len or lm.max_len)
         self.hf_decoders = None
         if generator is not None:
@@ -438,12 +444,9 @@ class StreamingListener(ListenerStream):
         super()._restore(b, snap)
         self.streams[b].refill = True   # the decoder may have advanced past the snapshot
 
-    def state_sizes(self, stream: int = 0) -> dict:
-        """Sizes of everything a stream holds (constant over a long stream) + the decoder's bytes."""
-        s = self.streams[self._check_stream(stream)]
+    def _sizes(self, s: _LRState) -> dict:
         dec = self.decoder.state_bytes() if self.decoder is not None else None
-        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo),
-                    audio_buffer=len(s.audio), context_tokens=len(s.hist) + sum(len(x) + 1 for x in s.win),
+        return dict(audio_buffer=len(s.audio), context_tokens=len(s.hist) + sum(len(x) + 1 for x in s.win),
                     window_steps=len(s.win), vq_codes=len(s.codes), decoder_state_bytes=dec)
 
     def progress(self, stream: int = 0) -> dict:
@@ -493,22 +496,20 @@ class StreamingListener(ListenerStream):
 
     def _audio_tokens(self, s: _LRState, new: np.ndarray) -> np.ndarray:
         """SA tokens of the complete hops in (kept + new) audio not made yet (kept: ``_AUDIO_CONTEXT`` hops early)."""
-        hop = int(round(self.sample_rate / self.sa_rate))
         buf = np.concatenate([s.audio, new])
-        made, total = s.sa_base + len(s.sa), (s.audio_base + len(buf)) // hop
+        made, total = s.sa_base + len(s.sa), (s.audio_base + len(buf)) // self.hop
         if total <= made:
             return np.zeros(0, np.int64)
         tok = np.asarray(self.sa_tokenizer.encode(buf.astype(np.float32), self.sample_rate), dtype=np.int64)
-        first = s.audio_base // hop
+        first = s.audio_base // self.hop
         return tok[made - first: total - first]
 
     def _apply(self, s: _LRState, p: dict) -> None:
         super()._apply(s, p)
         s.words.sort(key=lambda w: (w.end, w.start))
         if p["audio"] is not None:
-            hop = int(round(self.sample_rate / self.sa_rate))
             buf = np.concatenate([s.audio, p["audio"]])
-            keep_from = max(0, (s.sa_base + len(s.sa) - self._AUDIO_CONTEXT) * hop)   # absolute sample
+            keep_from = max(0, (s.sa_base + len(s.sa) - self._AUDIO_CONTEXT) * self.hop)   # absolute sample
             cut = max(0, keep_from - s.audio_base)
             s.audio, s.audio_base = buf[cut:], s.audio_base + cut
 
@@ -655,11 +656,8 @@ class StreamingARIG(ListenerStream):
             raise UserError(f"motion ({where}): expected the speaker's motion (n, {D_MOTION}) with the frames (the "
                             "ARIG model's input and clock), got None")
 
-    def state_sizes(self, stream: int = 0) -> dict:
-        """Sizes of the stream's buffers and caches (constant over a long stream)."""
-        s = self.streams[self._check_stream(stream)]
-        kv = 0 if s.st is None else sum(v["k"].numel() + v["v"].numel() for v in s.st["kv"].values())
-        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo), kv_floats=kv)
+    def _sizes(self, s: _ARIGState) -> dict:
+        return dict(kv_floats=0 if s.st is None else sum(v["k"].numel() + v["v"].numel() for v in s.st["kv"].values()))
 
     def _apply(self, s: _ARIGState, p: dict) -> None:
         super()._apply(s, p)

@@ -117,10 +117,8 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
         val_items = [val_items[i] for i in pick]
 
     def validate(step):
-        if not val_items:
-            return None
-        res = evaluate_arig_loss(model, val_inputs, val_items, crop, dev, tc.seed)
-        if log:
+        res = evaluate_arig_loss(model, val_inputs, val_items, crop, dev, tc.seed) if val_items else None
+        if res and log:
             log(f"[val step {step}] motion {res['motion']:.4f} state CE {res['state']:.4f} acc {res['state_acc']:.3f} "
                 f"(majority {res['state_majority']:.3f})")
         return res
@@ -148,14 +146,13 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
 def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: list[Segment], max_clips: int = 0,
                   steps: int | None = None, seed: int = 0, reference: str = "mean") -> dict:
     """Table 1 metrics (``metrics.score``) of ARIG samples on LM-listener's evaluation clips of ``test_segments``."""
-    from .metrics import fit_valence, score
+    from .metrics import evaluate
     clips = test_clips(test_segments, max_clips)
     if not clips:
         raise UserError("test_segments: expected segments of >= 16 frames to evaluate, got none")
-    valence = fit_valence(train_segments, clips)
     t0 = time.perf_counter()
     preds = arig_generate(model, clips, steps=steps, seed=seed, reference=reference)
-    res = score(preds, clips, valence, seed)
+    res = evaluate({"arig": preds}, clips, train_segments, seed)["arig"]
     res["generate_seconds"] = round(time.perf_counter() - t0, 2)
     return res
 
@@ -195,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model = train_arig(train, val, mc, tc, out_dir=a.out, resume=a.resume, n_sa=getattr(ds, "n_sa", None))
     c = model.config
-    print(f"{what}: inputs " + ", ".join(k for k, on in (("speaker motion", True), ("SA", c.n_sa > 0),
-                                                         ("emotion", c.use_emotion), ("words", c.use_words),
-                                                         ("beta", c.use_beta)) if on))
+    used = (("SA", c.n_sa > 0), ("emotion", c.use_emotion), ("words", c.use_words), ("beta", c.use_beta))
+    print(f"{what}: inputs speaker motion" + "".join(f", {k}" for k, on in used if on))
     last = model.train_log[-1] if model.train_log else {}
     summary = {"out": a.out, "val_motion": last.get("motion"), "val_state_acc": last.get("state_acc"),
                "val_state_majority": last.get("state_majority"), "seconds": round(time.time() - t0, 1)}
