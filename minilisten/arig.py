@@ -121,29 +121,23 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
     """Per-frame inputs (numpy): ``spk, lis (T, 56)``, ``sa (T, K)`` (-1 empty; no new token repeats the last),
     ``emo (T, 8)``, ``word, since, state (T,)`` (state -1 unknown), ``beta (100,)``; unused fields are zeros."""
     T, where = seg.T, f"segment {seg.name!r}"
-    if abs(seg.fps - cfg.fps) > 1e-6:
-        raise ValueError(f"{where}: fps: expected {cfg.fps:g} (the model's), got {seg.fps:g}")
-    out = {"spk": seg.speaker_motion.astype(np.float32), "lis": seg.listener_motion.astype(np.float32)}
+    for name, used, want in (("sa_tokens", cfg.n_sa, f"SA tokens (the model has n_sa={cfg.n_sa})"),
+                             ("emotion", cfg.use_emotion, f"({T}, {N_EMOTIONS}) probabilities (the model uses it)"),
+                             ("listener_beta", cfg.use_beta, f"the listener's shape ({N_SHAPE},) (the model uses it)")):
+        if used and getattr(seg, name) is None:
+            raise ValueError(f"{where}: {name}: expected {want}, got None")
+    for name, used in (("fps", True), ("sa_rate", cfg.n_sa)):
+        want, got = getattr(cfg, name), getattr(seg, name)
+        if used and abs(got - want) > 1e-6:
+            raise ValueError(f"{where}: {name}: expected {want:g} (the model's), got {got:g}")
     K = cfg.sa_slots
     sa = np.full((T, K), -1, np.int64)
     if cfg.n_sa:
-        if seg.sa_tokens is None:
-            raise ValueError(f"{where}: sa_tokens: expected SA tokens (the model has n_sa={cfg.n_sa}), got None")
-        if abs(seg.sa_rate - cfg.sa_rate) > 1e-6:
-            raise ValueError(f"{where}: sa_rate: expected {cfg.sa_rate:g} (the model's), got {seg.sa_rate:g}")
         tok = check_sa_tokens(seg.sa_tokens, cfg.n_sa, f"{where}: sa_tokens")
         b = np.minimum(sa_frame_bounds(np.arange(T + 1), cfg.fps, cfg.sa_rate), tok.size)
         last = -1
         for t in range(T):
             sa[t], last = frame_sa(tok[b[t]:b[t + 1]], last, K)
-    out["sa"] = sa
-    if cfg.use_emotion:
-        if seg.emotion is None:
-            raise ValueError(f"{where}: emotion: expected ({T}, {N_EMOTIONS}) probabilities (the model uses emotion), "
-                             "got None")
-        out["emo"] = seg.emotion.astype(np.float32)
-    else:
-        out["emo"] = np.zeros((T, N_EMOTIONS), np.float32)
     word, since = np.zeros(T, np.int64), np.full(T, cfg.since_max, np.int64)
     if cfg.use_words:
         for w in sorted(seg.history_words + seg.words, key=lambda w: w.end):
@@ -151,17 +145,12 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
             a = max(e, 0)
             word[a:] = word_id(w.text, cfg.word_buckets)
             since[a:] = np.minimum(np.arange(a, T) - e, cfg.since_max)
-    out["word"], out["since"] = word, since
-    if cfg.use_beta:
-        if seg.listener_beta is None:
-            raise ValueError(f"{where}: listener_beta: expected the listener's shape ({N_SHAPE},) (the model uses "
-                             f"beta), got None")
-        out["beta"] = seg.listener_beta.astype(np.float32)
-    else:
-        out["beta"] = np.zeros(N_SHAPE, np.float32)
     # a words dataset whose speaker is silent in this segment: silence throughout (state_labels gives it)
-    out["state"] = state_labels(seg) if (with_states and cfg.use_words) else np.full(T, IGNORE, np.int64)
-    return out
+    return {"spk": seg.speaker_motion.astype(np.float32), "lis": seg.listener_motion.astype(np.float32), "sa": sa,
+            "emo": seg.emotion.astype(np.float32) if cfg.use_emotion else np.zeros((T, N_EMOTIONS), np.float32),
+            "word": word, "since": since,
+            "beta": seg.listener_beta.astype(np.float32) if cfg.use_beta else np.zeros(N_SHAPE, np.float32),
+            "state": state_labels(seg) if (with_states and cfg.use_words) else np.full(T, IGNORE, np.int64)}
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -629,27 +618,21 @@ def compiled_decode_frame(device_type: str = "cpu"):
     return _COMPILED[device_type]
 
 
-def clip_reference(clip: Segment, model: ARIG, reference: str = "mean") -> np.ndarray:
-    """Reference listener motion (56,): ``"mean"`` (training mean) or ``"first"`` (the clip's first frame)."""
-    if reference == "mean":
-        return model.lis_mean.cpu().numpy()
-    if reference == "first":
-        return clip.listener_motion[0]
-    raise ValueError(f"reference: expected 'mean' or 'first', got {reference!r}")
-
-
 @torch.no_grad()
 def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, seed: int = 0,
                   reference: str = "mean", temperature: float = 1.0, batch: int = 64) -> list[np.ndarray]:
-    """Listener motion ``(T, 56)`` float32 per clip; clip i's noise is seeded ``seed + i`` (as a
-    :class:`StreamingARIG` with ``seed=seed + i``)."""
+    """Listener motion ``(T, 56)`` float32 per clip, from ``reference`` "mean" (training mean) or "first" (the clip's
+    first listener frame); clip i's noise is seeded ``seed + i`` (as a :class:`StreamingARIG` with that seed)."""
+    if reference not in ("mean", "first"):
+        raise ValueError(f"reference: expected 'mean' or 'first', got {reference!r}")
     model.eval()
-    dev = model.lis_mean.device
+    dev, mean = model.lis_mean.device, model.lis_mean.cpu().numpy()
     out: list = [None] * len(clips)
     for part in length_batches([c.T for c in clips], batch):
         b = collate([frame_inputs(clips[i], model.config, with_states=False) for i in part])
         b = {k: v.to(dev) for k, v in b.items() if k in _STEP_KEYS}
-        ref = torch.as_tensor(np.stack([clip_reference(clips[i], model, reference) for i in part]), device=dev)
+        ref = np.stack([clips[i].listener_motion[0] if reference == "first" else mean for i in part])
+        ref = torch.as_tensor(ref, device=dev)
         gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]
         frames = []
         for t in range(b["spk"].shape[1]):
