@@ -157,7 +157,7 @@ def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: lis
     return res
 
 
-def _parser():
+def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m minilisten train-arig", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1],
                        allow_abbrev=False)
@@ -173,11 +173,6 @@ def _parser():
                                      skip=ARIGConfig.DATA_FIELDS, choices={"head": HEADS, "ibu": IBUS})
     train_names = loop_args(p.add_argument_group("optimisation (ARIGTrainConfig fields)"), ARIGTrainConfig,
                             skip=("precision", "grad_accum"))
-    return p, model_names, train_names
-
-
-def main(argv: list[str] | None = None) -> int:
-    p, model_names, train_names = _parser()
     a = p.parse_args(argv)
     model_kw = dataclass_kwargs(a, model_names)
     if a.resume and (model_kw or a.paper):
@@ -195,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     used = (("SA", c.n_sa > 0), ("emotion", c.use_emotion), ("words", c.use_words), ("beta", c.use_beta))
     print(f"{what}: inputs speaker motion" + "".join(f", {k}" for k, on in used if on))
     last = model.train_log[-1] if model.train_log else {}
-    summary = {"out": a.out, "val_motion": last.get("motion"), "val_state_acc": last.get("state_acc"),
-               "val_state_majority": last.get("state_majority"), "seconds": round(time.time() - t0, 1)}
+    summary = {"out": a.out, **{f"val_{k}": last.get(k) for k in ("motion", "state_acc", "state_majority")},
+               "seconds": round(time.time() - t0, 1)}
     if a.test_clips:
         summary["test"] = evaluate_arig(model, train, list(ds.test), a.test_clips, a.sample_steps_eval, tc.seed)
     print(json.dumps(summary, default=float))
