@@ -21,22 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import tokens
 from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, frame_sa, sample_frame, word_id
 from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
 from .errors import UserError
 from .generate import FAST_ARCHS, Generator, HFDecoder
 from .speaker import SA_SAMPLE_RATE
-from .tokens import (
-    EPS,
-    SA_RATE,
-    check_sa_tokens,
-    emotion_tokens,
-    sa_bounds,
-    sa_frame_bounds,
-    step_ids,
-    word_frame,
-    word_step,
-)
+from .tokens import EPS, SA_RATE, check_sa_tokens, emotion_tokens, sa_bounds, sa_frame_bounds, step_ids, word_frame
 
 MOTION_LIMIT = 1e3   # |speaker motion|: FLAME coefficients and radians are O(1); larger values only overflow a model
 MAX_WORDS = 256      # words per stream waiting for their step or frame
@@ -282,11 +273,9 @@ class ListenerStream:
             if w.end < last - EPS / self.fps:
                 raise UserError(f"{at}: expected words in time order, got end {w.end:.3f} s before the previous "
                                 f"word's end {last:.3f} s")
-            if w.end < 0:
-                raise UserError(f"{at}: expected end >= 0 s (earlier words are history_words), got {w.end:.3f}")
-            if w.end > clock + EPS / self.fps:
-                raise UserError(f"{at}: expected end <= {clock:.3f} s (the end of the frames pushed so far), got "
-                                f"{w.end:.3f}; push the frames first or with the word")
+            if not 0 <= w.end <= clock + EPS / self.fps:
+                raise UserError(f"{at}: expected end in [0, {clock:.3f}] s (earlier words are history_words; push "
+                                f"the frames before or with their words), got {w.end:.3f}")
             k = self._word_unit(w.end)
             if k < s.done:
                 raise UserError(f"{at}: expected a word ending in {self.UNIT} >= {s.done} ({self.UNIT}s "
@@ -468,7 +457,7 @@ class StreamingListener(ListenerStream):
         return self._sa_bound(step), self._sa_bound(step + 1)
 
     def _word_unit(self, end: float) -> int:
-        return word_step(end, self.fps, self.r, self.lm.word_placement)
+        return tokens.word_step(end, self.fps, self.r, self.lm.word_placement)
 
     def _sa_bound(self, i: int) -> int:
         return sa_bounds(i, self.fps, self.r, self.sa_rate)
