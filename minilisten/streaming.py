@@ -610,10 +610,9 @@ class StreamingARIG(ListenerStream):
                  max_skew: float | None = 2.0, max_push_frames: int | None = None):
         c = model.config
         self._setup(n_streams, c.fps, c.sa_rate, max_skew, max_push_frames, bool(c.n_sa), c.use_emotion, c.n_sa or None)
-        if steps is not None:
-            check_steps(steps)
         self.model, self.cfg, self.temperature = model.eval(), c, float(temperature)
-        self.steps = steps or c.sample_steps
+        self.steps = c.sample_steps if steps is None else steps
+        check_steps(self.steps)
         self.dev = model.lis_mean.device
         self._frame = compiled_decode_frame(self.dev.type) if compile else decode_frame
         ref = model.lis_mean.cpu().numpy() if reference is None else reference
