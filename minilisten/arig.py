@@ -539,10 +539,9 @@ class ARIG(nn.Module):
             motion = F.mse_loss(self.regressor(zf), x0)
         labels = batch["state"].reshape(-1)
         known = labels != IGNORE
-        state = F.cross_entropy(logits.reshape(-1, len(STATES))[known], labels[known]) if known.any() \
-            else logits.sum() * 0
-        acc = (logits.reshape(-1, len(STATES)).argmax(-1)[known] == labels[known]).float().mean() if known.any() \
-            else torch.tensor(float("nan"))
+        lg, lab = logits.reshape(-1, len(STATES))[known], labels[known]
+        state = F.cross_entropy(lg, lab) if known.any() else logits.sum() * 0
+        acc = (lg.argmax(-1) == lab).float().mean() if known.any() else torch.tensor(float("nan"))
         total = motion + c.w_state * state
         return total, {"motion": float(motion.detach()), "state": float(state.detach()), "state_acc": float(acc)}
 
