@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -57,12 +57,13 @@ class ARIGConfig:
     DATA_FIELDS = ("n_sa", "use_emotion", "use_words", "use_beta", "fps", "sa_rate")
 
     def __post_init__(self):
-        for name in ("d_model", "n_head", "d_ff", "depth", "window", "coarse_frames", "temporal_frames",
-                     "diff_width", "diff_blocks", "diff_cond", "diff_mul", "sample_steps", "word_buckets", "since_max",
-                     "n_sa"):
-            v, low = getattr(self, name), 0 if name == "n_sa" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+        for f in fields(self):   # ints >= 1 (n_sa >= 0); floats finite, > 0 (fps, sa_rate) or >= 0
+            v, low, strict = getattr(self, f.name), int(f.name != "n_sa"), f.name in ("fps", "sa_rate")
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(f"{f.name}: expected an int >= {low}, got {v!r}")
+            number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if f.type == "float" and not (number and (v > 0 if strict else v >= 0)):
+                raise ValueError(f"{f.name}: expected a finite number {'> 0' if strict else '>= 0'}, got {v!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
         if self.window < max(self.coarse_frames, self.temporal_frames):
@@ -71,13 +72,6 @@ class ARIGConfig:
         for name, options in (("head", HEADS), ("ibu", IBUS)):
             if getattr(self, name) not in options:
                 raise ValueError(f"{name}: expected one of {options}, got {getattr(self, name)!r}")
-        for name in ("fps", "sa_rate"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name}: expected a positive number, got {v!r}")
-        for name in ("w_state", "hist_noise"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
 
     @classmethod
     def paper(cls, **kw) -> "ARIGConfig":
@@ -90,10 +84,20 @@ class ARIGConfig:
         return max(1, math.ceil(self.sa_rate / self.fps - 1e-9))
 
 
-# ----------------------------------------------------------------------------- per-frame inputs
 def word_id(text: str, buckets: int) -> int:
     """Hashed word id in ``[1, buckets)`` (0 = no word); deterministic across runs (crc32)."""
     return 1 + zlib.crc32(text.lower().encode("utf-8")) % (buckets - 1) if buckets > 1 else 0
+
+
+def frame_sa(tok: np.ndarray, last: int, k: int) -> tuple[np.ndarray, int]:
+    """One frame's SA input ``(k,)``: the tokens that start in it (-1 pads), else the ``last`` one again (-1: none)."""
+    slots = np.full(k, -1, np.int64)
+    if tok.size:
+        slots[:tok.size] = tok[:k]
+        last = int(tok[-1])
+    elif last >= 0:
+        slots[0] = last
+    return slots, last
 
 
 def state_labels(seg: Segment, gap: float = 0.25, pause: float = 0.5) -> np.ndarray:
@@ -117,34 +121,23 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
     """Per-frame inputs (numpy): ``spk, lis (T, 56)``, ``sa (T, K)`` (-1 empty; no new token repeats the last),
     ``emo (T, 8)``, ``word, since, state (T,)`` (state -1 unknown), ``beta (100,)``; unused fields are zeros."""
     T, where = seg.T, f"segment {seg.name!r}"
-    if abs(seg.fps - cfg.fps) > 1e-6:
-        raise ValueError(f"{where}: fps: expected {cfg.fps:g} (the model's), got {seg.fps:g}")
-    out = {"spk": seg.speaker_motion.astype(np.float32), "lis": seg.listener_motion.astype(np.float32)}
+    for name, used, want in (("sa_tokens", cfg.n_sa, f"SA tokens (the model has n_sa={cfg.n_sa})"),
+                             ("emotion", cfg.use_emotion, f"({T}, {N_EMOTIONS}) probabilities (the model uses it)"),
+                             ("listener_beta", cfg.use_beta, f"the listener's shape ({N_SHAPE},) (the model uses it)")):
+        if used and getattr(seg, name) is None:
+            raise ValueError(f"{where}: {name}: expected {want}, got None")
+    for name, used in (("fps", True), ("sa_rate", cfg.n_sa)):
+        want, got = getattr(cfg, name), getattr(seg, name)
+        if used and abs(got - want) > 1e-6:
+            raise ValueError(f"{where}: {name}: expected {want:g} (the model's), got {got:g}")
     K = cfg.sa_slots
     sa = np.full((T, K), -1, np.int64)
     if cfg.n_sa:
-        if seg.sa_tokens is None:
-            raise ValueError(f"{where}: sa_tokens: expected SA tokens (the model has n_sa={cfg.n_sa}), got None")
-        if abs(seg.sa_rate - cfg.sa_rate) > 1e-6:
-            raise ValueError(f"{where}: sa_rate: expected {cfg.sa_rate:g} (the model's), got {seg.sa_rate:g}")
         tok = check_sa_tokens(seg.sa_tokens, cfg.n_sa, f"{where}: sa_tokens")
         b = np.minimum(sa_frame_bounds(np.arange(T + 1), cfg.fps, cfg.sa_rate), tok.size)
         last = -1
         for t in range(T):
-            n = b[t + 1] - b[t]
-            if n:
-                sa[t, :n] = tok[b[t]:b[t + 1]][:K]
-                last = tok[b[t + 1] - 1]
-            elif last >= 0:
-                sa[t, 0] = last
-    out["sa"] = sa
-    if cfg.use_emotion:
-        if seg.emotion is None:
-            raise ValueError(f"{where}: emotion: expected ({T}, {N_EMOTIONS}) probabilities (the model uses emotion), "
-                             "got None")
-        out["emo"] = seg.emotion.astype(np.float32)
-    else:
-        out["emo"] = np.zeros((T, N_EMOTIONS), np.float32)
+            sa[t], last = frame_sa(tok[b[t]:b[t + 1]], last, K)
     word, since = np.zeros(T, np.int64), np.full(T, cfg.since_max, np.int64)
     if cfg.use_words:
         for w in sorted(seg.history_words + seg.words, key=lambda w: w.end):
@@ -152,17 +145,12 @@ def frame_inputs(seg: Segment, cfg: ARIGConfig, with_states: bool = True) -> dic
             a = max(e, 0)
             word[a:] = word_id(w.text, cfg.word_buckets)
             since[a:] = np.minimum(np.arange(a, T) - e, cfg.since_max)
-    out["word"], out["since"] = word, since
-    if cfg.use_beta:
-        if seg.listener_beta is None:
-            raise ValueError(f"{where}: listener_beta: expected the listener's shape ({N_SHAPE},) (the model uses "
-                             f"beta), got None")
-        out["beta"] = seg.listener_beta.astype(np.float32)
-    else:
-        out["beta"] = np.zeros(N_SHAPE, np.float32)
     # a words dataset whose speaker is silent in this segment: silence throughout (state_labels gives it)
-    out["state"] = state_labels(seg) if (with_states and cfg.use_words) else np.full(T, IGNORE, np.int64)
-    return out
+    return {"spk": seg.speaker_motion.astype(np.float32), "lis": seg.listener_motion.astype(np.float32), "sa": sa,
+            "emo": seg.emotion.astype(np.float32) if cfg.use_emotion else np.zeros((T, N_EMOTIONS), np.float32),
+            "word": word, "since": since,
+            "beta": seg.listener_beta.astype(np.float32) if cfg.use_beta else np.zeros(N_SHAPE, np.float32),
+            "state": state_labels(seg) if (with_states and cfg.use_words) else np.full(T, IGNORE, np.int64)}
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -170,7 +158,6 @@ def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
 
 
-# ----------------------------------------------------------------------------- building blocks
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN as in DiT: ``x * (1 + scale) + shift``."""
     return x * (1 + scale) + shift
@@ -403,10 +390,9 @@ def euler_sample(velocity, noise: torch.Tensor, steps: int) -> torch.Tensor:
     return x
 
 
-# ----------------------------------------------------------------------------- the model
 class ARIG(nn.Module):
     """The model (docs/arig.md). ``features(batch)`` (teacher forcing) and ``step`` (one frame,
-    caches) give the condition z (d,) and the state logits; ``loss`` trains; ``generate`` samples."""
+    caches) give the condition z (d,) and the state logits; ``loss`` trains; :func:`arig_generate` samples."""
 
     def __init__(self, config: ARIGConfig | None = None):
         super().__init__()
@@ -448,7 +434,6 @@ class ARIG(nn.Module):
         else:
             self.regressor = MLP(d, c.d_ff, D_MOTION)
 
-    # ------------------------------------------------------------------ statistics / io
     def set_motion_stats(self, lis_mean, lis_std, spk_mean, spk_std, min_std: float = 1e-4) -> None:
         """Normalisation of listener and speaker motion (each (56,)); std floored at ``min_std``."""
         for name, v in (("lis_mean", lis_mean), ("lis_std", lis_std), ("spk_mean", spk_mean), ("spk_std", spk_std)):
@@ -465,7 +450,6 @@ class ARIG(nn.Module):
     def from_pretrained(cls, directory, map_location="cpu") -> "ARIG":
         return load_model(directory, cls, ARIGConfig, FORMAT, map_location=map_location)
 
-    # ------------------------------------------------------------------ embeddings
     def _audio(self, sa, emo, word, since):
         """Per-frame speaker speech: sa (..., K) int (-1 empty), emo (..., 8), word/since (...) -> (..., d)."""
         a = self.audio_bias + self.emb_emo(emo) * float(self.config.use_emotion)
@@ -511,31 +495,16 @@ class ARIG(nn.Module):
         x = seq[:, -1] + t.self_attn(h[:, -1:], h, h, need_weights=False)[0][:, 0]
         return x + t.linear2(t.activation(t.linear1(t.norm2(x))))
 
-    def _check_batch(self, batch: dict, need_lis: bool = True) -> int:
-        B, T = batch["spk"].shape[:2]
-        want = {"spk": (B, T, D_MOTION), "sa": (B, T, self.config.sa_slots), "emo": (B, T, N_EMOTIONS),
-                "word": (B, T), "since": (B, T), "beta": (B, N_SHAPE)}
-        if need_lis:
-            want["lis"] = (B, T, D_MOTION)
-        for k, shape in want.items():
-            if k not in batch:
-                raise ValueError(f"batch: expected key {k!r} of shape {shape}, got keys {sorted(batch)}")
-            if tuple(batch[k].shape) != shape:
-                raise ValueError(f"batch[{k!r}]: expected shape {shape}, got {tuple(batch[k].shape)}")
-        return T
-
-    # ------------------------------------------------------------------ all frames (teacher forcing)
     def features(self, batch: dict, ref: torch.Tensor | None = None, hist_noise: float = 0.0,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing (``lis`` as history), ``ref (B, 56)`` raw (default the mean) -> ``z (B, T, d)``, state
         logits ``(B, T, n_states)``; frame t sees speaker frames <= t and listener frames < t."""
         c, P = self.config, self.config.window
-        T = self._check_batch(batch)
+        B, T = batch["spk"].shape[:2]
         spk = (batch["spk"] - self.spk_mean) / self.spk_std
         lis = self._norm_lis(batch["lis"])
         if hist_noise:
             lis = lis + hist_noise * torch.randn(lis.shape, generator=generator, device=lis.device)
-        B = spk.shape[0]
         r = torch.zeros(B, D_MOTION, device=spk.device) if ref is None else self._norm_lis(ref)
         pad = lambda x: torch.cat([x[:, :1].expand(-1, P, *x.shape[2:]), x], 1)   # repeat frame 0 P times
         a = self._audio(pad(batch["sa"]), pad(batch["emo"]), pad(batch["word"]), pad(batch["since"]))   # (B, P+T, d)
@@ -570,14 +539,12 @@ class ARIG(nn.Module):
             motion = F.mse_loss(self.regressor(zf), x0)
         labels = batch["state"].reshape(-1)
         known = labels != IGNORE
-        state = F.cross_entropy(logits.reshape(-1, len(STATES))[known], labels[known]) if known.any() \
-            else logits.sum() * 0
-        acc = (logits.reshape(-1, len(STATES)).argmax(-1)[known] == labels[known]).float().mean() if known.any() \
-            else torch.tensor(float("nan"))
+        lg, lab = logits.reshape(-1, len(STATES))[known], labels[known]
+        state = F.cross_entropy(lg, lab) if known.any() else logits.sum() * 0
+        acc = (lg.argmax(-1) == lab).float().mean() if known.any() else torch.tensor(float("nan"))
         total = motion + c.w_state * state
         return total, {"motion": float(motion.detach()), "state": float(state.detach()), "state_acc": float(acc)}
 
-    # ------------------------------------------------------------------ one frame (caches)
     def init_state(self, first: dict, ref: torch.Tensor | None = None) -> dict:
         """Caches for B streams, filled with ``window`` pad positions from ``first`` (frame 0's inputs, ``spk (B,
         56)``, ``sa (B, K)``, ...) and ``ref (B, 56)``, raw reference listener motion (default: the mean)."""
@@ -619,38 +586,24 @@ class ARIG(nn.Module):
             return self.regressor(z)
         return self.diffusion.sample(z, noise, self.config.sample_steps if steps is None else steps)
 
-    @torch.no_grad()
-    def generate(self, batch: dict, ref=None, steps: int | None = None, temperature: float = 1.0,
-                 generators: list[torch.Generator] | None = None, teacher_forcing: bool = False) -> torch.Tensor:
-        """Batch of :func:`collate` -> raw motion ``(B, T, 56)`` frame by frame; ``generators``: one per stream
-        (noise (1, 56) per frame, so a stream does not depend on the batch)."""
-        T = self._check_batch(batch, need_lis=teacher_forcing)
-        B = batch["spk"].shape[0]
-        gens = generators or [None] * B
-        if len(gens) != B:
-            raise ValueError(f"generators: expected {B} (one per stream), got {len(gens)}")
-        frame = lambda t: {k: (v if k == "beta" else v[:, t]) for k, v in batch.items() if k in _STEP_KEYS}
-        st = self.init_state(frame(0), ref)
-        out = []
-        dev = batch["spk"].device
-        for t in range(T):
-            noise = torch.cat([torch.randn((1, D_MOTION), generator=g, device=dev) for g in gens]) * temperature
-            x = decode_frame(self, st, frame(t), noise, steps, batch["lis"][:, t] if teacher_forcing else None)
-            out.append(x * self.lis_std + self.lis_mean)
-        return torch.stack(out, 1)
-
 
 _STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
 
 
-def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None,
-                 teacher: torch.Tensor | None = None) -> torch.Tensor:
+def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None) -> torch.Tensor:
     """The frame rule: :meth:`ARIG.step`, :meth:`ARIG.sample` with ``noise (B, 56)``, :meth:`ARIG.commit` of the
-    sample (or raw ``teacher`` frames) -> the normalised listener frame ``(B, 56)``."""
+    sample -> the normalised listener frame ``(B, 56)``."""
     z, _ = model.step(st, inp)
     x = model.sample(z, noise, steps)
-    model.commit(st, x if teacher is None else model._norm_lis(teacher))
+    model.commit(st, x)
     return x
+
+
+def sample_frame(model: ARIG, st: dict, inp: dict, gens: list, temperature: float = 1.0, steps: int | None = None,
+                 frame=decode_frame) -> torch.Tensor:
+    """One raw listener frame ``(B, 56)`` of B streams, noise ``(1, 56)`` from each stream's generator."""
+    noise = torch.cat([torch.randn((1, D_MOTION), generator=g, device=model.lis_mean.device) for g in gens])
+    return frame(model, st, inp, noise * temperature, steps) * model.lis_std + model.lis_mean
 
 
 _COMPILED: dict = {}
@@ -664,30 +617,28 @@ def compiled_decode_frame(device_type: str = "cpu"):
     return _COMPILED[device_type]
 
 
-# ----------------------------------------------------------------------------- evaluation helper
-def clip_reference(clip: Segment, model: ARIG, reference: str = "mean") -> np.ndarray:
-    """Reference listener motion (56,): ``"mean"`` (training mean) or ``"first"`` (the clip's first frame)."""
-    if reference == "mean":
-        return model.lis_mean.cpu().numpy()
-    if reference == "first":
-        return clip.listener_motion[0]
-    raise ValueError(f"reference: expected 'mean' or 'first', got {reference!r}")
-
-
 @torch.no_grad()
 def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, seed: int = 0,
                   reference: str = "mean", temperature: float = 1.0, batch: int = 64) -> list[np.ndarray]:
-    """Listener motion ``(T, 56)`` float32 per clip; clip i's noise is seeded ``seed + i`` (as a
-    :class:`StreamingARIG` with ``seed=seed + i``)."""
+    """Listener motion ``(T, 56)`` float32 per clip, from ``reference`` "mean" (training mean) or "first" (the clip's
+    first listener frame); clip i's noise is seeded ``seed + i`` (as a :class:`StreamingARIG` with that seed)."""
+    if reference not in ("mean", "first"):
+        raise ValueError(f"reference: expected 'mean' or 'first', got {reference!r}")
     model.eval()
-    dev = model.lis_mean.device
+    dev, mean = model.lis_mean.device, model.lis_mean.cpu().numpy()
     out: list = [None] * len(clips)
     for part in length_batches([c.T for c in clips], batch):
-        b = {k: v.to(dev) for k, v in collate([frame_inputs(clips[i], model.config, with_states=False)
-                                               for i in part]).items()}
-        ref = torch.as_tensor(np.stack([clip_reference(clips[i], model, reference) for i in part]), device=dev)
+        b = collate([frame_inputs(clips[i], model.config, with_states=False) for i in part])
+        b = {k: v.to(dev) for k, v in b.items() if k in _STEP_KEYS}
+        ref = np.stack([clips[i].listener_motion[0] if reference == "first" else mean for i in part])
+        ref = torch.as_tensor(ref, device=dev)
         gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]
-        m = model.generate(b, ref, steps, temperature, gens).float().cpu().numpy()
-        for i, mi in zip(part, m):
+        frames = []
+        for t in range(b["spk"].shape[1]):
+            inp = {k: v if k == "beta" else v[:, t] for k, v in b.items()}
+            if t == 0:
+                st = model.init_state(inp, ref)
+            frames.append(sample_frame(model, st, inp, gens, temperature, steps))
+        for i, mi in zip(part, torch.stack(frames, 1).float().cpu().numpy()):
             out[i] = mi
     return out

@@ -21,22 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, word_id
-from .data.segment import D_MOTION, EMOTIONS, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
+from . import tokens
+from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, frame_sa, sample_frame, word_id
+from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
 from .errors import UserError
 from .generate import FAST_ARCHS, Generator, HFDecoder
 from .speaker import SA_SAMPLE_RATE
-from .tokens import (
-    EPS,
-    SA_RATE,
-    check_sa_tokens,
-    emotion_tokens,
-    sa_bounds,
-    sa_frame_bounds,
-    step_ids,
-    word_frame,
-    word_step,
-)
+from .tokens import EPS, SA_RATE, check_sa_tokens, emotion_tokens, sa_bounds, sa_frame_bounds, step_ids, word_frame
 
 MOTION_LIMIT = 1e3   # |speaker motion|: FLAME coefficients and radians are O(1); larger values only overflow a model
 MAX_WORDS = 256      # words per stream waiting for their step or frame
@@ -47,7 +38,6 @@ PUSH_FIELDS = {"lr-token": ("words", "sa_tokens", "emotion", "motion", "frames",
                "arig": ("words", "sa_tokens", "emotion", "motion")}
 
 
-# ----------------------------------------------------------------------------- the wire format
 class ProtocolError(UserError):
     """A client message the server cannot use: ``field``, ``expected`` and ``actual`` value."""
 
@@ -71,6 +61,12 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
+def _raised(r):
+    if isinstance(r, Exception):
+        raise r
+    return r
+
+
 def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
     """The one bound on pushed floats: finite numbers of ``shape`` (None: any length), ``|x| <= limit`` -> float32."""
     want = f"numbers of shape ({', '.join('n' if d is None else str(d) for d in shape)}{',' * (len(shape) == 1)})"
@@ -85,13 +81,6 @@ def floats(x, name: str, shape: tuple, limit: float = F32_MAX) -> np.ndarray:
     if a.size and not (np.isfinite(a).all() and np.abs(a).max() <= limit):
         raise ProtocolError(name, f"finite values with |x| <= {limit:.4g}", f"max |x| = {np.abs(a).max():.4g}")
     return a.astype(np.float32)
-
-
-def num_array(name: str, v, ndim: int, width: int | None = None, limit: float = F32_MAX) -> np.ndarray:
-    """A JSON list -> float32 array (``ndim`` 1: ``(n,)``, 2: ``(n, width)``), bounded by :func:`floats`."""
-    if not isinstance(v, list):
-        raise ProtocolError(name, "a list of numbers", type(v).__name__)
-    return floats(v, name, (None,) if ndim == 1 else (None, width), limit)
 
 
 def parse_words(name: str, v) -> list[Word]:
@@ -110,6 +99,23 @@ def parse_words(name: str, v) -> list[Word]:
     return out
 
 
+def _pcm16(b) -> np.ndarray:
+    try:
+        raw = base64.b64decode(b, validate=True) if isinstance(b, str) else None
+    except (binascii.Error, ValueError):
+        raw = None
+    if raw is None or len(raw) % 2:
+        raise ProtocolError("audio_pcm16", "base64 of little-endian int16 mono samples (an even byte count)",
+                            b if raw is None else f"{len(raw)} bytes")
+    return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+
+
+def _wire_int(m: dict, name: str, want: str) -> int:
+    if not _is_int(m.get(name)):
+        raise ProtocolError(name, want, m.get(name))
+    return m[name]
+
+
 def parse_push(msg: dict, kind: str = "lr-token") -> dict:
     """A ``push`` message -> push keyword arguments of the ``kind`` ("lr-token" or "arig") stream:
     fields, types, shapes and number ranges checked; times, orders and vocabularies by the stream."""
@@ -117,44 +123,32 @@ def parse_push(msg: dict, kind: str = "lr-token") -> dict:
     unknown = sorted(set(msg) - {"type", "id", *allowed})
     if unknown:
         raise ProtocolError(unknown[0], f"one of the push fields of the {kind} model " + ", ".join(allowed), unknown[0])
+    m = {k: v for k, v in msg.items() if k in allowed and v is not None}
     kw = {}
-    if msg.get("motion") is not None:
-        kw["motion"] = num_array("motion", msg["motion"], 2, D_MOTION, MOTION_LIMIT)
-    if msg.get("words") is not None:
-        kw["words"] = parse_words("words", msg["words"])
-    if msg.get("sa_tokens") is not None:
-        sa = msg["sa_tokens"]
-        if not isinstance(sa, list) or not all(_is_int(t) for t in sa):
-            raise ProtocolError("sa_tokens", "a list of integer token ids (int64)", sa)
-        kw["sa_tokens"] = np.asarray(sa, np.int64).reshape(-1)
-    if msg.get("emotion") is not None:
-        kw["emotion"] = num_array("emotion", msg["emotion"], 2, len(EMOTIONS))
-    if msg.get("frames") is not None:
-        if not _is_int(msg["frames"]):
-            raise ProtocolError("frames", "an integer number of speaker frames", msg["frames"])
-        kw["frames"] = msg["frames"]
-    if msg.get("audio") is not None and msg.get("audio_pcm16") is not None:
-        raise ProtocolError("audio", "one of audio (floats) and audio_pcm16 (base64), not both", "both")
-    if msg.get("audio") is not None:
-        kw["audio"] = num_array("audio", msg["audio"], 1)
-    if msg.get("audio_pcm16") is not None:
-        b = msg["audio_pcm16"]
-        try:
-            raw = base64.b64decode(b, validate=True) if isinstance(b, str) else None
-        except (binascii.Error, ValueError):
-            raw = None
-        if raw is None or len(raw) % 2:
-            raise ProtocolError("audio_pcm16", "base64 of little-endian int16 mono samples (an even byte count)",
-                                b if raw is None else f"{len(raw)} bytes")
-        kw["audio"] = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    for name, shape, limit in (("motion", (None, D_MOTION), MOTION_LIMIT), ("emotion", (None, N_EMOTIONS), F32_MAX),
+                               ("audio", (None,), F32_MAX)):
+        if name not in m:
+            continue
+        if not isinstance(m[name], list):
+            raise ProtocolError(name, "a list of numbers", type(m[name]).__name__)
+        kw[name] = floats(m[name], name, shape, limit)
+    if "words" in m:
+        kw["words"] = parse_words("words", m["words"])
+    if "sa_tokens" in m:
+        if not isinstance(m["sa_tokens"], list) or not all(_is_int(t) for t in m["sa_tokens"]):
+            raise ProtocolError("sa_tokens", "a list of integer token ids (int64)", m["sa_tokens"])
+        kw["sa_tokens"] = np.asarray(m["sa_tokens"], np.int64).reshape(-1)
+    if "audio_pcm16" in m:
+        if "audio" in m:
+            raise ProtocolError("audio", "one of audio (floats) and audio_pcm16 (base64), not both", "both")
+        kw["audio"] = _pcm16(m["audio_pcm16"])
+    if "frames" in m:
+        kw["frames"] = _wire_int(m, "frames", "an integer number of speaker frames")
     if "audio" in kw:
-        if not _is_int(msg.get("sample_rate")):
-            raise ProtocolError("sample_rate", "the audio's sample rate in Hz (an integer)", msg.get("sample_rate"))
-        kw["sample_rate"] = msg["sample_rate"]
+        kw["sample_rate"] = _wire_int(m, "sample_rate", "the audio's sample rate in Hz (an integer)")
     return kw
 
 
-# ----------------------------------------------------------------------------- the stream core
 @dataclass
 class _State:
     """What every stream holds: the clock, and the input not yet consumed."""
@@ -186,13 +180,10 @@ class ListenerStream:
         self.max_skew, self.max_push_frames = max_skew, max_push_frames
         self.uses_sa, self.needs_emotion, self.n_sa = uses_sa, needs_emotion, n_sa
 
-    # ------------------------------------------------------------------ public API
     def push(self, *, motion=None, words=(), sa_tokens=None, emotion=None, stream: int = 0, **extra) -> np.ndarray:
         """Feed the next chunk of ``stream`` -> the listener frames ``(k, 56)`` that became available."""
         out = self.push_many({stream: dict(motion=motion, words=words, sa_tokens=sa_tokens, emotion=emotion, **extra)})
-        if isinstance(out[stream], Exception):
-            raise out[stream]
-        return out[stream]
+        return _raised(out[stream])
 
     def push_many(self, chunks: dict) -> dict:
         """``{stream: push kwargs}`` -> ``{stream: frames (k, 56) or the exception that refused it}``;
@@ -211,10 +202,7 @@ class ListenerStream:
     def flush(self, stream: int = 0) -> np.ndarray:
         """End of ``stream``'s input: the frames still held back."""
         b = self._check_stream(stream)
-        r = self._transact({b: None}, final=True)[b]
-        if isinstance(r, Exception):
-            raise r
-        return r
+        return _raised(self._transact({b: None}, final=True)[b])
 
     def reset(self, stream: int = 0, history_words=None, seed: int | None = None) -> None:
         """A new stream in slot ``stream`` (clock 0); ``history_words`` (ending <= 0 s) and ``seed``: default kept."""
@@ -223,7 +211,11 @@ class ListenerStream:
         hist = old.history if history_words is None else self._check_history(history_words)
         self.streams[b] = self._fresh(b, hist, old.seed if seed is None else _check_seed(seed))
 
-    # ------------------------------------------------------------------ the core
+    def state_sizes(self, stream: int = 0) -> dict:
+        """Sizes of everything a stream holds (constant over a long stream), the model's caches included."""
+        s = self.streams[self._check_stream(stream)]
+        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo), **self._sizes(s))
+
     def _check_stream(self, b) -> int:
         if not (_is_int(b, 0) and b < self.n_streams):
             raise UserError(f"stream: expected an index in [0, {self.n_streams}) ({self.n_streams} streams allocated), "
@@ -253,10 +245,7 @@ class ListenerStream:
             p["motion"] = floats(chunk["motion"], f"motion ({where})", (None, D_MOTION), MOTION_LIMIT)
             counts.append(("motion", len(p["motion"])))
         if chunk.get("emotion") is not None:
-            try:
-                p["emo"] = check_emotion_probs(chunk["emotion"], f"emotion ({where})", rows="n")
-            except ValueError as e:
-                raise UserError(str(e)) from None
+            p["emo"] = check_emotion_probs(chunk["emotion"], f"emotion ({where})", rows="n")
             counts.append(("emotion", len(p["emo"])))
         if chunk.get("frames") is not None:
             f = chunk["frames"]
@@ -284,11 +273,9 @@ class ListenerStream:
             if w.end < last - EPS / self.fps:
                 raise UserError(f"{at}: expected words in time order, got end {w.end:.3f} s before the previous "
                                 f"word's end {last:.3f} s")
-            if w.end < 0:
-                raise UserError(f"{at}: expected end >= 0 s (earlier words are history_words), got {w.end:.3f}")
-            if w.end > clock + EPS / self.fps:
-                raise UserError(f"{at}: expected end <= {clock:.3f} s (the end of the frames pushed so far), got "
-                                f"{w.end:.3f}; push the frames first or with the word")
+            if not 0 <= w.end <= clock + EPS / self.fps:
+                raise UserError(f"{at}: expected end in [0, {clock:.3f}] s (earlier words are history_words; push "
+                                f"the frames before or with their words), got {w.end:.3f}")
             k = self._word_unit(w.end)
             if k < s.done:
                 raise UserError(f"{at}: expected a word ending in {self.UNIT} >= {s.done} ({self.UNIT}s "
@@ -358,7 +345,6 @@ class ListenerStream:
         pass
 
 
-# ----------------------------------------------------------------------------- LR tokens + VQ
 @dataclass
 class _LRState(_State):
     emo_base: int = 0                   # frame index of emo[0]
@@ -408,6 +394,7 @@ class StreamingListener(ListenerStream):
                 raise UserError(f"{name}: expected an int >= 0 (codes), got {getattr(self, name)!r}")
         self.lm, self.vq = lm, vq
         self.sa_tokenizer, self.sample_rate = sa_tokenizer, int(sample_rate)
+        self.hop = int(round(self.sample_rate / self.sa_rate))   # audio samples per SA token
         self.max_len = int(max_len or lm.max_len)
         self.hf_decoders = None
         if generator is not None:
@@ -446,12 +433,9 @@ class StreamingListener(ListenerStream):
         super()._restore(b, snap)
         self.streams[b].refill = True   # the decoder may have advanced past the snapshot
 
-    def state_sizes(self, stream: int = 0) -> dict:
-        """Sizes of everything a stream holds (constant over a long stream) + the decoder's bytes."""
-        s = self.streams[self._check_stream(stream)]
+    def _sizes(self, s: _LRState) -> dict:
         dec = self.decoder.state_bytes() if self.decoder is not None else None
-        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo),
-                    audio_buffer=len(s.audio), context_tokens=len(s.hist) + sum(len(x) + 1 for x in s.win),
+        return dict(audio_buffer=len(s.audio), context_tokens=len(s.hist) + sum(len(x) + 1 for x in s.win),
                     window_steps=len(s.win), vq_codes=len(s.codes), decoder_state_bytes=dec)
 
     def progress(self, stream: int = 0) -> dict:
@@ -472,9 +456,8 @@ class StreamingListener(ListenerStream):
         """SA token indices ``[a, b)`` of LR step ``step``."""
         return self._sa_bound(step), self._sa_bound(step + 1)
 
-    # ------------------------------------------------------------------ hooks
     def _word_unit(self, end: float) -> int:
-        return word_step(end, self.fps, self.r, self.lm.word_placement)
+        return tokens.word_step(end, self.fps, self.r, self.lm.word_placement)
 
     def _sa_bound(self, i: int) -> int:
         return sa_bounds(i, self.fps, self.r, self.sa_rate)
@@ -502,22 +485,20 @@ class StreamingListener(ListenerStream):
 
     def _audio_tokens(self, s: _LRState, new: np.ndarray) -> np.ndarray:
         """SA tokens of the complete hops in (kept + new) audio not made yet (kept: ``_AUDIO_CONTEXT`` hops early)."""
-        hop = int(round(self.sample_rate / self.sa_rate))
         buf = np.concatenate([s.audio, new])
-        made, total = s.sa_base + len(s.sa), (s.audio_base + len(buf)) // hop
+        made, total = s.sa_base + len(s.sa), (s.audio_base + len(buf)) // self.hop
         if total <= made:
             return np.zeros(0, np.int64)
         tok = np.asarray(self.sa_tokenizer.encode(buf.astype(np.float32), self.sample_rate), dtype=np.int64)
-        first = s.audio_base // hop
+        first = s.audio_base // self.hop
         return tok[made - first: total - first]
 
     def _apply(self, s: _LRState, p: dict) -> None:
         super()._apply(s, p)
         s.words.sort(key=lambda w: (w.end, w.start))
         if p["audio"] is not None:
-            hop = int(round(self.sample_rate / self.sa_rate))
             buf = np.concatenate([s.audio, p["audio"]])
-            keep_from = max(0, (s.sa_base + len(s.sa) - self._AUDIO_CONTEXT) * hop)   # absolute sample
+            keep_from = max(0, (s.sa_base + len(s.sa) - self._AUDIO_CONTEXT) * self.hop)   # absolute sample
             cut = max(0, keep_from - s.audio_base)
             s.audio, s.audio_base = buf[cut:], s.audio_base + cut
 
@@ -611,7 +592,6 @@ class StreamingListener(ListenerStream):
         return out
 
 
-# ----------------------------------------------------------------------------- ARIG
 @dataclass
 class _ARIGState(_State):
     motion: list = field(default_factory=list)          # speaker frames waiting for their SA tokens
@@ -630,10 +610,9 @@ class StreamingARIG(ListenerStream):
                  max_skew: float | None = 2.0, max_push_frames: int | None = None):
         c = model.config
         self._setup(n_streams, c.fps, c.sa_rate, max_skew, max_push_frames, bool(c.n_sa), c.use_emotion, c.n_sa or None)
-        if steps is not None:
-            check_steps(steps)
         self.model, self.cfg, self.temperature = model.eval(), c, float(temperature)
-        self.steps = steps or c.sample_steps
+        self.steps = c.sample_steps if steps is None else steps
+        check_steps(self.steps)
         self.dev = model.lis_mean.device
         self._frame = compiled_decode_frame(self.dev.type) if compile else decode_frame
         ref = model.lis_mean.cpu().numpy() if reference is None else reference
@@ -665,11 +644,8 @@ class StreamingARIG(ListenerStream):
             raise UserError(f"motion ({where}): expected the speaker's motion (n, {D_MOTION}) with the frames (the "
                             "ARIG model's input and clock), got None")
 
-    def state_sizes(self, stream: int = 0) -> dict:
-        """Sizes of the stream's buffers and caches (constant over a long stream)."""
-        s = self.streams[self._check_stream(stream)]
-        kv = 0 if s.st is None else sum(v["k"].numel() + v["v"].numel() for v in s.st["kv"].values())
-        return dict(pending_words=len(s.words), sa_buffer=len(s.sa), emotion_buffer=len(s.emo), kv_floats=kv)
+    def _sizes(self, s: _ARIGState) -> dict:
+        return dict(kv_floats=0 if s.st is None else sum(v["k"].numel() + v["v"].numel() for v in s.st["kv"].values()))
 
     def _apply(self, s: _ARIGState, p: dict) -> None:
         super()._apply(s, p)
@@ -686,12 +662,7 @@ class StreamingARIG(ListenerStream):
         slots = np.full(c.sa_slots, -1, np.int64)
         if c.n_sa:
             b0, b1 = sa_frame_bounds(t, c.fps, c.sa_rate), sa_frame_bounds(t + 1, c.fps, c.sa_rate)
-            tok = s.sa[b0 - s.sa_base:b1 - s.sa_base]
-            if tok.size:
-                slots[:tok.size] = tok[:c.sa_slots]
-                s.sa_last = int(tok[-1])
-            elif s.sa_last >= 0:
-                slots[0] = s.sa_last
+            slots, s.sa_last = frame_sa(s.sa[b0 - s.sa_base:b1 - s.sa_base], s.sa_last, c.sa_slots)
             s.sa, s.sa_base = s.sa[b1 - s.sa_base:], b1
         word, since = 0, c.since_max
         known = [w for w in s.words if word_frame(w.end, c.fps) <= t]
@@ -731,12 +702,11 @@ class StreamingARIG(ListenerStream):
                 st, inp = ss[0].st, inps[0]
             else:
                 st, inp = _stack([s.st for s in ss]), {k: torch.cat([i[k] for i in inps]) for k in inps[0]}
-            noise = torch.cat([torch.randn((1, D_MOTION), generator=s.gen, device=self.dev) for s in ss])
-            x = self._frame(m, st, inp, noise * self.temperature, self.steps)
+            x = sample_frame(m, st, inp, [s.gen for s in ss], self.temperature, self.steps, self._frame)
             if len(ss) > 1:
                 for s, part in zip(ss, _split(st, len(ss))):
                     s.st = part
-            for b, s, row in zip(ready, ss, (x * m.lis_std + m.lis_mean).float().cpu().numpy()):
+            for b, s, row in zip(ready, ss, x.float().cpu().numpy()):
                 s.done += 1
                 out[b].append(row)
         return {b: np.stack(v) if v else np.zeros((0, D_MOTION), np.float32) for b, v in out.items()}

@@ -117,10 +117,8 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
         val_items = [val_items[i] for i in pick]
 
     def validate(step):
-        if not val_items:
-            return None
-        res = evaluate_arig_loss(model, val_inputs, val_items, crop, dev, tc.seed)
-        if log:
+        res = evaluate_arig_loss(model, val_inputs, val_items, crop, dev, tc.seed) if val_items else None
+        if res and log:
             log(f"[val step {step}] motion {res['motion']:.4f} state CE {res['state']:.4f} acc {res['state_acc']:.3f} "
                 f"(majority {res['state_majority']:.3f})")
         return res
@@ -148,19 +146,18 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
 def evaluate_arig(model: ARIG, train_segments: list[Segment], test_segments: list[Segment], max_clips: int = 0,
                   steps: int | None = None, seed: int = 0, reference: str = "mean") -> dict:
     """Table 1 metrics (``metrics.score``) of ARIG samples on LM-listener's evaluation clips of ``test_segments``."""
-    from .metrics import fit_valence, score
+    from .metrics import evaluate
     clips = test_clips(test_segments, max_clips)
     if not clips:
         raise UserError("test_segments: expected segments of >= 16 frames to evaluate, got none")
-    valence = fit_valence(train_segments, clips)
     t0 = time.perf_counter()
     preds = arig_generate(model, clips, steps=steps, seed=seed, reference=reference)
-    res = score(preds, clips, valence, seed)
+    res = evaluate({"arig": preds}, clips, train_segments, seed)["arig"]
     res["generate_seconds"] = round(time.perf_counter() - t0, 2)
     return res
 
 
-def _parser():
+def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m minilisten train-arig", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1],
                        allow_abbrev=False)
@@ -176,11 +173,6 @@ def _parser():
                                      skip=ARIGConfig.DATA_FIELDS, choices={"head": HEADS, "ibu": IBUS})
     train_names = loop_args(p.add_argument_group("optimisation (ARIGTrainConfig fields)"), ARIGTrainConfig,
                             skip=("precision", "grad_accum"))
-    return p, model_names, train_names
-
-
-def main(argv: list[str] | None = None) -> int:
-    p, model_names, train_names = _parser()
     a = p.parse_args(argv)
     model_kw = dataclass_kwargs(a, model_names)
     if a.resume and (model_kw or a.paper):
@@ -195,12 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model = train_arig(train, val, mc, tc, out_dir=a.out, resume=a.resume, n_sa=getattr(ds, "n_sa", None))
     c = model.config
-    print(f"{what}: inputs " + ", ".join(k for k, on in (("speaker motion", True), ("SA", c.n_sa > 0),
-                                                         ("emotion", c.use_emotion), ("words", c.use_words),
-                                                         ("beta", c.use_beta)) if on))
+    used = (("SA", c.n_sa > 0), ("emotion", c.use_emotion), ("words", c.use_words), ("beta", c.use_beta))
+    print(f"{what}: inputs speaker motion" + "".join(f", {k}" for k, on in used if on))
     last = model.train_log[-1] if model.train_log else {}
-    summary = {"out": a.out, "val_motion": last.get("motion"), "val_state_acc": last.get("state_acc"),
-               "val_state_majority": last.get("state_majority"), "seconds": round(time.time() - t0, 1)}
+    summary = {"out": a.out, **{f"val_{k}": last.get(k) for k in ("motion", "state_acc", "state_majority")},
+               "seconds": round(time.time() - t0, 1)}
     if a.test_clips:
         summary["test"] = evaluate_arig(model, train, list(ds.test), a.test_clips, a.sample_steps_eval, tc.seed)
     print(json.dumps(summary, default=float))
