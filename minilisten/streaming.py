@@ -25,7 +25,7 @@ from . import tokens
 from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, frame_sa, sample_frame, word_id
 from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
 from .errors import UserError
-from .generate import FAST_ARCHS, Generator, HFDecoder
+from .generate import FAST_ARCHS, Generator, HFDecoder, Sampling
 from .speaker import SA_SAMPLE_RATE
 from .tokens import EPS, SA_RATE, check_sa_tokens, emotion_tokens, sa_bounds, sa_frame_bounds, step_ids, word_frame
 
@@ -357,11 +357,13 @@ class _LRState(_State):
     codes: list = field(default_factory=list)           # LR codes kept for VQ decoding ...
     codes_base: int = 0                 # ... from this code index
     emitted: int = 0                    # codes whose frames were returned
+    gen: torch.Generator | None = None  # this stream's sampling generator (snapshotted with the stream)
 
 
 class StreamingListener(ListenerStream):
     """Lai et al.'s listener, live: LR step i is decoded, as offline, once its frames and SA tokens are in; frames
-    of code k come once code ``k + lookahead`` is known. ``beta (100,)`` or ``(n_streams, 100)``;
+    of code k come once code ``k + lookahead`` is known. ``beta (100,)`` or ``(n_streams, 100)``; ``sampling``
+    (default greedy) draws each stream's codes from its own generator, seeded ``seed`` (or by ``reset``);
     ``sa_tokenizer.encode(wav, sample_rate)`` for ``audio``; ``motion`` or ``frames=n`` advance the clock only."""
 
     EXTRA = ("frames", "audio", "sample_rate")
@@ -372,7 +374,8 @@ class StreamingListener(ListenerStream):
                  vq_context: int | None = None, history_words=(), sa_tokenizer=None,
                  sample_rate: int = SA_SAMPLE_RATE, sa_rate: float = SA_RATE, max_len: int | None = None,
                  compile: bool | str = False, dtype: torch.dtype | None = None, device=None,
-                 generator: Generator | None = None, max_skew: float | None = 4.0, max_push_frames: int | None = None):
+                 generator: Generator | None = None, max_skew: float | None = 4.0, max_push_frames: int | None = None,
+                 sampling: Sampling | None = None, seed: int = 0):
         fps = float(getattr(lm.config, "fps", 30.0)) if fps is None else fps
         for what, cfg in (("lm", lm.config), ("vq", vq.config)):
             model_fps = getattr(cfg, "fps", None)
@@ -401,15 +404,19 @@ class StreamingListener(ListenerStream):
             if generator.lm is not lm or generator.batch < n_streams or generator.max_len != self.max_len:
                 raise UserError(f"generator: expected a Generator of this lm with batch >= {n_streams} and max_len "
                                 f"{self.max_len}, got batch {generator.batch}, max_len {generator.max_len}")
+            if sampling is not None and sampling != generator.sampling:
+                raise UserError(f"sampling: expected the generator's {generator.sampling} or None, got {sampling}")
             self.decoder = generator
         elif lm.backbone.config.model_type in FAST_ARCHS:
             self.decoder = Generator(lm, batch=n_streams, max_len=self.max_len, dtype=dtype, device=device,
-                                     compile=compile)
+                                     compile=compile, sampling=sampling)
         else:   # generic path: one HF static-cache decoder per stream
-            self.decoder, self.hf_decoders = None, [HFDecoder(lm, 1, "static", self.max_len) for _ in range(n_streams)]
+            self.decoder, self.hf_decoders = None, [HFDecoder(lm, 1, "static", self.max_len, sampling=sampling)
+                                                    for _ in range(n_streams)]
+        self.sampling = (self.decoder or self.hf_decoders[0]).sampling
         self.vq_device = vq.motion_mean.device
-        hist = self._check_history(history_words)
-        self.streams = [self._fresh(b, hist, 0) for b in range(n_streams)]
+        hist, seed = self._check_history(history_words), _check_seed(seed)
+        self.streams = [self._fresh(b, hist, seed) for b in range(n_streams)]
         self.betas: list = [None] * n_streams
         rows = np.asarray(beta) if beta is not None and np.ndim(beta) == 2 else None
         for b in range(n_streams):
@@ -427,7 +434,9 @@ class StreamingListener(ListenerStream):
     def _fresh(self, b: int, history: list, seed: int) -> _LRState:
         if self.decoder is not None:
             self.decoder.reset([b])
-        return _LRState(history=history, seed=seed, hist=list(self.lm.history_ids(history)))
+        dev = (self.decoder or self.hf_decoders[b]).device
+        return _LRState(history=history, seed=seed, hist=list(self.lm.history_ids(history)),
+                        gen=torch.Generator(device=dev).manual_seed(seed))
 
     def _restore(self, b: int, snap) -> None:
         super()._restore(b, snap)
@@ -561,11 +570,14 @@ class StreamingListener(ListenerStream):
             if not pre and not step:
                 break
             if self.decoder is not None:
+                for b in list(pre) + list(step):
+                    self.decoder.gens[b] = self.streams[b].gen
                 self.decoder.advance(prefill=pre, step=step)
                 codes = self.decoder.codes.tolist()
             else:
                 codes = {}
                 for b in list(pre) + list(step):
+                    self.hf_decoders[b].gens[0] = self.streams[b].gen
                     self.hf_decoders[b].advance(prefill={0: pre[b]} if b in pre else None,
                                                 step={0: step[b]} if b in step else None)
                     codes[b] = int(self.hf_decoders[b].codes[0])

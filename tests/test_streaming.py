@@ -543,3 +543,49 @@ def test_step_too_long_for_the_context_is_refused_alone(lm):
             assert sl.progress(1)["frames"] == 0
     got.append(sl.flush(0))
     np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "neox"])
+def test_sampled_stream_equals_offline_per_seed(lm, arch, monkeypatch):
+    """Sampling (issue 25): each stream draws from its own seeded generator, so a stream equals the offline
+    reference decoder with the same seed, alone or batched with others, after a reset(seed=) and after a push
+    that failed after its draws (rolled back with the stream's generator)."""
+    from minilisten.generate import Sampling
+    model, max_len = (lm, None) if arch == "gpt2" else (tiny_lm("neox"), 96)
+    sampling = Sampling(temperature=1.5, top_p=0.95)
+    segs = [speaker_segment(4.0, seed=30 + k) for k in range(2)]
+    segs[1] = segs[1].replace(history_words=segs[0].history_words)
+    vq = tiny_vq("adaln")
+
+    def offline(seg, seed):
+        h, s = model.speaker_steps(seg)
+        return generate_nocache(model, [h], [s], max_len, sampling=sampling, seeds=[seed])[0].tolist()
+    want = [offline(segs[0], 7), offline(segs[1], 8)]
+    assert want[0] != offline(segs[0], 8)                    # the seed matters
+    sl = StreamingListener(model, vq, segs[0].listener_beta, n_streams=2, history_words=segs[0].history_words,
+                           sampling=sampling, seed=7, max_len=max_len)
+    sl.reset(1, seed=8)
+    pushes = [chunks(s, seed=40 + k) for k, s in enumerate(segs)]
+    codes = [[], []]
+    for i in range(max(map(len, pushes))):
+        sl.push_many({b: pushes[b][i] for b in range(2) if i < len(pushes[b])})
+        for b in range(2):
+            new_codes(sl, codes[b], b)
+    assert codes == want
+    sl.reset(0)                                              # the seed is kept
+    decode, calls = vq.decode, []
+
+    def fail_once(*a, **k):                                  # the first decode fails after the LM drew its codes
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return decode(*a, **k)
+    monkeypatch.setattr(vq, "decode", fail_once)
+    got = []
+    for p in pushes[0]:
+        out = sl.push_many({0: p})[0]
+        if isinstance(out, Exception):
+            assert "injected" in str(out)
+            out = sl.push_many({0: p})[0]
+        new_codes(sl, got)
+    assert len(calls) > 1 and got == want[0]
