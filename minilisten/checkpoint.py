@@ -201,11 +201,9 @@ def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, ma
     "version": 1}``, the config fields and the weight names/shapes."""
     cfg, state = load_checkpoint(directory)
     where = f"checkpoint {str(Path(directory))!r}"
-    tag, version = cfg.pop("format", None), cfg.pop("version", 1)
-    if tag != fmt:
-        raise UserError(f"{where}: expected format {fmt!r}, got {tag!r}")
-    if version != 1:
-        raise UserError(f"{where}: expected version 1 of {fmt}, got {version!r}")
+    tag = (cfg.pop("format", None), cfg.pop("version", 1))
+    if tag != (fmt, 1):
+        raise UserError(f"{where}: expected format {fmt!r} version 1, got format {tag[0]!r} version {tag[1]!r}")
     unknown = sorted(set(cfg) - {f.name for f in fields(config_cls)})
     if unknown:
         raise UserError(f"{where}: config.json has unknown {config_cls.__name__} fields {unknown}")
@@ -246,17 +244,16 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
 def check_weights(state: dict[str, torch.Tensor], where) -> None:
     """Every float tensor finite (e.g. no NaN codebook), every ``*std`` tensor > 0; UserError naming the tensor."""
     for k, v in state.items():
-        if not v.is_floating_point() or not v.numel():
+        if not v.is_floating_point():
             continue
-        bad = ~torch.isfinite(v)
-        if bad.any():
-            i = tuple(int(x) for x in bad.nonzero()[0])
-            raise UserError(f"checkpoint weights ({where}): tensor {k!r}: expected finite values, got {v[i].item()} "
-                            f"at index {i}")
-        if k.rsplit(".", 1)[-1].endswith("std") and (v <= 0).any():
-            i = int(v.reshape(-1).argmin())
-            raise UserError(f"checkpoint weights ({where}): tensor {k!r}: expected std > 0 in every dimension, got "
-                            f"{v.reshape(-1)[i].item()} at index {i}")
+        checks = {"finite values": ~torch.isfinite(v)}
+        if k.rsplit(".", 1)[-1].endswith("std"):
+            checks["std > 0 in every dimension"] = v <= 0
+        for want, bad in checks.items():
+            if bad.any():
+                i = tuple(int(x) for x in bad.nonzero()[0])
+                raise UserError(f"checkpoint weights ({where}): tensor {k!r}: expected {want}, got {v[i].item()} "
+                                f"at index {i}")
 
 
 def save_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer, info: dict) -> None:

@@ -504,14 +504,14 @@ def test_checkpoint_mismatch_errors(tmp_path):
     assert cfg["format"] == "minilisten.VQVAE" and cfg["version"] == 1
     cfg["format"] = "gpt2"
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="expected format 'minilisten.VQVAE', got 'gpt2'"):
+    with pytest.raises(ValueError, match="expected format 'minilisten.VQVAE' version 1, got format 'gpt2' version 1"):
         VQVAE.from_pretrained(tmp_path)
     del cfg["format"], cfg["version"]
     cfg_path.write_text(json.dumps(dict(cfg, model_type="minilisten.vqvae")))    # an untagged config is refused
-    with pytest.raises(UserError, match="expected format 'minilisten.VQVAE', got None"):
+    with pytest.raises(UserError, match="expected format 'minilisten.VQVAE' version 1, got format None version 1"):
         VQVAE.from_pretrained(tmp_path)
     cfg_path.write_text(json.dumps(dict(cfg, format="minilisten.VQVAE", version=2)))
-    with pytest.raises(UserError, match="expected version 1 of minilisten.VQVAE, got 2"):
+    with pytest.raises(UserError, match="version 1, got format 'minilisten.VQVAE' version 2"):
         VQVAE.from_pretrained(tmp_path)
     cfg_path.write_text(json.dumps(dict(cfg, format="minilisten.VQVAE", version=1)))
     assert VQVAE.from_pretrained(tmp_path).config.dec_norm == "adain"
