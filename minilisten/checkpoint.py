@@ -132,11 +132,6 @@ def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None
     os.mkdir(stage)
     try:
         yield stage
-        entries = {p.name for p in stage.iterdir()}
-        if not entries:
-            raise ValueError(f"checkpoint_transaction ({d}): expected files saved into the staging directory, got none")
-        if entries & {CURRENT, SETS, MANIFEST}:
-            raise ValueError(f"checkpoint_transaction ({d}): {CURRENT}, {SETS} and {MANIFEST} are reserved names")
         files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
         sums = {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         manifest = {"format": SET_FORMAT, "version": 1, "step": step, "files": sums}
@@ -157,9 +152,7 @@ def _commit(d: Path, final: Path) -> None:
     rename), then delete the old set."""
     for name in sorted(p.name for p in final.iterdir() if p.name != MANIFEST):
         _link(d, name, os.path.join(CURRENT, name))   # they change nothing until the switch
-    tmp = _tmp_name(d / CURRENT)
-    os.symlink(os.path.join(SETS, final.name), tmp)
-    os.replace(tmp, d / CURRENT)
+    _link(d, CURRENT, os.path.join(SETS, final.name))
     _fsync(d)
     recover(d)
 
