@@ -1,9 +1,6 @@
-"""The one training loop of every trainer (``train_vq``, ``train_lm``, ``train_arig``).
-
-A trainer fills a :class:`LoopConfig` subclass and gives :class:`TrainLoop` its model and ``step_fn(step, k)
--> (loss, stats)`` (this rank's part of micro-batch ``k``); the loop owns AdamW, the schedule, validation,
-``log.jsonl``, throughput and atomic checkpoints that resume bit for bit (docs/training.md).
-"""
+"""The one training loop of every trainer: a :class:`LoopConfig` subclass + the model + ``step_fn(step, k) ->
+(loss, stats)`` (this rank's part of micro-batch ``k``); the loop owns AdamW, the schedule, validation,
+``log.jsonl``, throughput and atomic checkpoints that resume bit for bit (docs/training.md)."""
 from __future__ import annotations
 
 import json
@@ -138,11 +135,9 @@ def append_jsonl(path, record: dict) -> None:
 
 
 class TrainLoop:
-    """Resume, schedule, progress bar, validation and atomic saving around a step function.
-
-    ``validate(step) -> dict | None`` (appended to ``history`` and ``out_dir/log.jsonl``);
-    ``save_model(dir)`` writes the model files of a set; ``numpy_rng``: a generator saved and restored;
-    ``postfix``: ``{stat: format}`` shown on the bar (their EMA, ``self.ema``)."""
+    """Resume, schedule, progress bar, validation and atomic saving around a step function. ``validate(step)
+    -> dict | None`` (appended to ``history`` and ``out_dir/log.jsonl``); ``save_model(dir)``: the model's files;
+    ``numpy_rng``: a generator saved and restored; ``postfix``: ``{stat: format}`` of the bar (EMA: ``self.ema``)."""
 
     def __init__(self, model: torch.nn.Module, config: LoopConfig, *, out_dir=None,
                  validate: Callable[[int], dict | None] | None = None, save_model: Callable | None = None,
@@ -161,12 +156,10 @@ class TrainLoop:
         self._validate, self.save_model, self.numpy_rng = validate, save_model, numpy_rng
         self.desc, self.postfix, self.log, self.flops_per_token = desc, postfix or {}, log, flops_per_token
         self.main = D.is_main()
-        self.throughput: dict | None = None
         self.ema: dict | None = None
 
     def resume(self) -> dict:
-        """Restore the optimizer, schedule, RNG states, step and history saved in ``out_dir``; returns the
-        saved ``info`` (its ``config``: the saved run's). Refuses ``steps`` below the saved step."""
+        """Restore the optimizer, schedule, RNG states, step and history saved in ``out_dir``; returns ``info``."""
         info = load_train_state(resume_dir(self.out_dir), self.optimizer)
         self.start = int(info["step"])
         if self.steps < self.start:
@@ -234,11 +227,11 @@ class TrainLoop:
                 meter.start()   # validation and saving are not training time
         bar.close()
         if self.start < self.steps:
-            self.throughput = meter.summary()
+            throughput = meter.summary()
             if self.main and self.log is not None:
-                self.log(D.Throughput.format(self.throughput))
+                self.log(D.Throughput.format(throughput))
             if self.main and self.out_dir is not None:   # atomic_write_text makes the directory
-                atomic_write_text(self.out_dir / "throughput.json", json.dumps(self.throughput, indent=1))
+                atomic_write_text(self.out_dir / "throughput.json", json.dumps(throughput, indent=1))
         if self.start < self.steps or not self.history:
             self.validate(self.steps)
         self.save(self.steps)
