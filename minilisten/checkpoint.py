@@ -87,8 +87,7 @@ def is_managed(directory: str | os.PathLike) -> bool:
 
 
 def _link(d: Path, name: str, target: str) -> None:
-    """Make ``d/name`` a symlink to ``target`` with one ``os.replace`` (a real directory in the way,
-    e.g. a plain save's ``tokenizer/``, is deleted first: the new set holds its replacement)."""
+    """``d/name`` -> ``target`` by one ``os.replace``; a real directory in the way (a plain save's) is deleted."""
     dst = d / name
     if dst.is_dir() and not dst.is_symlink():
         shutil.rmtree(dst)
@@ -102,8 +101,7 @@ def _remove(p: Path) -> None:
 
 
 def recover(directory: str | os.PathLike) -> None:
-    """Delete what interrupted saves left in ``directory``: ``.*.tmp`` entries, sets other than the
-    current one, entry links that point nowhere."""
+    """Delete what interrupted saves left: ``.*.tmp`` entries, sets but the current one, dangling entry links."""
     d = Path(directory)
     if not d.is_dir():
         return
@@ -121,8 +119,8 @@ def recover(directory: str | os.PathLike) -> None:
 
 @contextmanager
 def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None):
-    """Yield an empty staging directory; save every file of the set into it. On normal exit the set
-    replaces the current one at once; on an exception nothing changes."""
+    """Yield an empty staging directory for the set's files; on normal exit the set replaces the current one
+    at once, on an exception nothing changes."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     recover(d)
@@ -148,8 +146,7 @@ def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None
 
 
 def _commit(d: Path, final: Path) -> None:
-    """Point the entry links through ``.current``, switch ``.current`` to ``final`` (one atomic
-    rename), then delete the old set."""
+    """Entry links through ``.current``, ``.current`` switched to ``final`` (one rename), the old set deleted."""
     for name in sorted(p.name for p in final.iterdir() if p.name != MANIFEST):
         _link(d, name, os.path.join(CURRENT, name))   # they change nothing until the switch
     _link(d, CURRENT, os.path.join(SETS, final.name))
@@ -272,9 +269,8 @@ def load_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimi
             pid, k = key.split(".", 1)
             state.setdefault(int(pid), {})[k] = v
         info = meta["info"]
-        if not isinstance(info, dict) or not isinstance(info.get("step"), int) or info["step"] < 0:
-            got = info.get("step") if isinstance(info, dict) else info
-            raise ValueError(f"field 'info.step': expected an int >= 0, got {got!r}")
+        if not isinstance(info["step"], int) or info["step"] < 0:
+            raise ValueError(f"field 'info.step': expected an int >= 0, got {info['step']!r}")
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         what = f"missing field {e}" if isinstance(e, KeyError) else str(e)

@@ -36,13 +36,19 @@ def _beta_of(seg, needs_beta: bool) -> np.ndarray:
     return seg.listener_beta
 
 
+def _crops(segments, items, length: int, needs_beta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``length``-frame crops ``items`` [(segment, first frame)]: motion (N, length, 56), beta (N, 100)."""
+    motion = np.stack([segments[i].listener_motion[t:t + length] for i, t in items]).astype(np.float32)
+    beta = np.stack([_beta_of(segments[i], needs_beta) for i, _ in items]).astype(np.float32)
+    return torch.from_numpy(motion), torch.from_numpy(beta)
+
+
 class CropSampler:
     """Random ``crop``-frame crops of the listener motion; every valid start of every segment equally likely."""
 
     def __init__(self, segments, crop: int, needs_beta: bool, rng: np.random.Generator):
-        self.segments, self.crop, self.rng = segments, crop, rng
+        self.segments, self.crop, self.needs_beta, self.rng = segments, crop, needs_beta, rng
         self.items = windows(segments, crop, 1)                        # (segment, first frame) of every crop
-        self.beta = {i: _beta_of(segments[i], needs_beta).astype(np.float32) for i, _ in self.items}
 
     def draw(self, batch: int) -> np.ndarray:
         """Crop ids (batch,) of the next global batch (the RNG's only use: the same on every rank)."""
@@ -50,22 +56,12 @@ class CropSampler:
 
     def take(self, j: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The crops ``j``: motion (len(j), crop, 56), beta (len(j), 100)."""
-        picks = [self.items[i] for i in j]
-        motion = [self.segments[i].listener_motion[t:t + self.crop] for i, t in picks]
-        beta = np.stack([self.beta[i] for i, _ in picks])
-        return torch.from_numpy(np.stack(motion).astype(np.float32)), torch.from_numpy(beta)
+        return _crops(self.segments, [self.items[i] for i in j], self.crop, self.needs_beta)
 
 
 def eval_windows(segments, window: int = 240, needs_beta: bool = True):
-    """All ``Segment.windows(window)`` of ``segments`` -> (motion (N, window, 56), beta (N, 100))."""
-    if window % 8:
-        raise UserError(f"window: expected a multiple of 8, got {window}")
-    ws = [(w.listener_motion, _beta_of(s, needs_beta)) for s in segments for w in s.windows(window)]
-    if not ws:
-        raise UserError(f"segments: expected at least one segment with >= {window} frames for evaluation, got "
-                        f"{len(segments)} segments of lengths {sorted({s.T for s in segments})[:5]}")
-    mots, betas = zip(*ws)
-    return torch.from_numpy(np.stack(mots)), torch.from_numpy(np.stack(betas).astype(np.float32))
+    """The ``window``-frame windows of ``segments`` at stride ``window`` -> (motion (N, window, 56), beta (N, 100))."""
+    return _crops(segments, windows(segments, window, window, 8), window, needs_beta)
 
 
 @torch.no_grad()

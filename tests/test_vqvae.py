@@ -558,7 +558,7 @@ def test_train_vq_bad_input():
     with pytest.raises(ValueError, match="crop: expected a positive multiple of 8, got 30"):
         train_vq(segs, [], "naive", steps=1, batch_size=2, crop=30, progress=False, **TINY)
     m = train_vq(segs, [], "naive", steps=2, batch_size=2, crop=32, progress=False, **TINY)  # naive: no beta needed
-    with pytest.raises(ValueError, match="at least one segment with >= 240 frames"):
+    with pytest.raises(ValueError, match="window: expected a segment of >= 240 frames, got the longest with"):
         evaluate_vq(m, segs)
 
 
