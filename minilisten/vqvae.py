@@ -300,6 +300,7 @@ class VQVAE(nn.Module):
     def __init__(self, config: VQConfig | None = None):
         super().__init__()
         self.config = c = config or VQConfig()
+        self.rate, self.needs_beta = c.rate, c.needs_beta     # r frames per code; whether decoding needs beta
         self.encoder = Encoder(c)
         self.quantizer = Codebook(c.codebook_size, c.code_dim, c.decay, c.dead_threshold)
         self.decoder = Decoder(c)
@@ -317,14 +318,6 @@ class VQVAE(nn.Module):
     def codebook(self) -> torch.Tensor:
         """The LR code embeddings (K, d_c)."""
         return self.quantizer.embed
-
-    @property
-    def needs_beta(self) -> bool:
-        return self.config.needs_beta
-
-    @property
-    def rate(self) -> int:
-        return self.config.rate
 
     @property
     def receptive_field(self) -> int:
