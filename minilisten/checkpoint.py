@@ -87,8 +87,7 @@ def is_managed(directory: str | os.PathLike) -> bool:
 
 
 def _link(d: Path, name: str, target: str) -> None:
-    """Make ``d/name`` a symlink to ``target`` with one ``os.replace`` (a real directory in the way,
-    e.g. a plain save's ``tokenizer/``, is deleted first: the new set holds its replacement)."""
+    """``d/name`` -> ``target`` by one ``os.replace``; a real directory in the way (a plain save's) is deleted."""
     dst = d / name
     if dst.is_dir() and not dst.is_symlink():
         shutil.rmtree(dst)
@@ -102,8 +101,7 @@ def _remove(p: Path) -> None:
 
 
 def recover(directory: str | os.PathLike) -> None:
-    """Delete what interrupted saves left in ``directory``: ``.*.tmp`` entries, sets other than the
-    current one, entry links that point nowhere."""
+    """Delete what interrupted saves left: ``.*.tmp`` entries, sets but the current one, dangling entry links."""
     d = Path(directory)
     if not d.is_dir():
         return
@@ -121,8 +119,8 @@ def recover(directory: str | os.PathLike) -> None:
 
 @contextmanager
 def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None):
-    """Yield an empty staging directory; save every file of the set into it. On normal exit the set
-    replaces the current one at once; on an exception nothing changes."""
+    """Yield an empty staging directory for the set's files; on normal exit the set replaces the current one
+    at once, on an exception nothing changes."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     recover(d)
@@ -132,11 +130,6 @@ def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None
     os.mkdir(stage)
     try:
         yield stage
-        entries = {p.name for p in stage.iterdir()}
-        if not entries:
-            raise ValueError(f"checkpoint_transaction ({d}): expected files saved into the staging directory, got none")
-        if entries & {CURRENT, SETS, MANIFEST}:
-            raise ValueError(f"checkpoint_transaction ({d}): {CURRENT}, {SETS} and {MANIFEST} are reserved names")
         files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
         sums = {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         manifest = {"format": SET_FORMAT, "version": 1, "step": step, "files": sums}
@@ -153,13 +146,10 @@ def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None
 
 
 def _commit(d: Path, final: Path) -> None:
-    """Point the entry links through ``.current``, switch ``.current`` to ``final`` (one atomic
-    rename), then delete the old set."""
+    """Entry links through ``.current``, ``.current`` switched to ``final`` (one rename), the old set deleted."""
     for name in sorted(p.name for p in final.iterdir() if p.name != MANIFEST):
         _link(d, name, os.path.join(CURRENT, name))   # they change nothing until the switch
-    tmp = _tmp_name(d / CURRENT)
-    os.symlink(os.path.join(SETS, final.name), tmp)
-    os.replace(tmp, d / CURRENT)
+    _link(d, CURRENT, os.path.join(SETS, final.name))
     _fsync(d)
     recover(d)
 
@@ -201,11 +191,9 @@ def load_model(directory: str | os.PathLike, model_cls, config_cls, fmt: str, ma
     "version": 1}``, the config fields and the weight names/shapes."""
     cfg, state = load_checkpoint(directory)
     where = f"checkpoint {str(Path(directory))!r}"
-    tag, version = cfg.pop("format", None), cfg.pop("version", 1)
-    if tag != fmt:
-        raise UserError(f"{where}: expected format {fmt!r}, got {tag!r}")
-    if version != 1:
-        raise UserError(f"{where}: expected version 1 of {fmt}, got {version!r}")
+    tag = (cfg.pop("format", None), cfg.pop("version", 1))
+    if tag != (fmt, 1):
+        raise UserError(f"{where}: expected format {fmt!r} version 1, got format {tag[0]!r} version {tag[1]!r}")
     unknown = sorted(set(cfg) - {f.name for f in fields(config_cls)})
     if unknown:
         raise UserError(f"{where}: config.json has unknown {config_cls.__name__} fields {unknown}")
@@ -246,17 +234,16 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
 def check_weights(state: dict[str, torch.Tensor], where) -> None:
     """Every float tensor finite (e.g. no NaN codebook), every ``*std`` tensor > 0; UserError naming the tensor."""
     for k, v in state.items():
-        if not v.is_floating_point() or not v.numel():
+        if not v.is_floating_point():
             continue
-        bad = ~torch.isfinite(v)
-        if bad.any():
-            i = tuple(int(x) for x in bad.nonzero()[0])
-            raise UserError(f"checkpoint weights ({where}): tensor {k!r}: expected finite values, got {v[i].item()} "
-                            f"at index {i}")
-        if k.rsplit(".", 1)[-1].endswith("std") and (v <= 0).any():
-            i = int(v.reshape(-1).argmin())
-            raise UserError(f"checkpoint weights ({where}): tensor {k!r}: expected std > 0 in every dimension, got "
-                            f"{v.reshape(-1)[i].item()} at index {i}")
+        checks = {"finite values": ~torch.isfinite(v)}
+        if k.rsplit(".", 1)[-1].endswith("std"):
+            checks["std > 0 in every dimension"] = v <= 0
+        for want, bad in checks.items():
+            if bad.any():
+                i = tuple(int(x) for x in bad.nonzero()[0])
+                raise UserError(f"checkpoint weights ({where}): tensor {k!r}: expected {want}, got {v[i].item()} "
+                                f"at index {i}")
 
 
 def save_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer, info: dict) -> None:
@@ -282,9 +269,8 @@ def load_train_state(directory: str | os.PathLike, optimizer: torch.optim.Optimi
             pid, k = key.split(".", 1)
             state.setdefault(int(pid), {})[k] = v
         info = meta["info"]
-        if not isinstance(info, dict) or not isinstance(info.get("step"), int) or info["step"] < 0:
-            got = info.get("step") if isinstance(info, dict) else info
-            raise ValueError(f"field 'info.step': expected an int >= 0, got {got!r}")
+        if not isinstance(info["step"], int) or info["step"] < 0:
+            raise ValueError(f"field 'info.step': expected an int >= 0, got {info['step']!r}")
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         what = f"missing field {e}" if isinstance(e, KeyError) else str(e)

@@ -29,14 +29,6 @@ class UnsafePickleError(UserError, pickle.UnpicklingError):
     """A pickle referenced a global outside :data:`ALLOWED` (it was not called)."""
 
 
-def _allowed(module: str, name: str) -> bool:
-    import _compat_pickle  # protocol < 3 names: __builtin__.set -> builtins.set (as pickle itself maps them)
-    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    # numpy's per-dtype classes (numpy.dtypes.Float32DType, ...) are plain dtype types
-    return (module, name) in ALLOWED or (module == "numpy.dtypes" and name.endswith("DType"))
-
-
 class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only :data:`ALLOWED` globals; ``where`` names the file."""
 
@@ -45,14 +37,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.where = where
 
     def find_class(self, module: str, name: str):
-        if _allowed(module, name):
+        import _compat_pickle  # protocol < 3 names: __builtin__.set -> builtins.set (as pickle itself maps them)
+        m, n = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        m = _compat_pickle.IMPORT_MAPPING.get(m, m)
+        if (m, n) in ALLOWED or (m == "numpy.dtypes" and n.endswith("DType")):   # numpy's dtype classes
             return super().find_class(module, name)
         raise UnsafePickleError(
             f"{self.where}: refused to unpickle global {module}.{name}: expected only numpy arrays and plain "
             f"Python values (dict, list, tuple, str, numbers); minilisten never runs code from a data file")
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self.where}: refused persistent id {pid!r} in a pickle: expected a plain pickle")
 
 
 def _run(fn, where: str):

@@ -23,7 +23,7 @@ from .data.segment import N_SHAPE
 from .data.windows import motion_stats
 from .errors import UserError
 from .metrics import perplexity, vq_commit, vq_rec
-from .training import LoopConfig, TrainLoop, data_fps, fitted, loop_args, merged, resume_dir
+from .training import LoopConfig, TrainLoop, data_fps, fitted, loop_args, merged, resume_dir, windows
 from .vqvae import DEC_NORMS, ENC_NORMS, PRESETS, VQVAE, VQConfig
 
 
@@ -36,39 +36,32 @@ def _beta_of(seg, needs_beta: bool) -> np.ndarray:
     return seg.listener_beta
 
 
+def _crops(segments, items, length: int, needs_beta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``length``-frame crops ``items`` [(segment, first frame)]: motion (N, length, 56), beta (N, 100)."""
+    motion = np.stack([segments[i].listener_motion[t:t + length] for i, t in items]).astype(np.float32)
+    beta = np.stack([_beta_of(segments[i], needs_beta) for i, _ in items]).astype(np.float32)
+    return torch.from_numpy(motion), torch.from_numpy(beta)
+
+
 class CropSampler:
     """Random ``crop``-frame crops of the listener motion; every valid start of every segment equally likely."""
 
     def __init__(self, segments, crop: int, needs_beta: bool, rng: np.random.Generator):
-        usable = [s for s in segments if s.T >= crop]
-        self.crop, self.rng = crop, rng
-        self.motion = np.concatenate([s.listener_motion for s in usable]).astype(np.float32)
-        self.beta = np.stack([_beta_of(s, needs_beta) for s in usable]).astype(np.float32)
-        offsets = np.cumsum([0] + [s.T for s in usable])[:-1]
-        n_starts = np.array([s.T - crop + 1 for s in usable])
-        self.first = np.repeat(offsets, n_starts) + np.concatenate([np.arange(n) for n in n_starts])  # global starts
-        self.seg_of = np.repeat(np.arange(len(usable)), n_starts)
+        self.segments, self.crop, self.needs_beta, self.rng = segments, crop, needs_beta, rng
+        self.items = windows(segments, crop, 1)                        # (segment, first frame) of every crop
 
     def draw(self, batch: int) -> np.ndarray:
         """Crop ids (batch,) of the next global batch (the RNG's only use: the same on every rank)."""
-        return self.rng.integers(0, len(self.first), size=batch)
+        return self.rng.integers(0, len(self.items), size=batch)
 
     def take(self, j: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The crops ``j``: motion (len(j), crop, 56), beta (len(j), 100)."""
-        frames = self.first[j][:, None] + np.arange(self.crop)[None]
-        return torch.from_numpy(self.motion[frames]), torch.from_numpy(self.beta[self.seg_of[j]])
+        return _crops(self.segments, [self.items[i] for i in j], self.crop, self.needs_beta)
 
 
 def eval_windows(segments, window: int = 240, needs_beta: bool = True):
-    """All ``Segment.windows(window)`` of ``segments`` -> (motion (N, window, 56), beta (N, 100))."""
-    if window % 8:
-        raise UserError(f"window: expected a multiple of 8, got {window}")
-    ws = [(w.listener_motion, _beta_of(s, needs_beta)) for s in segments for w in s.windows(window)]
-    if not ws:
-        raise UserError(f"segments: expected at least one segment with >= {window} frames for evaluation, got "
-                        f"{len(segments)} segments of lengths {sorted({s.T for s in segments})[:5]}")
-    mots, betas = zip(*ws)
-    return torch.from_numpy(np.stack(mots)), torch.from_numpy(np.stack(betas).astype(np.float32))
+    """The ``window``-frame windows of ``segments`` at stride ``window`` -> (motion (N, window, 56), beta (N, 100))."""
+    return _crops(segments, windows(segments, window, window, 8), window, needs_beta)
 
 
 @torch.no_grad()
@@ -80,36 +73,33 @@ def evaluate_vq(model: VQVAE, segments, window: int = 240, batch_size: int = 64)
     group = identity_groups(beta.numpy())
     first = [int(np.flatnonzero(group == g)[0]) for g in range(int(group.max()) + 1)]
     swap = beta[[first[(g + 1) % len(first)] for g in group]]
-    was_training = model.training
+    was_training, dev, K = model.training, model.motion_mean.device, model.config.codebook_size
     model.eval()
-    dev = model.motion_mean.device
     sums = dict(rec=0.0, rec_swap=0.0, rec_mean=0.0, rec_clip_mean=0.0, commit=0.0)
-    K = model.config.codebook_size
     hist = torch.zeros(K, dtype=torch.long)   # code counts
     lo, hi = distributed.shard_bounds(len(mot))
     try:
         for a in range(lo, hi, batch_size):
-            e = min(a + batch_size, hi)
-            m, b, bs = mot[a:e].to(dev), beta[a:e].to(dev), swap[a:e].to(dev)
+            m, b, bs = (t[a:min(a + batch_size, hi)].to(dev) for t in (mot, beta, swap))
             z = model.encode_latents(m)                                            # (B, L, d_c)
             idx, zq = model.nearest_codes(z)                                       # (B, L), (B, L, d_c)
             zq = zq.to(z.dtype)
-            n = m.numel()
             sums["commit"] += vq_commit(z, zq) * zq.numel()
-            sums["rec"] += vq_rec(model.decode_latents(zq, b if model.needs_beta else None), m) * n
-            sums["rec_swap"] += vq_rec(model.decode_latents(zq, bs if model.needs_beta else None), m) * n
-            sums["rec_mean"] += vq_rec(model.motion_mean.expand_as(m), m) * n
-            sums["rec_clip_mean"] += vq_rec(m.mean(1, keepdim=True).expand_as(m), m) * n
+            for key, pred in (("rec", model.decode_latents(zq, b if model.needs_beta else None)),
+                              ("rec_swap", model.decode_latents(zq, bs if model.needs_beta else None)),
+                              ("rec_mean", model.motion_mean.expand_as(m)),
+                              ("rec_clip_mean", m.mean(1, keepdim=True).expand_as(m))):
+                sums[key] += vq_rec(pred, m) * m.numel()
             hist += torch.bincount(idx.reshape(-1).cpu(), minlength=K)
     finally:
         model.train(was_training)
     sums = distributed.all_reduce_sums(sums | dict(enumerate(hist.tolist())))   # sharded over the ranks
     hist = torch.tensor([round(sums[i]) for i in range(K)])
-    n_el = mot.numel()
     ppl = perplexity(torch.repeat_interleave(torch.arange(K), hist), K)
-    return dict(rec=sums["rec"] / n_el, commit=sums["commit"] / (int(hist.sum()) * model.config.code_dim), ppl=ppl,
-                entropy=math.log(ppl), used=int((hist > 0).sum()), rec_swap=sums["rec_swap"] / n_el,
-                rec_mean=sums["rec_mean"] / n_el, rec_clip_mean=sums["rec_clip_mean"] / n_el, n_windows=len(mot))
+    n = mot.numel()
+    return dict(rec=sums["rec"] / n, commit=sums["commit"] / (int(hist.sum()) * model.config.code_dim), ppl=ppl,
+                entropy=math.log(ppl), used=int((hist > 0).sum()), rec_swap=sums["rec_swap"] / n,
+                rec_mean=sums["rec_mean"] / n, rec_clip_mean=sums["rec_clip_mean"] / n, n_windows=len(mot))
 
 
 @dataclass
@@ -194,39 +184,9 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_
     return model.eval()
 
 
-# ----------------------------------------------------------------------------- CLI
 #: VQConfig fields on the command line (the rest: the paper's values; fps: from the data)
 MODEL_FIELDS = ("enc_norm", "dec_norm", "width", "code_dim", "codebook_size", "res_depth", "w_embed", "w_commit",
                 "w_veloc", "decay", "dead_threshold")
-
-
-def _add_args(p) -> tuple[list[str], list[str]]:
-    """Data, model and training options; returns the VQConfig and VQTrainConfig option names."""
-    add_data_args(p).add_argument("--threads", type=int, default=1,
-                                  help="torch CPU threads (default: 1; 0 = torch's default)")
-    g = p.add_argument_group("model (VQConfig; CPU-sized width, --paper for the paper's)")
-    g.add_argument("--preset", choices=list(PRESETS), default="disentangled",
-                   help="naive = (none, none), disentangled = (in, adain) (default: %(default)s)")
-    model_names = add_dataclass_args(g, VQConfig, only=MODEL_FIELDS,
-                                     choices={"enc_norm": ENC_NORMS, "dec_norm": DEC_NORMS},
-                                     defaults={"enc_norm": "the preset's", "dec_norm": "the preset's", **CPU_MODEL},
-                                     alt_defaults={"--paper": PAPER_DEFAULTS})
-    g = p.add_argument_group("training (VQTrainConfig; CPU defaults, --paper for the paper's)")
-    g.add_argument("--paper", action="store_true", help="paper sizes/schedule: width 512, d_c 512, batch 256, "
-                   "300K steps, learning rate 2e-4 then 1e-5 after 200K")
-    train_names = loop_args(g, VQTrainConfig, alt_defaults={"--paper": PAPER_DEFAULTS},
-                            defaults={"device": "cuda when available, else cpu"})
-    return model_names, train_names
-
-
-def _resolve(a, model_names, train_names) -> dict:
-    """train_vq keywords from parsed args: the given options over the --paper or CPU defaults."""
-    base = {**CPU_MODEL, **(PAPER_DEFAULTS if a.paper else {})}
-    kw = {k: v for k, v in base.items() if k in set(model_names) | set(train_names)}
-    kw.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    return kw | dataclass_kwargs(a, model_names) | dataclass_kwargs(a, train_names)
 
 
 def _table(rows: list[tuple[str, dict]], what: str) -> str:
@@ -240,19 +200,49 @@ def _table(rows: list[tuple[str, dict]], what: str) -> str:
                               f"| per-window-mean oracle | {r0['rec_clip_mean']:.4f} | | | | | |"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m minilisten train-vq``: train one VQ-VAE and print its validation metrics."""
-    p = ArgumentParser(prog="python -m minilisten train-vq", description=__doc__,
+def main(argv: list[str] | None = None, evaluate: bool = False) -> int:
+    """``train-vq``: train one VQ-VAE and print its validation metrics. ``evaluate-vq`` (``evaluate``): Table 5
+    of saved checkpoints, or of the ``--variants`` norm pairs trained first with the train-vq options."""
+    p = ArgumentParser(prog=f"python -m minilisten {'evaluate-vq' if evaluate else 'train-vq'}", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    model_names, train_names = _add_args(p)
-    p.add_argument("--out", metavar="DIR", help="checkpoint directory (default: runs/vq-PRESET)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    if evaluate:
+        p.add_argument("checkpoints", nargs="*", metavar="DIR", help="VQ-VAE checkpoint directories")
+        p.add_argument("--variants", nargs="+", metavar="ENC,DEC",
+                       help="train these norm pairs, e.g. none,none ln,ln ln,adaln in,in in,adain")
+        p.add_argument("--split", choices=["val", "test"], default="val")
+    else:
+        p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--out", metavar="DIR", help="checkpoint directory (train-vq default: runs/vq-PRESET; "
+                   "evaluate-vq --variants: each model in DIR/ENC-DEC)")
+    add_data_args(p).add_argument("--threads", type=int, default=1,
+                                  help="torch CPU threads (default: 1; 0 = torch's default)")
+    g = p.add_argument_group("model (VQConfig; CPU-sized width, --paper for the paper's)")
+    g.add_argument("--preset", choices=list(PRESETS), default="disentangled",
+                   help="naive = (none, none), disentangled = (in, adain) (default: %(default)s)")
+    names = add_dataclass_args(g, VQConfig, only=MODEL_FIELDS, choices={"enc_norm": ENC_NORMS, "dec_norm": DEC_NORMS},
+                               defaults={"enc_norm": "the preset's", "dec_norm": "the preset's", **CPU_MODEL},
+                               alt_defaults={"--paper": PAPER_DEFAULTS})
+    g = p.add_argument_group("training (VQTrainConfig; CPU defaults, --paper for the paper's)")
+    g.add_argument("--paper", action="store_true", help="paper sizes/schedule: width 512, d_c 512, batch 256, "
+                   "300K steps, learning rate 2e-4 then 1e-5 after 200K")
+    names += loop_args(g, VQTrainConfig, alt_defaults={"--paper": PAPER_DEFAULTS},
+                       defaults={"device": "cuda when available, else cpu"})
     a = p.parse_args(argv)
-    kw = _resolve(a, model_names, train_names)
-    return distributed.launch(kw["device"], lambda env, dev: _main_train(a, dict(kw, device=dev), env))
+    if evaluate and bool(a.checkpoints) == bool(a.variants):
+        p.error("pass checkpoint directories or --variants (one of the two)")
+    if evaluate and any(len(v.split(",")) != 2 for v in a.variants or []):
+        p.error(f"--variants: expected ENC,DEC like in,adain, got {a.variants}")
+    kw = {k: v for k, v in {**CPU_MODEL, **(PAPER_DEFAULTS if a.paper else {})}.items() if k in names}
+    kw.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kw |= dataclass_kwargs(a, names)
+    if evaluate:
+        return _evaluate(a, kw)
+    return distributed.launch(kw["device"], lambda env, dev: _train(a, dict(kw, device=dev), env))
 
 
-def _main_train(a, kw, env) -> int:
+def _train(a, kw, env) -> int:
     say = print if env.is_main else (lambda *x, **y: None)
     out = a.out or f"runs/vq-{a.preset}"
     ds, what = load_data(a)
@@ -268,32 +258,19 @@ def _main_train(a, kw, env) -> int:
     return 0
 
 
-def main_evaluate(argv: list[str] | None = None) -> int:
-    """``python -m minilisten evaluate-vq``: Table 5 for saved checkpoints, or train the variants first."""
-    p = ArgumentParser(
-        prog="python -m minilisten evaluate-vq", formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False, description="Rec / Commit / PPL of VQ-VAEs on a split (paper Table 5). Either pass "
-        "checkpoint directories, or --variants to train each (enc,dec) norm pair with the train-vq options first.")
-    p.add_argument("checkpoints", nargs="*", metavar="DIR", help="VQ-VAE checkpoint directories")
-    p.add_argument("--variants", nargs="+", metavar="ENC,DEC",
-                   help="train these norm pairs, e.g. none,none ln,ln ln,adaln in,in in,adain")
-    p.add_argument("--split", choices=["val", "test"], default="val")
-    p.add_argument("--out", metavar="DIR", help="with --variants: save each model in DIR/ENC-DEC")
-    model_names, train_names = _add_args(p)
-    a = p.parse_args(argv)
-    if bool(a.checkpoints) == bool(a.variants):
-        p.error("pass checkpoint directories or --variants (one of the two)")
-    if any(len(v.split(",")) != 2 for v in a.variants or []):
-        p.error(f"--variants: expected ENC,DEC like in,adain, got {a.variants}")
+def _evaluate(a, kw) -> int:
     ds, what = load_data(a)
-    segs = ds.val if a.split == "val" else ds.test
     models = [(f"{m.config.enc_norm}, {m.config.dec_norm} ({d})", m) for d in a.checkpoints
               for m in [VQVAE.from_pretrained(d)]]
-    kw = _resolve(a, model_names, train_names)
     for enc, dec in (v.split(",") for v in a.variants or []):
         out = None if a.out is None else str(Path(a.out) / f"{enc}-{dec}")
         m = train_vq(ds.train, ds.val, "naive", out_dir=out, **kw | dict(enc_norm=enc, dec_norm=dec))
         models.append((f"{enc}, {dec}", m))
-    rows = [(name, evaluate_vq(m, segs)) for name, m in models]
+    rows = [(name, evaluate_vq(m, ds.val if a.split == "val" else ds.test)) for name, m in models]
     print(_table(rows, f"\n{what}, {a.split} split, {rows[0][1]['n_windows']} windows of 240 frames; raw coefficients"))
     return 0
+
+
+def main_evaluate(argv: list[str] | None = None) -> int:
+    """``python -m minilisten evaluate-vq``."""
+    return main(argv, evaluate=True)

@@ -1,9 +1,6 @@
-"""The one training loop of every trainer (``train_vq``, ``train_lm``, ``train_arig``).
-
-A trainer fills a :class:`LoopConfig` subclass and gives :class:`TrainLoop` its model and ``step_fn(step, k)
--> (loss, stats)`` (this rank's part of micro-batch ``k``); the loop owns AdamW, the schedule, validation,
-``log.jsonl``, throughput and atomic checkpoints that resume bit for bit (docs/training.md).
-"""
+"""The one training loop of every trainer: a :class:`LoopConfig` subclass + the model + ``step_fn(step, k) ->
+(loss, stats)`` (this rank's part of micro-batch ``k``); the loop owns AdamW, the schedule, validation,
+``log.jsonl``, throughput and atomic checkpoints that resume bit for bit (docs/training.md)."""
 from __future__ import annotations
 
 import json
@@ -28,13 +25,12 @@ def step_decay(learning_rate: float, warmup: int = 0, decay_step: int | None = N
         if v is not None and not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
             raise UserError(f"{name}: expected a finite number >= 0, got {v!r}")
     check_ints({"warmup": warmup})
+    drop = decay_step is not None and final_learning_rate is not None
 
     def schedule(step: int) -> float:
         if step < warmup:
             return learning_rate * (step + 1) / warmup
-        if decay_step is not None and step >= decay_step and final_learning_rate is not None:
-            return final_learning_rate
-        return learning_rate
+        return final_learning_rate if drop and step >= decay_step else learning_rate
     return schedule
 
 
@@ -67,11 +63,10 @@ class LoopConfig:
     progress: bool = True             # progress bar
 
     def __post_init__(self):
-        check_ints({"steps": self.steps, "batch_size": self.batch_size}, 1)
+        check_ints({"steps": self.steps, "batch_size": self.batch_size, "--grad-accum": self.grad_accum}, 1)
         check_ints({"warmup": self.warmup, "eval_every": self.eval_every, "save_every": self.save_every})
         self.betas = tuple(self.betas)
         D.autocast(self.precision, "cpu")   # checks the name
-        check_ints({"--grad-accum": self.grad_accum}, 1)
         if self.batch_size % self.grad_accum:
             raise UserError(f"--batch-size: expected a multiple of --grad-accum {self.grad_accum}, "
                             f"got {self.batch_size}")
@@ -140,18 +135,16 @@ def append_jsonl(path, record: dict) -> None:
 
 
 class TrainLoop:
-    """Resume, schedule, progress bar, validation and atomic saving around a step function.
-
-    ``validate(step) -> dict | None`` (appended to ``history`` and ``out_dir/log.jsonl``);
-    ``save_model(dir)`` writes the model files of a set; ``numpy_rng``: a generator saved and restored;
-    ``postfix``: ``{stat: format}`` shown on the bar (their EMA, ``self.ema``)."""
+    """Resume, schedule, progress bar, validation and atomic saving around a step function. ``validate(step)
+    -> dict | None`` (appended to ``history`` and ``out_dir/log.jsonl``); ``save_model(dir)``: the model's files;
+    ``numpy_rng``: a generator saved and restored; ``postfix``: ``{stat: format}`` of the bar (EMA: ``self.ema``)."""
 
     def __init__(self, model: torch.nn.Module, config: LoopConfig, *, out_dir=None,
                  validate: Callable[[int], dict | None] | None = None, save_model: Callable | None = None,
                  numpy_rng: np.random.Generator | None = None, desc: str = "train", postfix: dict | None = None,
                  flops_per_token: float | None = None, log=None):
         c = self.config = config
-        self.model, self.steps = model, c.steps
+        self.model, self.steps, self.start, self.history = model, c.steps, 0, []
         params = [p for p in model.parameters() if p.requires_grad]
         # base lr 1.0: LambdaLR's lr = 1.0 * schedule(step), the schedule's value exactly
         self.optimizer = torch.optim.AdamW(params, lr=1.0, betas=c.betas, weight_decay=c.weight_decay)
@@ -162,13 +155,11 @@ class TrainLoop:
         self.out_dir = None if out_dir is None else Path(out_dir)
         self._validate, self.save_model, self.numpy_rng = validate, save_model, numpy_rng
         self.desc, self.postfix, self.log, self.flops_per_token = desc, postfix or {}, log, flops_per_token
-        self.main, self.start, self.history = D.is_main(), 0, []
-        self.throughput: dict | None = None
+        self.main = D.is_main()
         self.ema: dict | None = None
 
     def resume(self) -> dict:
-        """Restore the optimizer, schedule, RNG states, step and history saved in ``out_dir``; returns the
-        saved ``info`` (its ``config``: the saved run's). Refuses ``steps`` below the saved step."""
+        """Restore the optimizer, schedule, RNG states, step and history saved in ``out_dir``; returns ``info``."""
         info = load_train_state(resume_dir(self.out_dir), self.optimizer)
         self.start = int(info["step"])
         if self.steps < self.start:
@@ -183,24 +174,20 @@ class TrainLoop:
             self.scaled.scaler.load_state_dict(info["scaler"])
         return info
 
-    def state(self, step: int) -> dict:
-        """The ``info`` saved with the optimizer at ``step``."""
+    def save(self, step: int) -> None:
+        """Model + optimizer + ``info`` (step, RNG states, history, config) as one atomic set (rank 0, out_dir)."""
+        if self.out_dir is None or not self.main:
+            return
         info = {"step": step, "torch_rng": torch.get_rng_state().tolist(), "history": self.history,
                 "config": asdict(self.config)}
         if self.numpy_rng is not None:
             info["numpy_rng"] = self.numpy_rng.bit_generator.state
         if self.scaled.scaler.is_enabled():
             info["scaler"] = self.scaled.scaler.state_dict()
-        return info
-
-    def save(self, step: int) -> None:
-        """Model + train state as one atomic set (nothing without ``out_dir``; only rank 0 writes)."""
-        if self.out_dir is None or not self.main:
-            return
         with checkpoint_transaction(self.out_dir, step) as stage:
             if self.save_model is not None:
                 self.save_model(stage)
-            save_train_state(stage, self.optimizer, self.state(step))
+            save_train_state(stage, self.optimizer, info)
 
     def validate(self, step: int) -> dict | None:
         res = None if self._validate is None else self._validate(step)
@@ -240,11 +227,11 @@ class TrainLoop:
                 meter.start()   # validation and saving are not training time
         bar.close()
         if self.start < self.steps:
-            self.throughput = meter.summary()
+            throughput = meter.summary()
             if self.main and self.log is not None:
-                self.log(D.Throughput.format(self.throughput))
+                self.log(D.Throughput.format(throughput))
             if self.main and self.out_dir is not None:   # atomic_write_text makes the directory
-                atomic_write_text(self.out_dir / "throughput.json", json.dumps(self.throughput, indent=1))
+                atomic_write_text(self.out_dir / "throughput.json", json.dumps(throughput, indent=1))
         if self.start < self.steps or not self.history:
             self.validate(self.steps)
         self.save(self.steps)

@@ -171,6 +171,14 @@ class Decoder(nn.Module):
         return self.conv_out(F.relu(self.conv_post(h)))
 
 
+def _sample_rows(z: torch.Tensor, n: int) -> torch.Tensor:
+    """n random rows of z (N, d); when N < n, z is tiled with noise of std 0.01 / sqrt(d) first."""
+    if z.shape[0] < n:
+        z = z.repeat(math.ceil(n / z.shape[0]), 1)
+        z = z + torch.randn_like(z) * (0.01 / math.sqrt(z.shape[1]))
+    return z[torch.randperm(z.shape[0], device=z.device)[:n]]
+
+
 def _world() -> int:
     """Processes of the default torch.distributed group (1 when it is not initialised)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -199,14 +207,6 @@ class Codebook(nn.Module):
         self.register_buffer("embed_avg", torch.zeros(size, dim))    # EMA of per-code sums   (K, d)
         self.register_buffer("embed", torch.zeros(size, dim))        # the codebook           (K, d)
 
-    @staticmethod
-    def sample_rows(z: torch.Tensor, n: int) -> torch.Tensor:
-        """n random rows of z (N, d); when N < n, z is tiled with noise of std 0.01 / sqrt(d) first."""
-        if z.shape[0] < n:
-            z = z.repeat(math.ceil(n / z.shape[0]), 1)
-            z = z + torch.randn_like(z) * (0.01 / math.sqrt(z.shape[1]))
-        return z[torch.randperm(z.shape[0], device=z.device)[:n]]
-
     @torch.no_grad()
     def set(self, embed: torch.Tensor) -> None:
         """Use ``embed (K, d)`` as the codebook; the EMA statistics restart from it (count 1 per code)."""
@@ -215,10 +215,9 @@ class Codebook(nn.Module):
         self.cluster_size.fill_(1.0)
         self.initted.fill_(True)
 
-    @torch.no_grad()
     def init_from(self, z: torch.Tensor) -> None:
         """The first-batch initialisation: K random rows of ``z (N, d)``."""
-        self.set(self.sample_rows(z.float(), self.size))
+        self.set(_sample_rows(z.float(), self.size))
 
     @torch.no_grad()
     def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
@@ -233,7 +232,7 @@ class Codebook(nn.Module):
             self.cluster_size.lerp_(counts, 1 - self.decay)
             self.embed_avg.lerp_(sums, 1 - self.decay)
             dead = (self.cluster_size < self.dead_threshold)[:, None]              # (K, 1)
-            rows = self.sample_rows(z, self.size)                                  # candidates (K, d)
+            rows = _sample_rows(z, self.size)                                      # candidates (K, d)
             thr = torch.full_like(self.cluster_size, self.dead_threshold)
             self.embed.copy_(torch.where(dead, rows, self.embed_avg / self.cluster_size[:, None].clamp_min(1e-12)))
             self.embed_avg.copy_(torch.where(dead, rows * self.dead_threshold, self.embed_avg))
@@ -301,6 +300,7 @@ class VQVAE(nn.Module):
     def __init__(self, config: VQConfig | None = None):
         super().__init__()
         self.config = c = config or VQConfig()
+        self.rate, self.needs_beta = c.rate, c.needs_beta     # r frames per code; whether decoding needs beta
         self.encoder = Encoder(c)
         self.quantizer = Codebook(c.codebook_size, c.code_dim, c.decay, c.dead_threshold)
         self.decoder = Decoder(c)
@@ -318,14 +318,6 @@ class VQVAE(nn.Module):
     def codebook(self) -> torch.Tensor:
         """The LR code embeddings (K, d_c)."""
         return self.quantizer.embed
-
-    @property
-    def needs_beta(self) -> bool:
-        return self.config.needs_beta
-
-    @property
-    def rate(self) -> int:
-        return self.config.rate
 
     @property
     def receptive_field(self) -> int:
@@ -403,13 +395,13 @@ class VQVAE(nn.Module):
         b = self._check_beta(beta, zq.shape[0])
         return self.decoder(zq.transpose(1, 2), b).transpose(1, 2) * self.motion_std + self.motion_mean
 
+    @torch.no_grad()
     def encode(self, motion, beta=None) -> torch.Tensor:
         """motion (B, T, 56) raw -> codes (B, T / r) int64; ``beta`` is only shape-checked (no identity input)."""
-        m = self._check_motion(motion)
+        z = self.encode_latents(motion)
         if beta is not None:
-            self._check_beta(beta, m.shape[0])
-        with torch.no_grad():
-            return self.nearest_codes(self.encode_latents(m))[0]
+            self._check_beta(beta, z.shape[0])
+        return self.nearest_codes(z)[0]
 
     def decode(self, codes, beta=None) -> torch.Tensor:
         """codes (B, L) in [0, K) + beta (B, 100) (AdaIN/AdaLN models) -> motion (B, r L, 56) raw."""

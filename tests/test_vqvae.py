@@ -504,14 +504,14 @@ def test_checkpoint_mismatch_errors(tmp_path):
     assert cfg["format"] == "minilisten.VQVAE" and cfg["version"] == 1
     cfg["format"] = "gpt2"
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="expected format 'minilisten.VQVAE', got 'gpt2'"):
+    with pytest.raises(ValueError, match="expected format 'minilisten.VQVAE' version 1, got format 'gpt2' version 1"):
         VQVAE.from_pretrained(tmp_path)
     del cfg["format"], cfg["version"]
     cfg_path.write_text(json.dumps(dict(cfg, model_type="minilisten.vqvae")))    # an untagged config is refused
-    with pytest.raises(UserError, match="expected format 'minilisten.VQVAE', got None"):
+    with pytest.raises(UserError, match="expected format 'minilisten.VQVAE' version 1, got format None version 1"):
         VQVAE.from_pretrained(tmp_path)
     cfg_path.write_text(json.dumps(dict(cfg, format="minilisten.VQVAE", version=2)))
-    with pytest.raises(UserError, match="expected version 1 of minilisten.VQVAE, got 2"):
+    with pytest.raises(UserError, match="version 1, got format 'minilisten.VQVAE' version 2"):
         VQVAE.from_pretrained(tmp_path)
     cfg_path.write_text(json.dumps(dict(cfg, format="minilisten.VQVAE", version=1)))
     assert VQVAE.from_pretrained(tmp_path).config.dec_norm == "adain"
@@ -558,7 +558,7 @@ def test_train_vq_bad_input():
     with pytest.raises(ValueError, match="crop: expected a positive multiple of 8, got 30"):
         train_vq(segs, [], "naive", steps=1, batch_size=2, crop=30, progress=False, **TINY)
     m = train_vq(segs, [], "naive", steps=2, batch_size=2, crop=32, progress=False, **TINY)  # naive: no beta needed
-    with pytest.raises(ValueError, match="at least one segment with >= 240 frames"):
+    with pytest.raises(ValueError, match="window: expected a segment of >= 240 frames, got the longest with"):
         evaluate_vq(m, segs)
 
 
