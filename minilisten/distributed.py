@@ -62,27 +62,6 @@ def env_from_os(environ=None) -> DistEnv:
     return DistEnv(rank, world, read("LOCAL_RANK", rank, 0))
 
 
-def init_distributed(device: str = "cpu", backend: str | None = None, timeout_s: float = 1800) -> tuple[DistEnv, str]:
-    """Open the process group under torchrun (nccl on CUDA, gloo on CPU); ``(env, this rank's device)``."""
-    e = env_from_os()
-    dev = str(device)
-    if dev.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: expected a machine with CUDA, got none")
-        if e.distributed:
-            if e.local_rank >= torch.cuda.device_count():
-                raise UserError(f"environment LOCAL_RANK: expected < the {torch.cuda.device_count()} visible GPUs, "
-                                f"got {e.local_rank} (use --nproc_per_node <= the number of GPUs)")
-            dev = f"cuda:{e.local_rank}"
-            torch.cuda.set_device(e.local_rank)
-    if not e.distributed:
-        return e, dev
-    if not dist.is_initialized():
-        be = backend or ("nccl" if dev.startswith("cuda") else "gloo")
-        dist.init_process_group(be, timeout=datetime.timedelta(seconds=timeout_s))
-    return get_env(), dev
-
-
 def get_env() -> DistEnv:
     """The current :class:`DistEnv`, read from the process group (one process when there is none)."""
     if not dist.is_initialized():
@@ -97,9 +76,24 @@ def is_main() -> bool:
 
 
 def launch(device: str, fn: Callable[[DistEnv, str], int]) -> int:
-    """``fn(env, device)`` inside the process group torchrun asked for (one process without torchrun); a
-    torchrun worker then leaves with ``os._exit(code)`` (gloo may abort at finalization; docs/training.md)."""
-    env, dev = init_distributed(device)
+    """``fn(env, this rank's device)`` in the process group torchrun asked for (nccl on CUDA, gloo on CPU; one
+    process without torchrun); a torchrun worker then leaves with ``os._exit(code)`` (gloo may abort at
+    finalization; docs/training.md)."""
+    env, dev = env_from_os(), str(device)
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: expected a machine with CUDA, got none")
+        if env.distributed:
+            if env.local_rank >= torch.cuda.device_count():
+                raise UserError(f"environment LOCAL_RANK: expected < the {torch.cuda.device_count()} visible GPUs, "
+                                f"got {env.local_rank} (use --nproc_per_node <= the number of GPUs)")
+            dev = f"cuda:{env.local_rank}"
+            torch.cuda.set_device(env.local_rank)
+    if env.distributed:
+        if not dist.is_initialized():
+            backend = "nccl" if dev.startswith("cuda") else "gloo"
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=1800))
+        env = get_env()
     try:
         code = fn(env, dev)
     finally:

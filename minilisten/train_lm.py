@@ -61,12 +61,10 @@ def _check_codes(segments: list[Segment], codes, r: int, name: str, n_lr: int) -
     out = []
     for i, (s, c) in enumerate(zip(segments, codes)):
         c = c.detach().cpu().numpy() if torch.is_tensor(c) else np.asarray(c)
-        if c.ndim != 1 or c.shape[0] != s.T // r:
-            raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},), got {c.shape}")
-        if not np.issubdtype(c.dtype, np.integer):
-            raise UserError(f"{name}[{i}] ({s.name!r}): expected integer codes, got dtype {c.dtype}")
-        if c.size and c.max() >= n_lr:
-            raise UserError(f"{name}: expected codes < V_LR = {n_lr}, got {c.max()}")
+        integer = np.issubdtype(c.dtype, np.integer)
+        if c.shape != (s.T // r,) or not integer or (c.size and c.max() >= n_lr):
+            raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},) of integer codes < "
+                            f"V_LR = {n_lr}, got shape {c.shape}, dtype {c.dtype}, max {c.max() if c.size else '-'}")
         out.append(c.astype(np.int64))
     return out
 
@@ -147,14 +145,12 @@ def corpus_words(segments: list[Segment]) -> list[str]:
 
 def _flops_per_token(model: ListenerLM) -> float:
     """Training FLOPs per token of the backbone (2-D weights but embeddings; attention at the context limit)."""
-    cfg = model._base().config.get_text_config()
-    n_layer = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
-    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1)
-    emb = {id(model._base().get_input_embeddings().weight)}
+    cfg = model._base().config.get_text_config()   # HF's attribute maps give GPT-2's n_layer / n_embd these names
+    emb = id(model._base().get_input_embeddings().weight)
     n = sum(p.numel() for name, p in model.named_parameters()
-            if p.dim() == 2 and id(p) not in emb and not any(k in name for k in ("wpe", "embed_positions", "embed")))
+            if p.dim() == 2 and id(p) != emb and "wpe" not in name and "embed" not in name)
     seq = min(getattr(cfg, "max_position_embeddings", 1024) or 1024, 1024)
-    return 6.0 * n + 12.0 * n_layer * d * seq   # 6 N + 12 L d T: the PaLM appendix estimate
+    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq   # 6 N + 12 L d T (PaLM appendix)
 
 
 def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_codes_train=None, lr_codes_val=None,
