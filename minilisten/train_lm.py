@@ -154,15 +154,13 @@ def _flops_per_token(model: ListenerLM) -> float:
 
 
 def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_codes_train=None, lr_codes_val=None,
-             stage: int | None = None, modalities=None, model: ListenerLM | None = None, steps: int | None = None,
-             config: TrainConfig | None = None, out_dir=None, resume: bool = False, n_sa: int = 1024,
-             n_lr: int = 256, backbone: dict | None = None, lm_config: dict | None = None, log=print,
-             **overrides) -> ListenerLM:
-    """Train ``model`` (or a fresh default backbone sized by ``backbone``, BPE on the training words)
-    for one stage; ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2); ``stage``,
-    ``steps`` and ``overrides`` set :class:`TrainConfig` fields. Returns it in eval mode with ``train_log``."""
-    given = {k: v for k, v in (("stage", stage), ("steps", steps)) if v is not None}
-    tc = merged(TrainConfig, config, **overrides, **given)
+             modalities=None, model: ListenerLM | None = None, config: TrainConfig | None = None, out_dir=None,
+             resume: bool = False, n_sa: int = 1024, n_lr: int = 256, backbone: dict | None = None,
+             lm_config: dict | None = None, log=print, **overrides) -> ListenerLM:
+    """Train ``model`` (or a fresh default backbone sized by ``backbone``, BPE on the training words) for one
+    stage; ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2); ``overrides`` (``stage``,
+    ``steps``, ...) set :class:`TrainConfig` fields. Returns it in eval mode with ``train_log``."""
+    tc = merged(TrainConfig, config, **overrides)
     torch.manual_seed(tc.seed)
     if resume:
         if out_dir is None or not (Path(out_dir) / "train_state.json").is_file():
