@@ -106,7 +106,7 @@ def bench_lm(a, env, device, prec) -> dict:
     cfg = base.config
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n and "wpe" not in n)
     seq_len = int(np.mean([len(q.ids) for q in seqs]))
-    fpt = D.lm_flops_per_token(n_matmul, cfg.n_layer, cfg.n_embd, seq_len)
+    fpt = 6.0 * n_matmul + 12.0 * cfg.n_layer * cfg.n_embd * seq_len   # the PaLM appendix estimate
     step = D.ScaledStep(model, opt, precision=prec, grad_accum=a.grad_accum, grad_clip=1.0, device=device)
     meter = D.Throughput(device, env, warmup=a.warmup, flops_per_token=fpt)
     B = a.lm_batch
@@ -165,7 +165,10 @@ def main(argv=None) -> int:
         a.lm_batch, a.lm_layers, a.lm_width, a.lm_heads, a.window = 4, 1, 32, 2, 96
         a.steps, a.warmup = min(a.steps, 3), min(a.warmup, 1)
         torch.set_num_threads(1)
-    env, device = D.init_distributed(a.device)
+    return D.launch(a.device, lambda env, device: _run(a, env, device))
+
+
+def _run(a, env, device) -> int:
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -174,29 +177,26 @@ def main(argv=None) -> int:
            "grad_accum": a.grad_accum, "compile": a.compile, "grad_checkpointing": a.grad_checkpointing,
            "cpu_smoke": a.cpu_smoke, "paper_schedule": PAPER,
            "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"}
-    try:
-        for what in a.what.split(","):
-            t0 = time.perf_counter()
-            if what == "vq":
-                res["vq"] = bench_vq(a, env, device, a.precision)
-            elif what == "lm":
-                res["lm"] = bench_lm(a, env, device, a.precision)
-            else:
-                raise ValueError(f"--what: expected a comma list of vq, lm, got {what!r}")
-            res[what]["wall_s"] = time.perf_counter() - t0
-            h = res[what].get("projected_hours_paper")
-            _log(f"[{what}] {D.Throughput.format(res[what])}; "
-                 + (f"projected {h:.1f} h for the paper's schedule"
-                    + ("" if res[what]["paper_sizes"] else " (at these sizes, not the paper's)")
-                    if h is not None else "smoke sizes: no projection"))
-        if env.is_main:
-            out = Path(a.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(res, indent=1))
-            print(f"wrote {out}")
-    finally:
-        D.shutdown()
-    return D.finish(0, env)
+    for what in a.what.split(","):
+        t0 = time.perf_counter()
+        if what == "vq":
+            res["vq"] = bench_vq(a, env, device, a.precision)
+        elif what == "lm":
+            res["lm"] = bench_lm(a, env, device, a.precision)
+        else:
+            raise ValueError(f"--what: expected a comma list of vq, lm, got {what!r}")
+        res[what]["wall_s"] = time.perf_counter() - t0
+        h = res[what].get("projected_hours_paper")
+        _log(f"[{what}] {D.Throughput.format(res[what])}; "
+             + (f"projected {h:.1f} h for the paper's schedule"
+                + ("" if res[what]["paper_sizes"] else " (at these sizes, not the paper's)")
+                if h is not None else "smoke sizes: no projection"))
+    if env.is_main:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+        print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

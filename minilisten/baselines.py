@@ -30,12 +30,6 @@ def _check_segments(name: str, segments) -> list[Segment]:
     return list(segments)
 
 
-def _pick_max(scores: np.ndarray, rng: np.random.Generator) -> int:
-    """Index of the maximum; exact ties broken uniformly at random."""
-    best = np.flatnonzero(scores == scores.max())
-    return int(best[0] if len(best) == 1 else rng.choice(best))
-
-
 def window_text(segment: Segment) -> str:
     """The words an NN speech-content baseline embeds: history words then in-window words."""
     return " ".join(w.text for w in segment.history_words + segment.words)
@@ -49,7 +43,6 @@ def predict_all(model, segments, desc: str | None = None) -> list[np.ndarray]:
     return [model.predict(s) for s in tqdm(segments, desc=desc or type(model).__name__, leave=False)]
 
 
-# ----------------------------------------------------------------------------- Random
 class RandomListener:
     """The listener motion of a training window of the clip's length, uniform over (segment, start)."""
     name = "Random"
@@ -75,7 +68,6 @@ class RandomListener:
         return self.motions[i][s:s + T].astype(np.float32, copy=True)
 
 
-# ----------------------------------------------------------------------------- nearest neighbours
 class _WindowIndex:
     """Training windows of ``window`` frames every ``stride`` frames: ``(segment, start)`` pairs."""
 
@@ -107,16 +99,18 @@ class _WindowIndex:
         return self.predict_many([segment])[0]
 
     def predict_many(self, segments, progress: bool = False) -> list[np.ndarray]:
-        """``[predict(s) for s in segments]``, scored in batches of one clip length (same results and rng use)."""
+        """``[predict(s) for s in segments]``, scored in batches of one clip length (same results and rng use);
+        each the listener motion of the best-scoring window, exact ties broken uniformly at random."""
         segments = _check_segments("segments", segments)
-        best = [0] * len(segments)
+        scores = [0] * len(segments)
         for T in sorted({s.T for s in segments}):
             idx = [i for i, s in enumerate(segments) if s.T == T]
             for i, row in zip(idx, self.scores([segments[i] for i in idx], progress)):
-                best[i] = row
-        return [self._listener(_pick_max(best[i], self.rng), s.T) for i, s in enumerate(segments)]
+                scores[i] = row
+        return [self._listener(np.flatnonzero(x == x.max()), s.T) for x, s in zip(scores, segments)]
 
-    def _listener(self, flat_index: int, T: int) -> np.ndarray:
+    def _listener(self, best: np.ndarray, T: int) -> np.ndarray:
+        flat_index = int(best[0] if len(best) == 1 else self.rng.choice(best))
         counts = np.cumsum([len(s) for s in self.starts])
         k = int(np.searchsorted(counts, flat_index, side="right"))
         start = int(self.starts[k][flat_index - (counts[k - 1] if k else 0)])
@@ -167,24 +161,20 @@ class NNSpeechContent(_WindowIndex):
     def embedding_name(self) -> str:
         return self.embedder.name if self.embedder is not None else "(unfitted)"
 
-    def _make_embedder(self, texts: list[str]):
-        spec = self.embedder_spec
-        if spec == "auto":
-            spec = find_sentence_model() or "tfidf"
-        if spec == "tfidf":
-            return TfidfEmbedder().fit(texts)
-        if isinstance(spec, (str, os.PathLike)):
-            return SentenceEmbedder(spec)
-        if not (hasattr(spec, "encode") and hasattr(spec, "name")):
-            raise UserError(f"embedder: expected 'auto', 'tfidf', a model directory or an object with "
-                            f"name and encode(texts), got {spec!r}")
-        return spec
-
     def fit(self, train_segments) -> "NNSpeechContent":
         self._index(train_segments)
         texts = [window_text(s.window(int(a), self.window))
                  for s, starts in zip(self.segments, self.starts) for a in starts]
-        self.embedder = self._make_embedder(texts)
+        spec = (find_sentence_model() or "tfidf") if self.embedder_spec == "auto" else self.embedder_spec
+        if spec == "tfidf":
+            self.embedder = TfidfEmbedder().fit(texts)
+        elif isinstance(spec, (str, os.PathLike)):
+            self.embedder = SentenceEmbedder(spec)
+        elif hasattr(spec, "encode") and hasattr(spec, "name"):
+            self.embedder = spec
+        else:
+            raise UserError(f"embedder: expected 'auto', 'tfidf', a model directory or an object with "
+                            f"name and encode(texts), got {spec!r}")
         self.embeddings = _unit_rows(self.embedder.encode(texts))          # (N, d)
         return self
 
@@ -233,24 +223,22 @@ class SentenceEmbedder:
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise UserError(f"embedder: expected a model directory with config.json, got {str(self.path)!r}")
-        modules = self._json("modules.json", [])
+
+        def read(rel: str, default):
+            return json.loads((self.path / rel).read_text()) if (self.path / rel).is_file() else default
+        modules = read("modules.json", [])
         pool_dir = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), "1_Pooling")
-        pool = self._json(f"{pool_dir}/config.json", {"pooling_mode_mean_tokens": True})
+        pool = read(f"{pool_dir}/config.json", {})
         self.pooling = ("cls" if pool.get("pooling_mode_cls_token") else
                         "max" if pool.get("pooling_mode_max_tokens") else "mean")
         self.normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-        self.max_len = int(self._json("sentence_bert_config.json", {}).get("max_seq_length", 256))
+        self.max_len = int(read("sentence_bert_config.json", {}).get("max_seq_length", 256))
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.model = AutoModel.from_pretrained(str(self.path)).to(device).eval()
         self.batch_size, self.device = batch_size, device
         self.name = f"sentence embedding: {self.path.name} ({self.pooling} pooling)"
 
-    def _json(self, rel: str, default):
-        p = self.path / rel
-        return json.loads(p.read_text()) if p.is_file() else default
-
     def encode(self, texts: list[str]) -> np.ndarray:
-        texts = list(texts)
         order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths share a batch
         out = []
         with torch.no_grad():
@@ -304,7 +292,6 @@ def find_sentence_model() -> str | None:
     return str(dest)
 
 
-# ----------------------------------------------------------------------------- random walks
 class RandomWalk:
     """A random walk over a VQ-VAE codebook, decoded to motion: a uniform first code, then each next one
     uniform among the ``k`` nearest (squared L2, itself included; ``k = K``: uniform codes). ``ceil(T / r)``

@@ -224,11 +224,6 @@ def _kernel_time(fn, device, quick: bool) -> tuple[float, float, float]:
     return tuple(1e6 * float(np.percentile(ts, q)) for q in (50, 20, 80))
 
 
-def _eager_quantize(z, cb):
-    d, idx = torch.cdist(z, cb).min(1)
-    return idx, d.square(), cb[idx]
-
-
 def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
     """Per op, mode, dtype, shape and provider (eager, reference, compile, Triton, ``variants(z, cb)``): µs, GB/s of
     the ideal traffic, the copy-bandwidth bound, speed-ups."""
@@ -258,6 +253,9 @@ def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
                 r[f"speedup_vs_{ref}"] = us[ref] / r["median_us"] if ref in us and "median_us" in r else None
         rows.extend(group)
 
+    def eager_q(z, cb):
+        d, idx = torch.cdist(z, cb).min(1)
+        return idx, d.square(), cb[idx]
     ref_q = lambda z, cb: NC.quantize_ref(z, cb, first_of_duplicates=False)
     comp_q, d = comp(ref_q), 512
     sizes = [(4096, 256)] + ([] if quick else [(4096, 1024)])
@@ -266,7 +264,7 @@ def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
     for (N, K), dt in [(s, dt) for s in sizes for dt in ([torch.float32, torch.bfloat16] if cuda else [torch.float32])]:
         g = torch.Generator(device=device).manual_seed(0)
         z, cb = (torch.randn(r, d, device=device, dtype=dt, generator=g) for r in (N, K))
-        p = {"eager": lambda: _eager_quantize(z, cb), "reference": lambda: ref_q(z, cb),
+        p = {"eager": lambda: eager_q(z, cb), "reference": lambda: ref_q(z, cb),
              "compile": comp_q and (lambda: comp_q(z, cb))}
         if cuda:
             p["triton"] = lambda: NC.quantize(z, cb, use_triton=True)
@@ -295,14 +293,12 @@ def bench_kernels(device, quick: bool = True, variants=None) -> list[dict]:
     return rows
 
 
-def _cell(v) -> str:
-    if not isinstance(v, float):
-        return "-" if v is None else str(v)
-    return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}"
-
-
 def table(rows: list[dict], keys: str) -> str:
     """Text table of ``rows`` over the space-separated ``keys``; a dict value gives one column per entry."""
+    def _cell(v) -> str:
+        if not isinstance(v, float):
+            return "-" if v is None else str(v)
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}"
     flat = [{f"{k} {j}".strip(): w for k, v in r.items() if k in keys.split()
              for j, w in (v.items() if isinstance(v, dict) else [("", v)])} for r in rows]
     cols = list(dict.fromkeys(c for f in flat for c in f))

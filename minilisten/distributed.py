@@ -59,28 +59,7 @@ def env_from_os(environ=None) -> DistEnv:
         return v
     world = read("WORLD_SIZE", 1, 1)
     rank = read("RANK", 0, 0, world)
-    return DistEnv(rank, world, read("LOCAL_RANK", rank, 0), None)
-
-
-def init_distributed(device: str = "cpu", backend: str | None = None, timeout_s: float = 1800) -> tuple[DistEnv, str]:
-    """Open the process group under torchrun (nccl on CUDA, gloo on CPU); ``(env, this rank's device)``."""
-    e = env_from_os()
-    dev = str(device)
-    if dev.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: expected a machine with CUDA, got none")
-        if e.distributed:
-            if e.local_rank >= torch.cuda.device_count():
-                raise UserError(f"environment LOCAL_RANK: expected < the {torch.cuda.device_count()} visible GPUs, "
-                                f"got {e.local_rank} (use --nproc_per_node <= the number of GPUs)")
-            dev = f"cuda:{e.local_rank}"
-            torch.cuda.set_device(e.local_rank)
-    if not e.distributed:
-        return e, dev
-    if not dist.is_initialized():
-        be = backend or ("nccl" if dev.startswith("cuda") else "gloo")
-        dist.init_process_group(be, timeout=datetime.timedelta(seconds=timeout_s))
-    return get_env(), dev
+    return DistEnv(rank, world, read("LOCAL_RANK", rank, 0))
 
 
 def get_env() -> DistEnv:
@@ -96,30 +75,36 @@ def is_main() -> bool:
     return get_env().is_main
 
 
-def shutdown() -> None:
-    """Close the process group (no-op for one process)."""
-    if dist.is_initialized():
-        dist.barrier()   # rank 0 hosts the store: nobody tears down while another rank still talks
-        dist.destroy_process_group()
-
-
-def finish(code: int, env: DistEnv) -> int:
-    """A torchrun worker leaves with ``os._exit(code)`` (gloo may abort at finalization; docs/training.md)."""
+def launch(device: str, fn: Callable[[DistEnv, str], int]) -> int:
+    """``fn(env, this rank's device)`` in the process group torchrun asked for (nccl on CUDA, gloo on CPU; one
+    process without torchrun); a torchrun worker then leaves with ``os._exit(code)`` (gloo may abort at
+    finalization; docs/training.md)."""
+    env, dev = env_from_os(), str(device)
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: expected a machine with CUDA, got none")
+        if env.distributed:
+            if env.local_rank >= torch.cuda.device_count():
+                raise UserError(f"environment LOCAL_RANK: expected < the {torch.cuda.device_count()} visible GPUs, "
+                                f"got {env.local_rank} (use --nproc_per_node <= the number of GPUs)")
+            dev = f"cuda:{env.local_rank}"
+            torch.cuda.set_device(env.local_rank)
+    if env.distributed:
+        if not dist.is_initialized():
+            backend = "nccl" if dev.startswith("cuda") else "gloo"
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=1800))
+        env = get_env()
+    try:
+        code = fn(env, dev)
+    finally:
+        if dist.is_initialized():
+            dist.barrier()   # rank 0 hosts the store: nobody tears down while another rank still talks
+            dist.destroy_process_group()
     if not env.distributed:
         return code
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def launch(device: str, fn: Callable[[DistEnv, str], int]) -> int:
-    """``fn(env, device)`` inside the process group torchrun asked for (one process without torchrun)."""
-    env, dev = init_distributed(device)
-    try:
-        code = fn(env, dev)
-    finally:
-        shutdown()
-    return finish(code, env)
 
 
 def rank_slice(global_batch: int, env: DistEnv | None = None, what: str = "--batch-size") -> slice:
@@ -151,7 +136,7 @@ def all_reduce_sums(values: dict[str, float], env: DistEnv | None = None) -> dic
     env = env or get_env()
     if not env.distributed:
         return dict(values)
-    dev = torch.device("cuda", torch.cuda.current_device()) if get_env().backend == "nccl" else "cpu"
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return dict(zip(values, t.tolist()))
@@ -178,11 +163,9 @@ class _Micro(torch.nn.Module):
 
 
 class ScaledStep:
-    """One optimizer step of ``grad_accum`` micro-batches on every rank (gradients averaged by DDP).
-
-    ``micro_fn(step, k) -> (loss, stats)``: the mean loss of this rank's part of micro-batch ``k``.
-    Returns the loss and stats averaged over micro-batches and ranks (``sum_keys`` summed), the same on
-    every rank; a non-finite loss on any rank raises FloatingPointError on all of them."""
+    """One optimizer step of ``grad_accum`` micro-batches ``micro_fn(step, k) -> (this rank's mean loss, stats)``
+    on every rank, gradients averaged by DDP; returns loss and stats averaged over micro-batches and ranks
+    (``sum_keys`` summed); a non-finite loss on any rank raises FloatingPointError on all of them."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, precision: str = "fp32",
                  device="cpu", grad_accum: int = 1, grad_clip: float = 0.0,
@@ -231,24 +214,10 @@ class ScaledStep:
         return torch.tensor(loss_tot / (A * W)), {k: (v if k in self.sum_keys else v / (A * W)) for k, v in tot.items()}
 
 
-#: dense bf16 tensor-core peaks (FLOP/s) by device-name substring (longer names first); MFU is against these
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "GH200": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
-             "L40": 181e12, "A10G": 125e12, "A10": 125e12, "L4": 121e12, "4090": 165e12, "3090": 71e12,
-             "V100": 125e12, "T4": 65e12}
-
-
-def peak_flops(device) -> float | None:
-    """Peak dense bf16 FLOP/s of ``device`` (``MINILISTEN_PEAK_TFLOPS`` overrides); None on CPU or unknown."""
-    if os.environ.get("MINILISTEN_PEAK_TFLOPS"):
-        return float(os.environ["MINILISTEN_PEAK_TFLOPS"]) * 1e12
-    if torch.device(device).type != "cuda":
-        return None
-    return next((v for key, v in PEAK_BF16.items() if key in torch.cuda.get_device_name(device)), None)
-
-
-def lm_flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
-    """Training FLOPs per token of a decoder LM, ``6 N + 12 L d T`` (the PaLM appendix estimate)."""
-    return 6.0 * n_params + 12.0 * n_layer * d_model * seq_len
+#: dense bf16 tensor-core peaks (FLOP/s) by device-name substring (GH200 and A10G match H200 and A10; L40S before
+#: L40); MFU is against these, or ``MINILISTEN_PEAK_TFLOPS``
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L40": 181e12,
+             "A10": 125e12, "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
 class Throughput:
@@ -288,7 +257,8 @@ class Throughput:
             out.update(step_s=float(np.median([t[0] for t in timed])), samples_per_s=samples / secs)
             if tokens:
                 out["tokens_per_s"] = tokens / secs
-            peak = peak_flops(self.device)
+            peak = os.environ.get("MINILISTEN_PEAK_TFLOPS")
+            peak = float(peak) * 1e12 if peak else next((v for k, v in PEAK_BF16.items() if k in out["device"]), None)
             if peak and self.fpt and tokens:
                 out["mfu"] = self.fpt * tokens / secs / (peak * self.env.world_size)
         if self.device.type == "cuda":

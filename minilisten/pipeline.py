@@ -253,7 +253,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     from .arig import ARIG, arig_generate
     from .baselines import RandomWalk, predict_all
     from .lm import ListenerLM
-    from .train_lm import lr_accuracy, vqvae_codes
+    from .train_lm import evaluate_lm, vqvae_codes
     from .train_vq import evaluate_vq
     from .vqvae import VQVAE
 
@@ -316,7 +316,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     _run_jobs(jobs, cfg.workers, progress)
     tick("lm_stage2")
     lms = {k: ListenerLM.from_pretrained(lm_dir[k]).eval() for k in models}
-    lr_acc = {k: lr_accuracy(lms[k], data.val, codes[k[1]]["val"], window=lm_window) for k in models}
+    lr_acc = {k: evaluate_lm(lms[k], data.val, codes[k[1]]["val"], window=lm_window)["acc"] for k in models}
     for k, acc in lr_acc.items():
         print(f"  validation LR-token accuracy {models[k]}: {acc:.3f}", flush=True)
 

@@ -1,9 +1,6 @@
 """Two-stage training of the listener LM (paper §3.1, supplement §4): ``python -m minilisten train-lm``.
-
 Stage 1 (Eq. 3): next-token loss on speaker-only sequences; stage 2 (Eq. 4): LR-head loss on LR tokens, a
-fraction ``lr_noise`` of input LR tokens random (LM-listener). Data: random ``window``-frame windows.
-
-CLI::
+fraction ``lr_noise`` of input LR tokens random (LM-listener). Data: random ``window``-frame windows. CLI::
 
     python -m minilisten train-lm --stage 1 --out runs/lm1 --modalities W+SA+emo
     python -m minilisten train-lm --stage 2 --init runs/lm1 --out runs/lm2 --codes vqvae:runs/vq
@@ -38,8 +35,6 @@ PAPER_SCHEDULE = {1: dict(steps=60_000, learning_rate=5e-5, warmup=0, batch_size
 @dataclass
 class TrainConfig(LoopConfig):
     """How :func:`train_lm` trains one stage (CPU defaults; :data:`PAPER_SCHEDULE` the paper's)."""
-    decay_step: int | None = None     # step of the drop to final_learning_rate (paper stage 2: 150K)
-    final_learning_rate: float | None = None  # learning rate from decay_step on (paper stage 2: 2.5e-6)
     betas: tuple[float, float] = (0.5, 0.99)
     stage: int = 2                    # 1: speaker tokens only (Eq. 3); 2: LR tokens (Eq. 4)
     window: int = 240                 # frames per training window (a multiple of r; fitted to the data)
@@ -57,7 +52,6 @@ class TrainConfig(LoopConfig):
             raise UserError(f"lr_noise: expected a fraction in [0, 1), got {self.lr_noise}")
 
 
-# ----------------------------------------------------------------------------- data
 def _check_codes(segments: list[Segment], codes, r: int, name: str, n_lr: int) -> list[np.ndarray] | None:
     """One int64 ``(T // r,)`` array of codes ``< n_lr`` per segment (None stays None)."""
     if codes is None:
@@ -67,12 +61,10 @@ def _check_codes(segments: list[Segment], codes, r: int, name: str, n_lr: int) -
     out = []
     for i, (s, c) in enumerate(zip(segments, codes)):
         c = c.detach().cpu().numpy() if torch.is_tensor(c) else np.asarray(c)
-        if c.ndim != 1 or c.shape[0] != s.T // r:
-            raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},), got {c.shape}")
-        if not np.issubdtype(c.dtype, np.integer):
-            raise UserError(f"{name}[{i}] ({s.name!r}): expected integer codes, got dtype {c.dtype}")
-        if c.size and c.max() >= n_lr:
-            raise UserError(f"{name}: expected codes < V_LR = {n_lr}, got {c.max()}")
+        integer = np.issubdtype(c.dtype, np.integer)
+        if c.shape != (s.T // r,) or not integer or (c.size and c.max() >= n_lr):
+            raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},) of integer codes < "
+                            f"V_LR = {n_lr}, got shape {c.shape}, dtype {c.dtype}, max {c.max() if c.size else '-'}")
         out.append(c.astype(np.int64))
     return out
 
@@ -87,24 +79,19 @@ def _sequences(model: ListenerLM, segments, codes, items, window: int, stage: in
     return seqs
 
 
-def val_items(segments: list[Segment], window: int, max_windows: int = 0) -> list[tuple[int, int]]:
-    """Non-overlapping windows, round-robin over segments so every segment contributes."""
-    per = [[(i, s0) for s0 in range(0, s.T - window + 1, window)] for i, s in enumerate(segments)]
-    items = [p[k] for k in range(max(map(len, per), default=0)) for p in per if k < len(p)]
-    return items[:max_windows] if max_windows else items
-
-
 @torch.no_grad()
 def evaluate_lm(model: ListenerLM, segments: list[Segment], codes=None, stage: int = 2, window: int = 240,
                 max_windows: int = 0, batch_size: int = 8) -> dict:
-    """Teacher-forced validation: ``{"loss", "acc", "count"}`` (stage 2: LR tokens through the LR
-    head; stage 1: next W/SA/emo token through the LM head). Under torchrun: call on every rank."""
+    """Teacher-forced validation on non-overlapping windows, round-robin over segments: ``{"loss", "acc",
+    "count"}`` (stage 2: LR tokens, LR head; stage 1: next W/SA/emo token). Under torchrun: on every rank."""
     codes = _check_codes(segments, codes, model.config.r, "lr_codes", model.vocab.n_lr) if stage == 2 else None
     if stage == 2 and codes is None:
         raise UserError("evaluate_lm: stage 2 needs LR codes")
     was = model.training
     model.eval()
-    items = val_items(segments, window, max_windows)
+    per = [[(i, s0) for s0 in range(0, s.T - window + 1, window)] for i, s in enumerate(segments)]
+    items = [p[k] for k in range(max(map(len, per), default=0)) for p in per if k < len(p)]
+    items = items[:max_windows] if max_windows else items
     lo, hi = distributed.shard_bounds(len(items))   # torchrun: each rank its shard, sums reduced
     tot_loss = correct = count = 0.0
     for k in range(lo, hi, batch_size):
@@ -119,12 +106,6 @@ def evaluate_lm(model: ListenerLM, segments: list[Segment], codes=None, stage: i
             "count": int(red["count"])}
 
 
-def lr_accuracy(model: ListenerLM, segments: list[Segment], codes, window: int = 240, max_windows: int = 0) -> float:
-    """Teacher-forced validation LR-token accuracy (fraction of LR tokens whose argmax is right)."""
-    return evaluate_lm(model, segments, codes, 2, window, max_windows)["acc"]
-
-
-# ----------------------------------------------------------------------------- LR codes
 def motion_kmeans_codes(train_segments: list[Segment], other: list[list[Segment]] = (), k: int = 256, r: int = 8,
                         seed: int = 0, iters: int = 15) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """LR codes without a VQ-VAE: groups of ``r`` frames of the segment-centred, standardised listener
@@ -159,33 +140,28 @@ def vqvae_codes(vq, segments: list[Segment], device: str = "cpu") -> list[np.nda
     return [codes(s) for s in segments]
 
 
-# ----------------------------------------------------------------------------- training
 def corpus_words(segments: list[Segment]) -> list[str]:
     return [w.text for s in segments for w in s.history_words + s.words]
 
 
 def _flops_per_token(model: ListenerLM) -> float:
     """Training FLOPs per token of the backbone (2-D weights but embeddings; attention at the context limit)."""
-    cfg = model._base().config.get_text_config()
-    n_layer = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
-    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1)
-    emb = {id(model._base().get_input_embeddings().weight)}
+    cfg = model._base().config.get_text_config()   # HF's attribute maps give GPT-2's n_layer / n_embd these names
+    emb = id(model._base().get_input_embeddings().weight)
     n = sum(p.numel() for name, p in model.named_parameters()
-            if p.dim() == 2 and id(p) not in emb and not any(k in name for k in ("wpe", "embed_positions", "embed")))
+            if p.dim() == 2 and id(p) != emb and "wpe" not in name and "embed" not in name)
     seq = min(getattr(cfg, "max_position_embeddings", 1024) or 1024, 1024)
-    return distributed.lm_flops_per_token(n, n_layer, d, seq)
+    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq   # 6 N + 12 L d T (PaLM appendix)
 
 
 def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_codes_train=None, lr_codes_val=None,
-             stage: int | None = None, modalities=None, model: ListenerLM | None = None, steps: int | None = None,
-             config: TrainConfig | None = None, out_dir=None, resume: bool = False, n_sa: int = 1024,
-             n_lr: int = 256, backbone: dict | None = None, lm_config: dict | None = None, log=print,
-             **overrides) -> ListenerLM:
-    """Train ``model`` (or a fresh default backbone sized by ``backbone``, BPE on the training words)
-    for one stage; ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2); ``stage``,
-    ``steps`` and ``overrides`` set :class:`TrainConfig` fields. Returns it in eval mode with ``train_log``."""
-    given = {k: v for k, v in (("stage", stage), ("steps", steps)) if v is not None}
-    tc = merged(TrainConfig, config, **overrides, **given)
+             modalities=None, model: ListenerLM | None = None, config: TrainConfig | None = None, out_dir=None,
+             resume: bool = False, n_sa: int = 1024, n_lr: int = 256, backbone: dict | None = None,
+             lm_config: dict | None = None, log=print, **overrides) -> ListenerLM:
+    """Train ``model`` (or a fresh default backbone sized by ``backbone``, BPE on the training words) for one
+    stage; ``lr_codes_*``: one ``(T // 8,)`` int array per segment (stage 2); ``overrides`` (``stage``,
+    ``steps``, ...) set :class:`TrainConfig` fields. Returns it in eval mode with ``train_log``."""
+    tc = merged(TrainConfig, config, **overrides)
     torch.manual_seed(tc.seed)
     if resume:
         if out_dir is None or not (Path(out_dir) / "train_state.json").is_file():
@@ -256,50 +232,6 @@ def train_lm(train_segments: list[Segment], val_segments: list[Segment], lr_code
     return model.eval()
 
 
-# ----------------------------------------------------------------------------- CLI
-#: LMConfig fields on the command line
-LM_FIELDS = ("word_placement", "history_tokens", "max_len")
-
-
-def _parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
-    """The parser, the LMConfig option names and the TrainConfig option names."""
-    p = ArgumentParser(prog="python -m minilisten train-lm", description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1],
-                       allow_abbrev=False)
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: speaker tokens only; 2: LR tokens")
-    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model, tokenizer, train state)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--init", metavar="DIR", help="start from a saved ListenerLM (e.g. the stage-1 checkpoint)")
-    p.add_argument("--backbone", default="default", help="'default' (a small LM from scratch, see --arch, + BPE on "
-                   "the corpus words), a hub name or a local directory")
-    p.add_argument("--modalities", default=None,
-                   help="speaker modalities, e.g. W, W+emo, W+SA+emo (default: those of --init / --resume, else all "
-                        "that the data has)")
-    g = p.add_argument_group("LM (LMConfig)")
-    lm_names = add_dataclass_args(g, LMConfig, only=LM_FIELDS, choices={"word_placement": ("eq1", "lm_listener")},
-                                  defaults={"word_placement": "that of --init, else eq1"})
-    g = p.add_argument_group("default backbone size")
-    g.add_argument("--arch", choices=DEFAULT_ARCHS, default="llama",
-                   help="layout of the from-scratch backbone: llama (rotary positions; learns the interleaved "
-                        "sequences faster from scratch) or gpt2 (learned absolute positions) (default: %(default)s)")
-    g.add_argument("--n-layer", type=int, default=2, help="layers (default: %(default)s)")
-    g.add_argument("--n-embd", type=int, default=128, help="width (default: %(default)s)")
-    g.add_argument("--n-head", type=int, default=4, help="attention heads (default: %(default)s)")
-    g = p.add_argument_group("LoRA (LLaMA family; needs peft)")
-    lm_names += add_dataclass_args(g, LMConfig, only=("lora", "lora_r"), help={"lora_r": "LoRA rank"},
-                                   defaults={"lora": "on for llama/mistral/qwen backbones, off otherwise"})
-    g = add_data_args(p)
-    g.add_argument("--codes", default="kmeans",
-                   help="LR codes for stage 2: 'vqvae:DIR' (a trained VQ-VAE), 'kmeans' (k-means of listener motion "
-                        "groups, no VQ-VAE) or an .npz file with one array per segment name (default: %(default)s)")
-    g.add_argument("--n-lr", type=int, default=256, help="V_LR (k for --codes kmeans) (default: %(default)s)")
-    g = p.add_argument_group("optimisation (TrainConfig)")
-    g.add_argument("--paper-schedule", action="store_true",
-                   help="paper's steps/learning rate/decay/batch for the stage (overrides those options)")
-    train_names = loop_args(g, TrainConfig, skip=("stage",))
-    return p, lm_names, train_names
-
-
 def _load_codes(spec: str, train, val, n_lr: int, seed: int, device: str):
     if spec == "kmeans":
         tr, (va,) = motion_kmeans_codes(train, [val], k=n_lr, seed=seed)
@@ -321,16 +253,54 @@ def _load_codes(spec: str, train, val, n_lr: int, seed: int, device: str):
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m minilisten train-lm`` (also under ``torchrun --nproc_per_node N -m minilisten train-lm``)."""
-    p, lm_names, train_names = _parser()
+    p = ArgumentParser(prog="python -m minilisten train-lm", description=__doc__.split("CLI::")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("CLI::")[1],
+                       allow_abbrev=False)
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: speaker tokens only; 2: LR tokens")
+    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory (model, tokenizer, train state)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--init", metavar="DIR", help="start from a saved ListenerLM (e.g. the stage-1 checkpoint)")
+    p.add_argument("--backbone", default="default", help="'default' (a small LM from scratch, see --arch, + BPE on "
+                   "the corpus words), a hub name or a local directory")
+    p.add_argument("--modalities", default=None,
+                   help="speaker modalities, e.g. W, W+emo, W+SA+emo (default: those of --init / --resume, else all "
+                        "that the data has)")
+    g = p.add_argument_group("LM (LMConfig)")
+    lm_names = add_dataclass_args(g, LMConfig, only=("word_placement", "history_tokens", "max_len"),
+                                  choices={"word_placement": ("eq1", "lm_listener")},
+                                  defaults={"word_placement": "that of --init, else eq1"})
+    g = p.add_argument_group("default backbone size")
+    g.add_argument("--arch", choices=DEFAULT_ARCHS, default="llama",
+                   help="layout of the from-scratch backbone: llama (rotary positions; learns the interleaved "
+                        "sequences faster from scratch) or gpt2 (learned absolute positions) (default: %(default)s)")
+    g.add_argument("--n-layer", type=int, default=2, help="layers (default: %(default)s)")
+    g.add_argument("--n-embd", type=int, default=128, help="width (default: %(default)s)")
+    g.add_argument("--n-head", type=int, default=4, help="attention heads (default: %(default)s)")
+    g = p.add_argument_group("LoRA (LLaMA family; needs peft)")
+    lora_names = add_dataclass_args(g, LMConfig, only=("lora", "lora_r"), help={"lora_r": "LoRA rank"},
+                                    defaults={"lora": "on for llama/mistral/qwen backbones, off otherwise"})
+    g = add_data_args(p)
+    g.add_argument("--codes", default="kmeans",
+                   help="LR codes for stage 2: 'vqvae:DIR' (a trained VQ-VAE), 'kmeans' (k-means of listener motion "
+                        "groups, no VQ-VAE) or an .npz file with one array per segment name (default: %(default)s)")
+    g.add_argument("--n-lr", type=int, default=256, help="V_LR (k for --codes kmeans) (default: %(default)s)")
+    g = p.add_argument_group("optimisation (TrainConfig)")
+    g.add_argument("--paper-schedule", action="store_true",
+                   help="paper's steps/learning rate/decay/batch for the stage (overrides those options)")
+    train_names = loop_args(g, TrainConfig, skip=("stage",),
+                            alt_defaults={"--paper-schedule (stage 2)": PAPER_SCHEDULE[2]})
     a = p.parse_args(argv)
+    if a.resume and a.modalities:
+        raise UserError("--resume continues the saved run with its modalities; drop --modalities")
     tc_kw = dict(dataclass_kwargs(a, train_names), stage=a.stage)
     if a.paper_schedule:
         tc_kw.update(PAPER_SCHEDULE[a.stage])
+    lm_kw, lora_kw = dataclass_kwargs(a, lm_names), dataclass_kwargs(a, lora_names)
     return distributed.launch(tc_kw.get("device", TrainConfig.device),
-                              lambda env, dev: _main_train(a, lm_names, TrainConfig(**dict(tc_kw, device=dev))))
+                              lambda env, dev: _main_train(a, lm_kw, lora_kw, TrainConfig(**dict(tc_kw, device=dev))))
 
 
-def _main_train(a, lm_names, tc: TrainConfig) -> int:
+def _main_train(a, lm_kw: dict, lora_kw: dict, tc: TrainConfig) -> int:
     ds, what = load_data(a)
     train, val, note = with_val_split(ds, seed=0)
     if note and distributed.is_main():
@@ -345,24 +315,18 @@ def _main_train(a, lm_names, tc: TrainConfig) -> int:
     n_sa = resolve_n_sa(ds, train + val)
     codes_tr, codes_va, n_lr = _load_codes(a.codes, train, val, a.n_lr, tc.seed, tc.device) if a.stage == 2 \
         else (None, None, a.n_lr)
-    given = dataclass_kwargs(a, lm_names)
-    lm_kw = {k: v for k, v in given.items() if k in LM_FIELDS}
     model = None
-    if a.resume and a.modalities:
-        raise UserError("--resume continues the saved run with its modalities; drop --modalities")
     if a.init and not a.resume:
         model = ListenerLM.from_pretrained(a.init)
-        if "word_placement" in given:
-            model.config.word_placement = given["word_placement"]
+        model.config.word_placement = lm_kw.get("word_placement", model.config.word_placement)
         if a.stage == 2 and model.vocab.n_lr != n_lr:
             raise UserError(f"--init {a.init}: the model has V_LR = {model.vocab.n_lr} but the LR codes come from a "
                             f"codebook of {n_lr}; train stage 1 with --n-lr {n_lr}")
     elif a.backbone != "default" and not a.resume:
         bb, tok = load_backbone(a.backbone)
-        lora = given.get("lora", bb.config.model_type in ("llama", "mistral", "qwen2", "gemma"))
-        lora_r = given.get("lora_r", LMConfig.lora_r)
+        lora = lora_kw.get("lora", bb.config.model_type in ("llama", "mistral", "qwen2", "gemma"))
         model = ListenerLM(bb, tok, LMConfig(modalities=check_modalities(a.modalities or "+".join(have)), n_sa=n_sa,
-                                             n_lr=n_lr, lora=lora, lora_r=lora_r, **lm_kw))
+                                             n_lr=n_lr, **dict(lora_kw, lora=lora), **lm_kw))
     modalities = a.modalities if (a.modalities or model is not None or a.resume) else "+".join(have)
     t0 = time.time()
     model = train_lm(train, val, codes_tr, codes_va, modalities=modalities, model=model, config=tc, out_dir=a.out,

@@ -84,8 +84,8 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: dict):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    env, _ = D.init_distributed("cpu")
-    try:
+
+    def run(env, device):
         res = {}
         for name, job in jobs.items():
             job = dict(job)
@@ -99,15 +99,9 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: dict):
         res["eval"] = D.all_reduce_sums({"sum": float(items.sum()), "n": hi - lo})
         if env.is_main:
             torch.save(res, out)
-    finally:
-        D.shutdown()
-    # as minilisten.distributed.finish does for torchrun workers: with gloo (torch 2.13, CPU) a
-    # worker sometimes aborts in interpreter finalization ("terminate called without an active
-    # exception") after a clean destroy_process_group; the results are on disk, so leave now
-    import sys
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        return 0
+    # launch ends every worker with os._exit (gloo may abort in interpreter finalization otherwise)
+    D.launch("cpu", run)
 
 
 def _spawn(tmp_path, world: int, jobs: dict) -> dict:
@@ -254,17 +248,21 @@ def test_bf16_autocast_keeps_vq_maths_fp32():
     assert torch.isfinite(out.loss)
 
 
-def test_throughput_summary():
+def test_throughput_summary(monkeypatch):
+    clock = iter([0.0, 3.0, 3.5, 4.5])   # steps of 3 s (warm-up), 0.5 s, 1 s
+    monkeypatch.setattr(D.time, "perf_counter", lambda: next(clock))
     t = D.Throughput("cpu", warmup=1, flops_per_token=10.0)
     t.start()
     for _ in range(3):
         t.step_end(samples=8, tokens=100)
     s = t.summary()
     assert s["steps"] == 3 and s["timed_steps"] == 2 and s["processes"] == 1
-    assert s["samples_per_s"] > 0 and s["tokens_per_s"] == pytest.approx(s["samples_per_s"] * 100 / 8)
+    assert s["step_s"] == 0.75 and s["samples_per_s"] == pytest.approx(16 / 1.5)
+    assert s["tokens_per_s"] == pytest.approx(200 / 1.5)
     assert "mfu" not in s and s["peak_mem_gb"] > 0      # no MFU on CPU (no known peak)
-    assert "samples/s" in D.Throughput.format(s)
-    assert D.lm_flops_per_token(100, 2, 8, 4) == 600 + 12 * 2 * 8 * 4
+    assert "0.7500 s/step, 10.7 samples/s, 133 tokens/s" in D.Throughput.format(s)
+    monkeypatch.setenv("MINILISTEN_PEAK_TFLOPS", "1e-9")   # 1000 FLOP/s: 10 FLOPs x 133.3 tokens/s = 133%
+    assert t.summary()["mfu"] == pytest.approx(10 * 200 / 1.5 / 1000)
 
 
 # ----------------------------------------------------------------------------- the real CLI under torchrun
