@@ -1,8 +1,9 @@
 """``python -m minilisten.bench [--quick] [--skip PARTS]``: how fast listener motion and the kernels run.
 
-Parts: ``decode`` (greedy LR decoding, 8 frames a token), ``streaming`` (``StreamingListener.push``), ``arig``
-(frame-by-frame ARIG decode) and ``kernels`` (Triton vs eager and torch.compile), random weights, interleaved
-rounds after a warm-up, medians, a JSON file with the environment in ``--out``. Methods and results: docs/speed.md.
+Parts: ``decode`` (greedy LR decoding, 8 frames a token; K = 1 and 10 sampled reactions as one batch),
+``streaming`` (``StreamingListener.push``), ``arig`` (frame-by-frame ARIG decode) and ``kernels`` (Triton vs eager
+and torch.compile), random weights, interleaved rounds after a warm-up, medians, a JSON file with the environment in
+``--out``. Methods and results: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -130,6 +131,21 @@ def bench_decode(lm, device, batches=(1,), window_seconds: float = 8.0, long_sec
                              speedup_vs_a=a and a / t, speedup_vs_b=b and b / t,
                              agreement_vs_ref=None if ref is None else float((outs[k] == ref).float().mean())))
     return rows
+
+
+def bench_samples(lm, device, ks=(1, 10), seconds: float = 8.0, reps: int = 3, dtype=None, progress=print) -> list:
+    """K sampled reactions (temperature 1) of one input decoded as one batch by the fast decoder (c), K per row."""
+    from .generate import Generator, Sampling
+    hs, ss = streams(lm, 1, seconds, seed=1)
+    n, fns = len(ss[0]), {}
+    for k in ks:
+        gen = Generator(lm, batch=k, dtype=dtype, sampling=Sampling(temperature=1.0))
+        fns[f"K={k}"] = lambda i, gen=gen, k=k: gen.generate(hs * k, ss * k, seeds=list(range(k)))
+    with torch.inference_mode():
+        times = interleaved(fns, reps, device, progress=progress)[0]
+    return [dict(samples=k, steps=n, seconds=float(np.median(times[f"K={k}"])),
+                 fps=8 * k * n / float(np.median(times[f"K={k}"])),
+                 per_reaction_fps=8 * n / float(np.median(times[f"K={k}"]))) for k in ks if f"K={k}" in times]
 
 
 def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, generator=None) -> dict:
@@ -364,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                                         methods="abcd" if cuda or args.quick else "abcde", progress=log, gens=gens,
                                         compile_mode=True if args.compile == "default" else args.compile)
         print(table(result["decode"], DECODE_COLS), flush=True)
+        result["samples"] = bench_samples(lm, device, seconds=8.0, reps=reps, dtype=dtype, progress=log)
+        print(table(result["samples"], "samples steps seconds fps per_reaction_fps"), flush=True)
     if "streaming" not in skip:
         result["streaming"] = s = bench_streaming(lm, build_vq(device), device, dtype=dtype,
                                                   seconds=8.0 if args.quick else 20.0, generator=gens.get((1, "d")))

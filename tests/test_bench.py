@@ -108,6 +108,27 @@ def test_decode_rows_from_known_step_times(clock, monkeypatch):
     assert sorted(gens) == [(1, "d"), (2, "d")] and sum(c is True for _, c in made) == 2
 
 
+def test_sample_rows_from_known_step_times(clock, monkeypatch):
+    """K sampled reactions as one batch: a fake fast decoder taking 4 ms per LR step at K = 1 and 10 ms at K = 10
+    (K rows of 8 frames each step); its inputs are the one input repeated K times, seeds 0..K-1, temperature 1."""
+    seen = []
+
+    class Gen:
+        def __init__(self, lm, batch, dtype=None, sampling=None):
+            self.batch, self.sampling = batch, sampling
+
+        def generate(self, hs, ss, seeds=None):
+            seen.append((self.batch, len(hs), len(ss), tuple(seeds), self.sampling.temperature, hs[0] == hs[-1]))
+            clock.spend((4e-3 if self.batch == 1 else 10e-3) * len(ss[0]))
+            return torch.zeros(len(hs), len(ss[0]), dtype=torch.long)
+    monkeypatch.setattr(generate, "Generator", Gen)
+    rows = bench.bench_samples(tiny_lm(), "cpu", seconds=4.0, reps=2, progress=lambda s: None)
+    assert [r["samples"] for r in rows] == [1, 10]
+    assert seen[0] == (1, 1, 1, (0,), 1.0, True) and seen[1] == (10, 10, 10, tuple(range(10)), 1.0, True)
+    assert rows[0]["fps"] == pytest.approx(8000 / 4) and rows[0]["per_reaction_fps"] == pytest.approx(8000 / 4)
+    assert rows[1]["fps"] == pytest.approx(10 * 8000 / 10) and rows[1]["per_reaction_fps"] == pytest.approx(8000 / 10)
+
+
 def _tiny_arig():
     torch.manual_seed(0)
     return ARIG(ARIGConfig(d_model=16, n_head=2, d_ff=32, window=6, diff_width=16, word_buckets=64, n_sa=32)).eval()
