@@ -489,7 +489,7 @@ def test_own_format_info_with_arrays(tmp_path):
     assert_info_equal(info, back.info)
     assert type(back.info["seed"]) is int and back.info["events"][0] == ["nod", 1.5, 3]
     for bad, parts in (({"a": {1: 2}}, ["corpus.info.a", "str keys", "1"]),
-                       ({"a": [np.array([object()])]}, ["corpus.info.a[0]", "object array"]),
+                       ({"a": [np.array([object()])]}, ["corpus.info.a[0]", "numeric numpy arrays", "dtype=object"]),
                        ({"a": object()}, ["corpus.info.a", "object"]),
                        ({"a": float("nan")}, ["corpus.info.a", "finite"])):
         c.info = bad

@@ -10,7 +10,7 @@ from l2l_fixture import write_l2l
 from minilisten.__main__ import main
 from minilisten.data import load_dataset
 from minilisten.data.coverage import Coverage, available_modalities, fit_window, resolve_n_sa, with_val_split
-from minilisten.data.export import save_lm_listener
+from minilisten.data.formats import save_lm_listener
 from minilisten.data.synthetic import CORPORA, named_corpus, synthetic_corpus
 from minilisten.lm import LMConfig, Vocab
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{what}: loaded in {time.perf_counter() - t0:.1f} s")
     print(summary(splits, fps))
     if a.out and a.layout == "lm-listener":
-        from .export import save_lm_listener
+        from .formats import save_lm_listener
         save_lm_listener(ds, a.out)
         print(f"wrote {a.out} in LM-listener's layout")
     elif a.out:
