@@ -111,19 +111,17 @@ def _make_world(rng: np.random.Generator, n_identities: int, identity: str = "of
 def identity_style(world: dict, beta: np.ndarray, identity: str = "offset_gain") -> dict:
     """The identity style as a function of beta (see :data:`IDENTITY_MODES`)."""
     u = lambda M: np.tanh(M @ beta / 10)  # noqa: E731  (values in (-1, 1), one per row of M)
+    style = {"exp_offset": np.zeros(N_EXP), "exp_gain": np.ones(N_EXP), "pose_gain": np.ones(N_POSE),
+             "pose_offset": np.zeros(N_POSE), "nod_hz": 2.5, "lag_scale": 1.0}
     if identity == "offset_gain":
-        return {"exp_offset": 0.6 * u(world["M_o"]), "exp_gain": np.exp(0.5 * u(world["M_g"])),
-                "pose_gain": np.exp(0.4 * u(world["M_p"])), "pose_offset": 0.08 * u(world["M_q"]),
-                "nod_hz": 2.5, "lag_scale": 1.0}
+        return style | {"exp_offset": 0.6 * u(world["M_o"]), "exp_gain": np.exp(0.5 * u(world["M_g"])),
+                        "pose_gain": np.exp(0.4 * u(world["M_p"])), "pose_offset": 0.08 * u(world["M_q"])}
     if identity == "gain":
-        return {"exp_offset": np.zeros(N_EXP), "exp_gain": np.exp(0.8 * u(world["M_g"])),
-                "pose_gain": np.exp(0.6 * u(world["M_p"])), "pose_offset": np.zeros(N_POSE),
-                "nod_hz": 2.5, "lag_scale": 1.0}
+        return style | {"exp_gain": np.exp(0.8 * u(world["M_g"])), "pose_gain": np.exp(0.6 * u(world["M_p"]))}
     if identity == "rhythm":
         r = u(world["M_r"])   # (3,): nod rate, response lag, pose amplitude
-        return {"exp_offset": np.zeros(N_EXP), "exp_gain": np.ones(N_EXP),
-                "pose_gain": np.full(N_POSE, np.exp(0.7 * r[2])), "pose_offset": np.zeros(N_POSE),
-                "nod_hz": 2.5 * np.exp(0.35 * r[0]), "lag_scale": np.exp(0.5 * r[1])}
+        return style | {"pose_gain": np.full(N_POSE, np.exp(0.7 * r[2])), "nod_hz": 2.5 * np.exp(0.35 * r[0]),
+                        "lag_scale": np.exp(0.5 * r[1])}
     raise UserError(f"identity: expected one of {IDENTITY_MODES}, got {identity!r}")
 
 
@@ -341,27 +339,18 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
                            fps=fps, n_sa=N_SA if modalities == "all" else None, info=info)
 
 
-#: The family of synthetic corpora (``--corpus NAME``; docs/data.md): one world cannot show that a method works.
-#: name -> (keywords of :func:`synthetic_corpus`, description)
+#: The family of synthetic corpora (``--corpus NAME``; their table: docs/data.md): one world cannot show that a
+#: method works. name -> (keywords of :func:`synthetic_corpus`, one line for ``data --help``)
 CORPORA: dict[str, tuple[dict, str]] = {
-    "default": ({}, "identity = expression offset + per-dim gain + pose gain/offset of beta; responses to cue words "
-                    "x speaker emotion (lag 0.25-0.6 s), backchannel nods, 0.25 contagion; all modalities; 30 fps; "
-                    "8 ids, 300 x 64 s (256 min train)"),
-    "gain": (dict(identity="gain"),
-             "identity = per-dim expression and pose GAIN only (no offsets): same resting face for everyone"),
-    "rhythm": (dict(identity="rhythm"),
-               "identity = nod rate, response lag and pose amplitude; identical expression for everyone"),
-    "contagion": (dict(response="contagion"),
-                  "no cue-word rule: the listener answers the speaker's emotion after a 0.4 s lag (+0.5 mimicry)"),
-    "backchannel": (dict(response="backchannel"),
-                    "listener reacts only at pauses (nod, smile after happy speech); words/emotion matter little"),
-    "words-only": (dict(modalities="words"),
-                   "default world without SA tokens, emotion and valence (LM-listener's public release)"),
+    "default": ({}, "identity = offset + gain of beta; responses to cue words x emotion; 8 ids, 300 x 64 s"),
+    "gain": (dict(identity="gain"), "identity = expression and pose gain only (same resting face)"),
+    "rhythm": (dict(identity="rhythm"), "identity = nod rate, response lag, pose amplitude (same expression)"),
+    "contagion": (dict(response="contagion"), "the listener answers the speaker's emotion (no cue-word rule)"),
+    "backchannel": (dict(response="backchannel"), "the listener reacts only at pauses (nod, smile after happy)"),
+    "words-only": (dict(modalities="words"), "no SA tokens, emotion or valence (LM-listener's public release)"),
     "realtalk25": (dict(fps=25.0), "default world at 25 fps (RealTalk)"),
-    "small": (dict(n_identities=5, n_segments=35),
-              "default world, 5 ids, 35 x 64 s (30 min train), the size of a small real dataset"),
-    "beta-random": (dict(beta="random"),
-                    "control: beta drawn per segment, unrelated to the identity's style (identity NOT in beta)"),
+    "small": (dict(n_identities=5, n_segments=35), "5 ids, 35 x 64 s (30 min train), a small real dataset's size"),
+    "beta-random": (dict(beta="random"), "control: beta drawn per segment (identity NOT in beta)"),
 }
 
 
