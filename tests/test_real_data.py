@@ -31,7 +31,7 @@ def lm_dir(tmp_path_factory):
 def test_lm_listener_words_only_fixture_reads_back(lm_dir):
     c = load_dataset(lm_dir)
     assert c.source == "lm-listener" and c.n_sa is None
-    assert set(c.missing_fields) == {"sa_tokens", "emotion", "valence"}
+    assert all(s.sa_tokens is None and s.emotion is None and s.valence is None for s in c.train + c.val + c.test)
     cov = Coverage.of(c.splits)
     assert cov.modalities == ("W",) and cov.has_beta and not cov.has_valence
     assert cov.n_identities == 3          # told apart by beta, although the layout names one listener

@@ -28,7 +28,6 @@ log = logging.getLogger("minilisten.data")
 SPLITS = ("train", "val", "test")
 FPS = 30.0                # LM-listener's and Learning2Listen's frame rate
 WORD_SECONDS = 0.3        # LM-listener stores a word's end only: its start is estimated as end - WORD_SECONDS
-OPTIONAL_FIELDS = ("listener_beta", "speaker_beta", "words", "history_words", "sa_tokens", "emotion", "valence")
 FORMAT_TAG, FORMAT_VERSION = "minilisten-corpus", 2
 META_FILE, ARRAYS_FILE = "meta.json", "arrays.safetensors"
 WORD_FIELDS = ("words", "history_words")
@@ -37,9 +36,9 @@ _MISSING = object()
 
 @dataclass
 class Corpus:
-    """Segments per split; ``mean``/``std``: ``(56,)`` float32 listener motion statistics (the source's,
-    else from train); ``missing_fields``: optional Segment fields empty everywhere; ``n_sa``: the SA
-    vocabulary size when known; ``info``: extras :func:`save_corpus` keeps (JSON values, numpy arrays)."""
+    """Segments per split; ``mean``/``std``: ``(56,)`` float32 listener motion statistics (the source's, else
+    from train); ``n_sa``: the SA vocabulary size when known; ``info``: extras :func:`save_corpus` keeps (JSON
+    values, numpy arrays). What the data lacks and leaves out: :class:`~minilisten.data.coverage.Coverage`."""
     train: list[Segment] = field(default_factory=list)
     val: list[Segment] = field(default_factory=list)
     test: list[Segment] = field(default_factory=list)
@@ -47,7 +46,6 @@ class Corpus:
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     source: str = "minilisten"
-    missing_fields: tuple[str, ...] = ()
     n_sa: int | None = None
     info: dict = field(default_factory=dict)
 
@@ -57,25 +55,16 @@ class Corpus:
 
     def __repr__(self) -> str:
         n = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
-        return f"Corpus(source={self.source!r}, {n}, fps={self.fps}, missing_fields={self.missing_fields})"
+        return f"Corpus(source={self.source!r}, {n}, fps={self.fps})"
 
 
-def _present(v) -> bool:
-    return v is not None and not (isinstance(v, tuple) and not v)   # words are tuples: () = none
-
-
-def _finish(corpus: Corpus, path, repaired: int = 0, warn_missing: bool = True) -> Corpus:
-    """Fill ``missing_fields``, ``fps``, ``mean``/``std`` (from train when absent), ``info["repaired_words"]``."""
-    segs = corpus.train + corpus.val + corpus.test
-    corpus.missing_fields = tuple(f for f in OPTIONAL_FIELDS if not any(_present(getattr(s, f)) for s in segs))
-    rates = {s.fps for s in segs}
+def _finish(corpus: Corpus, path, repaired: int = 0) -> Corpus:
+    """Fill ``fps`` (when the segments share one), ``mean``/``std`` (from train), ``info["repaired_words"]``."""
+    rates = {s.fps for s in corpus.train + corpus.val + corpus.test}
     corpus.fps = corpus.fps or (rates.pop() if len(rates) == 1 else None)
     if corpus.mean is None and corpus.train:
         corpus.mean, corpus.std = motion_stats(corpus.train, "listener")
         corpus.info["stats"] = "computed from train listener motion"
-    if warn_missing and corpus.missing_fields:
-        log.warning("%s data at %s has no %s: those Segment fields are None/empty",
-                    corpus.source, path, ", ".join(corpus.missing_fields))
     if repaired:
         corpus.info["repaired_words"] = repaired
         log.warning("%s: repaired %d word(s): put in order by end time, starts clamped to the previous "
@@ -560,7 +549,7 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
             getattr(corpus, split).append(seg)
     if "mean" in arrays or "std" in arrays:
         corpus.mean, corpus.std = _mean_std(*((f"{ap}: array {k!r}", arrays.get(k)) for k in ("mean", "std")))
-    return _finish(corpus, d, repaired, warn_missing=False)
+    return _finish(corpus, d, repaired)
 
 
 def detect_layout(path: str | os.PathLike) -> str:
