@@ -158,7 +158,7 @@ def _frame(where: str, key: str, v) -> int | None:
     return None if v is None else int(v)
 
 
-def _lm_segment(file: Path, i: int, rec, fps: float, listener_id, word_seconds: float):
+def _lm_segment(file: Path, i: int, rec, fps: float, listener_id):
     """One LM-listener record -> (Segment, words dropped after its end, words repaired, beta spread)."""
     where = f"{file}[{i}]"
     if not isinstance(rec, dict):
@@ -193,7 +193,7 @@ def _lm_segment(file: Path, i: int, rec, fps: float, listener_id, word_seconds: 
             raise UserError(f"{where}: field 'before_words'[{j}] ({text!r}): expected end <= the segment start "
                             f"{t0:.3f} s (split_start_frame / fps), got end={end:.3f} s")
     rel = [(text, None if s is None else s - t0, e - t0) for text, s, e in before + during]
-    words, repaired = repair_words(rel, word_seconds)
+    words, repaired = repair_words(rel, WORD_SECONDS)
     inside = [Word(w.text, max(w.start, 0.0), min(w.end, duration)) for w in words if 0 < w.end <= duration + 1e-6]
     name = f"{rec.get('fname', '')}:{start_f}-{end_f}" if start_f is not None else f"{file.stem}[{i}]"
     seg = _segment(where, speaker_motion=spk, listener_motion=lis, fps=fps, listener_beta=betas.get("p0_shape"),
@@ -205,7 +205,7 @@ def _lm_segment(file: Path, i: int, rec, fps: float, listener_id, word_seconds: 
 
 def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS, fps: float = FPS,
                      listener_id: str | Callable[[dict], str] | None = None, allow_pickle: bool = False,
-                     word_seconds: float = WORD_SECONDS, progress: bool = True) -> Corpus:
+                     progress: bool = True) -> Corpus:
     """Read an LM-listener directory (``segments_{train,val,test}.pth`` + stats files; p0 = listener).
     ``listener_id``: a string, a function of the raw record, or None for the directory name.
     ``allow_pickle=True`` unpickles objects other than tensors/arrays: only for files you trust."""
@@ -223,7 +223,7 @@ def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS,
         if not isinstance(data, (list, tuple)):
             raise UserError(f"{file}: expected a list of dicts (one per segment), got {type(data).__name__}")
         for i, rec in enumerate(_progress(data, f"read {file.name}", progress)):
-            seg, n_drop, n_fix, sp = _lm_segment(file, i, rec, float(fps), listener_id, word_seconds)
+            seg, n_drop, n_fix, sp = _lm_segment(file, i, rec, float(fps), listener_id)
             getattr(corpus, s).append(seg)
             dropped, repaired, spread = dropped + n_drop, repaired + n_fix, max(spread, sp)
     corpus.info.update(dropped_words=dropped, listener_beta_max_std=spread)

@@ -6,8 +6,6 @@ a function of beta), then one conversation per segment; every array is a determi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import lfilter
@@ -58,13 +56,6 @@ RESPONSE_RULE = {(p, e): _DEFAULT_BY_EMOTION[e] for p in PHRASES for e in EMOTIO
     ("bad_news", "neutral"): "concern", ("bad_news", "happy"): "surprise",
     ("story", "neutral"): "nod", ("story", "surprise"): "surprise",
 }
-
-
-@dataclass
-class SyntheticCorpus(Corpus):
-    """A :class:`~minilisten.data.formats.Corpus` whose ``info`` holds the world it was drawn from (ground
-    truth for tests), with ``identities``: listener_id -> beta (100,)."""
-    identities: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _smooth(x: np.ndarray, n: int) -> np.ndarray:
@@ -278,11 +269,10 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
 def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300, seconds: float = 64.0,
                      fps: float = 30.0, split: tuple[float, float, float] = (0.8, 0.1, 0.1), *,
                      identity: str = "offset_gain", response: str = "cue", modalities: str = "all",
-                     beta: str = "identity", drift: float = 0.0) -> SyntheticCorpus:
-    """Segments of ``round(seconds * fps)`` frames split by segment (stratified by identity); ``info``
-    holds the world, utterances and responses. Keywords pick the assumptions (:data:`IDENTITY_MODES`,
-    :data:`RESPONSE_MODES`, modalities all | words, beta identity | random, drift: std of a slow
-    per-clip listener drift, 6 s time constant); :data:`CORPORA` names the variants."""
+                     beta: str = "identity", drift: float = 0.0) -> Corpus:
+    """Segments of ``round(seconds * fps)`` frames split by segment (stratified by identity); ``info`` holds the
+    ground truth (world, ``betas[k]`` of listener ``id{k}``, events). Keywords pick the assumptions: identity,
+    response, modalities, beta, drift (std of a slow per-clip listener drift); :data:`CORPORA` names the variants."""
     for name, v, allowed in (("identity", identity, IDENTITY_MODES), ("response", response, RESPONSE_MODES),
                              ("modalities", modalities, ("all", "words")), ("beta", beta, ("identity", "random"))):
         if v not in allowed:
@@ -334,9 +324,8 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
     idx = {k: sorted(v) for k, v in idx.items()}
     info = {"world": world, "events": events, "split_index": idx, "seed": seed,
             "assumptions": dict(identity=identity, response=response, modalities=modalities, beta=beta, drift=drift)}
-    return SyntheticCorpus(**{k: [segments[j] for j in v] for k, v in idx.items()},
-                           identities={f"id{k}": world["betas"][k].astype(np.float32) for k in range(n_identities)},
-                           fps=fps, n_sa=N_SA if modalities == "all" else None, info=info)
+    return Corpus(**{k: [segments[j] for j in v] for k, v in idx.items()}, fps=fps,
+                  n_sa=N_SA if modalities == "all" else None, info=info)
 
 
 #: The family of synthetic corpora (``--corpus NAME``; their table: docs/data.md): one world cannot show that a
@@ -354,7 +343,7 @@ CORPORA: dict[str, tuple[dict, str]] = {
 }
 
 
-def named_corpus(name: str = "default", seed: int = 0, **overrides) -> SyntheticCorpus:
+def named_corpus(name: str = "default", seed: int = 0, **overrides) -> Corpus:
     """The variant ``name`` of :data:`CORPORA` (``overrides`` go to :func:`synthetic_corpus`)."""
     if name not in CORPORA:
         raise UserError(f"corpus: expected one of {tuple(CORPORA)}, got {name!r}")
