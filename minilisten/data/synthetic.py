@@ -310,18 +310,15 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
     idx = {"train": [], "val": [], "test": []}
     for k in range(n_identities):
         mine = prng.permutation(np.arange(k, n_segments, n_identities))
-        n_va = int(round(split[1] * len(mine)))
-        n_te = int(round(split[2] * len(mine)))
-        short = [name for name, f, n in (("val", split[1], n_va), ("test", split[2], n_te),
-                                          ("train", split[0], len(mine) - n_va - n_te)) if f > 0 and n < 1]
+        n_va, n_te = (int(round(f * len(mine))) for f in split[1:])
+        part = {"val": mine[:n_va], "test": mine[n_va:n_va + n_te], "train": mine[n_va + n_te:]}
+        short = [name for name, f in zip(part, (split[1], split[2], split[0])) if f > 0 and not len(part[name])]
         if short:
             raise UserError(f"n_segments: expected enough segments per identity for every split, got {len(mine)} "
                             f"for identity {k} ({n_segments} segments / {n_identities} identities) and split "
                             f"{tuple(split)}: the {'/'.join(short)} split would have none of its segments")
-        idx["val"] += mine[:n_va].tolist()
-        idx["test"] += mine[n_va:n_va + n_te].tolist()
-        idx["train"] += mine[n_va + n_te:].tolist()
-    idx = {k: sorted(v) for k, v in idx.items()}
+        for name in idx:
+            idx[name] = sorted(idx[name] + part[name].tolist())
     info = {"world": world, "events": events, "split_index": idx, "seed": seed,
             "assumptions": dict(identity=identity, response=response, modalities=modalities, beta=beta, drift=drift)}
     return Corpus(**{k: [segments[j] for j in v] for k, v in idx.items()}, fps=fps,
