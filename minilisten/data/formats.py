@@ -163,11 +163,10 @@ def _lm_segment(file: Path, i: int, rec, fps: float, listener_id):
     where = f"{file}[{i}]"
     if not isinstance(rec, dict):
         raise UserError(f"{where}: expected a dict (one segment), got {type(rec).__name__}")
-    for k in LM_KEYS:
-        if k not in rec:
-            raise UserError(f"{where}: missing field {k!r} (LM-listener segment keys: {', '.join(LM_KEYS)}, p0_shape, "
-                            f"p1_shape, split_start_frame, split_end_frame, before_words, during_words; "
-                            f"got {sorted(map(str, rec))})")
+    missing = [k for k in LM_KEYS if k not in rec]
+    if missing:
+        raise UserError(f"{where}: missing field {missing[0]!r} (LM-listener keys: {LM_KEYS}, p{{0,1}}_shape, "
+                        f"split_{{start,end}}_frame, {{before,during}}_words; got {sorted(map(str, rec))})")
     lis_exp = _part(where, "p0_exp", rec["p0_exp"], N_EXP)
     T = len(lis_exp)
     lis = np.concatenate([lis_exp, _part(where, "p0_pose", rec["p0_pose"], N_POSE, T)], 1)
