@@ -132,9 +132,8 @@ def _response_pose(name: str, t: np.ndarray, env: np.ndarray, phase: float, nod_
     return p
 
 
-def _conversation(rng, world, style, T: int, fps: float, pre: float, response: str = "cue", drift: float = 0.0,
-                  drift_seconds: float = 6.0) -> dict:
-    """Simulate one conversation of T frames (plus ``pre`` seconds of lead-in); see module doc."""
+def _conversation(rng, world, style, T: int, fps: float, pre: float, response: str = "cue", drift: float = 0.0) -> dict:
+    """Simulate one conversation of T frames (plus ``pre`` seconds of lead-in); docs/data.md."""
     n_all = T + int(round(pre * fps))
     t = np.arange(n_all) / fps - pre                 # seconds, 0 = first frame of the segment
     end_time = T / fps
@@ -227,8 +226,6 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
             if nxt - b > 0.4 and rng.random() < 0.8:
                 respond("smile" if emo == "happy" else "nod", b + lag * rng.uniform(0.2, 0.4), rng.uniform(0.7, 1.2),
                         0.5 + 0.4 * dur)
-        elif response != "contagion":
-            raise UserError(f"response: expected one of {RESPONSE_MODES}, got {response!r}")
 
     spk_val = intensity @ np.array([EMOTION_VALENCE[e] for e in EMOTIONS])
     n_lag = int(round(0.5 * lag * fps))
@@ -253,7 +250,7 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
     lis_pose += _ar1(rng, n_all, N_POSE, 0.95, 0.01) + rng.normal(0, 0.003, (n_all, N_POSE))
     if drift:   # slow per-clip nuisance (tracking drift, posture), unrelated to identity and speaker
         drng = np.random.default_rng(rng.integers(2**32))
-        rho = np.exp(-1.0 / (drift_seconds * fps))
+        rho = np.exp(-1.0 / (6.0 * fps))   # a 6 s time constant
         lis_exp += drng.normal(0, drift, N_EXP) + _ar1(drng, n_all, N_EXP, rho, drift)
         lis_pose += drng.normal(0, drift / 8, N_POSE) + _ar1(drng, n_all, N_POSE, rho, drift / 8)
     lis = np.concatenate([lis_exp, lis_pose], 1)
