@@ -258,17 +258,11 @@ class Segment:
             elif t0 - history_seconds < w.end <= t0:
                 hist.append(Word(w.text, w.start - t0, w.end - t0))
         sl = slice(start, start + length)
-        sa = None
-        if self.sa_tokens is not None:
-            sa = self.sa_tokens[int(round(t0 * self.sa_rate)):int(round(t1 * self.sa_rate))]
-        mel = None if self.mel is None else self.mel[MEL_PER_FRAME * start:MEL_PER_FRAME * (start + length)]
-        return replace(
-            self, speaker_motion=self.speaker_motion[sl], listener_motion=self.listener_motion[sl],
-            words=words, history_words=hist, sa_tokens=sa, mel=mel,
-            emotion=None if self.emotion is None else self.emotion[sl],
-            valence=None if self.valence is None else self.valence[sl],
-            name=f"{self.name}[{start}:{start + length}]",
-        )
+        cut = {"speaker_motion": sl, "listener_motion": sl, "emotion": sl, "valence": sl,
+               "sa_tokens": slice(int(round(t0 * self.sa_rate)), int(round(t1 * self.sa_rate))),
+               "mel": slice(MEL_PER_FRAME * start, MEL_PER_FRAME * (start + length))}
+        arrays = {k: None if getattr(self, k) is None else getattr(self, k)[c] for k, c in cut.items()}
+        return replace(self, words=words, history_words=hist, name=f"{self.name}[{start}:{start + length}]", **arrays)
 
     def windows(self, length: int = 240, stride: int | None = None, start: int = 0) -> list["Segment"]:
         """Windows of exactly ``length`` frames every ``stride`` (default ``length``) frames from
