@@ -66,6 +66,18 @@ def as_word(w, where: str = "word") -> Word:
     return w
 
 
+def check_word(name: str, i: int, w, hi: float) -> Word:
+    """``as_word`` plus the bounds of field ``name``: words in [0, ``hi``] s, history words ending <= 0."""
+    w = as_word(w, f"{name}[{i}]")
+    if name != "history_words" and w.start < -1e-6:
+        raise UserError(f"{name}[{i}] ({w.text!r}): expected start >= 0 s, got start={w.start:.3f} (speech before the "
+                        f"clip belongs in history_words)")
+    if w.end > hi + 1e-6:
+        bound = "0 s (before the first frame)" if name == "history_words" else f"{hi:.3f} s (clip end)"
+        raise UserError(f"{name}[{i}] ({w.text!r}): expected end <= {bound}, got end={w.end:.3f}")
+    return w
+
+
 def repair_words(items, word_seconds: float = 0.3) -> tuple[list[Word], int]:
     """ASR / peer words ``(text, start or None, end)`` -> ``(words, n_changed)``: stably sorted by end (trusted,
     as the peers read only it), each start (``end - word_seconds`` when missing) clamped into ``[previous end,
@@ -208,19 +220,12 @@ class Segment:
             if isinstance(ws, (str, bytes)) or not isinstance(ws, (list, tuple)):
                 raise UserError(f"{name}: expected a list of Word(text, start, end), got {type(ws).__name__} "
                                 f"{ws!r:.60}")
-            ws = put(name, tuple(as_word(w, f"{name}[{i}]") for i, w in enumerate(ws)))
-            for i, w in enumerate(ws):   # in [0, duration] s (history: ending <= 0), in order, not overlapping
-                where = f"{name}[{i}] ({w.text!r})"
-                if name == "words" and w.start < -1e-6:
-                    raise UserError(f"{where}: expected start >= 0 s, got start={w.start:.3f} (speech before the "
-                                    f"clip belongs in history_words)")
-                if w.end > hi + 1e-6:
-                    bound = f"{hi:.3f} s (clip end)" if name == "words" else "0 s (before the first frame)"
-                    raise UserError(f"{where}: expected end <= {bound}, got end={w.end:.3f}")
-                if i and w.start < ws[i - 1].end - 1e-6:
-                    raise UserError(f"{where}: expected words in time order, not overlapping: start >= "
-                                    f"{ws[i - 1].end:.3f} s (the end of {name}[{i - 1}] {ws[i - 1].text!r}), "
-                                    f"got start={w.start:.3f}")
+            ws = put(name, tuple(check_word(name, i, w, hi) for i, w in enumerate(ws)))
+            for i in range(1, len(ws)):   # in time order, not overlapping (a word may start where the last ended)
+                if ws[i].start < ws[i - 1].end - 1e-6:
+                    raise UserError(f"{name}[{i}] ({ws[i].text!r}): expected words in time order, not overlapping: "
+                                    f"start >= {ws[i - 1].end:.3f} s (the end of {name}[{i - 1}] {ws[i - 1].text!r}), "
+                                    f"got start={ws[i].start:.3f}")
         put("listener_id", str(self.listener_id))
 
     def replace(self, **changes) -> "Segment":
