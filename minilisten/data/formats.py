@@ -36,9 +36,8 @@ _MISSING = object()
 
 @dataclass
 class Corpus:
-    """Segments per split; ``mean``/``std``: ``(56,)`` float32 listener motion statistics (the source's, else
-    from train); ``n_sa``: the SA vocabulary size when known; ``info``: extras :func:`save_corpus` keeps (JSON
-    values, numpy arrays). What the data lacks and leaves out: :class:`~minilisten.data.coverage.Coverage`."""
+    """Segments per split, listener motion ``mean``/``std`` ``(56,)`` (the source's, else train's), the SA vocabulary
+    ``n_sa`` when known, ``info`` extras (JSON values, numpy arrays); what it lacks: ``coverage.Coverage``."""
     train: list[Segment] = field(default_factory=list)
     val: list[Segment] = field(default_factory=list)
     test: list[Segment] = field(default_factory=list)
@@ -237,9 +236,8 @@ def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS,
 
 
 def save_lm_listener(corpus, directory: str | os.PathLike, *, with_beta: bool = True) -> Path:
-    """Write ``corpus`` (``.train/.val/.test``) as ``segments_{split}.pth`` (p0 = listener, 300 frames between
-    segments on one absolute timeline) + train listener ``mean.npy``/``std.npy``; what the layout cannot hold
-    (SA, emotion, valence, word starts, ids) is dropped; ``with_beta=False`` writes no ``p{0,1}_shape``."""
+    """``corpus`` as ``segments_{split}.pth`` (p0 = listener, segments 300 frames apart) + ``mean.npy``/``std.npy``;
+    SA, emotion, valence, word starts and ids are dropped; ``with_beta=False`` writes no ``p{0,1}_shape``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
