@@ -41,8 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # a source checkout without install
 from minilisten.data import Segment, Word, load_dataset  # noqa: E402
-from minilisten.data.export import save_lm_listener  # noqa: E402
-from minilisten.data.formats import Corpus  # noqa: E402
+from minilisten.data.formats import Corpus, save_lm_listener  # noqa: E402
 from minilisten.metrics import vq_rec  # noqa: E402
 from minilisten.train_vq import eval_windows, evaluate_vq  # noqa: E402
 

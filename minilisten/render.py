@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .cli_config import ArgumentParser
-from .data.segment import D_MOTION, EXP, N_SHAPE, POSE, Segment, Word, _check_array
+from .data.segment import D_MOTION, EXP, N_SHAPE, POSE, Segment, Word, _check_array, check_word
 from .errors import UserError
 
 FONT_HEIGHT = 25   # Pillow's default font (Aileron Regular) at size 20: ascent 20 + descent 5
@@ -327,7 +327,7 @@ TITLE_H, SUB_H = 32, 48
 def _check_words(words) -> list[Word]:
     if isinstance(words, (str, bytes)) or not isinstance(words, (list, tuple)):
         raise UserError(f"words: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
-    return [Segment._check_word("words", i, w, math.inf) for i, w in enumerate(words)]
+    return [check_word("words", i, w, math.inf) for i, w in enumerate(words)]
 
 
 def _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta):

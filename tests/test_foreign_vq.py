@@ -31,7 +31,7 @@ def test_foreign_world_identity_lives_in_beta_and_the_script_runs(tmp_path):
     for k in ("ours_naive", "ours_disentangled", "ref_naive", "ref_disentangled", "rec_mean"):
         assert np.isfinite(row[k]) and row[k] > 0, k
     # --data DIR: the same four models on a dataset directory of one's own
-    from minilisten.data.export import save_lm_listener
+    from minilisten.data.formats import save_lm_listener
     save_lm_listener(fv.foreign_world(1, drift=0.0, n_segments=(6, 2, 2), seconds=12.0), tmp_path / "mine")
     assert fv.main(["--data", str(tmp_path / "mine"), "--seeds", "0", "--steps", "2", "--ref-steps", "2",
                     "--out", str(out)]) == 0

@@ -10,7 +10,7 @@ from l2l_fixture import write_l2l
 from minilisten.__main__ import main
 from minilisten.data import load_dataset
 from minilisten.data.coverage import Coverage, available_modalities, fit_window, resolve_n_sa, with_val_split
-from minilisten.data.export import save_lm_listener
+from minilisten.data.formats import save_lm_listener
 from minilisten.data.synthetic import CORPORA, named_corpus, synthetic_corpus
 from minilisten.lm import LMConfig, Vocab
 
@@ -31,7 +31,7 @@ def lm_dir(tmp_path_factory):
 def test_lm_listener_words_only_fixture_reads_back(lm_dir):
     c = load_dataset(lm_dir)
     assert c.source == "lm-listener" and c.n_sa is None
-    assert set(c.missing_fields) == {"sa_tokens", "emotion", "valence"}
+    assert all(s.sa_tokens is None and s.emotion is None and s.valence is None for s in c.train + c.val + c.test)
     cov = Coverage.of(c.splits)
     assert cov.modalities == ("W",) and cov.has_beta and not cov.has_valence
     assert cov.n_identities == 3          # told apart by beta, although the layout names one listener

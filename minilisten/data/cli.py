@@ -11,9 +11,6 @@ import numpy as np
 
 from ..cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 
-#: readable flags of DataConfig fields (the rest are ``--field-name``)
-DATA_FLAGS = {"data": "--data", "n_identities": "--identities", "n_segments": "--segments", "seconds": "--seconds"}
-
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -42,7 +39,8 @@ def add_data_args(p: argparse.ArgumentParser, skip=()) -> argparse._ArgumentGrou
     (e.g. ``corpus_seed`` when the command's own ``--seed`` seeds the corpus). Returns the group."""
     from .synthetic import CORPORA
     g = p.add_argument_group("data (a synthetic corpus unless --data)")
-    add_dataclass_args(g, DataConfig, skip=skip, flags=DATA_FLAGS, choices={"corpus": list(CORPORA)},
+    flags = {"data": "--data", "n_identities": "--identities", "n_segments": "--segments", "seconds": "--seconds"}
+    add_dataclass_args(g, DataConfig, skip=skip, flags=flags, choices={"corpus": list(CORPORA)},
                        defaults={"data": "a synthetic corpus"}, metavars={"data": "DIR", "corpus": "NAME"})
     return g
 
@@ -64,15 +62,10 @@ def load_data(a: argparse.Namespace | DataConfig, progress: bool = True, **fixed
 
 
 def summary(splits: dict, fps: float) -> str:
-    """A few lines per split: segments, 8-s windows, identities, words, frames."""
-    lines = []
-    for name, segs in splits.items():
-        n_frames = sum(s.T for s in segs)
-        n_win = sum(s.T // int(round(8 * fps)) for s in segs)
-        ids = sorted({s.listener_id for s in segs})
-        n_words = sum(len(s.words) for s in segs)
-        lines.append(f"  {name:<5} {len(segs):5d} segments  {n_win:6d} windows of 8 s  "
-                     f"{n_frames / fps / 60:7.1f} min  {len(ids):3d} listener ids  {n_words:7d} words")
+    """A line per split (segments, 8-s windows, minutes, identities, words) and one on listener motion."""
+    lines = [f"  {name:<5} {len(segs):5d} segments  {sum(s.T // int(round(8 * fps)) for s in segs):6d} windows of 8 s  "
+             f"{sum(s.T for s in segs) / fps / 60:7.1f} min  {len({s.listener_id for s in segs}):3d} listener ids  "
+             f"{sum(len(s.words) for s in segs):7d} words" for name, segs in splits.items()]
     allm = np.concatenate([s.listener_motion for segs in splits.values() for s in segs])
     lines.append(f"  listener motion: mean |x| {np.abs(allm).mean():.3f}, std exp {allm[:, :50].std(0).mean():.3f}, "
                  f"std pose {allm[:, 50:].std(0).mean():.3f}")
@@ -92,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ds, what = load_data(a)
     splits = ds.splits
-    fps = next(s for v in splits.values() for s in v).fps   # the first segment's
     print(f"{what}: loaded in {time.perf_counter() - t0:.1f} s")
-    print(summary(splits, fps))
+    print(summary(splits, next(s for v in splits.values() for s in v).fps))   # the first segment's fps
     if a.out and a.layout == "lm-listener":
-        from .export import save_lm_listener
+        from .formats import save_lm_listener
         save_lm_listener(ds, a.out)
         print(f"wrote {a.out} in LM-listener's layout")
     elif a.out:

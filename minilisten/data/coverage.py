@@ -16,6 +16,15 @@ from .segment import Segment
 log = logging.getLogger("minilisten.data")
 
 MODALITY_FIELD = {"W": "words", "SA": "sa_tokens", "emo": "emotion"}
+#: What a dataset without each piece leaves out (Coverage.missing, said once by the report).
+MISSING = {
+    "W": "no words: W left out of the LM inputs (the LM conditions on SA/emo only)",
+    "SA": "no SA tokens (sa_tokens): SA left out of the LM inputs",
+    "emo": "no speaker emotion: emo left out of the LM inputs",
+    "beta": "no listener shape beta: the identity-disentangled (IN, AdaIN) VQ-VAE needs beta (100,) per segment "
+            "(FLAME/EMOCA shape of the listener); only the naive VQ-VAE is trained",
+    "valence": "no valence: L2 Affect left out (it compares valence, which the data lacks)",
+}
 #: V_SA when a dataset has SA tokens but does not say its codebook size (SpeechTokenizer RVQ-1).
 DEFAULT_N_SA = 1024
 
@@ -69,21 +78,11 @@ class Coverage:
         betas = [s.listener_beta for s in segs if s.listener_beta is not None]
         n_beta = int(identity_groups(np.stack(betas)).max()) + 1 if betas else 0
         n_ids = max(len({s.listener_id for s in segs}), n_beta)
-        missing = []
-        if "W" not in mods:
-            missing.append("no words: W left out of the LM inputs (the LM conditions on SA/emo only)")
-        if "SA" not in mods:
-            missing.append("no SA tokens (sa_tokens): SA left out of the LM inputs")
-        if "emo" not in mods:
-            missing.append("no speaker emotion: emo left out of the LM inputs")
-        if not has_beta:
-            missing.append("no listener shape beta: the identity-disentangled (IN, AdaIN) VQ-VAE needs beta (100,) per "
-                           "segment (FLAME/EMOCA shape of the listener); only the naive VQ-VAE is trained")
-        if not has_val:
-            missing.append("no valence: L2 Affect left out (it compares valence, which the data lacks)")
         if not mods:
             raise UserError("dataset: expected at least one speaker modality (words, sa_tokens or emotion) in every "
                             "segment, got none: the LM has nothing to condition on")
+        have = {m: m in mods for m in MODALITY_FIELD} | {"beta": has_beta, "valence": has_val}
+        missing = [line for key, line in MISSING.items() if not have[key]]
         return cls(mods, has_beta, has_val, rates[0], n_ids, missing)
 
     def describe(self) -> str:

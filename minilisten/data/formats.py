@@ -28,7 +28,6 @@ log = logging.getLogger("minilisten.data")
 SPLITS = ("train", "val", "test")
 FPS = 30.0                # LM-listener's and Learning2Listen's frame rate
 WORD_SECONDS = 0.3        # LM-listener stores a word's end only: its start is estimated as end - WORD_SECONDS
-OPTIONAL_FIELDS = ("listener_beta", "speaker_beta", "words", "history_words", "sa_tokens", "emotion", "valence")
 FORMAT_TAG, FORMAT_VERSION = "minilisten-corpus", 2
 META_FILE, ARRAYS_FILE = "meta.json", "arrays.safetensors"
 WORD_FIELDS = ("words", "history_words")
@@ -37,9 +36,8 @@ _MISSING = object()
 
 @dataclass
 class Corpus:
-    """Segments per split; ``mean``/``std``: ``(56,)`` float32 listener motion statistics (the source's,
-    else from train); ``missing_fields``: optional Segment fields empty everywhere; ``n_sa``: the SA
-    vocabulary size when known; ``info``: extras :func:`save_corpus` keeps (JSON values, numpy arrays)."""
+    """Segments per split, listener motion ``mean``/``std`` ``(56,)`` (the source's, else train's), the SA vocabulary
+    ``n_sa`` when known, ``info`` extras (JSON values, numpy arrays); what it lacks: ``coverage.Coverage``."""
     train: list[Segment] = field(default_factory=list)
     val: list[Segment] = field(default_factory=list)
     test: list[Segment] = field(default_factory=list)
@@ -47,7 +45,6 @@ class Corpus:
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     source: str = "minilisten"
-    missing_fields: tuple[str, ...] = ()
     n_sa: int | None = None
     info: dict = field(default_factory=dict)
 
@@ -57,27 +54,16 @@ class Corpus:
 
     def __repr__(self) -> str:
         n = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
-        return f"Corpus(source={self.source!r}, {n}, fps={self.fps}, missing_fields={self.missing_fields})"
+        return f"Corpus(source={self.source!r}, {n}, fps={self.fps})"
 
 
-def _has(seg: Segment, name: str) -> bool:
-    v = getattr(seg, name)
-    return v is not None and not (isinstance(v, tuple) and not v)   # words are tuples: () = none
-
-
-def _finish(corpus: Corpus, path, warn_missing: bool, repaired: int = 0) -> Corpus:
-    """Fill ``missing_fields``, ``fps``, ``mean``/``std`` (from train when absent), ``info["repaired_words"]``."""
-    segs = corpus.train + corpus.val + corpus.test
-    corpus.missing_fields = tuple(f for f in OPTIONAL_FIELDS if not any(_has(s, f) for s in segs))
-    if corpus.fps is None:
-        rates = {s.fps for s in segs}
-        corpus.fps = rates.pop() if len(rates) == 1 else None
+def _finish(corpus: Corpus, path, repaired: int = 0) -> Corpus:
+    """Fill ``fps`` (when the segments share one), ``mean``/``std`` (from train), ``info["repaired_words"]``."""
+    rates = {s.fps for s in corpus.train + corpus.val + corpus.test}
+    corpus.fps = corpus.fps or (rates.pop() if len(rates) == 1 else None)
     if corpus.mean is None and corpus.train:
         corpus.mean, corpus.std = motion_stats(corpus.train, "listener")
         corpus.info["stats"] = "computed from train listener motion"
-    if warn_missing and corpus.missing_fields:
-        log.warning("%s data at %s has no %s: those Segment fields are None/empty",
-                    corpus.source, path, ", ".join(corpus.missing_fields))
     if repaired:
         corpus.info["repaired_words"] = repaired
         log.warning("%s: repaired %d word(s): put in order by end time, starts clamped to the previous "
@@ -85,11 +71,15 @@ def _finish(corpus: Corpus, path, warn_missing: bool, repaired: int = 0) -> Corp
     return corpus
 
 
-def _check_splits(splits: Iterable[str], allowed: tuple[str, ...], expected: str) -> tuple[str, ...]:
+def _directory(path, what: str, splits: Iterable[str] = (), allowed: tuple[str, ...] = SPLITS) -> Path:
+    """``path`` as an existing directory holding ``what``, and ``splits`` checked against ``allowed``."""
+    d = Path(path)
+    if not d.is_dir():
+        raise UserError(f"{d}: directory not found (expected {what})")
     bad = [s for s in splits if s not in allowed]
     if bad:
-        raise UserError(f"splits: {expected}, got {bad[0]!r}")
-    return tuple(splits)
+        raise UserError(f"splits: expected names from {allowed}, got {bad[0]!r}")
+    return d
 
 
 def _progress(it, desc: str, progress: bool):
@@ -100,6 +90,14 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     """``a`` (memory only the reader holds) as a view of a read-only buffer: Segments share its slices."""
     a = np.asarray(a, order="C")
     return np.frombuffer(memoryview(a).toreadonly(), a.dtype).reshape(a.shape)
+
+
+def _segment(where: str, **kw) -> Segment:
+    """``Segment(**kw)`` whose errors name ``where`` (file and record) first."""
+    try:
+        return Segment(**kw)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from e
 
 
 def _mean_std(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +121,25 @@ def _read_stats(directory: Path, pairs) -> tuple[np.ndarray | None, np.ndarray |
     return None, None, None
 
 
-# ---------------------------------------------------------------------------------- LM-listener
+def _word_items(where: str, key: str, v) -> list[tuple[str, float | None, float]]:
+    """Words as LM-listener stores them (dicts with ``text``, ``end``, maybe ``start``) or as we do
+    (``[text, start, end]``) -> ``(text, start or None, end)`` with finite times, for ``repair_words``."""
+    if not isinstance(v, (list, tuple)):
+        raise UserError(f"{where}: field {key!r}: expected a list of dicts with 'text' and 'end' or of "
+                        f"[text, start, end], got {type(v).__name__}")
+    out = []
+    for j, w in enumerate(v):
+        if isinstance(w, dict) and "text" in w and "end" in w:
+            w = (w["text"], w.get("start"), w["end"])
+        elif not (isinstance(w, list) and len(w) == 3 and isinstance(w[0], str)):
+            got = sorted(map(str, w)) if isinstance(w, dict) else repr(w)[:60]
+            raise UserError(f"{where}: field {key!r}[{j}]: expected a dict with 'text' and 'end' or "
+                            f"[text, start, end], got {got}")
+        at = f"{where}: field {key!r}[{j}] ({w[0]!r})"
+        out.append((str(w[0]), None if w[1] is None else seconds(f"{at}: start", w[1]), seconds(f"{at}: end", w[2])))
+    return out
+
+
 LM_KEYS = ("p0_exp", "p0_pose", "p1_exp", "p1_pose")
 
 
@@ -141,34 +157,15 @@ def _frame(where: str, key: str, v) -> int | None:
     return None if v is None else int(v)
 
 
-def _peer_words(where: str, key: str, v) -> list[tuple[str, float | None, float]]:
-    """LM-listener words: dicts with ``text`` and ``end`` (``start`` when present), absolute seconds."""
-    if v is None:
-        return []
-    if not isinstance(v, (list, tuple)):
-        raise UserError(f"{where}: field {key!r}: expected a list of dicts with 'text' and 'end', "
-                        f"got {type(v).__name__}")
-    out = []
-    for j, w in enumerate(v):
-        if not isinstance(w, dict) or "text" not in w or "end" not in w:
-            got = sorted(map(str, w)) if isinstance(w, dict) else type(w).__name__
-            raise UserError(f"{where}: field {key!r}[{j}]: expected a dict with 'text' and 'end', got {got}")
-        at = f"{where}: field {key!r}[{j}] ({w['text']!r})"
-        start = None if w.get("start") is None else seconds(f"{at}: start", w["start"])
-        out.append((str(w["text"]), start, seconds(f"{at}: end", w["end"])))
-    return out
-
-
-def _lm_segment(file: Path, i: int, rec, fps: float, listener_id, word_seconds: float):
+def _lm_segment(file: Path, i: int, rec, fps: float, listener_id):
     """One LM-listener record -> (Segment, words dropped after its end, words repaired, beta spread)."""
     where = f"{file}[{i}]"
     if not isinstance(rec, dict):
         raise UserError(f"{where}: expected a dict (one segment), got {type(rec).__name__}")
-    for k in LM_KEYS:
-        if k not in rec:
-            raise UserError(f"{where}: missing field {k!r} (LM-listener segment keys: {', '.join(LM_KEYS)}, p0_shape, "
-                            f"p1_shape, split_start_frame, split_end_frame, before_words, during_words; "
-                            f"got {sorted(map(str, rec))})")
+    missing = [k for k in LM_KEYS if k not in rec]
+    if missing:
+        raise UserError(f"{where}: missing field {missing[0]!r} (LM-listener keys: {LM_KEYS}, p{{0,1}}_shape, "
+                        f"split_{{start,end}}_frame, {{before,during}}_words; got {sorted(map(str, rec))})")
     lis_exp = _part(where, "p0_exp", rec["p0_exp"], N_EXP)
     T = len(lis_exp)
     lis = np.concatenate([lis_exp, _part(where, "p0_pose", rec["p0_pose"], N_POSE, T)], 1)
@@ -181,13 +178,11 @@ def _lm_segment(file: Path, i: int, rec, fps: float, listener_id, word_seconds: 
             betas[k] = sh.mean(0, dtype=np.float64).astype(np.float32)   # EMOCA estimates shape per frame
             if k == "p0_shape" and T > 1:
                 spread = float(sh.std(0).max())
-    start_f = _frame(where, "split_start_frame", rec.get("split_start_frame"))
-    end_f = _frame(where, "split_end_frame", rec.get("split_end_frame"))
+    start_f, end_f = (_frame(where, k, rec.get(k)) for k in ("split_start_frame", "split_end_frame"))
     if start_f is not None and end_f is not None and end_f - start_f != T:
         raise UserError(f"{where}: field 'split_end_frame': expected split_start_frame + T = {start_f} + {T} = "
                         f"{start_f + T} (end exclusive), got {end_f}")
-    before = _peer_words(where, "before_words", rec.get("before_words"))
-    during = _peer_words(where, "during_words", rec.get("during_words"))
+    before, during = (_word_items(where, k, rec.get(k) or []) for k in ("before_words", "during_words"))
     if (before or during) and start_f is None:
         raise UserError(f"{where}: field 'split_start_frame': needed to place words (absolute times), got None")
     t0, duration = (start_f or 0) / fps, T / fps
@@ -196,29 +191,23 @@ def _lm_segment(file: Path, i: int, rec, fps: float, listener_id, word_seconds: 
             raise UserError(f"{where}: field 'before_words'[{j}] ({text!r}): expected end <= the segment start "
                             f"{t0:.3f} s (split_start_frame / fps), got end={end:.3f} s")
     rel = [(text, None if s is None else s - t0, e - t0) for text, s, e in before + during]
-    words, repaired = repair_words(rel, word_seconds)
+    words, repaired = repair_words(rel, WORD_SECONDS)
     inside = [Word(w.text, max(w.start, 0.0), min(w.end, duration)) for w in words if 0 < w.end <= duration + 1e-6]
     name = f"{rec.get('fname', '')}:{start_f}-{end_f}" if start_f is not None else f"{file.stem}[{i}]"
-    try:
-        seg = Segment(speaker_motion=spk, listener_motion=lis, fps=fps, listener_beta=betas.get("p0_shape"),
-                      listener_id=listener_id(rec) if callable(listener_id) else listener_id,
-                      speaker_beta=betas.get("p1_shape"), words=inside,
-                      history_words=[w for w in words if w.end <= 0], name=name)
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from e
+    seg = _segment(where, speaker_motion=spk, listener_motion=lis, fps=fps, listener_beta=betas.get("p0_shape"),
+                   listener_id=listener_id(rec) if callable(listener_id) else listener_id,
+                   speaker_beta=betas.get("p1_shape"), words=inside,
+                   history_words=[w for w in words if w.end <= 0], name=name)
     return seg, sum(w.end > duration + 1e-6 for w in words), repaired, spread
 
 
 def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS, fps: float = FPS,
                      listener_id: str | Callable[[dict], str] | None = None, allow_pickle: bool = False,
-                     word_seconds: float = WORD_SECONDS, progress: bool = True) -> Corpus:
+                     progress: bool = True) -> Corpus:
     """Read an LM-listener directory (``segments_{train,val,test}.pth`` + stats files; p0 = listener).
     ``listener_id``: a string, a function of the raw record, or None for the directory name.
     ``allow_pickle=True`` unpickles objects other than tensors/arrays: only for files you trust."""
-    d = Path(path)
-    if not d.is_dir():
-        raise UserError(f"{d}: LM-listener dataset directory not found (expected segments_{{train,val,test}}.pth)")
-    splits = _check_splits(splits, SPLITS, f"expected names from {SPLITS}")
+    d = _directory(path, "an LM-listener dataset: segments_{train,val,test}.pth", splits)
     missing = [f"segments_{s}.pth" for s in splits if not (d / f"segments_{s}.pth").is_file()]
     if missing:
         raise UserError(f"{d}: missing {', '.join(missing)} (LM-listener layout: segments_{{train,val,test}}.pth, "
@@ -232,7 +221,7 @@ def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS,
         if not isinstance(data, (list, tuple)):
             raise UserError(f"{file}: expected a list of dicts (one per segment), got {type(data).__name__}")
         for i, rec in enumerate(_progress(data, f"read {file.name}", progress)):
-            seg, n_drop, n_fix, sp = _lm_segment(file, i, rec, float(fps), listener_id, word_seconds)
+            seg, n_drop, n_fix, sp = _lm_segment(file, i, rec, float(fps), listener_id)
             getattr(corpus, s).append(seg)
             dropped, repaired, spread = dropped + n_drop, repaired + n_fix, max(spread, sp)
     corpus.info.update(dropped_words=dropped, listener_beta_max_std=spread)
@@ -243,10 +232,36 @@ def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS,
     corpus.mean, corpus.std, src = _read_stats(d, (("mean.npy", "std.npy"), ("p0_mean.npy", "p0_std.npy")))
     if src:
         corpus.info["stats"] = src
-    return _finish(corpus, d, True, repaired)
+    return _finish(corpus, d, repaired)
 
 
-# ------------------------------------------------------------------------------ Learning2Listen
+def save_lm_listener(corpus, directory: str | os.PathLike, *, with_beta: bool = True) -> Path:
+    """``corpus`` as ``segments_{split}.pth`` (p0 = listener, segments 300 frames apart) + ``mean.npy``/``std.npy``;
+    SA, emotion, valence, word starts and ids are dropped; ``with_beta=False`` writes no ``p{0,1}_shape``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        recs = []
+        for i, seg in enumerate(getattr(corpus, split)):
+            start = 300 + i * (seg.T + 300)
+            t0 = start / seg.fps
+            rec = {"fname": f"{seg.name}.mp4", "split_start_frame": start, "split_end_frame": start + seg.T}
+            for key, ws in (("before_words", seg.history_words), ("during_words", seg.words)):
+                rec[key] = [{"text": w.text, "end": float(t0 + w.end)} for w in ws]
+            for p, motion, beta in ((0, seg.listener_motion, seg.listener_beta),
+                                    (1, seg.speaker_motion, seg.speaker_beta)):
+                rec[f"p{p}_exp"], rec[f"p{p}_pose"] = torch.tensor(motion[:, :N_EXP]), torch.tensor(motion[:, N_EXP:])
+                if with_beta:
+                    beta = np.zeros(N_SHAPE, np.float32) if beta is None else beta
+                    rec[f"p{p}_shape"] = torch.tensor(beta).repeat(seg.T, 1)
+            recs.append(rec)
+        torch.save(recs, d / f"segments_{split}.pth")
+    mean, std = motion_stats(corpus.train)
+    np.save(d / "mean.npy", mean)
+    np.save(d / "std.npy", std)
+    return d
+
+
 L2L_WIDTH = 184  # exp 50 | pose 6 | detail 128
 
 
@@ -280,8 +295,7 @@ def _l2l_runs(ff: Path, N: int, R: int, allow_pickle: bool):
                         f"got {files[0, 0, 2]!r} ({e})") from None
     runs = []
     for i in sorted(range(N), key=lambda i: (vids[i], frames[i, 0])):
-        last = runs[-1][-1] if runs else None
-        if last is not None and vids[last] == vids[i] and frames[i, 0] == frames[last, -1] + 1:
+        if runs and vids[runs[-1][-1]] == vids[i] and frames[i, 0] == frames[runs[-1][-1], -1] + 1:
             runs[-1].append(i)
         else:
             runs.append([i])
@@ -329,10 +343,8 @@ def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | N
     """Read Learning2Listen ``.npy`` files (``path``: the repo root, its ``data/`` or one speaker's
     directory). Contiguous 64-frame rows of one video are joined into one Segment, with the speaker's
     mel (4 per frame) when present; no words, beta, emotion, valence or val split."""
-    d = Path(path)
-    if not d.is_dir():
-        raise UserError(f"{d}: Learning2Listen directory not found "
-                        f"(expected data/<speaker>/{{train,test}}/p0_list_faces_clean_deca.npy)")
+    d = _directory(path, "Learning2Listen: data/<speaker>/{train,test}/p0_list_faces_clean_deca.npy", splits,
+                   ("train", "test"))
     dirs = _l2l_speaker_dirs(d)
     if speakers is not None:
         by_name = {p.name: p for p in dirs}
@@ -343,7 +355,6 @@ def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | N
     if not dirs:
         raise UserError(f"{d}: no Learning2Listen data: expected <speaker>/{{train,test}}/"
                         f"p{{0,1}}_list_faces_clean_deca.npy here or under data/")
-    splits = _check_splits(splits, ("train", "test"), "Learning2Listen has train and test")
     corpus = Corpus(source="learning2listen", fps=float(fps))
     rows = 0
     for sd in _progress(dirs, "read Learning2Listen", progress):
@@ -354,10 +365,9 @@ def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | N
     log.info("%s: joined %d Learning2Listen rows into %d segments (contiguous rows of one video)", d, rows,
              len(corpus.train) + len(corpus.test))
     corpus.info.update(speakers=[p.name for p in dirs], rows=rows)
-    return _finish(corpus, d, True)
+    return _finish(corpus, d)
 
 
-# ------------------------------------------------------------------------------ our own format
 #: Segment array fields -> dtype; arrays.safetensors holds ``{split}/{i}/{field}`` for those a segment has
 _ARRAYS = dict.fromkeys(("speaker_motion", "listener_motion", "listener_beta", "speaker_beta", "emotion", "valence",
                          "mel"), np.float32) | {"sa_tokens": np.int64}
@@ -384,17 +394,13 @@ def _encode_info(x, path: str, arrays: dict):
         return {k: _encode_info(v, f"{path}.{k}", arrays) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_encode_info(v, f"{path}[{i}]", arrays) for i, v in enumerate(x)]
-    if isinstance(x, np.ndarray):
-        if x.dtype == object:
-            raise UserError(f"corpus.{path}: expected a numeric array, got an object array")
+    if isinstance(x, np.ndarray) and x.dtype != object:
         arrays[f"{path}#{len(arrays)}"] = x
         return {"__array__": f"{path}#{len(arrays) - 1}"}
     x = x.item() if isinstance(x, np.generic) else x
-    if isinstance(x, float) and not math.isfinite(x):
-        raise UserError(f"corpus.{path}: expected a finite number (JSON), got {x}")
-    if x is None or isinstance(x, (bool, int, float, str)):
+    if x is None or isinstance(x, (bool, int, str)) or (isinstance(x, float) and math.isfinite(x)):
         return x
-    raise UserError(f"corpus.{path}: expected JSON-able values or numpy arrays, got {type(x).__name__}")
+    raise UserError(f"corpus.{path}: expected JSON values (finite numbers) or numeric numpy arrays, got {x!r:.60}")
 
 
 def _decode_info(x, arrays: dict, where: str):
@@ -405,6 +411,11 @@ def _decode_info(x, arrays: dict, where: str):
     if isinstance(x, dict):
         return {k: _decode_info(v, arrays, where) for k, v in x.items()}
     return [_decode_info(v, arrays, where) for v in x] if isinstance(x, list) else x
+
+
+def _check_sa(where: str, sa, n_sa) -> None:
+    if n_sa is not None and sa is not None and sa.size and sa.max() >= n_sa:
+        raise UserError(f"{where}: expected ids in [0, {n_sa}) (the corpus n_sa), got {sa.max()}")
 
 
 def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) -> Path:
@@ -431,9 +442,7 @@ def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) 
         for i, s in enumerate(_progress(getattr(corpus, split), f"save {split}", progress)):
             if not isinstance(s, Segment):
                 raise UserError(f"corpus.{split}[{i}]: expected a Segment, got {type(s).__name__}")
-            if n_sa is not None and s.sa_tokens is not None and s.sa_tokens.size and s.sa_tokens.max() >= n_sa:
-                raise UserError(f"corpus.{split}[{i}]: sa_tokens: expected ids in [0, {n_sa}) (corpus.n_sa), "
-                                f"got {s.sa_tokens.max()}")
+            _check_sa(f"corpus.{split}[{i}]: sa_tokens", s.sa_tokens, n_sa)
             arrays.update({f"{split}/{i}/{k}": getattr(s, k) for k in _ARRAYS if getattr(s, k) is not None})
             splits[split].append({"name": s.name, "listener_id": s.listener_id, "fps": s.fps, "sa_rate": s.sa_rate}
                                  | {k: [[w.text, w.start, w.end] for w in getattr(s, k)] for k in WORD_FIELDS})
@@ -451,6 +460,9 @@ def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) 
     return d
 
 
+_KINDS = {"int": int, "number": (int, float), "str": str, "list": list, "dict": dict}
+
+
 def _get(where: str, obj: dict, key: str, kind: str, default=_MISSING):
     """``obj[key]`` as a JSON ``kind`` (int, number, str, list, dict); None passes when it is the default."""
     if key not in obj or (obj[key] is None and default is None):
@@ -458,13 +470,13 @@ def _get(where: str, obj: dict, key: str, kind: str, default=_MISSING):
             raise UserError(f"{where}: missing field {key!r}")
         return default
     v = obj[key]
-    if isinstance(v, bool) or not isinstance(v, {"int": int, "number": (int, float), "str": str, "list": list,
-                                                 "dict": dict}[kind]):
+    if isinstance(v, bool) or not isinstance(v, _KINDS[kind]):
         raise UserError(f"{where}: field {key!r}: expected {kind}, got {type(v).__name__} {v!r:.60}")
     return v
 
 
 def _read_meta(mp: Path) -> dict:
+    """meta.json, its fields checked (types, format tag and version, a file name for arrays, split lists)."""
     if not mp.is_file():
         raise UserError(f"{mp}: missing (a minilisten corpus directory holds {META_FILE} + {ARRAYS_FILE})")
     try:
@@ -474,33 +486,22 @@ def _read_meta(mp: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_TAG:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise UserError(f"{mp}: field 'format': expected {FORMAT_TAG!r}, got {got!r}")
-    if _get(str(mp), meta, "version", "int") != FORMAT_VERSION:
-        raise UserError(f"{mp}: field 'version': expected {FORMAT_VERSION}, got {meta['version']!r}")
-    if (_get(str(mp), meta, "n_sa", "int", None) or 0) < 0:
-        raise UserError(f"{mp}: field 'n_sa': expected null or an int >= 0 (SA vocabulary size), got {meta['n_sa']}")
-    arrays = _get(str(mp), meta, "arrays", "str", ARRAYS_FILE)
-    if Path(arrays).name != arrays or arrays in ("", ".", ".."):
-        raise UserError(f"{mp}: field 'arrays': expected a file name inside the corpus directory (e.g. "
-                        f"{ARRAYS_FILE!r}), got {arrays!r}")
-    _get(str(mp), meta, "info", "dict", None)
-    _get(str(mp), meta, "fps", "number", None)
-    splits = _get(str(mp), meta, "splits", "dict")
-    if set(splits) - set(SPLITS):
-        raise UserError(f"{mp}: field 'splits': expected keys from {SPLITS}, got {sorted(set(splits) - set(SPLITS))}")
-    for split, recs in splits.items():
+    w = str(mp)
+    meta |= {"version": _get(w, meta, "version", "int"), "n_sa": _get(w, meta, "n_sa", "int", None),
+             "arrays": _get(w, meta, "arrays", "str", ARRAYS_FILE), "info": _get(w, meta, "info", "dict", None) or {},
+             "fps": _get(w, meta, "fps", "number", None), "source": _get(w, meta, "source", "str", "minilisten"),
+             "splits": _get(w, meta, "splits", "dict")}
+    for key, ok, expected in (("version", meta["version"] == FORMAT_VERSION, FORMAT_VERSION),
+                              ("n_sa", (meta["n_sa"] or 0) >= 0, "null or an int >= 0 (SA vocabulary size)"),
+                              ("arrays", Path(meta["arrays"]).name == meta["arrays"] not in ("", ".", ".."),
+                               f"a file name inside the corpus directory (e.g. {ARRAYS_FILE!r})"),
+                              ("splits", set(meta["splits"]) <= set(SPLITS), f"keys from {SPLITS}")):
+        if not ok:
+            raise UserError(f"{mp}: field {key!r}: expected {expected}, got {meta[key]!r}")
+    for split, recs in meta["splits"].items():
         if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
             raise UserError(f"{mp}: field 'splits.{split}': expected a list of segment records (objects)")
     return meta
-
-
-def _meta_words(where: str, key: str, v: list) -> tuple[list[Word], int]:
-    items = []
-    for j, w in enumerate(v):
-        if not (isinstance(w, list) and len(w) == 3 and isinstance(w[0], str)):
-            raise UserError(f"{where}: field {key!r}[{j}]: expected [text, start, end], got {w!r:.60}")
-        at = f"{where}: field {key!r}[{j}] ({w[0]!r})"
-        items.append((w[0], seconds(f"{at}: start", w[1]), seconds(f"{at}: end", w[2])))
-    return repair_words(items)
 
 
 def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpus:
@@ -509,12 +510,10 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    d = Path(directory)
-    if not d.is_dir():
-        raise UserError(f"{d}: corpus directory not found (expected {META_FILE} + {ARRAYS_FILE})")
+    d = _directory(directory, f"a minilisten corpus: {META_FILE} + {ARRAYS_FILE}")
     mp = d / META_FILE
     meta = _read_meta(mp)
-    ap = d / meta.get("arrays", ARRAYS_FILE)
+    ap = d / meta["arrays"]
     if not ap.is_file():
         raise UserError(f"{ap}: missing (named by {mp})")
     if not ap.resolve().is_relative_to(d.resolve()):
@@ -524,8 +523,8 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
         arrays = load_file(str(ap))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{ap}: not a readable safetensors file: {e}") from e
-    corpus = Corpus(source=str(meta.get("source", "minilisten")), fps=meta.get("fps"), n_sa=meta.get("n_sa"),
-                    info=_decode_info(dict(meta.get("info") or {}), arrays, str(ap)))
+    corpus = Corpus(source=meta["source"], fps=meta["fps"], n_sa=meta["n_sa"],
+                    info=_decode_info(meta["info"], arrays, str(ap)))
     repaired = 0
     for split, recs in meta["splits"].items():
         for i, r in enumerate(_progress(recs, f"load {split}", progress)):
@@ -536,27 +535,20 @@ def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpu
                     raise UserError(f"{ap}: array '{split}/{i}/{k}': expected dtype {np.dtype(dt)}, got {kw[k].dtype}")
                 if k.endswith("_motion") and k not in kw:
                     raise UserError(f"{ap}: missing array '{split}/{i}/{k}' (segment {i} of {split} in {mp.name})")
-            sa = kw.get("sa_tokens")
-            if corpus.n_sa is not None and sa is not None and sa.size and sa.max() >= corpus.n_sa:
-                raise UserError(f"{ap}: array '{split}/{i}/sa_tokens': expected ids in [0, {corpus.n_sa}) (n_sa of "
-                                f"{mp.name}), got {sa.max()}")
-            words = {k: _meta_words(where, k, _get(where, r, k, "list")) for k in WORD_FIELDS}
+            _check_sa(f"{ap}: array '{split}/{i}/sa_tokens'", kw.get("sa_tokens"), corpus.n_sa)
+            words = {k: repair_words(_word_items(where, k, _get(where, r, k, "list"))) for k in WORD_FIELDS}
             repaired += sum(n for _, n in words.values())
-            try:
-                seg = Segment(fps=_get(where, r, "fps", "number"), name=_get(where, r, "name", "str", ""),
-                              listener_id=_get(where, r, "listener_id", "str", "listener"),
-                              sa_rate=_get(where, r, "sa_rate", "number", 50.0),
-                              **{k: ws for k, (ws, _) in words.items()},
-                              **{k: _frozen(a) for k, a in kw.items()})
-            except UserError as e:
-                raise UserError(f"{where} / {ap.name}: {e}") from e
+            seg = _segment(f"{where} / {ap.name}", fps=_get(where, r, "fps", "number"),
+                           name=_get(where, r, "name", "str", ""),
+                           listener_id=_get(where, r, "listener_id", "str", "listener"),
+                           sa_rate=_get(where, r, "sa_rate", "number", 50.0),
+                           **{k: ws for k, (ws, _) in words.items()}, **{k: _frozen(a) for k, a in kw.items()})
             getattr(corpus, split).append(seg)
     if "mean" in arrays or "std" in arrays:
         corpus.mean, corpus.std = _mean_std(*((f"{ap}: array {k!r}", arrays.get(k)) for k in ("mean", "std")))
-    return _finish(corpus, d, False, repaired)
+    return _finish(corpus, d, repaired)
 
 
-# ----------------------------------------------------------------------------------- detection
 def detect_layout(path: str | os.PathLike) -> str:
     """``"minilisten"``, ``"lm-listener"`` or ``"learning2listen"``; UserError when none matches."""
     d = Path(path)

@@ -66,6 +66,18 @@ def as_word(w, where: str = "word") -> Word:
     return w
 
 
+def check_word(name: str, i: int, w, hi: float) -> Word:
+    """``as_word`` plus the bounds of field ``name``: words in [0, ``hi``] s, history words ending <= 0."""
+    w = as_word(w, f"{name}[{i}]")
+    if name != "history_words" and w.start < -1e-6:
+        raise UserError(f"{name}[{i}] ({w.text!r}): expected start >= 0 s, got start={w.start:.3f} (speech before the "
+                        f"clip belongs in history_words)")
+    if w.end > hi + 1e-6:
+        bound = "0 s (before the first frame)" if name == "history_words" else f"{hi:.3f} s (clip end)"
+        raise UserError(f"{name}[{i}] ({w.text!r}): expected end <= {bound}, got end={w.end:.3f}")
+    return w
+
+
 def repair_words(items, word_seconds: float = 0.3) -> tuple[list[Word], int]:
     """ASR / peer words ``(text, start or None, end)`` -> ``(words, n_changed)``: stably sorted by end (trusted,
     as the peers read only it), each start (``end - word_seconds`` when missing) clamped into ``[previous end,
@@ -193,50 +205,28 @@ class Segment:
         if array("listener_motion", (None, D_MOTION)).shape[0] != T:
             raise UserError(f"listener_motion: expected {T} frames (as speaker_motion), "
                             f"got {self.listener_motion.shape[0]}")
-        for name in ("listener_beta", "speaker_beta"):
+        for name, shape in {"listener_beta": (N_SHAPE,), "speaker_beta": (N_SHAPE,), "emotion": (T, N_EMOTIONS),
+                            "valence": (T,), "mel": (MEL_PER_FRAME * T, None), "sa_tokens": (None,)}.items():
             if getattr(self, name) is not None:
-                array(name, (N_SHAPE,))
+                array(name, shape, np.int64 if name == "sa_tokens" else np.float32)
         if self.emotion is not None:
-            check_emotion_probs(array("emotion", (T, N_EMOTIONS)), "emotion", rows=T)
-        if self.valence is not None:
-            array("valence", (T,))
-        if self.mel is not None:
-            if array("mel", (MEL_PER_FRAME * T, None)).shape[1] < 1:
-                raise UserError("mel: expected at least 1 mel band, got 0")
-        if self.sa_tokens is not None:
-            sa = array("sa_tokens", (None,), dtype=np.int64)
-            if sa.size and sa.min() < 0:
-                raise UserError(f"sa_tokens: expected non-negative token ids, got {sa.min()}")
-        for name in ("words", "history_words"):
+            check_emotion_probs(self.emotion, "emotion", rows=T)
+        if self.mel is not None and self.mel.shape[1] < 1:
+            raise UserError("mel: expected at least 1 mel band, got 0")
+        if self.sa_tokens is not None and self.sa_tokens.size and self.sa_tokens.min() < 0:
+            raise UserError(f"sa_tokens: expected non-negative token ids, got {self.sa_tokens.min()}")
+        for name, hi in (("words", self.duration), ("history_words", 0.0)):
             ws = getattr(self, name)
             if isinstance(ws, (str, bytes)) or not isinstance(ws, (list, tuple)):
                 raise UserError(f"{name}: expected a list of Word(text, start, end), got {type(ws).__name__} "
                                 f"{ws!r:.60}")
-            hi = self.duration if name == "words" else 0.0
-            ws = tuple(self._check_word(name, i, w, hi) for i, w in enumerate(ws))
+            ws = put(name, tuple(check_word(name, i, w, hi) for i, w in enumerate(ws)))
             for i in range(1, len(ws)):   # in time order, not overlapping (a word may start where the last ended)
-                a, b = ws[i - 1], ws[i]
-                if b.start < a.end - 1e-6:
-                    raise UserError(f"{name}[{i}] ({b.text!r}): expected words in time order, not overlapping: "
-                                    f"start >= {a.end:.3f} s (the end of {name}[{i - 1}] {a.text!r}), "
-                                    f"got start={b.start:.3f}")
-            put(name, ws)
+                if ws[i].start < ws[i - 1].end - 1e-6:
+                    raise UserError(f"{name}[{i}] ({ws[i].text!r}): expected words in time order, not overlapping: "
+                                    f"start >= {ws[i - 1].end:.3f} s (the end of {name}[{i - 1}] {ws[i - 1].text!r}), "
+                                    f"got start={ws[i].start:.3f}")
         put("listener_id", str(self.listener_id))
-
-    @staticmethod
-    def _check_word(field_name: str, i: int, w, hi: float) -> Word:
-        """``as_word`` plus the bounds of ``field_name``: words in [0, hi] s, history words ending <= 0."""
-        w = as_word(w, f"{field_name}[{i}]")
-        where, eps = f"{field_name}[{i}] ({w.text!r})", 1e-6
-        if field_name == "history_words":
-            if w.end > eps:
-                raise UserError(f"{where}: expected end <= 0 s (before the first frame), got end={w.end:.3f}")
-        elif w.start < -eps:
-            raise UserError(f"{where}: expected start >= 0 s, got start={w.start:.3f} (speech before the clip "
-                            f"belongs in history_words)")
-        elif w.end > hi + eps:
-            raise UserError(f"{where}: expected end <= {hi:.3f} s (clip end), got end={w.end:.3f}")
-        return w
 
     def replace(self, **changes) -> "Segment":
         """A new Segment with ``changes`` applied, validated again; unchanged arrays are shared."""
@@ -273,17 +263,11 @@ class Segment:
             elif t0 - history_seconds < w.end <= t0:
                 hist.append(Word(w.text, w.start - t0, w.end - t0))
         sl = slice(start, start + length)
-        sa = None
-        if self.sa_tokens is not None:
-            sa = self.sa_tokens[int(round(t0 * self.sa_rate)):int(round(t1 * self.sa_rate))]
-        mel = None if self.mel is None else self.mel[MEL_PER_FRAME * start:MEL_PER_FRAME * (start + length)]
-        return replace(
-            self, speaker_motion=self.speaker_motion[sl], listener_motion=self.listener_motion[sl],
-            words=words, history_words=hist, sa_tokens=sa, mel=mel,
-            emotion=None if self.emotion is None else self.emotion[sl],
-            valence=None if self.valence is None else self.valence[sl],
-            name=f"{self.name}[{start}:{start + length}]",
-        )
+        cut = {"speaker_motion": sl, "listener_motion": sl, "emotion": sl, "valence": sl,
+               "sa_tokens": slice(int(round(t0 * self.sa_rate)), int(round(t1 * self.sa_rate))),
+               "mel": slice(MEL_PER_FRAME * start, MEL_PER_FRAME * (start + length))}
+        arrays = {k: None if getattr(self, k) is None else getattr(self, k)[c] for k, c in cut.items()}
+        return replace(self, words=words, history_words=hist, name=f"{self.name}[{start}:{start + length}]", **arrays)
 
     def windows(self, length: int = 240, stride: int | None = None, start: int = 0) -> list["Segment"]:
         """Windows of exactly ``length`` frames every ``stride`` (default ``length``) frames from

@@ -6,8 +6,6 @@ a function of beta), then one conversation per segment; every array is a determi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import lfilter
@@ -60,13 +58,6 @@ RESPONSE_RULE = {(p, e): _DEFAULT_BY_EMOTION[e] for p in PHRASES for e in EMOTIO
 }
 
 
-@dataclass
-class SyntheticCorpus(Corpus):
-    """A :class:`~minilisten.data.formats.Corpus` whose ``info`` holds the world it was drawn from (ground
-    truth for tests), with ``identities``: listener_id -> beta (100,)."""
-    identities: dict[str, np.ndarray] = field(default_factory=dict)
-
-
 def _smooth(x: np.ndarray, n: int) -> np.ndarray:
     """Moving average over axis 0 with window n (same length, edges repeated)."""
     return uniform_filter1d(x, size=n, axis=0, mode="nearest") if n > 1 else x
@@ -111,19 +102,17 @@ def _make_world(rng: np.random.Generator, n_identities: int, identity: str = "of
 def identity_style(world: dict, beta: np.ndarray, identity: str = "offset_gain") -> dict:
     """The identity style as a function of beta (see :data:`IDENTITY_MODES`)."""
     u = lambda M: np.tanh(M @ beta / 10)  # noqa: E731  (values in (-1, 1), one per row of M)
+    style = {"exp_offset": np.zeros(N_EXP), "exp_gain": np.ones(N_EXP), "pose_gain": np.ones(N_POSE),
+             "pose_offset": np.zeros(N_POSE), "nod_hz": 2.5, "lag_scale": 1.0}
     if identity == "offset_gain":
-        return {"exp_offset": 0.6 * u(world["M_o"]), "exp_gain": np.exp(0.5 * u(world["M_g"])),
-                "pose_gain": np.exp(0.4 * u(world["M_p"])), "pose_offset": 0.08 * u(world["M_q"]),
-                "nod_hz": 2.5, "lag_scale": 1.0}
+        return style | {"exp_offset": 0.6 * u(world["M_o"]), "exp_gain": np.exp(0.5 * u(world["M_g"])),
+                        "pose_gain": np.exp(0.4 * u(world["M_p"])), "pose_offset": 0.08 * u(world["M_q"])}
     if identity == "gain":
-        return {"exp_offset": np.zeros(N_EXP), "exp_gain": np.exp(0.8 * u(world["M_g"])),
-                "pose_gain": np.exp(0.6 * u(world["M_p"])), "pose_offset": np.zeros(N_POSE),
-                "nod_hz": 2.5, "lag_scale": 1.0}
+        return style | {"exp_gain": np.exp(0.8 * u(world["M_g"])), "pose_gain": np.exp(0.6 * u(world["M_p"]))}
     if identity == "rhythm":
         r = u(world["M_r"])   # (3,): nod rate, response lag, pose amplitude
-        return {"exp_offset": np.zeros(N_EXP), "exp_gain": np.ones(N_EXP),
-                "pose_gain": np.full(N_POSE, np.exp(0.7 * r[2])), "pose_offset": np.zeros(N_POSE),
-                "nod_hz": 2.5 * np.exp(0.35 * r[0]), "lag_scale": np.exp(0.5 * r[1])}
+        return style | {"pose_gain": np.full(N_POSE, np.exp(0.7 * r[2])), "nod_hz": 2.5 * np.exp(0.35 * r[0]),
+                        "lag_scale": np.exp(0.5 * r[1])}
     raise UserError(f"identity: expected one of {IDENTITY_MODES}, got {identity!r}")
 
 
@@ -143,9 +132,8 @@ def _response_pose(name: str, t: np.ndarray, env: np.ndarray, phase: float, nod_
     return p
 
 
-def _conversation(rng, world, style, T: int, fps: float, pre: float, response: str = "cue", drift: float = 0.0,
-                  drift_seconds: float = 6.0) -> dict:
-    """Simulate one conversation of T frames (plus ``pre`` seconds of lead-in); see module doc."""
+def _conversation(rng, world, style, T: int, fps: float, pre: float, response: str = "cue", drift: float = 0.0) -> dict:
+    """Simulate one conversation of T frames (plus ``pre`` seconds of lead-in); docs/data.md."""
     n_all = T + int(round(pre * fps))
     t = np.arange(n_all) / fps - pre                 # seconds, 0 = first frame of the segment
     end_time = T / fps
@@ -238,8 +226,6 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
             if nxt - b > 0.4 and rng.random() < 0.8:
                 respond("smile" if emo == "happy" else "nod", b + lag * rng.uniform(0.2, 0.4), rng.uniform(0.7, 1.2),
                         0.5 + 0.4 * dur)
-        elif response != "contagion":
-            raise UserError(f"response: expected one of {RESPONSE_MODES}, got {response!r}")
 
     spk_val = intensity @ np.array([EMOTION_VALENCE[e] for e in EMOTIONS])
     n_lag = int(round(0.5 * lag * fps))
@@ -264,7 +250,7 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
     lis_pose += _ar1(rng, n_all, N_POSE, 0.95, 0.01) + rng.normal(0, 0.003, (n_all, N_POSE))
     if drift:   # slow per-clip nuisance (tracking drift, posture), unrelated to identity and speaker
         drng = np.random.default_rng(rng.integers(2**32))
-        rho = np.exp(-1.0 / (drift_seconds * fps))
+        rho = np.exp(-1.0 / (6.0 * fps))   # a 6 s time constant
         lis_exp += drng.normal(0, drift, N_EXP) + _ar1(drng, n_all, N_EXP, rho, drift)
         lis_pose += drng.normal(0, drift / 8, N_POSE) + _ar1(drng, n_all, N_POSE, rho, drift / 8)
     lis = np.concatenate([lis_exp, lis_pose], 1)
@@ -280,11 +266,10 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
 def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300, seconds: float = 64.0,
                      fps: float = 30.0, split: tuple[float, float, float] = (0.8, 0.1, 0.1), *,
                      identity: str = "offset_gain", response: str = "cue", modalities: str = "all",
-                     beta: str = "identity", drift: float = 0.0) -> SyntheticCorpus:
-    """Segments of ``round(seconds * fps)`` frames split by segment (stratified by identity); ``info``
-    holds the world, utterances and responses. Keywords pick the assumptions (:data:`IDENTITY_MODES`,
-    :data:`RESPONSE_MODES`, modalities all | words, beta identity | random, drift: std of a slow
-    per-clip listener drift, 6 s time constant); :data:`CORPORA` names the variants."""
+                     beta: str = "identity", drift: float = 0.0) -> Corpus:
+    """Segments of ``round(seconds * fps)`` frames split by segment (stratified by identity); ``info`` holds the
+    ground truth (world, ``betas[k]`` of listener ``id{k}``, events). Keywords pick the assumptions: identity,
+    response, modalities, beta, drift (std of a slow per-clip listener drift); :data:`CORPORA` names the variants."""
     for name, v, allowed in (("identity", identity, IDENTITY_MODES), ("response", response, RESPONSE_MODES),
                              ("modalities", modalities, ("all", "words")), ("beta", beta, ("identity", "random"))):
         if v not in allowed:
@@ -322,50 +307,37 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
     idx = {"train": [], "val": [], "test": []}
     for k in range(n_identities):
         mine = prng.permutation(np.arange(k, n_segments, n_identities))
-        n_va = int(round(split[1] * len(mine)))
-        n_te = int(round(split[2] * len(mine)))
-        short = [name for name, f, n in (("val", split[1], n_va), ("test", split[2], n_te),
-                                          ("train", split[0], len(mine) - n_va - n_te)) if f > 0 and n < 1]
+        n_va, n_te = (int(round(f * len(mine))) for f in split[1:])
+        part = {"val": mine[:n_va], "test": mine[n_va:n_va + n_te], "train": mine[n_va + n_te:]}
+        short = [name for name, f in zip(part, (split[1], split[2], split[0])) if f > 0 and not len(part[name])]
         if short:
             raise UserError(f"n_segments: expected enough segments per identity for every split, got {len(mine)} "
                             f"for identity {k} ({n_segments} segments / {n_identities} identities) and split "
                             f"{tuple(split)}: the {'/'.join(short)} split would have none of its segments")
-        idx["val"] += mine[:n_va].tolist()
-        idx["test"] += mine[n_va:n_va + n_te].tolist()
-        idx["train"] += mine[n_va + n_te:].tolist()
-    idx = {k: sorted(v) for k, v in idx.items()}
+        for name in idx:
+            idx[name] = sorted(idx[name] + part[name].tolist())
     info = {"world": world, "events": events, "split_index": idx, "seed": seed,
             "assumptions": dict(identity=identity, response=response, modalities=modalities, beta=beta, drift=drift)}
-    return SyntheticCorpus(**{k: [segments[j] for j in v] for k, v in idx.items()},
-                           identities={f"id{k}": world["betas"][k].astype(np.float32) for k in range(n_identities)},
-                           fps=fps, n_sa=N_SA if modalities == "all" else None, info=info)
+    return Corpus(**{k: [segments[j] for j in v] for k, v in idx.items()}, fps=fps,
+                  n_sa=N_SA if modalities == "all" else None, info=info)
 
 
-#: The family of synthetic corpora (``--corpus NAME``; docs/data.md): one world cannot show that a method works.
-#: name -> (keywords of :func:`synthetic_corpus`, description)
+#: The family of synthetic corpora (``--corpus NAME``; their table: docs/data.md): one world cannot show that a
+#: method works. name -> (keywords of :func:`synthetic_corpus`, one line for ``data --help``)
 CORPORA: dict[str, tuple[dict, str]] = {
-    "default": ({}, "identity = expression offset + per-dim gain + pose gain/offset of beta; responses to cue words "
-                    "x speaker emotion (lag 0.25-0.6 s), backchannel nods, 0.25 contagion; all modalities; 30 fps; "
-                    "8 ids, 300 x 64 s (256 min train)"),
-    "gain": (dict(identity="gain"),
-             "identity = per-dim expression and pose GAIN only (no offsets): same resting face for everyone"),
-    "rhythm": (dict(identity="rhythm"),
-               "identity = nod rate, response lag and pose amplitude; identical expression for everyone"),
-    "contagion": (dict(response="contagion"),
-                  "no cue-word rule: the listener answers the speaker's emotion after a 0.4 s lag (+0.5 mimicry)"),
-    "backchannel": (dict(response="backchannel"),
-                    "listener reacts only at pauses (nod, smile after happy speech); words/emotion matter little"),
-    "words-only": (dict(modalities="words"),
-                   "default world without SA tokens, emotion and valence (LM-listener's public release)"),
+    "default": ({}, "identity = offset + gain of beta; responses to cue words x emotion; 8 ids, 300 x 64 s"),
+    "gain": (dict(identity="gain"), "identity = expression and pose gain only (same resting face)"),
+    "rhythm": (dict(identity="rhythm"), "identity = nod rate, response lag, pose amplitude (same expression)"),
+    "contagion": (dict(response="contagion"), "the listener answers the speaker's emotion (no cue-word rule)"),
+    "backchannel": (dict(response="backchannel"), "the listener reacts only at pauses (nod, smile after happy)"),
+    "words-only": (dict(modalities="words"), "no SA tokens, emotion or valence (LM-listener's public release)"),
     "realtalk25": (dict(fps=25.0), "default world at 25 fps (RealTalk)"),
-    "small": (dict(n_identities=5, n_segments=35),
-              "default world, 5 ids, 35 x 64 s (30 min train), the size of a small real dataset"),
-    "beta-random": (dict(beta="random"),
-                    "control: beta drawn per segment, unrelated to the identity's style (identity NOT in beta)"),
+    "small": (dict(n_identities=5, n_segments=35), "5 ids, 35 x 64 s (30 min train), a small real dataset's size"),
+    "beta-random": (dict(beta="random"), "control: beta drawn per segment (identity NOT in beta)"),
 }
 
 
-def named_corpus(name: str = "default", seed: int = 0, **overrides) -> SyntheticCorpus:
+def named_corpus(name: str = "default", seed: int = 0, **overrides) -> Corpus:
     """The variant ``name`` of :data:`CORPORA` (``overrides`` go to :func:`synthetic_corpus`)."""
     if name not in CORPORA:
         raise UserError(f"corpus: expected one of {tuple(CORPORA)}, got {name!r}")

@@ -18,10 +18,9 @@ log = logging.getLogger("minilisten.data")
 EVAL_START, EVAL_LENGTH, EVAL_MIN_LENGTH, EVAL_UNIT = 96, 240, 24, 8
 
 
-def motion_stats(segments: Sequence[Segment], which: str = "listener",
-                 min_std: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def motion_stats(segments: Sequence[Segment], which: str = "listener") -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (ddof 0, float64 two-pass) of ``which`` motion (listener, speaker or both) over all frames of
-    ``segments``: two ``(56,)`` float32 arrays; a constant dimension (std < ``min_std``) gets std 1.0, logged."""
+    ``segments``: two ``(56,)`` float32 arrays; a constant dimension (std < 1e-6) gets std 1.0, logged."""
     keys = {"listener": ("listener_motion",), "speaker": ("speaker_motion",),
             "both": ("listener_motion", "speaker_motion")}.get(which)
     if keys is None:
@@ -32,26 +31,22 @@ def motion_stats(segments: Sequence[Segment], which: str = "listener",
     n = sum(x.shape[0] for x in xs)
     mean = sum(x.sum(0, dtype=np.float64) for x in xs) / n
     std = np.sqrt(sum(((x.astype(np.float64) - mean) ** 2).sum(0) for x in xs) / n)
-    flat = std < min_std
+    flat = std < 1e-6
     if flat.any():
-        log.warning("motion_stats: %d constant dimension(s) %s (std < %g) get std 1.0",
-                    int(flat.sum()), np.flatnonzero(flat).tolist(), min_std)
+        log.warning("motion_stats: %d constant dimension(s) %s (std < 1e-6) get std 1.0",
+                    int(flat.sum()), np.flatnonzero(flat).tolist())
         std[flat] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def lm_listener_eval_clips(segment: Segment, start: int = EVAL_START, length: int = EVAL_LENGTH,
-                           min_length: int = EVAL_MIN_LENGTH, unit: int = EVAL_UNIT) -> list[Segment]:
-    """LM-listener's evaluation clips of one segment: from ``start`` every ``length`` frames, ``L = min(T - s,
-    length)`` kept when ``L >= min_length``, cut to ``L // unit * unit`` at offset 0 (the peer's is random)."""
-    if not (start >= 0 and length >= unit >= 1 and min_length >= 1):
-        raise UserError(f"lm_listener_eval_clips: expected start >= 0 and length >= unit >= 1, min_length >= 1, "
-                         f"got start={start}, length={length}, unit={unit}, min_length={min_length}")
+def lm_listener_eval_clips(segment: Segment) -> list[Segment]:
+    """LM-listener's evaluation clips of one segment: from frame 96 every 240 frames, ``L = min(T - s, 240)``
+    kept when ``L >= 24``, cut to ``L // 8 * 8`` at offset 0 (the peer's offset is random)."""
     clips = []
-    for s in range(start, segment.T, length):
-        n = min(segment.T - s, length)
-        if n >= min_length and n // unit * unit >= unit:
-            clips.append(segment.window(s, n // unit * unit))
+    for s in range(EVAL_START, segment.T, EVAL_LENGTH):
+        n = min(segment.T - s, EVAL_LENGTH)
+        if n >= EVAL_MIN_LENGTH:
+            clips.append(segment.window(s, n // EVAL_UNIT * EVAL_UNIT))
     return clips
 
 
