@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -24,7 +23,6 @@ from .errors import UserError
 FONT_HEIGHT = 25   # Pillow's default font (Aileron Regular) at size 20: ascent 20 + descent 5
 
 
-# ----------------------------------------------------------------------------- text
 @functools.lru_cache(maxsize=1)
 def _font():
     from PIL import ImageFont
@@ -42,7 +40,6 @@ def draw_text(draw, text: str, x: int, y: int, color=(255, 255, 255)) -> int:
     return x + text_width(text)
 
 
-# ----------------------------------------------------------------------------- subtitles
 def frame_times(n_frames: int, fps: float) -> np.ndarray:
     """Time in seconds each frame shows: the middle of the frame, ``(i + 0.5) / fps``."""
     return (np.arange(n_frames) + 0.5) / fps
@@ -64,7 +61,6 @@ def subtitle_at(words: list[Word], t: float, hold: float = 1.5, max_width: int |
     return shown, active
 
 
-# ----------------------------------------------------------------------------- rasteriser
 def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: int, width: int,
               background=(0.0, 0.0, 0.0), cull: bool = True) -> np.ndarray:
     """Z-buffered triangles -> image ``(height, width, 3)`` float32: ``verts (V, 3)`` in pixels (x right, y down,
@@ -144,17 +140,13 @@ def draw_mesh(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, size: in
     cols = shade(verts, faces, albedo)
     S = size * ssaa
     s = scale * ssaa
-    p = np.empty_like(verts)
-    p[:, 0] = S / 2 + s * (verts[:, 0] - center[0])
-    p[:, 1] = S / 2 - s * (verts[:, 1] - center[1])
-    p[:, 2] = verts[:, 2]
+    p = np.column_stack([S / 2 + s * (verts[:, 0] - center[0]), S / 2 - s * (verts[:, 1] - center[1]), verts[:, 2]])
     img = rasterize(p, faces, cols, S, S, background)
     if ssaa > 1:
         img = img.reshape(size, ssaa, size, ssaa, 3).mean((1, 3))
     return img
 
 
-# ----------------------------------------------------------------------------- meshes
 def _ellipsoid(n_lat: int, n_lon: int, radii, center) -> tuple[np.ndarray, np.ndarray]:
     """UV ellipsoid: vertices ``((n_lat + 1) n_lon, 3)``, faces outward-wound; longitude 0 faces +z."""
     th = np.linspace(0, np.pi, n_lat + 1)[:, None]
@@ -164,8 +156,7 @@ def _ellipsoid(n_lat: int, n_lon: int, radii, center) -> tuple[np.ndarray, np.nd
     i, j = i.ravel(), j.ravel()
     a, b = i * n_lon + j, (i + 1) * n_lon + j
     c, d = (i + 1) * n_lon + (j + 1) % n_lon, i * n_lon + (j + 1) % n_lon
-    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
-    faces = _outward(unit, faces)
+    faces = _outward(unit, np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)]))
     return unit * np.asarray(radii) + np.asarray(center), faces
 
 
@@ -179,12 +170,11 @@ def _outward(unit_verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return faces
 
 
-def _strip_faces(n: int, offset: int) -> np.ndarray:
+def _strip_faces(n: int) -> np.ndarray:
     """Faces of a strip between two polylines of ``n`` points (top ``0..n-1``, bottom ``n..2n-1``),
     counter-clockwise seen from +z when the top line is above the bottom one and runs in +x."""
-    k = np.arange(n - 1)
-    t0, t1, b0, b1 = k, k + 1, k + n, k + n + 1
-    return np.concatenate([np.stack([t0, b0, b1], 1), np.stack([t0, b1, t1], 1)]) + offset
+    t = np.arange(n - 1)
+    return np.concatenate([np.stack([t, t + n, t + n + 1], 1), np.stack([t, t + n + 1, t + 1], 1)])
 
 
 SKIN = (0.86, 0.69, 0.58)
@@ -207,19 +197,17 @@ def _smoothstep(x, lo, hi):
 class SchematicHead:
     """A low-poly head, neck and shoulders moved by a motion frame (no FLAME model; docs/results.md "Rendering"):
     ``frame_mesh(frame56)`` -> ``(verts (V, 3), faces (F, 3), albedo (V, 3))`` in world units (head radius ~1, y up,
-    z to the camera); ``exaggerate`` scales the expression effects (not the pose)."""
+    z to the camera)."""
 
     N_MOUTH = 13
 
-    def __init__(self, shirt=(0.30, 0.42, 0.62), exaggerate: float = 1.0):
-        self.exaggerate = float(exaggerate)
+    def __init__(self, shirt=(0.30, 0.42, 0.62)):
         parts = []   # (verts, faces, color) of the parts that turn with the head
         v, f = _ellipsoid(18, 28, HEAD_R, (0, 0, 0))
-        self._head = slice(0, len(v))
+        self._n_head = len(v)
         parts.append((v, f, SKIN))
         # jaw skinning weight of each head vertex: below the mouth line and in front of the hinge
         self._jaw_w = _smoothstep(-v[:, 1], 0.12, 0.42) * _smoothstep(v[:, 2], -0.35, 0.25)
-        # ears
         for sx in (-1, 1):
             ve, fe = _ellipsoid(6, 10, (0.07, 0.17, 0.11), (sx * 0.72, 0.02, -0.08))
             parts.append((ve, fe, (0.80, 0.62, 0.52)))
@@ -231,9 +219,7 @@ class SchematicHead:
         tip = np.array([[0.0, -0.1, _surface_z(0.0, -0.1) + 0.17]])
         vn = np.concatenate([base, tip])
         fn = np.stack([np.arange(n_seg), (np.arange(n_seg) + 1) % n_seg, np.full(n_seg, n_seg)], 1)
-        c = vn[:n_seg].mean(0)
-        fn = _outward(vn - c, fn)
-        parts.append((vn, fn, (0.82, 0.64, 0.54)))
+        parts.append((vn, _outward(vn - vn[:n_seg].mean(0), fn), (0.82, 0.64, 0.54)))
         # eyes: white ball + dark pupil
         for sx in (-1, 1):
             x, y = sx * 0.27, 0.2
@@ -244,8 +230,8 @@ class SchematicHead:
         # dynamic parts (vertices rebuilt per frame): two brows, lips, mouth interior; then the body (not moved by
         # the head pose): neck + shoulders
         n = self.N_MOUTH
-        dyn = [(np.zeros((12, 3)), _strip_faces(6, 0), (0.30, 0.20, 0.15))] * 2
-        dyn += [(np.zeros((2 * n, 3)), _strip_faces(n, 0), c) for c in ((0.72, 0.35, 0.35), (0.22, 0.05, 0.07))]
+        dyn = [(np.zeros((12, 3)), _strip_faces(6), (0.30, 0.20, 0.15))] * 2
+        dyn += [(np.zeros((2 * n, 3)), _strip_faces(n), c) for c in ((0.72, 0.35, 0.35), (0.22, 0.05, 0.07))]
         vnk, fnk = _ellipsoid(6, 20, (0.33, 0.55, 0.33), (0, -1.2, -0.12))
         vb, fb = _ellipsoid(10, 28, (1.35, 0.55, 0.62), (0, -2.05, -0.15))
         every = parts + dyn + [(vnk, fnk, (0.80, 0.62, 0.52)), (vb, fb, shirt)]
@@ -259,21 +245,19 @@ class SchematicHead:
         """``frame (56,)`` -> ``(verts, faces, albedo)``."""
         from .flame import rodrigues
         frame = np.asarray(frame, np.float64)
-        e = np.tanh(frame[EXP][:4]) * self.exaggerate
-        smile, brow, frown, width = e
+        smile, brow, frown, width = np.tanh(frame[EXP][:4])
         pose = frame[POSE]
         Rj = rodrigues(pose[3:6])
         jaw = lambda p, w: p + w[:, None] * ((p - JAW_PIVOT) @ Rj.T + JAW_PIVOT - p)   # noqa: E731
         v = self._static.copy()
-        v[self._head] = jaw(v[self._head], self._jaw_w)
+        v[:self._n_head] = jaw(v[:self._n_head], self._jaw_w)
         # brows: 6 points along each brow, two rows (thickness)
         brows = []
         for sx in (-1, 1):
             u = np.linspace(0, 1, 6)                 # inner -> outer
             x = sx * (0.10 + 0.30 * u)
             y = 0.37 + 0.05 * np.sin(np.pi * u) + 0.07 * brow - 0.06 * frown * (1 - u)
-            top = np.stack([x, y + 0.025, _surface_z(x, y + 0.025, 0.02)], 1)
-            bot = np.stack([x, y - 0.025, _surface_z(x, y - 0.025, 0.02)], 1)
+            top, bot = (np.stack([x, y + d, _surface_z(x, y + d, 0.02)], 1) for d in (0.025, -0.025))
             if sx < 0:   # keep the strip's top line running in +x
                 top, bot = top[::-1], bot[::-1]
             brows.append(np.concatenate([top, bot]))
@@ -291,8 +275,7 @@ class SchematicHead:
         for pts, lift in ((up, 0.035), (lo, 0.035), (lip_up, 0.02), (lip_lo, 0.02)):
             pts[:, 2] = _surface_z(pts[:, 0], pts[:, 1], lift)
         head = np.concatenate([v] + brows + [lip_up, lip_lo, up, lo])
-        Rg = rodrigues(pose[0:3])
-        head = (head - HEAD_PIVOT) @ Rg.T + HEAD_PIVOT
+        head = (head - HEAD_PIVOT) @ rodrigues(pose[0:3]).T + HEAD_PIVOT
         return np.concatenate([head, self._body]), self.faces, self.albedo
 
     #: camera of the schematic panels (world point at the panel centre, world units across a panel)
@@ -300,7 +283,6 @@ class SchematicHead:
     SPAN = 2.9
 
 
-# ----------------------------------------------------------------------------- heads -> panels
 def _panels(motion: np.ndarray, role: str, beta, flame, size: int, ssaa: int,
             background=(0.16, 0.17, 0.19)) -> Iterator[np.ndarray]:
     """One panel ``(size, size, 3)`` float per frame of ``motion (T, 56)``: the FLAME mesh with ``flame``, else
@@ -320,7 +302,6 @@ def _panels(motion: np.ndarray, role: str, beta, flame, size: int, ssaa: int,
             yield draw_mesh(v, flame.faces, albedo, size, (lo + hi) / 2, scale, background, ssaa)
 
 
-# ----------------------------------------------------------------------------- frames
 TITLE_H, SUB_H = 32, 48
 
 
@@ -330,7 +311,7 @@ def _check_words(words) -> list[Word]:
     return [Segment._check_word("words", i, w, math.inf) for i, w in enumerate(words)]
 
 
-def _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta):
+def _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_beta):
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not (math.isfinite(fps) and fps > 0):
         raise UserError(f"fps: expected a positive number, got {fps!r}")
     spk = _check_array("speaker_motion", speaker_motion, (None, D_MOTION))
@@ -344,23 +325,22 @@ def _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta):
             raise UserError(f"listener_motions[{name!r}]: expected {len(spk)} frames (as speaker_motion), got {len(m)}")
     betas = [None if b is None else _check_array(n, b, (N_SHAPE,)) for n, b in (("beta", beta),
                                                                                 ("speaker_beta", speaker_beta))]
-    return spk, lis, float(fps), *betas
+    return spk, lis, _check_words(words), float(fps), *betas
 
 
 def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float = 30.0, flame=None,
-                  beta=None, speaker_beta=None, size: int = 256, hold: float = 1.5,
-                  speaker_label: str = "speaker", ssaa: int = 2) -> Iterator[np.ndarray]:
+                  beta=None, speaker_beta=None, size: int = 256, ssaa: int = 2) -> Iterator[np.ndarray]:
     """Frames ``(size + 80, size * (1 + listeners), 3)`` uint8: speaker | each listener ``(T, 56)`` (dict order),
     titles on top, the speaker's ``words`` (seconds from frame 0) below; FLAME heads with a ``flame`` model (shapes
     ``beta``/``speaker_beta (100,)``), else schematic; ``size`` a multiple of 16; ``ssaa`` supersampling per side."""
     from PIL import Image, ImageDraw
-    spk, lis, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta)
-    words = _check_words(words)
+    spk, lis, words, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, words, fps, beta,
+                                                      speaker_beta)
     if not isinstance(size, (int, np.integer)) or size < 64 or size % 16:
         raise UserError(f"size: expected a multiple of 16 >= 64 (pixels per panel), got {size!r}")
     if ssaa not in (1, 2, 3, 4):
         raise UserError(f"ssaa: expected 1, 2, 3 or 4 (supersampling per side), got {ssaa!r}")
-    names = [speaker_label] + list(lis)
+    names = ["speaker"] + list(lis)
     labels = [n if text_width(n) <= size - 8 else n[:max(1, (size - 8) // 12)] + "..." for n in names]
     streams = [_panels(spk, "speaker", sbeta, flame, size, ssaa)]
     streams += [_panels(m, "listener", beta, flame, size, ssaa) for m in lis.values()]
@@ -375,7 +355,7 @@ def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float =
         for k, label in enumerate(labels):
             x = k * size + (size - text_width(label)) // 2
             draw_text(draw, label, x, (TITLE_H - FONT_HEIGHT) // 2 + 2, (217, 217, 224))
-        shown, active = subtitle_at(words, t, hold, W - 24)
+        shown, active = subtitle_at(words, t, 1.5, W - 24)
         x = (W - text_width(" ".join(w.text for w in shown))) // 2
         for j, w in enumerate(shown):
             col = (255, 217, 64) if j == active else (235, 235, 235)
@@ -392,49 +372,37 @@ def _ffmpeg():
     return imageio_ffmpeg
 
 
-def write_mp4(frames: Iterable[np.ndarray], out_path: str | os.PathLike, fps: float, quality: int = 7) -> Path:
-    """H.264 mp4 (yuv420p) of uint8 RGB frames of one size (multiples of 16), written to a temporary name and
-    renamed at the end, so a failed run leaves no partial file."""
-    ff = _ffmpeg()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    frames = iter(frames)
-    first = next(frames, None)
-    if first is None:
-        raise UserError(f"{out}: expected at least 1 frame to write, got 0")
-    writer = ff.write_frames(str(tmp), first.shape[1::-1], fps=fps, quality=quality, macro_block_size=16,
-                             ffmpeg_log_level="error")
-    try:
-        writer.send(None)
-        for fr in itertools.chain([first], frames):
-            writer.send(np.ascontiguousarray(fr))
-        writer.close()
-        os.replace(tmp, out)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-    return out
-
-
 def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_path, flame=None, beta=None,
                 speaker_beta=None, size: int = 256, progress: bool = True, still: int | None = None,
                 ssaa: int = 2) -> Path:
-    """Write the mp4 of :func:`render_frames` to ``out_path`` (and frame ``still`` as ``<out_path>.png``)."""
+    """H.264 mp4 (yuv420p) of :func:`render_frames` at ``out_path`` (and frame ``still`` as ``<out_path>.png``),
+    written to a temporary name and renamed at the end, so a failed run leaves no partial file."""
     from PIL import Image
     from tqdm import tqdm
-    frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa=ssaa)
+    frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa)
     T = len(speaker_motion)
     if still is not None and not (isinstance(still, (int, np.integer)) and 0 <= still < T):
         raise UserError(f"still: expected a frame index in [0, {T}), got {still!r}")
     out = Path(out_path)
-
-    def tee():
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
+    writer = None
+    try:
         for i, fr in enumerate(tqdm(frames, total=T, desc="render", unit="frame", disable=not progress)):
+            if writer is None:
+                writer = _ffmpeg().write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=7, macro_block_size=16,
+                                                ffmpeg_log_level="error")
+                writer.send(None)
             if i == still:
                 Image.fromarray(fr).save(out.with_suffix(".png"))
-            yield fr
-    return write_mp4(tee(), out, fps)
+            writer.send(fr)
+        writer.close()
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def render_segment(seg: Segment, preds: dict, out_path, flame=None, **kw) -> Path:
@@ -455,7 +423,6 @@ def render_demo_clip(out_dir, clip: Segment, preds: dict, progress: bool = True,
     return render_segment(clip, preds, Path(out_dir) / "clip.mp4", progress=progress, still=clip.T // 2, ssaa=ssaa)
 
 
-# ----------------------------------------------------------------------------- CLI
 def _load_motion(spec: str, what: str) -> np.ndarray:
     """``FILE.npy`` or ``FILE.npz:KEY`` -> array (read without unpickling code)."""
     from .safe_pickle import load_npy, load_npz
@@ -494,11 +461,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m minilisten render", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Side-by-side mp4 of speaker | listener(s) | ground truth with the speaker's words "
                     "(schematic heads, or the FLAME mesh with --flame).",
-        epilog="from saved arrays:\n  python -m minilisten render --speaker spk.npy --listener gen.npy --gt gt.npy "
-               "--words words.json --out clip.mp4\nfrom trained models (generates the listener of a test clip):\n"
-               "  python -m minilisten render --vq runs/demo/vq_disentangled --lm runs/demo/lm_full --clip 0 "
-               "--out clip.mp4\narrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or "
-               "FILE.npz:KEY")
+        epilog="arrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or FILE.npz:KEY; "
+               "examples: docs/video.md")
     p.add_argument("--out", required=True, help="output .mp4 (also FILE.png with --still)")
     p.add_argument("--flame", metavar="PKL", help="FLAME 2020 generic_model.pkl (user-supplied): draw the mesh")
     p.add_argument("--size", type=int, default=256, help="pixels per panel, a multiple of 16 (default: %(default)s)")
@@ -514,13 +478,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=float, default=30.0, help="frames per second of the arrays (default: %(default)s)")
     g.add_argument("--beta", metavar="FILE", help="listener FLAME shape (100,) (--flame only)")
     g.add_argument("--speaker-beta", metavar="FILE", help="speaker FLAME shape (100,) (--flame only)")
-    m = p.add_argument_group("trained models (instead of --speaker)")
-    m.add_argument("--vq", metavar="DIR", help="VQ-VAE checkpoint directory")
-    m.add_argument("--lm", metavar="DIR", help="ListenerLM checkpoint directory")
-    m.add_argument("--name", default="generated", help="label of this model's listener (default: %(default)s)")
-    m.add_argument("--vq2", metavar="DIR", help="a second method's VQ-VAE (e.g. LM-listener's naive one)")
-    m.add_argument("--lm2", metavar="DIR", help="a second method's ListenerLM (e.g. words-only)")
-    m.add_argument("--name2", default="second method", help="label of the second method (default: %(default)s)")
+    m = p.add_argument_group("trained models (instead of --speaker); repeat --vq/--lm/--name to compare methods")
+    m.add_argument("--vq", metavar="DIR", action="append", default=[], help="VQ-VAE checkpoint directory")
+    m.add_argument("--lm", metavar="DIR", action="append", default=[], help="ListenerLM checkpoint directory")
+    m.add_argument("--name", action="append", default=[], help="label of a method (default: generated, method 2...)")
     m.add_argument("--split", choices=("train", "val", "test"), default="test")
     m.add_argument("--clip", type=int, default=0, help="index of the evaluation clip (default: %(default)s)")
     add_data_args(p)
@@ -533,9 +494,9 @@ def _from_models(a) -> tuple[Segment, dict]:
     from .generate import generate_motion
     from .lm import ListenerLM
     from .vqvae import VQVAE
-    if not (a.vq and a.lm) or bool(a.vq2) != bool(a.lm2):
-        raise UserError(f"--vq/--lm, --vq2/--lm2: expected a VQ-VAE and a ListenerLM directory each (the second pair "
-                        f"optional), got --vq {a.vq} --lm {a.lm} --vq2 {a.vq2} --lm2 {a.lm2}")
+    if len(a.vq) != len(a.lm) or len(a.name) > len(a.vq):
+        raise UserError(f"--vq/--lm/--name: expected one --lm and at most one --name per --vq, got --vq {a.vq} "
+                        f"--lm {a.lm} --name {a.name}")
     ds, what = load_data(a)
     clips = test_clips(getattr(ds, a.split))
     if not 0 <= a.clip < len(clips):
@@ -543,12 +504,12 @@ def _from_models(a) -> tuple[Segment, dict]:
                         f"of {what}), got {a.clip}")
     clip = clips[a.clip]
     preds = {}
-    for vq_dir, lm_dir, name in ((a.vq, a.lm, a.name), (a.vq2, a.lm2, a.name2)):
-        if vq_dir:
-            vq, lm = VQVAE.from_pretrained(vq_dir).eval(), ListenerLM.from_pretrained(lm_dir).eval()
-            if vq.needs_beta and clip.listener_beta is None:
-                raise UserError(f"--vq {vq_dir}: this VQ-VAE decodes with the listener's beta (100,), {what} has none")
-            preds[name] = generate_motion(lm, vq, [clip])[1][0]
+    names = a.name + ["generated" if i == 0 else f"method {i + 1}" for i in range(len(a.name), len(a.vq))]
+    for vq_dir, lm_dir, name in zip(a.vq, a.lm, names):
+        vq, lm = VQVAE.from_pretrained(vq_dir).eval(), ListenerLM.from_pretrained(lm_dir).eval()
+        if vq.needs_beta and clip.listener_beta is None:
+            raise UserError(f"--vq {vq_dir}: this VQ-VAE decodes with the listener's beta (100,), {what} has none")
+        preds[name] = generate_motion(lm, vq, [clip])[1][0]
     print(f"{what}: clip {a.clip} of {len(clips)} ({a.split}), {clip.T} frames at {clip.fps:g} fps, "
           f"{len(clip.words)} words")
     return clip, preds
