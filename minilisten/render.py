@@ -209,8 +209,7 @@ class SchematicHead:
         # jaw skinning weight of each head vertex: below the mouth line and in front of the hinge
         self._jaw_w = _smoothstep(-v[:, 1], 0.12, 0.42) * _smoothstep(v[:, 2], -0.35, 0.25)
         for sx in (-1, 1):
-            ve, fe = _ellipsoid(6, 10, (0.07, 0.17, 0.11), (sx * 0.72, 0.02, -0.08))
-            parts.append((ve, fe, (0.80, 0.62, 0.52)))
+            parts.append((*_ellipsoid(6, 10, (0.07, 0.17, 0.11), (sx * 0.72, 0.02, -0.08)), (0.80, 0.62, 0.52)))
         # nose: a cone from the face to its tip
         n_seg = 10
         ang = np.linspace(0, 2 * np.pi, n_seg, endpoint=False)
@@ -222,24 +221,22 @@ class SchematicHead:
         parts.append((vn, _outward(vn - vn[:n_seg].mean(0), fn), (0.82, 0.64, 0.54)))
         # eyes: white ball + dark pupil
         for sx in (-1, 1):
-            x, y = sx * 0.27, 0.2
-            ve, fe = _ellipsoid(8, 12, (0.105, 0.07, 0.05), (x, y, _surface_z(x, y, -0.015)))
-            parts.append((ve, fe, (0.95, 0.95, 0.93)))
-            ve, fe = _ellipsoid(6, 10, (0.045, 0.045, 0.03), (x, y, _surface_z(x, y, 0.025)))
-            parts.append((ve, fe, (0.12, 0.10, 0.10)))
+            x, y, z = sx * 0.27, 0.2, _surface_z(sx * 0.27, 0.2)
+            parts.append((*_ellipsoid(8, 12, (0.105, 0.07, 0.05), (x, y, z - 0.015)), (0.95, 0.95, 0.93)))
+            parts.append((*_ellipsoid(6, 10, (0.045, 0.045, 0.03), (x, y, z + 0.025)), (0.12, 0.10, 0.10)))
         # dynamic parts (vertices rebuilt per frame): two brows, lips, mouth interior; then the body (not moved by
         # the head pose): neck + shoulders
         n = self.N_MOUTH
         dyn = [(np.zeros((12, 3)), _strip_faces(6), (0.30, 0.20, 0.15))] * 2
         dyn += [(np.zeros((2 * n, 3)), _strip_faces(n), c) for c in ((0.72, 0.35, 0.35), (0.22, 0.05, 0.07))]
-        vnk, fnk = _ellipsoid(6, 20, (0.33, 0.55, 0.33), (0, -1.2, -0.12))
-        vb, fb = _ellipsoid(10, 28, (1.35, 0.55, 0.62), (0, -2.05, -0.15))
-        every = parts + dyn + [(vnk, fnk, (0.80, 0.62, 0.52)), (vb, fb, shirt)]
+        body = [(*_ellipsoid(6, 20, (0.33, 0.55, 0.33), (0, -1.2, -0.12)), (0.80, 0.62, 0.52)),
+                (*_ellipsoid(10, 28, (1.35, 0.55, 0.62), (0, -2.05, -0.15)), shirt)]
+        every = parts + dyn + body
         offsets = np.cumsum([0] + [len(v) for v, _, _ in every])
         self.faces = np.concatenate([f + o for (_, f, _), o in zip(every, offsets)]).astype(np.int64)
         self.albedo = np.concatenate([np.tile(c, (len(v), 1)) for v, _, c in every]).astype(np.float64)
         self._static = np.concatenate([v for v, _, _ in parts])
-        self._body = np.concatenate([vnk, vb])
+        self._body = np.concatenate([v for v, _, _ in body])
 
     def frame_mesh(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``frame (56,)`` -> ``(verts, faces, albedo)``."""
@@ -318,11 +315,8 @@ def _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_be
     if not isinstance(listener_motions, dict) or not listener_motions or not len(spk):
         raise UserError(f"listener_motions: expected a non-empty dict name -> (T, 56) array and >= 1 speaker frame, "
                         f"got {type(listener_motions).__name__} {listener_motions!r:.60}, {len(spk)} frames")
-    lis = {}
-    for name, m in listener_motions.items():
-        lis[str(name)] = _check_array(f"listener_motions[{name!r}]", m, (None, D_MOTION))
-        if len(lis[str(name)]) != len(spk):
-            raise UserError(f"listener_motions[{name!r}]: expected {len(spk)} frames (as speaker_motion), got {len(m)}")
+    lis = {str(n): _check_array(f"listener_motions[{n!r}]", m, (len(spk), D_MOTION))
+           for n, m in listener_motions.items()}
     betas = [None if b is None else _check_array(n, b, (N_SHAPE,)) for n, b in (("beta", beta),
                                                                                 ("speaker_beta", speaker_beta))]
     return spk, lis, _check_words(words), float(fps), *betas

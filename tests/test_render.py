@@ -360,9 +360,9 @@ def test_flame_frames_render(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kw, msg", [
     (dict(speaker_motion=np.zeros((5, 55))), r"speaker_motion: expected shape \(T, 56\), got \(5, 55\)"),
     (dict(listener_motions={"gen": np.zeros((4, 56))}),
-     r"listener_motions\['gen'\]: expected 5 frames \(as speaker_motion\), got 4"),
+     r"listener_motions\['gen'\]: expected shape \(5, 56\), got \(4, 56\)"),
     (dict(listener_motions={"gen": np.zeros((5, 6))}),
-     r"listener_motions\['gen'\]: expected shape \(T, 56\), got \(5, 6\)"),
+     r"listener_motions\['gen'\]: expected shape \(5, 56\), got \(5, 6\)"),
     (dict(listener_motions={}), r"listener_motions: expected a non-empty dict"),
     (dict(beta=np.zeros(99)), r"beta: expected shape \(100,\), got \(99,\)"),
     (dict(fps=0), r"fps: expected a positive number, got 0"),
