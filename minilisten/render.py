@@ -1,9 +1,7 @@
-"""Video of a conversation: speaker | generated listener(s) | ground-truth listener, with the speaker's words as
-subtitles (``python -m minilisten render``, :func:`render_clip`). Each head is drawn from its motion ``(T, 56)``
-(expression ``[0:50]``, pose ``[50:56]`` = global rotation 3 | jaw 3, axis-angle) and rasterised in numpy (z-buffer,
-Lambert lighting, supersampling): the FLAME mesh with a user-supplied model (:mod:`minilisten.flame`), else
-:class:`SchematicHead` (what it shows: docs/results.md, "Rendering"). Text and PNG with Pillow, mp4 with
-imageio-ffmpeg. Frame ``i`` shows time ``(i + 0.5) / fps``."""
+"""Video of speaker | generated listener(s) | ground truth with the speaker's words as subtitles (``python -m
+minilisten render``, :func:`render_clip`): heads from motion ``(T, 56)`` (expression 50 | global rotation 3 | jaw 3)
+rasterised in numpy, the FLAME mesh (:mod:`minilisten.flame`) or :class:`SchematicHead` (docs/video.md); text and PNG
+with Pillow, mp4 with imageio-ffmpeg. Frame ``i`` shows time ``(i + 0.5) / fps``."""
 from __future__ import annotations
 
 import argparse
@@ -78,8 +76,6 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     bw, bh = x1 - x0 + 1, y1 - y0 + 1
     keep = (bw > 0) & (bh > 0) & ((area < -1e-12) if cull else (np.abs(area) > 1e-12))
     fid = np.nonzero(keep)[0]
-    if not len(fid):
-        return img
     # barycentric coordinates and depth are affine in the pixel position: l_k = ex x + ey y + e0
     ar = area[fid]
     p = [(1, 2), (2, 0), (0, 1)]
@@ -118,33 +114,23 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     return img
 
 
-LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])
-
-
-def shade(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, ambient: float = 0.28) -> np.ndarray:
-    """Lambert shading per vertex: ``albedo (V, 3) * (ambient + (1 - ambient) max(0, n . light))`` with area-weighted
-    vertex normals (faces wound counter-clockwise seen from outside), light from the upper left, in front."""
-    tri = verts[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    vn = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
-    return albedo * (ambient + (1 - ambient) * np.clip(vn @ LIGHT, 0.0, 1.0))[:, None]
+LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])   # from the upper left, in front
+AMBIENT = 0.28
 
 
 def draw_mesh(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, size: int, center, scale: float,
               background, ssaa: int = 2) -> np.ndarray:
-    """Orthographic view of a world-space mesh (camera on +z looking at ``center``; ``scale``
-    pixels per world unit) -> float image ``(size, size, 3)``; ``ssaa``: supersampling factor."""
-    cols = shade(verts, faces, albedo)
-    S = size * ssaa
-    s = scale * ssaa
+    """Orthographic view of a world-space mesh (camera on +z looking at ``center``; ``scale`` pixels per world unit)
+    -> float image ``(size, size, 3)`` (``ssaa``: supersampling per side), Lambert-shaded per vertex with
+    area-weighted normals of faces wound counter-clockwise seen from outside."""
+    tri = verts[faces]
+    vn = np.zeros_like(verts)
+    np.add.at(vn, faces.T.ravel(), np.tile(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), (3, 1)))
+    vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+    cols = albedo * (AMBIENT + (1 - AMBIENT) * np.clip(vn @ LIGHT, 0.0, 1.0))[:, None]
+    S, s = size * ssaa, scale * ssaa
     p = np.column_stack([S / 2 + s * (verts[:, 0] - center[0]), S / 2 - s * (verts[:, 1] - center[1]), verts[:, 2]])
-    img = rasterize(p, faces, cols, S, S, background)
-    if ssaa > 1:
-        img = img.reshape(size, ssaa, size, ssaa, 3).mean((1, 3))
-    return img
+    return rasterize(p, faces, cols, S, S, background).reshape(size, ssaa, size, ssaa, 3).mean((1, 3))
 
 
 def _ellipsoid(n_lat: int, n_lon: int, radii, center) -> tuple[np.ndarray, np.ndarray]:
