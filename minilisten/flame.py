@@ -1,9 +1,6 @@
-"""FLAME head mesh from minilisten's 56 motion numbers (expression 50 | global rotation 3 | jaw 3), in numpy.
-
+"""FLAME head mesh from minilisten's 56 motion numbers (expression 50 | global rotation 3 | jaw 3), in numpy:
 :func:`load_flame` reads the user's FLAME 2020 ``generic_model.pkl`` without running code from it (chumpy and
-scipy.sparse objects become inert placeholders); :meth:`FlameModel.vertices` is FLAME's forward pass (smplx
-``lbs``). Keys and conventions: docs/models.md.
-"""
+scipy.sparse objects become inert placeholders); :meth:`FlameModel.vertices` is smplx's ``lbs``. docs/models.md."""
 from __future__ import annotations
 
 import io

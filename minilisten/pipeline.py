@@ -1,9 +1,7 @@
-"""The library's end-to-end run, from data to the paper's tables (Markdown and plots: :mod:`minilisten.report`;
-command line: :mod:`minilisten.demo`). :func:`run_pipeline` on a :class:`DemoConfig`: the data and what it lacks ->
-the naive and (with beta) IN/AdaIN VQ-VAEs (Table 5) -> LM stage 1 per speaker-modality set, stage 2 per
-(modalities, VQ-VAE) (Tables 4, 3) and the ARIG-style listener -> greedy decoding of LM-listener's test clips ->
-Table 1 with the baselines. A row the data cannot fill is left out with one note. Trainings run in ``workers``
-spawned processes, each rebuilding the data from the config."""
+"""The library's end-to-end run, from data to the paper's tables (:mod:`minilisten.demo` reports them):
+:func:`run_pipeline` trains the naive and (with beta) IN/AdaIN VQ-VAEs (Table 5), LM stage 1 per speaker-modality
+set and stage 2 per (modalities, VQ-VAE) (Tables 4, 3), the ARIG-style listener, and evaluates them with the baselines
+(Table 1) on the test clips. Rows the data cannot fill are left out with a note; trainings run in spawned workers."""
 from __future__ import annotations
 
 import contextlib
