@@ -80,16 +80,13 @@ def demo_markdown(res) -> str:
              "split (`minilisten.metrics.ValenceRegressor`)" if res.has_valence else "") + ".", ""]
     if res.notes:
         md += ["What the data lacks, and what was left out because of it:", ""] + [f"- {n}" for n in res.notes] + [""]
-    md += [markdown_table(res.table1, cols, "Table 1 — baselines and ours"), ""]
-    if res.table4:
-        title = "Table 4 — ablation (multimodal LM, identity-disentangled VQ-VAE)"
-        md += [markdown_table(res.table4, cols4, title), ""]
-    if res.table3 is not None:
-        md += [markdown_table(res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"), ""]
-    if res.arig_ablation:
-        md += [markdown_table(res.arig_ablation, colsa, "ARIG-style ablation (appendix; test clips)"), ""]
-    md += [markdown_table(res.table5, TABLE5_COLUMNS, "Table 5 — VQ-VAE normalization (validation split)"), "",
-           "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items())]
+    tables = [(res.table1, cols, "Table 1 — baselines and ours"),
+              (res.table4, cols4, "Table 4 — ablation (multimodal LM, identity-disentangled VQ-VAE)"),
+              (res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"),
+              (res.arig_ablation, colsa, "ARIG-style ablation (appendix; test clips)"),
+              (res.table5, TABLE5_COLUMNS, "Table 5 — VQ-VAE normalization (validation split)")]
+    md += [x for rows, c, title in tables if rows for x in (markdown_table(rows, c, title), "")]
+    md.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()))
     return "\n".join(md)
 
 
