@@ -288,10 +288,10 @@ def _panels(motion: np.ndarray, role: str, beta, flame, size: int, ssaa: int,
 TITLE_H, SUB_H = 32, 48
 
 
-def _check_words(words) -> list[Word]:
+def _check_words(words, name: str = "words") -> list[Word]:
     if isinstance(words, (str, bytes)) or not isinstance(words, (list, tuple)):
-        raise UserError(f"words: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
-    return [Segment._check_word("words", i, w, math.inf) for i, w in enumerate(words)]
+        raise UserError(f"{name}: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
+    return [Segment._check_word(name, i, w, math.inf) for i, w in enumerate(words)]
 
 
 def _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_beta):
@@ -429,10 +429,7 @@ def load_words(path: str | os.PathLike) -> list[Word]:
     if isinstance(d, dict) or (isinstance(d, list) and d and isinstance(d[0], dict) and "words" in d[0]):
         from .speaker import read_whisper_words
         return read_whisper_words(d)
-    try:
-        return _check_words(d)
-    except ValueError as e:
-        raise UserError(f"--words {path}: {e}") from None
+    return _check_words(d, f"--words {path}")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -418,3 +418,19 @@ def test_cli_from_models(tmp_path, capsys):
     assert rc == 0, out.err
     frames, fps = read_mp4(tmp_path / "m.mp4")
     assert frames.shape[:3] == (240, 64 + rd.TITLE_H + rd.SUB_H, 192) and fps == 30
+    # --vq/--lm/--name pair up in order; a --vq without its --lm is refused before any data is built
+    rc = main(["render", "--vq", str(tmp_path / "vq"), "--vq", str(tmp_path / "vq"), "--lm", str(tmp_path / "lm"),
+               "--out", str(tmp_path / "x.mp4")])
+    assert rc == 2 and "expected one --lm and at most one --name per --vq" in capsys.readouterr().err
+
+
+def test_words_file_errors_name_the_file(tmp_path):
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps([["a", 0.5, 0.2]]))
+    with pytest.raises(ValueError, match=r"--words .*w\.json\[0\] \('a'\): expected start <= end"):
+        rd.load_words(p)
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match=r"--words .*w\.json: expected a JSON file"):
+        rd.load_words(p)
+    p.write_text(json.dumps([{"text": "ok", "start": 0, "end": 0.2}, ["then", 0.3, 0.5]]))
+    assert rd.load_words(p) == [Word("ok", 0.0, 0.2), Word("then", 0.3, 0.5)]
