@@ -169,22 +169,21 @@ def plan_models(cov: Coverage, table3: bool = False) -> tuple[dict, dict, list[s
     """Which LMs the data supports: ``(rows, models, notes)``; ``rows``: Table 4 (and 3) row -> model key
     ``(modalities, preset)``, ``models``: key -> display name (trained once when rows coincide)."""
     mm = "+".join(cov.modalities)
-    presets = ["naive"] + (["disentangled"] if cov.has_beta else [])
-    rows, notes = {}, []
     if not mm:
         return {}, {}, ["no speaker modality: every LM row (Tables 3, 4 and Ours) is left out"]
+    rows, notes = {}, []
     for row, (inp, preset) in TABLE4.items():
         mods = mm if inp == "MM" else "W"
         if mods == "W" and "W" not in cov.modalities:
             notes.append(f"Table 4 {row}: left out, the data has no words (the row's LM is words-only)")
-        elif preset not in presets:
+        elif preset == "disentangled" and not cov.has_beta:
             notes.append(f"Table 4 {row}: left out, the data has no listener beta for the IN/AdaIN VQ-VAE")
         else:
             rows[row] = (mods, preset)
     if mm == "W":
         notes.append("the data has words only: MM only is the same model as Naive, Full the same as ID only")
     if table3:
-        if "disentangled" in presets and {"W", "SA", "emo"} <= set(cov.modalities):
+        if cov.has_beta and {"W", "SA", "emo"} <= set(cov.modalities):
             rows["W+SA"], rows["W+emo"] = ("W+SA", "disentangled"), ("W+emo", "disentangled")
         else:
             notes.append("Table 3: left out, it needs words, SA tokens, emotion and beta")
