@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -343,13 +344,12 @@ def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float =
         yield np.asarray(im)
 
 
-def _ffmpeg():
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise ImportError("render: writing mp4 needs imageio-ffmpeg (it ships its own ffmpeg): "
-                          "pip install 'minilisten[video]' (or pip install imageio-ffmpeg)") from None
-    return imageio_ffmpeg
+def _no_ffmpeg() -> str | None:
+    """Why no mp4 can be written here, or None when imageio-ffmpeg is installed."""
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        return ("render: writing mp4 needs imageio-ffmpeg (it ships its own ffmpeg): pip install 'minilisten[video]' "
+                "(or pip install imageio-ffmpeg)")
+    return None
 
 
 def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_path, flame=None, beta=None,
@@ -359,6 +359,9 @@ def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_p
     written to a temporary name and renamed at the end, so a failed run leaves no partial file."""
     from PIL import Image
     from tqdm import tqdm
+    if why := _no_ffmpeg():
+        raise ImportError(why)
+    import imageio_ffmpeg
     frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa)
     T = len(speaker_motion)
     if still is not None and not (isinstance(still, (int, np.integer)) and 0 <= still < T):
@@ -370,8 +373,8 @@ def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_p
     try:
         for i, fr in enumerate(tqdm(frames, total=T, desc="render", unit="frame", disable=not progress)):
             if writer is None:
-                writer = _ffmpeg().write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=7, macro_block_size=16,
-                                                ffmpeg_log_level="error")
+                writer = imageio_ffmpeg.write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=7, macro_block_size=16,
+                                                     ffmpeg_log_level="error")
                 writer.send(None)
             if i == still:
                 Image.fromarray(fr).save(out.with_suffix(".png"))
@@ -395,10 +398,8 @@ def render_segment(seg: Segment, preds: dict, out_path, flame=None, **kw) -> Pat
 def render_demo_clip(out_dir, clip: Segment, preds: dict, progress: bool = True, ssaa: int = 2) -> Path | None:
     """``<out_dir>/clip.mp4`` and ``clip.png`` (its middle frame) of :func:`render_segment`, or None with a message
     when imageio-ffmpeg is not installed (the demo's other outputs do not need it)."""
-    try:
-        _ffmpeg()
-    except ImportError as e:
-        print(f"render: skipped {Path(out_dir) / 'clip.mp4'}: {e}", flush=True)
+    if why := _no_ffmpeg():
+        print(f"render: skipped {Path(out_dir) / 'clip.mp4'}: {why}", flush=True)
         return None
     return render_segment(clip, preds, Path(out_dir) / "clip.mp4", progress=progress, still=clip.T // 2, ssaa=ssaa)
 
@@ -496,10 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     from .flame import load_flame
     flame = load_flame(a.flame) if a.flame else None
-    try:
-        _ffmpeg()
-    except ImportError as e:
-        raise UserError(str(e)) from None
+    if why := _no_ffmpeg():
+        raise UserError(why)
     kw = dict(size=a.size, progress=not a.no_progress, still=a.still, ssaa=a.ssaa)
     if a.vq or a.lm:
         if a.speaker or a.listener or a.gt:
