@@ -1,9 +1,6 @@
-"""FLAME head mesh from minilisten's 56 motion numbers (expression 50 | global rotation 3 | jaw 3), in numpy.
-
+"""FLAME head mesh from minilisten's 56 motion numbers (expression 50 | global rotation 3 | jaw 3), in numpy:
 :func:`load_flame` reads the user's FLAME 2020 ``generic_model.pkl`` without running code from it (chumpy and
-scipy.sparse objects become inert placeholders); :meth:`FlameModel.vertices` is FLAME's forward pass (smplx
-``lbs``). Keys and conventions: docs/models.md.
-"""
+scipy.sparse objects become inert placeholders); :meth:`FlameModel.vertices` is smplx's ``lbs``. docs/models.md."""
 from __future__ import annotations
 
 import io
@@ -13,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.segment import EXP, N_SHAPE, POSE, _check_array
 from .errors import UserError
 from .safe_pickle import RestrictedUnpickler, UnsafePickleError, _run
 
@@ -22,7 +20,6 @@ ROOT, JAW = 0, 2
 SPARSE = ("csc", "csr", "coo")
 
 
-# ----------------------------------------------------------------------------- reading the pickle
 class _Placeholder:
     """An inert stand-in for a pickled object: it only stores the pickled state (never runs code)."""
     source = ""
@@ -84,10 +81,7 @@ def _to_array(key: str, obj, where: str) -> np.ndarray:
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise UserError(f"{where}: expected a consistent {fmt} matrix state (data, indices/indptr or row/col, "
                             f"_shape), got {type(e).__name__}: {e}") from None
-    a = np.asarray(obj)
-    if a.dtype == object:
-        raise UserError(f"{where}: expected a numeric array, got an object array of {type(obj).__name__}")
-    return a
+    return np.asarray(obj)
 
 
 def read_flame_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -108,7 +102,6 @@ def rodrigues(aa: np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(aa.reshape(-1, 3)).as_matrix().reshape(aa.shape[:-1] + (3, 3))
 
 
-# ----------------------------------------------------------------------------- the model
 @dataclass
 class FlameModel:
     """A FLAME model as plain arrays (``V`` vertices, ``J`` joints, ``F`` faces): v_template ``(V, 3)``,
@@ -122,7 +115,6 @@ class FlameModel:
     weights: np.ndarray
     parents: np.ndarray
     faces: np.ndarray
-    source: str = ""
 
     @classmethod
     def from_arrays(cls, d: dict, where: str = "FLAME model") -> "FlameModel":
@@ -132,47 +124,33 @@ class FlameModel:
         if missing:
             raise UserError(f"{where}: missing key(s) {', '.join(missing)}: expected a FLAME model with keys "
                             f"{', '.join(need)}, got {', '.join(sorted(map(str, d)))}")
-        a = {k: np.asarray(d[k]) for k in need}
-        V, J = len(a["v_template"]), a["kintree_table"].shape[-1]
-        shapes = {"v_template": (V, 3), "shapedirs": (V, 3, -1), "posedirs": (V, 3, 9 * (J - 1)),
-                  "J_regressor": (J, V), "weights": (V, J), "kintree_table": (2, J), "f": (-1, 3)}
-        for k, want in shapes.items():
-            got = a[k].shape
-            if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got)) \
-                    or not np.issubdtype(a[k].dtype, np.number) or not np.isfinite(a[k]).all():
-                want = tuple("*" if w < 0 else w for w in want)
-                raise UserError(f"{where}[{k!r}]: expected shape {want}, got {got} {a[k].dtype} "
-                                "(expected finite numbers)")
-        if V < 3 or J < 3 or a["shapedirs"].shape[2] <= N_EXP_MODEL:
-            raise UserError(f"{where}: expected >= 3 vertices, >= 3 joints (root, neck, jaw) and shapedirs of S + "
-                            f"{N_EXP_MODEL} components, got {V}, {J}, {a['shapedirs'].shape[2]}")
-        parents = a["kintree_table"][0].astype(np.int64)
+        V, J = len(d["v_template"]), np.shape(d["kintree_table"])[-1]
+        shapes = {"v_template": (V, 3), "shapedirs": (V, 3, None), "posedirs": (V, 3, 9 * (J - 1)),
+                  "J_regressor": (J, V), "weights": (V, J), "kintree_table": (2, J), "f": (None, 3)}
+        a = {k: _check_array(f"{where}[{k!r}]", d[k], shape, np.int64 if k in ("kintree_table", "f") else np.float64)
+             for k, shape in shapes.items()}
+        if V < 3 or J < 3 or a["shapedirs"].shape[2] < N_SHAPE + N_EXP_MODEL:
+            raise UserError(f"{where}: expected >= 3 vertices, >= 3 joints (root, neck, jaw) and shapedirs of >= "
+                            f"{N_SHAPE} + {N_EXP_MODEL} components, got {V}, {J}, {a['shapedirs'].shape[2]}")
+        parents = a["kintree_table"][0].copy()
         parents[0] = -1
         if any(not 0 <= parents[j] < j for j in range(1, J)):
             raise UserError(f"{where}['kintree_table']: expected each joint's parent before it, got {parents.tolist()}")
         f = a["f"]
-        if not np.issubdtype(f.dtype, np.integer) or (f.size and (f.min() < 0 or f.max() >= V)):
-            raise UserError(f"{where}['f']: expected integer faces indexing {V} vertices, got dtype {f.dtype}")
-        sd = a["shapedirs"].astype(np.float64)
-        return cls(a["v_template"].astype(np.float64), sd[:, :, :-N_EXP_MODEL], sd[:, :, -N_EXP_MODEL:],
-                   a["posedirs"].astype(np.float64), a["J_regressor"].astype(np.float64),
-                   a["weights"].astype(np.float64), parents, f.astype(np.int64), where)
+        if f.size and (f.min() < 0 or f.max() >= V):
+            raise UserError(f"{where}['f']: expected faces indexing {V} vertices, got indices {f.min()}..{f.max()}")
+        sd = a["shapedirs"]
+        return cls(a["v_template"], sd[:, :, :-N_EXP_MODEL], sd[:, :, -N_EXP_MODEL:], a["posedirs"],
+                   a["J_regressor"], a["weights"], parents, f)
 
     def vertices(self, exp: np.ndarray, pose: np.ndarray, beta: np.ndarray | None = None) -> np.ndarray:
         """Posed vertices ``(T, V, 3)`` of expression ``(T, E <= 100)``, pose ``(T, 6)`` (global | jaw,
         axis-angle) and shape ``beta (B <= S,)`` (None: mean shape); neck and eyes stay at rest."""
         exp, pose = np.asarray(exp, np.float64), np.asarray(pose, np.float64)
         T = pose.shape[0]
-        if exp.ndim != 2 or exp.shape[0] != T or exp.shape[1] > N_EXP_MODEL:
-            raise UserError(f"exp: expected shape ({T}, <= {N_EXP_MODEL}), got {exp.shape}")
-        if pose.ndim != 2 or pose.shape[1] != 6:
-            raise UserError(f"pose: expected shape (T, 6) (global 3 | jaw 3), got {pose.shape}")
         v = self.v_template[None].repeat(T, 0)                                   # (T, V, 3)
         if beta is not None:
-            beta = np.asarray(beta, np.float64)
-            if beta.ndim != 1 or beta.shape[0] > self.shapedirs.shape[2]:
-                raise UserError(f"beta: expected shape (<= {self.shapedirs.shape[2]},), got {beta.shape}")
-            v = v + np.einsum("vcs,s->vc", self.shapedirs[:, :, :len(beta)], beta)[None]
+            v = v + np.einsum("vcs,s->vc", self.shapedirs[:, :, :len(beta)], np.asarray(beta, np.float64))[None]
         v = v + np.einsum("vce,te->tvc", self.expdirs[:, :, :exp.shape[1]], exp)
         J = self.J_regressor.shape[0]
         joints = np.einsum("jv,tvc->tjc", self.J_regressor, v)                  # (T, J, 3)
@@ -187,7 +165,6 @@ class FlameModel:
 
     def motion_vertices(self, motion: np.ndarray, beta: np.ndarray | None = None) -> np.ndarray:
         """Vertices ``(T, V, 3)`` of minilisten motion ``(T, 56)``."""
-        from .data.segment import EXP, POSE
         motion = np.asarray(motion)
         return self.vertices(motion[:, EXP], motion[:, POSE], beta)
 
@@ -216,7 +193,5 @@ def load_flame(path: str | os.PathLike) -> FlameModel:
     if not p.is_file():
         raise UserError(f"--flame {p}: expected a FLAME model file (generic_model.pkl from flame.is.tue.mpg.de), "
                         "got no such file")
-    if p.suffix == ".npz":
-        from .safe_pickle import load_npz
-        return FlameModel.from_arrays(load_npz(p), str(p))
-    return FlameModel.from_arrays(read_flame_pickle(p), str(p))
+    from .safe_pickle import load_npz
+    return FlameModel.from_arrays(load_npz(p) if p.suffix == ".npz" else read_flame_pickle(p), str(p))

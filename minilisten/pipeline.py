@@ -1,11 +1,10 @@
-"""The library's end-to-end run, from data to the paper's tables (Markdown and plots: :mod:`minilisten.report`;
-command line: :mod:`minilisten.demo`). :func:`run_pipeline` on a :class:`DemoConfig`: the data and what it lacks ->
-the naive and (with beta) IN/AdaIN VQ-VAEs (Table 5) -> LM stage 1 per speaker-modality set, stage 2 per
-(modalities, VQ-VAE) (Tables 4, 3) and the ARIG-style listener -> greedy decoding of LM-listener's test clips ->
-Table 1 with the baselines. A row the data cannot fill is left out with one note. Trainings run in ``workers``
-spawned processes, each rebuilding the data from the config."""
+"""The library's end-to-end run, from data to the paper's tables (:mod:`minilisten.demo` reports them):
+:func:`run_pipeline` trains the naive and (with beta) IN/AdaIN VQ-VAEs (Table 5), LM stage 1 per speaker-modality
+set and stage 2 per (modalities, VQ-VAE) (Tables 4, 3), the ARIG-style listener, and evaluates them with the baselines
+(Table 1) on the test clips. Rows the data cannot fill are left out with a note; trainings run in spawned workers."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -101,29 +100,24 @@ def demo_data(data: DataConfig, units_dir: str | None = None, fit_units: bool = 
     notes, n_sa = [note] if note else [], getattr(ds, "n_sa", None)
     segs = [s for v in splits.values() for s in v]
     if units_dir and all(getattr(s, "mel", None) is not None and s.sa_tokens is None for s in segs):
-        splits, n_sa, line = _mel_units(splits, Path(units_dir), fit_units)
-        notes.append(line)
+        from .speaker import MelUnits
+        if fit_units:
+            units = MelUnits.fit([s.mel for s in splits["train"]], seed=0)
+            units.save(Path(units_dir))
+        else:
+            units = MelUnits.load(Path(units_dir))
+        splits = {k: [s.replace(sa_tokens=units.tokens(s.mel, s.fps)) for s in v] for k, v in splits.items()}
+        n_sa = units.k
+        notes.append(f"speaker mel, no SA tokens: SA tokens are acoustic units (speaker.MelUnits, k-means over mel "
+                     f"frames) fitted on the train split, saved in {units_dir}")
     cov = Coverage.of(splits)
     return DemoData(*splits.values(), n_sa, what, cov, notes + list(cov.missing))
 
 
-def _mel_units(splits: dict, units_dir: Path, fit: bool) -> tuple[dict, int | None, str]:
-    """Splits with ``sa_tokens`` from k-means units over the speaker mel, the units' count and the note saying so."""
-    from . import speaker
-    if fit:
-        units = speaker.MelUnits.fit([s.mel for s in splits["train"]], seed=0)
-        units.save(units_dir)
-    else:
-        units = speaker.MelUnits.load(units_dir)
-    out = {k: [s.replace(sa_tokens=units.tokens(s.mel, s.fps)) for s in v] for k, v in splits.items()}
-    line = (f"speaker mel, no SA tokens: SA tokens are acoustic units (speaker.MelUnits, k-means over mel frames) "
-            f"fitted on the train split, saved in {units_dir}")
-    return out, units.k, line
-
-
-def _train(source: tuple, kind: str, out_dir: str, kw: dict) -> None:
-    """Train one model (``kind``: vq, lm or arig) into ``out_dir``; in a worker process the data is rebuilt from
-    ``source``, identical to the parent's. An LM stage starts from ``kw["init_dir"]`` (stage 1's) when given."""
+def _train(job: tuple) -> None:
+    """Train one model of ``job = (source, kind, out_dir, kw)`` (``kind``: vq, lm or arig); in a worker process the
+    data is rebuilt from ``source``, identical to the parent's. An LM stage starts from ``kw["init_dir"]``."""
+    source, kind, out_dir, kw = job
     from .lm import ListenerLM
     from .train_arig import train_arig
     from .train_lm import train_lm
@@ -141,22 +135,17 @@ def _train(source: tuple, kind: str, out_dir: str, kw: dict) -> None:
 def _run_jobs(jobs: list, workers: int, progress: bool = True) -> None:
     """Run :func:`_train` jobs ``(source, kind, out_dir, kw)`` in ``workers`` spawned processes of 1 thread each
     (1 = in this process)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(jobs), desc="training " + ", ".join(Path(j[2]).name for j in jobs), disable=not progress,
-               dynamic_ncols=True)
-    if workers <= 1:
-        for job in jobs:
-            _train(*job)
-            bar.update()
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
-                                 initargs=(1,)) as ex:
-            for f in [ex.submit(_train, *job) for job in jobs]:
-                f.result()
-                bar.update()
-    bar.close()
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                               initargs=(1,)) if workers > 1 else contextlib.nullcontext()
+    with pool as ex:
+        done = ex.map(_train, jobs) if ex else map(_train, jobs)
+        for _ in tqdm(done, total=len(jobs), desc="training " + ", ".join(Path(j[2]).name for j in jobs),
+                      disable=not progress, dynamic_ncols=True):
+            pass
 
 
 #: the Table 4 rows: (words-only or multimodal LM, naive or disentangled VQ-VAE)
@@ -180,22 +169,21 @@ def plan_models(cov: Coverage, table3: bool = False) -> tuple[dict, dict, list[s
     """Which LMs the data supports: ``(rows, models, notes)``; ``rows``: Table 4 (and 3) row -> model key
     ``(modalities, preset)``, ``models``: key -> display name (trained once when rows coincide)."""
     mm = "+".join(cov.modalities)
-    presets = ["naive"] + (["disentangled"] if cov.has_beta else [])
-    rows, notes = {}, []
     if not mm:
         return {}, {}, ["no speaker modality: every LM row (Tables 3, 4 and Ours) is left out"]
+    rows, notes = {}, []
     for row, (inp, preset) in TABLE4.items():
         mods = mm if inp == "MM" else "W"
         if mods == "W" and "W" not in cov.modalities:
             notes.append(f"Table 4 {row}: left out, the data has no words (the row's LM is words-only)")
-        elif preset not in presets:
+        elif preset == "disentangled" and not cov.has_beta:
             notes.append(f"Table 4 {row}: left out, the data has no listener beta for the IN/AdaIN VQ-VAE")
         else:
             rows[row] = (mods, preset)
     if mm == "W":
         notes.append("the data has words only: MM only is the same model as Naive, Full the same as ID only")
     if table3:
-        if "disentangled" in presets and {"W", "SA", "emo"} <= set(cov.modalities):
+        if cov.has_beta and {"W", "SA", "emo"} <= set(cov.modalities):
             rows["W+SA"], rows["W+emo"] = ("W+SA", "disentangled"), ("W+emo", "disentangled")
         else:
             notes.append("Table 3: left out, it needs words, SA tokens, emotion and beta")
@@ -218,7 +206,7 @@ def baselines(train, clips, seed: int = 0, speech: bool = True) -> tuple[dict[st
 class PipelineResult:
     """What :func:`run_pipeline` produced: Table 1/3/4/5 rows (name -> metrics; ``table3`` None unless asked and
     possible), ``preds``: method -> motion ``(T, 56)`` per clip, ``models``: LM key -> display name, ``rows``:
-    Table 4 row -> LM key."""
+    Table 4 row -> LM key, ``ours``: the LM key reported as Ours (Full, else the best-equipped row; None: no LM)."""
     cfg: DemoConfig
     data: DemoData
     out: Path
@@ -226,7 +214,6 @@ class PipelineResult:
     rows: dict
     models: dict
     vq: dict
-    lms: dict
     preds: dict
     gen_codes: dict
     results: dict
@@ -238,14 +225,9 @@ class PipelineResult:
     notes: list
     timings: dict
     has_valence: bool
-    arig_ablation: dict | None = None
-    nn_speech_embedding: str | None = None
-    all_train: list = field(default_factory=list)
-
-    @property
-    def ours(self) -> tuple | None:
-        """The LM key reported as Ours (Full, else the best-equipped row the data allows; None: no LM)."""
-        return next((self.rows[r] for r in ("Full", "ID only", "MM only", "Naive") if r in self.rows), None)
+    ours: tuple | None
+    arig_ablation: dict | None
+    nn_speech_embedding: str | None
 
 
 def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool = True) -> PipelineResult:
@@ -263,8 +245,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     timings: dict[str, float] = {}
     t_all = clock = time.perf_counter()
 
-    def tick(name):
-        """Time since the last tick (the stages' times add up to the total)."""
+    def tick(name):   # the stages' times add up to the total
         nonlocal clock
         timings[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
@@ -278,13 +259,10 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     print(f"{data.what}: {len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test segments; "
           + cov.describe() + "".join(f"\n  - {n}" for n in plan_notes), flush=True)
     tick("data")
-    all_train = data.train + data.val + data.test
     vq_window, lm_window = (min(fit_window(data.train, w), fit_window(data.val, w)) for w in (240, cfg.lm_window))
     if min(vq_window, lm_window) < 240:   # windows that train and validation segments both hold
         notes.append(f"segments shorter than 240 frames: VQ-VAEs and LMs use "
                      f"{'/'.join(map(str, sorted({vq_window, lm_window})))}-frame windows (not 240)")
-
-    # ---- VQ-VAEs (Table 5)
     presets = {"naive": "(∅, ∅) naive", **({"disentangled": "(IN, AdaIN) ours"} if cov.has_beta else {})}
     vq_kw = dict(steps=cfg.vq_steps, batch_size=cfg.vq_batch, learning_rate=cfg.vq_learning_rate, seed=cfg.seed,
                  eval_every=0, width=cfg.vq_width, code_dim=cfg.vq_code_dim, eval_window=vq_window,
@@ -294,8 +272,6 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     table5 = {label: evaluate_vq(vq[p], data.val, window=vq_window) for p, label in presets.items()}
     tick("vq_training")
     codes = {p: {s: vqvae_codes(vq[p], getattr(data, s)) for s in ("train", "val")} for p in vq}
-
-    # ---- LMs: stage 1 per modality set, stage 2 per (modalities, VQ-VAE); the ARIG-style listener
     mods = sorted({m for m, _ in models}, key=lambda m: (m != "W", m))
     lm_dir = {key: out / ROW_DIR[row] for row, key in reversed(rows.items())}   # a shared model: the first row's
     stage1 = {m: str(out / f"stage1_{m.replace('+', '_').lower()}") for m in mods}
@@ -319,8 +295,6 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     lr_acc = {k: evaluate_lm(lms[k], data.val, codes[k[1]]["val"], window=lm_window)["acc"] for k in models}
     for k, acc in lr_acc.items():
         print(f"  validation LR-token accuracy {models[k]}: {acc:.3f}", flush=True)
-
-    # ---- evaluation on the test clips
     clips = test_clips(data.test, cfg.max_test_clips)
     preds, emb = baselines(data.train, clips, cfg.seed, speech="W" in cov.modalities)
     if "W" not in cov.modalities:
@@ -337,30 +311,22 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     tick("evaluation")
 
     gt = next(iter(results.values()))
+    ours = next((rows[r] for r in ("Full", "ID only", "MM only", "Naive") if r in rows), None)
+    if ours is not None:
+        notes.append(f"Ours = the LM on {models[ours]}")
     table1 = {"GT": {"variation": gt["variation_gt"], "diversity": gt["diversity_gt"]}}
-    table1.update({n: results[n] for n in ("Random", "NN facial motion", "NN speech content", "Naive random walk")
-                   if n in results})
-    if "Naive" in rows:
-        table1["LM-listener (words only)"] = results[models[rows["Naive"]]]
-    if "Ours random walk" in results:
-        table1["Ours random walk"] = results["Ours random walk"]
-    res = PipelineResult(cfg=cfg, data=data, out=out, clips=clips, rows=rows, models=models, vq=vq, lms=lms,
-                         preds=preds, gen_codes=gen_codes, results=results, lr_acc=lr_acc, table1=table1,
-                         table3=None, table4={}, table5=table5, notes=notes, timings=timings,
-                         has_valence="l2_affect" in gt, all_train=all_train, nn_speech_embedding=emb)
-    if res.ours is not None:
-        table1["Ours"] = results[models[res.ours]]
-        notes.append(f"Ours = the LM on {models[res.ours]}")
-    if ARIG_ROW in results:
-        table1[ARIG_ROW] = results[ARIG_ROW]
-    res.table4 = {row: {**results[models[k]], "lr_acc": lr_acc[k]} for row, k in rows.items() if row in TABLE4}
-    if len(arig_runs) > 1:
-        res.arig_ablation = {label: results[name] for name, (_, _, label) in arig_runs.items()}
-    if "W+SA" in rows:
-        res.table3 = {m: {**results[models[rows[r]]], "lr_acc": lr_acc[rows[r]]} for m, r in
-                      (("W", "ID only"), ("W+SA+emo", "Full"), ("W+SA", "W+SA"), ("W+emo", "W+emo"))}
+    rows1 = {n: n for n in ("Random", "NN facial motion", "NN speech content", "Naive random walk")}
+    rows1.update({"LM-listener (words only)": models.get(rows.get("Naive")), "Ours random walk": "Ours random walk",
+                  "Ours": models.get(ours), ARIG_ROW: ARIG_ROW})
+    table1.update({row: results[k] for row, k in rows1.items() if k in results})
+    table4 = {row: {**results[models[k]], "lr_acc": lr_acc[k]} for row, k in rows.items() if row in TABLE4}
+    table3 = None if "W+SA" not in rows else {
+        m: {**results[models[rows[r]]], "lr_acc": lr_acc[rows[r]]}
+        for m, r in (("W", "ID only"), ("W+SA+emo", "Full"), ("W+SA", "W+SA"), ("W+emo", "W+emo"))}
+    ablation = {label: results[name] for name, (_, _, label) in arig_runs.items()} if len(arig_runs) > 1 else None
     timings["total"] = round(time.perf_counter() - t_all, 1)
-    return res
+    return PipelineResult(cfg, data, out, clips, rows, models, vq, preds, gen_codes, results, lr_acc, table1, table3,
+                          table4, table5, notes, timings, "l2_affect" in gt, ours, ablation, emb)
 
 
 def identity_swap(res: PipelineResult, k: int):
@@ -369,7 +335,8 @@ def identity_swap(res: PipelineResult, k: int):
     if res.ours is None or res.ours[1] != "disentangled":
         return None
     clip = res.clips[k]
-    cands = [s.listener_beta for s in res.all_train if s.listener_beta is not None]
+    d = res.data
+    cands = [s.listener_beta for s in d.train + d.val + d.test if s.listener_beta is not None]
     dist = [float(np.abs(b - clip.listener_beta).max()) for b in cands]
     if not dist or max(dist) < 1e-6:
         return None

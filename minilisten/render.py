@@ -1,19 +1,17 @@
-"""Video of a conversation: speaker | generated listener(s) | ground-truth listener, with the speaker's words as
-subtitles (``python -m minilisten render``, :func:`render_clip`). Each head is drawn from its motion ``(T, 56)``
-(expression ``[0:50]``, pose ``[50:56]`` = global rotation 3 | jaw 3, axis-angle) and rasterised in numpy (z-buffer,
-Lambert lighting, supersampling): the FLAME mesh with a user-supplied model (:mod:`minilisten.flame`), else
-:class:`SchematicHead` (what it shows: docs/results.md, "Rendering"). Text and PNG with Pillow, mp4 with
-imageio-ffmpeg. Frame ``i`` shows time ``(i + 0.5) / fps``."""
+"""Video of speaker | generated listener(s) | ground truth with the speaker's words as subtitles (``python -m
+minilisten render``, :func:`render_clip`): heads from motion ``(T, 56)`` (expression 50 | global rotation 3 | jaw 3)
+rasterised in numpy, the FLAME mesh (:mod:`minilisten.flame`) or :class:`SchematicHead` (docs/video.md); text and PNG
+with Pillow, mp4 with imageio-ffmpeg. Frame ``i`` shows time ``(i + 0.5) / fps``."""
 from __future__ import annotations
 
 import argparse
 import functools
-import itertools
+import importlib.util
 import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -24,7 +22,6 @@ from .errors import UserError
 FONT_HEIGHT = 25   # Pillow's default font (Aileron Regular) at size 20: ascent 20 + descent 5
 
 
-# ----------------------------------------------------------------------------- text
 @functools.lru_cache(maxsize=1)
 def _font():
     from PIL import ImageFont
@@ -42,7 +39,6 @@ def draw_text(draw, text: str, x: int, y: int, color=(255, 255, 255)) -> int:
     return x + text_width(text)
 
 
-# ----------------------------------------------------------------------------- subtitles
 def frame_times(n_frames: int, fps: float) -> np.ndarray:
     """Time in seconds each frame shows: the middle of the frame, ``(i + 0.5) / fps``."""
     return (np.arange(n_frames) + 0.5) / fps
@@ -64,7 +60,6 @@ def subtitle_at(words: list[Word], t: float, hold: float = 1.5, max_width: int |
     return shown, active
 
 
-# ----------------------------------------------------------------------------- rasteriser
 def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: int, width: int,
               background=(0.0, 0.0, 0.0), cull: bool = True) -> np.ndarray:
     """Z-buffered triangles -> image ``(height, width, 3)`` float32: ``verts (V, 3)`` in pixels (x right, y down,
@@ -82,8 +77,6 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     bw, bh = x1 - x0 + 1, y1 - y0 + 1
     keep = (bw > 0) & (bh > 0) & ((area < -1e-12) if cull else (np.abs(area) > 1e-12))
     fid = np.nonzero(keep)[0]
-    if not len(fid):
-        return img
     # barycentric coordinates and depth are affine in the pixel position: l_k = ex x + ey y + e0
     ar = area[fid]
     p = [(1, 2), (2, 0), (0, 1)]
@@ -122,39 +115,25 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     return img
 
 
-LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])
-
-
-def shade(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, ambient: float = 0.28) -> np.ndarray:
-    """Lambert shading per vertex: ``albedo (V, 3) * (ambient + (1 - ambient) max(0, n . light))`` with area-weighted
-    vertex normals (faces wound counter-clockwise seen from outside), light from the upper left, in front."""
-    tri = verts[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    vn = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
-    return albedo * (ambient + (1 - ambient) * np.clip(vn @ LIGHT, 0.0, 1.0))[:, None]
+LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])   # from the upper left, in front
+AMBIENT = 0.28
 
 
 def draw_mesh(verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, size: int, center, scale: float,
               background, ssaa: int = 2) -> np.ndarray:
-    """Orthographic view of a world-space mesh (camera on +z looking at ``center``; ``scale``
-    pixels per world unit) -> float image ``(size, size, 3)``; ``ssaa``: supersampling factor."""
-    cols = shade(verts, faces, albedo)
-    S = size * ssaa
-    s = scale * ssaa
-    p = np.empty_like(verts)
-    p[:, 0] = S / 2 + s * (verts[:, 0] - center[0])
-    p[:, 1] = S / 2 - s * (verts[:, 1] - center[1])
-    p[:, 2] = verts[:, 2]
-    img = rasterize(p, faces, cols, S, S, background)
-    if ssaa > 1:
-        img = img.reshape(size, ssaa, size, ssaa, 3).mean((1, 3))
-    return img
+    """Orthographic view of a world-space mesh (camera on +z looking at ``center``; ``scale`` pixels per world unit)
+    -> float image ``(size, size, 3)`` (``ssaa``: supersampling per side), Lambert-shaded per vertex with
+    area-weighted normals of faces wound counter-clockwise seen from outside."""
+    tri = verts[faces]
+    vn = np.zeros_like(verts)
+    np.add.at(vn, faces.T.ravel(), np.tile(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), (3, 1)))
+    vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+    cols = albedo * (AMBIENT + (1 - AMBIENT) * np.clip(vn @ LIGHT, 0.0, 1.0))[:, None]
+    S, s = size * ssaa, scale * ssaa
+    p = np.column_stack([S / 2 + s * (verts[:, 0] - center[0]), S / 2 - s * (verts[:, 1] - center[1]), verts[:, 2]])
+    return rasterize(p, faces, cols, S, S, background).reshape(size, ssaa, size, ssaa, 3).mean((1, 3))
 
 
-# ----------------------------------------------------------------------------- meshes
 def _ellipsoid(n_lat: int, n_lon: int, radii, center) -> tuple[np.ndarray, np.ndarray]:
     """UV ellipsoid: vertices ``((n_lat + 1) n_lon, 3)``, faces outward-wound; longitude 0 faces +z."""
     th = np.linspace(0, np.pi, n_lat + 1)[:, None]
@@ -164,8 +143,7 @@ def _ellipsoid(n_lat: int, n_lon: int, radii, center) -> tuple[np.ndarray, np.nd
     i, j = i.ravel(), j.ravel()
     a, b = i * n_lon + j, (i + 1) * n_lon + j
     c, d = (i + 1) * n_lon + (j + 1) % n_lon, i * n_lon + (j + 1) % n_lon
-    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
-    faces = _outward(unit, faces)
+    faces = _outward(unit, np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)]))
     return unit * np.asarray(radii) + np.asarray(center), faces
 
 
@@ -179,12 +157,11 @@ def _outward(unit_verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return faces
 
 
-def _strip_faces(n: int, offset: int) -> np.ndarray:
+def _strip_faces(n: int) -> np.ndarray:
     """Faces of a strip between two polylines of ``n`` points (top ``0..n-1``, bottom ``n..2n-1``),
     counter-clockwise seen from +z when the top line is above the bottom one and runs in +x."""
-    k = np.arange(n - 1)
-    t0, t1, b0, b1 = k, k + 1, k + n, k + n + 1
-    return np.concatenate([np.stack([t0, b0, b1], 1), np.stack([t0, b1, t1], 1)]) + offset
+    t = np.arange(n - 1)
+    return np.concatenate([np.stack([t, t + n, t + n + 1], 1), np.stack([t, t + n + 1, t + 1], 1)])
 
 
 SKIN = (0.86, 0.69, 0.58)
@@ -207,22 +184,19 @@ def _smoothstep(x, lo, hi):
 class SchematicHead:
     """A low-poly head, neck and shoulders moved by a motion frame (no FLAME model; docs/results.md "Rendering"):
     ``frame_mesh(frame56)`` -> ``(verts (V, 3), faces (F, 3), albedo (V, 3))`` in world units (head radius ~1, y up,
-    z to the camera); ``exaggerate`` scales the expression effects (not the pose)."""
+    z to the camera)."""
 
     N_MOUTH = 13
 
-    def __init__(self, shirt=(0.30, 0.42, 0.62), exaggerate: float = 1.0):
-        self.exaggerate = float(exaggerate)
+    def __init__(self, shirt=(0.30, 0.42, 0.62)):
         parts = []   # (verts, faces, color) of the parts that turn with the head
         v, f = _ellipsoid(18, 28, HEAD_R, (0, 0, 0))
-        self._head = slice(0, len(v))
+        self._n_head = len(v)
         parts.append((v, f, SKIN))
         # jaw skinning weight of each head vertex: below the mouth line and in front of the hinge
         self._jaw_w = _smoothstep(-v[:, 1], 0.12, 0.42) * _smoothstep(v[:, 2], -0.35, 0.25)
-        # ears
         for sx in (-1, 1):
-            ve, fe = _ellipsoid(6, 10, (0.07, 0.17, 0.11), (sx * 0.72, 0.02, -0.08))
-            parts.append((ve, fe, (0.80, 0.62, 0.52)))
+            parts.append((*_ellipsoid(6, 10, (0.07, 0.17, 0.11), (sx * 0.72, 0.02, -0.08)), (0.80, 0.62, 0.52)))
         # nose: a cone from the face to its tip
         n_seg = 10
         ang = np.linspace(0, 2 * np.pi, n_seg, endpoint=False)
@@ -231,49 +205,43 @@ class SchematicHead:
         tip = np.array([[0.0, -0.1, _surface_z(0.0, -0.1) + 0.17]])
         vn = np.concatenate([base, tip])
         fn = np.stack([np.arange(n_seg), (np.arange(n_seg) + 1) % n_seg, np.full(n_seg, n_seg)], 1)
-        c = vn[:n_seg].mean(0)
-        fn = _outward(vn - c, fn)
-        parts.append((vn, fn, (0.82, 0.64, 0.54)))
+        parts.append((vn, _outward(vn - vn[:n_seg].mean(0), fn), (0.82, 0.64, 0.54)))
         # eyes: white ball + dark pupil
         for sx in (-1, 1):
-            x, y = sx * 0.27, 0.2
-            ve, fe = _ellipsoid(8, 12, (0.105, 0.07, 0.05), (x, y, _surface_z(x, y, -0.015)))
-            parts.append((ve, fe, (0.95, 0.95, 0.93)))
-            ve, fe = _ellipsoid(6, 10, (0.045, 0.045, 0.03), (x, y, _surface_z(x, y, 0.025)))
-            parts.append((ve, fe, (0.12, 0.10, 0.10)))
+            x, y, z = sx * 0.27, 0.2, _surface_z(sx * 0.27, 0.2)
+            parts.append((*_ellipsoid(8, 12, (0.105, 0.07, 0.05), (x, y, z - 0.015)), (0.95, 0.95, 0.93)))
+            parts.append((*_ellipsoid(6, 10, (0.045, 0.045, 0.03), (x, y, z + 0.025)), (0.12, 0.10, 0.10)))
         # dynamic parts (vertices rebuilt per frame): two brows, lips, mouth interior; then the body (not moved by
         # the head pose): neck + shoulders
         n = self.N_MOUTH
-        dyn = [(np.zeros((12, 3)), _strip_faces(6, 0), (0.30, 0.20, 0.15))] * 2
-        dyn += [(np.zeros((2 * n, 3)), _strip_faces(n, 0), c) for c in ((0.72, 0.35, 0.35), (0.22, 0.05, 0.07))]
-        vnk, fnk = _ellipsoid(6, 20, (0.33, 0.55, 0.33), (0, -1.2, -0.12))
-        vb, fb = _ellipsoid(10, 28, (1.35, 0.55, 0.62), (0, -2.05, -0.15))
-        every = parts + dyn + [(vnk, fnk, (0.80, 0.62, 0.52)), (vb, fb, shirt)]
+        dyn = [(np.zeros((12, 3)), _strip_faces(6), (0.30, 0.20, 0.15))] * 2
+        dyn += [(np.zeros((2 * n, 3)), _strip_faces(n), c) for c in ((0.72, 0.35, 0.35), (0.22, 0.05, 0.07))]
+        body = [(*_ellipsoid(6, 20, (0.33, 0.55, 0.33), (0, -1.2, -0.12)), (0.80, 0.62, 0.52)),
+                (*_ellipsoid(10, 28, (1.35, 0.55, 0.62), (0, -2.05, -0.15)), shirt)]
+        every = parts + dyn + body
         offsets = np.cumsum([0] + [len(v) for v, _, _ in every])
         self.faces = np.concatenate([f + o for (_, f, _), o in zip(every, offsets)]).astype(np.int64)
         self.albedo = np.concatenate([np.tile(c, (len(v), 1)) for v, _, c in every]).astype(np.float64)
         self._static = np.concatenate([v for v, _, _ in parts])
-        self._body = np.concatenate([vnk, vb])
+        self._body = np.concatenate([v for v, _, _ in body])
 
     def frame_mesh(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``frame (56,)`` -> ``(verts, faces, albedo)``."""
         from .flame import rodrigues
         frame = np.asarray(frame, np.float64)
-        e = np.tanh(frame[EXP][:4]) * self.exaggerate
-        smile, brow, frown, width = e
+        smile, brow, frown, width = np.tanh(frame[EXP][:4])
         pose = frame[POSE]
         Rj = rodrigues(pose[3:6])
         jaw = lambda p, w: p + w[:, None] * ((p - JAW_PIVOT) @ Rj.T + JAW_PIVOT - p)   # noqa: E731
         v = self._static.copy()
-        v[self._head] = jaw(v[self._head], self._jaw_w)
+        v[:self._n_head] = jaw(v[:self._n_head], self._jaw_w)
         # brows: 6 points along each brow, two rows (thickness)
         brows = []
         for sx in (-1, 1):
             u = np.linspace(0, 1, 6)                 # inner -> outer
             x = sx * (0.10 + 0.30 * u)
             y = 0.37 + 0.05 * np.sin(np.pi * u) + 0.07 * brow - 0.06 * frown * (1 - u)
-            top = np.stack([x, y + 0.025, _surface_z(x, y + 0.025, 0.02)], 1)
-            bot = np.stack([x, y - 0.025, _surface_z(x, y - 0.025, 0.02)], 1)
+            top, bot = (np.stack([x, y + d, _surface_z(x, y + d, 0.02)], 1) for d in (0.025, -0.025))
             if sx < 0:   # keep the strip's top line running in +x
                 top, bot = top[::-1], bot[::-1]
             brows.append(np.concatenate([top, bot]))
@@ -291,8 +259,7 @@ class SchematicHead:
         for pts, lift in ((up, 0.035), (lo, 0.035), (lip_up, 0.02), (lip_lo, 0.02)):
             pts[:, 2] = _surface_z(pts[:, 0], pts[:, 1], lift)
         head = np.concatenate([v] + brows + [lip_up, lip_lo, up, lo])
-        Rg = rodrigues(pose[0:3])
-        head = (head - HEAD_PIVOT) @ Rg.T + HEAD_PIVOT
+        head = (head - HEAD_PIVOT) @ rodrigues(pose[0:3]).T + HEAD_PIVOT
         return np.concatenate([head, self._body]), self.faces, self.albedo
 
     #: camera of the schematic panels (world point at the panel centre, world units across a panel)
@@ -300,7 +267,6 @@ class SchematicHead:
     SPAN = 2.9
 
 
-# ----------------------------------------------------------------------------- heads -> panels
 def _panels(motion: np.ndarray, role: str, beta, flame, size: int, ssaa: int,
             background=(0.16, 0.17, 0.19)) -> Iterator[np.ndarray]:
     """One panel ``(size, size, 3)`` float per frame of ``motion (T, 56)``: the FLAME mesh with ``flame``, else
@@ -320,47 +286,42 @@ def _panels(motion: np.ndarray, role: str, beta, flame, size: int, ssaa: int,
             yield draw_mesh(v, flame.faces, albedo, size, (lo + hi) / 2, scale, background, ssaa)
 
 
-# ----------------------------------------------------------------------------- frames
 TITLE_H, SUB_H = 32, 48
 
 
-def _check_words(words) -> list[Word]:
+def _check_words(words, name: str = "words") -> list[Word]:
     if isinstance(words, (str, bytes)) or not isinstance(words, (list, tuple)):
-        raise UserError(f"words: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
-    return [check_word("words", i, w, math.inf) for i, w in enumerate(words)]
+        raise UserError(f"{name}: expected a list of Word(text, start, end), got {type(words).__name__} {words!r:.60}")
+    return [check_word(name, i, w, math.inf) for i, w in enumerate(words)]
 
 
-def _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta):
+def _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_beta):
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not (math.isfinite(fps) and fps > 0):
         raise UserError(f"fps: expected a positive number, got {fps!r}")
     spk = _check_array("speaker_motion", speaker_motion, (None, D_MOTION))
     if not isinstance(listener_motions, dict) or not listener_motions or not len(spk):
         raise UserError(f"listener_motions: expected a non-empty dict name -> (T, 56) array and >= 1 speaker frame, "
                         f"got {type(listener_motions).__name__} {listener_motions!r:.60}, {len(spk)} frames")
-    lis = {}
-    for name, m in listener_motions.items():
-        lis[str(name)] = _check_array(f"listener_motions[{name!r}]", m, (None, D_MOTION))
-        if len(lis[str(name)]) != len(spk):
-            raise UserError(f"listener_motions[{name!r}]: expected {len(spk)} frames (as speaker_motion), got {len(m)}")
+    lis = {str(n): _check_array(f"listener_motions[{n!r}]", m, (len(spk), D_MOTION))
+           for n, m in listener_motions.items()}
     betas = [None if b is None else _check_array(n, b, (N_SHAPE,)) for n, b in (("beta", beta),
                                                                                 ("speaker_beta", speaker_beta))]
-    return spk, lis, float(fps), *betas
+    return spk, lis, _check_words(words), float(fps), *betas
 
 
 def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float = 30.0, flame=None,
-                  beta=None, speaker_beta=None, size: int = 256, hold: float = 1.5,
-                  speaker_label: str = "speaker", ssaa: int = 2) -> Iterator[np.ndarray]:
+                  beta=None, speaker_beta=None, size: int = 256, ssaa: int = 2) -> Iterator[np.ndarray]:
     """Frames ``(size + 80, size * (1 + listeners), 3)`` uint8: speaker | each listener ``(T, 56)`` (dict order),
     titles on top, the speaker's ``words`` (seconds from frame 0) below; FLAME heads with a ``flame`` model (shapes
     ``beta``/``speaker_beta (100,)``), else schematic; ``size`` a multiple of 16; ``ssaa`` supersampling per side."""
     from PIL import Image, ImageDraw
-    spk, lis, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, fps, beta, speaker_beta)
-    words = _check_words(words)
+    spk, lis, words, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, words, fps, beta,
+                                                      speaker_beta)
     if not isinstance(size, (int, np.integer)) or size < 64 or size % 16:
         raise UserError(f"size: expected a multiple of 16 >= 64 (pixels per panel), got {size!r}")
     if ssaa not in (1, 2, 3, 4):
         raise UserError(f"ssaa: expected 1, 2, 3 or 4 (supersampling per side), got {ssaa!r}")
-    names = [speaker_label] + list(lis)
+    names = ["speaker"] + list(lis)
     labels = [n if text_width(n) <= size - 8 else n[:max(1, (size - 8) // 12)] + "..." for n in names]
     streams = [_panels(spk, "speaker", sbeta, flame, size, ssaa)]
     streams += [_panels(m, "listener", beta, flame, size, ssaa) for m in lis.values()]
@@ -375,7 +336,7 @@ def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float =
         for k, label in enumerate(labels):
             x = k * size + (size - text_width(label)) // 2
             draw_text(draw, label, x, (TITLE_H - FONT_HEIGHT) // 2 + 2, (217, 217, 224))
-        shown, active = subtitle_at(words, t, hold, W - 24)
+        shown, active = subtitle_at(words, t, 1.5, W - 24)
         x = (W - text_width(" ".join(w.text for w in shown))) // 2
         for j, w in enumerate(shown):
             col = (255, 217, 64) if j == active else (235, 235, 235)
@@ -383,58 +344,48 @@ def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float =
         yield np.asarray(im)
 
 
-def _ffmpeg():
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise ImportError("render: writing mp4 needs imageio-ffmpeg (it ships its own ffmpeg): "
-                          "pip install 'minilisten[video]' (or pip install imageio-ffmpeg)") from None
-    return imageio_ffmpeg
-
-
-def write_mp4(frames: Iterable[np.ndarray], out_path: str | os.PathLike, fps: float, quality: int = 7) -> Path:
-    """H.264 mp4 (yuv420p) of uint8 RGB frames of one size (multiples of 16), written to a temporary name and
-    renamed at the end, so a failed run leaves no partial file."""
-    ff = _ffmpeg()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    frames = iter(frames)
-    first = next(frames, None)
-    if first is None:
-        raise UserError(f"{out}: expected at least 1 frame to write, got 0")
-    writer = ff.write_frames(str(tmp), first.shape[1::-1], fps=fps, quality=quality, macro_block_size=16,
-                             ffmpeg_log_level="error")
-    try:
-        writer.send(None)
-        for fr in itertools.chain([first], frames):
-            writer.send(np.ascontiguousarray(fr))
-        writer.close()
-        os.replace(tmp, out)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-    return out
+def _no_ffmpeg() -> str | None:
+    """Why no mp4 can be written here, or None when imageio-ffmpeg is installed."""
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        return ("render: writing mp4 needs imageio-ffmpeg (it ships its own ffmpeg): pip install 'minilisten[video]' "
+                "(or pip install imageio-ffmpeg)")
+    return None
 
 
 def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_path, flame=None, beta=None,
                 speaker_beta=None, size: int = 256, progress: bool = True, still: int | None = None,
                 ssaa: int = 2) -> Path:
-    """Write the mp4 of :func:`render_frames` to ``out_path`` (and frame ``still`` as ``<out_path>.png``)."""
+    """H.264 mp4 (yuv420p) of :func:`render_frames` at ``out_path`` (and frame ``still`` as ``<out_path>.png``),
+    written to a temporary name and renamed at the end, so a failed run leaves no partial file."""
     from PIL import Image
     from tqdm import tqdm
-    frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa=ssaa)
+    if why := _no_ffmpeg():
+        raise ImportError(why)
+    import imageio_ffmpeg
+    frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa)
     T = len(speaker_motion)
     if still is not None and not (isinstance(still, (int, np.integer)) and 0 <= still < T):
         raise UserError(f"still: expected a frame index in [0, {T}), got {still!r}")
     out = Path(out_path)
-
-    def tee():
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
+    writer = None
+    try:
         for i, fr in enumerate(tqdm(frames, total=T, desc="render", unit="frame", disable=not progress)):
+            if writer is None:
+                writer = imageio_ffmpeg.write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=7, macro_block_size=16,
+                                                     ffmpeg_log_level="error")
+                writer.send(None)
             if i == still:
                 Image.fromarray(fr).save(out.with_suffix(".png"))
-            yield fr
-    return write_mp4(tee(), out, fps)
+            writer.send(fr)
+        writer.close()
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def render_segment(seg: Segment, preds: dict, out_path, flame=None, **kw) -> Path:
@@ -447,15 +398,12 @@ def render_segment(seg: Segment, preds: dict, out_path, flame=None, **kw) -> Pat
 def render_demo_clip(out_dir, clip: Segment, preds: dict, progress: bool = True, ssaa: int = 2) -> Path | None:
     """``<out_dir>/clip.mp4`` and ``clip.png`` (its middle frame) of :func:`render_segment`, or None with a message
     when imageio-ffmpeg is not installed (the demo's other outputs do not need it)."""
-    try:
-        _ffmpeg()
-    except ImportError as e:
-        print(f"render: skipped {Path(out_dir) / 'clip.mp4'}: {e}", flush=True)
+    if why := _no_ffmpeg():
+        print(f"render: skipped {Path(out_dir) / 'clip.mp4'}: {why}", flush=True)
         return None
     return render_segment(clip, preds, Path(out_dir) / "clip.mp4", progress=progress, still=clip.T // 2, ssaa=ssaa)
 
 
-# ----------------------------------------------------------------------------- CLI
 def _load_motion(spec: str, what: str) -> np.ndarray:
     """``FILE.npy`` or ``FILE.npz:KEY`` -> array (read without unpickling code)."""
     from .safe_pickle import load_npy, load_npz
@@ -482,10 +430,7 @@ def load_words(path: str | os.PathLike) -> list[Word]:
     if isinstance(d, dict) or (isinstance(d, list) and d and isinstance(d[0], dict) and "words" in d[0]):
         from .speaker import read_whisper_words
         return read_whisper_words(d)
-    try:
-        return _check_words(d)
-    except ValueError as e:
-        raise UserError(f"--words {path}: {e}") from None
+    return _check_words(d, f"--words {path}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -494,11 +439,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m minilisten render", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Side-by-side mp4 of speaker | listener(s) | ground truth with the speaker's words "
                     "(schematic heads, or the FLAME mesh with --flame).",
-        epilog="from saved arrays:\n  python -m minilisten render --speaker spk.npy --listener gen.npy --gt gt.npy "
-               "--words words.json --out clip.mp4\nfrom trained models (generates the listener of a test clip):\n"
-               "  python -m minilisten render --vq runs/demo/vq_disentangled --lm runs/demo/lm_full --clip 0 "
-               "--out clip.mp4\narrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or "
-               "FILE.npz:KEY")
+        epilog="arrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or FILE.npz:KEY; "
+               "examples: docs/video.md")
     p.add_argument("--out", required=True, help="output .mp4 (also FILE.png with --still)")
     p.add_argument("--flame", metavar="PKL", help="FLAME 2020 generic_model.pkl (user-supplied): draw the mesh")
     p.add_argument("--size", type=int, default=256, help="pixels per panel, a multiple of 16 (default: %(default)s)")
@@ -514,13 +456,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=float, default=30.0, help="frames per second of the arrays (default: %(default)s)")
     g.add_argument("--beta", metavar="FILE", help="listener FLAME shape (100,) (--flame only)")
     g.add_argument("--speaker-beta", metavar="FILE", help="speaker FLAME shape (100,) (--flame only)")
-    m = p.add_argument_group("trained models (instead of --speaker)")
-    m.add_argument("--vq", metavar="DIR", help="VQ-VAE checkpoint directory")
-    m.add_argument("--lm", metavar="DIR", help="ListenerLM checkpoint directory")
-    m.add_argument("--name", default="generated", help="label of this model's listener (default: %(default)s)")
-    m.add_argument("--vq2", metavar="DIR", help="a second method's VQ-VAE (e.g. LM-listener's naive one)")
-    m.add_argument("--lm2", metavar="DIR", help="a second method's ListenerLM (e.g. words-only)")
-    m.add_argument("--name2", default="second method", help="label of the second method (default: %(default)s)")
+    m = p.add_argument_group("trained models (instead of --speaker); repeat --vq/--lm/--name to compare methods")
+    m.add_argument("--vq", metavar="DIR", action="append", default=[], help="VQ-VAE checkpoint directory")
+    m.add_argument("--lm", metavar="DIR", action="append", default=[], help="ListenerLM checkpoint directory")
+    m.add_argument("--name", action="append", default=[], help="label of a method (default: generated, method 2...)")
     m.add_argument("--split", choices=("train", "val", "test"), default="test")
     m.add_argument("--clip", type=int, default=0, help="index of the evaluation clip (default: %(default)s)")
     add_data_args(p)
@@ -533,9 +472,9 @@ def _from_models(a) -> tuple[Segment, dict]:
     from .generate import generate_motion
     from .lm import ListenerLM
     from .vqvae import VQVAE
-    if not (a.vq and a.lm) or bool(a.vq2) != bool(a.lm2):
-        raise UserError(f"--vq/--lm, --vq2/--lm2: expected a VQ-VAE and a ListenerLM directory each (the second pair "
-                        f"optional), got --vq {a.vq} --lm {a.lm} --vq2 {a.vq2} --lm2 {a.lm2}")
+    if len(a.vq) != len(a.lm) or len(a.name) > len(a.vq):
+        raise UserError(f"--vq/--lm/--name: expected one --lm and at most one --name per --vq, got --vq {a.vq} "
+                        f"--lm {a.lm} --name {a.name}")
     ds, what = load_data(a)
     clips = test_clips(getattr(ds, a.split))
     if not 0 <= a.clip < len(clips):
@@ -543,12 +482,12 @@ def _from_models(a) -> tuple[Segment, dict]:
                         f"of {what}), got {a.clip}")
     clip = clips[a.clip]
     preds = {}
-    for vq_dir, lm_dir, name in ((a.vq, a.lm, a.name), (a.vq2, a.lm2, a.name2)):
-        if vq_dir:
-            vq, lm = VQVAE.from_pretrained(vq_dir).eval(), ListenerLM.from_pretrained(lm_dir).eval()
-            if vq.needs_beta and clip.listener_beta is None:
-                raise UserError(f"--vq {vq_dir}: this VQ-VAE decodes with the listener's beta (100,), {what} has none")
-            preds[name] = generate_motion(lm, vq, [clip])[1][0]
+    names = a.name + ["generated" if i == 0 else f"method {i + 1}" for i in range(len(a.name), len(a.vq))]
+    for vq_dir, lm_dir, name in zip(a.vq, a.lm, names):
+        vq, lm = VQVAE.from_pretrained(vq_dir).eval(), ListenerLM.from_pretrained(lm_dir).eval()
+        if vq.needs_beta and clip.listener_beta is None:
+            raise UserError(f"--vq {vq_dir}: this VQ-VAE decodes with the listener's beta (100,), {what} has none")
+        preds[name] = generate_motion(lm, vq, [clip])[1][0]
     print(f"{what}: clip {a.clip} of {len(clips)} ({a.split}), {clip.T} frames at {clip.fps:g} fps, "
           f"{len(clip.words)} words")
     return clip, preds
@@ -558,10 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     from .flame import load_flame
     flame = load_flame(a.flame) if a.flame else None
-    try:
-        _ffmpeg()
-    except ImportError as e:
-        raise UserError(str(e)) from None
+    if why := _no_ffmpeg():
+        raise UserError(why)
     kw = dict(size=a.size, progress=not a.no_progress, still=a.still, ssaa=a.ssaa)
     if a.vq or a.lm:
         if a.speaker or a.listener or a.gt:

@@ -18,18 +18,14 @@ TABLE5_COLUMNS = [("rec", "Rec ↓", 1.0), ("commit", "Commit ↓", 1.0), ("ppl"
                   ("rec_swap", "Rec, swapped beta", 1.0)]
 
 
-def _fmt(v: float | None, digits: int = 4) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
 def markdown_table(rows: dict[str, dict], columns, title: str = "") -> str:
     """``rows``: name -> metrics dict; ``columns``: (key, header, scale) triples."""
     head = "| method | " + " | ".join(h for _, h, _ in columns) + " |"
     sep = "|---|" + "---|" * len(columns)
     lines = ([f"**{title}**", ""] if title else []) + [head, sep]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k) * s if r.get(k) is not None else None)
-                                                 for k, _, s in columns) + " |")
+        cells = ["" if r.get(k) is None or math.isnan(r[k]) else f"{r[k] * s:.4f}" for k, _, s in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -48,36 +44,26 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
     except ImportError:
         print("plots skipped: matplotlib is not installed (pip install 'minilisten[plot]')", flush=True)
         return []
+    t = np.arange(clip.T) / clip.fps
+    figs = [("trajectories.png", [(0, "exp 0"), (1, "exp 1"), (50, "pose pitch"), (53, "jaw open")], series,
+             f"test clip {clip.name} (listener {clip.listener_id}): ground truth vs generated")]
+    if swap is not None:
+        figs.append(("identity_swap.png", [(0, "exp 0"), (50, "pose pitch")], {f"identity {i}": m for i, m in swap},
+                     "the same LR codes decoded with two listener identities (identity-disentangled VQ-VAE)"))
     files = []
-
-    def save(fig, name):
+    for name, dims, curves, title in figs:
+        fig, axes = plt.subplots(len(dims), 1, figsize=(10, 2.2 * len(dims)), sharex=True)
+        for ax, (d, label) in zip(axes, dims):
+            for n, m in curves.items():
+                ax.plot(t[:len(m)], m[:, d], label=n, lw=2.0 if n == "GT" else 1.2, alpha=1.0 if n == "GT" else 0.85)
+            ax.set_ylabel(label)
+        axes[0].legend(loc="upper right", ncol=len(curves), fontsize=8)
+        axes[-1].set_xlabel("seconds")
+        fig.suptitle(title)
         fig.tight_layout()
         files.append(str(out / name))
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
-
-    dims = [(0, "exp 0"), (1, "exp 1"), (50, "pose pitch"), (53, "jaw open")]
-    t = np.arange(clip.T) / clip.fps
-    fig, axes = plt.subplots(len(dims), 1, figsize=(10, 2.2 * len(dims)), sharex=True)
-    for ax, (d, label) in zip(axes, dims):
-        for name, m in series.items():
-            ax.plot(t, m[:, d], label=name, lw=2.0 if name == "GT" else 1.2, alpha=1.0 if name == "GT" else 0.85)
-        ax.set_ylabel(label)
-    axes[0].legend(loc="upper right", ncol=len(series), fontsize=8)
-    axes[-1].set_xlabel("seconds")
-    fig.suptitle(f"test clip {clip.name} (listener {clip.listener_id}): ground truth vs generated")
-    save(fig, "trajectories.png")
-    if swap is not None:
-        (id_a, m_a), (id_b, m_b) = swap
-        fig, axes = plt.subplots(2, 1, figsize=(10, 4.4), sharex=True)
-        for ax, (d, label) in zip(axes, [(0, "exp 0"), (50, "pose pitch")]):
-            ax.plot(t[:len(m_a)], m_a[:, d], label=f"identity {id_a}")
-            ax.plot(t[:len(m_b)], m_b[:, d], label=f"identity {id_b}")
-            ax.set_ylabel(label)
-        axes[0].legend(fontsize=8)
-        axes[-1].set_xlabel("seconds")
-        fig.suptitle("the same LR codes decoded with two listener identities (identity-disentangled VQ-VAE)")
-        save(fig, "identity_swap.png")
     return files
 
 
@@ -94,34 +80,28 @@ def demo_markdown(res) -> str:
              "split (`minilisten.metrics.ValenceRegressor`)" if res.has_valence else "") + ".", ""]
     if res.notes:
         md += ["What the data lacks, and what was left out because of it:", ""] + [f"- {n}" for n in res.notes] + [""]
-    md += [markdown_table(res.table1, cols, "Table 1 — baselines and ours"), ""]
-    if res.table4:
-        title = "Table 4 — ablation (multimodal LM, identity-disentangled VQ-VAE)"
-        md += [markdown_table(res.table4, cols4, title), ""]
-    if res.table3 is not None:
-        md += [markdown_table(res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"), ""]
-    if res.arig_ablation:
-        md += [markdown_table(res.arig_ablation, colsa, "ARIG-style ablation (appendix; test clips)"), ""]
-    md += [markdown_table(res.table5, TABLE5_COLUMNS, "Table 5 — VQ-VAE normalization (validation split)"), "",
-           "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items())]
+    tables = [(res.table1, cols, "Table 1 — baselines and ours"),
+              (res.table4, cols4, "Table 4 — ablation (multimodal LM, identity-disentangled VQ-VAE)"),
+              (res.table3, cols4, "Table 3 — speaker modalities (IN/AdaIN VQ-VAE)"),
+              (res.arig_ablation, colsa, "ARIG-style ablation (appendix; test clips)"),
+              (res.table5, TABLE5_COLUMNS, "Table 5 — VQ-VAE normalization (validation split)")]
+    md += [x for rows, c, title in tables if rows for x in (markdown_table(rows, c, title), "")]
+    md.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()))
     return "\n".join(md)
 
 
-def demo_report(res, plots: list[str]) -> dict:
-    """The demo's ``results.json`` content (tables, notes, timings, environment)."""
-    from .bench import environment
-    return {"config": asdict(res.cfg), "data": res.data.what, "coverage": res.data.coverage.describe(),
-            "notes": res.notes, "table1": res.table1, "table3": res.table3, "table4": res.table4,
-            "table5": res.table5, "arig_ablation": res.arig_ablation,
-            "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
-            "all_results": res.results, "timings_s": res.timings, "plots": plots,
-            "nn_speech_embedding": res.nn_speech_embedding, "n_test_clips": len(res.clips),
-            "versions": environment("cpu")}
-
-
 def write_demo_report(res, plots: list[str]) -> tuple[str, dict]:
-    """Write ``tables.md`` and ``results.json`` into ``res.out`` atomically; returns the Markdown and the report."""
-    text, report = demo_markdown(res), demo_report(res, plots)
+    """Write the demo's ``tables.md`` and ``results.json`` (tables, notes, timings, environment) into ``res.out``
+    atomically; returns the Markdown and the report."""
+    from .bench import environment
+    text = demo_markdown(res)
+    report = {"config": asdict(res.cfg), "data": res.data.what, "coverage": res.data.coverage.describe(),
+              "notes": res.notes, "table1": res.table1, "table3": res.table3, "table4": res.table4,
+              "table5": res.table5, "arig_ablation": res.arig_ablation,
+              "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
+              "all_results": res.results, "timings_s": res.timings, "plots": plots,
+              "nn_speech_embedding": res.nn_speech_embedding, "n_test_clips": len(res.clips),
+              "versions": environment("cpu")}
     atomic_write_text(res.out / "tables.md", text + "\n")
     atomic_write_text(res.out / "results.json", json.dumps(report, indent=2, default=float))
     return text, report

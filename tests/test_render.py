@@ -360,9 +360,9 @@ def test_flame_frames_render(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kw, msg", [
     (dict(speaker_motion=np.zeros((5, 55))), r"speaker_motion: expected shape \(T, 56\), got \(5, 55\)"),
     (dict(listener_motions={"gen": np.zeros((4, 56))}),
-     r"listener_motions\['gen'\]: expected 5 frames \(as speaker_motion\), got 4"),
+     r"listener_motions\['gen'\]: expected shape \(5, 56\), got \(4, 56\)"),
     (dict(listener_motions={"gen": np.zeros((5, 6))}),
-     r"listener_motions\['gen'\]: expected shape \(T, 56\), got \(5, 6\)"),
+     r"listener_motions\['gen'\]: expected shape \(5, 56\), got \(5, 6\)"),
     (dict(listener_motions={}), r"listener_motions: expected a non-empty dict"),
     (dict(beta=np.zeros(99)), r"beta: expected shape \(100,\), got \(99,\)"),
     (dict(fps=0), r"fps: expected a positive number, got 0"),
@@ -418,3 +418,19 @@ def test_cli_from_models(tmp_path, capsys):
     assert rc == 0, out.err
     frames, fps = read_mp4(tmp_path / "m.mp4")
     assert frames.shape[:3] == (240, 64 + rd.TITLE_H + rd.SUB_H, 192) and fps == 30
+    # --vq/--lm/--name pair up in order; a --vq without its --lm is refused before any data is built
+    rc = main(["render", "--vq", str(tmp_path / "vq"), "--vq", str(tmp_path / "vq"), "--lm", str(tmp_path / "lm"),
+               "--out", str(tmp_path / "x.mp4")])
+    assert rc == 2 and "expected one --lm and at most one --name per --vq" in capsys.readouterr().err
+
+
+def test_words_file_errors_name_the_file(tmp_path):
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps([["a", 0.5, 0.2]]))
+    with pytest.raises(ValueError, match=r"--words .*w\.json\[0\] \('a'\): expected start <= end"):
+        rd.load_words(p)
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match=r"--words .*w\.json: expected a JSON file"):
+        rd.load_words(p)
+    p.write_text(json.dumps([{"text": "ok", "start": 0, "end": 0.2}, ["then", 0.3, 0.5]]))
+    assert rd.load_words(p) == [Word("ok", 0.0, 0.2), Word("then", 0.3, 0.5)]
