@@ -85,8 +85,8 @@ def need_websockets() -> None:
 class _Session:
     slot: int
     ws: object
-    inbox: asyncio.Queue
     outbox: asyncio.Queue
+    reply: asyncio.Future | None = None   # of the message in the decode round
     sent_frames: int = 0              # frames sent since the stream's start (the next frame's index)
     closed: bool = False
 
@@ -117,10 +117,10 @@ class ListenerServer:
         self.free = collections.deque(range(self.max_sessions))
         self.sessions: dict[int, _Session] = {}
         self._release: list[int] = []          # slots of closed sessions, reset and freed by the tick loop
+        self._work: dict = {}                  # slot -> (session, (op, kwargs, id)) for the next decode round
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-decode")
         self._http_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-http")
         self._clips: dict = {}                 # (seconds, seed) -> future of the /clip.json body
-        self._closing: set = set()             # close() tasks of slow clients (kept referenced)
         self.stats = collections.Counter()     # ticks, batched pushes, frames, refused, errors
 
     def _hello(self, beta_source: str) -> dict:
@@ -175,11 +175,11 @@ class ListenerServer:
             await ws.send(json.dumps(self._error(err, "connect", None)))
             await ws.close(1013, "server full")
             return
-        s = _Session(self.free.popleft(), ws, asyncio.Queue(self.max_queue), asyncio.Queue(self.max_queue))
+        s = _Session(self.free.popleft(), ws, asyncio.Queue(self.max_queue))
         self.sessions[s.slot] = s
         sl, arig = self.listener, self.kind == "arig"
         sampling = {"seed": self.seeds[s.slot], "steps": sl.steps, "temperature": sl.temperature} if arig else None
-        self._reply(s, {**self.info, "sampling": sampling} if arig else self.info)
+        await self._reply(s, {**self.info, "sampling": sampling} if arig else self.info)
         sender = asyncio.create_task(self._sender(s))
         try:
             async for raw in ws:
@@ -187,11 +187,13 @@ class ListenerServer:
                 try:
                     msg = load_message(raw)
                     item = (*self._parse(msg), msg.get("id"))
+                    s.reply = asyncio.get_running_loop().create_future()   # one message at a time: replies in order
+                    self._work[s.slot] = (s, item)
+                    self._wake.set()
+                    reply = await s.reply
                 except ProtocolError as e:
-                    self._reply(s, self._error(e, None, msg.get("id") if msg else None))
-                    continue
-                await s.inbox.put(item)   # a full inbox: stop reading (back-pressure)
-                self._wake.set()
+                    reply = self._error(e, None, msg.get("id") if msg else None)
+                await self._reply(s, reply)
                 if s.closed:   # closed as a slow client
                     break
         except ConnectionClosed:   # abnormal close (reset, oversized or bad frames): the session just ends
@@ -221,19 +223,14 @@ class ListenerServer:
                         "seed": msg.get("seed")}
         return ("set_beta", {"beta": msg.get("beta")}) if op == "set_beta" else ("end", {})
 
-    def _reply(self, s: _Session, msg: dict) -> None:
-        if s.closed:
-            return
+    async def _reply(self, s: _Session, msg: dict) -> None:
         try:
             s.outbox.put_nowait(msg)
             self.stats["max_outbox"] = max(self.stats["max_outbox"], s.outbox.qsize())
         except asyncio.QueueFull:   # a client that does not read its frames: close it, keep the others
             s.closed = True
             self.stats["slow_closed"] += 1
-            self._wake.set()
-            task = asyncio.ensure_future(s.ws.close(1008, f"slow client: {self.max_queue} replies unread"))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            await s.ws.close(1008, f"slow client: {self.max_queue} replies unread")
 
     async def _sender(self, s: _Session) -> None:
         """Strict JSON out: a reply holding a non-finite number is a bug, answered as one and never sent."""
@@ -247,25 +244,18 @@ class ListenerServer:
                 await s.ws.send(text)
 
     async def _tick_loop(self) -> None:
-        """Each round: every session's next message, run in the decode thread (the round's pushes are one
-        ``push_many``), then the replies; repeat while messages wait."""
+        """Each round: the waiting message of every session, run in the decode thread (the round's pushes are one
+        ``push_many``), then the replies."""
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            release, self._release = self._release, []
-            for s in self.sessions.values():
-                while s.closed and not s.inbox.empty():   # a slow client being closed: its input is dropped
-                    s.inbox.get_nowait()
-            work = {slot: (s, s.inbox.get_nowait()) for slot, s in self.sessions.items() if not s.inbox.empty()}
-            if not work and not release:
-                continue
+            (work, self._work), (release, self._release) = (self._work, {}), (self._release, [])
             replies = await loop.run_in_executor(self._executor, self._run_tick, work, release)
             self.free.extend(release)
             for slot, msg in replies.items():
-                self._reply(work[slot][0], msg)
-            if any(not s.inbox.empty() for s in self.sessions.values()) or self._release:
-                self._wake.set()
+                if not work[slot][0].reply.cancelled():
+                    work[slot][0].reply.set_result(msg)
 
     @torch.no_grad()
     def _run_tick(self, work: dict, release=()) -> dict:
@@ -421,14 +411,6 @@ class ListenerServer:
         finally:
             ticks.cancel()
 
-    async def serve_forever(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
-        async with self.run(host, port, reuse_port) as srv:
-            page = f"; web page http://{host}:{self.port}/" if self.web else ""
-            print(f"minilisten serve (worker {self.worker}): ws://{host}:{self.port}{page} ({self.kind} model, "
-                  f"protocol {PROTOCOL}, {self.max_sessions} sessions, {self.listener.fps:g} fps); Ctrl-C stops",
-                  flush=True)
-            await srv.serve_forever()
-
 
 def _respond(connection, status, body: str, content_type: str = "text/plain; charset=utf-8"):
     """A plain HTTP response (websockets ``connection.respond``) with this content type, not cached."""
@@ -530,8 +512,15 @@ def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> int:
         listener = StreamingListener(lm, vq, beta, lookahead=a.lookahead, sa_tokenizer=tok, **kw)
     server = ListenerServer(listener, beta, beta_source=source, max_queue=a.max_queue, max_message=a.max_message,
                             token=a.token, web=not a.no_web, worker=worker)
+
+    async def serve_forever():
+        async with server.run(a.host, port, reuse_port=a.workers > 1) as srv:
+            page = f"; web page http://{a.host}:{server.port}/" if server.web else ""
+            print(f"minilisten serve (worker {worker}): ws://{a.host}:{server.port}{page} ({server.kind} model, "
+                  f"protocol {PROTOCOL}, {a.max_sessions} sessions, {listener.fps:g} fps); Ctrl-C stops", flush=True)
+            await srv.serve_forever()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve_forever(a.host, port, reuse_port=a.workers > 1))
+        asyncio.run(serve_forever())
     return 0
 
 
