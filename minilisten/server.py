@@ -121,7 +121,7 @@ class ListenerServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-decode")
         self._http_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-http")
         self._clips: dict = {}                 # (seconds, seed) -> future of the /clip.json body
-        self.stats = collections.Counter()     # ticks, batched pushes, frames, refused, errors
+        self.stats = collections.Counter()     # ticks, pushes, frames, refused, slow_closed, internal_errors, ...
 
     def _hello(self, beta_source: str) -> dict:
         """The ``hello`` message (a session's first): protocol, model, the input it takes, output and limits."""
