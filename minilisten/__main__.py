@@ -9,8 +9,7 @@ import sys
 from .cli_config import ArgumentParser
 from .errors import UserError
 
-# command -> (module, function, one-line help); each function takes the remaining argv.
-COMMANDS = {
+COMMANDS = {   # command -> (module, function taking the remaining argv, one-line help)
     "data": ("minilisten.data.cli", "main", "generate the synthetic corpus or convert/inspect a dataset"),
     "train-vq": ("minilisten.train_vq", "main", "train a listener-motion VQ-VAE (naive or identity-disentangled)"),
     "evaluate-vq": ("minilisten.train_vq", "main_evaluate", "VQ Rec / Commit / PPL of checkpoints (paper Table 5)"),
@@ -29,14 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     argv = [x for x in argv if x != "--debug"]
-    parser = ArgumentParser(
-        prog="python -m minilisten",
-        description="Listener head motion from multimodal speaker input (Lai et al., CVPR 2025).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {k:<12} {v[2]}" for k, v in COMMANDS.items())
-        + "\n\n`python -m minilisten COMMAND --help` shows a command's options; "
-        "`python -m minilisten.bench` runs the benchmarks. --debug (anywhere): tracebacks for errors.",
-    )
+    parser = ArgumentParser(prog="python -m minilisten", formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Listener head motion from multimodal speaker input (Lai et al., CVPR 2025).",
+                            epilog="commands:\n" + "\n".join(f"  {k:<12} {v[2]}" for k, v in COMMANDS.items())
+                            + "\n\n`python -m minilisten COMMAND --help` shows a command's options; `python -m "
+                            "minilisten.bench` runs the benchmarks. --debug (anywhere): tracebacks for errors.")
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()

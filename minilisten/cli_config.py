@@ -34,19 +34,12 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def _kind(tp) -> tuple[type, object]:
-    """(element type, nargs) of an annotation; ``X | None`` -> X."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) != 1:
-            raise TypeError(f"unsupported annotation {tp!r}: expected X or X | None")
-        return _kind(rest[0])
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return args[0], "+"
-        if len(set(args)) != 1:
-            raise TypeError(f"unsupported annotation {tp!r}: expected a tuple of one element type")
-        return args[0], len(args)
+    """(element type, nargs) of an annotation: X, X | None, tuple[X, ...] or tuple[X, X]."""
+    origin, args = typing.get_origin(tp), [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _kind(args[0])
+    if origin is tuple and len(set(args) - {Ellipsis}) == 1:
+        return args[0], "+" if Ellipsis in args else len(args)
     if tp in (int, float, str, bool):
         return tp, None
     raise TypeError(f"unsupported annotation {tp!r}: expected int, float, str, bool, X | None or tuple[X, ...]")
@@ -64,36 +57,28 @@ def add_dataclass_args(parser, cls, *, only=None, skip=(), defaults: dict | None
     field names added. ``only`` (and its order) / ``skip`` select fields; ``defaults``: the default shown
     instead of the field's; ``alt_defaults``: ``{"--paper": {field: value}}`` shown after it; ``flags``,
     ``choices``, ``help``, ``metavars``: ``{field: ...}`` overrides. A default of None is not shown."""
-    hints = typing.get_type_hints(cls)
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    hints, by_name, docs = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}, field_docs(cls)
     defaults, alt_defaults, flags, choices = defaults or {}, alt_defaults or {}, flags or {}, choices or {}
-    names = list(only) if only is not None else list(by_name)
+    names = [n for n in (by_name if only is None else only) if n not in skip]
     unknown = [n for n in [*names, *skip, *defaults, *flags, *choices] if n not in by_name]
     if unknown:
         raise ValueError(f"add_dataclass_args({cls.__name__}): expected field names of {cls.__name__}, got {unknown}")
-    docs = field_docs(cls)
-    out = []
-    for name in (n for n in names if n not in skip):
+    for name in names:
         typ, nargs = _kind(hints[name])
         f = by_name[name]
         shown = defaults.get(name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
-        text = (help or {}).get(name, docs.get(name, "")).replace("%", "%%")
         parts = [] if shown in (dataclasses.MISSING, None) else [f"default: {_show(shown)}"]
         parts += [f"{k}: {_show(d[name])}" for k, d in alt_defaults.items() if name in d and d[name] != shown]
-        if parts:
-            text = f"{text} ({'; '.join(parts)})".lstrip()
-        kw = dict(dest=name, default=None, help=text)
+        text = (help or {}).get(name, docs.get(name, "")).replace("%", "%%")
+        kw = dict(dest=name, default=None, help=f"{text} ({'; '.join(parts)})".lstrip() if parts else text)
         if typ is bool:
             kw["action"] = argparse.BooleanOptionalAction
+        elif name in choices:
+            kw.update(type=typ, nargs=nargs, choices=list(choices[name]))
         else:
-            kw.update(type=typ, metavar=(metavars or {}).get(name, typ.__name__.upper()))
-            if nargs is not None:
-                kw["nargs"] = nargs
-            if name in choices:
-                kw.update(choices=list(choices[name]), metavar=None)
+            kw.update(type=typ, nargs=nargs, metavar=(metavars or {}).get(name, typ.__name__.upper()))
         parser.add_argument(flags.get(name, "--" + name.replace("_", "-")), **kw)
-        out.append(name)
-    return out
+    return names
 
 
 def dataclass_kwargs(args: argparse.Namespace, names) -> dict:

@@ -49,7 +49,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
 def main(argv: list[str] | None = None) -> int:
     from .lm import DEFAULT_ARCHS
     p = ArgumentParser(prog="python -m minilisten demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI-sized run (~3 min on 2 CPU cores)")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="training seeds and the synthetic corpus's seed (default: 0)")
@@ -68,10 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_evaluate(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m minilisten evaluate",
-                                description="Evaluate saved VQ-VAE + LM checkpoints (and/or an ARIG-style model) on "
-                                            "a dataset's test split (Table 1 metrics, with the Random and NN "
-                                            "baselines for reference).")
+    p = ArgumentParser(prog="python -m minilisten evaluate", description="Evaluate saved VQ-VAE + LM checkpoints "
+                       "(and/or an ARIG-style model) on a dataset's test split (Table 1 metrics, with the Random and "
+                       "NN baselines for reference).")
     p.add_argument("--vq", help="VQ-VAE checkpoint directory (with --lm)")
     p.add_argument("--lm", help="ListenerLM checkpoint directory (with --vq)")
     p.add_argument("--arig", metavar="DIR", help="an ARIG-style continuous listener (train-arig --out DIR)")
@@ -86,19 +85,18 @@ def main_evaluate(argv: list[str] | None = None) -> int:
         raise UserError(f"--vq/--lm/--arig: expected --vq DIR --lm DIR, --arig DIR or all three, got "
                         f"{' '.join(f'--{k}' for k in ('vq', 'lm', 'arig') if getattr(a, k)) or 'none'}")
     from .data.coverage import Coverage
-    from .lm import ListenerLM
-    from .vqvae import VQVAE
 
     ds, what = load_data(a)
     segs = getattr(ds, a.split)
-    if not segs:
-        raise UserError(f"--split {a.split}: {what} has no segments in that split")
-    cov = Coverage.of({"train": ds.train, a.split: segs})
     clips = test_clips(segs, a.max_clips)
     if not clips:
-        raise UserError(f"--split {a.split}: expected segments of >= 16 frames to evaluate, got none")
+        raise UserError(f"--split {a.split}: expected segments of >= 16 frames to evaluate, got none of "
+                        f"{len(segs)} segments in {what}")
+    cov = Coverage.of({"train": ds.train, a.split: segs})
     preds = baselines(ds.train, clips, a.seed, speech=False)[0]
     if a.vq:
+        from .lm import ListenerLM
+        from .vqvae import VQVAE
         vq, lm = VQVAE.from_pretrained(a.vq).eval(), ListenerLM.from_pretrained(a.lm).eval()
         lacking = [m for m in lm.modalities if m not in cov.modalities]
         if lacking:

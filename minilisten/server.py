@@ -1,8 +1,8 @@
 """WebSocket server: live listener frames for avatar and robot stacks (``python -m minilisten serve``).
 
 Per worker process, one streaming listener with ``n_streams = max_sessions`` (the LR-token model, or ARIG with
-``--arig``) serves every connection: a batching loop makes each round of waiting pushes one ``push_many`` in a
-decode thread. JSON protocol :data:`PROTOCOL`; messages, limits, faults and robot angles: docs/server.md.
+``--arig``) serves every connection: each round of waiting pushes is one ``push_many`` in a decode thread.
+JSON protocol :data:`PROTOCOL`; messages, limits, faults and robot angles: docs/server.md.
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 try:
+    from websockets.asyncio.server import serve as ws_serve
     from websockets.exceptions import ConnectionClosed
-except ImportError:   # the optional extra is missing: ListenerServer.run / main say how to install it
-    class ConnectionClosed(Exception):
-        pass
+except ImportError:   # the optional extra is missing: need_websockets() says how to install it
+    ws_serve, ConnectionClosed = None, ()
 
 from .cli_config import ArgumentParser
 from .data.segment import D_MOTION, EMOTIONS, N_EXP, N_SHAPE
@@ -37,9 +37,11 @@ from .streaming import ProtocolError, StreamingARIG, StreamingListener, parse_pu
 from .tokens import SA_RATE
 
 PROTOCOL = 2   # 2 = 1 + the ARIG model kind (hello kind / min_client_protocol / input.required)
-CLIENT_TYPES = ("push", "set_beta", "reset", "flush", "end")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 MAX_DEPTH = 32   # nesting of a client message's arrays and objects (a push needs 4)
+_STREAM_REF = re.compile(r",\s*stream \d+|\s*\(stream \d+\)")
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
 
 
 def robot_angles(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,11 +51,6 @@ def robot_angles(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     head, jaw = (Rotation.from_rotvec(motion[:, i:i + 3].astype(np.float64)).as_euler("YXZ", degrees=True)
                  for i in (N_EXP, N_EXP + 3))
     return head[:, ::-1].copy(), jaw[:, 1]
-
-
-_STREAM_REF = re.compile(r",\s*stream \d+|\s*\(stream \d+\)")
-_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
 
 
 def load_message(raw) -> dict:
@@ -78,30 +75,26 @@ def _not_json(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def error_message(e: ValueError, op: str | None = None, msg_id=None) -> dict:
-    """The ``error`` reply for a UserError ``"FIELD (stream b): expected X, got Y"`` (the internal slot left out)."""
-    text = _STREAM_REF.sub("", str(e)).strip()
-    f = re.match(r"([A-Za-z_][\w\[\]./]*)[^:]*:", text)
-    m = re.search(r"\bexpected\s+(.*?)(?:,\s*got\s+(.*))?$", text, re.S)
-    fld, (exp, act) = f[1] if f else "message", m.groups() if m else (None, None)
-    return {"type": "error", "op": op, "id": msg_id, "field": fld, "expected": exp, "actual": act, "message": text}
+def need_websockets() -> None:
+    if ws_serve is None:
+        raise UserError("serve: expected the websockets package (>= 13), got none installed; "
+                        "pip install 'minilisten[serve]' (or pip install websockets)")
 
 
 @dataclasses.dataclass(eq=False)
 class _Session:
     slot: int
     ws: object
-    inbox: asyncio.Queue
     outbox: asyncio.Queue
+    reply: asyncio.Future | None = None   # of the message in the decode round
     sent_frames: int = 0              # frames sent since the stream's start (the next frame's index)
     closed: bool = False
 
 
 class ListenerServer:
     """Serves ``listener`` (a StreamingListener or StreamingARIG; its ``n_streams`` are the session slots) to
-    WebSocket clients: ``beta`` is every session's identity at connect (None: the model has none); ``max_queue``
-    messages buffered per session each way, of ``max_message`` bytes; ``token``: a shared secret; ``web``: answer
-    plain HTTP GET/HEAD (the page, :meth:`clip`). Run as ``async with server.run(host, port)`` (docs/server.md)."""
+    WebSocket clients; ``beta``: every session's identity at connect (None: the model has none). Run as
+    ``async with server.run(host, port)``; the options: docs/server.md."""
 
     def __init__(self, listener, beta=None, *, beta_source: str = "given", max_queue: int = 64,
                  max_message: int = 1 << 20, close_timeout: float = 5.0, token: str | None = None, web: bool = True,
@@ -114,50 +107,60 @@ class ListenerServer:
         if token is not None and not (isinstance(token, str) and token):
             raise UserError(f"token: expected a non-empty string or None, got {token!r}")
         self.listener, self.kind = listener, "arig" if isinstance(listener, StreamingARIG) else "lr-token"
-        self.default_beta, self.beta_source = None if beta is None else np.asarray(beta, np.float32), beta_source
+        self.default_beta = None if beta is None else np.asarray(beta, np.float32)
         self.seeds = [st.seed for st in listener.streams]   # each slot's seed at connect
         for slot in range(listener.n_streams):   # and its identity
             listener.set_beta(self.default_beta, slot)
-        self.model_info = _describe_arig(listener.model) if self.kind == "arig" else _describe_lr(listener.lm,
-                                                                                                 listener.vq)
         self.max_sessions, self.max_queue, self.max_message = listener.n_streams, max_queue, max_message
         self.close_timeout, self.token, self.web, self.worker = float(close_timeout), token, bool(web), worker
+        self.info = self._hello(beta_source)
         self.free = collections.deque(range(self.max_sessions))
         self.sessions: dict[int, _Session] = {}
         self._release: list[int] = []          # slots of closed sessions, reset and freed by the tick loop
+        self._work: dict = {}                  # slot -> (session, (op, kwargs, id)) for the next decode round
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-decode")
         self._http_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilisten-http")
         self._clips: dict = {}                 # (seconds, seed) -> future of the /clip.json body
-        self._closing: set = set()             # close() tasks of slow clients (kept referenced)
-        self.stats = collections.Counter()     # ticks, batched pushes, frames, refused, errors
+        self.stats = collections.Counter()     # ticks, pushes, frames, refused, slow_closed, internal_errors, ...
 
-    def hello(self, session: _Session) -> dict:
-        """A session's first message: protocol, model, the input it takes, output and limits."""
+    def _hello(self, beta_source: str) -> dict:
+        """The ``hello`` message (a session's first): protocol, model, the input it takes, output and limits."""
         from . import __version__
-        sl, arig = self.listener, self.kind == "arig"
-        if arig:
-            c = sl.cfg
+        sl, beta = self.listener, self.default_beta
+        if self.kind == "arig":
+            from .arig import STATES
+            c, mc = sl.cfg, sl.model.config
+            mods = ["W"] * c.use_words + ["SA"] * bool(c.n_sa) + ["E"] * c.use_emotion
+            model = {"arig": {"parameters": _n_params(sl.model), "d_model": mc.d_model, "d_ff": mc.d_ff,
+                              "depth": mc.depth, "window": mc.window, "head": mc.head, "ibu": mc.ibu,
+                              "sample_steps": mc.sample_steps, "use_beta": bool(mc.use_beta), "states": list(STATES)}}
             inp = {"required": ["motion"] + ["sa_tokens"] * bool(c.n_sa) + ["emotion"] * c.use_emotion,
-                   "motion": D_MOTION, "modalities": self.model_info["modalities"],
-                   "sa_rate": c.sa_rate if c.n_sa else None, "sa_vocab": int(c.n_sa), "audio": False,
-                   "sample_rate": None}
+                   "motion": D_MOTION, "modalities": mods, "sa_rate": c.sa_rate if c.n_sa else None,
+                   "sa_vocab": int(c.n_sa), "audio": False, "sample_rate": None}
+            step, lookahead, delay = 1, 0, 0.0
         else:
-            inp = {"modalities": list(sl.modalities), "sa_rate": SA_RATE, "sa_vocab": int(sl.lm.vocab.n_sa),
+            lm, vq, bb = sl.lm, sl.vq, sl.lm.backbone.config   # transformers configs alias num_hidden_layers
+            mods = list(lm.modalities)
+            model = {"lm": {"backbone": bb.model_type, "parameters": _n_params(lm), "layers": bb.num_hidden_layers,
+                            "hidden": bb.hidden_size, "max_len": int(lm.max_len), "lr_vocab": int(lm.config.n_lr),
+                            "frames_per_code": int(lm.config.r)},
+                     "vq": {"parameters": _n_params(vq), "width": vq.config.width, "codebook": vq.config.codebook_size,
+                            "dec_norm": vq.config.dec_norm, "needs_beta": bool(vq.needs_beta),
+                            "receptive_field_codes": int(vq.receptive_field)}}
+            inp = {"modalities": mods, "sa_rate": SA_RATE, "sa_vocab": int(lm.vocab.n_sa),
                    "audio": sl.sa_tokenizer is not None, "sample_rate": sl.sample_rate}
-        beta = self.default_beta
-        msg = {"type": "hello", "protocol": PROTOCOL, "kind": self.kind, "min_client_protocol": 2 if arig else 1,
-               "server": f"minilisten {__version__}", "worker": self.worker, "fps": sl.fps,
-               "frames_per_step": 1 if arig else sl.r, "lookahead_steps": 0 if arig else sl.lookahead,
-               "max_delay_s": 0.0 if arig else sl.r * (sl.lookahead + 1) / sl.fps,
-               "identity": {"beta": None if beta is None else beta.tolist(), "source": self.beta_source},
-               "model": self.model_info, "input": {**inp, "emotions": list(EMOTIONS), "max_skew_s": sl.max_skew},
-               "output": {"expression": N_EXP, "pose": D_MOTION - N_EXP, "head_rpy_deg": 3, "jaw_open_deg": 1,
-                          "encoding": "json"},
-               "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
-                          "max_queue": self.max_queue, "max_push_frames": sl.max_push_frames}}
-        if arig:
-            msg["sampling"] = {"seed": sl.streams[session.slot].seed, "steps": sl.steps, "temperature": sl.temperature}
-        return msg
+            step, lookahead, delay = sl.r, sl.lookahead, sl.r * (sl.lookahead + 1) / sl.fps
+        return {"type": "hello", "protocol": PROTOCOL, "kind": self.kind,
+                "min_client_protocol": 2 if self.kind == "arig" else 1, "server": f"minilisten {__version__}",
+                "worker": self.worker, "fps": sl.fps, "frames_per_step": step, "lookahead_steps": lookahead,
+                "max_delay_s": delay,
+                "identity": {"beta": None if beta is None else beta.tolist(), "source": beta_source},
+                "model": {"modalities": mods, **model},
+                "input": {**inp, "emotions": list(EMOTIONS), "max_skew_s": sl.max_skew},
+                "output": {"expression": N_EXP, "pose": D_MOTION - N_EXP, "head_rpy_deg": 3, "jaw_open_deg": 1,
+                           "encoding": "json"},
+                "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
+                           "max_queue": self.max_queue, "max_push_frames": sl.max_push_frames}}
 
     async def handler(self, ws) -> None:
         """One WebSocket connection = one session on a free stream slot."""
@@ -169,26 +172,28 @@ class ListenerServer:
             self.stats["refused"] += 1
             err = ProtocolError("session", f"at most max_sessions={self.max_sessions} concurrent sessions (server "
                                 "full: retry later)", str(len(self.sessions) + len(self._release) + 1))
-            await ws.send(json.dumps(error_message(err, "connect")))
+            await ws.send(json.dumps(self._error(err, "connect", None)))
             await ws.close(1013, "server full")
             return
-        s = _Session(self.free.popleft(), ws, asyncio.Queue(self.max_queue), asyncio.Queue(self.max_queue))
+        s = _Session(self.free.popleft(), ws, asyncio.Queue(self.max_queue))
         self.sessions[s.slot] = s
+        sl, arig = self.listener, self.kind == "arig"
+        sampling = {"seed": self.seeds[s.slot], "steps": sl.steps, "temperature": sl.temperature} if arig else None
+        await self._reply(s, {**self.info, "sampling": sampling} if arig else self.info)
         sender = asyncio.create_task(self._sender(s))
         try:
-            await s.inbox.put(("open", None, None))
-            self._wake.set()
             async for raw in ws:
                 msg = None
                 try:
                     msg = load_message(raw)
-                    op, kw = self._parse(msg)
+                    item = (*self._parse(msg), msg.get("id"))
+                    s.reply = asyncio.get_running_loop().create_future()   # one message at a time: replies in order
+                    self._work[s.slot] = (s, item)
+                    self._wake.set()
+                    reply = await s.reply
                 except ProtocolError as e:
-                    self.stats["errors"] += 1
-                    self._reply(s, error_message(e, None, msg.get("id") if msg else None))
-                    continue
-                await s.inbox.put((op, kw, msg.get("id")))   # full inbox: stop reading (back-pressure)
-                self._wake.set()
+                    reply = self._error(e, None, msg.get("id") if msg else None)
+                await self._reply(s, reply)
                 if s.closed:   # closed as a slow client
                     break
         except ConnectionClosed:   # abnormal close (reset, oversized or bad frames): the session just ends
@@ -200,72 +205,57 @@ class ListenerServer:
             self._wake.set()
             sender.cancel()
 
-    def _parse(self, msg: dict) -> tuple[str, dict | None]:
+    def _parse(self, msg: dict) -> tuple[str, dict]:
         """A client message -> (op, keyword arguments), or ProtocolError."""
         op = msg.get("type")
-        if op not in CLIENT_TYPES:
-            raise ProtocolError("type", "one of " + ", ".join(CLIENT_TYPES), op)
+        own = {"push": (), "set_beta": ("beta",), "reset": ("history_words",) + ("seed",) * (self.kind == "arig"),
+               "end": (), "flush": ()}
+        if not isinstance(op, str) or op not in own:
+            raise ProtocolError("type", "one of " + ", ".join(own), op)
         if op == "push":
             return op, parse_push(msg, self.kind)
-        own = {"set_beta": ("beta",), "reset": ("history_words",) + ("seed",) * (self.kind == "arig")}.get(op, ())
-        allowed = ("type", "id", *own)
+        allowed = ("type", "id", *own[op])
         extra = sorted(set(msg) - set(allowed))
         if extra:
             raise ProtocolError(extra[0], f"only the fields {', '.join(allowed)} in {op}", extra[0])
-        if op == "set_beta":
-            return op, {"beta": msg.get("beta")}   # checked by the stream's set_beta
-        if op == "reset":   # the seed is checked by the stream's reset
+        if op == "reset":   # the seed and beta are checked by the stream
             return op, {"history_words": parse_words("history_words", msg.get("history_words")),
                         "seed": msg.get("seed")}
-        return "end", None
+        return ("set_beta", {"beta": msg.get("beta")}) if op == "set_beta" else ("end", {})
 
-    def _reply(self, s: _Session, msg: dict) -> None:
-        if s.closed:
-            return
+    async def _reply(self, s: _Session, msg: dict) -> None:
         try:
             s.outbox.put_nowait(msg)
             self.stats["max_outbox"] = max(self.stats["max_outbox"], s.outbox.qsize())
         except asyncio.QueueFull:   # a client that does not read its frames: close it, keep the others
             s.closed = True
             self.stats["slow_closed"] += 1
-            self._wake.set()
-            task = asyncio.ensure_future(s.ws.close(1008, f"slow client: {self.max_queue} replies unread"))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            await s.ws.close(1008, f"slow client: {self.max_queue} replies unread")
 
     async def _sender(self, s: _Session) -> None:
         """Strict JSON out: a reply holding a non-finite number is a bug, answered as one and never sent."""
-        try:
+        with contextlib.suppress(ConnectionClosed):
             while True:
                 msg = await s.outbox.get()
                 try:
                     text = json.dumps(msg, separators=(",", ":"), allow_nan=False)
                 except ValueError as e:
-                    text = json.dumps(self._internal(e, msg.get("op", msg["type"]), msg.get("id")))
+                    text = json.dumps(self._error(e, msg.get("op", msg["type"]), msg.get("id"), bug=True))
                 await s.ws.send(text)
-        except ConnectionClosed:
-            pass
 
     async def _tick_loop(self) -> None:
-        """Each round: every session's next message, run in the decode thread (the round's pushes are one
-        ``push_many``), then the replies; repeat while messages wait."""
+        """Each round: the waiting message of every session, run in the decode thread (the round's pushes are one
+        ``push_many``), then the replies."""
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            release, self._release = self._release, []
-            for s in self.sessions.values():
-                while s.closed and not s.inbox.empty():   # a slow client being closed: its input is dropped
-                    s.inbox.get_nowait()
-            work = {slot: (s, s.inbox.get_nowait()) for slot, s in self.sessions.items() if not s.inbox.empty()}
-            if not work and not release:
-                continue
+            (work, self._work), (release, self._release) = (self._work, {}), (self._release, [])
             replies = await loop.run_in_executor(self._executor, self._run_tick, work, release)
             self.free.extend(release)
             for slot, msg in replies.items():
-                self._reply(work[slot][0], msg)
-            if any(not s.inbox.empty() for s in self.sessions.values()) or self._release:
-                self._wake.set()
+                if not work[slot][0].reply.cancelled():
+                    work[slot][0].reply.set_result(msg)
 
     @torch.no_grad()
     def _run_tick(self, work: dict, release=()) -> dict:
@@ -278,40 +268,40 @@ class ListenerServer:
         for slot, (s, (op, kw, msg_id)) in work.items():
             try:
                 if op == "push":
-                    pushes[slot] = (kw, msg_id)
-                elif op == "open":   # the slot is fresh (at start, or reset when its last session closed)
-                    out[slot] = self.hello(s)
-                elif op == "set_beta":
+                    pushes[slot] = kw
+                    continue
+                out[slot] = {"type": "ok", "op": op, "id": msg_id}
+                if op == "set_beta":
                     sl.set_beta(self.default_beta if kw["beta"] is None else kw["beta"], slot)
-                    out[slot] = {"type": "ok", "op": op, "id": msg_id}
-                elif op == "reset":
-                    sl.reset(slot, **kw)
-                    s.sent_frames = 0
-                    out[slot] = {"type": "ok", "op": op, "id": msg_id}
-                else:   # end / flush: the held-back frames, then a fresh stream (same identity, history)
+                    continue
+                if op == "end":   # the held-back frames, then a fresh stream (same identity, history)
                     out[slot] = self._frames(s, sl.flush(slot), msg_id, final=True)
-                    sl.reset(slot)
-                    s.sent_frames = 0
-            except ValueError as e:
-                out[slot] = error_message(e, op, msg_id)
-            except Exception as e:   # a bug: log it, answer, keep serving
-                out[slot] = self._internal(e, op, msg_id)
+                sl.reset(slot, **kw)
+                s.sent_frames = 0
+            except Exception as e:
+                out[slot] = self._error(e, op, msg_id)
         if pushes:
-            self.stats["ticks"] += 1
-            self.stats["pushes"] += len(pushes)
+            self.stats.update(ticks=1, pushes=len(pushes))
             self.stats["max_batch"] = max(self.stats["max_batch"], len(pushes))
             try:
-                res = sl.push_many({b: kw for b, (kw, _) in pushes.items()})
+                res = sl.push_many(pushes)
             except Exception as e:   # a bug outside any one stream (each stream's own error is in its result)
                 res = {b: e for b in pushes}
             for b, r in res.items():
-                msg_id = pushes[b][1]
-                out[b] = (self._frames(work[b][0], r, msg_id) if isinstance(r, np.ndarray) else
-                          error_message(r, "push", msg_id) if isinstance(r, ValueError) else
-                          self._internal(r, "push", msg_id))
+                s, (_, _, msg_id) = work[b]
+                out[b] = self._frames(s, r, msg_id) if isinstance(r, np.ndarray) else self._error(r, "push", msg_id)
         return out
 
-    def _internal(self, e: Exception, op: str | None, msg_id) -> dict:
+    def _error(self, e: Exception, op: str | None, msg_id, bug: bool = False) -> dict:
+        """The ``error`` reply: a ValueError ``"FIELD (stream b): expected X, got Y"`` is the client's (the slot left
+        out); anything else (or ``bug``) is an internal error, logged with its traceback."""
+        if isinstance(e, ValueError) and not bug:
+            text = _STREAM_REF.sub("", str(e)).strip()
+            f = re.match(r"([A-Za-z_][\w\[\]./]*)[^:]*:", text)
+            m = re.search(r"\bexpected\s+(.*?)(?:,\s*got\s+(.*))?$", text, re.S)
+            fld, (exp, act) = f[1] if f else "message", m.groups() if m else (None, None)
+            return {"type": "error", "op": op, "id": msg_id, "field": fld, "expected": exp, "actual": act,
+                    "message": text}
         logging.getLogger(__name__).error("minilisten serve: internal error in %s", op, exc_info=e)
         self.stats["internal_errors"] += 1
         return {"type": "error", "op": op, "id": msg_id, "field": "server", "expected": "no internal error",
@@ -332,10 +322,13 @@ class ListenerServer:
         """websockets ``process_request``: at most one Authorization / Upgrade header (else 400), the shared token
         (else 401), then plain GET / HEAD of the page and the clip (other methods 405); upgrades become sessions."""
         for name in ("Authorization", "Upgrade"):
-            if len(request.headers.get_all(name)) > 1:
-                return _respond(connection, HTTPStatus.BAD_REQUEST, f"{name}: expected at most one header, got "
-                                f"{len(request.headers.get_all(name))}\n")
-        if self.token and not self._authorized(request):
+            if (n := len(request.headers.get_all(name))) > 1:
+                return _respond(connection, HTTPStatus.BAD_REQUEST, f"{name}: expected at most one header, got {n}\n")
+        url = urlsplit(request.path)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":   # RFC 7235: the scheme is case-insensitive
+            given = (parse_qs(url.query).get("token") or [""])[0]
+        if self.token and not hmac.compare_digest(given.strip().encode(), self.token.encode()):
             self.stats["unauthorized"] += 1
             return _respond(connection, HTTPStatus.UNAUTHORIZED, "token: expected the server's shared token "
                             "(Authorization: Bearer TOKEN or ?token=TOKEN), got none or another\n")
@@ -346,24 +339,17 @@ class ListenerServer:
                          f"method: expected GET or HEAD, got {request.method[:20]}\n")
             r.headers["Allow"] = "GET, HEAD"
             return r
-        r = await self._get(connection, urlsplit(request.path))
+        if url.path in ("/", "/index.html"):
+            page = importlib.resources.files(__package__).joinpath("web", "index.html")   # package data
+            r = _respond(connection, HTTPStatus.OK, page.read_text(encoding="utf-8"), "text/html; charset=utf-8")
+        elif url.path == "/clip.json":
+            r = await self._clip_json(connection, parse_qs(url.query))
+        else:
+            r = _respond(connection, HTTPStatus.NOT_FOUND, f"path: expected /, /clip.json or a WebSocket "
+                         f"upgrade, got {url.path[:200]}\n")
         return dataclasses.replace(r, body=b"") if request.method == "HEAD" else r
 
-    def _authorized(self, request) -> bool:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":   # RFC 7235: the scheme is case-insensitive
-            given = (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
-        return hmac.compare_digest(given.strip().encode(), self.token.encode())
-
-    async def _get(self, connection, url):
-        if url.path in ("/", "/index.html"):
-            self.stats["http_page"] += 1
-            page = importlib.resources.files(__package__).joinpath("web", "index.html")   # package data
-            return _respond(connection, HTTPStatus.OK, page.read_text(encoding="utf-8"), "text/html; charset=utf-8")
-        if url.path != "/clip.json":
-            return _respond(connection, HTTPStatus.NOT_FOUND, f"path: expected /, /clip.json or a WebSocket "
-                            f"upgrade, got {url.path[:200]}\n")
-        q = parse_qs(url.query)
+    async def _clip_json(self, connection, q: dict):
         try:
             key = (_query_num(q, "seconds", 10.0, float, 0.5, 120.0), _query_num(q, "seed", 0, int, 0, 2 ** 31 - 1))
         except UserError as e:
@@ -374,7 +360,6 @@ class ListenerServer:
             self._clips[key] = asyncio.get_running_loop().run_in_executor(
                 self._http_executor, lambda: json.dumps(self.clip(*key), separators=(",", ":")))
         body = await asyncio.shield(self._clips[key])
-        self.stats["http_clip"] += 1
         return _respond(connection, HTTPStatus.OK, body, "application/json")
 
     def clip(self, seconds: float = 10.0, seed: int = 0) -> dict:
@@ -382,66 +367,49 @@ class ListenerServer:
         of one decode step (ARIG: 0.1 s), each with the clip time ``t`` it is due; only the model's modalities.
         ``{"fps", "seconds", "seed", "kind", "history_words", "words", "pushes": [{"t", "msg"}]}``."""
         from .data.synthetic import speaker_segment
-        sl, arig = self.listener, self.kind == "arig"
-        fps, mods = float(sl.fps), self.model_info["modalities"]
-        step, n_sa, sa_rate = (max(1, round(fps / 10)), int(sl.cfg.n_sa), sl.cfg.sa_rate) if arig else \
-            (sl.r, int(sl.lm.vocab.n_sa), SA_RATE)
-        use_w, use_sa, use_e = "W" in mods, "SA" in mods, "E" in mods or "emo" in mods
-        seg = speaker_segment(seconds, fps=fps, seed=seed, n_sa=max(n_sa, 1))
-        wl = lambda ws: [[w.text, round(w.start, 4), round(w.end, 4)] for w in ws]   # noqa: E731
-        pushes, f, sa_done, T = [], 0, 0, seg.T
-        while f < T:
-            n = min(step, T - f)
+        inp, fps = self.info["input"], float(self.listener.fps)
+        mods, step = inp["modalities"], max(1, round(fps / 10)) if self.kind == "arig" else self.listener.r
+        use_e = "E" in mods or "emo" in mods
+        seg = speaker_segment(seconds, fps=fps, seed=seed, n_sa=max(inp["sa_vocab"], 1))
+
+        def word_list(words):
+            return [[w.text, round(w.start, 4), round(w.end, 4)] for w in words]
+        pushes, sa_done = [], 0
+        for f in range(0, seg.T, step):
+            n = min(step, seg.T - f)
             t0, t1 = f / fps, (f + n) / fps
             msg = {"type": "push", "id": len(pushes)}
-            if use_w:
-                msg["words"] = wl([w for w in seg.words if t0 < w.end <= t1 + 1e-9])
-            if use_sa:
-                sa_to = seg.sa_tokens.size if f + n == T else min(seg.sa_tokens.size, int(t1 * sa_rate))
-                msg["sa_tokens"] = [int(t) for t in seg.sa_tokens[sa_done:sa_to]]
+            if "W" in mods:
+                msg["words"] = word_list([w for w in seg.words if t0 < w.end <= t1 + 1e-9])
+            if "SA" in mods:
+                sa_to = seg.sa_tokens.size if f + n == seg.T else min(seg.sa_tokens.size, int(t1 * inp["sa_rate"]))
+                msg["sa_tokens"] = seg.sa_tokens[sa_done:sa_to].tolist()
                 sa_done = sa_to
             if use_e:
                 msg["emotion"] = np.round(seg.emotion[f:f + n], 5).tolist()
-            if arig:
+            if self.kind == "arig":
                 msg["motion"] = seg.speaker_motion[f:f + n].tolist()
             elif not use_e:
                 msg["frames"] = n
             pushes.append({"t": t1, "msg": msg})
-            f += n
-        return {"fps": fps, "seconds": T / fps, "seed": seed, "kind": self.kind,
-                "history_words": wl(seg.history_words) if use_w else [], "words": wl(seg.words), "pushes": pushes}
+        return {"fps": fps, "seconds": seg.T / fps, "seed": seed, "kind": self.kind,
+                "history_words": word_list(seg.history_words) if "W" in mods else [], "words": word_list(seg.words),
+                "pushes": pushes}
 
     @contextlib.asynccontextmanager
     async def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
         """``async with server.run(host, port) as ws_server:`` (port 0: any free one, see ``.port``)."""
+        need_websockets()
         self._wake = asyncio.Event()
         ticks = asyncio.create_task(self._tick_loop())
         try:
-            async with _websockets_serve()(self.handler, host, port, max_size=self.max_message,
-                                           max_queue=self.max_queue, close_timeout=self.close_timeout,
-                                           compression=None, reuse_port=reuse_port,
-                                           process_request=self._process_request) as ws_server:
+            async with ws_serve(self.handler, host, port, max_size=self.max_message, max_queue=self.max_queue,
+                                close_timeout=self.close_timeout, compression=None, reuse_port=reuse_port,
+                                process_request=self._process_request) as ws_server:
                 self.host, self.port = ws_server.sockets[0].getsockname()[:2]
                 yield ws_server
         finally:
             ticks.cancel()
-
-    async def serve_forever(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, reuse_port: bool = False):
-        async with self.run(host, port, reuse_port) as srv:
-            page = f"; web page http://{host}:{self.port}/" if self.web else ""
-            print(f"minilisten serve (worker {self.worker}): ws://{host}:{self.port}{page} ({self.kind} model, "
-                  f"protocol {PROTOCOL}, {self.max_sessions} sessions, {self.listener.fps:g} fps); Ctrl-C stops",
-                  flush=True)
-            await srv.serve_forever()
-
-
-def _websockets_serve():
-    try:
-        from websockets.asyncio.server import serve
-    except ImportError as e:
-        raise UserError("serve: expected the websockets package (>= 13), got none installed; "
-                        "pip install 'minilisten[serve]' (or pip install websockets)") from e
-    return serve
 
 
 def _respond(connection, status, body: str, content_type: str = "text/plain; charset=utf-8"):
@@ -453,6 +421,10 @@ def _respond(connection, status, body: str, content_type: str = "text/plain; cha
     return r
 
 
+def _n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def _query_num(q: dict, name: str, default, kind, lo, hi):
     """A number from a parsed query string (``?name=value``) in ``[lo, hi]``, else UserError."""
     v = q.get(name, [str(default)])[-1]
@@ -461,28 +433,6 @@ def _query_num(q: dict, name: str, default, kind, lo, hi):
             return kind(v)
     raise UserError(f"{name}: expected {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
                     f"got {v[:60]!r}")
-
-
-def _describe_lr(lm, vq) -> dict:
-    """The ``hello`` message's model info for the LR-token model: modalities and sizes."""
-    bb = lm.backbone.config   # transformers configs alias num_hidden_layers / hidden_size (GPT-2: n_layer / n_embd)
-    return {"modalities": list(lm.modalities),
-            "lm": {"backbone": bb.model_type, "parameters": sum(p.numel() for p in lm.parameters()),
-                   "layers": bb.num_hidden_layers, "hidden": bb.hidden_size, "max_len": int(lm.max_len),
-                   "lr_vocab": int(lm.config.n_lr), "frames_per_code": int(lm.config.r)},
-            "vq": {"parameters": sum(p.numel() for p in vq.parameters()), "width": vq.config.width,
-                   "codebook": vq.config.codebook_size, "dec_norm": vq.config.dec_norm,
-                   "needs_beta": bool(vq.needs_beta), "receptive_field_codes": int(vq.receptive_field)}}
-
-
-def _describe_arig(model) -> dict:
-    """The ``hello`` message's model info for an ARIG model: config and size."""
-    from .arig import STATES
-    c = model.config
-    return {"modalities": ["W"] * c.use_words + ["SA"] * bool(c.n_sa) + ["E"] * c.use_emotion,
-            "arig": {"parameters": sum(p.numel() for p in model.parameters()), "d_model": c.d_model,
-                     "d_ff": c.d_ff, "depth": c.depth, "window": c.window, "head": c.head, "ibu": c.ibu,
-                     "sample_steps": c.sample_steps, "use_beta": bool(c.use_beta), "states": list(STATES)}}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -515,11 +465,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(argv)
-    if bool(a.arig) == bool(a.vq or a.lm) or (not a.arig and not (a.vq and a.lm)):
+    if (a.vq, a.lm, a.arig).count(None) != (2 if a.arig else 1):
         p.error("expected --vq DIR --lm DIR (LR-token model) or --arig DIR (ARIG model)")
     if a.arig and (a.lookahead is not None or a.sa_tokenizer):
         p.error("--lookahead, --sa-tokenizer: expected neither with --arig (it takes SA tokens, no lookahead)")
-    _websockets_serve()
+    need_websockets()
     for flag, v, lo, hi in (("--port", a.port, 0, 65535), ("--workers", a.workers, 1, 256), ("--seed", a.seed, 0,
                              2 ** 63 - 1), ("--max-push-seconds", a.max_push_seconds, 0.01, 3600)):
         if not lo <= v <= hi:
@@ -535,16 +485,11 @@ def main(argv: list[str] | None = None) -> int:
             a.token = f.read().strip()
         if not a.token:
             raise UserError(f"--token-file {a.token_file}: expected a non-empty token, got an empty file")
-    if a.workers == 1:
-        _serve(a, a.port)
-        return 0
-    return _serve_workers(a)
+    return _serve_workers(a) if a.workers > 1 else _serve(a, a.port)
 
 
-def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> None:
+def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> int:
     """Load the model and serve until Ctrl-C (``worker``: this process' index among ``--workers``)."""
-    from .lm import ListenerLM
-    from .vqvae import VQVAE
     if a.workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.workers))
     if a.arig:
@@ -552,6 +497,8 @@ def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> None:
         model = ARIG.from_pretrained(a.arig).eval()
         fps, needs_beta = model.config.fps, model.config.use_beta
     else:
+        from .lm import ListenerLM
+        from .vqvae import VQVAE
         vq, lm = VQVAE.from_pretrained(a.vq).eval(), ListenerLM.from_pretrained(a.lm).eval()
         fps, needs_beta = lm.config.fps, vq.needs_beta
     beta, source = ((a.beta_array, f"--beta {a.beta}") if a.beta else (None, "none (identity-free model)")
@@ -565,10 +512,16 @@ def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> None:
         listener = StreamingListener(lm, vq, beta, lookahead=a.lookahead, sa_tokenizer=tok, **kw)
     server = ListenerServer(listener, beta, beta_source=source, max_queue=a.max_queue, max_message=a.max_message,
                             token=a.token, web=not a.no_web, worker=worker)
-    try:
-        asyncio.run(server.serve_forever(a.host, port, reuse_port=a.workers > 1))
-    except KeyboardInterrupt:
-        pass
+
+    async def serve_forever():
+        async with server.run(a.host, port, reuse_port=a.workers > 1) as srv:
+            page = f"; web page http://{a.host}:{server.port}/" if server.web else ""
+            print(f"minilisten serve (worker {worker}): ws://{a.host}:{server.port}{page} ({server.kind} model, "
+                  f"protocol {PROTOCOL}, {a.max_sessions} sessions, {listener.fps:g} fps); Ctrl-C stops", flush=True)
+            await srv.serve_forever()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever())
+    return 0
 
 
 def _serve_workers(a: argparse.Namespace) -> int:

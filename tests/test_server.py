@@ -300,6 +300,25 @@ def test_bad_messages_get_errors_and_session_continues(models):
             assert actual in e["actual"], (want, e)
 
 
+def test_pipelined_messages_answered_in_order(models):
+    """Messages sent back to back without waiting for replies (a malformed one and an unknown type among
+    them): one reply each, in the order sent; an error never overtakes the reply to an earlier push."""
+    push = {"type": "push", "emotion": [[0.125] * 8] * 8}
+    raws = [json.dumps({**push, "id": 0}), '{"type": "push", "id": 1', json.dumps({**push, "id": 2}),
+            json.dumps({"type": "nope", "id": 3}), json.dumps({**push, "id": 4}), json.dumps({"type": "end", "id": 5})]
+
+    async def body(server, url):
+        async with connect(url) as ws:
+            await recv(ws)
+            for raw in raws:
+                await ws.send(raw)
+            return [await recv(ws) for _ in raws]
+    out = run_server(models, body, max_sessions=1)
+    assert [(m["type"], m["id"]) for m in out] == [("frames", 0), ("error", None), ("frames", 2), ("error", 3),
+                                                   ("frames", 4), ("frames", 5)], out
+    assert out[-1]["final"] and out[1]["field"] == "message" and out[3]["field"] == "type"
+
+
 def test_max_sessions_refused_then_free_again(models):
     async def body(server, url):
         a, b = await connect(url), await connect(url)
