@@ -67,6 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _react(a, ds, temperatures, lm, vq, arig) -> dict:
+    """The REACT table of ``evaluate --samples``: Ours' temperature is chosen on the validation split."""
+    from .generate import Sampling
+    from .reactions import COLUMNS, choose_temperature, react_table
+    sampling = None
+    if lm is not None:
+        t = temperatures[0]
+        if len(temperatures) > 1:
+            t, found = choose_temperature(ds, temperatures, a.samples, lm, vq, a.top_p, a.seed, a.max_clips, a.batch)
+            print(f"temperature {t:g} chosen on the validation split (FRDist " +
+                  ", ".join(f"{k:g}: {v:.2f}" for k, v in found.items()) + ")")
+        sampling = Sampling(t, top_p=a.top_p)
+    react, note = react_table(ds, a.split, a.samples, a.seed, lm, vq, sampling, arig, a.max_clips, a.batch)
+    print(markdown_table(react, COLUMNS, f"REACT metrics, split {a.split}: {note}"))
+    return react
+
+
 def main_evaluate(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m minilisten evaluate", description="Evaluate saved VQ-VAE + LM checkpoints "
                        "(and/or an ARIG-style model) on a dataset's test split (Table 1 metrics, with the Random and "
@@ -79,8 +96,18 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     p.add_argument("--max-clips", type=int, default=0)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--out", help="write results JSON here")
+    p.add_argument("--samples", type=int, default=0, help="S sampled reactions per clip: adds the REACT table")
+    p.add_argument("--temperature", default="0.5,0.7,1.0,1.3", help="LR sampling temperature with --samples; a "
+                   "comma list: the one of lowest FRDist on the validation split (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, help="LR sampling: nucleus mass (default: %(default)s)")
     add_data_args(p)
     a = p.parse_args(argv)
+    if a.samples < 0:
+        raise UserError(f"--samples: expected an int >= 0, got {a.samples}")
+    try:
+        temperatures = [float(t) for t in a.temperature.split(",")]
+    except ValueError:
+        raise UserError(f"--temperature: expected a number or a comma list of numbers, got {a.temperature!r}") from None
     if bool(a.vq) != bool(a.lm) or not (a.vq or a.arig):
         raise UserError(f"--vq/--lm/--arig: expected --vq DIR --lm DIR, --arig DIR or all three, got "
                         f"{' '.join(f'--{k}' for k in ('vq', 'lm', 'arig') if getattr(a, k)) or 'none'}")
@@ -106,16 +133,22 @@ def main_evaluate(argv: list[str] | None = None) -> int:
             raise UserError(f"--vq {a.vq}: this VQ-VAE (dec_norm={vq.config.dec_norm!r}) decodes with the listener's "
                             f"shape beta (100,), {what} has none; use a naive VQ-VAE")
         preds["model"] = generate_motion(lm, vq, clips, a.batch)[1]
+    else:
+        lm = vq = None
     print(f"{what}: " + cov.describe())
+    arig = None
     if a.arig:
         from .arig import ARIG, arig_generate
-        preds[ARIG_ROW] = arig_generate(ARIG.from_pretrained(a.arig), clips, seed=a.seed)
+        arig = ARIG.from_pretrained(a.arig)
+        preds[ARIG_ROW] = arig_generate(arig, clips, seed=a.seed)
     rows = evaluate(preds, clips, ds.train, a.seed)
     gt = rows["Random"]
     rows = {"GT": {"variation": gt["variation_gt"], "diversity": gt["diversity_gt"]}, **rows}
     print(markdown_table(rows, metric_columns("l2_affect" in gt), f"{len(clips)} clips of split {a.split}"))
     if "l2_affect" not in gt:
         print("L2 Affect: left out, the data has no valence")
+    if a.samples:
+        rows["react"] = _react(a, ds, temperatures, lm, vq, arig)
     if a.out:
         atomic_write_text(a.out, json.dumps(rows, indent=2, default=float))
     return 0

@@ -53,6 +53,12 @@ def test_words_only_pipeline_through_the_cli(lm_dir, tmp_path, capsys):
     assert "L2 Affect: left out, the data has no valence" in text and "L2 Affect ×1e2" not in text
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert np.isfinite(rows["model"]["l2"]) and "l2_affect" not in rows["model"]
+    assert main(["evaluate", "--data", str(lm_dir), "--vq", str(vq), "--lm", str(lm), "--max-clips", "4",
+                 "--samples", "2", "--temperature", "1.0", "--out", str(tmp_path / "react.json")]) == 0
+    assert "one listener per clip (appropriate = identity)" in capsys.readouterr().out
+    react = json.loads((tmp_path / "react.json").read_text())["react"]
+    assert react["GT"]["frcorr"] == pytest.approx(2.0, abs=1e-3) and react["GT"]["frdist"] < 1e-5
+    assert np.isfinite(react["Ours sampled (T=1, top-p=1)"]["frdist"])
 
 
 def test_train_lm_defaults_to_the_modalities_the_data_has(lm_dir, tmp_path, capsys):

@@ -322,6 +322,24 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
                   n_sa=N_SA if modalities == "all" else None, info=info)
 
 
+
+def listener_alternatives(corpus: Corpus, segment: Segment) -> list[np.ndarray]:
+    """Every identity's listener motion ``(T, 56)`` answering ``segment``'s speaker (a whole segment of ``corpus``):
+    its conversation drawn again with each identity's style (the speaker's draws come first, so the speaker is the
+    same); item k is identity k, the segment's own listener among them: its appropriate reactions (issue 25)."""
+    seed, world, a = corpus.info.get("seed"), corpus.info.get("world"), corpus.info.get("assumptions")
+    i = segment.name.rpartition("_")[2]
+    if world is None or segment.name != f"synthetic{seed}_{i}" or not i.isdigit():
+        raise UserError(f"segment: expected a segment of a synthetic corpus, got {segment.name!r}")
+    out = []
+    for style in world["styles"]:
+        c = _conversation(np.random.default_rng([seed, int(i)]), world, style, segment.T, corpus.fps, 3.0,
+                          a["response"], a["drift"])
+        if not np.array_equal(c["speaker"].astype(np.float32), segment.speaker_motion):
+            raise UserError(f"segment {segment.name}: expected a whole segment of this corpus, got another speaker")
+        out.append(c["listener"].astype(np.float32))
+    return out
+
 #: The family of synthetic corpora (``--corpus NAME``; their table: docs/data.md): one world cannot show that a
 #: method works. name -> (keywords of :func:`synthetic_corpus`, one line for ``data --help``)
 CORPORA: dict[str, tuple[dict, str]] = {
