@@ -15,6 +15,7 @@ import hmac
 import importlib.resources
 import json
 import logging
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -178,8 +179,9 @@ class ListenerServer:
         s = _Session(self.free.popleft(), ws, asyncio.Queue(self.max_queue))
         self.sessions[s.slot] = s
         sl, arig = self.listener, self.kind == "arig"
-        sampling = {"seed": self.seeds[s.slot], "steps": sl.steps, "temperature": sl.temperature} if arig else None
-        await self._reply(s, {**self.info, "sampling": sampling} if arig else self.info)
+        sampling = ({"steps": sl.steps, "temperature": sl.temperature} if arig else
+                    {k: getattr(sl.sampling, k) for k in ("temperature", "top_k", "top_p")})   # temperature 0: greedy
+        await self._reply(s, {**self.info, "sampling": {"seed": self.seeds[s.slot], **sampling}})
         sender = asyncio.create_task(self._sender(s))
         try:
             async for raw in ws:
@@ -208,7 +210,7 @@ class ListenerServer:
     def _parse(self, msg: dict) -> tuple[str, dict]:
         """A client message -> (op, keyword arguments), or ProtocolError."""
         op = msg.get("type")
-        own = {"push": (), "set_beta": ("beta",), "reset": ("history_words",) + ("seed",) * (self.kind == "arig"),
+        own = {"push": (), "set_beta": ("beta",), "reset": ("history_words", "seed"),
                "end": (), "flush": ()}
         if not isinstance(op, str) or op not in own:
             raise ProtocolError("type", "one of " + ", ".join(own), op)
@@ -443,7 +445,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vq", help="VQ-VAE checkpoint directory (save_pretrained); with --lm")
     p.add_argument("--lm", help="ListenerLM checkpoint directory (save_pretrained); with --vq")
     p.add_argument("--arig", help="ARIG checkpoint directory (train-arig --out) instead of --vq/--lm")
-    p.add_argument("--seed", type=int, default=0, help="ARIG: every session's noise seed at connect (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="every session's sampling seed at connect (default 0)")
+    p.add_argument("--temperature", type=float, help="LR codes: sampling temperature (default 0: greedy); ARIG: "
+                   "noise scale (default 1)")
+    p.add_argument("--top-k", type=int, default=0, help="LR codes: sample from the k best (default 0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="LR codes: sample from the top-p mass (default 1)")
     p.add_argument("--sample-steps", type=int, help="ARIG: Euler steps per frame (default: the model's)")
     p.add_argument("--max-skew", type=float, default=2.0, help="ARIG: seconds SA tokens may lead or lag the motion")
     p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1: this machine only)")
@@ -467,8 +473,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if (a.vq, a.lm, a.arig).count(None) != (2 if a.arig else 1):
         p.error("expected --vq DIR --lm DIR (LR-token model) or --arig DIR (ARIG model)")
-    if a.arig and (a.lookahead is not None or a.sa_tokenizer):
-        p.error("--lookahead, --sa-tokenizer: expected neither with --arig (it takes SA tokens, no lookahead)")
+    if a.arig and (a.lookahead is not None or a.sa_tokenizer or a.top_k or a.top_p != 1.0):
+        p.error("--lookahead, --sa-tokenizer, --top-k, --top-p: expected none with --arig (SA tokens, no lookahead, "
+                "Gaussian noise)")
+    if a.arig and a.temperature is not None and not 0 <= a.temperature < math.inf:
+        raise UserError(f"--temperature: expected a finite number >= 0, got {a.temperature}")
+    if not a.arig:   # checked here, before any worker starts
+        from .generate import Sampling
+        try:
+            Sampling(a.temperature or 0.0, a.top_k, a.top_p)
+        except UserError as e:
+            raise UserError(f"--temperature/--top-k/--top-p: {e}") from None
     need_websockets()
     for flag, v, lo, hi in (("--port", a.port, 0, 65535), ("--workers", a.workers, 1, 256), ("--seed", a.seed, 0,
                              2 ** 63 - 1), ("--max-push-seconds", a.max_push_seconds, 0.01, 3600)):
@@ -505,11 +520,15 @@ def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> int:
                     if not needs_beta else (np.zeros(N_SHAPE, np.float32), "zeros (FLAME mean shape)"))
     kw = dict(n_streams=a.max_sessions, max_push_frames=max(1, round(a.max_push_seconds * fps)))
     if a.arig:
-        listener = StreamingARIG(model, beta, seed=a.seed, steps=a.sample_steps, max_skew=a.max_skew, **kw)
+        listener = StreamingARIG(model, beta, seed=a.seed, steps=a.sample_steps, max_skew=a.max_skew,
+                                 temperature=1.0 if a.temperature is None else a.temperature, **kw)
     else:
         from .speaker import AcousticTokenizer
         tok = AcousticTokenizer.load(a.sa_tokenizer) if a.sa_tokenizer else None
-        listener = StreamingListener(lm, vq, beta, lookahead=a.lookahead, sa_tokenizer=tok, **kw)
+        from .generate import Sampling
+        sampling = Sampling(a.temperature or 0.0, a.top_k, a.top_p)
+        listener = StreamingListener(lm, vq, beta, lookahead=a.lookahead, sa_tokenizer=tok, sampling=sampling,
+                                     seed=a.seed, **kw)
     server = ListenerServer(listener, beta, beta_source=source, max_queue=a.max_queue, max_message=a.max_message,
                             token=a.token, web=not a.no_web, worker=worker)
 

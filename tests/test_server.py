@@ -134,6 +134,7 @@ def test_hello(models):
     assert h["model"]["vq"]["codebook"] == vq.config.codebook_size and h["model"]["lm"]["backbone"] == "gpt2"
     assert h["limits"]["max_sessions"] == 3 and h["input"]["sa_vocab"] == lm.vocab.n_sa
     assert h["output"] == {"expression": 50, "pose": 6, "head_rpy_deg": 3, "jaw_open_deg": 1, "encoding": "json"}
+    assert h["sampling"] == {"seed": 0, "temperature": 0.0, "top_k": 0, "top_p": 1.0}   # greedy: the paper's
 
 
 def test_session_equals_direct_run(models):
@@ -235,6 +236,37 @@ def test_set_beta_and_reset(models):
     check_frames(out, ref, pushes)
     assert out2[0]["type"] == "ok" and out2[4] == {"type": "ok", "op": "reset", "id": None}
     check_frames(out2[5:], direct(lm, vq, seg, pushes), pushes)
+
+
+def test_sampled_sessions_seeded_by_reset(models):
+    """Sampled LR codes (issue 25): hello describes the sampling and the connect seed; two concurrent sessions
+    reset with seeds 3 and 4 equal solo StreamingListeners with those seeds (and the seed matters)."""
+    from minilisten.generate import Sampling
+    lm, vq = models
+    sampling = Sampling(temperature=1.5, top_k=20)
+    seg = speaker_segment(4.0, seed=21)
+    pushes = chunks(seg, seed=31)
+
+    def solo(seed):
+        sl = StreamingListener(lm, vq, np.zeros(N_SHAPE), history_words=seg.history_words, sampling=sampling,
+                               seed=seed)
+        return [sl.push(**p) for p in pushes] + [sl.flush()]
+    refs = {k: solo(k) for k in (3, 4)}
+    assert not np.array_equal(np.concatenate(refs[3]), np.concatenate(refs[4]))
+
+    async def main():
+        sl = StreamingListener(lm, vq, np.zeros(N_SHAPE), n_streams=2, sampling=sampling, seed=9)
+        server = ListenerServer(sl, np.zeros(N_SHAPE), beta_source="zeros (FLAME mean shape)")
+        async with server.run(port=0):
+            async def one(seed):
+                async with connect(f"ws://127.0.0.1:{server.port}") as ws:
+                    hello = await recv(ws)
+                    return hello, await session(ws, seg.history_words, pushes, seed=seed)
+            return await asyncio.gather(one(3), one(4))
+    (h3, r3), (h4, r4) = asyncio.run(main())
+    assert h3["sampling"] == h4["sampling"] == {"seed": 9, "temperature": 1.5, "top_k": 20, "top_p": 1.0}
+    check_frames(r3, refs[3], pushes)
+    check_frames(r4, refs[4], pushes)
 
 
 def test_bad_messages_get_errors_and_session_continues(models):
