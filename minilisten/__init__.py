@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "VQVAE": "minilisten.vqvae", "VQConfig": "minilisten.vqvae",
     "ListenerLM": "minilisten.lm", "Vocab": "minilisten.lm",
-    "Generator": "minilisten.generate",
+    "Generator": "minilisten.generate", "Sampling": "minilisten.generate",
     "ListenerStream": "minilisten.streaming", "StreamingListener": "minilisten.streaming",
     "StreamingARIG": "minilisten.streaming",
     "Segment": "minilisten.data", "Word": "minilisten.data", "synthetic_corpus": "minilisten.data",
