@@ -15,7 +15,7 @@ from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, data_config, load_data
 from .data.windows import test_clips
 from .errors import UserError
-from .generate import generate_motion
+from .generate import Sampling, generate_motion
 from .metrics import evaluate
 from .pipeline import ARIG_ROW, QUICK, DemoConfig, baselines, identity_swap, run_pipeline
 from .report import markdown_table, metric_columns, save_plots, write_demo_report
@@ -67,18 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _react(a, ds, temperatures, lm, vq, arig) -> dict:
+def _react(a, ds, samplings, lm, vq, arig) -> dict:
     """The REACT table of ``evaluate --samples``: Ours' temperature is chosen on the validation split."""
-    from .generate import Sampling
-    from .reactions import COLUMNS, choose_temperature, react_table
-    sampling = None
-    if lm is not None:
-        t = temperatures[0]
-        if len(temperatures) > 1:
-            t, found = choose_temperature(ds, temperatures, a.samples, lm, vq, a.top_p, a.seed, a.max_clips, a.batch)
-            print(f"temperature {t:g} chosen on the validation split (FRDist " +
-                  ", ".join(f"{k:g}: {v:.2f}" for k, v in found.items()) + ")")
-        sampling = Sampling(t, top_p=a.top_p)
+    from .reactions import COLUMNS, choose_sampling, react_table
+    sampling = samplings[0]
+    if lm is not None and len(samplings) > 1:
+        sampling, found = choose_sampling(ds, samplings, a.samples, lm, vq, a.seed, a.max_clips, a.batch)
+        print(f"temperature {sampling.temperature:g} chosen on the validation split (FRDist " +
+              ", ".join(f"{k.temperature:g}: {v:.2f}" for k, v in found.items()) + ")")
     react, note = react_table(ds, a.split, a.samples, a.seed, lm, vq, sampling, arig, a.max_clips, a.batch)
     print(markdown_table(react, COLUMNS, f"REACT metrics, split {a.split}: {note}"))
     return react
@@ -104,10 +100,13 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.samples < 0:
         raise UserError(f"--samples: expected an int >= 0, got {a.samples}")
-    try:
-        temperatures = [float(t) for t in a.temperature.split(",")]
-    except ValueError:
-        raise UserError(f"--temperature: expected a number or a comma list of numbers, got {a.temperature!r}") from None
+    try:   # checked before any data or model is loaded
+        samplings = [Sampling(float(t), top_p=a.top_p) for t in a.temperature.split(",")]
+    except ValueError as e:
+        raise UserError(f"--temperature/--top-p: expected numbers > 0 (and top-p in (0, 1]), got "
+                        f"{a.temperature!r}/{a.top_p!r} ({e})") from None
+    if a.samples and any(s.greedy for s in samplings):
+        raise UserError(f"--temperature: expected values > 0 with --samples (0 is greedy), got {a.temperature!r}")
     if bool(a.vq) != bool(a.lm) or not (a.vq or a.arig):
         raise UserError(f"--vq/--lm/--arig: expected --vq DIR --lm DIR, --arig DIR or all three, got "
                         f"{' '.join(f'--{k}' for k in ('vq', 'lm', 'arig') if getattr(a, k)) or 'none'}")
@@ -148,7 +147,7 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     if "l2_affect" not in gt:
         print("L2 Affect: left out, the data has no valence")
     if a.samples:
-        rows["react"] = _react(a, ds, temperatures, lm, vq, arig)
+        rows["react"] = _react(a, ds, samplings, lm, vq, arig)
     if a.out:
         atomic_write_text(a.out, json.dumps(rows, indent=2, default=float))
     return 0

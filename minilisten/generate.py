@@ -58,7 +58,7 @@ def pick(logits: torch.Tensor, sampling: Sampling | None, generators: Sequence[t
     after temperature, top-k and top-p (the smallest set with cumulative probability >= top_p)."""
     if sampling is None or sampling.greedy:
         return logits.argmax(-1)
-    x = logits.float() / sampling.temperature
+    x = (logits.float() - logits.float().amax(-1, keepdim=True)) / sampling.temperature   # no overflow at tiny T
     if 0 < sampling.top_k < x.shape[-1]:
         keep = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, x.topk(sampling.top_k, -1).indices, True)
         x = x.masked_fill(~keep, float("-inf"))
@@ -682,12 +682,17 @@ def decode_codes(vq, codes: list[np.ndarray], clips, batch: int = 64) -> list[np
 def generate_motion(lm, vq, clips, batch: int = 16, sampling: Sampling | None = None, samples: int = 1,
                     seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``(codes, motion)`` per clip from the fast decoder: ``(n,)`` and ``(T, 56)``; with ``samples`` K > 1, K
-    reactions per clip decoded as one batch (sample s seeded ``seed + s``): ``(K, n)`` and ``(K, T, 56)``."""
+    reactions per clip decoded as one batch: ``(K, n)`` and ``(K, T, 56)``; sample s of clip i draws from its own
+    generator, seeded from ``(seed, i, s)``, whatever K is."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise UserError(f"samples: expected an int >= 1, got {samples!r}")
+    if samples > 1 and (sampling is None or sampling.greedy):
+        raise UserError(f"samples: expected 1 with greedy decoding (they would be {samples} copies), got {samples}")
     gen = Generator(lm, batch=min(batch, len(clips)) * samples, sampling=sampling)
     rows = [c for c in clips for _ in range(samples)]
-    codes = gen.generate_segments(rows, seeds=[seed + s for _ in clips for s in range(samples)])
+    seeds = [int(np.random.SeedSequence([seed, i, s]).generate_state(1, np.uint64)[0] >> 1)
+             for i in range(len(clips)) for s in range(samples)]
+    codes = gen.generate_segments(rows, seeds=seeds)
     motion = decode_codes(vq, codes, rows)
     if samples == 1:
         return codes, motion

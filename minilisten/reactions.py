@@ -92,18 +92,17 @@ def react_table(ds, split: str, samples: int, seed: int = 0, lm=None, vq=None, s
     return rows, f"{len(clips)} clips of {clips[0].T} frames, {samples} samples; {what}"
 
 
-def choose_temperature(ds, temperatures, samples: int, lm, vq, top_p: float = 1.0, seed: int = 0, limit: int = 0,
-                       batch: int = 16) -> tuple[float, dict[float, float]]:
-    """The temperature of the lowest FRDist on the validation split (never the test split): ``(T, {T: FRDist})``."""
-    from .generate import Sampling, generate_motion
+def choose_sampling(ds, samplings, samples: int, lm, vq, seed: int = 0, limit: int = 0,
+                    batch: int = 16) -> tuple:
+    """The sampling of the lowest FRDist on the validation split (never the test split): ``(best, {sampling:
+    FRDist})``."""
+    from .generate import generate_motion
     if not ds.val:
-        raise UserError("--temperature: choosing it needs a validation split, the data has none; pass one value")
-    segments = ds.val
-    clips, keep = react_clips(segments, limit)
-    gt, appropriate, _ = appropriate_set(ds, segments, clips, keep, limit)
+        raise UserError("--temperature: choosing one needs a validation split, the data has none; pass one value")
+    clips, keep = react_clips(ds.val, limit)
+    gt, appropriate, _ = appropriate_set(ds, ds.val, clips, keep, limit)
     found = {}
-    for t in temperatures:
-        pred = np.stack(generate_motion(lm, vq, clips, batch, sampling=Sampling(t, top_p=top_p), samples=samples,
-                                        seed=seed)[1])
-        found[t] = frdist(pred, gt, appropriate, groups=FLAME_GROUPS)
+    for s in samplings:
+        pred = np.stack(generate_motion(lm, vq, clips, batch, sampling=s, samples=samples, seed=seed)[1])
+        found[s] = frdist(pred, gt, appropriate, groups=FLAME_GROUPS)
     return min(found, key=found.get), found

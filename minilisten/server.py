@@ -203,6 +203,7 @@ class ListenerServer:
         finally:
             s.closed = True
             self.sessions.pop(s.slot, None)
+            self._work.pop(s.slot, None)   # a message still waiting never reaches the slot's next session
             self._release.append(s.slot)
             self._wake.set()
             sender.cancel()
@@ -232,7 +233,11 @@ class ListenerServer:
         except asyncio.QueueFull:   # a client that does not read its frames: close it, keep the others
             s.closed = True
             self.stats["slow_closed"] += 1
-            await s.ws.close(1008, f"slow client: {self.max_queue} replies unread")
+            try:   # close() drains first: a client that reads nothing is cut off after close_timeout
+                await asyncio.wait_for(s.ws.close(1008, f"slow client: {self.max_queue} replies unread"),
+                                       self.close_timeout)
+            except asyncio.TimeoutError:
+                s.ws.transport.abort()
 
     async def _sender(self, s: _Session) -> None:
         """Strict JSON out: a reply holding a non-finite number is a bug, answered as one and never sent."""
@@ -253,7 +258,10 @@ class ListenerServer:
             await self._wake.wait()
             self._wake.clear()
             (work, self._work), (release, self._release) = (self._work, {}), (self._release, [])
-            replies = await loop.run_in_executor(self._executor, self._run_tick, work, release)
+            try:
+                replies = await loop.run_in_executor(self._executor, self._run_tick, work, release)
+            except Exception as e:   # a bug outside every session's own try: answer each, keep serving
+                replies = {slot: self._error(e, item[0], item[2]) for slot, (_, item) in work.items()}
             self.free.extend(release)
             for slot, msg in replies.items():
                 if not work[slot][0].reply.cancelled():

@@ -75,3 +75,11 @@ def test_evaluate_samples_writes_the_react_table(tmp_path, capsys):
     assert react[sampled]["frdiv"] > 0 and react["Ours greedy"]["frdiv"] == 0
     assert react["GT"]["frcorr"] == pytest.approx(3.0, abs=1e-3)   # REACT sums over the 3 samples (GT's repeated)
     assert react["GT"]["frdist"] == pytest.approx(0.0, abs=1e-5) and react["GT"]["frcorr"] > react["Random"]["frcorr"]
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "-1"], ["--temperature", "0"], ["--temperature", "a,1"],
+                                   ["--top-p", "0"]])
+def test_evaluate_sampling_flags_refused_before_any_work(flags, capsys):
+    assert main(["evaluate", "--arig", "no/such/dir", "--samples", "2", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and ("--temperature" in err or "--top-p" in err) and "no/such/dir" not in err

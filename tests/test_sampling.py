@@ -143,3 +143,20 @@ def test_generate_motion_samples():
 
 def vq_rate():
     return tiny_vq().config.rate
+
+
+def test_tiny_temperature_is_greedy_not_nan():
+    """logits / 1e-40 overflows to inf (softmax NaN, multinomial raises) unless the max is subtracted first."""
+    logits = torch.tensor([[3.0, 1.0, 2.9, -5.0], [0.0, 0.0, 7.0, 1.0]])
+    gens = [torch.Generator().manual_seed(k) for k in range(2)]
+    assert pick(logits, Sampling(temperature=1e-40), gens).tolist() == [0, 2]
+
+
+def test_generate_motion_decorrelates_clips_and_refuses_greedy_copies():
+    """Two copies of one clip in one call are different clips to the sampler: their reactions differ."""
+    lm, vq = tiny_lm("gpt2", r=vq_rate()), tiny_vq()
+    clip = speaker_segment(3.0, seed=5)
+    codes, _ = generate_motion(lm, vq, [clip, clip], sampling=HOT, samples=2, seed=1)
+    assert codes[0].tolist() != codes[1].tolist()
+    with pytest.raises(ValueError, match=r"samples: expected 1 with greedy decoding"):
+        generate_motion(lm, vq, [clip], samples=2)

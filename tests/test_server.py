@@ -550,6 +550,31 @@ def test_slow_client_closed_others_continue(models):
     check_frames(replies, direct_la0(lm, vq, seg, pushes), pushes)
 
 
+def test_slow_client_close_never_blocks_its_handler(models):
+    """A slow client whose close never completes (it reads nothing, so the close frame cannot drain): the handler
+    gives up after close_timeout and aborts the connection, so its slot is released (it waited for the keepalive
+    ping, 20 s, before)."""
+    from minilisten.server import _Session
+
+    class NeverDrains:
+        def __init__(self):
+            self.transport, self.aborted = self, False
+
+        async def close(self, code, reason):
+            await asyncio.sleep(3600)
+
+        def abort(self):
+            self.aborted = True
+
+    async def main():
+        server = lr_server(*models, max_queue=1, close_timeout=0.2)
+        s = _Session(0, NeverDrains(), asyncio.Queue(1))
+        await server._reply(s, {"type": "ok"})                      # the outbox is full now
+        await asyncio.wait_for(server._reply(s, {"type": "ok"}), 5)
+        return s.closed, s.ws.aborted, server.stats["slow_closed"]
+    assert asyncio.run(main()) == (True, True, 1)
+
+
 def direct_la0(lm, vq, seg, pushes):
     sl = StreamingListener(lm, vq, np.zeros(N_SHAPE), history_words=seg.history_words, lookahead=0)
     return [sl.push(**p) for p in pushes] + [sl.flush()]
