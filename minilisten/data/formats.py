@@ -182,7 +182,8 @@ def _lm_segment(file: Path, i: int, rec, fps: float, listener_id):
     if start_f is not None and end_f is not None and end_f - start_f != T:
         raise UserError(f"{where}: field 'split_end_frame': expected split_start_frame + T = {start_f} + {T} = "
                         f"{start_f + T} (end exclusive), got {end_f}")
-    before, during = (_word_items(where, k, rec.get(k) or []) for k in ("before_words", "during_words"))
+    before, during = (_word_items(where, k, [] if rec.get(k) is None else rec[k]) for k in ("before_words",
+                                                                                        "during_words"))
     if (before or during) and start_f is None:
         raise UserError(f"{where}: field 'split_start_frame': needed to place words (absolute times), got None")
     t0, duration = (start_f or 0) / fps, T / fps
