@@ -387,3 +387,27 @@ def test_sixty_second_rollout_stays_in_the_data_range(tmp_path):
     save_checkpoint(tmp_path / "old", cfg, {k: v for k, v in state.items() if k not in ("lis_lo", "lis_hi")})
     free = arig_generate(ARIG.from_pretrained(tmp_path / "old"), [clip.window(0, 600)], seed=1)[0]
     assert ((free < lo - margin) | (free > hi + margin)).any()
+
+
+@pytest.mark.parametrize("self_hist", [0.0, 1.0])
+def test_training_history_holds_the_models_own_one_step_predictions(monkeypatch, self_hist):
+    """Parallel scheduled sampling: with ``self_hist=1`` the history the loss trains on is the model's teacher-forced
+    one-step prediction of every frame (regression head, no history noise); with 0 it is the true motion."""
+    m = _model(head="regression", hist_noise=0.0, self_hist=self_hist, bound=0.0)
+    segs = [_segment(20, i) for i in range(2)]
+    lis = np.concatenate([s.listener_motion for s in segs])
+    m.set_motion_stats(lis.mean(0), lis.std(0), np.zeros(56), np.ones(56), lis.min(0), lis.max(0))
+    b = _batch(m, segs)
+    with torch.no_grad():   # the oracle: a teacher-forced forward, clamped to the data's own range (bound 0)
+        want = m.regressor(m.features(b)[0]) * m.lis_std + m.lis_mean
+        want = torch.minimum(torch.maximum(want, torch.as_tensor(lis.min(0))), torch.as_tensor(lis.max(0)))
+    seen = []
+    features = ARIG.features
+    monkeypatch.setattr(ARIG, "features", lambda self, *a: seen.append(a[4:]) or features(self, *a))
+    m.train().loss(b, generator=torch.Generator().manual_seed(0))
+    hist = seen[-1][0]
+    if not self_hist:
+        assert len(seen) == 1 and hist is None
+        return
+    torch.testing.assert_close(hist * m.lis_std + m.lis_mean, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(want, b["lis"], atol=1e-2)
