@@ -44,6 +44,8 @@ class ARIGConfig:
     ibu: str = "full"            # "full" | "linear" (ablation: no bidirectional-integrated learning)
     w_state: float = 0.2         # weight of the state cross-entropy
     hist_noise: float = 0.1      # training: Gaussian noise (normalised units) on the listener history
+    self_hist: float = 0.5       # training: fraction of history frames replaced by the model's own one-step samples
+    bound: float = 0.1           # generated frames clamped to the data's per-dim range widened by this x the range
     word_buckets: int = 4096     # hashed word ids (0 = no word yet)
     since_max: int = 16          # frames-since-last-word buckets (the last one = ">= since_max")
     # set from the data (train-arig does it; not options)
@@ -69,6 +71,8 @@ class ARIGConfig:
         if self.window < max(self.coarse_frames, self.temporal_frames):
             raise ValueError(f"window: expected >= coarse_frames and temporal_frames "
                              f"({max(self.coarse_frames, self.temporal_frames)}), got {self.window}")
+        if self.self_hist > 1:
+            raise ValueError(f"self_hist: expected a fraction in [0, 1], got {self.self_hist!r}")
         for name, options in (("head", HEADS), ("ibu", IBUS)):
             if getattr(self, name) not in options:
                 raise ValueError(f"{name}: expected one of {options}, got {getattr(self, name)!r}")
@@ -402,6 +406,9 @@ class ARIG(nn.Module):
             self.register_buffer(name, torch.zeros(D_MOTION))
         for name in ("lis_std", "spk_std"):
             self.register_buffer(name, torch.ones(D_MOTION))
+        big = torch.finfo(torch.float32).max   # raw bounds of generated frames (none until set_motion_stats)
+        self.register_buffer("lis_lo", torch.full((D_MOTION,), -big))
+        self.register_buffer("lis_hi", torch.full((D_MOTION,), big))
         # input embeddings
         self.emb_agent, self.emb_user = nn.Linear(D_MOTION, d), nn.Linear(D_MOTION, d)
         self.emb_sa = nn.Embedding(max(c.n_sa, 1), d)
@@ -434,13 +441,28 @@ class ARIG(nn.Module):
         else:
             self.regressor = MLP(d, c.d_ff, D_MOTION)
 
-    def set_motion_stats(self, lis_mean, lis_std, spk_mean, spk_std, min_std: float = 1e-4) -> None:
-        """Normalisation of listener and speaker motion (each (56,)); std floored at ``min_std``."""
-        for name, v in (("lis_mean", lis_mean), ("lis_std", lis_std), ("spk_mean", spk_mean), ("spk_std", spk_std)):
+    def set_motion_stats(self, lis_mean, lis_std, spk_mean, spk_std, lis_min=None, lis_max=None,
+                         min_std: float = 1e-4) -> None:
+        """Normalisation of listener and speaker motion (each (56,)); std floored at ``min_std``; with the listener
+        data's ``lis_min``/``lis_max`` (56,), generated frames are bounded by them widened by ``config.bound``."""
+        stats = (("lis_mean", lis_mean), ("lis_std", lis_std), ("spk_mean", spk_mean), ("spk_std", spk_std))
+        for name, v in stats + ((("lis_lo", lis_min), ("lis_hi", lis_max)) if lis_min is not None else ()):
             t = torch.as_tensor(np.asarray(v, np.float32))
             if t.shape != (D_MOTION,) or not torch.isfinite(t).all():
                 raise ValueError(f"{name}: expected finite values of shape ({D_MOTION},), got {tuple(t.shape)}")
             getattr(self, name).copy_(t.clamp_min(min_std) if name.endswith("std") else t)
+        if lis_min is not None:
+            span = self.lis_hi - self.lis_lo
+            self.lis_lo.sub_(self.config.bound * span)
+            self.lis_hi.add_(self.config.bound * span)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        """Checkpoints without ``lis_lo``/``lis_hi`` (saved before the bound existed) load unbounded."""
+        return super().load_state_dict({"lis_lo": self.lis_lo, "lis_hi": self.lis_hi, **state}, strict, assign)
+
+    def bounded(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised frames (..., 56) clamped to ``[lis_lo, lis_hi]`` (the widened data range, else no bound)."""
+        return torch.clamp(x, self._norm_lis(self.lis_lo), self._norm_lis(self.lis_hi))
 
     def save_pretrained(self, directory) -> None:
         """``config.json`` + ``model.safetensors`` (atomic; see minilisten.checkpoint)."""
@@ -496,13 +518,13 @@ class ARIG(nn.Module):
         return x + t.linear2(t.activation(t.linear1(t.norm2(x))))
 
     def features(self, batch: dict, ref: torch.Tensor | None = None, hist_noise: float = 0.0,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing (``lis`` as history), ``ref (B, 56)`` raw (default the mean) -> ``z (B, T, d)``, state
-        logits ``(B, T, n_states)``; frame t sees speaker frames <= t and listener frames < t."""
+                 generator: torch.Generator | None = None, lis=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing (``lis`` as history; or ``lis (B, T, 56)`` normalised), ``ref (B, 56)`` raw (default the
+        mean) -> ``z (B, T, d)``, state logits ``(B, T, n_states)``; frame t sees speaker <= t and listener < t."""
         c, P = self.config, self.config.window
         B, T = batch["spk"].shape[:2]
         spk = (batch["spk"] - self.spk_mean) / self.spk_std
-        lis = self._norm_lis(batch["lis"])
+        lis = self._norm_lis(batch["lis"]) if lis is None else lis
         if hist_noise:
             lis = lis + hist_noise * torch.randn(lis.shape, generator=generator, device=lis.device)
         r = torch.zeros(B, D_MOTION, device=spk.device) if ref is None else self._norm_lis(ref)
@@ -526,9 +548,16 @@ class ARIG(nn.Module):
 
     def loss(self, batch: dict, ref=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Training loss on a batch: motion (diffusion or regression) + ``w_state`` x state CE."""
-        c = self.config
-        z, logits = self.features(batch, ref, c.hist_noise if self.training else 0.0, generator)
-        x0 = self._norm_lis(batch["lis"]).reshape(-1, D_MOTION)
+        c, noise = self.config, self.config.hist_noise if self.training else 0.0
+        x0, hist = self._norm_lis(batch["lis"]).reshape(-1, D_MOTION), None
+        if self.training and c.self_hist:   # parallel scheduled sampling: own one-step samples in the history
+            with torch.no_grad():
+                z, _ = self.features(batch, ref, noise, generator)
+                eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+                own = self.bounded(self.sample(z.reshape(x0.shape[0], -1), eps)).view_as(batch["lis"])
+                pick = torch.rand(own.shape[:2], generator=generator, device=x0.device)[..., None] < c.self_hist
+                hist = torch.where(pick, own, x0.view_as(own))
+        z, logits = self.features(batch, ref, noise, generator, hist)
         zf = z.reshape(x0.shape[0], -1)
         if c.head == "diffusion":
             n = c.diff_mul
@@ -591,10 +620,10 @@ _STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
 
 
 def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-    """The frame rule: :meth:`ARIG.step`, :meth:`ARIG.sample` with ``noise (B, 56)``, :meth:`ARIG.commit` of the
-    sample -> the normalised listener frame ``(B, 56)``."""
+    """The frame rule: :meth:`ARIG.step`, :meth:`ARIG.sample` with ``noise (B, 56)``, :meth:`ARIG.bounded`,
+    :meth:`ARIG.commit` of the sample -> the normalised listener frame ``(B, 56)``."""
     z, _ = model.step(st, inp)
-    x = model.sample(z, noise, steps)
+    x = model.bounded(model.sample(z, noise, steps))
     model.commit(st, x)
     return x
 

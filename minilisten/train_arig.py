@@ -104,7 +104,9 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
         mc = ARIGConfig(**{**asdict(mc), **data_config(train_segments + val_segments, n_sa)})
         torch.manual_seed(tc.seed)
         model = ARIG(mc)
-        model.set_motion_stats(*motion_stats(train_segments, "listener"), *motion_stats(train_segments, "speaker"))
+        lo, hi = (f([f(s.listener_motion, 0) for s in train_segments], 0) for f in (np.min, np.max))
+        model.set_motion_stats(*motion_stats(train_segments, "listener"), *motion_stats(train_segments, "speaker"),
+                               lo, hi)
     mc, dev = model.config, tc.device
     model.to(dev).train()
     crop = fitted(train_segments, tc.crop, 1, "--crop", log)

@@ -360,3 +360,54 @@ def test_compiled_stream_equals_eager():
     # slowly through the autoregressive history; a wrong graph would be off by O(scale)
     np.testing.assert_allclose(out[True][0], out[False][0], atol=1e-5 * scale)
     np.testing.assert_allclose(out[True], out[False], atol=1e-4 * scale)
+
+
+def test_sixty_second_rollout_stays_in_the_data_range(tmp_path):
+    """A free-running 60-s rollout on a corpus variant stays within the training data's per-dimension range
+    widened by ``bound`` x the range (the oracle: the data's own min/max); unbounded, the same model leaves it."""
+    from minilisten.checkpoint import load_checkpoint, save_checkpoint
+    from minilisten.data.synthetic import named_corpus
+    ds = named_corpus("rhythm", seed=3, n_identities=2, n_segments=8, seconds=60.0, split=(0.5, 0.25, 0.25))
+    m = train_arig(ds.train, ds.val, TINY, ARIGTrainConfig(steps=2, **TC), log=None)
+    with torch.no_grad():   # a badly trained model: its free-running rollouts leave the data
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    lis = np.concatenate([s.listener_motion for s in ds.train])
+    lo, hi = lis.min(0), lis.max(0)
+    margin = m.config.bound * (hi - lo)
+    clip = ds.test[0]
+    assert clip.T == 1800
+    out = arig_generate(m, [clip], seed=1)[0]
+    tol = 1e-4 * (1 + np.abs(lis).max())
+    assert (out >= lo - margin - tol).all() and (out <= hi + margin + tol).all()
+    assert ((out < lo) | (out > hi)).any()        # it uses the margin: the bound binds
+    m.save_pretrained(tmp_path / "ck")             # saved with the model; a checkpoint without it loads unbounded
+    cfg, state = load_checkpoint(tmp_path / "ck")
+    assert torch.equal(ARIG.from_pretrained(tmp_path / "ck").lis_hi, m.lis_hi)
+    save_checkpoint(tmp_path / "old", cfg, {k: v for k, v in state.items() if k not in ("lis_lo", "lis_hi")})
+    free = arig_generate(ARIG.from_pretrained(tmp_path / "old"), [clip.window(0, 600)], seed=1)[0]
+    assert ((free < lo - margin) | (free > hi + margin)).any()
+
+
+@pytest.mark.parametrize("self_hist", [0.0, 1.0])
+def test_training_history_holds_the_models_own_one_step_predictions(monkeypatch, self_hist):
+    """Parallel scheduled sampling: with ``self_hist=1`` the history the loss trains on is the model's teacher-forced
+    one-step prediction of every frame (regression head, no history noise); with 0 it is the true motion."""
+    m = _model(head="regression", hist_noise=0.0, self_hist=self_hist, bound=0.0)
+    segs = [_segment(20, i) for i in range(2)]
+    lis = np.concatenate([s.listener_motion for s in segs])
+    m.set_motion_stats(lis.mean(0), lis.std(0), np.zeros(56), np.ones(56), lis.min(0), lis.max(0))
+    b = _batch(m, segs)
+    with torch.no_grad():   # the oracle: a teacher-forced forward, clamped to the data's own range (bound 0)
+        want = m.regressor(m.features(b)[0]) * m.lis_std + m.lis_mean
+        want = torch.minimum(torch.maximum(want, torch.as_tensor(lis.min(0))), torch.as_tensor(lis.max(0)))
+    seen = []
+    features = ARIG.features
+    monkeypatch.setattr(ARIG, "features", lambda self, *a: seen.append(a[4:]) or features(self, *a))
+    m.train().loss(b, generator=torch.Generator().manual_seed(0))
+    hist = seen[-1][0]
+    if not self_hist:
+        assert len(seen) == 1 and hist is None
+        return
+    torch.testing.assert_close(hist * m.lis_std + m.lis_mean, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(want, b["lis"], atol=1e-2)
