@@ -397,7 +397,7 @@ def test_hostile_chunk_never_reaches_another_stream(lm, kind):
 
 def test_beta_bounds_and_nonfinite_outputs_refused(lm):
     """set_beta refuses values beyond float32; a push whose frames come out non-finite is refused and
-    its stream rolled back (ARIG with a listener std that overflows float32 on the way out)."""
+    its stream rolled back (an ARIG model whose weights are NaN)."""
     from minilisten.errors import UserError
     from minilisten.streaming import StreamingARIG
     seg = speaker_segment(1.0, seed=13)
@@ -409,7 +409,9 @@ def test_beta_bounds_and_nonfinite_outputs_refused(lm):
         with pytest.raises(UserError, match=f"beta: expected {msg}"):
             sl.set_beta(beta)
     model = _tiny_arig()
-    model.set_motion_stats(np.zeros(56), np.full(56, 3e38), np.zeros(56), np.ones(56))
+    with torch.no_grad():   # a broken model (the frame bound keeps finite outputs finite, not NaN ones)
+        for p in model.parameters():
+            p.fill_(float("nan"))
     sa = StreamingARIG(model, seg.listener_beta, seed=0)
     p = _with_motion(seg, chunks(seg, seed=13))[0]
     with pytest.raises(UserError, match=r"push \(stream 0\): expected finite listener frames"):
