@@ -1083,7 +1083,7 @@ def test_arig_concurrent_sessions_isolated(arig_model):
 
 
 def test_multistream_arig_batched_equals_solo(arig_model):
-    """MultiStreamARIG directly: 3 streams pushed together (one step per tick over all three) equal
+    """StreamingARIG(n_streams=3) directly: 3 streams pushed together (one step per tick over all three) equal
     their solo StreamingARIG runs; a stream stepped alone is bit-identical."""
     ins = [arig_input(1.5, seed=40 + k, sizes_seed=50 + k) for k in range(3)]
     ms = StreamingARIG(arig_model, np.zeros(N_SHAPE), n_streams=4, seed=0)

@@ -274,7 +274,7 @@ def test_page_in_headless_chromium(server, tmp_path):
 
 def test_clip_for_arig_server():
     """The ARIG kind's clip: pushes of 0.1 s with the speaker motion, accepted by the server's parser
-    and its MultiStreamARIG (one listener frame per speaker frame)."""
+    and its StreamingARIG(n_streams) (one listener frame per speaker frame)."""
     import torch
     from test_server import ARIG_TINY, arig_server
 
