@@ -282,6 +282,9 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     _run_jobs([(source, "lm", stage1[m], dict(s1_kw, modalities=m)) for m in mods], cfg.workers, progress)
     tick("lm_stage1")
     arig_runs = {k: v for k, v in ARIG_RUNS.items() if cfg.arig_steps and (cfg.arig_ablation or k == ARIG_ROW)}
+    if arig_runs and cfg.arig_steps < DemoConfig.arig_steps:   # measured: at 30 steps its rollouts are still wild
+        notes.append(f"ARIG-style: {cfg.arig_steps} training steps (the full run trains {DemoConfig.arig_steps}): an "
+                     "under-trained model, not a result (docs/arig.md)")
     # the longest jobs first (ARIG, then the multimodal LMs), so that the workers finish together
     jobs = [(source, "arig", str(out / sub), dict(model_config=mc, steps=cfg.arig_steps, seed=cfg.seed,
                                                    eval_every=0)) for sub, mc, _ in arig_runs.values()]

@@ -28,6 +28,7 @@ def test_demo_quick_produces_finite_tables(tmp_path):
         assert math.isfinite(row["rec"]) and row["ppl"] > 1
     text = (out / "tables.md").read_text()
     assert "Table 1" in text and "Table 4" in text and "Table 5" in text
+    assert "ARIG-style: 30 training steps (the full run trains 300): an under-trained model" in text
     for png in report["plots"]:
         assert (tmp_path / "demo" / png.split("/")[-1]).stat().st_size > 10_000
     # the saved ARIG checkpoint, sampled again on the test clips, gives the reported L2 (numpy by hand)
