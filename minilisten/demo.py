@@ -18,6 +18,7 @@ from .errors import UserError
 from .generate import Sampling, generate_motion
 from .metrics import evaluate
 from .pipeline import ARIG_ROW, QUICK, DemoConfig, baselines, identity_swap, run_pipeline
+from .reactions import TEMPERATURES
 from .report import markdown_table, metric_columns, save_plots, write_demo_report
 
 
@@ -40,10 +41,30 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
         preds = {n: m for n, m in series.items() if n != "GT"}
         video = render_demo_clip(res.out, clips[k], preds, progress=progress, ssaa=cfg.video_ssaa)
         plots += [str(video), str(video.with_suffix(".png"))] if video is not None else []
-    text, report = write_demo_report(res, plots)
+    text, report = write_demo_report(res, plots, _demo_react(cfg, res) if cfg.samples else None)
     print("\n" + text, flush=True)
     print(f"\nwrote {res.out / 'tables.md'}, {res.out / 'results.json'}" + "".join(f", {p}" for p in plots), flush=True)
     return report
+
+
+def _demo_react(cfg: DemoConfig, res) -> tuple[dict, str] | None:
+    """``evaluate --samples``'s REACT table on the demo's own splits and models (Ours, ARIG-style)."""
+    from .arig import ARIG
+    from .data.formats import Corpus
+    from .lm import ListenerLM
+    from .pipeline import ROW_DIR
+    from .reactions import TEMPERATURES, choose_sampling, react_table
+    if res.ours is None:
+        return None
+    lm = ListenerLM.from_pretrained(res.out / ROW_DIR[next(r for r, k in res.rows.items() if k == res.ours)]).eval()
+    vq, arig = res.vq[res.ours[1]], res.out / "arig"
+    arig = ARIG.from_pretrained(arig) if arig.is_dir() else None
+    ds = Corpus(train=res.data.train, val=res.data.val, test=res.data.test, fps=res.clips[0].fps,
+                info=load_data(cfg.data, progress=False)[0].info)
+    sampling = choose_sampling(ds, [Sampling(t) for t in TEMPERATURES], cfg.samples, lm, vq, cfg.seed,
+                               cfg.max_test_clips, cfg.decode_batch)[0]
+    return react_table(ds, "test", cfg.samples, cfg.seed, lm, vq, sampling, arig, cfg.max_test_clips,
+                       cfg.decode_batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +114,8 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--out", help="write results JSON here")
     p.add_argument("--samples", type=int, default=0, help="S sampled reactions per clip: adds the REACT table")
-    p.add_argument("--temperature", default="0.5,0.7,1.0,1.3", help="LR sampling temperature with --samples; a "
+    p.add_argument("--temperature", default=",".join(map(str, TEMPERATURES)), help="LR sampling temperature with "
+                   "--samples; a "
                    "comma list: the one of lowest FRDist on the validation split (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="LR sampling: nucleus mass (default: %(default)s)")
     add_data_args(p)

@@ -52,6 +52,7 @@ class DemoConfig:
     arig_ablation: bool = True   # also train its two ablations (regression head; linear instead of IBU)
     video: bool = True           # render one test clip to clip.mp4 (minilisten.render)
     video_ssaa: int = 2          # its supersampling (1 = ~4x cheaper)
+    samples: int = 0             # also the REACT table of this many sampled reactions per clip (0: none)
 
     @classmethod
     def quick(cls, **kw) -> "DemoConfig":

@@ -14,6 +14,7 @@ from .data.windows import test_clips
 from .errors import UserError
 from .metrics import FLAME_GROUPS, frcorr, frdist, frdiv, frdvs, frsyn, frvar
 
+TEMPERATURES = (0.5, 0.7, 1.0, 1.3)   # the grid Ours' sampling temperature is chosen from, on val
 COLUMNS = (("frcorr", "FRCorr ↑", 1), ("frdist", "FRDist ↓", 1), ("frdiv", "FRDiv ↑", 1), ("frvar", "FRVar", 1),
            ("frdvs", "FRDvs ↑", 1), ("frsyn", "FRSyn ↓", 1))
 

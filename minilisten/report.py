@@ -90,18 +90,21 @@ def demo_markdown(res) -> str:
     return "\n".join(md)
 
 
-def write_demo_report(res, plots: list[str]) -> tuple[str, dict]:
-    """Write the demo's ``tables.md`` and ``results.json`` (tables, notes, timings, environment) into ``res.out``
-    atomically; returns the Markdown and the report."""
+def write_demo_report(res, plots: list[str], react: tuple[dict, str] | None = None) -> tuple[str, dict]:
+    """Write the demo's ``tables.md`` and ``results.json`` (tables, notes, timings, environment; ``react``: the REACT
+    table's rows and title) into ``res.out`` atomically; returns the Markdown and the report."""
     from .bench import environment
+    from .reactions import COLUMNS
     text = demo_markdown(res)
+    if react is not None:
+        text += "\n\n" + markdown_table(react[0], COLUMNS, f"REACT metrics (issue 25): {react[1]}")
     report = {"config": asdict(res.cfg), "data": res.data.what, "coverage": res.data.coverage.describe(),
               "notes": res.notes, "table1": res.table1, "table3": res.table3, "table4": res.table4,
               "table5": res.table5, "arig_ablation": res.arig_ablation,
               "lr_accuracy": {res.models[k]: v for k, v in res.lr_acc.items()},
               "all_results": res.results, "timings_s": res.timings, "plots": plots,
               "nn_speech_embedding": res.nn_speech_embedding, "n_test_clips": len(res.clips),
-              "versions": environment("cpu")}
+              "react": react and react[0], "versions": environment("cpu")}
     atomic_write_text(res.out / "tables.md", text + "\n")
     atomic_write_text(res.out / "results.json", json.dumps(report, indent=2, default=float))
     return text, report

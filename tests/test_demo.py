@@ -12,7 +12,7 @@ from minilisten.__main__ import main
 
 def test_demo_quick_produces_finite_tables(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--samples", "2"]) == 0
     report = json.loads((out / "results.json").read_text())
     t1 = report["table1"]
     assert list(t1) == ["GT", "Random", "NN facial motion", "NN speech content", "Naive random walk",
@@ -29,6 +29,9 @@ def test_demo_quick_produces_finite_tables(tmp_path):
     text = (out / "tables.md").read_text()
     assert "Table 1" in text and "Table 4" in text and "Table 5" in text
     assert "ARIG-style: 30 training steps (the full run trains 300): an under-trained model" in text
+    react = report["react"]                                       # --samples 2: the REACT table beside them
+    assert "REACT metrics" in text and set(react) >= {"Ours greedy", "ARIG-style", "Random", "GT"}
+    assert react["GT"]["frcorr"] == pytest.approx(2.0, abs=1e-3) and react["Ours greedy"]["frdiv"] == 0
     for png in report["plots"]:
         assert (tmp_path / "demo" / png.split("/")[-1]).stat().st_size > 10_000
     # the saved ARIG checkpoint, sampled again on the test clips, gives the reported L2 (numpy by hand)
