@@ -31,12 +31,14 @@ def react_clips(segments, limit: int = 0) -> tuple[list[Segment], list[int]]:
     return [clips[i] for i in keep], keep
 
 
-def appropriate_set(ds, segments, clips, keep, limit: int = 0):
-    """``(listener_gt (N', T, 56), appropriate (N, N'), what)``: on a synthetic corpus every identity's response to
-    the same speaker is appropriate (N' = N * identities); on other data only the clip's own listener (identity)."""
-    own = np.stack([c.listener_motion for c in clips])
+def appropriate_set(ds, segments, limit: int = 0):
+    """``(clips, listener_gt (N', T, 56), appropriate (N, N'), what)`` for :func:`react_clips` of ``segments``: on a
+    synthetic corpus every identity's response to the same speaker is appropriate (N' = N * identities); on other
+    data only the clip's own listener (identity)."""
+    clips, keep = react_clips(segments, limit)
     if "world" not in ds.info:
-        return own, np.eye(len(clips), dtype=np.int64), "one listener per clip (appropriate = identity)"
+        own = np.stack([c.listener_motion for c in clips])
+        return clips, own, np.eye(len(clips), dtype=np.int64), "one listener per clip (appropriate = identity)"
     alts = [listener_alternatives(ds, s) for s in segments]
     M = len(alts[0])
     per = []   # per identity m: its reactions cut into clips as the segments are
@@ -45,7 +47,7 @@ def appropriate_set(ds, segments, clips, keep, limit: int = 0):
         per.append([c.listener_motion for c in test_clips(variant, limit)])
     gt = np.stack([per[m][i] for i in keep for m in range(M)])
     appropriate = np.kron(np.eye(len(clips), dtype=np.int64), np.ones((1, M), np.int64))
-    return gt, appropriate, f"{M} appropriate reactions per clip (each identity's response to the same speaker)"
+    return clips, gt, appropriate, f"{M} appropriate reactions per clip (each identity's response to the same speaker)"
 
 
 def react_scores(pred: np.ndarray, listener_gt, appropriate, speaker_gt, fps: float) -> dict[str, float]:
@@ -84,9 +86,7 @@ def sampled_reactions(clips, train, samples: int, seed: int = 0, lm=None, vq=Non
 def react_table(ds, split: str, samples: int, seed: int = 0, lm=None, vq=None, sampling=None, arig=None,
                 limit: int = 0, batch: int = 16) -> tuple[dict[str, dict], str]:
     """REACT scores of every method on ``split`` of ``ds`` and a line saying what is appropriate."""
-    segments = getattr(ds, split)
-    clips, keep = react_clips(segments, limit)
-    gt, appropriate, what = appropriate_set(ds, segments, clips, keep, limit)
+    clips, gt, appropriate, what = appropriate_set(ds, getattr(ds, split), limit)
     speaker = np.stack([c.speaker_motion for c in clips])
     preds = sampled_reactions(clips, ds.train, samples, seed, lm, vq, sampling, arig, batch)
     rows = {name: react_scores(p, gt, appropriate, speaker, clips[0].fps) for name, p in preds.items()}
@@ -100,8 +100,7 @@ def choose_sampling(ds, samplings, samples: int, lm, vq, seed: int = 0, limit: i
     from .generate import generate_motion
     if not ds.val:
         raise UserError("--temperature: choosing one needs a validation split, the data has none; pass one value")
-    clips, keep = react_clips(ds.val, limit)
-    gt, appropriate, _ = appropriate_set(ds, ds.val, clips, keep, limit)
+    clips, gt, appropriate, _ = appropriate_set(ds, ds.val, limit)
     found = {}
     for s in samplings:
         pred = np.stack(generate_motion(lm, vq, clips, batch, sampling=s, samples=samples, seed=seed)[1])

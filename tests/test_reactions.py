@@ -8,7 +8,7 @@ import pytest
 from minilisten.__main__ import main
 from minilisten.data.formats import Corpus
 from minilisten.data.synthetic import listener_alternatives, synthetic_corpus
-from minilisten.reactions import appropriate_set, react_clips, react_scores
+from minilisten.reactions import appropriate_set, react_scores
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +29,21 @@ def test_alternatives_are_every_identity_answering_the_same_speaker(corpus):
 
 
 def test_appropriateness_matrix_blocks_per_clip(corpus):
-    clips, keep = react_clips(corpus.test)
-    gt, ok, what = appropriate_set(corpus, corpus.test, clips, keep)
+    clips, gt, ok, what = appropriate_set(corpus, corpus.test)
     N = len(clips)
     assert ok.shape == (N, 3 * N) and gt.shape == (3 * N, clips[0].T, 56)
     assert (ok.sum(1) == 3).all() and (ok.sum(0) == 1).all()
     for k, c in enumerate(clips):   # each clip's own listener is among its appropriate reactions
         assert any(np.array_equal(gt[j], c.listener_motion) for j in np.flatnonzero(ok[k]))
     plain = Corpus(train=corpus.train, val=corpus.val, test=corpus.test, fps=corpus.fps)   # no world: not synthetic
-    gt1, ok1, what1 = appropriate_set(plain, plain.test, clips, keep)
+    clips1, gt1, ok1, what1 = appropriate_set(plain, plain.test)
+    assert [c.name for c in clips1] == [c.name for c in clips]
     np.testing.assert_array_equal(ok1, np.eye(N))
     assert "appropriate = identity" in what1 and "appropriate = identity" not in what
 
 
 def test_ground_truth_scores_perfect_appropriateness(corpus):
-    clips, keep = react_clips(corpus.test)
-    gt, ok, _ = appropriate_set(corpus, corpus.test, clips, keep)
+    clips, gt, ok, _ = appropriate_set(corpus, corpus.test)
     own = np.stack([c.listener_motion for c in clips])
     spk = np.stack([c.speaker_motion for c in clips])
     s = react_scores(own[:, None], gt, ok, spk, corpus.fps)
