@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -543,8 +544,11 @@ def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> int:
     async def serve_forever():
         async with server.run(a.host, port, reuse_port=a.workers > 1) as srv:
             page = f"; web page http://{a.host}:{server.port}/" if server.web else ""
-            print(f"minilisten serve (worker {worker}): ws://{a.host}:{server.port}{page} ({server.kind} model, "
-                  f"protocol {PROTOCOL}, {a.max_sessions} sessions, {listener.fps:g} fps); Ctrl-C stops", flush=True)
+            # one write with its newline: print() writes the text and the newline apart, and the workers share stdout
+            sys.stdout.write(f"minilisten serve (worker {worker}): ws://{a.host}:{server.port}{page} ({server.kind} "
+                             f"model, protocol {PROTOCOL}, {a.max_sessions} sessions, {listener.fps:g} fps); Ctrl-C "
+                             "stops\n")
+            sys.stdout.flush()
             await srv.serve_forever()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever())
