@@ -59,8 +59,7 @@ def _demo_react(cfg: DemoConfig, res) -> tuple[dict, str] | None:
     lm = ListenerLM.from_pretrained(res.out / ROW_DIR[next(r for r, k in res.rows.items() if k == res.ours)]).eval()
     vq, arig = res.vq[res.ours[1]], res.out / "arig"
     arig = ARIG.from_pretrained(arig) if arig.is_dir() else None
-    ds = Corpus(train=res.data.train, val=res.data.val, test=res.data.test, fps=res.clips[0].fps,
-                info=load_data(cfg.data, progress=False)[0].info)
+    ds = Corpus(train=res.data.train, val=res.data.val, test=res.data.test, fps=res.clips[0].fps, info=res.data.info)
     sampling = choose_sampling(ds, [Sampling(t) for t in TEMPERATURES], cfg.samples, lm, vq, cfg.seed,
                                cfg.max_test_clips, cfg.decode_batch)[0]
     return react_table(ds, "test", cfg.samples, cfg.seed, lm, vq, sampling, arig, cfg.max_test_clips,

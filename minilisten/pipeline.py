@@ -66,15 +66,14 @@ class DemoConfig:
 
 #: the CI-sized run's fields (``DemoConfig.quick()``, ``demo --quick``) and synthetic corpus sizes
 QUICK = dict(vq_steps=150, vq_batch=16, vq_width=64, vq_code_dim=64, lm_layers=2, lm_width=96, lm_heads=4,
-             lm_window=240, stage1_steps=20, stage2_steps=60, lm_batch=8, max_test_clips=12, arig_steps=30,
-             video_ssaa=1)
+             lm_window=240, stage1_steps=20, stage2_steps=60, lm_batch=8, max_test_clips=12, video_ssaa=1)
 QUICK_DATA = dict(n_identities=4, n_segments=40, seconds=32.0)
 
 
 @dataclass
 class DemoData:
     """The run's splits (validation held out of train when the source has none), the SA vocabulary (None:
-    unknown), the source's description, its :class:`~minilisten.data.coverage.Coverage` and notes."""
+    unknown), the source's description, its :class:`~minilisten.data.coverage.Coverage`, notes and ``info``."""
     train: list
     val: list
     test: list
@@ -82,6 +81,7 @@ class DemoData:
     what: str
     coverage: Coverage
     notes: list
+    info: dict           # the source's (a synthetic corpus': its world, for the appropriate reactions)
 
     @property
     def n_sa_lm(self) -> int:
@@ -112,7 +112,7 @@ def demo_data(data: DataConfig, units_dir: str | None = None, fit_units: bool = 
         notes.append(f"speaker mel, no SA tokens: SA tokens are acoustic units (speaker.MelUnits, k-means over mel "
                      f"frames) fitted on the train split, saved in {units_dir}")
     cov = Coverage.of(splits)
-    return DemoData(*splits.values(), n_sa, what, cov, notes + list(cov.missing))
+    return DemoData(*splits.values(), n_sa, what, cov, notes + list(cov.missing), ds.info)
 
 
 def _train(job: tuple) -> None:

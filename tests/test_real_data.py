@@ -80,7 +80,7 @@ def test_train_lm_refuses_modalities_the_data_lacks(lm_dir, tmp_path, capsys):
 def test_demo_on_an_lm_listener_directory(lm_dir, tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--data", str(lm_dir), "--out", str(out), "--no-progress", "--vq-steps", "8",
-                 "--stage1-steps", "2", "--stage2-steps", "2", "--max-test-clips", "4"]) == 0
+                 "--stage1-steps", "2", "--stage2-steps", "2", "--arig-steps", "2", "--max-test-clips", "4"]) == 0
     rep = json.loads((out / "results.json").read_text())
     assert list(rep["table4"]) == ["Naive", "MM only", "ID only", "Full"]
     assert rep["table4"]["MM only"]["l2"] == rep["table4"]["Naive"]["l2"]   # words only: the same model
@@ -104,7 +104,8 @@ def test_demo_on_a_learning2listen_directory_without_words_or_beta(tmp_path):
     save_corpus(c, tmp_path / "ours", progress=False)
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--data", str(tmp_path / "ours"), "--out", str(out), "--no-progress",
-                 "--vq-steps", "4", "--stage1-steps", "1", "--stage2-steps", "1", "--max-test-clips", "3"]) == 0
+                 "--vq-steps", "4", "--stage1-steps", "1", "--stage2-steps", "1", "--arig-steps", "2",
+                 "--max-test-clips", "3"]) == 0
     rep = json.loads((out / "results.json").read_text())
     assert list(rep["table4"]) == ["MM only"] and list(rep["table5"]) == ["(∅, ∅) naive"]
     text = (out / "tables.md").read_text()
