@@ -498,10 +498,7 @@ def test_own_format_info_with_arrays(tmp_path):
 
 
 def test_synthetic_corpus_round_trip(tmp_path):
-    try:
-        from minilisten.data.synthetic import synthetic_corpus
-    except ImportError:
-        pytest.skip("minilisten.data.synthetic not written yet")
+    from minilisten.data.synthetic import synthetic_corpus
     c = synthetic_corpus(seed=0, n_identities=2, n_segments=20, seconds=4, fps=30)   # 1 val + 1 test per identity
     assert c.val and c.test
     save_corpus(c, tmp_path / "syn", progress=False)
