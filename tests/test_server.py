@@ -915,7 +915,8 @@ def test_workers_share_the_port(models, tmp_path):
     lm, vq = models
     lm.save_pretrained(tmp_path / "lm")
     vq.save_pretrained(tmp_path / "vq")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "PYTHONFAULTHANDLER": "1"}   # SIGABRT dumps every thread's stack: what a worker that does not stop is doing
     proc = subprocess.Popen([sys.executable, "-m", "minilisten", "serve", "--vq", str(tmp_path / "vq"), "--lm",
                              str(tmp_path / "lm"), "--workers", "2", "--port", "0", "--no-web"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -942,7 +943,17 @@ def test_workers_share_the_port(models, tmp_path):
         workers = asyncio.run(main())
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        rc = proc.wait(60)
+        try:
+            rc = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGABRT)
+            proc.wait(30)
+            time.sleep(1)
+            tail = []
+            while not lines.empty():
+                tail.append(lines.get())
+            out = "".join(x for x in tail if not x.startswith("Extension modules:"))[-12000:]
+            pytest.fail(f"serve --workers 2 did not stop within 120 s of Ctrl-C; its output since: {out}")
     assert sorted(set(workers)) == [0, 1], workers
     assert rc == 0
 
