@@ -919,7 +919,10 @@ def test_workers_share_the_port(models, tmp_path):
            "PYTHONFAULTHANDLER": "1"}   # SIGABRT dumps every thread's stack: what a worker that does not stop is doing
     proc = subprocess.Popen([sys.executable, "-m", "minilisten", "serve", "--vq", str(tmp_path / "vq"), "--lm",
                              str(tmp_path / "lm"), "--workers", "2", "--port", "0", "--no-web"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            # a terminal's Ctrl-C: pytest run in the background (nohup ... &) hands its children
+                            # SIGINT ignored, and a server started that way rightly keeps ignoring it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: Queue = Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:
