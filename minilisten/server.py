@@ -131,15 +131,16 @@ class ListenerServer:
         sl, beta = self.listener, self.default_beta
         if self.kind == "arig":
             from .arig import STATES
-            c, mc = sl.cfg, sl.model.config
+            c = sl.cfg
             mods = ["W"] * c.use_words + ["SA"] * bool(c.n_sa) + ["E"] * c.use_emotion
-            model = {"arig": {"parameters": _n_params(sl.model), "d_model": mc.d_model, "d_ff": mc.d_ff,
-                              "depth": mc.depth, "window": mc.window, "head": mc.head, "ibu": mc.ibu,
-                              "sample_steps": mc.sample_steps, "use_beta": bool(mc.use_beta), "states": list(STATES)}}
+            model = {"arig": {"parameters": _n_params(sl.model), "d_model": c.d_model, "d_ff": c.d_ff,
+                              "depth": c.depth, "window": c.window, "head": c.head, "ibu": c.ibu,
+                              "sample_steps": c.sample_steps, "use_beta": bool(c.use_beta), "states": list(STATES)}}
             inp = {"required": ["motion"] + ["sa_tokens"] * bool(c.n_sa) + ["emotion"] * c.use_emotion,
                    "motion": D_MOTION, "modalities": mods, "sa_rate": c.sa_rate if c.n_sa else None,
                    "sa_vocab": int(c.n_sa), "audio": False, "sample_rate": None}
             step, lookahead, delay = 1, 0, 0.0
+            sampling = {"steps": sl.steps, "temperature": sl.temperature}
         else:
             lm, vq, bb = sl.lm, sl.vq, sl.lm.backbone.config   # transformers configs alias num_hidden_layers
             mods = list(lm.modalities)
@@ -152,6 +153,7 @@ class ListenerServer:
             inp = {"modalities": mods, "sa_rate": SA_RATE, "sa_vocab": int(lm.vocab.n_sa),
                    "audio": sl.sa_tokenizer is not None, "sample_rate": sl.sample_rate}
             step, lookahead, delay = sl.r, sl.lookahead, sl.r * (sl.lookahead + 1) / sl.fps
+            sampling = {k: getattr(sl.sampling, k) for k in ("temperature", "top_k", "top_p")}   # temperature 0: greedy
         return {"type": "hello", "protocol": PROTOCOL, "kind": self.kind,
                 "min_client_protocol": 2 if self.kind == "arig" else 1, "server": f"minilisten {__version__}",
                 "worker": self.worker, "fps": sl.fps, "frames_per_step": step, "lookahead_steps": lookahead,
@@ -162,7 +164,7 @@ class ListenerServer:
                 "output": {"expression": N_EXP, "pose": D_MOTION - N_EXP, "head_rpy_deg": 3, "jaw_open_deg": 1,
                            "encoding": "json"},
                 "limits": {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message,
-                           "max_queue": self.max_queue, "max_push_frames": sl.max_push_frames}}
+                           "max_queue": self.max_queue, "max_push_frames": sl.max_push_frames}, "sampling": sampling}
 
     async def handler(self, ws) -> None:
         """One WebSocket connection = one session on a free stream slot."""
@@ -179,10 +181,7 @@ class ListenerServer:
             return
         s = _Session(self.free.popleft(), ws, asyncio.Queue(self.max_queue))
         self.sessions[s.slot] = s
-        sl, arig = self.listener, self.kind == "arig"
-        sampling = ({"steps": sl.steps, "temperature": sl.temperature} if arig else
-                    {k: getattr(sl.sampling, k) for k in ("temperature", "top_k", "top_p")})   # temperature 0: greedy
-        await self._reply(s, {**self.info, "sampling": {"seed": self.seeds[s.slot], **sampling}})
+        await self._reply(s, {**self.info, "sampling": {"seed": self.seeds[s.slot], **self.info["sampling"]}})
         sender = asyncio.create_task(self._sender(s))
         try:
             async for raw in ws:
@@ -212,8 +211,7 @@ class ListenerServer:
     def _parse(self, msg: dict) -> tuple[str, dict]:
         """A client message -> (op, keyword arguments), or ProtocolError."""
         op = msg.get("type")
-        own = {"push": (), "set_beta": ("beta",), "reset": ("history_words", "seed"),
-               "end": (), "flush": ()}
+        own = {"push": (), "set_beta": ("beta",), "reset": ("history_words", "seed"), "end": (), "flush": ()}
         if not isinstance(op, str) or op not in own:
             raise ProtocolError("type", "one of " + ", ".join(own), op)
         if op == "push":
@@ -222,10 +220,10 @@ class ListenerServer:
         extra = sorted(set(msg) - set(allowed))
         if extra:
             raise ProtocolError(extra[0], f"only the fields {', '.join(allowed)} in {op}", extra[0])
-        if op == "reset":   # the seed and beta are checked by the stream
-            return op, {"history_words": parse_words("history_words", msg.get("history_words")),
-                        "seed": msg.get("seed")}
-        return ("set_beta", {"beta": msg.get("beta")}) if op == "set_beta" else ("end", {})
+        kw = {k: msg.get(k) for k in own[op]}   # the seed and beta are checked by the stream
+        if op == "reset":
+            kw["history_words"] = parse_words("history_words", kw["history_words"])
+        return ("end" if op == "flush" else op), kw
 
     async def _reply(self, s: _Session, msg: dict) -> None:
         try:
@@ -385,17 +383,16 @@ class ListenerServer:
 
         def word_list(words):
             return [[w.text, round(w.start, 4), round(w.end, 4)] for w in words]
-        pushes, sa_done = [], 0
+        pushes = []
         for f in range(0, seg.T, step):
             n = min(step, seg.T - f)
             t0, t1 = f / fps, (f + n) / fps
             msg = {"type": "push", "id": len(pushes)}
             if "W" in mods:
                 msg["words"] = word_list([w for w in seg.words if t0 < w.end <= t1 + 1e-9])
-            if "SA" in mods:
-                sa_to = seg.sa_tokens.size if f + n == seg.T else min(seg.sa_tokens.size, int(t1 * inp["sa_rate"]))
-                msg["sa_tokens"] = seg.sa_tokens[sa_done:sa_to].tolist()
-                sa_done = sa_to
+            if "SA" in mods:   # the tokens that start in the push's time, the rest with the last push
+                a, z = (min(seg.sa_tokens.size, int(t * inp["sa_rate"])) for t in (t0, t1))
+                msg["sa_tokens"] = seg.sa_tokens[a:z if f + n < seg.T else None].tolist()
             if use_e:
                 msg["emotion"] = np.round(seg.emotion[f:f + n], 5).tolist()
             if self.kind == "arig":
@@ -490,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.arig:   # checked here, before any worker starts
         from .generate import Sampling
         try:
-            Sampling(a.temperature or 0.0, a.top_k, a.top_p)
+            a.sampling = Sampling(a.temperature or 0.0, a.top_k, a.top_p)
         except UserError as e:
             raise UserError(f"--temperature/--top-k/--top-p: {e}") from None
     need_websockets()
@@ -534,9 +531,7 @@ def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> int:
     else:
         from .speaker import AcousticTokenizer
         tok = AcousticTokenizer.load(a.sa_tokenizer) if a.sa_tokenizer else None
-        from .generate import Sampling
-        sampling = Sampling(a.temperature or 0.0, a.top_k, a.top_p)
-        listener = StreamingListener(lm, vq, beta, lookahead=a.lookahead, sa_tokenizer=tok, sampling=sampling,
+        listener = StreamingListener(lm, vq, beta, lookahead=a.lookahead, sa_tokenizer=tok, sampling=a.sampling,
                                      seed=a.seed, **kw)
     server = ListenerServer(listener, beta, beta_source=source, max_queue=a.max_queue, max_message=a.max_message,
                             token=a.token, web=not a.no_web, worker=worker)

@@ -23,7 +23,7 @@ import torch
 
 from . import tokens
 from .arig import ARIG, check_steps, compiled_decode_frame, decode_frame, frame_sa, sample_frame, word_id
-from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs
+from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Word, as_word, check_emotion_probs, check_word
 from .errors import UserError
 from .generate import FAST_ARCHS, Generator, HFDecoder, Sampling
 from .speaker import SA_SAMPLE_RATE
@@ -124,7 +124,7 @@ def parse_push(msg: dict, kind: str = "lr-token") -> dict:
     if unknown:
         raise ProtocolError(unknown[0], f"one of the push fields of the {kind} model " + ", ".join(allowed), unknown[0])
     m = {k: v for k, v in msg.items() if k in allowed and v is not None}
-    kw = {}
+    kw = {"words": parse_words("words", m.get("words"))}
     for name, shape, limit in (("motion", (None, D_MOTION), MOTION_LIMIT), ("emotion", (None, N_EMOTIONS), F32_MAX),
                                ("audio", (None,), F32_MAX)):
         if name not in m:
@@ -132,8 +132,6 @@ def parse_push(msg: dict, kind: str = "lr-token") -> dict:
         if not isinstance(m[name], list):
             raise ProtocolError(name, "a list of numbers", type(m[name]).__name__)
         kw[name] = floats(m[name], name, shape, limit)
-    if "words" in m:
-        kw["words"] = parse_words("words", m["words"])
     if "sa_tokens" in m:
         if not isinstance(m["sa_tokens"], list) or not all(_is_int(t) for t in m["sa_tokens"]):
             raise ProtocolError("sa_tokens", "a list of integer token ids (int64)", m["sa_tokens"])
@@ -161,6 +159,8 @@ class _State:
     emo: np.ndarray = field(default_factory=lambda: np.zeros((0, N_EMOTIONS)))  # pending emotion rows
     history: list = field(default_factory=list)        # W^h: words ending at or before 0 s
     seed: int = 0
+    gen: torch.Generator | None = None  # the stream's sampling / noise generator (snapshotted with the stream)
+    refill: bool = False                # restored from a snapshot: the decoder lost this stream's context
 
 
 class ListenerStream:
@@ -224,12 +224,7 @@ class ListenerStream:
 
     @staticmethod
     def _check_history(words) -> list[Word]:
-        out = [as_word(w, f"history_words[{i}]") for i, w in enumerate(words)]
-        for i, w in enumerate(out):
-            if w.end > EPS:
-                raise UserError(f"history_words[{i}] ({w.text!r}): expected end <= 0 s (before the stream), got "
-                                f"{w.end:.3f}")
-        return out
+        return [check_word("history_words", i, w, 0.0) for i, w in enumerate(words)]
 
     def _parse(self, b: int, chunk) -> dict:
         """Check one chunk against stream b's state (no state changes) -> the parsed chunk."""
@@ -240,17 +235,14 @@ class ListenerStream:
             raise UserError(f"chunks[{b}]: expected a dict of the push arguments {', '.join(allowed)}, got {got}")
         s = self.streams[b]
         p = dict(motion=None, emo=None, words=[], sa=None, frames=0, audio=None)
-        counts = []   # (field, n): every input that says how many frames this push brings
         if chunk.get("motion") is not None:
             p["motion"] = floats(chunk["motion"], f"motion ({where})", (None, D_MOTION), MOTION_LIMIT)
-            counts.append(("motion", len(p["motion"])))
         if chunk.get("emotion") is not None:
             p["emo"] = check_emotion_probs(chunk["emotion"], f"emotion ({where})", rows="n")
-            counts.append(("emotion", len(p["emo"])))
-        if chunk.get("frames") is not None:
-            f = chunk["frames"]
-            if not _is_int(f, 0):
-                raise UserError(f"frames ({where}): expected an int >= 0, got {f!r:.40}")
+        if (f := chunk.get("frames")) is not None and not _is_int(f, 0):
+            raise UserError(f"frames ({where}): expected an int >= 0, got {f!r:.40}")
+        counts = [(k, len(v)) for k, v in (("motion", p["motion"]), ("emotion", p["emo"])) if v is not None]
+        if f is not None:
             counts.append(("frames", int(f)))
         n = p["frames"] = counts[0][1] if counts else 0
         for name, k in counts[1:]:
@@ -303,13 +295,15 @@ class ListenerStream:
     def _apply(self, s: _State, p: dict) -> None:
         """Add a parsed chunk to the stream's buffers."""
         s.frames += p["frames"]
-        if p["emo"] is not None:
+        if p["emo"] is not None and self.needs_emotion:   # else the rows only count as the clock
             s.emo = np.concatenate([s.emo, p["emo"]])
         if p["words"]:
             s.words = s.words + p["words"]
             s.last_end = max(s.last_end, p["words"][-1].end)
         if p["sa"] is not None and p["sa"].size:
             s.sa = np.concatenate([s.sa, p["sa"]])
+        if not self.uses_sa:   # the tokens only count for the skew
+            s.sa_base, s.sa = s.sa_base + len(s.sa), s.sa[:0]
 
     def _transact(self, todo: dict, final: bool) -> dict:
         """Apply ``todo``'s parsed chunks and decode in shared forwards; a stream that fails (or gives non-finite
@@ -319,9 +313,8 @@ class ListenerStream:
             res = self._advance(todo, final)
         except Exception:
             res = {}
-            for b in todo:
-                self._restore(b, snap[b])
             for b, p in todo.items():
+                self._restore(b, snap[b])
                 try:
                     res[b] = self._advance({b: p}, final)[b]
                 except Exception as e:
@@ -336,6 +329,7 @@ class ListenerStream:
 
     def _restore(self, b: int, snap) -> None:
         self.streams[b] = copy.deepcopy(snap)
+        self.streams[b].refill = True   # a decoder may have advanced past the snapshot
 
     # hooks of a generator (and _fresh, _advance, which each defines)
     def _word_unit(self, end: float) -> int:
@@ -353,11 +347,9 @@ class _LRState(_State):
     hist: list = field(default_factory=list)            # [<bos>] + history of the current LM context
     win: list = field(default_factory=list)             # speaker tokens of the steps in the context
     win_codes: list = field(default_factory=list)       # and their LR codes
-    refill: bool = False                # the decoder lost this stream's context: prefill it again
     codes: list = field(default_factory=list)           # LR codes kept for VQ decoding ...
     codes_base: int = 0                 # ... from this code index
     emitted: int = 0                    # codes whose frames were returned
-    gen: torch.Generator | None = None  # this stream's sampling generator (snapshotted with the stream)
 
 
 class StreamingListener(ListenerStream):
@@ -388,10 +380,9 @@ class StreamingListener(ListenerStream):
         self.r = int(lm.config.r)
         if vq.rate != self.r:
             raise UserError(f"vq: expected {self.r} frames per code (lm.config.r), got vq.rate={vq.rate}")
-        self.local_decoder = vq.config.dec_norm not in ("in", "adain")
-        R = vq.receptive_field
+        R, local = vq.receptive_field, vq.config.dec_norm not in ("in", "adain")
         self.lookahead = R if lookahead is None else lookahead
-        self.vq_context = (R if self.local_decoder else 29) if vq_context is None else vq_context
+        self.vq_context = (R if local else 29) if vq_context is None else vq_context
         for name in ("lookahead", "vq_context"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise UserError(f"{name}: expected an int >= 0 (codes), got {getattr(self, name)!r}")
@@ -437,10 +428,6 @@ class StreamingListener(ListenerStream):
         dev = (self.decoder or self.hf_decoders[b]).device
         return _LRState(history=history, seed=seed, hist=list(self.lm.history_ids(history)),
                         gen=torch.Generator(device=dev).manual_seed(seed))
-
-    def _restore(self, b: int, snap) -> None:
-        super()._restore(b, snap)
-        self.streams[b].refill = True   # the decoder may have advanced past the snapshot
 
     def _sizes(self, s: _LRState) -> dict:
         dec = self.decoder.state_bytes() if self.decoder is not None else None
@@ -520,17 +507,13 @@ class StreamingListener(ListenerStream):
         i, r = s.done, self.r
         words = sa = emo = None
         if "W" in self.modalities:
-            k = 0
-            while k < len(s.words) and self._word_unit(s.words[k].end) <= i:
-                k += 1
+            k = sum(self._word_unit(w.end) <= i for w in s.words)   # words are sorted by end
             words, s.words = [self.lm.word_ids(w.text) for w in s.words[:k]], s.words[k:]
         else:
             s.words = []
         if self.uses_sa:
             a, b = self._sa_bound(i) - s.sa_base, self._sa_bound(i + 1) - s.sa_base
             sa, s.sa, s.sa_base = s.sa[a:b], s.sa[b:], s.sa_base + b
-        else:
-            s.sa, s.sa_base = s.sa[:0], s.sa_base + len(s.sa)
         a = r * i - s.emo_base
         if "emo" in self.modalities:
             emo = int(emotion_tokens(s.emo[a:a + r], r)[0])
@@ -589,8 +572,7 @@ class StreamingListener(ListenerStream):
     @torch.no_grad()
     def _emit(self, b: int, final: bool) -> np.ndarray:
         s, r = self.streams[b], self.r
-        n = s.codes_base + len(s.codes)                      # codes known
-        k1 = n if final else n - self.lookahead              # frames of codes [emitted, k1) are returned
+        k1 = s.codes_base + len(s.codes) - (0 if final else self.lookahead)   # frames of codes [emitted, k1) come
         out = np.zeros((0, D_MOTION), np.float32)
         if k1 > s.emitted:
             k0 = s.emitted
@@ -610,7 +592,6 @@ class _ARIGState(_State):
     sa_last: int = -1                   # the last SA token consumed (repeated by frames without a new one)
     st: dict | None = None              # the model's caches (ARIG.init_state at the first frame)
     beta: torch.Tensor | None = None    # (1, 100)
-    gen: torch.Generator | None = None  # this stream's noise
 
 
 class StreamingARIG(ListenerStream):
@@ -663,10 +644,6 @@ class StreamingARIG(ListenerStream):
         super()._apply(s, p)
         if p["motion"] is not None:
             s.motion += list(p["motion"])
-        if not self.uses_sa:
-            s.sa_base, s.sa = s.sa_base + len(s.sa), s.sa[:0]
-        if not self.needs_emotion:
-            s.emo = s.emo[:0]
 
     def _input(self, s: _ARIGState) -> dict:
         """The next frame's model inputs (batch 1; :func:`~minilisten.arig.frame_inputs`' rules); consumes buffers."""
@@ -690,10 +667,8 @@ class StreamingARIG(ListenerStream):
                 "word": one(word), "since": one(since), "beta": s.beta}
 
     def _due(self, s: _ARIGState, final: bool) -> bool:
-        if not s.motion:
-            return False
-        return final or not self.uses_sa or s.sa_base + len(s.sa) >= sa_frame_bounds(s.done + 1, self.fps,
-                                                                                        self.cfg.sa_rate)
+        sa_in = s.sa_base + len(s.sa) >= sa_frame_bounds(s.done + 1, self.fps, self.cfg.sa_rate)
+        return bool(s.motion) and (final or not self.uses_sa or sa_in)
 
     @torch.no_grad()
     def _advance(self, todo: dict, final: bool) -> dict:
@@ -710,10 +685,8 @@ class StreamingARIG(ListenerStream):
             for s, inp in zip(ss, inps):
                 if s.st is None:
                     s.st = m.init_state(inp, self.ref)
-            if len(ss) == 1:
-                st, inp = ss[0].st, inps[0]
-            else:
-                st, inp = _stack([s.st for s in ss]), {k: torch.cat([i[k] for i in inps]) for k in inps[0]}
+            st = ss[0].st if len(ss) == 1 else _stack([s.st for s in ss])
+            inp = {k: torch.cat([i[k] for i in inps]) for k in inps[0]}
             x = sample_frame(m, st, inp, [s.gen for s in ss], self.temperature, self.steps, self._frame)
             if len(ss) > 1:
                 for s, part in zip(ss, _split(st, len(ss))):
