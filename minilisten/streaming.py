@@ -341,7 +341,6 @@ class ListenerStream:
 
 @dataclass
 class _LRState(_State):
-    emo_base: int = 0                   # frame index of emo[0]
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0))   # audio kept for the tokenizer ...
     audio_base: int = 0                 # ... from this sample
     hist: list = field(default_factory=list)            # [<bos>] + history of the current LM context
@@ -450,13 +449,10 @@ class StreamingListener(ListenerStream):
 
     def sa_range(self, step: int) -> tuple[int, int]:
         """SA token indices ``[a, b)`` of LR step ``step``."""
-        return self._sa_bound(step), self._sa_bound(step + 1)
+        return sa_bounds(step, self.fps, self.r, self.sa_rate), sa_bounds(step + 1, self.fps, self.r, self.sa_rate)
 
     def _word_unit(self, end: float) -> int:
         return tokens.word_step(end, self.fps, self.r, self.lm.word_placement)
-
-    def _sa_bound(self, i: int) -> int:
-        return sa_bounds(i, self.fps, self.r, self.sa_rate)
 
     def _parse_extra(self, s: _LRState, p: dict, chunk: dict, where: str) -> None:
         audio = chunk.get("audio")
@@ -500,7 +496,7 @@ class StreamingListener(ListenerStream):
 
     def _ready(self, s: _LRState) -> bool:
         i = s.done
-        return s.frames >= self.r * (i + 1) and not (self.uses_sa and s.sa_base + len(s.sa) < self._sa_bound(i + 1))
+        return s.frames >= self.r * (i + 1) and not (self.uses_sa and s.sa_base + len(s.sa) < self.sa_range(i)[1])
 
     def _take_step(self, s: _LRState) -> list[int]:
         """Speaker token ids of the stream's next step (the rules of :mod:`minilisten.tokens`); consumes input."""
@@ -512,12 +508,11 @@ class StreamingListener(ListenerStream):
         else:
             s.words = []
         if self.uses_sa:
-            a, b = self._sa_bound(i) - s.sa_base, self._sa_bound(i + 1) - s.sa_base
+            a, b = (k - s.sa_base for k in self.sa_range(i))
             sa, s.sa, s.sa_base = s.sa[a:b], s.sa[b:], s.sa_base + b
-        a = r * i - s.emo_base
-        if "emo" in self.modalities:
-            emo = int(emotion_tokens(s.emo[a:a + r], r)[0])
-        s.emo, s.emo_base = s.emo[a + r:], r * (i + 1)
+        if "emo" in self.modalities:   # emo[0] is the step's first frame (emotion comes with every frame)
+            emo = int(emotion_tokens(s.emo[:r], r)[0])
+        s.emo = s.emo[r:]
         s.done += 1
         return step_ids(self.lm.vocab, words, sa, emo)
 
