@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from .errors import UserError
 from .tokens import length_batches
@@ -617,12 +618,10 @@ def generate_nocache(lm, history, steps, max_len: int | None = None, sampling: S
     try:
         for i in range(n):
             seqs = [lm.context_ids(h, s, c, i, p[i]) for h, s, c, p in zip(history, steps, codes, plans)]
-            n_max = max(len(s) for s in seqs)
             lens = torch.tensor([len(s) for s in seqs], device=device)
-            ids = torch.tensor([s + [0] * (n_max - len(s)) for s in seqs], dtype=torch.long).to(device)
-            mask = None if all(len(s) == n_max for s in seqs) else \
-                (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
-            logits = lm.lr_logits(ids, attention_mask=mask)
+            ids = pad_sequence([torch.tensor(s, dtype=torch.long) for s in seqs], batch_first=True).to(device)
+            mask = (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
+            logits = lm.lr_logits(ids, attention_mask=None if mask.all() else mask)   # unpadded: no mask
             new = pick(logits[torch.arange(len(seqs), device=device), lens - 1], sampling, gens).tolist()
             for c, x in zip(codes, new):
                 c.append(x)
