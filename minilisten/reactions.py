@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import numpy as np
 
-from .data.segment import Segment
 from .data.synthetic import listener_alternatives
 from .data.windows import test_clips
 from .errors import UserError
@@ -19,23 +18,18 @@ COLUMNS = (("frcorr", "FRCorr ↑", 1), ("frdist", "FRDist ↓", 1), ("frdiv", "
            ("frdvs", "FRDvs ↑", 1), ("frsyn", "FRSyn ↓", 1))
 
 
-def react_clips(segments, limit: int = 0) -> tuple[list[Segment], list[int]]:
-    """The evaluation clips of ``segments`` (:func:`test_clips`) of their most common length (REACT scores
-    equal-length clips) and their indices in :func:`test_clips`' list."""
+def appropriate_set(ds, segments, limit: int = 0):
+    """``(clips, listener_gt (N', T, 56), appropriate (N, N'), what)`` for the evaluation clips (:func:`test_clips`)
+    of ``segments`` of their most common length (REACT scores equal-length clips): on a synthetic corpus every
+    identity's response to the same speaker is appropriate (N' = N * identities); on other data only the clip's own
+    listener (identity)."""
     clips = test_clips(segments, limit)
     if not clips:
         raise UserError("segments: expected segments of >= 16 frames for the REACT table, got none")
     counts = Counter(c.T for c in clips)
     T = max(counts, key=lambda n: (counts[n], n))
     keep = [i for i, c in enumerate(clips) if c.T == T]
-    return [clips[i] for i in keep], keep
-
-
-def appropriate_set(ds, segments, limit: int = 0):
-    """``(clips, listener_gt (N', T, 56), appropriate (N, N'), what)`` for :func:`react_clips` of ``segments``: on a
-    synthetic corpus every identity's response to the same speaker is appropriate (N' = N * identities); on other
-    data only the clip's own listener (identity)."""
-    clips, keep = react_clips(segments, limit)
+    clips = [clips[i] for i in keep]
     if "world" not in ds.info:
         own = np.stack([c.listener_motion for c in clips])
         return clips, own, np.eye(len(clips), dtype=np.int64), "one listener per clip (appropriate = identity)"
