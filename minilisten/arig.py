@@ -588,9 +588,6 @@ class ARIG(nn.Module):
         return self.diffusion.sample(z, noise, self.config.sample_steps if steps is None else steps)
 
 
-_STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
-
-
 def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None) -> torch.Tensor:
     """The frame rule: :meth:`ARIG.step`, :meth:`ARIG.sample` with ``noise (B, 56)``, :meth:`ARIG.bounded`,
     :meth:`ARIG.commit` of the sample -> the normalised listener frame ``(B, 56)``."""
@@ -626,7 +623,7 @@ def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, s
     out: list = [None] * len(clips)
     for part in length_batches([c.T for c in clips], batch):
         b = collate([frame_inputs(clips[i], model.config, with_states=False) for i in part])
-        b = {k: v.to(dev) for k, v in b.items() if k in _STEP_KEYS}
+        b = {k: v.to(dev) for k, v in b.items() if k not in ("lis", "state")}   # the speaker's inputs
         ref = np.stack([clips[i].listener_motion[0] if reference == "first" else mean for i in part])
         ref = torch.as_tensor(ref, device=dev)
         gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]

@@ -133,8 +133,7 @@ class NNFacialMotion(_WindowIndex):
         if len(Ts) != 1:
             raise UserError(f"segments: expected clips of one length, got lengths {sorted(Ts)}")
         T = Ts.pop()
-        q = np.stack([((s.speaker_motion - self.mean) / self.std).reshape(-1) for s in segments]).astype(np.float32)
-        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)           # (B, T*56)
+        q = _unit_rows(np.stack([((s.speaker_motion - self.mean) / self.std).reshape(-1) for s in segments]))
         out = []
         for x in tqdm(self.speaker, desc=self.name, leave=False, disable=not progress):
             starts = np.arange(0, len(x) - self.window + 1, self.stride)

@@ -62,8 +62,7 @@ def sampled_reactions(clips, train, samples: int, seed: int = 0, lm=None, vq=Non
     from .generate import generate_motion
     rows = {}
     if lm is not None:
-        t = sampling.temperature
-        rows[f"Ours sampled (T={t:g}, top-p={sampling.top_p:g})"] = np.stack(
+        rows[f"Ours sampled (T={sampling.temperature:g}, top-p={sampling.top_p:g})"] = np.stack(
             generate_motion(lm, vq, clips, batch, sampling=sampling, samples=samples, seed=seed)[1])
         rows["Ours greedy"] = np.stack(generate_motion(lm, vq, clips, batch)[1])
     if arig is not None:
@@ -71,8 +70,7 @@ def sampled_reactions(clips, train, samples: int, seed: int = 0, lm=None, vq=Non
                                        for s in range(samples)], 1)
     rows["Random"] = np.stack([np.stack(predict_all(RandomListener(seed=seed + s).fit(train), clips))
                                for s in range(samples)], 1)
-    nn = NNFacialMotion(window=clips[0].T, seed=seed).fit(train)
-    rows["NN facial motion"] = np.stack(predict_all(nn, clips))
+    rows["NN facial motion"] = np.stack(predict_all(NNFacialMotion(window=clips[0].T, seed=seed).fit(train), clips))
     rows["GT"] = np.stack([c.listener_motion for c in clips])
     return {k: np.repeat(v[:, None], samples, 1) if v.ndim == 3 else v for k, v in rows.items()}
 
