@@ -272,13 +272,12 @@ class IntegratedBlock(nn.Module):
     def __init__(self, c: ARIGConfig, adaptive: bool = True):
         super().__init__()
         d = c.d_model
-        self.adaptive = adaptive
         self.mod = AdaLN(d, 4) if adaptive else None
         self.qkv, self.out, self.mlp = nn.Linear(d, 3 * d), nn.Linear(d, d), MLP(d, c.d_ff)
         self.attn = SlidingAttention(d, c.n_head, c.window)
 
     def forward(self, x, cond=None, cache: dict | None = None, name: str = ""):
-        if self.adaptive:
+        if self.mod is not None:
             sh, sc, ga, gm = self.mod(cond)
             h = modulate(x, sh, sc)
         else:
