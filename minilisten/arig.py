@@ -4,6 +4,7 @@ Motion in raw units outside, normalised inside. Design, causality and caches: do
 """
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import asdict, dataclass, fields
@@ -18,8 +19,7 @@ from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment
 from .tokens import check_sa_tokens, length_batches, sa_frame_bounds, word_frame
 
 FORMAT = "minilisten.ARIG"       # config.json tag (minilisten.checkpoint.check_format)
-#: conversational states derived from the speaker's word timings (:func:`state_labels`)
-STATES = ("speaking", "pause", "silence")
+STATES = ("speaking", "pause", "silence")   # conversational states from the speaker's words (:func:`state_labels`)
 HEADS = ("diffusion", "regression")
 IBUS = ("full", "linear")
 IGNORE = -1   # state label of frames whose state the data cannot tell (no words)
@@ -163,8 +163,8 @@ def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN as in DiT: ``x * (1 + scale) + shift``."""
-    return x * (1 + scale) + shift
+    """adaLN as in DiT: ``LN(x) * (1 + scale) + shift`` (LN without affine parameters)."""
+    return F.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
 
 
 def _zero(m: nn.Linear) -> nn.Linear:
@@ -207,15 +207,18 @@ class SlidingAttention(nn.Module):
         B, L, d = x.shape
         return x.view(B, L, self.nh, d // self.nh).transpose(1, 2)
 
-    def seq(self, q, k, v, S: int) -> torch.Tensor:
-        """q, k, v: (B, N*S, d), token n*S + s = stream s at position n -> (B, N*S, d)."""
-        B, L, d = q.shape
-        pos = torch.arange(L // S, device=q.device).repeat_interleave(S)
+    def forward(self, q, k, v, cache: dict | None = None, name: str = "") -> torch.Tensor:
+        """q, k, v: (B, N, S, d) -> (B, N, S, d); with ``cache``: (B, S, d), one new position (:meth:`step`)."""
+        if cache is not None:
+            return self.step(q, k, v, cache, name)
+        B, N, S, d = q.shape
+        pos = torch.arange(N, device=q.device).repeat_interleave(S)      # token n*S + s: stream s at position n
         rel = pos[:, None] - pos[None, :]                                   # (L, L) query - key
         ok = (rel >= 0) & (rel < self.window)
         bias = self.rel_bias[:, rel.clamp(0, self.window - 1)].masked_fill(~ok, float("-inf"))   # (nh, L, L)
-        y = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=bias)
-        return y.transpose(1, 2).reshape(B, L, d)
+        q, k, v = (self._heads(t.reshape(B, N * S, d)) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return y.transpose(1, 2).reshape(B, N, S, d)
 
     def step(self, q, k, v, cache: dict, name: str) -> torch.Tensor:
         """One new position: q, k, v (B, S, d) -> (B, S, d); ``cache[name]`` holds keys/values
@@ -238,7 +241,7 @@ class SlidingAttention(nn.Module):
 
 class BidirectionalBlock(nn.Module):
     """Agent and user streams with their own adaLN / qkv / MLP, one joint attention.
-    x: (B, N, 2, d) (stream 0 = agent, 1 = user), cond: (B, N, 2, d) -> (B, N, 2, d)."""
+    x, cond: (B, N, 2, d) (stream 0 = agent, 1 = user) -> (B, N, 2, d); with a cache (B, 2, d), one position."""
 
     def __init__(self, c: ARIGConfig):
         super().__init__()
@@ -249,66 +252,38 @@ class BidirectionalBlock(nn.Module):
         self.mlp = nn.ModuleList(MLP(d, c.d_ff) for _ in range(2))
         self.attn = SlidingAttention(d, c.n_head, c.window)
 
-    def _mods(self, cond):
-        return [m(cond[..., s, :]) for s, m in enumerate(self.mod)]   # per stream: 6 x (..., d)
-
-    def _qkv(self, x, mods):
-        q, k, v = zip(*[self.qkv[s](modulate(F.layer_norm(x[..., s, :], x.shape[-1:]), mods[s][0], mods[s][1]))
-                        .chunk(3, -1) for s in range(2)])
-        return [torch.stack(t, -2) for t in (q, k, v)]                # 3 x (..., 2, d)
-
-    def _finish(self, x, y, mods):
+    def forward(self, x, cond, cache: dict | None = None, name: str = ""):
+        mods = [m(cond[..., s, :]) for s, m in enumerate(self.mod)]   # per stream: 6 x (..., d)
+        q, k, v = zip(*[self.qkv[s](modulate(x[..., s, :], *mods[s][:2])).chunk(3, -1) for s in range(2)])
+        y = self.attn(*(torch.stack(t, -2) for t in (q, k, v)), cache, name)   # (..., 2, d)
         outs = []
         for s in range(2):
             sh1, sc1, g1, sh2, sc2, g2 = mods[s]
             h = x[..., s, :] + g1 * self.out[s](y[..., s, :])
-            h = h + g2 * self.mlp[s](modulate(F.layer_norm(h, h.shape[-1:]), sh2, sc2))
+            h = h + g2 * self.mlp[s](modulate(h, sh2, sc2))
             outs.append(h)
         return torch.stack(outs, -2)
-
-    def forward(self, x, cond):
-        B, N, S, d = x.shape
-        mods = self._mods(cond)
-        q, k, v = self._qkv(x, mods)
-        y = self.attn.seq(q.reshape(B, N * S, d), k.reshape(B, N * S, d), v.reshape(B, N * S, d), S)
-        return self._finish(x, y.view(B, N, S, d), mods)
-
-    def step(self, x, cond, cache, name):   # x, cond: (B, 2, d)
-        mods = self._mods(cond)
-        q, k, v = self._qkv(x, mods)
-        return self._finish(x, self.attn.step(q, k, v, cache, name), mods)
 
 
 class IntegratedBlock(nn.Module):
     """Both streams in one sequence, shared parameters, attention and MLP in parallel on one
-    adaLN-modulated input: ``x + g_a * Attn(h) + g_m * MLP(h)``. x, cond: (B, N, S, d)."""
+    adaLN-modulated input: ``x + g_a * Attn(h) + g_m * MLP(h)``. x, cond: (B, N, S, d) (with a cache (B, S, d))."""
 
     def __init__(self, c: ARIGConfig, adaptive: bool = True):
         super().__init__()
         d = c.d_model
-        self.adaptive = adaptive
         self.mod = AdaLN(d, 4) if adaptive else None
         self.qkv, self.out, self.mlp = nn.Linear(d, 3 * d), nn.Linear(d, d), MLP(d, c.d_ff)
         self.attn = SlidingAttention(d, c.n_head, c.window)
 
-    def _h(self, x, cond):
-        h = F.layer_norm(x, x.shape[-1:])
-        if not self.adaptive:
-            return h, 1.0, 1.0
-        sh, sc, ga, gm = self.mod(cond)
-        return modulate(h, sh, sc), ga, gm
-
-    def forward(self, x, cond=None):
-        B, N, S, d = x.shape
-        h, ga, gm = self._h(x, cond)
-        q, k, v = self.qkv(h).reshape(B, N * S, 3 * d).chunk(3, -1)
-        y = self.out(self.attn.seq(q, k, v, S)).view(B, N, S, d)
-        return x + ga * y + gm * self.mlp(h)
-
-    def step(self, x, cond, cache, name):   # (B, S, d)
-        h, ga, gm = self._h(x, cond)
+    def forward(self, x, cond=None, cache: dict | None = None, name: str = ""):
+        if self.mod is not None:
+            sh, sc, ga, gm = self.mod(cond)
+            h = modulate(x, sh, sc)
+        else:
+            h, ga, gm = F.layer_norm(x, x.shape[-1:]), 1.0, 1.0
         q, k, v = self.qkv(h).chunk(3, -1)
-        return x + ga * self.out(self.attn.step(q, k, v, cache, name)) + gm * self.mlp(h)
+        return x + ga * self.out(self.attn(q, k, v, cache, name)) + gm * self.mlp(h)
 
 
 class CrossBlock(nn.Module):
@@ -362,9 +337,9 @@ class DiffusionMLP(nn.Module):
         h = self.inp(x)
         for mod, mlp in zip(self.mods, self.mlps):
             sh, sc, g = mod(c)
-            h = h + g * mlp(modulate(F.layer_norm(h, h.shape[-1:]), sh, sc))
+            h = h + g * mlp(modulate(h, sh, sc))
         sh, sc = self.final_mod(c)
-        return self.final(modulate(F.layer_norm(h, h.shape[-1:]), sh, sc))
+        return self.final(modulate(h, sh, sc))
 
     def sample(self, cond, noise, steps: int):
         """:func:`euler_sample` of this net (the projection of ``cond (M, d_z)`` computed once) -> x (M, 56)."""
@@ -402,13 +377,10 @@ class ARIG(nn.Module):
         super().__init__()
         self.config = c = config or ARIGConfig()
         d = c.d_model
-        for name in ("lis_mean", "spk_mean"):
-            self.register_buffer(name, torch.zeros(D_MOTION))
-        for name in ("lis_std", "spk_std"):
-            self.register_buffer(name, torch.ones(D_MOTION))
-        big = torch.finfo(torch.float32).max   # raw bounds of generated frames (none until set_motion_stats)
-        self.register_buffer("lis_lo", torch.full((D_MOTION,), -big))
-        self.register_buffer("lis_hi", torch.full((D_MOTION,), big))
+        big = torch.finfo(torch.float32).max   # lis_lo/hi: raw bounds of generated frames (none until set_motion_stats)
+        for name, v in (("lis_mean", 0.0), ("spk_mean", 0.0), ("lis_std", 1.0), ("spk_std", 1.0),
+                        ("lis_lo", -big), ("lis_hi", big)):
+            self.register_buffer(name, torch.full((D_MOTION,), v))
         # input embeddings
         self.emb_agent, self.emb_user = nn.Linear(D_MOTION, d), nn.Linear(D_MOTION, d)
         self.emb_sa = nn.Embedding(max(c.n_sa, 1), d)
@@ -489,17 +461,16 @@ class ARIG(nn.Module):
     def _norm_lis(self, m):
         return (m - self.lis_mean) / self.lis_std
 
-    def _ibu(self, g, u, a, b, blocks_seq: bool, cache=None):
-        """Tokens -> (cis (.., d), tokens (.., 2, d)) through IBU; g, u, a: (B, N, d) or (B, d)."""
+    def _ibu(self, g, u, a, b, cache=None):
+        """Tokens -> (.., 2, d) through IBU; g, u, a: (B, N, d), or (B, d) with ``cache``."""
         x = torch.stack([g, u + a], -2)                                   # (..., 2, d) agent, user
         if self.config.ibu == "linear":
             return torch.stack([self.linear_ibu[0](torch.cat([g, a + b], -1)),
                                 self.linear_ibu[1](torch.cat([u, a], -1))], -2)
         cond = torch.stack([a + b, a], -2)
         for i, blk in enumerate(self.bidir):
-            x = blk(x, cond) if blocks_seq else blk.step(x, cond, cache, f"bidir{i}")
-        cond_i = (a + b)[..., None, :].expand_as(x)
-        return self.integrated(x, cond_i) if blocks_seq else self.integrated.step(x, cond_i, cache, "integrated")
+            x = blk(x, cond, cache, f"bidir{i}")
+        return self.integrated(x, (a + b)[..., None, :].expand_as(x), cache, "integrated")
 
     def _pmp(self, cis, state, a_last, a_hist, m_hist, b):
         """cis, state, a_last, b: (M, d); a_hist: (M, 3, d) latest audio; m_hist: (M, 5, 56) normalised
@@ -534,7 +505,7 @@ class ARIG(nn.Module):
         lis_in = torch.cat([r[:, None].expand(-1, P + 1, -1), lis[:, :-1]], 1)    # agent input: frame i-1
         g = self.emb_agent(lis_in)
         b = self._beta(batch["beta"])[:, None].expand(-1, P + T, -1)
-        x = self._ibu(g, u, a, b, blocks_seq=True)
+        x = self._ibu(g, u, a, b)
         x = self.context(x)                                                # (B, P+T, 2, d)
         cis = x[:, P:, 0]
         state = self.state_feat(x[:, P:].reshape(B, T, -1))
@@ -591,8 +562,8 @@ class ARIG(nn.Module):
         """One position through IBU + context with the caches -> (cis, state feature, audio)."""
         a = self._audio(inp["sa"], inp["emo"], inp["word"], inp["since"])
         u = self.emb_user((inp["spk"] - self.spk_mean) / self.spk_std)
-        x = self._ibu(self.emb_agent(agent_in), u, a, st["beta"], blocks_seq=False, cache=st["kv"])
-        x = self.context.step(x, None, st["kv"], "context")               # (B, 2, d)
+        x = self._ibu(self.emb_agent(agent_in), u, a, st["beta"], st["kv"])
+        x = self.context(x, None, st["kv"], "context")               # (B, 2, d)
         return x[:, 0], self.state_feat(x.reshape(x.shape[0], -1)), a
 
     def step(self, st: dict, inp: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -616,9 +587,6 @@ class ARIG(nn.Module):
         return self.diffusion.sample(z, noise, self.config.sample_steps if steps is None else steps)
 
 
-_STEP_KEYS = ("spk", "sa", "emo", "word", "since", "beta")
-
-
 def decode_frame(model: ARIG, st: dict, inp: dict, noise: torch.Tensor, steps: int | None = None) -> torch.Tensor:
     """The frame rule: :meth:`ARIG.step`, :meth:`ARIG.sample` with ``noise (B, 56)``, :meth:`ARIG.bounded`,
     :meth:`ARIG.commit` of the sample -> the normalised listener frame ``(B, 56)``."""
@@ -635,15 +603,11 @@ def sample_frame(model: ARIG, st: dict, inp: dict, gens: list, temperature: floa
     return frame(model, st, inp, noise * temperature, steps) * model.lis_std + model.lis_mean
 
 
-_COMPILED: dict = {}
-
-
+@functools.cache
 def compiled_decode_frame(device_type: str = "cpu"):
     """:func:`decode_frame` under ``torch.compile`` (one graph per model, batch and steps; CPU: C++ wrapper)."""
-    if device_type not in _COMPILED:
-        opts = {"options": {"cpp_wrapper": True}} if device_type == "cpu" else {}
-        _COMPILED[device_type] = torch.compile(decode_frame, dynamic=False, **opts)
-    return _COMPILED[device_type]
+    opts = {"options": {"cpp_wrapper": True}} if device_type == "cpu" else {}
+    return torch.compile(decode_frame, dynamic=False, **opts)
 
 
 @torch.no_grad()
@@ -658,7 +622,7 @@ def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, s
     out: list = [None] * len(clips)
     for part in length_batches([c.T for c in clips], batch):
         b = collate([frame_inputs(clips[i], model.config, with_states=False) for i in part])
-        b = {k: v.to(dev) for k, v in b.items() if k in _STEP_KEYS}
+        b = {k: v.to(dev) for k, v in b.items() if k not in ("lis", "state")}   # the speaker's inputs
         ref = np.stack([clips[i].listener_motion[0] if reference == "first" else mean for i in part])
         ref = torch.as_tensor(ref, device=dev)
         gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in part]

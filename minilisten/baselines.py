@@ -78,7 +78,7 @@ class _WindowIndex:
         self.window, self.stride = int(window), int(stride)
         self.rng = np.random.default_rng(seed)
         self.segments: list[Segment] = []
-        self.starts: list[np.ndarray] = []          # per kept segment: window starts
+        self.where: list[tuple[int, int]] = []       # per window: (kept segment, start)
 
     def _index(self, train_segments) -> None:
         segs = _check_segments("train_segments", train_segments)
@@ -86,7 +86,7 @@ class _WindowIndex:
         if not self.segments:
             raise UserError(f"train_segments: expected at least one segment of >= {self.window} frames "
                             f"(window), got the longest with {max(s.T for s in segs)}")
-        self.starts = [np.arange(0, s.T - self.window + 1, self.stride) for s in self.segments]
+        self.where = [(k, a) for k, s in enumerate(self.segments) for a in range(0, s.T - self.window + 1, self.stride)]
 
     def _check_query(self, segment: Segment) -> int:
         if not self.segments:
@@ -110,10 +110,7 @@ class _WindowIndex:
         return [self._listener(np.flatnonzero(x == x.max()), s.T) for x, s in zip(scores, segments)]
 
     def _listener(self, best: np.ndarray, T: int) -> np.ndarray:
-        flat_index = int(best[0] if len(best) == 1 else self.rng.choice(best))
-        counts = np.cumsum([len(s) for s in self.starts])
-        k = int(np.searchsorted(counts, flat_index, side="right"))
-        start = int(self.starts[k][flat_index - (counts[k - 1] if k else 0)])
+        k, start = self.where[int(best[0] if len(best) == 1 else self.rng.choice(best))]
         return self.segments[k].listener_motion[start:start + T].astype(np.float32, copy=True)
 
 
@@ -136,10 +133,10 @@ class NNFacialMotion(_WindowIndex):
         if len(Ts) != 1:
             raise UserError(f"segments: expected clips of one length, got lengths {sorted(Ts)}")
         T = Ts.pop()
-        q = np.stack([((s.speaker_motion - self.mean) / self.std).reshape(-1) for s in segments]).astype(np.float32)
-        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)           # (B, T*56)
+        q = _unit_rows(np.stack([((s.speaker_motion - self.mean) / self.std).reshape(-1) for s in segments]))
         out = []
-        for x, starts in tqdm(list(zip(self.speaker, self.starts)), desc=self.name, leave=False, disable=not progress):
+        for x in tqdm(self.speaker, desc=self.name, leave=False, disable=not progress):
+            starts = np.arange(0, len(x) - self.window + 1, self.stride)
             w = np.lib.stride_tricks.sliding_window_view(x, T, axis=0)[starts]      # (n, 56, T) view
             w = np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(len(starts), -1)  # (n, T*56)
             out.append((q @ w.T) / np.maximum(np.linalg.norm(w, axis=1), 1e-12))
@@ -163,8 +160,7 @@ class NNSpeechContent(_WindowIndex):
 
     def fit(self, train_segments) -> "NNSpeechContent":
         self._index(train_segments)
-        texts = [window_text(s.window(int(a), self.window))
-                 for s, starts in zip(self.segments, self.starts) for a in starts]
+        texts = [window_text(self.segments[k].window(a, self.window)) for k, a in self.where]
         spec = (find_sentence_model() or "tfidf") if self.embedder_spec == "auto" else self.embedder_spec
         if spec == "tfidf":
             self.embedder = TfidfEmbedder().fit(texts)
@@ -260,9 +256,7 @@ class SentenceEmbedder:
                 out.append(e.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.model.config.hidden_size), np.float32)
-        emb = np.empty((len(texts), out[0].shape[1]), np.float32)
-        emb[order] = np.concatenate(out)
-        return emb
+        return np.concatenate(out)[np.argsort(order)]   # back to the order of texts
 
 
 def find_sentence_model() -> str | None:

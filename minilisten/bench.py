@@ -143,9 +143,8 @@ def bench_samples(lm, device, ks=(1, 10), seconds: float = 8.0, reps: int = 3, d
         fns[f"K={k}"] = lambda i, gen=gen, k=k: gen.generate(hs * k, ss * k, seeds=list(range(k)))
     with torch.inference_mode():
         times = interleaved(fns, reps, device, progress=progress)[0]
-    return [dict(samples=k, steps=n, seconds=float(np.median(times[f"K={k}"])),
-                 fps=8 * k * n / float(np.median(times[f"K={k}"])),
-                 per_reaction_fps=8 * n / float(np.median(times[f"K={k}"]))) for k in ks if f"K={k}" in times]
+    med = {k: float(np.median(times[f"K={k}"])) for k in ks if f"K={k}" in times}
+    return [dict(samples=k, steps=n, seconds=t, fps=8 * k * n / t, per_reaction_fps=8 * n / t) for k, t in med.items()]
 
 
 def bench_streaming(lm, vq, device, dtype=None, seconds: float = 12.0, generator=None) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from .errors import UserError
 from .tokens import length_batches
@@ -96,8 +97,7 @@ class FastConfig:
     eps: float                  # norm epsilon
     act: str                    # HF activation name (ACT2FN)
     attn_scale: tuple[float, ...]  # softmax scale per layer (GPT-2 may scale by 1/(layer+1))
-    qkv_bias: bool
-    o_bias: bool
+    attn_bias: bool             # biases of the q, k, v and output projections
     mlp_bias: bool
     n_positions: int            # learned (GPT-2) or trained (rotary) context length
 
@@ -111,10 +111,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        h = x.float()
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
 def _norm(cfg: FastConfig) -> nn.Module:
@@ -133,8 +131,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: FastConfig, layer: int):
         super().__init__()
         self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.o_bias)
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.attn_bias)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.attn_bias)
         self.scale = cfg.attn_scale[layer]
         self.register_buffer("k_cache", None, persistent=False)    # set by FastTransformer.setup_caches
         self.register_buffer("v_cache", None, persistent=False)
@@ -152,14 +150,11 @@ class Attention(nn.Module):
             cos, sin = rope
             q = (q * cos + rotate_half(q) * sin).to(x.dtype)
             k = (k * cos + rotate_half(k) * sin).to(x.dtype)
-        k_cache, v_cache = self.k_cache, self.v_cache
         crow = rows if slots is None else slots[:, None]
-        k_cache[crow, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
-        v_cache[crow, :, write_idx] = v
-        if slots is None:
-            k_cache, v_cache = k_cache[:B, :, :K], v_cache[:B, :, :K]
-        else:   # the busy streams' rows only: idle slots cost nothing
-            k_cache, v_cache = k_cache[slots, :, :K], v_cache[slots, :, :K]
+        self.k_cache[crow, :, write_idx] = k.transpose(1, 2)   # (B, S, KV, D) into slots write_idx
+        self.v_cache[crow, :, write_idx] = v
+        sel = slice(B) if slots is None else slots      # the busy streams' rows only: idle slots cost nothing
+        k_cache, v_cache = self.k_cache[sel, :, :K], self.v_cache[sel, :, :K]
         if last is not None:                        # only one query per stream is needed
             q = q[rows, :, last].transpose(1, 2)    # (B, H, 1, D)
             mask = mask[rows, :, last].transpose(1, 2)
@@ -219,7 +214,7 @@ class FastTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_f = _norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.n_lr)
-        self.max_batch = self.max_seq = 0
+        self.max_seq = 0
         self.rope = None   # LLaMA: n -> (cos, sin) (n, D) fp32 tables from HF's own rotary module
         for name in ("pos", "codes", "logits", "rope_cos", "rope_sin"):
             self.register_buffer(name, None, persistent=False)
@@ -238,42 +233,38 @@ class FastTransformer(nn.Module):
         p = next(bb.parameters())
         base = bb.base_model
         emb = bb.get_input_embeddings().weight
-        lr_offset, n_lr = int(lm.vocab.lr(0)), lm.lr_head.out_features
-        if any(int(lm.vocab.lr(i)) != lr_offset + i for i in (1, n_lr - 1)):
-            raise ValueError("vocab.lr: expected a contiguous block of LR token ids")
+        new = partial(cls, vocab_size=emb.shape[0], lr_offset=lm.vocab.lr_offset)
+        n_lr = lm.lr_head.out_features
+        # pairs (ours, HF's): a module is copied whole, a list of Linears concatenated
         if arch == "gpt2":
             H = c.n_head
             scale = [(c.n_embd // H) ** -0.5 if c.scale_attn_weights else 1.0] * c.n_layer
             if c.scale_attn_by_inverse_layer_idx:
                 scale = [s / (i + 1) for i, s in enumerate(scale)]
-            cfg = FastConfig("gpt2", c.n_layer, H, H, c.n_embd // H, c.n_embd, c.n_inner or 4 * c.n_embd, n_lr,
-                             c.layer_norm_epsilon, c.activation_function, tuple(scale), True, True, True, c.n_positions)
-        else:
-            H, KV = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
-            hd = getattr(c, "head_dim", None) or c.hidden_size // H
-            a = base.layers[0]
-            cfg = FastConfig("llama", c.num_hidden_layers, H, KV, hd, c.hidden_size, c.intermediate_size, n_lr,
-                             c.rms_norm_eps, c.hidden_act, (hd ** -0.5,) * c.num_hidden_layers,
-                             a.self_attn.q_proj.bias is not None, a.self_attn.o_proj.bias is not None,
-                             a.mlp.gate_proj.bias is not None, c.max_position_embeddings)
-        m = cls(cfg, emb.shape[0], lr_offset)
-        m.tok_emb.weight.copy_(emb)
-        pairs = [(m.head, lm.lr_head)]   # (ours, HF's): a module is copied whole, a list of Linears concatenated
-        if arch == "gpt2":
+            m = new(FastConfig("gpt2", c.n_layer, H, H, c.n_embd // H, c.n_embd, c.n_inner or 4 * c.n_embd, n_lr,
+                               c.layer_norm_epsilon, c.activation_function, tuple(scale), True, True, c.n_positions))
             m.pos_emb.weight.copy_(base.wpe.weight)
-            pairs.append((m.norm_f, base.ln_f))
+            pairs = [(m.norm_f, base.ln_f)]
             for blk, h in zip(m.blocks, base.h):
                 pairs += [(blk.norm1, h.ln_1), (blk.norm2, h.ln_2), (blk.attn.wqkv, [h.attn.c_attn]),
                           (blk.attn.wo, [h.attn.c_proj]), (blk.mlp.fc, [h.mlp.c_fc]), (blk.mlp.proj, [h.mlp.c_proj])]
         else:
-            pairs.append((m.norm_f, base.norm))
+            H, KV = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
+            hd = getattr(c, "head_dim", None) or c.hidden_size // H
+            a = base.layers[0]
+            m = new(FastConfig("llama", c.num_hidden_layers, H, KV, hd, c.hidden_size, c.intermediate_size, n_lr,
+                               c.rms_norm_eps, c.hidden_act, (hd ** -0.5,) * c.num_hidden_layers,
+                               a.self_attn.q_proj.bias is not None, a.mlp.gate_proj.bias is not None,
+                               c.max_position_embeddings))
+            pairs = [(m.norm_f, base.norm)]
             for blk, h in zip(m.blocks, base.layers):
                 at, mlp = h.self_attn, h.mlp
                 pairs += [(blk.norm1, h.input_layernorm), (blk.norm2, h.post_attention_layernorm),
                           (blk.attn.wqkv, [at.q_proj, at.k_proj, at.v_proj]), (blk.attn.wo, [at.o_proj]),
                           (blk.mlp.fc, [mlp.gate_proj, mlp.up_proj]), (blk.mlp.proj, [mlp.down_proj])]
             m.rope = partial(_hf_rope, base.rotary_emb)   # a plain callable: .to(dtype) leaves HF's fp32 module alone
-        for dst, src in pairs:
+        m.tok_emb.weight.copy_(emb)
+        for dst, src in pairs + [(m.head, lm.lr_head)]:
             if isinstance(src, nn.Module):
                 dst.load_state_dict(src.state_dict())
                 continue
@@ -291,11 +282,10 @@ class FastTransformer(nn.Module):
         if not 1 <= max_seq <= c.n_positions:
             raise ValueError(f"max_seq: expected 1..{c.n_positions} (the backbone's context), got {max_seq}")
         p = self.tok_emb.weight
-        self.max_batch, self.max_seq = max_batch, max_seq
+        self.max_seq = max_seq
         shape = (max_batch, c.n_kv_head, max_seq + 1, c.head_dim)
         for b in self.blocks:
-            b.attn.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            b.attn.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            b.attn.k_cache, b.attn.v_cache = (torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(2))
         self.pos = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.codes = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.logits = torch.zeros(max_batch, c.n_lr, dtype=torch.float32, device=p.device)
@@ -306,21 +296,20 @@ class FastTransformer(nn.Module):
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Every tensor of decoding state (for memory accounting and CUDA-graph static addresses)."""
-        out = [t for b in self.blocks for t in (b.attn.k_cache, b.attn.v_cache)]
-        out += [self.pos, self.codes, self.logits]
-        return out + ([self.rope_cos, self.rope_sin] if self.rope_cos is not None else [])
+        caches = [t for b in self.blocks for t in (b.attn.k_cache, b.attn.v_cache)]
+        return [t for t in caches + [self.pos, self.codes, self.logits, self.rope_cos, self.rope_sin] if t is not None]
 
     def forward(self, inp: torch.Tensor, key_pos: torch.Tensor, slots: torch.Tensor | None = None) -> None:
         """One right-padded block; updates caches, ``pos``, ``codes``, ``logits``. inp: (B, S + 3) int64 = ``[tokens
         | n_valid | lead (token 0 := lr(codes)) | emit (codes := argmax at the last valid token)]``; key_pos: (K,)
         ``arange(K)``, the key window; slots: (B,) the cache rows of inp's rows (None: 0..B-1)."""
-        L = self.max_seq
         B, S, K = inp.shape[0], inp.shape[1] - 3, key_pos.shape[0]
         L = self.max_seq
         tokens, n_valid = inp[:, :-3], inp[:, -3]      # negative indices: S stays a dynamic size
         lead, emit = inp[:, -2].bool(), inp[:, -1].bool()
         ar = torch.arange(S, device=inp.device)
-        codes, pos = (self.codes[:B], self.pos[:B]) if slots is None else (self.codes[slots], self.pos[slots])
+        sel = slice(B) if slots is None else slots
+        codes, pos = self.codes[sel], self.pos[sel]
         tokens = torch.where(lead[:, None] & (ar == 0), codes[:, None] + self.lr_offset, tokens)
         positions = pos[:, None] + ar                                         # (B, S)
         write_idx = torch.where(ar < n_valid[:, None], positions, L)          # padding -> trash slot L
@@ -329,25 +318,17 @@ class FastTransformer(nn.Module):
         mask = torch.where(key_pos <= positions[:, :, None], zero, float("-inf"))[:, None]
         rows = torch.arange(B, device=inp.device)[:, None]
         pclip = positions.clamp(max=L - 1)
-        rope = None
-        if self.pos_emb is not None:
+        if self.pos_emb is not None:   # GPT-2: learned positions; LLaMA: rotary (B, 1, S, D)
             x = x + self.pos_emb(pclip)
-        else:
-            rope = (self.rope_cos[pclip][:, None], self.rope_sin[pclip][:, None])  # (B, 1, S, D)
+        rope = None if self.rope_cos is None else (self.rope_cos[pclip][:, None], self.rope_sin[pclip][:, None])
         last = (n_valid - 1).clamp(min=0)[:, None]                            # (B, 1)
         for blk in self.blocks[:-1]:
             x = blk(x, rows, write_idx, mask, rope, K, None, slots)
         x = self.blocks[-1](x, rows, write_idx, mask, rope, K, last, slots)   # (B, 1, d): the last layer
         logits = self.head(self.norm_f(x[:, 0])).float()                      # only needs one position
-        if slots is None:
-            self.codes[:B].copy_(torch.where(emit, logits.argmax(-1), codes))
-            self.logits[:B].copy_(torch.where(emit[:, None], logits, self.logits[:B]))
-            self.pos[:B].add_(n_valid)
-        else:
-            self.codes.index_copy_(0, slots, torch.where(emit, logits.argmax(-1), codes))
-            self.logits.index_copy_(0, slots, torch.where(emit[:, None], logits, self.logits[slots]))
-            self.pos.index_add_(0, slots, n_valid)
-
+        self.codes[sel] = torch.where(emit, logits.argmax(-1), codes)
+        self.logits[sel] = torch.where(emit[:, None], logits, self.logits[sel])
+        self.pos[sel] = pos + n_valid
 
 
 def _hf_rope(rotary: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -391,6 +372,7 @@ class _Decoder:
             raise ValueError(f"max_len: expected None or an int >= 0 (0: the LM's), got {max_len!r}")
         self.lm, self.batch, self.sampling = lm, batch, sampling or Sampling()
         self.max_len = int(max_len or lm.max_len)
+        self.vocab_size = lm.vocab.size
         self.gens = _rngs(None, batch, self.device)
 
     def seed(self, streams: Sequence[int], seeds: Sequence[int] | None = None) -> None:
@@ -451,7 +433,6 @@ class Generator(_Decoder):
         self.device = self.model.tok_emb.weight.device
         self._setup(lm, batch, max_len, sampling)
         cuda = self.device.type == "cuda"
-        self.vocab_size = self.model.tok_emb.num_embeddings
         self.model.setup_caches(batch, self.max_len)
         self.codes, self.logits = self.model.codes, self.model.logits
         if buckets == "auto":
@@ -463,8 +444,7 @@ class Generator(_Decoder):
         self._fwd, self._pin, self.compiled = self.model.forward, cuda, bool(compile)
         if compile:   # on CUDA both modes record CUDA graphs
             auto = compile == "max-autotune"
-            mode = "max-autotune" if auto else "reduce-overhead"
-            kw = {"mode": mode} if cuda else {"options": {"max_autotune": auto}}
+            kw = {"mode": compile if auto else "reduce-overhead"} if cuda else {"options": {"max_autotune": auto}}
             self._fwd = torch.compile(self.model.forward, fullgraph=True, **kw)
 
     def reset(self, streams: Sequence[int] | None = None, seeds: Sequence[int] | None = None) -> None:
@@ -518,7 +498,6 @@ class Generator(_Decoder):
                                        f"got {pos[b] + len(r)} ({pos[b]} held + {len(r)} new): slide the window")
         if prefill:
             self._clear(list(prefill))
-        first = True
         while rows:
             n = max(min(len(r), self.chunk) for r in rows.values())
             S = next(s for s in self.buckets if s >= n) if self.buckets else n
@@ -532,19 +511,16 @@ class Generator(_Decoder):
             for row, b in zip(inp, real):
                 part, rest = rows[b][:self.chunk], rows[b][self.chunk:]
                 row[:len(part)] = part
-                row[S:] = [len(part), int(first and part[0] == -1), int(not rest)]
+                row[S:] = [len(part), int(part[0] == -1), int(not rest)]   # -1: only a step's first token
                 pos[b] += len(part)
                 if rest:
                     rows[b] = rest
                 else:
                     del rows[b]
                     done.append(b)
-            first = False
             K = min(self.max_len, -(-max(pos.values()) // self.kv_block) * self.kv_block)
             t = torch.tensor(inp, dtype=torch.long).clamp_(min=0)
-            if self._pin:
-                t = t.pin_memory()
-            t = t.to(self.device, non_blocking=True)
+            t = (t.pin_memory() if self._pin else t).to(self.device, non_blocking=True)
             key_pos = self.key_pos[:K]
             slots = None if busy == list(range(self.batch)) else torch.tensor(busy, device=self.device)
             if self.compiled:
@@ -567,12 +543,9 @@ class HFDecoder(_Decoder):
                  sampling: Sampling | None = None):
         if cache not in ("dynamic", "static"):
             raise ValueError(f"cache: expected 'dynamic' or 'static', got {cache!r}")
-        bb = lm.backbone
         self.kind, self.base = cache, lm._decoder()
-        self.device = next(bb.parameters()).device
+        self.device = next(lm.backbone.parameters()).device
         self._setup(lm, batch, max_len, sampling)
-        self.vocab_size = bb.get_input_embeddings().weight.shape[0]
-        self.lr_offset = int(lm.vocab.lr(0))
         self.codes = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(batch, lm.lr_head.out_features, device=self.device)
         self.cache = None
@@ -610,7 +583,7 @@ class HFDecoder(_Decoder):
         ids = torch.tensor([[0] * lead + _check_ids(f"step[{b}]", rows[b], self.vocab_size) + [0] * (S - lens[b])
                             for b in range(B)], dtype=torch.long).to(self.device)
         if lead:
-            ids[:, 0] = self.codes[:B] + self.lr_offset
+            ids[:, 0] = self.codes[:B] + self.lm.vocab.lr_offset
         n = torch.tensor(lens, device=self.device)
         ar = torch.arange(S, device=self.device)
         self.mask[:B, self.t:self.t + S] = (ar < n[:, None]).long()
@@ -625,9 +598,8 @@ class HFDecoder(_Decoder):
 
     def _restarts(self, i: int, plans: list[list[int]], steps) -> list[int]:
         """Lock step: all streams re-prefill where any context jumps or the padded timeline would overflow."""
-        jump = i == 0 or any(p[i] != p[i - 1] for p in plans)
-        if not jump and self.t + max(len(s[i]) for s in steps) + 1 > self.timeline:
-            jump = True      # lock-step padding filled the timeline: rebuild the contexts
+        jump = (i == 0 or any(p[i] != p[i - 1] for p in plans)
+                or self.t + max(len(s[i]) for s in steps) + 1 > self.timeline)
         return list(range(len(steps))) if jump else []
 
 
@@ -646,12 +618,10 @@ def generate_nocache(lm, history, steps, max_len: int | None = None, sampling: S
     try:
         for i in range(n):
             seqs = [lm.context_ids(h, s, c, i, p[i]) for h, s, c, p in zip(history, steps, codes, plans)]
-            n_max = max(len(s) for s in seqs)
             lens = torch.tensor([len(s) for s in seqs], device=device)
-            ids = torch.tensor([s + [0] * (n_max - len(s)) for s in seqs], dtype=torch.long).to(device)
-            mask = None if all(len(s) == n_max for s in seqs) else \
-                (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
-            logits = lm.lr_logits(ids, attention_mask=mask)
+            ids = pad_sequence([torch.tensor(s, dtype=torch.long) for s in seqs], batch_first=True).to(device)
+            mask = (torch.arange(ids.shape[1], device=device) < lens[:, None]).long()
+            logits = lm.lr_logits(ids, attention_mask=None if mask.all() else mask)   # unpadded: no mask
             new = pick(logits[torch.arange(len(seqs), device=device), lens - 1], sampling, gens).tolist()
             for c, x in zip(codes, new):
                 c.append(x)
@@ -660,22 +630,20 @@ def generate_nocache(lm, history, steps, max_len: int | None = None, sampling: S
     return torch.tensor(codes, dtype=torch.long, device=device)
 
 
+@torch.no_grad()
 def decode_codes(vq, codes: list[np.ndarray], clips, batch: int = 64) -> list[np.ndarray]:
     """LR codes ``(L,)`` per clip -> raw motion ``(T, 56)`` with the clip's listener beta."""
     out: list = [None] * len(clips)
     order = sorted(range(len(clips)), key=lambda i: len(codes[i]))
     dev = vq.codebook.device
-    with torch.no_grad():
-        for s in range(0, len(order), batch):
-            for _, group in itertools.groupby(order[s:s + batch], key=lambda i: len(codes[i])):
-                ids = list(group)
-                c = torch.as_tensor(np.stack([codes[i] for i in ids]), dtype=torch.long, device=dev)
-                beta = None
-                if vq.needs_beta:
-                    beta = torch.as_tensor(np.stack([clips[i].listener_beta for i in ids]), device=dev)
-                m = vq.decode(c, beta).float().cpu().numpy()
-                for i, mi in zip(ids, m):
-                    out[i] = mi[:clips[i].T]
+    for s in range(0, len(order), batch):
+        for _, group in itertools.groupby(order[s:s + batch], key=lambda i: len(codes[i])):
+            ids = list(group)
+            c = torch.as_tensor(np.stack([codes[i] for i in ids]), dtype=torch.long, device=dev)
+            beta = (torch.as_tensor(np.stack([clips[i].listener_beta for i in ids]), device=dev)
+                    if vq.needs_beta else None)
+            for i, mi in zip(ids, vq.decode(c, beta).float().cpu().numpy()):
+                out[i] = mi[:clips[i].T]
     return out
 
 

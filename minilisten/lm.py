@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -166,9 +165,9 @@ class ListenerLM(nn.Module):
         new = list(range(v.n_words, v.size))
         emb, out = backbone.get_input_embeddings(), backbone.get_output_embeddings()
         names = {id(m): n for n, m in backbone.named_modules()}
-        emb_name = names[id(emb)].split(".")[-1]
-        tied = out is not None and out.weight is emb.weight
-        tti = {emb_name: new} if (tied or out is None) else {emb_name: new, names[id(out)].split(".")[-1]: new}
+        tti = {names[id(emb)].split(".")[-1]: new}
+        if out is not None and out.weight is not emb.weight:   # untied output rows are trained too
+            tti[names[id(out)].split(".")[-1]] = new
         lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                           target_modules=list(c.lora_targets) if c.lora_targets else None, trainable_token_indices=tti)
         return get_peft_model(backbone, lcfg)
@@ -328,14 +327,11 @@ class ListenerLM(nn.Module):
         cfg = {"format": FORMAT, "version": 1, "lm": asdict(self.config), "vocab": asdict(self.vocab),
                "tokenizer_len": len(self.tokenizer), "backbone_config": base_cfg}
         atomic_save_tensors(d / "model.safetensors", self.state_dict())
-        tmp = Path(tempfile.mkdtemp(dir=d, prefix=".tokenizer."))
-        try:
-            self.tokenizer.save_pretrained(str(tmp))
+        with tempfile.TemporaryDirectory(dir=d, prefix=".tokenizer.", ignore_cleanup_errors=True) as tmp:
+            self.tokenizer.save_pretrained(tmp)
             (d / "tokenizer").mkdir(exist_ok=True)
-            for f in tmp.iterdir():
+            for f in Path(tmp).iterdir():
                 os.replace(f, d / "tokenizer" / f.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         atomic_write_text(d / "config.json", json.dumps(cfg, indent=2, sort_keys=True, default=str))
 
     @classmethod

@@ -214,16 +214,12 @@ def score(preds: list[np.ndarray], clips, valence_model: ValenceRegressor | None
                           fps=clips[0].fps, seed=seed, **kw)
 
 
-def fit_valence(train, clips) -> ValenceRegressor | None:
-    """A :class:`ValenceRegressor` fitted on the ``train`` segments when they and the ``clips`` all have valence."""
-    if not all(s.valence is not None for s in list(train) + list(clips)):
-        return None
-    return ValenceRegressor().fit([s.listener_motion for s in train], [s.valence for s in train])
-
-
 def evaluate(preds: dict[str, list[np.ndarray]], clips, train, seed: int = 0) -> dict[str, dict]:
-    """:func:`score` of every method of ``preds`` (name -> motion per clip), L2 Affect when the data has valence."""
-    valence = fit_valence(train, clips)
+    """:func:`score` of every method of ``preds`` (name -> motion per clip); L2 Affect (a :class:`ValenceRegressor`
+    fitted on ``train``) when ``train`` and ``clips`` all have valence."""
+    valence = None
+    if all(s.valence is not None for s in list(train) + list(clips)):
+        valence = ValenceRegressor().fit([s.listener_motion for s in train], [s.valence for s in train])
     return {name: score(p, clips, valence, seed) for name, p in preds.items()}
 
 
@@ -315,9 +311,7 @@ def _tlcc_offset(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
         a, b = a - a.mean(0), b - b.mean(0)
         with np.errstate(divide="ignore", invalid="ignore"):
             rs.append(np.mean((a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))))
-    rs = np.asarray(rs)
-    peak = int(np.flatnonzero(np.isnan(rs))[0]) if np.isnan(rs).any() else int(np.argmax(rs))
-    return abs(max_lag - peak)
+    return abs(max_lag - int(np.argmax(rs)))   # np.argmax: the first NaN if any
 
 
 def frsyn(pred, speaker_gt, fps: float = 25.0, seconds: float = 2.0, all_samples: bool = False) -> float:

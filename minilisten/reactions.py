@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import numpy as np
 
-from .data.segment import Segment
 from .data.synthetic import listener_alternatives
 from .data.windows import test_clips
 from .errors import UserError
@@ -19,23 +18,18 @@ COLUMNS = (("frcorr", "FRCorr ↑", 1), ("frdist", "FRDist ↓", 1), ("frdiv", "
            ("frdvs", "FRDvs ↑", 1), ("frsyn", "FRSyn ↓", 1))
 
 
-def react_clips(segments, limit: int = 0) -> tuple[list[Segment], list[int]]:
-    """The evaluation clips of ``segments`` (:func:`test_clips`) of their most common length (REACT scores
-    equal-length clips) and their indices in :func:`test_clips`' list."""
+def appropriate_set(ds, segments, limit: int = 0):
+    """``(clips, listener_gt (N', T, 56), appropriate (N, N'), what)`` for the evaluation clips (:func:`test_clips`)
+    of ``segments`` of their most common length (REACT scores equal-length clips): on a synthetic corpus every
+    identity's response to the same speaker is appropriate (N' = N * identities); on other data only the clip's own
+    listener (identity)."""
     clips = test_clips(segments, limit)
     if not clips:
         raise UserError("segments: expected segments of >= 16 frames for the REACT table, got none")
     counts = Counter(c.T for c in clips)
     T = max(counts, key=lambda n: (counts[n], n))
     keep = [i for i, c in enumerate(clips) if c.T == T]
-    return [clips[i] for i in keep], keep
-
-
-def appropriate_set(ds, segments, limit: int = 0):
-    """``(clips, listener_gt (N', T, 56), appropriate (N, N'), what)`` for :func:`react_clips` of ``segments``: on a
-    synthetic corpus every identity's response to the same speaker is appropriate (N' = N * identities); on other
-    data only the clip's own listener (identity)."""
-    clips, keep = react_clips(segments, limit)
+    clips = [clips[i] for i in keep]
     if "world" not in ds.info:
         own = np.stack([c.listener_motion for c in clips])
         return clips, own, np.eye(len(clips), dtype=np.int64), "one listener per clip (appropriate = identity)"
@@ -68,8 +62,7 @@ def sampled_reactions(clips, train, samples: int, seed: int = 0, lm=None, vq=Non
     from .generate import generate_motion
     rows = {}
     if lm is not None:
-        t = sampling.temperature
-        rows[f"Ours sampled (T={t:g}, top-p={sampling.top_p:g})"] = np.stack(
+        rows[f"Ours sampled (T={sampling.temperature:g}, top-p={sampling.top_p:g})"] = np.stack(
             generate_motion(lm, vq, clips, batch, sampling=sampling, samples=samples, seed=seed)[1])
         rows["Ours greedy"] = np.stack(generate_motion(lm, vq, clips, batch)[1])
     if arig is not None:
@@ -77,8 +70,7 @@ def sampled_reactions(clips, train, samples: int, seed: int = 0, lm=None, vq=Non
                                        for s in range(samples)], 1)
     rows["Random"] = np.stack([np.stack(predict_all(RandomListener(seed=seed + s).fit(train), clips))
                                for s in range(samples)], 1)
-    nn = NNFacialMotion(window=clips[0].T, seed=seed).fit(train)
-    rows["NN facial motion"] = np.stack(predict_all(nn, clips))
+    rows["NN facial motion"] = np.stack(predict_all(NNFacialMotion(window=clips[0].T, seed=seed).fit(train), clips))
     rows["GT"] = np.stack([c.listener_motion for c in clips])
     return {k: np.repeat(v[:, None], samples, 1) if v.ndim == 3 else v for k, v in rows.items()}
 
