@@ -18,7 +18,9 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -509,8 +511,16 @@ def main(argv: list[str] | None = None) -> int:
     return _serve_workers(a) if a.workers > 1 else _serve(a, a.port)
 
 
+def _on_sigterm(handler) -> None:
+    """A supervisor's SIGTERM (systemd, docker stop, Kubernetes) stops the server as Ctrl-C does; only the main
+    thread takes signals, so a server started from another thread keeps the default."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> int:
-    """Load the model and serve until Ctrl-C (``worker``: this process' index among ``--workers``)."""
+    """Load the model and serve until Ctrl-C or SIGTERM (``worker``: this process' index among ``--workers``)."""
+    _on_sigterm(signal.default_int_handler)
     if a.workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.workers))
     if a.arig:
@@ -562,6 +572,7 @@ def _serve_workers(a: argparse.Namespace) -> int:
                  for k in range(a.workers)]
         for pr in procs:
             pr.start()
+        _on_sigterm(lambda *_: [pr.terminate() for pr in procs if pr.exitcode is None])   # passed on to each worker
         print(f"minilisten serve: {a.workers} workers on port {hold.getsockname()[1]}", flush=True)
         for pr in procs:
             while pr.exitcode is None:

@@ -903,9 +903,11 @@ def test_arig_huge_motion_refused_never_nan(arig_model):
     check_arig_frames(replies, ref, pushes)
 
 
-def test_workers_share_the_port(models, tmp_path):
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
+def test_workers_share_the_port(models, tmp_path, stop):
     """serve --workers 2: two processes on one port (SO_REUSEPORT); connections land on both, each
-    connection stays on its worker for the whole session."""
+    connection stays on its worker for the whole session. Both stop with rc 0 on a terminal's Ctrl-C (SIGINT to
+    the process group) and on a supervisor's SIGTERM (to the parent process only)."""
     import os
     import signal
     import subprocess
@@ -945,7 +947,10 @@ def test_workers_share_the_port(models, tmp_path):
             return got
         workers = asyncio.run(main())
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        if stop == "Ctrl-C":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         try:
             rc = proc.wait(120)
         except subprocess.TimeoutExpired:
@@ -956,7 +961,7 @@ def test_workers_share_the_port(models, tmp_path):
             while not lines.empty():
                 tail.append(lines.get())
             out = "".join(x for x in tail if not x.startswith("Extension modules:"))[-12000:]
-            pytest.fail(f"serve --workers 2 did not stop within 120 s of Ctrl-C; its output since: {out}")
+            pytest.fail(f"serve --workers 2 did not stop within 120 s of {stop}; its output since: {out}")
     assert sorted(set(workers)) == [0, 1], workers
     assert rc == 0
 
