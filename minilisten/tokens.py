@@ -220,7 +220,7 @@ def context_plan(vocab: Vocab, history: list[int], steps: list[list[int]], max_l
                  window_keep: float, with_lr: bool = True) -> list[int]:
     """Start step ``j_i`` of the context of each step ``i`` (docs/streaming.md, context policy)."""
     lens = [len(s) + (1 if with_lr else 0) for s in steps]   # step i's tokens + LR_i
-    cum = np.concatenate([[0], np.cumsum(lens)]) if lens else np.zeros(1, np.int64)
+    cum = np.cumsum([0] + lens)
 
     def length(j: int, i: int) -> int:   # context up to and including LR_i (or step i for S')
         prefix = len(prefix_ids(vocab, history, steps, j, history_tokens))

@@ -1,9 +1,6 @@
-"""The synthetic dyadic corpus: minilisten's default data and the ground truth of its tests.
-
-One world per seed (listener response atoms, speaker emotions, phrase types, identities whose style is
-a function of beta), then one conversation per segment; every array is a deterministic function of
-``seed``. The generative process, the response rule and the corpus family: docs/data.md.
-"""
+"""The synthetic dyadic corpus, minilisten's default data and its tests' ground truth: one world per seed (response
+atoms, emotions, phrase types, identities whose style is a function of beta), then one conversation per segment,
+all a deterministic function of ``seed``. The generative process and the corpus family: docs/data.md."""
 from __future__ import annotations
 
 import numpy as np
@@ -156,14 +153,12 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
 
     # ---- speaker: expression, jaw, emotion probabilities, acoustic tokens
     emo_exp = world["emotion_exp"]
-    speaking = np.zeros(n_all, bool)
     in_word = np.zeros(n_all, bool)
     intensity = np.zeros((n_all, N_EMOTIONS))
     for phrase, emo, a, b in utterances:
         c = EMOTIONS.index(emo)
         w = slice(*np.searchsorted(t, [a - 0.1, b + 0.2 + 0.8]))   # where the envelope is non-zero
         intensity[w, c] += _envelope(t[w], a - 0.1, b - a + 0.3, rise=0.3, decay=0.8) * rng.uniform(0.7, 1.2)
-        speaking[slice(*np.searchsorted(t, [a, b]))] = True
     for w in words:
         in_word[slice(*np.searchsorted(t, [w.start, w.end]))] = True
     spk_exp = intensity @ emo_exp + _ar1(rng, n_all, N_EXP, 0.95, 0.05)
@@ -322,11 +317,9 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
                   n_sa=N_SA if modalities == "all" else None, info=info)
 
 
-
 def listener_alternatives(corpus: Corpus, segment: Segment) -> list[np.ndarray]:
-    """Every identity's listener motion ``(T, 56)`` answering ``segment``'s speaker (a whole segment of ``corpus``):
-    its conversation drawn again with each identity's style (the speaker's draws come first, so the speaker is the
-    same); item k is identity k, the segment's own listener among them: its appropriate reactions (issue 25)."""
+    """Every identity's listener motion ``(T, 56)`` answering ``segment``'s speaker (a whole segment of ``corpus``),
+    drawn again with each identity's style: item k is identity k's, the appropriate reactions (issue 25)."""
     seed, world, a = corpus.info.get("seed"), corpus.info.get("world"), corpus.info.get("assumptions")
     i = segment.name.rpartition("_")[2]
     if world is None or segment.name != f"synthetic{seed}_{i}" or not i.isdigit():
@@ -339,6 +332,7 @@ def listener_alternatives(corpus: Corpus, segment: Segment) -> list[np.ndarray]:
             raise UserError(f"segment {segment.name}: expected a whole segment of this corpus, got another speaker")
         out.append(c["listener"].astype(np.float32))
     return out
+
 
 #: The family of synthetic corpora (``--corpus NAME``; their table: docs/data.md): one world cannot show that a
 #: method works. name -> (keywords of :func:`synthetic_corpus`, one line for ``data --help``)
@@ -368,9 +362,8 @@ WORDS = ("the a yes no really what why okay so and but you i we they think know 
 
 def speaker_segment(seconds: float, fps: float = 30.0, seed: int = 0, words_per_second: float = 2.5,
                     n_sa: int = 1024) -> Segment:
-    """A random speaker stream with realistic token counts (benchmark and test input): words with
-    timings (about ``words_per_second``), a few history words, SA tokens at 50/s, per-frame emotion
-    probabilities (slowly varying), a random listener beta; motion is zero (not used)."""
+    """A random speaker stream with realistic token counts (benchmark and test input): words, history words, SA
+    tokens at 50/s, slowly varying emotion probabilities, a random listener beta; motion is zero."""
     rng = np.random.default_rng(seed)
     T = int(round(seconds * fps))
     dur = T / fps
