@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import lfilter
+from scipy.special import softmax
 
 from ..errors import UserError
 from .formats import Corpus
@@ -169,9 +170,7 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
     proto = emo_exp / (np.square(emo_exp).sum(1, keepdims=True))
     logits = 4 * spk_exp @ proto.T + rng.normal(0, 0.7, (n_all, N_EMOTIONS))
     logits[:, EMOTIONS.index("neutral")] += 1.5              # the recogniser's neutral bias
-    logits = _smooth(logits, 5)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    emotion = p / p.sum(1, keepdims=True)
+    emotion = softmax(_smooth(logits, 5), axis=1)
 
     n_sa = int(np.floor((end_time + pre) * 50))
     ts = np.arange(n_sa) / 50 - pre
@@ -252,10 +251,8 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
     valence = np.clip(_smooth(valence + 0.3 * delayed_val, 5), -1, 1)
 
     s = n_all - T   # crop the lead-in
-    return dict(
-        speaker=spk[s:], listener=lis[s:], emotion=emotion[s:], valence=valence[s:],
-        sa=sa[int(round(pre * 50)):], words=words, utterances=utterances, responses=responses,
-    )
+    return dict(speaker=spk[s:], listener=lis[s:], emotion=emotion[s:], valence=valence[s:],
+                sa=sa[int(round(pre * 50)):], words=words, utterances=utterances, responses=responses)
 
 
 def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300, seconds: float = 64.0,
@@ -289,13 +286,11 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
         spk_beta = srng.normal(size=N_SHAPE)
         lis_beta = world["betas"][k] if beta == "identity" else np.random.default_rng([seed, i, 7]).normal(size=N_SHAPE)
         full = modalities == "all"   # else words only
-        segments.append(Segment(
-            speaker_motion=c["speaker"], listener_motion=c["listener"], fps=fps,
-            listener_id=f"id{k}", listener_beta=lis_beta, speaker_beta=spk_beta,
-            words=words, history_words=hist, sa_tokens=c["sa"] if full else None, sa_rate=50.0,
-            emotion=c["emotion"] if full else None, valence=c["valence"] if full else None,
-            name=f"synthetic{seed}_{i:04d}",
-        ))
+        segments.append(Segment(speaker_motion=c["speaker"], listener_motion=c["listener"], fps=fps,
+                                listener_id=f"id{k}", listener_beta=lis_beta, speaker_beta=spk_beta, words=words,
+                                history_words=hist, sa_tokens=c["sa"] if full else None, sa_rate=50.0,
+                                emotion=c["emotion"] if full else None, valence=c["valence"] if full else None,
+                                name=f"synthetic{seed}_{i:04d}"))
         events.append({"utterances": c["utterances"], "responses": c["responses"]})
     # split by segment, stratified by identity so that every identity is in every split
     prng = np.random.default_rng([seed, 10**6])
@@ -375,9 +370,7 @@ def speaker_segment(seconds: float, fps: float = 30.0, seed: int = 0, words_per_
         words.append(Word(str(rng.choice(WORDS)), t, t + d))
         t += d + float(rng.exponential(max(1e-3, 1.0 / words_per_second - 0.28)))
     hist = [Word(str(rng.choice(WORDS)), -2.0 + 0.3 * k, -1.8 + 0.3 * k) for k in range(6)]
-    logits = np.cumsum(rng.normal(0, 0.3, (T, N_EMOTIONS)), 0)
-    emo = np.exp(logits - logits.max(1, keepdims=True))
-    emo /= emo.sum(1, keepdims=True)
+    emo = softmax(np.cumsum(rng.normal(0, 0.3, (T, N_EMOTIONS)), 0), axis=1)
     zero = np.zeros((T, D_MOTION), np.float32)
     return Segment(speaker_motion=zero, listener_motion=zero, fps=fps,
                    listener_beta=rng.normal(size=N_SHAPE).astype(np.float32), words=words, history_words=hist,
