@@ -498,7 +498,7 @@ def _read_meta(mp: Path) -> dict:
 
 
 def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpus:
-    """Read a directory in :func:`save_corpus`'s layout; words are repaired, anything else wrong raises."""
+    """Read a directory in :func:`save_corpus`'s layout; words are repaired, other faults raise a UserError."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
