@@ -27,12 +27,10 @@ from .vqvae import DEC_NORMS, ENC_NORMS, PRESETS, VQVAE, VQConfig
 
 
 def _beta_of(seg, needs_beta: bool) -> np.ndarray:
-    if seg.listener_beta is None:
-        if needs_beta:
-            raise UserError(f"segment {seg.name!r}: listener_beta is None but this VQ-VAE's decoder needs the "
-                            "listener's shape beta (100,); use the naive preset for data without beta")
-        return np.zeros(N_SHAPE, np.float32)
-    return seg.listener_beta
+    if seg.listener_beta is None and needs_beta:
+        raise UserError(f"segment {seg.name!r}: listener_beta is None but this VQ-VAE's decoder needs the "
+                        "listener's shape beta (100,); use the naive preset for data without beta")
+    return np.zeros(N_SHAPE, np.float32) if seg.listener_beta is None else seg.listener_beta
 
 
 def _crops(segments, items, length: int, needs_beta: bool) -> tuple[torch.Tensor, torch.Tensor]:
