@@ -122,9 +122,8 @@ def checkpoint_transaction(directory: str | os.PathLike, step: int | None = None
     """Yield an empty staging directory for the set's files; on normal exit the set replaces the current one
     at once, on an exception nothing changes."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    (d / SETS).mkdir(parents=True, exist_ok=True)
     recover(d)
-    (d / SETS).mkdir(exist_ok=True)
     uid = uuid.uuid4().hex[:12]
     stage = d / SETS / f".{uid}.tmp"
     os.mkdir(stage)
@@ -237,7 +236,7 @@ def check_weights(state: dict[str, torch.Tensor], where) -> None:
         if not v.is_floating_point():
             continue
         checks = {"finite values": ~torch.isfinite(v)}
-        if k.rsplit(".", 1)[-1].endswith("std"):
+        if k.endswith("std"):
             checks["std > 0 in every dimension"] = v <= 0
         for want, bad in checks.items():
             if bad.any():

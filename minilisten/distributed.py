@@ -1,8 +1,6 @@
-"""Several processes for the trainers: torchrun + ``torch.distributed`` + ``DistributedDataParallel``.
-
-Every rank draws the same global batch and keeps its :func:`rank_slice` (the sample order does not depend on
-the number of processes); :class:`ScaledStep` is one optimizer step. Design and tests: docs/training.md.
-"""
+"""Several processes for the trainers: torchrun + ``torch.distributed`` + ``DistributedDataParallel``. Every
+rank draws the same global batch and keeps its :func:`rank_slice` (the sample order does not depend on the number
+of processes); :class:`ScaledStep` is one optimizer step. Design and tests: docs/training.md."""
 from __future__ import annotations
 
 import datetime
@@ -186,18 +184,16 @@ class ScaledStep:
     def __call__(self, step: int, micro_fn: Callable[[int, int], tuple[torch.Tensor, dict]]):
         env, scaler, A = self.env, self.scaler, self.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, stats_sum, bad = 0.0, Counter(), None
+        losses, stats_sum = [], Counter()
         for k in range(A):
             sync = self.ddp is None or k == A - 1
             with (nullcontext() if sync else self.ddp.no_sync()), autocast(self.precision, self.device):
                 loss, stats = micro_fn(step, k) if self.ddp is None else self.ddp(micro_fn, step, k)
             scaler.scale(loss / A).backward()   # always: every rank takes part in DDP's all-reduce
-            lv = float(loss.detach())
-            if bad is None and not math.isfinite(lv):
-                bad = lv
-            loss_sum += lv
+            losses.append(float(loss.detach()))
             stats_sum.update({name: float(v) for name, v in stats.items()})
-        tot = all_reduce_sums({"_loss": loss_sum, "_bad": float(bad is not None), **stats_sum}, env)
+        bad = next((v for v in losses if not math.isfinite(v)), None)
+        tot = all_reduce_sums({"_loss": sum(losses), "_bad": float(bad is not None), **stats_sum}, env)
         n_bad, loss_tot = tot.pop("_bad"), tot.pop("_loss")
         if n_bad > 0:
             where = f" (on {int(n_bad)} of {env.world_size} processes)" if env.distributed else ""
@@ -273,13 +269,11 @@ class Throughput:
     @staticmethod
     def format(s: dict) -> str:
         """One log line: ``throughput: 2 processes (cpu), 0.1230 s/step, 260.0 samples/s, ...``."""
-        parts = [f"{s['processes']} process{'es' if s['processes'] > 1 else ''} ({s['device']})"]
-        if "step_s" in s:
-            parts += [f"{s['step_s']:.4f} s/step", f"{s['samples_per_s']:.1f} samples/s"]
-        if "tokens_per_s" in s:
-            parts.append(f"{s['tokens_per_s']:.0f} tokens/s")
         kind = "process RSS" if s["device"] == "cpu" else "max allocated"
-        parts.append(f"peak mem {s['peak_mem_gb']:.2f} GB ({kind})")
-        if "mfu" in s:
-            parts.append(f"MFU {100 * s['mfu']:.1f}% of bf16 peak (estimate)")
+        parts = [f"{s['processes']} process{'es' if s['processes'] > 1 else ''} ({s['device']})"]
+        for key, fmt in (("step_s", "{:.4f} s/step"), ("samples_per_s", "{:.1f} samples/s"),
+                         ("tokens_per_s", "{:.0f} tokens/s"), ("peak_mem_gb", "peak mem {:.2f} GB (" + kind + ")"),
+                         ("mfu", "MFU {:.1%} of bf16 peak (estimate)")):
+            if key in s:
+                parts.append(fmt.format(s[key]))
         return "throughput: " + ", ".join(parts)

@@ -180,9 +180,8 @@ def rigid_transforms(R: np.ndarray, joints: np.ndarray, parents: np.ndarray) -> 
     world = [local[:, 0]]
     for j in range(1, J):
         world.append(world[parents[j]] @ local[:, j])
-    W = np.stack(world, 1)                                                       # (T, J, 4, 4)
-    A = W.copy()
-    A[..., :3, 3] -= np.einsum("tjab,tjb->tja", W[..., :3, :3], joints)
+    A = np.stack(world, 1)                                                       # (T, J, 4, 4)
+    A[..., :3, 3] -= np.einsum("tjab,tjb->tja", A[..., :3, :3], joints)
     return A
 
 

@@ -87,8 +87,7 @@ def _npy_from(f, where: str, allow_pickle: bool, mmap_mode=None) -> np.ndarray:
 
 
 def load_npy(path: str | os.PathLike, allow_pickle: bool = False, mmap: bool = False) -> np.ndarray:
-    """``np.load`` of a ``.npy`` file; object arrays go through the restricted unpickler.
-    ``mmap``: memory-map plain arrays (object arrays are read whole)."""
+    """``np.load`` of a ``.npy`` file, object arrays through the restricted unpickler; ``mmap``: plain arrays."""
     p = need_file(path)
     with open(p, "rb") as f:
         return _npy_from(f, str(p), allow_pickle, "r" if mmap else None)
@@ -127,10 +126,9 @@ def load_torch(path: str | os.PathLike, allow_pickle: bool = False):
     except pickle.UnpicklingError as e:
         if allow_pickle:
             raise UserError(f"{p}: not a readable torch.save file: {e}") from e
-        try:
+        unsafe = []
+        with contextlib.suppress(Exception):   # diagnostic only
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(p)
-        except Exception:  # pragma: no cover - diagnostic only
-            unsafe = []
         what = f" (it pickles {', '.join(unsafe)})" if unsafe else ""
         raise UserError(f"{p}: expected tensors, numpy arrays and plain values (torch.load(weights_only=True)), got "
                         f"other pickled objects{what}; if you trust this file, pass allow_pickle=True") from e

@@ -1,8 +1,6 @@
-"""Readers and tokenizers of the speaker's words (W), speech acoustics (SA) and emotion (emo) (paper §3.1,
-supplement §3; their LR-step rules: :mod:`minilisten.tokens`). SA: SpeechTokenizer (RVQ layer 1, 50/s), token
-files, :class:`AcousticTokenizer` (k-means units of 16 kHz audio features) or :class:`MelUnits` (of Learning2Listen
-mel frames). Notes: docs/models.md.
-"""
+"""Readers and tokenizers of the speaker's words (W), speech acoustics (SA) and emotion (emo) (paper §3.1); SA:
+SpeechTokenizer (RVQ layer 1, 50/s), token files, :class:`AcousticTokenizer` (k-means units of 16 kHz audio) or
+:class:`MelUnits` (of Learning2Listen mel frames). Step rules: :mod:`minilisten.tokens`; notes: docs/models.md."""
 from __future__ import annotations
 
 import json

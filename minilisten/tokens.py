@@ -1,8 +1,6 @@
-"""Tokens: the vocabulary, every time -> step/frame rule and the interleaved sequences (Lai et al. Eq. 1-4).
-
-One home for the rules of the token layout: training (``lm``), decoding (``generate``), streaming and
-the ARIG-style model's per-frame inputs call them. Layout, rules and the context policy: docs/streaming.md.
-"""
+"""Tokens: the vocabulary, every time -> step/frame rule and the interleaved sequences (Lai et al. Eq. 1-4), the
+one home of the token layout's rules (training, decoding, streaming, ARIG inputs). Layout, context policy:
+docs/streaming.md."""
 from __future__ import annotations
 
 import math
@@ -102,8 +100,7 @@ def word_step(end: float, fps: float, r: int = 8, placement: str = "eq1") -> int
 
 
 def word_frame(end: float, fps: float, r: int = 1) -> int:
-    """The frame (or step of ``r`` frames) ``k`` whose span ``(k r / fps, (k + 1) r / fps]`` holds ``end``
-    (unclamped: speech before 0 s gets a negative index)."""
+    """The frame (or step of ``r`` frames) ``k`` whose span ``(k r / fps, (k + 1) r / fps]`` holds ``end`` (or < 0)."""
     return math.ceil(end * fps / r - EPS) - 1
 
 
@@ -220,7 +217,7 @@ def context_plan(vocab: Vocab, history: list[int], steps: list[list[int]], max_l
                  window_keep: float, with_lr: bool = True) -> list[int]:
     """Start step ``j_i`` of the context of each step ``i`` (docs/streaming.md, context policy)."""
     lens = [len(s) + (1 if with_lr else 0) for s in steps]   # step i's tokens + LR_i
-    cum = np.concatenate([[0], np.cumsum(lens)]) if lens else np.zeros(1, np.int64)
+    cum = np.cumsum([0] + lens)
 
     def length(j: int, i: int) -> int:   # context up to and including LR_i (or step i for S')
         prefix = len(prefix_ids(vocab, history, steps, j, history_tokens))

@@ -61,8 +61,7 @@ def _check_codes(segments: list[Segment], codes, r: int, name: str, n_lr: int) -
     out = []
     for i, (s, c) in enumerate(zip(segments, codes)):
         c = c.detach().cpu().numpy() if torch.is_tensor(c) else np.asarray(c)
-        integer = np.issubdtype(c.dtype, np.integer)
-        if c.shape != (s.T // r,) or not integer or (c.size and c.max() >= n_lr):
+        if c.shape != (s.T // r,) or not np.issubdtype(c.dtype, np.integer) or (c.size and c.max() >= n_lr):
             raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},) of integer codes < "
                             f"V_LR = {n_lr}, got shape {c.shape}, dtype {c.dtype}, max {c.max() if c.size else '-'}")
         out.append(c.astype(np.int64))

@@ -2,8 +2,7 @@
 
 Training: random crops of the listener motion (default: the 240-frame evaluation window) with the listener's
 beta; ``--paper``: the paper's sizes and schedule, else sized for minutes on a CPU. Evaluation (paper Table 5)
-on raw coefficients: Rec, Commit, PPL / entropy, codes used, Rec with a swapped identity, and two floors.
-"""
+on raw coefficients: Rec, Commit, PPL / entropy, codes used, Rec with a swapped identity, and two floors."""
 from __future__ import annotations
 
 import argparse
@@ -28,12 +27,10 @@ from .vqvae import DEC_NORMS, ENC_NORMS, PRESETS, VQVAE, VQConfig
 
 
 def _beta_of(seg, needs_beta: bool) -> np.ndarray:
-    if seg.listener_beta is None:
-        if needs_beta:
-            raise UserError(f"segment {seg.name!r}: listener_beta is None but this VQ-VAE's decoder needs the "
-                            "listener's shape beta (100,); use the naive preset for data without beta")
-        return np.zeros(N_SHAPE, np.float32)
-    return seg.listener_beta
+    if seg.listener_beta is None and needs_beta:
+        raise UserError(f"segment {seg.name!r}: listener_beta is None but this VQ-VAE's decoder needs the "
+                        "listener's shape beta (100,); use the naive preset for data without beta")
+    return np.zeros(N_SHAPE, np.float32) if seg.listener_beta is None else seg.listener_beta
 
 
 def _crops(segments, items, length: int, needs_beta: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,10 +122,9 @@ CPU_MODEL = dict(width=64, code_dim=64)   # the CLI's model size (VQConfig's def
 
 def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_dir=None, resume: bool = False,
              eval_window: int = 240, log=print, config: VQTrainConfig | None = None, **kwargs) -> VQVAE:
-    """Train a ``naive`` or ``disentangled`` VQ-VAE on the listener motion; returns it in eval mode.
-
-    ``kwargs``: fields of :class:`VQTrainConfig` (over ``config``) and of :class:`VQConfig`; ``fps``
-    comes from the data. The crop and ``eval_window`` are fitted to the segments (said once)."""
+    """Train a ``naive`` or ``disentangled`` VQ-VAE on the listener motion; returns it in eval mode. ``kwargs``:
+    fields of :class:`VQTrainConfig` (over ``config``) and of :class:`VQConfig`; ``fps`` comes from the data.
+    The crop and ``eval_window`` are fitted to the segments (said once)."""
     train_names = {f.name for f in fields(VQTrainConfig)}
     tc = merged(VQTrainConfig, config, **{k: v for k, v in kwargs.items() if k in train_names})
     config_overrides = {"fps": data_fps(train_segments)} | {k: v for k, v in kwargs.items() if k not in train_names}
@@ -152,7 +148,6 @@ def train_vq(train_segments, val_segments, preset: str = "disentangled", *, out_
     else:
         model = VQVAE.from_preset(preset, **config_overrides).to(tc.device)
         model.set_motion_stats(*motion_stats(train_segments))
-    model.train()
     if tc.compile:   # in place: parameter names (and so checkpoints) stay as they are
         model.encoder.compile()
         model.decoder.compile()

@@ -4,8 +4,7 @@
     z_q + beta (B, 100) -> Decoder -> de-norm -> motion (B, T, 56),       L = T / r, r = 8
 
 Presets: ``naive`` (no norms, LM-listener) and ``disentangled`` (IN encoder, AdaIN(beta) decoder).
-T must be a positive multiple of r. Design, losses and conventions: docs/vqvae.md.
-"""
+T must be a positive multiple of r. Design, losses and conventions: docs/vqvae.md."""
 from __future__ import annotations
 
 import math
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_SHAPE
+from .distributed import get_env
 from .errors import UserError
 from .kernels.nearest_code import code_stats, quantize
 from .kernels.norm_act import norm_act
@@ -25,10 +25,7 @@ from .kernels.norm_act import norm_act
 FORMAT = "minilisten.VQVAE"      # config.json tag (checkpoint.load_model)
 ENC_NORMS = ("none", "in", "ln")
 DEC_NORMS = ("none", "in", "ln", "adain", "adaln")
-PRESETS = {
-    "naive": dict(enc_norm="none", dec_norm="none"),
-    "disentangled": dict(enc_norm="in", dec_norm="adain"),
-}
+PRESETS = {"naive": dict(enc_norm="none", dec_norm="none"), "disentangled": dict(enc_norm="in", dec_norm="adain")}
 
 
 @dataclass
@@ -77,8 +74,8 @@ class VQConfig:
 
 
 class NormAct(nn.Module):
-    """norm (none | in | ln | adain | adaln), affine ``(1 + scale) * x_hat + shift``, ReLU.
-    x: (B, C, T); ident: (B, id_hidden), used by the adaptive kinds only."""
+    """norm (none | in | ln | adain | adaln), affine ``(1 + scale) * x_hat + shift``, ReLU. x: (B, C, T); ident:
+    (B, id_hidden), used by the adaptive kinds only (scale, shift: (B, C) from it, else parameters (C,))."""
 
     def __init__(self, kind: str, channels: int, id_hidden: int, eps: float):
         super().__init__()
@@ -94,10 +91,8 @@ class NormAct(nn.Module):
     def forward(self, x: torch.Tensor, ident: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "none":
             return F.relu(x)
-        if self.kind in ("adain", "adaln"):
-            scale, shift = self.to_affine(ident).chunk(2, dim=-1)   # 2 x (B, C)
-        else:
-            scale, shift = self.scale, self.shift                   # 2 x (C,)
+        adaptive = self.kind in ("adain", "adaln")
+        scale, shift = self.to_affine(ident).chunk(2, dim=-1) if adaptive else (self.scale, self.shift)
         if self.kind in ("in", "adain"):   # instance norm over T: the fused kernel
             return norm_act(x, scale, shift, relu=True, eps=self.eps)
         xh = F.layer_norm(x.transpose(1, 2), (x.shape[1],), eps=self.eps).transpose(1, 2)  # over C per frame
@@ -179,15 +174,10 @@ def _sample_rows(z: torch.Tensor, n: int) -> torch.Tensor:
     return z[torch.randperm(z.shape[0], device=z.device)[:n]]
 
 
-def _world() -> int:
-    """Processes of the default torch.distributed group (1 when it is not initialised)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def _gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Every rank's ``x (N_r, d)`` concatenated in rank order; ranks may hold different N_r."""
     n = torch.tensor([x.shape[0]], device=x.device)
-    ns = [torch.zeros_like(n) for _ in range(_world())]
+    ns = [torch.zeros_like(n) for _ in range(get_env().world_size)]
     dist.all_gather(ns, n)
     pad = torch.cat([x, x.new_zeros(int(max(ns)) - x.shape[0], x.shape[1])])
     outs = [torch.empty_like(pad) for _ in ns]
@@ -224,7 +214,7 @@ class Codebook(nn.Module):
         """One EMA step on the (global) batch ``z (N_r, d)`` with codes ``idx (N_r,)``, then the dead codes reset
         to random rows of the batch; a reset code restarts at count = threshold (no host sync)."""
         counts, sums = code_stats(idx, z, self.size)                               # (K,), (K, d)
-        if _world() > 1:
+        if get_env().distributed:
             dist.all_reduce(counts)
             dist.all_reduce(sums)
 
@@ -233,15 +223,14 @@ class Codebook(nn.Module):
             self.embed_avg.lerp_(sums, 1 - self.decay)
             dead = (self.cluster_size < self.dead_threshold)[:, None]              # (K, 1)
             rows = _sample_rows(z, self.size)                                      # candidates (K, d)
-            thr = torch.full_like(self.cluster_size, self.dead_threshold)
             self.embed.copy_(torch.where(dead, rows, self.embed_avg / self.cluster_size[:, None].clamp_min(1e-12)))
             self.embed_avg.copy_(torch.where(dead, rows * self.dead_threshold, self.embed_avg))
-            self.cluster_size.copy_(torch.where(dead[:, 0], thr, self.cluster_size))
+            self.cluster_size.masked_fill_(dead[:, 0], self.dead_threshold)
         self._on_rank0(step, z)
 
     def _on_rank0(self, fn, z: torch.Tensor) -> None:
         """``fn(z)``; under torch.distributed ``fn(global z)`` on rank 0, then its buffers broadcast."""
-        if _world() == 1:
+        if not get_env().distributed:
             return fn(z)
         zg = _gather_rows(z.float().contiguous())
         if dist.get_rank() == 0:

@@ -98,6 +98,5 @@ def main(argv: list[str] | None = None) -> int:
         same = all(np.array_equal(x.listener_motion, y.listener_motion)
                    for k in splits for x, y in zip(splits[k], getattr(back, k)))
         print(f"wrote {a.out} (read back: {'identical' if same else 'DIFFERENT'})")
-        if not same:
-            return 1
+        return 0 if same else 1
     return 0

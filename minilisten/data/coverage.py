@@ -1,7 +1,5 @@
-"""What a dataset has, and what each stage can therefore do with it (the one home of that rule):
-speaker modalities, V_SA, beta, valence, identities, windows that fit, a held-out validation split.
-What each layout gives: docs/data.md.
-"""
+"""What a dataset has, and so what each stage can do with it (the one home of that rule): speaker modalities, V_SA,
+beta, valence, identities, windows that fit, a held-out validation split. What each layout gives: docs/data.md."""
 from __future__ import annotations
 
 import logging
@@ -30,8 +28,7 @@ DEFAULT_N_SA = 1024
 
 
 def available_modalities(segments: Iterable[Segment]) -> tuple[str, ...]:
-    """Modalities (W, SA, emo) the segments have: SA and emo when every segment has them, W when any
-    has words (a clip in which the speaker is silent still belongs to a words dataset)."""
+    """Modalities (W, SA, emo) the segments have: SA and emo when every segment has them, W when any has words."""
     segs = list(segments)
     has = {"W": any(s.words or s.history_words for s in segs),
            "SA": all(s.sa_tokens is not None for s in segs), "emo": all(s.emotion is not None for s in segs)}
@@ -93,8 +90,7 @@ class Coverage:
 
 
 def fit_window(segments: Sequence[Segment], want: int, r: int = 8, what: str = "window") -> int:
-    """``want`` frames when some segment is that long, else the longest segment cut to a multiple of
-    ``r`` (the token rate), said once in a log line naming ``what``."""
+    """``want`` frames when some segment is that long, else the longest cut to a multiple of ``r`` (logged)."""
     longest = max((s.T for s in segments), default=0)
     if longest < r:
         raise UserError(f"segments: expected at least one segment of >= {r} frames, got the longest with {longest}")
@@ -123,8 +119,8 @@ BETA_SAME_PERSON = 0.05
 
 
 def identity_groups(betas: np.ndarray, tol: float = BETA_SAME_PERSON) -> np.ndarray:
-    """Person index per row of ``betas (N, 100)``: a row joins the first group whose first member is
-    within ``tol`` (max-abs); groups are numbered in order of appearance."""
+    """Person index per row of ``betas (N, 100)``: a row joins the first group whose first member is within ``tol``
+    (max-abs); groups are numbered in order of appearance."""
     heads, out = [], []
     for row in np.asarray(betas, np.float64):
         k = next((k for k, h in enumerate(heads) if np.abs(row - h).max() <= tol), len(heads))

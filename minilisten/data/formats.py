@@ -1,9 +1,5 @@
-"""Reading and writing corpora: LM-listener, Learning2Listen and minilisten's own layout.
-
-Every reader returns a :class:`Corpus` (splits of Segments + listener motion mean/std ``(56,)``), so
-nothing else sees a peer's layout; words go through the one repair rule, ``segment.repair_words``.
-The layouts, what each gives and what the readers repair: docs/data.md.
-"""
+"""Reading and writing corpora (LM-listener, Learning2Listen, minilisten's own layout): every reader returns a
+:class:`Corpus`, words repaired by ``segment.repair_words``. The layouts and the repairs: docs/data.md."""
 from __future__ import annotations
 
 import json
@@ -122,8 +118,8 @@ def _read_stats(directory: Path, pairs) -> tuple[np.ndarray | None, np.ndarray |
 
 
 def _word_items(where: str, key: str, v) -> list[tuple[str, float | None, float]]:
-    """Words as LM-listener stores them (dicts with ``text``, ``end``, maybe ``start``) or as we do
-    (``[text, start, end]``) -> ``(text, start or None, end)`` with finite times, for ``repair_words``."""
+    """LM-listener's word dicts (``text``, ``end``, maybe ``start``) or our ``[text, start, end]`` -> ``(text,
+    start or None, end)`` with finite times, for ``repair_words``."""
     if not isinstance(v, (list, tuple)):
         raise UserError(f"{where}: field {key!r}: expected a list of dicts with 'text' and 'end' or of "
                         f"[text, start, end], got {type(v).__name__}")
@@ -205,9 +201,8 @@ def _lm_segment(file: Path, i: int, rec, fps: float, listener_id):
 def load_lm_listener(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS, fps: float = FPS,
                      listener_id: str | Callable[[dict], str] | None = None, allow_pickle: bool = False,
                      progress: bool = True) -> Corpus:
-    """Read an LM-listener directory (``segments_{train,val,test}.pth`` + stats files; p0 = listener).
-    ``listener_id``: a string, a function of the raw record, or None for the directory name.
-    ``allow_pickle=True`` unpickles objects other than tensors/arrays: only for files you trust."""
+    """Read an LM-listener directory (``segments_{split}.pth`` + stats; p0 = listener). ``listener_id``: a string, a
+    function of the raw record, or None (the directory name); ``allow_pickle``: only for files you trust."""
     d = _directory(path, "an LM-listener dataset: segments_{train,val,test}.pth", splits)
     missing = [f"segments_{s}.pth" for s in splits if not (d / f"segments_{s}.pth").is_file()]
     if missing:
@@ -341,9 +336,8 @@ def _l2l_split(sd: Path, split: str, fps: float, allow_pickle: bool) -> tuple[li
 def load_learning2listen(path: str | os.PathLike, *, speakers: Iterable[str] | None = None,
                          splits: Iterable[str] = ("train", "test"), fps: float = FPS,
                          allow_pickle: bool = False, progress: bool = True) -> Corpus:
-    """Read Learning2Listen ``.npy`` files (``path``: the repo root, its ``data/`` or one speaker's
-    directory). Contiguous 64-frame rows of one video are joined into one Segment, with the speaker's
-    mel (4 per frame) when present; no words, beta, emotion, valence or val split."""
+    """Read Learning2Listen ``.npy`` files (``path``: the repo root, its ``data/`` or one speaker's directory); a
+    video's contiguous 64-frame rows become one Segment, with its mel when present (no words, beta, val split)."""
     d = _directory(path, "Learning2Listen: data/<speaker>/{train,test}/p0_list_faces_clean_deca.npy", splits,
                    ("train", "test"))
     dirs = _l2l_speaker_dirs(d)
@@ -386,8 +380,7 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def _encode_info(x, path: str, arrays: dict):
-    """JSON-able copy of ``info``: numpy arrays go to ``arrays`` as ``{"__array__": key}`` (bit-exact),
-    numpy scalars become Python numbers, tuples lists."""
+    """JSON-able copy of ``info``: numpy arrays go to ``arrays`` as ``{"__array__": key}`` (bit-exact)."""
     if isinstance(x, dict):
         bad = [k for k in x if not isinstance(k, str)]
         if bad:
@@ -420,9 +413,8 @@ def _check_sa(where: str, sa, n_sa) -> None:
 
 
 def save_corpus(corpus, directory: str | os.PathLike, *, progress: bool = True) -> Path:
-    """Write ``corpus`` (a Corpus or any object with ``.train/.val/.test``, a dict of splits, or a list
-    of Segments = train) to ``directory/arrays.safetensors`` then ``meta.json`` (layout: docs/data.md),
-    each atomically with the umask's mode; :func:`load_corpus` returns identical Segments."""
+    """Write ``corpus`` (a Corpus or object with ``.train/.val/.test``, a dict of splits, or a list of Segments =
+    train) to ``arrays.safetensors`` then ``meta.json``, each atomically; :func:`load_corpus` reads it back."""
     from safetensors.numpy import save
 
     if isinstance(corpus, (list, tuple)):
@@ -506,8 +498,7 @@ def _read_meta(mp: Path) -> dict:
 
 
 def load_corpus(directory: str | os.PathLike, *, progress: bool = True) -> Corpus:
-    """Read a directory written by :func:`save_corpus` (or by hand in its layout); words are repaired by
-    the readers' one rule, anything else wrong raises UserError naming the file, record and field."""
+    """Read a directory in :func:`save_corpus`'s layout; words are repaired, other faults raise a UserError."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 

@@ -1,9 +1,6 @@
-"""The one data type: a dyadic ``Segment`` (speaker + listener, time-aligned), and the word rules.
-
-A motion frame is 56 numbers, expression ``[0:50]`` then pose ``[50:56]`` (LM-listener's and
-Learning2Listen's order); ``beta`` (100,) is a person's FLAME shape; times are seconds from the
-segment's first frame. Field shapes and conventions: docs/data.md.
-"""
+"""The one data type: a dyadic ``Segment`` (speaker + listener, time-aligned), and the word rules. A motion frame
+is expression ``[0:50]`` then pose ``[50:56]`` (the peers' order), ``beta`` (100,) a FLAME shape, times seconds from
+the segment's first frame. Field shapes and conventions: docs/data.md."""
 from __future__ import annotations
 
 import math
@@ -54,7 +51,7 @@ def as_word(w, where: str = "word") -> Word:
         w = (w["text"], w["start"], w["end"])
     if isinstance(w, Word):
         w = (w.text, w.start, w.end)
-    if isinstance(w, (str, bytes)) or not isinstance(w, (tuple, list)) or len(w) != 3:
+    if not isinstance(w, (tuple, list)) or len(w) != 3:
         raise UserError(f"{expect}, got {type(w).__name__} {w!r:.60}")
     text, start, end = w
     if not isinstance(text, str) or any(isinstance(t, bool) or not isinstance(t, _NUMBER) for t in (start, end)):
@@ -82,16 +79,13 @@ def repair_words(items, word_seconds: float = 0.3) -> tuple[list[Word], int]:
     """ASR / peer words ``(text, start or None, end)`` -> ``(words, n_changed)``: stably sorted by end (trusted,
     as the peers read only it), each start (``end - word_seconds`` when missing) clamped into ``[previous end,
     end]``; ``n_changed`` counts words out of order or whose given start changed (docs/data.md)."""
-    late, last = set(), -math.inf
-    for i, (_, _, end) in enumerate(items):
-        if end < last:
-            late.add(i)
-        last = max(last, end)
+    ends = np.array([end for _, _, end in items], np.float64)
+    late = ends < np.maximum.accumulate(np.concatenate([[-math.inf], ends[:-1]]))   # before an earlier word's end
     out, changed, prev = [], 0, -math.inf
     for i in sorted(range(len(items)), key=lambda i: items[i][2]):
         text, start, end = items[i]
         s = min(max(end - word_seconds if start is None else start, prev), end)
-        changed += int(i in late or (start is not None and s != start))
+        changed += int(late[i] or (start is not None and s != start))
         out.append(Word(text, s, end))
         prev = end
     return out, changed
@@ -147,9 +141,8 @@ def _check_array(name: str, x, shape: tuple, dtype=np.float32) -> np.ndarray:
 
 
 def _own_frozen(a: np.ndarray, given) -> np.ndarray:
-    """``a`` (checked from ``given``) read-only and reachable only through the Segment: shared when read-only
-    all the way down (to numpy, ``bytes`` or read-only memory), frozen in place when the coercion made it, else
-    copied first."""
+    """``a`` (checked from ``given``) read-only, reachable only through the Segment: shared when read-only all the
+    way down, frozen in place when the coercion made it, else copied first."""
     root = a
     while isinstance(root, np.ndarray) and not root.flags.writeable:
         root = root.base
@@ -217,7 +210,7 @@ class Segment:
             raise UserError(f"sa_tokens: expected non-negative token ids, got {self.sa_tokens.min()}")
         for name, hi in (("words", self.duration), ("history_words", 0.0)):
             ws = getattr(self, name)
-            if isinstance(ws, (str, bytes)) or not isinstance(ws, (list, tuple)):
+            if not isinstance(ws, (list, tuple)):
                 raise UserError(f"{name}: expected a list of Word(text, start, end), got {type(ws).__name__} "
                                 f"{ws!r:.60}")
             ws = put(name, tuple(check_word(name, i, w, hi) for i, w in enumerate(ws)))
@@ -249,9 +242,8 @@ class Segment:
         return self.T / self.fps
 
     def window(self, start: int, length: int, history_seconds: float = 3.0) -> "Segment":
-        """Frames ``[start, start + length)``, times re-based to its first frame. Words ending inside
-        are kept (one straddling the start is clipped to 0); words ending less than ``history_seconds``
-        before it become ``history_words`` (LM-listener uses 3 s)."""
+        """Frames ``[start, start + length)``, times re-based: words ending inside are kept (clipped to 0), those
+        ending less than ``history_seconds`` before become ``history_words`` (LM-listener uses 3 s)."""
         if not (0 <= start and length >= 1 and start + length <= self.T):
             raise UserError(f"window: expected 0 <= start and start + length <= T={self.T}, "
                             f"got start={start}, length={length}")
@@ -270,8 +262,7 @@ class Segment:
         return replace(self, words=words, history_words=hist, name=f"{self.name}[{start}:{start + length}]", **arrays)
 
     def windows(self, length: int = 240, stride: int | None = None, start: int = 0) -> list["Segment"]:
-        """Windows of exactly ``length`` frames every ``stride`` (default ``length``) frames from
-        ``start``; a shorter tail is dropped, not padded."""
+        """Windows of ``length`` frames every ``stride`` (default ``length``) frames from ``start``; no padded tail."""
         for name, v in (("length", length), ("stride", stride), ("start", start)):
             low = 0 if name == "start" else 1
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low):

@@ -1,14 +1,12 @@
-"""The synthetic dyadic corpus: minilisten's default data and the ground truth of its tests.
-
-One world per seed (listener response atoms, speaker emotions, phrase types, identities whose style is
-a function of beta), then one conversation per segment; every array is a deterministic function of
-``seed``. The generative process, the response rule and the corpus family: docs/data.md.
-"""
+"""The synthetic dyadic corpus, minilisten's default data and its tests' ground truth: one world per seed (response
+atoms, emotions, phrase types, identities whose style is a function of beta), then one conversation per segment,
+all a deterministic function of ``seed``. The generative process and the corpus family: docs/data.md."""
 from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import lfilter
+from scipy.special import softmax
 
 from ..errors import UserError
 from .formats import Corpus
@@ -156,14 +154,12 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
 
     # ---- speaker: expression, jaw, emotion probabilities, acoustic tokens
     emo_exp = world["emotion_exp"]
-    speaking = np.zeros(n_all, bool)
     in_word = np.zeros(n_all, bool)
     intensity = np.zeros((n_all, N_EMOTIONS))
     for phrase, emo, a, b in utterances:
         c = EMOTIONS.index(emo)
         w = slice(*np.searchsorted(t, [a - 0.1, b + 0.2 + 0.8]))   # where the envelope is non-zero
         intensity[w, c] += _envelope(t[w], a - 0.1, b - a + 0.3, rise=0.3, decay=0.8) * rng.uniform(0.7, 1.2)
-        speaking[slice(*np.searchsorted(t, [a, b]))] = True
     for w in words:
         in_word[slice(*np.searchsorted(t, [w.start, w.end]))] = True
     spk_exp = intensity @ emo_exp + _ar1(rng, n_all, N_EXP, 0.95, 0.05)
@@ -174,9 +170,7 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
     proto = emo_exp / (np.square(emo_exp).sum(1, keepdims=True))
     logits = 4 * spk_exp @ proto.T + rng.normal(0, 0.7, (n_all, N_EMOTIONS))
     logits[:, EMOTIONS.index("neutral")] += 1.5              # the recogniser's neutral bias
-    logits = _smooth(logits, 5)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    emotion = p / p.sum(1, keepdims=True)
+    emotion = softmax(_smooth(logits, 5), axis=1)
 
     n_sa = int(np.floor((end_time + pre) * 50))
     ts = np.arange(n_sa) / 50 - pre
@@ -257,10 +251,8 @@ def _conversation(rng, world, style, T: int, fps: float, pre: float, response: s
     valence = np.clip(_smooth(valence + 0.3 * delayed_val, 5), -1, 1)
 
     s = n_all - T   # crop the lead-in
-    return dict(
-        speaker=spk[s:], listener=lis[s:], emotion=emotion[s:], valence=valence[s:],
-        sa=sa[int(round(pre * 50)):], words=words, utterances=utterances, responses=responses,
-    )
+    return dict(speaker=spk[s:], listener=lis[s:], emotion=emotion[s:], valence=valence[s:],
+                sa=sa[int(round(pre * 50)):], words=words, utterances=utterances, responses=responses)
 
 
 def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300, seconds: float = 64.0,
@@ -294,13 +286,11 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
         spk_beta = srng.normal(size=N_SHAPE)
         lis_beta = world["betas"][k] if beta == "identity" else np.random.default_rng([seed, i, 7]).normal(size=N_SHAPE)
         full = modalities == "all"   # else words only
-        segments.append(Segment(
-            speaker_motion=c["speaker"], listener_motion=c["listener"], fps=fps,
-            listener_id=f"id{k}", listener_beta=lis_beta, speaker_beta=spk_beta,
-            words=words, history_words=hist, sa_tokens=c["sa"] if full else None, sa_rate=50.0,
-            emotion=c["emotion"] if full else None, valence=c["valence"] if full else None,
-            name=f"synthetic{seed}_{i:04d}",
-        ))
+        segments.append(Segment(speaker_motion=c["speaker"], listener_motion=c["listener"], fps=fps,
+                                listener_id=f"id{k}", listener_beta=lis_beta, speaker_beta=spk_beta, words=words,
+                                history_words=hist, sa_tokens=c["sa"] if full else None, sa_rate=50.0,
+                                emotion=c["emotion"] if full else None, valence=c["valence"] if full else None,
+                                name=f"synthetic{seed}_{i:04d}"))
         events.append({"utterances": c["utterances"], "responses": c["responses"]})
     # split by segment, stratified by identity so that every identity is in every split
     prng = np.random.default_rng([seed, 10**6])
@@ -322,11 +312,9 @@ def synthetic_corpus(seed: int = 0, n_identities: int = 8, n_segments: int = 300
                   n_sa=N_SA if modalities == "all" else None, info=info)
 
 
-
 def listener_alternatives(corpus: Corpus, segment: Segment) -> list[np.ndarray]:
-    """Every identity's listener motion ``(T, 56)`` answering ``segment``'s speaker (a whole segment of ``corpus``):
-    its conversation drawn again with each identity's style (the speaker's draws come first, so the speaker is the
-    same); item k is identity k, the segment's own listener among them: its appropriate reactions (issue 25)."""
+    """Every identity's listener motion ``(T, 56)`` answering ``segment``'s speaker (a whole segment of ``corpus``),
+    drawn again with each identity's style: item k is identity k's, the appropriate reactions (issue 25)."""
     seed, world, a = corpus.info.get("seed"), corpus.info.get("world"), corpus.info.get("assumptions")
     i = segment.name.rpartition("_")[2]
     if world is None or segment.name != f"synthetic{seed}_{i}" or not i.isdigit():
@@ -339,6 +327,7 @@ def listener_alternatives(corpus: Corpus, segment: Segment) -> list[np.ndarray]:
             raise UserError(f"segment {segment.name}: expected a whole segment of this corpus, got another speaker")
         out.append(c["listener"].astype(np.float32))
     return out
+
 
 #: The family of synthetic corpora (``--corpus NAME``; their table: docs/data.md): one world cannot show that a
 #: method works. name -> (keywords of :func:`synthetic_corpus`, one line for ``data --help``)
@@ -368,9 +357,8 @@ WORDS = ("the a yes no really what why okay so and but you i we they think know 
 
 def speaker_segment(seconds: float, fps: float = 30.0, seed: int = 0, words_per_second: float = 2.5,
                     n_sa: int = 1024) -> Segment:
-    """A random speaker stream with realistic token counts (benchmark and test input): words with
-    timings (about ``words_per_second``), a few history words, SA tokens at 50/s, per-frame emotion
-    probabilities (slowly varying), a random listener beta; motion is zero (not used)."""
+    """A random speaker stream with realistic token counts (benchmark and test input): words, history words, SA
+    tokens at 50/s, slowly varying emotion probabilities, a random listener beta; motion is zero."""
     rng = np.random.default_rng(seed)
     T = int(round(seconds * fps))
     dur = T / fps
@@ -382,9 +370,7 @@ def speaker_segment(seconds: float, fps: float = 30.0, seed: int = 0, words_per_
         words.append(Word(str(rng.choice(WORDS)), t, t + d))
         t += d + float(rng.exponential(max(1e-3, 1.0 / words_per_second - 0.28)))
     hist = [Word(str(rng.choice(WORDS)), -2.0 + 0.3 * k, -1.8 + 0.3 * k) for k in range(6)]
-    logits = np.cumsum(rng.normal(0, 0.3, (T, N_EMOTIONS)), 0)
-    emo = np.exp(logits - logits.max(1, keepdims=True))
-    emo /= emo.sum(1, keepdims=True)
+    emo = softmax(np.cumsum(rng.normal(0, 0.3, (T, N_EMOTIONS)), 0), axis=1)
     zero = np.zeros((T, D_MOTION), np.float32)
     return Segment(speaker_motion=zero, listener_motion=zero, fps=fps,
                    listener_beta=rng.normal(size=N_SHAPE).astype(np.float32), words=words, history_words=hist,

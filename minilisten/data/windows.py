@@ -1,6 +1,5 @@
-"""Statistics and evaluation clips over Segments: :func:`motion_stats` (per-dimension mean/std ``(56,)``),
-LM-listener's evaluation clips of a segment (:func:`lm_listener_eval_clips`, SYSTEM.md §8) and the clips every
-evaluation scores (:func:`test_clips`)."""
+"""Motion statistics (:func:`motion_stats`) and evaluation clips: LM-listener's of a segment
+(:func:`lm_listener_eval_clips`, SYSTEM.md §8) and those every evaluation scores (:func:`test_clips`)."""
 from __future__ import annotations
 
 import logging
