@@ -53,7 +53,7 @@ class TrainConfig(LoopConfig):
 
 
 def _check_codes(segments: list[Segment], codes, r: int, name: str, n_lr: int) -> list[np.ndarray] | None:
-    """One int64 ``(T // r,)`` array of codes ``< n_lr`` per segment (None stays None)."""
+    """One int64 ``(T // r,)`` array of codes in ``[0, n_lr)`` per segment (None stays None)."""
     if codes is None:
         return None
     if len(codes) != len(segments):
@@ -61,9 +61,11 @@ def _check_codes(segments: list[Segment], codes, r: int, name: str, n_lr: int) -
     out = []
     for i, (s, c) in enumerate(zip(segments, codes)):
         c = c.detach().cpu().numpy() if torch.is_tensor(c) else np.asarray(c)
-        if c.shape != (s.T // r,) or not np.issubdtype(c.dtype, np.integer) or (c.size and c.max() >= n_lr):
-            raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},) of integer codes < "
-                            f"V_LR = {n_lr}, got shape {c.shape}, dtype {c.dtype}, max {c.max() if c.size else '-'}")
+        ok = c.shape == (s.T // r,) and np.issubdtype(c.dtype, np.integer)
+        if not ok or (c.size and not 0 <= c.min() <= c.max() < n_lr):
+            span = f"min {c.min()}, max {c.max()}" if c.size else "no codes"
+            raise UserError(f"{name}[{i}] ({s.name!r}): expected shape (T // r,) = ({s.T // r},) of integer codes in "
+                            f"[0, V_LR = {n_lr}), got shape {c.shape}, dtype {c.dtype}, {span}")
         out.append(c.astype(np.int64))
     return out
 

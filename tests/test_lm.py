@@ -476,8 +476,11 @@ def test_train_lm_function_and_cli(tmp_path):
         train_lm(c.train, c.val, tr, va, stage=3, steps=1, model=m, progress=False)
     with pytest.raises(ValueError, match="stage 2: expected LR codes"):
         train_lm(c.train, c.val, None, None, stage=2, steps=1, model=m, progress=False)
-    with pytest.raises(ValueError, match=r"lr_codes_train\[0\] .*integer codes < V_LR = 16, got shape .* max \d+$"):
+    with pytest.raises(ValueError, match=r"lr_codes_train\[0\] .*codes in \[0, V_LR = 16\), got shape .* max \d+$"):
         train_lm(c.train, c.val, [x + 16 for x in tr], va, stage=2, steps=1, model=m, progress=False)
+    with pytest.raises(ValueError, match=r"lr_codes_train\[0\] .*in \[0, V_LR = 16\), .*min -1, max"):   # not wrapped
+        train_lm(c.train, c.val, [np.where(np.arange(len(x)) == 0, -1, x) for x in tr], va, stage=2, steps=1, model=m,
+                 progress=False)
     def args(steps, eval_every=1):
         return ["--identities", "2", "--segments", "12", "--seconds", "8", "--steps", str(steps), "--window", "48",
                 "--eval-every", str(eval_every), "--val-windows", "2", "--n-layer", "1", "--n-embd", "32",
