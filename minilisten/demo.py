@@ -18,7 +18,7 @@ from .data.windows import test_clips
 from .errors import UserError
 from .generate import Sampling, generate_motion
 from .metrics import evaluate
-from .pipeline import ARIG_ROW, QUICK, DemoConfig, baselines, identity_swap, run_pipeline
+from .pipeline import ARIG_ROW, QUICK, ROW_DIR, DemoConfig, baselines, identity_swap, run_pipeline
 from .reactions import COLUMNS, TEMPERATURES
 from .report import markdown_table, metric_columns, save_plots, write_demo_report
 
@@ -29,15 +29,11 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
     res = run_pipeline(cfg, out_dir, progress)
     clips = res.clips
     k = int(np.argmax([np.var(c.listener_motion[:, :50], 0).sum() for c in clips]))
-    series = {"GT": clips[k].listener_motion}
-    if res.ours is not None:
-        series["Ours"] = res.preds[res.models[res.ours]][k]
+    series = {"GT": clips[k].listener_motion, "Ours": res.preds[res.models[res.ours]][k]}
     if "Naive" in res.rows and res.rows["Naive"] != res.ours:
         series["LM-listener"] = res.preds[res.models[res.rows["Naive"]]][k]
-    if len(series) == 1 and ARIG_ROW in res.preds:
-        series[ARIG_ROW] = res.preds[ARIG_ROW][k]
     plots = save_plots(res.out, clips[k], series, identity_swap(res, k))
-    if cfg.video and len(series) > 1:   # the same clip as a video: speaker | Ours | LM-listener | ground truth
+    if cfg.video:   # the same clip as a video: speaker | Ours | LM-listener | ground truth
         from .render import no_ffmpeg, render_segment
         if why := no_ffmpeg():   # the demo's other outputs do not need imageio-ffmpeg
             print(f"render: skipped {res.out / 'clip.mp4'}: {why}", flush=True)
@@ -46,23 +42,18 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
             video = render_segment(clips[k], preds, res.out / "clip.mp4", progress=progress, still=clips[k].T // 2,
                                    ssaa=cfg.video_ssaa)
             plots += [str(video), str(video.with_suffix(".png"))]
-    text, report = write_demo_report(res, plots, _demo_react(cfg, res) if cfg.samples else None)
+    react = None
+    if cfg.samples:   # evaluate --samples' REACT table on the demo's own splits and models (Ours, ARIG-style)
+        from .arig import ARIG
+        from .lm import ListenerLM
+        lm = ListenerLM.from_pretrained(res.out / ROW_DIR[next(r for r, key in res.rows.items() if key == res.ours)])
+        arig = ARIG.from_pretrained(res.out / "arig") if (res.out / "arig").is_dir() else None
+        react = _react(res.data, "test", cfg.samples, cfg.seed, lm.eval(), res.vq[res.ours[1]],
+                       [Sampling(t) for t in TEMPERATURES], arig, cfg.max_test_clips, cfg.decode_batch)
+    text, report = write_demo_report(res, plots, react)
     print("\n" + text, flush=True)
     print(f"\nwrote {res.out / 'tables.md'}, {res.out / 'results.json'}" + "".join(f", {p}" for p in plots), flush=True)
     return report
-
-
-def _demo_react(cfg: DemoConfig, res) -> tuple[dict, str] | None:
-    """``evaluate --samples``'s REACT table on the demo's own splits and models (Ours, ARIG-style)."""
-    from .arig import ARIG
-    from .lm import ListenerLM
-    from .pipeline import ROW_DIR
-    if res.ours is None:
-        return None
-    lm = ListenerLM.from_pretrained(res.out / ROW_DIR[next(r for r, k in res.rows.items() if k == res.ours)]).eval()
-    arig = ARIG.from_pretrained(res.out / "arig") if (res.out / "arig").is_dir() else None
-    return _react(res.data, "test", cfg.samples, cfg.seed, lm, res.vq[res.ours[1]], [Sampling(t) for t in TEMPERATURES],
-                  arig, cfg.max_test_clips, cfg.decode_batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -134,9 +136,6 @@ def _train(job: tuple) -> None:
 def _run_jobs(jobs: list, workers: int, progress: bool = True) -> None:
     """Run :func:`_train` jobs ``(source, kind, out_dir, kw)`` in ``workers`` spawned processes of 1 thread each
     (1 = in this process)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm.auto import tqdm
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
                                initargs=(1,)) if workers > 1 else contextlib.nullcontext()
@@ -204,7 +203,7 @@ def baselines(train, clips, seed: int = 0, speech: bool = True) -> tuple[dict[st
 class PipelineResult:
     """What :func:`run_pipeline` produced: Table 1/3/4/5 rows (name -> metrics; ``table3`` None unless asked and
     possible), ``preds``: method -> motion ``(T, 56)`` per clip, ``models``: LM key -> display name, ``rows``:
-    Table 4 row -> LM key, ``ours``: the LM key reported as Ours (Full, else the best-equipped row; None: no LM)."""
+    Table 4 row -> LM key, ``ours``: the LM key reported as Ours (Full, else the best-equipped row)."""
     cfg: DemoConfig
     data: DemoData
     out: Path
@@ -223,7 +222,7 @@ class PipelineResult:
     notes: list
     timings: dict
     has_valence: bool
-    ours: tuple | None
+    ours: tuple
     arig_ablation: dict | None
     nn_speech_embedding: str | None
 
@@ -309,12 +308,11 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     tick("evaluation")
 
     gt = next(iter(results.values()))
-    ours = next((rows[r] for r in ("Full", "ID only", "MM only", "Naive") if r in rows), None)
-    if ours is not None:
-        notes.append(f"Ours = the LM on {models[ours]}")
+    ours = next(rows[r] for r in ("Full", "ID only", "MM only", "Naive") if r in rows)   # MM only at least
+    notes.append(f"Ours = the LM on {models[ours]}")
     rows1 = {**{n: n for n in ("Random", "NN facial motion", "NN speech content", "Naive random walk")},
              "LM-listener (words only)": models.get(rows.get("Naive")), "Ours random walk": "Ours random walk",
-             "Ours": models.get(ours), ARIG_ROW: ARIG_ROW}
+             "Ours": models[ours], ARIG_ROW: ARIG_ROW}
     table1 = {"GT": {"variation": gt["variation_gt"], "diversity": gt["diversity_gt"]},
               **{row: results[k] for row, k in rows1.items() if k in results}}
     table4 = {row: {**results[models[k]], "lr_acc": lr_acc[k]} for row, k in rows.items() if row in TABLE4}
@@ -330,7 +328,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
 def identity_swap(res: PipelineResult, k: int):
     """Ours' LR codes of clip ``k`` decoded with the clip's beta and with the most distant other listener beta:
     ``((id, motion (T, 56)), ("another beta", motion (T, 56)))``, or None (naive VQ-VAE, or one identity only)."""
-    if res.ours is None or res.ours[1] != "disentangled":
+    if res.ours[1] != "disentangled":
         return None
     clip = res.clips[k]
     cands = [s.listener_beta for s in res.data.train + res.data.val + res.data.test if s.listener_beta is not None]

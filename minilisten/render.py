@@ -232,10 +232,8 @@ class SchematicHead:
             y = 0.37 + 0.05 * np.sin(np.pi * u) + 0.07 * brow - 0.06 * frown * (1 - u)
             brows += [np.stack([x, y + d, _surface_z(x, y + d, 0.02)], 1) for d in (0.025, -0.025)]
         # mouth: upper lip line, lower lip line dropped by the jaw; lips = a wider band behind
-        n = self.N_MOUTH
-        u = np.linspace(-1, 1, n)
-        half = 0.25 * (1 + 0.25 * width + 0.12 * smile)
-        x = half * u
+        u = np.linspace(-1, 1, self.N_MOUTH)
+        x = 0.25 * (1 + 0.25 * width + 0.12 * smile) * u
         y_m = -0.45 + 0.09 * smile * u ** 2
         up, lo = (np.stack([x, y_m + d, _surface_z(x, y_m + d)], 1) for d in (0.012, -0.012))
         lo = jaw(lo, 1 - u ** 2)   # the lower lip follows the chin (its corners stay)
