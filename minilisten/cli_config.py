@@ -60,8 +60,7 @@ def add_dataclass_args(parser, cls, *, only=None, skip=(), defaults: dict | None
     hints, by_name, docs = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}, field_docs(cls)
     defaults, alt_defaults, flags, choices = defaults or {}, alt_defaults or {}, flags or {}, choices or {}
     names = [n for n in (by_name if only is None else only) if n not in skip]
-    unknown = [n for n in [*names, *skip, *defaults, *flags, *choices] if n not in by_name]
-    if unknown:
+    if unknown := [n for n in [*names, *skip, *defaults, *flags, *choices] if n not in by_name]:
         raise ValueError(f"add_dataclass_args({cls.__name__}): expected field names of {cls.__name__}, got {unknown}")
     for name in names:
         typ, nargs = _kind(hints[name])

@@ -13,12 +13,13 @@ import torch
 from .checkpoint import atomic_write_text
 from .cli_config import ArgumentParser, add_dataclass_args, dataclass_kwargs
 from .data.cli import add_data_args, data_config, load_data
+from .data.coverage import Coverage
 from .data.windows import test_clips
 from .errors import UserError
 from .generate import Sampling, generate_motion
 from .metrics import evaluate
-from .pipeline import ARIG_ROW, QUICK, DemoConfig, baselines, identity_swap, run_pipeline
-from .reactions import TEMPERATURES
+from .pipeline import ARIG_ROW, QUICK, ROW_DIR, DemoConfig, baselines, identity_swap, run_pipeline
+from .reactions import COLUMNS, TEMPERATURES
 from .report import markdown_table, metric_columns, save_plots, write_demo_report
 
 
@@ -28,42 +29,31 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
     res = run_pipeline(cfg, out_dir, progress)
     clips = res.clips
     k = int(np.argmax([np.var(c.listener_motion[:, :50], 0).sum() for c in clips]))
-    series = {"GT": clips[k].listener_motion}
-    if res.ours is not None:
-        series["Ours"] = res.preds[res.models[res.ours]][k]
+    series = {"GT": clips[k].listener_motion, "Ours": res.preds[res.models[res.ours]][k]}
     if "Naive" in res.rows and res.rows["Naive"] != res.ours:
         series["LM-listener"] = res.preds[res.models[res.rows["Naive"]]][k]
-    if len(series) == 1 and ARIG_ROW in res.preds:
-        series[ARIG_ROW] = res.preds[ARIG_ROW][k]
     plots = save_plots(res.out, clips[k], series, identity_swap(res, k))
-    if cfg.video and len(series) > 1:   # the same clip as a video: speaker | Ours | LM-listener | ground truth
-        from .render import render_demo_clip
-        preds = {n: m for n, m in series.items() if n != "GT"}
-        video = render_demo_clip(res.out, clips[k], preds, progress=progress, ssaa=cfg.video_ssaa)
-        plots += [str(video), str(video.with_suffix(".png"))] if video is not None else []
-    text, report = write_demo_report(res, plots, _demo_react(cfg, res) if cfg.samples else None)
+    if cfg.video:   # the same clip as a video: speaker | Ours | LM-listener | ground truth
+        from .render import no_ffmpeg, render_segment
+        if why := no_ffmpeg():   # the demo's other outputs do not need imageio-ffmpeg
+            print(f"render: skipped {res.out / 'clip.mp4'}: {why}", flush=True)
+        else:
+            preds = {n: m for n, m in series.items() if n != "GT"}
+            video = render_segment(clips[k], preds, res.out / "clip.mp4", progress=progress, still=clips[k].T // 2,
+                                   ssaa=cfg.video_ssaa)
+            plots += [str(video), str(video.with_suffix(".png"))]
+    react = None
+    if cfg.samples:   # evaluate --samples' REACT table on the demo's own splits and models (Ours, ARIG-style)
+        from .arig import ARIG
+        from .lm import ListenerLM
+        lm = ListenerLM.from_pretrained(res.out / ROW_DIR[next(r for r, key in res.rows.items() if key == res.ours)])
+        arig = ARIG.from_pretrained(res.out / "arig") if (res.out / "arig").is_dir() else None
+        react = _react(res.data, "test", cfg.samples, cfg.seed, lm.eval(), res.vq[res.ours[1]],
+                       [Sampling(t) for t in TEMPERATURES], arig, cfg.max_test_clips, cfg.decode_batch)
+    text, report = write_demo_report(res, plots, react)
     print("\n" + text, flush=True)
     print(f"\nwrote {res.out / 'tables.md'}, {res.out / 'results.json'}" + "".join(f", {p}" for p in plots), flush=True)
     return report
-
-
-def _demo_react(cfg: DemoConfig, res) -> tuple[dict, str] | None:
-    """``evaluate --samples``'s REACT table on the demo's own splits and models (Ours, ARIG-style)."""
-    from .arig import ARIG
-    from .data.formats import Corpus
-    from .lm import ListenerLM
-    from .pipeline import ROW_DIR
-    from .reactions import TEMPERATURES, choose_sampling, react_table
-    if res.ours is None:
-        return None
-    lm = ListenerLM.from_pretrained(res.out / ROW_DIR[next(r for r, k in res.rows.items() if k == res.ours)]).eval()
-    vq, arig = res.vq[res.ours[1]], res.out / "arig"
-    arig = ARIG.from_pretrained(arig) if arig.is_dir() else None
-    ds = Corpus(train=res.data.train, val=res.data.val, test=res.data.test, fps=res.clips[0].fps, info=res.data.info)
-    sampling = choose_sampling(ds, [Sampling(t) for t in TEMPERATURES], cfg.samples, lm, vq, cfg.seed,
-                               cfg.max_test_clips, cfg.decode_batch)[0]
-    return react_table(ds, "test", cfg.samples, cfg.seed, lm, vq, sampling, arig, cfg.max_test_clips,
-                       cfg.decode_batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_args(p, skip=("corpus_seed",))
     g = p.add_argument_group("run (DemoConfig fields; default: the full run's)")
     names = add_dataclass_args(g, DemoConfig, skip=("seed", "data"), alt_defaults={"--quick": QUICK},
-                               choices={"lm_arch": list(DEFAULT_ARCHS)},
-                               help={"table3": "also train W+SA and W+emo LMs (paper Table 3)",
-                                     "video": "render one test clip to clip.mp4"})
+                               choices={"lm_arch": list(DEFAULT_ARCHS)})
     a = p.parse_args(argv)
     torch.set_num_threads(1)   # measured: 1 thread per process beats 2 on a 2-core box under any load
     kw = dict(dataclass_kwargs(a, names), seed=a.seed, data=data_config(a, corpus_seed=a.seed))
@@ -87,17 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _react(a, ds, samplings, lm, vq, arig) -> dict:
-    """The REACT table of ``evaluate --samples``: Ours' temperature is chosen on the validation split."""
-    from .reactions import COLUMNS, choose_sampling, react_table
+def _react(ds, split: str, samples: int, seed: int, lm, vq, samplings: list, arig, limit: int,
+           batch: int) -> tuple[dict, str]:
+    """The REACT table's rows and title on ``split``; Ours' temperature (of ``samplings``) is chosen on the
+    validation split."""
+    from .reactions import choose_sampling, react_table
     sampling = samplings[0]
     if lm is not None and len(samplings) > 1:
-        sampling, found = choose_sampling(ds, samplings, a.samples, lm, vq, a.seed, a.max_clips, a.batch)
+        sampling, found = choose_sampling(ds, samplings, samples, lm, vq, seed, limit, batch)
         print(f"temperature {sampling.temperature:g} chosen on the validation split (FRDist " +
               ", ".join(f"{k.temperature:g}: {v:.2f}" for k, v in found.items()) + ")")
-    react, note = react_table(ds, a.split, a.samples, a.seed, lm, vq, sampling, arig, a.max_clips, a.batch)
-    print(markdown_table(react, COLUMNS, f"REACT metrics, split {a.split}: {note}"))
-    return react
+    return react_table(ds, split, samples, seed, lm, vq, sampling, arig, limit, batch)
 
 
 def main_evaluate(argv: list[str] | None = None) -> int:
@@ -114,8 +102,7 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write results JSON here")
     p.add_argument("--samples", type=int, default=0, help="S sampled reactions per clip: adds the REACT table")
     p.add_argument("--temperature", default=",".join(map(str, TEMPERATURES)), help="LR sampling temperature with "
-                   "--samples; a "
-                   "comma list: the one of lowest FRDist on the validation split (default: %(default)s)")
+                   "--samples; a comma list: the one of lowest FRDist on the validation split (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="LR sampling: nucleus mass (default: %(default)s)")
     add_data_args(p)
     a = p.parse_args(argv)
@@ -131,8 +118,6 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     if bool(a.vq) != bool(a.lm) or not (a.vq or a.arig):
         raise UserError(f"--vq/--lm/--arig: expected --vq DIR --lm DIR, --arig DIR or all three, got "
                         f"{' '.join(f'--{k}' for k in ('vq', 'lm', 'arig') if getattr(a, k)) or 'none'}")
-    from .data.coverage import Coverage
-
     ds, what = load_data(a)
     segs = getattr(ds, a.split)
     clips = test_clips(segs, a.max_clips)
@@ -141,22 +126,19 @@ def main_evaluate(argv: list[str] | None = None) -> int:
                         f"{len(segs)} segments in {what}")
     cov = Coverage.of({"train": ds.train, a.split: segs})
     preds = baselines(ds.train, clips, a.seed, speech=False)[0]
+    lm = vq = arig = None
     if a.vq:
         from .lm import ListenerLM
         from .vqvae import VQVAE
         vq, lm = VQVAE.from_pretrained(a.vq).eval(), ListenerLM.from_pretrained(a.lm).eval()
-        lacking = [m for m in lm.modalities if m not in cov.modalities]
-        if lacking:
+        if lacking := [m for m in lm.modalities if m not in cov.modalities]:
             raise UserError(f"--lm {a.lm}: the LM needs speaker modalities {'+'.join(lm.modalities)}, {what} has "
                             f"{'+'.join(cov.modalities) or 'none'} (missing {', '.join(lacking)})")
         if vq.needs_beta and not cov.has_beta:
             raise UserError(f"--vq {a.vq}: this VQ-VAE (dec_norm={vq.config.dec_norm!r}) decodes with the listener's "
                             f"shape beta (100,), {what} has none; use a naive VQ-VAE")
         preds["model"] = generate_motion(lm, vq, clips, a.batch)[1]
-    else:
-        lm = vq = None
     print(f"{what}: " + cov.describe())
-    arig = None
     if a.arig:
         from .arig import ARIG, arig_generate
         arig = ARIG.from_pretrained(a.arig)
@@ -168,7 +150,9 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     if "l2_affect" not in gt:
         print("L2 Affect: left out, the data has no valence")
     if a.samples:
-        rows["react"] = _react(a, ds, samplings, lm, vq, arig)
+        react, note = _react(ds, a.split, a.samples, a.seed, lm, vq, samplings, arig, a.max_clips, a.batch)
+        print(markdown_table(react, COLUMNS, f"REACT metrics, split {a.split}: {note}"))
+        rows["react"] = react
     if a.out:
         atomic_write_text(a.out, json.dumps(rows, indent=2, default=float))
     return 0

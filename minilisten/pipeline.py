@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import torch
 
 from .data.cli import DataConfig, load_data
 from .data.coverage import Coverage, fit_window, resolve_n_sa, with_val_split
+from .data.formats import Corpus
 from .data.windows import test_clips
 from .errors import UserError
 from .generate import generate_motion
@@ -71,17 +74,13 @@ QUICK_DATA = dict(n_identities=4, n_segments=40, seconds=32.0)
 
 
 @dataclass
-class DemoData:
-    """The run's splits (validation held out of train when the source has none), the SA vocabulary (None:
-    unknown), the source's description, its :class:`~minilisten.data.coverage.Coverage`, notes and ``info``."""
-    train: list
-    val: list
-    test: list
-    n_sa: int | None
-    what: str
-    coverage: Coverage
-    notes: list
-    info: dict           # the source's (a synthetic corpus': its world, for the appropriate reactions)
+class DemoData(Corpus):
+    """The run's :class:`~minilisten.data.formats.Corpus` (validation held out of train when the source has none;
+    ``n_sa`` None: unknown) with the source's description, its :class:`~minilisten.data.coverage.Coverage` and
+    notes."""
+    what: str = ""
+    coverage: Coverage | None = None
+    notes: list = field(default_factory=list)
 
     @property
     def n_sa_lm(self) -> int:
@@ -99,8 +98,8 @@ def demo_data(data: DataConfig, units_dir: str | None = None, fit_units: bool = 
     train, val, note = with_val_split(ds, seed=0)
     splits = {"train": train, "val": val, "test": list(ds.test)}
     notes, n_sa = [note] if note else [], getattr(ds, "n_sa", None)
-    segs = [s for v in splits.values() for s in v]
-    if units_dir and all(getattr(s, "mel", None) is not None and s.sa_tokens is None for s in segs):
+    if units_dir and all(getattr(s, "mel", None) is not None and s.sa_tokens is None
+                         for v in splits.values() for s in v):
         from .speaker import MelUnits
         if fit_units:
             units = MelUnits.fit([s.mel for s in splits["train"]], seed=0)
@@ -112,7 +111,8 @@ def demo_data(data: DataConfig, units_dir: str | None = None, fit_units: bool = 
         notes.append(f"speaker mel, no SA tokens: SA tokens are acoustic units (speaker.MelUnits, k-means over mel "
                      f"frames) fitted on the train split, saved in {units_dir}")
     cov = Coverage.of(splits)
-    return DemoData(*splits.values(), n_sa, what, cov, notes + list(cov.missing), ds.info)
+    return DemoData(**splits, fps=ds.fps, n_sa=n_sa, info=ds.info, what=what, coverage=cov,
+                    notes=notes + list(cov.missing))
 
 
 def _train(job: tuple) -> None:
@@ -129,24 +129,20 @@ def _train(job: tuple) -> None:
     elif kind == "arig":
         train_arig(d.train, d.val, n_sa=d.n_sa_lm, **kw)
     else:
-        init, codes_tr, codes_va = (kw.pop(k, None) for k in ("init_dir", "lr_codes_train", "lr_codes_val"))
-        train_lm(d.train, d.val, codes_tr, codes_va, model=ListenerLM.from_pretrained(init) if init else None, **kw)
+        init = kw.pop("init_dir", None)
+        train_lm(d.train, d.val, model=ListenerLM.from_pretrained(init) if init else None, **kw)
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool = True) -> None:
     """Run :func:`_train` jobs ``(source, kind, out_dir, kw)`` in ``workers`` spawned processes of 1 thread each
     (1 = in this process)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm.auto import tqdm
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
                                initargs=(1,)) if workers > 1 else contextlib.nullcontext()
     with pool as ex:
         done = ex.map(_train, jobs) if ex else map(_train, jobs)
-        for _ in tqdm(done, total=len(jobs), desc="training " + ", ".join(Path(j[2]).name for j in jobs),
-                      disable=not progress, dynamic_ncols=True):
-            pass
+        list(tqdm(done, total=len(jobs), desc="training " + ", ".join(Path(j[2]).name for j in jobs),
+                  disable=not progress, dynamic_ncols=True))
 
 
 #: the Table 4 rows: (words-only or multimodal LM, naive or disentangled VQ-VAE)
@@ -207,7 +203,7 @@ def baselines(train, clips, seed: int = 0, speech: bool = True) -> tuple[dict[st
 class PipelineResult:
     """What :func:`run_pipeline` produced: Table 1/3/4/5 rows (name -> metrics; ``table3`` None unless asked and
     possible), ``preds``: method -> motion ``(T, 56)`` per clip, ``models``: LM key -> display name, ``rows``:
-    Table 4 row -> LM key, ``ours``: the LM key reported as Ours (Full, else the best-equipped row; None: no LM)."""
+    Table 4 row -> LM key, ``ours``: the LM key reported as Ours (Full, else the best-equipped row)."""
     cfg: DemoConfig
     data: DemoData
     out: Path
@@ -226,7 +222,7 @@ class PipelineResult:
     notes: list
     timings: dict
     has_valence: bool
-    ours: tuple | None
+    ours: tuple
     arig_ablation: dict | None
     nn_speech_embedding: str | None
 
@@ -243,13 +239,11 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    timings: dict[str, float] = {}
-    t_all = clock = time.perf_counter()
+    timings, stamps = {}, [time.perf_counter()]
 
     def tick(name):   # the stages' times add up to the total
-        nonlocal clock
-        timings[name] = round(time.perf_counter() - clock, 1)
-        clock = time.perf_counter()
+        stamps.append(time.perf_counter())
+        timings[name] = round(stamps[-1] - stamps[-2], 1)
         print(f"[{name}: {timings[name]:.0f} s]", flush=True)
 
     source = (cfg.data, str(out / "mel_units"))
@@ -272,7 +266,7 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     vq = {p: VQVAE.from_pretrained(out / f"vq_{p}").eval() for p in presets}
     table5 = {label: evaluate_vq(vq[p], data.val, window=vq_window) for p, label in presets.items()}
     tick("vq_training")
-    codes = {p: {s: vqvae_codes(vq[p], getattr(data, s)) for s in ("train", "val")} for p in vq}
+    codes = {p: {f"lr_codes_{s}": vqvae_codes(vq[p], getattr(data, s)) for s in ("train", "val")} for p in vq}
     mods = sorted({m for m, _ in models}, key=lambda m: (m != "W", m))
     lm_dir = {key: out / ROW_DIR[row] for row, key in reversed(rows.items())}   # a shared model: the first row's
     stage1 = {m: str(out / f"stage1_{m.replace('+', '_').lower()}") for m in mods}
@@ -289,14 +283,13 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     # the longest jobs first (ARIG, then the multimodal LMs), so that the workers finish together
     jobs = [(source, "arig", str(out / sub), dict(model_config=mc, steps=cfg.arig_steps, seed=cfg.seed,
                                                    eval_every=0)) for sub, mc, _ in arig_runs.values()]
-    for m, p in sorted(models, key=lambda k: k[0] == "W"):
-        jobs.append((source, "lm", str(lm_dir[(m, p)]), dict(lm_kw, init_dir=stage1[m], stage=2, steps=cfg.stage2_steps,
-                                                             lr_codes_train=codes[p]["train"],
-                                                             lr_codes_val=codes[p]["val"])))
+    s2_keys = sorted(models, key=lambda k: k[0] == "W")
+    jobs += [(source, "lm", str(lm_dir[(m, p)]), dict(lm_kw, init_dir=stage1[m], stage=2, steps=cfg.stage2_steps,
+                                                      **codes[p])) for m, p in s2_keys]
     _run_jobs(jobs, cfg.workers, progress)
     tick("lm_stage2")
     lms = {k: ListenerLM.from_pretrained(lm_dir[k]).eval() for k in models}
-    lr_acc = {k: evaluate_lm(lms[k], data.val, codes[k[1]]["val"], window=lm_window)["acc"] for k in models}
+    lr_acc = {k: evaluate_lm(lms[k], data.val, codes[k[1]]["lr_codes_val"], window=lm_window)["acc"] for k in models}
     for k, acc in lr_acc.items():
         print(f"  validation LR-token accuracy {models[k]}: {acc:.3f}", flush=True)
     clips = test_clips(data.test, cfg.max_test_clips)
@@ -315,20 +308,19 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     tick("evaluation")
 
     gt = next(iter(results.values()))
-    ours = next((rows[r] for r in ("Full", "ID only", "MM only", "Naive") if r in rows), None)
-    if ours is not None:
-        notes.append(f"Ours = the LM on {models[ours]}")
-    table1 = {"GT": {"variation": gt["variation_gt"], "diversity": gt["diversity_gt"]}}
-    rows1 = {n: n for n in ("Random", "NN facial motion", "NN speech content", "Naive random walk")}
-    rows1.update({"LM-listener (words only)": models.get(rows.get("Naive")), "Ours random walk": "Ours random walk",
-                  "Ours": models.get(ours), ARIG_ROW: ARIG_ROW})
-    table1.update({row: results[k] for row, k in rows1.items() if k in results})
+    ours = next(rows[r] for r in ("Full", "ID only", "MM only", "Naive") if r in rows)   # MM only at least
+    notes.append(f"Ours = the LM on {models[ours]}")
+    rows1 = {**{n: n for n in ("Random", "NN facial motion", "NN speech content", "Naive random walk")},
+             "LM-listener (words only)": models.get(rows.get("Naive")), "Ours random walk": "Ours random walk",
+             "Ours": models[ours], ARIG_ROW: ARIG_ROW}
+    table1 = {"GT": {"variation": gt["variation_gt"], "diversity": gt["diversity_gt"]},
+              **{row: results[k] for row, k in rows1.items() if k in results}}
     table4 = {row: {**results[models[k]], "lr_acc": lr_acc[k]} for row, k in rows.items() if row in TABLE4}
     table3 = None if "W+SA" not in rows else {
         m: {**results[models[rows[r]]], "lr_acc": lr_acc[rows[r]]}
         for m, r in (("W", "ID only"), ("W+SA+emo", "Full"), ("W+SA", "W+SA"), ("W+emo", "W+emo"))}
     ablation = {label: results[name] for name, (_, _, label) in arig_runs.items()} if len(arig_runs) > 1 else None
-    timings["total"] = round(time.perf_counter() - t_all, 1)
+    timings["total"] = round(time.perf_counter() - stamps[0], 1)
     return PipelineResult(cfg, data, out, clips, rows, models, vq, preds, gen_codes, results, lr_acc, table1, table3,
                           table4, table5, notes, timings, "l2_affect" in gt, ours, ablation, emb)
 
@@ -336,11 +328,10 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
 def identity_swap(res: PipelineResult, k: int):
     """Ours' LR codes of clip ``k`` decoded with the clip's beta and with the most distant other listener beta:
     ``((id, motion (T, 56)), ("another beta", motion (T, 56)))``, or None (naive VQ-VAE, or one identity only)."""
-    if res.ours is None or res.ours[1] != "disentangled":
+    if res.ours[1] != "disentangled":
         return None
     clip = res.clips[k]
-    d = res.data
-    cands = [s.listener_beta for s in d.train + d.val + d.test if s.listener_beta is not None]
+    cands = [s.listener_beta for s in res.data.train + res.data.val + res.data.test if s.listener_beta is not None]
     dist = [float(np.abs(b - clip.listener_beta).max()) for b in cands]
     if not dist or max(dist) < 1e-6:
         return None

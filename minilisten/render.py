@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -65,8 +66,7 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     """Z-buffered triangles -> image ``(height, width, 3)`` float32: ``verts (V, 3)`` in pixels (x right, y down,
     z = depth, larger is nearer), ``faces (F, 3)``, ``colors (V, 3)`` interpolated; a pixel is covered when its
     centre is inside a triangle (edges included); ``cull`` skips those wound clockwise as seen by the camera."""
-    img = np.empty((height, width, 3), np.float32)
-    img[:] = np.asarray(background, np.float32)
+    img = np.full((height, width, 3), background, np.float32)
     tri = verts[faces].astype(np.float64)                                 # (F, 3, 3)
     x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
     area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
@@ -83,8 +83,7 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     ex = np.stack([(y[fid, i] - y[fid, j]) / ar for i, j in p], 1)
     ey = np.stack([(x[fid, j] - x[fid, i]) / ar for i, j in p], 1)
     e0 = np.stack([(x[fid, i] * y[fid, j] - y[fid, i] * x[fid, j]) / ar for i, j in p], 1)
-    zf = z[fid]
-    zx, zy, z0 = (ex * zf).sum(1), (ey * zf).sum(1), (e0 * zf).sum(1)
+    zx, zy, z0 = ((e * z[fid]).sum(1) for e in (ex, ey, e0))
     # scanlines: for each (face, pixel row) the span of pixel centres inside the triangle, where
     # every l_k(x, cy) = ex_k x + (ey_k cy + e0_k) >= 0
     nrow = bh[fid]
@@ -100,9 +99,8 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     px0 = np.maximum(np.ceil(np.clip(lo, -1.0, width + 2.0) - 0.5), x0[fid][k]).astype(np.int64)
     px1 = np.minimum(np.floor(np.clip(hi, -2.0, width + 1.0) - 0.5), x1[fid][k]).astype(np.int64)
     cnt = np.maximum(px1 - px0 + 1, 0)
-    kk = np.repeat(k, cnt)
     pix = np.repeat(row * width + px0, cnt) + np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    k = kk
+    k = np.repeat(k, cnt)
     cx, cy = pix % width + 0.5, pix // width + 0.5
     depth = zx[k] * cx + zy[k] * cy + z0[k]
     zbuf = np.full(height * width, -np.inf)
@@ -110,8 +108,7 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, height: 
     win = depth >= zbuf[pix]
     k, pix, cx, cy = k[win], pix[win], cx[win], cy[win]
     lam = ex[k] * cx[:, None] + ey[k] * cy[:, None] + e0[k]              # (N, 3)
-    col = np.einsum("nk,nkc->nc", lam, colors[faces[fid[k]]])
-    img.reshape(-1, 3)[pix] = col
+    img.reshape(-1, 3)[pix] = np.einsum("nk,nkc->nc", lam, colors[faces[fid[k]]])
     return img
 
 
@@ -139,11 +136,9 @@ def _ellipsoid(n_lat: int, n_lon: int, radii, center) -> tuple[np.ndarray, np.nd
     th = np.linspace(0, np.pi, n_lat + 1)[:, None]
     ph = np.linspace(0, 2 * np.pi, n_lon, endpoint=False)[None]
     unit = np.stack([np.sin(th) * np.sin(ph), np.cos(th) + 0 * ph, np.sin(th) * np.cos(ph)], -1).reshape(-1, 3)
-    i, j = np.meshgrid(np.arange(n_lat), np.arange(n_lon), indexing="ij")
-    i, j = i.ravel(), j.ravel()
-    a, b = i * n_lon + j, (i + 1) * n_lon + j
-    c, d = (i + 1) * n_lon + (j + 1) % n_lon, i * n_lon + (j + 1) % n_lon
-    faces = _outward(unit, np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)]))
+    i, j = np.divmod(np.arange(n_lat * n_lon), n_lon)
+    a, d = i * n_lon + j, i * n_lon + (j + 1) % n_lon     # a vertex and its neighbour in longitude
+    faces = _outward(unit, np.concatenate([np.stack([a, a + n_lon, d + n_lon], 1), np.stack([a, d + n_lon, d], 1)]))
     return unit * np.asarray(radii) + np.asarray(center), faces
 
 
@@ -152,9 +147,7 @@ def _outward(unit_verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     tri = unit_verts[faces]
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     flip = (n * tri.mean(1)).sum(1) < 0
-    faces = faces.copy()
-    faces[flip] = faces[flip][:, ::-1]
-    return faces
+    return np.where(flip[:, None], faces[:, ::-1], faces)
 
 
 def _strip_faces(n: int) -> np.ndarray:
@@ -189,23 +182,19 @@ class SchematicHead:
     N_MOUTH = 13
 
     def __init__(self, shirt=(0.30, 0.42, 0.62)):
-        parts = []   # (verts, faces, color) of the parts that turn with the head
         v, f = _ellipsoid(18, 28, HEAD_R, (0, 0, 0))
         self._n_head = len(v)
-        parts.append((v, f, SKIN))
+        parts = [(v, f, SKIN)]   # (verts, faces, color) of the parts that turn with the head
         # jaw skinning weight of each head vertex: below the mouth line and in front of the hinge
         self._jaw_w = _smoothstep(-v[:, 1], 0.12, 0.42) * _smoothstep(v[:, 2], -0.35, 0.25)
         for sx in (-1, 1):
             parts.append((*_ellipsoid(6, 10, (0.07, 0.17, 0.11), (sx * 0.72, 0.02, -0.08)), (0.80, 0.62, 0.52)))
         # nose: a cone from the face to its tip
-        n_seg = 10
-        ang = np.linspace(0, 2 * np.pi, n_seg, endpoint=False)
-        base = np.stack([0.09 * np.cos(ang), 0.02 + 0.11 * np.sin(ang), np.zeros(n_seg)], 1)
-        base[:, 2] = _surface_z(base[:, 0], base[:, 1], -0.03)
-        tip = np.array([[0.0, -0.1, _surface_z(0.0, -0.1) + 0.17]])
-        vn = np.concatenate([base, tip])
-        fn = np.stack([np.arange(n_seg), (np.arange(n_seg) + 1) % n_seg, np.full(n_seg, n_seg)], 1)
-        parts.append((vn, _outward(vn - vn[:n_seg].mean(0), fn), (0.82, 0.64, 0.54)))
+        ang = np.linspace(0, 2 * np.pi, 10, endpoint=False)
+        x, y = 0.09 * np.cos(ang), 0.02 + 0.11 * np.sin(ang)
+        vn = np.concatenate([np.stack([x, y, _surface_z(x, y, -0.03)], 1), [[0.0, -0.1, _surface_z(0.0, -0.1) + 0.17]]])
+        fn = np.stack([np.arange(10), (np.arange(10) + 1) % 10, np.full(10, 10)], 1)
+        parts.append((vn, _outward(vn - vn[:10].mean(0), fn), (0.82, 0.64, 0.54)))
         # eyes: white ball + dark pupil
         for sx in (-1, 1):
             x, y, z = sx * 0.27, 0.2, _surface_z(sx * 0.27, 0.2)
@@ -238,27 +227,21 @@ class SchematicHead:
         # brows: 6 points along each brow, two rows (thickness)
         brows = []
         for sx in (-1, 1):
-            u = np.linspace(0, 1, 6)                 # inner -> outer
+            u = np.linspace(0, 1, 6)[::sx]           # inner -> outer, reversed on the left: the strip runs in +x
             x = sx * (0.10 + 0.30 * u)
             y = 0.37 + 0.05 * np.sin(np.pi * u) + 0.07 * brow - 0.06 * frown * (1 - u)
-            top, bot = (np.stack([x, y + d, _surface_z(x, y + d, 0.02)], 1) for d in (0.025, -0.025))
-            if sx < 0:   # keep the strip's top line running in +x
-                top, bot = top[::-1], bot[::-1]
-            brows.append(np.concatenate([top, bot]))
+            brows += [np.stack([x, y + d, _surface_z(x, y + d, 0.02)], 1) for d in (0.025, -0.025)]
         # mouth: upper lip line, lower lip line dropped by the jaw; lips = a wider band behind
-        n = self.N_MOUTH
-        u = np.linspace(-1, 1, n)
-        half = 0.25 * (1 + 0.25 * width + 0.12 * smile)
-        x = half * u
+        u = np.linspace(-1, 1, self.N_MOUTH)
+        x = 0.25 * (1 + 0.25 * width + 0.12 * smile) * u
         y_m = -0.45 + 0.09 * smile * u ** 2
-        up = np.stack([x, y_m + 0.012, _surface_z(x, y_m + 0.012)], 1)
-        lo = np.stack([x, y_m - 0.012, _surface_z(x, y_m - 0.012)], 1)
+        up, lo = (np.stack([x, y_m + d, _surface_z(x, y_m + d)], 1) for d in (0.012, -0.012))
         lo = jaw(lo, 1 - u ** 2)   # the lower lip follows the chin (its corners stay)
         lip_up = up + np.array([0, 0.045, 0]) * (1 - u ** 2)[:, None] ** 0.5
         lip_lo = lo - np.array([0, 0.05, 0]) * (1 - u ** 2)[:, None] ** 0.5
         for pts, lift in ((up, 0.035), (lo, 0.035), (lip_up, 0.02), (lip_lo, 0.02)):
             pts[:, 2] = _surface_z(pts[:, 0], pts[:, 1], lift)
-        head = np.concatenate([v] + brows + [lip_up, lip_lo, up, lo])
+        head = np.concatenate([v, *brows, lip_up, lip_lo, up, lo])
         head = (head - HEAD_PIVOT) @ rodrigues(pose[0:3]).T + HEAD_PIVOT
         return np.concatenate([head, self._body]), self.faces, self.albedo
 
@@ -295,7 +278,12 @@ def _check_words(words, name: str = "words") -> list[Word]:
     return [check_word(name, i, w, math.inf) for i, w in enumerate(words)]
 
 
-def _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_beta):
+def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float = 30.0, flame=None,
+                  beta=None, speaker_beta=None, size: int = 256, ssaa: int = 2) -> Iterator[np.ndarray]:
+    """Frames ``(size + 80, size * (1 + listeners), 3)`` uint8: speaker | each listener ``(T, 56)`` (dict order),
+    titles on top, the speaker's ``words`` (seconds from frame 0) below; FLAME heads with a ``flame`` model (shapes
+    ``beta``/``speaker_beta (100,)``), else schematic; ``size`` a multiple of 16; ``ssaa`` supersampling per side."""
+    from PIL import Image, ImageDraw
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not (math.isfinite(fps) and fps > 0):
         raise UserError(f"fps: expected a positive number, got {fps!r}")
     spk = _check_array("speaker_motion", speaker_motion, (None, D_MOTION))
@@ -304,19 +292,9 @@ def _check_inputs(speaker_motion, listener_motions, words, fps, beta, speaker_be
                         f"got {type(listener_motions).__name__} {listener_motions!r:.60}, {len(spk)} frames")
     lis = {str(n): _check_array(f"listener_motions[{n!r}]", m, (len(spk), D_MOTION))
            for n, m in listener_motions.items()}
-    betas = [None if b is None else _check_array(n, b, (N_SHAPE,)) for n, b in (("beta", beta),
-                                                                                ("speaker_beta", speaker_beta))]
-    return spk, lis, _check_words(words), float(fps), *betas
-
-
-def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float = 30.0, flame=None,
-                  beta=None, speaker_beta=None, size: int = 256, ssaa: int = 2) -> Iterator[np.ndarray]:
-    """Frames ``(size + 80, size * (1 + listeners), 3)`` uint8: speaker | each listener ``(T, 56)`` (dict order),
-    titles on top, the speaker's ``words`` (seconds from frame 0) below; FLAME heads with a ``flame`` model (shapes
-    ``beta``/``speaker_beta (100,)``), else schematic; ``size`` a multiple of 16; ``ssaa`` supersampling per side."""
-    from PIL import Image, ImageDraw
-    spk, lis, words, fps, beta, sbeta = _check_inputs(speaker_motion, listener_motions, words, fps, beta,
-                                                      speaker_beta)
+    beta, sbeta = (None if b is None else _check_array(n, b, (N_SHAPE,)) for n, b in (("beta", beta),
+                                                                                     ("speaker_beta", speaker_beta)))
+    words = _check_words(words)
     if not isinstance(size, (int, np.integer)) or size < 64 or size % 16:
         raise UserError(f"size: expected a multiple of 16 >= 64 (pixels per panel), got {size!r}")
     if ssaa not in (1, 2, 3, 4):
@@ -327,7 +305,7 @@ def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float =
     streams += [_panels(m, "listener", beta, flame, size, ssaa) for m in lis.values()]
     W = size * len(names)
     canvas = np.empty((TITLE_H + size + SUB_H, W, 3), np.float32)
-    for t in frame_times(len(spk), fps):
+    for t in frame_times(len(spk), float(fps)):
         canvas[:] = (0.08, 0.08, 0.09)
         for k, st in enumerate(streams):
             canvas[TITLE_H:TITLE_H + size, k * size:(k + 1) * size] = next(st)
@@ -344,12 +322,11 @@ def render_frames(speaker_motion, listener_motions: dict, words=(), fps: float =
         yield np.asarray(im)
 
 
-def _no_ffmpeg() -> str | None:
+def no_ffmpeg() -> str | None:
     """Why no mp4 can be written here, or None when imageio-ffmpeg is installed."""
-    if importlib.util.find_spec("imageio_ffmpeg") is None:
-        return ("render: writing mp4 needs imageio-ffmpeg (it ships its own ffmpeg): pip install 'minilisten[video]' "
-                "(or pip install imageio-ffmpeg)")
-    return None
+    return None if importlib.util.find_spec("imageio_ffmpeg") else (
+        "render: writing mp4 needs imageio-ffmpeg (it ships its own ffmpeg): pip install 'minilisten[video]' "
+        "(or pip install imageio-ffmpeg)")
 
 
 def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_path, flame=None, beta=None,
@@ -359,31 +336,30 @@ def render_clip(speaker_motion, listener_motions: dict, words, fps: float, out_p
     written to a temporary name and renamed at the end, so a failed run leaves no partial file."""
     from PIL import Image
     from tqdm import tqdm
-    if why := _no_ffmpeg():
+    if why := no_ffmpeg():
         raise ImportError(why)
     import imageio_ffmpeg
     frames = render_frames(speaker_motion, listener_motions, words, fps, flame, beta, speaker_beta, size, ssaa)
     T = len(speaker_motion)
     if still is not None and not (isinstance(still, (int, np.integer)) and 0 <= still < T):
         raise UserError(f"still: expected a frame index in [0, {T}), got {still!r}")
+    first = next(frames)   # the inputs are checked
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    writer = None
+    writer = imageio_ffmpeg.write_frames(str(tmp), first.shape[1::-1], fps=fps, quality=7, macro_block_size=16,
+                                         ffmpeg_log_level="error")
     try:
-        for i, fr in enumerate(tqdm(frames, total=T, desc="render", unit="frame", disable=not progress)):
-            if writer is None:
-                writer = imageio_ffmpeg.write_frames(str(tmp), fr.shape[1::-1], fps=fps, quality=7, macro_block_size=16,
-                                                     ffmpeg_log_level="error")
-                writer.send(None)
+        writer.send(None)
+        for i, fr in enumerate(tqdm(itertools.chain([first], frames), total=T, desc="render", unit="frame",
+                                    disable=not progress)):
             if i == still:
                 Image.fromarray(fr).save(out.with_suffix(".png"))
             writer.send(fr)
         writer.close()
         os.replace(tmp, out)
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
         tmp.unlink(missing_ok=True)
     return out
 
@@ -395,15 +371,6 @@ def render_segment(seg: Segment, preds: dict, out_path, flame=None, **kw) -> Pat
                        seg.speaker_beta, **kw)
 
 
-def render_demo_clip(out_dir, clip: Segment, preds: dict, progress: bool = True, ssaa: int = 2) -> Path | None:
-    """``<out_dir>/clip.mp4`` and ``clip.png`` (its middle frame) of :func:`render_segment`, or None with a message
-    when imageio-ffmpeg is not installed (the demo's other outputs do not need it)."""
-    if why := _no_ffmpeg():
-        print(f"render: skipped {Path(out_dir) / 'clip.mp4'}: {why}", flush=True)
-        return None
-    return render_segment(clip, preds, Path(out_dir) / "clip.mp4", progress=progress, still=clip.T // 2, ssaa=ssaa)
-
-
 def _load_motion(spec: str, what: str) -> np.ndarray:
     """``FILE.npy`` or ``FILE.npz:KEY`` -> array (read without unpickling code)."""
     from .safe_pickle import load_npy, load_npz
@@ -413,8 +380,7 @@ def _load_motion(spec: str, what: str) -> np.ndarray:
     if Path(path).suffix != ".npz":
         return load_npy(path)
     d = load_npz(path)
-    if not key and len(d) == 1:
-        key = next(iter(d))
+    key = next(iter(d)) if not key and len(d) == 1 else key
     if key not in d:
         raise UserError(f"{what} {spec}: expected FILE.npz:KEY with KEY one of {sorted(d)}, got {key!r}")
     return d[key]
@@ -431,39 +397,6 @@ def load_words(path: str | os.PathLike) -> list[Word]:
         from .speaker import read_whisper_words
         return read_whisper_words(d)
     return _check_words(d, f"--words {path}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    from .data.cli import add_data_args
-    p = ArgumentParser(
-        prog="python -m minilisten render", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Side-by-side mp4 of speaker | listener(s) | ground truth with the speaker's words "
-                    "(schematic heads, or the FLAME mesh with --flame).",
-        epilog="arrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or FILE.npz:KEY; "
-               "examples: docs/video.md")
-    p.add_argument("--out", required=True, help="output .mp4 (also FILE.png with --still)")
-    p.add_argument("--flame", metavar="PKL", help="FLAME 2020 generic_model.pkl (user-supplied): draw the mesh")
-    p.add_argument("--size", type=int, default=256, help="pixels per panel, a multiple of 16 (default: %(default)s)")
-    p.add_argument("--ssaa", type=int, default=2, help="supersampling per side, 1-4 (default: %(default)s)")
-    p.add_argument("--still", type=int, metavar="FRAME", help="also write this frame as a PNG next to the mp4")
-    p.add_argument("--no-progress", action="store_true")
-    g = p.add_argument_group("saved arrays")
-    g.add_argument("--speaker", metavar="FILE", help="speaker motion (T, 56)")
-    g.add_argument("--listener", metavar="[NAME=]FILE", action="append", default=[],
-                   help="a listener motion (T, 56); repeat for several methods (default name: generated)")
-    g.add_argument("--gt", metavar="FILE", help="ground-truth listener motion (T, 56)")
-    g.add_argument("--words", metavar="JSON", help="speaker words with times in seconds from frame 0")
-    g.add_argument("--fps", type=float, default=30.0, help="frames per second of the arrays (default: %(default)s)")
-    g.add_argument("--beta", metavar="FILE", help="listener FLAME shape (100,) (--flame only)")
-    g.add_argument("--speaker-beta", metavar="FILE", help="speaker FLAME shape (100,) (--flame only)")
-    m = p.add_argument_group("trained models (instead of --speaker); repeat --vq/--lm/--name to compare methods")
-    m.add_argument("--vq", metavar="DIR", action="append", default=[], help="VQ-VAE checkpoint directory")
-    m.add_argument("--lm", metavar="DIR", action="append", default=[], help="ListenerLM checkpoint directory")
-    m.add_argument("--name", action="append", default=[], help="label of a method (default: generated, method 2...)")
-    m.add_argument("--split", choices=("train", "val", "test"), default="test")
-    m.add_argument("--clip", type=int, default=0, help="index of the evaluation clip (default: %(default)s)")
-    add_data_args(p)
-    return p
 
 
 def _from_models(a) -> tuple[Segment, dict]:
@@ -494,10 +427,39 @@ def _from_models(a) -> tuple[Segment, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+    from .data.cli import add_data_args
+    p = ArgumentParser(
+        prog="python -m minilisten render", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Side-by-side mp4 of speaker | listener(s) | ground truth with the speaker's words "
+                    "(schematic heads, or the FLAME mesh with --flame).",
+        epilog="arrays are (T, 56) = FLAME expression 50 | global rotation 3 | jaw 3; FILE.npy or FILE.npz:KEY; "
+               "examples: docs/video.md")
+    p.add_argument("--out", required=True, help="output .mp4 (also FILE.png with --still)")
+    p.add_argument("--flame", metavar="PKL", help="FLAME 2020 generic_model.pkl (user-supplied): draw the mesh")
+    p.add_argument("--size", type=int, default=256, help="pixels per panel, a multiple of 16 (default: %(default)s)")
+    p.add_argument("--ssaa", type=int, default=2, help="supersampling per side, 1-4 (default: %(default)s)")
+    p.add_argument("--still", type=int, metavar="FRAME", help="also write this frame as a PNG next to the mp4")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("saved arrays")
+    g.add_argument("--speaker", metavar="FILE", help="speaker motion (T, 56)")
+    g.add_argument("--listener", metavar="[NAME=]FILE", action="append", default=[],
+                   help="a listener motion (T, 56); repeat for several methods (default name: generated)")
+    g.add_argument("--gt", metavar="FILE", help="ground-truth listener motion (T, 56)")
+    g.add_argument("--words", metavar="JSON", help="speaker words with times in seconds from frame 0")
+    g.add_argument("--fps", type=float, default=30.0, help="frames per second of the arrays (default: %(default)s)")
+    g.add_argument("--beta", metavar="FILE", help="listener FLAME shape (100,) (--flame only)")
+    g.add_argument("--speaker-beta", metavar="FILE", help="speaker FLAME shape (100,) (--flame only)")
+    m = p.add_argument_group("trained models (instead of --speaker); repeat --vq/--lm/--name to compare methods")
+    m.add_argument("--vq", metavar="DIR", action="append", default=[], help="VQ-VAE checkpoint directory")
+    m.add_argument("--lm", metavar="DIR", action="append", default=[], help="ListenerLM checkpoint directory")
+    m.add_argument("--name", action="append", default=[], help="label of a method (default: generated, method 2...)")
+    m.add_argument("--split", choices=("train", "val", "test"), default="test")
+    m.add_argument("--clip", type=int, default=0, help="index of the evaluation clip (default: %(default)s)")
+    add_data_args(p)
+    a = p.parse_args(argv)
     from .flame import load_flame
     flame = load_flame(a.flame) if a.flame else None
-    if why := _no_ffmpeg():
+    if why := no_ffmpeg():
         raise UserError(why)
     kw = dict(size=a.size, progress=not a.no_progress, still=a.still, ssaa=a.ssaa)
     if a.vq or a.lm:

@@ -38,9 +38,7 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
     """GT vs generated trajectories of a few coefficients (``series``: name -> motion ``(T, 56)``) and one response
     decoded with two identities (``swap``: ``((label, motion), (label, motion))`` or None). Returns the files."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: the user's backend stays as it is
     except ImportError:
         print("plots skipped: matplotlib is not installed (pip install 'minilisten[plot]')", flush=True)
         return []
@@ -52,7 +50,8 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
                      "the same LR codes decoded with two listener identities (identity-disentangled VQ-VAE)"))
     files = []
     for name, dims, curves, title in figs:
-        fig, axes = plt.subplots(len(dims), 1, figsize=(10, 2.2 * len(dims)), sharex=True)
+        fig = Figure(figsize=(10, 2.2 * len(dims)))
+        axes = fig.subplots(len(dims), 1, sharex=True)
         for ax, (d, label) in zip(axes, dims):
             for n, m in curves.items():
                 ax.plot(t[:len(m)], m[:, d], label=n, lw=2.0 if n == "GT" else 1.2, alpha=1.0 if n == "GT" else 0.85)
@@ -63,7 +62,6 @@ def save_plots(out: Path, clip, series: dict[str, np.ndarray], swap: tuple | Non
         fig.tight_layout()
         files.append(str(out / name))
         fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
     return files
 
 
