@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_model, save_checkpoint
 from .data.segment import D_MOTION, N_EMOTIONS, N_SHAPE, Segment
+from .errors import UserError
 from .tokens import check_sa_tokens, length_batches, sa_frame_bounds, word_frame
 
 FORMAT = "minilisten.ARIG"       # config.json tag (minilisten.checkpoint.check_format)
@@ -40,6 +41,7 @@ class ARIGConfig:
     diff_cond: int = D_MOTION    # DiffusionMLP condition projected to this dim (appendix: the motion dim)
     diff_mul: int = 4            # (s, eps) draws per frame in the diffusion loss (MAR: 4)
     sample_steps: int = 8        # default Euler steps at inference
+    temperature: float = 1.0     # default noise scale at inference (train-arig chooses it on the validation split)
     head: str = "diffusion"      # "diffusion" | "regression" (ablation: deterministic head)
     ibu: str = "full"            # "full" | "linear" (ablation: no bidirectional-integrated learning)
     w_state: float = 0.2         # weight of the state cross-entropy
@@ -436,6 +438,13 @@ class ARIG(nn.Module):
         """Normalised frames (..., 56) clamped to ``[lis_lo, lis_hi]`` (the widened data range, else no bound)."""
         return torch.clamp(x, self._norm_lis(self.lis_lo), self._norm_lis(self.lis_hi))
 
+    def noise_scale(self, temperature: float | None = None) -> float:
+        """The sampling temperature: ``temperature`` (a finite number >= 0), or ``config.temperature`` when None."""
+        t = self.config.temperature if temperature is None else temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
+            raise UserError(f"temperature: expected a finite number >= 0, got {t!r}")
+        return float(t)
+
     def save_pretrained(self, directory) -> None:
         """``config.json`` + ``model.safetensors`` (atomic; see minilisten.checkpoint)."""
         save_checkpoint(directory, {"format": FORMAT, "version": 1, **asdict(self.config)}, self.state_dict())
@@ -612,9 +621,10 @@ def compiled_decode_frame(device_type: str = "cpu"):
 
 @torch.no_grad()
 def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, seed: int = 0,
-                  reference: str = "mean", temperature: float = 1.0, batch: int = 64) -> list[np.ndarray]:
+                  reference: str = "mean", temperature: float | None = None, batch: int = 64) -> list[np.ndarray]:
     """Listener motion ``(T, 56)`` float32 per clip, from ``reference`` "mean" (training mean) or "first" (the clip's
-    first listener frame); clip i's noise is seeded ``seed + i`` (as a :class:`StreamingARIG` with that seed)."""
+    first listener frame); clip i's noise is seeded ``seed + i`` (as a :class:`StreamingARIG` with that seed);
+    ``temperature`` None: the model's ``config.temperature``."""
     if reference not in ("mean", "first"):
         raise ValueError(f"reference: expected 'mean' or 'first', got {reference!r}")
     model.eval()
@@ -631,7 +641,7 @@ def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, s
             inp = {k: v if k == "beta" else v[:, t] for k, v in b.items()}
             if t == 0:
                 st = model.init_state(inp, ref)
-            frames.append(sample_frame(model, st, inp, gens, temperature, steps))
+            frames.append(sample_frame(model, st, inp, gens, model.noise_scale(temperature), steps))
         for i, mi in zip(part, torch.stack(frames, 1).float().cpu().numpy()):
             out[i] = mi
     return out

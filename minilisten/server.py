@@ -455,7 +455,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arig", help="ARIG checkpoint directory (train-arig --out) instead of --vq/--lm")
     p.add_argument("--seed", type=int, default=0, help="every session's sampling seed at connect (default 0)")
     p.add_argument("--temperature", type=float, help="LR codes: sampling temperature (default 0: greedy); ARIG: "
-                   "noise scale (default 1)")
+                   "noise scale (default: the model's, chosen on validation by train-arig)")
     p.add_argument("--top-k", type=int, default=0, help="LR codes: sample from the k best (default 0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="LR codes: sample from the top-p mass (default 1)")
     p.add_argument("--sample-steps", type=int, help="ARIG: Euler steps per frame (default: the model's)")
@@ -537,7 +537,7 @@ def _serve(a: argparse.Namespace, port: int, worker: int = 0) -> int:
     kw = dict(n_streams=a.max_sessions, max_push_frames=max(1, round(a.max_push_seconds * fps)))
     if a.arig:
         listener = StreamingARIG(model, beta, seed=a.seed, steps=a.sample_steps, max_skew=a.max_skew,
-                                 temperature=1.0 if a.temperature is None else a.temperature, **kw)
+                                 temperature=a.temperature, **kw)
     else:
         from .speaker import AcousticTokenizer
         tok = AcousticTokenizer.load(a.sa_tokenizer) if a.sa_tokenizer else None

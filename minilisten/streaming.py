@@ -594,11 +594,11 @@ class StreamingARIG(ListenerStream):
     tokens), equal to :func:`~minilisten.arig.arig_generate` with the stream's seed; ``reference (56,)``: raw start."""
 
     def __init__(self, model: ARIG, beta=None, *, n_streams: int = 1, seed: int = 0, steps: int | None = None,
-                 reference=None, temperature: float = 1.0, history_words=(), compile: bool = False,
+                 reference=None, temperature: float | None = None, history_words=(), compile: bool = False,
                  max_skew: float | None = 2.0, max_push_frames: int | None = None):
         c = model.config
         self._setup(n_streams, c.fps, c.sa_rate, max_skew, max_push_frames, bool(c.n_sa), c.use_emotion, c.n_sa or None)
-        self.model, self.cfg, self.temperature = model.eval(), c, float(temperature)
+        self.model, self.cfg, self.temperature = model.eval(), c, model.noise_scale(temperature)
         self.steps = c.sample_steps if steps is None else steps
         check_steps(self.steps)
         self.dev = model.lis_mean.device

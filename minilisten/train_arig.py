@@ -15,7 +15,7 @@ import argparse
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from .data.coverage import available_modalities, resolve_n_sa, with_val_split
 from .data.segment import Segment
 from .data.windows import motion_stats, test_clips
 from .errors import UserError
+from .metrics import variation
 from .training import LoopConfig, TrainLoop, data_fps, fitted, loop_args, merged, resume_dir, windows
 
 
@@ -39,6 +40,7 @@ class ARIGTrainConfig(LoopConfig):
     crop: int = 64                    # frames per training window (each a fresh start; fitted to the data)
     p_ref_first: float = 0.5          # fraction of windows whose reference motion is their first listener frame
     val_windows: int = 32             # fixed validation windows (0 = all)
+    calibrate: bool = True            # at the end, set the model's sampling temperature on the validation split
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,6 +89,23 @@ def evaluate_arig_loss(model: ARIG, inputs: list[dict], items, crop: int, device
     return out
 
 
+TEMPERATURES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def calibrate_temperature(model: ARIG, val_segments: list[Segment], seed: int = 0, max_clips: int = 12) -> dict:
+    """Free-running rollouts on the validation clips at each of :data:`TEMPERATURES`; sets ``config.temperature`` to
+    the one whose Variation is closest to the data's (in ratio; too narrow and too wide samples count alike) and
+    returns ``{"temperature": T, "variation_ratio": {T: ratio}}``. A diffusion head's spread at a fixed noise scale
+    depends on how far training got (docs/arig.md); the test split is never used."""
+    clips = test_clips(val_segments, max_clips)
+    gt = np.mean([variation(c.listener_motion) for c in clips])
+    ratios = {t: np.mean([variation(p) for p in arig_generate(model, clips, seed=seed, temperature=t)]) / gt
+              for t in TEMPERATURES}
+    best = min(TEMPERATURES, key=lambda t: abs(np.log(ratios[t])) if ratios[t] > 0 else np.inf)
+    model.config = replace(model.config, temperature=best)
+    return {"temperature": best, "variation_ratio": {str(t): round(float(r), 3) for t, r in ratios.items()}}
+
+
 def train_arig(train_segments: list[Segment], val_segments: list[Segment],
                model_config: ARIGConfig | dict | None = None,
                config: ARIGTrainConfig | None = None, out_dir=None, resume: bool = False, n_sa: int | None = None,
@@ -123,6 +142,11 @@ def train_arig(train_segments: list[Segment], val_segments: list[Segment],
         if res and log:
             log(f"[val step {step}] motion {res['motion']:.4f} state CE {res['state']:.4f} acc {res['state_acc']:.3f} "
                 f"(majority {res['state_majority']:.3f})")
+        if res and step == tc.steps and tc.calibrate and mc.head == "diffusion" and test_clips(val_segments, 1):
+            res.update(calibrate_temperature(model, val_segments, tc.seed))
+            if log:
+                log(f"[val step {step}] sampling temperature {res['temperature']:g}: rollout Variation / the data's "
+                    + ", ".join(f"{t}: {r}" for t, r in res["variation_ratio"].items()))
         return res
 
     drawn = {}

@@ -19,7 +19,7 @@ from minilisten.arig import (
 )
 from minilisten.data.segment import Segment, Word
 from minilisten.streaming import StreamingARIG
-from minilisten.train_arig import ARIGTrainConfig, evaluate_arig_loss, train_arig
+from minilisten.train_arig import TEMPERATURES, ARIGTrainConfig, evaluate_arig_loss, train_arig
 from minilisten.training import windows as _windows
 
 TINY = dict(d_model=16, n_head=2, d_ff=32, depth=2, window=6, diff_width=16, word_buckets=64, sample_steps=2,
@@ -239,6 +239,31 @@ def test_training_reduces_the_loss():
     after = evaluate_arig_loss(m, inputs, items, 24)
     assert after["motion"] < 0.7 * before["motion"], (before, after)
     assert after["state"] < before["state"]
+
+
+def test_sampling_temperature_is_chosen_on_the_validation_split(tmp_path):
+    """train-arig sets ``config.temperature`` to the grid value whose free-running validation rollouts have the
+    Variation closest to the data's in ratio (oracle: numpy's variance over time here); it is saved with the model
+    and is the default of arig_generate and StreamingARIG; --no-calibrate and the regression head keep 1.0."""
+    from minilisten.data.windows import test_clips
+    train, val = _data()
+    m = train_arig(train, val, TINY, ARIGTrainConfig(steps=20, **TC), out_dir=tmp_path / "a", log=None)
+    clips = test_clips(val, 12)
+    gt = np.mean([c.listener_motion.var(0).mean() for c in clips])
+    ratio = {t: np.mean([p.var(0).mean() for p in arig_generate(m, clips, temperature=t)]) / gt for t in TEMPERATURES}
+    T = m.config.temperature
+    assert T == min(ratio, key=lambda t: abs(math.log(ratio[t]))) and T != 1, ratio   # 20 steps: samples too wide
+    assert m.train_log[-1]["temperature"] == T and ARIG.from_pretrained(tmp_path / "a").config.temperature == T
+    np.testing.assert_array_equal(arig_generate(m, val)[0], arig_generate(m, val, temperature=T)[0])
+    assert not np.array_equal(arig_generate(m, val)[0], arig_generate(m, val, temperature=1.0)[0])
+    beta = val[0].listener_beta
+    assert StreamingARIG(m, beta).temperature == T and StreamingARIG(m, beta, temperature=2).temperature == 2
+    off = train_arig(train, val, TINY, ARIGTrainConfig(steps=4, calibrate=False, **TC), log=None)
+    reg = train_arig(train, val, {**TINY, "head": "regression"}, ARIGTrainConfig(steps=4, **TC), log=None)
+    assert off.config.temperature == reg.config.temperature == 1.0
+    for bad in (-1, math.nan, True, "1"):
+        with pytest.raises(ValueError, match="temperature: expected a finite number >= 0, got"):
+            arig_generate(m, val, temperature=bad)
 
 
 def test_data_without_words_sa_emotion_beta():
