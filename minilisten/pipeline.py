@@ -303,7 +303,10 @@ def run_pipeline(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: b
     for k in models:
         gen_codes[k], preds[models[k]] = generate_motion(lms[k], vq[k[1]], clips, cfg.decode_batch)
     for name, (sub, _, _) in arig_runs.items():
-        preds[name] = arig_generate(ARIG.from_pretrained(out / sub), clips, seed=cfg.seed)
+        arig = ARIG.from_pretrained(out / sub)
+        preds[name] = arig_generate(arig, clips, seed=cfg.seed)
+        if arig.config.head == "diffusion":
+            notes.append(f"{name}: sampling temperature {arig.config.temperature:g}, chosen on the validation split")
     results = evaluate(preds, clips, data.train, cfg.seed)
     tick("evaluation")
 

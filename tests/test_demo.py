@@ -80,6 +80,9 @@ def test_demo_on_data_without_words_or_beta_writes_the_rows_it_supports(tmp_path
     for said in ("no words", "no listener beta", "NN speech content: left out", "Ours = the LM on SA+emo, naive VQ",
                  "ARIG-style: 4 training steps (the full run trains 300): an under-trained model"):
         assert said in notes, (said, notes)
+    from minilisten.arig import ARIG
+    T = ARIG.from_pretrained(out / "arig").config.temperature   # the saved model's, chosen by train-arig
+    assert f"ARIG-style (continuous): sampling temperature {T:g}, chosen on the validation split" in notes, notes
     assert "Table 4" in (out / "tables.md").read_text()
 
 
