@@ -628,7 +628,7 @@ def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, s
     if reference not in ("mean", "first"):
         raise ValueError(f"reference: expected 'mean' or 'first', got {reference!r}")
     model.eval()
-    dev, mean = model.lis_mean.device, model.lis_mean.cpu().numpy()
+    dev, mean, temperature = model.lis_mean.device, model.lis_mean.cpu().numpy(), model.noise_scale(temperature)
     out: list = [None] * len(clips)
     for part in length_batches([c.T for c in clips], batch):
         b = collate([frame_inputs(clips[i], model.config, with_states=False) for i in part])
@@ -641,7 +641,7 @@ def arig_generate(model: ARIG, clips: list[Segment], steps: int | None = None, s
             inp = {k: v if k == "beta" else v[:, t] for k, v in b.items()}
             if t == 0:
                 st = model.init_state(inp, ref)
-            frames.append(sample_frame(model, st, inp, gens, model.noise_scale(temperature), steps))
+            frames.append(sample_frame(model, st, inp, gens, temperature, steps))
         for i, mi in zip(part, torch.stack(frames, 1).float().cpu().numpy()):
             out[i] = mi
     return out
